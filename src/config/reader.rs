@@ -1,0 +1,252 @@
+//! A TOML table reader that keeps going after a problem.
+//!
+//! Each accessor takes a key out of the table, falls back to the default when the
+//! key is absent, and records a problem (and still returns the default) when the
+//! value is wrong, so one pass finds every mistake. [`Section::finish`] reports
+//! the keys nobody asked for, with the keys that are accepted there.
+
+use toml::{Table, Value};
+
+use super::{Config, ConfigError};
+
+/// The problems collected so far, as `key.path: explanation` lines.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<String>);
+
+impl Problems {
+    pub fn push(&mut self, path: &str, message: &str) {
+        self.0.push(format!("{path}: {message}"));
+    }
+
+    pub fn into_result(self, config: Config) -> Result<Config, ConfigError> {
+        if self.0.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems: self.0 })
+        }
+    }
+}
+
+/// One table of the file, e.g. `server` or `gateways[1]`.
+pub struct Section<'p> {
+    path: String,
+    table: Table,
+    known: Vec<&'static str>,
+    problems: &'p mut Problems,
+}
+
+impl<'p> Section<'p> {
+    pub fn new(path: String, table: Table, problems: &'p mut Problems) -> Self {
+        Section {
+            path,
+            table,
+            known: Vec::new(),
+            problems,
+        }
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    pub fn problem(&mut self, key: &str, message: &str) {
+        let path = self.key_path(key);
+        self.problems.push(&path, message);
+    }
+
+    fn take(&mut self, key: &'static str) -> Option<Value> {
+        self.known.push(key);
+        self.table.remove(key)
+    }
+
+    /// A sub-table such as `[server]`; absent means empty (all defaults).
+    pub fn section(&mut self, key: &'static str) -> Table {
+        match self.take(key) {
+            None => Table::new(),
+            Some(Value::Table(table)) => table,
+            Some(_) => {
+                self.problem(key, &format!("expected a table [{key}]"));
+                Table::new()
+            }
+        }
+    }
+
+    /// An array of tables such as `[[gateways]]`.
+    pub fn array_of_sections(&mut self, key: &'static str) -> Vec<Table> {
+        match self.take(key) {
+            None => Vec::new(),
+            Some(Value::Array(items)) if items.iter().all(Value::is_table) => items
+                .into_iter()
+                .filter_map(|item| match item {
+                    Value::Table(table) => Some(table),
+                    _ => None,
+                })
+                .collect(),
+            Some(_) => {
+                self.problem(key, &format!("expected one or more [[{key}]] tables"));
+                Vec::new()
+            }
+        }
+    }
+
+    /// A string value turned into `T` by `parse`; `default` is parsed the same way.
+    pub fn parsed<T>(
+        &mut self,
+        key: &'static str,
+        default: &str,
+        accepted: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> T {
+        let fallback = || parse(default).expect("defaults are valid");
+        match self.take(key) {
+            None => fallback(),
+            Some(Value::String(text)) => parse(&text).unwrap_or_else(|| {
+                self.problem(
+                    key,
+                    &format!("\"{text}\" is not valid; accepted: {accepted}"),
+                );
+                fallback()
+            }),
+            Some(other) => {
+                self.problem(
+                    key,
+                    &format!(
+                        "expected a string, found {}; accepted: {accepted}",
+                        other.type_str()
+                    ),
+                );
+                fallback()
+            }
+        }
+    }
+
+    /// A string value that has no default; its absence is a problem.
+    pub fn required<T: Default>(
+        &mut self,
+        key: &'static str,
+        accepted: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> T {
+        match self.take(key) {
+            None => {
+                self.problem(key, &format!("required; accepted: {accepted}"));
+                T::default()
+            }
+            Some(Value::String(text)) => parse(&text).unwrap_or_else(|| {
+                self.problem(
+                    key,
+                    &format!("\"{text}\" is not valid; accepted: {accepted}"),
+                );
+                T::default()
+            }),
+            Some(other) => {
+                self.problem(
+                    key,
+                    &format!(
+                        "expected a string, found {}; accepted: {accepted}",
+                        other.type_str()
+                    ),
+                );
+                T::default()
+            }
+        }
+    }
+
+    /// A whole number within `min..=max`.
+    pub fn integer<T: TryFrom<i64> + Copy>(
+        &mut self,
+        key: &'static str,
+        default: T,
+        min: i64,
+        max: i64,
+    ) -> T {
+        let accepted = format!("a whole number from {min} to {max}");
+        match self.take(key) {
+            None => default,
+            Some(Value::Integer(n)) if (min..=max).contains(&n) => {
+                T::try_from(n).unwrap_or(default)
+            }
+            Some(Value::Integer(n)) => {
+                self.problem(key, &format!("{n} is out of range; accepted: {accepted}"));
+                default
+            }
+            Some(other) => {
+                self.problem(
+                    key,
+                    &format!("expected {accepted}, found {}", other.type_str()),
+                );
+                default
+            }
+        }
+    }
+
+    /// `true` or `false`.
+    pub fn boolean(&mut self, key: &'static str, default: bool) -> bool {
+        match self.take(key) {
+            None => default,
+            Some(Value::Boolean(value)) => value,
+            Some(other) => {
+                self.problem(
+                    key,
+                    &format!("expected true or false, found {}", other.type_str()),
+                );
+                default
+            }
+        }
+    }
+
+    /// A list of strings, each turned into `T` by `parse`.
+    pub fn list<T>(
+        &mut self,
+        key: &'static str,
+        default: &[&str],
+        accepted: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Vec<T> {
+        let fallback = || {
+            default
+                .iter()
+                .map(|item| parse(item).expect("defaults are valid"))
+                .collect()
+        };
+        let items = match self.take(key) {
+            None => return fallback(),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.problem(
+                    key,
+                    &format!(
+                        "expected a list, found {}; accepted: {accepted}",
+                        other.type_str()
+                    ),
+                );
+                return fallback();
+            }
+        };
+        let mut parsed = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            match item.as_str().and_then(&parse) {
+                Some(value) => parsed.push(value),
+                None => self.problem(
+                    &format!("{key}[{index}]"),
+                    &format!("{item} is not valid; accepted: {accepted}"),
+                ),
+            }
+        }
+        parsed
+    }
+
+    /// Reports every key left in the table, naming the accepted ones.
+    pub fn finish(mut self) {
+        let mut unknown: Vec<String> = self.table.keys().cloned().collect();
+        unknown.sort();
+        let accepted = self.known.join(", ");
+        for key in unknown {
+            self.problem(&key, &format!("unknown key; accepted here: {accepted}"));
+        }
+    }
+}

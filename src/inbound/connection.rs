@@ -1,0 +1,281 @@
+//! One client connection: socket I/O around the [`Session`] state machine.
+//!
+//! Replies to pipelined commands are collected and written when the input
+//! holds no further complete command, so a pipelining client gets one write
+//! per batch. A message is answered 250 only after the spool has it on stable
+//! storage; a spool failure is answered 452 4.3.1.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::Context;
+use super::session::{Session, Step, Transaction};
+use crate::shutdown::Shutdown;
+use crate::smtp::line::Framed;
+use crate::smtp::trace::{TraceInfo, received_header};
+use crate::smtp::{self, DataReceiver, Reply};
+use crate::spool::{Envelope, new_queue_id, unix_seconds};
+
+/// Longest command line, CRLF included (RFC 5321 4.5.3.1.4).
+const MAX_COMMAND_LINE: usize = 512;
+
+/// What ended reading.
+enum Input {
+    Data,
+    Closed,
+    TimedOut,
+    Shutdown,
+}
+
+struct Conn {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Conn {
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads more input; with `shutdown` set, also returns when the service
+    /// is stopping.
+    async fn fill(
+        &mut self,
+        limit: Duration,
+        shutdown: Option<&mut Shutdown>,
+    ) -> std::io::Result<Input> {
+        self.buffer.reserve(8192);
+        let read = async {
+            match timeout(limit, self.stream.read_buf(&mut self.buffer)).await {
+                Ok(Ok(0)) => Ok(Input::Closed),
+                Ok(Ok(_)) => Ok(Input::Data),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Ok(Input::TimedOut),
+            }
+        };
+        match shutdown {
+            Some(shutdown) => tokio::select! {
+                result = read => result,
+                _ = shutdown.stopped() => Ok(Input::Shutdown),
+            },
+            None => read.await,
+        }
+    }
+}
+
+/// Serves one accepted connection to its end.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    context: Arc<Context>,
+    mut shutdown: Shutdown,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Conn {
+        stream,
+        buffer: Vec::with_capacity(8192),
+        out: Vec::with_capacity(1024),
+    };
+    let server = &context.config.server;
+    let mut session = Session::new(server, &context.router, peer.ip());
+    session.greeting().write_to(&mut conn.out);
+    let result = run(&mut conn, &mut session, &context, &mut shutdown).await;
+    if let Err(error) = result {
+        tracing::debug!(client = %peer, %error, "connection ended with an I/O error");
+    }
+    let _ = conn.flush().await;
+    let _ = conn.stream.shutdown().await;
+}
+
+async fn run(
+    conn: &mut Conn,
+    session: &mut Session<'_>,
+    context: &Context,
+    shutdown: &mut Shutdown,
+) -> std::io::Result<()> {
+    let server = &context.config.server;
+    let hostname = &server.hostname;
+    // Set while discarding an over-long line until its end arrives.
+    let mut skipping = None;
+    loop {
+        // Answer every complete command already buffered (pipelining).
+        loop {
+            let step = if let Some(error) = skipping {
+                let Some(end) = conn.buffer.iter().position(|&b| b == b'\n') else {
+                    conn.buffer.clear();
+                    break;
+                };
+                conn.buffer.drain(..=end);
+                skipping = None;
+                session.line_error(error)
+            } else {
+                match smtp::next_line(&conn.buffer, MAX_COMMAND_LINE) {
+                    Framed::Incomplete => break,
+                    Framed::Bad { error, consumed: 0 } => {
+                        skipping = Some(error);
+                        continue;
+                    }
+                    Framed::Bad { error, consumed } => {
+                        conn.buffer.drain(..consumed);
+                        session.line_error(error)
+                    }
+                    Framed::Line { len, consumed } => {
+                        let parsed = smtp::command::parse(&conn.buffer[..len]);
+                        conn.buffer.drain(..consumed);
+                        session.command(parsed)
+                    }
+                }
+            };
+            match step {
+                Step::Reply(reply) => reply.write_to(&mut conn.out),
+                Step::Close(reply) => {
+                    reply.write_to(&mut conn.out);
+                    return Ok(());
+                }
+                Step::Data(reply) => {
+                    reply.write_to(&mut conn.out);
+                    conn.flush().await?;
+                    if let Some(close) = receive_message(conn, session, context).await? {
+                        close.write_to(&mut conn.out);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        conn.flush().await?;
+        // Between transactions a stopping service hangs up; inside one it lets
+        // the client finish (the service waits up to shutdown_grace).
+        let watch_shutdown = (!session.in_transaction()).then_some(&mut *shutdown);
+        match conn.fill(server.idle_timeout, watch_shutdown).await? {
+            Input::Data => {}
+            Input::Closed => return Ok(()),
+            Input::TimedOut => {
+                Reply::new(
+                    421,
+                    format!("4.4.2 {hostname} Error: timeout exceeded, closing connection"),
+                )
+                .write_to(&mut conn.out);
+                return Ok(());
+            }
+            Input::Shutdown => {
+                Reply::new(
+                    421,
+                    format!("4.3.2 {hostname} Service shutting down, try again later"),
+                )
+                .write_to(&mut conn.out);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Reads a body after 354 and answers it. Returns a reply to close with when
+/// the client went away or stalled.
+async fn receive_message(
+    conn: &mut Conn,
+    session: &mut Session<'_>,
+    context: &Context,
+) -> std::io::Result<Option<Reply>> {
+    let server = &context.config.server;
+    let mut receiver = DataReceiver::new(server.max_message_size as usize);
+    loop {
+        if let Some(consumed) = receiver.feed(&conn.buffer) {
+            conn.buffer.drain(..consumed);
+            break;
+        }
+        conn.buffer.clear();
+        match conn.fill(server.data_timeout, None).await? {
+            Input::Data => {}
+            Input::Closed | Input::Shutdown => return Ok(None),
+            Input::TimedOut => {
+                return Ok(Some(Reply::new(
+                    421,
+                    format!(
+                        "4.4.2 {} Error: timeout exceeded during DATA",
+                        server.hostname
+                    ),
+                )));
+            }
+        }
+    }
+    let (transaction, body) = match session.data_end(receiver.finish()) {
+        Ok(accepted) => accepted,
+        Err(Step::Close(reply)) => return Ok(Some(reply)),
+        Err(Step::Reply(reply) | Step::Data(reply)) => {
+            tracing::info!(client = %session.client_ip, reply = %reply, "message refused");
+            reply.write_to(&mut conn.out);
+            return Ok(None);
+        }
+    };
+    store(conn, session, context, transaction, body).await;
+    Ok(None)
+}
+
+/// Spools an accepted body and answers 250 (durable) or 452 (not stored).
+async fn store(
+    conn: &mut Conn,
+    session: &Session<'_>,
+    context: &Context,
+    transaction: Transaction,
+    body: Vec<u8>,
+) {
+    let server = &context.config.server;
+    let id = new_queue_id();
+    let received_at = unix_seconds();
+    let trace = received_header(&TraceInfo {
+        helo: session.helo(),
+        client_ip: session.client_ip,
+        hostname: &server.hostname,
+        protocol: session.protocol(&transaction),
+        queue_id: &id,
+        single_recipient: match transaction.recipients.as_slice() {
+            [only] => Some(only.as_str()),
+            _ => None,
+        },
+        unix_seconds: received_at,
+    });
+    let gateway = &context.config.gateways[transaction.gateway].name;
+    let recipients = transaction.recipients.len();
+    let envelope = Envelope {
+        sender: transaction.sender,
+        recipients: transaction.recipients,
+        params: transaction.params,
+        client_ip: session.client_ip,
+        received_at,
+    };
+    let sender = envelope.sender.clone();
+    match context
+        .spool
+        .store(id, gateway, envelope, &[trace.as_bytes(), &body])
+        .await
+    {
+        Ok(stored) => {
+            tracing::info!(
+                queue_id = %stored.id,
+                sender = %sender,
+                recipients,
+                size = body.len(),
+                client = %session.client_ip,
+                gateway = %gateway,
+                "message accepted"
+            );
+            Reply::new(250, format!("2.0.0 Ok: queued as {}", stored.id)).write_to(&mut conn.out);
+            context.outbound.enqueue(stored);
+        }
+        Err(error) => {
+            tracing::error!(%error, sender = %sender, client = %session.client_ip, "message not stored; answering 452");
+            Reply::new(452, "4.3.1 Insufficient system storage, try again later")
+                .write_to(&mut conn.out);
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The inbound side: the listener applications connect to, and their sessions.
+//!
+//! The listener enforces the two checks that come before any SMTP: the client
+//! network must be in `allowed_networks` (else 554 and close: never an open
+//! relay), and at most `max_connections` sessions run at once (else 421).
+
+mod connection;
+pub mod session;
+
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::outbound::Outbound;
+use crate::policy::{Network, Router};
+use crate::shutdown::Shutdown;
+use crate::smtp::Reply;
+use crate::spool::Spool;
+
+/// What every session needs, shared read-only.
+pub struct Context {
+    pub config: Config,
+    pub router: Router,
+    pub spool: Spool,
+    pub outbound: Outbound,
+}
+
+/// Accepts connections until `shutdown` turns true, then lets open sessions
+/// finish for up to `shutdown_grace` and drops the rest (none of them has
+/// been answered 250 for an unfinished message, so nothing is lost).
+pub async fn serve(listener: TcpListener, context: Arc<Context>, mut shutdown: Shutdown) {
+    let server = &context.config.server;
+    let slots = Arc::new(Semaphore::new(server.max_connections));
+    let mut sessions = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.stopped() => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Usually EMFILE: back off briefly instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if !Network::any_contains(&server.allowed_networks, peer.ip()) {
+            tracing::warn!(client = %peer, "connection refused: client not in server.allowed_networks");
+            let reply = Reply::new(
+                554,
+                format!(
+                    "5.7.1 {} Access denied: {} may not relay here",
+                    server.hostname,
+                    peer.ip()
+                ),
+            );
+            sessions.spawn(refuse(stream, reply));
+            continue;
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(client = %peer, limit = server.max_connections, "connection refused: too many connections");
+            let reply = Reply::new(
+                421,
+                format!(
+                    "4.7.0 {} Error: too many connections, try again later",
+                    server.hostname
+                ),
+            );
+            sessions.spawn(refuse(stream, reply));
+            continue;
+        };
+        let context = context.clone();
+        let shutdown = shutdown.clone();
+        sessions.spawn(async move {
+            connection::serve(stream, peer, context, shutdown).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let grace = server.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = sessions.len(),
+            "sessions still open after shutdown_grace; closing them"
+        );
+        sessions.shutdown().await;
+    }
+}
+
+async fn refuse(mut stream: TcpStream, reply: Reply) {
+    let _ = stream.write_all(&reply.to_wire()).await;
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,346 @@
+//! The ESMTP session state machine (RFC 5321), with no I/O.
+//!
+//! It takes parsed commands and framing errors and answers with the reply to
+//! send and what the connection must do next. Every error reply carries the
+//! code and enhanced status a client can act on, and counts towards
+//! `max_errors`, after which the session ends with 421.
+
+use std::net::IpAddr;
+
+use crate::config::ServerConfig;
+use crate::policy::Router;
+use crate::smtp::{Command, CommandError, DataError, LineError, MailParams, Reply};
+
+/// What the connection does after a command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send the reply, read the next command.
+    Reply(Reply),
+    /// Send the reply (354), then read the message body.
+    Data(Reply),
+    /// Send the reply and close the connection.
+    Close(Reply),
+}
+
+/// The envelope being built by MAIL and RCPT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    pub sender: String,
+    pub params: MailParams,
+    /// Index of the gateway chosen for the sender.
+    pub gateway: usize,
+    pub recipients: Vec<String>,
+}
+
+/// One client's session.
+pub struct Session<'a> {
+    server: &'a ServerConfig,
+    router: &'a Router,
+    pub client_ip: IpAddr,
+    helo: Option<String>,
+    esmtp: bool,
+    transaction: Option<Transaction>,
+    errors: u32,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(server: &'a ServerConfig, router: &'a Router, client_ip: IpAddr) -> Self {
+        Session {
+            server,
+            router,
+            client_ip,
+            helo: None,
+            esmtp: false,
+            transaction: None,
+            errors: 0,
+        }
+    }
+
+    /// The 220 banner.
+    pub fn greeting(&self) -> Reply {
+        Reply::new(220, format!("{} ESMTP smtp-shaper", self.server.hostname))
+    }
+
+    /// True while a MAIL transaction is open (shutdown waits for it).
+    pub fn in_transaction(&self) -> bool {
+        self.transaction.is_some()
+    }
+
+    /// The name the client gave in EHLO/HELO.
+    pub fn helo(&self) -> &str {
+        self.helo.as_deref().unwrap_or("unknown")
+    }
+
+    /// `ESMTP`, `SMTP` or `UTF8SMTP`, for the trace header.
+    pub fn protocol(&self, transaction: &Transaction) -> &'static str {
+        match (self.esmtp, transaction.params.smtputf8) {
+            (true, true) => "UTF8SMTP",
+            (true, false) => "ESMTP",
+            (false, _) => "SMTP",
+        }
+    }
+
+    /// Answers one parsed command line.
+    pub fn command(&mut self, command: Result<Command, CommandError>) -> Step {
+        let command = match command {
+            Ok(command) => command,
+            Err(error) => return self.refuse(command_error_reply(error)),
+        };
+        match command {
+            Command::Ehlo(host) => {
+                self.helo = Some(host.clone());
+                self.esmtp = true;
+                self.transaction = None;
+                Step::Reply(Reply {
+                    code: 250,
+                    lines: vec![
+                        format!("{} greets {host}", self.server.hostname),
+                        "PIPELINING".into(),
+                        format!("SIZE {}", self.server.max_message_size),
+                        "8BITMIME".into(),
+                        "ENHANCEDSTATUSCODES".into(),
+                        "SMTPUTF8".into(),
+                        "HELP".into(),
+                    ],
+                })
+            }
+            Command::Helo(host) => {
+                self.helo = Some(host);
+                self.esmtp = false;
+                self.transaction = None;
+                Step::Reply(Reply::new(250, self.server.hostname.clone()))
+            }
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to } => self.rcpt(to),
+            Command::Data => match &self.transaction {
+                None => self.refuse(Reply::new(
+                    503,
+                    "5.5.1 Error: need MAIL and RCPT commands first",
+                )),
+                Some(transaction) if transaction.recipients.is_empty() => {
+                    self.refuse(Reply::new(503, "5.5.1 Error: need RCPT command first"))
+                }
+                Some(_) => Step::Data(Reply::new(354, "End data with <CR><LF>.<CR><LF>")),
+            },
+            Command::Rset => {
+                self.transaction = None;
+                Step::Reply(Reply::new(250, "2.0.0 Ok"))
+            }
+            Command::Noop => Step::Reply(Reply::new(250, "2.0.0 Ok")),
+            Command::Quit => Step::Close(Reply::new(221, "2.0.0 Bye")),
+            Command::Vrfy => Step::Reply(Reply::new(
+                252,
+                "2.5.0 Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Help => Step::Reply(Reply {
+                code: 214,
+                lines: vec![
+                    "2.0.0 smtp-shaper relays application mail to its gateways".into(),
+                    "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP".into(),
+                ],
+            }),
+            Command::NotImplemented(verb) => self.refuse(Reply::new(
+                502,
+                format!("5.5.1 Error: {verb} not implemented"),
+            )),
+        }
+    }
+
+    fn mail(&mut self, from: String, params: MailParams) -> Step {
+        if self.helo.is_none() {
+            return self.refuse(Reply::new(503, "5.5.1 Error: send EHLO or HELO first"));
+        }
+        if self.transaction.is_some() {
+            return self.refuse(Reply::new(503, "5.5.1 Error: nested MAIL command"));
+        }
+        if !self.esmtp
+            && (params.size.is_some() || params.smtputf8 || params != MailParams::default())
+        {
+            return self.refuse(Reply::new(555, "5.5.4 Error: MAIL parameters need EHLO"));
+        }
+        if params
+            .size
+            .is_some_and(|size| size > self.server.max_message_size)
+        {
+            return self.refuse(Reply::new(
+                552,
+                format!(
+                    "5.3.4 Message size exceeds the limit of {} octets",
+                    self.server.max_message_size
+                ),
+            ));
+        }
+        let reply = Reply::new(250, format!("2.1.0 Sender <{from}> ok"));
+        self.transaction = Some(Transaction {
+            gateway: self.router.route(&from),
+            sender: from,
+            params,
+            recipients: Vec::new(),
+        });
+        Step::Reply(reply)
+    }
+
+    fn rcpt(&mut self, to: String) -> Step {
+        let max = self.server.max_recipients;
+        let Some(transaction) = self.transaction.as_mut() else {
+            return self.refuse(Reply::new(503, "5.5.1 Error: need MAIL command first"));
+        };
+        if !to.is_ascii() && !transaction.params.smtputf8 {
+            return self.refuse(Reply::new(
+                553,
+                "5.6.7 Error: non-ASCII recipient needs MAIL FROM with SMTPUTF8",
+            ));
+        }
+        if transaction.recipients.len() >= max {
+            // Not counted as an error: RFC 5321 4.5.3.1.8 expects clients to
+            // send the rest in another transaction.
+            return Step::Reply(Reply::new(
+                452,
+                format!("4.5.3 Error: too many recipients (at most {max} per message)"),
+            ));
+        }
+        let reply = Reply::new(250, format!("2.1.5 Recipient <{to}> ok"));
+        transaction.recipients.push(to);
+        Step::Reply(reply)
+    }
+
+    /// Answers a command line that could not be framed.
+    pub fn line_error(&mut self, error: LineError) -> Step {
+        let text = match error {
+            LineError::TooLong => "5.5.2 Error: command line longer than 512 octets",
+            LineError::BareCrOrLf => {
+                "5.5.2 Error: bare CR or LF in command; lines must end with CRLF"
+            }
+            LineError::Nul => "5.5.2 Error: NUL octet in command",
+        };
+        self.refuse(Reply::new(500, text))
+    }
+
+    /// The body has ended; returns the transaction to store, or the refusal.
+    /// Either way the transaction is over.
+    pub fn data_end(
+        &mut self,
+        body: Result<Vec<u8>, DataError>,
+    ) -> Result<(Transaction, Vec<u8>), Step> {
+        let transaction = self
+            .transaction
+            .take()
+            .expect("DATA is only entered with an open transaction");
+        match body {
+            Ok(body) => Ok((transaction, body)),
+            Err(error) => {
+                let reply = match error {
+                    DataError::TooBig => Reply::new(
+                        552,
+                        format!(
+                            "5.3.4 Message size exceeds the limit of {} octets",
+                            self.server.max_message_size
+                        ),
+                    ),
+                    DataError::BareCrOrLf => Reply::new(
+                        554,
+                        "5.6.0 Message refused: bare CR or LF in the body; lines must end with CRLF",
+                    ),
+                    DataError::Nul => {
+                        Reply::new(554, "5.6.0 Message refused: NUL octet in the body")
+                    }
+                    DataError::LineTooLong => Reply::new(
+                        554,
+                        "5.6.0 Message refused: a line is longer than 1000 octets",
+                    ),
+                };
+                Err(self.refuse(reply))
+            }
+        }
+    }
+
+    /// Counts an error reply; past `max_errors` the session ends with 421.
+    fn refuse(&mut self, reply: Reply) -> Step {
+        self.errors += 1;
+        if self.errors >= self.server.max_errors {
+            return Step::Close(Reply::new(
+                421,
+                format!(
+                    "4.7.0 {} Error: too many errors, closing connection",
+                    self.server.hostname
+                ),
+            ));
+        }
+        Step::Reply(reply)
+    }
+}
+
+fn command_error_reply(error: CommandError) -> Reply {
+    match error {
+        CommandError::Unrecognized => Reply::new(500, "5.5.1 Error: command not recognized"),
+        CommandError::Syntax(why) => Reply::new(501, format!("5.5.4 Syntax error: {why}")),
+        CommandError::BadAddress { sender: true, why } => {
+            Reply::new(501, format!("5.1.7 Bad sender address syntax: {why}"))
+        }
+        CommandError::BadAddress { sender: false, why } => {
+            Reply::new(501, format!("5.1.3 Bad recipient address syntax: {why}"))
+        }
+        CommandError::UnknownParameter(param) => {
+            Reply::new(555, format!("5.5.4 Unsupported parameter: {param}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::smtp::command::parse;
+
+    fn run(session: &mut Session<'_>, line: &str) -> Step {
+        session.command(parse(line.as_bytes()))
+    }
+
+    fn code(step: Step) -> u16 {
+        match step {
+            Step::Reply(reply) | Step::Data(reply) | Step::Close(reply) => reply.code,
+        }
+    }
+
+    #[test]
+    fn walks_a_transaction() {
+        let config = Config::embedded_default();
+        let router = config.router();
+        let mut session = Session::new(&config.server, &router, "127.0.0.1".parse().unwrap());
+        assert_eq!(code(run(&mut session, "MAIL FROM:<a@b.test>")), 503);
+        assert_eq!(code(run(&mut session, "EHLO app.test")), 250);
+        assert_eq!(code(run(&mut session, "RCPT TO:<x@y.test>")), 503);
+        assert_eq!(code(run(&mut session, "DATA")), 503);
+        assert_eq!(
+            code(run(&mut session, "MAIL FROM:<a@b.test> SIZE=99999999999")),
+            552
+        );
+        assert_eq!(code(run(&mut session, "MAIL FROM:<a@b.test>")), 250);
+        assert_eq!(code(run(&mut session, "MAIL FROM:<a@b.test>")), 503);
+        assert_eq!(code(run(&mut session, "DATA")), 503);
+        assert_eq!(code(run(&mut session, "RCPT TO:<x@y.test>")), 250);
+        assert!(matches!(run(&mut session, "DATA"), Step::Data(_)));
+        let (transaction, body) = session.data_end(Ok(b"hi\r\n".to_vec())).unwrap();
+        assert_eq!(transaction.recipients, vec!["x@y.test"]);
+        assert_eq!(body, b"hi\r\n");
+        assert!(!session.in_transaction());
+        assert_eq!(code(run(&mut session, "QUIT")), 221);
+    }
+
+    #[test]
+    fn limits_recipients_and_errors() {
+        let mut config = Config::embedded_default();
+        config.server.max_recipients = 2;
+        config.server.max_errors = 3;
+        let router = config.router();
+        let mut session = Session::new(&config.server, &router, "127.0.0.1".parse().unwrap());
+        run(&mut session, "EHLO app.test");
+        run(&mut session, "MAIL FROM:<>");
+        assert_eq!(code(run(&mut session, "RCPT TO:<a@y.test>")), 250);
+        assert_eq!(code(run(&mut session, "RCPT TO:<b@y.test>")), 250);
+        assert_eq!(code(run(&mut session, "RCPT TO:<c@y.test>")), 452);
+        assert_eq!(code(run(&mut session, "FOO")), 500);
+        assert_eq!(code(run(&mut session, "RCPT TO:<bad>")), 501);
+        assert!(matches!(run(&mut session, "BAR"), Step::Close(reply) if reply.code == 421));
+    }
+}

@@ -1,0 +1,109 @@
+//! smtp-shaper: an SMTP proxy sidecar that relays application mail to the
+//! organisation's gateways, durably.
+//!
+//! The data flow is the module layout:
+//! [`inbound`] (listener, sessions) -> [`policy`] (who may send, which gateway)
+//! -> [`spool`] (durable queue) -> [`outbound`] (delivery to the gateways).
+//! [`smtp`] holds the protocol pieces with no I/O; [`config`] the schema.
+//! This file only assembles those parts into a running [`Service`].
+
+pub mod config;
+pub mod inbound;
+pub mod outbound;
+pub mod policy;
+pub mod shutdown;
+pub mod smtp;
+pub mod spool;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use config::Config;
+use outbound::Outbound;
+use shutdown::Shutdown;
+use spool::Spool;
+
+/// A running service: the listener, the delivery workers and the spool.
+pub struct Service {
+    smtp_address: SocketAddr,
+    outbound: Outbound,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Service {
+    /// Opens the spool (recovering queued mail), binds the listener and
+    /// starts delivering.
+    pub async fn start(config: Config) -> io::Result<Service> {
+        let (spool, recovered) = Spool::open(&config.spool)?;
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("cannot listen on {}: {error}", config.server.listen),
+                )
+            })?;
+        let smtp_address = listener.local_addr()?;
+        let (stop, shutdown) = Shutdown::channel();
+        let mut workers = JoinSet::new();
+        let outbound = Outbound::start(&config, spool.clone(), &mut workers, shutdown.clone());
+        for message in recovered {
+            outbound.enqueue(message);
+        }
+        tracing::info!(
+            listen = %smtp_address,
+            spool = %config.spool.dir.display(),
+            gateways = config.gateways.len(),
+            "smtp-shaper started"
+        );
+        let grace = config.server.shutdown_grace;
+        let context = Arc::new(inbound::Context {
+            router: config.router(),
+            config,
+            spool: spool.clone(),
+            outbound: outbound.clone(),
+        });
+        let task = tokio::spawn(async move {
+            inbound::serve(listener, context, shutdown).await;
+            let finished = tokio::time::timeout(grace, async {
+                while workers.join_next().await.is_some() {}
+            })
+            .await;
+            if finished.is_err() {
+                tracing::warn!("deliveries still running after shutdown_grace; they stay queued");
+                workers.shutdown().await;
+            }
+            spool.close().await;
+            tracing::info!("smtp-shaper stopped");
+        });
+        Ok(Service {
+            smtp_address,
+            outbound,
+            stop,
+            task,
+        })
+    }
+
+    /// The address the SMTP listener is bound to (useful with port 0).
+    pub fn smtp_address(&self) -> SocketAddr {
+        self.smtp_address
+    }
+
+    /// Messages queued for the named gateway.
+    pub fn queued(&self, gateway: &str) -> usize {
+        self.outbound.queued(gateway)
+    }
+
+    /// Stops accepting, lets sessions and deliveries in flight finish (up to
+    /// `shutdown_grace` each), syncs the spool and returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}

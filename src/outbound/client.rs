@@ -1,0 +1,286 @@
+//! The upstream SMTP client: one connection to a gateway, reused for many
+//! transactions, with per-recipient results.
+//!
+//! It pipelines MAIL, every RCPT and DATA in one write when the gateway offers
+//! PIPELINING (RFC 2920), so a transaction costs two round trips. Every read
+//! has a timeout. A connection whose state is unknown after an error is
+//! dropped, never reused.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::smtp::{Body, Reply, dot_stuff};
+use crate::spool::Envelope;
+
+/// What the gateway offered in its EHLO reply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Capabilities {
+    pub pipelining: bool,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub size: bool,
+}
+
+/// How a transaction or connection failed before it produced replies.
+#[derive(Debug)]
+pub struct ClientError {
+    pub message: String,
+    /// True when it failed before the gateway answered MAIL: nothing of this
+    /// message can have been accepted, so trying again at once is safe.
+    pub before_mail_reply: bool,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The result of one transaction.
+pub struct Transaction {
+    /// One reply per recipient, in the order given.
+    pub replies: Vec<Reply>,
+    /// False when the connection must not be used again.
+    pub reusable: bool,
+}
+
+/// An open, greeted connection to a gateway.
+pub struct Connection {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    capabilities: Capabilities,
+    command_timeout: Duration,
+}
+
+impl Connection {
+    /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused).
+    pub async fn open(
+        address: &str,
+        helo_name: &str,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        let stream = timeout(connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| early(format!("connect to {address} timed out")))?
+            .map_err(|error| early(format!("connect to {address} failed: {error}")))?;
+        let _ = stream.set_nodelay(true);
+        let mut connection = Connection {
+            stream,
+            buffer: Vec::with_capacity(4096),
+            capabilities: Capabilities::default(),
+            command_timeout,
+        };
+        let greeting = connection.read_reply().await.map_err(mark_early)?;
+        if greeting.code != 220 {
+            return Err(early(format!("gateway greeting refused: {greeting}")));
+        }
+        connection
+            .write(format!("EHLO {helo_name}\r\n").as_bytes())
+            .await
+            .map_err(mark_early)?;
+        let ehlo = connection.read_reply().await.map_err(mark_early)?;
+        if ehlo.is_positive() {
+            connection.capabilities = parse_capabilities(&ehlo);
+        } else {
+            connection
+                .write(format!("HELO {helo_name}\r\n").as_bytes())
+                .await
+                .map_err(mark_early)?;
+            let helo = connection.read_reply().await.map_err(mark_early)?;
+            if !helo.is_positive() {
+                return Err(early(format!("gateway refused EHLO and HELO: {helo}")));
+            }
+        }
+        Ok(connection)
+    }
+
+    /// Sends one message to the recipients at `recipients` (indices into the envelope).
+    pub async fn send(
+        &mut self,
+        envelope: &Envelope,
+        recipients: &[u32],
+        body: &[u8],
+    ) -> Result<Transaction, ClientError> {
+        if envelope.params.smtputf8 && !self.capabilities.smtputf8 {
+            let refusal = Reply::new(
+                550,
+                "5.6.7 the gateway does not offer SMTPUTF8, needed for this message's addresses",
+            );
+            return Ok(Transaction {
+                replies: vec![refusal; recipients.len()],
+                reusable: true,
+            });
+        }
+        let mut mail = format!("MAIL FROM:<{}>", envelope.sender);
+        if envelope.params.body == Body::EightBitMime && self.capabilities.eight_bit_mime {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if envelope.params.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        if self.capabilities.size {
+            mail.push_str(&format!(" SIZE={}", body.len()));
+        }
+        mail.push_str("\r\n");
+        let rcpt_commands: Vec<String> = recipients
+            .iter()
+            .map(|&index| format!("RCPT TO:<{}>\r\n", envelope.recipients[index as usize]))
+            .collect();
+
+        let (mail_reply, rcpt_replies, data_reply) = if self.capabilities.pipelining {
+            let mut batch = mail.into_bytes();
+            for command in &rcpt_commands {
+                batch.extend_from_slice(command.as_bytes());
+            }
+            batch.extend_from_slice(b"DATA\r\n");
+            self.write(&batch).await.map_err(mark_early)?;
+            let mail_reply = self.read_reply().await.map_err(mark_early)?;
+            let mut rcpt_replies = Vec::with_capacity(recipients.len());
+            for _ in recipients {
+                rcpt_replies.push(self.read_reply().await?);
+            }
+            let data_reply = self.read_reply().await?;
+            (mail_reply, rcpt_replies, Some(data_reply))
+        } else {
+            self.write(mail.as_bytes()).await.map_err(mark_early)?;
+            let mail_reply = self.read_reply().await.map_err(mark_early)?;
+            let mut rcpt_replies = Vec::with_capacity(recipients.len());
+            if mail_reply.is_positive() {
+                for command in &rcpt_commands {
+                    self.write(command.as_bytes()).await?;
+                    rcpt_replies.push(self.read_reply().await?);
+                }
+            }
+            let data_reply = if rcpt_replies.iter().any(Reply::is_positive) {
+                self.write(b"DATA\r\n").await?;
+                Some(self.read_reply().await?)
+            } else {
+                None
+            };
+            (mail_reply, rcpt_replies, data_reply)
+        };
+
+        let accepted = mail_reply.is_positive() && rcpt_replies.iter().any(Reply::is_positive);
+        let final_reply = match data_reply {
+            Some(data) if data.code == 354 => {
+                let mut wire = Vec::new();
+                if accepted {
+                    dot_stuff(body, &mut wire);
+                } else {
+                    // A gateway that said 354 with nobody to deliver to: end DATA empty.
+                    wire.extend_from_slice(b".\r\n");
+                }
+                self.write(&wire).await?;
+                self.read_reply().await?
+            }
+            Some(refused) => refused,
+            None => Reply::new(554, "5.5.1 no valid recipients"),
+        };
+        let replies = if mail_reply.is_positive() {
+            rcpt_replies
+                .into_iter()
+                .map(|rcpt| {
+                    if rcpt.is_positive() {
+                        final_reply.clone()
+                    } else {
+                        rcpt
+                    }
+                })
+                .collect()
+        } else {
+            vec![mail_reply; recipients.len()]
+        };
+        let reusable = if accepted && final_reply.is_positive() {
+            true
+        } else {
+            self.reset().await
+        };
+        Ok(Transaction { replies, reusable })
+    }
+
+    /// Says QUIT and closes; errors do not matter any more.
+    pub async fn quit(mut self) {
+        if self.write(b"QUIT\r\n").await.is_ok() {
+            let _ = timeout(Duration::from_secs(5), self.read_reply()).await;
+        }
+    }
+
+    /// RSET after a failed transaction; false when the connection is unusable.
+    async fn reset(&mut self) -> bool {
+        self.write(b"RSET\r\n").await.is_ok()
+            && self
+                .read_reply()
+                .await
+                .is_ok_and(|reply| reply.is_positive())
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        match timeout(self.command_timeout, self.stream.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(late(format!("write to gateway failed: {error}"))),
+            Err(_) => Err(late("write to gateway timed out".into())),
+        }
+    }
+
+    async fn read_reply(&mut self) -> Result<Reply, ClientError> {
+        loop {
+            match Reply::parse(&self.buffer) {
+                Ok(Some((reply, used))) => {
+                    self.buffer.drain(..used);
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(error) => return Err(late(format!("gateway protocol error: {}", error.0))),
+            }
+            let mut chunk = [0u8; 4096];
+            let read = timeout(self.command_timeout, self.stream.read(&mut chunk))
+                .await
+                .map_err(|_| late("gateway reply timed out".into()))?
+                .map_err(|error| late(format!("read from gateway failed: {error}")))?;
+            if read == 0 {
+                return Err(late("gateway closed the connection".into()));
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+}
+
+fn parse_capabilities(ehlo: &Reply) -> Capabilities {
+    let mut capabilities = Capabilities::default();
+    for line in ehlo.lines.iter().skip(1) {
+        let keyword = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        match keyword.as_str() {
+            "PIPELINING" => capabilities.pipelining = true,
+            "8BITMIME" => capabilities.eight_bit_mime = true,
+            "SMTPUTF8" => capabilities.smtputf8 = true,
+            "SIZE" => capabilities.size = true,
+            _ => {}
+        }
+    }
+    capabilities
+}
+
+fn early(message: String) -> ClientError {
+    ClientError {
+        message,
+        before_mail_reply: true,
+    }
+}
+
+fn late(message: String) -> ClientError {
+    ClientError {
+        message,
+        before_mail_reply: false,
+    }
+}
+
+fn mark_early(error: ClientError) -> ClientError {
+    ClientError {
+        before_mail_reply: true,
+        ..error
+    }
+}

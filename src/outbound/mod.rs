@@ -1,0 +1,312 @@
+//! Delivery to the gateways: per gateway a queue and a pool of workers, each
+//! holding one reused upstream connection.
+//!
+//! Per recipient: 2xx is done; 4xx or a failed connection is retried on the
+//! backoff schedule until `max_age`; 5xx, or 4xx past `max_age`, goes to the
+//! dead-letter area with the gateway's reply. A message leaves the spool only
+//! when every recipient is done or dead-lettered (DESIGN.md invariant 2).
+
+mod client;
+mod queue;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::config::{Config, GatewayConfig};
+use crate::shutdown::Shutdown;
+use crate::smtp::Reply;
+use crate::spool::{Spool, StoredMessage, unix_seconds};
+use client::Connection;
+use queue::{DeliveryQueue, Queued};
+use retry::Backoff;
+
+/// One gateway at run time.
+struct Gateway {
+    config: GatewayConfig,
+    queue: DeliveryQueue,
+    backoff: Backoff,
+}
+
+/// The delivery side: hands messages to the right gateway's queue.
+#[derive(Clone)]
+pub struct Outbound {
+    gateways: Arc<Vec<Arc<Gateway>>>,
+    by_name: Arc<HashMap<String, usize>>,
+    default: usize,
+}
+
+/// Shared by every worker.
+#[derive(Clone)]
+struct WorkerContext {
+    spool: Spool,
+    helo_name: String,
+}
+
+impl Outbound {
+    /// Starts the workers of every gateway on `tasks`; they stop when `shutdown` turns true.
+    pub fn start(
+        config: &Config,
+        spool: Spool,
+        tasks: &mut JoinSet<()>,
+        shutdown: Shutdown,
+    ) -> Outbound {
+        let gateways: Vec<Arc<Gateway>> = config
+            .gateways
+            .iter()
+            .map(|gateway| {
+                Arc::new(Gateway {
+                    config: gateway.clone(),
+                    queue: DeliveryQueue::default(),
+                    backoff: Backoff {
+                        initial: gateway.retry_initial,
+                        max: gateway.retry_max,
+                    },
+                })
+            })
+            .collect();
+        let context = WorkerContext {
+            spool,
+            helo_name: config.server.hostname.clone(),
+        };
+        for gateway in &gateways {
+            for _ in 0..gateway.config.max_connections {
+                tasks.spawn(worker(gateway.clone(), context.clone(), shutdown.clone()));
+            }
+        }
+        Outbound {
+            by_name: Arc::new(
+                gateways
+                    .iter()
+                    .enumerate()
+                    .map(|(index, gateway)| (gateway.config.name.clone(), index))
+                    .collect(),
+            ),
+            default: config.gateways.iter().position(|g| g.default).unwrap_or(0),
+            gateways: Arc::new(gateways),
+        }
+    }
+
+    /// Queues a stored message on its gateway. A message recovered for a
+    /// gateway that is no longer configured goes to the default one.
+    pub fn enqueue(&self, message: StoredMessage) {
+        let index = match self.by_name.get(&message.gateway) {
+            Some(index) => *index,
+            None => {
+                let fallback = &self.gateways[self.default].config.name;
+                tracing::warn!(
+                    queue_id = %message.id,
+                    gateway = %message.gateway,
+                    fallback = %fallback,
+                    "gateway no longer configured; delivering through the default gateway"
+                );
+                self.default
+            }
+        };
+        self.gateways[index].queue.push(Queued {
+            message,
+            attempts: 0,
+        });
+    }
+
+    /// Messages queued on the named gateway.
+    pub fn queued(&self, gateway: &str) -> usize {
+        self.by_name
+            .get(gateway)
+            .map_or(0, |index| self.gateways[*index].queue.len())
+    }
+}
+
+async fn worker(gateway: Arc<Gateway>, context: WorkerContext, mut shutdown: Shutdown) {
+    let mut connection: Option<Connection> = None;
+    loop {
+        let idle = gateway.config.idle_connection_timeout;
+        let item = tokio::select! {
+            item = gateway.queue.next() => item,
+            _ = tokio::time::sleep(idle), if connection.is_some() => {
+                if let Some(open) = connection.take() {
+                    open.quit().await;
+                }
+                continue;
+            }
+            _ = shutdown.stopped() => break,
+        };
+        deliver(&gateway, &context, &mut connection, item).await;
+    }
+    if let Some(open) = connection.take() {
+        open.quit().await;
+    }
+}
+
+/// One delivery attempt of one message, and what follows from its replies.
+async fn deliver(
+    gateway: &Gateway,
+    context: &WorkerContext,
+    connection: &mut Option<Connection>,
+    mut item: Queued,
+) {
+    let message = &item.message;
+    let body = match context.spool.read_body(message.location).await {
+        Ok(body) => body,
+        Err(error) => {
+            tracing::error!(queue_id = %message.id, %error, "cannot read a queued message from the spool; will retry");
+            let replies = vec![
+                Reply::new(451, format!("4.3.0 spool read failed: {error}"));
+                message.pending.len()
+            ];
+            settle(gateway, context, item, replies).await;
+            return;
+        }
+    };
+    let mut reused = connection.is_some();
+    let replies = loop {
+        if connection.is_none() {
+            let config = &gateway.config;
+            match Connection::open(
+                &config.address,
+                &context.helo_name,
+                config.connect_timeout,
+                config.command_timeout,
+            )
+            .await
+            {
+                Ok(open) => {
+                    gateway.queue.connected();
+                    *connection = Some(open);
+                }
+                Err(error) => {
+                    let pause = gateway.queue.connect_failed(|failures| {
+                        gateway.backoff.delay(failures, fastrand::f64())
+                    });
+                    tracing::warn!(
+                        gateway = %config.name,
+                        address = %config.address,
+                        %error,
+                        pause_seconds = pause.as_secs_f64(),
+                        "gateway unreachable; pausing deliveries to it"
+                    );
+                    break vec![
+                        Reply::new(421, format!("4.4.1 {error}"));
+                        item.message.pending.len()
+                    ];
+                }
+            }
+        }
+        let open = connection.as_mut().expect("connected above");
+        match open
+            .send(&item.message.envelope, &item.message.pending, &body)
+            .await
+        {
+            Ok(transaction) => {
+                if !transaction.reusable {
+                    *connection = None;
+                }
+                break transaction.replies;
+            }
+            Err(error) => {
+                *connection = None;
+                if reused && error.before_mail_reply {
+                    // A kept-alive connection the gateway had closed: reconnect once.
+                    reused = false;
+                    continue;
+                }
+                break vec![Reply::new(451, format!("4.4.2 {error}")); item.message.pending.len()];
+            }
+        }
+    };
+    item.attempts += 1;
+    settle(gateway, context, item, replies).await;
+}
+
+/// Applies per-recipient replies: done, retry later, or dead-letter.
+async fn settle(gateway: &Gateway, context: &WorkerContext, mut item: Queued, replies: Vec<Reply>) {
+    let spool = &context.spool;
+    let message = &item.message;
+    let age = unix_seconds().saturating_sub(message.envelope.received_at);
+    let expired = age >= gateway.config.max_age.as_secs();
+    let mut delivered = Vec::new();
+    let mut retry = Vec::new();
+    let mut dead: Vec<(u32, String)> = Vec::new();
+    for (&recipient, reply) in message.pending.iter().zip(&replies) {
+        if reply.is_positive() {
+            delivered.push(recipient);
+        } else if reply.is_permanent() {
+            dead.push((recipient, reply.to_string()));
+        } else if expired {
+            dead.push((
+                recipient,
+                format!(
+                    "expired after {} attempts in {age}s; last reply: {reply}",
+                    item.attempts
+                ),
+            ));
+        } else {
+            retry.push(recipient);
+        }
+    }
+    if !dead.is_empty() {
+        match spool
+            .dead_letter(message, &dead, &gateway.config.name)
+            .await
+        {
+            Ok(path) => {
+                for (recipient, reason) in &dead {
+                    tracing::error!(
+                        queue_id = %message.id,
+                        gateway = %gateway.config.name,
+                        recipient = %message.envelope.recipients[*recipient as usize],
+                        reason = %reason,
+                        dead_letter = %path.display(),
+                        "delivery failed permanently; moved to the dead-letter area"
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::error!(queue_id = %message.id, %error, "cannot write a dead-letter file; keeping the message queued");
+                retry.extend(dead.iter().map(|(recipient, _)| *recipient));
+                dead.clear();
+            }
+        }
+    }
+    let summary = replies
+        .iter()
+        .find(|reply| !reply.is_positive())
+        .or(replies.first())
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    if retry.is_empty() {
+        spool.message_done(message);
+        tracing::info!(
+            queue_id = %message.id,
+            gateway = %gateway.config.name,
+            attempt = item.attempts,
+            delivered = delivered.len(),
+            failed = dead.len(),
+            reply = %summary,
+            "delivery attempt finished the message"
+        );
+        return;
+    }
+    for recipient in delivered
+        .iter()
+        .chain(dead.iter().map(|(recipient, _)| recipient))
+    {
+        spool.recipient_done(message, *recipient);
+    }
+    let delay = gateway.backoff.delay(item.attempts.max(1), fastrand::f64());
+    tracing::warn!(
+        queue_id = %message.id,
+        gateway = %gateway.config.name,
+        attempt = item.attempts,
+        delivered = delivered.len(),
+        failed = dead.len(),
+        deferred = retry.len(),
+        reply = %summary,
+        next_retry_seconds = delay.as_secs_f64().round(),
+        "delivery attempt deferred"
+    );
+    item.message.pending = retry;
+    gateway.queue.retry_at(item, Instant::now() + delay);
+}

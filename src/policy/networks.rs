@@ -1,0 +1,123 @@
+//! Client network allow-list (`server.allowed_networks`).
+//!
+//! An IPv4 client seen through an IPv6 socket (`::ffff:a.b.c.d`) is matched as
+//! IPv4, so `127.0.0.0/8` keeps working on a dual-stack listener.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// An address prefix such as `127.0.0.0/8` or `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    address: IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// True when `ip` lies inside this prefix.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (self.address, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_matches(&net.octets(), &ip.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_matches(&net.octets(), &ip.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+
+    /// True when any network in `list` contains `ip`.
+    pub fn any_contains(list: &[Network], ip: IpAddr) -> bool {
+        list.iter().any(|network| network.contains(ip))
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+fn prefix_matches(net: &[u8], ip: &[u8], prefix: u8) -> bool {
+    let full = usize::from(prefix / 8);
+    let rest = prefix % 8;
+    if net[..full] != ip[..full] {
+        return false;
+    }
+    if rest == 0 {
+        return true;
+    }
+    let mask = 0xFFu8 << (8 - rest);
+    net[full] & mask == ip[full] & mask
+}
+
+impl FromStr for Network {
+    type Err = ();
+
+    /// Accepts `addr/prefix` or a bare address (a single host).
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let address: IpAddr = address.trim().parse().map_err(|_| ())?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(prefix) => prefix.trim().parse::<u8>().map_err(|_| ())?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(());
+        }
+        Ok(Network {
+            address: canonical(address),
+            prefix,
+        })
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(text: &str) -> Network {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn matches_prefixes() {
+        assert!(net("127.0.0.0/8").contains("127.1.2.3".parse().unwrap()));
+        assert!(!net("127.0.0.0/8").contains("128.0.0.1".parse().unwrap()));
+        assert!(net("10.1.0.0/20").contains("10.1.15.255".parse().unwrap()));
+        assert!(!net("10.1.0.0/20").contains("10.1.16.0".parse().unwrap()));
+        assert!(net("::1/128").contains("::1".parse().unwrap()));
+        assert!(net("0.0.0.0/0").contains("8.8.8.8".parse().unwrap()));
+        assert!(!net("::1/128").contains("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn mapped_ipv4_matches_ipv4_networks() {
+        assert!(net("127.0.0.0/8").contains("::ffff:127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn rejects_bad_prefixes() {
+        assert!("127.0.0.1/33".parse::<Network>().is_err());
+        assert!("localhost/8".parse::<Network>().is_err());
+        assert!("::1/129".parse::<Network>().is_err());
+        assert_eq!(net("192.168.1.7"), net("192.168.1.7/32"));
+    }
+}

@@ -1,0 +1,131 @@
+//! Routing: which gateway relays a message, chosen by the sender's domain.
+//!
+//! Gateways are tried in configuration order and the first whose `senders`
+//! pattern matches wins; a sender no pattern matches (the null sender of a
+//! bounce included) goes to the default gateway. Routing never looks at
+//! recipients, so no address trick can steer mail anywhere but a configured
+//! gateway.
+
+use std::str::FromStr;
+
+/// One entry of a gateway's `senders` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderPattern {
+    /// `example.com`: exactly this domain.
+    Domain(String),
+    /// `*.example.com`: any subdomain, not the domain itself.
+    Subdomains(String),
+}
+
+impl SenderPattern {
+    fn matches(&self, domain: &str) -> bool {
+        match self {
+            SenderPattern::Domain(wanted) => domain.eq_ignore_ascii_case(wanted),
+            SenderPattern::Subdomains(parent) => {
+                domain.len() > parent.len() + 1
+                    && domain.as_bytes()[domain.len() - parent.len() - 1] == b'.'
+                    && domain[domain.len() - parent.len()..].eq_ignore_ascii_case(parent)
+            }
+        }
+    }
+}
+
+impl FromStr for SenderPattern {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let text = text.trim().trim_start_matches('@');
+        let (subdomains, domain) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let valid = !domain.is_empty()
+            && domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Err(());
+        }
+        let domain = domain.to_ascii_lowercase();
+        Ok(if subdomains {
+            SenderPattern::Subdomains(domain)
+        } else {
+            SenderPattern::Domain(domain)
+        })
+    }
+}
+
+/// Picks a gateway (by index into the configured list) for a sender.
+#[derive(Debug, Clone)]
+pub struct Router {
+    routes: Vec<(usize, Vec<SenderPattern>)>,
+    default: usize,
+}
+
+impl Router {
+    /// `routes` holds each gateway's index and patterns, in configuration order.
+    pub fn new(routes: Vec<(usize, Vec<SenderPattern>)>, default: usize) -> Self {
+        Router { routes, default }
+    }
+
+    /// The gateway for mail from `sender` (`""` is the null sender).
+    pub fn route(&self, sender: &str) -> usize {
+        let Some(domain) = sender_domain(sender) else {
+            return self.default;
+        };
+        self.routes
+            .iter()
+            .find(|(_, patterns)| patterns.iter().any(|pattern| pattern.matches(domain)))
+            .map_or(self.default, |(gateway, _)| *gateway)
+    }
+}
+
+/// The domain after the last `@`, which is the one DNS would use.
+fn sender_domain(sender: &str) -> Option<&str> {
+    sender.rsplit_once('@').map(|(_, domain)| domain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        Router::new(
+            vec![
+                (0, vec!["billing.example.com".parse().unwrap()]),
+                (
+                    1,
+                    vec![
+                        "*.example.org".parse().unwrap(),
+                        "example.net".parse().unwrap(),
+                    ],
+                ),
+            ],
+            2,
+        )
+    }
+
+    #[test]
+    fn routes_by_sender_domain() {
+        let router = router();
+        assert_eq!(router.route("invoices@billing.example.com"), 0);
+        assert_eq!(router.route("x@BILLING.EXAMPLE.COM"), 0);
+        assert_eq!(router.route("x@app.example.org"), 1);
+        assert_eq!(router.route("x@example.org"), 2);
+        assert_eq!(router.route("x@example.net"), 1);
+        assert_eq!(router.route("x@badexample.org"), 2);
+        assert_eq!(router.route(""), 2);
+        assert_eq!(router.route("\"a@billing.example.com\"@other.test"), 2);
+    }
+
+    #[test]
+    fn rejects_bad_patterns() {
+        assert!("".parse::<SenderPattern>().is_err());
+        assert!("a..b".parse::<SenderPattern>().is_err());
+        assert!("*".parse::<SenderPattern>().is_err());
+        assert!("ex ample.com".parse::<SenderPattern>().is_err());
+    }
+}

@@ -1,0 +1,407 @@
+//! Parsing one SMTP command line (CRLF already removed by the framer).
+//!
+//! Addresses are kept exactly as the client wrote them (quotes, `%`, `!` and
+//! all) apart from a leading source route, which RFC 5321 4.1.1.3 says to
+//! ignore: we always relay to a configured gateway, so none of those forms can
+//! route mail anywhere, and rewriting them would change what the gateway sees.
+//! An address that could be read two ways (control characters, a stray `>`,
+//! unbalanced quotes) is refused instead.
+
+/// `BODY=` of MAIL FROM (RFC 6152).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Body {
+    #[default]
+    SevenBit,
+    EightBitMime,
+}
+
+/// The MAIL FROM parameters we support.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailParams {
+    /// `SIZE=` (RFC 1870): the client's estimate of the message size.
+    pub size: Option<u64>,
+    pub body: Body,
+    /// `SMTPUTF8` (RFC 6531).
+    pub smtputf8: bool,
+}
+
+/// A parsed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Ehlo(String),
+    Helo(String),
+    Mail {
+        from: String,
+        params: MailParams,
+    },
+    Rcpt {
+        to: String,
+    },
+    Data,
+    Rset,
+    Noop,
+    Quit,
+    Vrfy,
+    Help,
+    /// A known command we do not offer (EXPN, TURN, ...).
+    NotImplemented(String),
+}
+
+/// Why a command line could not be parsed; each maps to one reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    /// 500 5.5.1: no such command.
+    Unrecognized,
+    /// 501 5.5.4 / 5.5.2: bad arguments; the text says what was expected.
+    Syntax(&'static str),
+    /// 501 5.1.7 (sender) or 5.1.3 (recipient): the address itself is malformed.
+    BadAddress { sender: bool, why: &'static str },
+    /// 555 5.5.4: a MAIL/RCPT parameter we do not support.
+    UnknownParameter(String),
+}
+
+/// Longest path RFC 5321 4.5.3.1.3 allows, brackets included.
+const MAX_PATH: usize = 256;
+
+/// Parses one command line.
+pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
+    let line = std::str::from_utf8(line)
+        .map_err(|_| CommandError::Syntax("command is not valid UTF-8"))?;
+    let (verb, rest) = match line.find(' ') {
+        Some(space) => (&line[..space], &line[space + 1..]),
+        None => (line, ""),
+    };
+    let verb = verb.to_ascii_uppercase();
+    let no_argument = |command: Command| {
+        if rest.trim().is_empty() {
+            Ok(command)
+        } else {
+            Err(CommandError::Syntax("this command takes no argument"))
+        }
+    };
+    match verb.as_str() {
+        "EHLO" | "HELO" => {
+            let host = rest.trim();
+            if host.is_empty() || host.contains(' ') || host.len() > 255 {
+                return Err(CommandError::Syntax(
+                    "expected EHLO/HELO followed by your host name",
+                ));
+            }
+            Ok(if verb == "EHLO" {
+                Command::Ehlo(host.to_string())
+            } else {
+                Command::Helo(host.to_string())
+            })
+        }
+        "MAIL" => parse_mail(rest),
+        "RCPT" => parse_rcpt(rest),
+        "DATA" => no_argument(Command::Data),
+        "RSET" => no_argument(Command::Rset),
+        "QUIT" => no_argument(Command::Quit),
+        "NOOP" => Ok(Command::Noop),
+        "VRFY" => Ok(Command::Vrfy),
+        "HELP" => Ok(Command::Help),
+        "EXPN" | "TURN" | "ETRN" | "ATRN" | "BDAT" | "AUTH" | "STARTTLS" | "SEND" | "SOML"
+        | "SAML" => Ok(Command::NotImplemented(verb)),
+        _ => Err(CommandError::Unrecognized),
+    }
+}
+
+fn parse_mail(rest: &str) -> Result<Command, CommandError> {
+    const SYNTAX: &str = "expected MAIL FROM:<address> [parameters]";
+    let path = strip_keyword(rest, "FROM:").ok_or(CommandError::Syntax(SYNTAX))?;
+    let (from, params) = parse_path(path, true)?;
+    let mut parsed = MailParams::default();
+    for param in params.split(' ').filter(|p| !p.is_empty()) {
+        let (key, value) = param.split_once('=').unwrap_or((param, ""));
+        match key.to_ascii_uppercase().as_str() {
+            "SIZE" => {
+                parsed.size =
+                    Some(value.parse().map_err(|_| {
+                        CommandError::Syntax("SIZE= takes a whole number of octets")
+                    })?);
+            }
+            "BODY" => {
+                parsed.body = match value.to_ascii_uppercase().as_str() {
+                    "7BIT" => Body::SevenBit,
+                    "8BITMIME" => Body::EightBitMime,
+                    _ => return Err(CommandError::UnknownParameter(param.to_string())),
+                };
+            }
+            "SMTPUTF8" if value.is_empty() => parsed.smtputf8 = true,
+            _ => return Err(CommandError::UnknownParameter(param.to_string())),
+        }
+    }
+    if !parsed.smtputf8 && !from.is_ascii() {
+        return Err(CommandError::BadAddress {
+            sender: true,
+            why: "non-ASCII address without SMTPUTF8",
+        });
+    }
+    Ok(Command::Mail {
+        from,
+        params: parsed,
+    })
+}
+
+fn parse_rcpt(rest: &str) -> Result<Command, CommandError> {
+    const SYNTAX: &str = "expected RCPT TO:<address>";
+    let path = strip_keyword(rest, "TO:").ok_or(CommandError::Syntax(SYNTAX))?;
+    let (to, params) = parse_path(path, false)?;
+    if let Some(param) = params.split(' ').find(|p| !p.is_empty()) {
+        return Err(CommandError::UnknownParameter(param.to_string()));
+    }
+    if to.is_empty() {
+        return Err(CommandError::BadAddress {
+            sender: false,
+            why: "a recipient address is required",
+        });
+    }
+    Ok(Command::Rcpt { to })
+}
+
+/// Strips `FROM:` / `TO:` (any case) and the optional space some clients add.
+fn strip_keyword<'a>(rest: &'a str, keyword: &str) -> Option<&'a str> {
+    let head = rest.get(..keyword.len())?;
+    head.eq_ignore_ascii_case(keyword)
+        .then(|| rest[keyword.len()..].trim_start_matches(' '))
+}
+
+/// Parses `<address> params`, returning the address (source route removed) and
+/// the parameter text.
+fn parse_path(text: &str, sender: bool) -> Result<(String, &str), CommandError> {
+    let bad = |why| CommandError::BadAddress { sender, why };
+    let inner = text.strip_prefix('<').ok_or(CommandError::Syntax(
+        "the address must be enclosed in <angle brackets>",
+    ))?;
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut end = None;
+    for (index, ch) in inner.char_indices() {
+        if ch.is_control() {
+            return Err(bad("control characters are not allowed in an address"));
+        }
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match ch {
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '>' if !in_quotes => {
+                end = Some(index);
+                break;
+            }
+            '<' if !in_quotes => return Err(bad("'<' inside an address")),
+            ' ' if !in_quotes => return Err(bad("unquoted space inside an address")),
+            _ => {}
+        }
+    }
+    let end = end.ok_or_else(|| bad("missing closing '>' (or unbalanced quotes)"))?;
+    let address = &inner[..end];
+    let after = &inner[end + 1..];
+    if !after.is_empty() && !after.starts_with(' ') {
+        return Err(bad("unexpected text after the closing '>'"));
+    }
+    if end + 2 > MAX_PATH {
+        return Err(bad("address longer than 256 octets"));
+    }
+    let address = strip_source_route(address).ok_or_else(|| bad("malformed source route"))?;
+    if !address.is_empty() {
+        check_mailbox(address).map_err(bad)?;
+    }
+    Ok((address.to_string(), after.trim_start_matches(' ')))
+}
+
+/// `@relay1,@relay2:user@host` -> `user@host` (RFC 5321 4.1.1.3, appendix C).
+fn strip_source_route(address: &str) -> Option<&str> {
+    if !address.starts_with('@') {
+        return Some(address);
+    }
+    let (route, mailbox) = address.split_once(':')?;
+    let hops_valid = route
+        .split(',')
+        .all(|hop| hop.len() > 1 && hop.starts_with('@') && !hop[1..].contains('@'));
+    hops_valid.then_some(mailbox)
+}
+
+/// `local@domain` with a non-empty local part (quoted or not) and a domain
+/// that is a host name or an address literal. `Postmaster` alone is allowed
+/// (RFC 5321 4.5.1).
+fn check_mailbox(address: &str) -> Result<(), &'static str> {
+    if address.eq_ignore_ascii_case("postmaster") {
+        return Ok(());
+    }
+    let at = last_unquoted_at(address).ok_or("expected local-part@domain")?;
+    let (local, domain) = (&address[..at], &address[at + 1..]);
+    if local.is_empty() {
+        return Err("empty local part");
+    }
+    if local.starts_with('"') != local.ends_with('"') || (local.len() == 1 && local == "\"") {
+        return Err("misplaced quotes in the local part");
+    }
+    let domain_ok = if let Some(literal) = domain.strip_prefix('[') {
+        literal.ends_with(']')
+            && literal.len() > 1
+            && !literal[..literal.len() - 1].contains(['[', ']'])
+    } else {
+        !domain.is_empty()
+            && domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || c == '-' || !c.is_ascii())
+            })
+    };
+    if domain_ok {
+        Ok(())
+    } else {
+        Err("invalid domain")
+    }
+}
+
+fn last_unquoted_at(address: &str) -> Option<usize> {
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut found = None;
+    for (index, ch) in address.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match ch {
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '@' if !in_quotes => found = Some(index),
+            _ => {}
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mail(line: &str) -> Result<Command, CommandError> {
+        parse(line.as_bytes())
+    }
+
+    fn from(line: &str) -> String {
+        match mail(line).unwrap() {
+            Command::Mail { from, .. } => from,
+            other => panic!("not MAIL: {other:?}"),
+        }
+    }
+
+    fn to(line: &str) -> String {
+        match mail(line).unwrap() {
+            Command::Rcpt { to } => to,
+            other => panic!("not RCPT: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_verbs_case_insensitively() {
+        assert_eq!(
+            mail("ehlo client.test"),
+            Ok(Command::Ehlo("client.test".into()))
+        );
+        assert_eq!(mail("QUIT"), Ok(Command::Quit));
+        assert_eq!(mail("noop anything"), Ok(Command::Noop));
+        assert_eq!(
+            mail("EXPN list"),
+            Ok(Command::NotImplemented("EXPN".into()))
+        );
+        assert_eq!(mail("FOO"), Err(CommandError::Unrecognized));
+        assert!(matches!(mail("DATA now"), Err(CommandError::Syntax(_))));
+        assert!(matches!(mail("EHLO"), Err(CommandError::Syntax(_))));
+    }
+
+    #[test]
+    fn parses_mail_parameters() {
+        assert_eq!(
+            mail("MAIL FROM:<a@b.test> SIZE=1000 BODY=8BITMIME SMTPUTF8"),
+            Ok(Command::Mail {
+                from: "a@b.test".into(),
+                params: MailParams {
+                    size: Some(1000),
+                    body: Body::EightBitMime,
+                    smtputf8: true
+                }
+            })
+        );
+        assert_eq!(from("MAIL FROM:<>"), "");
+        assert_eq!(from("mail from: <a@b.test>"), "a@b.test");
+        assert!(matches!(
+            mail("MAIL FROM:<a@b.test> RET=FULL"),
+            Err(CommandError::UnknownParameter(_))
+        ));
+        assert!(matches!(
+            mail("MAIL FROM:<a@b.test> SIZE=big"),
+            Err(CommandError::Syntax(_))
+        ));
+        assert!(matches!(
+            mail("MAIL FROM:a@b.test"),
+            Err(CommandError::Syntax(_))
+        ));
+        assert!(matches!(
+            mail("RCPT TO:<a@b.test> NOTIFY=NEVER"),
+            Err(CommandError::UnknownParameter(_))
+        ));
+    }
+
+    #[test]
+    fn keeps_relay_tricks_as_plain_addresses() {
+        assert_eq!(
+            to("RCPT TO:<user%other.test@gw.test>"),
+            "user%other.test@gw.test"
+        );
+        assert_eq!(to("RCPT TO:<host!user@gw.test>"), "host!user@gw.test");
+        assert_eq!(
+            to("RCPT TO:<\"user@evil.test\"@gw.test>"),
+            "\"user@evil.test\"@gw.test"
+        );
+        assert_eq!(to("RCPT TO:<\"odd>name\"@gw.test>"), "\"odd>name\"@gw.test");
+        assert_eq!(
+            to("RCPT TO:<@relay.test,@r2.test:user@gw.test>"),
+            "user@gw.test"
+        );
+        assert_eq!(to("RCPT TO:<Postmaster>"), "Postmaster");
+    }
+
+    #[test]
+    fn refuses_ambiguous_addresses() {
+        for line in [
+            "RCPT TO:<a>b@c.test>",
+            "RCPT TO:<a@c.test>x",
+            "RCPT TO:<a\rb@c.test>",
+            "RCPT TO:<a\nb@c.test>",
+            "RCPT TO:<a\0b@c.test>",
+            "RCPT TO:<a b@c.test>",
+            "RCPT TO:<a@c.test",
+            "RCPT TO:<\"a@c.test>",
+            "RCPT TO:<a<b@c.test>",
+            "RCPT TO:<@c.test>",
+            "RCPT TO:<a@>",
+            "RCPT TO:<a@b..test>",
+            "RCPT TO:<user>",
+            "RCPT TO:<@relay.test:>",
+            "RCPT TO:<>",
+            "MAIL FROM:<ü@b.test>",
+        ] {
+            assert!(
+                matches!(mail(line), Err(CommandError::BadAddress { .. })),
+                "{line:?} gave {:?}",
+                mail(line)
+            );
+        }
+        let long = format!("RCPT TO:<{}@b.test>", "a".repeat(250));
+        assert!(matches!(mail(&long), Err(CommandError::BadAddress { .. })));
+    }
+
+    #[test]
+    fn accepts_utf8_addresses_with_smtputf8() {
+        assert_eq!(from("MAIL FROM:<ü@bü.test> SMTPUTF8"), "ü@bü.test");
+    }
+}

@@ -1,0 +1,322 @@
+//! The durable spool: accepted messages live here until every recipient is
+//! delivered or dead-lettered.
+//!
+//! Layout under `spool.dir`:
+//! - `queue/NNNNNNNNNNNNNNNN.seg`: append-only segment files of message records
+//!   ([`record`]); one writer thread appends, group-commits and fsyncs them.
+//! - `queue/NNNNNNNNNNNNNNNN.done`: per-segment completion entries (a message
+//!   or one recipient finished). A segment whose records are all finished is
+//!   deleted with its side file; nothing refers across segments, so deletion
+//!   never loses another segment's state.
+//! - `dead/`: dead-letter files, one per permanent failure, fsynced.
+//! - `lock`: held while a process uses the spool.
+//!
+//! Invariants:
+//! - [`Spool::store`] returns only after the record is on stable storage
+//!   (write + fdatasync of the segment; a new segment's directory entry is
+//!   fsynced before its first record is acknowledged). This is what lets the
+//!   session answer 250 (DESIGN.md invariant 1).
+//! - Many sessions storing at once share one fdatasync (group commit), so
+//!   durability costs one sync per batch, not per message.
+//! - Completion entries are written at once but synced at most a second
+//!   later: a crash may forget a delivery and send that message again
+//!   (at-least-once), never the other way round.
+//! - Bodies are not kept in memory: a queued message is its envelope and the
+//!   position of its body in a segment.
+
+pub mod record;
+mod recovery;
+mod writer;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+
+use crate::config::SpoolConfig;
+use crate::smtp::MailParams;
+use writer::{Request, Writer};
+
+/// The envelope of one message: who sent it, to whom, and how it came in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The reverse path; empty for the null sender.
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub params: MailParams,
+    pub client_ip: IpAddr,
+    /// Unix seconds when the message was accepted; the retry age counts from it.
+    pub received_at: u64,
+}
+
+/// Where a message's record and body are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub segment: u64,
+    /// Offset of the record; completion entries name it.
+    pub offset: u64,
+    pub body_offset: u64,
+    pub body_len: u64,
+}
+
+/// A message in the spool, as the delivery side sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: String,
+    /// Name of the gateway chosen when the message was accepted.
+    pub gateway: String,
+    pub envelope: Envelope,
+    pub location: Location,
+    /// Indices into `envelope.recipients` still to be delivered.
+    pub pending: Vec<u32>,
+}
+
+/// Why a message could not be stored. The session answers it with 452 4.3.1.
+#[derive(Debug)]
+pub struct SpoolError(pub io::Error);
+
+impl std::fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "spool write failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for SpoolError {}
+
+/// A handle to the spool; cheap to clone.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue_dir: PathBuf,
+    dead_dir: PathBuf,
+    requests: mpsc::Sender<Request>,
+    _lock: File,
+}
+
+const QUEUE_DIR: &str = "queue";
+const DEAD_DIR: &str = "dead";
+
+/// A new queue id: 10 hex digits of milliseconds and 6 of a process-wide
+/// counter that starts at a random value, so ids stay unique across restarts
+/// and sort roughly by arrival.
+pub fn new_queue_id() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| fastrand::u32(..));
+    let count = start.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!(
+        "{:010X}{:06X}",
+        unix_millis() & 0xFF_FFFF_FFFF,
+        count & 0xFF_FFFF
+    )
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_seconds() -> u64 {
+    unix_millis() / 1000
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool, recovers what is queued and starts
+    /// the writer thread. Returns the messages still to deliver, oldest first.
+    pub fn open(config: &SpoolConfig) -> io::Result<(Spool, Vec<StoredMessage>)> {
+        let dir = &config.dir;
+        for sub in [dir.clone(), dir.join(QUEUE_DIR), dir.join(DEAD_DIR)] {
+            fs::create_dir_all(&sub).map_err(|error| annotate(error, &sub, "cannot create"))?;
+        }
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|error| annotate(error, &lock_path, "cannot open"))?;
+        lock.try_lock().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "spool {} is in use by another smtp-shaper process",
+                    dir.display()
+                ),
+            )
+        })?;
+        let queue_dir = dir.join(QUEUE_DIR);
+        let recovered = recovery::recover(&queue_dir)?;
+        let (requests, receiver) = mpsc::channel();
+        let writer = Writer::new(
+            queue_dir.clone(),
+            config.segment_size,
+            recovered.next_segment,
+            recovered.live,
+        );
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer.run(receiver))?;
+        let spool = Spool {
+            inner: Arc::new(Inner {
+                queue_dir,
+                dead_dir: dir.join(DEAD_DIR),
+                requests,
+                _lock: lock,
+            }),
+        };
+        Ok((spool, recovered.messages))
+    }
+
+    /// Stores a message durably; returns once it is on stable storage.
+    pub async fn store(
+        &self,
+        id: String,
+        gateway: &str,
+        envelope: Envelope,
+        body_parts: &[&[u8]],
+    ) -> Result<StoredMessage, SpoolError> {
+        let (frame, body_offset) = record::encode(&id, gateway, &envelope, body_parts);
+        let body_len = (frame.len() - body_offset) as u64;
+        let (reply, done) = oneshot::channel();
+        self.send(Request::Append {
+            frame,
+            body_offset: body_offset as u64,
+            reply,
+        })
+        .map_err(SpoolError)?;
+        let location = done
+            .await
+            .map_err(|_| SpoolError(io::Error::other("spool writer stopped")))?
+            .map_err(SpoolError)?;
+        let pending = (0..envelope.recipients.len() as u32).collect();
+        Ok(StoredMessage {
+            id,
+            gateway: gateway.to_string(),
+            envelope,
+            location: Location {
+                body_len,
+                ..location
+            },
+            pending,
+        })
+    }
+
+    /// Records that one recipient of `message` is finished (delivered or dead-lettered).
+    pub fn recipient_done(&self, message: &StoredMessage, recipient: u32) {
+        self.done(message, recipient);
+    }
+
+    /// Records that `message` is finished; its space is reclaimed with its segment.
+    pub fn message_done(&self, message: &StoredMessage) {
+        self.done(message, record::ALL_RECIPIENTS);
+    }
+
+    fn done(&self, message: &StoredMessage, recipient: u32) {
+        // The writer only stops at shutdown; a lost entry means a redelivery.
+        let _ = self.send(Request::Done {
+            segment: message.location.segment,
+            offset: message.location.offset,
+            recipient,
+        });
+    }
+
+    /// Reads a queued message's body (trace header included) from its segment.
+    pub async fn read_body(&self, location: Location) -> io::Result<Vec<u8>> {
+        let path = segment_path(&self.inner.queue_dir, location.segment);
+        tokio::task::spawn_blocking(move || {
+            let file = File::open(&path)?;
+            let mut body = vec![0; location.body_len as usize];
+            file.read_exact_at(&mut body, location.body_offset)?;
+            Ok(body)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Writes a dead-letter file for the given failed recipients, durably,
+    /// and returns its path. The caller then marks those recipients done.
+    pub async fn dead_letter(
+        &self,
+        message: &StoredMessage,
+        failures: &[(u32, String)],
+        gateway: &str,
+    ) -> io::Result<PathBuf> {
+        let body = self.read_body(message.location).await?;
+        let mut text = String::new();
+        text.push_str(&format!("X-Smtp-Shaper-Queue-Id: {}\r\n", message.id));
+        text.push_str(&format!("X-Smtp-Shaper-Gateway: {gateway}\r\n"));
+        text.push_str(&format!(
+            "X-Smtp-Shaper-Sender: <{}>\r\n",
+            message.envelope.sender
+        ));
+        for (recipient, reason) in failures {
+            let address = message
+                .envelope
+                .recipients
+                .get(*recipient as usize)
+                .map_or("", String::as_str);
+            let reason: String = reason.chars().filter(|c| !c.is_control()).collect();
+            text.push_str(&format!(
+                "X-Smtp-Shaper-Failed-Recipient: <{address}>; {reason}\r\n"
+            ));
+        }
+        text.push_str(&format!(
+            "X-Smtp-Shaper-Dead-At: {}\r\n",
+            crate::smtp::trace::rfc5322_date(unix_seconds())
+        ));
+        let dir = self.inner.dead_dir.clone();
+        let name = format!("{}.{}.eml", message.id, unix_millis());
+        tokio::task::spawn_blocking(move || {
+            let temporary = dir.join(format!(".{name}.tmp"));
+            let path = dir.join(&name);
+            let mut file = File::create(&temporary)?;
+            file.write_all(text.as_bytes())?;
+            file.write_all(&body)?;
+            file.sync_all()?;
+            fs::rename(&temporary, &path)?;
+            File::open(&dir)?.sync_all()?;
+            Ok(path)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Syncs completion entries and stops the writer; called once at shutdown.
+    pub async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.send(Request::Close { reply }).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    fn send(&self, request: Request) -> io::Result<()> {
+        self.inner
+            .requests
+            .send(request)
+            .map_err(|_| io::Error::other("spool writer stopped"))
+    }
+}
+
+fn segment_path(queue_dir: &Path, segment: u64) -> PathBuf {
+    queue_dir.join(format!("{segment:016X}.seg"))
+}
+
+fn done_path(queue_dir: &Path, segment: u64) -> PathBuf {
+    queue_dir.join(format!("{segment:016X}.done"))
+}
+
+fn annotate(error: io::Error, path: &Path, what: &str) -> io::Error {
+    io::Error::new(error.kind(), format!("{what} {}: {error}", path.display()))
+}

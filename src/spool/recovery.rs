@@ -1,0 +1,165 @@
+//! Start-up recovery: rebuild the queue from segment files and their
+//! completion entries.
+//!
+//! A record that fails its checksum, or is cut short, is a write torn by a
+//! crash. It was never acknowledged (acknowledgement waits for the sync), so
+//! it and everything after it in that segment is cut off and logged. Finished
+//! segments and orphan side files are removed.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+
+use super::record::{self, ALL_RECIPIENTS, DONE_ENTRY_LEN, HEADER_LEN};
+use super::{Location, StoredMessage, done_path, segment_path};
+
+pub struct Recovered {
+    pub messages: Vec<StoredMessage>,
+    /// Unfinished messages per remaining segment.
+    pub live: HashMap<u64, u64>,
+    pub next_segment: u64,
+}
+
+pub fn recover(dir: &Path) -> io::Result<Recovered> {
+    let mut segments = Vec::new();
+    let mut side_files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(id) = name
+            .strip_suffix(".seg")
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        {
+            segments.push(id);
+        } else if let Some(id) = name
+            .strip_suffix(".done")
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        {
+            side_files.push(id);
+        }
+    }
+    segments.sort_unstable();
+    for orphan in side_files.iter().filter(|id| !segments.contains(id)) {
+        fs::remove_file(done_path(dir, *orphan))?;
+    }
+
+    let mut recovered = Recovered {
+        messages: Vec::new(),
+        live: HashMap::new(),
+        next_segment: segments.last().map_or(1, |last| last + 1),
+    };
+    for segment in segments {
+        let finished = read_done_entries(&done_path(dir, segment))?;
+        let before = recovered.messages.len();
+        scan_segment(dir, segment, &finished, &mut recovered.messages)?;
+        let live = (recovered.messages.len() - before) as u64;
+        if live == 0 {
+            fs::remove_file(segment_path(dir, segment))?;
+            let _ = fs::remove_file(done_path(dir, segment));
+        } else {
+            recovered.live.insert(segment, live);
+        }
+    }
+    File::open(dir)?.sync_all()?;
+    if !recovered.messages.is_empty() {
+        tracing::info!(
+            messages = recovered.messages.len(),
+            segments = recovered.live.len(),
+            "recovered queued messages from the spool"
+        );
+    }
+    Ok(recovered)
+}
+
+/// Finished recipients per record offset (`ALL_RECIPIENTS` for a whole message).
+fn read_done_entries(path: &Path) -> io::Result<HashMap<u64, HashSet<u32>>> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(error) => return Err(error),
+    };
+    let mut finished: HashMap<u64, HashSet<u32>> = HashMap::new();
+    for entry in bytes.chunks(DONE_ENTRY_LEN) {
+        // A torn entry only costs a redelivery.
+        if let Some((offset, recipient)) = record::decode_done(entry) {
+            finished.entry(offset).or_default().insert(recipient);
+        }
+    }
+    Ok(finished)
+}
+
+fn scan_segment(
+    dir: &Path,
+    segment: u64,
+    finished: &HashMap<u64, HashSet<u32>>,
+    messages: &mut Vec<StoredMessage>,
+) -> io::Result<()> {
+    let path = segment_path(dir, segment);
+    let file = File::open(&path)?;
+    let file_len = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut offset = 0u64;
+    let mut payload = Vec::new();
+    while offset < file_len {
+        let Some(decoded) = read_record(&mut reader, file_len - offset, &mut payload)? else {
+            tracing::warn!(
+                segment,
+                offset,
+                discarded_bytes = file_len - offset,
+                "discarding a torn write at the end of a spool segment (it was never acknowledged)"
+            );
+            let file = OpenOptions::new().write(true).open(&path)?;
+            file.set_len(offset)?;
+            file.sync_all()?;
+            break;
+        };
+        let record_len = (HEADER_LEN + payload.len()) as u64;
+        let done = finished.get(&offset);
+        let pending: Vec<u32> = (0..decoded.envelope.recipients.len() as u32)
+            .filter(|index| !done.is_some_and(|set| set.contains(index)))
+            .collect();
+        let whole_done = done.is_some_and(|set| set.contains(&ALL_RECIPIENTS));
+        if !whole_done && !pending.is_empty() {
+            messages.push(StoredMessage {
+                id: decoded.id,
+                gateway: decoded.gateway,
+                envelope: decoded.envelope,
+                location: Location {
+                    segment,
+                    offset,
+                    body_offset: offset + (HEADER_LEN + decoded.body_offset) as u64,
+                    body_len: decoded.body_len as u64,
+                },
+                pending,
+            });
+        }
+        offset += record_len;
+    }
+    Ok(())
+}
+
+/// Reads one record into `payload`; `None` when what follows is not a whole,
+/// valid record.
+fn read_record(
+    reader: &mut impl Read,
+    remaining: u64,
+    payload: &mut Vec<u8>,
+) -> io::Result<Option<record::DecodedRecord>> {
+    let mut header = [0u8; HEADER_LEN];
+    if remaining < HEADER_LEN as u64 || reader.read_exact(&mut header).is_err() {
+        return Ok(None);
+    }
+    let Some((len, crc)) = record::decode_header(&header) else {
+        return Ok(None);
+    };
+    if len as u64 > remaining - HEADER_LEN as u64 {
+        return Ok(None);
+    }
+    payload.resize(len, 0);
+    reader.read_exact(payload)?;
+    if crc32fast::hash(payload) != crc {
+        return Ok(None);
+    }
+    Ok(record::decode_payload(payload))
+}
