@@ -1,0 +1,355 @@
+//! Test peers over real loopback TCP: an SMTP sink playing the gateway, a raw
+//! SMTP client playing the application, and a harness that starts the service.
+//!
+//! The sink parses SMTP on its own (naively, line by line) rather than with
+//! the crate's code, so a framing bug in the crate cannot hide itself.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use smtp_shaper::Service;
+use smtp_shaper::config::Config;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// A message as the sink received it (unstuffed).
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    pub data: Vec<u8>,
+}
+
+/// What the sink answers; change it while tests run.
+#[derive(Default)]
+pub struct Behavior {
+    /// Reply line for RCPT TO of a given address (e.g. "550 5.1.1 unknown").
+    pub rcpt_replies: HashMap<String, String>,
+    /// Replies for the end of DATA, used up one per message, then 250.
+    pub data_replies: VecDeque<String>,
+    /// Close the connection in the middle of the next N message bodies.
+    pub drop_during_data: usize,
+    /// Whether to offer PIPELINING.
+    pub no_pipelining: bool,
+}
+
+/// An in-process SMTP server playing the gateway.
+pub struct Sink {
+    pub address: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    pub behavior: Arc<Mutex<Behavior>>,
+    /// Transactions that reached end of DATA, whatever the reply.
+    pub data_attempts: Arc<Mutex<usize>>,
+    task: JoinHandle<()>,
+}
+
+impl Sink {
+    pub async fn start() -> Sink {
+        Sink::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(address: SocketAddr) -> Sink {
+        let listener = TcpListener::bind(address).await.expect("bind sink");
+        let address = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let behavior = Arc::new(Mutex::new(Behavior::default()));
+        let data_attempts = Arc::new(Mutex::new(0));
+        let task = {
+            let (received, behavior, data_attempts) = (received.clone(), behavior.clone(), data_attempts.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else { return };
+                    let (received, behavior, data_attempts) =
+                        (received.clone(), behavior.clone(), data_attempts.clone());
+                    tokio::spawn(async move {
+                        let _ = sink_session(stream, received, behavior, data_attempts).await;
+                    });
+                }
+            })
+        };
+        Sink {
+            address,
+            received,
+            behavior,
+            data_attempts,
+            task,
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Stops listening (open sessions end when their peer hangs up).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn sink_session(
+    stream: TcpStream,
+    received: Arc<Mutex<Vec<Received>>>,
+    behavior: Arc<Mutex<Behavior>>,
+    data_attempts: Arc<Mutex<usize>>,
+) -> std::io::Result<()> {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    writer.write_all(b"220 sink.test ESMTP\r\n").await?;
+    let mut mail_from = String::new();
+    let mut recipients = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        let upper = text.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            let pipelining = if behavior.lock().unwrap().no_pipelining { "" } else { "250-PIPELINING\r\n" };
+            format!("250-sink.test\r\n{pipelining}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000")
+        } else if upper.starts_with("MAIL FROM:") {
+            mail_from = text[10..].to_string();
+            recipients.clear();
+            "250 2.1.0 ok".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let address = text[8..].trim_start_matches('<').split('>').next().unwrap_or("").to_string();
+            let custom = behavior.lock().unwrap().rcpt_replies.get(&address).cloned();
+            match custom {
+                Some(reply) => reply,
+                None => {
+                    recipients.push(address);
+                    "250 2.1.5 ok".into()
+                }
+            }
+        } else if upper == "DATA" {
+            if recipients.is_empty() {
+                "554 5.5.1 no valid recipients".into()
+            } else {
+                writer.write_all(b"354 go ahead\r\n").await?;
+                let mut data = Vec::new();
+                let drop_now = {
+                    let mut behavior = behavior.lock().unwrap();
+                    let drop_now = behavior.drop_during_data > 0;
+                    behavior.drop_during_data = behavior.drop_during_data.saturating_sub(1);
+                    drop_now
+                };
+                loop {
+                    line.clear();
+                    if reader.read_until(b'\n', &mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    if drop_now {
+                        return Ok(());
+                    }
+                    if line == b".\r\n" {
+                        break;
+                    }
+                    let content = if line.starts_with(b".") { &line[1..] } else { &line[..] };
+                    data.extend_from_slice(content);
+                }
+                *data_attempts.lock().unwrap() += 1;
+                let custom = behavior.lock().unwrap().data_replies.pop_front();
+                match custom {
+                    Some(reply) => reply,
+                    None => {
+                        received.lock().unwrap().push(Received {
+                            mail_from: mail_from.clone(),
+                            recipients: std::mem::take(&mut recipients),
+                            data,
+                        });
+                        "250 2.0.0 queued".into()
+                    }
+                }
+            }
+        } else if upper == "RSET" {
+            recipients.clear();
+            "250 2.0.0 ok".into()
+        } else if upper == "QUIT" {
+            writer.write_all(b"221 2.0.0 bye\r\n").await?;
+            return Ok(());
+        } else if upper == "NOOP" {
+            "250 2.0.0 ok".into()
+        } else {
+            "502 5.5.1 unknown".into()
+        };
+        writer.write_all(format!("{reply}\r\n").as_bytes()).await?;
+    }
+}
+
+/// A raw SMTP client: sends exactly the bytes it is given.
+pub struct Client {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+/// A reply as the client read it: the code and the last line's text.
+#[derive(Debug, Clone)]
+pub struct ClientReply {
+    pub code: u16,
+    pub text: String,
+}
+
+impl Client {
+    /// Connects and reads the greeting.
+    pub async fn connect(address: SocketAddr) -> (Client, ClientReply) {
+        let stream = TcpStream::connect(address).await.expect("connect to smtp-shaper");
+        let (reader, writer) = stream.into_split();
+        let mut client = Client {
+            reader: BufReader::new(reader),
+            writer,
+        };
+        let greeting = client.reply().await.expect("greeting");
+        (client, greeting)
+    }
+
+    /// Connects, says EHLO, expects 220 and 250.
+    pub async fn ready(address: SocketAddr) -> Client {
+        let (mut client, greeting) = Client::connect(address).await;
+        assert_eq!(greeting.code, 220, "{greeting:?}");
+        let ehlo = client.command("EHLO app.test").await;
+        assert_eq!(ehlo.code, 250, "{ehlo:?}");
+        client
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads one (possibly multi-line) reply; None when the server closed.
+    pub async fn reply(&mut self) -> Option<ClientReply> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = tokio::time::timeout(Duration::from_secs(60), self.reader.read_line(&mut line))
+                .await
+                .expect("reply within 60s")
+                .ok()?;
+            if read == 0 {
+                return None;
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Some(ClientReply {
+                    code: line.get(..3)?.parse().ok()?,
+                    text: line.get(4..).unwrap_or("").trim_end().to_string(),
+                });
+            }
+        }
+    }
+
+    /// Sends a command line (CRLF added) and reads the reply.
+    pub async fn command(&mut self, line: &str) -> ClientReply {
+        self.send_raw(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await.unwrap_or_else(|| panic!("connection closed after {line:?}"))
+    }
+
+    /// True when the server has closed the connection.
+    pub async fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(30), self.reader.read(&mut byte)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    /// One whole transaction; `body` is sent dot-stuffed. Returns the final reply.
+    pub async fn send_message(&mut self, from: &str, to: &[&str], body: &[u8]) -> ClientReply {
+        let reply = self.command(&format!("MAIL FROM:<{from}>")).await;
+        assert_eq!(reply.code, 250, "MAIL: {reply:?}");
+        for rcpt in to {
+            let reply = self.command(&format!("RCPT TO:<{rcpt}>")).await;
+            assert_eq!(reply.code, 250, "RCPT: {reply:?}");
+        }
+        let reply = self.command("DATA").await;
+        assert_eq!(reply.code, 354, "DATA: {reply:?}");
+        self.send_raw(&stuff(body)).await;
+        self.reply().await.expect("reply to end of DATA")
+    }
+}
+
+/// Dot-stuffs a CRLF body and appends the terminator (the test's own copy).
+pub fn stuff(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// The queue id in a "250 2.0.0 Ok: queued as ID" reply.
+pub fn queue_id(reply: &ClientReply) -> String {
+    reply.text.rsplit(' ').next().unwrap_or_default().to_string()
+}
+
+/// A configuration for tests: loopback listener on a free port, spool in
+/// `spool_dir`, one gateway at `gateway`, fast retries.
+pub fn test_config(spool_dir: &std::path::Path, gateway: SocketAddr) -> Config {
+    Config::parse(&format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        hostname = "shaper.test"
+        [spool]
+        dir = "{}"
+        [[gateways]]
+        name = "primary"
+        address = "{gateway}"
+        retry_initial = "100ms"
+        retry_max = "400ms"
+        connect_timeout = "2s"
+        "#,
+        spool_dir.display()
+    ))
+    .expect("test config is valid")
+}
+
+/// Starts the service with `config`.
+pub async fn start(config: Config) -> Service {
+    Service::start(config).await.expect("service starts")
+}
+
+/// Waits (polling) until `condition` holds; panics after 60 s so a broken
+/// test fails instead of hanging. Never used to assert on timing.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..6000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Strips our Received: header from a relayed message, asserting it is there.
+pub fn without_trace(data: &[u8]) -> &[u8] {
+    assert!(data.starts_with(b"Received: from "), "no trace header: {:?}", String::from_utf8_lossy(&data[..data.len().min(80)]));
+    let mut offset = 0;
+    for line in data.split_inclusive(|&b| b == b'\n') {
+        if offset > 0 && !line.starts_with(b"\t") {
+            break;
+        }
+        offset += line.len();
+    }
+    &data[offset..]
+}
