@@ -21,11 +21,20 @@ fn dead_letters(spool: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_after_a_temporary_failure() {
     let sink = Sink::start().await;
-    sink.behavior.lock().unwrap().data_replies.extend(["451 4.3.0 try again later".to_string(), "421 4.4.5 busy".to_string()]);
+    sink.behavior.lock().unwrap().data_replies.extend([
+        "451 4.3.0 try again later".to_string(),
+        "421 4.4.5 busy".to_string(),
+    ]);
     let spool = tempfile::tempdir().unwrap();
     let service = start(test_config(spool.path(), sink.address)).await;
     let mut client = Client::ready(service.smtp_address()).await;
-    assert_eq!(client.send_message("app@example.com", &["a@example.org"], BODY).await.code, 250);
+    assert_eq!(
+        client
+            .send_message("app@example.com", &["a@example.org"], BODY)
+            .await
+            .code,
+        250
+    );
     eventually("delivered on the third attempt", || sink.count() == 1).await;
     assert_eq!(*sink.data_attempts.lock().unwrap(), 3);
     assert_eq!(without_trace(&sink.messages()[0].data), BODY);
@@ -46,15 +55,28 @@ async fn permanent_failures_go_to_the_dead_letter_area_per_recipient() {
     let service = start(test_config(spool.path(), sink.address)).await;
     let mut client = Client::ready(service.smtp_address()).await;
     let reply = client
-        .send_message("app@example.com", &["ok@example.org", "gone@example.org"], BODY)
+        .send_message(
+            "app@example.com",
+            &["ok@example.org", "gone@example.org"],
+            BODY,
+        )
         .await;
     assert_eq!(reply.code, 250);
     eventually("the good recipient is delivered", || sink.count() == 1).await;
     assert_eq!(sink.messages()[0].recipients, vec!["ok@example.org"]);
     eventually("one dead letter", || dead_letters(spool.path()).len() == 1).await;
     let dead = &dead_letters(spool.path())[0];
-    assert!(dead.contains("X-Smtp-Shaper-Failed-Recipient: <gone@example.org>; 550 5.1.1 no such user"), "{dead}");
-    assert!(dead.contains(&format!("X-Smtp-Shaper-Queue-Id: {}", support::queue_id(&reply))), "{dead}");
+    assert!(
+        dead.contains("X-Smtp-Shaper-Failed-Recipient: <gone@example.org>; 550 5.1.1 no such user"),
+        "{dead}"
+    );
+    assert!(
+        dead.contains(&format!(
+            "X-Smtp-Shaper-Queue-Id: {}",
+            support::queue_id(&reply)
+        )),
+        "{dead}"
+    );
     assert!(dead.ends_with("\r\nhello\r\n"), "{dead}");
     assert!(!dead.contains("ok@example.org>;"), "{dead}");
     eventually("queue empty", || service.queued("primary") == 0).await;
@@ -80,7 +102,11 @@ async fn a_recipient_deferred_alone_is_retried_alone() {
     let service = start(test_config(spool.path(), sink.address)).await;
     let mut client = Client::ready(service.smtp_address()).await;
     let reply = client
-        .send_message("app@example.com", &["now@example.org", "later@example.org"], BODY)
+        .send_message(
+            "app@example.com",
+            &["now@example.org", "later@example.org"],
+            BODY,
+        )
         .await;
     assert_eq!(reply.code, 250);
     eventually("first recipient delivered", || sink.count() == 1).await;
@@ -101,12 +127,21 @@ async fn gateway_down_then_up_delivers_everything() {
     let mut client = Client::ready(service.smtp_address()).await;
     for n in 0..20 {
         let body = format!("Subject: {n}\r\n\r\nwaiting\r\n");
-        assert_eq!(client.send_message("app@example.com", &["a@example.org"], body.as_bytes()).await.code, 250);
+        assert_eq!(
+            client
+                .send_message("app@example.com", &["a@example.org"], body.as_bytes())
+                .await
+                .code,
+            250
+        );
     }
     assert_eq!(service.queued("primary"), 20);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let sink = Sink::start_on(gateway).await;
-    eventually("all 20 delivered after the gateway came up", || sink.count() == 20).await;
+    eventually("all 20 delivered after the gateway came up", || {
+        sink.count() == 20
+    })
+    .await;
     assert!(dead_letters(spool.path()).is_empty());
     service.shutdown().await;
 }
@@ -118,8 +153,17 @@ async fn a_connection_dropped_during_data_is_retried() {
     let spool = tempfile::tempdir().unwrap();
     let service = start(test_config(spool.path(), sink.address)).await;
     let mut client = Client::ready(service.smtp_address()).await;
-    assert_eq!(client.send_message("app@example.com", &["a@example.org"], BODY).await.code, 250);
-    eventually("delivered after two dropped connections", || sink.count() == 1).await;
+    assert_eq!(
+        client
+            .send_message("app@example.com", &["a@example.org"], BODY)
+            .await
+            .code,
+        250
+    );
+    eventually("delivered after two dropped connections", || {
+        sink.count() == 1
+    })
+    .await;
     assert_eq!(without_trace(&sink.messages()[0].data), BODY);
     service.shutdown().await;
 }
@@ -138,7 +182,11 @@ async fn works_with_a_gateway_without_pipelining() {
     let mut client = Client::ready(service.smtp_address()).await;
     for _ in 0..5 {
         let reply = client
-            .send_message("app@example.com", &["a@example.org", "gone@example.org", "b@example.org"], BODY)
+            .send_message(
+                "app@example.com",
+                &["a@example.org", "gone@example.org", "b@example.org"],
+                BODY,
+            )
             .await;
         assert_eq!(reply.code, 250);
     }
@@ -163,8 +211,17 @@ async fn messages_past_max_age_are_dead_lettered() {
     config.gateways[0].max_age = std::time::Duration::from_secs(1);
     let service = start(config).await;
     let mut client = Client::ready(service.smtp_address()).await;
-    assert_eq!(client.send_message("app@example.com", &["stuck@example.org"], BODY).await.code, 250);
-    eventually("expired into the dead-letter area", || dead_letters(spool.path()).len() == 1).await;
+    assert_eq!(
+        client
+            .send_message("app@example.com", &["stuck@example.org"], BODY)
+            .await
+            .code,
+        250
+    );
+    eventually("expired into the dead-letter area", || {
+        dead_letters(spool.path()).len() == 1
+    })
+    .await;
     let dead = &dead_letters(spool.path())[0];
     assert!(dead.contains("expired after"), "{dead}");
     assert!(dead.contains("451 4.7.1 greylisted"), "{dead}");

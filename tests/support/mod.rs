@@ -60,10 +60,13 @@ impl Sink {
         let behavior = Arc::new(Mutex::new(Behavior::default()));
         let data_attempts = Arc::new(Mutex::new(0));
         let task = {
-            let (received, behavior, data_attempts) = (received.clone(), behavior.clone(), data_attempts.clone());
+            let (received, behavior, data_attempts) =
+                (received.clone(), behavior.clone(), data_attempts.clone());
             tokio::spawn(async move {
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else { return };
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
                     let (received, behavior, data_attempts) =
                         (received.clone(), behavior.clone(), data_attempts.clone());
                     tokio::spawn(async move {
@@ -115,14 +118,25 @@ async fn sink_session(
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
-            let pipelining = if behavior.lock().unwrap().no_pipelining { "" } else { "250-PIPELINING\r\n" };
-            format!("250-sink.test\r\n{pipelining}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000")
+            let pipelining = if behavior.lock().unwrap().no_pipelining {
+                ""
+            } else {
+                "250-PIPELINING\r\n"
+            };
+            format!(
+                "250-sink.test\r\n{pipelining}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000"
+            )
         } else if upper.starts_with("MAIL FROM:") {
             mail_from = text[10..].to_string();
             recipients.clear();
             "250 2.1.0 ok".into()
         } else if upper.starts_with("RCPT TO:") {
-            let address = text[8..].trim_start_matches('<').split('>').next().unwrap_or("").to_string();
+            let address = text[8..]
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .to_string();
             let custom = behavior.lock().unwrap().rcpt_replies.get(&address).cloned();
             match custom {
                 Some(reply) => reply,
@@ -154,7 +168,11 @@ async fn sink_session(
                     if line == b".\r\n" {
                         break;
                     }
-                    let content = if line.starts_with(b".") { &line[1..] } else { &line[..] };
+                    let content = if line.starts_with(b".") {
+                        &line[1..]
+                    } else {
+                        &line[..]
+                    };
                     data.extend_from_slice(content);
                 }
                 *data_attempts.lock().unwrap() += 1;
@@ -202,7 +220,9 @@ pub struct ClientReply {
 impl Client {
     /// Connects and reads the greeting.
     pub async fn connect(address: SocketAddr) -> (Client, ClientReply) {
-        let stream = TcpStream::connect(address).await.expect("connect to smtp-shaper");
+        let stream = TcpStream::connect(address)
+            .await
+            .expect("connect to smtp-shaper");
         let (reader, writer) = stream.into_split();
         let mut client = Client {
             reader: BufReader::new(reader),
@@ -230,10 +250,11 @@ impl Client {
         let mut line = String::new();
         loop {
             line.clear();
-            let read = tokio::time::timeout(Duration::from_secs(60), self.reader.read_line(&mut line))
-                .await
-                .expect("reply within 60s")
-                .ok()?;
+            let read =
+                tokio::time::timeout(Duration::from_secs(60), self.reader.read_line(&mut line))
+                    .await
+                    .expect("reply within 60s")
+                    .ok()?;
             if read == 0 {
                 return None;
             }
@@ -246,10 +267,21 @@ impl Client {
         }
     }
 
+    /// Reads one reply line into `line`; true when it was the reply's last.
+    pub async fn reply_line(&mut self, line: &mut String) -> bool {
+        self.reader
+            .read_line(line)
+            .await
+            .expect("read a reply line");
+        line.as_bytes().get(3) != Some(&b'-')
+    }
+
     /// Sends a command line (CRLF added) and reads the reply.
     pub async fn command(&mut self, line: &str) -> ClientReply {
         self.send_raw(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await.unwrap_or_else(|| panic!("connection closed after {line:?}"))
+        self.reply()
+            .await
+            .unwrap_or_else(|| panic!("connection closed after {line:?}"))
     }
 
     /// True when the server has closed the connection.
@@ -291,7 +323,12 @@ pub fn stuff(body: &[u8]) -> Vec<u8> {
 
 /// The queue id in a "250 2.0.0 Ok: queued as ID" reply.
 pub fn queue_id(reply: &ClientReply) -> String {
-    reply.text.rsplit(' ').next().unwrap_or_default().to_string()
+    reply
+        .text
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A configuration for tests: loopback listener on a free port, spool in
@@ -302,6 +339,7 @@ pub fn test_config(spool_dir: &std::path::Path, gateway: SocketAddr) -> Config {
         [server]
         listen = "127.0.0.1:0"
         hostname = "shaper.test"
+        shutdown_grace = "5s"
         [spool]
         dir = "{}"
         [[gateways]]
@@ -343,7 +381,11 @@ pub fn free_address() -> SocketAddr {
 
 /// Strips our Received: header from a relayed message, asserting it is there.
 pub fn without_trace(data: &[u8]) -> &[u8] {
-    assert!(data.starts_with(b"Received: from "), "no trace header: {:?}", String::from_utf8_lossy(&data[..data.len().min(80)]));
+    assert!(
+        data.starts_with(b"Received: from "),
+        "no trace header: {:?}",
+        String::from_utf8_lossy(&data[..data.len().min(80)])
+    );
     let mut offset = 0;
     for line in data.split_inclusive(|&b| b == b'\n') {
         if offset > 0 && !line.starts_with(b"\t") {

@@ -1,0 +1,397 @@
+//! The inbound hard edges over real TCP: SMTP smuggling, line and size
+//! limits, timeouts, error and connection limits, client networks, address
+//! syntax. Each answer is checked for its code and enhanced status.
+
+mod support;
+
+use std::time::Duration;
+
+use smtp_shaper::Service;
+use support::{Client, Sink, eventually, start, test_config};
+
+async fn service_with(
+    tweak: impl FnOnce(&mut smtp_shaper::config::Config),
+) -> (Service, Sink, tempfile::TempDir) {
+    let sink = Sink::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = test_config(spool.path(), sink.address);
+    tweak(&mut config);
+    (start(config).await, sink, spool)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_sequences_never_split_a_transaction() {
+    let (service, sink, _spool) = service_with(|_| {}).await;
+    let variants: [&[u8]; 9] = [
+        b"\n.\n",
+        b"\r.\r",
+        b"\r.\n",
+        b"\n.\r",
+        b"\n.\r\n",
+        b"\r\n.\n",
+        b"\r.\r\n",
+        b"\r\n.\r",
+        b"\r\n\0.\r\n",
+    ];
+    for fake_end in variants {
+        let mut client = Client::ready(service.smtp_address()).await;
+        assert_eq!(
+            client.command("MAIL FROM:<app@example.com>").await.code,
+            250
+        );
+        assert_eq!(client.command("RCPT TO:<real@example.org>").await.code, 250);
+        assert_eq!(client.command("DATA").await.code, 354);
+        let mut payload = b"Subject: innocent\r\n\r\nhello".to_vec();
+        payload.extend_from_slice(fake_end);
+        payload.extend_from_slice(b"MAIL FROM:<ceo@example.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nSubject: smuggled\r\n\r\nforged\r\n.\r\n");
+        client.send_raw(&payload).await;
+        let reply = client
+            .reply()
+            .await
+            .expect("one reply for the whole payload");
+        assert_eq!(reply.code, 554, "{fake_end:?}: {reply:?}");
+        assert!(reply.text.starts_with("5.6.0"), "{reply:?}");
+        // The session is still in sync: exactly one reply was owed.
+        let noop = client.command("NOOP").await;
+        assert_eq!(noop.code, 250, "{fake_end:?}: out of sync, got {noop:?}");
+    }
+    // Nothing of those payloads was relayed; a normal message still is.
+    let mut client = Client::ready(service.smtp_address()).await;
+    assert_eq!(
+        client
+            .send_message(
+                "app@example.com",
+                &["ok@example.org"],
+                b"Subject: fine\r\n\r\nx\r\n"
+            )
+            .await
+            .code,
+        250
+    );
+    eventually("the normal message", || sink.count() == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sink.count(), 1);
+    assert_eq!(sink.messages()[0].recipients, vec!["ok@example.org"]);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_line_ends_and_nul_in_commands_are_refused() {
+    let (service, _sink, _spool) = service_with(|_| {}).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    client.send_raw(b"NOOP\n").await;
+    let reply = client.reply().await.unwrap();
+    assert_eq!((reply.code, &reply.text[..5]), (500, "5.5.2"), "{reply:?}");
+    client.send_raw(b"NO\rOP\r\n").await;
+    assert_eq!(client.reply().await.unwrap().code, 500);
+    client.send_raw(b"NOOP\0\r\n").await;
+    assert_eq!(client.reply().await.unwrap().code, 500);
+    // A bare LF cannot start a second command inside one line.
+    client
+        .send_raw(b"RSET\nMAIL FROM:<a@example.com>\r\n")
+        .await;
+    assert_eq!(client.reply().await.unwrap().code, 500);
+    assert_eq!(client.reply().await.unwrap().code, 250);
+    drop(client);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_lines_are_limited_to_512_octets() {
+    let (service, _sink, _spool) = service_with(|_| {}).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    let fits = format!("NOOP {}", "a".repeat(505));
+    assert_eq!(fits.len() + 2, 512);
+    assert_eq!(client.command(&fits).await.code, 250);
+    let reply = client.command(&format!("NOOP {}", "a".repeat(506))).await;
+    assert_eq!((reply.code, &reply.text[..5]), (500, "5.5.2"), "{reply:?}");
+    let reply = client
+        .command(&format!("NOOP {}", "a".repeat(100_000)))
+        .await;
+    assert_eq!(reply.code, 500);
+    assert_eq!(client.command("NOOP").await.code, 250);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_lines_are_limited_to_1000_octets() {
+    let (service, sink, _spool) = service_with(|_| {}).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    let mut body = b"Subject: long\r\n\r\n".to_vec();
+    body.extend_from_slice(&[b'y'; 999]);
+    body.extend_from_slice(b"\r\n");
+    let reply = client
+        .send_message("app@example.com", &["a@example.org"], &body)
+        .await;
+    assert_eq!((reply.code, &reply.text[..5]), (554, "5.6.0"), "{reply:?}");
+    let mut body = b"Subject: long\r\n\r\n".to_vec();
+    body.extend_from_slice(&[b'y'; 998]);
+    body.extend_from_slice(b"\r\n");
+    assert_eq!(
+        client
+            .send_message("app@example.com", &["a@example.org"], &body)
+            .await
+            .code,
+        250
+    );
+    eventually("the 998-octet line", || sink.count() == 1).await;
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_per_message_are_limited() {
+    let (service, sink, _spool) = service_with(|_| {}).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    assert_eq!(
+        client.command("MAIL FROM:<app@example.com>").await.code,
+        250
+    );
+    for n in 0..100 {
+        assert_eq!(
+            client
+                .command(&format!("RCPT TO:<r{n}@example.org>"))
+                .await
+                .code,
+            250
+        );
+    }
+    let reply = client.command("RCPT TO:<r100@example.org>").await;
+    assert_eq!((reply.code, &reply.text[..5]), (452, "4.5.3"), "{reply:?}");
+    assert_eq!(client.command("DATA").await.code, 354);
+    client.send_raw(b"Subject: many\r\n\r\nx\r\n.\r\n").await;
+    assert_eq!(client.reply().await.unwrap().code, 250);
+    eventually("one message with 100 recipients", || sink.count() == 1).await;
+    assert_eq!(sink.messages()[0].recipients.len(), 100);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_size_is_limited_at_mail_and_at_data() {
+    let (service, _sink, _spool) =
+        service_with(|config| config.server.max_message_size = 10_000).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    let reply = client
+        .command("MAIL FROM:<app@example.com> SIZE=10001")
+        .await;
+    assert_eq!((reply.code, &reply.text[..5]), (552, "5.3.4"), "{reply:?}");
+    assert_eq!(
+        client
+            .command("MAIL FROM:<app@example.com> SIZE=500")
+            .await
+            .code,
+        250
+    );
+    assert_eq!(client.command("RCPT TO:<a@example.org>").await.code, 250);
+    assert_eq!(client.command("DATA").await.code, 354);
+    let mut body = Vec::new();
+    for _ in 0..200 {
+        body.extend_from_slice(&[b'z'; 98]);
+        body.extend_from_slice(b"\r\n");
+    }
+    client.send_raw(&support::stuff(&body)).await;
+    let reply = client.reply().await.unwrap();
+    assert_eq!((reply.code, &reply.text[..5]), (552, "5.3.4"), "{reply:?}");
+    assert_eq!(client.command("NOOP").await.code, 250);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_disconnected_with_421() {
+    let (service, _sink, _spool) =
+        service_with(|config| config.server.idle_timeout = Duration::from_millis(300)).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    let reply = client.reply().await.expect("a 421 before the close");
+    assert_eq!((reply.code, &reply.text[..5]), (421, "4.4.2"), "{reply:?}");
+    assert!(client.is_closed().await);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_data_phase_times_out() {
+    let (service, sink, _spool) =
+        service_with(|config| config.server.data_timeout = Duration::from_millis(300)).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    assert_eq!(
+        client.command("MAIL FROM:<app@example.com>").await.code,
+        250
+    );
+    assert_eq!(client.command("RCPT TO:<a@example.org>").await.code, 250);
+    assert_eq!(client.command("DATA").await.code, 354);
+    client.send_raw(b"Subject: half\r\n\r\npartial").await;
+    let reply = client.reply().await.expect("a 421 before the close");
+    assert_eq!(reply.code, 421, "{reply:?}");
+    assert!(client.is_closed().await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sink.count(), 0);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_errors_close_the_session() {
+    let (service, _sink, _spool) = service_with(|config| config.server.max_errors = 5).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    for _ in 0..4 {
+        assert_eq!(client.command("BOGUS").await.code, 500);
+    }
+    let reply = client.command("BOGUS").await;
+    assert_eq!((reply.code, &reply.text[..5]), (421, "4.7.0"), "{reply:?}");
+    assert!(client.is_closed().await);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_get_421() {
+    let (service, _sink, _spool) = service_with(|config| config.server.max_connections = 2).await;
+    let _first = Client::ready(service.smtp_address()).await;
+    let _second = Client::ready(service.smtp_address()).await;
+    let (mut third, greeting) = Client::connect(service.smtp_address()).await;
+    assert_eq!(
+        (greeting.code, &greeting.text[..5]),
+        (421, "4.7.0"),
+        "{greeting:?}"
+    );
+    assert!(third.is_closed().await);
+    drop(_first);
+    let mut fourth = None;
+    for _ in 0..100 {
+        let (client, greeting) = Client::connect(service.smtp_address()).await;
+        if greeting.code == 220 {
+            fourth = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(fourth.is_some(), "a slot frees up when a client leaves");
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_outside_allowed_networks_get_554() {
+    let (service, _sink, _spool) =
+        service_with(|config| config.server.allowed_networks = vec!["10.0.0.0/8".parse().unwrap()])
+            .await;
+    let (mut client, greeting) = Client::connect(service.smtp_address()).await;
+    assert_eq!(
+        (greeting.code, &greeting.text[..5]),
+        (554, "5.7.1"),
+        "{greeting:?}"
+    );
+    assert!(client.is_closed().await);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_addresses_get_501() {
+    let (service, _sink, _spool) = service_with(|_| {}).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    let reply = client.command("MAIL FROM:<a>b@example.com>").await;
+    assert_eq!((reply.code, &reply.text[..5]), (501, "5.1.7"), "{reply:?}");
+    assert_eq!(
+        client.command("MAIL FROM:<app@example.com>").await.code,
+        250
+    );
+    for line in [
+        "RCPT TO:<a>b@example.org>",
+        "RCPT TO:<a\tb@example.org>",
+        "RCPT TO:<noatsign>",
+        "RCPT TO:<a@example.org",
+        "RCPT TO:<a b@example.org>",
+    ] {
+        let reply = client.command(line).await;
+        assert_eq!(
+            (reply.code, &reply.text[..5]),
+            (501, "5.1.3"),
+            "{line}: {reply:?}"
+        );
+    }
+    client.send_raw(b"RCPT TO:<a\rb@example.org>\r\n").await;
+    assert_eq!(client.reply().await.unwrap().code, 500);
+    let reply = client.command("RCPT TO:<a@example.org> NOTIFY=NEVER").await;
+    assert_eq!((reply.code, &reply.text[..5]), (555, "5.5.4"), "{reply:?}");
+    drop(client);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_the_service_commands() {
+    let (service, _sink, _spool) = service_with(|_| {}).await;
+    let (mut client, greeting) = Client::connect(service.smtp_address()).await;
+    assert_eq!(greeting.code, 220);
+    assert!(
+        greeting.text.starts_with("shaper.test ESMTP"),
+        "{greeting:?}"
+    );
+    client.send_raw(b"EHLO app.test\r\n").await;
+    let mut ehlo = Vec::new();
+    loop {
+        let mut line = String::new();
+        // Multi-line: collect the keywords.
+        let reply = client.reply_line(&mut line).await;
+        ehlo.push(line.trim_end().to_string());
+        if reply {
+            break;
+        }
+    }
+    for keyword in [
+        "PIPELINING",
+        "8BITMIME",
+        "SIZE 26214400",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+    ] {
+        assert!(
+            ehlo.iter().any(|line| line[4..] == *keyword),
+            "{keyword} missing in {ehlo:?}"
+        );
+    }
+    assert_eq!(client.command("VRFY someone").await.code, 252);
+    assert_eq!(client.command("HELP").await.code, 214);
+    let reply = client.command("EXPN list").await;
+    assert_eq!((reply.code, &reply.text[..5]), (502, "5.5.1"));
+    assert_eq!(client.command("HELO app.test").await.code, 250);
+    let reply = client
+        .command("MAIL FROM:<a@example.com> BODY=8BITMIME")
+        .await;
+    assert_eq!(reply.code, 555, "MAIL parameters need EHLO: {reply:?}");
+    assert_eq!(client.command("RSET").await.code, 250);
+    assert_eq!(client.command("QUIT").await.code, 221);
+    assert!(client.is_closed().await);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_transactions_get_their_replies_in_order() {
+    let (service, sink, _spool) = service_with(|_| {}).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    client
+        .send_raw(
+            b"MAIL FROM:<a@example.com>\r\nRCPT TO:<x@example.org>\r\nRCPT TO:<bad>\r\nDATA\r\n",
+        )
+        .await;
+    let codes: Vec<u16> = [
+        client.reply().await,
+        client.reply().await,
+        client.reply().await,
+        client.reply().await,
+    ]
+    .into_iter()
+    .map(|reply| reply.unwrap().code)
+    .collect();
+    assert_eq!(codes, vec![250, 250, 501, 354]);
+    client.send_raw(b"Subject: p\r\n\r\nbody\r\n.\r\nMAIL FROM:<b@example.com>\r\nRCPT TO:<y@example.org>\r\nDATA\r\n").await;
+    let codes: Vec<u16> = [
+        client.reply().await,
+        client.reply().await,
+        client.reply().await,
+        client.reply().await,
+    ]
+    .into_iter()
+    .map(|reply| reply.unwrap().code)
+    .collect();
+    assert_eq!(codes, vec![250, 250, 250, 354]);
+    client.send_raw(b"second\r\n.\r\nQUIT\r\n").await;
+    assert_eq!(client.reply().await.unwrap().code, 250);
+    assert_eq!(client.reply().await.unwrap().code, 221);
+    eventually("two messages", || sink.count() == 2).await;
+    service.shutdown().await;
+}
