@@ -184,7 +184,7 @@ async fn deliver(
                         gateway = %config.name,
                         address = %config.address,
                         %error,
-                        pause_seconds = pause.as_secs_f64(),
+                        pause = %format!("{:.1}s", pause.as_secs_f64()),
                         "gateway unreachable; pausing deliveries to it"
                     );
                     break vec![
@@ -304,7 +304,7 @@ async fn settle(gateway: &Gateway, context: &WorkerContext, mut item: Queued, re
         failed = dead.len(),
         deferred = retry.len(),
         reply = %summary,
-        next_retry_seconds = delay.as_secs_f64().round(),
+        next_retry_in = %format!("{:.1}s", delay.as_secs_f64()),
         "delivery attempt deferred"
     );
     item.message.pending = retry;

@@ -320,3 +320,200 @@ fn done_path(queue_dir: &Path, segment: u64) -> PathBuf {
 fn annotate(error: io::Error, path: &Path, what: &str) -> io::Error {
     io::Error::new(error.kind(), format!("{what} {}: {error}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::MailParams;
+
+    fn config(dir: &Path) -> SpoolConfig {
+        SpoolConfig {
+            dir: dir.to_path_buf(),
+            segment_size: 64 * 1024,
+        }
+    }
+
+    fn envelope(recipients: usize) -> Envelope {
+        Envelope {
+            sender: "app@example.com".into(),
+            recipients: (0..recipients)
+                .map(|n| format!("r{n}@example.org"))
+                .collect(),
+            params: MailParams::default(),
+            client_ip: "127.0.0.1".parse().unwrap(),
+            received_at: 1_000,
+        }
+    }
+
+    async fn store(spool: &Spool, n: usize, body: &[u8]) -> StoredMessage {
+        spool
+            .store(
+                format!("Q{n}"),
+                "primary",
+                envelope(2),
+                &[b"Received: x\r\n", body],
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn reopen(dir: &Path, spool: Spool) -> (Spool, Vec<StoredMessage>) {
+        spool.close().await;
+        drop(spool);
+        Spool::open(&config(dir)).unwrap()
+    }
+
+    fn segments(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = fs::read_dir(dir.join(QUEUE_DIR))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[tokio::test]
+    async fn stored_messages_survive_a_reopen_with_their_bodies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, recovered) = Spool::open(&config(dir.path())).unwrap();
+        assert!(recovered.is_empty());
+        let first = store(&spool, 1, b"one\r\n").await;
+        let second = store(&spool, 2, b"two\r\n").await;
+        let (spool, recovered) = reopen(dir.path(), spool).await;
+        assert_eq!(recovered, vec![first.clone(), second]);
+        assert_eq!(
+            spool.read_body(recovered[0].location).await.unwrap(),
+            b"Received: x\r\none\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_open_the_same_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let error = Spool::open(&config(dir.path())).err().unwrap();
+        assert!(
+            error.to_string().contains("in use by another smtp-shaper"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn completions_are_remembered_per_recipient_and_per_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let finished = store(&spool, 1, b"a\r\n").await;
+        let half = store(&spool, 2, b"b\r\n").await;
+        spool.message_done(&finished);
+        spool.recipient_done(&half, 0);
+        let (_spool, recovered) = reopen(dir.path(), spool).await;
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].id, "Q2");
+        assert_eq!(recovered[0].pending, vec![1]);
+    }
+
+    #[tokio::test]
+    async fn a_torn_final_record_is_discarded_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        store(&spool, 1, b"kept\r\n").await;
+        let torn = store(&spool, 2, b"torn\r\n").await;
+        spool.close().await;
+        drop(spool);
+        // Simulate a crash in the middle of writing the second record.
+        let path = segments(dir.path()).pop().unwrap();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(torn.location.offset + 20).unwrap();
+        drop(file);
+        let (spool, recovered) = Spool::open(&config(dir.path())).unwrap();
+        assert_eq!(
+            recovered.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            vec!["Q1"]
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            torn.location.offset,
+            "torn tail cut off"
+        );
+        // New records after recovery are found again.
+        store(&spool, 3, b"after\r\n").await;
+        let (_spool, recovered) = reopen(dir.path(), spool).await;
+        assert_eq!(
+            recovered.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            vec!["Q1", "Q3"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_with_a_bad_checksum_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        store(&spool, 1, b"kept\r\n").await;
+        let damaged = store(&spool, 2, b"damaged\r\n").await;
+        spool.close().await;
+        drop(spool);
+        let path = segments(dir.path()).pop().unwrap();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(b"X", damaged.location.body_offset)
+            .unwrap();
+        drop(file);
+        let (_spool, recovered) = Spool::open(&config(dir.path())).unwrap();
+        assert_eq!(
+            recovered.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            vec!["Q1"]
+        );
+    }
+
+    #[tokio::test]
+    async fn finished_segments_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let body = vec![b'x'; 20_000];
+        let mut stored = Vec::new();
+        for n in 0..10 {
+            stored.push(store(&spool, n, &body).await);
+        }
+        assert!(segments(dir.path()).len() >= 3, "rotated at 64KiB");
+        for message in &stored[..9] {
+            spool.message_done(message);
+        }
+        let (spool, recovered) = reopen(dir.path(), spool).await;
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(
+            segments(dir.path()).len(),
+            1,
+            "only the segment with Q9 is left"
+        );
+        spool.message_done(&recovered[0]);
+        let (_spool, recovered) = reopen(dir.path(), spool).await;
+        assert!(recovered.is_empty());
+        assert!(segments(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_reported_and_later_writes_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let big = vec![b'x'; 40_000];
+        store(&spool, 1, &big).await;
+        // The next record needs a new segment; make the queue directory unusable.
+        let queue = dir.path().join(QUEUE_DIR);
+        let moved = dir.path().join("queue-moved");
+        fs::rename(&queue, &moved).unwrap();
+        fs::write(&queue, b"not a directory").unwrap();
+        let error = spool
+            .store("Q2".into(), "primary", envelope(1), &[&big])
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("spool write failed"), "{error}");
+        fs::remove_file(&queue).unwrap();
+        fs::rename(&moved, &queue).unwrap();
+        store(&spool, 3, &big).await;
+        let (_spool, recovered) = reopen(dir.path(), spool).await;
+        assert_eq!(
+            recovered.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            vec!["Q1", "Q3"]
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! Durability with the real binary: SIGKILL between 250 and delivery, SIGKILL
+//! under load, SIGTERM. Whatever got 250 is delivered after a restart.
+
+mod support;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{Client, Sink, eventually, free_address, start, test_config};
+
+/// The binary running on its own config file.
+struct Process {
+    child: Child,
+    address: SocketAddr,
+}
+
+fn write_config(dir: &Path, listen: SocketAddr, gateway: SocketAddr) -> std::path::PathBuf {
+    let path = dir.join("smtp-shaper.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+            [server]
+            listen = "{listen}"
+            shutdown_grace = "5s"
+            [spool]
+            dir = "{}"
+            [[gateways]]
+            name = "primary"
+            address = "{gateway}"
+            retry_initial = "100ms"
+            retry_max = "300ms"
+            connect_timeout = "2s"
+            "#,
+            dir.join("spool").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn spawn(config: &Path, address: SocketAddr) -> Process {
+    let child = Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start smtp-shaper");
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            return Process { child, address };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("smtp-shaper did not start listening on {address}");
+}
+
+fn body(tag: &str) -> Vec<u8> {
+    format!("Subject: {tag}\r\nMessage-ID: <{tag}@app.test>\r\n\r\npayload {tag}\r\n.dot line\r\n")
+        .into_bytes()
+}
+
+/// The Subject of each message the sink received.
+fn subjects(sink: &Sink) -> HashSet<String> {
+    sink.messages()
+        .iter()
+        .map(|message| {
+            let text = String::from_utf8_lossy(&message.data).into_owned();
+            let line = text
+                .lines()
+                .find(|line| line.starts_with("Subject: "))
+                .unwrap()
+                .to_string();
+            line["Subject: ".len()..].to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_250_and_delivery_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = free_address();
+    let listen = free_address();
+    let config = write_config(dir.path(), listen, gateway);
+    let mut process = spawn(&config, listen).await;
+    let mut client = Client::ready(process.address).await;
+    let mut accepted = HashSet::new();
+    for n in 0..50 {
+        let tag = format!("queued-{n}");
+        let reply = client
+            .send_message("app@example.com", &["a@example.org"], &body(&tag))
+            .await;
+        assert_eq!(reply.code, 250, "{reply:?}");
+        accepted.insert(tag);
+    }
+    process.child.kill().unwrap();
+    process.child.wait().unwrap();
+
+    let sink = Sink::start_on(gateway).await;
+    let mut process = spawn(&config, listen).await;
+    eventually("all 50 delivered after the restart", || sink.count() >= 50).await;
+    assert_eq!(subjects(&sink), accepted);
+    for message in sink.messages() {
+        let tag = String::from_utf8_lossy(&message.data)
+            .lines()
+            .find(|l| l.starts_with("Subject: "))
+            .unwrap()[9..]
+            .to_string();
+        assert_eq!(support::without_trace(&message.data), body(&tag));
+    }
+    process.child.kill().unwrap();
+    process.child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_nothing_that_got_250() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let listen = free_address();
+    let config = write_config(dir.path(), listen, sink.address);
+    let mut process = spawn(&config, listen).await;
+
+    let accepted = Arc::new(Mutex::new(HashSet::new()));
+    let mut senders = Vec::new();
+    for client_index in 0..8 {
+        let accepted = accepted.clone();
+        senders.push(tokio::spawn(async move {
+            let mut client = Client::ready(listen).await;
+            for n in 0.. {
+                let tag = format!("load-{client_index}-{n}");
+                // Raw steps so a killed server ends the loop instead of panicking.
+                client
+                    .send_raw(b"MAIL FROM:<app@example.com>\r\nRCPT TO:<a@example.org>\r\nDATA\r\n")
+                    .await;
+                let mut ok = true;
+                for _ in 0..3 {
+                    ok &= client.reply().await.is_some();
+                }
+                if !ok {
+                    return;
+                }
+                client.send_raw(&support::stuff(&body(&tag))).await;
+                match client.reply().await {
+                    Some(reply) if reply.code == 250 => {
+                        accepted.lock().unwrap().insert(tag);
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    eventually("some load accepted", || {
+        accepted.lock().unwrap().len() >= 300
+    })
+    .await;
+    process.child.kill().unwrap();
+    process.child.wait().unwrap();
+    for sender in senders {
+        let _ = sender.await;
+    }
+    let accepted = accepted.lock().unwrap().clone();
+
+    let mut process = spawn(&config, listen).await;
+    eventually("every message that got 250 is delivered", || {
+        subjects(&sink).is_superset(&accepted)
+    })
+    .await;
+    process.child.kill().unwrap();
+    process.child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_cleanly_and_keeps_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = free_address();
+    let listen = free_address();
+    let config = write_config(dir.path(), listen, gateway);
+    let mut process = spawn(&config, listen).await;
+    let mut client = Client::ready(process.address).await;
+    for n in 0..5 {
+        let reply = client
+            .send_message(
+                "app@example.com",
+                &["a@example.org"],
+                &body(&format!("term-{n}")),
+            )
+            .await;
+        assert_eq!(reply.code, 250);
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &process.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The idle client is told the service is going away.
+    let reply = client.reply().await.expect("421 on shutdown");
+    assert_eq!((reply.code, &reply.text[..5]), (421, "4.3.2"), "{reply:?}");
+    let exit = process.child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "SIGTERM exits 0");
+
+    let sink = Sink::start_on(gateway).await;
+    let mut process = spawn(&config, listen).await;
+    eventually("the 5 queued messages are delivered", || sink.count() == 5).await;
+    process.child.kill().unwrap();
+    process.child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_in_flight_at_shutdown_may_finish() {
+    let sink = Sink::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let service = start(test_config(spool.path(), sink.address)).await;
+    let address = service.smtp_address();
+    let mut client = Client::ready(address).await;
+    assert_eq!(
+        client.command("MAIL FROM:<app@example.com>").await.code,
+        250
+    );
+    assert_eq!(client.command("RCPT TO:<a@example.org>").await.code, 250);
+    let stopping = tokio::spawn(service.shutdown());
+    // New connections are no longer accepted once the listener is closed.
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(address).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(client.command("DATA").await.code, 354);
+    client
+        .send_raw(b"Subject: last\r\n\r\nmade it\r\n.\r\n")
+        .await;
+    assert_eq!(client.reply().await.unwrap().code, 250);
+    let reply = client.reply().await.expect("421 after the transaction");
+    assert_eq!(reply.code, 421, "{reply:?}");
+    stopping.await.unwrap();
+
+    // Delivered before stopping, or kept for the next start.
+    let service = start(test_config(spool.path(), sink.address)).await;
+    eventually("the last message delivered", || sink.count() == 1).await;
+    service.shutdown().await;
+}
