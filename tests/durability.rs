@@ -52,13 +52,28 @@ async fn spawn(config: &Path, address: SocketAddr) -> Process {
         .stderr(Stdio::null())
         .spawn()
         .expect("start smtp-shaper");
+    let process = Process { child, address };
     for _ in 0..500 {
         if tokio::net::TcpStream::connect(address).await.is_ok() {
-            return Process { child, address };
+            return process;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("smtp-shaper did not start listening on {address}");
+}
+
+impl Process {
+    /// SIGKILL: no chance to sync or say goodbye.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 fn body(tag: &str) -> Vec<u8> {
@@ -99,8 +114,7 @@ async fn sigkill_between_250_and_delivery_loses_nothing() {
         assert_eq!(reply.code, 250, "{reply:?}");
         accepted.insert(tag);
     }
-    process.child.kill().unwrap();
-    process.child.wait().unwrap();
+    process.kill();
 
     let sink = Sink::start_on(gateway).await;
     let mut process = spawn(&config, listen).await;
@@ -114,8 +128,7 @@ async fn sigkill_between_250_and_delivery_loses_nothing() {
             .to_string();
         assert_eq!(support::without_trace(&message.data), body(&tag));
     }
-    process.child.kill().unwrap();
-    process.child.wait().unwrap();
+    process.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,8 +172,7 @@ async fn sigkill_under_load_loses_nothing_that_got_250() {
         accepted.lock().unwrap().len() >= 300
     })
     .await;
-    process.child.kill().unwrap();
-    process.child.wait().unwrap();
+    process.kill();
     for sender in senders {
         let _ = sender.await;
     }
@@ -171,8 +183,7 @@ async fn sigkill_under_load_loses_nothing_that_got_250() {
         subjects(&sink).is_superset(&accepted)
     })
     .await;
-    process.child.kill().unwrap();
-    process.child.wait().unwrap();
+    process.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,8 +218,7 @@ async fn sigterm_exits_cleanly_and_keeps_the_queue() {
     let sink = Sink::start_on(gateway).await;
     let mut process = spawn(&config, listen).await;
     eventually("the 5 queued messages are delivered", || sink.count() == 5).await;
-    process.child.kill().unwrap();
-    process.child.wait().unwrap();
+    process.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
