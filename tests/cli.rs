@@ -35,9 +35,17 @@ fn check_config_lists_every_problem_and_exits_1() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("4 problem(s)"), "{stderr}");
-    assert!(stderr.contains("server.listen: \"localhost\" is not valid; accepted: an IP address and port"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "server.listen: \"localhost\" is not valid; accepted: an IP address and port"
+        ),
+        "{stderr}"
+    );
     assert!(stderr.contains("server.max_message_size: \"big\" is not valid; accepted: a whole number with a unit B, KiB, MiB or GiB"), "{stderr}");
-    assert!(stderr.contains("server.typo: unknown key; accepted here: listen, hostname"), "{stderr}");
+    assert!(
+        stderr.contains("server.typo: unknown key; accepted here: listen, hostname"),
+        "{stderr}"
+    );
     assert!(stderr.contains("gateways[0].address: required"), "{stderr}");
 }
 
@@ -60,10 +68,17 @@ fn run_refuses_an_invalid_config() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for args in [&["--help"][..], &["run", "--help"], &["check-config", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["check-config", "--help"],
+    ] {
         let output = shaper(args);
         assert!(output.status.success(), "{args:?}");
-        assert!(text(&output.stdout).contains("Usage: smtp-shaper"), "{args:?}");
+        assert!(
+            text(&output.stdout).contains("Usage: smtp-shaper"),
+            "{args:?}"
+        );
     }
     assert!(text(&shaper(&["run", "--help"]).stdout).contains("--config"));
 }

@@ -63,10 +63,28 @@ impl DataReceiver {
     /// was found (bytes after it belong to the next command), or `None` when all
     /// of `input` was body.
     pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
-        for (index, &byte) in input.iter().enumerate() {
-            if self.step(byte) {
+        let mut index = 0;
+        while index < input.len() {
+            // Fast path: copy a run of ordinary bytes inside a line at once.
+            let in_text = self.state == State::Text
+                || (self.state == State::LineStart && input[index] != b'.');
+            if in_text {
+                let rest = &input[index..];
+                let run = rest
+                    .iter()
+                    .position(|&b| b == b'\r' || b == b'\n' || b == 0)
+                    .unwrap_or(rest.len());
+                if run > 0 {
+                    self.state = State::Text;
+                    self.push_run(&rest[..run]);
+                    index += run;
+                    continue;
+                }
+            }
+            if self.step(input[index]) {
                 return Some(index + 1);
             }
+            index += 1;
         }
         None
     }
@@ -96,16 +114,17 @@ impl DataReceiver {
         }
     }
 
-    fn push(&mut self, byte: u8) {
-        self.line_len += 1;
+    /// Keeps ordinary line content, enforcing the line and size limits.
+    fn push_run(&mut self, run: &[u8]) {
+        self.line_len += run.len();
         if self.line_len > MAX_TEXT_LINE - 2 {
             self.fail(DataError::LineTooLong);
         }
         if self.error.is_none() {
-            if self.body.len() >= self.max_size {
+            if self.body.len() + run.len() > self.max_size {
                 self.fail(DataError::TooBig);
             } else {
-                self.body.push(byte);
+                self.body.extend_from_slice(run);
             }
         }
     }
@@ -129,7 +148,7 @@ impl DataReceiver {
             b'\r' => self.state = State::Cr,
             b'\n' => self.fail(DataError::BareCrOrLf),
             0 => self.fail(DataError::Nul),
-            _ => self.push(byte),
+            _ => self.push_run(&[byte]),
         }
     }
 
@@ -169,13 +188,11 @@ impl DataReceiver {
 /// in CRLF, one is added so the terminator stays on a line of its own.
 pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
     out.reserve(body.len() + body.len() / 64 + 5);
-    let mut line_start = true;
-    for &byte in body {
-        if line_start && byte == b'.' {
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
             out.push(b'.');
         }
-        out.push(byte);
-        line_start = byte == b'\n';
+        out.extend_from_slice(line);
     }
     if !body.is_empty() && !body.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");

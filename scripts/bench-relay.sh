@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Relay benchmark: Postfix's smtp-source into smtp-sink directly (the
+# reference), then the same load through smtp-shaper into smtp-sink, timed
+# until the sink has every message. Then memory with 100,000 messages queued
+# while the gateway is down. Prints figures and ratios; never fails on a
+# timing (it exits non-zero only when something did not run).
+#
+# Needs: postfix (smtp-source, smtp-sink). Usage:
+#   scripts/bench-relay.sh                 # 10,000 messages, 20 sessions, 4 KiB
+#   MESSAGES=20000 SESSIONS=20 SIZE=4096 QUEUED=100000 scripts/bench-relay.sh
+# SOURCE_FLAGS adds smtp-source options, e.g. SOURCE_FLAGS=-d to keep each
+# session's connection open between messages.
+set -euo pipefail
+
+MESSAGES=${MESSAGES:-10000}
+SESSIONS=${SESSIONS:-20}
+SIZE=${SIZE:-4096}
+QUEUED=${QUEUED:-100000}
+SOURCE_FLAGS=${SOURCE_FLAGS:-}
+SINK_PORT=${SINK_PORT:-2625}
+PROXY_PORT=${PROXY_PORT:-2635}
+DEAD_PORT=${DEAD_PORT:-2645}
+
+for tool in smtp-source smtp-sink; do
+    if ! command -v "$tool" >/dev/null && [ ! -x "/usr/sbin/$tool" ]; then
+        echo "bench-relay: $tool not found; install Debian's postfix package" >&2
+        exit 2
+    fi
+done
+export PATH="$PATH:/usr/sbin"
+
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+BIN=$PWD/target/release/smtp-shaper
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+
+# Starts smtp-sink with a running counter in $WORK/sink.out.
+start_sink() {
+    : > "$WORK/sink.out"
+    smtp-sink -c -u "$(id -un)" "127.0.0.1:$SINK_PORT" 1024 > "$WORK/sink.out" 2>&1 &
+    SINK_PID=$!
+    PIDS+=("$SINK_PID")
+    wait_port "$SINK_PORT"
+}
+
+stop_sink() { kill "$SINK_PID"; wait "$SINK_PID" 2>/dev/null || true; }
+
+wait_port() {
+    for _ in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "bench-relay: nothing listens on port $1" >&2
+    exit 1
+}
+
+# Messages the sink has completed so far (its counter line is rewritten with CR).
+sink_count() {
+    tr '\r' '\n' < "$WORK/sink.out" | grep -o 'mesg=[0-9]*' | tail -1 | cut -d= -f2 || true
+}
+
+wait_sink() {
+    local want=$1
+    while true; do
+        local got
+        got=$(sink_count)
+        if [ "${got:-0}" -ge "$want" ]; then return 0; fi
+        sleep 0.02
+    done
+}
+
+write_config() {
+    cat > "$WORK/$1.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PROXY_PORT"
+max_connections = 1000
+[spool]
+dir = "$WORK/$1-spool"
+[[gateways]]
+name = "sink"
+address = "127.0.0.1:$2"
+max_connections = $SESSIONS
+EOF
+}
+
+source_run() {
+    # shellcheck disable=SC2086
+    smtp-source $SOURCE_FLAGS -s "$SESSIONS" -l "$SIZE" -m "$1" -f app@example.com -t user@example.org "127.0.0.1:$2"
+}
+
+rss_kib() { awk -v key="$2:" '$1 == key { print $2 }' "/proc/$1/status"; }
+
+echo "smtp-shaper relay benchmark: $MESSAGES messages of $SIZE octets over $SESSIONS sessions $SOURCE_FLAGS"
+echo "machine: $(nproc) cores, $(uname -r)"
+
+# 1. Reference: straight into the sink.
+start_sink
+t0=$(now)
+source_run "$MESSAGES" "$SINK_PORT"
+wait_sink "$MESSAGES"
+t1=$(now)
+stop_sink
+direct=$(echo "$MESSAGES / ($t1 - $t0)" | bc -l)
+
+# 2. Through smtp-shaper (fsync on every acknowledged batch).
+start_sink
+write_config relay "$SINK_PORT"
+RUST_LOG=warn "$BIN" run --config "$WORK/relay.toml" 2> "$WORK/relay.log" &
+SHAPER_PID=$!
+PIDS+=("$SHAPER_PID")
+wait_port "$PROXY_PORT"
+t0=$(now)
+source_run "$MESSAGES" "$PROXY_PORT"
+t_accepted=$(now)
+wait_sink "$MESSAGES"
+t1=$(now)
+relay_peak=$(rss_kib "$SHAPER_PID" VmHWM)
+kill -TERM "$SHAPER_PID"; wait "$SHAPER_PID" || true
+stop_sink
+relay=$(echo "$MESSAGES / ($t1 - $t0)" | bc -l)
+accept=$(echo "$MESSAGES / ($t_accepted - $t0)" | bc -l)
+
+# 3. Memory with $QUEUED messages queued while the gateway is down.
+write_config queued "$DEAD_PORT"
+RUST_LOG=error "$BIN" run --config "$WORK/queued.toml" 2> "$WORK/queued.log" &
+SHAPER_PID=$!
+PIDS+=("$SHAPER_PID")
+wait_port "$PROXY_PORT"
+t0=$(now)
+source_run "$QUEUED" "$PROXY_PORT"
+t1=$(now)
+queued_rss=$(rss_kib "$SHAPER_PID" VmRSS)
+queued_peak=$(rss_kib "$SHAPER_PID" VmHWM)
+queued_disk=$(du -sk "$WORK/queued-spool" | cut -f1)
+kill -TERM "$SHAPER_PID"; wait "$SHAPER_PID" || true
+queue_accept=$(echo "$QUEUED / ($t1 - $t0)" | bc -l)
+
+printf '\n%-46s %12s\n' "run" "messages/s"
+printf '%-46s %12.0f\n' "smtp-source -> smtp-sink (reference)" "$direct"
+printf '%-46s %12.0f\n' "smtp-source -> smtp-shaper -> smtp-sink" "$relay"
+printf '%-46s %12.0f\n' "  of which accepted (250, durable) at" "$accept"
+printf '%-46s %12.0f\n' "accepted with the gateway down" "$queue_accept"
+printf '\nrelay / direct ratio: %.2f  (target >= 0.40)\n' "$(echo "$relay / $direct" | bc -l)"
+printf 'relay rate vs target 2000/s: %.2fx\n' "$(echo "$relay / 2000" | bc -l)"
+printf 'peak RSS while relaying: %.1f MiB\n' "$(echo "$relay_peak / 1024" | bc -l)"
+printf 'RSS with %d messages queued: %.1f MiB (peak %.1f MiB, target < 100 MiB); spool on disk %.0f MiB\n' \
+    "$QUEUED" "$(echo "$queued_rss / 1024" | bc -l)" "$(echo "$queued_peak / 1024" | bc -l)" "$(echo "$queued_disk / 1024" | bc -l)"
