@@ -1,0 +1,154 @@
+//! Real third-party SMTP peers: Python's smtplib and swaks as applications,
+//! Postfix's smtp-sink as the gateway.
+//!
+//! python3 is on every supported machine, so its test always runs. swaks and
+//! smtp-sink come from Debian packages that `.ci/run` installs: when one is
+//! missing its test says so and passes, unless SMTP_SHAPER_REQUIRE_TOOLS=1
+//! (set by CI), where a missing tool is a failure.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{Client, Sink, eventually, free_address, start, test_config, without_trace};
+
+/// The tool's path, or None (after saying why) when it may be skipped.
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|dir| PathBuf::from(dir).join(name))
+        .find(|path| path.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var("SMTP_SHAPER_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "{name} is required (SMTP_SHAPER_REQUIRE_TOOLS=1) but not installed"
+        );
+        eprintln!("SKIPPED: {name} is not installed (apt-get install swaks postfix)");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_smtplib_sends_through_the_proxy() {
+    let sink = Sink::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let service = start(test_config(spool.path(), sink.address)).await;
+    let address = service.smtp_address();
+    let script = format!(
+        r#"
+import smtplib
+from email.message import EmailMessage
+msg = EmailMessage()
+msg["From"] = "app@example.com"
+msg["To"] = "one@example.org, two@example.org"
+msg["Subject"] = "smtplib caf\u00e9"
+msg.set_content("Hello from smtplib.\n.a line starting with a dot\nna\u00efve 8-bit text\n")
+with smtplib.SMTP("{}", {}) as smtp:
+    smtp.ehlo("python.test")
+    assert smtp.has_extn("pipelining") and smtp.has_extn("8bitmime")
+    refused = smtp.send_message(msg)
+    assert refused == {{}}, refused
+print("sent")
+"#,
+        address.ip(),
+        address.port()
+    );
+    let output = run(Command::new("python3").arg("-c").arg(&script)).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    eventually("smtplib's message at the sink", || sink.count() == 1).await;
+    let message = &sink.messages()[0];
+    assert_eq!(message.recipients, vec!["one@example.org", "two@example.org"]);
+    let text = String::from_utf8_lossy(without_trace(&message.data)).into_owned();
+    assert!(text.contains(".a line starting with a dot\r\n"), "{text}");
+    assert!(text.contains("na\u{ef}ve 8-bit text"), "{text}");
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaks_sends_through_the_proxy() {
+    let Some(swaks) = tool("swaks") else { return };
+    let sink = Sink::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let service = start(test_config(spool.path(), sink.address)).await;
+    let output = run(Command::new(swaks)
+        .args(["--server", &service.smtp_address().to_string()])
+        .args(["--from", "app@example.com", "--to", "ops@example.org,dev@example.org"])
+        .args(["--header", "Subject: swaks test", "--body", "first line\n.dot line\nlast line"])
+        .args(["--pipeline"]))
+    .await;
+    let transcript = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{transcript}");
+    assert!(transcript.contains("<~  250 2.0.0 Ok: queued as ") || transcript.contains("<-  250 2.0.0 Ok: queued as "), "{transcript}");
+    eventually("swaks' message at the sink", || sink.count() == 1).await;
+    let message = &sink.messages()[0];
+    assert_eq!(message.recipients, vec!["ops@example.org", "dev@example.org"]);
+    let text = String::from_utf8_lossy(without_trace(&message.data)).into_owned();
+    assert!(text.contains("Subject: swaks test\r\n"), "{text}");
+    assert!(text.contains("\r\n.dot line\r\n"), "{text}");
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postfix_smtp_sink_as_the_gateway() {
+    let Some(smtp_sink) = tool("smtp-sink") else { return };
+    let dumps = tempfile::tempdir().unwrap();
+    let gateway = free_address();
+    let mut command = Command::new(smtp_sink);
+    if running_as_root() {
+        // smtp-sink insists on dropping privileges when started as root.
+        command.args(["-u", "root"]);
+    }
+    let mut sink = command
+        .arg("-d")
+        .arg(format!("{}/%H%M%S.", dumps.path().display()))
+        .arg(gateway.to_string())
+        .arg("100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("smtp-sink starts");
+    let spool = tempfile::tempdir().unwrap();
+    let service = start(test_config(spool.path(), gateway)).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    for n in 0..20 {
+        let body = format!("Subject: to postfix {n}\r\n\r\n.leading dot {n}\r\n");
+        assert_eq!(client.send_message("app@example.com", &["a@example.org"], body.as_bytes()).await.code, 250);
+    }
+    let count = || std::fs::read_dir(dumps.path()).map(|dir| dir.count()).unwrap_or(0);
+    eventually("20 messages dumped by smtp-sink", || count() == 20).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut subjects = Vec::new();
+    for entry in std::fs::read_dir(dumps.path()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(text.contains("X-Mail-Args: <app@example.com>"), "{text}");
+        assert!(text.contains("by shaper.test (smtp-shaper) with ESMTP"), "{text}");
+        let subject = text.lines().find(|line| line.starts_with("Subject: ")).unwrap().to_string();
+        let n = subject.rsplit(' ').next().unwrap().to_string();
+        assert!(text.contains(&format!("\n.leading dot {n}")), "unstuffed body: {text}");
+        subjects.push(subject);
+    }
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), 20);
+    service.shutdown().await;
+    let _ = sink.kill();
+    let _ = sink.wait();
+}
+
+/// Runs a client program off the async workers, so the service keeps running.
+async fn run(command: &mut Command) -> std::process::Output {
+    let mut command = std::mem::replace(command, Command::new("true"));
+    tokio::task::spawn_blocking(move || command.output().expect("the client program runs"))
+        .await
+        .unwrap()
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
+        .unwrap_or(false)
+}
