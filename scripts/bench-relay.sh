@@ -8,6 +8,7 @@
 # Needs: postfix (smtp-source, smtp-sink). Usage:
 #   scripts/bench-relay.sh                 # 10,000 messages, 20 sessions, 4 KiB
 #   MESSAGES=20000 SESSIONS=20 SIZE=4096 QUEUED=100000 scripts/bench-relay.sh
+# WORKER_THREADS sets smtp-shaper's server.worker_threads (default 1).
 # SOURCE_FLAGS adds smtp-source options, e.g. SOURCE_FLAGS=-d to keep each
 # session's connection open between messages.
 set -euo pipefail
@@ -20,6 +21,7 @@ SOURCE_FLAGS=${SOURCE_FLAGS:-}
 SINK_PORT=${SINK_PORT:-2625}
 PROXY_PORT=${PROXY_PORT:-2635}
 DEAD_PORT=${DEAD_PORT:-2645}
+WORKER_THREADS=${WORKER_THREADS:-1}
 
 for tool in smtp-source smtp-sink; do
     if ! command -v "$tool" >/dev/null && [ ! -x "/usr/sbin/$tool" ]; then
@@ -83,6 +85,7 @@ write_config() {
 [server]
 listen = "127.0.0.1:$PROXY_PORT"
 max_connections = 1000
+worker_threads = $WORKER_THREADS
 [spool]
 dir = "$WORK/$1-spool"
 [[gateways]]
@@ -99,7 +102,7 @@ source_run() {
 
 rss_kib() { awk -v key="$2:" '$1 == key { print $2 }' "/proc/$1/status"; }
 
-echo "smtp-shaper relay benchmark: $MESSAGES messages of $SIZE octets over $SESSIONS sessions $SOURCE_FLAGS"
+echo "smtp-shaper relay benchmark: $MESSAGES messages of $SIZE octets over $SESSIONS sessions $SOURCE_FLAGS (worker_threads = $WORKER_THREADS)"
 echo "machine: $(nproc) cores, $(uname -r)"
 
 # 1. Reference: straight into the sink.

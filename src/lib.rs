@@ -54,7 +54,7 @@ impl Service {
         let mut workers = JoinSet::new();
         let outbound = Outbound::start(&config, spool.clone(), &mut workers, shutdown.clone());
         for message in recovered {
-            outbound.enqueue(message);
+            outbound.enqueue(message, None);
         }
         tracing::info!(
             listen = %smtp_address,

@@ -66,7 +66,11 @@ fn main() -> ExitCode {
                 }
             };
             init_logging();
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.server.worker_threads)
+                .enable_all()
+                .build();
+            let runtime = match runtime {
                 Ok(runtime) => runtime,
                 Err(error) => {
                     eprintln!("cannot start the runtime: {error}");

@@ -229,3 +229,47 @@ async fn messages_past_max_age_are_dead_lettered() {
     assert_eq!(sink.count(), 0);
     service.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_write_failure_is_answered_452_never_250() {
+    let gateway = free_address();
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = test_config(spool.path(), gateway);
+    config.spool.segment_size = 64 * 1024;
+    let service = start(config).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    for _ in 0..400 {
+        body.extend_from_slice(&[b'q'; 98]);
+        body.extend_from_slice(b"\r\n");
+    }
+    assert_eq!(
+        client
+            .send_message("app@example.com", &["a@example.org"], &body)
+            .await
+            .code,
+        250
+    );
+    // The next message needs a new spool file; make that impossible.
+    let queue = spool.path().join("queue");
+    let moved = spool.path().join("queue-moved");
+    std::fs::rename(&queue, &moved).unwrap();
+    std::fs::write(&queue, b"not a directory").unwrap();
+    let reply = client
+        .send_message("app@example.com", &["a@example.org"], &body)
+        .await;
+    assert_eq!((reply.code, &reply.text[..5]), (452, "4.3.1"), "{reply:?}");
+    // The session goes on, and once storage works again so does the spool.
+    std::fs::remove_file(&queue).unwrap();
+    std::fs::rename(&moved, &queue).unwrap();
+    assert_eq!(
+        client
+            .send_message("app@example.com", &["a@example.org"], &body)
+            .await
+            .code,
+        250
+    );
+    assert_eq!(service.queued("primary"), 2);
+    drop(client);
+    service.shutdown().await;
+}

@@ -56,10 +56,17 @@ print("sent")
         address.port()
     );
     let output = run(Command::new("python3").arg("-c").arg(&script)).await;
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     eventually("smtplib's message at the sink", || sink.count() == 1).await;
     let message = &sink.messages()[0];
-    assert_eq!(message.recipients, vec!["one@example.org", "two@example.org"]);
+    assert_eq!(
+        message.recipients,
+        vec!["one@example.org", "two@example.org"]
+    );
     let text = String::from_utf8_lossy(without_trace(&message.data)).into_owned();
     assert!(text.contains(".a line starting with a dot\r\n"), "{text}");
     assert!(text.contains("na\u{ef}ve 8-bit text"), "{text}");
@@ -74,16 +81,33 @@ async fn swaks_sends_through_the_proxy() {
     let service = start(test_config(spool.path(), sink.address)).await;
     let output = run(Command::new(swaks)
         .args(["--server", &service.smtp_address().to_string()])
-        .args(["--from", "app@example.com", "--to", "ops@example.org,dev@example.org"])
-        .args(["--header", "Subject: swaks test", "--body", "first line\n.dot line\nlast line"])
+        .args([
+            "--from",
+            "app@example.com",
+            "--to",
+            "ops@example.org,dev@example.org",
+        ])
+        .args([
+            "--header",
+            "Subject: swaks test",
+            "--body",
+            "first line\n.dot line\nlast line",
+        ])
         .args(["--pipeline"]))
     .await;
     let transcript = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{transcript}");
-    assert!(transcript.contains("<~  250 2.0.0 Ok: queued as ") || transcript.contains("<-  250 2.0.0 Ok: queued as "), "{transcript}");
+    assert!(
+        transcript.contains("<~  250 2.0.0 Ok: queued as ")
+            || transcript.contains("<-  250 2.0.0 Ok: queued as "),
+        "{transcript}"
+    );
     eventually("swaks' message at the sink", || sink.count() == 1).await;
     let message = &sink.messages()[0];
-    assert_eq!(message.recipients, vec!["ops@example.org", "dev@example.org"]);
+    assert_eq!(
+        message.recipients,
+        vec!["ops@example.org", "dev@example.org"]
+    );
     let text = String::from_utf8_lossy(without_trace(&message.data)).into_owned();
     assert!(text.contains("Subject: swaks test\r\n"), "{text}");
     assert!(text.contains("\r\n.dot line\r\n"), "{text}");
@@ -92,7 +116,9 @@ async fn swaks_sends_through_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postfix_smtp_sink_as_the_gateway() {
-    let Some(smtp_sink) = tool("smtp-sink") else { return };
+    let Some(smtp_sink) = tool("smtp-sink") else {
+        return;
+    };
     let dumps = tempfile::tempdir().unwrap();
     let gateway = free_address();
     let mut command = Command::new(smtp_sink);
@@ -114,19 +140,39 @@ async fn postfix_smtp_sink_as_the_gateway() {
     let mut client = Client::ready(service.smtp_address()).await;
     for n in 0..20 {
         let body = format!("Subject: to postfix {n}\r\n\r\n.leading dot {n}\r\n");
-        assert_eq!(client.send_message("app@example.com", &["a@example.org"], body.as_bytes()).await.code, 250);
+        assert_eq!(
+            client
+                .send_message("app@example.com", &["a@example.org"], body.as_bytes())
+                .await
+                .code,
+            250
+        );
     }
-    let count = || std::fs::read_dir(dumps.path()).map(|dir| dir.count()).unwrap_or(0);
+    let count = || {
+        std::fs::read_dir(dumps.path())
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    };
     eventually("20 messages dumped by smtp-sink", || count() == 20).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut subjects = Vec::new();
     for entry in std::fs::read_dir(dumps.path()).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
         assert!(text.contains("X-Mail-Args: <app@example.com>"), "{text}");
-        assert!(text.contains("by shaper.test (smtp-shaper) with ESMTP"), "{text}");
-        let subject = text.lines().find(|line| line.starts_with("Subject: ")).unwrap().to_string();
+        assert!(
+            text.contains("by shaper.test (smtp-shaper) with ESMTP"),
+            "{text}"
+        );
+        let subject = text
+            .lines()
+            .find(|line| line.starts_with("Subject: "))
+            .unwrap()
+            .to_string();
         let n = subject.rsplit(' ').next().unwrap().to_string();
-        assert!(text.contains(&format!("\n.leading dot {n}")), "unstuffed body: {text}");
+        assert!(
+            text.contains(&format!("\n.leading dot {n}")),
+            "unstuffed body: {text}"
+        );
         subjects.push(subject);
     }
     subjects.sort();

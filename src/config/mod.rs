@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub data_timeout: Duration,
     pub shutdown_grace: Duration,
     pub allowed_networks: Vec<Network>,
+    /// Threads running sessions and deliveries (the spool writer has its own).
+    pub worker_threads: usize,
 }
 
 /// `[spool]`: where accepted mail waits for delivery.
@@ -202,6 +204,7 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
             NETWORK_FORMS,
             |v| v.parse().ok(),
         ),
+        worker_threads: s.integer("worker_threads", 1, 1, 256),
     };
     if server.max_message_size < 1024 {
         s.problem("max_message_size", "must be at least 1KiB");

@@ -270,7 +270,9 @@ async fn store(
                 "message accepted"
             );
             Reply::new(250, format!("2.0.0 Ok: queued as {}", stored.id)).write_to(&mut conn.out);
-            context.outbound.enqueue(stored);
+            let mut message = trace.into_bytes();
+            message.extend_from_slice(&body);
+            context.outbound.enqueue(stored, Some(message));
         }
         Err(error) => {
             tracing::error!(%error, sender = %sender, client = %session.client_ip, "message not stored; answering 452");

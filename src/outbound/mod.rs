@@ -89,9 +89,10 @@ impl Outbound {
         }
     }
 
-    /// Queues a stored message on its gateway. A message recovered for a
-    /// gateway that is no longer configured goes to the default one.
-    pub fn enqueue(&self, message: StoredMessage) {
+    /// Queues a stored message on its gateway, with its body when the caller
+    /// still has it (see `queue`). A message recovered for a gateway that is
+    /// no longer configured goes to the default one.
+    pub fn enqueue(&self, message: StoredMessage, body: Option<Vec<u8>>) {
         let index = match self.by_name.get(&message.gateway) {
             Some(index) => *index,
             None => {
@@ -105,10 +106,15 @@ impl Outbound {
                 self.default
             }
         };
-        self.gateways[index].queue.push(Queued {
-            message,
-            attempts: 0,
-        });
+        let gateway = &self.gateways[index];
+        gateway.queue.push(
+            Queued {
+                message,
+                attempts: 0,
+                body,
+            },
+            gateway.config.max_connections,
+        );
     }
 
     /// Messages queued on the named gateway.
@@ -148,7 +154,11 @@ async fn deliver(
     mut item: Queued,
 ) {
     let message = &item.message;
-    let body = match context.spool.read_body(message.location).await {
+    let body = match item.body.take() {
+        Some(body) => Ok(body),
+        None => context.spool.read_body(message.location).await,
+    };
+    let body = match body {
         Ok(body) => body,
         Err(error) => {
             tracing::error!(queue_id = %message.id, %error, "cannot read a queued message from the spool; will retry");

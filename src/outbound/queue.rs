@@ -2,8 +2,11 @@
 //! waiting for their retry time, and whether the gateway itself is paused
 //! after failed connections.
 //!
-//! Only envelopes live here (bodies stay in the spool). Delivery workers take
-//! from the front; a paused gateway hands out nothing until the pause ends, so
+//! Only envelopes live here; bodies stay in the spool. The one exception is a
+//! message that arrives while the queue is shorter than its worker pool: it
+//! will be picked up at once, so it may carry its body along (up to
+//! [`HOT_BODY_BYTES`] per gateway) and spare the worker a read back from disk.
+//! Delivery workers take from the front; a paused gateway hands out nothing until the pause ends, so
 //! an unreachable gateway costs one connection attempt per pause, not one per
 //! queued message.
 
@@ -16,11 +19,16 @@ use tokio::time::{Duration, Instant};
 
 use crate::spool::StoredMessage;
 
+/// Most body bytes one gateway's queue keeps in memory for hand-off.
+pub const HOT_BODY_BYTES: usize = 8 << 20;
+
 /// A queued message and how many delivery attempts it has had.
 #[derive(Debug)]
 pub struct Queued {
     pub message: StoredMessage,
     pub attempts: u32,
+    /// The body, when handed over with the message (see the module notes).
+    pub body: Option<Vec<u8>>,
 }
 
 struct Waiting {
@@ -57,6 +65,7 @@ struct State {
     sequence: u64,
     paused_until: Option<Instant>,
     connect_failures: u32,
+    hot_bytes: usize,
 }
 
 impl State {
@@ -83,14 +92,25 @@ impl DeliveryQueue {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds a message that may be delivered now.
-    pub fn push(&self, item: Queued) {
-        self.lock().ready.push_back(item);
+    /// Adds a message that may be delivered now. Its body is kept only while
+    /// fewer than `workers` messages are ready and the byte budget allows.
+    pub fn push(&self, mut item: Queued, workers: usize) {
+        let mut state = self.lock();
+        if let Some(body) = &item.body {
+            if state.ready.len() >= workers || state.hot_bytes + body.len() > HOT_BODY_BYTES {
+                item.body = None;
+            } else {
+                state.hot_bytes += body.len();
+            }
+        }
+        state.ready.push_back(item);
+        drop(state);
         self.wake.notify_one();
     }
 
-    /// Holds a message back until `due`.
-    pub fn retry_at(&self, item: Queued, due: Instant) {
+    /// Holds a message back until `due` (without its body).
+    pub fn retry_at(&self, mut item: Queued, due: Instant) {
+        item.body = None;
         let mut state = self.lock();
         state.sequence += 1;
         let sequence = state.sequence;
@@ -118,6 +138,7 @@ impl DeliveryQueue {
                     _ => {
                         state.paused_until = None;
                         if let Some(item) = state.ready.pop_front() {
+                            state.hot_bytes -= item.body.as_ref().map_or(0, Vec::len);
                             if !state.ready.is_empty() {
                                 // Let another worker take the next one.
                                 self.wake.notify_one();
