@@ -46,11 +46,7 @@ async fn retries_after_a_temporary_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failures_go_to_the_dead_letter_area_per_recipient() {
     let sink = Sink::start().await;
-    sink.behavior
-        .lock()
-        .unwrap()
-        .rcpt_replies
-        .insert("gone@example.org".into(), "550 5.1.1 no such user".into());
+    sink.reply_to_rcpt("gone@example.org", "550 5.1.1 no such user");
     let spool = tempfile::tempdir().unwrap();
     let service = start(test_config(spool.path(), sink.address)).await;
     let mut client = Client::ready(service.smtp_address()).await;
@@ -93,11 +89,7 @@ async fn permanent_failures_go_to_the_dead_letter_area_per_recipient() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recipient_deferred_alone_is_retried_alone() {
     let sink = Sink::start().await;
-    sink.behavior
-        .lock()
-        .unwrap()
-        .rcpt_replies
-        .insert("later@example.org".into(), "450 4.2.1 mailbox busy".into());
+    sink.reply_to_rcpt("later@example.org", "450 4.2.1 mailbox busy");
     let spool = tempfile::tempdir().unwrap();
     let service = start(test_config(spool.path(), sink.address)).await;
     let mut client = Client::ready(service.smtp_address()).await;
@@ -172,11 +164,7 @@ async fn a_connection_dropped_during_data_is_retried() {
 async fn works_with_a_gateway_without_pipelining() {
     let sink = Sink::start().await;
     sink.behavior.lock().unwrap().no_pipelining = true;
-    sink.behavior
-        .lock()
-        .unwrap()
-        .rcpt_replies
-        .insert("gone@example.org".into(), "550 5.1.1 no such user".into());
+    sink.reply_to_rcpt("gone@example.org", "550 5.1.1 no such user");
     let spool = tempfile::tempdir().unwrap();
     let service = start(test_config(spool.path(), sink.address)).await;
     let mut client = Client::ready(service.smtp_address()).await;
@@ -201,11 +189,7 @@ async fn works_with_a_gateway_without_pipelining() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_past_max_age_are_dead_lettered() {
     let sink = Sink::start().await;
-    sink.behavior
-        .lock()
-        .unwrap()
-        .rcpt_replies
-        .insert("stuck@example.org".into(), "451 4.7.1 greylisted".into());
+    sink.reply_to_rcpt("stuck@example.org", "451 4.7.1 greylisted");
     let spool = tempfile::tempdir().unwrap();
     let mut config = test_config(spool.path(), sink.address);
     config.gateways[0].max_age = std::time::Duration::from_secs(1);

@@ -368,26 +368,10 @@ async fn pipelined_transactions_get_their_replies_in_order() {
             b"MAIL FROM:<a@example.com>\r\nRCPT TO:<x@example.org>\r\nRCPT TO:<bad>\r\nDATA\r\n",
         )
         .await;
-    let codes: Vec<u16> = [
-        client.reply().await,
-        client.reply().await,
-        client.reply().await,
-        client.reply().await,
-    ]
-    .into_iter()
-    .map(|reply| reply.unwrap().code)
-    .collect();
+    let codes = client.reply_codes(4).await;
     assert_eq!(codes, vec![250, 250, 501, 354]);
     client.send_raw(b"Subject: p\r\n\r\nbody\r\n.\r\nMAIL FROM:<b@example.com>\r\nRCPT TO:<y@example.org>\r\nDATA\r\n").await;
-    let codes: Vec<u16> = [
-        client.reply().await,
-        client.reply().await,
-        client.reply().await,
-        client.reply().await,
-    ]
-    .into_iter()
-    .map(|reply| reply.unwrap().code)
-    .collect();
+    let codes = client.reply_codes(4).await;
     assert_eq!(codes, vec![250, 250, 250, 354]);
     client.send_raw(b"second\r\n.\r\nQUIT\r\n").await;
     assert_eq!(client.reply().await.unwrap().code, 250);

@@ -101,27 +101,10 @@ impl<'p> Section<'p> {
         accepted: &str,
         parse: impl Fn(&str) -> Option<T>,
     ) -> T {
-        let fallback = || parse(default).expect("defaults are valid");
-        match self.take(key) {
-            None => fallback(),
-            Some(Value::String(text)) => parse(&text).unwrap_or_else(|| {
-                self.problem(
-                    key,
-                    &format!("\"{text}\" is not valid; accepted: {accepted}"),
-                );
-                fallback()
-            }),
-            Some(other) => {
-                self.problem(
-                    key,
-                    &format!(
-                        "expected a string, found {}; accepted: {accepted}",
-                        other.type_str()
-                    ),
-                );
-                fallback()
-            }
-        }
+        let value = self.take(key);
+        value
+            .and_then(|value| self.string(key, value, accepted, &parse))
+            .unwrap_or_else(|| parse(default).expect("defaults are valid"))
     }
 
     /// A string value that has no default; its absence is a problem.
@@ -136,24 +119,38 @@ impl<'p> Section<'p> {
                 self.problem(key, &format!("required; accepted: {accepted}"));
                 T::default()
             }
-            Some(Value::String(text)) => parse(&text).unwrap_or_else(|| {
-                self.problem(
-                    key,
-                    &format!("\"{text}\" is not valid; accepted: {accepted}"),
-                );
-                T::default()
-            }),
-            Some(other) => {
-                self.problem(
-                    key,
-                    &format!(
-                        "expected a string, found {}; accepted: {accepted}",
-                        other.type_str()
-                    ),
-                );
-                T::default()
-            }
+            Some(value) => self
+                .string(key, value, accepted, &parse)
+                .unwrap_or_default(),
         }
+    }
+
+    /// Parses a present value that must be a string; records why it is not.
+    fn string<T>(
+        &mut self,
+        key: &str,
+        value: Value,
+        accepted: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
+        let Value::String(text) = value else {
+            self.problem(
+                key,
+                &format!(
+                    "expected a string, found {}; accepted: {accepted}",
+                    value.type_str()
+                ),
+            );
+            return None;
+        };
+        let parsed = parse(&text);
+        if parsed.is_none() {
+            self.problem(
+                key,
+                &format!("\"{text}\" is not valid; accepted: {accepted}"),
+            );
+        }
+        parsed
     }
 
     /// A whole number within `min..=max`.

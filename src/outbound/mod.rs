@@ -130,6 +130,9 @@ async fn worker(gateway: Arc<Gateway>, context: WorkerContext, mut shutdown: Shu
     loop {
         let idle = gateway.config.idle_connection_timeout;
         let item = tokio::select! {
+            // Stopping wins over a waiting message: it stays queued.
+            biased;
+            _ = shutdown.stopped() => break,
             item = gateway.queue.next() => item,
             _ = tokio::time::sleep(idle), if connection.is_some() => {
                 if let Some(open) = connection.take() {
@@ -137,7 +140,6 @@ async fn worker(gateway: Arc<Gateway>, context: WorkerContext, mut shutdown: Shu
                 }
                 continue;
             }
-            _ = shutdown.stopped() => break,
         };
         deliver(&gateway, &context, &mut connection, item).await;
     }

@@ -174,26 +174,20 @@ fn parse_path(text: &str, sender: bool) -> Result<(String, &str), CommandError> 
     let inner = text.strip_prefix('<').ok_or(CommandError::Syntax(
         "the address must be enclosed in <angle brackets>",
     ))?;
-    let mut in_quotes = false;
-    let mut escaped = false;
+    let mut quotes = Quotes::default();
     let mut end = None;
     for (index, ch) in inner.char_indices() {
         if ch.is_control() {
             return Err(bad("control characters are not allowed in an address"));
         }
-        if escaped {
-            escaped = false;
-            continue;
-        }
         match ch {
-            '\\' if in_quotes => escaped = true,
-            '"' => in_quotes = !in_quotes,
-            '>' if !in_quotes => {
+            _ if !quotes.is_plain(ch) => {}
+            '>' => {
                 end = Some(index);
                 break;
             }
-            '<' if !in_quotes => return Err(bad("'<' inside an address")),
-            ' ' if !in_quotes => return Err(bad("unquoted space inside an address")),
+            '<' => return Err(bad("'<' inside an address")),
+            ' ' => return Err(bad("unquoted space inside an address")),
             _ => {}
         }
     }
@@ -261,22 +255,38 @@ fn check_mailbox(address: &str) -> Result<(), &'static str> {
 }
 
 fn last_unquoted_at(address: &str) -> Option<usize> {
-    let mut in_quotes = false;
-    let mut escaped = false;
-    let mut found = None;
-    for (index, ch) in address.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
+    let mut quotes = Quotes::default();
+    address
+        .char_indices()
+        .filter(|&(_, ch)| quotes.is_plain(ch))
+        .filter(|&(_, ch)| ch == '@')
+        .last()
+        .map(|(index, _)| index)
+}
+
+/// Tracks quoted strings (RFC 5321 Quoted-string, with backslash escapes)
+/// while scanning an address character by character.
+#[derive(Default)]
+struct Quotes {
+    inside: bool,
+    escaped: bool,
+}
+
+impl Quotes {
+    /// Feeds the next character; true when it stands outside any quoted
+    /// string and is not a quote itself, so it has its plain meaning.
+    fn is_plain(&mut self, ch: char) -> bool {
+        if self.escaped {
+            self.escaped = false;
+            return false;
         }
         match ch {
-            '\\' if in_quotes => escaped = true,
-            '"' => in_quotes = !in_quotes,
-            '@' if !in_quotes => found = Some(index),
-            _ => {}
+            '\\' if self.inside => self.escaped = true,
+            '"' => self.inside = !self.inside,
+            _ => return !self.inside,
         }
+        false
     }
-    found
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub fn received_header(info: &TraceInfo<'_>) -> String {
     let helo: String = info
         .helo
         .chars()
-        .filter(|c| !c.is_control() && *c != '(' && *c != ')')
+        .filter(|c| c.is_ascii_graphic() && *c != '(' && *c != ')')
         .collect();
     let mut header = format!(
         "Received: from {helo} ([{}])\r\n\tby {} (smtp-shaper) with {} id {}",

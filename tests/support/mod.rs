@@ -84,6 +84,15 @@ impl Sink {
         }
     }
 
+    /// Answers RCPT TO:<address> with `reply` (e.g. "550 5.1.1 unknown") until cleared.
+    pub fn reply_to_rcpt(&self, address: &str, reply: &str) {
+        self.behavior
+            .lock()
+            .unwrap()
+            .rcpt_replies
+            .insert(address.to_string(), reply.to_string());
+    }
+
     pub fn count(&self) -> usize {
         self.received.lock().unwrap().len()
     }
@@ -274,6 +283,15 @@ impl Client {
             .await
             .expect("read a reply line");
         line.as_bytes().get(3) != Some(&b'-')
+    }
+
+    /// Reads `n` replies (to pipelined commands) and returns their codes.
+    pub async fn reply_codes(&mut self, n: usize) -> Vec<u16> {
+        let mut codes = Vec::with_capacity(n);
+        for _ in 0..n {
+            codes.push(self.reply().await.expect("a reply").code);
+        }
+        codes
     }
 
     /// Sends a command line (CRLF added) and reads the reply.
