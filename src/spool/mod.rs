@@ -466,6 +466,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn damage_in_the_middle_does_not_lose_the_records_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        store(&spool, 1, b"first\r\n").await;
+        let damaged = store(&spool, 2, b"damaged\r\n").await;
+        store(&spool, 3, b"third\r\n").await;
+        spool.close().await;
+        drop(spool);
+        let path = segments(dir.path()).pop().unwrap();
+        let length = fs::metadata(&path).unwrap().len();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(b"\0\0\0\0", damaged.location.offset)
+            .unwrap();
+        drop(file);
+        let (spool, recovered) = Spool::open(&config(dir.path())).unwrap();
+        assert_eq!(
+            recovered.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            vec!["Q1", "Q3"]
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            length,
+            "nothing cut off"
+        );
+        assert_eq!(
+            spool.read_body(recovered[1].location).await.unwrap(),
+            b"Received: x\r\nthird\r\n"
+        );
+    }
+
+    #[tokio::test]
     async fn finished_segments_are_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(&config(dir.path())).unwrap();

@@ -1,14 +1,17 @@
 //! Start-up recovery: rebuild the queue from segment files and their
 //! completion entries.
 //!
-//! A record that fails its checksum, or is cut short, is a write torn by a
-//! crash. It was never acknowledged (acknowledgement waits for the sync), so
-//! it and everything after it in that segment is cut off and logged. Finished
+//! A record that fails its checksum, or is cut short, at the end of a segment
+//! is a write torn by a crash. It was never acknowledged (acknowledgement
+//! waits for the sync), so it is cut off and logged. Damage followed by valid
+//! records (a disk fault, not a crash) is skipped over, loudly, so the records
+//! after it are not lost with it. Finished
 //! segments and orphan side files are removed.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::record::{self, ALL_RECIPIENTS, DONE_ENTRY_LEN, HEADER_LEN};
@@ -98,21 +101,36 @@ fn scan_segment(
     let path = segment_path(dir, segment);
     let file = File::open(&path)?;
     let file_len = file.metadata()?.len();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut offset = 0u64;
     let mut payload = Vec::new();
     while offset < file_len {
-        let Some(decoded) = read_record(&mut reader, file_len - offset, &mut payload)? else {
-            tracing::warn!(
-                segment,
-                offset,
-                discarded_bytes = file_len - offset,
-                "discarding a torn write at the end of a spool segment (it was never acknowledged)"
-            );
-            let file = OpenOptions::new().write(true).open(&path)?;
-            file.set_len(offset)?;
-            file.sync_all()?;
-            break;
+        let Some(decoded) = read_record_at(&file, offset, file_len, &mut payload)? else {
+            // Normally a torn tail. Should valid records follow (damage in
+            // the middle of the file), skip to them instead of cutting them off.
+            match find_next_record(&file, offset + 1, file_len)? {
+                Some(next) => {
+                    tracing::error!(
+                        segment,
+                        offset,
+                        skipped_bytes = next - offset,
+                        "spool segment damaged: skipping unreadable bytes to the next valid record"
+                    );
+                    offset = next;
+                    continue;
+                }
+                None => {
+                    tracing::warn!(
+                        segment,
+                        offset,
+                        discarded_bytes = file_len - offset,
+                        "discarding a torn write at the end of a spool segment (it was never acknowledged)"
+                    );
+                    let file = OpenOptions::new().write(true).open(&path)?;
+                    file.set_len(offset)?;
+                    file.sync_all()?;
+                    break;
+                }
+            }
         };
         let record_len = (HEADER_LEN + payload.len()) as u64;
         let done = finished.get(&offset);
@@ -139,27 +157,53 @@ fn scan_segment(
     Ok(())
 }
 
-/// Reads one record into `payload`; `None` when what follows is not a whole,
-/// valid record.
-fn read_record(
-    reader: &mut impl Read,
-    remaining: u64,
+/// Reads the record at `offset` into `payload`; `None` when what is there is
+/// not a whole, valid record.
+fn read_record_at(
+    file: &File,
+    offset: u64,
+    file_len: u64,
     payload: &mut Vec<u8>,
 ) -> io::Result<Option<record::DecodedRecord>> {
     let mut header = [0u8; HEADER_LEN];
-    if remaining < HEADER_LEN as u64 || reader.read_exact(&mut header).is_err() {
+    if file_len - offset < HEADER_LEN as u64 {
         return Ok(None);
     }
+    file.read_exact_at(&mut header, offset)?;
     let Some((len, crc)) = record::decode_header(&header) else {
         return Ok(None);
     };
-    if len as u64 > remaining - HEADER_LEN as u64 {
+    if len as u64 > file_len - offset - HEADER_LEN as u64 {
         return Ok(None);
     }
     payload.resize(len, 0);
-    reader.read_exact(payload)?;
+    file.read_exact_at(payload, offset + HEADER_LEN as u64)?;
     if crc32fast::hash(payload) != crc {
         return Ok(None);
     }
     Ok(record::decode_payload(payload))
+}
+
+/// The offset of the first valid record at or after `from`, if any.
+fn find_next_record(file: &File, from: u64, file_len: u64) -> io::Result<Option<u64>> {
+    const CHUNK: u64 = 1 << 20;
+    let mut chunk = Vec::new();
+    let mut payload = Vec::new();
+    let mut start = from;
+    while start < file_len {
+        let len = CHUNK.min(file_len - start);
+        chunk.resize(len as usize, 0);
+        file.read_exact_at(&mut chunk, start)?;
+        for (index, window) in chunk.windows(record::MAGIC.len()).enumerate() {
+            let candidate = start + index as u64;
+            if window == record::MAGIC
+                && read_record_at(file, candidate, file_len, &mut payload)?.is_some()
+            {
+                return Ok(Some(candidate));
+            }
+        }
+        // Overlap so a magic split across chunks is still seen.
+        start += len.saturating_sub(record::MAGIC.len() as u64 - 1).max(1);
+    }
+    Ok(None)
 }
