@@ -91,7 +91,21 @@ const NETWORK_FORMS: &str = "a list of networks, e.g. [\"127.0.0.0/8\", \"::1/12
 const SENDER_FORMS: &str = "a list of sender domains, e.g. [\"example.com\", \"*.example.org\"]";
 
 impl Config {
-    /// Parses and validates TOML text.
+    /// Parses and validates TOML text, reporting every problem at once.
+    ///
+    /// ```
+    /// use smtp_shaper::config::Config;
+    ///
+    /// let config = Config::parse(
+    ///     "[[gateways]]\nname = \"primary\"\naddress = \"127.0.0.1:25\"\n",
+    /// )
+    /// .unwrap();
+    /// assert_eq!(config.server.max_message_size, 25 << 20);
+    ///
+    /// let error = Config::parse("[server]\nidle_timeout = \"soon\"\n").unwrap_err();
+    /// assert_eq!(error.problems.len(), 2); // the bad duration, and no gateway
+    /// assert!(error.problems[0].starts_with("server.idle_timeout: \"soon\" is not valid"));
+    /// ```
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let root: toml::Table = text.parse().map_err(|error: toml::de::Error| ConfigError {
             problems: vec![

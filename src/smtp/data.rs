@@ -186,6 +186,20 @@ impl DataReceiver {
 ///
 /// `body` comes from [`DataReceiver`]: CRLF lines only. Should it ever not end
 /// in CRLF, one is added so the terminator stays on a line of its own.
+///
+/// ```
+/// use smtp_shaper::smtp::{DataReceiver, dot_stuff};
+///
+/// let body = b"Subject: x\r\n\r\n.\r\n..two\r\n";
+/// let mut wire = Vec::new();
+/// dot_stuff(body, &mut wire);
+/// assert_eq!(wire, b"Subject: x\r\n\r\n..\r\n...two\r\n.\r\n");
+///
+/// // Receiving undoes it exactly, and ends at the terminator.
+/// let mut receiver = DataReceiver::new(1 << 20);
+/// assert_eq!(receiver.feed(&wire), Some(wire.len()));
+/// assert_eq!(receiver.finish().unwrap(), body);
+/// ```
 pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
     out.reserve(body.len() + body.len() / 64 + 5);
     for line in body.split_inclusive(|&b| b == b'\n') {
