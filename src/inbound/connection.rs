@@ -137,8 +137,12 @@ async fn run(
                 }
             };
             match step {
-                Step::Reply(reply) => reply.write_to(&mut conn.out),
+                Step::Reply(reply) => {
+                    log_refusal(session, &reply);
+                    reply.write_to(&mut conn.out);
+                }
                 Step::Close(reply) => {
+                    log_refusal(session, &reply);
                     reply.write_to(&mut conn.out);
                     return Ok(());
                 }
@@ -160,11 +164,12 @@ async fn run(
             Input::Data => {}
             Input::Closed => return Ok(()),
             Input::TimedOut => {
-                Reply::new(
+                let reply = Reply::new(
                     421,
                     format!("4.4.2 {hostname} Error: timeout exceeded, closing connection"),
-                )
-                .write_to(&mut conn.out);
+                );
+                log_refusal(session, &reply);
+                reply.write_to(&mut conn.out);
                 return Ok(());
             }
             Input::Shutdown => {
@@ -176,6 +181,14 @@ async fn run(
                 return Ok(());
             }
         }
+    }
+}
+
+/// Every error reply leaves a log line; the session's `max_errors` bounds
+/// how many one client can cause.
+fn log_refusal(session: &Session<'_>, reply: &Reply) {
+    if reply.code >= 400 {
+        tracing::info!(client = %session.client_ip, reply = %reply, "command refused");
     }
 }
 
@@ -198,19 +211,24 @@ async fn receive_message(
             Input::Data => {}
             Input::Closed | Input::Shutdown => return Ok(None),
             Input::TimedOut => {
-                return Ok(Some(Reply::new(
+                let reply = Reply::new(
                     421,
                     format!(
                         "4.4.2 {} Error: timeout exceeded during DATA",
                         server.hostname
                     ),
-                )));
+                );
+                log_refusal(session, &reply);
+                return Ok(Some(reply));
             }
         }
     }
     let (transaction, body) = match session.data_end(receiver.finish()) {
         Ok(accepted) => accepted,
-        Err(Step::Close(reply)) => return Ok(Some(reply)),
+        Err(Step::Close(reply)) => {
+            log_refusal(session, &reply);
+            return Ok(Some(reply));
+        }
         Err(Step::Reply(reply) | Step::Data(reply)) => {
             tracing::info!(client = %session.client_ip, reply = %reply, "message refused");
             reply.write_to(&mut conn.out);

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use crate::config::ServerConfig;
 use crate::policy::Router;
-use crate::smtp::{Command, CommandError, DataError, LineError, MailParams, Reply};
+use crate::smtp::{Command, CommandError, DataError, LineError, MailParams, Reply, trace};
 
 /// What the connection does after a command.
 #[derive(Debug, PartialEq, Eq)]
@@ -227,6 +227,15 @@ impl<'a> Session<'a> {
             .take()
             .expect("DATA is only entered with an open transaction");
         match body {
+            Ok(body) if trace::received_count(&body) >= trace::MAX_HOPS => {
+                Err(self.refuse(Reply::new(
+                    554,
+                    format!(
+                        "5.4.6 Message refused: {} or more Received: headers, a mail loop?",
+                        trace::MAX_HOPS
+                    ),
+                )))
+            }
             Ok(body) => Ok((transaction, body)),
             Err(error) => {
                 let reply = match error {
@@ -342,5 +351,25 @@ mod tests {
         assert_eq!(code(run(&mut session, "FOO")), 500);
         assert_eq!(code(run(&mut session, "RCPT TO:<bad>")), 501);
         assert!(matches!(run(&mut session, "BAR"), Step::Close(reply) if reply.code == 421));
+    }
+
+    #[test]
+    fn refuses_looping_mail() {
+        let config = Config::embedded_default();
+        let router = config.router();
+        let mut session = Session::new(&config.server, &router, "127.0.0.1".parse().unwrap());
+        let mut deliver = |hops: usize| {
+            run(&mut session, "EHLO app.test");
+            run(&mut session, "MAIL FROM:<a@b.test>");
+            run(&mut session, "RCPT TO:<x@y.test>");
+            run(&mut session, "DATA");
+            let body = "Received: from somewhere\r\n".repeat(hops) + "Subject: x\r\n\r\nhi\r\n";
+            session
+                .data_end(Ok(body.into_bytes()))
+                .map(|_| ())
+                .map_err(code)
+        };
+        assert_eq!(deliver(49), Ok(()));
+        assert_eq!(deliver(50), Err(554));
     }
 }

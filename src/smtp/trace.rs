@@ -38,6 +38,20 @@ pub fn received_header(info: &TraceInfo<'_>) -> String {
     header
 }
 
+/// Most `Received:` headers a message may carry before it is taken for a mail
+/// loop (Postfix's `hopcount_limit`).
+pub const MAX_HOPS: usize = 50;
+
+/// Counts the `Received:` headers in a message's header section, so a loop
+/// (a gateway that routes mail back to us) is stopped instead of spinning.
+pub fn received_count(message: &[u8]) -> usize {
+    message
+        .split(|&b| b == b'\n')
+        .take_while(|line| !line.is_empty() && *line != b"\r")
+        .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
+}
+
 /// `Thu, 26 Nov 2026 19:40:59 +0000`.
 pub fn rfc5322_date(unix_seconds: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
@@ -84,6 +98,15 @@ mod tests {
             rfc5322_date(1_795_722_059),
             "Thu, 26 Nov 2026 19:40:59 +0000"
         );
+    }
+
+    #[test]
+    fn counts_received_headers_in_the_header_section_only() {
+        let message =
+            b"Received: a\r\n\tcontinued\r\nRECEIVED: b\r\nSubject: x\r\n\r\nReceived: in body\r\n";
+        assert_eq!(received_count(message), 2);
+        assert_eq!(received_count(b""), 0);
+        assert_eq!(received_count(b"\r\nReceived: x\r\n"), 0);
     }
 
     #[test]
