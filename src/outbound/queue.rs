@@ -188,3 +188,118 @@ impl DeliveryQueue {
         state.ready.len() + state.waiting.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::MailParams;
+    use crate::spool::{Envelope, Location};
+
+    fn item(id: &str, body: Option<usize>) -> Queued {
+        Queued {
+            message: StoredMessage {
+                id: id.into(),
+                gateway: "primary".into(),
+                envelope: Envelope {
+                    sender: String::new(),
+                    recipients: vec!["a@example.org".into()],
+                    params: MailParams::default(),
+                    client_ip: "127.0.0.1".parse().unwrap(),
+                    received_at: 0,
+                },
+                location: Location {
+                    segment: 1,
+                    offset: 0,
+                    body_offset: 0,
+                    body_len: 0,
+                },
+                pending: vec![0],
+            },
+            attempts: 0,
+            body: body.map(|len| vec![b'x'; len]),
+        }
+    }
+
+    /// `next()`, or None if nothing comes within `limit` of virtual time.
+    async fn next_within(queue: &DeliveryQueue, limit: Duration) -> Option<Queued> {
+        tokio::time::timeout(limit, queue.next()).await.ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_messages_come_out_in_order() {
+        let queue = DeliveryQueue::default();
+        queue.push(item("a", None), 4);
+        queue.push(item("b", None), 4);
+        assert_eq!(queue.len(), 2);
+        assert_eq!(queue.next().await.message.id, "a");
+        assert_eq!(queue.next().await.message.id, "b");
+        assert!(
+            next_within(&queue, Duration::from_secs(3600))
+                .await
+                .is_none()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bodies_ride_along_only_while_the_queue_is_short() {
+        let queue = DeliveryQueue::default();
+        queue.push(item("a", Some(100)), 2);
+        queue.push(item("b", Some(100)), 2);
+        queue.push(item("c", Some(100)), 2);
+        queue.push(item("d", Some(HOT_BODY_BYTES)), 10);
+        let kept: Vec<bool> = [
+            queue.next().await,
+            queue.next().await,
+            queue.next().await,
+            queue.next().await,
+        ]
+        .iter()
+        .map(|item| item.body.is_some())
+        .collect();
+        assert_eq!(kept, vec![true, true, false, false]);
+        queue.push(item("e", Some(HOT_BODY_BYTES)), 10);
+        assert!(
+            queue.next().await.body.is_some(),
+            "the budget is free again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_wait_until_due_and_drop_their_body() {
+        let queue = DeliveryQueue::default();
+        let start = Instant::now();
+        queue.retry_at(item("late", Some(10)), start + Duration::from_secs(60));
+        queue.retry_at(item("early", None), start + Duration::from_secs(30));
+        assert!(next_within(&queue, Duration::from_secs(29)).await.is_none());
+        let early = queue.next().await;
+        assert_eq!(early.message.id, "early");
+        assert_eq!(Instant::now() - start, Duration::from_secs(30));
+        let late = queue.next().await;
+        assert_eq!(
+            (late.message.id.as_str(), late.body.is_none()),
+            ("late", true)
+        );
+        assert_eq!(Instant::now() - start, Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_gateway_pauses_the_queue() {
+        let queue = DeliveryQueue::default();
+        queue.push(item("a", None), 4);
+        let pause = queue.connect_failed(|failures| Duration::from_secs(10 * u64::from(failures)));
+        assert_eq!(pause, Duration::from_secs(10));
+        assert!(next_within(&queue, Duration::from_secs(9)).await.is_none());
+        assert_eq!(queue.next().await.message.id, "a");
+
+        queue.push(item("b", None), 4);
+        let pause = queue.connect_failed(|failures| Duration::from_secs(10 * u64::from(failures)));
+        assert_eq!(pause, Duration::from_secs(20), "backs off further");
+        queue.connected();
+        assert!(
+            next_within(&queue, Duration::from_millis(1))
+                .await
+                .is_some(),
+            "resumes at once"
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! A delivery worker: takes messages from its gateway's queue, sends each
+//! over its one kept-alive connection, and settles every recipient (done,
+//! retry later, or dead letter) in the spool.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::Gateway;
+use super::client::Connection;
+use super::queue::Queued;
+use crate::shutdown::Shutdown;
+use crate::smtp::Reply;
+use crate::spool::{Spool, unix_seconds};
+
+/// What every worker shares.
+#[derive(Clone)]
+pub(super) struct WorkerContext {
+    pub spool: Spool,
+    pub helo_name: String,
+}
+
+pub(super) async fn worker(gateway: Arc<Gateway>, context: WorkerContext, mut shutdown: Shutdown) {
+    let mut connection: Option<Connection> = None;
+    loop {
+        let idle = gateway.config.idle_connection_timeout;
+        let item = tokio::select! {
+            // Stopping wins over a waiting message: it stays queued.
+            biased;
+            _ = shutdown.stopped() => break,
+            item = gateway.queue.next() => item,
+            _ = tokio::time::sleep(idle), if connection.is_some() => {
+                if let Some(open) = connection.take() {
+                    open.quit().await;
+                }
+                continue;
+            }
+        };
+        deliver(&gateway, &context, &mut connection, item).await;
+    }
+    if let Some(open) = connection.take() {
+        open.quit().await;
+    }
+}
+
+/// One delivery attempt of one message, and what follows from its replies.
+async fn deliver(
+    gateway: &Gateway,
+    context: &WorkerContext,
+    connection: &mut Option<Connection>,
+    mut item: Queued,
+) {
+    let message = &item.message;
+    let body = match item.body.take() {
+        Some(body) => Ok(body),
+        None => context.spool.read_body(message.location).await,
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(error) => {
+            tracing::error!(queue_id = %message.id, %error, "cannot read a queued message from the spool; will retry");
+            let replies = vec![
+                Reply::new(451, format!("4.3.0 spool read failed: {error}"));
+                message.pending.len()
+            ];
+            settle(gateway, context, item, replies).await;
+            return;
+        }
+    };
+    let mut reused = connection.is_some();
+    let replies = loop {
+        if connection.is_none() {
+            let config = &gateway.config;
+            match Connection::open(
+                &config.address,
+                &context.helo_name,
+                config.connect_timeout,
+                config.command_timeout,
+            )
+            .await
+            {
+                Ok(open) => {
+                    gateway.queue.connected();
+                    *connection = Some(open);
+                }
+                Err(error) => {
+                    let pause = gateway.queue.connect_failed(|failures| {
+                        gateway.backoff.delay(failures, fastrand::f64())
+                    });
+                    tracing::warn!(
+                        gateway = %config.name,
+                        address = %config.address,
+                        %error,
+                        pause = %format!("{:.1}s", pause.as_secs_f64()),
+                        "gateway unreachable; pausing deliveries to it"
+                    );
+                    break vec![
+                        Reply::new(421, format!("4.4.1 {error}"));
+                        item.message.pending.len()
+                    ];
+                }
+            }
+        }
+        let open = connection.as_mut().expect("connected above");
+        match open
+            .send(&item.message.envelope, &item.message.pending, &body)
+            .await
+        {
+            Ok(transaction) => {
+                if !transaction.reusable {
+                    *connection = None;
+                }
+                break transaction.replies;
+            }
+            Err(error) => {
+                *connection = None;
+                if reused && error.before_mail_reply {
+                    // A kept-alive connection the gateway had closed: reconnect once.
+                    reused = false;
+                    continue;
+                }
+                break vec![Reply::new(451, format!("4.4.2 {error}")); item.message.pending.len()];
+            }
+        }
+    };
+    item.attempts += 1;
+    settle(gateway, context, item, replies).await;
+}
+
+/// Applies per-recipient replies: done, retry later, or dead-letter.
+async fn settle(gateway: &Gateway, context: &WorkerContext, mut item: Queued, replies: Vec<Reply>) {
+    let spool = &context.spool;
+    let message = &item.message;
+    let age = unix_seconds().saturating_sub(message.envelope.received_at);
+    let expired = age >= gateway.config.max_age.as_secs();
+    let mut delivered = Vec::new();
+    let mut retry = Vec::new();
+    let mut dead: Vec<(u32, String)> = Vec::new();
+    for (&recipient, reply) in message.pending.iter().zip(&replies) {
+        if reply.is_positive() {
+            delivered.push(recipient);
+        } else if reply.is_permanent() {
+            dead.push((recipient, reply.to_string()));
+        } else if expired {
+            dead.push((
+                recipient,
+                format!(
+                    "expired after {} attempts in {age}s; last reply: {reply}",
+                    item.attempts
+                ),
+            ));
+        } else {
+            retry.push(recipient);
+        }
+    }
+    if !dead.is_empty() {
+        match spool
+            .dead_letter(message, &dead, &gateway.config.name)
+            .await
+        {
+            Ok(path) => {
+                for (recipient, reason) in &dead {
+                    tracing::error!(
+                        queue_id = %message.id,
+                        gateway = %gateway.config.name,
+                        recipient = %message.envelope.recipients[*recipient as usize],
+                        reason = %reason,
+                        dead_letter = %path.display(),
+                        "delivery failed permanently; moved to the dead-letter area"
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::error!(queue_id = %message.id, %error, "cannot write a dead-letter file; keeping the message queued");
+                retry.extend(dead.iter().map(|(recipient, _)| *recipient));
+                dead.clear();
+            }
+        }
+    }
+    let summary = replies
+        .iter()
+        .find(|reply| !reply.is_positive())
+        .or(replies.first())
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    if retry.is_empty() {
+        spool.message_done(message);
+        tracing::info!(
+            queue_id = %message.id,
+            gateway = %gateway.config.name,
+            attempt = item.attempts,
+            delivered = delivered.len(),
+            failed = dead.len(),
+            reply = %summary,
+            "delivery attempt finished the message"
+        );
+        return;
+    }
+    for recipient in delivered
+        .iter()
+        .chain(dead.iter().map(|(recipient, _)| recipient))
+    {
+        spool.recipient_done(message, *recipient);
+    }
+    let delay = gateway.backoff.delay(item.attempts.max(1), fastrand::f64());
+    tracing::warn!(
+        queue_id = %message.id,
+        gateway = %gateway.config.name,
+        attempt = item.attempts,
+        delivered = delivered.len(),
+        failed = dead.len(),
+        deferred = retry.len(),
+        reply = %summary,
+        next_retry_in = %format!("{:.1}s", delay.as_secs_f64()),
+        "delivery attempt deferred"
+    );
+    item.message.pending = retry;
+    gateway.queue.retry_at(item, Instant::now() + delay);
+}
