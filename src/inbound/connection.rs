@@ -32,16 +32,24 @@ enum Input {
     Shutdown,
 }
 
+/// The socket and its buffers: input not yet parsed, replies not yet sent.
 struct Conn {
     stream: TcpStream,
     buffer: Vec<u8>,
     out: Vec<u8>,
+    /// A client that stops reading its replies is dropped after this long,
+    /// so it cannot hold a connection slot forever.
+    write_timeout: Duration,
 }
 
 impl Conn {
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
+            timeout(self.write_timeout, self.stream.write_all(&self.out))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading")
+                })??;
             self.out.clear();
         }
         Ok(())
@@ -85,6 +93,7 @@ pub async fn serve(
         stream,
         buffer: Vec::with_capacity(8192),
         out: Vec::with_capacity(1024),
+        write_timeout: context.config.server.idle_timeout,
     };
     let server = &context.config.server;
     let mut session = Session::new(server, &context.router, peer.ip());
