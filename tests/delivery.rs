@@ -1,11 +1,13 @@
 //! Delivery outcomes against a sink that misbehaves on purpose: 4xx, 5xx,
-//! dropped connections, a gateway that is down and comes back.
+//! dropped connections, a gateway that is down and comes back, and a spool
+//! that cannot be written.
 
 mod support;
 
-use support::{Client, Sink, eventually, free_address, start, test_config, without_trace};
+use support::{Client, Harness, Sink, eventually, free_address, start, test_config, without_trace};
 
 const BODY: &[u8] = b"Subject: outcome\r\n\r\nhello\r\n";
+const APP: &str = "app@example.com";
 
 fn dead_letters(spool: &std::path::Path) -> Vec<String> {
     let mut files: Vec<String> = std::fs::read_dir(spool.join("dead"))
@@ -20,95 +22,83 @@ fn dead_letters(spool: &std::path::Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_after_a_temporary_failure() {
-    let sink = Sink::start().await;
-    sink.behavior.lock().unwrap().data_replies.extend([
+    let h = Harness::start().await;
+    h.sink.behavior.lock().unwrap().data_replies.extend([
         "451 4.3.0 try again later".to_string(),
         "421 4.4.5 busy".to_string(),
     ]);
-    let spool = tempfile::tempdir().unwrap();
-    let service = start(test_config(spool.path(), sink.address)).await;
-    let mut client = Client::ready(service.smtp_address()).await;
-    assert_eq!(
-        client
-            .send_message("app@example.com", &["a@example.org"], BODY)
-            .await
-            .code,
-        250
-    );
-    eventually("delivered on the third attempt", || sink.count() == 1).await;
-    assert_eq!(*sink.data_attempts.lock().unwrap(), 3);
-    assert_eq!(without_trace(&sink.messages()[0].data), BODY);
-    eventually("queue empty", || service.queued("primary") == 0).await;
-    assert!(dead_letters(spool.path()).is_empty());
-    service.shutdown().await;
+    h.client()
+        .await
+        .accepted(APP, &["a@example.org"], BODY)
+        .await;
+    eventually("delivered on the third attempt", || h.sink.count() == 1).await;
+    assert_eq!(*h.sink.data_attempts.lock().unwrap(), 3);
+    assert_eq!(without_trace(&h.sink.messages()[0].data), BODY);
+    eventually("queue empty", || h.service.queued("primary") == 0).await;
+    assert!(dead_letters(h.spool.path()).is_empty());
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failures_go_to_the_dead_letter_area_per_recipient() {
-    let sink = Sink::start().await;
-    sink.reply_to_rcpt("gone@example.org", "550 5.1.1 no such user");
-    let spool = tempfile::tempdir().unwrap();
-    let service = start(test_config(spool.path(), sink.address)).await;
-    let mut client = Client::ready(service.smtp_address()).await;
-    let reply = client
-        .send_message(
-            "app@example.com",
-            &["ok@example.org", "gone@example.org"],
-            BODY,
-        )
+    let h = Harness::start().await;
+    h.sink
+        .reply_to_rcpt("gone@example.org", "550 5.1.1 no such user");
+    let id = h
+        .client()
+        .await
+        .accepted(APP, &["ok@example.org", "gone@example.org"], BODY)
         .await;
-    assert_eq!(reply.code, 250);
-    eventually("the good recipient is delivered", || sink.count() == 1).await;
-    assert_eq!(sink.messages()[0].recipients, vec!["ok@example.org"]);
-    eventually("one dead letter", || dead_letters(spool.path()).len() == 1).await;
-    let dead = &dead_letters(spool.path())[0];
+    eventually("the good recipient is delivered", || h.sink.count() == 1).await;
+    assert_eq!(h.sink.messages()[0].recipients, vec!["ok@example.org"]);
+    eventually("one dead letter", || {
+        dead_letters(h.spool.path()).len() == 1
+    })
+    .await;
+    let dead = &dead_letters(h.spool.path())[0];
     assert!(
         dead.contains("X-Smtp-Shaper-Failed-Recipient: <gone@example.org>; 550 5.1.1 no such user"),
         "{dead}"
     );
     assert!(
-        dead.contains(&format!(
-            "X-Smtp-Shaper-Queue-Id: {}",
-            support::queue_id(&reply)
-        )),
+        dead.contains(&format!("X-Smtp-Shaper-Queue-Id: {id}")),
         "{dead}"
     );
     assert!(dead.ends_with("\r\nhello\r\n"), "{dead}");
     assert!(!dead.contains("ok@example.org>;"), "{dead}");
-    eventually("queue empty", || service.queued("primary") == 0).await;
+    eventually("queue empty", || h.service.queued("primary") == 0).await;
+    let Harness {
+        sink,
+        spool,
+        service,
+    } = h;
     service.shutdown().await;
 
     // A restart must not resurrect the finished message.
-    let sink_count = sink.count();
+    let delivered = sink.count();
     let service = start(test_config(spool.path(), sink.address)).await;
     assert_eq!(service.queued("primary"), 0);
     service.shutdown().await;
-    assert_eq!(sink.count(), sink_count);
+    assert_eq!(sink.count(), delivered);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recipient_deferred_alone_is_retried_alone() {
-    let sink = Sink::start().await;
-    sink.reply_to_rcpt("later@example.org", "450 4.2.1 mailbox busy");
-    let spool = tempfile::tempdir().unwrap();
-    let service = start(test_config(spool.path(), sink.address)).await;
-    let mut client = Client::ready(service.smtp_address()).await;
-    let reply = client
-        .send_message(
-            "app@example.com",
-            &["now@example.org", "later@example.org"],
-            BODY,
-        )
+    let h = Harness::start().await;
+    h.sink
+        .reply_to_rcpt("later@example.org", "450 4.2.1 mailbox busy");
+    h.client()
+        .await
+        .accepted(APP, &["now@example.org", "later@example.org"], BODY)
         .await;
-    assert_eq!(reply.code, 250);
-    eventually("first recipient delivered", || sink.count() == 1).await;
-    sink.behavior.lock().unwrap().rcpt_replies.clear();
-    eventually("second recipient delivered", || sink.count() == 2).await;
-    let messages = sink.messages();
+    eventually("first recipient delivered", || h.sink.count() == 1).await;
+    h.sink.behavior.lock().unwrap().rcpt_replies.clear();
+    eventually("second recipient delivered", || h.sink.count() == 2).await;
+    let messages = h.sink.messages();
     assert_eq!(messages[0].recipients, vec!["now@example.org"]);
     assert_eq!(messages[1].recipients, vec!["later@example.org"]);
-    eventually("queue empty", || service.queued("primary") == 0).await;
-    service.shutdown().await;
+    eventually("queue empty", || h.service.queued("primary") == 0).await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,13 +109,9 @@ async fn gateway_down_then_up_delivers_everything() {
     let mut client = Client::ready(service.smtp_address()).await;
     for n in 0..20 {
         let body = format!("Subject: {n}\r\n\r\nwaiting\r\n");
-        assert_eq!(
-            client
-                .send_message("app@example.com", &["a@example.org"], body.as_bytes())
-                .await
-                .code,
-            250
-        );
+        client
+            .accepted(APP, &["a@example.org"], body.as_bytes())
+            .await;
     }
     assert_eq!(service.queued("primary"), 20);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -140,78 +126,64 @@ async fn gateway_down_then_up_delivers_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_dropped_during_data_is_retried() {
-    let sink = Sink::start().await;
-    sink.behavior.lock().unwrap().drop_during_data = 2;
-    let spool = tempfile::tempdir().unwrap();
-    let service = start(test_config(spool.path(), sink.address)).await;
-    let mut client = Client::ready(service.smtp_address()).await;
-    assert_eq!(
-        client
-            .send_message("app@example.com", &["a@example.org"], BODY)
-            .await
-            .code,
-        250
-    );
+    let h = Harness::start().await;
+    h.sink.behavior.lock().unwrap().drop_during_data = 2;
+    h.client()
+        .await
+        .accepted(APP, &["a@example.org"], BODY)
+        .await;
     eventually("delivered after two dropped connections", || {
-        sink.count() == 1
+        h.sink.count() == 1
     })
     .await;
-    assert_eq!(without_trace(&sink.messages()[0].data), BODY);
-    service.shutdown().await;
+    assert_eq!(without_trace(&h.sink.messages()[0].data), BODY);
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn works_with_a_gateway_without_pipelining() {
-    let sink = Sink::start().await;
-    sink.behavior.lock().unwrap().no_pipelining = true;
-    sink.reply_to_rcpt("gone@example.org", "550 5.1.1 no such user");
-    let spool = tempfile::tempdir().unwrap();
-    let service = start(test_config(spool.path(), sink.address)).await;
-    let mut client = Client::ready(service.smtp_address()).await;
+    let h = Harness::start().await;
+    h.sink.behavior.lock().unwrap().no_pipelining = true;
+    h.sink
+        .reply_to_rcpt("gone@example.org", "550 5.1.1 no such user");
+    let mut client = h.client().await;
     for _ in 0..5 {
-        let reply = client
-            .send_message(
-                "app@example.com",
+        client
+            .accepted(
+                APP,
                 &["a@example.org", "gone@example.org", "b@example.org"],
                 BODY,
             )
             .await;
-        assert_eq!(reply.code, 250);
     }
-    eventually("5 messages", || sink.count() == 5).await;
-    for message in sink.messages() {
+    eventually("5 messages", || h.sink.count() == 5).await;
+    for message in h.sink.messages() {
         assert_eq!(message.recipients, vec!["a@example.org", "b@example.org"]);
     }
-    eventually("5 dead letters", || dead_letters(spool.path()).len() == 5).await;
-    service.shutdown().await;
+    eventually("5 dead letters", || dead_letters(h.spool.path()).len() == 5).await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_past_max_age_are_dead_lettered() {
-    let sink = Sink::start().await;
-    sink.reply_to_rcpt("stuck@example.org", "451 4.7.1 greylisted");
-    let spool = tempfile::tempdir().unwrap();
-    let mut config = test_config(spool.path(), sink.address);
-    config.gateways[0].max_age = std::time::Duration::from_secs(1);
-    let service = start(config).await;
-    let mut client = Client::ready(service.smtp_address()).await;
-    assert_eq!(
-        client
-            .send_message("app@example.com", &["stuck@example.org"], BODY)
-            .await
-            .code,
-        250
-    );
+    let h = Harness::with(|config| config.gateways[0].max_age = std::time::Duration::from_secs(1))
+        .await;
+    h.sink
+        .reply_to_rcpt("stuck@example.org", "451 4.7.1 greylisted");
+    h.client()
+        .await
+        .accepted(APP, &["stuck@example.org"], BODY)
+        .await;
     eventually("expired into the dead-letter area", || {
-        dead_letters(spool.path()).len() == 1
+        dead_letters(h.spool.path()).len() == 1
     })
     .await;
-    let dead = &dead_letters(spool.path())[0];
+    let dead = &dead_letters(h.spool.path())[0];
     assert!(dead.contains("expired after"), "{dead}");
     assert!(dead.contains("451 4.7.1 greylisted"), "{dead}");
-    eventually("queue empty", || service.queued("primary") == 0).await;
-    assert_eq!(sink.count(), 0);
-    service.shutdown().await;
+    eventually("queue empty", || h.service.queued("primary") == 0).await;
+    assert_eq!(h.sink.count(), 0);
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,37 +194,28 @@ async fn a_spool_write_failure_is_answered_452_never_250() {
     config.spool.segment_size = 64 * 1024;
     let service = start(config).await;
     let mut client = Client::ready(service.smtp_address()).await;
-    let mut body = b"Subject: big\r\n\r\n".to_vec();
-    for _ in 0..400 {
-        body.extend_from_slice(&[b'q'; 98]);
-        body.extend_from_slice(b"\r\n");
-    }
-    assert_eq!(
-        client
-            .send_message("app@example.com", &["a@example.org"], &body)
-            .await
-            .code,
-        250
+    let body = format!(
+        "Subject: big\r\n\r\n{}",
+        format!("{}\r\n", "q".repeat(98)).repeat(400)
     );
+    client
+        .accepted(APP, &["a@example.org"], body.as_bytes())
+        .await;
     // The next message needs a new spool file; make that impossible.
     let queue = spool.path().join("queue");
     let moved = spool.path().join("queue-moved");
     std::fs::rename(&queue, &moved).unwrap();
     std::fs::write(&queue, b"not a directory").unwrap();
     let reply = client
-        .send_message("app@example.com", &["a@example.org"], &body)
+        .send_message(APP, &["a@example.org"], body.as_bytes())
         .await;
     assert_eq!((reply.code, &reply.text[..5]), (452, "4.3.1"), "{reply:?}");
     // The session goes on, and once storage works again so does the spool.
     std::fs::remove_file(&queue).unwrap();
     std::fs::rename(&moved, &queue).unwrap();
-    assert_eq!(
-        client
-            .send_message("app@example.com", &["a@example.org"], &body)
-            .await
-            .code,
-        250
-    );
+    client
+        .accepted(APP, &["a@example.org"], body.as_bytes())
+        .await;
     assert_eq!(service.queued("primary"), 2);
     drop(client);
     service.shutdown().await;

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Client, Sink, eventually, free_address, start, test_config};
+use support::{Client, Harness, Sink, eventually, free_address, start, test_config};
 
 /// The binary running on its own config file.
 struct Process {
@@ -108,10 +108,9 @@ async fn sigkill_between_250_and_delivery_loses_nothing() {
     let mut accepted = HashSet::new();
     for n in 0..50 {
         let tag = format!("queued-{n}");
-        let reply = client
-            .send_message("app@example.com", &["a@example.org"], &body(&tag))
+        client
+            .accepted("app@example.com", &["a@example.org"], &body(&tag))
             .await;
-        assert_eq!(reply.code, 250, "{reply:?}");
         accepted.insert(tag);
     }
     process.kill();
@@ -195,14 +194,13 @@ async fn sigterm_exits_cleanly_and_keeps_the_queue() {
     let mut process = spawn(&config, listen).await;
     let mut client = Client::ready(process.address).await;
     for n in 0..5 {
-        let reply = client
-            .send_message(
+        client
+            .accepted(
                 "app@example.com",
                 &["a@example.org"],
                 &body(&format!("term-{n}")),
             )
             .await;
-        assert_eq!(reply.code, 250);
     }
     let status = Command::new("kill")
         .args(["-TERM", &process.child.id().to_string()])
@@ -223,9 +221,11 @@ async fn sigterm_exits_cleanly_and_keeps_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_in_flight_at_shutdown_may_finish() {
-    let sink = Sink::start().await;
-    let spool = tempfile::tempdir().unwrap();
-    let service = start(test_config(spool.path(), sink.address)).await;
+    let Harness {
+        sink,
+        spool,
+        service,
+    } = Harness::start().await;
     let address = service.smtp_address();
     let mut client = Client::ready(address).await;
     assert_eq!(

@@ -6,22 +6,11 @@ mod support;
 
 use std::time::Duration;
 
-use smtp_shaper::Service;
-use support::{Client, Sink, eventually, start, test_config};
-
-async fn service_with(
-    tweak: impl FnOnce(&mut smtp_shaper::config::Config),
-) -> (Service, Sink, tempfile::TempDir) {
-    let sink = Sink::start().await;
-    let spool = tempfile::tempdir().unwrap();
-    let mut config = test_config(spool.path(), sink.address);
-    tweak(&mut config);
-    (start(config).await, sink, spool)
-}
+use support::{Client, Harness, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_sequences_never_split_a_transaction() {
-    let (service, sink, _spool) = service_with(|_| {}).await;
+    let h = Harness::start().await;
     let variants: [&[u8]; 9] = [
         b"\n.\n",
         b"\r.\r",
@@ -34,7 +23,7 @@ async fn smuggling_sequences_never_split_a_transaction() {
         b"\r\n\0.\r\n",
     ];
     for fake_end in variants {
-        let mut client = Client::ready(service.smtp_address()).await;
+        let mut client = h.client().await;
         assert_eq!(
             client.command("MAIL FROM:<app@example.com>").await.code,
             250
@@ -56,29 +45,25 @@ async fn smuggling_sequences_never_split_a_transaction() {
         assert_eq!(noop.code, 250, "{fake_end:?}: out of sync, got {noop:?}");
     }
     // Nothing of those payloads was relayed; a normal message still is.
-    let mut client = Client::ready(service.smtp_address()).await;
-    assert_eq!(
-        client
-            .send_message(
-                "app@example.com",
-                &["ok@example.org"],
-                b"Subject: fine\r\n\r\nx\r\n"
-            )
-            .await
-            .code,
-        250
-    );
-    eventually("the normal message", || sink.count() == 1).await;
+    let mut client = h.client().await;
+    client
+        .accepted(
+            "app@example.com",
+            &["ok@example.org"],
+            b"Subject: fine\r\n\r\nx\r\n",
+        )
+        .await;
+    eventually("the normal message", || h.sink.count() == 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(sink.count(), 1);
-    assert_eq!(sink.messages()[0].recipients, vec!["ok@example.org"]);
-    service.shutdown().await;
+    assert_eq!(h.sink.count(), 1);
+    assert_eq!(h.sink.messages()[0].recipients, vec!["ok@example.org"]);
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_line_ends_and_nul_in_commands_are_refused() {
-    let (service, _sink, _spool) = service_with(|_| {}).await;
-    let mut client = Client::ready(service.smtp_address()).await;
+    let h = Harness::start().await;
+    let mut client = h.client().await;
     client.send_raw(b"NOOP\n").await;
     let reply = client.reply().await.unwrap();
     assert_eq!((reply.code, &reply.text[..5]), (500, "5.5.2"), "{reply:?}");
@@ -93,13 +78,13 @@ async fn bare_line_ends_and_nul_in_commands_are_refused() {
     assert_eq!(client.reply().await.unwrap().code, 500);
     assert_eq!(client.reply().await.unwrap().code, 250);
     drop(client);
-    service.shutdown().await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_lines_are_limited_to_512_octets() {
-    let (service, _sink, _spool) = service_with(|_| {}).await;
-    let mut client = Client::ready(service.smtp_address()).await;
+    let h = Harness::start().await;
+    let mut client = h.client().await;
     let fits = format!("NOOP {}", "a".repeat(505));
     assert_eq!(fits.len() + 2, 512);
     assert_eq!(client.command(&fits).await.code, 250);
@@ -110,13 +95,13 @@ async fn command_lines_are_limited_to_512_octets() {
         .await;
     assert_eq!(reply.code, 500);
     assert_eq!(client.command("NOOP").await.code, 250);
-    service.shutdown().await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_lines_are_limited_to_1000_octets() {
-    let (service, sink, _spool) = service_with(|_| {}).await;
-    let mut client = Client::ready(service.smtp_address()).await;
+    let h = Harness::start().await;
+    let mut client = h.client().await;
     let mut body = b"Subject: long\r\n\r\n".to_vec();
     body.extend_from_slice(&[b'y'; 999]);
     body.extend_from_slice(b"\r\n");
@@ -127,21 +112,17 @@ async fn text_lines_are_limited_to_1000_octets() {
     let mut body = b"Subject: long\r\n\r\n".to_vec();
     body.extend_from_slice(&[b'y'; 998]);
     body.extend_from_slice(b"\r\n");
-    assert_eq!(
-        client
-            .send_message("app@example.com", &["a@example.org"], &body)
-            .await
-            .code,
-        250
-    );
-    eventually("the 998-octet line", || sink.count() == 1).await;
-    service.shutdown().await;
+    client
+        .accepted("app@example.com", &["a@example.org"], &body)
+        .await;
+    eventually("the 998-octet line", || h.sink.count() == 1).await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recipients_per_message_are_limited() {
-    let (service, sink, _spool) = service_with(|_| {}).await;
-    let mut client = Client::ready(service.smtp_address()).await;
+    let h = Harness::start().await;
+    let mut client = h.client().await;
     assert_eq!(
         client.command("MAIL FROM:<app@example.com>").await.code,
         250
@@ -160,16 +141,15 @@ async fn recipients_per_message_are_limited() {
     assert_eq!(client.command("DATA").await.code, 354);
     client.send_raw(b"Subject: many\r\n\r\nx\r\n.\r\n").await;
     assert_eq!(client.reply().await.unwrap().code, 250);
-    eventually("one message with 100 recipients", || sink.count() == 1).await;
-    assert_eq!(sink.messages()[0].recipients.len(), 100);
-    service.shutdown().await;
+    eventually("one message with 100 recipients", || h.sink.count() == 1).await;
+    assert_eq!(h.sink.messages()[0].recipients.len(), 100);
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_size_is_limited_at_mail_and_at_data() {
-    let (service, _sink, _spool) =
-        service_with(|config| config.server.max_message_size = 10_000).await;
-    let mut client = Client::ready(service.smtp_address()).await;
+    let h = Harness::with(|config| config.server.max_message_size = 10_000).await;
+    let mut client = h.client().await;
     let reply = client
         .command("MAIL FROM:<app@example.com> SIZE=10001")
         .await;
@@ -192,25 +172,23 @@ async fn message_size_is_limited_at_mail_and_at_data() {
     let reply = client.reply().await.unwrap();
     assert_eq!((reply.code, &reply.text[..5]), (552, "5.3.4"), "{reply:?}");
     assert_eq!(client.command("NOOP").await.code, 250);
-    service.shutdown().await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_clients_are_disconnected_with_421() {
-    let (service, _sink, _spool) =
-        service_with(|config| config.server.idle_timeout = Duration::from_millis(300)).await;
-    let mut client = Client::ready(service.smtp_address()).await;
+    let h = Harness::with(|config| config.server.idle_timeout = Duration::from_millis(300)).await;
+    let mut client = h.client().await;
     let reply = client.reply().await.expect("a 421 before the close");
     assert_eq!((reply.code, &reply.text[..5]), (421, "4.4.2"), "{reply:?}");
     assert!(client.is_closed().await);
-    service.shutdown().await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_data_phase_times_out() {
-    let (service, sink, _spool) =
-        service_with(|config| config.server.data_timeout = Duration::from_millis(300)).await;
-    let mut client = Client::ready(service.smtp_address()).await;
+    let h = Harness::with(|config| config.server.data_timeout = Duration::from_millis(300)).await;
+    let mut client = h.client().await;
     assert_eq!(
         client.command("MAIL FROM:<app@example.com>").await.code,
         250
@@ -222,29 +200,29 @@ async fn a_stalled_data_phase_times_out() {
     assert_eq!(reply.code, 421, "{reply:?}");
     assert!(client.is_closed().await);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(sink.count(), 0);
-    service.shutdown().await;
+    assert_eq!(h.sink.count(), 0);
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_errors_close_the_session() {
-    let (service, _sink, _spool) = service_with(|config| config.server.max_errors = 5).await;
-    let mut client = Client::ready(service.smtp_address()).await;
+    let h = Harness::with(|config| config.server.max_errors = 5).await;
+    let mut client = h.client().await;
     for _ in 0..4 {
         assert_eq!(client.command("BOGUS").await.code, 500);
     }
     let reply = client.command("BOGUS").await;
     assert_eq!((reply.code, &reply.text[..5]), (421, "4.7.0"), "{reply:?}");
     assert!(client.is_closed().await);
-    service.shutdown().await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_get_421() {
-    let (service, _sink, _spool) = service_with(|config| config.server.max_connections = 2).await;
-    let _first = Client::ready(service.smtp_address()).await;
-    let _second = Client::ready(service.smtp_address()).await;
-    let (mut third, greeting) = Client::connect(service.smtp_address()).await;
+    let h = Harness::with(|config| config.server.max_connections = 2).await;
+    let _first = h.client().await;
+    let _second = h.client().await;
+    let (mut third, greeting) = Client::connect(h.service.smtp_address()).await;
     assert_eq!(
         (greeting.code, &greeting.text[..5]),
         (421, "4.7.0"),
@@ -254,7 +232,7 @@ async fn connections_beyond_the_limit_get_421() {
     drop(_first);
     let mut fourth = None;
     for _ in 0..100 {
-        let (client, greeting) = Client::connect(service.smtp_address()).await;
+        let (client, greeting) = Client::connect(h.service.smtp_address()).await;
         if greeting.code == 220 {
             fourth = Some(client);
             break;
@@ -262,28 +240,29 @@ async fn connections_beyond_the_limit_get_421() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(fourth.is_some(), "a slot frees up when a client leaves");
-    service.shutdown().await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_outside_allowed_networks_get_554() {
-    let (service, _sink, _spool) =
-        service_with(|config| config.server.allowed_networks = vec!["10.0.0.0/8".parse().unwrap()])
-            .await;
-    let (mut client, greeting) = Client::connect(service.smtp_address()).await;
+    let h = Harness::with(|config| {
+        config.server.allowed_networks = vec!["10.0.0.0/8".parse().unwrap()]
+    })
+    .await;
+    let (mut client, greeting) = Client::connect(h.service.smtp_address()).await;
     assert_eq!(
         (greeting.code, &greeting.text[..5]),
         (554, "5.7.1"),
         "{greeting:?}"
     );
     assert!(client.is_closed().await);
-    service.shutdown().await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_addresses_get_501() {
-    let (service, _sink, _spool) = service_with(|_| {}).await;
-    let mut client = Client::ready(service.smtp_address()).await;
+    let h = Harness::start().await;
+    let mut client = h.client().await;
     let reply = client.command("MAIL FROM:<a>b@example.com>").await;
     assert_eq!((reply.code, &reply.text[..5]), (501, "5.1.7"), "{reply:?}");
     assert_eq!(
@@ -309,13 +288,13 @@ async fn malformed_addresses_get_501() {
     let reply = client.command("RCPT TO:<a@example.org> NOTIFY=NEVER").await;
     assert_eq!((reply.code, &reply.text[..5]), (555, "5.5.4"), "{reply:?}");
     drop(client);
-    service.shutdown().await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_the_service_commands() {
-    let (service, _sink, _spool) = service_with(|_| {}).await;
-    let (mut client, greeting) = Client::connect(service.smtp_address()).await;
+    let h = Harness::start().await;
+    let (mut client, greeting) = Client::connect(h.service.smtp_address()).await;
     assert_eq!(greeting.code, 220);
     assert!(
         greeting.text.starts_with("shaper.test ESMTP"),
@@ -356,13 +335,13 @@ async fn answers_the_service_commands() {
     assert_eq!(client.command("RSET").await.code, 250);
     assert_eq!(client.command("QUIT").await.code, 221);
     assert!(client.is_closed().await);
-    service.shutdown().await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_transactions_get_their_replies_in_order() {
-    let (service, sink, _spool) = service_with(|_| {}).await;
-    let mut client = Client::ready(service.smtp_address()).await;
+    let h = Harness::start().await;
+    let mut client = h.client().await;
     client
         .send_raw(
             b"MAIL FROM:<a@example.com>\r\nRCPT TO:<x@example.org>\r\nRCPT TO:<bad>\r\nDATA\r\n",
@@ -376,6 +355,6 @@ async fn pipelined_transactions_get_their_replies_in_order() {
     client.send_raw(b"second\r\n.\r\nQUIT\r\n").await;
     assert_eq!(client.reply().await.unwrap().code, 250);
     assert_eq!(client.reply().await.unwrap().code, 221);
-    eventually("two messages", || sink.count() == 2).await;
-    service.shutdown().await;
+    eventually("two messages", || h.sink.count() == 2).await;
+    h.shutdown().await;
 }

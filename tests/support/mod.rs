@@ -311,6 +311,13 @@ impl Client {
         )
     }
 
+    /// One whole transaction that must be accepted; returns the queue id.
+    pub async fn accepted(&mut self, from: &str, to: &[&str], body: &[u8]) -> String {
+        let reply = self.send_message(from, to, body).await;
+        assert_eq!(reply.code, 250, "{reply:?}");
+        queue_id(&reply)
+    }
+
     /// One whole transaction; `body` is sent dot-stuffed. Returns the final reply.
     pub async fn send_message(&mut self, from: &str, to: &[&str], body: &[u8]) -> ClientReply {
         let reply = self.command(&format!("MAIL FROM:<{from}>")).await;
@@ -375,6 +382,43 @@ pub fn test_config(spool_dir: &std::path::Path, gateway: SocketAddr) -> Config {
 /// Starts the service with `config`.
 pub async fn start(config: Config) -> Service {
     Service::start(config).await.expect("service starts")
+}
+
+/// The usual test set-up: a sink as the gateway, a spool in a temporary
+/// directory, and the service between them.
+pub struct Harness {
+    pub sink: Sink,
+    pub spool: tempfile::TempDir,
+    pub service: Service,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::with(|_| {}).await
+    }
+
+    /// Like [`Harness::start`], with `tweak` applied to the test config.
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Harness {
+        let sink = Sink::start().await;
+        let spool = tempfile::tempdir().unwrap();
+        let mut config = test_config(spool.path(), sink.address);
+        tweak(&mut config);
+        let service = start(config).await;
+        Harness {
+            sink,
+            spool,
+            service,
+        }
+    }
+
+    /// A client that has said EHLO.
+    pub async fn client(&self) -> Client {
+        Client::ready(self.service.smtp_address()).await
+    }
+
+    pub async fn shutdown(self) {
+        self.service.shutdown().await;
+    }
 }
 
 /// Waits (polling) until `condition` holds; panics after 60 s so a broken
