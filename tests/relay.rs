@@ -22,12 +22,8 @@ fn tricky_body(index: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_hundreds_of_messages_byte_exact() {
-    let Harness {
-        sink,
-        spool: _spool,
-        service,
-    } = Harness::start().await;
-    let address = service.smtp_address();
+    let h = Harness::start().await;
+    let address = h.service.smtp_address();
 
     let mut clients = Vec::new();
     for client in 0..10 {
@@ -52,8 +48,8 @@ async fn relays_hundreds_of_messages_byte_exact() {
     for client in clients {
         ids.extend(client.await.unwrap());
     }
-    eventually("300 messages at the sink", || sink.count() == 300).await;
-    for message in sink.messages() {
+    eventually("300 messages at the sink", || h.sink.count() == 300).await;
+    for message in h.sink.messages() {
         let index: usize = message.recipients[0]
             .trim_start_matches("user")
             .trim_end_matches("@example.org")
@@ -76,17 +72,13 @@ async fn relays_hundreds_of_messages_byte_exact() {
             "{trace}"
         );
     }
-    service.shutdown().await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_a_large_attachment_and_keeps_envelope_parameters() {
-    let Harness {
-        sink,
-        spool: _spool,
-        service,
-    } = Harness::start().await;
-    let mut client = Client::ready(service.smtp_address()).await;
+    let h = Harness::start().await;
+    let mut client = h.client().await;
 
     // About 8 MiB of base64-like lines of 76 octets, plus 8-bit bytes.
     let mut body =
@@ -133,8 +125,8 @@ async fn relays_a_large_attachment_and_keeps_envelope_parameters() {
     client.send_raw(b"Subject: utf8\r\n\r\nhi\r\n.\r\n").await;
     assert_eq!(client.reply().await.unwrap().code, 250);
 
-    eventually("both messages at the sink", || sink.count() == 2).await;
-    let messages = sink.messages();
+    eventually("both messages at the sink", || h.sink.count() == 2).await;
+    let messages = h.sink.messages();
     let large = messages.iter().find(|m| m.recipients.len() == 2).unwrap();
     assert_eq!(without_trace(&large.data), body);
     assert!(
@@ -146,7 +138,7 @@ async fn relays_a_large_attachment_and_keeps_envelope_parameters() {
     let utf8 = messages.iter().find(|m| m.recipients.len() == 1).unwrap();
     assert!(utf8.mail_from.contains("SMTPUTF8"), "{}", utf8.mail_from);
     assert_eq!(utf8.recipients, vec!["\u{e9}l\u{e8}ve@example.org"]);
-    service.shutdown().await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,12 +201,8 @@ async fn routes_by_sender_domain_to_several_gateways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_tricks_reach_the_gateway_as_plain_addresses() {
-    let Harness {
-        sink,
-        spool: _spool,
-        service,
-    } = Harness::start().await;
-    let mut client = Client::ready(service.smtp_address()).await;
+    let h = Harness::start().await;
+    let mut client = h.client().await;
     assert_eq!(
         client.command("MAIL FROM:<app@example.com>").await.code,
         250
@@ -230,9 +218,9 @@ async fn relay_tricks_reach_the_gateway_as_plain_addresses() {
     assert_eq!(client.command("DATA").await.code, 354);
     client.send_raw(b"Subject: tricks\r\n\r\nx\r\n.\r\n").await;
     assert_eq!(client.reply().await.unwrap().code, 250);
-    eventually("message at the sink", || sink.count() == 1).await;
+    eventually("message at the sink", || h.sink.count() == 1).await;
     assert_eq!(
-        sink.messages()[0].recipients,
+        h.sink.messages()[0].recipients,
         vec![
             "user%elsewhere.test@example.org",
             "elsewhere.test!user@example.org",
@@ -240,5 +228,5 @@ async fn relay_tricks_reach_the_gateway_as_plain_addresses() {
             "user@example.org",
         ]
     );
-    service.shutdown().await;
+    h.shutdown().await;
 }

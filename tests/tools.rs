@@ -32,12 +32,8 @@ fn tool(name: &str) -> Option<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_smtplib_sends_through_the_proxy() {
-    let Harness {
-        sink,
-        spool: _spool,
-        service,
-    } = Harness::start().await;
-    let address = service.smtp_address();
+    let h = Harness::start().await;
+    let address = h.service.smtp_address();
     let script = format!(
         r#"
 import smtplib
@@ -63,8 +59,8 @@ print("sent")
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    eventually("smtplib's message at the sink", || sink.count() == 1).await;
-    let message = &sink.messages()[0];
+    eventually("smtplib's message at the sink", || h.sink.count() == 1).await;
+    let message = &h.sink.messages()[0];
     assert_eq!(
         message.recipients,
         vec!["one@example.org", "two@example.org"]
@@ -72,19 +68,15 @@ print("sent")
     let text = String::from_utf8_lossy(without_trace(&message.data)).into_owned();
     assert!(text.contains(".a line starting with a dot\r\n"), "{text}");
     assert!(text.contains("na\u{ef}ve 8-bit text"), "{text}");
-    service.shutdown().await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaks_sends_through_the_proxy() {
     let Some(swaks) = tool("swaks") else { return };
-    let Harness {
-        sink,
-        spool: _spool,
-        service,
-    } = Harness::start().await;
+    let h = Harness::start().await;
     let output = run(Command::new(swaks)
-        .args(["--server", &service.smtp_address().to_string()])
+        .args(["--server", &h.service.smtp_address().to_string()])
         .args([
             "--from",
             "app@example.com",
@@ -106,8 +98,8 @@ async fn swaks_sends_through_the_proxy() {
             || transcript.contains("<-  250 2.0.0 Ok: queued as "),
         "{transcript}"
     );
-    eventually("swaks' message at the sink", || sink.count() == 1).await;
-    let message = &sink.messages()[0];
+    eventually("swaks' message at the sink", || h.sink.count() == 1).await;
+    let message = &h.sink.messages()[0];
     assert_eq!(
         message.recipients,
         vec!["ops@example.org", "dev@example.org"]
@@ -115,7 +107,7 @@ async fn swaks_sends_through_the_proxy() {
     let text = String::from_utf8_lossy(without_trace(&message.data)).into_owned();
     assert!(text.contains("Subject: swaks test\r\n"), "{text}");
     assert!(text.contains("\r\n.dot line\r\n"), "{text}");
-    service.shutdown().await;
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
