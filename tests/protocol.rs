@@ -261,7 +261,7 @@ async fn clients_outside_allowed_networks_get_554() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_addresses_get_501() {
-    let h = Harness::start().await;
+    let h = Harness::with(|config| config.server.max_errors = 100).await;
     let mut client = h.client().await;
     let reply = client.command("MAIL FROM:<a>b@example.com>").await;
     assert_eq!((reply.code, &reply.text[..5]), (501, "5.1.7"), "{reply:?}");
@@ -283,8 +283,27 @@ async fn malformed_addresses_get_501() {
             "{line}: {reply:?}"
         );
     }
-    client.send_raw(b"RCPT TO:<a\rb@example.org>\r\n").await;
+    for raw in [
+        &b"RCPT TO:<a\rb@example.org>\r\n"[..],
+        b"RCPT TO:<a\0b@example.org>\r\n",
+    ] {
+        client.send_raw(raw).await;
+        let reply = client.reply().await.unwrap();
+        assert_eq!(
+            (reply.code, &reply.text[..5]),
+            (501, "5.1.3"),
+            "{raw:?}: {reply:?}"
+        );
+    }
+    // A bare LF ends nothing: the address is refused, and what follows the LF
+    // is not taken for a recipient either.
+    client.send_raw(b"RCPT TO:<a\nb@example.org>\r\n").await;
+    let reply = client.reply().await.unwrap();
+    assert_eq!((reply.code, &reply.text[..5]), (501, "5.1.3"), "{reply:?}");
     assert_eq!(client.reply().await.unwrap().code, 500);
+    client.send_raw(b"MAIL FROM:<a\rb@example.com>\r\n").await;
+    let reply = client.reply().await.unwrap();
+    assert_eq!((reply.code, &reply.text[..5]), (501, "5.1.7"), "{reply:?}");
     let reply = client.command("RCPT TO:<a@example.org> NOTIFY=NEVER").await;
     assert_eq!((reply.code, &reply.text[..5]), (555, "5.5.4"), "{reply:?}");
     drop(client);

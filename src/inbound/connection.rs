@@ -126,7 +126,7 @@ async fn run(
                 };
                 conn.buffer.drain(..=end);
                 skipping = None;
-                session.line_error(error)
+                session.line_error(error, b"")
             } else {
                 match smtp::next_line(&conn.buffer, MAX_COMMAND_LINE) {
                     Framed::Incomplete => break,
@@ -135,8 +135,9 @@ async fn run(
                         continue;
                     }
                     Framed::Bad { error, consumed } => {
+                        let step = session.line_error(error, &conn.buffer[..consumed]);
                         conn.buffer.drain(..consumed);
-                        session.line_error(error)
+                        step
                     }
                     Framed::Line { len, consumed } => {
                         let parsed = smtp::command::parse(&conn.buffer[..len]);

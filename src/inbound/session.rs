@@ -44,6 +44,7 @@ pub struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
+    /// A session for a client at `client_ip`, before the greeting.
     pub fn new(server: &'a ServerConfig, router: &'a Router, client_ip: IpAddr) -> Self {
         Session {
             server,
@@ -204,16 +205,31 @@ impl<'a> Session<'a> {
         Step::Reply(reply)
     }
 
-    /// Answers a command line that could not be framed.
-    pub fn line_error(&mut self, error: LineError) -> Step {
-        let text = match error {
-            LineError::TooLong => "5.5.2 Error: command line longer than 512 octets",
-            LineError::BareCrOrLf => {
-                "5.5.2 Error: bare CR or LF in command; lines must end with CRLF"
+    /// Answers a command line that could not be framed; `line` is what was
+    /// received of it. A CR, LF or NUL inside a MAIL or RCPT address is an
+    /// address error (501), anywhere else a syntax error (500).
+    pub fn line_error(&mut self, error: LineError, line: &[u8]) -> Step {
+        let starts =
+            |verb: &[u8]| line.len() >= verb.len() && line[..verb.len()].eq_ignore_ascii_case(verb);
+        let reply = match error {
+            LineError::TooLong => {
+                Reply::new(500, "5.5.2 Error: command line longer than 512 octets")
             }
-            LineError::Nul => "5.5.2 Error: NUL octet in command",
+            LineError::BareCrOrLf | LineError::Nul if starts(b"MAIL FROM:") => Reply::new(
+                501,
+                "5.1.7 Bad sender address syntax: CR, LF or NUL inside the address",
+            ),
+            LineError::BareCrOrLf | LineError::Nul if starts(b"RCPT TO:") => Reply::new(
+                501,
+                "5.1.3 Bad recipient address syntax: CR, LF or NUL inside the address",
+            ),
+            LineError::BareCrOrLf => Reply::new(
+                500,
+                "5.5.2 Error: bare CR or LF in command; lines must end with CRLF",
+            ),
+            LineError::Nul => Reply::new(500, "5.5.2 Error: NUL octet in command"),
         };
-        self.refuse(Reply::new(500, text))
+        self.refuse(reply)
     }
 
     /// The body has ended; returns the transaction to store, or the refusal.

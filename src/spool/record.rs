@@ -15,8 +15,11 @@ use crate::smtp::{Body, MailParams};
 
 use super::Envelope;
 
+/// First octets of every message record ("smtp-shaper message", format 1).
 pub const MAGIC: &[u8; 4] = b"SSM1";
+/// Magic, payload length and checksum.
 pub const HEADER_LEN: usize = 12;
+/// Record offset, recipient index and checksum.
 pub const DONE_ENTRY_LEN: usize = 16;
 /// Recipient index meaning "the whole message is finished".
 pub const ALL_RECIPIENTS: u32 = u32::MAX;
