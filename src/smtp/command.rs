@@ -410,6 +410,29 @@ mod tests {
         assert!(matches!(mail(&long), Err(CommandError::BadAddress { .. })));
     }
 
+    /// Random lines built from SMTP-ish pieces never panic the parser, and
+    /// any address it accepts is free of control characters.
+    #[test]
+    fn random_lines_never_panic() {
+        let pieces = [
+            "MAIL FROM:", "RCPT TO:", "<", ">", "\"", "\\", "@", ".", " ", ":", ",", "=",
+            "a", "ü", "SIZE=1", "BODY=8BITMIME", "SMTPUTF8", "\r", "\0", "[1.2.3.4]", "%", "!",
+        ];
+        for seed in 0..20_000u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let line: String = (0..rng.usize(0..12))
+                .map(|_| pieces[rng.usize(0..pieces.len())])
+                .collect();
+            match parse(line.as_bytes()) {
+                Ok(Command::Mail { from: address, .. }) | Ok(Command::Rcpt { to: address }) => {
+                    assert!(!address.chars().any(char::is_control), "{line:?}");
+                    assert!(!address.contains(' ') || address.contains('"'), "{line:?}");
+                }
+                _ => {}
+            }
+        }
+    }
+
     #[test]
     fn accepts_utf8_addresses_with_smtputf8() {
         assert_eq!(from("MAIL FROM:<ü@bü.test> SMTPUTF8"), "ü@bü.test");
