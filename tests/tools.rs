@@ -122,24 +122,45 @@ async fn postfix_smtp_sink_as_the_gateway() {
         // smtp-sink insists on dropping privileges when started as root.
         command.args(["-u", "root"]);
     }
-    let mut sink = command
-        .arg("-d")
-        .arg(format!("{}/%H%M%S.", dumps.path().display()))
-        .arg(gateway.to_string())
-        .arg("100")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("smtp-sink starts");
+    let _sink = KillOnDrop(
+        command
+            .arg("-d")
+            .arg(format!("{}/%H%M%S.", dumps.path().display()))
+            .arg(gateway.to_string())
+            .arg("100")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("smtp-sink starts"),
+    );
     let spool = tempfile::tempdir().unwrap();
     let service = start(test_config(spool.path(), gateway)).await;
     let mut client = Client::ready(service.smtp_address()).await;
-    for n in 0..20 {
+    for n in 0..15 {
         let body = format!("Subject: to postfix {n}\r\n\r\n.leading dot {n}\r\n");
         client
             .accepted("app@example.com", &["a@example.org"], body.as_bytes())
             .await;
     }
+    // And five from a real application library, end to end.
+    let address = service.smtp_address();
+    let script = format!(
+        r#"
+import smtplib
+with smtplib.SMTP("{}", {}) as smtp:
+    for n in range(15, 20):
+        smtp.sendmail("app@example.com", ["a@example.org"],
+                      f"Subject: to postfix {{n}}\r\n\r\n.leading dot {{n}}\r\n")
+"#,
+        address.ip(),
+        address.port()
+    );
+    let output = run(Command::new("python3").arg("-c").arg(&script)).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let count = || {
         std::fs::read_dir(dumps.path())
             .map(|dir| dir.count())
@@ -171,8 +192,16 @@ async fn postfix_smtp_sink_as_the_gateway() {
     subjects.dedup();
     assert_eq!(subjects.len(), 20);
     service.shutdown().await;
-    let _ = sink.kill();
-    let _ = sink.wait();
+}
+
+/// A server process that is stopped however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Runs a client program off the async workers, so the service keeps running.

@@ -415,8 +415,28 @@ mod tests {
     #[test]
     fn random_lines_never_panic() {
         let pieces = [
-            "MAIL FROM:", "RCPT TO:", "<", ">", "\"", "\\", "@", ".", " ", ":", ",", "=",
-            "a", "ü", "SIZE=1", "BODY=8BITMIME", "SMTPUTF8", "\r", "\0", "[1.2.3.4]", "%", "!",
+            "MAIL FROM:",
+            "RCPT TO:",
+            "<",
+            ">",
+            "\"",
+            "\\",
+            "@",
+            ".",
+            " ",
+            ":",
+            ",",
+            "=",
+            "a",
+            "ü",
+            "SIZE=1",
+            "BODY=8BITMIME",
+            "SMTPUTF8",
+            "\r",
+            "\0",
+            "[1.2.3.4]",
+            "%",
+            "!",
         ];
         for seed in 0..20_000u64 {
             let mut rng = fastrand::Rng::with_seed(seed);
