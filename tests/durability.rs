@@ -20,26 +20,8 @@ struct Process {
 
 fn write_config(dir: &Path, listen: SocketAddr, gateway: SocketAddr) -> std::path::PathBuf {
     let path = dir.join("smtp-shaper.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-            [server]
-            listen = "{listen}"
-            shutdown_grace = "5s"
-            [spool]
-            dir = "{}"
-            [[gateways]]
-            name = "primary"
-            address = "{gateway}"
-            retry_initial = "100ms"
-            retry_max = "300ms"
-            connect_timeout = "2s"
-            "#,
-            dir.join("spool").display()
-        ),
-    )
-    .unwrap();
+    let toml = support::test_config_toml(&listen.to_string(), &dir.join("spool"), gateway);
+    std::fs::write(&path, toml).unwrap();
     path
 }
 

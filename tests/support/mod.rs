@@ -356,13 +356,13 @@ pub fn queue_id(reply: &ClientReply) -> String {
         .to_string()
 }
 
-/// A configuration for tests: loopback listener on a free port, spool in
-/// `spool_dir`, one gateway at `gateway`, fast retries.
-pub fn test_config(spool_dir: &std::path::Path, gateway: SocketAddr) -> Config {
-    Config::parse(&format!(
+/// The TOML of a test configuration: `listen`, spool in `spool_dir`, one
+/// gateway at `gateway`, fast retries, short shutdown grace.
+pub fn test_config_toml(listen: &str, spool_dir: &std::path::Path, gateway: SocketAddr) -> String {
+    format!(
         r#"
         [server]
-        listen = "127.0.0.1:0"
+        listen = "{listen}"
         hostname = "shaper.test"
         shutdown_grace = "5s"
         [spool]
@@ -375,8 +375,14 @@ pub fn test_config(spool_dir: &std::path::Path, gateway: SocketAddr) -> Config {
         connect_timeout = "2s"
         "#,
         spool_dir.display()
-    ))
-    .expect("test config is valid")
+    )
+}
+
+/// A configuration for tests: loopback listener on a free port, spool in
+/// `spool_dir`, one gateway at `gateway`, fast retries.
+pub fn test_config(spool_dir: &std::path::Path, gateway: SocketAddr) -> Config {
+    Config::parse(&test_config_toml("127.0.0.1:0", spool_dir, gateway))
+        .expect("test config is valid")
 }
 
 /// Starts the service with `config`.
