@@ -282,9 +282,15 @@ async fn store(
         received_at,
     };
     let sender = envelope.sender.clone();
+    // The message as stored and relayed: our trace header, then the body.
+    // Built once, it is both spooled and handed to the delivery queue.
+    let size = body.len();
+    let mut message = trace.into_bytes();
+    message.extend_from_slice(&body);
+    drop(body);
     match context
         .spool
-        .store(id, gateway, envelope, &[trace.as_bytes(), &body])
+        .store(id, gateway, envelope, &[&message])
         .await
     {
         Ok(stored) => {
@@ -292,14 +298,12 @@ async fn store(
                 queue_id = %stored.id,
                 sender = %sender,
                 recipients,
-                size = body.len(),
+                size,
                 client = %session.client_ip,
                 gateway = %gateway,
                 "message accepted"
             );
             Reply::new(250, format!("2.0.0 Ok: queued as {}", stored.id)).write_to(&mut conn.out);
-            let mut message = trace.into_bytes();
-            message.extend_from_slice(&body);
             context.outbound.enqueue(stored, Some(message));
         }
         Err(error) => {
