@@ -6,9 +6,9 @@
 //! message that arrives while the queue is shorter than its worker pool: it
 //! will be picked up at once, so it may carry its body along (up to
 //! [`HOT_BODY_BYTES`] per gateway) and spare the worker a read back from disk.
-//! Delivery workers take from the front; a paused gateway hands out nothing until the pause ends, so
-//! an unreachable gateway costs one connection attempt per pause, not one per
-//! queued message.
+//! Delivery workers take from the front; a paused gateway hands out nothing
+//! until the pause ends, so an unreachable gateway costs one connection
+//! attempt per pause, not one per queued message.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};

@@ -5,8 +5,8 @@
 //! is a write torn by a crash. It was never acknowledged (acknowledgement
 //! waits for the sync), so it is cut off and logged. Damage followed by valid
 //! records (a disk fault, not a crash) is skipped over, loudly, so the records
-//! after it are not lost with it. Finished
-//! segments and orphan side files are removed.
+//! after it are not lost with it. Finished segments and orphan side files are
+//! removed.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -202,8 +202,11 @@ fn find_next_record(file: &File, from: u64, file_len: u64) -> io::Result<Option<
                 return Ok(Some(candidate));
             }
         }
+        if start + len == file_len {
+            break;
+        }
         // Overlap so a magic split across chunks is still seen.
-        start += len.saturating_sub(record::MAGIC.len() as u64 - 1).max(1);
+        start += len - (record::MAGIC.len() as u64 - 1);
     }
     Ok(None)
 }
