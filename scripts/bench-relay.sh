@@ -100,6 +100,20 @@ source_run() {
     smtp-source $SOURCE_FLAGS -s "$SESSIONS" -l "$SIZE" -m "$1" -f app@example.com -t user@example.org "127.0.0.1:$2"
 }
 
+# Starts smtp-shaper on config NAME relaying to GATEWAY_PORT; sets SHAPER_PID.
+start_shaper() {
+    write_config "$1" "$2"
+    RUST_LOG=warn "$BIN" run --config "$WORK/$1.toml" 2> "$WORK/$1.log" &
+    SHAPER_PID=$!
+    PIDS+=("$SHAPER_PID")
+    wait_port "$PROXY_PORT"
+}
+
+stop_shaper() { kill -TERM "$SHAPER_PID"; wait "$SHAPER_PID" || true; }
+
+# Messages per second: rate COUNT START END.
+rate() { echo "$1 / ($3 - $2)" | bc -l; }
+
 rss_kib() { awk -v key="$2:" '$1 == key { print $2 }' "/proc/$1/status"; }
 
 echo "smtp-shaper relay benchmark: $MESSAGES messages of $SIZE octets over $SESSIONS sessions $SOURCE_FLAGS (worker_threads = $WORKER_THREADS)"
@@ -112,40 +126,32 @@ source_run "$MESSAGES" "$SINK_PORT"
 wait_sink "$MESSAGES"
 t1=$(now)
 stop_sink
-direct=$(echo "$MESSAGES / ($t1 - $t0)" | bc -l)
+direct=$(rate "$MESSAGES" "$t0" "$t1")
 
 # 2. Through smtp-shaper (fsync on every acknowledged batch).
 start_sink
-write_config relay "$SINK_PORT"
-RUST_LOG=warn "$BIN" run --config "$WORK/relay.toml" 2> "$WORK/relay.log" &
-SHAPER_PID=$!
-PIDS+=("$SHAPER_PID")
-wait_port "$PROXY_PORT"
+start_shaper relay "$SINK_PORT"
 t0=$(now)
 source_run "$MESSAGES" "$PROXY_PORT"
 t_accepted=$(now)
 wait_sink "$MESSAGES"
 t1=$(now)
 relay_peak=$(rss_kib "$SHAPER_PID" VmHWM)
-kill -TERM "$SHAPER_PID"; wait "$SHAPER_PID" || true
+stop_shaper
 stop_sink
-relay=$(echo "$MESSAGES / ($t1 - $t0)" | bc -l)
-accept=$(echo "$MESSAGES / ($t_accepted - $t0)" | bc -l)
+relay=$(rate "$MESSAGES" "$t0" "$t1")
+accept=$(rate "$MESSAGES" "$t0" "$t_accepted")
 
 # 3. Memory with $QUEUED messages queued while the gateway is down.
-write_config queued "$DEAD_PORT"
-RUST_LOG=error "$BIN" run --config "$WORK/queued.toml" 2> "$WORK/queued.log" &
-SHAPER_PID=$!
-PIDS+=("$SHAPER_PID")
-wait_port "$PROXY_PORT"
+start_shaper queued "$DEAD_PORT"
 t0=$(now)
 source_run "$QUEUED" "$PROXY_PORT"
 t1=$(now)
 queued_rss=$(rss_kib "$SHAPER_PID" VmRSS)
 queued_peak=$(rss_kib "$SHAPER_PID" VmHWM)
 queued_disk=$(du -sk "$WORK/queued-spool" | cut -f1)
-kill -TERM "$SHAPER_PID"; wait "$SHAPER_PID" || true
-queue_accept=$(echo "$QUEUED / ($t1 - $t0)" | bc -l)
+stop_shaper
+queue_accept=$(rate "$QUEUED" "$t0" "$t1")
 
 printf '\n%-46s %12s\n' "run" "messages/s"
 printf '%-46s %12.0f\n' "smtp-source -> smtp-sink (reference)" "$direct"
