@@ -11,6 +11,7 @@ pub mod config;
 pub mod inbound;
 pub mod outbound;
 pub mod policy;
+pub mod shaper;
 pub mod shutdown;
 pub mod smtp;
 pub mod spool;

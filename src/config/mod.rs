@@ -26,6 +26,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub spool: SpoolConfig,
     pub gateways: Vec<GatewayConfig>,
+    pub apps: Vec<AppConfig>,
 }
 
 /// `[server]`: the listener applications send to.
@@ -66,6 +67,52 @@ pub struct GatewayConfig {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub max_age: Duration,
+    pub shaping: ShapingConfig,
+}
+
+/// `[gateways.shaping]`: how fast the gateway may send (see `shaper`).
+/// Rates are messages per second.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShapingConfig {
+    pub initial_rate: f64,
+    pub min_rate: f64,
+    pub max_rate: f64,
+    pub headroom: f64,
+    /// Growth factor per day.
+    pub warmup: f64,
+    pub burst: u32,
+    pub max_queue_delay: Duration,
+    pub max_queued: usize,
+    pub limits: Vec<Limit>,
+    pub count: CountUnit,
+    pub backoff_factor: f64,
+    pub backoff_pause: Duration,
+    pub baseline_half_life: Duration,
+}
+
+/// One hard cap, `count` units per `window`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limit {
+    pub count: u64,
+    pub window: Duration,
+}
+
+/// What the hard caps count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountUnit {
+    Messages,
+    Recipients,
+}
+
+/// One `[[apps]]` entry: an application sending through the proxy, matched
+/// by client network and/or sender domain, with its share of the queue.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub name: String,
+    pub networks: Vec<Network>,
+    pub senders: Vec<SenderPattern>,
+    /// Messages per round-robin turn (1 to 100).
+    pub priority: u32,
 }
 
 /// Every problem found in a configuration, one line each.
@@ -89,6 +136,8 @@ const SOCKET_FORMS: &str = "an IP address and port, e.g. \"127.0.0.1:2525\" or \
 const HOST_PORT_FORMS: &str = "host:port, e.g. \"127.0.0.1:25\" or \"smtp.example.com:587\"";
 const NETWORK_FORMS: &str = "a list of networks, e.g. [\"127.0.0.0/8\", \"::1/128\"]";
 const SENDER_FORMS: &str = "a list of sender domains, e.g. [\"example.com\", \"*.example.org\"]";
+const NAME_FORMS: &str = "a short name made of letters, digits, '-' and '_'";
+const LIMIT_FORMS: &str = "a list of caps, e.g. [\"30/min\", \"10000/day\"]";
 
 impl Config {
     /// Parses and validates TOML text, reporting every problem at once.
@@ -121,6 +170,7 @@ impl Config {
         let server = root.section("server");
         let spool = root.section("spool");
         let gateway_tables = root.array_of_sections("gateways");
+        let app_tables = root.array_of_sections("apps");
         root.finish();
 
         let server = read_server(Section::new("server".into(), server, &mut problems));
@@ -137,11 +187,24 @@ impl Config {
             })
             .collect();
         check_gateways(&gateways, &mut problems);
+        let apps: Vec<AppConfig> = app_tables
+            .into_iter()
+            .enumerate()
+            .map(|(index, table)| {
+                read_app(Section::new(format!("apps[{index}]"), table, &mut problems))
+            })
+            .collect();
+        check_unique_names(
+            "apps",
+            apps.iter().map(|app| app.name.as_str()),
+            &mut problems,
+        );
 
         problems.into_result(Config {
             server,
             spool,
             gateways,
+            apps,
         })
     }
 
@@ -248,17 +311,7 @@ fn read_spool(mut s: Section<'_>) -> SpoolConfig {
 
 fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
     let gateway = GatewayConfig {
-        name: s.required(
-            "name",
-            "a short name made of letters, digits, '-' and '_'",
-            |v| {
-                (!v.is_empty()
-                    && v.len() <= 64
-                    && v.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
-                .then(|| v.to_string())
-            },
-        ),
+        name: s.required("name", NAME_FORMS, parse_name),
         address: s.required("address", HOST_PORT_FORMS, |v| {
             is_host_port(v).then(|| v.to_string())
         }),
@@ -301,6 +354,7 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
             units::DURATION_FORMS,
             units::parse_duration,
         ),
+        shaping: read_shaping(s.subsection("shaping")),
     };
     if gateway.retry_initial.is_zero() {
         s.problem("retry_initial", "must be longer than 0");
@@ -312,6 +366,119 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
     gateway
 }
 
+fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
+    let rate = |s: &mut Section<'_>, key, default| {
+        s.parsed(key, default, units::RATE_FORMS, |v| {
+            units::parse_rate(v).filter(|rate| *rate > 0.0)
+        })
+    };
+    let shaping = ShapingConfig {
+        initial_rate: rate(&mut s, "initial_rate", "60/min"),
+        min_rate: rate(&mut s, "min_rate", "10/min"),
+        max_rate: rate(&mut s, "max_rate", "1000/min"),
+        headroom: s.number("headroom", 2.0, 1.0, 100.0),
+        warmup: s.parsed("warmup", "2x/day", units::GROWTH_FORMS, units::parse_growth),
+        burst: s.integer("burst", 5, 1, 100_000),
+        max_queue_delay: s.parsed(
+            "max_queue_delay",
+            "15m",
+            units::DURATION_FORMS,
+            units::parse_duration,
+        ),
+        max_queued: s.integer("max_queued", 100_000, 1, 100_000_000),
+        limits: s.list("limits", &[], LIMIT_FORMS, parse_limit),
+        count: s.parsed(
+            "count",
+            "messages",
+            "\"messages\" or \"recipients\"",
+            |v| match v {
+                "messages" => Some(CountUnit::Messages),
+                "recipients" => Some(CountUnit::Recipients),
+                _ => None,
+            },
+        ),
+        backoff_factor: s.number("backoff_factor", 0.5, 0.01, 0.99),
+        backoff_pause: s.parsed(
+            "backoff_pause",
+            "1m",
+            units::DURATION_FORMS,
+            units::parse_duration,
+        ),
+        baseline_half_life: s.parsed(
+            "baseline_half_life",
+            "7d",
+            units::DURATION_FORMS,
+            units::parse_duration,
+        ),
+    };
+    if shaping.min_rate > shaping.max_rate {
+        s.problem("min_rate", "must not be above max_rate");
+    }
+    if shaping.max_queue_delay.is_zero() {
+        s.problem("max_queue_delay", "must be longer than 0");
+    }
+    if shaping.baseline_half_life < Duration::from_secs(3_600) {
+        s.problem("baseline_half_life", "must be at least 1h");
+    }
+    s.finish();
+    shaping
+}
+
+/// `30/min` as a cap of 30 per 60 s: a whole count per period.
+fn parse_limit(text: &str) -> Option<Limit> {
+    let (count, _) = text.trim().split_once('/')?;
+    let count: u64 = count.trim().parse().ok().filter(|count| *count > 0)?;
+    let per_second = units::parse_rate(text)?;
+    Some(Limit {
+        count,
+        window: Duration::from_secs_f64(count as f64 / per_second),
+    })
+}
+
+fn parse_name(text: &str) -> Option<String> {
+    (!text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    .then(|| text.to_string())
+}
+
+fn read_app(mut s: Section<'_>) -> AppConfig {
+    let app = AppConfig {
+        name: s.required("name", NAME_FORMS, parse_name),
+        networks: s.list("networks", &[], NETWORK_FORMS, |v| v.parse().ok()),
+        senders: s.list("senders", &[], SENDER_FORMS, |v| v.parse().ok()),
+        priority: s.integer("priority", 1, 1, 100),
+    };
+    if app.networks.is_empty() && app.senders.is_empty() {
+        s.problem(
+            "networks",
+            "an app needs networks, senders or both to be recognised",
+        );
+    }
+    s.finish();
+    app
+}
+
+/// Reports a name used twice in a list of tables.
+fn check_unique_names<'a>(
+    list: &str,
+    names: impl Iterator<Item = &'a str>,
+    problems: &mut Problems,
+) {
+    let mut seen: Vec<&str> = Vec::new();
+    for (index, name) in names.enumerate() {
+        if !name.is_empty() && seen.contains(&name) {
+            problems.push(
+                &format!("{list}[{index}].name"),
+                &format!("\"{name}\" is used by an earlier entry; names must be unique"),
+            );
+        }
+        seen.push(name);
+    }
+}
+
 /// Checks that concern the gateway list as a whole.
 fn check_gateways(gateways: &[GatewayConfig], problems: &mut Problems) {
     if gateways.is_empty() {
@@ -321,21 +488,11 @@ fn check_gateways(gateways: &[GatewayConfig], problems: &mut Problems) {
         );
         return;
     }
-    for (index, gateway) in gateways.iter().enumerate() {
-        if !gateway.name.is_empty()
-            && gateways[..index]
-                .iter()
-                .any(|other| other.name == gateway.name)
-        {
-            problems.push(
-                &format!("gateways[{index}].name"),
-                &format!(
-                    "\"{}\" is used by an earlier gateway; names must be unique",
-                    gateway.name
-                ),
-            );
-        }
-    }
+    check_unique_names(
+        "gateways",
+        gateways.iter().map(|gateway| gateway.name.as_str()),
+        problems,
+    );
     let defaults = gateways.iter().filter(|gateway| gateway.default).count();
     if defaults > 1 {
         problems.push(
@@ -415,7 +572,7 @@ mod tests {
             "server.colour: unknown key",
             "gateways[0].address: \"gw.example.com\" is not valid; accepted: host:port",
             "gateways[0].retry_initial: \"soon\" is not valid",
-            "gateways[1].name: \"a\" is used by an earlier gateway",
+            "gateways[1].name: \"a\" is used by an earlier entry",
             "gateways[1].max_connections: 0 is out of range; accepted: a whole number from 1 to 1000",
             "gateways: with several gateways, mark the one for unmatched senders with default = true",
         ] {
@@ -451,6 +608,84 @@ mod tests {
             text.contains("gateways[0].default: expected true or false"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn shaping_and_apps() {
+        let config = Config::parse(
+            r#"
+            [[gateways]]
+            name = "exchange"
+            address = "127.0.0.1:587"
+            [gateways.shaping]
+            initial_rate = "20/min"
+            headroom = 1.5
+            warmup = "1.5x/day"
+            limits = ["30/min", "10000/day"]
+            count = "recipients"
+            [[apps]]
+            name = "billing"
+            networks = ["10.1.0.0/16"]
+            priority = 3
+            [[apps]]
+            name = "auth"
+            senders = ["auth.example.com"]
+            "#,
+        )
+        .unwrap();
+        let shaping = &config.gateways[0].shaping;
+        assert_eq!(shaping.initial_rate, 20.0 / 60.0);
+        assert_eq!(
+            (shaping.headroom, shaping.warmup, shaping.burst),
+            (1.5, 1.5, 5)
+        );
+        assert_eq!(
+            shaping.limits,
+            vec![
+                Limit {
+                    count: 30,
+                    window: Duration::from_secs(60)
+                },
+                Limit {
+                    count: 10_000,
+                    window: Duration::from_secs(86_400)
+                },
+            ]
+        );
+        assert_eq!(shaping.count, CountUnit::Recipients);
+        assert_eq!(config.apps.len(), 2);
+        assert_eq!(config.apps[0].priority, 3);
+
+        let error = Config::parse(
+            r#"
+            [[gateways]]
+            name = "g"
+            address = "127.0.0.1:25"
+            [gateways.shaping]
+            min_rate = "100/min"
+            max_rate = "10/min"
+            headroom = 0.5
+            warmup = "0.5x/day"
+            limits = ["30/fortnight"]
+            count = "bytes"
+            rate = "1/s"
+            [[apps]]
+            name = "x"
+            "#,
+        )
+        .unwrap_err();
+        let text = error.to_string();
+        for expected in [
+            "gateways[0].shaping.min_rate: must not be above max_rate",
+            "gateways[0].shaping.headroom: 0.5 is out of range; accepted: a number from 1 to 100",
+            "gateways[0].shaping.warmup: \"0.5x/day\" is not valid; accepted: a factor above 1",
+            "gateways[0].shaping.limits[0]: \"30/fortnight\" is not valid",
+            "gateways[0].shaping.count: \"bytes\" is not valid; accepted: \"messages\" or \"recipients\"",
+            "gateways[0].shaping.rate: unknown key",
+            "apps[0].networks: an app needs networks, senders or both",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
     }
 
     #[test]

@@ -75,6 +75,14 @@ impl<'p> Section<'p> {
         }
     }
 
+    /// A sub-table such as `[gateways.shaping]`, read as a section of its own
+    /// (its problems carry the full key path).
+    pub fn subsection(&mut self, key: &'static str) -> Section<'_> {
+        let table = self.section(key);
+        let path = self.key_path(key);
+        Section::new(path, table, self.problems)
+    }
+
     /// An array of tables such as `[[gateways]]`.
     pub fn array_of_sections(&mut self, key: &'static str) -> Vec<Table> {
         match self.take(key) {
@@ -178,6 +186,32 @@ impl<'p> Section<'p> {
                 );
                 default
             }
+        }
+    }
+
+    /// A number (integer or float) within `min..=max`.
+    pub fn number(&mut self, key: &'static str, default: f64, min: f64, max: f64) -> f64 {
+        let accepted = format!("a number from {min} to {max}");
+        let value = match self.take(key) {
+            None => return default,
+            Some(Value::Float(value)) => value,
+            Some(Value::Integer(value)) => value as f64,
+            Some(other) => {
+                self.problem(
+                    key,
+                    &format!("expected {accepted}, found {}", other.type_str()),
+                );
+                return default;
+            }
+        };
+        if (min..=max).contains(&value) {
+            value
+        } else {
+            self.problem(
+                key,
+                &format!("{value} is out of range; accepted: {accepted}"),
+            );
+            default
         }
     }
 

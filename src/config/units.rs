@@ -1,4 +1,5 @@
-//! Human units in the configuration: sizes (`25MiB`) and durations (`15m`).
+//! Human units in the configuration: sizes (`25MiB`), durations (`15m`),
+//! rates (`60/min`) and growth factors (`2x/day`).
 //!
 //! Pure parsing with messages that name the accepted forms, because an operator
 //! reads these errors, not a developer.
@@ -11,6 +12,59 @@ pub const SIZE_FORMS: &str = "a whole number with a unit B, KiB, MiB or GiB, e.g
 /// What a duration may look like; printed in every duration error.
 pub const DURATION_FORMS: &str =
     "a whole number with a unit ms, s, m, h or d, e.g. \"30s\", \"15m\", \"5d\"";
+
+/// What a rate may look like; printed in every rate error.
+pub const RATE_FORMS: &str =
+    "a number of messages per s, min, h or day, e.g. \"60/min\", \"0.5/s\", \"10000/day\"";
+
+/// What a growth factor may look like; printed in every growth error.
+pub const GROWTH_FORMS: &str =
+    "a factor above 1 per s, min, h or day, e.g. \"2x/day\", \"1.5x/day\"";
+
+/// Parses `60/min`, `0.5/s`, `100/h`, `10000/day` into events per second.
+pub fn parse_rate(text: &str) -> Option<f64> {
+    let (count, period) = text.trim().split_once('/')?;
+    let count: f64 = count.trim().parse().ok()?;
+    (count.is_finite() && count >= 0.0).then_some(())?;
+    Some(count / period_seconds(period.trim())?)
+}
+
+/// Parses `2x/day` into the factor per day (here 2.0); `1.1x/h` becomes
+/// 1.1^24 per day.
+pub fn parse_growth(text: &str) -> Option<f64> {
+    let (factor, period) = text.trim().split_once('/')?;
+    let factor: f64 = factor.trim().strip_suffix('x')?.parse().ok()?;
+    (factor.is_finite() && factor > 1.0).then_some(())?;
+    let per_day = factor.powf(86_400.0 / period_seconds(period.trim())?);
+    per_day.is_finite().then_some(per_day)
+}
+
+/// Seconds in the period of a rate: `s`, `min`, `h` or `day`.
+fn period_seconds(period: &str) -> Option<f64> {
+    Some(match period {
+        "s" => 1.0,
+        "min" => 60.0,
+        "h" => 3_600.0,
+        "day" => 86_400.0,
+        _ => return None,
+    })
+}
+
+/// Writes a rate in events per second the way it is configured, in the
+/// largest period that keeps the number readable (`1.5/s`, `20/min`, `4/h`).
+pub fn format_rate(per_second: f64) -> String {
+    let (count, period) = if per_second >= 1.0 {
+        (per_second, "s")
+    } else if per_second * 60.0 >= 1.0 {
+        (per_second * 60.0, "min")
+    } else if per_second * 3_600.0 >= 1.0 {
+        (per_second * 3_600.0, "h")
+    } else {
+        (per_second * 86_400.0, "day")
+    };
+    let rounded = (count * 10.0).round() / 10.0;
+    format!("{rounded}/{period}")
+}
 
 /// Parses `512B`, `64KiB`, `25MiB`, `1GiB` into bytes.
 pub fn parse_size(text: &str) -> Option<u64> {
@@ -75,5 +129,24 @@ mod tests {
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("m"), None);
         assert_eq!(parse_duration("1w"), None);
+    }
+
+    #[test]
+    fn rates_and_growth() {
+        assert_eq!(parse_rate("60/min"), Some(1.0));
+        assert_eq!(parse_rate("0.5/s"), Some(0.5));
+        assert_eq!(parse_rate("3600 / h"), Some(1.0));
+        assert_eq!(parse_rate("86400/day"), Some(1.0));
+        assert_eq!(parse_rate("60/minute"), None);
+        assert_eq!(parse_rate("-1/s"), None);
+        assert_eq!(parse_rate("60"), None);
+        assert_eq!(parse_growth("2x/day"), Some(2.0));
+        assert!((parse_growth("2x/h").unwrap() - 2f64.powi(24)).abs() < 1.0);
+        assert_eq!(parse_growth("1x/day"), None, "no growth is not a warm-up");
+        assert_eq!(parse_growth("2/day"), None);
+        assert_eq!(format_rate(1.5), "1.5/s");
+        assert_eq!(format_rate(0.5), "30/min");
+        assert_eq!(format_rate(1.0 / 900.0), "4/h");
+        assert_eq!(format_rate(0.0), "0/day");
     }
 }

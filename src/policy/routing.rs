@@ -18,6 +18,13 @@ pub enum SenderPattern {
 }
 
 impl SenderPattern {
+    /// True when any of `patterns` matches the domain of `sender` (`""`, the
+    /// null sender, matches none).
+    pub fn any_matches(patterns: &[SenderPattern], sender: &str) -> bool {
+        sender_domain(sender)
+            .is_some_and(|domain| patterns.iter().any(|pattern| pattern.matches(domain)))
+    }
+
     fn matches(&self, domain: &str) -> bool {
         match self {
             SenderPattern::Domain(wanted) => domain.eq_ignore_ascii_case(wanted),
@@ -73,12 +80,9 @@ impl Router {
 
     /// The gateway for mail from `sender` (`""` is the null sender).
     pub fn route(&self, sender: &str) -> usize {
-        let Some(domain) = sender_domain(sender) else {
-            return self.default;
-        };
         self.routes
             .iter()
-            .find(|(_, patterns)| patterns.iter().any(|pattern| pattern.matches(domain)))
+            .find(|(_, patterns)| SenderPattern::any_matches(patterns, sender))
             .map_or(self.default, |(gateway, _)| *gateway)
     }
 }

@@ -1,0 +1,132 @@
+//! The fair queue: one FIFO lane per app, served by weighted round robin.
+//!
+//! Each turn an app with waiting mail may send `weight` messages (its
+//! `priority`) before the next app's turn, so one app's bulk run delays
+//! another app's password reset by at most one turn, and no app ever starves.
+//! All operations are O(1) except [`FairQueue::oldest`], which looks at the
+//! head of each lane.
+
+use std::collections::VecDeque;
+
+/// Lanes of `T`, one per app.
+#[derive(Debug)]
+pub struct FairQueue<T> {
+    lanes: Vec<VecDeque<T>>,
+    weights: Vec<u32>,
+    /// Lanes with waiting items, the one whose turn it is first.
+    turns: VecDeque<usize>,
+    /// Items the lane at the front of `turns` has sent in its current turn.
+    served: u32,
+    len: usize,
+}
+
+impl<T> FairQueue<T> {
+    /// A queue with one lane per weight (each at least 1).
+    pub fn new(weights: Vec<u32>) -> FairQueue<T> {
+        FairQueue {
+            lanes: weights.iter().map(|_| VecDeque::new()).collect(),
+            weights: weights.into_iter().map(|weight| weight.max(1)).collect(),
+            turns: VecDeque::new(),
+            served: 0,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends to `lane`'s FIFO (an unknown lane counts as the last one).
+    pub fn push(&mut self, lane: usize, item: T) {
+        let lane = lane.min(self.lanes.len() - 1);
+        if self.lanes[lane].is_empty() {
+            self.turns.push_back(lane);
+        }
+        self.lanes[lane].push_back(item);
+        self.len += 1;
+    }
+
+    /// The item whose turn it is.
+    pub fn peek(&self) -> Option<&T> {
+        let lane = *self.turns.front()?;
+        self.lanes[lane].front()
+    }
+
+    /// Takes the item whose turn it is, with its lane.
+    pub fn pop(&mut self) -> Option<(usize, T)> {
+        let lane = *self.turns.front()?;
+        let item = self.lanes[lane].pop_front()?;
+        self.len -= 1;
+        self.served += 1;
+        if self.lanes[lane].is_empty() {
+            self.turns.pop_front();
+            self.served = 0;
+        } else if self.served >= self.weights[lane] {
+            self.turns.rotate_left(1);
+            self.served = 0;
+        }
+        Some((lane, item))
+    }
+
+    /// The head of every lane (each lane's oldest item).
+    pub fn heads(&self) -> impl Iterator<Item = &T> {
+        self.lanes.iter().filter_map(VecDeque::front)
+    }
+
+    /// Items waiting in each lane.
+    pub fn lane_lengths(&self) -> impl Iterator<Item = usize> + '_ {
+        self.lanes.iter().map(VecDeque::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(queue: &mut FairQueue<&'static str>) -> Vec<&'static str> {
+        std::iter::from_fn(|| queue.pop().map(|(_, item)| item)).collect()
+    }
+
+    #[test]
+    fn a_bulk_run_does_not_hold_back_another_app() {
+        let mut queue = FairQueue::new(vec![1, 1, 1]);
+        for _ in 0..1000 {
+            queue.push(0, "bulk");
+        }
+        queue.push(1, "reset");
+        queue.push(2, "other");
+        assert_eq!(queue.len(), 1002);
+        assert_eq!(queue.peek(), Some(&"bulk"));
+        let order = drain(&mut queue);
+        assert_eq!(&order[..4], &["bulk", "reset", "other", "bulk"]);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn priority_is_a_weight_per_turn() {
+        let mut queue = FairQueue::new(vec![1, 3]);
+        for _ in 0..4 {
+            queue.push(0, "low");
+            queue.push(1, "high");
+        }
+        assert_eq!(
+            drain(&mut queue),
+            vec!["low", "high", "high", "high", "low", "high", "low", "low"]
+        );
+    }
+
+    #[test]
+    fn unknown_lanes_go_to_the_last_one_and_heads_are_the_oldest() {
+        let mut queue = FairQueue::new(vec![1, 1]);
+        queue.push(7, "b1");
+        queue.push(7, "b2");
+        queue.push(0, "a1");
+        assert_eq!(queue.heads().copied().collect::<Vec<_>>(), vec!["a1", "b1"]);
+        assert_eq!(queue.lane_lengths().collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(queue.pop(), Some((1, "b1")));
+    }
+}

@@ -1,0 +1,88 @@
+//! Which gateway replies say "you are sending too much": the signals that cut
+//! the ceiling. Permanent (5xx) replies never are; a transient reply is one
+//! when its code or enhanced status is about load or reputation, or its text
+//! asks to come back later.
+
+use crate::smtp::Reply;
+
+/// Phrases gateways use when they throttle (matched case-insensitively).
+const THROTTLING_PHRASES: &[&str] = &[
+    "try again later",
+    "try later",
+    "rate limit",
+    "throttl",
+    "slow down",
+    "too many connections",
+    "too many messages",
+    "sending too fast",
+    "higher volume",
+];
+
+/// True when `reply` asks us to send less (see the module notes).
+///
+/// ```
+/// use smtp_shaper::shaper::is_throttling;
+/// use smtp_shaper::smtp::Reply;
+///
+/// let exchange = Reply::new(451, "4.7.500 Server busy. Please try again later from [192.0.2.1]. (AS770)");
+/// assert!(is_throttling(&exchange));
+/// assert!(!is_throttling(&Reply::new(550, "5.7.1 Service unavailable; try again later")));
+/// assert!(!is_throttling(&Reply::new(450, "4.2.1 Mailbox busy")));
+/// ```
+pub fn is_throttling(reply: &Reply) -> bool {
+    match reply.code {
+        421 | 432 => true,
+        400..=499 => {
+            let text = reply.lines.join(" ").to_ascii_lowercase();
+            text.starts_with("4.7.")
+                || text.starts_with("4.3.2")
+                || THROTTLING_PHRASES
+                    .iter()
+                    .any(|phrase| text.contains(phrase))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_gateway_replies() {
+        let throttling = [
+            (421, "4.7.0 Too many connections, try again later"),
+            (
+                432,
+                "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded",
+            ),
+            (
+                451,
+                "4.7.650 The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation",
+            ),
+            (450, "4.2.0 Rate limit exceeded"),
+            (451, "Throttled: slow down"),
+            (452, "4.3.2 Too many messages in this session"),
+        ];
+        for (code, text) in throttling {
+            assert!(is_throttling(&Reply::new(code, text)), "{code} {text}");
+        }
+        let not_throttling = [
+            (250, "2.0.0 Ok"),
+            (451, "4.3.0 Temporary lookup failure"),
+            (452, "4.5.3 Too many recipients"),
+            (450, "4.1.1 Mailbox unavailable"),
+            (
+                554,
+                "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+            ),
+            (
+                550,
+                "5.7.708 Service unavailable. Access denied, traffic not accepted from this IP",
+            ),
+        ];
+        for (code, text) in not_throttling {
+            assert!(!is_throttling(&Reply::new(code, text)), "{code} {text}");
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Shaping: how fast each gateway may send, learned from its history.
+//!
+//! Pure logic with no I/O and no clock of its own (every call takes `now` in
+//! seconds), so the live delivery queue and the `simulate` subcommand run the
+//! same code, and tests run it on a fake clock:
+//!
+//! - [`baseline`]: the learned normal rate (peak-hold, bounded warm-up, slow fade);
+//! - [`bucket`]: governor's token bucket at the ceiling;
+//! - [`caps`]: the hard `limits` (N per window, never exceeded);
+//! - [`feedback`]: which gateway replies mean "slow down";
+//! - [`model`]: the above together, plus admission;
+//! - [`fair`] and [`scheduler`]: the per-app round robin in front of the model;
+//! - [`state`]: what is saved so a restart remembers.
+//!
+//! The README's "Shaping model" section explains the model with plots.
+
+pub mod baseline;
+pub mod bucket;
+pub mod caps;
+pub mod fair;
+pub mod feedback;
+pub mod meter;
+pub mod model;
+pub mod scheduler;
+pub mod state;
+
+pub use feedback::is_throttling;
+pub use model::{CeilingChange, DeferReason, Deferral, GatewayModel, ModelView};
+pub use scheduler::{GatewayView, Release, Scheduler};
+pub use state::SavedState;
+
+/// Asks whether new mail for a gateway may be accepted now; implemented by
+/// the delivery side, asked by the inbound session at each RCPT.
+pub trait Admission: Send + Sync {
+    /// `recipients` is the transaction's recipient count with this RCPT.
+    fn admit(&self, gateway: usize, recipients: usize) -> Result<(), Deferral>;
+}

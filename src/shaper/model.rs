@@ -1,0 +1,598 @@
+//! One gateway's shaping model: the baseline it has learned, the ceiling that
+//! follows from it, the token bucket and hard caps that enforce the ceiling,
+//! the gateway's feedback, and the admission decision for new mail.
+//!
+//! Pure: every method takes `now` in seconds (the live service passes Unix
+//! time, the simulator virtual time) and nothing here sleeps or reads a clock.
+//! Invariants: sends never pass the token bucket at the ceiling nor any cap;
+//! the ceiling stays within `min_rate..=max_rate`; a restored state fades by
+//! the time the process was down, and counts caps conservatively.
+
+use super::baseline::Baseline;
+use super::bucket::Bucket;
+use super::caps::Cap;
+use super::meter::RateMeter;
+use super::state::SavedState;
+use crate::config::{CountUnit, ShapingConfig};
+
+const DAY: f64 = 86_400.0;
+/// The model re-learns at most this often (seconds).
+const UPDATE_INTERVAL: f64 = 1.0;
+/// A ceiling that moves by less than this fraction keeps its bucket.
+const REBUILD_THRESHOLD: f64 = 0.05;
+/// Window of the demand and send rates.
+const RATE_WINDOW: f64 = 60.0;
+
+/// What the scheduler may do with the message whose turn it is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decision {
+    Send,
+    /// Ask again after this many seconds.
+    Wait(f64),
+    /// The caps' sends are not yet covered by a saved state: save first.
+    Save,
+}
+
+/// Why new mail was deferred; a fixed set, so it can label a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeferReason {
+    /// queued / ceiling would exceed `max_queue_delay`.
+    QueueDelay,
+    /// The queue holds `max_queued` messages.
+    QueueFull,
+    /// A hard cap (`limits`) has no room before `max_queue_delay`.
+    Cap,
+}
+
+impl DeferReason {
+    pub const ALL: [DeferReason; 3] = [
+        DeferReason::QueueDelay,
+        DeferReason::QueueFull,
+        DeferReason::Cap,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeferReason::QueueDelay => "queue_delay",
+            DeferReason::QueueFull => "queue_full",
+            DeferReason::Cap => "cap",
+        }
+    }
+}
+
+/// An admission refusal: why, and when to come back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deferral {
+    pub reason: DeferReason,
+    /// The wait the new message would have had, in seconds.
+    pub projected_wait: f64,
+    /// When a retry has a fair chance, in seconds from now.
+    pub retry_after: f64,
+}
+
+/// Why the ceiling moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The baseline grew with the traffic (bounded by `warmup`).
+    WarmUp,
+    /// The baseline faded with less traffic.
+    Fade,
+    /// The gateway signalled throttling.
+    Throttled,
+    /// Recovering from a throttling cut (no faster than `warmup`).
+    Recovery,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::WarmUp => "warm-up",
+            Cause::Fade => "fade",
+            Cause::Throttled => "gateway throttling",
+            Cause::Recovery => "recovery after throttling",
+        }
+    }
+}
+
+/// A ceiling change, for the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CeilingChange {
+    pub from: f64,
+    pub to: f64,
+    pub cause: Cause,
+}
+
+/// The model's numbers at one moment (rates per second).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelView {
+    pub baseline: f64,
+    pub ceiling: f64,
+    pub demand_rate: f64,
+    pub send_rate: f64,
+    /// demand / baseline: the anomaly signal.
+    pub burst_ratio: f64,
+    /// The throttling multiplier (1 when the gateway is content).
+    pub penalty: f64,
+    /// Seconds left of a throttling pause.
+    pub paused_for: f64,
+    /// Deferrals so far, in [`DeferReason::ALL`] order.
+    pub deferrals: [u64; 3],
+}
+
+/// See the module notes.
+#[derive(Debug)]
+pub struct GatewayModel {
+    config: ShapingConfig,
+    baseline: Baseline,
+    penalty: f64,
+    paused_until: f64,
+    bucket: Bucket,
+    caps: Vec<Cap>,
+    demand: RateMeter,
+    sent: RateMeter,
+    updated_at: f64,
+    /// Cap units the saved state covers beyond what has been sent.
+    reserved: u64,
+    /// Units sent since the last snapshot (they used the older reserve).
+    since_snapshot: u64,
+    deferrals: [u64; 3],
+    changes: Vec<CeilingChange>,
+}
+
+impl GatewayModel {
+    /// A gateway with no history: the baseline is `initial_rate`.
+    pub fn new(config: &ShapingConfig, now: f64) -> GatewayModel {
+        let baseline = Baseline {
+            rate: config.initial_rate,
+            growth_per_day: config.warmup,
+            half_life: config.baseline_half_life.as_secs_f64(),
+            floor: config.min_rate / config.headroom,
+        };
+        let mut model = GatewayModel {
+            baseline,
+            penalty: 1.0,
+            paused_until: 0.0,
+            bucket: Bucket::new(1.0, 1, now),
+            caps: config
+                .limits
+                .iter()
+                .map(|limit| Cap::new(limit.count, limit.window.as_secs_f64()))
+                .collect(),
+            demand: RateMeter::new(RATE_WINDOW, 12),
+            sent: RateMeter::new(RATE_WINDOW, 12),
+            updated_at: now,
+            reserved: 0,
+            since_snapshot: 0,
+            deferrals: [0; 3],
+            changes: Vec::new(),
+            config: config.clone(),
+        };
+        model.bucket = Bucket::new(model.ceiling(), config.burst, now);
+        model
+    }
+
+    /// A gateway with the history in `state`, saved `now - saved_at`
+    /// seconds ago: the baseline fades and a throttling cut recovers for that
+    /// time; cap counts are kept as saved (they include the reserve).
+    pub fn restore(config: &ShapingConfig, state: &SavedState, now: f64) -> GatewayModel {
+        let mut model = GatewayModel::new(config, now);
+        model.baseline.rate = state.baseline.max(model.baseline.floor);
+        model.penalty = state.penalty.clamp(0.0, 1.0);
+        model.paused_until = state.paused_until;
+        let down = now - state.saved_at;
+        model.baseline.update(0.0, down);
+        model.recover(down);
+        for cap in &mut model.caps {
+            if let Some((_, slots)) = state
+                .caps
+                .iter()
+                .find(|(window, _)| (window - cap.window).abs() < 1e-6)
+            {
+                cap.restore(slots.iter().copied());
+            }
+        }
+        model.bucket = Bucket::new(model.ceiling(), config.burst, now);
+        model
+    }
+
+    /// The rate sends may reach now.
+    pub fn ceiling(&self) -> f64 {
+        (self.baseline.rate * self.config.headroom * self.penalty)
+            .clamp(self.config.min_rate, self.config.max_rate)
+    }
+
+    /// Units a message with `recipients` recipients counts against the caps.
+    pub fn units(&self, recipients: usize) -> u64 {
+        match self.config.count {
+            CountUnit::Messages => 1,
+            CountUnit::Recipients => recipients as u64,
+        }
+    }
+
+    /// New mail arrived (the demand rate).
+    pub fn arrived(&mut self, now: f64, messages: u64) {
+        self.demand.add(now, messages as f64);
+    }
+
+    /// Ceiling changes since the last call, for the log.
+    pub fn take_changes(&mut self) -> Vec<CeilingChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Re-learns the baseline from the send rate and moves the ceiling.
+    pub fn update(&mut self, now: f64) {
+        let elapsed = now - self.updated_at;
+        if elapsed < UPDATE_INTERVAL {
+            return;
+        }
+        self.updated_at = now;
+        let before = (self.baseline.rate, self.penalty);
+        let observed = self.sent.rate(now);
+        self.baseline.update(observed, elapsed);
+        if now >= self.paused_until {
+            self.recover(elapsed);
+        }
+        let cause = if self.penalty > before.1 {
+            Cause::Recovery
+        } else if self.baseline.rate >= before.0 {
+            Cause::WarmUp
+        } else {
+            Cause::Fade
+        };
+        self.rebuild_if_moved(now, cause);
+    }
+
+    fn recover(&mut self, elapsed: f64) {
+        if self.penalty < 1.0 && elapsed > 0.0 {
+            self.penalty = (self.penalty * self.config.warmup.powf(elapsed / DAY)).min(1.0);
+        }
+    }
+
+    fn rebuild_if_moved(&mut self, now: f64, cause: Cause) {
+        let ceiling = self.ceiling();
+        let current = self.bucket.rate;
+        if (ceiling - current).abs() > REBUILD_THRESHOLD * current {
+            self.bucket = Bucket::new(ceiling, self.config.burst, now);
+            self.changes.push(CeilingChange {
+                from: current,
+                to: ceiling,
+                cause,
+            });
+        }
+    }
+
+    /// May a message counting `units` be sent now? On `Send` it is counted
+    /// as sent.
+    pub fn try_send(&mut self, now: f64, units: u64) -> Decision {
+        self.update(now);
+        if now < self.paused_until {
+            return Decision::Wait(self.paused_until - now);
+        }
+        let cap_wait = self
+            .caps
+            .iter_mut()
+            .map(|cap| cap.wait(now, units))
+            .fold(0.0, f64::max);
+        if cap_wait > 0.0 {
+            return Decision::Wait(cap_wait);
+        }
+        if !self.caps.is_empty() && units > self.reserved {
+            return Decision::Save;
+        }
+        if let Err(wait) = self.bucket.take(now) {
+            return Decision::Wait(wait);
+        }
+        if !self.caps.is_empty() {
+            for cap in &mut self.caps {
+                cap.add(now, units);
+            }
+            self.reserved -= units;
+            self.since_snapshot += units;
+        }
+        self.sent.add(now, 1.0);
+        Decision::Send
+    }
+
+    /// A gateway reply that signals throttling: cut the ceiling by
+    /// `backoff_factor` and pause `backoff_pause`. Signals during a pause
+    /// belong to the same episode and do not cut again.
+    pub fn throttled(&mut self, now: f64) {
+        if now < self.paused_until {
+            return;
+        }
+        self.update(now);
+        self.penalty *= self.config.backoff_factor;
+        self.paused_until = now + self.config.backoff_pause.as_secs_f64();
+        self.rebuild_if_moved(now, Cause::Throttled);
+    }
+
+    /// Would new mail (counting `units`) wait too long behind
+    /// `queued_messages` messages counting `queued_units`? Counts a deferral.
+    pub fn admit(
+        &mut self,
+        now: f64,
+        queued_messages: usize,
+        queued_units: u64,
+        units: u64,
+    ) -> Result<(), Deferral> {
+        self.update(now);
+        let bound = self.config.max_queue_delay.as_secs_f64();
+        let pause = (self.paused_until - now).max(0.0);
+        let queue_wait = pause + (queued_messages + 1) as f64 / self.ceiling();
+        let cap_wait = self
+            .caps
+            .iter_mut()
+            .map(|cap| cap.wait_behind(now, queued_units + units))
+            .fold(0.0, f64::max);
+        let deferral = if queued_messages >= self.config.max_queued {
+            Some(Deferral {
+                reason: DeferReason::QueueFull,
+                projected_wait: queue_wait,
+                retry_after: (queue_wait - bound).max(bound),
+            })
+        } else if cap_wait > bound && cap_wait >= queue_wait {
+            Some(Deferral {
+                reason: DeferReason::Cap,
+                projected_wait: cap_wait,
+                retry_after: cap_wait - bound,
+            })
+        } else if queue_wait > bound {
+            Some(Deferral {
+                reason: DeferReason::QueueDelay,
+                projected_wait: queue_wait,
+                retry_after: queue_wait - bound,
+            })
+        } else {
+            None
+        };
+        match deferral {
+            Some(mut deferral) => {
+                deferral.retry_after = deferral.retry_after.max(60.0);
+                self.deferrals[deferral.reason as usize] += 1;
+                Err(deferral)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The numbers of the model at `now`.
+    pub fn view(&mut self, now: f64) -> ModelView {
+        self.update(now);
+        let demand_rate = self.demand.rate(now);
+        ModelView {
+            baseline: self.baseline.rate,
+            ceiling: self.ceiling(),
+            demand_rate,
+            send_rate: self.sent.rate(now),
+            burst_ratio: demand_rate / self.baseline.rate,
+            penalty: self.penalty,
+            paused_for: (self.paused_until - now).max(0.0),
+            deferrals: self.deferrals,
+        }
+    }
+
+    /// The state to save. Its cap counts include `reserve` units more than
+    /// sent, so a crash after the save can never forget a send; call
+    /// [`GatewayModel::saved`] once the state is on disk.
+    pub fn snapshot(&mut self, now: f64, reserve: u64) -> SavedState {
+        self.since_snapshot = 0;
+        let caps = self
+            .caps
+            .iter_mut()
+            .map(|cap| {
+                cap.used(now);
+                let mut slots: Vec<(i64, u64)> = cap.slots().collect();
+                let current = (now / (cap.window / 60.0)).floor() as i64;
+                match slots.last_mut() {
+                    Some((slot, units)) if *slot == current => *units += reserve,
+                    _ => slots.push((current, reserve)),
+                }
+                slots.retain(|(_, units)| *units > 0);
+                (cap.window, slots)
+            })
+            .collect();
+        SavedState {
+            saved_at: now,
+            baseline: self.baseline.rate,
+            penalty: self.penalty,
+            paused_until: self.paused_until,
+            caps,
+        }
+    }
+
+    /// The snapshot taken with `reserve` is on disk: sends may use what of
+    /// the reserve the sends since the snapshot left.
+    pub fn saved(&mut self, reserve: u64) {
+        self.reserved = reserve.saturating_sub(self.since_snapshot);
+    }
+
+    /// The reserve worth saving ahead: a fiftieth of the smallest cap (at
+    /// least 1), so a gateway with a 30/min cap saves before each send and
+    /// one with 10,000/day every 200 units.
+    pub fn reserve(&self) -> u64 {
+        self.caps
+            .iter()
+            .map(|cap| (cap.limit / 50).max(1))
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn shaping(extra: &str) -> ShapingConfig {
+        let config = Config::parse(&format!(
+            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{extra}\n"
+        ))
+        .unwrap();
+        config.gateways[0].shaping.clone()
+    }
+
+    /// Offers `demand` messages per second for `seconds`, sending whatever
+    /// the model allows; returns the send times.
+    fn run(model: &mut GatewayModel, start: f64, seconds: f64, demand: f64) -> Vec<f64> {
+        run_steps(model, start, seconds, demand, 0.01)
+    }
+
+    fn run_steps(
+        model: &mut GatewayModel,
+        start: f64,
+        seconds: f64,
+        demand: f64,
+        step: f64,
+    ) -> Vec<f64> {
+        let mut sent = Vec::new();
+        let mut queued = 0.0;
+        let mut now = start;
+        while now < start + seconds {
+            queued += demand * step;
+            while queued >= 1.0 {
+                match model.try_send(now, 1) {
+                    Decision::Send => {
+                        sent.push(now);
+                        queued -= 1.0;
+                    }
+                    Decision::Save => {
+                        let reserve = model.reserve();
+                        model.snapshot(now, reserve);
+                        model.saved(reserve);
+                    }
+                    Decision::Wait(_) => break,
+                }
+            }
+            now += step;
+        }
+        sent
+    }
+
+    #[test]
+    fn the_ceiling_is_the_clamped_baseline_times_headroom() {
+        let model = GatewayModel::new(
+            &shaping("initial_rate = \"60/min\"\nheadroom = 3.0\nmax_rate = \"120/min\""),
+            0.0,
+        );
+        assert_eq!(model.ceiling(), 2.0, "3/s clamped to max_rate");
+        let model = GatewayModel::new(
+            &shaping("initial_rate = \"1/min\"\nmin_rate = \"10/min\""),
+            0.0,
+        );
+        assert!((model.ceiling() - 10.0 / 60.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn under_the_ceiling_nothing_waits() {
+        let mut model = GatewayModel::new(&shaping("initial_rate = \"60/min\""), 0.0);
+        let mut now = 10.0;
+        for _ in 0..1_000 {
+            assert_eq!(model.try_send(now, 1), Decision::Send, "at {now}");
+            now += 1.0;
+        }
+    }
+
+    #[test]
+    fn a_burst_from_idle_is_released_at_the_ceiling_and_warms_up_by_day() {
+        let config =
+            shaping("initial_rate = \"60/min\"\nheadroom = 2.0\nwarmup = \"2x/day\"\nburst = 5");
+        let mut model = GatewayModel::new(&config, 0.0);
+        let sent = run(&mut model, 1_000.0, 600.0, 100.0);
+        for (index, start) in sent.iter().enumerate() {
+            let in_second = sent[index..]
+                .iter()
+                .take_while(|t| **t < start + 1.0)
+                .count();
+            assert!(in_second <= 2 + 5, "{in_second} in the second from {start}");
+        }
+        // Backlogged for ten minutes: about 2/s, a little more as it warms.
+        assert!((1_190..=1_215).contains(&sent.len()), "{}", sent.len());
+        // A day of backlog doubles the baseline (and so the ceiling).
+        let mut model = GatewayModel::new(&config, 0.0);
+        run_steps(&mut model, 0.0, DAY, 100.0, 0.1);
+        let view = model.view(DAY);
+        assert!((view.baseline - 2.0).abs() < 0.05, "{view:?}");
+        assert!((view.ceiling - 4.0).abs() < 0.1, "{view:?}");
+    }
+
+    #[test]
+    fn the_baseline_holds_its_peak_and_fades_slowly_when_quiet() {
+        let config =
+            shaping("initial_rate = \"6/min\"\nmin_rate = \"1/min\"\nbaseline_half_life = \"7d\"");
+        let mut model = GatewayModel::new(&config, 0.0);
+        run(&mut model, 0.0, 3_600.0, 0.05);
+        let learned = model.view(3_600.0).baseline;
+        assert!(
+            (0.099..=0.1).contains(&learned),
+            "an hour fades 0.4%: {learned}"
+        );
+        let later = model.view(3_600.0 + 7.0 * DAY).baseline;
+        assert!((later - learned / 2.0).abs() < 0.001, "{later}");
+    }
+
+    #[test]
+    fn caps_hold_across_a_crash_thanks_to_the_reserve() {
+        let config = shaping(
+            "initial_rate = \"100/s\"\nmax_rate = \"100/s\"\nlimits = [\"30/min\", \"100/h\"]",
+        );
+        let mut model = GatewayModel::new(&config, 0.0);
+        let sent = run(&mut model, 0.0, 120.0, 10.0);
+        assert_eq!(sent.len(), 60, "30 per minute");
+        // Saved after 10 more sends, then "crashed" and restored.
+        let more = run(&mut model, 120.0, 20.0, 10.0);
+        let state = model.snapshot(140.0, model.reserve());
+        let mut restored = GatewayModel::restore(&config, &state, 141.0);
+        // Until the hour's first sends leave the window (at 3,660 s).
+        let after = run(&mut restored, 141.0, 3_400.0, 10.0);
+        assert_eq!(
+            sent.len() + more.len() + after.len(),
+            100 - 1,
+            "the reserve is counted as sent"
+        );
+    }
+
+    #[test]
+    fn admission_defers_beyond_the_projected_wait() {
+        let config = shaping(
+            "initial_rate = \"30/min\"\nheadroom = 2.0\nmax_queue_delay = \"10m\"\nmax_queued = 5000",
+        );
+        let mut model = GatewayModel::new(&config, 0.0);
+        // Ceiling 1/s: 599 queued means the next waits 600 s, which is allowed.
+        assert!(model.admit(0.0, 599, 599, 1).is_ok());
+        let deferral = model.admit(0.0, 700, 700, 1).unwrap_err();
+        assert_eq!(deferral.reason, DeferReason::QueueDelay);
+        assert!((deferral.retry_after - 101.0).abs() < 1e-6);
+        assert_eq!(
+            model.admit(0.0, 5_000, 5_000, 1).unwrap_err().reason,
+            DeferReason::QueueFull
+        );
+        let config = shaping("limits = [\"100/day\"]");
+        let mut model = GatewayModel::new(&config, 0.0);
+        assert_eq!(
+            model.admit(0.0, 100, 100, 1).unwrap_err().reason,
+            DeferReason::Cap
+        );
+        assert_eq!(model.view(0.0).deferrals, [0, 0, 1]);
+    }
+
+    #[test]
+    fn throttling_cuts_pauses_and_recovers_no_faster_than_warmup() {
+        let config = shaping(
+            "initial_rate = \"60/min\"\nmin_rate = \"1/min\"\nbackoff_factor = 0.5\nbackoff_pause = \"1m\"\nwarmup = \"2x/day\"",
+        );
+        let mut model = GatewayModel::new(&config, 0.0);
+        model.throttled(100.0);
+        model.throttled(110.0);
+        let view = model.view(110.0);
+        assert_eq!(view.penalty, 0.5, "one cut per pause");
+        assert!((view.ceiling - 1.0).abs() < 1e-3);
+        assert!(
+            matches!(model.try_send(120.0, 1), Decision::Wait(wait) if (wait - 40.0).abs() < 1e-9)
+        );
+        let changes = model.take_changes();
+        assert_eq!(changes[0].cause, Cause::Throttled);
+        let recovered = model.view(100.0 + DAY / 2.0).penalty;
+        assert!((recovered - 0.5 * 2f64.sqrt()).abs() < 0.01, "{recovered}");
+        assert_eq!(model.view(100.0 + 2.0 * DAY).penalty, 1.0);
+    }
+}
