@@ -2,8 +2,9 @@
 //! organisation's gateways, durably.
 //!
 //! The data flow is the module layout:
-//! [`inbound`] (listener, sessions) -> [`policy`] (who may send, which gateway)
-//! -> [`spool`] (durable queue) -> [`outbound`] (delivery to the gateways).
+//! [`inbound`] (listener, sessions) -> [`policy`] (who may send, which app,
+//! which gateway) -> [`spool`] (durable queue) -> [`shaper`] (how fast each
+//! gateway may send) -> [`outbound`] (delivery to the gateways).
 //! [`smtp`] holds the protocol pieces with no I/O; [`config`] the schema.
 //! This file only assembles those parts into a running [`Service`].
 
@@ -55,7 +56,7 @@ impl Service {
         let mut workers = JoinSet::new();
         let outbound = Outbound::start(&config, spool.clone(), &mut workers, shutdown.clone());
         for message in recovered {
-            outbound.enqueue(message, None);
+            outbound.recovered(message);
         }
         tracing::info!(
             listen = %smtp_address,
@@ -64,6 +65,7 @@ impl Service {
             "smtp-shaper started"
         );
         let grace = config.server.shutdown_grace;
+        let final_outbound = outbound.clone();
         let context = Arc::new(inbound::Context {
             router: config.router(),
             config,
@@ -80,6 +82,8 @@ impl Service {
                 tracing::warn!("deliveries still running after shutdown_grace; they stay queued");
                 workers.shutdown().await;
             }
+            // Exact cap counts now that nothing sends any more.
+            final_outbound.save_shaping(false).await;
             spool.close().await;
             tracing::info!("smtp-shaper stopped");
         });
@@ -99,6 +103,12 @@ impl Service {
     /// Messages queued for the named gateway.
     pub fn queued(&self, gateway: &str) -> usize {
         self.outbound.queued(gateway)
+    }
+
+    /// The shaping model and queue of the named gateway: baseline, ceiling,
+    /// demand and send rates, burst ratio, queue depth and oldest age.
+    pub fn shaping(&self, gateway: &str) -> Option<shaper::GatewayView> {
+        self.outbound.view(gateway)
     }
 
     /// Stops accepting, lets sessions and deliveries in flight finish (up to

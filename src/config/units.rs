@@ -66,6 +66,24 @@ pub fn format_rate(per_second: f64) -> String {
     format!("{rounded}/{period}")
 }
 
+/// Writes a wait for people: `45s`, `12m`, `2h5m`, `3d4h` (rounded up to
+/// the unit shown, so "try again in" is never too early).
+pub fn format_duration(seconds: f64) -> String {
+    let seconds = seconds.max(0.0).ceil() as u64;
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3_600 => format!("{}m", seconds.div_ceil(60)),
+        3_600..86_400 => {
+            let minutes = seconds.div_ceil(60);
+            format!("{}h{}m", minutes / 60, minutes % 60)
+        }
+        _ => {
+            let hours = seconds.div_ceil(3_600);
+            format!("{}d{}h", hours / 24, hours % 24)
+        }
+    }
+}
+
 /// Parses `512B`, `64KiB`, `25MiB`, `1GiB` into bytes.
 pub fn parse_size(text: &str) -> Option<u64> {
     let (number, unit) = split_number(text)?;
@@ -148,5 +166,9 @@ mod tests {
         assert_eq!(format_rate(0.5), "30/min");
         assert_eq!(format_rate(1.0 / 900.0), "4/h");
         assert_eq!(format_rate(0.0), "0/day");
+        assert_eq!(format_duration(44.2), "45s");
+        assert_eq!(format_duration(61.0), "2m");
+        assert_eq!(format_duration(2.0 * 3_600.0 + 1.0), "2h1m");
+        assert_eq!(format_duration(86_400.0 * 3.0 + 1.0), "3d1h");
     }
 }

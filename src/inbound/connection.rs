@@ -96,7 +96,7 @@ pub async fn serve(
         write_timeout: context.config.server.idle_timeout,
     };
     let server = &context.config.server;
-    let mut session = Session::new(server, &context.router, peer.ip());
+    let mut session = Session::new(server, &context.router, &context.outbound, peer.ip());
     session.greeting().write_to(&mut conn.out);
     let result = run(&mut conn, &mut session, &context, &mut shutdown).await;
     if let Err(error) = result {
@@ -304,7 +304,7 @@ async fn store(
                 "message accepted"
             );
             Reply::new(250, format!("2.0.0 Ok: queued as {}", stored.id)).write_to(&mut conn.out);
-            context.outbound.enqueue(stored, Some(message));
+            context.outbound.accepted(stored, message);
         }
         Err(error) => {
             tracing::error!(%error, sender = %sender, client = %session.client_ip, "message not stored; answering 452");

@@ -8,7 +8,9 @@
 use std::net::IpAddr;
 
 use crate::config::ServerConfig;
+use crate::config::units::format_duration;
 use crate::policy::Router;
+use crate::shaper::{Admission, DeferReason, Deferral};
 use crate::smtp::{Command, CommandError, DataError, LineError, MailParams, Reply, trace};
 
 /// What the connection does after a command.
@@ -36,6 +38,7 @@ pub struct Transaction {
 pub struct Session<'a> {
     server: &'a ServerConfig,
     router: &'a Router,
+    admission: &'a dyn Admission,
     pub client_ip: IpAddr,
     helo: Option<String>,
     esmtp: bool,
@@ -45,10 +48,17 @@ pub struct Session<'a> {
 
 impl<'a> Session<'a> {
     /// A session for a client at `client_ip`, before the greeting.
-    pub fn new(server: &'a ServerConfig, router: &'a Router, client_ip: IpAddr) -> Self {
+    /// `admission` decides at each RCPT whether the gateway can take more.
+    pub fn new(
+        server: &'a ServerConfig,
+        router: &'a Router,
+        admission: &'a dyn Admission,
+        client_ip: IpAddr,
+    ) -> Self {
         Session {
             server,
             router,
+            admission,
             client_ip,
             helo: None,
             esmtp: false,
@@ -200,6 +210,13 @@ impl<'a> Session<'a> {
                 format!("4.5.3 Error: too many recipients (at most {max} per message)"),
             ));
         }
+        if let Err(deferral) = self
+            .admission
+            .admit(transaction.gateway, transaction.recipients.len() + 1)
+        {
+            // Not counted as an error: the client did nothing wrong.
+            return Step::Reply(deferral_reply(&deferral));
+        }
         let reply = Reply::new(250, format!("2.1.5 Recipient <{to}> ok"));
         transaction.recipients.push(to);
         Step::Reply(reply)
@@ -295,6 +312,28 @@ impl<'a> Session<'a> {
     }
 }
 
+/// `451 4.7.1` with why and when to come back, before the body is sent.
+fn deferral_reply(deferral: &Deferral) -> Reply {
+    let why = match deferral.reason {
+        DeferReason::QueueDelay => format!(
+            "the gateway is sending slowly and new mail would wait about {} here",
+            format_duration(deferral.projected_wait)
+        ),
+        DeferReason::QueueFull => "the queue for this gateway is full".to_string(),
+        DeferReason::Cap => format!(
+            "the gateway's sending cap leaves no room for about {}",
+            format_duration(deferral.projected_wait)
+        ),
+    };
+    Reply::new(
+        451,
+        format!(
+            "4.7.1 Rate limited: {why}; try again in {}",
+            format_duration(deferral.retry_after)
+        ),
+    )
+}
+
 fn command_error_reply(error: CommandError) -> Reply {
     match error {
         CommandError::Unrecognized => Reply::new(500, "5.5.1 Error: command not recognized"),
@@ -317,6 +356,23 @@ mod tests {
     use crate::config::Config;
     use crate::smtp::command::parse;
 
+    /// Admits everything, or defers everything after `limit` recipients.
+    struct Admit(usize);
+
+    impl Admission for Admit {
+        fn admit(&self, _gateway: usize, recipients: usize) -> Result<(), Deferral> {
+            if recipients <= self.0 {
+                Ok(())
+            } else {
+                Err(Deferral {
+                    reason: DeferReason::QueueDelay,
+                    projected_wait: 3_700.0,
+                    retry_after: 2_800.0,
+                })
+            }
+        }
+    }
+
     fn run(session: &mut Session<'_>, line: &str) -> Step {
         session.command(parse(line.as_bytes()))
     }
@@ -331,7 +387,12 @@ mod tests {
     fn walks_a_transaction() {
         let config = Config::embedded_default();
         let router = config.router();
-        let mut session = Session::new(&config.server, &router, "127.0.0.1".parse().unwrap());
+        let mut session = Session::new(
+            &config.server,
+            &router,
+            &Admit(usize::MAX),
+            "127.0.0.1".parse().unwrap(),
+        );
         assert_eq!(code(run(&mut session, "MAIL FROM:<a@b.test>")), 503);
         assert_eq!(code(run(&mut session, "EHLO app.test")), 250);
         assert_eq!(code(run(&mut session, "RCPT TO:<x@y.test>")), 503);
@@ -358,7 +419,12 @@ mod tests {
         config.server.max_recipients = 2;
         config.server.max_errors = 3;
         let router = config.router();
-        let mut session = Session::new(&config.server, &router, "127.0.0.1".parse().unwrap());
+        let mut session = Session::new(
+            &config.server,
+            &router,
+            &Admit(usize::MAX),
+            "127.0.0.1".parse().unwrap(),
+        );
         run(&mut session, "EHLO app.test");
         run(&mut session, "MAIL FROM:<>");
         assert_eq!(code(run(&mut session, "RCPT TO:<a@y.test>")), 250);
@@ -370,10 +436,42 @@ mod tests {
     }
 
     #[test]
+    fn defers_at_rcpt_when_admission_says_so() {
+        let config = Config::embedded_default();
+        let router = config.router();
+        let admission = Admit(1);
+        let mut session = Session::new(
+            &config.server,
+            &router,
+            &admission,
+            "127.0.0.1".parse().unwrap(),
+        );
+        run(&mut session, "EHLO app.test");
+        run(&mut session, "MAIL FROM:<a@b.test>");
+        assert_eq!(code(run(&mut session, "RCPT TO:<x@y.test>")), 250);
+        let Step::Reply(deferred) = run(&mut session, "RCPT TO:<z@y.test>") else {
+            panic!("a deferral keeps the session open");
+        };
+        assert_eq!(
+            deferred.to_string(),
+            "451 4.7.1 Rate limited: the gateway is sending slowly and new mail would wait about 1h2m here; try again in 47m"
+        );
+        assert!(
+            matches!(run(&mut session, "DATA"), Step::Data(_)),
+            "the first recipient stays"
+        );
+    }
+
+    #[test]
     fn refuses_looping_mail() {
         let config = Config::embedded_default();
         let router = config.router();
-        let mut session = Session::new(&config.server, &router, "127.0.0.1".parse().unwrap());
+        let mut session = Session::new(
+            &config.server,
+            &router,
+            &Admit(usize::MAX),
+            "127.0.0.1".parse().unwrap(),
+        );
         let mut deliver = |hops: usize| {
             run(&mut session, "EHLO app.test");
             run(&mut session, "MAIL FROM:<a@b.test>");

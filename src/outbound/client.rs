@@ -31,6 +31,9 @@ pub struct ClientError {
     /// True when it failed before the gateway answered MAIL: nothing of this
     /// message can have been accepted, so trying again at once is safe.
     pub before_mail_reply: bool,
+    /// The gateway's refusal, when the failure was one (e.g. a 421 greeting),
+    /// so the shaper can hear a throttling signal in it.
+    pub refusal: Option<Reply>,
 }
 
 impl std::fmt::Display for ClientError {
@@ -76,7 +79,9 @@ impl Connection {
         };
         let greeting = connection.read_reply().await.map_err(mark_early)?;
         if greeting.code != 220 {
-            return Err(early(format!("gateway greeting refused: {greeting}")));
+            let mut error = early(format!("gateway greeting refused: {greeting}"));
+            error.refusal = Some(greeting);
+            return Err(error);
         }
         connection
             .write(format!("EHLO {helo_name}\r\n").as_bytes())
@@ -268,6 +273,7 @@ fn early(message: String) -> ClientError {
     ClientError {
         message,
         before_mail_reply: true,
+        refusal: None,
     }
 }
 
@@ -275,6 +281,7 @@ fn late(message: String) -> ClientError {
     ClientError {
         message,
         before_mail_reply: false,
+        refusal: None,
     }
 }
 

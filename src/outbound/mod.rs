@@ -5,6 +5,11 @@
 //! backoff schedule until `max_age`; 5xx, or 4xx past `max_age`, goes to the
 //! dead-letter area with the gateway's reply. A message leaves the spool only
 //! when every recipient is done or dead-lettered (DESIGN.md invariant 2).
+//!
+//! Each gateway's queue is shaped (`shaper`): workers take a message only
+//! when the gateway's model lets it go, replies that signal throttling cut
+//! the ceiling, and the model's state is saved under the spool so a restart
+//! keeps the learned baseline and the cap counts.
 
 mod client;
 mod queue;
@@ -13,9 +18,15 @@ mod worker;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+use crate::config::units::format_rate;
 use crate::config::{Config, GatewayConfig};
+use crate::policy::Apps;
+use crate::shaper::{Admission, Deferral, GatewayModel, GatewayView, SavedState};
 use crate::shutdown::Shutdown;
 use crate::spool::{Spool, StoredMessage};
 use queue::{DeliveryQueue, Queued};
@@ -29,12 +40,17 @@ struct Gateway {
     backoff: Backoff,
 }
 
+/// How often the shaping state is saved while nothing asks for it sooner.
+const SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The delivery side: hands messages to the right gateway's queue.
 #[derive(Clone)]
 pub struct Outbound {
     gateways: Arc<Vec<Arc<Gateway>>>,
     by_name: Arc<HashMap<String, usize>>,
     default: usize,
+    apps: Arc<Apps>,
+    spool: Spool,
 }
 
 impl Outbound {
@@ -45,13 +61,34 @@ impl Outbound {
         tasks: &mut JoinSet<()>,
         shutdown: Shutdown,
     ) -> Outbound {
+        let apps = Apps::new(&config.apps);
+        let save_wanted = Arc::new(Notify::new());
         let gateways: Vec<Arc<Gateway>> = config
             .gateways
             .iter()
             .map(|gateway| {
+                let saved = load_state(&spool, &gateway.name);
+                let shaping = &gateway.shaping;
+                let queue = DeliveryQueue::new(
+                    &gateway.name,
+                    |now| match &saved {
+                        Some(state) => GatewayModel::restore(shaping, state, now),
+                        None => GatewayModel::new(shaping, now),
+                    },
+                    apps.weights(),
+                    save_wanted.clone(),
+                );
+                let model = queue.view().model;
+                tracing::info!(
+                    gateway = %gateway.name,
+                    history = if saved.is_some() { "restored" } else { "none (initial_rate)" },
+                    baseline = %format_rate(model.baseline),
+                    ceiling = %format_rate(model.ceiling),
+                    "shaping model ready"
+                );
                 Arc::new(Gateway {
                     config: gateway.clone(),
-                    queue: DeliveryQueue::default(),
+                    queue,
                     backoff: Backoff {
                         initial: gateway.retry_initial,
                         max: gateway.retry_max,
@@ -60,7 +97,7 @@ impl Outbound {
             })
             .collect();
         let context = WorkerContext {
-            spool,
+            spool: spool.clone(),
             helo_name: config.server.hostname.clone(),
         };
         for gateway in &gateways {
@@ -68,7 +105,9 @@ impl Outbound {
                 tasks.spawn(worker(gateway.clone(), context.clone(), shutdown.clone()));
             }
         }
-        Outbound {
+        let outbound = Outbound {
+            apps: Arc::new(apps),
+            spool: spool.clone(),
             by_name: Arc::new(
                 gateways
                     .iter()
@@ -78,13 +117,24 @@ impl Outbound {
             ),
             default: config.gateways.iter().position(|g| g.default).unwrap_or(0),
             gateways: Arc::new(gateways),
-        }
+        };
+        tasks.spawn(outbound.clone().save_periodically(save_wanted, shutdown));
+        outbound
     }
 
-    /// Queues a stored message on its gateway, with its body when the caller
-    /// still has it (see `queue`). A message recovered for a gateway that is
-    /// no longer configured goes to the default one.
-    pub fn enqueue(&self, message: StoredMessage, body: Option<Vec<u8>>) {
+    /// Queues a message just accepted, with its body for a worker that is
+    /// free now (see `queue`); it counts as demand.
+    pub fn accepted(&self, message: StoredMessage, body: Vec<u8>) {
+        self.enqueue(message, Some(body), true);
+    }
+
+    /// Queues a message recovered from the spool at start. One recovered for
+    /// a gateway that is no longer configured goes to the default one.
+    pub fn recovered(&self, message: StoredMessage) {
+        self.enqueue(message, None, false);
+    }
+
+    fn enqueue(&self, message: StoredMessage, body: Option<Vec<u8>>, arrival: bool) {
         let index = match self.by_name.get(&message.gateway) {
             Some(index) => *index,
             None => {
@@ -99,14 +149,61 @@ impl Outbound {
             }
         };
         let gateway = &self.gateways[index];
+        let lane = self
+            .apps
+            .lane(message.envelope.client_ip, &message.envelope.sender);
         gateway.queue.push(
             Queued {
                 message,
                 attempts: 0,
+                lane,
                 body,
             },
+            arrival,
             gateway.config.max_connections,
         );
+    }
+
+    /// The shaping model and queue of the named gateway.
+    pub fn view(&self, gateway: &str) -> Option<GatewayView> {
+        let index = self.by_name.get(gateway)?;
+        Some(self.gateways[*index].queue.view())
+    }
+
+    /// App names, in the order of `GatewayView::lanes`.
+    pub fn app_names(&self) -> Vec<String> {
+        self.apps.names()
+    }
+
+    /// Saves every gateway's shaping state. With `reserve`, the cap counts
+    /// saved include the units the gateway may send before the next save;
+    /// without (at shutdown, once the workers stopped) they are exact.
+    pub async fn save_shaping(&self, reserve: bool) {
+        for gateway in self.gateways.iter() {
+            let name = &gateway.config.name;
+            let (state, reserve) = gateway.queue.snapshot(reserve);
+            match self
+                .spool
+                .save_shaping_state(name, state.to_text(name))
+                .await
+            {
+                Ok(()) => gateway.queue.saved(reserve),
+                Err(error) => {
+                    tracing::error!(gateway = %name, %error, "cannot save the shaping state; capped sends wait until it is saved");
+                }
+            }
+        }
+    }
+
+    async fn save_periodically(self, save_wanted: Arc<Notify>, mut shutdown: Shutdown) {
+        loop {
+            self.save_shaping(true).await;
+            tokio::select! {
+                _ = shutdown.stopped() => break,
+                _ = save_wanted.notified() => {}
+                _ = tokio::time::sleep(SAVE_INTERVAL) => {}
+            }
+        }
     }
 
     /// Messages queued on the named gateway.
@@ -114,5 +211,42 @@ impl Outbound {
         self.by_name
             .get(gateway)
             .map_or(0, |index| self.gateways[*index].queue.len())
+    }
+}
+
+impl Admission for Outbound {
+    /// Defers new mail whose projected wait on its gateway is too long; logs
+    /// each deferral with its reason.
+    fn admit(&self, gateway: usize, recipients: usize) -> Result<(), Deferral> {
+        let Some(gateway) = self.gateways.get(gateway) else {
+            return Ok(());
+        };
+        gateway.queue.admit(recipients).inspect_err(|deferral| {
+            tracing::warn!(
+                gateway = %gateway.config.name,
+                reason = deferral.reason.as_str(),
+                projected_wait = %format!("{:.0}s", deferral.projected_wait),
+                retry_after = %format!("{:.0}s", deferral.retry_after),
+                "new mail deferred (451 4.7.1)"
+            );
+        })
+    }
+}
+
+/// The gateway's saved shaping state; a damaged file is logged and ignored.
+fn load_state(spool: &Spool, gateway: &str) -> Option<SavedState> {
+    match spool.load_shaping_state(gateway) {
+        Ok(Some(text)) => {
+            let state = SavedState::parse(&text);
+            if state.is_none() {
+                tracing::error!(%gateway, "the saved shaping state is damaged; starting from initial_rate and empty caps");
+            }
+            state
+        }
+        Ok(None) => None,
+        Err(error) => {
+            tracing::error!(%gateway, %error, "cannot read the saved shaping state; starting from initial_rate");
+            None
+        }
     }
 }

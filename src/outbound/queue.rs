@@ -1,22 +1,31 @@
-//! One gateway's in-memory delivery queue: messages ready now, messages
-//! waiting for their retry time, and whether the gateway itself is paused
-//! after failed connections.
+//! One gateway's in-memory delivery queue: the shaping scheduler (a fair
+//! queue per app in front of the gateway's shaping model), messages waiting
+//! for their retry time, and whether the gateway itself is paused after
+//! failed connections.
 //!
 //! Only envelopes live here; bodies stay in the spool. The one exception is a
 //! message that arrives while the queue is shorter than its worker pool: it
 //! will be picked up at once, so it may carry its body along (up to
 //! [`HOT_BODY_BYTES`] per gateway) and spare the worker a read back from disk.
-//! Delivery workers take from the front; a paused gateway hands out nothing
-//! until the pause ends, so an unreachable gateway costs one connection
-//! attempt per pause, not one per queued message.
+//! Delivery workers take from the front only when the shaper lets a message
+//! go; a message under the ceiling with an empty queue goes at once, with no
+//! timer. A paused gateway hands out nothing until the pause ends, so an
+//! unreachable gateway costs one connection attempt per pause, not one per
+//! queued message.
+//!
+//! The shaper's time axis is Unix seconds, derived from tokio's clock (so the
+//! queue also runs on tokio's paused clock in tests).
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, VecDeque};
-use std::sync::Mutex;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
+use crate::config::units::format_rate;
+use crate::shaper::{Deferral, GatewayModel, GatewayView, Release, SavedState, Scheduler};
 use crate::spool::StoredMessage;
 
 /// Most body bytes one gateway's queue keeps in memory for hand-off.
@@ -27,6 +36,8 @@ pub const HOT_BODY_BYTES: usize = 8 << 20;
 pub struct Queued {
     pub message: StoredMessage,
     pub attempts: u32,
+    /// The app lane (see `policy::Apps`).
+    pub lane: usize,
     /// The body, when handed over with the message (see the module notes).
     pub body: Option<Vec<u8>>,
 }
@@ -58,9 +69,29 @@ impl Ord for Waiting {
     }
 }
 
-#[derive(Default)]
+/// Maps tokio's clock onto Unix seconds for the shaper.
+struct ShaperClock {
+    start: Instant,
+    start_unix: f64,
+}
+
+impl ShaperClock {
+    fn new() -> ShaperClock {
+        ShaperClock {
+            start: Instant::now(),
+            start_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |since| since.as_secs_f64()),
+        }
+    }
+
+    fn at(&self, instant: Instant) -> f64 {
+        self.start_unix + instant.saturating_duration_since(self.start).as_secs_f64()
+    }
+}
+
 struct State {
-    ready: VecDeque<Queued>,
+    scheduler: Scheduler<Queued>,
     waiting: BinaryHeap<Waiting>,
     sequence: u64,
     paused_until: Option<Instant>,
@@ -69,41 +100,99 @@ struct State {
 }
 
 impl State {
-    fn promote_due(&mut self, now: Instant) {
+    fn promote_due(&mut self, now: Instant, unix_now: f64) {
         while self.waiting.peek().is_some_and(|first| first.due <= now) {
             if let Some(waiting) = self.waiting.pop() {
-                self.ready.push_back(waiting.item);
+                let units = self
+                    .scheduler
+                    .model
+                    .units(waiting.item.message.pending.len());
+                self.scheduler
+                    .push(unix_now, waiting.item.lane, units, waiting.item);
             }
         }
     }
 }
 
 /// The queue of one gateway, shared by its delivery workers.
-#[derive(Default)]
 pub struct DeliveryQueue {
+    gateway: String,
+    clock: ShaperClock,
     state: Mutex<State>,
     wake: Notify,
+    /// Poked when the scheduler needs the shaping state saved before it may
+    /// send more (hard caps; see `GatewayModel::snapshot`).
+    save_wanted: Arc<Notify>,
 }
 
 impl DeliveryQueue {
+    /// A queue for `gateway` shaped by `model`, with one lane per app weight.
+    pub fn new(
+        gateway: &str,
+        model: impl FnOnce(f64) -> GatewayModel,
+        weights: Vec<u32>,
+        save_wanted: Arc<Notify>,
+    ) -> DeliveryQueue {
+        let clock = ShaperClock::new();
+        let model = model(clock.at(clock.start));
+        DeliveryQueue {
+            gateway: gateway.to_string(),
+            state: Mutex::new(State {
+                scheduler: Scheduler::new(model, weights),
+                waiting: BinaryHeap::new(),
+                sequence: 0,
+                paused_until: None,
+                connect_failures: 0,
+                hot_bytes: 0,
+            }),
+            clock,
+            wake: Notify::new(),
+            save_wanted,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds a message that may be delivered now. Its body is kept only while
-    /// fewer than `workers` messages are ready and the byte budget allows.
-    pub fn push(&self, mut item: Queued, workers: usize) {
+    fn now(&self) -> f64 {
+        self.clock.at(Instant::now())
+    }
+
+    /// Logs the ceiling changes the model made, with their cause.
+    fn log_changes(&self, state: &mut State, detail: Option<&str>) {
+        for change in state.scheduler.model.take_changes() {
+            tracing::info!(
+                gateway = %self.gateway,
+                from = %format_rate(change.from),
+                to = %format_rate(change.to),
+                cause = change.cause.as_str(),
+                detail = detail.unwrap_or(""),
+                "shaping ceiling changed"
+            );
+        }
+    }
+
+    /// Adds a message that may be delivered now; `arrival` counts it as new
+    /// demand (not a recovered message). Its body is kept only while fewer
+    /// than `workers` messages are queued and the byte budget allows.
+    pub fn push(&self, mut item: Queued, arrival: bool, workers: usize) {
         let mut state = self.lock();
+        let now = self.now();
         if let Some(body) = &item.body {
-            if state.ready.len() >= workers || state.hot_bytes + body.len() > HOT_BODY_BYTES {
+            if state.scheduler.len() >= workers || state.hot_bytes + body.len() > HOT_BODY_BYTES {
                 item.body = None;
             } else {
                 state.hot_bytes += body.len();
             }
         }
-        state.ready.push_back(item);
+        if arrival {
+            state.scheduler.model.arrived(now, 1);
+        }
+        let units = state.scheduler.model.units(item.message.pending.len());
+        state.scheduler.push(now, item.lane, units, item);
         drop(state);
         self.wake.notify_one();
     }
@@ -123,7 +212,7 @@ impl DeliveryQueue {
         self.wake.notify_one();
     }
 
-    /// Waits for the next message to deliver.
+    /// Waits for the next message the shaper lets go.
     pub async fn next(&self) -> Queued {
         loop {
             let notified = self.wake.notified();
@@ -132,20 +221,42 @@ impl DeliveryQueue {
             let wait_until = {
                 let mut state = self.lock();
                 let now = Instant::now();
-                state.promote_due(now);
+                let unix_now = self.clock.at(now);
+                state.promote_due(now, unix_now);
+                let next_retry = state.waiting.peek().map(|first| first.due);
                 match state.paused_until {
                     Some(until) if until > now => Some(until),
                     _ => {
                         state.paused_until = None;
-                        if let Some(item) = state.ready.pop_front() {
-                            state.hot_bytes -= item.body.as_ref().map_or(0, Vec::len);
-                            if !state.ready.is_empty() {
-                                // Let another worker take the next one.
-                                self.wake.notify_one();
+                        let release = state.scheduler.next(unix_now);
+                        self.log_changes(&mut state, None);
+                        match release {
+                            Release::Send { item, waited, .. } => {
+                                state.hot_bytes -= item.body.as_ref().map_or(0, Vec::len);
+                                if !state.scheduler.is_empty() {
+                                    // Let another worker take the next one.
+                                    self.wake.notify_one();
+                                }
+                                if waited >= 1.0 {
+                                    tracing::debug!(
+                                        queue_id = %item.message.id,
+                                        gateway = %self.gateway,
+                                        shaped_for = %format!("{waited:.1}s"),
+                                        "released by the shaper"
+                                    );
+                                }
+                                return item;
                             }
-                            return item;
+                            Release::Wait(seconds) => {
+                                let until = now + Duration::from_secs_f64(seconds);
+                                Some(next_retry.map_or(until, |retry| retry.min(until)))
+                            }
+                            Release::Save => {
+                                self.save_wanted.notify_one();
+                                next_retry
+                            }
+                            Release::Idle => next_retry,
                         }
-                        state.waiting.peek().map(|first| first.due)
                     }
                 }
             };
@@ -182,18 +293,80 @@ impl DeliveryQueue {
         }
     }
 
+    /// The gateway answered with a throttling reply (`reply`, for the log).
+    pub fn throttled(&self, reply: &str) {
+        let mut state = self.lock();
+        let now = self.now();
+        state.scheduler.model.throttled(now);
+        self.log_changes(&mut state, Some(reply));
+    }
+
+    /// May a transaction with `recipients` recipients be accepted now?
+    pub fn admit(&self, recipients: usize) -> Result<(), Deferral> {
+        let mut state = self.lock();
+        let now = self.now();
+        let units = state.scheduler.model.units(recipients);
+        state.scheduler.admit(now, units)
+    }
+
+    /// The shaping model and the queue at this moment.
+    pub fn view(&self) -> GatewayView {
+        let mut state = self.lock();
+        let now = self.now();
+        let mut view = state.scheduler.view(now);
+        view.queued += state.waiting.len();
+        view
+    }
+
+    /// The state to save, counting `reserve` cap units ahead.
+    pub fn snapshot(&self, reserve: bool) -> (SavedState, u64) {
+        let mut state = self.lock();
+        let now = self.now();
+        let model = &mut state.scheduler.model;
+        let reserve = if reserve { model.reserve() } else { 0 };
+        (model.snapshot(now, reserve), reserve)
+    }
+
+    /// The snapshot taken with `reserve` is on disk.
+    pub fn saved(&self, reserve: u64) {
+        self.lock().scheduler.model.saved(reserve);
+        self.wake.notify_waiters();
+    }
+
     /// Messages queued (ready and waiting).
     pub fn len(&self) -> usize {
         let state = self.lock();
-        state.ready.len() + state.waiting.len()
+        state.scheduler.len() + state.waiting.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::shaper::GatewayModel;
     use crate::smtp::MailParams;
     use crate::spool::{Envelope, Location};
+
+    /// A queue with two app lanes, shaped by `shaping` (TOML lines).
+    fn shaped_queue(shaping: &str) -> DeliveryQueue {
+        let config = Config::parse(&format!(
+            "[[gateways]]\nname = \"primary\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{shaping}\n"
+        ))
+        .unwrap();
+        let shaping = config.gateways[0].shaping.clone();
+        DeliveryQueue::new(
+            "primary",
+            |now| GatewayModel::new(&shaping, now),
+            vec![1, 1],
+            Arc::new(Notify::new()),
+        )
+    }
+
+    /// A queue fast enough that shaping never holds anything back.
+    fn queue() -> DeliveryQueue {
+        shaped_queue("initial_rate = \"1000/s\"\nmax_rate = \"1000/s\"\nburst = 1000")
+    }
 
     fn item(id: &str, body: Option<usize>) -> Queued {
         Queued {
@@ -216,6 +389,7 @@ mod tests {
                 pending: vec![0],
             },
             attempts: 0,
+            lane: 0,
             body: body.map(|len| vec![b'x'; len]),
         }
     }
@@ -227,9 +401,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ready_messages_come_out_in_order() {
-        let queue = DeliveryQueue::default();
-        queue.push(item("a", None), 4);
-        queue.push(item("b", None), 4);
+        let queue = queue();
+        queue.push(item("a", None), true, 4);
+        queue.push(item("b", None), true, 4);
         assert_eq!(queue.len(), 2);
         assert_eq!(queue.next().await.message.id, "a");
         assert_eq!(queue.next().await.message.id, "b");
@@ -242,11 +416,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bodies_ride_along_only_while_the_queue_is_short() {
-        let queue = DeliveryQueue::default();
-        queue.push(item("a", Some(100)), 2);
-        queue.push(item("b", Some(100)), 2);
-        queue.push(item("c", Some(100)), 2);
-        queue.push(item("d", Some(HOT_BODY_BYTES)), 10);
+        let queue = queue();
+        queue.push(item("a", Some(100)), true, 2);
+        queue.push(item("b", Some(100)), true, 2);
+        queue.push(item("c", Some(100)), true, 2);
+        queue.push(item("d", Some(HOT_BODY_BYTES)), true, 10);
         let kept: Vec<bool> = [
             queue.next().await,
             queue.next().await,
@@ -257,7 +431,7 @@ mod tests {
         .map(|item| item.body.is_some())
         .collect();
         assert_eq!(kept, vec![true, true, false, false]);
-        queue.push(item("e", Some(HOT_BODY_BYTES)), 10);
+        queue.push(item("e", Some(HOT_BODY_BYTES)), true, 10);
         assert!(
             queue.next().await.body.is_some(),
             "the budget is free again"
@@ -266,7 +440,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_wait_until_due_and_drop_their_body() {
-        let queue = DeliveryQueue::default();
+        let queue = queue();
         let start = Instant::now();
         queue.retry_at(item("late", Some(10)), start + Duration::from_secs(60));
         queue.retry_at(item("early", None), start + Duration::from_secs(30));
@@ -283,15 +457,66 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn releases_at_the_ceiling_fairly_across_apps() {
+        let queue = shaped_queue("initial_rate = \"30/min\"\nheadroom = 2.0\nburst = 1");
+        let start = Instant::now();
+        for id in ["bulk1", "bulk2", "bulk3"] {
+            queue.push(item(id, None), true, 1);
+        }
+        let mut reset = item("reset", None);
+        reset.lane = 1;
+        queue.push(reset, true, 1);
+        let mut released = Vec::new();
+        for _ in 0..4 {
+            let item = queue.next().await;
+            released.push((item.message.id, (Instant::now() - start).as_secs_f64()));
+        }
+        let ids: Vec<&str> = released.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, vec!["bulk1", "reset", "bulk2", "bulk3"]);
+        for pair in released.windows(2) {
+            assert!(pair[1].1 - pair[0].1 >= 0.999, "one a second: {released:?}");
+        }
+        let view = queue.view();
+        assert_eq!(view.queued, 0);
+        assert!((view.model.ceiling - 1.0).abs() < 1e-3, "{view:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn capped_sends_wait_for_the_state_to_be_saved() {
+        let queue = shaped_queue("initial_rate = \"100/s\"\nlimits = [\"10/min\"]");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        queue.push(item("a", None), true, 1);
+        assert!(next_within(&queue, Duration::from_secs(5)).await.is_none());
+        let (state, reserve) = queue.snapshot(true);
+        assert_eq!((reserve, state.caps[0].1.len()), (1, 1));
+        queue.saved(reserve);
+        assert!(
+            next_within(&queue, Duration::from_millis(1))
+                .await
+                .is_some()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttling_reply_halves_the_ceiling() {
+        let queue = shaped_queue("initial_rate = \"60/min\"\nbackoff_factor = 0.5");
+        let before = queue.view().model.ceiling;
+        queue.throttled("451 4.7.500 Server busy, try again later");
+        let after = queue.view();
+        assert!((after.model.ceiling - before / 2.0).abs() < 1e-9);
+        assert!(after.model.paused_for > 59.0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_unreachable_gateway_pauses_the_queue() {
-        let queue = DeliveryQueue::default();
-        queue.push(item("a", None), 4);
+        let queue = queue();
+        queue.push(item("a", None), true, 4);
         let pause = queue.connect_failed(|failures| Duration::from_secs(10 * u64::from(failures)));
         assert_eq!(pause, Duration::from_secs(10));
         assert!(next_within(&queue, Duration::from_secs(9)).await.is_none());
         assert_eq!(queue.next().await.message.id, "a");
 
-        queue.push(item("b", None), 4);
+        queue.push(item("b", None), true, 4);
         let pause = queue.connect_failed(|failures| Duration::from_secs(10 * u64::from(failures)));
         assert_eq!(pause, Duration::from_secs(20), "backs off further");
         queue.connected();

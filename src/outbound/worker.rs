@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::Gateway;
 use super::client::Connection;
 use super::queue::Queued;
+use crate::shaper::is_throttling;
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use crate::spool::{Spool, unix_seconds};
@@ -84,6 +85,9 @@ async fn deliver(
                     *connection = Some(open);
                 }
                 Err(error) => {
+                    if let Some(refusal) = &error.refusal {
+                        heed_throttling(gateway, std::slice::from_ref(refusal));
+                    }
                     let pause = gateway.queue.connect_failed(|failures| {
                         gateway.backoff.delay(failures, fastrand::f64())
                     });
@@ -110,6 +114,7 @@ async fn deliver(
                 if !transaction.reusable {
                     *connection = None;
                 }
+                heed_throttling(gateway, &transaction.replies);
                 break transaction.replies;
             }
             Err(error) => {
@@ -125,6 +130,19 @@ async fn deliver(
     };
     item.attempts += 1;
     settle(gateway, context, item, replies).await;
+}
+
+/// Tells the shaper when the gateway's own replies ask us to slow down (our
+/// synthetic replies for connection failures never do).
+fn heed_throttling(gateway: &Gateway, replies: &[Reply]) {
+    if let Some(reply) = replies.iter().find(|reply| is_throttling(reply)) {
+        tracing::warn!(
+            gateway = %gateway.config.name,
+            reply = %reply,
+            "gateway signals throttling; slowing down"
+        );
+        gateway.queue.throttled(&reply.to_string());
+    }
 }
 
 /// Applies per-recipient replies: done, retry later, or dead-letter.

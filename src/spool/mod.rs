@@ -9,6 +9,8 @@
 //!   deleted with its side file; nothing refers across segments, so deletion
 //!   never loses another segment's state.
 //! - `dead/`: dead-letter files, one per permanent failure, fsynced.
+//! - `shaping/<gateway>.toml`: each gateway's learned shaping state
+//!   (`shaper::SavedState`), replaced atomically (write, fsync, rename, fsync).
 //! - `lock`: held while a process uses the spool.
 //!
 //! Invariants:
@@ -99,12 +101,14 @@ pub struct Spool {
 struct Inner {
     queue_dir: PathBuf,
     dead_dir: PathBuf,
+    shaping_dir: PathBuf,
     requests: mpsc::Sender<Request>,
     _lock: File,
 }
 
 const QUEUE_DIR: &str = "queue";
 const DEAD_DIR: &str = "dead";
+const SHAPING_DIR: &str = "shaping";
 
 /// A new queue id: 10 hex digits of milliseconds and 6 of a process-wide
 /// counter that starts at a random value, so ids stay unique across restarts
@@ -137,7 +141,12 @@ impl Spool {
     /// the writer thread. Returns the messages still to deliver, oldest first.
     pub fn open(config: &SpoolConfig) -> io::Result<(Spool, Vec<StoredMessage>)> {
         let dir = &config.dir;
-        for sub in [dir.clone(), dir.join(QUEUE_DIR), dir.join(DEAD_DIR)] {
+        for sub in [
+            dir.clone(),
+            dir.join(QUEUE_DIR),
+            dir.join(DEAD_DIR),
+            dir.join(SHAPING_DIR),
+        ] {
             fs::create_dir_all(&sub).map_err(|error| annotate(error, &sub, "cannot create"))?;
         }
         let lock_path = dir.join("lock");
@@ -172,6 +181,7 @@ impl Spool {
             inner: Arc::new(Inner {
                 queue_dir,
                 dead_dir: dir.join(DEAD_DIR),
+                shaping_dir: dir.join(SHAPING_DIR),
                 requests,
                 _lock: lock,
             }),
@@ -276,21 +286,36 @@ impl Spool {
             "X-Smtp-Shaper-Dead-At: {}\r\n",
             crate::smtp::trace::rfc5322_date(unix_seconds())
         ));
-        let dir = self.inner.dead_dir.clone();
         let name = format!("{}.{}.eml", message.id, unix_millis());
-        tokio::task::spawn_blocking(move || {
-            let temporary = dir.join(format!(".{name}.tmp"));
-            let path = dir.join(&name);
-            let mut file = File::create(&temporary)?;
-            file.write_all(text.as_bytes())?;
-            file.write_all(&body)?;
-            file.sync_all()?;
-            fs::rename(&temporary, &path)?;
-            File::open(&dir)?.sync_all()?;
-            Ok(path)
-        })
+        replace_durably(
+            self.inner.dead_dir.clone(),
+            name,
+            vec![text.into_bytes(), body],
+        )
         .await
-        .map_err(io::Error::other)?
+    }
+
+    /// The saved shaping state of `gateway`, if there is one.
+    pub fn load_shaping_state(&self, gateway: &str) -> io::Result<Option<String>> {
+        let path = self.inner.shaping_dir.join(format!("{gateway}.toml"));
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(annotate(error, &path, "cannot read")),
+        }
+    }
+
+    /// Replaces the saved shaping state of `gateway`; returns once it is on
+    /// stable storage.
+    pub async fn save_shaping_state(&self, gateway: &str, text: String) -> io::Result<()> {
+        let name = format!("{gateway}.toml");
+        replace_durably(
+            self.inner.shaping_dir.clone(),
+            name,
+            vec![text.into_bytes()],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Syncs completion entries and stops the writer; called once at shutdown.
@@ -307,6 +332,26 @@ impl Spool {
             .send(request)
             .map_err(|_| io::Error::other("spool writer stopped"))
     }
+}
+
+/// Writes `dir/name` from `parts` so that a crash leaves the old file or the
+/// new one, never a mix: a temporary file, fsync, rename, fsync of the
+/// directory. Returns the path.
+async fn replace_durably(dir: PathBuf, name: String, parts: Vec<Vec<u8>>) -> io::Result<PathBuf> {
+    tokio::task::spawn_blocking(move || {
+        let temporary = dir.join(format!(".{name}.tmp"));
+        let path = dir.join(&name);
+        let mut file = File::create(&temporary)?;
+        for part in &parts {
+            file.write_all(part)?;
+        }
+        file.sync_all()?;
+        fs::rename(&temporary, &path)?;
+        File::open(&dir)?.sync_all()?;
+        Ok(path)
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
 fn segment_path(queue_dir: &Path, segment: u64) -> PathBuf {

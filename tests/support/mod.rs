@@ -373,6 +373,14 @@ pub fn test_config_toml(listen: &str, spool_dir: &std::path::Path, gateway: Sock
         retry_initial = "100ms"
         retry_max = "400ms"
         connect_timeout = "2s"
+        # Fast enough that shaping never holds a test back (shaping tests
+        # write their own [gateways.shaping]).
+        [gateways.shaping]
+        initial_rate = "10000/s"
+        min_rate = "10000/s"
+        max_rate = "10000/s"
+        burst = 1000
+        backoff_pause = "100ms"
         "#,
         spool_dir.display()
     )
