@@ -94,6 +94,8 @@ struct State {
     scheduler: Scheduler<Queued>,
     waiting: BinaryHeap<Waiting>,
     sequence: u64,
+    /// Cap units of the messages in `waiting`.
+    waiting_units: u64,
     paused_until: Option<Instant>,
     connect_failures: u32,
     hot_bytes: usize,
@@ -107,6 +109,7 @@ impl State {
                     .scheduler
                     .model
                     .units(waiting.item.message.pending.len());
+                self.waiting_units -= units;
                 self.scheduler
                     .push(unix_now, waiting.item.lane, units, waiting.item);
             }
@@ -140,6 +143,7 @@ impl DeliveryQueue {
             state: Mutex::new(State {
                 scheduler: Scheduler::new(model, weights),
                 waiting: BinaryHeap::new(),
+                waiting_units: 0,
                 sequence: 0,
                 paused_until: None,
                 connect_failures: 0,
@@ -202,6 +206,7 @@ impl DeliveryQueue {
         item.body = None;
         let mut state = self.lock();
         state.sequence += 1;
+        state.waiting_units += state.scheduler.model.units(item.message.pending.len());
         let sequence = state.sequence;
         state.waiting.push(Waiting {
             due,
@@ -302,11 +307,13 @@ impl DeliveryQueue {
     }
 
     /// May a transaction with `recipients` recipients be accepted now?
+    /// Messages waiting for a retry count as queued: they need sending too.
     pub fn admit(&self, recipients: usize) -> Result<(), Deferral> {
         let mut state = self.lock();
         let now = self.now();
         let units = state.scheduler.model.units(recipients);
-        state.scheduler.admit(now, units)
+        let (retries, retry_units) = (state.waiting.len(), state.waiting_units);
+        state.scheduler.admit(now, units, retries, retry_units)
     }
 
     /// The shaping model and the queue at this moment.

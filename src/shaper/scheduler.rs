@@ -97,9 +97,21 @@ impl<T> Scheduler<T> {
         }
     }
 
-    /// Admission for new mail counting `units`, behind what is queued.
-    pub fn admit(&mut self, now: f64, units: u64) -> Result<(), Deferral> {
-        self.model.admit(now, self.queue.len(), self.units, units)
+    /// Admission for new mail counting `units`, behind what is queued here
+    /// and `other_messages` counting `other_units` held elsewhere (retries).
+    pub fn admit(
+        &mut self,
+        now: f64,
+        units: u64,
+        other_messages: usize,
+        other_units: u64,
+    ) -> Result<(), Deferral> {
+        self.model.admit(
+            now,
+            self.queue.len() + other_messages,
+            self.units + other_units,
+            units,
+        )
     }
 
     /// The numbers of the model and the queue at `now`.
@@ -166,10 +178,13 @@ mod tests {
         let mut scheduler = scheduler("initial_rate = \"30/min\"\nmax_queue_delay = \"10s\"");
         for _ in 0..9 {
             scheduler.push(0.0, 0, 1, "queued");
-            assert!(scheduler.admit(0.0, 1).is_ok());
+            assert!(scheduler.admit(0.0, 1, 0, 0).is_ok());
         }
         scheduler.push(0.0, 0, 1, "queued");
-        assert!(scheduler.admit(0.0, 1).is_err(), "the 11th would wait 11 s");
+        assert!(
+            scheduler.admit(0.0, 1, 0, 0).is_err(),
+            "the 11th would wait 11 s"
+        );
         let view = scheduler.view(4.0);
         assert_eq!(
             (view.queued, view.oldest_age, view.lanes),

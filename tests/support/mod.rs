@@ -23,6 +23,8 @@ pub struct Received {
     pub mail_from: String,
     pub recipients: Vec<String>,
     pub data: Vec<u8>,
+    /// When the end of DATA arrived.
+    pub at: std::time::Instant,
 }
 
 /// What the sink answers; change it while tests run.
@@ -193,6 +195,7 @@ async fn sink_session(
                             mail_from: mail_from.clone(),
                             recipients: std::mem::take(&mut recipients),
                             data,
+                            at: std::time::Instant::now(),
                         });
                         "250 2.0.0 queued".into()
                     }
@@ -391,6 +394,15 @@ pub fn test_config_toml(listen: &str, spool_dir: &std::path::Path, gateway: Sock
 pub fn test_config(spool_dir: &std::path::Path, gateway: SocketAddr) -> Config {
     Config::parse(&test_config_toml("127.0.0.1:0", spool_dir, gateway))
         .expect("test config is valid")
+}
+
+/// A `[gateways.shaping]` section from TOML lines (for `Harness::with`).
+pub fn shaping(lines: &str) -> smtp_shaper::config::ShapingConfig {
+    let config = Config::parse(&format!(
+        "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{lines}\n"
+    ))
+    .expect("valid shaping lines");
+    config.gateways[0].shaping.clone()
 }
 
 /// Starts the service with `config`.

@@ -1,0 +1,176 @@
+//! Shaping over real loopback TCP: an idle gateway hit by a burst, admission
+//! deferrals, hard caps across a restart, and the gateway's throttling
+//! replies. Rates here are high enough to keep the tests short; the shaping
+//! math itself is tested on a fake clock in `src/shaper`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use smtp_shaper::config::Config;
+use support::{Client, ClientReply, Harness, Sink, eventually, shaping, start, test_config};
+
+const APP: &str = "app@example.com";
+const BODY: &[u8] = b"Subject: shaped\r\n\r\nhello\r\n";
+
+/// One transaction that the service may defer at RCPT: returns the RCPT
+/// reply when it is not 250 (after RSET), else the reply to the end of DATA.
+async fn offer(client: &mut Client) -> ClientReply {
+    assert_eq!(
+        client.command(&format!("MAIL FROM:<{APP}>")).await.code,
+        250
+    );
+    let rcpt = client.command("RCPT TO:<someone@example.org>").await;
+    if rcpt.code != 250 {
+        assert_eq!(client.command("RSET").await.code, 250);
+        return rcpt;
+    }
+    assert_eq!(client.command("DATA").await.code, 354);
+    client.send_raw(&support::stuff(BODY)).await;
+    client.reply().await.expect("reply to end of DATA")
+}
+
+/// Most arrivals in any window of `window` starting at an arrival.
+fn most_in_window(times: &[Instant], window: Duration) -> usize {
+    (0..times.len())
+        .map(|start| {
+            times[start..]
+                .iter()
+                .take_while(|at| **at - times[start] < window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_gateway_hit_by_a_burst_receives_it_no_faster_than_the_ceiling() {
+    let h = Harness::with(|config| {
+        config.gateways[0].shaping = shaping(
+            "initial_rate = \"40/s\"\nmin_rate = \"40/s\"\nmax_rate = \"40/s\"\nheadroom = 1.0\nburst = 5\nmax_queue_delay = \"1h\"",
+        );
+    })
+    .await;
+    let mut client = h.client().await;
+    for _ in 0..300 {
+        assert_eq!(offer(&mut client).await.code, 250);
+    }
+    eventually("all 300 delivered", || h.sink.count() == 300).await;
+    let mut times: Vec<Instant> = h.sink.messages().iter().map(|m| m.at).collect();
+    times.sort();
+    // ceiling x window + burst, plus 3 for the loopback hop's jitter
+    // (a release a few milliseconds late can land next to the next one).
+    for (window, allowed) in [(1, 40 + 5 + 3), (3, 120 + 5 + 3)] {
+        let most = most_in_window(&times, Duration::from_secs(window));
+        assert!(
+            most <= allowed,
+            "{most} messages within {window}s; the ceiling allows {allowed}"
+        );
+    }
+    let view = h.service.shaping("primary").unwrap();
+    assert_eq!(view.queued, 0);
+    assert!(view.model.send_rate > 0.0 && view.model.demand_rate > 0.0);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_mail_is_deferred_once_the_projected_wait_passes_the_bound() {
+    // One message a minute, at most 3 minutes of waiting: 3 fit, the 4th not.
+    let h = Harness::with(|config| {
+        config.gateways[0].shaping = shaping(
+            "initial_rate = \"1/min\"\nmin_rate = \"1/min\"\nmax_rate = \"1/min\"\nheadroom = 1.0\nburst = 1\nmax_queue_delay = \"3m\"",
+        );
+    })
+    .await;
+    let mut client = h.client().await;
+    for _ in 0..3 {
+        assert_eq!(offer(&mut client).await.code, 250);
+    }
+    let deferred = offer(&mut client).await;
+    assert_eq!(deferred.code, 451, "{deferred:?}");
+    assert!(
+        deferred
+            .text
+            .starts_with("4.7.1 Rate limited: the gateway is sending slowly")
+            && deferred.text.ends_with("try again in 1m"),
+        "{deferred:?}"
+    );
+    // The session goes on: a deferral is not an error.
+    assert_eq!(client.command("NOOP").await.code, 250);
+    let view = h.service.shaping("primary").unwrap();
+    assert_eq!(view.queued, 3);
+    assert_eq!(view.model.deferrals, [1, 0, 0]);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_cap_counts_and_the_learned_state() {
+    let sink = Sink::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let config = || -> Config {
+        let mut config = test_config(spool.path(), sink.address);
+        config.gateways[0].shaping = shaping(
+            "initial_rate = \"100/s\"\nmax_rate = \"100/s\"\nlimits = [\"5/day\"]\nmax_queue_delay = \"1m\"",
+        );
+        config
+    };
+    let service = start(config()).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    for _ in 0..3 {
+        assert_eq!(offer(&mut client).await.code, 250);
+    }
+    eventually("3 delivered", || sink.count() == 3).await;
+    let before = service.shaping("primary").unwrap().model;
+    drop(client);
+    service.shutdown().await;
+
+    let service = start(config()).await;
+    let after = service.shaping("primary").unwrap().model;
+    assert!(
+        (after.baseline - before.baseline).abs() < before.baseline * 0.01,
+        "baseline {} before, {} after",
+        before.baseline,
+        after.baseline
+    );
+    let mut client = Client::ready(service.smtp_address()).await;
+    for _ in 0..2 {
+        assert_eq!(offer(&mut client).await.code, 250);
+    }
+    let capped = offer(&mut client).await;
+    assert_eq!(capped.code, 451, "{capped:?}");
+    assert!(
+        capped.text.contains("sending cap leaves no room"),
+        "{capped:?}"
+    );
+    eventually("5 delivered in all", || sink.count() == 5).await;
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_reply_from_the_gateway_slows_sending() {
+    let h = Harness::with(|config| {
+        config.gateways[0].shaping = shaping(
+            "initial_rate = \"50/s\"\nmin_rate = \"1/s\"\nmax_rate = \"100/s\"\nheadroom = 1.0\nbackoff_factor = 0.5\nbackoff_pause = \"1s\"",
+        );
+    })
+    .await;
+    h.sink.behavior.lock().unwrap().data_replies.push_back(
+        "451 4.7.500 Server busy. Please try again later from [127.0.0.1]. (AS770)".into(),
+    );
+    let before = h.service.shaping("primary").unwrap().model.ceiling;
+    let mut client = h.client().await;
+    assert_eq!(offer(&mut client).await.code, 250);
+    eventually("the gateway throttled us", || {
+        h.service.shaping("primary").unwrap().model.penalty < 1.0
+    })
+    .await;
+    let view = h.service.shaping("primary").unwrap().model;
+    assert!(
+        (view.ceiling - before / 2.0).abs() < before * 0.01,
+        "ceiling {} after {before}",
+        view.ceiling
+    );
+    eventually("delivered after the pause", || h.sink.count() == 1).await;
+    assert_eq!(*h.sink.data_attempts.lock().unwrap(), 2);
+    h.shutdown().await;
+}
