@@ -14,6 +14,7 @@ pub mod outbound;
 pub mod policy;
 pub mod shaper;
 pub mod shutdown;
+pub mod simulate;
 pub mod smtp;
 pub mod spool;
 

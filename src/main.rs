@@ -1,7 +1,7 @@
 //! The `smtp-shaper` command line: parse arguments, load the configuration,
 //! run the service. Everything else lives in the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +34,30 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Replay a traffic trace through a gateway's shaping in virtual time;
+    /// print delays, deferrals and peak send rates, and draw them
+    Simulate {
+        /// TOML configuration file (its [gateways.shaping] and [[apps]])
+        #[arg(long, short)]
+        config: PathBuf,
+        /// CSV trace, one message per row: timestamp (seconds),app,recipients
+        #[arg(long, short)]
+        trace: PathBuf,
+        /// Write an SVG chart of demand, ceiling, sent and queue depth here
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        /// Gateway to replay through (default: the default gateway)
+        #[arg(long, short)]
+        gateway: Option<String>,
+        /// How long an app waits before offering a deferred message again
+        #[arg(long, default_value = "10m", value_parser = parse_duration_arg)]
+        retry_after: std::time::Duration,
+    },
+}
+
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    smtp_shaper::config::units::parse_duration(text)
+        .ok_or_else(|| smtp_shaper::config::units::DURATION_FORMS.to_string())
 }
 
 fn main() -> ExitCode {
@@ -53,6 +77,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Simulate {
+            config,
+            trace,
+            out,
+            gateway,
+            retry_after,
+        } => simulate(
+            &config,
+            &trace,
+            out.as_deref(),
+            gateway.as_deref(),
+            retry_after,
+        ),
         Command::Run { config } => {
             let config = match &config {
                 Some(path) => Config::load(path),
@@ -80,6 +117,73 @@ fn main() -> ExitCode {
             runtime.block_on(run(config))
         }
     }
+}
+
+fn simulate(
+    config_path: &Path,
+    trace_path: &Path,
+    out: Option<&Path>,
+    gateway: Option<&str>,
+    retry_after: std::time::Duration,
+) -> ExitCode {
+    use smtp_shaper::simulate::{Options, parse_trace, render_svg, replay};
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{}: invalid configuration:\n{error}", config_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let index = match gateway {
+        Some(name) => match config.gateways.iter().position(|g| g.name == name) {
+            Some(index) => index,
+            None => {
+                let names: Vec<&str> = config.gateways.iter().map(|g| g.name.as_str()).collect();
+                eprintln!(
+                    "no gateway named {name:?} in {}; configured: {}",
+                    config_path.display(),
+                    names.join(", ")
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        None => config.gateways.iter().position(|g| g.default).unwrap_or(0),
+    };
+    let trace = match std::fs::read_to_string(trace_path)
+        .map_err(|error| error.to_string())
+        .and_then(|text| parse_trace(&text))
+    {
+        Ok(trace) => trace,
+        Err(error) => {
+            eprintln!("{}: {error}", trace_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = replay(
+        &config,
+        index,
+        &trace,
+        &Options {
+            retry_after: retry_after.as_secs_f64(),
+        },
+    );
+    print!("{}", report.to_text());
+    if let Some(out) = out {
+        let title = format!(
+            "{} through gateway {}",
+            trace_path.file_name().map_or_else(
+                || trace_path.display().to_string(),
+                |name| name.to_string_lossy().into()
+            ),
+            report.gateway
+        );
+        if let Err(error) = std::fs::write(out, render_svg(&report, &title)) {
+            eprintln!("cannot write {}: {error}", out.display());
+            return ExitCode::FAILURE;
+        }
+        println!("chart written to {}", out.display());
+    }
+    ExitCode::SUCCESS
 }
 
 async fn run(config: Config) -> ExitCode {

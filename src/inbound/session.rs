@@ -210,10 +210,12 @@ impl<'a> Session<'a> {
                 format!("4.5.3 Error: too many recipients (at most {max} per message)"),
             ));
         }
-        if let Err(deferral) = self
-            .admission
-            .admit(transaction.gateway, transaction.recipients.len() + 1)
-        {
+        if let Err(deferral) = self.admission.admit(
+            transaction.gateway,
+            self.client_ip,
+            &transaction.sender,
+            transaction.recipients.len() + 1,
+        ) {
             // Not counted as an error: the client did nothing wrong.
             return Step::Reply(deferral_reply(&deferral));
         }
@@ -360,7 +362,13 @@ mod tests {
     struct Admit(usize);
 
     impl Admission for Admit {
-        fn admit(&self, _gateway: usize, recipients: usize) -> Result<(), Deferral> {
+        fn admit(
+            &self,
+            _gateway: usize,
+            _client: IpAddr,
+            _sender: &str,
+            recipients: usize,
+        ) -> Result<(), Deferral> {
             if recipients <= self.0 {
                 Ok(())
             } else {

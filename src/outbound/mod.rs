@@ -217,19 +217,30 @@ impl Outbound {
 impl Admission for Outbound {
     /// Defers new mail whose projected wait on its gateway is too long; logs
     /// each deferral with its reason.
-    fn admit(&self, gateway: usize, recipients: usize) -> Result<(), Deferral> {
+    fn admit(
+        &self,
+        gateway: usize,
+        client: std::net::IpAddr,
+        sender: &str,
+        recipients: usize,
+    ) -> Result<(), Deferral> {
         let Some(gateway) = self.gateways.get(gateway) else {
             return Ok(());
         };
-        gateway.queue.admit(recipients).inspect_err(|deferral| {
-            tracing::warn!(
-                gateway = %gateway.config.name,
-                reason = deferral.reason.as_str(),
-                projected_wait = %format!("{:.0}s", deferral.projected_wait),
-                retry_after = %format!("{:.0}s", deferral.retry_after),
-                "new mail deferred (451 4.7.1)"
-            );
-        })
+        let lane = self.apps.lane(client, sender);
+        gateway
+            .queue
+            .admit(lane, recipients)
+            .inspect_err(|deferral| {
+                tracing::warn!(
+                    gateway = %gateway.config.name,
+                    app = %self.apps.names()[lane],
+                    reason = deferral.reason.as_str(),
+                    projected_wait = %format!("{:.0}s", deferral.projected_wait),
+                    retry_after = %format!("{:.0}s", deferral.retry_after),
+                    "new mail deferred (451 4.7.1)"
+                );
+            })
     }
 }
 

@@ -306,14 +306,17 @@ impl DeliveryQueue {
         self.log_changes(&mut state, Some(reply));
     }
 
-    /// May a transaction with `recipients` recipients be accepted now?
-    /// Messages waiting for a retry count as queued: they need sending too.
-    pub fn admit(&self, recipients: usize) -> Result<(), Deferral> {
+    /// May a transaction of app `lane` with `recipients` recipients be
+    /// accepted now? Messages waiting for a retry count as ahead of it:
+    /// they need sending too.
+    pub fn admit(&self, lane: usize, recipients: usize) -> Result<(), Deferral> {
         let mut state = self.lock();
         let now = self.now();
         let units = state.scheduler.model.units(recipients);
         let (retries, retry_units) = (state.waiting.len(), state.waiting_units);
-        state.scheduler.admit(now, units, retries, retry_units)
+        state
+            .scheduler
+            .admit(now, lane, units, retries, retry_units)
     }
 
     /// The shaping model and the queue at this moment.

@@ -72,6 +72,24 @@ impl<T> FairQueue<T> {
         Some((lane, item))
     }
 
+    /// How many queued items would go before a new item pushed to `lane` now:
+    /// its own lane's items, and from each other lane what it sends in the
+    /// round-robin turns until then.
+    pub fn ahead_of_new(&self, lane: usize) -> usize {
+        let lane = lane.min(self.lanes.len() - 1);
+        let own = self.lanes[lane].len();
+        let turns = (own + 1).div_ceil(self.weights[lane] as usize);
+        let others: usize = self
+            .lanes
+            .iter()
+            .zip(&self.weights)
+            .enumerate()
+            .filter(|(index, _)| *index != lane)
+            .map(|(_, (items, weight))| items.len().min(turns * *weight as usize))
+            .sum();
+        own + others
+    }
+
     /// The head of every lane (each lane's oldest item).
     pub fn heads(&self) -> impl Iterator<Item = &T> {
         self.lanes.iter().filter_map(VecDeque::front)
@@ -104,6 +122,22 @@ mod tests {
         let order = drain(&mut queue);
         assert_eq!(&order[..4], &["bulk", "reset", "other", "bulk"]);
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn counts_what_goes_before_a_new_item() {
+        let mut queue = FairQueue::new(vec![1, 2, 1]);
+        for _ in 0..100 {
+            queue.push(0, "bulk");
+        }
+        assert_eq!(queue.ahead_of_new(0), 100);
+        assert_eq!(queue.ahead_of_new(1), 1, "one turn of the bulk app");
+        for _ in 0..3 {
+            queue.push(1, "reset");
+        }
+        // A fourth reset goes in the second turn of its lane (weight 2).
+        assert_eq!(queue.ahead_of_new(1), 3 + 2);
+        assert_eq!(queue.ahead_of_new(2), 1 + 2);
     }
 
     #[test]

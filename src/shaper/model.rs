@@ -252,7 +252,7 @@ impl GatewayModel {
         let ceiling = self.ceiling();
         let current = self.bucket.rate;
         if (ceiling - current).abs() > REBUILD_THRESHOLD * current {
-            self.bucket = Bucket::new(ceiling, self.config.burst, now);
+            self.bucket = self.bucket.rebuilt(ceiling, self.config.burst, now);
             self.changes.push(CeilingChange {
                 from: current,
                 to: ceiling,
@@ -306,11 +306,13 @@ impl GatewayModel {
         self.rebuild_if_moved(now, Cause::Throttled);
     }
 
-    /// Would new mail (counting `units`) wait too long behind
-    /// `queued_messages` messages counting `queued_units`? Counts a deferral.
+    /// Would new mail (counting `units`) wait too long? `ahead` messages
+    /// would be sent before it, out of `queued_messages` queued counting
+    /// `queued_units`. Counts a deferral.
     pub fn admit(
         &mut self,
         now: f64,
+        ahead: usize,
         queued_messages: usize,
         queued_units: u64,
         units: u64,
@@ -318,7 +320,7 @@ impl GatewayModel {
         self.update(now);
         let bound = self.config.max_queue_delay.as_secs_f64();
         let pause = (self.paused_until - now).max(0.0);
-        let queue_wait = pause + (queued_messages + 1) as f64 / self.ceiling();
+        let queue_wait = pause + (ahead + 1) as f64 / self.ceiling();
         let cap_wait = self
             .caps
             .iter_mut()
@@ -558,18 +560,18 @@ mod tests {
         );
         let mut model = GatewayModel::new(&config, 0.0);
         // Ceiling 1/s: 599 queued means the next waits 600 s, which is allowed.
-        assert!(model.admit(0.0, 599, 599, 1).is_ok());
-        let deferral = model.admit(0.0, 700, 700, 1).unwrap_err();
+        assert!(model.admit(0.0, 599, 599, 599, 1).is_ok());
+        let deferral = model.admit(0.0, 700, 700, 700, 1).unwrap_err();
         assert_eq!(deferral.reason, DeferReason::QueueDelay);
         assert!((deferral.retry_after - 101.0).abs() < 1e-6);
         assert_eq!(
-            model.admit(0.0, 5_000, 5_000, 1).unwrap_err().reason,
+            model.admit(0.0, 10, 5_000, 5_000, 1).unwrap_err().reason,
             DeferReason::QueueFull
         );
         let config = shaping("limits = [\"100/day\"]");
         let mut model = GatewayModel::new(&config, 0.0);
         assert_eq!(
-            model.admit(0.0, 100, 100, 1).unwrap_err().reason,
+            model.admit(0.0, 100, 100, 100, 1).unwrap_err().reason,
             DeferReason::Cap
         );
         assert_eq!(model.view(0.0).deferrals, [0, 0, 1]);

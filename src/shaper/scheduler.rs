@@ -97,17 +97,20 @@ impl<T> Scheduler<T> {
         }
     }
 
-    /// Admission for new mail counting `units`, behind what is queued here
-    /// and `other_messages` counting `other_units` held elsewhere (retries).
+    /// Admission for new mail in `lane` counting `units`: it waits for what
+    /// goes before it in the round robin, plus `other_messages` counting
+    /// `other_units` held elsewhere (retries, lane unknown: counted as ahead).
     pub fn admit(
         &mut self,
         now: f64,
+        lane: usize,
         units: u64,
         other_messages: usize,
         other_units: u64,
     ) -> Result<(), Deferral> {
         self.model.admit(
             now,
+            self.queue.ahead_of_new(lane) + other_messages,
             self.queue.len() + other_messages,
             self.units + other_units,
             units,
@@ -178,12 +181,16 @@ mod tests {
         let mut scheduler = scheduler("initial_rate = \"30/min\"\nmax_queue_delay = \"10s\"");
         for _ in 0..9 {
             scheduler.push(0.0, 0, 1, "queued");
-            assert!(scheduler.admit(0.0, 1, 0, 0).is_ok());
+            assert!(scheduler.admit(0.0, 0, 1, 0, 0).is_ok());
         }
         scheduler.push(0.0, 0, 1, "queued");
         assert!(
-            scheduler.admit(0.0, 1, 0, 0).is_err(),
+            scheduler.admit(0.0, 0, 1, 0, 0).is_err(),
             "the 11th would wait 11 s"
+        );
+        assert!(
+            scheduler.admit(0.0, 1, 1, 0, 0).is_ok(),
+            "another app's goes in the next turn"
         );
         let view = scheduler.view(4.0);
         assert_eq!(

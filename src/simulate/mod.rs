@@ -1,0 +1,502 @@
+//! `smtp-shaper simulate`: replays a traffic trace through the shaping code
+//! the relay runs (`shaper::Scheduler` and `GatewayModel`) in virtual time,
+//! so days of traffic take seconds, and reports what the apps would see.
+//!
+//! The replay is pure: arrivals go through admission (a deferred message is
+//! offered again by its app after `retry_after`, as an MTA would), accepted
+//! ones queue in their app's lane, and the scheduler releases them when the
+//! model allows. Nothing is sent anywhere and no gateway answers, so
+//! feedback from the gateway is not part of a replay.
+
+mod plot;
+mod trace;
+
+pub use plot::render_svg;
+pub use trace::{Arrival, parse_trace};
+
+use std::collections::BinaryHeap;
+
+use crate::config::{Config, GatewayConfig};
+use crate::policy::Apps;
+use crate::shaper::{DeferReason, GatewayModel, Release, Scheduler};
+
+const DAY: f64 = 86_400.0;
+/// How long an app keeps offering a deferred message before giving up.
+const GIVE_UP_AFTER: f64 = 5.0 * DAY;
+/// Points on the plot's time axis, at most.
+const PLOT_POINTS: f64 = 800.0;
+
+/// How to replay.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Seconds after a 451 until the app offers the message again.
+    pub retry_after: f64,
+}
+
+/// One point of the plot: counts over `[start, start + span)`, levels at its end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub start: f64,
+    pub span: f64,
+    pub arrived: u64,
+    pub sent: u64,
+    pub deferred: u64,
+    /// Messages per second at the end of the span.
+    pub ceiling: f64,
+    pub baseline: f64,
+    pub queued: usize,
+}
+
+/// One day of the trace.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Day {
+    pub arrived: u64,
+    pub sent: u64,
+    pub deferred: u64,
+    /// Queue delays (seconds) of the messages sent that day, sorted.
+    pub delays: Vec<f64>,
+}
+
+/// The most sent in any window of `window` seconds against what the
+/// ceiling allowed there (ceiling x window + burst).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peak {
+    pub window: f64,
+    pub most_sent: usize,
+    pub allowed: f64,
+    /// The largest count above what was allowed in any window (0 is right).
+    pub excess: f64,
+}
+
+/// One app's share of a replay.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppStats {
+    pub name: String,
+    pub offered: usize,
+    pub sent: usize,
+    /// Messages deferred at least once.
+    pub deferred_messages: usize,
+    /// Queue delays (seconds) of its sent messages, sorted.
+    pub delays: Vec<f64>,
+}
+
+/// What a replay produced.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub gateway: String,
+    pub messages: usize,
+    pub sent: usize,
+    /// Messages whose app gave up after `GIVE_UP_AFTER` of deferrals.
+    pub given_up: usize,
+    /// Deferrals (451 replies) by reason, in `DeferReason::ALL` order.
+    pub deferrals: [u64; 3],
+    /// Per app lane, `other` last.
+    pub apps: Vec<AppStats>,
+    /// Queue delay (seconds) of every sent message, sorted.
+    pub delays: Vec<f64>,
+    /// Per day from `day_origin`, the midnight (of the trace's clock) before
+    /// its first message.
+    pub days: Vec<Day>,
+    pub day_origin: f64,
+    pub peaks: Vec<Peak>,
+    pub samples: Vec<Sample>,
+    pub burst: u32,
+}
+
+/// A message in the replay.
+struct Offer {
+    /// When the app first offered it.
+    first: f64,
+    lane: usize,
+    recipients: u32,
+    deferred: bool,
+}
+
+/// A deferred message its app offers again at `due`.
+struct Retry {
+    due: f64,
+    offer: Offer,
+}
+
+impl PartialEq for Retry {
+    fn eq(&self, other: &Self) -> bool {
+        self.due.total_cmp(&other.due).is_eq()
+    }
+}
+
+impl Eq for Retry {}
+
+impl PartialOrd for Retry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Retry {
+    /// Reversed, so the max-heap yields the earliest first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.due.total_cmp(&self.due)
+    }
+}
+
+/// The day `at` falls in, growing `days` when the replay runs past the trace.
+fn day(days: &mut Vec<Day>, origin: f64, at: f64) -> &mut Day {
+    let index = ((at - origin) / DAY).floor().max(0.0) as usize;
+    if index >= days.len() {
+        days.resize(index + 1, Day::default());
+    }
+    &mut days[index]
+}
+
+/// Replays `trace` (sorted, as `parse_trace` returns it) through the shaping
+/// of `gateway` (an index into `config.gateways`).
+pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Options) -> Report {
+    let gateway_config: &GatewayConfig = &config.gateways[gateway];
+    let apps = Apps::new(&config.apps);
+    let names = apps.names();
+    let lane_of = |app: &str| {
+        names
+            .iter()
+            .position(|name| name == app)
+            .unwrap_or(names.len() - 1)
+    };
+    let start = trace.first().map_or(0.0, |arrival| arrival.at);
+    let end = trace.last().map_or(0.0, |arrival| arrival.at);
+    // The gateway exists, idle, an hour before the trace: its bucket is full.
+    let model = GatewayModel::new(&gateway_config.shaping, start - 3_600.0);
+    let mut scheduler: Scheduler<Offer> = Scheduler::new(model, apps.weights());
+    let mut report = Report {
+        gateway: gateway_config.name.clone(),
+        messages: trace.len(),
+        sent: 0,
+        given_up: 0,
+        deferrals: [0; 3],
+        apps: names
+            .iter()
+            .map(|name| AppStats {
+                name: name.clone(),
+                ..AppStats::default()
+            })
+            .collect(),
+        delays: Vec::with_capacity(trace.len()),
+        days: Vec::new(),
+        day_origin: (start / DAY).floor() * DAY,
+        peaks: Vec::new(),
+        samples: Vec::new(),
+        burst: gateway_config.shaping.burst,
+    };
+    // Every send with the ceiling in force then, for the window check.
+    let mut sends: Vec<(f64, f64)> = Vec::with_capacity(trace.len());
+    let mut retries: BinaryHeap<Retry> = BinaryHeap::new();
+    let mut arrivals = trace.iter().peekable();
+    let mut sample = Sample {
+        start,
+        span: ((end - start) / PLOT_POINTS).max(60.0),
+        arrived: 0,
+        sent: 0,
+        deferred: 0,
+        ceiling: 0.0,
+        baseline: 0.0,
+        queued: 0,
+    };
+    let mut now = start;
+    let mut release_at = f64::INFINITY;
+    loop {
+        // Offers due now: new arrivals, and apps retrying after a 451.
+        loop {
+            let offer = if let Some(arrival) = arrivals.next_if(|arrival| arrival.at <= now) {
+                day(&mut report.days, report.day_origin, arrival.at).arrived += 1;
+                sample.arrived += 1;
+                let lane = lane_of(&arrival.app);
+                report.apps[lane].offered += 1;
+                Offer {
+                    first: arrival.at,
+                    lane,
+                    recipients: arrival.recipients,
+                    deferred: false,
+                }
+            } else if retries.peek().is_some_and(|retry| retry.due <= now) {
+                retries.pop().expect("peeked").offer
+            } else {
+                break;
+            };
+            let units = scheduler.model.units(offer.recipients as usize);
+            match scheduler.admit(now, offer.lane, units, 0, 0) {
+                Ok(()) => {
+                    scheduler.model.arrived(now, 1);
+                    scheduler.push(now, offer.lane, units, offer);
+                    release_at = now;
+                }
+                Err(deferral) => {
+                    let mut offer = offer;
+                    if !offer.deferred {
+                        offer.deferred = true;
+                        report.apps[offer.lane].deferred_messages += 1;
+                    }
+                    report.deferrals[deferral.reason as usize] += 1;
+                    day(&mut report.days, report.day_origin, now).deferred += 1;
+                    sample.deferred += 1;
+                    let due = now + options.retry_after;
+                    if due - offer.first > GIVE_UP_AFTER {
+                        report.given_up += 1;
+                    } else {
+                        retries.push(Retry { due, offer });
+                    }
+                }
+            }
+        }
+        // Releases the model allows now.
+        if release_at <= now {
+            release_at = f64::INFINITY;
+            loop {
+                match scheduler.next(now) {
+                    Release::Send { waited, lane, .. } => {
+                        report.sent += 1;
+                        report.apps[lane].sent += 1;
+                        report.apps[lane].delays.push(waited);
+                        report.delays.push(waited);
+                        let today = day(&mut report.days, report.day_origin, now);
+                        today.sent += 1;
+                        today.delays.push(waited);
+                        sample.sent += 1;
+                        sends.push((now, scheduler.model.ceiling()));
+                    }
+                    Release::Wait(seconds) => {
+                        // Strictly later, even where seconds vanish in rounding.
+                        release_at = (now + seconds).max(now.next_up());
+                        break;
+                    }
+                    Release::Save => {
+                        let reserve = scheduler.model.reserve();
+                        scheduler.model.snapshot(now, reserve);
+                        scheduler.model.saved(reserve);
+                    }
+                    Release::Idle => break,
+                }
+            }
+        }
+        // The plot's next point.
+        let sample_end = sample.start + sample.span;
+        if now >= sample_end {
+            let view = scheduler.view(sample_end);
+            sample.ceiling = view.model.ceiling;
+            sample.baseline = view.model.baseline;
+            sample.queued = view.queued;
+            let next = Sample {
+                start: sample_end,
+                arrived: 0,
+                sent: 0,
+                deferred: 0,
+                ..sample.clone()
+            };
+            report.samples.push(std::mem::replace(&mut sample, next));
+        }
+        let next_offer = arrivals
+            .peek()
+            .map(|arrival| arrival.at)
+            .into_iter()
+            .chain(retries.peek().map(|retry| retry.due))
+            .fold(f64::INFINITY, f64::min);
+        if next_offer.is_infinite() && scheduler.is_empty() && now >= end {
+            if sample.arrived + sample.sent + sample.deferred > 0 {
+                report.samples.push(sample);
+            }
+            break;
+        }
+        now = next_offer
+            .min(release_at)
+            .min(sample.start + sample.span)
+            .max(now);
+    }
+    for delays in report
+        .days
+        .iter_mut()
+        .map(|day| &mut day.delays)
+        .chain(report.apps.iter_mut().map(|app| &mut app.delays))
+    {
+        delays.sort_by(f64::total_cmp);
+    }
+    report.delays.sort_by(f64::total_cmp);
+    report.peaks = [1.0, 60.0, 3_600.0]
+        .into_iter()
+        .map(|window| peak(&sends, window, report.burst))
+        .collect();
+    report
+}
+
+/// The busiest window of `window` seconds among `sends` (time, ceiling).
+fn peak(sends: &[(f64, f64)], window: f64, burst: u32) -> Peak {
+    let mut worst = Peak {
+        window,
+        most_sent: 0,
+        allowed: 0.0,
+        excess: 0.0,
+    };
+    let mut end = 0;
+    let mut ceiling_max: BinaryHeap<(u64, usize)> = BinaryHeap::new();
+    for (first, (at, _)) in sends.iter().enumerate() {
+        while end < sends.len() && sends[end].0 < at + window {
+            ceiling_max.push((sends[end].1.to_bits(), end));
+            end += 1;
+        }
+        while ceiling_max.peek().is_some_and(|(_, index)| *index < first) {
+            ceiling_max.pop();
+        }
+        let ceiling = ceiling_max
+            .peek()
+            .map_or(0.0, |(bits, _)| f64::from_bits(*bits));
+        let count = end - first;
+        let allowed = ceiling * window + f64::from(burst);
+        if count > worst.most_sent {
+            worst.most_sent = count;
+            worst.allowed = allowed;
+        }
+        worst.excess = worst.excess.max(count as f64 - allowed);
+    }
+    worst
+}
+
+/// The `q` quantile of sorted `values` (0 when empty).
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let index = ((values.len() - 1) as f64 * q).round() as usize;
+    values[index]
+}
+
+impl Report {
+    /// The report as text for the terminal.
+    pub fn to_text(&self) -> String {
+        use crate::config::units::{format_duration, format_rate};
+        let mut out = String::new();
+        let deferred: u64 = self.deferrals.iter().sum();
+        let deferred_messages: usize = self.apps.iter().map(|app| app.deferred_messages).sum();
+        out.push_str(&format!(
+            "gateway {}: {} messages offered, {} sent, {} given up after 5 days of deferrals\n\
+             {deferred_messages} messages deferred at least once; {deferred} deferrals (451 4.7.1) in all\n",
+            self.gateway, self.messages, self.sent, self.given_up
+        ));
+        for reason in DeferReason::ALL {
+            let count = self.deferrals[reason as usize];
+            if count > 0 {
+                out.push_str(&format!("  deferred for {}: {count}\n", reason.as_str()));
+            }
+        }
+        let shaped = self.delays.iter().filter(|delay| **delay >= 1.0).count();
+        out.push_str(&format!(
+            "queue delay: p50 {}, p99 {}, max {}; {} of {} messages waited 1s or more\n",
+            format_duration(quantile(&self.delays, 0.5)),
+            format_duration(quantile(&self.delays, 0.99)),
+            format_duration(self.delays.last().copied().unwrap_or(0.0)),
+            shaped,
+            self.sent
+        ));
+        for peak in &self.peaks {
+            out.push_str(&format!(
+                "most sent in any {}: {} (ceiling x window + burst allowed {:.0}; excess {:.0})\n",
+                format_duration(peak.window),
+                peak.most_sent,
+                peak.allowed,
+                peak.excess.max(0.0)
+            ));
+        }
+        out.push_str(
+            "\napp              offered     sent  deferred  p50 delay  p99 delay  max delay\n",
+        );
+        for app in self.apps.iter().filter(|app| app.offered > 0) {
+            out.push_str(&format!(
+                "{:<15}  {:>7}  {:>7}  {:>8}  {:>9}  {:>9}  {:>9}\n",
+                app.name,
+                app.offered,
+                app.sent,
+                app.deferred_messages,
+                format_duration(quantile(&app.delays, 0.5)),
+                format_duration(quantile(&app.delays, 0.99)),
+                format_duration(app.delays.last().copied().unwrap_or(0.0)),
+            ));
+        }
+        out.push_str(
+            "\nday  arrived     sent  deferred  waited>=1s  p99 delay  max delay  ceiling at end\n",
+        );
+        for (index, day) in self.days.iter().enumerate() {
+            let end = self
+                .samples
+                .iter()
+                .take_while(|sample| sample.start < self.day_origin + (index + 1) as f64 * DAY)
+                .last()
+                .map_or(0.0, |sample| sample.ceiling);
+            out.push_str(&format!(
+                "{:>3}  {:>7}  {:>7}  {:>8}  {:>10}  {:>9}  {:>9}  {:>14}\n",
+                index + 1,
+                day.arrived,
+                day.sent,
+                day.deferred,
+                day.delays.iter().filter(|delay| **delay >= 1.0).count(),
+                format_duration(quantile(&day.delays, 0.99)),
+                format_duration(day.delays.last().copied().unwrap_or(0.0)),
+                format_rate(end)
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(shaping: &str) -> Config {
+        Config::parse(&format!(
+            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{shaping}\n[[apps]]\nname = \"bulk\"\nsenders = [\"bulk.test\"]\n"
+        ))
+        .unwrap()
+    }
+
+    fn arrivals(count: usize, start: f64, every: f64, app: &str) -> Vec<Arrival> {
+        (0..count)
+            .map(|index| Arrival {
+                at: start + index as f64 * every,
+                app: app.into(),
+                recipients: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_burst_is_spread_at_the_ceiling_with_no_excess() {
+        let config = config(
+            "initial_rate = \"60/min\"\nheadroom = 2.0\nburst = 5\nmax_queue_delay = \"1h\"",
+        );
+        let trace = arrivals(3_000, 0.0, 0.01, "bulk");
+        let report = replay(&config, 0, &trace, &Options { retry_after: 600.0 });
+        assert_eq!(report.sent, 3_000);
+        assert_eq!(report.deferrals, [0, 0, 0]);
+        for peak in &report.peaks {
+            assert!(peak.excess <= 0.0, "{peak:?}");
+        }
+        // 3,000 at about 2/s: the last waits about 25 minutes.
+        let max = *report.delays.last().unwrap();
+        assert!((1_400.0..1_600.0).contains(&max), "{max}");
+    }
+
+    #[test]
+    fn traffic_under_the_ceiling_is_not_delayed() {
+        let config = config("initial_rate = \"60/min\"");
+        let trace = arrivals(1_000, 0.0, 2.0, "other");
+        let report = replay(&config, 0, &trace, &Options { retry_after: 600.0 });
+        assert_eq!(report.sent, 1_000);
+        assert_eq!(*report.delays.last().unwrap(), 0.0);
+    }
+
+    #[test]
+    fn deferred_mail_comes_back_and_is_sent() {
+        let config = config("initial_rate = \"60/min\"\nheadroom = 1.0\nmax_queue_delay = \"1m\"");
+        let trace = arrivals(200, 0.0, 0.01, "bulk");
+        let report = replay(&config, 0, &trace, &Options { retry_after: 60.0 });
+        assert!(report.deferrals[DeferReason::QueueDelay as usize] > 0);
+        assert_eq!(report.sent, 200, "every deferred message is offered again");
+        assert!(report.delays.last().unwrap() <= &61.0);
+        assert!(report.to_text().contains("deferred for queue_delay"));
+    }
+}

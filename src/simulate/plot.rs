@@ -1,0 +1,267 @@
+//! Draws a replay as an SVG chart, written by hand (a few lines of SVG need
+//! no plotting library): the top panel shows demand, ceiling, baseline, sent
+//! and deferrals in messages per minute on a log scale, the bottom panel the
+//! queue depth.
+
+use std::fmt::Write;
+
+use super::{Report, Sample};
+
+const WIDTH: f64 = 960.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 20.0;
+const RATES_TOP: f64 = 60.0;
+const RATES_HEIGHT: f64 = 340.0;
+const QUEUE_TOP: f64 = 450.0;
+const QUEUE_HEIGHT: f64 = 150.0;
+const HEIGHT: f64 = 650.0;
+/// The log scale's floor, in messages per minute.
+const FLOOR: f64 = 0.01;
+
+struct Series<'a> {
+    name: &'a str,
+    colour: &'a str,
+    dashed: bool,
+    value: fn(&Sample) -> f64,
+}
+
+const RATE_SERIES: [Series<'static>; 5] = [
+    Series {
+        name: "demand",
+        colour: "#1f77b4",
+        dashed: false,
+        value: |s| s.arrived as f64 / s.span * 60.0,
+    },
+    Series {
+        name: "ceiling",
+        colour: "#d62728",
+        dashed: false,
+        value: |s| s.ceiling * 60.0,
+    },
+    Series {
+        name: "baseline",
+        colour: "#7f7f7f",
+        dashed: true,
+        value: |s| s.baseline * 60.0,
+    },
+    Series {
+        name: "sent",
+        colour: "#2ca02c",
+        dashed: false,
+        value: |s| s.sent as f64 / s.span * 60.0,
+    },
+    Series {
+        name: "deferred (451)",
+        colour: "#ff7f0e",
+        dashed: false,
+        value: |s| s.deferred as f64 / s.span * 60.0,
+    },
+];
+
+/// The chart of `report` as an SVG document.
+pub fn render_svg(report: &Report, title: &str) -> String {
+    let samples = &report.samples;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{}</text>"#,
+        escape(title)
+    );
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        svg.push_str("</svg>\n");
+        return svg;
+    };
+    let t0 = first.start;
+    let t1 = last.start + last.span;
+    let x = |t: f64| LEFT + (t - t0) / (t1 - t0).max(1.0) * (WIDTH - LEFT - RIGHT);
+
+    // Rates, log scale.
+    let top = RATE_SERIES
+        .iter()
+        .flat_map(|series| samples.iter().map(series.value))
+        .fold(1.0, f64::max);
+    let decades_top = top.log10().ceil();
+    let decades = decades_top - FLOOR.log10();
+    let y_rate = |value: f64| {
+        let position = (value.max(FLOOR).log10() - FLOOR.log10()) / decades;
+        RATES_TOP + RATES_HEIGHT * (1.0 - position)
+    };
+    frame(
+        &mut svg,
+        RATES_TOP,
+        RATES_HEIGHT,
+        "messages per minute (log)",
+    );
+    let mut decade = FLOOR.log10();
+    while decade <= decades_top {
+        let value = 10f64.powf(decade);
+        let y = y_rate(value);
+        grid_line(&mut svg, y);
+        let label = if value < 1.0 {
+            format!("{value}")
+        } else {
+            format!("{value:.0}")
+        };
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="end">{label}</text>"#,
+            LEFT - 6.0,
+            y + 4.0
+        );
+        decade += 1.0;
+    }
+    for series in &RATE_SERIES {
+        let points: Vec<(f64, f64)> = samples
+            .iter()
+            .map(|s| (x(s.start + s.span), y_rate((series.value)(s))))
+            .collect();
+        polyline(&mut svg, &points, series.colour, series.dashed);
+    }
+    let mut legend_x = LEFT;
+    for series in &RATE_SERIES {
+        let dash = if series.dashed {
+            r#" stroke-dasharray="6 4""#
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            svg,
+            r#"<line x1="{legend_x}" y1="44" x2="{}" y2="44" stroke="{}" stroke-width="2.5"{dash}/><text x="{}" y="48">{}</text>"#,
+            legend_x + 22.0,
+            series.colour,
+            legend_x + 27.0,
+            escape(series.name)
+        );
+        legend_x += 40.0 + series.name.len() as f64 * 7.0;
+    }
+
+    // Queue depth, linear.
+    let most = samples.iter().map(|s| s.queued).max().unwrap_or(0).max(1) as f64;
+    let scale = nice_ceiling(most);
+    let y_queue = |value: f64| QUEUE_TOP + QUEUE_HEIGHT * (1.0 - value / scale);
+    frame(&mut svg, QUEUE_TOP, QUEUE_HEIGHT, "messages queued");
+    for step in 0..=4 {
+        let value = scale * f64::from(step) / 4.0;
+        let y = y_queue(value);
+        grid_line(&mut svg, y);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="end">{value:.0}</text>"#,
+            LEFT - 6.0,
+            y + 4.0
+        );
+    }
+    let points: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|s| (x(s.start + s.span), y_queue(s.queued as f64)))
+        .collect();
+    polyline(&mut svg, &points, "#9467bd", false);
+
+    // Time axis: days when the trace spans more than two, else hours.
+    let span = t1 - t0;
+    let (unit, name) = if span > 2.0 * 86_400.0 {
+        (86_400.0, "day")
+    } else {
+        (3_600.0, "h")
+    };
+    let every = ((span / unit) / 14.0).ceil().max(1.0);
+    // Ticks count from the midnight before the trace, like the day table.
+    let origin = report.day_origin;
+    let mut tick = ((t0 - origin) / unit).ceil();
+    while origin + tick * unit <= t1 {
+        let tx = x(origin + tick * unit);
+        for (panel_top, panel_height) in [(RATES_TOP, RATES_HEIGHT), (QUEUE_TOP, QUEUE_HEIGHT)] {
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{tx}" y1="{panel_top}" x2="{tx}" y2="{}" stroke="#eee"/>"##,
+                panel_top + panel_height
+            );
+        }
+        let label = if name == "day" {
+            format!("day {}", tick + 1.0)
+        } else {
+            format!("{tick}h")
+        };
+        let _ = writeln!(
+            svg,
+            r#"<text x="{tx}" y="{}" text-anchor="middle">{label}</text>"#,
+            QUEUE_TOP + QUEUE_HEIGHT + 18.0
+        );
+        tick += every;
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn frame(svg: &mut String, top: f64, height: f64, label: &str) {
+    let _ = writeln!(
+        svg,
+        r##"<rect x="{LEFT}" y="{top}" width="{}" height="{height}" fill="none" stroke="#999"/>"##,
+        WIDTH - LEFT - RIGHT
+    );
+    let middle = top + height / 2.0;
+    let _ = writeln!(
+        svg,
+        r#"<text x="16" y="{middle}" transform="rotate(-90 16 {middle})" text-anchor="middle">{}</text>"#,
+        escape(label)
+    );
+}
+
+fn grid_line(svg: &mut String, y: f64) {
+    let _ = writeln!(
+        svg,
+        r##"<line x1="{LEFT}" y1="{y}" x2="{}" y2="{y}" stroke="#eee"/>"##,
+        WIDTH - RIGHT
+    );
+}
+
+fn polyline(svg: &mut String, points: &[(f64, f64)], colour: &str, dashed: bool) {
+    let mut path = String::new();
+    for (x, y) in points {
+        let _ = write!(path, "{x:.1},{y:.1} ");
+    }
+    let dash = if dashed {
+        r#" stroke-dasharray="6 4""#
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        svg,
+        r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.6"{dash}/>"#,
+        path.trim_end()
+    );
+}
+
+/// 1, 2 or 5 times a power of ten, at least `value`.
+fn nice_ceiling(value: f64) -> f64 {
+    let power = 10f64.powf(value.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|factor| factor * power)
+        .find(|nice| *nice >= value)
+        .unwrap_or(10.0 * power)
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scales_and_escapes() {
+        assert_eq!(nice_ceiling(3.0), 5.0);
+        assert_eq!(nice_ceiling(5_001.0), 10_000.0);
+        assert_eq!(nice_ceiling(1.0), 1.0);
+        assert_eq!(escape("a<b&c"), "a&lt;b&amp;c");
+    }
+}
