@@ -317,7 +317,7 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
         delays.sort_by(f64::total_cmp);
     }
     report.delays.sort_by(f64::total_cmp);
-    report.peaks = [1.0, 60.0, 3_600.0]
+    report.peaks = [1.0, 10.0, 60.0, 3_600.0]
         .into_iter()
         .map(|window| peak(&sends, window, report.burst))
         .collect();
