@@ -19,8 +19,21 @@ struct Process {
 }
 
 fn write_config(dir: &Path, listen: SocketAddr, gateway: SocketAddr) -> std::path::PathBuf {
+    write_config_with(dir, listen, gateway, "")
+}
+
+/// The test config with `shaping` lines added to its [gateways.shaping].
+fn write_config_with(
+    dir: &Path,
+    listen: SocketAddr,
+    gateway: SocketAddr,
+    shaping: &str,
+) -> std::path::PathBuf {
     let path = dir.join("smtp-shaper.toml");
-    let toml = support::test_config_toml(&listen.to_string(), &dir.join("spool"), gateway);
+    let toml = support::test_config_toml(&listen.to_string(), &dir.join("spool"), gateway).replace(
+        "[gateways.shaping]",
+        &format!("[gateways.shaping]\n{shaping}"),
+    );
     std::fs::write(&path, toml).unwrap();
     path
 }
@@ -236,4 +249,58 @@ async fn a_transaction_in_flight_at_shutdown_may_finish() {
     let service = start(test_config(spool.path(), sink.address)).await;
     eventually("the last message delivered", || sink.count() == 1).await;
     service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_cap_holds_across_sigkill() {
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_address();
+    let config = write_config_with(dir.path(), listen, sink.address, "limits = [\"4/day\"]");
+    let mut process = spawn(&config, listen).await;
+    let mut client = Client::ready(listen).await;
+    for index in 0..3 {
+        let reply = client
+            .offer(
+                "app@example.com",
+                "a@example.org",
+                &body(&format!("m{index}")),
+            )
+            .await;
+        assert_eq!(reply.code, 250, "{reply:?}");
+    }
+    eventually("3 delivered", || sink.count() == 3).await;
+    drop(client);
+    process.kill();
+
+    // The saved counts cover every send (plus at most the reserve of 1), so
+    // after the crash at most one more fits in the day, and never two.
+    let _process = spawn(&config, listen).await;
+    let mut client = Client::ready(listen).await;
+    let mut accepted = 0;
+    let mut deferred = Vec::new();
+    for index in 3..5 {
+        let reply = client
+            .offer(
+                "app@example.com",
+                "a@example.org",
+                &body(&format!("m{index}")),
+            )
+            .await;
+        match reply.code {
+            250 => accepted += 1,
+            _ => deferred.push(reply),
+        }
+    }
+    assert!(accepted <= 1, "{accepted} accepted past a 4/day cap");
+    assert!(
+        deferred
+            .iter()
+            .all(|reply| reply.code == 451 && reply.text.contains("sending cap")),
+        "{deferred:?}"
+    );
+    eventually("the accepted one delivered", || {
+        sink.count() == 3 + accepted
+    })
+    .await;
 }

@@ -321,6 +321,22 @@ impl Client {
         queue_id(&reply)
     }
 
+    /// One transaction the service may defer at RCPT: returns the RCPT reply
+    /// when it is not 250 (after RSET), else the reply to the end of DATA.
+    pub async fn offer(&mut self, from: &str, to: &str, body: &[u8]) -> ClientReply {
+        let mail = self.command(&format!("MAIL FROM:<{from}>")).await;
+        assert_eq!(mail.code, 250, "MAIL: {mail:?}");
+        let rcpt = self.command(&format!("RCPT TO:<{to}>")).await;
+        if rcpt.code != 250 {
+            assert_eq!(self.command("RSET").await.code, 250);
+            return rcpt;
+        }
+        let reply = self.command("DATA").await;
+        assert_eq!(reply.code, 354, "DATA: {reply:?}");
+        self.send_raw(&stuff(body)).await;
+        self.reply().await.expect("reply to end of DATA")
+    }
+
     /// One whole transaction; `body` is sent dot-stuffed. Returns the final reply.
     pub async fn send_message(&mut self, from: &str, to: &[&str], body: &[u8]) -> ClientReply {
         let reply = self.command(&format!("MAIL FROM:<{from}>")).await;
@@ -377,7 +393,7 @@ pub fn test_config_toml(listen: &str, spool_dir: &std::path::Path, gateway: Sock
         retry_max = "400ms"
         connect_timeout = "2s"
         # Fast enough that shaping never holds a test back (shaping tests
-        # write their own [gateways.shaping]).
+        # set their own shaping section).
         [gateways.shaping]
         initial_rate = "10000/s"
         min_rate = "10000/s"
