@@ -251,6 +251,17 @@ async fn a_transaction_in_flight_at_shutdown_may_finish() {
     service.shutdown().await;
 }
 
+/// Offers message number `index` (the service may defer it at RCPT).
+async fn offer_tagged(client: &mut Client, index: usize) -> support::ClientReply {
+    client
+        .offer(
+            "app@example.com",
+            "a@example.org",
+            &body(&format!("m{index}")),
+        )
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hard_cap_holds_across_sigkill() {
     let sink = Sink::start().await;
@@ -260,13 +271,7 @@ async fn a_hard_cap_holds_across_sigkill() {
     let mut process = spawn(&config, listen).await;
     let mut client = Client::ready(listen).await;
     for index in 0..3 {
-        let reply = client
-            .offer(
-                "app@example.com",
-                "a@example.org",
-                &body(&format!("m{index}")),
-            )
-            .await;
+        let reply = offer_tagged(&mut client, index).await;
         assert_eq!(reply.code, 250, "{reply:?}");
     }
     eventually("3 delivered", || sink.count() == 3).await;
@@ -280,13 +285,7 @@ async fn a_hard_cap_holds_across_sigkill() {
     let mut accepted = 0;
     let mut deferred = Vec::new();
     for index in 3..5 {
-        let reply = client
-            .offer(
-                "app@example.com",
-                "a@example.org",
-                &body(&format!("m{index}")),
-            )
-            .await;
+        let reply = offer_tagged(&mut client, index).await;
         match reply.code {
             250 => accepted += 1,
             _ => deferred.push(reply),
