@@ -17,6 +17,7 @@ pub mod shutdown;
 pub mod simulate;
 pub mod smtp;
 pub mod spool;
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -30,10 +31,12 @@ use config::Config;
 use outbound::Outbound;
 use shutdown::Shutdown;
 use spool::Spool;
+use tls::server::ServerTls;
 
 /// A running service: the listener, the delivery workers and the spool.
 pub struct Service {
     smtp_address: SocketAddr,
+    tls_address: Option<SocketAddr>,
     outbound: Outbound,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -53,14 +56,33 @@ impl Service {
                 )
             })?;
         let smtp_address = listener.local_addr()?;
+        let tls = match &config.server.tls {
+            Some(tls) => Some(Arc::new(ServerTls::load(&tls.certificate, &tls.key)?)),
+            None => None,
+        };
+        let tls_listener = match config.server.tls.as_ref().and_then(|tls| tls.listen) {
+            Some(address) => Some(TcpListener::bind(address).await.map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("cannot listen for TLS on {address}: {error}"),
+                )
+            })?),
+            None => None,
+        };
+        let tls_address = match &tls_listener {
+            Some(listener) => Some(listener.local_addr()?),
+            None => None,
+        };
         let (stop, shutdown) = Shutdown::channel();
         let mut workers = JoinSet::new();
-        let outbound = Outbound::start(&config, spool.clone(), &mut workers, shutdown.clone());
+        let outbound = Outbound::start(&config, spool.clone(), &mut workers, shutdown.clone())?;
         for message in recovered {
             outbound.recovered(message);
         }
         tracing::info!(
             listen = %smtp_address,
+            tls_listen = %tls_address.map_or_else(|| "none".into(), |a| a.to_string()),
+            starttls = tls.is_some(),
             spool = %config.spool.dir.display(),
             gateways = config.gateways.len(),
             "smtp-shaper started"
@@ -72,9 +94,10 @@ impl Service {
             config,
             spool: spool.clone(),
             outbound: outbound.clone(),
+            tls,
         });
         let task = tokio::spawn(async move {
-            inbound::serve(listener, context, shutdown).await;
+            inbound::serve(listener, tls_listener, context, shutdown).await;
             let finished = tokio::time::timeout(grace, async {
                 while workers.join_next().await.is_some() {}
             })
@@ -90,6 +113,7 @@ impl Service {
         });
         Ok(Service {
             smtp_address,
+            tls_address,
             outbound,
             stop,
             task,
@@ -99,6 +123,11 @@ impl Service {
     /// The address the SMTP listener is bound to (useful with port 0).
     pub fn smtp_address(&self) -> SocketAddr {
         self.smtp_address
+    }
+
+    /// The implicit-TLS listener's address, when `[server.tls] listen` is set.
+    pub fn tls_address(&self) -> Option<SocketAddr> {
+        self.tls_address
     }
 
     /// Messages queued for the named gateway.

@@ -44,6 +44,30 @@ pub struct ServerConfig {
     pub allowed_networks: Vec<Network>,
     /// Threads running sessions and deliveries (the spool writer has its own).
     pub worker_threads: usize,
+    /// `[server.tls]`: STARTTLS (and an implicit-TLS listener) when set.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// `[server.tls]`: the certificate applications see.
+#[derive(Debug, Clone)]
+pub struct ServerTlsConfig {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    /// An extra listener speaking TLS from the first byte (port 465 style).
+    pub listen: Option<SocketAddr>,
+}
+
+/// A gateway's `tls` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayTls {
+    /// Plain SMTP, never STARTTLS.
+    None,
+    /// STARTTLS when the gateway offers it, any certificate accepted.
+    Opportunistic,
+    /// STARTTLS with a verified certificate, or no delivery (retried later).
+    Required,
+    /// TLS from the first byte (port 465), verified.
+    Implicit,
 }
 
 /// `[spool]`: where accepted mail waits for delivery.
@@ -67,6 +91,11 @@ pub struct GatewayConfig {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub max_age: Duration,
+    pub tls: GatewayTls,
+    /// PEM roots to verify the gateway with (default: the system's).
+    pub tls_ca_file: Option<PathBuf>,
+    /// The name the certificate must carry (default: the address's host).
+    pub tls_server_name: Option<String>,
     pub shaping: ShapingConfig,
 }
 
@@ -282,12 +311,38 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
             |v| v.parse().ok(),
         ),
         worker_threads: s.integer("worker_threads", 1, 1, 256),
+        tls: read_server_tls(s.subsection("tls")),
     };
     if server.max_message_size < 1024 {
         s.problem("max_message_size", "must be at least 1KiB");
     }
     s.finish();
     server
+}
+
+fn read_server_tls(mut s: Section<'_>) -> Option<ServerTlsConfig> {
+    if s.is_empty() {
+        s.finish();
+        return None;
+    }
+    let file = "a PEM file path, e.g. \"/etc/smtp-shaper/tls/cert.pem\"";
+    let tls = ServerTlsConfig {
+        certificate: s.required("certificate", file, parse_path),
+        key: s.required("key", file, parse_path),
+        listen: s.parsed("listen", "", SOCKET_FORMS, |v| {
+            if v.is_empty() {
+                Some(None)
+            } else {
+                v.parse().ok().map(Some)
+            }
+        }),
+    };
+    s.finish();
+    Some(tls)
+}
+
+fn parse_path(text: &str) -> Option<PathBuf> {
+    (!text.is_empty()).then(|| PathBuf::from(text))
 }
 
 fn read_spool(mut s: Section<'_>) -> SpoolConfig {
@@ -353,6 +408,33 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
             "5d",
             units::DURATION_FORMS,
             units::parse_duration,
+        ),
+        tls: s.parsed(
+            "tls",
+            "opportunistic",
+            "\"none\", \"opportunistic\", \"required\" or \"implicit\"",
+            |v| match v {
+                "none" => Some(GatewayTls::None),
+                "opportunistic" => Some(GatewayTls::Opportunistic),
+                "required" => Some(GatewayTls::Required),
+                "implicit" => Some(GatewayTls::Implicit),
+                _ => None,
+            },
+        ),
+        tls_ca_file: s.parsed("tls_ca_file", "", "a PEM file path", |v| {
+            Some(parse_path(v))
+        }),
+        tls_server_name: s.parsed(
+            "tls_server_name",
+            "",
+            "a host name, e.g. \"smtp.example.com\"",
+            |v| {
+                if v.is_empty() {
+                    Some(None)
+                } else {
+                    is_hostname(v).then(|| Some(v.to_string()))
+                }
+            },
         ),
         shaping: read_shaping(s.subsection("shaping")),
     };

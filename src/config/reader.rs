@@ -53,6 +53,11 @@ impl<'p> Section<'p> {
         }
     }
 
+    /// True when the table has no keys left to read (e.g. an absent section).
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
     pub fn problem(&mut self, key: &str, message: &str) {
         let path = self.key_path(key);
         self.problems.push(&path, message);

@@ -4,6 +4,10 @@
 //! holds no further complete command, so a pipelining client gets one write
 //! per batch. A message is answered 250 only after the spool has it on stable
 //! storage; a spool failure is answered 452 4.3.1.
+//!
+//! STARTTLS: after the 220, whatever the client had already sent is thrown
+//! away unread (a command injected before the handshake must not run as if
+//! it came over TLS, CVE-2011-0411) and the session starts over.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
 
 use super::Context;
 use super::session::{Session, Step, Transaction};
@@ -20,6 +25,7 @@ use crate::smtp::line::Framed;
 use crate::smtp::trace::{TraceInfo, received_header};
 use crate::smtp::{self, DataReceiver, Reply};
 use crate::spool::{Envelope, new_queue_id, unix_seconds};
+use crate::tls::Stream;
 
 /// Longest command line, CRLF included (RFC 5321 4.5.3.1.4).
 const MAX_COMMAND_LINE: usize = 512;
@@ -34,7 +40,7 @@ enum Input {
 
 /// The socket and its buffers: input not yet parsed, replies not yet sent.
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buffer: Vec<u8>,
     out: Vec<u8>,
     /// A client that stops reading its replies is dropped after this long,
@@ -81,22 +87,53 @@ impl Conn {
     }
 }
 
-/// Serves one accepted connection to its end.
+/// The TLS handshake as the server, bounded by `limit`.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    limit: Duration,
+) -> std::io::Result<Stream> {
+    match timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Ok(Stream::Server(Box::new(tls))),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "TLS handshake timed out",
+        )),
+    }
+}
+
+/// Serves one accepted connection to its end; with `implicit_tls`, the TLS
+/// handshake comes first (the implicit-TLS listener).
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     context: Arc<Context>,
     mut shutdown: Shutdown,
+    implicit_tls: bool,
 ) {
     let _ = stream.set_nodelay(true);
+    let server = &context.config.server;
+    let stream = match (&context.tls, implicit_tls) {
+        (Some(tls), true) => match handshake(tls.acceptor(), stream, server.idle_timeout).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::info!(client = %peer, %error, "TLS handshake failed on the TLS listener");
+                return;
+            }
+        },
+        _ => Stream::Plain(stream),
+    };
     let mut conn = Conn {
         stream,
         buffer: Vec::with_capacity(8192),
         out: Vec::with_capacity(1024),
-        write_timeout: context.config.server.idle_timeout,
+        write_timeout: server.idle_timeout,
     };
-    let server = &context.config.server;
     let mut session = Session::new(server, &context.router, &context.outbound, peer.ip());
+    if conn.stream.is_tls() {
+        session.tls_started();
+    }
     session.greeting().write_to(&mut conn.out);
     let result = run(&mut conn, &mut session, &context, &mut shutdown).await;
     if let Err(error) = result {
@@ -164,6 +201,13 @@ async fn run(
                         return Ok(());
                     }
                 }
+                Step::StartTls(reply) => {
+                    reply.write_to(&mut conn.out);
+                    conn.flush().await?;
+                    if !start_tls(conn, session, context).await {
+                        return Ok(());
+                    }
+                }
             }
         }
         conn.flush().await?;
@@ -190,6 +234,37 @@ async fn run(
                 .write_to(&mut conn.out);
                 return Ok(());
             }
+        }
+    }
+}
+
+/// Upgrades the connection after the 220 to STARTTLS; false when the
+/// handshake failed and the connection is done.
+async fn start_tls(conn: &mut Conn, session: &mut Session<'_>, context: &Context) -> bool {
+    let Some(tls) = &context.tls else {
+        return false;
+    };
+    if !conn.buffer.is_empty() {
+        tracing::warn!(
+            client = %session.client_ip,
+            bytes = conn.buffer.len(),
+            "discarded input sent before the TLS handshake (STARTTLS command injection?)"
+        );
+        conn.buffer.clear();
+    }
+    let Some(tcp) = conn.stream.take_plain() else {
+        return false;
+    };
+    match handshake(tls.acceptor(), tcp, context.config.server.idle_timeout).await {
+        Ok(stream) => {
+            tracing::debug!(client = %session.client_ip, tls = %stream.tls_description().unwrap_or_default(), "STARTTLS done");
+            conn.stream = stream;
+            session.tls_started();
+            true
+        }
+        Err(error) => {
+            tracing::info!(client = %session.client_ip, %error, "STARTTLS handshake failed");
+            false
         }
     }
 }
@@ -239,7 +314,7 @@ async fn receive_message(
             log_refusal(session, &reply);
             return Ok(Some(reply));
         }
-        Err(Step::Reply(reply) | Step::Data(reply)) => {
+        Err(Step::Reply(reply) | Step::Data(reply) | Step::StartTls(reply)) => {
             tracing::info!(client = %session.client_ip, reply = %reply, "message refused");
             reply.write_to(&mut conn.out);
             return Ok(None);

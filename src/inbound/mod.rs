@@ -20,6 +20,7 @@ use crate::policy::{Network, Router};
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use crate::spool::Spool;
+use crate::tls::server::ServerTls;
 
 /// What every session needs, shared read-only.
 pub struct Context {
@@ -27,18 +28,27 @@ pub struct Context {
     pub router: Router,
     pub spool: Spool,
     pub outbound: Outbound,
+    /// The certificate for STARTTLS and the TLS listener, when configured.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 /// Accepts connections until `shutdown` turns true, then lets open sessions
 /// finish for up to `shutdown_grace` and drops the rest (none of them has
 /// been answered 250 for an unfinished message, so nothing is lost).
-pub async fn serve(listener: TcpListener, context: Arc<Context>, mut shutdown: Shutdown) {
+/// `tls_listener` speaks TLS from the first byte; both share the limits.
+pub async fn serve(
+    listener: TcpListener,
+    tls_listener: Option<TcpListener>,
+    context: Arc<Context>,
+    mut shutdown: Shutdown,
+) {
     let server = &context.config.server;
     let slots = Arc::new(Semaphore::new(server.max_connections));
     let mut sessions = JoinSet::new();
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (accepted, implicit_tls) = tokio::select! {
+            accepted = listener.accept() => (accepted, false),
+            accepted = accept_on(tls_listener.as_ref()) => (accepted, true),
             _ = shutdown.stopped() => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
         };
@@ -79,11 +89,12 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>, mut shutdown: S
         let context = context.clone();
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
-            connection::serve(stream, peer, context, shutdown).await;
+            connection::serve(stream, peer, context, shutdown, implicit_tls).await;
             drop(slot);
         });
     }
     drop(listener);
+    drop(tls_listener);
     let grace = server.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
         while sessions.join_next().await.is_some() {}
@@ -95,6 +106,16 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>, mut shutdown: S
             "sessions still open after shutdown_grace; closing them"
         );
         sessions.shutdown().await;
+    }
+}
+
+/// Accepts on `listener`, or waits forever when there is none.
+async fn accept_on(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
     }
 }
 

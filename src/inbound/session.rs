@@ -22,6 +22,9 @@ pub enum Step {
     Data(Reply),
     /// Send the reply and close the connection.
     Close(Reply),
+    /// Send the reply (220), then discard any buffered input and start the
+    /// TLS handshake; call [`Session::tls_started`] when it succeeds.
+    StartTls(Reply),
 }
 
 /// The envelope being built by MAIL and RCPT.
@@ -44,6 +47,8 @@ pub struct Session<'a> {
     esmtp: bool,
     transaction: Option<Transaction>,
     errors: u32,
+    /// The connection is encrypted (after STARTTLS or on the TLS listener).
+    tls: bool,
 }
 
 impl<'a> Session<'a> {
@@ -64,7 +69,22 @@ impl<'a> Session<'a> {
             esmtp: false,
             transaction: None,
             errors: 0,
+            tls: false,
         }
+    }
+
+    /// The TLS handshake succeeded: everything said before it is forgotten
+    /// (RFC 3207 4.2), so the client starts again with EHLO.
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.helo = None;
+        self.esmtp = false;
+        self.transaction = None;
+    }
+
+    /// True once the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The 220 banner.
@@ -82,12 +102,16 @@ impl<'a> Session<'a> {
         self.helo.as_deref().unwrap_or("unknown")
     }
 
-    /// `ESMTP`, `SMTP` or `UTF8SMTP`, for the trace header.
+    /// `ESMTP`, `SMTP` or `UTF8SMTP`, with `S` under TLS (RFC 3848), for
+    /// the trace header.
     pub fn protocol(&self, transaction: &Transaction) -> &'static str {
-        match (self.esmtp, transaction.params.smtputf8) {
-            (true, true) => "UTF8SMTP",
-            (true, false) => "ESMTP",
-            (false, _) => "SMTP",
+        match (self.esmtp, transaction.params.smtputf8, self.tls) {
+            (true, true, false) => "UTF8SMTP",
+            (true, true, true) => "UTF8SMTPS",
+            (true, false, false) => "ESMTP",
+            (true, false, true) => "ESMTPS",
+            (false, _, false) => "SMTP",
+            (false, _, true) => "SMTPS",
         }
     }
 
@@ -102,18 +126,19 @@ impl<'a> Session<'a> {
                 self.helo = Some(host.clone());
                 self.esmtp = true;
                 self.transaction = None;
-                Step::Reply(Reply {
-                    code: 250,
-                    lines: vec![
-                        format!("{} greets {host}", self.server.hostname),
-                        "PIPELINING".into(),
-                        format!("SIZE {}", self.server.max_message_size),
-                        "8BITMIME".into(),
-                        "ENHANCEDSTATUSCODES".into(),
-                        "SMTPUTF8".into(),
-                        "HELP".into(),
-                    ],
-                })
+                let mut lines = vec![
+                    format!("{} greets {host}", self.server.hostname),
+                    "PIPELINING".into(),
+                    format!("SIZE {}", self.server.max_message_size),
+                    "8BITMIME".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                    "SMTPUTF8".into(),
+                ];
+                if self.server.tls.is_some() && !self.tls {
+                    lines.push("STARTTLS".into());
+                }
+                lines.push("HELP".into());
+                Step::Reply(Reply { code: 250, lines })
             }
             Command::Helo(host) => {
                 self.helo = Some(host);
@@ -147,9 +172,19 @@ impl<'a> Session<'a> {
                 code: 214,
                 lines: vec![
                     "2.0.0 smtp-shaper relays application mail to its gateways".into(),
-                    "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP".into(),
+                    "2.0.0 Commands: EHLO HELO STARTTLS MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
+                        .into(),
                 ],
             }),
+            Command::StartTls => {
+                if self.tls {
+                    self.refuse(Reply::new(503, "5.5.1 Error: TLS already active"))
+                } else if self.server.tls.is_none() {
+                    self.refuse(Reply::new(454, "4.7.0 TLS not available"))
+                } else {
+                    Step::StartTls(Reply::new(220, "2.0.0 Ready to start TLS"))
+                }
+            }
             Command::NotImplemented(verb) => self.refuse(Reply::new(
                 502,
                 format!("5.5.1 Error: {verb} not implemented"),
@@ -387,7 +422,9 @@ mod tests {
 
     fn code(step: Step) -> u16 {
         match step {
-            Step::Reply(reply) | Step::Data(reply) | Step::Close(reply) => reply.code,
+            Step::Reply(reply) | Step::Data(reply) | Step::Close(reply) | Step::StartTls(reply) => {
+                reply.code
+            }
         }
     }
 

@@ -5,12 +5,24 @@
 //! PIPELINING (RFC 2920), so a transaction costs two round trips. Every read
 //! has a timeout. A connection whose state is unknown after an error is
 //! dropped, never reused.
+//!
+//! TLS per the gateway's `tls`: `implicit` handshakes before the greeting;
+//! `required` and `opportunistic` say STARTTLS when the gateway offers it,
+//! then EHLO again (capabilities are only believed from inside TLS).
+//! `required` never falls back: no STARTTLS offered, or a certificate that
+//! does not verify, fails the connection (the message is retried later).
+//! `opportunistic` reconnects in plain text once if the handshake fails.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+use crate::config::GatewayTls;
+use crate::tls::Stream;
+use crate::tls::client::Upstream;
 
 use crate::smtp::{Body, Reply, dot_stuff};
 use crate::spool::Envelope;
@@ -22,6 +34,7 @@ pub struct Capabilities {
     pub eight_bit_mime: bool,
     pub smtputf8: bool,
     pub size: bool,
+    pub starttls: bool,
 }
 
 /// How a transaction or connection failed before it produced replies.
@@ -34,6 +47,8 @@ pub struct ClientError {
     /// The gateway's refusal, when the failure was one (e.g. a 421 greeting),
     /// so the shaper can hear a throttling signal in it.
     pub refusal: Option<Reply>,
+    /// The TLS handshake failed (the connection is unusable).
+    pub handshake_failed: bool,
 }
 
 impl std::fmt::Display for ClientError {
@@ -52,17 +67,53 @@ pub struct Transaction {
 
 /// An open, greeted connection to a gateway.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     buffer: Vec<u8>,
     capabilities: Capabilities,
     command_timeout: Duration,
 }
 
 impl Connection {
-    /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused).
+    /// Connects, reads the greeting, says EHLO (HELO if EHLO is refused)
+    /// and sets up TLS as `tls` says (see the module notes).
     pub async fn open(
         address: &str,
         helo_name: &str,
+        tls: &Upstream,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        let opened = Connection::open_with(
+            address,
+            helo_name,
+            tls,
+            tls.mode,
+            connect_timeout,
+            command_timeout,
+        )
+        .await;
+        match opened {
+            Err(error) if error.handshake_failed && tls.mode == GatewayTls::Opportunistic => {
+                tracing::warn!(%address, %error, "opportunistic TLS failed; delivering without TLS on a new connection");
+                Connection::open_with(
+                    address,
+                    helo_name,
+                    tls,
+                    GatewayTls::None,
+                    connect_timeout,
+                    command_timeout,
+                )
+                .await
+            }
+            other => other,
+        }
+    }
+
+    async fn open_with(
+        address: &str,
+        helo_name: &str,
+        tls: &Upstream,
+        mode: GatewayTls,
         connect_timeout: Duration,
         command_timeout: Duration,
     ) -> Result<Connection, ClientError> {
@@ -72,35 +123,105 @@ impl Connection {
             .map_err(|error| early(format!("connect to {address} failed: {error}")))?;
         let _ = stream.set_nodelay(true);
         let mut connection = Connection {
-            stream,
+            stream: Stream::Plain(stream),
             buffer: Vec::with_capacity(4096),
             capabilities: Capabilities::default(),
             command_timeout,
         };
+        if mode == GatewayTls::Implicit {
+            connection.handshake(tls).await?;
+        }
         let greeting = connection.read_reply().await.map_err(mark_early)?;
         if greeting.code != 220 {
             let mut error = early(format!("gateway greeting refused: {greeting}"));
             error.refusal = Some(greeting);
             return Err(error);
         }
-        connection
-            .write(format!("EHLO {helo_name}\r\n").as_bytes())
-            .await
-            .map_err(mark_early)?;
-        let ehlo = connection.read_reply().await.map_err(mark_early)?;
-        if ehlo.is_positive() {
-            connection.capabilities = parse_capabilities(&ehlo);
-        } else {
-            connection
-                .write(format!("HELO {helo_name}\r\n").as_bytes())
-                .await
-                .map_err(mark_early)?;
-            let helo = connection.read_reply().await.map_err(mark_early)?;
-            if !helo.is_positive() {
-                return Err(early(format!("gateway refused EHLO and HELO: {helo}")));
+        connection.hello(helo_name).await?;
+        if matches!(mode, GatewayTls::Required | GatewayTls::Opportunistic) {
+            if connection.capabilities.starttls {
+                connection
+                    .write(b"STARTTLS\r\n")
+                    .await
+                    .map_err(mark_early)?;
+                let reply = connection.read_reply().await.map_err(mark_early)?;
+                if reply.code != 220 {
+                    if mode == GatewayTls::Required {
+                        return Err(early(format!(
+                            "gateway refused STARTTLS ({reply}) and tls = \"required\""
+                        )));
+                    }
+                } else {
+                    if !connection.buffer.is_empty() {
+                        return Err(early(
+                            "gateway sent data after its STARTTLS reply (injection?); not using this connection".into(),
+                        ));
+                    }
+                    connection.handshake(tls).await?;
+                    connection.hello(helo_name).await?;
+                }
+            } else if mode == GatewayTls::Required {
+                return Err(early(
+                    "gateway does not offer STARTTLS and tls = \"required\"".into(),
+                ));
             }
         }
         Ok(connection)
+    }
+
+    /// EHLO (HELO if refused), keeping the capabilities it lists.
+    async fn hello(&mut self, helo_name: &str) -> Result<(), ClientError> {
+        self.write(format!("EHLO {helo_name}\r\n").as_bytes())
+            .await
+            .map_err(mark_early)?;
+        let ehlo = self.read_reply().await.map_err(mark_early)?;
+        if ehlo.is_positive() {
+            self.capabilities = parse_capabilities(&ehlo);
+            return Ok(());
+        }
+        self.capabilities = Capabilities::default();
+        self.write(format!("HELO {helo_name}\r\n").as_bytes())
+            .await
+            .map_err(mark_early)?;
+        let helo = self.read_reply().await.map_err(mark_early)?;
+        if !helo.is_positive() {
+            return Err(early(format!("gateway refused EHLO and HELO: {helo}")));
+        }
+        Ok(())
+    }
+
+    /// The TLS handshake as the client, verifying as `tls` says.
+    async fn handshake(&mut self, tls: &Upstream) -> Result<(), ClientError> {
+        let Some(tcp) = self.stream.take_plain() else {
+            return Err(early("TLS is already active".into()));
+        };
+        let connector = TlsConnector::from(tls.config.clone());
+        match timeout(
+            self.command_timeout,
+            connector.connect(tls.server_name.clone(), tcp),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => {
+                self.stream = Stream::Client(Box::new(stream));
+                Ok(())
+            }
+            Ok(Err(error)) => {
+                let mut failure = early(format!("TLS handshake with the gateway failed: {error}"));
+                failure.handshake_failed = true;
+                Err(failure)
+            }
+            Err(_) => {
+                let mut failure = early("TLS handshake with the gateway timed out".into());
+                failure.handshake_failed = true;
+                Err(failure)
+            }
+        }
+    }
+
+    /// True when the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
     }
 
     /// Sends one message to the recipients at `recipients` (indices into the envelope).
@@ -263,6 +384,7 @@ fn parse_capabilities(ehlo: &Reply) -> Capabilities {
             "8BITMIME" => capabilities.eight_bit_mime = true,
             "SMTPUTF8" => capabilities.smtputf8 = true,
             "SIZE" => capabilities.size = true,
+            "STARTTLS" => capabilities.starttls = true,
             _ => {}
         }
     }
@@ -274,6 +396,7 @@ fn early(message: String) -> ClientError {
         message,
         before_mail_reply: true,
         refusal: None,
+        handshake_failed: false,
     }
 }
 
@@ -282,6 +405,7 @@ fn late(message: String) -> ClientError {
         message,
         before_mail_reply: false,
         refusal: None,
+        handshake_failed: false,
     }
 }
 

@@ -29,6 +29,7 @@ use crate::policy::Apps;
 use crate::shaper::{Admission, Deferral, GatewayModel, GatewayView, SavedState};
 use crate::shutdown::Shutdown;
 use crate::spool::{Spool, StoredMessage};
+use crate::tls::client::Upstream;
 use queue::{DeliveryQueue, Queued};
 use retry::Backoff;
 use worker::{WorkerContext, worker};
@@ -38,6 +39,7 @@ struct Gateway {
     config: GatewayConfig,
     queue: DeliveryQueue,
     backoff: Backoff,
+    tls: Upstream,
 }
 
 /// How often the shaping state is saved while nothing asks for it sooner.
@@ -54,19 +56,27 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Starts the workers of every gateway on `tasks`; they stop when `shutdown` turns true.
+    /// Starts the workers of every gateway on `tasks`; they stop when
+    /// `shutdown` turns true. Fails when a gateway's TLS settings cannot be
+    /// loaded (its CA file).
     pub fn start(
         config: &Config,
         spool: Spool,
         tasks: &mut JoinSet<()>,
         shutdown: Shutdown,
-    ) -> Outbound {
+    ) -> std::io::Result<Outbound> {
+        let upstreams = config
+            .gateways
+            .iter()
+            .map(Upstream::for_gateway)
+            .collect::<std::io::Result<Vec<_>>>()?;
         let apps = Apps::new(&config.apps);
         let save_wanted = Arc::new(Notify::new());
         let gateways: Vec<Arc<Gateway>> = config
             .gateways
             .iter()
-            .map(|gateway| {
+            .zip(upstreams)
+            .map(|(gateway, tls)| {
                 let saved = load_state(&spool, &gateway.name);
                 let shaping = &gateway.shaping;
                 let queue = DeliveryQueue::new(
@@ -88,6 +98,7 @@ impl Outbound {
                 );
                 Arc::new(Gateway {
                     config: gateway.clone(),
+                    tls,
                     queue,
                     backoff: Backoff {
                         initial: gateway.retry_initial,
@@ -119,7 +130,7 @@ impl Outbound {
             gateways: Arc::new(gateways),
         };
         tasks.spawn(outbound.clone().save_periodically(save_wanted, shutdown));
-        outbound
+        Ok(outbound)
     }
 
     /// Queues a message just accepted, with its body for a worker that is

@@ -75,12 +75,14 @@ async fn deliver(
             match Connection::open(
                 &config.address,
                 &context.helo_name,
+                &gateway.tls,
                 config.connect_timeout,
                 config.command_timeout,
             )
             .await
             {
                 Ok(open) => {
+                    tracing::debug!(gateway = %config.name, tls = open.is_tls(), "connected to the gateway");
                     gateway.queue.connected();
                     *connection = Some(open);
                 }

@@ -43,6 +43,7 @@ pub enum Command {
     Quit,
     Vrfy,
     Help,
+    StartTls,
     /// A known command we do not offer (EXPN, TURN, ...).
     NotImplemented(String),
 }
@@ -101,8 +102,10 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         "NOOP" => Ok(Command::Noop),
         "VRFY" => Ok(Command::Vrfy),
         "HELP" => Ok(Command::Help),
-        "EXPN" | "TURN" | "ETRN" | "ATRN" | "BDAT" | "AUTH" | "STARTTLS" | "SEND" | "SOML"
-        | "SAML" => Ok(Command::NotImplemented(verb)),
+        "STARTTLS" => no_argument(Command::StartTls),
+        "EXPN" | "TURN" | "ETRN" | "ATRN" | "BDAT" | "AUTH" | "SEND" | "SOML" | "SAML" => {
+            Ok(Command::NotImplemented(verb))
+        }
         _ => Err(CommandError::Unrecognized),
     }
 }

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use smtp_shaper::Service;
 use smtp_shaper::config::Config;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 /// A message as the sink received it (unstuffed).
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct Received {
     pub data: Vec<u8>,
     /// When the end of DATA arrived.
     pub at: std::time::Instant,
+    /// Whether it came over TLS.
+    pub tls: bool,
 }
 
 /// What the sink answers; change it while tests run.
@@ -56,6 +59,20 @@ impl Sink {
     }
 
     pub async fn start_on(address: SocketAddr) -> Sink {
+        Sink::start_with(address, None).await
+    }
+
+    /// A sink with TLS: it offers STARTTLS, or with `implicit` speaks TLS
+    /// from the first byte.
+    pub async fn start_tls(certificate: &TestCertificate, implicit: bool) -> Sink {
+        Sink::start_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Some((certificate.acceptor(), implicit)),
+        )
+        .await
+    }
+
+    async fn start_with(address: SocketAddr, tls: Option<(TlsAcceptor, bool)>) -> Sink {
         let listener = TcpListener::bind(address).await.expect("bind sink");
         let address = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -69,10 +86,26 @@ impl Sink {
                     let Ok((stream, _)) = listener.accept().await else {
                         return;
                     };
-                    let (received, behavior, data_attempts) =
-                        (received.clone(), behavior.clone(), data_attempts.clone());
+                    let shared = SinkShared {
+                        received: received.clone(),
+                        behavior: behavior.clone(),
+                        data_attempts: data_attempts.clone(),
+                    };
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        let _ = sink_session(stream, received, behavior, data_attempts).await;
+                        let _ = match tls {
+                            Some((acceptor, true)) => match acceptor.accept(stream).await {
+                                Ok(stream) => {
+                                    sink_session(Box::new(stream), shared, None, true, true).await
+                                }
+                                Err(_) => Ok(()),
+                            },
+                            Some((acceptor, false)) => {
+                                sink_session(Box::new(stream), shared, Some(acceptor), false, true)
+                                    .await
+                            }
+                            None => sink_session(Box::new(stream), shared, None, false, true).await,
+                        };
                     });
                 }
             })
@@ -109,15 +142,48 @@ impl Sink {
     }
 }
 
-async fn sink_session(
-    stream: TcpStream,
+/// What every sink session records into.
+#[derive(Clone)]
+struct SinkShared {
     received: Arc<Mutex<Vec<Received>>>,
     behavior: Arc<Mutex<Behavior>>,
     data_attempts: Arc<Mutex<usize>>,
+}
+
+/// A sink's byte stream, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One sink session. `starttls` offers STARTTLS; `tls` says the stream is
+/// TLS already; `greet` is false after STARTTLS (the greeting was sent).
+fn sink_session(
+    stream: Box<dyn Io>,
+    shared: SinkShared,
+    starttls: Option<TlsAcceptor>,
+    tls: bool,
+    greet: bool,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>> {
+    Box::pin(sink_session_inner(stream, shared, starttls, tls, greet))
+}
+
+async fn sink_session_inner(
+    stream: Box<dyn Io>,
+    shared: SinkShared,
+    starttls: Option<TlsAcceptor>,
+    tls: bool,
+    greet: bool,
 ) -> std::io::Result<()> {
-    let (reader, mut writer) = stream.into_split();
+    let SinkShared {
+        received,
+        behavior,
+        data_attempts,
+    } = shared.clone();
+    let (reader, mut writer) = tokio::io::split(stream);
     let mut reader = BufReader::new(reader);
-    writer.write_all(b"220 sink.test ESMTP\r\n").await?;
+    if greet {
+        writer.write_all(b"220 sink.test ESMTP\r\n").await?;
+    }
     let mut mail_from = String::new();
     let mut recipients = Vec::new();
     let mut line = Vec::new();
@@ -134,9 +200,20 @@ async fn sink_session(
             } else {
                 "250-PIPELINING\r\n"
             };
+            let offer = if starttls.is_some() {
+                "250-STARTTLS\r\n"
+            } else {
+                ""
+            };
             format!(
-                "250-sink.test\r\n{pipelining}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000"
+                "250-sink.test\r\n{pipelining}{offer}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000"
             )
+        } else if upper == "STARTTLS" && starttls.is_some() {
+            writer.write_all(b"220 2.0.0 go ahead\r\n").await?;
+            let stream = reader.into_inner().unsplit(writer);
+            let acceptor = starttls.expect("checked");
+            let stream = acceptor.accept(stream).await?;
+            return sink_session(Box::new(stream), shared, None, true, false).await;
         } else if upper.starts_with("MAIL FROM:") {
             mail_from = text[10..].to_string();
             recipients.clear();
@@ -196,6 +273,7 @@ async fn sink_session(
                             recipients: std::mem::take(&mut recipients),
                             data,
                             at: std::time::Instant::now(),
+                            tls,
                         });
                         "250 2.0.0 queued".into()
                     }
@@ -213,6 +291,64 @@ async fn sink_session(
             "502 5.5.1 unknown".into()
         };
         writer.write_all(format!("{reply}\r\n").as_bytes()).await?;
+    }
+}
+
+/// A self-signed certificate for `localhost`, in files, for TLS tests.
+pub struct TestCertificate {
+    pub dir: tempfile::TempDir,
+    pub certificate: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TestCertificate {
+    pub fn new() -> TestCertificate {
+        let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .expect("generate a certificate");
+        let dir = tempfile::tempdir().unwrap();
+        let certificate = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&certificate, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+        TestCertificate {
+            dir,
+            certificate,
+            key,
+        }
+    }
+
+    /// A server-side acceptor with this certificate.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        use rustls_pki_types::pem::PemObject;
+        let chain =
+            vec![rustls_pki_types::CertificateDer::from_pem_file(&self.certificate).unwrap()];
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&self.key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        TlsAcceptor::from(Arc::new(config))
+    }
+
+    /// A client-side connector that trusts this certificate.
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from_pem_file(&self.certificate).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 }
 
