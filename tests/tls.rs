@@ -1,0 +1,247 @@
+//! TLS over loopback with a self-signed certificate made by rcgen: inbound
+//! STARTTLS and its injection defence, the implicit-TLS listener, and each
+//! outbound `tls` mode against a sink that speaks TLS.
+
+mod support;
+
+use std::time::Duration;
+
+use smtp_shaper::config::{GatewayTls, ServerTlsConfig};
+use support::{Harness, Sink, TestCertificate, eventually, start, test_config};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const BODY: &[u8] = b"Subject: over TLS\r\n\r\nsecret\r\n";
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A line-level SMTP client over any stream.
+struct Talk {
+    stream: BufReader<Box<dyn Io>>,
+}
+
+impl Talk {
+    fn new(stream: impl Io + 'static) -> Talk {
+        Talk {
+            stream: BufReader::new(Box::new(stream)),
+        }
+    }
+
+    /// Reads one reply: its code and all its lines' texts.
+    async fn reply(&mut self) -> (u16, Vec<String>) {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(30), self.stream.read_line(&mut line))
+                    .await
+                    .expect("a reply within 30 s")
+                    .expect("read");
+            assert!(read > 0, "connection closed; lines so far: {lines:?}");
+            let code = line[..3].parse().expect("a reply code");
+            lines.push(line[4..].trim_end().to_string());
+            if line.as_bytes()[3] != b'-' {
+                return (code, lines);
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).await.unwrap();
+    }
+
+    async fn command(&mut self, line: &str) -> (u16, Vec<String>) {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// Hands the raw stream over for a TLS handshake (nothing buffered).
+    fn into_inner(self) -> Box<dyn Io> {
+        assert!(self.stream.buffer().is_empty(), "unread input before TLS");
+        self.stream.into_inner()
+    }
+}
+
+async fn tls_client(certificate: &TestCertificate, stream: Box<dyn Io>) -> Talk {
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = certificate
+        .connector()
+        .connect(name, stream)
+        .await
+        .expect("TLS handshake with smtp-shaper");
+    Talk::new(stream)
+}
+
+async fn harness_with_tls(certificate: &TestCertificate, listen: bool) -> Harness {
+    let tls = ServerTlsConfig {
+        certificate: certificate.certificate.clone(),
+        key: certificate.key.clone(),
+        listen: listen.then(|| "127.0.0.1:0".parse().unwrap()),
+    };
+    Harness::with(move |config| config.server.tls = Some(tls)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_upgrades_the_session_and_forgets_what_came_before() {
+    let certificate = TestCertificate::new();
+    let h = harness_with_tls(&certificate, false).await;
+    let mut plain = Talk::new(TcpStream::connect(h.service.smtp_address()).await.unwrap());
+    assert_eq!(plain.reply().await.0, 220);
+    let (code, ehlo) = plain.command("EHLO app.test").await;
+    assert_eq!(code, 250);
+    assert!(ehlo.iter().any(|line| line == "STARTTLS"), "{ehlo:?}");
+    // An injected MAIL in the same packet as STARTTLS must not survive.
+    plain
+        .send(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n")
+        .await;
+    assert_eq!(plain.reply().await.0, 220);
+    let mut tls = tls_client(&certificate, plain.into_inner()).await;
+    assert_eq!(
+        tls.command("RCPT TO:<x@example.org>").await.0,
+        503,
+        "no MAIL survived"
+    );
+    let (code, ehlo) = tls.command("EHLO app.test").await;
+    assert_eq!(code, 250);
+    assert!(
+        !ehlo.iter().any(|line| line == "STARTTLS"),
+        "not offered twice: {ehlo:?}"
+    );
+    assert_eq!(tls.command("STARTTLS").await.0, 503);
+    assert_eq!(tls.command("RCPT TO:<x@example.org>").await.0, 503);
+    assert_eq!(tls.command("MAIL FROM:<app@example.com>").await.0, 250);
+    assert_eq!(tls.command("RCPT TO:<x@example.org>").await.0, 250);
+    assert_eq!(tls.command("DATA").await.0, 354);
+    tls.send(&support::stuff(BODY)).await;
+    assert_eq!(tls.reply().await.0, 250);
+    eventually("delivered", || h.sink.count() == 1).await;
+    let data = String::from_utf8_lossy(&h.sink.messages()[0].data).into_owned();
+    assert!(data.contains("with ESMTPS id"), "{data}");
+    assert!(!data.contains("injected"));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_certificate_starttls_is_neither_offered_nor_accepted() {
+    let h = Harness::start().await;
+    let mut client = Talk::new(TcpStream::connect(h.service.smtp_address()).await.unwrap());
+    client.reply().await;
+    let (_, ehlo) = client.command("EHLO app.test").await;
+    assert!(!ehlo.iter().any(|line| line == "STARTTLS"));
+    let (code, text) = client.command("STARTTLS").await;
+    assert_eq!((code, text[0].as_str()), (454, "4.7.0 TLS not available"));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_implicit_tls_listener_speaks_tls_from_the_first_byte() {
+    let certificate = TestCertificate::new();
+    let h = harness_with_tls(&certificate, true).await;
+    let address = h.service.tls_address().expect("a TLS listener");
+    let tcp = TcpStream::connect(address).await.unwrap();
+    let mut tls = tls_client(&certificate, Box::new(tcp)).await;
+    assert_eq!(tls.reply().await.0, 220);
+    let (_, ehlo) = tls.command("EHLO app.test").await;
+    assert!(!ehlo.iter().any(|line| line == "STARTTLS"), "{ehlo:?}");
+    assert_eq!(tls.command("MAIL FROM:<app@example.com>").await.0, 250);
+    assert_eq!(tls.command("RCPT TO:<x@example.org>").await.0, 250);
+    assert_eq!(tls.command("DATA").await.0, 354);
+    tls.send(&support::stuff(BODY)).await;
+    assert_eq!(tls.reply().await.0, 250);
+    eventually("delivered", || h.sink.count() == 1).await;
+    h.shutdown().await;
+}
+
+/// The service relaying to `sink` with the gateway's TLS set as given.
+async fn relay_to(
+    sink: &Sink,
+    spool: &tempfile::TempDir,
+    mode: GatewayTls,
+    ca: Option<&TestCertificate>,
+) -> smtp_shaper::Service {
+    let mut config = test_config(spool.path(), sink.address);
+    config.gateways[0].tls = mode;
+    config.gateways[0].tls_ca_file = ca.map(|ca| ca.certificate.clone());
+    config.gateways[0].tls_server_name = Some("localhost".into());
+    start(config).await
+}
+
+async fn send_one(service: &smtp_shaper::Service) {
+    support::Client::ready(service.smtp_address())
+        .await
+        .accepted("app@example.com", &["x@example.org"], BODY)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_tls_delivers_over_verified_starttls() {
+    let certificate = TestCertificate::new();
+    let sink = Sink::start_tls(&certificate, false).await;
+    let spool = tempfile::tempdir().unwrap();
+    let service = relay_to(&sink, &spool, GatewayTls::Required, Some(&certificate)).await;
+    send_one(&service).await;
+    eventually("delivered", || sink.count() == 1).await;
+    assert!(sink.messages()[0].tls, "over TLS");
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_delivers_to_a_tls_port() {
+    let certificate = TestCertificate::new();
+    let sink = Sink::start_tls(&certificate, true).await;
+    let spool = tempfile::tempdir().unwrap();
+    let service = relay_to(&sink, &spool, GatewayTls::Implicit, Some(&certificate)).await;
+    send_one(&service).await;
+    eventually("delivered", || sink.count() == 1).await;
+    assert!(sink.messages()[0].tls);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opportunistic_tls_encrypts_whatever_the_certificate() {
+    let certificate = TestCertificate::new();
+    let sink = Sink::start_tls(&certificate, false).await;
+    let spool = tempfile::tempdir().unwrap();
+    // No CA given: the self-signed certificate would not verify.
+    let service = relay_to(&sink, &spool, GatewayTls::Opportunistic, None).await;
+    send_one(&service).await;
+    eventually("delivered", || sink.count() == 1).await;
+    assert!(sink.messages()[0].tls);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_tls_never_downgrades() {
+    let certificate = TestCertificate::new();
+    let stranger = TestCertificate::new();
+    // A gateway without STARTTLS, and one whose certificate we do not trust.
+    let plain = Sink::start().await;
+    let untrusted = Sink::start_tls(&stranger, false).await;
+    let spool_a = tempfile::tempdir().unwrap();
+    let spool_b = tempfile::tempdir().unwrap();
+    let a = relay_to(&plain, &spool_a, GatewayTls::Required, Some(&certificate)).await;
+    let b = relay_to(
+        &untrusted,
+        &spool_b,
+        GatewayTls::Required,
+        Some(&certificate),
+    )
+    .await;
+    send_one(&a).await;
+    send_one(&b).await;
+    // Retries come every 100-400 ms in the test config; give them time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        (plain.count(), untrusted.count()),
+        (0, 0),
+        "nothing sent in the clear or to a stranger"
+    );
+    assert_eq!(
+        (a.queued("primary"), b.queued("primary")),
+        (1, 1),
+        "still queued for retry"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
