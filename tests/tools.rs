@@ -219,3 +219,71 @@ fn running_as_root() -> bool {
         .map(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+/// The service with STARTTLS on a fresh self-signed certificate.
+async fn harness_with_starttls() -> (support::TestCertificate, Harness) {
+    let certificate = support::TestCertificate::new();
+    let tls = smtp_shaper::config::ServerTlsConfig {
+        certificate: certificate.certificate.clone(),
+        key: certificate.key.clone(),
+        listen: None,
+    };
+    let h = Harness::with(move |config| config.server.tls = Some(tls)).await;
+    (certificate, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_smtplib_uses_starttls_and_verifies_the_certificate() {
+    let (certificate, h) = harness_with_starttls().await;
+    let script = format!(
+        r#"
+import smtplib, ssl
+context = ssl.create_default_context(cafile="{}")
+with smtplib.SMTP("localhost", {}) as smtp:
+    smtp.ehlo("python.test")
+    assert smtp.has_extn("starttls")
+    smtp.starttls(context=context)
+    smtp.ehlo("python.test")
+    assert not smtp.has_extn("starttls")
+    smtp.sendmail("app@example.com", ["x@example.org"], "Subject: tls\r\n\r\nover TLS\r\n")
+print(ssl.OPENSSL_VERSION)
+"#,
+        certificate.certificate.display(),
+        h.service.smtp_address().port()
+    );
+    let output = run(Command::new("python3").arg("-c").arg(&script)).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eventually("the message at the sink", || h.sink.count() == 1).await;
+    let text = String::from_utf8_lossy(&h.sink.messages()[0].data).into_owned();
+    assert!(text.contains("with ESMTPS id"), "{text}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaks_uses_starttls() {
+    let Some(swaks) = tool("swaks") else { return };
+    let tls_module = Command::new("perl").args(["-MNet::SSLeay", "-e1"]).status();
+    if !tls_module.is_ok_and(|status| status.success()) {
+        assert!(
+            std::env::var("SMTP_SHAPER_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "swaks needs Net::SSLeay for --tls (apt-get install libnet-ssleay-perl)"
+        );
+        eprintln!("SKIPPED: swaks --tls needs Net::SSLeay (apt-get install libnet-ssleay-perl)");
+        return;
+    }
+    let (_certificate, h) = harness_with_starttls().await;
+    let output = run(Command::new(swaks)
+        .args(["--server", &h.service.smtp_address().to_string()])
+        .args(["--from", "app@example.com", "--to", "ops@example.org"])
+        .args(["--tls"]))
+    .await;
+    let transcript = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{transcript}");
+    assert!(transcript.contains("TLS started"), "{transcript}");
+    eventually("swaks' message at the sink", || h.sink.count() == 1).await;
+    h.shutdown().await;
+}
