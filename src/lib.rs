@@ -90,7 +90,7 @@ impl Service {
         let grace = config.server.shutdown_grace;
         let final_outbound = outbound.clone();
         let context = Arc::new(inbound::Context {
-            router: config.router(),
+            policy: config.policy(),
             config,
             spool: spool.clone(),
             outbound: outbound.clone(),

@@ -34,6 +34,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Read a password from standard input (one line) and print its argon2id
+    /// hash, for an app's `password_hash`
+    HashPassword,
     /// Replay a traffic trace through a gateway's shaping in virtual time;
     /// print delays, deferrals and peak send rates, and draw them
     Simulate {
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
             gateway.as_deref(),
             retry_after,
         ),
+        Command::HashPassword => hash_password(),
         Command::Run { config } => {
             let config = match &config {
                 Some(path) => Config::load(path),
@@ -115,6 +119,41 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(run(config))
+        }
+    }
+}
+
+fn hash_password() -> ExitCode {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    use std::io::Read;
+    let mut password = String::new();
+    if let Err(error) = std::io::stdin().read_line(&mut password) {
+        eprintln!("cannot read the password from standard input: {error}");
+        return ExitCode::FAILURE;
+    }
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!(
+            "empty password; type it on standard input, e.g. `smtp-shaper hash-password < secret.txt`"
+        );
+        return ExitCode::FAILURE;
+    }
+    let mut random = [0u8; 16];
+    if let Err(error) =
+        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random))
+    {
+        eprintln!("cannot read /dev/urandom for a salt: {error}");
+        return ExitCode::FAILURE;
+    }
+    let salt = SaltString::encode_b64(&random).expect("16 bytes make a valid salt");
+    match argon2::Argon2::default().hash_password(password.as_bytes(), &salt) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("cannot hash: {error}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -287,3 +287,56 @@ async fn swaks_uses_starttls() {
     eventually("swaks' message at the sink", || h.sink.count() == 1).await;
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_smtplib_logs_in_as_an_app_over_starttls() {
+    let certificate = support::TestCertificate::new();
+    let tls = smtp_shaper::config::ServerTlsConfig {
+        certificate: certificate.certificate.clone(),
+        key: certificate.key.clone(),
+        listen: None,
+    };
+    let h = Harness::with(move |config| {
+        config.server.tls = Some(tls);
+        config.server.require_auth = true;
+        config.apps = vec![smtp_shaper::config::AppConfig {
+            name: "portal".into(),
+            networks: Vec::new(),
+            senders: vec!["portal.example.org".parse().unwrap()],
+            priority: 1,
+            user: Some("portal".into()),
+            password_hash: Some(support::quick_hash("s3cret")),
+        }];
+    })
+    .await;
+    let script = format!(
+        r#"
+import smtplib, ssl
+context = ssl.create_default_context(cafile="{}")
+with smtplib.SMTP("localhost", {}) as smtp:
+    smtp.starttls(context=context)
+    try:
+        smtp.login("portal", "wrong")
+        raise SystemExit("a wrong password was accepted")
+    except smtplib.SMTPAuthenticationError as error:
+        assert error.smtp_code == 535, error
+    smtp.login("portal", "s3cret")
+    try:
+        smtp.sendmail("ceo@example.com", ["x@example.org"], "Subject: no\r\n\r\nno\r\n")
+        raise SystemExit("a foreign sender was accepted")
+    except smtplib.SMTPSenderRefused as error:
+        assert error.smtp_code == 550, error
+    smtp.sendmail("noreply@portal.example.org", ["x@example.org"], "Subject: yes\r\n\r\nyes\r\n")
+"#,
+        certificate.certificate.display(),
+        h.service.smtp_address().port()
+    );
+    let output = run(Command::new("python3").arg("-c").arg(&script)).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eventually("the app's message at the sink", || h.sink.count() == 1).await;
+    h.shutdown().await;
+}

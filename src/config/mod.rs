@@ -46,6 +46,11 @@ pub struct ServerConfig {
     pub worker_threads: usize,
     /// `[server.tls]`: STARTTLS (and an implicit-TLS listener) when set.
     pub tls: Option<ServerTlsConfig>,
+    /// MAIL needs a successful AUTH first.
+    pub require_auth: bool,
+    /// Offer AUTH without TLS when the listener is on loopback (a sidecar
+    /// next to its app); otherwise AUTH is offered only under TLS.
+    pub plaintext_auth_on_loopback: bool,
 }
 
 /// `[server.tls]`: the certificate applications see.
@@ -142,6 +147,10 @@ pub struct AppConfig {
     pub senders: Vec<SenderPattern>,
     /// Messages per round-robin turn (1 to 100).
     pub priority: u32,
+    /// The AUTH user name that identifies this app, with its password's
+    /// argon2 hash (a PHC string, `smtp-shaper hash-password` makes one).
+    pub user: Option<String>,
+    pub password_hash: Option<String>,
 }
 
 /// Every problem found in a configuration, one line each.
@@ -164,7 +173,7 @@ impl std::error::Error for ConfigError {}
 const SOCKET_FORMS: &str = "an IP address and port, e.g. \"127.0.0.1:2525\" or \"[::1]:2525\"";
 const HOST_PORT_FORMS: &str = "host:port, e.g. \"127.0.0.1:25\" or \"smtp.example.com:587\"";
 const NETWORK_FORMS: &str = "a list of networks, e.g. [\"127.0.0.0/8\", \"::1/128\"]";
-const SENDER_FORMS: &str = "a list of sender domains, e.g. [\"example.com\", \"*.example.org\"]";
+const SENDER_FORMS: &str = "a list of sender domains or addresses, e.g. [\"example.com\", \"*.example.org\", \"alerts@example.net\"]";
 const NAME_FORMS: &str = "a short name made of letters, digits, '-' and '_'";
 const LIMIT_FORMS: &str = "a list of caps, e.g. [\"30/min\", \"10000/day\"]";
 
@@ -228,6 +237,18 @@ impl Config {
             apps.iter().map(|app| app.name.as_str()),
             &mut problems,
         );
+        let users: Vec<&str> = apps.iter().filter_map(|app| app.user.as_deref()).collect();
+        for (index, user) in users.iter().enumerate() {
+            if users[..index].contains(user) {
+                problems.push("apps", &format!("user \"{user}\" is given to two apps"));
+            }
+        }
+        if server.require_auth && users.is_empty() {
+            problems.push(
+                "server.require_auth",
+                "no [[apps]] entry has a user and password_hash, so nobody could log in",
+            );
+        }
 
         problems.into_result(Config {
             server,
@@ -248,6 +269,14 @@ impl Config {
             problems: vec![format!("cannot read {}: {error}", path.display())],
         })?;
         Config::parse(&text)
+    }
+
+    /// Routing and app recognition, as the sessions use them.
+    pub fn policy(&self) -> crate::policy::Policy {
+        crate::policy::Policy {
+            router: self.router(),
+            apps: std::sync::Arc::new(crate::policy::Apps::new(&self.apps)),
+        }
     }
 
     /// The router that picks a gateway index for a sender.
@@ -312,6 +341,8 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
         ),
         worker_threads: s.integer("worker_threads", 1, 1, 256),
         tls: read_server_tls(s.subsection("tls")),
+        require_auth: s.boolean("require_auth", false),
+        plaintext_auth_on_loopback: s.boolean("plaintext_auth_on_loopback", false),
     };
     if server.max_message_size < 1024 {
         s.problem("max_message_size", "must be at least 1KiB");
@@ -532,11 +563,41 @@ fn read_app(mut s: Section<'_>) -> AppConfig {
         networks: s.list("networks", &[], NETWORK_FORMS, |v| v.parse().ok()),
         senders: s.list("senders", &[], SENDER_FORMS, |v| v.parse().ok()),
         priority: s.integer("priority", 1, 1, 100),
+        user: s.parsed(
+            "user",
+            "",
+            "an AUTH user name without spaces or control characters",
+            |v| {
+                v.chars()
+                    .all(|c| !c.is_control() && c != ' ')
+                    .then(|| (!v.is_empty()).then(|| v.to_string()))
+            },
+        ),
+        password_hash: s.parsed(
+            "password_hash",
+            "",
+            "an argon2 hash such as \"$argon2id$v=19$m=19456,t=2,p=1$...\" (smtp-shaper hash-password)",
+            |v| {
+                if v.is_empty() {
+                    Some(None)
+                } else {
+                    argon2::PasswordHash::new(v)
+                        .ok()
+                        .map(|_| Some(v.to_string()))
+                }
+            },
+        ),
     };
-    if app.networks.is_empty() && app.senders.is_empty() {
+    if app.networks.is_empty() && app.senders.is_empty() && app.user.is_none() {
         s.problem(
             "networks",
-            "an app needs networks, senders or both to be recognised",
+            "an app needs a user, networks or senders to be recognised",
+        );
+    }
+    if app.user.is_some() != app.password_hash.is_some() {
+        s.problem(
+            "password_hash",
+            "user and password_hash go together (an app that logs in needs both)",
         );
     }
     s.finish();
@@ -764,7 +825,7 @@ mod tests {
             "gateways[0].shaping.limits[0]: \"30/fortnight\" is not valid",
             "gateways[0].shaping.count: \"bytes\" is not valid; accepted: \"messages\" or \"recipients\"",
             "gateways[0].shaping.rate: unknown key",
-            "apps[0].networks: an app needs networks, senders or both",
+            "apps[0].networks: an app needs a user, networks or senders",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }

@@ -130,7 +130,7 @@ pub async fn serve(
         out: Vec::with_capacity(1024),
         write_timeout: server.idle_timeout,
     };
-    let mut session = Session::new(server, &context.router, &context.outbound, peer.ip());
+    let mut session = Session::new(server, &context.policy, &context.outbound, peer.ip());
     if conn.stream.is_tls() {
         session.tls_started();
     }
@@ -176,6 +176,11 @@ async fn run(
                         conn.buffer.drain(..consumed);
                         step
                     }
+                    Framed::Line { len, consumed } if session.auth_pending() => {
+                        let step = session.auth_line(&conn.buffer[..len]);
+                        conn.buffer.drain(..consumed);
+                        step
+                    }
                     Framed::Line { len, consumed } => {
                         let parsed = smtp::command::parse(&conn.buffer[..len]);
                         conn.buffer.drain(..consumed);
@@ -183,7 +188,14 @@ async fn run(
                     }
                 }
             };
+            let step = match step {
+                Step::Authenticate { user, password } => {
+                    authenticate(session, context, user, password).await
+                }
+                other => other,
+            };
             match step {
+                Step::Authenticate { .. } => unreachable!("answered above"),
                 Step::Reply(reply) => {
                     log_refusal(session, &reply);
                     reply.write_to(&mut conn.out);
@@ -236,6 +248,28 @@ async fn run(
             }
         }
     }
+}
+
+/// Checks AUTH credentials off the async threads and answers with the
+/// session's verdict; logs the outcome (never the password).
+async fn authenticate(
+    session: &mut Session<'_>,
+    context: &Context,
+    user: String,
+    password: Vec<u8>,
+) -> Step {
+    let apps = context.policy.apps.clone();
+    let name = user.clone();
+    let lane = tokio::task::spawn_blocking(move || apps.login(&name, &password))
+        .await
+        .unwrap_or(None);
+    match lane {
+        Some(_) => {
+            tracing::info!(client = %session.client_ip, %user, app = %context.policy.apps.name(lane.unwrap_or_default()), "client authenticated")
+        }
+        None => tracing::warn!(client = %session.client_ip, %user, "authentication failed"),
+    }
+    session.login_result(lane)
 }
 
 /// Upgrades the connection after the 220 to STARTTLS; false when the
@@ -319,6 +353,9 @@ async fn receive_message(
             reply.write_to(&mut conn.out);
             return Ok(None);
         }
+        Err(Step::Authenticate { .. }) => {
+            unreachable!("the end of DATA never asks for credentials")
+        }
     };
     store(conn, session, context, transaction, body).await;
     Ok(None)
@@ -348,6 +385,7 @@ async fn store(
         unix_seconds: received_at,
     });
     let gateway = &context.config.gateways[transaction.gateway].name;
+    let lane = transaction.lane;
     let recipients = transaction.recipients.len();
     let envelope = Envelope {
         sender: transaction.sender,
@@ -379,7 +417,7 @@ async fn store(
                 "message accepted"
             );
             Reply::new(250, format!("2.0.0 Ok: queued as {}", stored.id)).write_to(&mut conn.out);
-            context.outbound.accepted(stored, message);
+            context.outbound.accepted(stored, lane, message);
         }
         Err(error) => {
             tracing::error!(%error, sender = %sender, client = %session.client_ip, "message not stored; answering 452");

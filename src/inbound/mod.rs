@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::outbound::Outbound;
-use crate::policy::{Network, Router};
+use crate::policy::{Network, Policy};
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use crate::spool::Spool;
@@ -25,7 +25,7 @@ use crate::tls::server::ServerTls;
 /// What every session needs, shared read-only.
 pub struct Context {
     pub config: Config,
-    pub router: Router,
+    pub policy: Policy,
     pub spool: Spool,
     pub outbound: Outbound,
     /// The certificate for STARTTLS and the TLS listener, when configured.

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use crate::config::ServerConfig;
 use crate::config::units::format_duration;
-use crate::policy::Router;
+use crate::policy::Policy;
 use crate::shaper::{Admission, DeferReason, Deferral};
 use crate::smtp::{Command, CommandError, DataError, LineError, MailParams, Reply, trace};
 
@@ -25,6 +25,21 @@ pub enum Step {
     /// Send the reply (220), then discard any buffered input and start the
     /// TLS handshake; call [`Session::tls_started`] when it succeeds.
     StartTls(Reply),
+    /// Check these credentials (off the async threads: argon2 is slow on
+    /// purpose), then call [`Session::login_result`].
+    Authenticate { user: String, password: Vec<u8> },
+}
+
+/// Where an AUTH exchange stands while the client owes a response line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AuthExchange {
+    /// PLAIN without an initial response: waiting for it.
+    Plain,
+    /// LOGIN: waiting for the user name, then the password.
+    LoginUser,
+    LoginPassword {
+        user: String,
+    },
 }
 
 /// The envelope being built by MAIL and RCPT.
@@ -34,13 +49,15 @@ pub struct Transaction {
     pub params: MailParams,
     /// Index of the gateway chosen for the sender.
     pub gateway: usize,
+    /// The app (lane) sending it.
+    pub lane: usize,
     pub recipients: Vec<String>,
 }
 
 /// One client's session.
 pub struct Session<'a> {
     server: &'a ServerConfig,
-    router: &'a Router,
+    policy: &'a Policy,
     admission: &'a dyn Admission,
     pub client_ip: IpAddr,
     helo: Option<String>,
@@ -49,6 +66,9 @@ pub struct Session<'a> {
     errors: u32,
     /// The connection is encrypted (after STARTTLS or on the TLS listener).
     tls: bool,
+    /// The app the client logged in as (its lane).
+    login: Option<usize>,
+    auth_exchange: Option<AuthExchange>,
 }
 
 impl<'a> Session<'a> {
@@ -56,13 +76,13 @@ impl<'a> Session<'a> {
     /// `admission` decides at each RCPT whether the gateway can take more.
     pub fn new(
         server: &'a ServerConfig,
-        router: &'a Router,
+        policy: &'a Policy,
         admission: &'a dyn Admission,
         client_ip: IpAddr,
     ) -> Self {
         Session {
             server,
-            router,
+            policy,
             admission,
             client_ip,
             helo: None,
@@ -70,6 +90,8 @@ impl<'a> Session<'a> {
             transaction: None,
             errors: 0,
             tls: false,
+            login: None,
+            auth_exchange: None,
         }
     }
 
@@ -80,6 +102,27 @@ impl<'a> Session<'a> {
         self.helo = None;
         self.esmtp = false;
         self.transaction = None;
+        self.login = None;
+        self.auth_exchange = None;
+    }
+
+    /// AUTH is offered when some app logs in, and the connection is
+    /// encrypted or (when configured) the listener is on loopback.
+    fn auth_offered(&self) -> bool {
+        self.policy.apps.has_logins()
+            && (self.tls
+                || (self.server.plaintext_auth_on_loopback
+                    && self.server.listen.ip().is_loopback()))
+    }
+
+    /// True while the next line is an AUTH response, not a command.
+    pub fn auth_pending(&self) -> bool {
+        self.auth_exchange.is_some()
+    }
+
+    /// The name of the app the client logged in as.
+    pub fn login_name(&self) -> Option<&str> {
+        self.login.map(|lane| self.policy.apps.name(lane))
     }
 
     /// True once the connection is encrypted.
@@ -137,6 +180,9 @@ impl<'a> Session<'a> {
                 if self.server.tls.is_some() && !self.tls {
                     lines.push("STARTTLS".into());
                 }
+                if self.auth_offered() {
+                    lines.push("AUTH PLAIN LOGIN".into());
+                }
                 lines.push("HELP".into());
                 Step::Reply(Reply { code: 250, lines })
             }
@@ -185,6 +231,7 @@ impl<'a> Session<'a> {
                     Step::StartTls(Reply::new(220, "2.0.0 Ready to start TLS"))
                 }
             }
+            Command::Auth { mechanism, initial } => self.auth(&mechanism, initial.as_deref()),
             Command::NotImplemented(verb) => self.refuse(Reply::new(
                 502,
                 format!("5.5.1 Error: {verb} not implemented"),
@@ -216,9 +263,26 @@ impl<'a> Session<'a> {
                 ),
             ));
         }
+        if self.server.require_auth && self.login.is_none() {
+            return self.refuse(Reply::new(530, "5.7.0 Authentication required"));
+        }
+        let apps = &self.policy.apps;
+        let lane = self
+            .login
+            .unwrap_or_else(|| apps.lane(self.client_ip, &from));
+        if !apps.sender_allowed(lane, &from) {
+            return self.refuse(Reply::new(
+                550,
+                format!(
+                    "5.7.1 Sender <{from}> is not allowed for app {}: each app sends only from its own addresses or domain (relay rule 2)",
+                    apps.name(lane)
+                ),
+            ));
+        }
         let reply = Reply::new(250, format!("2.1.0 Sender <{from}> ok"));
         self.transaction = Some(Transaction {
-            gateway: self.router.route(&from),
+            lane,
+            gateway: self.policy.router.route(&from),
             sender: from,
             params,
             recipients: Vec::new(),
@@ -247,8 +311,7 @@ impl<'a> Session<'a> {
         }
         if let Err(deferral) = self.admission.admit(
             transaction.gateway,
-            self.client_ip,
-            &transaction.sender,
+            transaction.lane,
             transaction.recipients.len() + 1,
         ) {
             // Not counted as an error: the client did nothing wrong.
@@ -257,6 +320,125 @@ impl<'a> Session<'a> {
         let reply = Reply::new(250, format!("2.1.5 Recipient <{to}> ok"));
         transaction.recipients.push(to);
         Step::Reply(reply)
+    }
+
+    /// `AUTH mechanism [initial-response]`.
+    fn auth(&mut self, mechanism: &str, initial: Option<&str>) -> Step {
+        if !self.auth_offered() {
+            return if self.policy.apps.has_logins() && !self.tls {
+                self.refuse(Reply::new(
+                    538,
+                    "5.7.11 Encryption required for requested authentication mechanism (STARTTLS first)",
+                ))
+            } else {
+                self.refuse(Reply::new(503, "5.5.1 Error: AUTH not available"))
+            };
+        }
+        if self.helo.is_none() || !self.esmtp {
+            return self.refuse(Reply::new(503, "5.5.1 Error: send EHLO first"));
+        }
+        if self.login.is_some() {
+            return self.refuse(Reply::new(503, "5.5.1 Error: already authenticated"));
+        }
+        if self.transaction.is_some() {
+            return self.refuse(Reply::new(
+                503,
+                "5.5.1 Error: AUTH not allowed during a mail transaction",
+            ));
+        }
+        match (mechanism, initial) {
+            ("PLAIN", None) => {
+                self.auth_exchange = Some(AuthExchange::Plain);
+                Step::Reply(Reply::new(334, ""))
+            }
+            ("PLAIN", Some(response)) => self.plain_response(response.as_bytes()),
+            ("LOGIN", None) => {
+                self.auth_exchange = Some(AuthExchange::LoginUser);
+                Step::Reply(Reply::new(334, "VXNlcm5hbWU6"))
+            }
+            ("LOGIN", Some(user)) => match decode_base64(user.as_bytes()) {
+                Some(user) => self.login_user(user),
+                None => self.refuse(bad_base64()),
+            },
+            _ => self.refuse(Reply::new(
+                504,
+                "5.5.4 Unrecognized authentication type (PLAIN or LOGIN)",
+            )),
+        }
+    }
+
+    /// A response line during an AUTH exchange.
+    pub fn auth_line(&mut self, line: &[u8]) -> Step {
+        let Some(exchange) = self.auth_exchange.take() else {
+            return self.refuse(Reply::new(503, "5.5.1 Error: no AUTH in progress"));
+        };
+        if line == b"*" {
+            return self.refuse(Reply::new(501, "5.0.0 Authentication cancelled"));
+        }
+        match exchange {
+            AuthExchange::Plain => self.plain_response(line),
+            AuthExchange::LoginUser => match decode_base64(line) {
+                Some(user) => self.login_user(user),
+                None => self.refuse(bad_base64()),
+            },
+            AuthExchange::LoginPassword { user } => match decode_base64(line) {
+                Some(password) => Step::Authenticate { user, password },
+                None => self.refuse(bad_base64()),
+            },
+        }
+    }
+
+    fn login_user(&mut self, user: Vec<u8>) -> Step {
+        match String::from_utf8(user) {
+            Ok(user) => {
+                self.auth_exchange = Some(AuthExchange::LoginPassword { user });
+                Step::Reply(Reply::new(334, "UGFzc3dvcmQ6"))
+            }
+            Err(_) => self.refuse(bad_base64()),
+        }
+    }
+
+    /// PLAIN: base64 of `authzid NUL authcid NUL password` (RFC 4616).
+    fn plain_response(&mut self, response: &[u8]) -> Step {
+        let decoded = if response == b"=" {
+            Some(Vec::new())
+        } else {
+            decode_base64(response)
+        };
+        let Some(decoded) = decoded else {
+            return self.refuse(bad_base64());
+        };
+        let mut parts = decoded.splitn(3, |&b| b == 0);
+        let (Some(authzid), Some(user), Some(password)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return self.refuse(Reply::new(501, "5.5.2 Malformed PLAIN response"));
+        };
+        let Ok(user) = String::from_utf8(user.to_vec()) else {
+            return self.refuse(Reply::new(501, "5.5.2 Malformed PLAIN response"));
+        };
+        if !authzid.is_empty() && authzid != user.as_bytes() {
+            return self.refuse(Reply::new(
+                535,
+                "5.7.8 Authentication credentials invalid (no proxy authorization)",
+            ));
+        }
+        Step::Authenticate {
+            user,
+            password: password.to_vec(),
+        }
+    }
+
+    /// The outcome of [`Step::Authenticate`]: `lane` is the app the
+    /// credentials belong to, `None` when they are wrong.
+    pub fn login_result(&mut self, lane: Option<usize>) -> Step {
+        match lane {
+            Some(lane) => {
+                self.login = Some(lane);
+                Step::Reply(Reply::new(235, "2.7.0 Authentication successful"))
+            }
+            None => self.refuse(Reply::new(535, "5.7.8 Authentication credentials invalid")),
+        }
     }
 
     /// Answers a command line that could not be framed; `line` is what was
@@ -349,6 +531,16 @@ impl<'a> Session<'a> {
     }
 }
 
+fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(text).ok()?;
+    use base64ct::Encoding;
+    base64ct::Base64::decode_vec(text.trim()).ok()
+}
+
+fn bad_base64() -> Reply {
+    Reply::new(501, "5.5.2 Cannot decode the response (base64 expected)")
+}
+
 /// `451 4.7.1` with why and when to come back, before the body is sent.
 fn deferral_reply(deferral: &Deferral) -> Reply {
     let why = match deferral.reason {
@@ -397,13 +589,7 @@ mod tests {
     struct Admit(usize);
 
     impl Admission for Admit {
-        fn admit(
-            &self,
-            _gateway: usize,
-            _client: IpAddr,
-            _sender: &str,
-            recipients: usize,
-        ) -> Result<(), Deferral> {
+        fn admit(&self, _gateway: usize, _lane: usize, recipients: usize) -> Result<(), Deferral> {
             if recipients <= self.0 {
                 Ok(())
             } else {
@@ -425,16 +611,17 @@ mod tests {
             Step::Reply(reply) | Step::Data(reply) | Step::Close(reply) | Step::StartTls(reply) => {
                 reply.code
             }
+            Step::Authenticate { .. } => 0,
         }
     }
 
     #[test]
     fn walks_a_transaction() {
         let config = Config::embedded_default();
-        let router = config.router();
+        let policy = config.policy();
         let mut session = Session::new(
             &config.server,
-            &router,
+            &policy,
             &Admit(usize::MAX),
             "127.0.0.1".parse().unwrap(),
         );
@@ -463,10 +650,10 @@ mod tests {
         let mut config = Config::embedded_default();
         config.server.max_recipients = 2;
         config.server.max_errors = 3;
-        let router = config.router();
+        let policy = config.policy();
         let mut session = Session::new(
             &config.server,
-            &router,
+            &policy,
             &Admit(usize::MAX),
             "127.0.0.1".parse().unwrap(),
         );
@@ -483,11 +670,11 @@ mod tests {
     #[test]
     fn defers_at_rcpt_when_admission_says_so() {
         let config = Config::embedded_default();
-        let router = config.router();
+        let policy = config.policy();
         let admission = Admit(1);
         let mut session = Session::new(
             &config.server,
-            &router,
+            &policy,
             &admission,
             "127.0.0.1".parse().unwrap(),
         );
@@ -510,10 +697,10 @@ mod tests {
     #[test]
     fn refuses_looping_mail() {
         let config = Config::embedded_default();
-        let router = config.router();
+        let policy = config.policy();
         let mut session = Session::new(
             &config.server,
-            &router,
+            &policy,
             &Admit(usize::MAX),
             "127.0.0.1".parse().unwrap(),
         );

@@ -133,19 +133,23 @@ impl Outbound {
         Ok(outbound)
     }
 
-    /// Queues a message just accepted, with its body for a worker that is
-    /// free now (see `queue`); it counts as demand.
-    pub fn accepted(&self, message: StoredMessage, body: Vec<u8>) {
-        self.enqueue(message, Some(body), true);
+    /// Queues a message just accepted from app `lane`, with its body for a
+    /// worker that is free now (see `queue`); it counts as demand.
+    pub fn accepted(&self, message: StoredMessage, lane: usize, body: Vec<u8>) {
+        self.enqueue(message, lane, Some(body), true);
     }
 
-    /// Queues a message recovered from the spool at start. One recovered for
-    /// a gateway that is no longer configured goes to the default one.
+    /// Queues a message recovered from the spool at start (its app found
+    /// again by network or sender). One recovered for a gateway that is no
+    /// longer configured goes to the default one.
     pub fn recovered(&self, message: StoredMessage) {
-        self.enqueue(message, None, false);
+        let lane = self
+            .apps
+            .lane(message.envelope.client_ip, &message.envelope.sender);
+        self.enqueue(message, lane, None, false);
     }
 
-    fn enqueue(&self, message: StoredMessage, body: Option<Vec<u8>>, arrival: bool) {
+    fn enqueue(&self, message: StoredMessage, lane: usize, body: Option<Vec<u8>>, arrival: bool) {
         let index = match self.by_name.get(&message.gateway) {
             Some(index) => *index,
             None => {
@@ -160,9 +164,6 @@ impl Outbound {
             }
         };
         let gateway = &self.gateways[index];
-        let lane = self
-            .apps
-            .lane(message.envelope.client_ip, &message.envelope.sender);
         gateway.queue.push(
             Queued {
                 message,
@@ -228,24 +229,17 @@ impl Outbound {
 impl Admission for Outbound {
     /// Defers new mail whose projected wait on its gateway is too long; logs
     /// each deferral with its reason.
-    fn admit(
-        &self,
-        gateway: usize,
-        client: std::net::IpAddr,
-        sender: &str,
-        recipients: usize,
-    ) -> Result<(), Deferral> {
+    fn admit(&self, gateway: usize, lane: usize, recipients: usize) -> Result<(), Deferral> {
         let Some(gateway) = self.gateways.get(gateway) else {
             return Ok(());
         };
-        let lane = self.apps.lane(client, sender);
         gateway
             .queue
             .admit(lane, recipients)
             .inspect_err(|deferral| {
                 tracing::warn!(
                     gateway = %gateway.config.name,
-                    app = %self.apps.names()[lane],
+                    app = %self.apps.name(lane),
                     reason = deferral.reason.as_str(),
                     projected_wait = %format!("{:.0}s", deferral.projected_wait),
                     retry_after = %format!("{:.0}s", deferral.retry_after),

@@ -1,11 +1,19 @@
-//! Which application sent a message, from `[[apps]]`: the first app whose
-//! `networks` contain the client address and whose `senders` match the sender
-//! domain (an empty list matches anything) wins. Mail no app claims belongs
-//! to a last, implicit app named `other`. The answer picks the message's lane
-//! in the fair queue, so it depends only on the envelope and survives a
-//! restart without being stored.
+//! Which application sent a message, and what it may send (relay rule 2:
+//! each app sends from its own sender addresses or domain).
+//!
+//! An app is recognised, in this order: by the AUTH user it logged in as
+//! (`user`, `password_hash`); else by the client's network (the first app
+//! without a user whose `networks` contain it); else by the sender (the
+//! first app with neither user nor networks whose `senders` match). Mail no
+//! app claims belongs to a last, implicit app named `other`. For an app
+//! recognised by login or network, `senders` is the list of senders it may
+//! use: anything else is refused (see the session). The answer picks the
+//! message's lane in the fair queue; a message recovered after a restart is
+//! placed again by network or sender (a login is not stored).
 
 use std::net::IpAddr;
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
 
 use super::{Network, SenderPattern};
 use crate::config::AppConfig;
@@ -26,23 +34,62 @@ impl Apps {
         }
     }
 
-    /// The app (lane index) of mail from `sender` sent by `client`.
+    /// The app (lane index) of mail from `sender` sent by `client`, without
+    /// a login.
     pub fn lane(&self, client: IpAddr, sender: &str) -> usize {
-        self.apps
+        let by_network = self
+            .apps
             .iter()
-            .position(|app| {
-                (app.networks.is_empty() || Network::any_contains(&app.networks, client))
-                    && (app.senders.is_empty() || SenderPattern::any_matches(&app.senders, sender))
+            .position(|app| app.user.is_none() && Network::any_contains(&app.networks, client));
+        let by_sender = || {
+            self.apps.iter().position(|app| {
+                app.user.is_none()
+                    && app.networks.is_empty()
+                    && SenderPattern::any_matches(&app.senders, sender)
             })
-            .unwrap_or(self.apps.len())
+        };
+        by_network.or_else(by_sender).unwrap_or(self.apps.len())
+    }
+
+    /// The app that logs in as `user` with `password`, if the password
+    /// verifies against its hash. CPU-heavy on purpose (argon2): call it
+    /// off the async threads.
+    pub fn login(&self, user: &str, password: &[u8]) -> Option<usize> {
+        let lane = self
+            .apps
+            .iter()
+            .position(|app| app.user.as_deref() == Some(user))?;
+        let hash = PasswordHash::new(self.apps[lane].password_hash.as_deref()?).ok()?;
+        Argon2::default()
+            .verify_password(password, &hash)
+            .ok()
+            .map(|()| lane)
+    }
+
+    /// True when some app logs in (so AUTH is worth offering).
+    pub fn has_logins(&self) -> bool {
+        self.apps.iter().any(|app| app.user.is_some())
+    }
+
+    /// May the app in `lane` send as `sender`? Apps recognised by their
+    /// senders, apps with no `senders` list and `other` may send as anyone.
+    pub fn sender_allowed(&self, lane: usize, sender: &str) -> bool {
+        self.apps.get(lane).is_none_or(|app| {
+            app.senders.is_empty() || SenderPattern::any_matches(&app.senders, sender)
+        })
+    }
+
+    /// The name of `lane`.
+    pub fn name(&self, lane: usize) -> &str {
+        self.apps
+            .get(lane)
+            .map_or(OTHER_APP, |app| app.name.as_str())
     }
 
     /// Lane names, `other` last.
     pub fn names(&self) -> Vec<String> {
-        self.apps
-            .iter()
-            .map(|app| app.name.clone())
-            .chain([OTHER_APP.to_string()])
+        (0..=self.apps.len())
+            .map(|lane| self.name(lane).to_string())
             .collect()
     }
 
@@ -61,9 +108,23 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    #[test]
-    fn first_matching_app_wins_and_the_rest_is_other() {
-        let config = Config::parse(
+    /// An argon2id hash of `password` with the smallest parameters (fast in
+    /// debug builds).
+    fn quick_hash(password: &str) -> String {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let params = argon2::Params::new(8, 1, 1, None).unwrap();
+        Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password(
+                password.as_bytes(),
+                &SaltString::from_b64("c2FsdHNhbHRzYWx0").unwrap(),
+            )
+            .unwrap()
+            .to_string()
+    }
+
+    fn apps() -> Apps {
+        let hash = quick_hash("s3cret");
+        let config = Config::parse(&format!(
             r#"
             [[gateways]]
             name = "g"
@@ -79,16 +140,50 @@ mod tests {
             [[apps]]
             name = "batch"
             networks = ["10.0.0.0/8"]
-            "#,
-        )
+            [[apps]]
+            name = "portal"
+            user = "portal"
+            password_hash = "{hash}"
+            senders = ["noreply@portal.example.org"]
+            "#
+        ))
         .unwrap();
-        let apps = Apps::new(&config.apps);
+        Apps::new(&config.apps)
+    }
+
+    #[test]
+    fn recognised_by_network_then_sender_and_the_rest_is_other() {
+        let apps = apps();
         let ip = |text: &str| text.parse().unwrap();
         assert_eq!(apps.lane(ip("10.1.2.3"), "x@billing.example.com"), 0);
-        assert_eq!(apps.lane(ip("10.2.2.3"), "x@billing.example.com"), 1);
-        assert_eq!(apps.lane(ip("10.1.2.3"), "x@other.test"), 2);
-        assert_eq!(apps.lane(ip("192.0.2.1"), ""), 3);
-        assert_eq!(apps.names(), vec!["billing", "auth", "batch", "other"]);
-        assert_eq!(apps.weights(), vec![1, 2, 1, 1]);
+        assert_eq!(apps.lane(ip("10.1.2.3"), "x@other.test"), 0, "by network");
+        assert_eq!(apps.lane(ip("10.2.2.3"), "x@billing.example.com"), 2);
+        assert_eq!(apps.lane(ip("192.0.2.1"), "x@app.example.com"), 1);
+        assert_eq!(apps.lane(ip("192.0.2.1"), "noreply@portal.example.org"), 4);
+        assert_eq!(
+            apps.names(),
+            vec!["billing", "auth", "batch", "portal", "other"]
+        );
+        assert_eq!(apps.weights(), vec![1, 2, 1, 1, 1]);
+    }
+
+    #[test]
+    fn rule_2_each_app_sends_from_its_own_senders() {
+        let apps = apps();
+        assert!(apps.sender_allowed(0, "invoices@billing.example.com"));
+        assert!(!apps.sender_allowed(0, "ceo@example.com"));
+        assert!(apps.sender_allowed(2, "anyone@anywhere.test"), "no list");
+        assert!(apps.sender_allowed(3, "NoReply@portal.example.org"));
+        assert!(!apps.sender_allowed(3, "x@portal.example.org"));
+        assert!(apps.sender_allowed(4, "x@y.test"), "other");
+    }
+
+    #[test]
+    fn login_verifies_the_argon2_hash() {
+        let apps = apps();
+        assert!(apps.has_logins());
+        assert_eq!(apps.login("portal", b"s3cret"), Some(3));
+        assert_eq!(apps.login("portal", b"wrong"), None);
+        assert_eq!(apps.login("billing", b"s3cret"), None, "no user billing");
     }
 }

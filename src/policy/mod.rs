@@ -11,3 +11,12 @@ mod routing;
 pub use apps::{Apps, OTHER_APP};
 pub use networks::Network;
 pub use routing::{Router, SenderPattern};
+
+use std::sync::Arc;
+
+/// The policy decisions a session needs: which gateway, which app.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub router: Router,
+    pub apps: Arc<Apps>,
+}

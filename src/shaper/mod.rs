@@ -32,13 +32,6 @@ pub use state::SavedState;
 /// Asks whether new mail for a gateway may be accepted now; implemented by
 /// the delivery side, asked by the inbound session at each RCPT.
 pub trait Admission: Send + Sync {
-    /// Mail from `sender`, sent by `client` (together they name the app),
-    /// with `recipients` recipients counting this RCPT.
-    fn admit(
-        &self,
-        gateway: usize,
-        client: std::net::IpAddr,
-        sender: &str,
-        recipients: usize,
-    ) -> Result<(), Deferral>;
+    /// Mail of app `lane` with `recipients` recipients counting this RCPT.
+    fn admit(&self, gateway: usize, lane: usize, recipients: usize) -> Result<(), Deferral>;
 }

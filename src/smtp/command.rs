@@ -44,6 +44,11 @@ pub enum Command {
     Vrfy,
     Help,
     StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954); both as sent.
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
     /// A known command we do not offer (EXPN, TURN, ...).
     NotImplemented(String),
 }
@@ -103,7 +108,23 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         "VRFY" => Ok(Command::Vrfy),
         "HELP" => Ok(Command::Help),
         "STARTTLS" => no_argument(Command::StartTls),
-        "EXPN" | "TURN" | "ETRN" | "ATRN" | "BDAT" | "AUTH" | "SEND" | "SOML" | "SAML" => {
+        "AUTH" => {
+            let mut words = rest.split_whitespace();
+            let mechanism = words
+                .next()
+                .ok_or(CommandError::Syntax(
+                    "expected AUTH mechanism [initial-response]",
+                ))?
+                .to_ascii_uppercase();
+            let initial = words.next().map(str::to_string);
+            if words.next().is_some() {
+                return Err(CommandError::Syntax(
+                    "expected AUTH mechanism [initial-response]",
+                ));
+            }
+            Ok(Command::Auth { mechanism, initial })
+        }
+        "EXPN" | "TURN" | "ETRN" | "ATRN" | "BDAT" | "SEND" | "SOML" | "SAML" => {
             Ok(Command::NotImplemented(verb))
         }
         _ => Err(CommandError::Unrecognized),

@@ -294,6 +294,20 @@ async fn sink_session_inner(
     }
 }
 
+/// An argon2id hash of `password` with the smallest parameters, so tests
+/// in debug builds stay fast (production hashes use argon2's defaults).
+pub fn quick_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let params = argon2::Params::new(8, 1, 1, None).unwrap();
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(
+            password.as_bytes(),
+            &SaltString::from_b64("dGVzdHNhbHR0ZXN0").unwrap(),
+        )
+        .unwrap()
+        .to_string()
+}
+
 /// A self-signed certificate for `localhost`, in files, for TLS tests.
 pub struct TestCertificate {
     pub dir: tempfile::TempDir,
@@ -387,6 +401,12 @@ impl Client {
         let ehlo = client.command("EHLO app.test").await;
         assert_eq!(ehlo.code, 250, "{ehlo:?}");
         client
+    }
+
+    /// The TCP connection back (for a TLS upgrade); nothing may be unread.
+    pub fn into_stream(self) -> TcpStream {
+        assert!(self.reader.buffer().is_empty(), "unread input");
+        self.reader.into_inner().reunite(self.writer).unwrap()
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {

@@ -1,0 +1,179 @@
+//! Apps that log in (AUTH PLAIN and LOGIN over STARTTLS), relay rule 2
+//! (each app sends only from its own senders), and the refusals around them.
+
+mod support;
+
+use smtp_shaper::config::{AppConfig, ServerTlsConfig};
+use support::{Client, Harness, TestCertificate, eventually, quick_hash};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const SENDER: &str = "noreply@portal.example.org";
+
+fn portal() -> AppConfig {
+    AppConfig {
+        name: "portal".into(),
+        networks: Vec::new(),
+        senders: vec![SENDER.parse().unwrap()],
+        priority: 1,
+        user: Some("portal".into()),
+        password_hash: Some(quick_hash("s3cret")),
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64ct::Encoding;
+    base64ct::Base64::encode_string(bytes)
+}
+
+/// The service with STARTTLS, one app that logs in, and AUTH required.
+async fn harness(certificate: &TestCertificate, plaintext_on_loopback: bool) -> Harness {
+    let tls = ServerTlsConfig {
+        certificate: certificate.certificate.clone(),
+        key: certificate.key.clone(),
+        listen: None,
+    };
+    Harness::with(move |config| {
+        config.server.tls = Some(tls);
+        config.server.require_auth = true;
+        config.server.plaintext_auth_on_loopback = plaintext_on_loopback;
+        config.apps = vec![portal()];
+    })
+    .await
+}
+
+/// A client over TLS after STARTTLS, having said EHLO; returns its EHLO lines.
+struct TlsClient {
+    stream: BufReader<tokio_rustls::client::TlsStream<TcpStream>>,
+}
+
+impl TlsClient {
+    async fn start(h: &Harness, certificate: &TestCertificate) -> (TlsClient, Vec<String>) {
+        let mut plain = Client::ready(h.service.smtp_address()).await;
+        assert_eq!(plain.command("STARTTLS").await.code, 220);
+        let tcp = plain.into_stream();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = certificate.connector().connect(name, tcp).await.unwrap();
+        let mut client = TlsClient {
+            stream: BufReader::new(tls),
+        };
+        let (code, lines) = client.command("EHLO app.test").await;
+        assert_eq!(code, 250);
+        (client, lines)
+    }
+
+    async fn command(&mut self, line: &str) -> (u16, Vec<String>) {
+        self.stream
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut lines = Vec::new();
+        loop {
+            let mut text = String::new();
+            assert!(
+                self.stream.read_line(&mut text).await.unwrap() > 0,
+                "closed"
+            );
+            lines.push(text[4..].trim_end().to_string());
+            if text.as_bytes()[3] != b'-' {
+                return (text[..3].parse().unwrap(), lines);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_needs_tls_and_mail_needs_auth() {
+    let certificate = TestCertificate::new();
+    let h = harness(&certificate, false).await;
+    let mut client = Client::ready(h.service.smtp_address()).await;
+    let ehlo = client.command("EHLO app.test").await;
+    assert_eq!(ehlo.code, 250);
+    let auth = client
+        .command(&format!("AUTH PLAIN {}", base64(b"\0portal\0s3cret")))
+        .await;
+    assert_eq!((auth.code, &auth.text[..6]), (538, "5.7.11"), "{auth:?}");
+    let mail = client.command(&format!("MAIL FROM:<{SENDER}>")).await;
+    assert_eq!(
+        (mail.code, mail.text.as_str()),
+        (530, "5.7.0 Authentication required")
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_logs_in_over_tls_and_may_send_only_as_itself() {
+    let certificate = TestCertificate::new();
+    let h = harness(&certificate, false).await;
+    let (mut client, ehlo) = TlsClient::start(&h, &certificate).await;
+    assert!(
+        ehlo.iter().any(|line| line == "AUTH PLAIN LOGIN"),
+        "{ehlo:?}"
+    );
+    let wrong = client
+        .command(&format!("AUTH PLAIN {}", base64(b"\0portal\0guess")))
+        .await;
+    assert_eq!(
+        wrong,
+        (535, vec!["5.7.8 Authentication credentials invalid".into()])
+    );
+    let right = client
+        .command(&format!("AUTH PLAIN {}", base64(b"\0portal\0s3cret")))
+        .await;
+    assert_eq!(right.0, 235);
+    assert_eq!(client.command("AUTH PLAIN =").await.0, 503, "only once");
+    let (code, text) = client.command("MAIL FROM:<ceo@example.com>").await;
+    assert_eq!(code, 550);
+    assert!(
+        text[0].starts_with("5.7.1 Sender <ceo@example.com> is not allowed for app portal")
+            && text[0].contains("relay rule 2"),
+        "{text:?}"
+    );
+    assert_eq!(
+        client.command(&format!("MAIL FROM:<{SENDER}>")).await.0,
+        250
+    );
+    assert_eq!(client.command("RCPT TO:<user@example.org>").await.0, 250);
+    assert_eq!(client.command("DATA").await.0, 354);
+    let (code, _) = client.command("Subject: hi\r\n\r\nhello\r\n.").await;
+    assert_eq!(code, 250);
+    eventually("delivered", || h.sink.count() == 1).await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_login_exchange_and_cancel() {
+    let certificate = TestCertificate::new();
+    let h = harness(&certificate, false).await;
+    let (mut client, _) = TlsClient::start(&h, &certificate).await;
+    assert_eq!(
+        client.command("AUTH LOGIN").await,
+        (334, vec!["VXNlcm5hbWU6".into()])
+    );
+    assert_eq!(client.command("*").await.0, 501, "cancelled");
+    assert_eq!(client.command("AUTH CRAM-MD5").await.0, 504);
+    assert_eq!(client.command("AUTH LOGIN").await.0, 334);
+    assert_eq!(
+        client.command(&base64(b"portal")).await,
+        (334, vec!["UGFzc3dvcmQ6".into()])
+    );
+    assert_eq!(client.command(&base64(b"s3cret")).await.0, 235);
+    assert_eq!(
+        client.command(&format!("MAIL FROM:<{SENDER}>")).await.0,
+        250
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_auth_only_on_a_loopback_listener_when_configured() {
+    let certificate = TestCertificate::new();
+    let h = harness(&certificate, true).await;
+    let mut client = Client::ready(h.service.smtp_address()).await;
+    let auth = client
+        .command(&format!("AUTH PLAIN {}", base64(b"\0portal\0s3cret")))
+        .await;
+    assert_eq!(auth.code, 235, "{auth:?}");
+    h.shutdown().await;
+}
