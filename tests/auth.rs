@@ -163,6 +163,7 @@ async fn auth_login_exchange_and_cancel() {
         client.command(&format!("MAIL FROM:<{SENDER}>")).await.0,
         250
     );
+    drop(client);
     h.shutdown().await;
 }
 
