@@ -101,7 +101,25 @@ pub struct GatewayConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// The name the certificate must carry (default: the address's host).
     pub tls_server_name: Option<String>,
+    /// AUTH towards the gateway (e.g. a mailbox on Exchange Online).
+    pub auth: Option<GatewayAuth>,
     pub shaping: ShapingConfig,
+}
+
+/// Where the gateway login's secret comes from; the secret itself is never
+/// in the configuration (nor in a log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayAuth {
+    pub user: String,
+    pub secret: SecretSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The value of this environment variable.
+    Env(String),
+    /// The first line of this file.
+    File(PathBuf),
 }
 
 /// `[gateways.shaping]`: how fast the gateway may send (see `shaper`).
@@ -467,7 +485,53 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
                 }
             },
         ),
+        auth: None,
         shaping: read_shaping(s.subsection("shaping")),
+    };
+    let mut gateway = gateway;
+    let user: Option<String> = s.parsed(
+        "auth_user",
+        "",
+        "a user name, e.g. \"app@example.com\"",
+        |v| Some((!v.is_empty()).then(|| v.to_string())),
+    );
+    let env: Option<String> = s.parsed(
+        "auth_password_env",
+        "",
+        "an environment variable name, e.g. \"SMTP_SHAPER_GATEWAY_PASSWORD\"",
+        |v| {
+            v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                .then(|| (!v.is_empty()).then(|| v.to_string()))
+        },
+    );
+    let file: Option<PathBuf> = s.parsed("auth_password_file", "", "a file path", |v| {
+        Some(parse_path(v))
+    });
+    gateway.auth = match (user, env, file) {
+        (None, None, None) => None,
+        (Some(user), Some(env), None) => Some(GatewayAuth {
+            user,
+            secret: SecretSource::Env(env),
+        }),
+        (Some(user), None, Some(file)) => Some(GatewayAuth {
+            user,
+            secret: SecretSource::File(file),
+        }),
+        (None, _, _) => {
+            s.problem(
+                "auth_user",
+                "required with auth_password_env or auth_password_file",
+            );
+            None
+        }
+        (Some(_), None, None) | (Some(_), Some(_), Some(_)) => {
+            s.problem(
+                "auth_user",
+                "needs exactly one of auth_password_env and auth_password_file",
+            );
+            None
+        }
     };
     if gateway.retry_initial.is_zero() {
         s.problem("retry_initial", "must be longer than 0");

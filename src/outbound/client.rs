@@ -35,6 +35,63 @@ pub struct Capabilities {
     pub smtputf8: bool,
     pub size: bool,
     pub starttls: bool,
+    pub auth_plain: bool,
+    pub auth_login: bool,
+}
+
+/// A login at the gateway. The password never appears in `Debug` output.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"(redacted)")
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Reads the secret named by the configuration.
+    pub fn load(auth: &crate::config::GatewayAuth) -> std::io::Result<Credentials> {
+        use crate::config::SecretSource;
+        let password = match &auth.secret {
+            SecretSource::Env(name) => std::env::var(name).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("the environment variable {name} (auth_password_env) is not set"),
+                )
+            })?,
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|error| {
+                    std::io::Error::new(
+                        error.kind(),
+                        format!(
+                            "cannot read {} (auth_password_file): {error}",
+                            path.display()
+                        ),
+                    )
+                })?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        };
+        if password.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the gateway password is empty",
+            ));
+        }
+        Ok(Credentials {
+            user: auth.user.clone(),
+            password,
+        })
+    }
 }
 
 /// How a transaction or connection failed before it produced replies.
@@ -80,6 +137,7 @@ impl Connection {
         address: &str,
         helo_name: &str,
         tls: &Upstream,
+        credentials: Option<&Credentials>,
         connect_timeout: Duration,
         command_timeout: Duration,
     ) -> Result<Connection, ClientError> {
@@ -92,7 +150,7 @@ impl Connection {
             command_timeout,
         )
         .await;
-        match opened {
+        let opened = match opened {
             Err(error) if error.handshake_failed && tls.mode == GatewayTls::Opportunistic => {
                 tracing::warn!(%address, %error, "opportunistic TLS failed; delivering without TLS on a new connection");
                 Connection::open_with(
@@ -106,7 +164,75 @@ impl Connection {
                 .await
             }
             other => other,
+        };
+        let mut connection = opened?;
+        if let Some(credentials) = credentials {
+            connection.login(address, credentials).await?;
         }
+        Ok(connection)
+    }
+
+    /// AUTH PLAIN (or LOGIN) with `credentials`; only under TLS, or to a
+    /// gateway on loopback.
+    async fn login(&mut self, address: &str, credentials: &Credentials) -> Result<(), ClientError> {
+        use base64ct::{Base64, Encoding};
+        let loopback = address
+            .rsplit_once(':')
+            .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']'))
+            .is_some_and(|host| {
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+        if !self.stream.is_tls() && !loopback {
+            return Err(early(
+                "will not send the gateway password without TLS (set tls = \"required\")".into(),
+            ));
+        }
+        let refused = |reply: Reply| {
+            let mut error = early(format!(
+                "gateway refused our login as {}: {reply}",
+                credentials.user
+            ));
+            error.refusal = Some(reply);
+            error
+        };
+        if self.capabilities.auth_plain {
+            let token = Base64::encode_string(
+                format!("\0{}\0{}", credentials.user, credentials.password).as_bytes(),
+            );
+            self.write(format!("AUTH PLAIN {token}\r\n").as_bytes())
+                .await
+                .map_err(mark_early)?;
+            let reply = self.read_reply().await.map_err(mark_early)?;
+            return if reply.code == 235 {
+                Ok(())
+            } else {
+                Err(refused(reply))
+            };
+        }
+        if self.capabilities.auth_login {
+            // AUTH LOGIN, then the user name, then the password: 334, 334, 235.
+            let steps = [
+                ("AUTH LOGIN".to_string(), 334),
+                (Base64::encode_string(credentials.user.as_bytes()), 334),
+                (Base64::encode_string(credentials.password.as_bytes()), 235),
+            ];
+            for (line, expected) in steps {
+                self.write(format!("{line}\r\n").as_bytes())
+                    .await
+                    .map_err(mark_early)?;
+                let reply = self.read_reply().await.map_err(mark_early)?;
+                if reply.code != expected {
+                    return Err(refused(reply));
+                }
+            }
+            return Ok(());
+        }
+        Err(early(
+            "the gateway offers neither AUTH PLAIN nor AUTH LOGIN, and auth_user is set".into(),
+        ))
     }
 
     async fn open_with(
@@ -385,6 +511,15 @@ fn parse_capabilities(ehlo: &Reply) -> Capabilities {
             "SMTPUTF8" => capabilities.smtputf8 = true,
             "SIZE" => capabilities.size = true,
             "STARTTLS" => capabilities.starttls = true,
+            "AUTH" => {
+                for mechanism in line.split(' ').skip(1) {
+                    match mechanism.to_ascii_uppercase().as_str() {
+                        "PLAIN" => capabilities.auth_plain = true,
+                        "LOGIN" => capabilities.auth_login = true,
+                        _ => {}
+                    }
+                }
+            }
             _ => {}
         }
     }

@@ -30,6 +30,7 @@ use crate::shaper::{Admission, Deferral, GatewayModel, GatewayView, SavedState};
 use crate::shutdown::Shutdown;
 use crate::spool::{Spool, StoredMessage};
 use crate::tls::client::Upstream;
+use client::Credentials;
 use queue::{DeliveryQueue, Queued};
 use retry::Backoff;
 use worker::{WorkerContext, worker};
@@ -40,6 +41,7 @@ struct Gateway {
     queue: DeliveryQueue,
     backoff: Backoff,
     tls: Upstream,
+    credentials: Option<Credentials>,
 }
 
 /// How often the shaping state is saved while nothing asks for it sooner.
@@ -70,13 +72,23 @@ impl Outbound {
             .iter()
             .map(Upstream::for_gateway)
             .collect::<std::io::Result<Vec<_>>>()?;
+        let mut logins = Vec::with_capacity(config.gateways.len());
+        for gateway in &config.gateways {
+            logins.push(match &gateway.auth {
+                Some(auth) => Some(Credentials::load(auth).map_err(|error| {
+                    std::io::Error::new(error.kind(), format!("gateway {}: {error}", gateway.name))
+                })?),
+                None => None,
+            });
+        }
         let apps = Apps::new(&config.apps);
         let save_wanted = Arc::new(Notify::new());
         let gateways: Vec<Arc<Gateway>> = config
             .gateways
             .iter()
             .zip(upstreams)
-            .map(|(gateway, tls)| {
+            .zip(logins)
+            .map(|((gateway, tls), credentials)| {
                 let saved = load_state(&spool, &gateway.name);
                 let shaping = &gateway.shaping;
                 let queue = DeliveryQueue::new(
@@ -99,6 +111,7 @@ impl Outbound {
                 Arc::new(Gateway {
                     config: gateway.clone(),
                     tls,
+                    credentials,
                     queue,
                     backoff: Backoff {
                         initial: gateway.retry_initial,

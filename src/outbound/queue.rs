@@ -306,6 +306,14 @@ impl DeliveryQueue {
         self.log_changes(&mut state, Some(reply));
     }
 
+    /// The gateway's quota is used up: hold sending (see the model).
+    /// Returns the hold.
+    pub fn quota_exhausted(&self) -> Duration {
+        let mut state = self.lock();
+        let now = self.now();
+        Duration::from_secs_f64(state.scheduler.model.quota_exhausted(now))
+    }
+
     /// May a transaction of app `lane` with `recipients` recipients be
     /// accepted now? Messages waiting for a retry count as ahead of it:
     /// they need sending too.

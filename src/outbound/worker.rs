@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::Gateway;
 use super::client::Connection;
 use super::queue::Queued;
-use crate::shaper::is_throttling;
+use crate::shaper::feedback::{Signal, classify};
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use crate::spool::{Spool, unix_seconds};
@@ -76,6 +76,7 @@ async fn deliver(
                 &config.address,
                 &context.helo_name,
                 &gateway.tls,
+                gateway.credentials.as_ref(),
                 config.connect_timeout,
                 config.command_timeout,
             )
@@ -87,8 +88,8 @@ async fn deliver(
                     *connection = Some(open);
                 }
                 Err(error) => {
-                    if let Some(refusal) = &error.refusal {
-                        heed_throttling(gateway, std::slice::from_ref(refusal));
+                    if let Some(refusal) = error.refusal.clone() {
+                        heed_signals(gateway, vec![refusal]);
                     }
                     let pause = gateway.queue.connect_failed(|failures| {
                         gateway.backoff.delay(failures, fastrand::f64())
@@ -116,8 +117,7 @@ async fn deliver(
                 if !transaction.reusable {
                     *connection = None;
                 }
-                heed_throttling(gateway, &transaction.replies);
-                break transaction.replies;
+                break heed_signals(gateway, transaction.replies);
             }
             Err(error) => {
                 *connection = None;
@@ -134,17 +134,49 @@ async fn deliver(
     settle(gateway, context, item, replies).await;
 }
 
-/// Tells the shaper when the gateway's own replies ask us to slow down (our
-/// synthetic replies for connection failures never do).
-fn heed_throttling(gateway: &Gateway, replies: &[Reply]) {
-    if let Some(reply) = replies.iter().find(|reply| is_throttling(reply)) {
-        tracing::warn!(
-            gateway = %gateway.config.name,
-            reply = %reply,
-            "gateway signals throttling; slowing down"
-        );
-        gateway.queue.throttled(&reply.to_string());
+/// Acts on what the gateway's own replies say about our sending (our
+/// synthetic replies for connection failures never say anything):
+/// throttling slows the shaper down, a used-up quota holds the queue and
+/// turns those replies into retries, reputation trouble is logged for
+/// operators. Returns the replies to settle the recipients with.
+fn heed_signals(gateway: &Gateway, mut replies: Vec<Reply>) -> Vec<Reply> {
+    let name = &gateway.config.name;
+    let mut throttled = false;
+    let mut held = false;
+    for reply in &mut replies {
+        match classify(reply) {
+            Some(Signal::Throttling) if !throttled => {
+                throttled = true;
+                tracing::warn!(gateway = %name, reply = %reply, "gateway signals throttling; slowing down");
+                gateway.queue.throttled(&reply.to_string());
+            }
+            Some(Signal::QuotaExhausted) => {
+                if !held {
+                    held = true;
+                    let hold = gateway.queue.quota_exhausted();
+                    tracing::warn!(
+                        gateway = %name,
+                        reply = %reply,
+                        hold = %format!("{:.0}s", hold.as_secs_f64()),
+                        "gateway says our sending quota is used up; holding its queue until the window resets"
+                    );
+                }
+                *reply = Reply::new(
+                    451,
+                    format!("4.2.0 held while the gateway's quota resets: {reply}"),
+                );
+            }
+            Some(Signal::Reputation) => {
+                tracing::error!(
+                    gateway = %name,
+                    reply = %reply,
+                    "gateway reports reputation trouble for our sender or IP; operators must act (Exchange: check the tenant's restricted senders and IP reputation)"
+                );
+            }
+            _ => {}
+        }
     }
+    replies
 }
 
 /// Applies per-recipient replies: done, retry later, or dead-letter.

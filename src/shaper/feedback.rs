@@ -1,7 +1,15 @@
-//! Which gateway replies say "you are sending too much": the signals that cut
-//! the ceiling. Permanent (5xx) replies never are; a transient reply is one
-//! when its code or enhanced status is about load or reputation, or its text
-//! asks to come back later.
+//! What gateway replies say about our sending, beyond the message itself.
+//!
+//! - Throttling ("you are sending too much") cuts the ceiling. Permanent
+//!   (5xx) replies never are; a transient reply is one when its code or
+//!   enhanced status is about load or reputation, or its text asks to come
+//!   back later.
+//! - A quota used up (Exchange Online's `554 5.2.0 ...QuotaExceeded...`)
+//!   is a cap the gateway counted: the message is held, not bounced, and the
+//!   gateway rests until its window resets.
+//! - Reputation trouble (Exchange's `5.7.705`, `5.7.708`, `5.7.750`: the
+//!   tenant or IP is blocked) is for operators: the reply stands, and it is
+//!   logged as such.
 
 use crate::smtp::Reply;
 
@@ -17,6 +25,39 @@ const THROTTLING_PHRASES: &[&str] = &[
     "sending too fast",
     "higher volume",
 ];
+
+/// What a reply tells about the gateway's view of us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Throttling,
+    QuotaExhausted,
+    Reputation,
+}
+
+/// Enhanced status codes of Exchange Online's sender blocks.
+const REPUTATION_CODES: &[&str] = &["5.7.705", "5.7.708", "5.7.750"];
+
+/// The signal in `reply`, if any (see the module notes).
+///
+/// ```
+/// use smtp_shaper::shaper::feedback::{Signal, classify};
+/// use smtp_shaper::smtp::Reply;
+///
+/// let quota = Reply::new(554, "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException");
+/// assert_eq!(classify(&quota), Some(Signal::QuotaExhausted));
+/// let blocked = Reply::new(550, "5.7.708 Service unavailable. Access denied, traffic not accepted from this IP");
+/// assert_eq!(classify(&blocked), Some(Signal::Reputation));
+/// ```
+pub fn classify(reply: &Reply) -> Option<Signal> {
+    let text = reply.lines.join(" ");
+    if (reply.code == 554 && text.starts_with("5.2.0")) || text.contains("QuotaExceeded") {
+        return Some(Signal::QuotaExhausted);
+    }
+    if REPUTATION_CODES.iter().any(|code| text.starts_with(code)) {
+        return Some(Signal::Reputation);
+    }
+    is_throttling(reply).then_some(Signal::Throttling)
+}
 
 /// True when `reply` asks us to send less (see the module notes).
 ///
@@ -84,5 +125,20 @@ mod tests {
         for (code, text) in not_throttling {
             assert!(!is_throttling(&Reply::new(code, text)), "{code} {text}");
         }
+        assert_eq!(classify(&Reply::new(550, "5.1.1 User unknown")), None);
+        assert_eq!(
+            classify(&Reply::new(
+                432,
+                "4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"
+            )),
+            Some(Signal::Throttling)
+        );
+        assert_eq!(
+            classify(&Reply::new(
+                550,
+                "5.7.705 Access denied, tenant has exceeded threshold"
+            )),
+            Some(Signal::Reputation)
+        );
     }
 }

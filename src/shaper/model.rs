@@ -306,6 +306,20 @@ impl GatewayModel {
         self.rebuild_if_moved(now, Cause::Throttled);
     }
 
+    /// The gateway says its sending quota is used up: hold everything until
+    /// the longest cap window has passed (one hour without caps). Returns
+    /// the hold in seconds.
+    pub fn quota_exhausted(&mut self, now: f64) -> f64 {
+        let hold = self
+            .caps
+            .iter()
+            .map(|cap| cap.window)
+            .fold(0.0, f64::max)
+            .max(3_600.0);
+        self.paused_until = self.paused_until.max(now + hold);
+        hold
+    }
+
     /// Would new mail (counting `units`) wait too long? `ahead` messages
     /// would be sent before it, out of `queued_messages` queued counting
     /// `queued_units`. Counts a deferral.
@@ -575,6 +589,17 @@ mod tests {
             DeferReason::Cap
         );
         assert_eq!(model.view(0.0).deferrals, [0, 0, 1]);
+    }
+
+    #[test]
+    fn a_used_up_quota_holds_for_the_longest_window() {
+        let mut model = GatewayModel::new(&shaping("limits = [\"30/min\", \"10000/day\"]"), 0.0);
+        assert_eq!(model.quota_exhausted(100.0), DAY);
+        assert!(
+            matches!(model.try_send(200.0, 1), Decision::Wait(wait) if (wait - (DAY - 100.0)).abs() < 1e-6)
+        );
+        let mut uncapped = GatewayModel::new(&shaping(""), 0.0);
+        assert_eq!(uncapped.quota_exhausted(0.0), 3_600.0);
     }
 
     #[test]

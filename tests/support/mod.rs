@@ -28,6 +28,8 @@ pub struct Received {
     pub at: std::time::Instant,
     /// Whether it came over TLS.
     pub tls: bool,
+    /// The user the sender logged in as.
+    pub login: Option<String>,
 }
 
 /// What the sink answers; change it while tests run.
@@ -41,6 +43,8 @@ pub struct Behavior {
     pub drop_during_data: usize,
     /// Whether to offer PIPELINING.
     pub no_pipelining: bool,
+    /// Offer AUTH PLAIN and require this user and password before MAIL.
+    pub login: Option<(String, String)>,
 }
 
 /// An in-process SMTP server playing the gateway.
@@ -186,6 +190,7 @@ async fn sink_session_inner(
     }
     let mut mail_from = String::new();
     let mut recipients = Vec::new();
+    let mut logged_in: Option<String> = None;
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -205,9 +210,30 @@ async fn sink_session_inner(
             } else {
                 ""
             };
+            let auth = if behavior.lock().unwrap().login.is_some() {
+                "250-AUTH PLAIN LOGIN\r\n"
+            } else {
+                ""
+            };
             format!(
-                "250-sink.test\r\n{pipelining}{offer}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000"
+                "250-sink.test\r\n{pipelining}{offer}{auth}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000"
             )
+        } else if upper.starts_with("AUTH PLAIN ") {
+            use base64ct::Encoding;
+            let expected = behavior.lock().unwrap().login.clone();
+            let given = base64ct::Base64::decode_vec(&text[11..]).unwrap_or_default();
+            match expected {
+                Some((user, password)) if given == format!("\0{user}\0{password}").into_bytes() => {
+                    logged_in = Some(user);
+                    "235 2.7.0 Authentication successful".into()
+                }
+                _ => "535 5.7.8 Authentication unsuccessful".into(),
+            }
+        } else if upper.starts_with("MAIL FROM:")
+            && behavior.lock().unwrap().login.is_some()
+            && logged_in.is_none()
+        {
+            "530 5.7.57 Client not authenticated to send mail".into()
         } else if upper == "STARTTLS" && starttls.is_some() {
             writer.write_all(b"220 2.0.0 go ahead\r\n").await?;
             let stream = reader.into_inner().unsplit(writer);
@@ -274,6 +300,7 @@ async fn sink_session_inner(
                             data,
                             at: std::time::Instant::now(),
                             tls,
+                            login: logged_in.clone(),
                         });
                         "250 2.0.0 queued".into()
                     }
