@@ -377,3 +377,157 @@ async fn pipelined_transactions_get_their_replies_in_order() {
     eventually("two messages", || h.sink.count() == 2).await;
     h.shutdown().await;
 }
+
+/// Connects, says EHLO (and optionally opens DATA), then trickles `byte`
+/// every 50 ms from a second task; returns the first reply line read after
+/// the trickle began.
+async fn trickle(h: &Harness, in_data: bool) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(h.service.smtp_address())
+        .await
+        .unwrap();
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut line = String::new();
+    let mut read_reply = async |reader: &mut BufReader<_>, line: &mut String| {
+        loop {
+            line.clear();
+            reader.read_line(line).await.unwrap();
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return;
+            }
+        }
+    };
+    read_reply(&mut reader, &mut line).await;
+    writer.write_all(b"EHLO app.test\r\n").await.unwrap();
+    read_reply(&mut reader, &mut line).await;
+    if in_data {
+        writer
+            .write_all(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            read_reply(&mut reader, &mut line).await;
+        }
+        assert!(line.starts_with("354"), "{line}");
+    }
+    let writer_task = tokio::spawn(async move {
+        loop {
+            if writer.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    line.clear();
+    tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line))
+        .await
+        .expect("cut off within 30 s")
+        .unwrap();
+    writer_task.abort();
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_client_is_cut_off_in_commands_and_in_data() {
+    let h = Harness::with(|config| {
+        config.server.command_deadline = Duration::from_millis(500);
+        config.server.data_deadline = Duration::from_millis(500);
+    })
+    .await;
+    // One byte every 50 ms: never silent for idle_timeout (5m), never done.
+    let in_command = trickle(&h, false).await;
+    assert!(in_command.starts_with("421 4.4.2"), "{in_command:?}");
+    let in_data = trickle(&h, true).await;
+    assert!(in_data.starts_with("421 4.4.2"), "{in_data:?}");
+    assert_eq!(h.sink.count(), 0);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_gets_only_its_share_of_connections() {
+    let h = Harness::with(|config| config.server.max_connections_per_client = 2).await;
+    let _first = h.client().await;
+    let _second = h.client().await;
+    let (mut third, greeting) = support::Client::connect(h.service.smtp_address()).await;
+    assert_eq!(
+        (greeting.code, &greeting.text[..5]),
+        (421, "4.7.0"),
+        "{greeting:?}"
+    );
+    assert!(
+        greeting
+            .text
+            .contains("too many connections from 127.0.0.1")
+    );
+    assert!(third.is_closed().await);
+    drop(_first);
+    // A slot is free again once a session ends.
+    support::eventually_async("a new connection is greeted", || async {
+        support::Client::connect(h.service.smtp_address())
+            .await
+            .1
+            .code
+            == 220
+    })
+    .await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_relay_probes_are_refused_or_go_only_to_the_gateway() {
+    let h = Harness::start().await;
+    let mut client = h.client().await;
+    // The classic relay-test forms, against an IP literal and a host name.
+    let probes = [
+        "victim@external.test",
+        "victim%external.test@shaper.test",
+        "victim%external.test@[127.0.0.1]",
+        "\"victim@external.test\"",
+        "\"victim@external.test\"@shaper.test",
+        "\"victim%external.test\"@shaper.test",
+        "@shaper.test:victim@external.test",
+        "@[127.0.0.1]:victim@external.test",
+        "external.test!victim",
+        "external.test!victim@shaper.test",
+        "external.test!victim@[127.0.0.1]",
+        "victim@external.test@shaper.test",
+        "victim@[127.0.0.1]",
+        "victim@external.test.",
+        "victim",
+        "<victim@external.test>",
+    ];
+    let mut relayed = 0;
+    for probe in probes {
+        assert_eq!(
+            client.command("MAIL FROM:<probe@example.com>").await.code,
+            250
+        );
+        let reply = client.command(&format!("RCPT TO:<{probe}>")).await;
+        if reply.code == 250 {
+            assert_eq!(client.command("DATA").await.code, 354);
+            client
+                .send_raw(b"Subject: probe\r\n\r\nprobe\r\n.\r\n")
+                .await;
+            assert_eq!(client.reply().await.unwrap().code, 250);
+            relayed += 1;
+        } else {
+            assert!((500..600).contains(&reply.code), "{probe}: {reply:?}");
+            assert_eq!(client.command("RSET").await.code, 250);
+        }
+    }
+    eventually("the accepted probes at the one configured gateway", || {
+        h.sink.count() == relayed
+    })
+    .await;
+    for message in h.sink.messages() {
+        // Passed on as a plain address, exactly as received (source routes
+        // dropped): the gateway, not the proxy, decides what it means.
+        assert!(
+            !message.recipients[0].starts_with('@'),
+            "{:?}",
+            message.recipients
+        );
+    }
+    h.shutdown().await;
+}

@@ -37,7 +37,17 @@ pub struct ServerConfig {
     pub max_message_size: u64,
     pub max_recipients: usize,
     pub max_connections: usize,
+    /// Concurrent connections from one client address.
+    pub max_connections_per_client: usize,
     pub max_errors: u32,
+    /// Commands that move no mail (NOOP, RSET, VRFY, HELP, EHLO/HELO again)
+    /// in one session before it is closed.
+    pub max_junk_commands: u32,
+    /// Longest time one command line may take to arrive (a client trickling
+    /// a byte at a time is cut off even though it is never silent).
+    pub command_deadline: Duration,
+    /// Longest time one message body may take to arrive.
+    pub data_deadline: Duration,
     pub idle_timeout: Duration,
     pub data_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -332,7 +342,21 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
         ),
         max_recipients: s.integer("max_recipients", 100, 1, 100_000),
         max_connections: s.integer("max_connections", 200, 1, 100_000),
+        max_connections_per_client: s.integer("max_connections_per_client", 50, 1, 100_000),
         max_errors: s.integer("max_errors", 10, 1, 1_000),
+        max_junk_commands: s.integer("max_junk_commands", 100, 1, 100_000),
+        command_deadline: s.parsed(
+            "command_deadline",
+            "5m",
+            units::DURATION_FORMS,
+            units::parse_duration,
+        ),
+        data_deadline: s.parsed(
+            "data_deadline",
+            "1h",
+            units::DURATION_FORMS,
+            units::parse_duration,
+        ),
         idle_timeout: s.parsed(
             "idle_timeout",
             "5m",

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsAcceptor;
 
 use super::Context;
@@ -153,6 +153,8 @@ async fn run(
     let hostname = &server.hostname;
     // Set while discarding an over-long line until its end arrives.
     let mut skipping = None;
+    // When the first byte of the command line still incomplete arrived.
+    let mut partial_since: Option<Instant> = None;
     loop {
         // Answer every complete command already buffered (pipelining).
         loop {
@@ -223,10 +225,21 @@ async fn run(
             }
         }
         conn.flush().await?;
+        // A command line must be complete within command_deadline of its
+        // first byte, however steadily it trickles in.
+        let limit = if conn.buffer.is_empty() && skipping.is_none() {
+            partial_since = None;
+            server.idle_timeout
+        } else {
+            let since = *partial_since.get_or_insert_with(Instant::now);
+            server
+                .idle_timeout
+                .min(server.command_deadline.saturating_sub(since.elapsed()))
+        };
         // Between transactions a stopping service hangs up; inside one it lets
         // the client finish (the service waits up to shutdown_grace).
         let watch_shutdown = (!session.in_transaction()).then_some(&mut *shutdown);
-        match conn.fill(server.idle_timeout, watch_shutdown).await? {
+        match conn.fill(limit, watch_shutdown).await? {
             Input::Data => {}
             Input::Closed => return Ok(()),
             Input::TimedOut => {
@@ -320,13 +333,18 @@ async fn receive_message(
 ) -> std::io::Result<Option<Reply>> {
     let server = &context.config.server;
     let mut receiver = DataReceiver::new(server.max_message_size as usize);
+    let started = Instant::now();
     loop {
         if let Some(consumed) = receiver.feed(&conn.buffer) {
             conn.buffer.drain(..consumed);
             break;
         }
         conn.buffer.clear();
-        match conn.fill(server.data_timeout, None).await? {
+        // Silence ends DATA after data_timeout; a trickle after data_deadline.
+        let limit = server
+            .data_timeout
+            .min(server.data_deadline.saturating_sub(started.elapsed()));
+        match conn.fill(limit, None).await? {
             Input::Data => {}
             Input::Closed | Input::Shutdown => return Ok(None),
             Input::TimedOut => {

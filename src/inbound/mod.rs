@@ -1,13 +1,16 @@
 //! The inbound side: the listener applications connect to, and their sessions.
 //!
-//! The listener enforces the two checks that come before any SMTP: the client
+//! The listener enforces the checks that come before any SMTP: the client
 //! network must be in `allowed_networks` (else 554 and close: never an open
-//! relay), and at most `max_connections` sessions run at once (else 421).
+//! relay), at most `max_connections` sessions run at once and at most
+//! `max_connections_per_client` from one address (else 421).
 
 mod connection;
 pub mod session;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -44,6 +47,7 @@ pub async fn serve(
 ) {
     let server = &context.config.server;
     let slots = Arc::new(Semaphore::new(server.max_connections));
+    let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let mut sessions = JoinSet::new();
     loop {
         let (accepted, implicit_tls) = tokio::select! {
@@ -86,10 +90,26 @@ pub async fn serve(
             sessions.spawn(refuse(stream, reply));
             continue;
         };
+        let Some(client_slot) =
+            ClientSlot::take(&per_client, peer.ip(), server.max_connections_per_client)
+        else {
+            tracing::warn!(client = %peer, limit = server.max_connections_per_client, "connection refused: too many connections from this client");
+            let reply = Reply::new(
+                421,
+                format!(
+                    "4.7.0 {} Error: too many connections from {}, try again later",
+                    server.hostname,
+                    peer.ip()
+                ),
+            );
+            sessions.spawn(refuse(stream, reply));
+            continue;
+        };
         let context = context.clone();
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
             connection::serve(stream, peer, context, shutdown, implicit_tls).await;
+            drop(client_slot);
             drop(slot);
         });
     }
@@ -106,6 +126,48 @@ pub async fn serve(
             "sessions still open after shutdown_grace; closing them"
         );
         sessions.shutdown().await;
+    }
+}
+
+/// One of a client address's connection slots, given back on drop.
+struct ClientSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl ClientSlot {
+    fn take(
+        counts: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        limit: usize,
+    ) -> Option<ClientSlot> {
+        let mut map = counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = map.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 

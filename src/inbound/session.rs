@@ -64,6 +64,8 @@ pub struct Session<'a> {
     esmtp: bool,
     transaction: Option<Transaction>,
     errors: u32,
+    /// Commands so far that moved no mail (see `max_junk_commands`).
+    junk: u32,
     /// The connection is encrypted (after STARTTLS or on the TLS listener).
     tls: bool,
     /// The app the client logged in as (its lane).
@@ -89,6 +91,7 @@ impl<'a> Session<'a> {
             esmtp: false,
             transaction: None,
             errors: 0,
+            junk: 0,
             tls: false,
             login: None,
             auth_exchange: None,
@@ -164,6 +167,23 @@ impl<'a> Session<'a> {
             Ok(command) => command,
             Err(error) => return self.refuse(command_error_reply(error)),
         };
+        let junk = match &command {
+            Command::Noop | Command::Rset | Command::Vrfy | Command::Help => true,
+            Command::Ehlo(_) | Command::Helo(_) => self.helo.is_some(),
+            _ => false,
+        };
+        if junk {
+            self.junk += 1;
+            if self.junk > self.server.max_junk_commands {
+                return Step::Close(Reply::new(
+                    421,
+                    format!(
+                        "4.7.0 {} Error: too many commands without mail, closing connection",
+                        self.server.hostname
+                    ),
+                ));
+            }
+        }
         match command {
             Command::Ehlo(host) => {
                 self.helo = Some(host.clone());
@@ -692,6 +712,28 @@ mod tests {
             matches!(run(&mut session, "DATA"), Step::Data(_)),
             "the first recipient stays"
         );
+    }
+
+    #[test]
+    fn closes_a_session_that_only_sends_junk() {
+        let mut config = Config::embedded_default();
+        config.server.max_junk_commands = 3;
+        let policy = config.policy();
+        let mut session = Session::new(
+            &config.server,
+            &policy,
+            &Admit(usize::MAX),
+            "127.0.0.1".parse().unwrap(),
+        );
+        assert_eq!(
+            code(run(&mut session, "EHLO app.test")),
+            250,
+            "the first EHLO is not junk"
+        );
+        for line in ["NOOP", "RSET", "EHLO again.test"] {
+            assert_eq!(code(run(&mut session, line)), 250);
+        }
+        assert!(matches!(run(&mut session, "NOOP"), Step::Close(reply) if reply.code == 421));
     }
 
     #[test]
