@@ -389,7 +389,7 @@ async fn trickle(h: &Harness, in_data: bool) -> String {
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     let mut line = String::new();
-    let mut read_reply = async |reader: &mut BufReader<_>, line: &mut String| {
+    let read_reply = async |reader: &mut BufReader<_>, line: &mut String| {
         loop {
             line.clear();
             reader.read_line(line).await.unwrap();
