@@ -4,72 +4,14 @@
 mod support;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Client, Harness, Sink, eventually, free_address, start, test_config};
-
-/// The binary running on its own config file.
-struct Process {
-    child: Child,
-    address: SocketAddr,
-}
-
-fn write_config(dir: &Path, listen: SocketAddr, gateway: SocketAddr) -> std::path::PathBuf {
-    write_config_with(dir, listen, gateway, "")
-}
-
-/// The test config with `shaping` lines added to its [gateways.shaping].
-fn write_config_with(
-    dir: &Path,
-    listen: SocketAddr,
-    gateway: SocketAddr,
-    shaping: &str,
-) -> std::path::PathBuf {
-    let path = dir.join("smtp-shaper.toml");
-    let toml = support::test_config_toml(&listen.to_string(), &dir.join("spool"), gateway).replace(
-        "[gateways.shaping]",
-        &format!("[gateways.shaping]\n{shaping}"),
-    );
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
-async fn spawn(config: &Path, address: SocketAddr) -> Process {
-    let child = Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start smtp-shaper");
-    let process = Process { child, address };
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(address).await.is_ok() {
-            return process;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("smtp-shaper did not start listening on {address}");
-}
-
-impl Process {
-    /// SIGKILL: no chance to sync or say goodbye.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use support::{
+    Client, Harness, Sink, eventually, free_address, spawn, start, test_config, write_config,
+    write_config_with,
+};
 
 fn body(tag: &str) -> Vec<u8> {
     format!("Subject: {tag}\r\nMessage-ID: <{tag}@app.test>\r\n\r\npayload {tag}\r\n.dot line\r\n")

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -421,6 +422,23 @@ impl Client {
         (client, greeting)
     }
 
+    /// Like [`Client::ready`], but None (no panic) when the server is down
+    /// or goes away meanwhile.
+    pub async fn try_ready(address: SocketAddr) -> Option<Client> {
+        let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(address))
+            .await
+            .ok()?
+            .ok()?;
+        let (reader, writer) = stream.into_split();
+        let mut client = Client {
+            reader: BufReader::new(reader),
+            writer,
+        };
+        (client.reply().await?.code == 220).then_some(())?;
+        client.writer.write_all(b"EHLO app.test\r\n").await.ok()?;
+        (client.reply().await?.code == 250).then_some(client)
+    }
+
     /// Connects, says EHLO, expects 220 and 250.
     pub async fn ready(address: SocketAddr) -> Client {
         let (mut client, greeting) = Client::connect(address).await;
@@ -434,6 +452,11 @@ impl Client {
     pub fn into_stream(self) -> TcpStream {
         assert!(self.reader.buffer().is_empty(), "unread input");
         self.reader.into_inner().reunite(self.writer).unwrap()
+    }
+
+    /// Writes `bytes`; false when the connection is gone (no panic).
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> bool {
+        self.writer.write_all(bytes).await.is_ok()
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
@@ -656,6 +679,67 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+// ---- The real binary, for tests that kill it. ----
+
+/// The binary running on its own config file.
+pub struct Process {
+    pub child: std::process::Child,
+    pub address: SocketAddr,
+}
+
+pub fn write_config(dir: &Path, listen: SocketAddr, gateway: SocketAddr) -> std::path::PathBuf {
+    write_config_with(dir, listen, gateway, "")
+}
+
+/// The test config with `shaping` lines added to its [gateways.shaping].
+pub fn write_config_with(
+    dir: &Path,
+    listen: SocketAddr,
+    gateway: SocketAddr,
+    shaping: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("smtp-shaper.toml");
+    let toml = test_config_toml(&listen.to_string(), &dir.join("spool"), gateway).replace(
+        "[gateways.shaping]",
+        &format!("[gateways.shaping]\n{shaping}"),
+    );
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+pub async fn spawn(config: &Path, address: SocketAddr) -> Process {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start smtp-shaper");
+    let process = Process { child, address };
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            return process;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("smtp-shaper did not start listening on {address}");
+}
+
+impl Process {
+    /// SIGKILL: no chance to sync or say goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Like [`eventually`], for a condition that needs to await.
