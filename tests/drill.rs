@@ -130,9 +130,11 @@ async fn drill_kills_flaps_and_a_full_disk_lose_nothing() {
             process = spawn(&config, listen).await;
         }
     }
+    let started = std::time::Instant::now();
     for sender in senders {
         sender.await.unwrap();
     }
+    let sent = std::time::Instant::now();
     let accepted = accepted.lock().unwrap().clone();
     let received = || -> Vec<String> {
         inboxes
@@ -141,12 +143,30 @@ async fn drill_kills_flaps_and_a_full_disk_lose_nothing() {
             .filter_map(|message| tag_of(&message.data))
             .collect()
     };
-    for _ in 0..600 {
+    // Wait while deliveries progress (up to 10 minutes in all).
+    let (mut last, mut still) = (0, 0);
+    for _ in 0..6_000 {
         let got: HashSet<String> = received().into_iter().collect();
         if got.is_superset(&accepted) {
             break;
         }
+        if got.len() == last {
+            still += 1;
+            if still > 300 {
+                break;
+            }
+        } else {
+            (last, still) = (got.len(), 0);
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "drill: after the last kill, sending took {:.1}s more and delivering the rest {:.1}s",
+        (sent - started).as_secs_f64(),
+        sent.elapsed().as_secs_f64()
+    );
+    if let Ok(path) = std::env::var("DRILL_LOG") {
+        let _ = std::fs::copy(dir.path().join("smtp-shaper.log"), path);
     }
     let all = received();
     let unique: HashSet<&String> = all.iter().collect();

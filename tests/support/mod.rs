@@ -91,6 +91,9 @@ impl Sink {
                     let Ok((stream, _)) = listener.accept().await else {
                         return;
                     };
+                    // Replies go out as separate writes: without this, Nagle
+                    // and the peer's delayed ACK stall each one by 40 ms.
+                    let _ = stream.set_nodelay(true);
                     let shared = SinkShared {
                         received: received.clone(),
                         behavior: behavior.clone(),
@@ -709,13 +712,20 @@ pub fn write_config_with(
     path
 }
 
+/// Starts the binary on `config`; its warnings and errors are appended to
+/// `smtp-shaper.log` beside the config file (to read when a test fails).
 pub async fn spawn(config: &Path, address: SocketAddr) -> Process {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_file_name("smtp-shaper.log"))
+        .expect("open the log file");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("start smtp-shaper");
     let process = Process { child, address };
