@@ -37,6 +37,7 @@ use tls::server::ServerTls;
 pub struct Service {
     smtp_address: SocketAddr,
     tls_address: Option<SocketAddr>,
+    sender_checks: Arc<policy::senders::SenderChecks>,
     outbound: Outbound,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -75,7 +76,15 @@ impl Service {
         };
         let (stop, shutdown) = Shutdown::channel();
         let mut workers = JoinSet::new();
-        let outbound = Outbound::start(&config, spool.clone(), &mut workers, shutdown.clone())?;
+        let policy = config.policy();
+        let sender_checks = policy.senders.clone();
+        let outbound = Outbound::start(
+            &config,
+            spool.clone(),
+            &mut workers,
+            shutdown.clone(),
+            policy.senders.clone(),
+        )?;
         for message in recovered {
             outbound.recovered(message);
         }
@@ -90,7 +99,7 @@ impl Service {
         let grace = config.server.shutdown_grace;
         let final_outbound = outbound.clone();
         let context = Arc::new(inbound::Context {
-            policy: config.policy(),
+            policy,
             config,
             spool: spool.clone(),
             outbound: outbound.clone(),
@@ -114,6 +123,7 @@ impl Service {
         Ok(Service {
             smtp_address,
             tls_address,
+            sender_checks,
             outbound,
             stop,
             task,
@@ -128,6 +138,12 @@ impl Service {
     /// The implicit-TLS listener's address, when `[server.tls] listen` is set.
     pub fn tls_address(&self) -> Option<SocketAddr> {
         self.tls_address
+    }
+
+    /// What the gateways said about each verified sender address (relay
+    /// rule 3): address, verdict, Unix time of the answer.
+    pub fn sender_checks(&self) -> Vec<(String, policy::senders::Verdict, u64)> {
+        self.sender_checks.all()
     }
 
     /// Messages queued for the named gateway.

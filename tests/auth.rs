@@ -178,3 +178,57 @@ async fn plaintext_auth_only_on_a_loopback_listener_when_configured() {
     assert_eq!(auth.code, 235, "{auth:?}");
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_3_a_sender_the_gateway_does_not_know_is_refused() {
+    use smtp_shaper::policy::senders::Verdict;
+    const GHOST: &str = "ghost@portal.example.org";
+    // The gateway knows the noreply address, not the ghost.
+    let sink = support::Sink::start().await;
+    sink.reply_to_rcpt(GHOST, "550 5.1.1 <ghost@portal.example.org>: User unknown");
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = support::test_config(spool.path(), sink.address);
+    config.gateways[0].verify_senders = true;
+    config.apps = vec![AppConfig {
+        name: "portal".into(),
+        networks: vec!["127.0.0.0/8".parse().unwrap()],
+        senders: vec![SENDER.parse().unwrap(), GHOST.parse().unwrap()],
+        priority: 1,
+        user: None,
+        password_hash: None,
+    }];
+    let service = support::start(config).await;
+    eventually("both senders checked", || {
+        service.sender_checks().len() == 2
+    })
+    .await;
+    let checks = service.sender_checks();
+    assert_eq!(checks[0].0, GHOST);
+    assert!(matches!(&checks[0].1, Verdict::Missing(reply) if reply.starts_with("550 5.1.1")));
+    assert_eq!(
+        (checks[1].0.as_str(), &checks[1].1),
+        (SENDER, &Verdict::Exists)
+    );
+
+    let mut client = Client::ready(service.smtp_address()).await;
+    let refused = client.command(&format!("MAIL FROM:<{GHOST}>")).await;
+    assert_eq!(refused.code, 550);
+    assert!(
+        refused
+            .text
+            .starts_with("5.1.0 Sender <ghost@portal.example.org> does not exist")
+            && refused.text.contains("relay rule 3"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        client.command(&format!("MAIL FROM:<{SENDER}>")).await.code,
+        250
+    );
+    assert_eq!(
+        *sink.data_attempts.lock().unwrap(),
+        0,
+        "probes never send a message"
+    );
+    drop(client);
+    service.shutdown().await;
+}

@@ -113,6 +113,10 @@ pub struct GatewayConfig {
     pub tls_server_name: Option<String>,
     /// AUTH towards the gateway (e.g. a mailbox on Exchange Online).
     pub auth: Option<GatewayAuth>,
+    /// Ask this gateway, at start and every so often, whether each sender
+    /// address routed to it exists (relay rule 3).
+    pub verify_senders: bool,
+    pub verify_interval: Duration,
     pub shaping: ShapingConfig,
 }
 
@@ -304,6 +308,7 @@ impl Config {
         crate::policy::Policy {
             router: self.router(),
             apps: std::sync::Arc::new(crate::policy::Apps::new(&self.apps)),
+            senders: std::sync::Arc::default(),
         }
     }
 
@@ -510,6 +515,13 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
             },
         ),
         auth: None,
+        verify_senders: s.boolean("verify_senders", false),
+        verify_interval: s.parsed(
+            "verify_interval",
+            "1h",
+            units::DURATION_FORMS,
+            units::parse_duration,
+        ),
         shaping: read_shaping(s.subsection("shaping")),
     };
     let mut gateway = gateway;

@@ -299,6 +299,14 @@ impl<'a> Session<'a> {
                 ),
             ));
         }
+        if let Some(refusal) = self.policy.senders.missing(&from) {
+            return self.refuse(Reply::new(
+                550,
+                format!(
+                    "5.1.0 Sender <{from}> does not exist at the gateway ({refusal}): apps send from a valid, existing address (relay rule 3)"
+                ),
+            ));
+        }
         let reply = Reply::new(250, format!("2.1.0 Sender <{from}> ok"));
         self.transaction = Some(Transaction {
             lane,

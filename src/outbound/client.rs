@@ -454,6 +454,24 @@ impl Connection {
         Ok(Transaction { replies, reusable })
     }
 
+    /// Asks whether the gateway takes mail for `address` (MAIL FROM:<>,
+    /// RCPT TO, RSET: nothing is sent). Returns the RCPT reply, or the MAIL
+    /// reply when MAIL was refused.
+    pub async fn probe(&mut self, address: &str) -> Result<Reply, ClientError> {
+        self.write(b"MAIL FROM:<>\r\n").await?;
+        let mail = self.read_reply().await?;
+        if !mail.is_positive() {
+            return Ok(mail);
+        }
+        self.write(format!("RCPT TO:<{address}>\r\n").as_bytes())
+            .await?;
+        let rcpt = self.read_reply().await?;
+        if !self.reset().await {
+            return Err(late("the gateway did not accept RSET after a probe".into()));
+        }
+        Ok(rcpt)
+    }
+
     /// Says QUIT and closes; errors do not matter any more.
     pub async fn quit(mut self) {
         if self.write(b"QUIT\r\n").await.is_ok() {

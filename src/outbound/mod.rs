@@ -14,6 +14,7 @@
 mod client;
 mod queue;
 pub mod retry;
+mod verify;
 mod worker;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use tokio::task::JoinSet;
 use crate::config::units::format_rate;
 use crate::config::{Config, GatewayConfig};
 use crate::policy::Apps;
+use crate::policy::senders::SenderChecks;
 use crate::shaper::{Admission, Deferral, GatewayModel, GatewayView, SavedState};
 use crate::shutdown::Shutdown;
 use crate::spool::{Spool, StoredMessage};
@@ -61,11 +63,14 @@ impl Outbound {
     /// Starts the workers of every gateway on `tasks`; they stop when
     /// `shutdown` turns true. Fails when a gateway's TLS settings cannot be
     /// loaded (its CA file).
+    /// Gateways with `verify_senders` check the apps' sender addresses into
+    /// `sender_checks`.
     pub fn start(
         config: &Config,
         spool: Spool,
         tasks: &mut JoinSet<()>,
         shutdown: Shutdown,
+        sender_checks: Arc<SenderChecks>,
     ) -> std::io::Result<Outbound> {
         let upstreams = config
             .gateways
@@ -127,6 +132,23 @@ impl Outbound {
         for gateway in &gateways {
             for _ in 0..gateway.config.max_connections {
                 tasks.spawn(worker(gateway.clone(), context.clone(), shutdown.clone()));
+            }
+        }
+        let router = config.router();
+        for (index, gateway) in gateways.iter().enumerate() {
+            let addresses: Vec<String> = apps
+                .sender_addresses()
+                .into_iter()
+                .filter(|address| router.route(address) == index)
+                .collect();
+            if gateway.config.verify_senders && !addresses.is_empty() {
+                tasks.spawn(verify::verify_senders(
+                    gateway.clone(),
+                    config.server.hostname.clone(),
+                    addresses,
+                    sender_checks.clone(),
+                    shutdown.clone(),
+                ));
             }
         }
         let outbound = Outbound {

@@ -79,6 +79,22 @@ impl Apps {
         })
     }
 
+    /// Every sender address (not domain) the apps list, for rule 3 checks.
+    pub fn sender_addresses(&self) -> Vec<String> {
+        let mut addresses: Vec<String> = self
+            .apps
+            .iter()
+            .flat_map(|app| &app.senders)
+            .filter_map(|pattern| match pattern {
+                SenderPattern::Address(address) => Some(address.clone()),
+                _ => None,
+            })
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses
+    }
+
     /// The name of `lane`.
     pub fn name(&self, lane: usize) -> &str {
         self.apps

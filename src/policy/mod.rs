@@ -7,6 +7,7 @@
 mod apps;
 mod networks;
 mod routing;
+pub mod senders;
 
 pub use apps::{Apps, OTHER_APP};
 pub use networks::Network;
@@ -14,9 +15,11 @@ pub use routing::{Router, SenderPattern};
 
 use std::sync::Arc;
 
-/// The policy decisions a session needs: which gateway, which app.
+/// The policy decisions a session needs: which gateway, which app, and
+/// whether the sender exists.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub router: Router,
     pub apps: Arc<Apps>,
+    pub senders: Arc<senders::SenderChecks>,
 }
