@@ -1,0 +1,27 @@
+//! A bounded fuzz run of the targets in fuzz/ (scripts/fuzz.sh) when
+//! SMTP_SHAPER_FUZZ_SECONDS is set (CI sets it); otherwise it says SKIPPED.
+//! Building the instrumented targets takes a minute or two.
+
+use std::process::Command;
+
+#[test]
+fn fuzz_targets_survive_a_bounded_run() {
+    let Ok(seconds) = std::env::var("SMTP_SHAPER_FUZZ_SECONDS") else {
+        eprintln!("SKIPPED: set SMTP_SHAPER_FUZZ_SECONDS=10 to fuzz each target for 10 s");
+        return;
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    let output = Command::new(format!("{root}/scripts/fuzz.sh"))
+        .env("FUZZ_SECONDS", seconds)
+        .env("CARGO_TARGET_DIR", format!("{root}/target/fuzz"))
+        .output()
+        .expect("run scripts/fuzz.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.matches("no crash").count(), 3, "{stdout}");
+}
