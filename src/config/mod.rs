@@ -136,6 +136,26 @@ pub enum SecretSource {
     File(PathBuf),
 }
 
+impl GatewayConfig {
+    /// The host part of `address` (without brackets around an IPv6 literal).
+    pub fn host(&self) -> &str {
+        self.address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+    }
+
+    /// True when the gateway is on this machine (loopback or `localhost`).
+    pub fn is_loopback(&self) -> bool {
+        let host = self.host();
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
 /// `[gateways.shaping]`: how fast the gateway may send (see `shaper`).
 /// Rates are messages per second.
 #[derive(Debug, Clone, PartialEq)]
@@ -569,6 +589,12 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
             None
         }
     };
+    if gateway.auth.is_some() && gateway.tls == GatewayTls::None && !gateway.is_loopback() {
+        s.problem(
+            "auth_user",
+            "the gateway password would go in plain text: set tls = \"required\" (or \"implicit\")",
+        );
+    }
     if gateway.retry_initial.is_zero() {
         s.problem("retry_initial", "must be longer than 0");
     }

@@ -3,7 +3,11 @@
 //! It takes parsed commands and framing errors and answers with the reply to
 //! send and what the connection must do next. Every error reply carries the
 //! code and enhanced status a client can act on, and counts towards
-//! `max_errors`, after which the session ends with 421.
+//! `max_errors`, after which the session ends with 421. It also runs the
+//! STARTTLS (RFC 3207) and AUTH (RFC 4954) exchanges, asking the connection
+//! to do the handshake and the password check, and applies the relay rules
+//! at MAIL: login required, the app's own senders (rule 2), senders the
+//! gateway knows (rule 3); and admission (shaping) at RCPT.
 
 use std::net::IpAddr;
 

@@ -44,6 +44,8 @@ pub struct Capabilities {
 pub struct Credentials {
     pub user: String,
     pub password: String,
+    /// The gateway is on this machine: the login may go without TLS.
+    pub loopback: bool,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -56,9 +58,12 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// Reads the secret named by the configuration.
-    pub fn load(auth: &crate::config::GatewayAuth) -> std::io::Result<Credentials> {
+    /// Reads the secret the gateway's configuration names.
+    pub fn load(gateway: &crate::config::GatewayConfig) -> std::io::Result<Option<Credentials>> {
         use crate::config::SecretSource;
+        let Some(auth) = &gateway.auth else {
+            return Ok(None);
+        };
         let password = match &auth.secret {
             SecretSource::Env(name) => std::env::var(name).map_err(|_| {
                 std::io::Error::new(
@@ -87,10 +92,11 @@ impl Credentials {
                 "the gateway password is empty",
             ));
         }
-        Ok(Credentials {
+        Ok(Some(Credentials {
             user: auth.user.clone(),
             password,
-        })
+            loopback: gateway.is_loopback(),
+        }))
     }
 }
 
@@ -167,25 +173,16 @@ impl Connection {
         };
         let mut connection = opened?;
         if let Some(credentials) = credentials {
-            connection.login(address, credentials).await?;
+            connection.login(credentials).await?;
         }
         Ok(connection)
     }
 
     /// AUTH PLAIN (or LOGIN) with `credentials`; only under TLS, or to a
-    /// gateway on loopback.
-    async fn login(&mut self, address: &str, credentials: &Credentials) -> Result<(), ClientError> {
+    /// gateway on loopback (`credentials.loopback`).
+    async fn login(&mut self, credentials: &Credentials) -> Result<(), ClientError> {
         use base64ct::{Base64, Encoding};
-        let loopback = address
-            .rsplit_once(':')
-            .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']'))
-            .is_some_and(|host| {
-                host == "localhost"
-                    || host
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            });
-        if !self.stream.is_tls() && !loopback {
+        if !self.stream.is_tls() && !credentials.loopback {
             return Err(early(
                 "will not send the gateway password without TLS (set tls = \"required\")".into(),
             ));

@@ -79,12 +79,9 @@ impl Outbound {
             .collect::<std::io::Result<Vec<_>>>()?;
         let mut logins = Vec::with_capacity(config.gateways.len());
         for gateway in &config.gateways {
-            logins.push(match &gateway.auth {
-                Some(auth) => Some(Credentials::load(auth).map_err(|error| {
-                    std::io::Error::new(error.kind(), format!("gateway {}: {error}", gateway.name))
-                })?),
-                None => None,
-            });
+            logins.push(Credentials::load(gateway).map_err(|error| {
+                std::io::Error::new(error.kind(), format!("gateway {}: {error}", gateway.name))
+            })?);
         }
         let apps = Apps::new(&config.apps);
         let save_wanted = Arc::new(Notify::new());
