@@ -958,6 +958,41 @@ mod tests {
     }
 
     #[test]
+    fn gateway_logins_need_a_secret_source_and_tls() {
+        let error = Config::parse(
+            r#"
+            [[gateways]]
+            name = "a"
+            address = "smtp.example.com:25"
+            tls = "none"
+            auth_user = "app@example.com"
+            auth_password_env = "PASSWORD"
+            [[gateways]]
+            name = "b"
+            address = "127.0.0.1:25"
+            default = true
+            auth_user = "app@example.com"
+            "#,
+        )
+        .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("gateways[0].auth_user: the gateway password would go in plain text"),
+            "{text}"
+        );
+        assert!(text.contains("gateways[1].auth_user: needs exactly one of auth_password_env and auth_password_file"), "{text}");
+        let config = Config::parse(
+            "[[gateways]]\nname = \"local\"\naddress = \"[::1]:25\"\ntls = \"none\"\nauth_user = \"u\"\nauth_password_file = \"/run/secret\"\n",
+        )
+        .unwrap();
+        assert!(
+            config.gateways[0].is_loopback(),
+            "a loopback gateway may take a plain login"
+        );
+        assert_eq!(config.gateways[0].host(), "::1");
+    }
+
+    #[test]
     fn reports_bad_toml_syntax() {
         let error = Config::parse("[server\nlisten = 1").unwrap_err();
         assert!(error.to_string().contains("not valid TOML"));
