@@ -14,6 +14,16 @@ use std::time::Duration;
 
 use support::{Client, Harness, eventually, free_address, start, test_config, without_trace};
 
+/// Runs a Python script that must succeed.
+async fn python(script: &str) {
+    let output = run(Command::new("python3").arg("-c").arg(script)).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// The tool's path, or None (after saying why) when it may be skipped.
 fn tool(name: &str) -> Option<PathBuf> {
     let found = ["/usr/bin", "/usr/sbin", "/usr/local/bin"]
@@ -53,12 +63,7 @@ print("sent")
         address.ip(),
         address.port()
     );
-    let output = run(Command::new("python3").arg("-c").arg(&script)).await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    python(&script).await;
     eventually("smtplib's message at the sink", || h.sink.count() == 1).await;
     let message = &h.sink.messages()[0];
     assert_eq!(
@@ -155,12 +160,7 @@ with smtplib.SMTP("{}", {}) as smtp:
         address.ip(),
         address.port()
     );
-    let output = run(Command::new("python3").arg("-c").arg(&script)).await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    python(&script).await;
     let count = || {
         std::fs::read_dir(dumps.path())
             .map(|dir| dir.count())
@@ -251,12 +251,7 @@ print(ssl.OPENSSL_VERSION)
         certificate.certificate.display(),
         h.service.smtp_address().port()
     );
-    let output = run(Command::new("python3").arg("-c").arg(&script)).await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    python(&script).await;
     eventually("the message at the sink", || h.sink.count() == 1).await;
     let text = String::from_utf8_lossy(&h.sink.messages()[0].data).into_owned();
     assert!(text.contains("with ESMTPS id"), "{text}");
@@ -331,12 +326,7 @@ with smtplib.SMTP("localhost", {}) as smtp:
         certificate.certificate.display(),
         h.service.smtp_address().port()
     );
-    let output = run(Command::new("python3").arg("-c").arg(&script)).await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    python(&script).await;
     eventually("the app's message at the sink", || h.sink.count() == 1).await;
     h.shutdown().await;
 }

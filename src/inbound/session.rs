@@ -638,6 +638,20 @@ mod tests {
         session.command(parse(line.as_bytes()))
     }
 
+    /// A session for a loopback client.
+    fn local_session<'a>(
+        config: &'a Config,
+        policy: &'a Policy,
+        admission: &'a dyn Admission,
+    ) -> Session<'a> {
+        Session::new(
+            &config.server,
+            policy,
+            admission,
+            "127.0.0.1".parse().unwrap(),
+        )
+    }
+
     fn code(step: Step) -> u16 {
         match step {
             Step::Reply(reply) | Step::Data(reply) | Step::Close(reply) | Step::StartTls(reply) => {
@@ -651,12 +665,7 @@ mod tests {
     fn walks_a_transaction() {
         let config = Config::embedded_default();
         let policy = config.policy();
-        let mut session = Session::new(
-            &config.server,
-            &policy,
-            &Admit(usize::MAX),
-            "127.0.0.1".parse().unwrap(),
-        );
+        let mut session = local_session(&config, &policy, &Admit(usize::MAX));
         assert_eq!(code(run(&mut session, "MAIL FROM:<a@b.test>")), 503);
         assert_eq!(code(run(&mut session, "EHLO app.test")), 250);
         assert_eq!(code(run(&mut session, "RCPT TO:<x@y.test>")), 503);
@@ -683,12 +692,7 @@ mod tests {
         config.server.max_recipients = 2;
         config.server.max_errors = 3;
         let policy = config.policy();
-        let mut session = Session::new(
-            &config.server,
-            &policy,
-            &Admit(usize::MAX),
-            "127.0.0.1".parse().unwrap(),
-        );
+        let mut session = local_session(&config, &policy, &Admit(usize::MAX));
         run(&mut session, "EHLO app.test");
         run(&mut session, "MAIL FROM:<>");
         assert_eq!(code(run(&mut session, "RCPT TO:<a@y.test>")), 250);
@@ -704,12 +708,7 @@ mod tests {
         let config = Config::embedded_default();
         let policy = config.policy();
         let admission = Admit(1);
-        let mut session = Session::new(
-            &config.server,
-            &policy,
-            &admission,
-            "127.0.0.1".parse().unwrap(),
-        );
+        let mut session = local_session(&config, &policy, &admission);
         run(&mut session, "EHLO app.test");
         run(&mut session, "MAIL FROM:<a@b.test>");
         assert_eq!(code(run(&mut session, "RCPT TO:<x@y.test>")), 250);
@@ -731,12 +730,7 @@ mod tests {
         let mut config = Config::embedded_default();
         config.server.max_junk_commands = 3;
         let policy = config.policy();
-        let mut session = Session::new(
-            &config.server,
-            &policy,
-            &Admit(usize::MAX),
-            "127.0.0.1".parse().unwrap(),
-        );
+        let mut session = local_session(&config, &policy, &Admit(usize::MAX));
         assert_eq!(
             code(run(&mut session, "EHLO app.test")),
             250,
@@ -752,12 +746,7 @@ mod tests {
     fn refuses_looping_mail() {
         let config = Config::embedded_default();
         let policy = config.policy();
-        let mut session = Session::new(
-            &config.server,
-            &policy,
-            &Admit(usize::MAX),
-            "127.0.0.1".parse().unwrap(),
-        );
+        let mut session = local_session(&config, &policy, &Admit(usize::MAX));
         let mut deliver = |hops: usize| {
             run(&mut session, "EHLO app.test");
             run(&mut session, "MAIL FROM:<a@b.test>");
