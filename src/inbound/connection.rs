@@ -87,13 +87,15 @@ impl Conn {
     }
 }
 
-/// The TLS handshake as the server, bounded by `limit`.
+/// The TLS handshake as the server, bounded by `limit`. Boxed: rustls'
+/// handshake state is kilobytes, and held inline it would enlarge every
+/// connection's task, TLS or not.
 async fn handshake(
     acceptor: TlsAcceptor,
     stream: TcpStream,
     limit: Duration,
 ) -> std::io::Result<Stream> {
-    match timeout(limit, acceptor.accept(stream)).await {
+    match timeout(limit, Box::pin(acceptor.accept(stream))).await {
         Ok(Ok(tls)) => Ok(Stream::Server(Box::new(tls))),
         Ok(Err(error)) => Err(error),
         Err(_) => Err(std::io::Error::new(
