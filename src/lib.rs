@@ -9,9 +9,11 @@
 //! This file only assembles those parts into a running [`Service`].
 
 pub mod config;
+pub mod dns;
 pub mod inbound;
 pub mod outbound;
 pub mod policy;
+pub mod preflight;
 pub mod shaper;
 pub mod shutdown;
 pub mod simulate;

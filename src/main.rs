@@ -34,6 +34,26 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Explain a sender domain's SPF, DMARC and DKIM for a gateway's sending
+    /// IP (relay rule 4); exit 0 when all is well, 1 when something is not
+    CheckDns {
+        /// The sender domain (repeat for several)
+        #[arg(long, short, required = true)]
+        domain: Vec<String>,
+        /// The public IP address the gateway sends from
+        #[arg(long, short)]
+        gateway_ip: std::net::IpAddr,
+        /// A DKIM selector to look up (repeatable)
+        #[arg(long)]
+        dkim_selector: Vec<String>,
+        /// The DNS resolver to ask (default: the first nameserver in /etc/resolv.conf)
+        #[arg(long)]
+        resolver: Option<std::net::SocketAddr>,
+        /// Use these records instead of DNS (lines `name TYPE value`), e.g. to
+        /// try a zone before publishing it
+        #[arg(long)]
+        records: Option<PathBuf>,
+    },
     /// Read a password from standard input (one line) and print its argon2id
     /// hash, for an app's `password_hash`
     HashPassword,
@@ -94,6 +114,19 @@ fn main() -> ExitCode {
             retry_after,
         ),
         Command::HashPassword => hash_password(),
+        Command::CheckDns {
+            domain,
+            gateway_ip,
+            dkim_selector,
+            resolver,
+            records,
+        } => check_dns(
+            &domain,
+            gateway_ip,
+            &dkim_selector,
+            resolver,
+            records.as_deref(),
+        ),
         Command::Run { config } => {
             let config = match &config {
                 Some(path) => Config::load(path),
@@ -120,6 +153,42 @@ fn main() -> ExitCode {
             };
             runtime.block_on(run(config))
         }
+    }
+}
+
+fn check_dns(
+    domains: &[String],
+    gateway_ip: std::net::IpAddr,
+    selectors: &[String],
+    resolver: Option<std::net::SocketAddr>,
+    records: Option<&Path>,
+) -> ExitCode {
+    use smtp_shaper::dns::{Resolver, SeededResolver, SystemResolver};
+    use smtp_shaper::preflight::check_domain;
+    let resolver: Box<dyn Resolver> = match (records, resolver) {
+        (Some(path), _) => match std::fs::read_to_string(path)
+            .map_err(|error| error.to_string())
+            .and_then(|text| SeededResolver::parse(&text))
+        {
+            Ok(seeded) => Box::new(seeded),
+            Err(error) => {
+                eprintln!("{}: {error}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(server)) => Box::new(SystemResolver::at(server)),
+        (None, None) => Box::new(SystemResolver::from_resolv_conf()),
+    };
+    let mut all_ok = true;
+    for domain in domains {
+        let report = check_domain(resolver.as_ref(), domain, gateway_ip, selectors);
+        all_ok &= report.ok();
+        print!("{}", report.to_text());
+    }
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

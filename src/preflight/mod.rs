@@ -1,0 +1,310 @@
+//! Relay rule 4: the sender domain's SPF, DMARC and DKIM should name exactly
+//! the machines allowed to send. `check-dns` explains a domain's set-up for
+//! a gateway's sending IP; the service runs the same check at start for the
+//! sender domains routed to a gateway whose `sending_ip` is configured.
+//! Pure over a [`Resolver`]; the report is plain text for operators.
+
+pub mod spf;
+
+use std::net::IpAddr;
+
+use crate::dns::Resolver;
+use spf::{SpfOutcome, SpfResult};
+
+/// An IP from the documentation ranges (RFC 5737 / 3849): what the domain's
+/// SPF says about "anyone else".
+fn stranger(like: IpAddr) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::from([203, 0, 113, 77]),
+        IpAddr::V6(_) => "2001:db8::77".parse().expect("valid"),
+    }
+}
+
+/// One finding, good or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub ok: bool,
+    pub text: String,
+}
+
+/// Everything found about one domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainReport {
+    pub domain: String,
+    pub findings: Vec<Finding>,
+}
+
+impl DomainReport {
+    /// True when every finding is fine.
+    pub fn ok(&self) -> bool {
+        self.findings.iter().all(|finding| finding.ok)
+    }
+
+    /// The report as lines of text.
+    pub fn to_text(&self) -> String {
+        let mut out = format!("{}:\n", self.domain);
+        for finding in &self.findings {
+            let mark = if finding.ok {
+                "  ok       "
+            } else {
+                "  PROBLEM  "
+            };
+            out.push_str(mark);
+            out.push_str(&finding.text);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn describe(outcome: &SpfOutcome) -> String {
+    let result = match &outcome.result {
+        SpfResult::Pass => "pass".to_string(),
+        SpfResult::Fail => "fail".to_string(),
+        SpfResult::SoftFail => "softfail".to_string(),
+        SpfResult::Neutral => "neutral".to_string(),
+        SpfResult::None => "none".to_string(),
+        SpfResult::PermError(why) => format!("permerror ({why})"),
+        SpfResult::TempError(why) => format!("temperror ({why})"),
+    };
+    match &outcome.mechanism {
+        Some(mechanism) => format!("{result} by {mechanism}"),
+        None => result,
+    }
+}
+
+/// Checks `domain` for a gateway sending from `gateway_ip`, and the DKIM
+/// keys of `selectors`.
+pub fn check_domain(
+    resolver: &dyn Resolver,
+    domain: &str,
+    gateway_ip: IpAddr,
+    selectors: &[String],
+) -> DomainReport {
+    let mut findings = Vec::new();
+    let mut say = |ok: bool, text: String| findings.push(Finding { ok, text });
+    match spf::record(resolver, domain) {
+        Ok(Some(record)) => {
+            say(true, format!("SPF record: {record:?}"));
+            let gateway = spf::check_host(resolver, gateway_ip, domain);
+            say(
+                gateway.result == SpfResult::Pass,
+                format!("SPF for the gateway {gateway_ip}: {}", describe(&gateway)),
+            );
+            let others = spf::check_host(resolver, stranger(gateway_ip), domain);
+            let text = format!(
+                "SPF for anyone else (tested with {}): {}",
+                stranger(gateway_ip),
+                describe(&others)
+            );
+            match others.result {
+                SpfResult::Fail => say(true, text + ": hard-fails other senders"),
+                _ => say(
+                    false,
+                    text + ": other senders are not hard-failed (use -all)",
+                ),
+            }
+        }
+        Ok(None) => say(
+            false,
+            format!("no SPF record (TXT \"v=spf1 ...\") at {domain}"),
+        ),
+        Err(result) => say(
+            false,
+            describe(&SpfOutcome {
+                result,
+                mechanism: None,
+            }),
+        ),
+    }
+    let dmarc_name = format!("_dmarc.{domain}");
+    match resolver.txt(&dmarc_name) {
+        Ok(records) => {
+            let dmarc: Vec<&String> = records
+                .iter()
+                .filter(|text| text.to_ascii_lowercase().starts_with("v=dmarc1"))
+                .collect();
+            match dmarc.as_slice() {
+                [] => say(false, format!("no DMARC record at {dmarc_name}")),
+                [record] => {
+                    let policy = record
+                        .split(';')
+                        .filter_map(|tag| tag.trim().split_once('='))
+                        .find(|(key, _)| key.trim().eq_ignore_ascii_case("p"))
+                        .map(|(_, value)| value.trim().to_ascii_lowercase());
+                    match policy.as_deref() {
+                        Some("reject" | "quarantine") => say(
+                            true,
+                            format!("DMARC {record:?}: policy {}", policy.unwrap_or_default()),
+                        ),
+                        Some("none") => say(
+                            false,
+                            format!(
+                                "DMARC {record:?}: policy none only monitors; forgeries are delivered"
+                            ),
+                        ),
+                        _ => say(false, format!("DMARC {record:?}: no valid p= policy")),
+                    }
+                }
+                _ => say(false, format!("more than one DMARC record at {dmarc_name}")),
+            }
+        }
+        Err(error) => say(false, format!("DMARC lookup: {error}")),
+    }
+    for selector in selectors {
+        let name = format!("{selector}._domainkey.{domain}");
+        match resolver.txt(&name) {
+            Ok(records) => {
+                let key = records.iter().find_map(|text| {
+                    text.split(';')
+                        .filter_map(|tag| tag.trim().split_once('='))
+                        .find(|(key, _)| key.trim() == "p")
+                        .map(|(_, value)| value.trim().to_string())
+                });
+                match key {
+                    Some(key) if !key.is_empty() => say(
+                        true,
+                        format!("DKIM selector {selector}: key published at {name}"),
+                    ),
+                    Some(_) => say(
+                        false,
+                        format!(
+                            "DKIM selector {selector}: the key at {name} is revoked (empty p=)"
+                        ),
+                    ),
+                    None => say(false, format!("DKIM selector {selector}: no key at {name}")),
+                }
+            }
+            Err(error) => say(false, format!("DKIM lookup: {error}")),
+        }
+    }
+    DomainReport {
+        domain: domain.to_string(),
+        findings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::SeededResolver;
+
+    fn zone() -> SeededResolver {
+        SeededResolver::parse(
+            r#"
+            # a well set-up domain, with the gateway in an include
+            example.com TXT "v=spf1 include:_spf.example.net -all"
+            _spf.example.net TXT "v=spf1 ip4:192.0.2.0/24 a:relay.example.net ~all"
+            relay.example.net A 198.51.100.25
+            _dmarc.example.com TXT "v=DMARC1; p=reject; rua=mailto:d@example.com"
+            s1._domainkey.example.com TXT "v=DKIM1; k=rsa; p=MIIBIjANBg"
+            # a lax one
+            lax.example TXT "v=spf1 mx ~all"
+            lax.example MX mail.lax.example
+            mail.lax.example A 192.0.2.99
+            _dmarc.lax.example TXT "v=DMARC1; p=none"
+            old._domainkey.lax.example TXT "v=DKIM1; p="
+            two.example TXT "v=spf1 -all"
+            two.example TXT "v=spf1 +all"
+            loop.example TXT "v=spf1 include:loop.example -all"
+            macro.example TXT "v=spf1 exists:%{i}.bl.example -all"
+            redir.example TXT "v=spf1 redirect=example.com"
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn spf_says_which_mechanism_decided() {
+        let zone = zone();
+        let pass = spf::check_host(&zone, ip("192.0.2.10"), "example.com");
+        assert_eq!(pass.result, SpfResult::Pass);
+        assert_eq!(
+            pass.mechanism.as_deref(),
+            Some("ip4:192.0.2.0/24 (in include:_spf.example.net)")
+        );
+        let by_a = spf::check_host(&zone, ip("198.51.100.25"), "example.com");
+        assert_eq!(
+            by_a.mechanism.as_deref(),
+            Some("a:relay.example.net (in include:_spf.example.net)")
+        );
+        let other = spf::check_host(&zone, ip("203.0.113.1"), "example.com");
+        assert_eq!(
+            (other.result, other.mechanism.as_deref()),
+            (SpfResult::Fail, Some("-all"))
+        );
+        let by_mx = spf::check_host(&zone, ip("192.0.2.99"), "lax.example");
+        assert_eq!(
+            (by_mx.result, by_mx.mechanism.as_deref()),
+            (SpfResult::Pass, Some("mx"))
+        );
+        assert_eq!(
+            spf::check_host(&zone, ip("192.0.2.1"), "lax.example").result,
+            SpfResult::SoftFail
+        );
+        let redirected = spf::check_host(&zone, ip("192.0.2.10"), "redir.example");
+        assert_eq!(redirected.result, SpfResult::Pass);
+        assert!(
+            redirected
+                .mechanism
+                .unwrap()
+                .ends_with("(in redirect=example.com)")
+        );
+        assert_eq!(
+            spf::check_host(&zone, ip("192.0.2.1"), "nothing.example").result,
+            SpfResult::None
+        );
+        for (domain, why) in [
+            ("two.example", "more than one SPF record"),
+            ("loop.example", "10"),
+            ("macro.example", "macros"),
+        ] {
+            let outcome = spf::check_host(&zone, ip("192.0.2.1"), domain);
+            assert!(
+                matches!(&outcome.result, SpfResult::PermError(text) if text.contains(why)),
+                "{domain}: {outcome:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_good_domain_passes_every_check() {
+        let report = check_domain(&zone(), "example.com", ip("192.0.2.10"), &["s1".into()]);
+        assert!(report.ok(), "{}", report.to_text());
+        let text = report.to_text();
+        assert!(
+            text.contains("SPF for the gateway 192.0.2.10: pass by ip4:192.0.2.0/24"),
+            "{text}"
+        );
+        assert!(text.contains("hard-fails other senders"), "{text}");
+        assert!(text.contains("policy reject"), "{text}");
+        assert!(text.contains("DKIM selector s1: key published"), "{text}");
+    }
+
+    #[test]
+    fn a_lax_domain_is_explained() {
+        let report = check_domain(
+            &zone(),
+            "lax.example",
+            ip("198.51.100.7"),
+            &["old".into(), "new".into()],
+        );
+        assert!(!report.ok());
+        let problems: Vec<&str> = report
+            .findings
+            .iter()
+            .filter(|f| !f.ok)
+            .map(|f| f.text.as_str())
+            .collect();
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert!(problems[0].starts_with("SPF for the gateway 198.51.100.7: softfail by ~all"));
+        assert!(problems[1].contains("not hard-failed"));
+        assert!(problems[2].contains("policy none only monitors"));
+        assert!(problems[3].contains("revoked"));
+        assert!(problems[4].contains("DKIM selector new: no key"));
+    }
+}
