@@ -117,6 +117,11 @@ pub struct GatewayConfig {
     /// address routed to it exists (relay rule 3).
     pub verify_senders: bool,
     pub verify_interval: Duration,
+    /// The public IP this gateway sends from: when set, the SPF, DMARC and
+    /// DKIM (`dkim_selectors`) of its sender domains are checked at start
+    /// (relay rule 4).
+    pub sending_ip: Option<std::net::IpAddr>,
+    pub dkim_selectors: Vec<String>,
     pub shaping: ShapingConfig,
 }
 
@@ -332,6 +337,30 @@ impl Config {
         }
     }
 
+    /// The sender domains whose mail goes through gateway `index`: those of
+    /// its own `senders` and of the apps' `senders` (addresses count by
+    /// their domain; `*.` patterns name no single domain and are left out).
+    pub fn sender_domains(&self, index: usize) -> Vec<String> {
+        let router = self.router();
+        let mut domains: Vec<String> = self
+            .gateways
+            .iter()
+            .flat_map(|gateway| &gateway.senders)
+            .chain(self.apps.iter().flat_map(|app| &app.senders))
+            .filter_map(|pattern| match pattern {
+                SenderPattern::Domain(domain) => Some(domain.clone()),
+                SenderPattern::Address(address) => address
+                    .rsplit_once('@')
+                    .map(|(_, domain)| domain.to_string()),
+                SenderPattern::Subdomains(_) => None,
+            })
+            .filter(|domain| router.route(&format!("postmaster@{domain}")) == index)
+            .collect();
+        domains.sort();
+        domains.dedup();
+        domains
+    }
+
     /// The router that picks a gateway index for a sender.
     pub fn router(&self) -> Router {
         let default = self
@@ -536,6 +565,24 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
         ),
         auth: None,
         verify_senders: s.boolean("verify_senders", false),
+        sending_ip: s.parsed(
+            "sending_ip",
+            "",
+            "an IP address, e.g. \"192.0.2.25\"",
+            |v| {
+                if v.is_empty() {
+                    Some(None)
+                } else {
+                    v.parse().ok().map(Some)
+                }
+            },
+        ),
+        dkim_selectors: s.list(
+            "dkim_selectors",
+            &[],
+            "a list of DKIM selectors, e.g. [\"s1\"]",
+            |v| is_hostname(v).then(|| v.to_string()),
+        ),
         verify_interval: s.parsed(
             "verify_interval",
             "1h",
@@ -990,6 +1037,33 @@ mod tests {
             "a loopback gateway may take a plain login"
         );
         assert_eq!(config.gateways[0].host(), "::1");
+    }
+
+    #[test]
+    fn sender_domains_per_gateway() {
+        let config = Config::parse(
+            r#"
+            [[gateways]]
+            name = "billing"
+            address = "127.0.0.1:25"
+            senders = ["billing.example.com", "*.invoices.example.com"]
+            sending_ip = "192.0.2.25"
+            [[gateways]]
+            name = "main"
+            address = "127.0.0.1:26"
+            default = true
+            [[apps]]
+            name = "a"
+            senders = ["noreply@example.org", "billing.example.com"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.sender_domains(0), vec!["billing.example.com"]);
+        assert_eq!(config.sender_domains(1), vec!["example.org"]);
+        assert_eq!(
+            config.gateways[0].sending_ip,
+            Some("192.0.2.25".parse().unwrap())
+        );
     }
 
     #[test]

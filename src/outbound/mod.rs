@@ -138,6 +138,14 @@ impl Outbound {
                 .into_iter()
                 .filter(|address| router.route(address) == index)
                 .collect();
+            if let Some(ip) = gateway.config.sending_ip {
+                verify::check_sender_domains(
+                    gateway.config.name.clone(),
+                    config.sender_domains(index),
+                    ip,
+                    gateway.config.dkim_selectors.clone(),
+                );
+            }
             if gateway.config.verify_senders && !addresses.is_empty() {
                 tasks.spawn(verify::verify_senders(
                     gateway.clone(),

@@ -1,9 +1,14 @@
+//! The sender checks that need the outside world.
+//!
 //! Relay rule 3, a valid existing sender: asks a gateway (with
 //! `verify_senders = true`), at start and every `verify_interval`, whether
 //! each sender address the apps use and that routes to it exists, by a RCPT
 //! probe without DATA. Verdicts go to `policy::senders::SenderChecks`, where
 //! sessions read them; every verdict is logged. A transient answer or an
 //! unreachable gateway leaves the previous verdict in place.
+//!
+//! Relay rule 4, SPF/DMARC/DKIM: for a gateway with `sending_ip`, checks its
+//! sender domains once at start (`preflight`) and logs what is wrong.
 
 use std::sync::Arc;
 
@@ -68,4 +73,27 @@ pub(super) async fn verify_senders(
             _ = tokio::time::sleep(config.verify_interval) => {}
         }
     }
+}
+
+/// Checks the DNS of `domains` for a gateway sending from `ip`, off the
+/// async threads, and logs each finding that is not right (one line per
+/// domain when all is).
+pub(super) fn check_sender_domains(
+    gateway: String,
+    domains: Vec<String>,
+    ip: std::net::IpAddr,
+    selectors: Vec<String>,
+) {
+    tokio::task::spawn_blocking(move || {
+        let resolver = crate::dns::SystemResolver::from_resolv_conf();
+        for domain in domains {
+            let report = crate::preflight::check_domain(&resolver, &domain, ip, &selectors);
+            if report.ok() {
+                tracing::info!(%gateway, %domain, sending_ip = %ip, "sender domain DNS: SPF, DMARC and DKIM are right");
+            }
+            for finding in report.findings.iter().filter(|finding| !finding.ok) {
+                tracing::warn!(%gateway, %domain, sending_ip = %ip, problem = %finding.text, "sender domain DNS needs fixing (relay rule 4; smtp-shaper check-dns explains)");
+            }
+        }
+    });
 }
