@@ -151,7 +151,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(config))
+            let code = runtime.block_on(run(config));
+            // The spool is closed by now; a start-up DNS check still waiting
+            // on an unreachable resolver must not hold the exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
         }
     }
 }
