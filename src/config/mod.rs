@@ -27,6 +27,16 @@ pub struct Config {
     pub spool: SpoolConfig,
     pub gateways: Vec<GatewayConfig>,
     pub apps: Vec<AppConfig>,
+    pub dkim: Vec<DkimConfig>,
+}
+
+/// One `[[dkim]]` entry: sign mail from `domain` with this key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimConfig {
+    pub domain: String,
+    pub selector: String,
+    /// A PKCS#8 PEM private key, RSA (rsa-sha256) or Ed25519 (ed25519-sha256).
+    pub key: PathBuf,
 }
 
 /// `[server]`: the listener applications send to.
@@ -266,6 +276,7 @@ impl Config {
         let spool = root.section("spool");
         let gateway_tables = root.array_of_sections("gateways");
         let app_tables = root.array_of_sections("apps");
+        let dkim_tables = root.array_of_sections("dkim");
         root.finish();
 
         let server = read_server(Section::new("server".into(), server, &mut problems));
@@ -307,11 +318,35 @@ impl Config {
             );
         }
 
+        let dkim: Vec<DkimConfig> = dkim_tables
+            .into_iter()
+            .enumerate()
+            .map(|(index, table)| {
+                let mut s = Section::new(format!("dkim[{index}]"), table, &mut problems);
+                let entry = DkimConfig {
+                    domain: s.required("domain", "a domain, e.g. \"example.com\"", |v| {
+                        is_hostname(v).then(|| v.to_ascii_lowercase())
+                    }),
+                    selector: s.required("selector", "a selector, e.g. \"s1\"", |v| {
+                        is_hostname(v).then(|| v.to_string())
+                    }),
+                    key: s.required(
+                        "key",
+                        "a PKCS#8 PEM private key file, e.g. \"/etc/smtp-shaper/dkim/example.com.pem\"",
+                        parse_path,
+                    ),
+                };
+                s.finish();
+                entry
+            })
+            .collect();
+
         problems.into_result(Config {
             server,
             spool,
             gateways,
             apps,
+            dkim,
         })
     }
 

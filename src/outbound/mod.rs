@@ -12,6 +12,7 @@
 //! keeps the learned baseline and the cap counts.
 
 mod client;
+pub mod dkim;
 mod queue;
 pub mod retry;
 mod verify;
@@ -122,7 +123,9 @@ impl Outbound {
                 })
             })
             .collect();
+        let signers = dkim::load_all(&config.dkim)?;
         let context = WorkerContext {
+            signers: Arc::new(signers),
             spool: spool.clone(),
             helo_name: config.server.hostname.clone(),
         };

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::Gateway;
 use super::client::Connection;
+use super::dkim::{Signer, signing_domain};
 use super::queue::Queued;
 use crate::shaper::feedback::{Signal, classify};
 use crate::shutdown::Shutdown;
@@ -19,6 +20,8 @@ use crate::spool::{Spool, unix_seconds};
 pub(super) struct WorkerContext {
     pub spool: Spool,
     pub helo_name: String,
+    /// DKIM keys per sender domain.
+    pub signers: Arc<Vec<Signer>>,
 }
 
 pub(super) async fn worker(gateway: Arc<Gateway>, context: WorkerContext, mut shutdown: Shutdown) {
@@ -57,7 +60,7 @@ async fn deliver(
         None => context.spool.read_body(message.location).await,
     };
     let body = match body {
-        Ok(body) => body,
+        Ok(body) => sign(context, &message.envelope.sender, &message.id, body),
         Err(error) => {
             tracing::error!(queue_id = %message.id, %error, "cannot read a queued message from the spool; will retry");
             let replies = vec![
@@ -132,6 +135,30 @@ async fn deliver(
     };
     item.attempts += 1;
     settle(gateway, context, item, replies).await;
+}
+
+/// The message with a DKIM-Signature on top when its domain has a key.
+fn sign(context: &WorkerContext, sender: &str, queue_id: &str, body: Vec<u8>) -> Vec<u8> {
+    let Some(domain) = signing_domain(&body, sender) else {
+        return body;
+    };
+    let Some(signer) = context
+        .signers
+        .iter()
+        .find(|signer| signer.domain == domain)
+    else {
+        return body;
+    };
+    match signer.sign(&body, unix_seconds()) {
+        Ok(mut signed) => {
+            signed.extend_from_slice(&body);
+            signed
+        }
+        Err(error) => {
+            tracing::error!(queue_id, %domain, %error, "DKIM signing failed; sending unsigned");
+            body
+        }
+    }
 }
 
 /// Acts on what the gateway's own replies say about our sending (our

@@ -1,0 +1,173 @@
+//! DKIM signing checked by an independent verifier: Python's dkimpy
+//! (Debian package python3-dkim), given the public key as the DNS answer.
+//! Without dkimpy (or openssl for the RSA key) the test says SKIPPED,
+//! unless SMTP_SHAPER_REQUIRE_TOOLS=1 (CI), where that fails.
+
+mod support;
+
+use std::process::Command;
+
+use smtp_shaper::config::DkimConfig;
+use support::{Client, Harness, eventually};
+
+/// A python3 that can `import dkim`, or None after saying why.
+fn dkimpy() -> Option<&'static str> {
+    let found = ["/usr/bin/python3", "python3"].into_iter().find(|python| {
+        Command::new(python)
+            .args(["-c", "import dkim"])
+            .status()
+            .is_ok_and(|status| status.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("SMTP_SHAPER_REQUIRE_TOOLS").as_deref() != Ok("1"),
+            "dkimpy is required (apt-get install python3-dkim)"
+        );
+        eprintln!("SKIPPED: dkimpy is not installed (apt-get install python3-dkim)");
+    }
+    found
+}
+
+fn openssl(args: &[&str]) -> Vec<u8> {
+    let output = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// True when dkimpy verifies `message` with `record` as the key's TXT record.
+fn verifies(python: &str, dir: &std::path::Path, message: &[u8], record: &str) -> bool {
+    let path = dir.join("message.eml");
+    std::fs::write(&path, message).unwrap();
+    let script = format!(
+        r#"
+import dkim, sys
+record = {record:?}.encode()
+message = open({path:?}, "rb").read()
+ok = dkim.verify(message, dnsfunc=lambda name, timeout=5: record)
+sys.exit(0 if ok else 1)
+"#,
+        path = path.display().to_string()
+    );
+    Command::new(python)
+        .args(["-c", &script])
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_mail_carries_a_signature_dkimpy_verifies() {
+    let Some(python) = dkimpy() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("example.com.pem");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    let public = openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-outform",
+        "DER",
+    ]);
+    let record = {
+        use base64ct::Encoding;
+        format!(
+            "v=DKIM1; k=rsa; p={}",
+            base64ct::Base64::encode_string(&public)
+        )
+    };
+    // And an Ed25519 key (RFC 8463) for a second domain.
+    let ed25519 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let ed_key = dir.path().join("example.net.pem");
+    std::fs::write(&ed_key, ed25519.serialize_pem()).unwrap();
+    let ed_record = {
+        use base64ct::Encoding;
+        format!(
+            "v=DKIM1; k=ed25519; p={}",
+            base64ct::Base64::encode_string(ed25519.public_key_raw())
+        )
+    };
+    let dkim = vec![
+        DkimConfig {
+            domain: "example.com".into(),
+            selector: "s1".into(),
+            key: key.clone(),
+        },
+        DkimConfig {
+            domain: "example.net".into(),
+            selector: "ed".into(),
+            key: ed_key,
+        },
+    ];
+    let h = Harness::with(move |config| config.dkim = dkim).await;
+    let body = b"From: Billing <billing@example.com>\r\nTo: You <you@example.org>\r\nSubject:  Your   invoice \r\n\tfor May\r\nMessage-ID: <1@example.com>\r\n\r\nHello,\r\n.line with a dot\r\n  spaced   out  \r\n\r\n\r\n";
+    Client::ready(h.service.smtp_address())
+        .await
+        .accepted("bounces@example.com", &["you@example.org"], body)
+        .await;
+    eventually("delivered", || h.sink.count() == 1).await;
+    let relayed = h.sink.messages()[0].data.clone();
+    let text = String::from_utf8_lossy(&relayed);
+    assert!(
+        text.starts_with(
+            "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=s1;"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("h=from:to:subject:message-id;"), "{text}");
+    assert!(
+        verifies(python, dir.path(), &relayed, &record),
+        "dkimpy rejects:\n{text}"
+    );
+    // The verifier is not a rubber stamp: a changed body fails.
+    let tampered = text.replace("Hello,", "Hullo,");
+    assert!(!verifies(python, dir.path(), tampered.as_bytes(), &record));
+
+    // Another domain is not signed.
+    Client::ready(h.service.smtp_address())
+        .await
+        .accepted(
+            "app@other.test",
+            &["you@example.org"],
+            b"From: app@other.test\r\n\r\nhi\r\n",
+        )
+        .await;
+    eventually("delivered", || h.sink.count() == 2).await;
+    assert!(!String::from_utf8_lossy(&h.sink.messages()[1].data).contains("DKIM-Signature"));
+
+    Client::ready(h.service.smtp_address())
+        .await
+        .accepted(
+            "app@example.net",
+            &["you@example.org"],
+            b"From: app@example.net\r\nSubject: ed\r\n\r\nsigned with ed25519\r\n",
+        )
+        .await;
+    eventually("delivered", || h.sink.count() == 3).await;
+    let relayed = h.sink.messages()[2].data.clone();
+    let text = String::from_utf8_lossy(&relayed);
+    assert!(
+        text.starts_with("DKIM-Signature: v=1; a=ed25519-sha256;"),
+        "{text}"
+    );
+    assert!(
+        verifies(python, dir.path(), &relayed, &ed_record),
+        "dkimpy rejects:\n{text}"
+    );
+    h.shutdown().await;
+}
