@@ -19,11 +19,7 @@ fn dkimpy() -> Option<&'static str> {
             .is_ok_and(|status| status.success())
     });
     if found.is_none() {
-        assert!(
-            std::env::var("SMTP_SHAPER_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "dkimpy is required (apt-get install python3-dkim)"
-        );
-        eprintln!("SKIPPED: dkimpy is not installed (apt-get install python3-dkim)");
+        support::skip_without("dkimpy", "apt-get install python3-dkim python3-nacl");
     }
     found
 }

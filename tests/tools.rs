@@ -31,11 +31,7 @@ fn tool(name: &str) -> Option<PathBuf> {
         .map(|dir| PathBuf::from(dir).join(name))
         .find(|path| path.exists());
     if found.is_none() {
-        assert!(
-            std::env::var("SMTP_SHAPER_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "{name} is required (SMTP_SHAPER_REQUIRE_TOOLS=1) but not installed"
-        );
-        eprintln!("SKIPPED: {name} is not installed (apt-get install swaks postfix)");
+        support::skip_without(name, "apt-get install swaks postfix");
     }
     found
 }
@@ -263,11 +259,10 @@ async fn swaks_uses_starttls() {
     let Some(swaks) = tool("swaks") else { return };
     let tls_module = Command::new("perl").args(["-MNet::SSLeay", "-e1"]).status();
     if !tls_module.is_ok_and(|status| status.success()) {
-        assert!(
-            std::env::var("SMTP_SHAPER_REQUIRE_TOOLS").as_deref() != Ok("1"),
-            "swaks needs Net::SSLeay for --tls (apt-get install libnet-ssleay-perl)"
+        support::skip_without(
+            "swaks' TLS module Net::SSLeay",
+            "apt-get install libnet-ssleay-perl",
         );
-        eprintln!("SKIPPED: swaks --tls needs Net::SSLeay (apt-get install libnet-ssleay-perl)");
         return;
     }
     let (_certificate, h) = harness_with_starttls().await;

@@ -752,6 +752,16 @@ impl Drop for Process {
     }
 }
 
+/// A third-party tool a test needs is missing: says SKIPPED (with how to
+/// install it), or fails under SMTP_SHAPER_REQUIRE_TOOLS=1 (CI).
+pub fn skip_without(what: &str, install: &str) {
+    assert!(
+        std::env::var("SMTP_SHAPER_REQUIRE_TOOLS").as_deref() != Ok("1"),
+        "{what} is required (SMTP_SHAPER_REQUIRE_TOOLS=1) but missing: {install}"
+    );
+    eprintln!("SKIPPED: {what} is missing ({install})");
+}
+
 /// Like [`eventually`], for a condition that needs to await.
 pub async fn eventually_async<F, Fut>(what: &str, mut condition: F)
 where
