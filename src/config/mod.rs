@@ -51,7 +51,7 @@ pub struct ServerConfig {
     pub max_connections_per_client: usize,
     pub max_errors: u32,
     /// Commands that move no mail (NOOP, RSET, VRFY, HELP, EHLO/HELO again)
-    /// in one session before it is closed.
+    /// since the last message before the session is closed.
     pub max_junk_commands: u32,
     /// Longest time one command line may take to arrive (a client trickling
     /// a byte at a time is cut off even though it is never silent).

@@ -68,7 +68,8 @@ pub struct Session<'a> {
     esmtp: bool,
     transaction: Option<Transaction>,
     errors: u32,
-    /// Commands so far that moved no mail (see `max_junk_commands`).
+    /// Commands since the last message that moved no mail (see
+    /// `max_junk_commands`).
     junk: u32,
     /// The connection is encrypted (after STARTTLS or on the TLS listener).
     tls: bool,
@@ -520,7 +521,13 @@ impl<'a> Session<'a> {
                     ),
                 )))
             }
-            Ok(body) => Ok((transaction, body)),
+            Ok(body) => {
+                // Mail moved: the junk count starts again (a client that
+                // says RSET before each message on a kept-open connection
+                // is not idling).
+                self.junk = 0;
+                Ok((transaction, body))
+            }
             Err(error) => {
                 let reply = match error {
                     DataError::TooBig => Reply::new(
@@ -740,6 +747,22 @@ mod tests {
             assert_eq!(code(run(&mut session, line)), 250);
         }
         assert!(matches!(run(&mut session, "NOOP"), Step::Close(reply) if reply.code == 421));
+
+        // A message in between starts the count again.
+        let mut session = local_session(&config, &policy, &Admit(usize::MAX));
+        run(&mut session, "EHLO app.test");
+        for _ in 0..10 {
+            for line in [
+                "RSET",
+                "NOOP",
+                "MAIL FROM:<a@b.test>",
+                "RCPT TO:<x@y.test>",
+                "DATA",
+            ] {
+                assert_ne!(code(run(&mut session, line)), 421);
+            }
+            assert!(session.data_end(Ok(b"hi\r\n".to_vec())).is_ok());
+        }
     }
 
     #[test]
