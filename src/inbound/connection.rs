@@ -279,8 +279,9 @@ async fn authenticate(
         .await
         .unwrap_or(None);
     match lane {
-        Some(_) => {
-            tracing::info!(client = %session.client_ip, %user, app = %context.policy.apps.name(lane.unwrap_or_default()), "client authenticated")
+        Some(app) => {
+            let app = context.policy.apps.name(app);
+            tracing::info!(client = %session.client_ip, %user, %app, "client authenticated");
         }
         None => tracing::warn!(client = %session.client_ip, %user, "authentication failed"),
     }
