@@ -245,3 +245,34 @@ async fn required_tls_never_downgrades() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_used_without_a_restart() {
+    let old = TestCertificate::new();
+    let h = harness_with_tls(&old, false).await;
+    let renewed = TestCertificate::new();
+    let starttls = |trust: &TestCertificate| {
+        let connector = trust.connector();
+        let address = h.service.smtp_address();
+        async move {
+            let mut plain = Talk::new(TcpStream::connect(address).await.unwrap());
+            plain.reply().await;
+            plain.command("EHLO app.test").await;
+            assert_eq!(plain.command("STARTTLS").await.0, 220);
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            connector.connect(name, plain.into_inner()).await.is_ok()
+        }
+    };
+    assert!(
+        !starttls(&renewed).await,
+        "the renewed certificate is not served yet"
+    );
+    // Renewal: new files over the old paths (as certbot does).
+    std::fs::copy(&renewed.certificate, &old.certificate).unwrap();
+    std::fs::copy(&renewed.key, &old.key).unwrap();
+    assert!(
+        starttls(&renewed).await,
+        "the next handshake uses the renewed certificate"
+    );
+    h.shutdown().await;
+}
