@@ -491,13 +491,7 @@ fn read_server_tls(mut s: Section<'_>) -> Option<ServerTlsConfig> {
     let tls = ServerTlsConfig {
         certificate: s.required("certificate", file, parse_path),
         key: s.required("key", file, parse_path),
-        listen: s.parsed("listen", "", SOCKET_FORMS, |v| {
-            if v.is_empty() {
-                Some(None)
-            } else {
-                v.parse().ok().map(Some)
-            }
-        }),
+        listen: s.optional("listen", SOCKET_FORMS, |v| v.parse().ok()),
     };
     s.finish();
     Some(tls)
@@ -583,35 +577,17 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
                 _ => None,
             },
         ),
-        tls_ca_file: s.parsed("tls_ca_file", "", "a PEM file path", |v| {
-            Some(parse_path(v))
-        }),
-        tls_server_name: s.parsed(
+        tls_ca_file: s.optional("tls_ca_file", "a PEM file path", parse_path),
+        tls_server_name: s.optional(
             "tls_server_name",
-            "",
             "a host name, e.g. \"smtp.example.com\"",
-            |v| {
-                if v.is_empty() {
-                    Some(None)
-                } else {
-                    is_hostname(v).then(|| Some(v.to_string()))
-                }
-            },
+            |v| is_hostname(v).then(|| v.to_string()),
         ),
         auth: None,
         verify_senders: s.boolean("verify_senders", false),
-        sending_ip: s.parsed(
-            "sending_ip",
-            "",
-            "an IP address, e.g. \"192.0.2.25\"",
-            |v| {
-                if v.is_empty() {
-                    Some(None)
-                } else {
-                    v.parse().ok().map(Some)
-                }
-            },
-        ),
+        sending_ip: s.optional("sending_ip", "an IP address, e.g. \"192.0.2.25\"", |v| {
+            v.parse().ok()
+        }),
         dkim_selectors: s.list(
             "dkim_selectors",
             &[],
@@ -627,25 +603,19 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
         shaping: read_shaping(s.subsection("shaping")),
     };
     let mut gateway = gateway;
-    let user: Option<String> = s.parsed(
-        "auth_user",
-        "",
-        "a user name, e.g. \"app@example.com\"",
-        |v| Some((!v.is_empty()).then(|| v.to_string())),
-    );
-    let env: Option<String> = s.parsed(
+    let user = s.optional("auth_user", "a user name, e.g. \"app@example.com\"", |v| {
+        Some(v.to_string())
+    });
+    let env = s.optional(
         "auth_password_env",
-        "",
         "an environment variable name, e.g. \"SMTP_SHAPER_GATEWAY_PASSWORD\"",
         |v| {
             v.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                .then(|| (!v.is_empty()).then(|| v.to_string()))
+                .then(|| v.to_string())
         },
     );
-    let file: Option<PathBuf> = s.parsed("auth_password_file", "", "a file path", |v| {
-        Some(parse_path(v))
-    });
+    let file = s.optional("auth_password_file", "a file path", parse_path);
     gateway.auth = match (user, env, file) {
         (None, None, None) => None,
         (Some(user), Some(env), None) => Some(GatewayAuth {
@@ -771,29 +741,19 @@ fn read_app(mut s: Section<'_>) -> AppConfig {
         networks: s.list("networks", &[], NETWORK_FORMS, |v| v.parse().ok()),
         senders: s.list("senders", &[], SENDER_FORMS, |v| v.parse().ok()),
         priority: s.integer("priority", 1, 1, 100),
-        user: s.parsed(
+        user: s.optional(
             "user",
-            "",
             "an AUTH user name without spaces or control characters",
             |v| {
                 v.chars()
                     .all(|c| !c.is_control() && c != ' ')
-                    .then(|| (!v.is_empty()).then(|| v.to_string()))
+                    .then(|| v.to_string())
             },
         ),
-        password_hash: s.parsed(
+        password_hash: s.optional(
             "password_hash",
-            "",
             "an argon2 hash such as \"$argon2id$v=19$m=19456,t=2,p=1$...\" (smtp-shaper hash-password)",
-            |v| {
-                if v.is_empty() {
-                    Some(None)
-                } else {
-                    argon2::PasswordHash::new(v)
-                        .ok()
-                        .map(|_| Some(v.to_string()))
-                }
-            },
+            |v| argon2::PasswordHash::new(v).ok().map(|_| v.to_string()),
         ),
     };
     if app.networks.is_empty() && app.senders.is_empty() && app.user.is_none() {

@@ -120,6 +120,20 @@ impl<'p> Section<'p> {
             .unwrap_or_else(|| parse(default).expect("defaults are valid"))
     }
 
+    /// A string value that may be left out: absent or `""` is `None`.
+    pub fn optional<T>(
+        &mut self,
+        key: &'static str,
+        accepted: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
+        let value = self.take(key)?;
+        if value.as_str() == Some("") {
+            return None;
+        }
+        self.string(key, value, accepted, &parse)
+    }
+
     /// A string value that has no default; its absence is a problem.
     pub fn required<T: Default>(
         &mut self,
