@@ -300,18 +300,19 @@ impl Config {
                 read_app(Section::new(format!("apps[{index}]"), table, &mut problems))
             })
             .collect();
-        check_unique_names(
+        check_unique(
             "apps",
+            "name",
             apps.iter().map(|app| app.name.as_str()),
             &mut problems,
         );
-        let users: Vec<&str> = apps.iter().filter_map(|app| app.user.as_deref()).collect();
-        for (index, user) in users.iter().enumerate() {
-            if users[..index].contains(user) {
-                problems.push("apps", &format!("user \"{user}\" is given to two apps"));
-            }
-        }
-        if server.require_auth && users.is_empty() {
+        check_unique(
+            "apps",
+            "user",
+            apps.iter().map(|app| app.user.as_deref().unwrap_or("")),
+            &mut problems,
+        );
+        if server.require_auth && apps.iter().all(|app| app.user.is_none()) {
             problems.push(
                 "server.require_auth",
                 "no [[apps]] entry has a user and password_hash, so nobody could log in",
@@ -772,21 +773,23 @@ fn read_app(mut s: Section<'_>) -> AppConfig {
     app
 }
 
-/// Reports a name used twice in a list of tables.
-fn check_unique_names<'a>(
+/// Reports a value of `field` used twice in a list of tables (an empty
+/// value, i.e. not given, never clashes).
+fn check_unique<'a>(
     list: &str,
-    names: impl Iterator<Item = &'a str>,
+    field: &str,
+    values: impl Iterator<Item = &'a str>,
     problems: &mut Problems,
 ) {
     let mut seen: Vec<&str> = Vec::new();
-    for (index, name) in names.enumerate() {
-        if !name.is_empty() && seen.contains(&name) {
+    for (index, value) in values.enumerate() {
+        if !value.is_empty() && seen.contains(&value) {
             problems.push(
-                &format!("{list}[{index}].name"),
-                &format!("\"{name}\" is used by an earlier entry; names must be unique"),
+                &format!("{list}[{index}].{field}"),
+                &format!("\"{value}\" is used by an earlier entry; {field}s must be unique"),
             );
         }
-        seen.push(name);
+        seen.push(value);
     }
 }
 
@@ -799,8 +802,9 @@ fn check_gateways(gateways: &[GatewayConfig], problems: &mut Problems) {
         );
         return;
     }
-    check_unique_names(
+    check_unique(
         "gateways",
+        "name",
         gateways.iter().map(|gateway| gateway.name.as_str()),
         problems,
     );
@@ -997,6 +1001,23 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn two_apps_cannot_log_in_as_one_user() {
+        let hash =
+            "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let error = Config::parse(&format!(
+            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n\
+             [[apps]]\nname = \"a\"\nuser = \"u\"\npassword_hash = \"{hash}\"\n\
+             [[apps]]\nname = \"b\"\nnetworks = [\"10.0.0.0/8\"]\n\
+             [[apps]]\nname = \"c\"\nuser = \"u\"\npassword_hash = \"{hash}\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            error.problems,
+            vec!["apps[2].user: \"u\" is used by an earlier entry; users must be unique"]
+        );
     }
 
     #[test]
