@@ -85,7 +85,7 @@ impl Service {
             spool.clone(),
             &mut workers,
             shutdown.clone(),
-            policy.senders.clone(),
+            &policy,
         )?;
         for message in recovered {
             outbound.recovered(message);

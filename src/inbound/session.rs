@@ -128,16 +128,6 @@ impl<'a> Session<'a> {
         self.auth_exchange.is_some()
     }
 
-    /// The name of the app the client logged in as.
-    pub fn login_name(&self) -> Option<&str> {
-        self.login.map(|lane| self.policy.apps.name(lane))
-    }
-
-    /// True once the connection is encrypted.
-    pub fn is_tls(&self) -> bool {
-        self.tls
-    }
-
     /// The 220 banner.
     pub fn greeting(&self) -> Reply {
         Reply::new(220, format!("{} ESMTP smtp-shaper", self.server.hostname))

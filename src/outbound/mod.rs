@@ -27,8 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::config::units::format_rate;
 use crate::config::{Config, GatewayConfig};
-use crate::policy::Apps;
-use crate::policy::senders::SenderChecks;
+use crate::policy::{Apps, Policy};
 use crate::shaper::{Admission, Deferral, GatewayModel, GatewayView, SavedState};
 use crate::shutdown::Shutdown;
 use crate::spool::{Spool, StoredMessage};
@@ -64,14 +63,14 @@ impl Outbound {
     /// Starts the workers of every gateway on `tasks`; they stop when
     /// `shutdown` turns true. Fails when a gateway's TLS settings cannot be
     /// loaded (its CA file).
-    /// Gateways with `verify_senders` check the apps' sender addresses into
-    /// `sender_checks`.
+    /// `policy` is the sessions' (its apps place messages in lanes; gateways
+    /// with `verify_senders` record into its sender checks).
     pub fn start(
         config: &Config,
         spool: Spool,
         tasks: &mut JoinSet<()>,
         shutdown: Shutdown,
-        sender_checks: Arc<SenderChecks>,
+        policy: &Policy,
     ) -> std::io::Result<Outbound> {
         let upstreams = config
             .gateways
@@ -84,7 +83,7 @@ impl Outbound {
                 std::io::Error::new(error.kind(), format!("gateway {}: {error}", gateway.name))
             })?);
         }
-        let apps = Apps::new(&config.apps);
+        let apps = &policy.apps;
         let save_wanted = Arc::new(Notify::new());
         let gateways: Vec<Arc<Gateway>> = config
             .gateways
@@ -134,12 +133,11 @@ impl Outbound {
                 tasks.spawn(worker(gateway.clone(), context.clone(), shutdown.clone()));
             }
         }
-        let router = config.router();
         for (index, gateway) in gateways.iter().enumerate() {
             let addresses: Vec<String> = apps
                 .sender_addresses()
                 .into_iter()
-                .filter(|address| router.route(address) == index)
+                .filter(|address| policy.router.route(address) == index)
                 .collect();
             if let Some(ip) = gateway.config.sending_ip {
                 verify::check_sender_domains(
@@ -154,13 +152,13 @@ impl Outbound {
                     gateway.clone(),
                     config.server.hostname.clone(),
                     addresses,
-                    sender_checks.clone(),
+                    policy.senders.clone(),
                     shutdown.clone(),
                 ));
             }
         }
         let outbound = Outbound {
-            apps: Arc::new(apps),
+            apps: apps.clone(),
             spool: spool.clone(),
             by_name: Arc::new(
                 gateways
@@ -223,11 +221,6 @@ impl Outbound {
     pub fn view(&self, gateway: &str) -> Option<GatewayView> {
         let index = self.by_name.get(gateway)?;
         Some(self.gateways[*index].queue.view())
-    }
-
-    /// App names, in the order of `GatewayView::lanes`.
-    pub fn app_names(&self) -> Vec<String> {
-        self.apps.names()
     }
 
     /// Saves every gateway's shaping state. With `reserve`, the cap counts

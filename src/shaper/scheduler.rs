@@ -34,7 +34,7 @@ pub struct GatewayView {
     pub queued: usize,
     /// Seconds the oldest queued message has waited.
     pub oldest_age: f64,
-    /// Messages waiting per app lane.
+    /// Messages waiting per app lane: the `[[apps]]` in order, then `other`.
     pub lanes: Vec<usize>,
 }
 
