@@ -4,9 +4,7 @@
 mod support;
 
 use smtp_shaper::config::{AppConfig, ServerTlsConfig};
-use support::{Client, Harness, TestCertificate, eventually, quick_hash};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use support::{Client, Harness, Talk, TestCertificate, eventually, quick_hash};
 
 const SENDER: &str = "noreply@portal.example.org";
 
@@ -43,44 +41,13 @@ async fn harness(certificate: &TestCertificate, plaintext_on_loopback: bool) -> 
 }
 
 /// A client over TLS after STARTTLS, having said EHLO; returns its EHLO lines.
-struct TlsClient {
-    stream: BufReader<tokio_rustls::client::TlsStream<TcpStream>>,
-}
-
-impl TlsClient {
-    async fn start(h: &Harness, certificate: &TestCertificate) -> (TlsClient, Vec<String>) {
-        let mut plain = Client::ready(h.service.smtp_address()).await;
-        assert_eq!(plain.command("STARTTLS").await.code, 220);
-        let tcp = plain.into_stream();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = certificate.connector().connect(name, tcp).await.unwrap();
-        let mut client = TlsClient {
-            stream: BufReader::new(tls),
-        };
-        let (code, lines) = client.command("EHLO app.test").await;
-        assert_eq!(code, 250);
-        (client, lines)
-    }
-
-    async fn command(&mut self, line: &str) -> (u16, Vec<String>) {
-        self.stream
-            .get_mut()
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut lines = Vec::new();
-        loop {
-            let mut text = String::new();
-            assert!(
-                self.stream.read_line(&mut text).await.unwrap() > 0,
-                "closed"
-            );
-            lines.push(text[4..].trim_end().to_string());
-            if text.as_bytes()[3] != b'-' {
-                return (text[..3].parse().unwrap(), lines);
-            }
-        }
-    }
+async fn tls_client(h: &Harness, certificate: &TestCertificate) -> (Talk, Vec<String>) {
+    let mut plain = Client::ready(h.service.smtp_address()).await;
+    assert_eq!(plain.command("STARTTLS").await.code, 220);
+    let mut client = certificate.talk(Box::new(plain.into_stream())).await;
+    let (code, lines) = client.command("EHLO app.test").await;
+    assert_eq!(code, 250);
+    (client, lines)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +73,7 @@ async fn auth_needs_tls_and_mail_needs_auth() {
 async fn an_app_logs_in_over_tls_and_may_send_only_as_itself() {
     let certificate = TestCertificate::new();
     let h = harness(&certificate, false).await;
-    let (mut client, ehlo) = TlsClient::start(&h, &certificate).await;
+    let (mut client, ehlo) = tls_client(&h, &certificate).await;
     assert!(
         ehlo.iter().any(|line| line == "AUTH PLAIN LOGIN"),
         "{ehlo:?}"
@@ -146,7 +113,7 @@ async fn an_app_logs_in_over_tls_and_may_send_only_as_itself() {
 async fn auth_login_exchange_and_cancel() {
     let certificate = TestCertificate::new();
     let h = harness(&certificate, false).await;
-    let (mut client, _) = TlsClient::start(&h, &certificate).await;
+    let (mut client, _) = tls_client(&h, &certificate).await;
     assert_eq!(
         client.command("AUTH LOGIN").await,
         (334, vec!["VXNlcm5hbWU6".into()])

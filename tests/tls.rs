@@ -7,71 +7,10 @@ mod support;
 use std::time::Duration;
 
 use smtp_shaper::config::{GatewayTls, ServerTlsConfig};
-use support::{Harness, Sink, TestCertificate, eventually, start, test_config};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use support::{Harness, Sink, Talk, TestCertificate, eventually, start, test_config};
 use tokio::net::TcpStream;
 
 const BODY: &[u8] = b"Subject: over TLS\r\n\r\nsecret\r\n";
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// A line-level SMTP client over any stream.
-struct Talk {
-    stream: BufReader<Box<dyn Io>>,
-}
-
-impl Talk {
-    fn new(stream: impl Io + 'static) -> Talk {
-        Talk {
-            stream: BufReader::new(Box::new(stream)),
-        }
-    }
-
-    /// Reads one reply: its code and all its lines' texts.
-    async fn reply(&mut self) -> (u16, Vec<String>) {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            let read =
-                tokio::time::timeout(Duration::from_secs(30), self.stream.read_line(&mut line))
-                    .await
-                    .expect("a reply within 30 s")
-                    .expect("read");
-            assert!(read > 0, "connection closed; lines so far: {lines:?}");
-            let code = line[..3].parse().expect("a reply code");
-            lines.push(line[4..].trim_end().to_string());
-            if line.as_bytes()[3] != b'-' {
-                return (code, lines);
-            }
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.get_mut().write_all(bytes).await.unwrap();
-    }
-
-    async fn command(&mut self, line: &str) -> (u16, Vec<String>) {
-        self.send(format!("{line}\r\n").as_bytes()).await;
-        self.reply().await
-    }
-
-    /// Hands the raw stream over for a TLS handshake (nothing buffered).
-    fn into_inner(self) -> Box<dyn Io> {
-        assert!(self.stream.buffer().is_empty(), "unread input before TLS");
-        self.stream.into_inner()
-    }
-}
-
-async fn tls_client(certificate: &TestCertificate, stream: Box<dyn Io>) -> Talk {
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let stream = certificate
-        .connector()
-        .connect(name, stream)
-        .await
-        .expect("TLS handshake with smtp-shaper");
-    Talk::new(stream)
-}
 
 async fn harness_with_tls(certificate: &TestCertificate, listen: bool) -> Harness {
     let tls = ServerTlsConfig {
@@ -96,7 +35,7 @@ async fn starttls_upgrades_the_session_and_forgets_what_came_before() {
         .send(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n")
         .await;
     assert_eq!(plain.reply().await.0, 220);
-    let mut tls = tls_client(&certificate, plain.into_inner()).await;
+    let mut tls = certificate.talk(plain.into_inner()).await;
     assert_eq!(
         tls.command("RCPT TO:<x@example.org>").await.0,
         503,
@@ -140,7 +79,7 @@ async fn the_implicit_tls_listener_speaks_tls_from_the_first_byte() {
     let h = harness_with_tls(&certificate, true).await;
     let address = h.service.tls_address().expect("a TLS listener");
     let tcp = TcpStream::connect(address).await.unwrap();
-    let mut tls = tls_client(&certificate, Box::new(tcp)).await;
+    let mut tls = certificate.talk(Box::new(tcp)).await;
     assert_eq!(tls.reply().await.0, 220);
     let (_, ehlo) = tls.command("EHLO app.test").await;
     assert!(!ehlo.iter().any(|line| line == "STARTTLS"), "{ehlo:?}");

@@ -159,7 +159,7 @@ struct SinkShared {
 }
 
 /// A sink's byte stream, plain or TLS.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
@@ -379,6 +379,18 @@ impl TestCertificate {
         TlsAcceptor::from(Arc::new(config))
     }
 
+    /// A line-level client over TLS on `stream`, trusting this certificate
+    /// for the name `localhost`.
+    pub async fn talk(&self, stream: Box<dyn Io>) -> Talk {
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = self
+            .connector()
+            .connect(name, stream)
+            .await
+            .expect("TLS handshake with smtp-shaper");
+        Talk::new(stream)
+    }
+
     /// A client-side connector that trusts this certificate.
     pub fn connector(&self) -> tokio_rustls::TlsConnector {
         use rustls_pki_types::pem::PemObject;
@@ -394,6 +406,54 @@ impl TestCertificate {
         .with_root_certificates(roots)
         .with_no_client_auth();
         tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// A line-level SMTP client over any stream (plain or TLS), for the TLS
+/// and AUTH tests: replies come back with every line's text.
+pub struct Talk {
+    stream: BufReader<Box<dyn Io>>,
+}
+
+impl Talk {
+    pub fn new(stream: impl Io + 'static) -> Talk {
+        Talk {
+            stream: BufReader::new(Box::new(stream)),
+        }
+    }
+
+    /// Reads one reply: its code and all its lines' texts.
+    pub async fn reply(&mut self) -> (u16, Vec<String>) {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(30), self.stream.read_line(&mut line))
+                    .await
+                    .expect("a reply within 30 s")
+                    .expect("read");
+            assert!(read > 0, "connection closed; lines so far: {lines:?}");
+            let code = line[..3].parse().expect("a reply code");
+            lines.push(line[4..].trim_end().to_string());
+            if line.as_bytes()[3] != b'-' {
+                return (code, lines);
+            }
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).await.unwrap();
+    }
+
+    pub async fn command(&mut self, line: &str) -> (u16, Vec<String>) {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// Hands the raw stream over for a TLS handshake (nothing buffered).
+    pub fn into_inner(self) -> Box<dyn Io> {
+        assert!(self.stream.buffer().is_empty(), "unread input before TLS");
+        self.stream.into_inner()
     }
 }
 
