@@ -154,11 +154,7 @@ pub enum SecretSource {
 impl GatewayConfig {
     /// The host part of `address` (without brackets around an IPv6 literal).
     pub fn host(&self) -> &str {
-        self.address
-            .rsplit_once(':')
-            .map_or(self.address.as_str(), |(host, _)| host)
-            .trim_start_matches('[')
-            .trim_end_matches(']')
+        split_host_port(&self.address).map_or(self.address.as_str(), |(host, _)| host)
     }
 
     /// True when the gateway is on this machine (loopback or `localhost`).
@@ -834,16 +830,21 @@ fn is_hostname(text: &str) -> bool {
         })
 }
 
-fn is_host_port(text: &str) -> bool {
-    let Some((host, port)) = text.rsplit_once(':') else {
-        return false;
-    };
+/// `host:port` split at the last colon, an IPv6 host without its brackets.
+fn split_host_port(text: &str) -> Option<(&str, &str)> {
+    let (host, port) = text.rsplit_once(':')?;
     let host = host
         .strip_prefix('[')
         .and_then(|inner| inner.strip_suffix(']'))
         .unwrap_or(host);
-    port.parse::<u16>().is_ok_and(|port| port > 0)
-        && (is_hostname(host) || host.parse::<std::net::IpAddr>().is_ok())
+    Some((host, port))
+}
+
+fn is_host_port(text: &str) -> bool {
+    split_host_port(text).is_some_and(|(host, port)| {
+        port.parse::<u16>().is_ok_and(|port| port > 0)
+            && (is_hostname(host) || host.parse::<std::net::IpAddr>().is_ok())
+    })
 }
 
 #[cfg(test)]
