@@ -73,6 +73,16 @@ fn describe(outcome: &SpfOutcome) -> String {
     }
 }
 
+/// The value of the first `key=value` tag of a DMARC or DKIM record whose
+/// key `is_wanted` (keys and values trimmed).
+fn tag(record: &str, is_wanted: impl Fn(&str) -> bool) -> Option<&str> {
+    record
+        .split(';')
+        .filter_map(|tag| tag.trim().split_once('='))
+        .find(|(key, _)| is_wanted(key.trim()))
+        .map(|(_, value)| value.trim())
+}
+
 /// Checks `domain` for a gateway sending from `gateway_ip`, and the DKIM
 /// keys of `selectors`.
 pub fn check_domain(
@@ -127,11 +137,8 @@ pub fn check_domain(
             match dmarc.as_slice() {
                 [] => say(false, format!("no DMARC record at {dmarc_name}")),
                 [record] => {
-                    let policy = record
-                        .split(';')
-                        .filter_map(|tag| tag.trim().split_once('='))
-                        .find(|(key, _)| key.trim().eq_ignore_ascii_case("p"))
-                        .map(|(_, value)| value.trim().to_ascii_lowercase());
+                    let policy = tag(record, |key| key.eq_ignore_ascii_case("p"))
+                        .map(str::to_ascii_lowercase);
                     match policy.as_deref() {
                         Some("reject" | "quarantine") => say(
                             true,
@@ -155,12 +162,10 @@ pub fn check_domain(
         let name = format!("{selector}._domainkey.{domain}");
         match resolver.txt(&name) {
             Ok(records) => {
-                let key = records.iter().find_map(|text| {
-                    text.split(';')
-                        .filter_map(|tag| tag.trim().split_once('='))
-                        .find(|(key, _)| key.trim() == "p")
-                        .map(|(_, value)| value.trim().to_string())
-                });
+                let key = records
+                    .iter()
+                    .find_map(|text| tag(text, |key| key == "p"))
+                    .map(str::to_string);
                 match key {
                     Some(key) if !key.is_empty() => say(
                         true,
