@@ -5,7 +5,8 @@
 //! [`inbound`] (listener, sessions) -> [`policy`] (who may send, which app,
 //! which gateway) -> [`spool`] (durable queue) -> [`shaper`] (how fast each
 //! gateway may send) -> [`outbound`] (delivery to the gateways).
-//! [`smtp`] holds the protocol pieces with no I/O; [`config`] the schema.
+//! [`smtp`] holds the protocol pieces with no I/O; [`config`] the schema;
+//! [`telemetry`] (metrics, the HTTP endpoint, logs) sits beside the flow.
 //! This file only assembles those parts into a running [`Service`].
 
 pub mod config;
@@ -19,6 +20,7 @@ pub mod shutdown;
 pub mod simulate;
 pub mod smtp;
 pub mod spool;
+pub mod telemetry;
 pub mod tls;
 
 use std::io;
@@ -33,12 +35,15 @@ use config::Config;
 use outbound::Outbound;
 use shutdown::Shutdown;
 use spool::Spool;
+use telemetry::Metrics;
+use telemetry::http::Endpoint;
 use tls::server::ServerTls;
 
 /// A running service: the listener, the delivery workers and the spool.
 pub struct Service {
     smtp_address: SocketAddr,
     tls_address: Option<SocketAddr>,
+    http_address: Option<SocketAddr>,
     sender_checks: Arc<policy::senders::SenderChecks>,
     outbound: Outbound,
     stop: watch::Sender<bool>,
@@ -76,6 +81,33 @@ impl Service {
             Some(listener) => Some(listener.local_addr()?),
             None => None,
         };
+        let http_listener = match config.http.listen {
+            Some(address) => Some(TcpListener::bind(address).await.map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("cannot listen for HTTP (metrics) on {address}: {error}"),
+                )
+            })?),
+            None => None,
+        };
+        let admin_token = match &config.http.admin_token_file {
+            Some(path) => Some(read_token(path)?),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new(
+            &config
+                .gateways
+                .iter()
+                .map(|g| g.name.clone())
+                .collect::<Vec<_>>(),
+            &config
+                .apps
+                .iter()
+                .map(|a| a.name.clone())
+                .chain(["other".to_string()])
+                .collect::<Vec<_>>(),
+            spool.fsync_seconds(),
+        ));
         let (stop, shutdown) = Shutdown::channel();
         let mut workers = JoinSet::new();
         let policy = config.policy();
@@ -86,13 +118,31 @@ impl Service {
             &mut workers,
             shutdown.clone(),
             &policy,
+            metrics.clone(),
         )?;
+        let http_address = match http_listener {
+            Some(listener) => {
+                let address = listener.local_addr()?;
+                let endpoint = Arc::new(Endpoint {
+                    metrics: metrics.clone(),
+                    queues: outbound.clone(),
+                    spool: spool.clone(),
+                    senders: sender_checks.clone(),
+                    admin_token,
+                    shutdown: shutdown.clone(),
+                });
+                workers.spawn(telemetry::http::serve(listener, endpoint));
+                Some(address)
+            }
+            None => None,
+        };
         for message in recovered {
             outbound.recovered(message);
         }
         tracing::info!(
             listen = %smtp_address,
             tls_listen = %tls_address.map_or_else(|| "none".into(), |a| a.to_string()),
+            http_listen = %http_address.map_or_else(|| "none".into(), |a| a.to_string()),
             starttls = tls.is_some(),
             spool = %config.spool.dir.display(),
             gateways = config.gateways.len(),
@@ -106,6 +156,7 @@ impl Service {
             spool: spool.clone(),
             outbound: outbound.clone(),
             tls,
+            metrics,
         });
         let task = tokio::spawn(async move {
             inbound::serve(listener, tls_listener, context, shutdown).await;
@@ -125,6 +176,7 @@ impl Service {
         Ok(Service {
             smtp_address,
             tls_address,
+            http_address,
             sender_checks,
             outbound,
             stop,
@@ -140,6 +192,11 @@ impl Service {
     /// The implicit-TLS listener's address, when `[server.tls] listen` is set.
     pub fn tls_address(&self) -> Option<SocketAddr> {
         self.tls_address
+    }
+
+    /// The HTTP endpoint's address (`[http] listen`), unless turned off.
+    pub fn http_address(&self) -> Option<SocketAddr> {
+        self.http_address
     }
 
     /// What the gateways said about each verified sender address (relay
@@ -165,4 +222,29 @@ impl Service {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
+}
+
+/// The admin bearer token from `admin_token_file` (surrounding whitespace
+/// trimmed); an empty or unreadable file stops the start.
+fn read_token(path: &std::path::Path) -> io::Result<String> {
+    let token = std::fs::read_to_string(path).map_err(|error| {
+        io::Error::new(
+            error.kind(),
+            format!(
+                "cannot read http.admin_token_file {}: {error}",
+                path.display()
+            ),
+        )
+    })?;
+    let token = token.trim();
+    if token.len() < 16 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "http.admin_token_file {}: the token must be at least 16 characters",
+                path.display()
+            ),
+        ));
+    }
+    Ok(token.to_string())
 }

@@ -139,7 +139,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_logging();
+            smtp_shaper::telemetry::logging::init(config.server.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(config.server.worker_threads)
                 .enable_all()
@@ -322,22 +322,4 @@ async fn wait_for_signal() {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
-}
-
-/// Logs to stderr; `RUST_LOG` (e.g. `info`, `smtp_shaper=debug`) sets the levels.
-fn init_logging() {
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::prelude::*;
-    let filter: Targets = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
-        .with(filter)
-        .init();
 }

@@ -16,6 +16,11 @@ impl Shutdown {
         (trigger, Shutdown(receiver))
     }
 
+    /// Whether the service is stopping.
+    pub fn is_stopping(&self) -> bool {
+        *self.0.borrow()
+    }
+
     /// Resolves once the service is stopping (at once if it already is).
     pub async fn stopped(&mut self) {
         // An error means the trigger is gone, which also means stopping.

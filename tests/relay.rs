@@ -152,6 +152,8 @@ async fn routes_by_sender_domain_to_several_gateways() {
         listen = "127.0.0.1:0"
         [spool]
         dir = "{}"
+        [http]
+        listen = "127.0.0.1:0"
         [[gateways]]
         name = "billing"
         address = "{}"

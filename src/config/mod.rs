@@ -25,6 +25,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("embedded-default.toml");
 pub struct Config {
     pub server: ServerConfig,
     pub spool: SpoolConfig,
+    pub http: HttpConfig,
     pub gateways: Vec<GatewayConfig>,
     pub apps: Vec<AppConfig>,
     pub dkim: Vec<DkimConfig>,
@@ -71,6 +72,8 @@ pub struct ServerConfig {
     /// Offer AUTH without TLS when the listener is on loopback (a sidecar
     /// next to its app); otherwise AUTH is offered only under TLS.
     pub plaintext_auth_on_loopback: bool,
+    /// `log_format = "text" | "json"`.
+    pub log_format: LogFormat,
 }
 
 /// `[server.tls]`: the certificate applications see.
@@ -93,6 +96,23 @@ pub enum GatewayTls {
     Required,
     /// TLS from the first byte (port 465), verified.
     Implicit,
+}
+
+/// `[http]`: the operators' endpoint (metrics, health, status, queue admin).
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// `None` (`listen = ""`) turns the endpoint off.
+    pub listen: Option<SocketAddr>,
+    /// A file holding the bearer token the admin API requires. Without one
+    /// the admin API answers loopback clients only.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// How log lines are written: for people, or one JSON object per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// `[spool]`: where accepted mail waits for delivery.
@@ -270,6 +290,7 @@ impl Config {
         let mut root = Section::new(String::new(), root, &mut problems);
         let server = root.section("server");
         let spool = root.section("spool");
+        let http = root.section("http");
         let gateway_tables = root.array_of_sections("gateways");
         let app_tables = root.array_of_sections("apps");
         let dkim_tables = root.array_of_sections("dkim");
@@ -277,6 +298,7 @@ impl Config {
 
         let server = read_server(Section::new("server".into(), server, &mut problems));
         let spool = read_spool(Section::new("spool".into(), spool, &mut problems));
+        let http = read_http(Section::new("http".into(), http, &mut problems));
         let gateways: Vec<GatewayConfig> = gateway_tables
             .into_iter()
             .enumerate()
@@ -341,6 +363,7 @@ impl Config {
         problems.into_result(Config {
             server,
             spool,
+            http,
             gateways,
             apps,
             dkim,
@@ -471,6 +494,11 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
         tls: read_server_tls(s.subsection("tls")),
         require_auth: s.boolean("require_auth", false),
         plaintext_auth_on_loopback: s.boolean("plaintext_auth_on_loopback", false),
+        log_format: s.parsed("log_format", "text", "\"text\" or \"json\"", |v| match v {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }),
     };
     if server.max_message_size < 1024 {
         s.problem("max_message_size", "must be at least 1KiB");
@@ -496,6 +524,21 @@ fn read_server_tls(mut s: Section<'_>) -> Option<ServerTlsConfig> {
 
 fn parse_path(text: &str) -> Option<PathBuf> {
     (!text.is_empty()).then(|| PathBuf::from(text))
+}
+
+fn read_http(mut s: Section<'_>) -> HttpConfig {
+    // Left out: the documented default; "" turns the endpoint off.
+    let listen = if s.has("listen") {
+        s.optional("listen", SOCKET_FORMS, |v| v.parse().ok())
+    } else {
+        Some(SocketAddr::from(([127, 0, 0, 1], 9325)))
+    };
+    let http = HttpConfig {
+        listen,
+        admin_token_file: s.optional("admin_token_file", "a file path", parse_path),
+    };
+    s.finish();
+    http
 }
 
 fn read_spool(mut s: Section<'_>) -> SpoolConfig {
@@ -1098,7 +1141,7 @@ mod tests {
         assert_eq!(error.problems.len(), 1);
         assert!(
             error.problems[0]
-                .starts_with("servr: unknown key; accepted here: server, spool, gateways")
+                .starts_with("servr: unknown key; accepted here: server, spool, http, gateways")
         );
     }
 }

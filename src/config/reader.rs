@@ -58,6 +58,11 @@ impl<'p> Section<'p> {
         self.table.is_empty()
     }
 
+    /// Whether `key` is present (not yet read).
+    pub fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
+    }
+
     pub fn problem(&mut self, key: &str, message: &str) {
         let path = self.key_path(key);
         self.problems.push(&path, message);

@@ -117,13 +117,17 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let server = &context.config.server;
     let stream = match (&context.tls, implicit_tls) {
-        (Some(tls), true) => match handshake(tls.acceptor(), stream, server.idle_timeout).await {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::info!(client = %peer, %error, "TLS handshake failed on the TLS listener");
-                return;
+        (Some(tls), true) => {
+            let handshake = handshake(tls.acceptor(), stream, server.idle_timeout).await;
+            count_tls(&context, "implicit", handshake.is_ok());
+            match handshake {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::info!(client = %peer, %error, "TLS handshake failed on the TLS listener");
+                    return;
+                }
             }
-        },
+        }
         _ => Stream::Plain(stream),
     };
     let mut conn = Conn {
@@ -201,11 +205,11 @@ async fn run(
             match step {
                 Step::Authenticate { .. } => unreachable!("answered above"),
                 Step::Reply(reply) => {
-                    log_refusal(session, &reply);
+                    log_refusal(context, session, &reply);
                     reply.write_to(&mut conn.out);
                 }
                 Step::Close(reply) => {
-                    log_refusal(session, &reply);
+                    log_refusal(context, session, &reply);
                     reply.write_to(&mut conn.out);
                     return Ok(());
                 }
@@ -249,7 +253,7 @@ async fn run(
                     421,
                     format!("4.4.2 {hostname} Error: timeout exceeded, closing connection"),
                 );
-                log_refusal(session, &reply);
+                log_refusal(context, session, &reply);
                 reply.write_to(&mut conn.out);
                 return Ok(());
             }
@@ -278,6 +282,12 @@ async fn authenticate(
     let lane = tokio::task::spawn_blocking(move || apps.login(&name, &password))
         .await
         .unwrap_or(None);
+    let result = if lane.is_some() { "success" } else { "failure" };
+    context
+        .metrics
+        .auth_attempts
+        .with_label_values(&[result])
+        .inc();
     match lane {
         Some(app) => {
             let app = context.policy.apps.name(app);
@@ -305,7 +315,9 @@ async fn start_tls(conn: &mut Conn, session: &mut Session<'_>, context: &Context
     let Some(tcp) = conn.stream.take_plain() else {
         return false;
     };
-    match handshake(tls.acceptor(), tcp, context.config.server.idle_timeout).await {
+    let handshake = handshake(tls.acceptor(), tcp, context.config.server.idle_timeout).await;
+    count_tls(context, "starttls", handshake.is_ok());
+    match handshake {
         Ok(stream) => {
             tracing::debug!(client = %session.client_ip, tls = %stream.tls_description().unwrap_or_default(), "STARTTLS done");
             conn.stream = stream;
@@ -319,10 +331,20 @@ async fn start_tls(conn: &mut Conn, session: &mut Session<'_>, context: &Context
     }
 }
 
-/// Every error reply leaves a log line; the session's `max_errors` bounds
-/// how many one client can cause.
-fn log_refusal(session: &Session<'_>, reply: &Reply) {
+fn count_tls(context: &Context, mode: &str, ok: bool) {
+    let result = if ok { "success" } else { "failure" };
+    context
+        .metrics
+        .inbound_tls_sessions
+        .with_label_values(&[mode, result])
+        .inc();
+}
+
+/// Every error reply leaves a log line and counts in the rejections metric;
+/// the session's `max_errors` bounds how many one client can cause.
+fn log_refusal(context: &Context, session: &Session<'_>, reply: &Reply) {
     if reply.code >= 400 {
+        super::count_rejection(context, reply);
         tracing::info!(client = %session.client_ip, reply = %reply, "command refused");
     }
 }
@@ -358,7 +380,7 @@ async fn receive_message(
                         server.hostname
                     ),
                 );
-                log_refusal(session, &reply);
+                log_refusal(context, session, &reply);
                 return Ok(Some(reply));
             }
         }
@@ -366,10 +388,11 @@ async fn receive_message(
     let (transaction, body) = match session.data_end(receiver.finish()) {
         Ok(accepted) => accepted,
         Err(Step::Close(reply)) => {
-            log_refusal(session, &reply);
+            log_refusal(context, session, &reply);
             return Ok(Some(reply));
         }
         Err(Step::Reply(reply) | Step::Data(reply) | Step::StartTls(reply)) => {
+            super::count_rejection(context, &reply);
             tracing::info!(client = %session.client_ip, reply = %reply, "message refused");
             reply.write_to(&mut conn.out);
             return Ok(None);
@@ -442,8 +465,9 @@ async fn store(
         }
         Err(error) => {
             tracing::error!(%error, sender = %sender, client = %session.client_ip, "message not stored; answering 452");
-            Reply::new(452, "4.3.1 Insufficient system storage, try again later")
-                .write_to(&mut conn.out);
+            let reply = Reply::new(452, "4.3.1 Insufficient system storage, try again later");
+            super::count_rejection(context, &reply);
+            reply.write_to(&mut conn.out);
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::policy::{Network, Policy};
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use crate::spool::Spool;
+use crate::telemetry::Metrics;
 use crate::tls::server::ServerTls;
 
 /// What every session needs, shared read-only.
@@ -33,6 +34,7 @@ pub struct Context {
     pub outbound: Outbound,
     /// The certificate for STARTTLS and the TLS listener, when configured.
     pub tls: Option<Arc<ServerTls>>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Accepts connections until `shutdown` turns true, then lets open sessions
@@ -75,6 +77,7 @@ pub async fn serve(
                     peer.ip()
                 ),
             );
+            count_rejection(&context, &reply);
             sessions.spawn(refuse(stream, reply));
             continue;
         }
@@ -87,6 +90,7 @@ pub async fn serve(
                     server.hostname
                 ),
             );
+            count_rejection(&context, &reply);
             sessions.spawn(refuse(stream, reply));
             continue;
         };
@@ -102,13 +106,17 @@ pub async fn serve(
                     peer.ip()
                 ),
             );
+            count_rejection(&context, &reply);
             sessions.spawn(refuse(stream, reply));
             continue;
         };
         let context = context.clone();
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
-            connection::serve(stream, peer, context, shutdown, implicit_tls).await;
+            let open = &context.metrics.inbound_connections;
+            open.inc();
+            connection::serve(stream, peer, context.clone(), shutdown, implicit_tls).await;
+            context.metrics.inbound_connections.dec();
             drop(client_slot);
             drop(slot);
         });
@@ -127,6 +135,50 @@ pub async fn serve(
         );
         sessions.shutdown().await;
     }
+}
+
+/// Counts a refusal in `smtp_shaper_rejections_total` under its reason;
+/// shaping deferrals (451 4.7.1, counted as deferrals) and the 421 of a
+/// stopping service are not refusals.
+fn count_rejection(context: &Context, reply: &Reply) {
+    if let Some(reason) = rejection_reason(reply) {
+        context
+            .metrics
+            .rejections
+            .with_label_values(&[reason])
+            .inc();
+    }
+}
+
+/// The reason label of one of our own error replies (one of
+/// `telemetry::metrics::REJECTION_REASONS`), from its code and enhanced
+/// status.
+fn rejection_reason(reply: &Reply) -> Option<&'static str> {
+    if reply.code < 400 {
+        return None;
+    }
+    let text = reply.lines.first().map_or("", String::as_str);
+    let status = text.split(' ').next().unwrap_or("");
+    Some(match (reply.code, status) {
+        (451, "4.7.1") | (421, "4.3.2") => return None,
+        (_, "4.4.2") => "timeout",
+        (421, _) if text.contains("too many connections") => "too_many_connections",
+        (421, _) => "too_many_errors",
+        (554, "5.7.1") => "client_denied",
+        (530 | 538, _) => "auth_required",
+        (535, _) | (501, "5.0.0") => "auth_failed",
+        (550, "5.7.1") => "relay_denied",
+        (550, "5.1.0") => "sender_rejected",
+        (452, "4.5.3") => "too_many_recipients",
+        (552, _) => "too_big",
+        (_, "5.6.0" | "5.6.7") => "bad_content",
+        (_, "5.4.6") => "mail_loop",
+        (452, "4.3.1") => "spool_error",
+        (454, _) => "tls_unavailable",
+        (503, _) => "sequence",
+        (500 | 501 | 502 | 504 | 555, _) => "syntax",
+        _ => "other",
+    })
 }
 
 /// One of a client address's connection slots, given back on drop.

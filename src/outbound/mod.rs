@@ -18,8 +18,8 @@ pub mod retry;
 mod verify;
 mod worker;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -30,7 +30,10 @@ use crate::config::{Config, GatewayConfig};
 use crate::policy::{Apps, Policy};
 use crate::shaper::{Admission, Deferral, GatewayModel, GatewayView, SavedState};
 use crate::shutdown::Shutdown;
-use crate::spool::{Spool, StoredMessage};
+use crate::spool::{Spool, StoredMessage, unix_seconds};
+use crate::telemetry::{
+    AdminError, Attempt, GatewayStatus, Metrics, QueuedDetail, QueuedSummary, Queues,
+};
 use crate::tls::client::Upstream;
 use client::Credentials;
 use queue::{DeliveryQueue, Queued};
@@ -44,6 +47,22 @@ struct Gateway {
     backoff: Backoff,
     tls: Upstream,
     credentials: Option<Credentials>,
+    /// The latest replies that were not 2xx, for /status.
+    recent: Mutex<VecDeque<(u64, String)>>,
+}
+
+/// How many recent non-2xx replies /status shows per gateway.
+const RECENT_REPLIES: usize = 10;
+
+impl Gateway {
+    /// Keeps `reply` among the gateway's recent replies (for /status).
+    fn remember(&self, reply: String) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_REPLIES {
+            recent.pop_front();
+        }
+        recent.push_back((unix_seconds(), reply));
+    }
 }
 
 /// How often the shaping state is saved while nothing asks for it sooner.
@@ -57,6 +76,7 @@ pub struct Outbound {
     default: usize,
     apps: Arc<Apps>,
     spool: Spool,
+    metrics: Arc<Metrics>,
 }
 
 impl Outbound {
@@ -71,6 +91,7 @@ impl Outbound {
         tasks: &mut JoinSet<()>,
         shutdown: Shutdown,
         policy: &Policy,
+        metrics: Arc<Metrics>,
     ) -> std::io::Result<Outbound> {
         let upstreams = config
             .gateways
@@ -102,7 +123,7 @@ impl Outbound {
                     apps.weights(),
                     save_wanted.clone(),
                 );
-                let model = queue.view().model;
+                let model = queue.view().0.model;
                 tracing::info!(
                     gateway = %gateway.name,
                     history = if saved.is_some() { "restored" } else { "none (initial_rate)" },
@@ -115,6 +136,7 @@ impl Outbound {
                     tls,
                     credentials,
                     queue,
+                    recent: Mutex::new(VecDeque::new()),
                     backoff: Backoff {
                         initial: gateway.retry_initial,
                         max: gateway.retry_max,
@@ -127,6 +149,7 @@ impl Outbound {
             signers: Arc::new(signers),
             spool: spool.clone(),
             helo_name: config.server.hostname.clone(),
+            metrics: metrics.clone(),
         };
         for gateway in &gateways {
             for _ in 0..gateway.config.max_connections {
@@ -160,6 +183,7 @@ impl Outbound {
         let outbound = Outbound {
             apps: apps.clone(),
             spool: spool.clone(),
+            metrics,
             by_name: Arc::new(
                 gateways
                     .iter()
@@ -177,6 +201,10 @@ impl Outbound {
     /// Queues a message just accepted from app `lane`, with its body for a
     /// worker that is free now (see `queue`); it counts as demand.
     pub fn accepted(&self, message: StoredMessage, lane: usize, body: Vec<u8>) {
+        self.metrics
+            .messages_accepted
+            .with_label_values(&[message.gateway.as_str(), self.apps.name(lane)])
+            .inc();
         self.enqueue(message, lane, Some(body), true);
     }
 
@@ -211,6 +239,7 @@ impl Outbound {
                 attempts: 0,
                 lane,
                 body,
+                history: Vec::new(),
             },
             arrival,
             gateway.config.max_connections,
@@ -220,7 +249,59 @@ impl Outbound {
     /// The shaping model and queue of the named gateway.
     pub fn view(&self, gateway: &str) -> Option<GatewayView> {
         let index = self.by_name.get(gateway)?;
-        Some(self.gateways[*index].queue.view())
+        Some(self.gateways[*index].queue.view().0)
+    }
+
+    fn gateway(&self, name: &str) -> Result<&Gateway, AdminError> {
+        self.by_name
+            .get(name)
+            .map(|index| self.gateways[*index].as_ref())
+            .ok_or_else(|| AdminError::NotFound(format!("no gateway named {name}")))
+    }
+
+    fn summary(gateway: &Gateway, item: &Queued, place: queue::Place) -> QueuedSummary {
+        let message = &item.message;
+        let (state, retry_at) = match place {
+            queue::Place::Ready => ("ready", None),
+            queue::Place::Retry(at) => ("retry", Some(at.max(0.0) as u64)),
+        };
+        QueuedSummary {
+            id: message.id.clone(),
+            gateway: gateway.config.name.clone(),
+            sender: message.envelope.sender.clone(),
+            recipients: message
+                .pending
+                .iter()
+                .filter_map(|index| message.envelope.recipients.get(*index as usize).cloned())
+                .collect(),
+            size: message.location.body_len,
+            received_at: message.envelope.received_at,
+            attempts: item.attempts,
+            state,
+            retry_at,
+        }
+    }
+
+    /// The queued message `id`, its gateway, summary and attempts.
+    fn find(&self, id: &str) -> Result<(QueuedSummary, StoredMessage, Vec<Attempt>), AdminError> {
+        for gateway in self.gateways.iter() {
+            let mut found = None;
+            gateway.queue.visit(|item, place| {
+                if found.is_none() && item.message.id == id {
+                    found = Some((
+                        Self::summary(gateway, item, place),
+                        item.message.clone(),
+                        item.history.clone(),
+                    ));
+                }
+            });
+            if let Some(found) = found {
+                return Ok(found);
+            }
+        }
+        Err(AdminError::NotFound(format!(
+            "no queued message {id} (delivered, deleted, or being delivered right now)"
+        )))
     }
 
     /// Saves every gateway's shaping state. With `reserve`, the cap counts
@@ -273,6 +354,10 @@ impl Admission for Outbound {
             .queue
             .admit(lane, recipients)
             .inspect_err(|deferral| {
+                self.metrics
+                    .deferrals
+                    .with_label_values(&[gateway.config.name.as_str(), deferral.reason.as_str()])
+                    .inc();
                 tracing::warn!(
                     gateway = %gateway.config.name,
                     app = %self.apps.name(lane),
@@ -282,6 +367,165 @@ impl Admission for Outbound {
                     "new mail deferred (451 4.7.1)"
                 );
             })
+    }
+}
+
+impl Queues for Outbound {
+    fn statuses(&self) -> Vec<GatewayStatus> {
+        let lane_names = self.apps.names();
+        self.gateways
+            .iter()
+            .map(|gateway| {
+                let name = &gateway.config.name;
+                let (view, queued_bytes) = gateway.queue.view();
+                GatewayStatus {
+                    name: name.clone(),
+                    address: gateway.config.address.clone(),
+                    view,
+                    lane_names: lane_names.clone(),
+                    queued_bytes,
+                    held: gateway.queue.is_held(),
+                    connections: self
+                        .metrics
+                        .upstream_connections
+                        .with_label_values(&[name])
+                        .get(),
+                    recent_replies: gateway
+                        .recent
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .cloned()
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    fn list(&self, gateway: Option<&str>) -> Result<Vec<QueuedSummary>, AdminError> {
+        let gateways: Vec<&Gateway> = match gateway {
+            Some(name) => vec![self.gateway(name)?],
+            None => self.gateways.iter().map(AsRef::as_ref).collect(),
+        };
+        let mut list = Vec::new();
+        for gateway in gateways {
+            gateway
+                .queue
+                .visit(|item, place| list.push(Self::summary(gateway, item, place)));
+        }
+        list.sort_by(|a, b| a.received_at.cmp(&b.received_at).then(a.id.cmp(&b.id)));
+        Ok(list)
+    }
+
+    async fn show(&self, id: &str) -> Result<QueuedDetail, AdminError> {
+        let (summary, message, history) = self.find(id)?;
+        let body = self
+            .spool
+            .read_body(message.location)
+            .await
+            .map_err(|error| {
+                AdminError::Failed(format!("cannot read {id} from the spool: {error}"))
+            })?;
+        let end = body
+            .windows(4)
+            .position(|window| window == b"\r\n\r\n")
+            .map_or(body.len(), |end| end + 2);
+        Ok(QueuedDetail {
+            summary,
+            client_ip: message.envelope.client_ip.to_string(),
+            headers: String::from_utf8_lossy(&body[..end]).into_owned(),
+            history,
+        })
+    }
+
+    fn retry(&self, id: Option<&str>) -> Result<usize, AdminError> {
+        let moved: usize = self.gateways.iter().map(|g| g.queue.retry_now(id)).sum();
+        match id {
+            Some(id) if moved == 0 => {
+                self.find(id)?;
+                Err(AdminError::Conflict(format!(
+                    "{id} is not waiting for a retry (it goes as soon as the shaper lets it)"
+                )))
+            }
+            _ => {
+                tracing::info!(
+                    queue_id = id.unwrap_or("all"),
+                    retried = moved,
+                    "operator asked for retries now"
+                );
+                Ok(moved)
+            }
+        }
+    }
+
+    fn hold(&self, gateway: &str, held: bool) -> Result<(), AdminError> {
+        self.gateway(gateway)?.queue.hold(held);
+        tracing::warn!(%gateway, held, "operator {} the gateway's queue", if held { "held" } else { "released" });
+        Ok(())
+    }
+
+    fn delete(&self, id: &str) -> Result<QueuedSummary, AdminError> {
+        for gateway in self.gateways.iter() {
+            if let Some(item) = gateway.queue.remove(id) {
+                let summary = Self::summary(gateway, &item, queue::Place::Ready);
+                self.spool.message_done(&item.message);
+                tracing::warn!(
+                    queue_id = %id,
+                    gateway = %gateway.config.name,
+                    sender = %item.message.envelope.sender,
+                    recipients = summary.recipients.len(),
+                    "operator deleted a queued message; it will not be delivered"
+                );
+                return Ok(summary);
+            }
+        }
+        self.find(id)?;
+        Err(AdminError::Conflict(format!(
+            "{id} is being delivered; try again"
+        )))
+    }
+
+    fn dead_letters(&self) -> Result<Vec<String>, AdminError> {
+        self.spool
+            .dead_letter_names()
+            .map_err(|error| AdminError::Failed(format!("cannot list dead letters: {error}")))
+    }
+
+    async fn requeue(&self, name: &str) -> Result<String, AdminError> {
+        let letter = self.spool.read_dead_letter(name).await.map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                AdminError::NotFound(format!("no dead letter {name}"))
+            } else {
+                AdminError::Failed(format!("cannot read dead letter {name}: {error}"))
+            }
+        })?;
+        let gateway = match self.by_name.get(&letter.gateway) {
+            Some(_) => letter.gateway.clone(),
+            None => self.gateways[self.default].config.name.clone(),
+        };
+        let id = crate::spool::new_queue_id();
+        let stored = self
+            .spool
+            .store(id, &gateway, letter.envelope, &[&letter.body])
+            .await
+            .map_err(|error| AdminError::Failed(format!("cannot queue {name} again: {error}")))?;
+        self.spool.remove_dead_letter(name).map_err(|error| {
+            AdminError::Failed(format!(
+                "queued as {} but cannot remove {name}: {error}",
+                stored.id
+            ))
+        })?;
+        let new_id = stored.id.clone();
+        tracing::warn!(
+            dead_letter = %name,
+            queue_id = %new_id,
+            old_queue_id = %letter.queue_id,
+            %gateway,
+            recipients = stored.envelope.recipients.len(),
+            "operator queued a dead letter again"
+        );
+        self.recovered(stored);
+        Ok(new_id)
     }
 }
 

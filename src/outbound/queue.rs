@@ -27,6 +27,7 @@ use tokio::time::{Duration, Instant};
 use crate::config::units::format_rate;
 use crate::shaper::{Deferral, GatewayModel, GatewayView, Release, SavedState, Scheduler};
 use crate::spool::StoredMessage;
+use crate::telemetry::Attempt;
 
 /// Most body bytes one gateway's queue keeps in memory for hand-off.
 pub const HOT_BODY_BYTES: usize = 8 << 20;
@@ -40,6 +41,19 @@ pub struct Queued {
     pub lane: usize,
     /// The body, when handed over with the message (see the module notes).
     pub body: Option<Vec<u8>>,
+    /// The latest attempts and the gateway's replies (for `queue show`).
+    pub history: Vec<Attempt>,
+}
+
+/// Most attempts a queued message remembers.
+pub const HISTORY_LENGTH: usize = 10;
+
+/// Where a queued message is, for the admin API.
+pub enum Place {
+    /// Waiting for the shaper or a worker.
+    Ready,
+    /// Waiting for its retry time (Unix seconds).
+    Retry(f64),
 }
 
 struct Waiting {
@@ -99,6 +113,10 @@ struct State {
     paused_until: Option<Instant>,
     connect_failures: u32,
     hot_bytes: usize,
+    /// Body bytes of every queued message (ready and waiting).
+    queued_bytes: u64,
+    /// An operator's hold (`queue hold`): nothing is released until released.
+    held: bool,
 }
 
 impl State {
@@ -148,6 +166,8 @@ impl DeliveryQueue {
                 paused_until: None,
                 connect_failures: 0,
                 hot_bytes: 0,
+                queued_bytes: 0,
+                held: false,
             }),
             clock,
             wake: Notify::new(),
@@ -195,6 +215,7 @@ impl DeliveryQueue {
         if arrival {
             state.scheduler.model.arrived(now, 1);
         }
+        state.queued_bytes += item.message.location.body_len;
         let units = state.scheduler.model.units(item.message.pending.len());
         state.scheduler.push(now, item.lane, units, item);
         drop(state);
@@ -205,6 +226,7 @@ impl DeliveryQueue {
     pub fn retry_at(&self, mut item: Queued, due: Instant) {
         item.body = None;
         let mut state = self.lock();
+        state.queued_bytes += item.message.location.body_len;
         state.sequence += 1;
         state.waiting_units += state.scheduler.model.units(item.message.pending.len());
         let sequence = state.sequence;
@@ -230,6 +252,7 @@ impl DeliveryQueue {
                 state.promote_due(now, unix_now);
                 let next_retry = state.waiting.peek().map(|first| first.due);
                 match state.paused_until {
+                    _ if state.held => None,
                     Some(until) if until > now => Some(until),
                     _ => {
                         state.paused_until = None;
@@ -238,6 +261,7 @@ impl DeliveryQueue {
                         match release {
                             Release::Send { item, waited, .. } => {
                                 state.hot_bytes -= item.body.as_ref().map_or(0, Vec::len);
+                                state.queued_bytes -= item.message.location.body_len;
                                 if !state.scheduler.is_empty() {
                                     // Let another worker take the next one.
                                     self.wake.notify_one();
@@ -327,13 +351,94 @@ impl DeliveryQueue {
             .admit(now, lane, units, retries, retry_units)
     }
 
-    /// The shaping model and the queue at this moment.
-    pub fn view(&self) -> GatewayView {
+    /// The shaping model and the queue at this moment (messages waiting
+    /// for a retry count in the depth and the oldest age), and the queued
+    /// body bytes.
+    pub fn view(&self) -> (GatewayView, u64) {
         let mut state = self.lock();
         let now = self.now();
         let mut view = state.scheduler.view(now);
         view.queued += state.waiting.len();
-        view
+        if let Some(oldest) = state
+            .waiting
+            .iter()
+            .map(|waiting| waiting.item.message.envelope.received_at)
+            .min()
+        {
+            view.oldest_age = view.oldest_age.max(now - oldest as f64);
+        }
+        (view, state.queued_bytes)
+    }
+
+    /// Holds (`true`) or releases the queue: while held, workers take
+    /// nothing; mail is still accepted and queued.
+    pub fn hold(&self, held: bool) {
+        self.lock().held = held;
+        self.wake.notify_waiters();
+    }
+
+    /// Whether an operator holds the queue.
+    pub fn is_held(&self) -> bool {
+        self.lock().held
+    }
+
+    /// Calls `visit` with every queued message and where it is, ready ones
+    /// first (no order within), then retries by due time.
+    pub fn visit(&self, mut visit: impl FnMut(&Queued, Place)) {
+        let state = self.lock();
+        for item in state.scheduler.iter() {
+            visit(item, Place::Ready);
+        }
+        let mut waiting: Vec<&Waiting> = state.waiting.iter().collect();
+        waiting.sort_by_key(|waiting| waiting.due);
+        for waiting in waiting {
+            visit(&waiting.item, Place::Retry(self.clock.at(waiting.due)));
+        }
+    }
+
+    /// Makes the retry of message `id` (or of every message) due now;
+    /// returns how many were due later.
+    pub fn retry_now(&self, id: Option<&str>) -> usize {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let mut moved = 0;
+        let waiting = std::mem::take(&mut state.waiting);
+        state.waiting = waiting
+            .into_iter()
+            .map(|mut waiting| {
+                if id.is_none_or(|id| waiting.item.message.id == id) && waiting.due > now {
+                    waiting.due = now;
+                    moved += 1;
+                }
+                waiting
+            })
+            .collect();
+        drop(state);
+        self.wake.notify_one();
+        moved
+    }
+
+    /// Takes message `id` out of the queue (an operator deleting it).
+    pub fn remove(&self, id: &str) -> Option<Queued> {
+        let mut state = self.lock();
+        let item = match state.scheduler.remove(|item| item.message.id == id) {
+            Some(item) => {
+                state.hot_bytes -= item.body.as_ref().map_or(0, Vec::len);
+                item
+            }
+            None => {
+                let waiting = std::mem::take(&mut state.waiting);
+                let (found, kept): (Vec<Waiting>, Vec<Waiting>) = waiting
+                    .into_iter()
+                    .partition(|waiting| waiting.item.message.id == id);
+                state.waiting = kept.into_iter().collect();
+                let item = found.into_iter().next()?.item;
+                state.waiting_units -= state.scheduler.model.units(item.message.pending.len());
+                item
+            }
+        };
+        state.queued_bytes -= item.message.location.body_len;
+        Some(item)
     }
 
     /// The state to save, counting `reserve` cap units ahead.
@@ -409,6 +514,7 @@ mod tests {
             attempts: 0,
             lane: 0,
             body: body.map(|len| vec![b'x'; len]),
+            history: Vec::new(),
         }
     }
 
@@ -494,7 +600,7 @@ mod tests {
         for pair in released.windows(2) {
             assert!(pair[1].1 - pair[0].1 >= 0.999, "one a second: {released:?}");
         }
-        let view = queue.view();
+        let (view, _) = queue.view();
         assert_eq!(view.queued, 0);
         assert!((view.model.ceiling - 1.0).abs() < 1e-3, "{view:?}");
     }
@@ -518,9 +624,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_throttling_reply_halves_the_ceiling() {
         let queue = shaped_queue("initial_rate = \"60/min\"\nbackoff_factor = 0.5");
-        let before = queue.view().model.ceiling;
+        let before = queue.view().0.model.ceiling;
         queue.throttled("451 4.7.500 Server busy, try again later");
-        let after = queue.view();
+        let (after, _) = queue.view();
         assert!((after.model.ceiling - before / 2.0).abs() < 1e-9);
         assert!(after.model.paused_for > 59.0);
     }

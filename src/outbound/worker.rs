@@ -4,16 +4,18 @@
 
 use std::sync::Arc;
 
+use prometheus::IntGauge;
 use tokio::time::Instant;
 
 use super::Gateway;
 use super::client::Connection;
 use super::dkim::{Signer, signing_domain};
-use super::queue::Queued;
+use super::queue::{HISTORY_LENGTH, Queued};
 use crate::shaper::feedback::{Signal, classify};
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use crate::spool::{Spool, unix_seconds};
+use crate::telemetry::{Attempt, Metrics};
 
 /// What every worker shares.
 #[derive(Clone)]
@@ -22,10 +24,34 @@ pub(super) struct WorkerContext {
     pub helo_name: String,
     /// DKIM keys per sender domain.
     pub signers: Arc<Vec<Signer>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Counts one open upstream connection in `upstream_connections` for as
+/// long as it lives.
+struct Counted(IntGauge);
+
+impl Counted {
+    fn new(gauge: IntGauge) -> Counted {
+        gauge.inc();
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A worker's kept-alive connection to its gateway.
+struct Open {
+    connection: Connection,
+    _counted: Counted,
 }
 
 pub(super) async fn worker(gateway: Arc<Gateway>, context: WorkerContext, mut shutdown: Shutdown) {
-    let mut connection: Option<Connection> = None;
+    let mut connection: Option<Open> = None;
     loop {
         let idle = gateway.config.idle_connection_timeout;
         let item = tokio::select! {
@@ -35,7 +61,7 @@ pub(super) async fn worker(gateway: Arc<Gateway>, context: WorkerContext, mut sh
             item = gateway.queue.next() => item,
             _ = tokio::time::sleep(idle), if connection.is_some() => {
                 if let Some(open) = connection.take() {
-                    open.quit().await;
+                    open.connection.quit().await;
                 }
                 continue;
             }
@@ -43,7 +69,7 @@ pub(super) async fn worker(gateway: Arc<Gateway>, context: WorkerContext, mut sh
         deliver(&gateway, &context, &mut connection, item).await;
     }
     if let Some(open) = connection.take() {
-        open.quit().await;
+        open.connection.quit().await;
     }
 }
 
@@ -51,9 +77,11 @@ pub(super) async fn worker(gateway: Arc<Gateway>, context: WorkerContext, mut sh
 async fn deliver(
     gateway: &Gateway,
     context: &WorkerContext,
-    connection: &mut Option<Connection>,
+    connection: &mut Option<Open>,
     mut item: Queued,
 ) {
+    let name = gateway.config.name.as_str();
+    let metrics = &context.metrics;
     let message = &item.message;
     let body = match item.body.take() {
         Some(body) => Ok(body),
@@ -88,9 +116,19 @@ async fn deliver(
                 Ok(open) => {
                     tracing::debug!(gateway = %config.name, tls = open.is_tls(), "connected to the gateway");
                     gateway.queue.connected();
-                    *connection = Some(open);
+                    *connection = Some(Open {
+                        connection: open,
+                        _counted: Counted::new(
+                            metrics.upstream_connections.with_label_values(&[name]),
+                        ),
+                    });
                 }
                 Err(error) => {
+                    metrics
+                        .upstream_connect_failures
+                        .with_label_values(&[name])
+                        .inc();
+                    gateway.remember(format!("connection failed: {error}"));
                     if let Some(refusal) = error.refusal.clone() {
                         heed_signals(gateway, vec![refusal]);
                     }
@@ -112,13 +150,33 @@ async fn deliver(
             }
         }
         let open = connection.as_mut().expect("connected above");
+        let started = Instant::now();
         match open
+            .connection
             .send(&item.message.envelope, &item.message.pending, &body)
             .await
         {
             Ok(transaction) => {
+                metrics
+                    .upstream_latency
+                    .with_label_values(&[name])
+                    .observe(started.elapsed().as_secs_f64());
                 if !transaction.reusable {
                     *connection = None;
+                }
+                for reply in &transaction.replies {
+                    let class = match reply.code {
+                        200..=299 => "2xx",
+                        400..=499 => "4xx",
+                        _ => "5xx",
+                    };
+                    metrics
+                        .upstream_replies
+                        .with_label_values(&[name, class])
+                        .inc();
+                    if !reply.is_positive() {
+                        gateway.remember(reply.to_string());
+                    }
                 }
                 break heed_signals(gateway, transaction.replies);
             }
@@ -129,6 +187,7 @@ async fn deliver(
                     reused = false;
                     continue;
                 }
+                gateway.remember(format!("transaction failed: {error}"));
                 break vec![Reply::new(451, format!("4.4.2 {error}")); item.message.pending.len()];
             }
         }
@@ -213,6 +272,8 @@ fn heed_signals(gateway: &Gateway, mut replies: Vec<Reply>) -> Vec<Reply> {
 /// Applies per-recipient replies: done, retry later, or dead-letter.
 async fn settle(gateway: &Gateway, context: &WorkerContext, mut item: Queued, replies: Vec<Reply>) {
     let spool = &context.spool;
+    let metrics = &context.metrics;
+    let name = gateway.config.name.as_str();
     let message = &item.message;
     let age = unix_seconds().saturating_sub(message.envelope.received_at);
     let expired = age >= gateway.config.max_age.as_secs();
@@ -242,6 +303,7 @@ async fn settle(gateway: &Gateway, context: &WorkerContext, mut item: Queued, re
             .await
         {
             Ok(path) => {
+                metrics.dead_letters.with_label_values(&[name]).inc();
                 for (recipient, reason) in &dead {
                     tracing::error!(
                         queue_id = %message.id,
@@ -266,7 +328,29 @@ async fn settle(gateway: &Gateway, context: &WorkerContext, mut item: Queued, re
         .or(replies.first())
         .map(ToString::to_string)
         .unwrap_or_default();
+    metrics
+        .recipients_relayed
+        .with_label_values(&[name])
+        .inc_by(delivered.len() as u64);
+    let result = if !retry.is_empty() {
+        "deferred"
+    } else if !dead.is_empty() {
+        "failed"
+    } else {
+        "delivered"
+    };
+    metrics
+        .messages_relayed
+        .with_label_values(&[name, result])
+        .inc();
     if retry.is_empty() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
+        metrics
+            .queue_delay
+            .with_label_values(&[name])
+            .observe((now - message.envelope.received_at as f64).max(0.0));
         spool.message_done(message);
         tracing::info!(
             queue_id = %message.id,
@@ -298,5 +382,12 @@ async fn settle(gateway: &Gateway, context: &WorkerContext, mut item: Queued, re
         "delivery attempt deferred"
     );
     item.message.pending = retry;
+    if item.history.len() == HISTORY_LENGTH {
+        item.history.remove(0);
+    }
+    item.history.push(Attempt {
+        at: unix_seconds(),
+        reply: summary,
+    });
     gateway.queue.retry_at(item, Instant::now() + delay);
 }

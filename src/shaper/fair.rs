@@ -99,6 +99,29 @@ impl<T> FairQueue<T> {
     pub fn lane_lengths(&self) -> impl Iterator<Item = usize> + '_ {
         self.lanes.iter().map(VecDeque::len)
     }
+
+    /// Every item, lane by lane, each lane oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.lanes.iter().flatten()
+    }
+
+    /// Takes out the first item `matches` picks (an operator deleting a
+    /// message); the round robin goes on as if it had never been queued.
+    pub fn remove(&mut self, matches: impl Fn(&T) -> bool) -> Option<T> {
+        let (lane, index) =
+            self.lanes.iter().enumerate().find_map(|(lane, items)| {
+                items.iter().position(&matches).map(|index| (lane, index))
+            })?;
+        let item = self.lanes[lane].remove(index)?;
+        self.len -= 1;
+        if self.lanes[lane].is_empty() {
+            if self.turns.front() == Some(&lane) {
+                self.served = 0;
+            }
+            self.turns.retain(|turn| *turn != lane);
+        }
+        Some(item)
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +174,26 @@ mod tests {
             drain(&mut queue),
             vec!["low", "high", "high", "high", "low", "high", "low", "low"]
         );
+    }
+
+    #[test]
+    fn removing_an_item_keeps_the_round_robin() {
+        let mut queue = FairQueue::new(vec![1, 1]);
+        queue.push(0, "a1");
+        queue.push(1, "b1");
+        queue.push(0, "a2");
+        assert_eq!(queue.remove(|item| *item == "b1"), Some("b1"));
+        assert_eq!(queue.remove(|item| *item == "zz"), None);
+        assert_eq!(queue.len(), 2);
+        assert_eq!(queue.iter().copied().collect::<Vec<_>>(), ["a1", "a2"]);
+        assert_eq!(queue.pop(), Some((0, "a1")));
+        assert_eq!(queue.pop(), Some((0, "a2")));
+        assert_eq!(queue.pop(), None);
+        queue.push(1, "b2");
+        assert_eq!(queue.remove(|item| *item == "b2"), Some("b2"));
+        assert!(queue.is_empty());
+        queue.push(0, "a3");
+        assert_eq!(queue.pop(), Some((0, "a3")), "no stale turn left behind");
     }
 
     #[test]

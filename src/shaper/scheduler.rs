@@ -100,6 +100,18 @@ impl<T> Scheduler<T> {
     /// Admission for new mail in `lane` counting `units`: it waits for what
     /// goes before it in the round robin, plus `other_messages` counting
     /// `other_units` held elsewhere (retries, lane unknown: counted as ahead).
+    /// Every queued item.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.queue.iter().map(|entry| &entry.item)
+    }
+
+    /// Takes out the first queued item `matches` picks.
+    pub fn remove(&mut self, matches: impl Fn(&T) -> bool) -> Option<T> {
+        let entry = self.queue.remove(|entry| matches(&entry.item))?;
+        self.units -= entry.units;
+        Some(entry.item)
+    }
+
     pub fn admit(
         &mut self,
         now: f64,

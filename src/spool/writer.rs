@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use prometheus::Histogram;
 use tokio::sync::oneshot;
 
 use super::record::{self, ALL_RECIPIENTS};
@@ -68,6 +69,8 @@ pub struct Writer {
     done_files: HashMap<u64, File>,
     done_dirty: bool,
     last_done_sync: Instant,
+    /// Time of each group commit's fdatasync (the wait before a 250).
+    fsync_seconds: Histogram,
 }
 
 impl Writer {
@@ -76,6 +79,7 @@ impl Writer {
         segment_size: u64,
         next_segment: u64,
         live: HashMap<u64, u64>,
+        fsync_seconds: Histogram,
     ) -> Self {
         Writer {
             dir,
@@ -86,6 +90,7 @@ impl Writer {
             done_files: HashMap::new(),
             done_dirty: false,
             last_done_sync: Instant::now(),
+            fsync_seconds,
         }
     }
 
@@ -170,7 +175,9 @@ impl Writer {
                 buffer.extend_from_slice(&append.frame);
             }
             active.file.write_all_at(&buffer, active.len)?;
+            let started = Instant::now();
             active.file.sync_data()?;
+            self.fsync_seconds.observe(started.elapsed().as_secs_f64());
             Ok((active.id, active.len))
         });
         match result {

@@ -655,6 +655,8 @@ pub fn test_config_toml(listen: &str, spool_dir: &std::path::Path, gateway: Sock
         shutdown_grace = "5s"
         [spool]
         dir = "{}"
+        [http]
+        listen = "127.0.0.1:0"
         [[gateways]]
         name = "primary"
         address = "{gateway}"

@@ -1,0 +1,488 @@
+//! The operators' HTTP endpoint (`[http] listen`, hyper 1, HTTP/1.1):
+//!
+//! - `GET /metrics`: Prometheus text format;
+//! - `GET /healthz`: 200 while the process serves HTTP at all (liveness);
+//! - `GET /readyz`: 200 when the spool takes a write and the service is not
+//!   stopping, else 503 with the reason (readiness: send no mail here now);
+//! - `GET /status`: JSON per gateway (baseline, ceiling, demand, queue,
+//!   backoff, recent upstream replies) and the sender checks;
+//! - `/admin/...`: the queue admin API (see [`admin_route`]); answered to
+//!   loopback clients only, unless `admin_token_file` is set, in which case
+//!   every admin request needs `Authorization: Bearer <token>`.
+//!
+//! Admin answers are JSON, or plain text lines for `Accept: text/plain`
+//! (what the `smtp-shaper queue` command asks for).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use super::json::Json;
+use super::{AdminError, Metrics, QueuedDetail, QueuedSummary, Queues};
+use crate::policy::senders::{SenderChecks, Verdict};
+use crate::shutdown::Shutdown;
+use crate::spool::Spool;
+
+/// Everything the endpoint reads.
+pub struct Endpoint<Q> {
+    pub metrics: Arc<Metrics>,
+    pub queues: Q,
+    pub spool: Spool,
+    pub senders: Arc<SenderChecks>,
+    /// The bearer token admin requests must carry, when configured.
+    pub admin_token: Option<String>,
+    pub shutdown: Shutdown,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+/// Serves HTTP on `listener` until the service stops.
+pub async fn serve<Q: Queues>(listener: TcpListener, endpoint: Arc<Endpoint<Q>>) {
+    let mut shutdown = endpoint.shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "HTTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.stopped() => break,
+        };
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let endpoint = endpoint.clone();
+                async move { Ok::<_, Infallible>(route(&endpoint, peer, request).await) }
+            });
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(client = %peer, %error, "HTTP connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    respond(status, "text/plain; charset=utf-8", body.into())
+}
+
+fn json(status: StatusCode, body: String) -> Reply {
+    respond(status, "application/json", body)
+}
+
+async fn route<Q: Queues>(
+    endpoint: &Endpoint<Q>,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Reply {
+    let path = request.uri().path().to_string();
+    match (request.method(), path.as_str()) {
+        (&Method::GET, "/metrics") => metrics(endpoint),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => readiness(endpoint),
+        (&Method::GET, "/status") => json(StatusCode::OK, status(endpoint)),
+        (_, admin) if admin.starts_with("/admin/") => {
+            if let Some(refusal) = refusal(endpoint, peer, &request) {
+                return refusal;
+            }
+            let plain = request
+                .headers()
+                .get("accept")
+                .and_then(|value| value.to_str().ok())
+                .is_some_and(|accept| accept.starts_with("text/plain"));
+            let query = request.uri().query().unwrap_or("").to_string();
+            let method = request.method().clone();
+            // Admin requests carry no body; drain whatever came.
+            let _ = request.into_body().collect().await;
+            let answer = admin_route(endpoint, &method, &path, &query).await;
+            tracing::info!(client = %peer, %method, %path, ok = answer.is_ok(), "admin request");
+            match answer {
+                Ok(answer) if plain => text(StatusCode::OK, answer.text),
+                Ok(answer) => json(StatusCode::OK, answer.json),
+                Err(error) => {
+                    let status = match error {
+                        AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+                        AdminError::Conflict(_) => StatusCode::CONFLICT,
+                        AdminError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    };
+                    if plain {
+                        text(status, format!("{error}\n"))
+                    } else {
+                        json(
+                            status,
+                            Json::object().field("error", error.to_string()).finish(),
+                        )
+                    }
+                }
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/status") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "only GET here\n")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics, /healthz, /readyz, /status or /admin/queue\n",
+        ),
+    }
+}
+
+fn metrics<Q: Queues>(endpoint: &Endpoint<Q>) -> Reply {
+    let statuses = endpoint.queues.statuses();
+    let checks = endpoint.senders.all();
+    let missing = checks
+        .iter()
+        .filter(|(_, verdict, _)| matches!(verdict, Verdict::Missing(_)))
+        .count();
+    endpoint.metrics.observe(
+        &statuses,
+        &[("exists", checks.len() - missing), ("missing", missing)],
+        endpoint.spool.free_bytes().ok(),
+        endpoint.spool.dead_letter_count().unwrap_or(0),
+    );
+    respond(
+        StatusCode::OK,
+        "text/plain; version=0.0.4; charset=utf-8",
+        endpoint.metrics.render(),
+    )
+}
+
+fn readiness<Q: Queues>(endpoint: &Endpoint<Q>) -> Reply {
+    if endpoint.shutdown.is_stopping() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "stopping\n");
+    }
+    match endpoint.spool.check_writable() {
+        Ok(()) => text(StatusCode::OK, "ready\n"),
+        Err(error) => {
+            tracing::warn!(%error, "not ready: the spool cannot be written");
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("spool not writable: {error}\n"),
+            )
+        }
+    }
+}
+
+fn status<Q: Queues>(endpoint: &Endpoint<Q>) -> String {
+    let mut gateways = Json::array();
+    for status in endpoint.queues.statuses() {
+        let model = &status.view.model;
+        let mut lanes = Json::object();
+        for (name, depth) in status.lane_names.iter().zip(&status.view.lanes) {
+            lanes = lanes.field(name, *depth);
+        }
+        let mut deferrals = Json::object();
+        for (reason, count) in crate::shaper::DeferReason::ALL.iter().zip(model.deferrals) {
+            deferrals = deferrals.field(reason.as_str(), count);
+        }
+        let mut replies = Json::array();
+        for (at, reply) in &status.recent_replies {
+            replies = replies.item(Json::object().field("at", *at).field("reply", reply));
+        }
+        gateways = gateways.item(
+            Json::object()
+                .field("name", &status.name)
+                .field("address", &status.address)
+                .field("baseline_rate", model.baseline)
+                .field("ceiling_rate", model.ceiling)
+                .field("demand_rate", model.demand_rate)
+                .field("send_rate", model.send_rate)
+                .field("burst_ratio", model.burst_ratio)
+                .field(
+                    "queue",
+                    Json::object()
+                        .field("messages", status.view.queued)
+                        .field("bytes", status.queued_bytes)
+                        .field("oldest_age_seconds", status.view.oldest_age)
+                        .field("held", status.held)
+                        .field("by_app", lanes),
+                )
+                .field(
+                    "backoff",
+                    Json::object()
+                        .field("penalty", model.penalty)
+                        .field("remaining_seconds", model.paused_for),
+                )
+                .field("deferrals", deferrals)
+                .field("connections", status.connections)
+                .field("recent_replies", replies),
+        );
+    }
+    let mut checks = Json::array();
+    for (address, verdict, at) in endpoint.senders.all() {
+        let (verdict, reply) = match verdict {
+            Verdict::Exists => ("exists", None),
+            Verdict::Missing(reply) => ("missing", Some(reply)),
+        };
+        checks = checks.item(
+            Json::object()
+                .field("address", address)
+                .field("verdict", verdict)
+                .field("reply", reply)
+                .field("checked_at", at),
+        );
+    }
+    Json::object()
+        .field("version", env!("CARGO_PKG_VERSION"))
+        .field("ready", !endpoint.shutdown.is_stopping())
+        .field("gateways", gateways)
+        .field("sender_checks", checks)
+        .finish()
+}
+
+/// The refusal of an admin request: it must come from a loopback client,
+/// or carry the bearer token when one is configured.
+fn refusal<Q>(
+    endpoint: &Endpoint<Q>,
+    peer: SocketAddr,
+    request: &Request<Incoming>,
+) -> Option<Reply> {
+    match &endpoint.admin_token {
+        Some(token) => {
+            let offered = request
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if equal_in_constant_time(offered.as_bytes(), token.as_bytes()) {
+                None
+            } else {
+                tracing::warn!(client = %peer, "admin request without the right bearer token");
+                let mut reply = text(
+                    StatusCode::UNAUTHORIZED,
+                    "admin API: bearer token required\n",
+                );
+                reply.headers_mut().insert(
+                    "www-authenticate",
+                    HeaderValue::from_static("Bearer realm=\"smtp-shaper admin\""),
+                );
+                Some(reply)
+            }
+        }
+        None if peer.ip().is_loopback() => None,
+        None => {
+            tracing::warn!(client = %peer, "admin request from a non-loopback client refused (no admin_token_file set)");
+            Some(text(
+                StatusCode::FORBIDDEN,
+                "admin API: loopback clients only (set [http] admin_token_file to allow others)\n",
+            ))
+        }
+    }
+}
+
+fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// An admin answer in both renderings.
+struct Answer {
+    json: String,
+    text: String,
+}
+
+/// The admin API:
+/// - `GET /admin/queue[?gateway=G]`: queued messages;
+/// - `GET /admin/queue/ID`: one message (envelope, headers, attempts);
+/// - `POST /admin/queue/ID/retry`, `POST /admin/queue/retry`: due now;
+/// - `DELETE /admin/queue/ID`: remove a message for good;
+/// - `POST /admin/gateways/G/hold`, `.../release`: stop or resume delivery;
+/// - `GET /admin/dead`: dead-letter files;
+/// - `POST /admin/dead/NAME/requeue`: queue a dead letter again.
+async fn admin_route<Q: Queues>(
+    endpoint: &Endpoint<Q>,
+    method: &Method,
+    path: &str,
+    query: &str,
+) -> Result<Answer, AdminError> {
+    let queues = &endpoint.queues;
+    let parts: Vec<&str> = path
+        .trim_start_matches("/admin/")
+        .split('/')
+        .filter(|part| !part.is_empty())
+        .collect();
+    match (method, parts.as_slice()) {
+        (&Method::GET, ["queue"]) => {
+            let gateway = query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("gateway="));
+            let list = queues.list(gateway)?;
+            let mut json = Json::array();
+            let mut text = String::new();
+            for message in &list {
+                json = json.item(summary_json(message));
+                text.push_str(&summary_line(message));
+            }
+            if list.is_empty() {
+                text.push_str("queue is empty\n");
+            }
+            Ok(Answer {
+                json: json.finish(),
+                text,
+            })
+        }
+        (&Method::POST, ["queue", "retry"]) => {
+            let count = queues.retry(None)?;
+            Ok(counted("retried", count))
+        }
+        (&Method::GET, ["queue", id]) => {
+            let detail = queues.show(id).await?;
+            Ok(detail_answer(&detail))
+        }
+        (&Method::POST, ["queue", id, "retry"]) => {
+            let count = queues.retry(Some(id))?;
+            Ok(counted("retried", count))
+        }
+        (&Method::DELETE, ["queue", id]) => {
+            let removed = queues.delete(id)?;
+            Ok(Answer {
+                json: Json::object()
+                    .field("deleted", summary_json(&removed))
+                    .finish(),
+                text: format!("deleted {}\n", removed.id),
+            })
+        }
+        (&Method::POST, ["gateways", gateway, action @ ("hold" | "release")]) => {
+            queues.hold(gateway, *action == "hold")?;
+            let state = if *action == "hold" {
+                "held"
+            } else {
+                "released"
+            };
+            Ok(Answer {
+                json: Json::object()
+                    .field("gateway", *gateway)
+                    .field("state", state)
+                    .finish(),
+                text: format!("gateway {gateway} {state}\n"),
+            })
+        }
+        (&Method::GET, ["dead"]) => {
+            let names = queues.dead_letters()?;
+            let mut json = Json::array();
+            let mut text = String::new();
+            for name in &names {
+                json = json.item(name);
+                text.push_str(name);
+                text.push('\n');
+            }
+            if names.is_empty() {
+                text.push_str("no dead letters\n");
+            }
+            Ok(Answer {
+                json: json.finish(),
+                text,
+            })
+        }
+        (&Method::POST, ["dead", name, "requeue"]) => {
+            let id = queues.requeue(name).await?;
+            Ok(Answer {
+                json: Json::object().field("queued_as", &id).finish(),
+                text: format!("{name} queued again as {id}\n"),
+            })
+        }
+        _ => Err(AdminError::NotFound(format!(
+            "no admin action {method} {path}"
+        ))),
+    }
+}
+
+fn counted(what: &str, count: usize) -> Answer {
+    Answer {
+        json: Json::object().field(what, count).finish(),
+        text: format!("{what} {count} message(s)\n"),
+    }
+}
+
+fn summary_json(message: &QueuedSummary) -> Json {
+    let mut recipients = Json::array();
+    for recipient in &message.recipients {
+        recipients = recipients.item(recipient);
+    }
+    Json::object()
+        .field("id", &message.id)
+        .field("gateway", &message.gateway)
+        .field("sender", &message.sender)
+        .field("recipients", recipients)
+        .field("size", message.size)
+        .field("received_at", message.received_at)
+        .field("attempts", message.attempts)
+        .field("state", message.state)
+        .field("retry_at", message.retry_at)
+}
+
+fn summary_line(message: &QueuedSummary) -> String {
+    format!(
+        "{}  {}  {:>8}  {}  <{}> -> {}  attempts={}{}\n",
+        message.id,
+        message.gateway,
+        message.size,
+        crate::smtp::trace::rfc5322_date(message.received_at),
+        message.sender,
+        message
+            .recipients
+            .iter()
+            .map(|r| format!("<{r}>"))
+            .collect::<Vec<_>>()
+            .join(","),
+        message.attempts,
+        match message.retry_at {
+            Some(at) => format!(" retry_at={}", crate::smtp::trace::rfc5322_date(at)),
+            None => String::new(),
+        }
+    )
+}
+
+fn detail_answer(detail: &QueuedDetail) -> Answer {
+    let mut history = Json::array();
+    let mut text = summary_line(&detail.summary);
+    text.push_str(&format!(
+        "client: {}\n\n{}\n",
+        detail.client_ip, detail.headers
+    ));
+    for attempt in &detail.history {
+        history = history.item(
+            Json::object()
+                .field("at", attempt.at)
+                .field("reply", &attempt.reply),
+        );
+        text.push_str(&format!(
+            "attempt at {}: {}\n",
+            crate::smtp::trace::rfc5322_date(attempt.at),
+            attempt.reply
+        ));
+    }
+    if detail.history.is_empty() {
+        text.push_str("no delivery attempt yet\n");
+    }
+    Answer {
+        json: summary_json(&detail.summary)
+            .field("client_ip", &detail.client_ip)
+            .field("headers", &detail.headers)
+            .field("history", history)
+            .finish(),
+        text,
+    }
+}
