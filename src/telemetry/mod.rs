@@ -2,6 +2,7 @@
 //! flow rather than in it.
 //!
 //! - [`metrics`]: the Prometheus registry, updated where events happen;
+//! - [`client`]: the blocking client the `queue` command talks to it with;
 //! - [`http`]: the endpoint on `[http] listen`: `/metrics`, `/healthz`,
 //!   `/readyz`, `/status` and the queue admin API under `/admin/`;
 //! - [`json`]: the small JSON writer `/status` and the admin API answer with;
@@ -11,6 +12,7 @@
 //! `outbound` implements, so telemetry never reaches into the queues'
 //! internals and `outbound` (which updates metrics) is not imported here.
 
+pub mod client;
 pub mod http;
 pub mod json;
 pub mod logging;

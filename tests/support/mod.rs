@@ -136,6 +136,11 @@ impl Sink {
             .insert(address.to_string(), reply.to_string());
     }
 
+    /// Accepts RCPT TO:<address> normally again.
+    pub fn clear_rcpt_reply(&self, address: &str) {
+        self.behavior.lock().unwrap().rcpt_replies.remove(address);
+    }
+
     pub fn count(&self) -> usize {
         self.received.lock().unwrap().len()
     }

@@ -1,0 +1,323 @@
+//! The operators' endpoint over real loopback HTTP: /metrics after relayed,
+//! deferred, refused and dead-lettered mail (checked by promtool when it is
+//! installed), /status, the health probes, and the queue admin API.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use smtp_shaper::telemetry::client::{Answer, request};
+use support::{Harness, eventually, shaping};
+
+const BODY: &[u8] = b"Subject: observed\r\n\r\nhello\r\n";
+
+async fn fetch(address: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Answer {
+    let (method, path, token) = (
+        method.to_string(),
+        path.to_string(),
+        token.map(str::to_string),
+    );
+    tokio::task::spawn_blocking(move || {
+        request(address, &method, &path, "text/plain", token.as_deref())
+    })
+    .await
+    .unwrap()
+    .expect("the endpoint answers")
+}
+
+/// GETs `path` until its body satisfies `wanted` (60 s at most); returns it.
+async fn poll(address: SocketAddr, path: &str, wanted: impl Fn(&str) -> bool) -> String {
+    for _ in 0..600 {
+        let answer = fetch(address, "GET", path, None).await;
+        if wanted(&answer.body) {
+            return answer.body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never became as wanted");
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+/// The metric families the issue names, each of which must be exposed.
+const REQUIRED: &[&str] = &[
+    "smtp_shaper_messages_accepted_total",
+    "smtp_shaper_deferrals_total",
+    "smtp_shaper_rejections_total",
+    "smtp_shaper_messages_relayed_total",
+    "smtp_shaper_recipients_relayed_total",
+    "smtp_shaper_queue_messages",
+    "smtp_shaper_queue_bytes",
+    "smtp_shaper_queue_oldest_age_seconds",
+    "smtp_shaper_queue_delay_seconds",
+    "smtp_shaper_baseline_rate",
+    "smtp_shaper_ceiling_rate",
+    "smtp_shaper_demand_rate",
+    "smtp_shaper_send_rate",
+    "smtp_shaper_burst_ratio",
+    "smtp_shaper_upstream_latency_seconds",
+    "smtp_shaper_upstream_replies_total",
+    "smtp_shaper_upstream_connections",
+    "smtp_shaper_dead_letters_total",
+    "smtp_shaper_spool_fsync_seconds",
+    "smtp_shaper_inbound_connections",
+    "smtp_shaper_build_info",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_status_describe_relayed_deferred_refused_and_dead_mail() {
+    let h = Harness::with(|config| {
+        config.gateways[0].shaping = shaping(
+            "initial_rate = \"1/s\"\nmin_rate = \"1/s\"\nmax_rate = \"1/s\"\nheadroom = 1.0\nburst = 2\nmax_queue_delay = \"5s\"",
+        );
+    })
+    .await;
+    h.sink
+        .reply_to_rcpt("gone@example.org", "550 5.1.1 no such user");
+    let http = h.service.http_address().expect("http is on");
+    let mut client = h.client().await;
+    // One delivered, one dead-lettered.
+    client
+        .accepted("app@example.com", &["someone@example.org"], BODY)
+        .await;
+    client
+        .accepted("app@example.com", &["gone@example.org"], BODY)
+        .await;
+    eventually("both attempted", || h.sink.count() == 1).await;
+    // Then the queue fills until admission defers.
+    let mut deferred = 0;
+    for _ in 0..30 {
+        let reply = client
+            .offer("app@example.com", "later@example.org", BODY)
+            .await;
+        if reply.code == 451 {
+            deferred += 1;
+            break;
+        }
+        assert_eq!(reply.code, 250, "{reply:?}");
+    }
+    assert_eq!(deferred, 1, "admission deferred new mail");
+    assert_eq!(client.command("DATA").await.code, 503, "a refusal");
+
+    let metrics = poll(http, "/metrics", |metrics| {
+        metrics.contains("smtp_shaper_dead_letters_total{gateway=\"primary\"} 1")
+    })
+    .await;
+    for name in REQUIRED {
+        assert!(
+            metrics.contains(&format!("# TYPE {name} ")),
+            "{name} missing from:\n{metrics}"
+        );
+    }
+    let accepted = sample(
+        &metrics,
+        "smtp_shaper_messages_accepted_total{app=\"other\",gateway=\"primary\"}",
+    );
+    assert!(accepted >= 3.0, "{accepted}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "smtp_shaper_deferrals_total{gateway=\"primary\",reason=\"queue_delay\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "smtp_shaper_rejections_total{reason=\"sequence\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "smtp_shaper_messages_relayed_total{gateway=\"primary\",result=\"delivered\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "smtp_shaper_messages_relayed_total{gateway=\"primary\",result=\"failed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "smtp_shaper_upstream_replies_total{class=\"5xx\",gateway=\"primary\"}"
+        ),
+        1.0
+    );
+    assert!(sample(&metrics, "smtp_shaper_queue_messages{gateway=\"primary\"}") <= accepted - 2.0);
+    assert_eq!(
+        sample(&metrics, "smtp_shaper_ceiling_rate{gateway=\"primary\"}"),
+        1.0
+    );
+    assert!(sample(&metrics, "smtp_shaper_spool_fsync_seconds_count") >= accepted);
+    assert_eq!(sample(&metrics, "smtp_shaper_spool_dead_letter_files"), 1.0);
+    assert_eq!(sample(&metrics, "smtp_shaper_inbound_connections"), 1.0);
+    assert!(!metrics.contains("@example"), "no address in a label");
+    promtool_accepts(&metrics);
+
+    let status = fetch(http, "GET", "/status", None).await;
+    assert_eq!(status.status, 200);
+    for expected in [
+        "\"name\":\"primary\"",
+        "\"ceiling_rate\":1,",
+        "\"queue_delay\":1",
+        "550 5.1.1 no such user",
+    ] {
+        assert!(
+            status.body.contains(expected),
+            "{expected} in {}",
+            status.body
+        );
+    }
+    assert_eq!(fetch(http, "GET", "/healthz", None).await.status, 200);
+    let ready = fetch(http, "GET", "/readyz", None).await;
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+    assert_eq!(fetch(http, "GET", "/nothing", None).await.status, 404);
+    assert_eq!(fetch(http, "POST", "/metrics", None).await.status, 405);
+    client.command("QUIT").await;
+    h.shutdown().await;
+}
+
+/// `promtool check metrics` on a real scrape, when promtool is installed.
+fn promtool_accepts(metrics: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        support::skip_without("promtool", "apt-get install prometheus");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_holds_lists_shows_deletes_retries_and_requeues() {
+    let h = Harness::with(|config| {
+        config.gateways[0].retry_initial = Duration::from_secs(3600);
+        config.gateways[0].retry_max = Duration::from_secs(3600);
+    })
+    .await;
+    let http = h.service.http_address().unwrap();
+    let mut client = h.client().await;
+
+    let held = fetch(http, "POST", "/admin/gateways/primary/hold", None).await;
+    assert_eq!(
+        (held.status, held.body.as_str()),
+        (200, "gateway primary held\n")
+    );
+    let keep = client
+        .accepted("app@example.com", &["keep@example.org"], BODY)
+        .await;
+    let drop = client
+        .accepted("app@example.com", &["drop@example.org"], BODY)
+        .await;
+    let list = fetch(http, "GET", "/admin/queue", None).await;
+    assert_eq!(list.body.lines().count(), 2, "{}", list.body);
+    assert!(list.body.contains(&keep) && list.body.contains("<drop@example.org>"));
+    let shown = fetch(http, "GET", &format!("/admin/queue/{keep}"), None).await;
+    assert!(shown.body.contains("Subject: observed"), "{}", shown.body);
+    assert!(shown.body.contains("no delivery attempt yet"));
+    let deleted = fetch(http, "DELETE", &format!("/admin/queue/{drop}"), None).await;
+    assert_eq!(deleted.body, format!("deleted {drop}\n"));
+    let gone = fetch(http, "GET", &format!("/admin/queue/{drop}"), None).await;
+    assert_eq!(gone.status, 404);
+    assert_eq!(
+        fetch(http, "POST", "/admin/gateways/nowhere/hold", None)
+            .await
+            .status,
+        404
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.sink.count(), 0, "nothing leaves a held queue");
+    fetch(http, "POST", "/admin/gateways/primary/release", None).await;
+    eventually("the kept message is delivered", || h.sink.count() == 1).await;
+    assert_eq!(h.sink.messages()[0].recipients, ["keep@example.org"]);
+
+    // A transient refusal waits an hour; the operator retries it now.
+    h.sink
+        .reply_to_rcpt("later@example.org", "451 4.3.0 try later");
+    let later = client
+        .accepted("app@example.com", &["later@example.org"], BODY)
+        .await;
+    poll(http, &format!("/admin/queue/{later}"), |shown| {
+        shown.contains("451 4.3.0 try later")
+    })
+    .await;
+    h.sink.clear_rcpt_reply("later@example.org");
+    let retried = fetch(http, "POST", &format!("/admin/queue/{later}/retry"), None).await;
+    assert_eq!(retried.body, "retried 1 message(s)\n");
+    eventually("the retried message is delivered", || h.sink.count() == 2).await;
+
+    // A dead letter goes back into the queue once the cause is fixed.
+    h.sink
+        .reply_to_rcpt("typo@example.org", "550 5.1.1 no such user");
+    client
+        .accepted("app@example.com", &["typo@example.org"], BODY)
+        .await;
+    let dead = poll(http, "/admin/dead", |dead| dead.ends_with(".eml\n")).await;
+    h.sink.clear_rcpt_reply("typo@example.org");
+    let name = dead.trim();
+    let requeued = fetch(http, "POST", &format!("/admin/dead/{name}/requeue"), None).await;
+    assert_eq!(requeued.status, 200, "{}", requeued.body);
+    eventually("the requeued message is delivered", || h.sink.count() == 3).await;
+    let message = &h.sink.messages()[2];
+    assert_eq!(message.recipients, ["typo@example.org"]);
+    assert!(support::without_trace(&message.data).ends_with(b"hello\r\n"));
+    let none = fetch(http, "GET", "/admin/dead", None).await;
+    assert_eq!(none.body, "no dead letters\n");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_file_the_admin_api_needs_the_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-admin-token-0123\n").unwrap();
+    let h = Harness::with(|config| config.http.admin_token_file = Some(token_file)).await;
+    let http = h.service.http_address().unwrap();
+    let refused = fetch(http, "GET", "/admin/queue", None).await;
+    assert_eq!(refused.status, 401);
+    let wrong = fetch(http, "GET", "/admin/queue", Some("guess")).await;
+    assert_eq!(wrong.status, 401);
+    let allowed = fetch(http, "GET", "/admin/queue", Some("s3cret-admin-token-0123")).await;
+    assert_eq!(
+        (allowed.status, allowed.body.as_str()),
+        (200, "queue is empty\n")
+    );
+    assert_eq!(
+        fetch(http, "GET", "/metrics", None).await.status,
+        200,
+        "metrics need no token"
+    );
+    h.shutdown().await;
+}
