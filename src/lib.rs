@@ -10,6 +10,7 @@
 //! This file only assembles those parts into a running [`Service`].
 
 pub mod config;
+pub mod demo;
 pub mod dns;
 pub mod inbound;
 pub mod outbound;

@@ -1,6 +1,7 @@
 //! The `smtp-shaper` command line: parse arguments, load the configuration,
 //! run the service. Everything else lives in the library.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -27,6 +28,15 @@ enum Command {
         /// TOML configuration file
         #[arg(long, short)]
         config: Option<PathBuf>,
+    },
+    /// Watch a burst get smoothed: runs the proxy on loopback in front of an
+    /// in-process gateway, with two apps sending (one bursts), and shows
+    /// demand, ceiling, sent, queued and deferred live; no set-up needed
+    Demo {
+        /// Shrink every duration (and speed up every rate) by this factor,
+        /// e.g. 0.2 runs five times faster
+        #[arg(long, default_value_t = 1.0, value_parser = parse_time_scale)]
+        time_scale: f64,
     },
     /// Validate a configuration file and explain every problem in it
     CheckConfig {
@@ -78,6 +88,13 @@ enum Command {
     },
 }
 
+fn parse_time_scale(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(scale) if (0.01..=10.0).contains(&scale) => Ok(scale),
+        _ => Err("a number from 0.01 to 10".into()),
+    }
+}
+
 fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
     smtp_shaper::config::units::parse_duration(text)
         .ok_or_else(|| smtp_shaper::config::units::DURATION_FORMS.to_string())
@@ -114,6 +131,7 @@ fn main() -> ExitCode {
             retry_after,
         ),
         Command::HashPassword => hash_password(),
+        Command::Demo { time_scale } => demo(time_scale),
         Command::CheckDns {
             domain,
             gateway_ip,
@@ -156,6 +174,49 @@ fn main() -> ExitCode {
             // on an unreachable resolver must not hold the exit.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             code
+        }
+    }
+}
+
+fn demo(time_scale: f64) -> ExitCode {
+    // The live view owns the terminal; logs only when asked for (RUST_LOG).
+    if std::env::var_os("RUST_LOG").is_some() {
+        smtp_shaper::telemetry::logging::init(smtp_shaper::config::LogFormat::Text);
+    }
+    let options = smtp_shaper::demo::DemoOptions {
+        time_scale,
+        ..Default::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::select! {
+            summary = smtp_shaper::demo::run(options) => summary.map(Some),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+        }
+    });
+    match result {
+        Ok(Some(summary)) => {
+            // A closed pipe (`demo | head`) is not a failure of the demo.
+            let _ = writeln!(std::io::stdout(), "{summary}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            let _ = writeln!(std::io::stdout(), "\ndemo stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("demo failed: {error}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -82,3 +82,51 @@ fn every_subcommand_has_help() {
     }
     assert!(text(&shaper(&["run", "--help"]).stdout).contains("--config"));
 }
+
+#[test]
+fn the_demo_smooths_a_burst_defers_the_excess_and_loses_nothing() {
+    // Ten times faster than a person would watch it.
+    let output = shaper(&["demo", "--time-scale", "0.1"]);
+    let stdout = text(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        text(&output.stderr)
+    );
+    let summary = stdout
+        .split("smtp-shaper demo: summary")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no summary in:\n{stdout}"));
+    let row = |app: &str| -> Vec<String> {
+        summary
+            .lines()
+            .find(|line| line.trim_start().starts_with(app))
+            .unwrap_or_else(|| panic!("no {app} row in:\n{summary}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    // app, offered, accepted, deferred, delivered, p50, p99
+    let newsletter = row("newsletter");
+    let alerts = row("alerts");
+    assert!(
+        newsletter[3].parse::<u64>().unwrap() > 0,
+        "the burst was deferred in part: {summary}"
+    );
+    assert_eq!(
+        newsletter[2], newsletter[4],
+        "every accepted newsletter delivered: {summary}"
+    );
+    assert_eq!(
+        alerts[3], "0",
+        "the steady app was never deferred: {summary}"
+    );
+    assert_eq!(alerts[2], alerts[4], "{summary}");
+    assert!(
+        newsletter[4].parse::<u64>().unwrap() >= 400,
+        "the whole burst arrived: {summary}"
+    );
+    assert!(summary.contains("(lost 0)"), "{summary}");
+    assert!(stdout.contains("/metrics"), "{stdout}");
+}

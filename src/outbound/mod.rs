@@ -11,7 +11,7 @@
 //! the ceiling, and the model's state is saved under the spool so a restart
 //! keeps the learned baseline and the cap counts.
 
-mod client;
+pub mod client;
 pub mod dkim;
 mod queue;
 pub mod retry;

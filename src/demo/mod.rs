@@ -1,0 +1,555 @@
+//! `smtp-shaper demo`: the whole service on loopback with no set-up, to
+//! watch a burst get smoothed.
+//!
+//! It starts the real service (spool in a temporary folder, the HTTP
+//! endpoint on 127.0.0.1:9325 when free) in front of an in-process gateway
+//! ([`gateway`]), and two apps that send through it with smtp-shaper's own
+//! SMTP client: `alerts` keeps sending a steady trickle, `newsletter`
+//! trickles, then sends a burst at once, then trickles again. Deferred mail
+//! (451 4.7.1) is offered again later, as a real app's MTA would.
+//!
+//! Phases: idle -> trickle -> burst -> steady until the queue has drained.
+//! A terminal gets a live table several times a second; a pipe gets a line
+//! every few seconds. The end prints a summary: what each app offered, what
+//! was deferred and delivered, the delays, and the most the gateway
+//! received in any second against the ceiling.
+//!
+//! `time_scale` shrinks every duration and speeds up every rate by the same
+//! factor (the test runs the demo at 0.2).
+
+mod gateway;
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::Service;
+use crate::config::Config;
+use crate::outbound::client::Connection;
+use crate::spool::Envelope;
+use crate::tls::client::Upstream;
+use gateway::DemoGateway;
+
+/// What the demo does, at `time_scale` 1.
+const IDLE: f64 = 5.0;
+const TRICKLE: f64 = 20.0;
+const BURST_MESSAGES: u64 = 400;
+/// Longest the steady phase waits for the queue to drain.
+const STEADY_MAX: f64 = 120.0;
+const ALERTS_PER_SECOND: f64 = 2.0;
+const NEWSLETTER_PER_SECOND: f64 = 1.0;
+/// How long an app waits before offering a deferred message again.
+const RETRY_AFTER: f64 = 10.0;
+
+/// The demo's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoOptions {
+    pub time_scale: f64,
+    /// Draw the live table (a terminal) or print progress lines (a pipe).
+    pub live: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            time_scale: 1.0,
+            live: std::io::stdout().is_terminal(),
+        }
+    }
+}
+
+/// Per-app counts, shared by the app tasks and the view.
+#[derive(Default)]
+struct AppCounts {
+    offered: AtomicU64,
+    accepted: AtomicU64,
+    deferred: AtomicU64,
+}
+
+const APPS: [&str; 2] = ["newsletter", "alerts"];
+
+fn config(
+    scale: f64,
+    spool: &std::path::Path,
+    gateway: std::net::SocketAddr,
+    http: &str,
+) -> String {
+    let rate = |per_second: f64| format!("{}/s", per_second / scale);
+    let duration = |seconds: f64| format!("{}s", ((seconds * scale).ceil() as u64).max(1));
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+hostname = "smtp-shaper.demo"
+shutdown_grace = "2s"
+[spool]
+dir = "{spool}"
+[http]
+listen = "{http}"
+[[gateways]]
+name = "demo-gateway"
+address = "{gateway}"
+tls = "none"
+max_connections = 4
+[gateways.shaping]
+initial_rate = "{initial}"
+min_rate = "{min}"
+max_rate = "{max}"
+headroom = 2.0
+burst = 5
+max_queue_delay = "{max_delay}"
+[[apps]]
+name = "newsletter"
+senders = ["newsletter.example.com"]
+[[apps]]
+name = "alerts"
+senders = ["alerts.example.com"]
+priority = 2
+"#,
+        spool = spool.display(),
+        initial = rate(5.0),
+        min = rate(1.0),
+        max = rate(50.0),
+        max_delay = duration(15.0),
+    )
+}
+
+/// Runs the demo to its end and returns the summary text.
+pub async fn run(options: DemoOptions) -> std::io::Result<String> {
+    let scale = options.time_scale;
+    let start = Instant::now();
+    let gateway = DemoGateway::start(start).await?;
+    let spool = std::env::temp_dir().join(format!(
+        "smtp-shaper-demo-{}-{}",
+        std::process::id(),
+        crate::spool::new_queue_id()
+    ));
+    // The documented metrics port when it is free, else any.
+    let http = match std::net::TcpListener::bind("127.0.0.1:9325") {
+        Ok(probe) => {
+            drop(probe);
+            "127.0.0.1:9325"
+        }
+        Err(_) => "127.0.0.1:0",
+    };
+    let config = Config::parse(&config(scale, &spool, gateway.address, http))
+        .map_err(|error| std::io::Error::other(format!("demo config: {error}")))?;
+    let service = Service::start(config).await?;
+    let proxy = service.smtp_address().to_string();
+    let metrics_url = service.http_address().map_or_else(
+        || "off".into(),
+        |address| format!("http://{address}/metrics"),
+    );
+    let counts: Arc<[AppCounts; 2]> = Arc::default();
+    let phase = Arc::new(Mutex::new("idle"));
+    let burst_done = Arc::new(AtomicU64::new(0));
+
+    let clock = Clock { start, scale };
+    let mut apps = tokio::task::JoinSet::new();
+    // alerts: a steady trickle from the end of the idle phase to the end.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    apps.spawn(trickle(
+        proxy.clone(),
+        1,
+        ALERTS_PER_SECOND,
+        clock,
+        counts.clone(),
+        stop.clone(),
+    ));
+    apps.spawn(trickle(
+        proxy.clone(),
+        0,
+        NEWSLETTER_PER_SECOND,
+        clock,
+        counts.clone(),
+        stop.clone(),
+    ));
+    let burst = {
+        let (proxy, counts, phase, burst_done) = (
+            proxy.clone(),
+            counts.clone(),
+            phase.clone(),
+            burst_done.clone(),
+        );
+        tokio::spawn(async move {
+            clock.sleep_until(IDLE).await;
+            *phase.lock().unwrap() = "trickle: both apps send a few messages a second";
+            clock.sleep_until(IDLE + TRICKLE).await;
+            *phase.lock().unwrap() = "burst: newsletter sends 400 messages at once";
+            let mut senders = tokio::task::JoinSet::new();
+            for part in 0..4 {
+                let (proxy, counts, burst_done) =
+                    (proxy.clone(), counts.clone(), burst_done.clone());
+                senders.spawn(async move {
+                    let mut app = App::new(proxy, 0, counts);
+                    let mut deferred = 0u64;
+                    for _ in 0..BURST_MESSAGES / 4 {
+                        if !app.offer(clock).await {
+                            deferred += 1;
+                        }
+                    }
+                    let _ = part;
+                    // Deferred mail comes back later, as an MTA retries.
+                    while deferred > 0 {
+                        clock.sleep(RETRY_AFTER).await;
+                        let mut still = 0;
+                        for _ in 0..deferred {
+                            if !app.offer(clock).await {
+                                still += 1;
+                            }
+                        }
+                        deferred = still;
+                    }
+                    burst_done.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+            while senders.join_next().await.is_some() {}
+        })
+    };
+
+    let mut out = std::io::stdout();
+    let mut last_line = -100.0;
+    // (demo time, offered so far, delivered so far), for the recent rates.
+    let mut history: std::collections::VecDeque<(f64, u64, u64)> = Default::default();
+    let (burst_at, steady_at) = (IDLE + TRICKLE, IDLE + TRICKLE + 1.0);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = clock.now();
+        let done = burst_done.load(Ordering::Relaxed) == 4;
+        let view = service.shaping("demo-gateway").expect("the demo gateway");
+        if done && now > steady_at {
+            *phase.lock().unwrap() = "steady: the burst is queued or retried; draining";
+        }
+        let finished = done && view.queued == 0;
+        let offered: u64 = counts
+            .iter()
+            .map(|c| c.offered.load(Ordering::Relaxed))
+            .sum();
+        let delivered = gateway.received.lock().unwrap().arrivals.len() as u64;
+        history.push_back((now, offered, delivered));
+        while history
+            .front()
+            .is_some_and(|(at, ..)| now - at > RATE_WINDOW)
+        {
+            history.pop_front();
+        }
+        let (since, offered_then, delivered_then) = history[0];
+        let span = (now - since).max(1e-3);
+        let recent = Recent {
+            offered: (offered - offered_then) as f64 / span,
+            delivered: (delivered - delivered_then) as f64 / span,
+        };
+        let text = table(
+            &phase.lock().unwrap(),
+            now,
+            scale,
+            &metrics_url,
+            &view,
+            &recent,
+            &counts,
+            &gateway.received.lock().unwrap().arrivals,
+        );
+        if options.live {
+            let _ = write!(out, "\x1b[H\x1b[2J{text}");
+            let _ = out.flush();
+        } else if now - last_line >= 5.0 || finished {
+            last_line = now;
+            let _ = writeln!(
+                out,
+                "t={now:>5.1}s  {:<7}  offered {:>6.1}/s  ceiling {:>5.1}/s  delivered {:>5.1}/s  queued {:>4}",
+                phase.lock().unwrap().split(':').next().unwrap_or(""),
+                recent.offered,
+                view.model.ceiling * scale,
+                recent.delivered,
+                view.queued
+            );
+        }
+        if finished || now > burst_at + STEADY_MAX {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    burst.abort();
+    while apps.join_next().await.is_some() {}
+    let ceiling = service
+        .shaping("demo-gateway")
+        .map_or(0.0, |view| view.model.ceiling);
+    service.shutdown().await;
+    let _ = std::fs::remove_dir_all(&spool);
+    let arrivals = gateway.received.lock().unwrap().arrivals.clone();
+    Ok(summary(&counts, &arrivals, ceiling, scale, &metrics_url))
+}
+
+/// The window of the live view's rates: short, so a burst shows at once
+/// (the model's own demand and send rates average over a minute).
+const RATE_WINDOW: f64 = 3.0;
+
+/// Offered and delivered messages per second over the last [`RATE_WINDOW`].
+struct Recent {
+    offered: f64,
+    delivered: f64,
+}
+
+/// Demo time: seconds at scale 1 since the start.
+#[derive(Clone, Copy)]
+struct Clock {
+    start: Instant,
+    scale: f64,
+}
+
+impl Clock {
+    fn now(&self) -> f64 {
+        self.start.elapsed().as_secs_f64() / self.scale
+    }
+
+    async fn sleep(&self, seconds: f64) {
+        tokio::time::sleep(Duration::from_secs_f64(seconds * self.scale)).await;
+    }
+
+    async fn sleep_until(&self, at: f64) {
+        let wait = at - self.now();
+        if wait > 0.0 {
+            self.sleep(wait).await;
+        }
+    }
+}
+
+/// One app's connection to the proxy.
+struct App {
+    proxy: String,
+    index: usize,
+    counts: Arc<[AppCounts; 2]>,
+    connection: Option<Connection>,
+    upstream: Upstream,
+}
+
+impl App {
+    fn new(proxy: String, index: usize, counts: Arc<[AppCounts; 2]>) -> App {
+        let config = Config::parse(&format!(
+            "[[gateways]]\nname = \"proxy\"\naddress = \"{proxy}\"\ntls = \"none\"\n"
+        ))
+        .expect("a valid proxy address");
+        let upstream = Upstream::for_gateway(&config.gateways[0]).expect("plain upstream");
+        App {
+            proxy,
+            index,
+            counts,
+            connection: None,
+            upstream,
+        }
+    }
+
+    /// Offers one message; false when the proxy deferred it (or failed).
+    async fn offer(&mut self, clock: Clock) -> bool {
+        let app = APPS[self.index];
+        let counts = &self.counts[self.index];
+        counts.offered.fetch_add(1, Ordering::Relaxed);
+        if self.connection.is_none() {
+            let open = Connection::open(
+                &self.proxy,
+                "demo-app",
+                &self.upstream,
+                None,
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            )
+            .await;
+            match open {
+                Ok(open) => self.connection = Some(open),
+                Err(_) => return false,
+            }
+        }
+        let envelope = Envelope {
+            sender: format!("{app}@{app}.example.com"),
+            recipients: vec!["someone@example.org".into()],
+            params: Default::default(),
+            client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            received_at: 0,
+        };
+        let body = format!(
+            "From: {app}@{app}.example.com\r\nTo: someone@example.org\r\nSubject: demo\r\nX-Demo-Sent: {:.3}\r\n\r\nhello from {app}\r\n",
+            clock.start.elapsed().as_secs_f64()
+        );
+        let connection = self.connection.as_mut().expect("opened above");
+        match connection.send(&envelope, &[0], body.as_bytes()).await {
+            Ok(transaction) => {
+                if !transaction.reusable {
+                    self.connection = None;
+                }
+                if transaction.replies[0].is_positive() {
+                    counts.accepted.fetch_add(1, Ordering::Relaxed);
+                    true
+                } else {
+                    counts.deferred.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+            }
+            Err(_) => {
+                self.connection = None;
+                false
+            }
+        }
+    }
+}
+
+/// An app sending `per_second` from the end of the idle phase until `stop`.
+async fn trickle(
+    proxy: String,
+    index: usize,
+    per_second: f64,
+    clock: Clock,
+    counts: Arc<[AppCounts; 2]>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut app = App::new(proxy, index, counts);
+    clock.sleep_until(IDLE).await;
+    let mut next = clock.now();
+    while !stop.load(Ordering::Relaxed) {
+        app.offer(clock).await;
+        next += 1.0 / per_second;
+        clock.sleep_until(next).await;
+    }
+}
+
+fn bar(value: f64, full: f64, width: usize) -> String {
+    let filled = if full > 0.0 {
+        ((value / full) * width as f64)
+            .round()
+            .clamp(0.0, width as f64) as usize
+    } else {
+        0
+    };
+    format!("{}{}", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+/// The live view; rates in demo units (real rates x `scale`).
+fn table(
+    phase: &str,
+    now: f64,
+    scale: f64,
+    metrics_url: &str,
+    view: &crate::shaper::GatewayView,
+    recent: &Recent,
+    counts: &[AppCounts; 2],
+    arrivals: &[gateway::Arrival],
+) -> String {
+    let model = &view.model;
+    let (baseline, ceiling) = (model.baseline * scale, model.ceiling * scale);
+    let scale_max = ceiling.max(recent.offered).max(1e-9);
+    let mut text = String::new();
+    let _ = writeln!(text, "smtp-shaper demo   t = {now:.0}s   (Ctrl-C to stop)");
+    let _ = writeln!(text, "phase: {phase}");
+    let _ = writeln!(text, "metrics: {metrics_url}\n");
+    let _ = writeln!(
+        text,
+        "gateway demo-gateway   baseline {:.1}/s   burst ratio {:.1}   queued {}   oldest {:.0}s",
+        baseline,
+        model.burst_ratio,
+        view.queued,
+        view.oldest_age / scale
+    );
+    for (name, value) in [
+        ("offered", recent.offered),
+        ("ceiling", ceiling),
+        ("sent", recent.delivered),
+    ] {
+        let _ = writeln!(
+            text,
+            "  {name:<8} {:>6.1}/s  [{}]",
+            value,
+            bar(value, scale_max, 40)
+        );
+    }
+    let _ = writeln!(
+        text,
+        "  (offered and sent: the last {RATE_WINDOW:.0}s; ceiling: the shaper's limit now)"
+    );
+    let _ = writeln!(
+        text,
+        "\n  {:<11} {:>8} {:>9} {:>9} {:>7} {:>10}",
+        "app", "offered", "accepted", "deferred", "queued", "delivered"
+    );
+    for (index, app) in APPS.iter().enumerate() {
+        let delivered = arrivals.iter().filter(|a| a.app == *app).count();
+        let _ = writeln!(
+            text,
+            "  {:<11} {:>8} {:>9} {:>9} {:>7} {:>10}",
+            app,
+            counts[index].offered.load(Ordering::Relaxed),
+            counts[index].accepted.load(Ordering::Relaxed),
+            counts[index].deferred.load(Ordering::Relaxed),
+            view.lanes.get(index).copied().unwrap_or(0),
+            delivered
+        );
+    }
+    text
+}
+
+fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * p).round() as usize]
+}
+
+fn summary(
+    counts: &[AppCounts; 2],
+    arrivals: &[gateway::Arrival],
+    ceiling: f64,
+    scale: f64,
+    metrics_url: &str,
+) -> String {
+    let mut text = String::from("\nsmtp-shaper demo: summary\n\n");
+    let _ = writeln!(
+        text,
+        "  {:<11} {:>8} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "app", "offered", "accepted", "deferred", "delivered", "p50 delay", "p99 delay"
+    );
+    for (index, app) in APPS.iter().enumerate() {
+        let delays: Vec<f64> = arrivals
+            .iter()
+            .filter(|a| a.app == *app)
+            .map(|a| a.delay)
+            .collect();
+        let _ = writeln!(
+            text,
+            "  {:<11} {:>8} {:>9} {:>9} {:>10} {:>9.1}s {:>9.1}s",
+            app,
+            counts[index].offered.load(Ordering::Relaxed),
+            counts[index].accepted.load(Ordering::Relaxed),
+            counts[index].deferred.load(Ordering::Relaxed),
+            delays.len(),
+            percentile(delays.clone(), 0.5) / scale,
+            percentile(delays, 0.99) / scale,
+        );
+    }
+    let accepted: u64 = counts
+        .iter()
+        .map(|c| c.accepted.load(Ordering::Relaxed))
+        .sum();
+    // The most the gateway received in any one (demo) second.
+    let mut per_second = std::collections::HashMap::<u64, u64>::new();
+    for arrival in arrivals {
+        *per_second.entry((arrival.at / scale) as u64).or_default() += 1;
+    }
+    let peak = per_second.values().copied().max().unwrap_or(0);
+    let _ = writeln!(
+        text,
+        "\n  accepted {accepted}, delivered {} (lost {})",
+        arrivals.len(),
+        accepted.saturating_sub(arrivals.len() as u64)
+    );
+    let _ = writeln!(
+        text,
+        "  the gateway received at most {peak} messages in any second; the ceiling was {:.1}/s (+ burst 5)",
+        ceiling * scale
+    );
+    let _ = writeln!(
+        text,
+        "  the burst was spread over time, new mail past max_queue_delay was deferred\n  (451 4.7.1) and delivered when offered again; alerts kept flowing.\n\n  Try it for real: smtp-shaper run --config config/smtp-shaper.toml\n  Metrics were at {metrics_url} (grafana/ has the dashboard and alert rules)."
+    );
+    text
+}
