@@ -242,10 +242,12 @@ pub async fn run(options: DemoOptions) -> std::io::Result<String> {
             delivered: (delivered - delivered_then) as f64 / span,
         };
         let text = table(
-            &phase.lock().unwrap(),
-            now,
-            scale,
-            &metrics_url,
+            &Frame {
+                phase: &phase.lock().unwrap(),
+                now,
+                scale,
+                metrics_url: &metrics_url,
+            },
             &view,
             &recent,
             &counts,
@@ -424,17 +426,28 @@ fn bar(value: f64, full: f64, width: usize) -> String {
     format!("{}{}", "#".repeat(filled), ".".repeat(width - filled))
 }
 
-/// The live view; rates in demo units (real rates x `scale`).
-fn table(
-    phase: &str,
+/// What the live view's heading shows.
+struct Frame<'a> {
+    phase: &'a str,
     now: f64,
     scale: f64,
-    metrics_url: &str,
+    metrics_url: &'a str,
+}
+
+/// The live view; rates in demo units (real rates x `scale`).
+fn table(
+    frame: &Frame<'_>,
     view: &crate::shaper::GatewayView,
     recent: &Recent,
     counts: &[AppCounts; 2],
     arrivals: &[gateway::Arrival],
 ) -> String {
+    let Frame {
+        phase,
+        now,
+        scale,
+        metrics_url,
+    } = *frame;
     let model = &view.model;
     let (baseline, ceiling) = (model.baseline * scale, model.ceiling * scale);
     let scale_max = ceiling.max(recent.offered).max(1e-9);
