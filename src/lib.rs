@@ -47,6 +47,8 @@ pub struct Service {
     http_address: Option<SocketAddr>,
     sender_checks: Arc<policy::senders::SenderChecks>,
     outbound: Outbound,
+    /// The sessions' current context; [`Service::reload`] replaces it.
+    contexts: watch::Sender<Arc<inbound::Context>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -113,14 +115,7 @@ impl Service {
         let mut workers = JoinSet::new();
         let policy = config.policy();
         let sender_checks = policy.senders.clone();
-        let outbound = Outbound::start(
-            &config,
-            spool.clone(),
-            &mut workers,
-            shutdown.clone(),
-            &policy,
-            metrics.clone(),
-        )?;
+        let outbound = Outbound::start(&config, spool.clone(), &policy, metrics.clone())?;
         let http_address = match http_listener {
             Some(listener) => {
                 let address = listener.local_addr()?;
@@ -149,28 +144,20 @@ impl Service {
             gateways = config.gateways.len(),
             "smtp-shaper started"
         );
-        let grace = config.server.shutdown_grace;
         let final_outbound = outbound.clone();
-        let context = Arc::new(inbound::Context {
+        let (contexts, current) = watch::channel(Arc::new(inbound::Context {
             policy,
             config,
             spool: spool.clone(),
             outbound: outbound.clone(),
             tls,
             metrics,
-        });
+        }));
         let task = tokio::spawn(async move {
-            inbound::serve(listener, tls_listener, context, shutdown).await;
-            let finished = tokio::time::timeout(grace, async {
-                while workers.join_next().await.is_some() {}
-            })
-            .await;
-            if finished.is_err() {
-                tracing::warn!("deliveries still running after shutdown_grace; they stay queued");
-                workers.shutdown().await;
-            }
-            // Exact cap counts now that nothing sends any more.
-            final_outbound.save_shaping(false).await;
+            inbound::serve(listener, tls_listener, current.clone(), shutdown).await;
+            let grace = current.borrow().config.server.shutdown_grace;
+            final_outbound.stop(grace).await;
+            while workers.join_next().await.is_some() {}
             spool.close().await;
             tracing::info!("smtp-shaper stopped");
         });
@@ -180,9 +167,84 @@ impl Service {
             http_address,
             sender_checks,
             outbound,
+            contexts,
             stop,
             task,
         })
+    }
+
+    /// Applies a new configuration (SIGHUP): gateways, their shaping and
+    /// TLS settings, apps, relay rules, DKIM keys and session limits change
+    /// without dropping a connection or a queued message (see
+    /// `Outbound::reload`). Settings bound at start (listen addresses, the
+    /// spool, the HTTP endpoint, threads, `max_connections`) are kept, each
+    /// with a warning. On an error the running configuration stays.
+    pub async fn reload(&self, config: Config) -> Result<(), String> {
+        let old = self.contexts.borrow().clone();
+        let result = self.apply(&old, config).await;
+        let outcome = if result.is_ok() { "success" } else { "failure" };
+        old.metrics
+            .config_reloads
+            .with_label_values(&[outcome])
+            .inc();
+        match &result {
+            Ok(()) => tracing::info!("configuration reloaded"),
+            Err(error) => {
+                tracing::error!(%error, "configuration reload refused; the running configuration stays")
+            }
+        }
+        result
+    }
+
+    /// A reload whose new configuration did not even parse: logged and
+    /// counted like any refused reload.
+    pub fn reload_refused(&self, problems: &str) {
+        let context = self.contexts.borrow().clone();
+        context
+            .metrics
+            .config_reloads
+            .with_label_values(&["failure"])
+            .inc();
+        tracing::error!(%problems, "configuration reload refused: the new file is invalid; the running configuration stays");
+    }
+
+    async fn apply(&self, old: &inbound::Context, mut config: Config) -> Result<(), String> {
+        for (setting, changed) in restart_only(&old.config, &config) {
+            if changed {
+                tracing::warn!(%setting, "changed, but only takes effect at a restart; keeping the running value");
+            }
+        }
+        // Keep what is bound at start, so the context describes reality.
+        config.server.listen = old.config.server.listen;
+        config.server.worker_threads = old.config.server.worker_threads;
+        config.server.max_connections = old.config.server.max_connections;
+        config.spool = old.config.spool.clone();
+        config.http = old.config.http.clone();
+        if let (Some(new), Some(running)) = (&mut config.server.tls, &old.config.server.tls) {
+            new.listen = running.listen;
+        }
+        let tls = match &config.server.tls {
+            Some(tls) => Some(Arc::new(
+                ServerTls::load(&tls.certificate, &tls.key).map_err(|error| error.to_string())?,
+            )),
+            None => None,
+        };
+        let mut policy = config.policy();
+        // Verdicts of relay rule 3 carry over.
+        policy.senders = self.sender_checks.clone();
+        self.outbound
+            .reload(&config, &policy)
+            .await
+            .map_err(|error| error.to_string())?;
+        let _ = self.contexts.send(Arc::new(inbound::Context {
+            policy,
+            config,
+            spool: old.spool.clone(),
+            outbound: self.outbound.clone(),
+            tls,
+            metrics: old.metrics.clone(),
+        }));
+        Ok(())
     }
 
     /// The address the SMTP listener is bound to (useful with port 0).
@@ -248,4 +310,31 @@ fn read_token(path: &std::path::Path) -> io::Result<String> {
         ));
     }
     Ok(token.to_string())
+}
+
+/// The settings a reload cannot change, and whether `new` changes them.
+fn restart_only(running: &Config, new: &Config) -> [(&'static str, bool); 7] {
+    let tls_listen = |config: &Config| config.server.tls.as_ref().and_then(|tls| tls.listen);
+    [
+        ("server.listen", running.server.listen != new.server.listen),
+        ("server.tls.listen", tls_listen(running) != tls_listen(new)),
+        (
+            "server.worker_threads",
+            running.server.worker_threads != new.server.worker_threads,
+        ),
+        (
+            "server.max_connections",
+            running.server.max_connections != new.server.max_connections,
+        ),
+        (
+            "spool",
+            running.spool.dir != new.spool.dir
+                || running.spool.segment_size != new.spool.segment_size,
+        ),
+        ("http.listen", running.http.listen != new.http.listen),
+        (
+            "http.admin_token_file",
+            running.http.admin_token_file != new.http.admin_token_file,
+        ),
+    ]
 }

@@ -145,8 +145,8 @@ fn main() -> ExitCode {
             resolver,
             records.as_deref(),
         ),
-        Command::Run { config } => {
-            let config = match &config {
+        Command::Run { config: path } => {
+            let config = match &path {
                 Some(path) => Config::load(path),
                 None => Ok(Config::embedded_default()),
             };
@@ -169,7 +169,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let code = runtime.block_on(run(config));
+            let code = runtime.block_on(run(config, path));
             // The spool is closed by now; a start-up DNS check still waiting
             // on an unreachable resolver must not hold the exit.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -359,7 +359,8 @@ fn simulate(
     ExitCode::SUCCESS
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
     let service = match Service::start(config).await {
         Ok(service) => service,
         Err(error) => {
@@ -367,20 +368,35 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = hangup.recv() => {
+                let source = path.as_ref().map_or_else(
+                    || "the embedded default".to_string(),
+                    |path| path.display().to_string(),
+                );
+                tracing::info!(config = %source, "SIGHUP: reloading the configuration");
+                let config = match &path {
+                    Some(path) => Config::load(path),
+                    None => Ok(Config::embedded_default()),
+                };
+                match config {
+                    Ok(config) => {
+                        let _ = service.reload(config).await;
+                    }
+                    Err(error) => service.reload_refused(&error.to_string()),
+                }
+            }
+        }
+    }
     tracing::info!(
         "stop signal received: no new connections; finishing sessions and deliveries in flight"
     );
     service.shutdown().await;
     ExitCode::SUCCESS
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
 }

@@ -387,6 +387,7 @@ impl Config {
     pub fn policy(&self) -> crate::policy::Policy {
         crate::policy::Policy {
             router: self.router(),
+            gateways: self.gateways.iter().map(|g| g.name.clone()).collect(),
             apps: std::sync::Arc::new(crate::policy::Apps::new(&self.apps)),
             senders: std::sync::Arc::default(),
         }

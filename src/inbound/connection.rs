@@ -461,7 +461,9 @@ async fn store(
                 "message accepted"
             );
             Reply::new(250, format!("2.0.0 Ok: queued as {}", stored.id)).write_to(&mut conn.out);
-            context.outbound.accepted(stored, lane, message);
+            context
+                .outbound
+                .accepted(stored, context.policy.apps.name(lane), message);
         }
         Err(error) => {
             tracing::error!(%error, sender = %sender, client = %session.client_ip, "message not stored; answering 452");

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
@@ -41,13 +41,17 @@ pub struct Context {
 /// finish for up to `shutdown_grace` and drops the rest (none of them has
 /// been answered 250 for an unfinished message, so nothing is lost).
 /// `tls_listener` speaks TLS from the first byte; both share the limits.
+/// `contexts` holds the current context: a reload replaces it, and each
+/// new connection takes the one current when it arrives (open sessions
+/// keep theirs). The connection limits are those of the first.
 pub async fn serve(
     listener: TcpListener,
     tls_listener: Option<TcpListener>,
-    context: Arc<Context>,
+    contexts: watch::Receiver<Arc<Context>>,
     mut shutdown: Shutdown,
 ) {
-    let server = &context.config.server;
+    let first = contexts.borrow().clone();
+    let server = &first.config.server;
     let slots = Arc::new(Semaphore::new(server.max_connections));
     let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let mut sessions = JoinSet::new();
@@ -58,6 +62,8 @@ pub async fn serve(
             _ = shutdown.stopped() => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
         };
+        let context = contexts.borrow().clone();
+        let server = &context.config.server;
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -110,7 +116,6 @@ pub async fn serve(
             sessions.spawn(refuse(stream, reply));
             continue;
         };
-        let context = context.clone();
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
             let open = &context.metrics.inbound_connections;
@@ -123,7 +128,7 @@ pub async fn serve(
     }
     drop(listener);
     drop(tls_listener);
-    let grace = server.shutdown_grace;
+    let grace = contexts.borrow().config.server.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
         while sessions.join_next().await.is_some() {}
     })

@@ -333,8 +333,8 @@ impl<'a> Session<'a> {
             ));
         }
         if let Err(deferral) = self.admission.admit(
-            transaction.gateway,
-            transaction.lane,
+            &self.policy.gateways[transaction.gateway],
+            self.policy.apps.name(transaction.lane),
             transaction.recipients.len() + 1,
         ) {
             // Not counted as an error: the client did nothing wrong.
@@ -618,7 +618,7 @@ mod tests {
     struct Admit(usize);
 
     impl Admission for Admit {
-        fn admit(&self, _gateway: usize, _lane: usize, recipients: usize) -> Result<(), Deferral> {
+        fn admit(&self, _gateway: &str, _app: &str, recipients: usize) -> Result<(), Deferral> {
             if recipients <= self.0 {
                 Ok(())
             } else {

@@ -19,11 +19,12 @@ mod verify;
 mod worker;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::config::units::format_rate;
 use crate::config::{Config, GatewayConfig};
@@ -68,31 +69,185 @@ impl Gateway {
 /// How often the shaping state is saved while nothing asks for it sooner.
 const SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The delivery side: hands messages to the right gateway's queue.
+/// The delivery side: hands messages to the right gateway's queue. A
+/// handle on the current [`Generation`], which a configuration reload
+/// replaces (see [`Outbound::reload`]).
 #[derive(Clone)]
 pub struct Outbound {
+    current: Arc<RwLock<Generation>>,
+    /// One reload (or stop) at a time.
+    changing: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The delivery side as one configuration built it: its gateways, their
+/// queues and workers, the apps' lanes.
+#[derive(Clone)]
+struct Generation {
     gateways: Arc<Vec<Arc<Gateway>>>,
     by_name: Arc<HashMap<String, usize>>,
     default: usize,
     apps: Arc<Apps>,
     spool: Spool,
     metrics: Arc<Metrics>,
+    /// Stops this generation's workers, saver and sender checks.
+    stop: Arc<watch::Sender<bool>>,
+    /// What it was built from (to start it again after a failed reload).
+    config: Arc<Config>,
+    policy: Policy,
+    tasks: Arc<Mutex<Option<JoinSet<()>>>>,
 }
 
 impl Outbound {
-    /// Starts the workers of every gateway on `tasks`; they stop when
-    /// `shutdown` turns true. Fails when a gateway's TLS settings cannot be
-    /// loaded (its CA file).
-    /// `policy` is the sessions' (its apps place messages in lanes; gateways
-    /// with `verify_senders` record into its sender checks).
+    /// Starts the workers of every gateway. Fails when a gateway's TLS
+    /// settings (its CA file), upstream password or a DKIM key cannot be
+    /// loaded. `policy` is the sessions' (its apps place messages in lanes;
+    /// gateways with `verify_senders` record into its sender checks).
     pub fn start(
         config: &Config,
         spool: Spool,
-        tasks: &mut JoinSet<()>,
-        shutdown: Shutdown,
         policy: &Policy,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Outbound> {
+        Ok(Outbound {
+            current: Arc::new(RwLock::new(Generation::start(
+                config, spool, policy, metrics,
+            )?)),
+            changing: Arc::default(),
+        })
+    }
+
+    fn current(&self) -> Generation {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Queues a message just accepted from `app`, with its body for a
+    /// worker that is free now (see `queue`); it counts as demand.
+    pub fn accepted(&self, message: StoredMessage, app: &str, body: Vec<u8>) {
+        // Under the read lock: a reload swaps generations under the write
+        // lock, then moves what the old one holds, this message included.
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        current.accepted(message, app, body);
+    }
+
+    /// Queues a message recovered from the spool at start (see
+    /// [`Generation::recovered`]).
+    pub fn recovered(&self, message: StoredMessage) {
+        self.current().recovered(message);
+    }
+
+    /// The shaping model and queue of the named gateway.
+    pub fn view(&self, gateway: &str) -> Option<GatewayView> {
+        self.current().view(gateway)
+    }
+
+    /// Messages queued on the named gateway.
+    pub fn queued(&self, gateway: &str) -> usize {
+        self.current().queued(gateway)
+    }
+
+    /// Stops the workers (each finishes the delivery in hand, waiting up to
+    /// `grace`), then saves the shaping state with exact cap counts.
+    pub async fn stop(&self, grace: Duration) {
+        let _changing = self.changing.lock().await;
+        self.current().stop(Some(grace)).await;
+    }
+
+    /// Applies a new configuration without losing queued mail: checks what
+    /// can fail first (TLS files, passwords, DKIM keys; an error leaves the
+    /// old one running), stops the current workers after the deliveries in
+    /// hand, saves the shaping state, starts the new gateways from it (a
+    /// kept gateway keeps its baseline, penalty and cap counts) and moves
+    /// every queued message over (a message for a gateway no longer
+    /// configured goes to the default one; retries keep their time).
+    pub async fn reload(&self, config: &Config, policy: &Policy) -> std::io::Result<()> {
+        Generation::check(config)?;
+        let _changing = self.changing.lock().await;
+        let old = self.current();
+        old.stop(None).await;
+        let new = match Generation::start(config, old.spool.clone(), policy, old.metrics.clone()) {
+            Ok(new) => new,
+            Err(error) => {
+                // Checked above, so only a file changed in between gets
+                // here: carry on with the old gateways, freshly started.
+                tracing::error!(%error, "the new configuration failed to start; restarting the old one");
+                let restarted = old.restart()?;
+                Self::move_queued(&old, &restarted);
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = restarted;
+                return Err(error);
+            }
+        };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        let moved = Self::move_queued(&old, &new);
+        for gateway in old.gateways.iter() {
+            if !new.by_name.contains_key(&gateway.config.name) {
+                old.metrics.forget_gateway(&gateway.config.name);
+            }
+        }
+        tracing::info!(
+            gateways = new.gateways.len(),
+            apps = new.apps.names().len() - 1,
+            moved,
+            "delivery side reloaded"
+        );
+        Ok(())
+    }
+
+    /// Moves every message queued in `old` to `new`; returns how many.
+    fn move_queued(old: &Generation, new: &Generation) -> usize {
+        let mut moved = 0;
+        for gateway in old.gateways.iter() {
+            for (mut item, due) in gateway.queue.drain() {
+                moved += 1;
+                item.lane = new.apps.lane(
+                    item.message.envelope.client_ip,
+                    &item.message.envelope.sender,
+                );
+                new.requeue(item, due);
+            }
+        }
+        moved
+    }
+}
+
+impl Generation {
+    /// Loads what starting `config` needs and can fail on, without starting.
+    fn check(config: &Config) -> std::io::Result<()> {
+        for gateway in &config.gateways {
+            Upstream::for_gateway(gateway)?;
+            Credentials::load(gateway).map_err(|error| {
+                std::io::Error::new(error.kind(), format!("gateway {}: {error}", gateway.name))
+            })?;
+        }
+        dkim::load_all(&config.dkim).map(|_| ())
+    }
+
+    /// The same gateways again, after a failed reload.
+    fn restart(&self) -> std::io::Result<Generation> {
+        let config = self.config.as_ref().clone();
+        Generation::start(
+            &config,
+            self.spool.clone(),
+            &self.policy,
+            self.metrics.clone(),
+        )
+    }
+
+    /// Starts the workers of every gateway, the state saver and the sender
+    /// checks, all stopped by [`Generation::stop`].
+    fn start(
+        config: &Config,
+        spool: Spool,
+        policy: &Policy,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Generation> {
+        let (stop, shutdown) = Shutdown::channel();
+        let mut tasks = JoinSet::new();
         let upstreams = config
             .gateways
             .iter()
@@ -180,10 +335,13 @@ impl Outbound {
                 ));
             }
         }
-        let outbound = Outbound {
+        let generation = Generation {
             apps: apps.clone(),
             spool: spool.clone(),
             metrics,
+            stop: Arc::new(stop),
+            config: Arc::new(config.clone()),
+            policy: policy.clone(),
             by_name: Arc::new(
                 gateways
                     .iter()
@@ -193,14 +351,40 @@ impl Outbound {
             ),
             default: config.gateways.iter().position(|g| g.default).unwrap_or(0),
             gateways: Arc::new(gateways),
+            tasks: Arc::default(),
         };
-        tasks.spawn(outbound.clone().save_periodically(save_wanted, shutdown));
-        Ok(outbound)
+        tasks.spawn(generation.clone().save_periodically(save_wanted, shutdown));
+        *generation.tasks.lock().unwrap_or_else(|p| p.into_inner()) = Some(tasks);
+        Ok(generation)
     }
 
-    /// Queues a message just accepted from app `lane`, with its body for a
-    /// worker that is free now (see `queue`); it counts as demand.
-    pub fn accepted(&self, message: StoredMessage, lane: usize, body: Vec<u8>) {
+    /// Stops the workers, letting each finish the delivery in hand (up to
+    /// `grace`, then they are cut off and their messages stay in the spool
+    /// for the next start), and saves the shaping state with exact counts.
+    async fn stop(&self, grace: Option<Duration>) {
+        let _ = self.stop.send(true);
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut tasks) = tasks {
+            let joined = async { while tasks.join_next().await.is_some() {} };
+            match grace {
+                Some(grace) => {
+                    if tokio::time::timeout(grace, joined).await.is_err() {
+                        tracing::warn!(
+                            "deliveries still running after shutdown_grace; they stay queued"
+                        );
+                        tasks.shutdown().await;
+                    }
+                }
+                None => joined.await,
+            }
+        }
+        // Exact cap counts now that nothing sends any more.
+        self.save_shaping(false).await;
+    }
+
+    /// Queues a message just accepted from `app` (see [`Outbound::accepted`]).
+    fn accepted(&self, message: StoredMessage, app: &str, body: Vec<u8>) {
+        let lane = self.apps.lane_named(app);
         self.metrics
             .messages_accepted
             .with_label_values(&[message.gateway.as_str(), self.apps.name(lane)])
@@ -208,31 +392,48 @@ impl Outbound {
         self.enqueue(message, lane, Some(body), true);
     }
 
+    /// Queues a message moved from the previous generation: a retry keeps
+    /// its time.
+    fn requeue(&self, item: Queued, due: Option<Instant>) {
+        let gateway = &self.gateways[self.index(&item.message.gateway, &item.message.id)];
+        match due {
+            Some(due) => gateway.queue.retry_at(item, due),
+            None => gateway
+                .queue
+                .push(item, false, gateway.config.max_connections),
+        }
+    }
+
     /// Queues a message recovered from the spool at start (its app found
     /// again by network or sender). One recovered for a gateway that is no
     /// longer configured goes to the default one.
-    pub fn recovered(&self, message: StoredMessage) {
+    fn recovered(&self, message: StoredMessage) {
         let lane = self
             .apps
             .lane(message.envelope.client_ip, &message.envelope.sender);
         self.enqueue(message, lane, None, false);
     }
 
-    fn enqueue(&self, message: StoredMessage, lane: usize, body: Option<Vec<u8>>, arrival: bool) {
-        let index = match self.by_name.get(&message.gateway) {
+    /// The index of gateway `name`, or of the default gateway (logged) when
+    /// it is no longer configured.
+    fn index(&self, name: &str, queue_id: &str) -> usize {
+        match self.by_name.get(name) {
             Some(index) => *index,
             None => {
                 let fallback = &self.gateways[self.default].config.name;
                 tracing::warn!(
-                    queue_id = %message.id,
-                    gateway = %message.gateway,
-                    fallback = %fallback,
+                    %queue_id,
+                    gateway = %name,
+                    %fallback,
                     "gateway no longer configured; delivering through the default gateway"
                 );
                 self.default
             }
-        };
-        let gateway = &self.gateways[index];
+        }
+    }
+
+    fn enqueue(&self, message: StoredMessage, lane: usize, body: Option<Vec<u8>>, arrival: bool) {
+        let gateway = &self.gateways[self.index(&message.gateway, &message.id)];
         gateway.queue.push(
             Queued {
                 message,
@@ -247,7 +448,7 @@ impl Outbound {
     }
 
     /// The shaping model and queue of the named gateway.
-    pub fn view(&self, gateway: &str) -> Option<GatewayView> {
+    fn view(&self, gateway: &str) -> Option<GatewayView> {
         let index = self.by_name.get(gateway)?;
         Some(self.gateways[*index].queue.view().0)
     }
@@ -307,7 +508,7 @@ impl Outbound {
     /// Saves every gateway's shaping state. With `reserve`, the cap counts
     /// saved include the units the gateway may send before the next save;
     /// without (at shutdown, once the workers stopped) they are exact.
-    pub async fn save_shaping(&self, reserve: bool) {
+    async fn save_shaping(&self, reserve: bool) {
         for gateway in self.gateways.iter() {
             let name = &gateway.config.name;
             let (state, reserve) = gateway.queue.snapshot(reserve);
@@ -336,7 +537,7 @@ impl Outbound {
     }
 
     /// Messages queued on the named gateway.
-    pub fn queued(&self, gateway: &str) -> usize {
+    fn queued(&self, gateway: &str) -> usize {
         self.by_name
             .get(gateway)
             .map_or(0, |index| self.gateways[*index].queue.len())
@@ -344,12 +545,20 @@ impl Outbound {
 }
 
 impl Admission for Outbound {
+    fn admit(&self, gateway: &str, app: &str, recipients: usize) -> Result<(), Deferral> {
+        self.current().admit(gateway, app, recipients)
+    }
+}
+
+impl Admission for Generation {
     /// Defers new mail whose projected wait on its gateway is too long; logs
     /// each deferral with its reason.
-    fn admit(&self, gateway: usize, lane: usize, recipients: usize) -> Result<(), Deferral> {
-        let Some(gateway) = self.gateways.get(gateway) else {
+    fn admit(&self, gateway: &str, app: &str, recipients: usize) -> Result<(), Deferral> {
+        let Some(index) = self.by_name.get(gateway) else {
             return Ok(());
         };
+        let gateway = &self.gateways[*index];
+        let lane = self.apps.lane_named(app);
         gateway
             .queue
             .admit(lane, recipients)
@@ -371,6 +580,44 @@ impl Admission for Outbound {
 }
 
 impl Queues for Outbound {
+    fn statuses(&self) -> Vec<GatewayStatus> {
+        self.current().statuses()
+    }
+
+    fn list(&self, gateway: Option<&str>) -> Result<Vec<QueuedSummary>, AdminError> {
+        self.current().list(gateway)
+    }
+
+    async fn show(&self, id: &str) -> Result<QueuedDetail, AdminError> {
+        self.current().show(id).await
+    }
+
+    fn retry(&self, id: Option<&str>) -> Result<usize, AdminError> {
+        self.current().retry(id)
+    }
+
+    fn hold(&self, gateway: &str, held: bool) -> Result<(), AdminError> {
+        self.current().hold(gateway, held)
+    }
+
+    fn delete(&self, id: &str) -> Result<QueuedSummary, AdminError> {
+        self.current().delete(id)
+    }
+
+    fn dead_letters(&self) -> Result<Vec<String>, AdminError> {
+        self.current().dead_letters()
+    }
+
+    async fn requeue(&self, dead_letter: &str) -> Result<String, AdminError> {
+        let stored = self.current().restore_dead_letter(dead_letter).await?;
+        let id = stored.id.clone();
+        // Through the handle, so a reload meanwhile does not strand it.
+        self.recovered(stored);
+        Ok(id)
+    }
+}
+
+impl Generation {
     fn statuses(&self) -> Vec<GatewayStatus> {
         let lane_names = self.apps.names();
         self.gateways
@@ -491,7 +738,9 @@ impl Queues for Outbound {
             .map_err(|error| AdminError::Failed(format!("cannot list dead letters: {error}")))
     }
 
-    async fn requeue(&self, name: &str) -> Result<String, AdminError> {
+    /// Stores dead letter `name` as a new message (and removes the file);
+    /// the caller queues it.
+    async fn restore_dead_letter(&self, name: &str) -> Result<StoredMessage, AdminError> {
         let letter = self.spool.read_dead_letter(name).await.map_err(|error| {
             if error.kind() == std::io::ErrorKind::NotFound {
                 AdminError::NotFound(format!("no dead letter {name}"))
@@ -515,17 +764,15 @@ impl Queues for Outbound {
                 stored.id
             ))
         })?;
-        let new_id = stored.id.clone();
         tracing::warn!(
             dead_letter = %name,
-            queue_id = %new_id,
+            queue_id = %stored.id,
             old_queue_id = %letter.queue_id,
             %gateway,
             recipients = stored.envelope.recipients.len(),
             "operator queued a dead letter again"
         );
-        self.recovered(stored);
-        Ok(new_id)
+        Ok(stored)
     }
 }
 

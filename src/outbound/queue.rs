@@ -418,6 +418,23 @@ impl DeliveryQueue {
         moved
     }
 
+    /// Takes every message out (a reload moves them to the new queue), with
+    /// the retry time of those waiting for one.
+    pub fn drain(&self) -> Vec<(Queued, Option<Instant>)> {
+        let mut state = self.lock();
+        let mut items = Vec::with_capacity(state.scheduler.len() + state.waiting.len());
+        while let Some(item) = state.scheduler.remove(|_| true) {
+            items.push((item, None));
+        }
+        for waiting in std::mem::take(&mut state.waiting) {
+            items.push((waiting.item, Some(waiting.due)));
+        }
+        state.waiting_units = 0;
+        state.queued_bytes = 0;
+        state.hot_bytes = 0;
+        items
+    }
+
     /// Takes message `id` out of the queue (an operator deleting it).
     pub fn remove(&self, id: &str) -> Option<Queued> {
         let mut state = self.lock();

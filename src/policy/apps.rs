@@ -102,6 +102,14 @@ impl Apps {
             .map_or(OTHER_APP, |app| app.name.as_str())
     }
 
+    /// The lane of the app named `name` (`other`'s for an unknown name).
+    pub fn lane_named(&self, name: &str) -> usize {
+        self.apps
+            .iter()
+            .position(|app| app.name == name)
+            .unwrap_or(self.apps.len())
+    }
+
     /// Lane names, `other` last.
     pub fn names(&self) -> Vec<String> {
         (0..=self.apps.len())

@@ -20,6 +20,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub router: Router,
+    /// Gateway names, by the index the router returns.
+    pub gateways: Vec<String>,
     pub apps: Arc<Apps>,
     pub senders: Arc<senders::SenderChecks>,
 }

@@ -30,8 +30,10 @@ pub use scheduler::{GatewayView, Release, Scheduler};
 pub use state::SavedState;
 
 /// Asks whether new mail for a gateway may be accepted now; implemented by
-/// the delivery side, asked by the inbound session at each RCPT.
+/// the delivery side, asked by the inbound session at each RCPT. Gateways
+/// and apps go by name, so a session that began before a configuration
+/// reload still asks about the right ones.
 pub trait Admission: Send + Sync {
-    /// Mail of app `lane` with `recipients` recipients counting this RCPT.
-    fn admit(&self, gateway: usize, lane: usize, recipients: usize) -> Result<(), Deferral>;
+    /// Mail of `app` with `recipients` recipients counting this RCPT.
+    fn admit(&self, gateway: &str, app: &str, recipients: usize) -> Result<(), Deferral>;
 }
