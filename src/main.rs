@@ -38,6 +38,19 @@ enum Command {
         #[arg(long, default_value_t = 1.0, value_parser = parse_time_scale)]
         time_scale: f64,
     },
+    /// Look at and act on a running service's queue, through its admin API
+    /// (`[http] listen`; loopback, or the bearer token in admin_token_file)
+    Queue {
+        /// The service's configuration file (its [http] listen and
+        /// admin_token_file); without it, 127.0.0.1:9325 and no token
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The HTTP endpoint, overriding the config's
+        #[arg(long)]
+        http: Option<std::net::SocketAddr>,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
     /// Validate a configuration file and explain every problem in it
     CheckConfig {
         /// TOML configuration file
@@ -88,6 +101,35 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Queued messages, oldest first
+    List {
+        /// Only this gateway's
+        #[arg(long, short)]
+        gateway: Option<String>,
+    },
+    /// One message: envelope, headers, every attempt with the gateway's reply
+    Show { id: String },
+    /// Deliver a message waiting for its retry now (or all with --all)
+    Retry {
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Stop delivering to a gateway (mail is still accepted and queued)
+    Hold { gateway: String },
+    /// Resume delivering to a held gateway
+    Release { gateway: String },
+    /// Remove a queued message for good
+    Delete { id: String },
+    /// The dead-letter files
+    Dead,
+    /// Queue a dead letter again for its failed recipients
+    Requeue { name: String },
+}
+
 fn parse_time_scale(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(scale) if (0.01..=10.0).contains(&scale) => Ok(scale),
@@ -132,6 +174,11 @@ fn main() -> ExitCode {
         ),
         Command::HashPassword => hash_password(),
         Command::Demo { time_scale } => demo(time_scale),
+        Command::Queue {
+            config,
+            http,
+            action,
+        } => queue(config.as_deref(), http, action),
         Command::CheckDns {
             domain,
             gateway_ip,
@@ -174,6 +221,68 @@ fn main() -> ExitCode {
             // on an unreachable resolver must not hold the exit.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             code
+        }
+    }
+}
+
+fn queue(
+    config: Option<&Path>,
+    http: Option<std::net::SocketAddr>,
+    action: QueueAction,
+) -> ExitCode {
+    let config = match config.map(Config::load).transpose() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("invalid configuration:\n{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let address = http
+        .or_else(|| config.as_ref().and_then(|config| config.http.listen))
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9325)));
+    let token = match config
+        .as_ref()
+        .and_then(|c| c.http.admin_token_file.as_ref())
+    {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(token) => Some(token.trim().to_string()),
+            Err(error) => {
+                eprintln!("cannot read {}: {error}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let (method, path) = match &action {
+        QueueAction::List { gateway: None } => ("GET", "/admin/queue".to_string()),
+        QueueAction::List { gateway: Some(g) } => ("GET", format!("/admin/queue?gateway={g}")),
+        QueueAction::Show { id } => ("GET", format!("/admin/queue/{id}")),
+        QueueAction::Retry { id: Some(id), .. } => ("POST", format!("/admin/queue/{id}/retry")),
+        QueueAction::Retry { id: None, .. } => ("POST", "/admin/queue/retry".to_string()),
+        QueueAction::Hold { gateway } => ("POST", format!("/admin/gateways/{gateway}/hold")),
+        QueueAction::Release { gateway } => ("POST", format!("/admin/gateways/{gateway}/release")),
+        QueueAction::Delete { id } => ("DELETE", format!("/admin/queue/{id}")),
+        QueueAction::Dead => ("GET", "/admin/dead".to_string()),
+        QueueAction::Requeue { name } => ("POST", format!("/admin/dead/{name}/requeue")),
+    };
+    match smtp_shaper::telemetry::client::request(
+        address,
+        method,
+        &path,
+        "text/plain",
+        token.as_deref(),
+    ) {
+        Ok(answer) if answer.status == 200 => {
+            print!("{}", answer.body);
+            ExitCode::SUCCESS
+        }
+        Ok(answer) => {
+            eprintln!("{} (HTTP {})", answer.body.trim_end(), answer.status);
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("cannot reach smtp-shaper's admin API at http://{address}: {error}");
+            ExitCode::from(2)
         }
     }
 }

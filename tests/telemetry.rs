@@ -321,3 +321,62 @@ async fn with_a_token_file_the_admin_api_needs_the_bearer_token() {
     );
     h.shutdown().await;
 }
+
+/// `smtp-shaper queue ...` against the service's endpoint.
+async fn queue_command(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+            .arg("queue")
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_command_talks_to_the_admin_api() {
+    let h = Harness::start().await;
+    let http = h.service.http_address().unwrap().to_string();
+    let run = |words: &[&str]| {
+        let mut args = vec!["--http".to_string(), http.clone()];
+        args.extend(words.iter().map(|w| w.to_string()));
+        queue_command(args)
+    };
+    let held = run(&["hold", "primary"]).await;
+    assert!(held.status.success(), "{held:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&held.stdout),
+        "gateway primary held\n"
+    );
+    let mut client = h.client().await;
+    let id = client
+        .accepted("app@example.com", &["cli@example.org"], BODY)
+        .await;
+    let list = run(&["list", "--gateway", "primary"]).await;
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        listed.starts_with(&id) && listed.contains("<cli@example.org>"),
+        "{listed}"
+    );
+    let shown = run(&["show", &id]).await;
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("Subject: observed"));
+    let missing = run(&["show", "NOSUCHID"]).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("(HTTP 404)"));
+    let deleted = run(&["delete", &id]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&deleted.stdout),
+        format!("deleted {id}\n")
+    );
+    assert!(run(&["release", "primary"]).await.status.success());
+    let empty = run(&["list"]).await;
+    assert_eq!(String::from_utf8_lossy(&empty.stdout), "queue is empty\n");
+    client.command("QUIT").await;
+    h.shutdown().await;
+
+    let down = queue_command(vec!["--http".into(), http, "list".into()]).await;
+    assert_eq!(down.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach smtp-shaper's admin API"));
+}
