@@ -380,3 +380,69 @@ async fn the_queue_command_talks_to_the_admin_api() {
     assert_eq!(down.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach smtp-shaper's admin API"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_trace_a_message_by_queue_id_and_message_id() {
+    let sink = support::Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = support::free_address();
+    let path = support::write_config(dir.path(), listen, sink.address);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[server]", "[server]\nlog_format = \"json\"");
+    std::fs::write(&path, text).unwrap();
+    let log = dir.path().join("json.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut client = loop {
+        if let Some(client) = support::Client::try_ready(listen).await {
+            break client;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let body = b"Message-ID: <trace-me@example.com>\r\nSubject: traced\r\n\r\nhi\r\n";
+    let id = client
+        .accepted("app@example.com", &["someone@example.org"], body)
+        .await;
+    eventually("delivered", || sink.count() == 1).await;
+    client.command("QUIT").await;
+    let finished = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("delivery attempt finished the message")
+    };
+    eventually("the delivery is logged", finished).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|line| line.starts_with('{') && line.ends_with('}')),
+        "{lines:?}"
+    );
+    let about: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.contains(&format!("\"queue_id\":\"{id}\"")))
+        .collect();
+    assert!(
+        about[0].contains("\"message\":\"message accepted\"")
+            && about[0].contains("\"message_id\":\"<trace-me@example.com>\""),
+        "{about:?}"
+    );
+    assert!(
+        about
+            .iter()
+            .any(|line| line.contains("\"message\":\"delivery attempt finished the message\"")),
+        "{about:?}"
+    );
+}

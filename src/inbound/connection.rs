@@ -451,8 +451,10 @@ async fn store(
         .await
     {
         Ok(stored) => {
+            let message_id = crate::smtp::header::value(&message, "Message-ID").unwrap_or_default();
             tracing::info!(
                 queue_id = %stored.id,
+                %message_id,
                 sender = %sender,
                 recipients,
                 size,

@@ -17,6 +17,7 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::config::DkimConfig;
+use crate::smtp::header;
 
 /// Header fields signed when present, in this order (From always is).
 pub const SIGNED_HEADERS: &[&str] = &[
@@ -86,8 +87,8 @@ impl Signer {
     /// The DKIM-Signature header field (with CRLF) for `message` (headers,
     /// blank line, body), signed at `unix_seconds`.
     pub fn sign(&self, message: &[u8], unix_seconds: u64) -> io::Result<Vec<u8>> {
-        let (headers, body) = split_message(message);
-        let fields = header_fields(headers);
+        let (headers, body) = header::split(message);
+        let fields = header::fields(headers);
         let mut signed_names = Vec::new();
         let mut signed = Vec::new();
         for name in SIGNED_HEADERS {
@@ -95,7 +96,7 @@ impl Signer {
             if let Some(field) = fields
                 .iter()
                 .rev()
-                .find(|field| field_name(field).eq_ignore_ascii_case(name))
+                .find(|field| header::field_name(field).eq_ignore_ascii_case(name))
             {
                 signed.extend_from_slice(&relaxed_header(field));
                 signed_names.push(*name);
@@ -141,14 +142,14 @@ impl Signer {
 
 /// The domain to sign as: the From: header's address, else `sender`'s.
 pub fn signing_domain(message: &[u8], sender: &str) -> Option<String> {
-    let (headers, _) = split_message(message);
-    let from = header_fields(headers)
+    let (headers, _) = header::split(message);
+    let from = header::fields(headers)
         .into_iter()
         .rev()
-        .find(|field| field_name(field).eq_ignore_ascii_case("from"))
+        .find(|field| header::field_name(field).eq_ignore_ascii_case("from"))
         .and_then(|field| {
-            let value =
-                String::from_utf8_lossy(&field[field_name(&field).len() + 1..]).into_owned();
+            let value = String::from_utf8_lossy(&field[header::field_name(&field).len() + 1..])
+                .into_owned();
             let address = match (value.rfind('<'), value.rfind('>')) {
                 (Some(open), Some(close)) if open < close => value[open + 1..close].to_string(),
                 _ => value.trim().to_string(),
@@ -162,31 +163,6 @@ pub fn signing_domain(message: &[u8], sender: &str) -> Option<String> {
             .rsplit_once('@')
             .map(|(_, domain)| domain.to_ascii_lowercase())
     })
-}
-
-/// Headers (with their final CRLF) and body.
-fn split_message(message: &[u8]) -> (&[u8], &[u8]) {
-    match message.windows(4).position(|window| window == b"\r\n\r\n") {
-        Some(at) => (&message[..at + 2], &message[at + 4..]),
-        None => (message, &[]),
-    }
-}
-
-/// Header fields, each with its continuation lines and final CRLF.
-fn header_fields(headers: &[u8]) -> Vec<Vec<u8>> {
-    let mut fields: Vec<Vec<u8>> = Vec::new();
-    for line in headers.split_inclusive(|&b| b == b'\n') {
-        match (line.first(), fields.last_mut()) {
-            (Some(b' ' | b'\t'), Some(last)) => last.extend_from_slice(line),
-            _ => fields.push(line.to_vec()),
-        }
-    }
-    fields
-}
-
-fn field_name(field: &[u8]) -> &str {
-    let end = field.iter().position(|&b| b == b':').unwrap_or(field.len());
-    std::str::from_utf8(&field[..end]).unwrap_or("").trim_end()
 }
 
 /// Relaxed header canonicalization (RFC 6376 3.4.2), CRLF-terminated.

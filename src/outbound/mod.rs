@@ -673,14 +673,11 @@ impl Generation {
             .map_err(|error| {
                 AdminError::Failed(format!("cannot read {id} from the spool: {error}"))
             })?;
-        let end = body
-            .windows(4)
-            .position(|window| window == b"\r\n\r\n")
-            .map_or(body.len(), |end| end + 2);
+        let (headers, _) = crate::smtp::header::split(&body);
         Ok(QueuedDetail {
             summary,
             client_ip: message.envelope.client_ip.to_string(),
-            headers: String::from_utf8_lossy(&body[..end]).into_owned(),
+            headers: String::from_utf8_lossy(headers).into_owned(),
             history,
         })
     }

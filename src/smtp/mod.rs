@@ -1,12 +1,14 @@
 //! SMTP protocol pieces with no I/O: command parsing, command-line framing,
-//! the DATA receiver, dot-stuffing, replies and the trace header.
+//! the DATA receiver, dot-stuffing, replies, header fields and the trace
+//! header.
 //!
 //! Everything here works on byte slices and returns values, so the hard edges
 //! (line limits, bare CR/LF, SMTP smuggling) are tested exhaustively without a
-//! socket. The inbound session and the outbound client are the only callers.
+//! socket.
 
 pub mod command;
 pub mod data;
+pub mod header;
 pub mod line;
 pub mod reply;
 pub mod trace;
