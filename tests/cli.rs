@@ -23,6 +23,43 @@ fn the_shipped_example_config_is_valid() {
 }
 
 #[test]
+fn the_deployment_examples_carry_valid_configs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in [
+        "config/exchange-online.toml",
+        "deploy/systemd/smtp-shaper.toml",
+        "deploy/docker/smtp-shaper.toml",
+    ] {
+        let path = format!("{root}/{file}");
+        let output = shaper(&["check-config", "--config", &path]);
+        assert!(output.status.success(), "{file}: {}", text(&output.stderr));
+    }
+    // The Kubernetes ConfigMap's smtp-shaper.toml (a YAML block scalar).
+    let manifest = std::fs::read_to_string(format!(
+        "{root}/deploy/kubernetes/app-with-smtp-shaper.yaml"
+    ))
+    .unwrap();
+    let block: String = manifest
+        .split("smtp-shaper.toml: |\n")
+        .nth(1)
+        .expect("the ConfigMap holds smtp-shaper.toml")
+        .lines()
+        .take_while(|line| line.is_empty() || line.starts_with("    "))
+        .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))
+        .collect();
+    assert!(block.contains("[[gateways]]"), "{block}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("configmap.toml");
+    std::fs::write(&path, &block).unwrap();
+    let output = shaper(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "ConfigMap: {}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
 fn check_config_lists_every_problem_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
