@@ -58,26 +58,14 @@ impl Service {
     /// starts delivering.
     pub async fn start(config: Config) -> io::Result<Service> {
         let (spool, recovered) = Spool::open(&config.spool)?;
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|error| {
-                io::Error::new(
-                    error.kind(),
-                    format!("cannot listen on {}: {error}", config.server.listen),
-                )
-            })?;
+        let listener = bind(config.server.listen, "").await?;
         let smtp_address = listener.local_addr()?;
         let tls = match &config.server.tls {
             Some(tls) => Some(Arc::new(ServerTls::load(&tls.certificate, &tls.key)?)),
             None => None,
         };
         let tls_listener = match config.server.tls.as_ref().and_then(|tls| tls.listen) {
-            Some(address) => Some(TcpListener::bind(address).await.map_err(|error| {
-                io::Error::new(
-                    error.kind(),
-                    format!("cannot listen for TLS on {address}: {error}"),
-                )
-            })?),
+            Some(address) => Some(bind(address, " for TLS").await?),
             None => None,
         };
         let tls_address = match &tls_listener {
@@ -85,12 +73,7 @@ impl Service {
             None => None,
         };
         let http_listener = match config.http.listen {
-            Some(address) => Some(TcpListener::bind(address).await.map_err(|error| {
-                io::Error::new(
-                    error.kind(),
-                    format!("cannot listen for HTTP (metrics) on {address}: {error}"),
-                )
-            })?),
+            Some(address) => Some(bind(address, " for HTTP (metrics)").await?),
             None => None,
         };
         let admin_token = match &config.http.admin_token_file {
@@ -337,4 +320,14 @@ fn restart_only(running: &Config, new: &Config) -> [(&'static str, bool); 7] {
             running.http.admin_token_file != new.http.admin_token_file,
         ),
     ]
+}
+
+/// Binds a listener; the error names the address and what it was `for`.
+async fn bind(address: SocketAddr, purpose: &str) -> io::Result<TcpListener> {
+    TcpListener::bind(address).await.map_err(|error| {
+        io::Error::new(
+            error.kind(),
+            format!("cannot listen{purpose} on {address}: {error}"),
+        )
+    })
 }
