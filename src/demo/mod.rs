@@ -3,7 +3,7 @@
 //!
 //! It starts the real service (spool in a temporary folder, the HTTP
 //! endpoint on 127.0.0.1:9325 when free) in front of an in-process gateway
-//! ([`gateway`]), and two apps that send through it with smtp-shaper's own
+//! (`gateway`), and two apps that send through it with smtp-shaper's own
 //! SMTP client: `alerts` keeps sending a steady trickle, `newsletter`
 //! trickles, then sends a burst at once, then trickles again. Deferred mail
 //! (451 4.7.1) is offered again later, as a real app's MTA would.

@@ -6,7 +6,7 @@
 //!   stopping, else 503 with the reason (readiness: send no mail here now);
 //! - `GET /status`: JSON per gateway (baseline, ceiling, demand, queue,
 //!   backoff, recent upstream replies) and the sender checks;
-//! - `/admin/...`: the queue admin API (see [`admin_route`]); answered to
+//! - `/admin/...`: the queue admin API (see `admin_route`); answered to
 //!   loopback clients only, unless `admin_token_file` is set, in which case
 //!   every admin request needs `Authorization: Bearer <token>`.
 //!

@@ -1,0 +1,378 @@
+//! One generation of the delivery side: the gateways, queues and workers
+//! one configuration built. [`Outbound`](super::Outbound) holds the current
+//! one; a reload stops it (each delivery in hand finishes), saves its
+//! shaping state, starts the next from that state and moves the queued
+//! messages over.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::client::Credentials;
+use super::queue::{DeliveryQueue, Queued};
+use super::retry::Backoff;
+use super::worker::{WorkerContext, worker};
+use super::{Gateway, dkim, verify};
+use crate::config::Config;
+use crate::config::units::format_rate;
+use crate::policy::{Apps, Policy};
+use crate::shaper::{Admission, Deferral, GatewayModel, GatewayView, SavedState};
+use crate::shutdown::Shutdown;
+use crate::spool::{Spool, StoredMessage};
+use crate::telemetry::Metrics;
+use crate::tls::client::Upstream;
+
+/// How often the shaping state is saved while nothing asks for it sooner.
+const SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The delivery side as one configuration built it: its gateways, their
+/// queues and workers, the apps' lanes.
+#[derive(Clone)]
+pub(super) struct Generation {
+    pub(super) gateways: Arc<Vec<Arc<Gateway>>>,
+    pub(super) by_name: Arc<HashMap<String, usize>>,
+    pub(super) default: usize,
+    pub(super) apps: Arc<Apps>,
+    pub(super) spool: Spool,
+    pub(super) metrics: Arc<Metrics>,
+    /// Stops this generation's workers, saver and sender checks.
+    pub(super) stop: Arc<watch::Sender<bool>>,
+    /// What it was built from (to start it again after a failed reload).
+    pub(super) config: Arc<Config>,
+    pub(super) policy: Policy,
+    pub(super) tasks: Arc<Mutex<Option<JoinSet<()>>>>,
+}
+
+impl Generation {
+    /// Loads what starting `config` needs and can fail on, without starting.
+    pub(super) fn check(config: &Config) -> std::io::Result<()> {
+        for gateway in &config.gateways {
+            Upstream::for_gateway(gateway)?;
+            Credentials::load(gateway).map_err(|error| {
+                std::io::Error::new(error.kind(), format!("gateway {}: {error}", gateway.name))
+            })?;
+        }
+        dkim::load_all(&config.dkim).map(|_| ())
+    }
+
+    /// The same gateways again, after a failed reload.
+    pub(super) fn restart(&self) -> std::io::Result<Generation> {
+        let config = self.config.as_ref().clone();
+        Generation::start(
+            &config,
+            self.spool.clone(),
+            &self.policy,
+            self.metrics.clone(),
+        )
+    }
+
+    /// Starts the workers of every gateway, the state saver and the sender
+    /// checks, all stopped by [`Generation::stop`].
+    pub(super) fn start(
+        config: &Config,
+        spool: Spool,
+        policy: &Policy,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Generation> {
+        let (stop, shutdown) = Shutdown::channel();
+        let mut tasks = JoinSet::new();
+        let upstreams = config
+            .gateways
+            .iter()
+            .map(Upstream::for_gateway)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let mut logins = Vec::with_capacity(config.gateways.len());
+        for gateway in &config.gateways {
+            logins.push(Credentials::load(gateway).map_err(|error| {
+                std::io::Error::new(error.kind(), format!("gateway {}: {error}", gateway.name))
+            })?);
+        }
+        let apps = &policy.apps;
+        let save_wanted = Arc::new(Notify::new());
+        let gateways: Vec<Arc<Gateway>> = config
+            .gateways
+            .iter()
+            .zip(upstreams)
+            .zip(logins)
+            .map(|((gateway, tls), credentials)| {
+                let saved = load_state(&spool, &gateway.name);
+                let shaping = &gateway.shaping;
+                let queue = DeliveryQueue::new(
+                    &gateway.name,
+                    |now| match &saved {
+                        Some(state) => GatewayModel::restore(shaping, state, now),
+                        None => GatewayModel::new(shaping, now),
+                    },
+                    apps.weights(),
+                    save_wanted.clone(),
+                );
+                let model = queue.view().0.model;
+                tracing::info!(
+                    gateway = %gateway.name,
+                    history = if saved.is_some() { "restored" } else { "none (initial_rate)" },
+                    baseline = %format_rate(model.baseline),
+                    ceiling = %format_rate(model.ceiling),
+                    "shaping model ready"
+                );
+                Arc::new(Gateway {
+                    config: gateway.clone(),
+                    tls,
+                    credentials,
+                    queue,
+                    recent: Mutex::new(VecDeque::new()),
+                    backoff: Backoff {
+                        initial: gateway.retry_initial,
+                        max: gateway.retry_max,
+                    },
+                })
+            })
+            .collect();
+        let signers = dkim::load_all(&config.dkim)?;
+        let context = WorkerContext {
+            signers: Arc::new(signers),
+            spool: spool.clone(),
+            helo_name: config.server.hostname.clone(),
+            metrics: metrics.clone(),
+        };
+        for gateway in &gateways {
+            for _ in 0..gateway.config.max_connections {
+                tasks.spawn(worker(gateway.clone(), context.clone(), shutdown.clone()));
+            }
+        }
+        for (index, gateway) in gateways.iter().enumerate() {
+            let addresses: Vec<String> = apps
+                .sender_addresses()
+                .into_iter()
+                .filter(|address| policy.router.route(address) == index)
+                .collect();
+            if let Some(ip) = gateway.config.sending_ip {
+                verify::check_sender_domains(
+                    gateway.config.name.clone(),
+                    config.sender_domains(index),
+                    ip,
+                    gateway.config.dkim_selectors.clone(),
+                );
+            }
+            if gateway.config.verify_senders && !addresses.is_empty() {
+                tasks.spawn(verify::verify_senders(
+                    gateway.clone(),
+                    config.server.hostname.clone(),
+                    addresses,
+                    policy.senders.clone(),
+                    shutdown.clone(),
+                ));
+            }
+        }
+        let generation = Generation {
+            apps: apps.clone(),
+            spool: spool.clone(),
+            metrics,
+            stop: Arc::new(stop),
+            config: Arc::new(config.clone()),
+            policy: policy.clone(),
+            by_name: Arc::new(
+                gateways
+                    .iter()
+                    .enumerate()
+                    .map(|(index, gateway)| (gateway.config.name.clone(), index))
+                    .collect(),
+            ),
+            default: config.gateways.iter().position(|g| g.default).unwrap_or(0),
+            gateways: Arc::new(gateways),
+            tasks: Arc::default(),
+        };
+        tasks.spawn(generation.clone().save_periodically(save_wanted, shutdown));
+        *generation.tasks.lock().unwrap_or_else(|p| p.into_inner()) = Some(tasks);
+        Ok(generation)
+    }
+
+    /// Stops the workers, letting each finish the delivery in hand (up to
+    /// `grace`, then they are cut off and their messages stay in the spool
+    /// for the next start), and saves the shaping state with exact counts.
+    pub(super) async fn stop(&self, grace: Option<Duration>) {
+        let _ = self.stop.send(true);
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut tasks) = tasks {
+            let joined = async { while tasks.join_next().await.is_some() {} };
+            match grace {
+                Some(grace) => {
+                    if tokio::time::timeout(grace, joined).await.is_err() {
+                        tracing::warn!(
+                            "deliveries still running after shutdown_grace; they stay queued"
+                        );
+                        tasks.shutdown().await;
+                    }
+                }
+                None => joined.await,
+            }
+        }
+        // Exact cap counts now that nothing sends any more.
+        self.save_shaping(false).await;
+    }
+
+    /// Queues a message just accepted from `app` (see [`Outbound::accepted`]).
+    pub(super) fn accepted(&self, message: StoredMessage, app: &str, body: Vec<u8>) {
+        let lane = self.apps.lane_named(app);
+        self.metrics
+            .messages_accepted
+            .with_label_values(&[message.gateway.as_str(), self.apps.name(lane)])
+            .inc();
+        self.enqueue(message, lane, Some(body), true);
+    }
+
+    /// Queues a message moved from the previous generation: a retry keeps
+    /// its time.
+    pub(super) fn requeue(&self, item: Queued, due: Option<Instant>) {
+        let gateway = &self.gateways[self.index(&item.message.gateway, &item.message.id)];
+        match due {
+            Some(due) => gateway.queue.retry_at(item, due),
+            None => gateway
+                .queue
+                .push(item, false, gateway.config.max_connections),
+        }
+    }
+
+    /// Queues a message recovered from the spool at start (its app found
+    /// again by network or sender). One recovered for a gateway that is no
+    /// longer configured goes to the default one.
+    pub(super) fn recovered(&self, message: StoredMessage) {
+        let lane = self
+            .apps
+            .lane(message.envelope.client_ip, &message.envelope.sender);
+        self.enqueue(message, lane, None, false);
+    }
+
+    /// The index of gateway `name`, or of the default gateway (logged) when
+    /// it is no longer configured.
+    pub(super) fn index(&self, name: &str, queue_id: &str) -> usize {
+        match self.by_name.get(name) {
+            Some(index) => *index,
+            None => {
+                let fallback = &self.gateways[self.default].config.name;
+                tracing::warn!(
+                    %queue_id,
+                    gateway = %name,
+                    %fallback,
+                    "gateway no longer configured; delivering through the default gateway"
+                );
+                self.default
+            }
+        }
+    }
+
+    pub(super) fn enqueue(
+        &self,
+        message: StoredMessage,
+        lane: usize,
+        body: Option<Vec<u8>>,
+        arrival: bool,
+    ) {
+        let gateway = &self.gateways[self.index(&message.gateway, &message.id)];
+        gateway.queue.push(
+            Queued {
+                message,
+                attempts: 0,
+                lane,
+                body,
+                history: Vec::new(),
+            },
+            arrival,
+            gateway.config.max_connections,
+        );
+    }
+
+    /// The shaping model and queue of the named gateway.
+    pub(super) fn view(&self, gateway: &str) -> Option<GatewayView> {
+        let index = self.by_name.get(gateway)?;
+        Some(self.gateways[*index].queue.view().0)
+    }
+
+    /// Saves every gateway's shaping state. With `reserve`, the cap counts
+    /// saved include the units the gateway may send before the next save;
+    /// without (at shutdown, once the workers stopped) they are exact.
+    pub(super) async fn save_shaping(&self, reserve: bool) {
+        for gateway in self.gateways.iter() {
+            let name = &gateway.config.name;
+            let (state, reserve) = gateway.queue.snapshot(reserve);
+            match self
+                .spool
+                .save_shaping_state(name, state.to_text(name))
+                .await
+            {
+                Ok(()) => gateway.queue.saved(reserve),
+                Err(error) => {
+                    tracing::error!(gateway = %name, %error, "cannot save the shaping state; capped sends wait until it is saved");
+                }
+            }
+        }
+    }
+
+    pub(super) async fn save_periodically(self, save_wanted: Arc<Notify>, mut shutdown: Shutdown) {
+        loop {
+            self.save_shaping(true).await;
+            tokio::select! {
+                _ = shutdown.stopped() => break,
+                _ = save_wanted.notified() => {}
+                _ = tokio::time::sleep(SAVE_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// Messages queued on the named gateway.
+    pub(super) fn queued(&self, gateway: &str) -> usize {
+        self.by_name
+            .get(gateway)
+            .map_or(0, |index| self.gateways[*index].queue.len())
+    }
+}
+
+impl Admission for Generation {
+    /// Defers new mail whose projected wait on its gateway is too long; logs
+    /// each deferral with its reason.
+    fn admit(&self, gateway: &str, app: &str, recipients: usize) -> Result<(), Deferral> {
+        let Some(index) = self.by_name.get(gateway) else {
+            return Ok(());
+        };
+        let gateway = &self.gateways[*index];
+        let lane = self.apps.lane_named(app);
+        gateway
+            .queue
+            .admit(lane, recipients)
+            .inspect_err(|deferral| {
+                self.metrics
+                    .deferrals
+                    .with_label_values(&[gateway.config.name.as_str(), deferral.reason.as_str()])
+                    .inc();
+                tracing::warn!(
+                    gateway = %gateway.config.name,
+                    app = %self.apps.name(lane),
+                    reason = deferral.reason.as_str(),
+                    projected_wait = %format!("{:.0}s", deferral.projected_wait),
+                    retry_after = %format!("{:.0}s", deferral.retry_after),
+                    "new mail deferred (451 4.7.1)"
+                );
+            })
+    }
+}
+
+/// The gateway's saved shaping state; a damaged file is logged and ignored.
+fn load_state(spool: &Spool, gateway: &str) -> Option<SavedState> {
+    match spool.load_shaping_state(gateway) {
+        Ok(Some(text)) => {
+            let state = SavedState::parse(&text);
+            if state.is_none() {
+                tracing::error!(%gateway, "the saved shaping state is damaged; starting from initial_rate and empty caps");
+            }
+            state
+        }
+        Ok(None) => None,
+        Err(error) => {
+            tracing::error!(%gateway, %error, "cannot read the saved shaping state; starting from initial_rate");
+            None
+        }
+    }
+}
