@@ -47,16 +47,37 @@ pub(super) struct Generation {
     pub(super) tasks: Arc<Mutex<Option<JoinSet<()>>>>,
 }
 
+/// What starting a configuration reads from files and the environment, and
+/// so can fail on: each gateway's TLS settings and login, the DKIM keys.
+struct Loaded {
+    upstreams: Vec<Upstream>,
+    logins: Vec<Option<Credentials>>,
+    signers: Vec<dkim::Signer>,
+}
+
+impl Loaded {
+    fn load(config: &Config) -> std::io::Result<Loaded> {
+        let mut loaded = Loaded {
+            upstreams: Vec::with_capacity(config.gateways.len()),
+            logins: Vec::with_capacity(config.gateways.len()),
+            signers: dkim::load_all(&config.dkim)?,
+        };
+        for gateway in &config.gateways {
+            loaded.upstreams.push(Upstream::for_gateway(gateway)?);
+            loaded
+                .logins
+                .push(Credentials::load(gateway).map_err(|error| {
+                    std::io::Error::new(error.kind(), format!("gateway {}: {error}", gateway.name))
+                })?);
+        }
+        Ok(loaded)
+    }
+}
+
 impl Generation {
     /// Loads what starting `config` needs and can fail on, without starting.
     pub(super) fn check(config: &Config) -> std::io::Result<()> {
-        for gateway in &config.gateways {
-            Upstream::for_gateway(gateway)?;
-            Credentials::load(gateway).map_err(|error| {
-                std::io::Error::new(error.kind(), format!("gateway {}: {error}", gateway.name))
-            })?;
-        }
-        dkim::load_all(&config.dkim).map(|_| ())
+        Loaded::load(config).map(|_| ())
     }
 
     /// The same gateways again, after a failed reload.
@@ -78,26 +99,16 @@ impl Generation {
         policy: &Policy,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Generation> {
+        let loaded = Loaded::load(config)?;
         let (stop, shutdown) = Shutdown::channel();
         let mut tasks = JoinSet::new();
-        let upstreams = config
-            .gateways
-            .iter()
-            .map(Upstream::for_gateway)
-            .collect::<std::io::Result<Vec<_>>>()?;
-        let mut logins = Vec::with_capacity(config.gateways.len());
-        for gateway in &config.gateways {
-            logins.push(Credentials::load(gateway).map_err(|error| {
-                std::io::Error::new(error.kind(), format!("gateway {}: {error}", gateway.name))
-            })?);
-        }
         let apps = &policy.apps;
         let save_wanted = Arc::new(Notify::new());
         let gateways: Vec<Arc<Gateway>> = config
             .gateways
             .iter()
-            .zip(upstreams)
-            .zip(logins)
+            .zip(loaded.upstreams)
+            .zip(loaded.logins)
             .map(|((gateway, tls), credentials)| {
                 let saved = load_state(&spool, &gateway.name);
                 let shaping = &gateway.shaping;
@@ -131,9 +142,8 @@ impl Generation {
                 })
             })
             .collect();
-        let signers = dkim::load_all(&config.dkim)?;
         let context = WorkerContext {
-            signers: Arc::new(signers),
+            signers: Arc::new(loaded.signers),
             spool: spool.clone(),
             helo_name: config.server.hostname.clone(),
             metrics: metrics.clone(),
