@@ -446,3 +446,21 @@ async fn json_logs_trace_a_message_by_queue_id_and_message_id() {
         "{about:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_request_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start().await;
+    let http = h.service.http_address().unwrap();
+    let mut slow = tokio::net::TcpStream::connect(http).await.unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The endpoint closes it (header_read_timeout) instead of waiting forever.
+    let mut buffer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut buffer)).await;
+    assert!(closed.is_ok(), "the connection was closed by the endpoint");
+    // Others are served meanwhile and after.
+    assert_eq!(fetch(http, "GET", "/healthz", None).await.status, 200);
+    h.shutdown().await;
+}

@@ -16,6 +16,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -23,8 +24,9 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use super::json::Json;
 use super::{AdminError, Metrics, QueuedDetail, QueuedSummary, Queues};
@@ -45,9 +47,19 @@ pub struct Endpoint<Q> {
 
 type Reply = Response<Full<Bytes>>;
 
+/// Most HTTP connections served at once; more are closed at once (a
+/// scraper, a few probes and an operator need a handful).
+const MAX_CONNECTIONS: usize = 64;
+
+/// A client must send a request's headers within this long (also the most
+/// an idle kept-alive connection is held), so slow clients cannot pin
+/// connections.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves HTTP on `listener` until the service stops.
 pub async fn serve<Q: Queues>(listener: TcpListener, endpoint: Arc<Endpoint<Q>>) {
     let mut shutdown = endpoint.shutdown.clone();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -60,13 +72,20 @@ pub async fn serve<Q: Queues>(listener: TcpListener, endpoint: Arc<Endpoint<Q>>)
             },
             _ = shutdown.stopped() => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(client = %peer, limit = MAX_CONNECTIONS, "HTTP connection refused: too many open");
+            continue;
+        };
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |request| {
                 let endpoint = endpoint.clone();
                 async move { Ok::<_, Infallible>(route(&endpoint, peer, request).await) }
             });
             if let Err(error) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
