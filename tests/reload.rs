@@ -202,3 +202,36 @@ async fn sighup_applies_a_valid_file_and_refuses_an_invalid_one() {
         .await;
     eventually("delivered after the reload", || sink.count() == 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_gateway_stays_held_across_a_reload() {
+    let h = Harness::start().await;
+    let http = h.service.http_address().unwrap();
+    let admin = |method: &str, path: &str| {
+        request(http, method, path, "text/plain", None)
+            .unwrap()
+            .body
+    };
+    assert_eq!(
+        admin("POST", "/admin/gateways/primary/hold"),
+        "gateway primary held\n"
+    );
+    let mut client = h.client().await;
+    client
+        .accepted("app@example.com", &["held@example.org"], BODY)
+        .await;
+    let config = Config::parse(&test_config_toml(
+        "127.0.0.1:0",
+        h.spool.path(),
+        h.sink.address,
+    ))
+    .unwrap();
+    h.service.reload(config).await.unwrap();
+    assert!(admin("GET", "/status").contains("\"held\":true"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.sink.count(), 0, "still held after the reload");
+    admin("POST", "/admin/gateways/primary/release");
+    eventually("released and delivered", || h.sink.count() == 1).await;
+    client.command("QUIT").await;
+    h.shutdown().await;
+}

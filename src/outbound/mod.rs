@@ -100,22 +100,28 @@ impl Outbound {
             .clone()
     }
 
-    /// Queues a message just accepted from `app`, with its body for a
-    /// worker that is free now (see `queue`); it counts as demand.
-    pub fn accepted(&self, message: StoredMessage, app: &str, body: Vec<u8>) {
-        // Under the read lock: a reload swaps generations under the write
-        // lock, then moves what the old one holds, this message included.
+    /// Runs `change` on the current generation under the read lock: a
+    /// reload swaps generations under the write lock and only then moves
+    /// what the old one holds, so nothing put into (or held on) the old one
+    /// is left behind.
+    fn change_current<R>(&self, change: impl FnOnce(&Generation) -> R) -> R {
         let current = self
             .current
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        current.accepted(message, app, body);
+        change(&current)
     }
 
-    /// Queues a message recovered from the spool at start (see
-    /// `Generation::recovered`).
+    /// Queues a message just accepted from `app`, with its body for a
+    /// worker that is free now (see `queue`); it counts as demand.
+    pub fn accepted(&self, message: StoredMessage, app: &str, body: Vec<u8>) {
+        self.change_current(|current| current.accepted(message, app, body));
+    }
+
+    /// Queues a message recovered from the spool at start, or a dead letter
+    /// queued again (see `Generation::recovered`).
     pub fn recovered(&self, message: StoredMessage) {
-        self.current().recovered(message);
+        self.change_current(|current| current.recovered(message));
     }
 
     /// The shaping model and queue of the named gateway.
@@ -175,10 +181,14 @@ impl Outbound {
         Ok(())
     }
 
-    /// Moves every message queued in `old` to `new`; returns how many.
+    /// Moves every message queued in `old` to `new`, and an operator's hold
+    /// of a gateway both have; returns how many messages.
     fn move_queued(old: &Generation, new: &Generation) -> usize {
         let mut moved = 0;
         for gateway in old.gateways.iter() {
+            if let Some(index) = new.by_name.get(&gateway.config.name) {
+                new.gateways[*index].queue.hold(gateway.queue.is_held());
+            }
             for (mut item, due) in gateway.queue.drain() {
                 moved += 1;
                 item.lane = new.apps.lane(
@@ -216,7 +226,7 @@ impl Queues for Outbound {
     }
 
     fn hold(&self, gateway: &str, held: bool) -> Result<(), AdminError> {
-        self.current().hold(gateway, held)
+        self.change_current(|current| current.hold(gateway, held))
     }
 
     fn delete(&self, id: &str) -> Result<QueuedSummary, AdminError> {
