@@ -116,29 +116,18 @@ impl ToJson for f64 {
     }
 }
 
-impl ToJson for u64 {
-    fn write_json(&self, out: &mut String) {
-        let _ = write!(out, "{self}");
-    }
+/// Integers are written as they print.
+macro_rules! integer_to_json {
+    ($($type:ty),*) => {$(
+        impl ToJson for $type {
+            fn write_json(&self, out: &mut String) {
+                let _ = write!(out, "{self}");
+            }
+        }
+    )*};
 }
 
-impl ToJson for usize {
-    fn write_json(&self, out: &mut String) {
-        let _ = write!(out, "{self}");
-    }
-}
-
-impl ToJson for u32 {
-    fn write_json(&self, out: &mut String) {
-        let _ = write!(out, "{self}");
-    }
-}
-
-impl ToJson for i64 {
-    fn write_json(&self, out: &mut String) {
-        let _ = write!(out, "{self}");
-    }
-}
+integer_to_json!(u32, u64, i64, usize);
 
 impl ToJson for bool {
     fn write_json(&self, out: &mut String) {
