@@ -203,8 +203,8 @@ impl Service {
         config.server.max_connections = old.config.server.max_connections;
         config.spool = old.config.spool.clone();
         config.http = old.config.http.clone();
-        if let (Some(new), Some(running)) = (&mut config.server.tls, &old.config.server.tls) {
-            new.listen = running.listen;
+        if let Some(new) = &mut config.server.tls {
+            new.listen = old.config.server.tls.as_ref().and_then(|tls| tls.listen);
         }
         let tls = match &config.server.tls {
             Some(tls) => Some(Arc::new(
