@@ -41,22 +41,21 @@ pub(super) struct Generation {
     pub(super) metrics: Arc<Metrics>,
     /// Stops this generation's workers, saver and sender checks.
     pub(super) stop: Arc<watch::Sender<bool>>,
-    /// What it was built from (to start it again after a failed reload).
-    pub(super) config: Arc<Config>,
-    pub(super) policy: Policy,
     pub(super) tasks: Arc<Mutex<Option<JoinSet<()>>>>,
 }
 
 /// What starting a configuration reads from files and the environment, and
 /// so can fail on: each gateway's TLS settings and login, the DKIM keys.
-struct Loaded {
+/// Loaded before anything stops, so a reload that cannot start is refused
+/// while the running generation still runs.
+pub(super) struct Loaded {
     upstreams: Vec<Upstream>,
     logins: Vec<Option<Credentials>>,
     signers: Vec<dkim::Signer>,
 }
 
 impl Loaded {
-    fn load(config: &Config) -> std::io::Result<Loaded> {
+    pub(super) fn load(config: &Config) -> std::io::Result<Loaded> {
         let mut loaded = Loaded {
             upstreams: Vec::with_capacity(config.gateways.len()),
             logins: Vec::with_capacity(config.gateways.len()),
@@ -75,31 +74,15 @@ impl Loaded {
 }
 
 impl Generation {
-    /// Loads what starting `config` needs and can fail on, without starting.
-    pub(super) fn check(config: &Config) -> std::io::Result<()> {
-        Loaded::load(config).map(|_| ())
-    }
-
-    /// The same gateways again, after a failed reload.
-    pub(super) fn restart(&self) -> std::io::Result<Generation> {
-        let config = self.config.as_ref().clone();
-        Generation::start(
-            &config,
-            self.spool.clone(),
-            &self.policy,
-            self.metrics.clone(),
-        )
-    }
-
     /// Starts the workers of every gateway, the state saver and the sender
     /// checks, all stopped by [`Generation::stop`].
     pub(super) fn start(
         config: &Config,
+        loaded: Loaded,
         spool: Spool,
         policy: &Policy,
         metrics: Arc<Metrics>,
-    ) -> std::io::Result<Generation> {
-        let loaded = Loaded::load(config)?;
+    ) -> Generation {
         let (stop, shutdown) = Shutdown::channel();
         let mut tasks = JoinSet::new();
         let apps = &policy.apps;
@@ -182,8 +165,6 @@ impl Generation {
             spool: spool.clone(),
             metrics,
             stop: Arc::new(stop),
-            config: Arc::new(config.clone()),
-            policy: policy.clone(),
             by_name: Arc::new(
                 gateways
                     .iter()
@@ -197,7 +178,7 @@ impl Generation {
         };
         tasks.spawn(generation.clone().save_periodically(save_wanted, shutdown));
         *generation.tasks.lock().unwrap_or_else(|p| p.into_inner()) = Some(tasks);
-        Ok(generation)
+        generation
     }
 
     /// Stops the workers, letting each finish the delivery in hand (up to

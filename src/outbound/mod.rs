@@ -35,7 +35,7 @@ use crate::spool::{Spool, StoredMessage, unix_seconds};
 use crate::telemetry::{AdminError, GatewayStatus, Metrics, QueuedDetail, QueuedSummary, Queues};
 use crate::tls::client::Upstream;
 use client::Credentials;
-use generation::Generation;
+use generation::{Generation, Loaded};
 use queue::DeliveryQueue;
 use retry::Backoff;
 
@@ -85,10 +85,11 @@ impl Outbound {
         policy: &Policy,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Outbound> {
+        let loaded = Loaded::load(config)?;
         Ok(Outbound {
             current: Arc::new(RwLock::new(Generation::start(
-                config, spool, policy, metrics,
-            )?)),
+                config, loaded, spool, policy, metrics,
+            ))),
             changing: Arc::default(),
         })
     }
@@ -149,22 +150,17 @@ impl Outbound {
     /// every queued message over (a message for a gateway no longer
     /// configured goes to the default one; retries keep their time).
     pub async fn reload(&self, config: &Config, policy: &Policy) -> std::io::Result<()> {
-        Generation::check(config)?;
+        let loaded = Loaded::load(config)?;
         let _changing = self.changing.lock().await;
         let old = self.current();
         old.stop(None).await;
-        let new = match Generation::start(config, old.spool.clone(), policy, old.metrics.clone()) {
-            Ok(new) => new,
-            Err(error) => {
-                // Checked above, so only a file changed in between gets
-                // here: carry on with the old gateways, freshly started.
-                tracing::error!(%error, "the new configuration failed to start; restarting the old one");
-                let restarted = old.restart()?;
-                Self::move_queued(&old, &restarted);
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = restarted;
-                return Err(error);
-            }
-        };
+        let new = Generation::start(
+            config,
+            loaded,
+            old.spool.clone(),
+            policy,
+            old.metrics.clone(),
+        );
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
         let moved = Self::move_queued(&old, &new);
         for gateway in old.gateways.iter() {
