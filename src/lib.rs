@@ -80,23 +80,14 @@ impl Service {
             Some(path) => Some(read_token(path)?),
             None => None,
         };
+        let policy = config.policy();
         let metrics = Arc::new(Metrics::new(
-            &config
-                .gateways
-                .iter()
-                .map(|g| g.name.clone())
-                .collect::<Vec<_>>(),
-            &config
-                .apps
-                .iter()
-                .map(|a| a.name.clone())
-                .chain(["other".to_string()])
-                .collect::<Vec<_>>(),
+            &policy.gateways,
+            &policy.apps.names(),
             spool.fsync_seconds(),
         ));
         let (stop, shutdown) = Shutdown::channel();
         let mut workers = JoinSet::new();
-        let policy = config.policy();
         let sender_checks = policy.senders.clone();
         let outbound = Outbound::start(&config, spool.clone(), &policy, metrics.clone())?;
         let http_address = match http_listener {

@@ -407,12 +407,18 @@ impl Spool {
 
     /// The names of the dead-letter files, oldest first.
     pub fn dead_letter_names(&self) -> io::Result<Vec<String>> {
-        let mut names: Vec<(std::time::SystemTime, String)> = fs::read_dir(&self.inner.dead_dir)?
+        // Names are `<queue id>.<unix millis>.eml` (see `dead_letter`): the
+        // order is in the name, so listing stats no file.
+        let mut names: Vec<(u64, String)> = fs::read_dir(&self.inner.dead_dir)?
             .filter_map(Result::ok)
             .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let modified = entry.metadata().and_then(|m| m.modified()).ok()?;
-                name.ends_with(".eml").then_some((modified, name))
+                let name = entry.file_name().into_string().ok()?;
+                let millis = name
+                    .strip_suffix(".eml")?
+                    .rsplit_once('.')
+                    .and_then(|(_, millis)| millis.parse().ok())
+                    .unwrap_or(0);
+                Some((millis, name))
             })
             .collect();
         names.sort();
