@@ -8,16 +8,20 @@
 //! 2. Utilisation while backlogged: sends per second of backlog against the
 //!    ceiling (target >= 98%).
 //! 3. Scheduler cost per message with 100,000 queued: push and release all
-//!    through `Scheduler` (fair queue + model + governor bucket), against a
-//!    plain `VecDeque` push/pop of the same items (the reference).
+//!    through `Scheduler` (fair queue + model + governor bucket + the hour
+//!    and day volume windows, a bulk lane among them), against the same
+//!    without volume budgets and a plain `VecDeque` push/pop of the same
+//!    items (the reference).
 //! 4. Memory with 100,000 queued envelopes in the scheduler (RSS growth).
+//! 5. The simulator replaying three weeks of 30,000 messages with hour and
+//!    day budgets, against one replay of the same trace without them.
 
 use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::Instant;
 
-use smtp_shaper::config::Config;
-use smtp_shaper::shaper::{GatewayModel, Release, Scheduler};
+use smtp_shaper::config::{AppClass, Config};
+use smtp_shaper::shaper::{GatewayModel, Lane, Release, Scheduler};
 use smtp_shaper::simulate::{Arrival, Options, replay};
 use smtp_shaper::smtp::MailParams;
 use smtp_shaper::spool::{Envelope, Location, StoredMessage};
@@ -26,7 +30,7 @@ const QUEUED: usize = 100_000;
 
 fn config(shaping: &str) -> Config {
     Config::parse(&format!(
-        "[[gateways]]\nname = \"bench\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{shaping}\n[[apps]]\nname = \"a\"\nsenders = [\"a.test\"]\n[[apps]]\nname = \"b\"\nsenders = [\"b.test\"]\n"
+        "[[gateways]]\nname = \"bench\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{shaping}\n[[apps]]\nname = \"a\"\nsenders = [\"a.test\"]\n[[apps]]\nname = \"b\"\nsenders = [\"b.test\"]\nclass = \"bulk\"\n"
     ))
     .expect("bench config")
 }
@@ -105,11 +109,57 @@ fn accuracy_and_utilisation() {
     );
 }
 
+/// Seconds per message to push `items` into a scheduler shaped by
+/// `shaping` (three lanes, the last bulk) and release them all, and the RSS
+/// growth while they were queued.
+fn push_and_release(shaping: &str, items: &[StoredMessage]) -> (f64, u64) {
+    let config = config(shaping);
+    let lanes = vec![
+        Lane {
+            weight: 1,
+            class: AppClass::Transactional,
+        },
+        Lane {
+            weight: 1,
+            class: AppClass::Transactional,
+        },
+        Lane {
+            weight: 1,
+            class: AppClass::Bulk,
+        },
+    ];
+    let before = rss_kib();
+    let mut scheduler: Scheduler<StoredMessage> =
+        Scheduler::new(GatewayModel::new(&config.gateways[0].shaping, 0.0), lanes);
+    let started = Instant::now();
+    let mut now = 1.0;
+    for (index, item) in items.iter().cloned().enumerate() {
+        scheduler.push(now, index % 3, 1, item);
+    }
+    let queued_rss = rss_kib().saturating_sub(before);
+    let mut released = 0;
+    while released < items.len() {
+        match scheduler.next(now) {
+            Release::Send { item, .. } => {
+                black_box(item);
+                released += 1;
+            }
+            Release::Wait(seconds) => now += seconds,
+            Release::Save => {
+                let (_, reserve) = scheduler.snapshot(now, true);
+                scheduler.saved(reserve);
+            }
+            Release::Idle => unreachable!("never empty here"),
+        }
+    }
+    (
+        started.elapsed().as_secs_f64() / items.len() as f64,
+        queued_rss,
+    )
+}
+
 fn scheduler_cost_and_memory() {
-    let config = config(
-        "initial_rate = \"1000000/s\"\nmin_rate = \"1000000/s\"\nmax_rate = \"1000000/s\"\nburst = 100000",
-    );
-    let shaping = &config.gateways[0].shaping;
+    let minute = "initial_rate = \"1000000/s\"\nmax_rate = \"1000000/s\"\nburst = 100000";
     let items: Vec<StoredMessage> = (0..QUEUED).map(message).collect();
 
     // Reference: a plain FIFO of the same items.
@@ -123,30 +173,17 @@ fn scheduler_cost_and_memory() {
     }
     let reference = started.elapsed().as_secs_f64() / QUEUED as f64;
 
-    let before = rss_kib();
-    let mut scheduler: Scheduler<StoredMessage> =
-        Scheduler::new(GatewayModel::new(shaping, 0.0), vec![1, 1, 1]);
-    let started = Instant::now();
-    let mut now = 1.0;
-    for (index, item) in items.iter().cloned().enumerate() {
-        scheduler.push(now, index % 3, 1, item);
-    }
-    let queued_rss = rss_kib().saturating_sub(before);
-    let mut released = 0;
-    while released < QUEUED {
-        match scheduler.next(now) {
-            Release::Send { item, .. } => {
-                black_box(item);
-                released += 1;
-            }
-            Release::Wait(seconds) => now += seconds,
-            Release::Save | Release::Idle => unreachable!("no caps, never empty here"),
-        }
-    }
-    let cost = started.elapsed().as_secs_f64() / QUEUED as f64;
+    let (minute_only, _) = push_and_release(&format!("{minute}\nmin_rate = \"1000000/s\""), &items);
+    // Budgets far above the load: every send is checked against both
+    // windows (and saved ahead, 1/50 of the allowance at a time).
+    let (cost, queued_rss) = push_and_release(
+        &format!("{minute}\nmin_rate = [\"1000000/s\", \"100000000/h\", \"1000000000/day\"]"),
+        &items,
+    );
     println!(
-        "3. scheduler cost per message with {QUEUED} queued (push + release): {:.2} us; plain VecDeque {:.3} us; ratio {:.1}x (target <= 5 us)",
+        "3. scheduler cost per message with {QUEUED} queued (push + release), hour and day budgets on: {:.2} us (target <= 2 us); minute only {:.2} us; plain VecDeque {:.3} us; ratio to VecDeque {:.1}x",
         cost * 1e6,
+        minute_only * 1e6,
         reference * 1e6,
         cost / reference
     );
@@ -157,8 +194,51 @@ fn scheduler_cost_and_memory() {
     );
 }
 
+/// 30,000 messages over three weeks: business hours on weekdays, a bulk
+/// run on some mornings (deterministic).
+fn three_weeks() -> Vec<Arrival> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut trace: Vec<Arrival> = (0..30_000)
+        .map(|_| {
+            let day = rng.u32(0..21);
+            let day = if day % 7 >= 5 { day - 2 } else { day };
+            let bulk = rng.u32(0..4) == 0;
+            Arrival {
+                at: f64::from(day) * 86_400.0 + 8.0 * 3_600.0 + rng.f64() * 10.0 * 3_600.0,
+                app: if bulk { "b" } else { "a" }.into(),
+                recipients: 1,
+            }
+        })
+        .collect();
+    trace.sort_by(|a, b| a.at.total_cmp(&b.at));
+    trace
+}
+
+fn replay_speed() {
+    let trace = three_weeks();
+    let time = |shaping: &str| {
+        let config = config(shaping);
+        let started = Instant::now();
+        let report = replay(&config, 0, &trace, &Options { retry_after: 600.0 });
+        (started.elapsed().as_secs_f64(), report.sent)
+    };
+    let base = "initial_rate = [\"5/min\", \"150/h\", \"1500/day\"]\nmax_queue_delay = \"2d\"";
+    let (budgeted, sent) = time(&format!(
+        "{base}\nmin_rate = [\"10/min\", \"60/h\", \"300/day\"]"
+    ));
+    let (minute, _) = time("initial_rate = \"5/min\"\nmax_queue_delay = \"2d\"");
+    println!(
+        "5. simulate: three weeks, {} messages, hour and day budgets: {:.0} ms ({sent} sent; target < 1 s); minute shaping only: {:.0} ms; ratio {:.1}x",
+        trace.len(),
+        budgeted * 1e3,
+        minute * 1e3,
+        budgeted / minute
+    );
+}
+
 fn main() {
     println!("smtp-shaper shaping benchmark (figures, never a pass/fail)");
     accuracy_and_utilisation();
     scheduler_cost_and_memory();
+    replay_speed();
 }

@@ -98,6 +98,10 @@ enum Command {
         /// How long an app waits before offering a deferred message again
         #[arg(long, default_value = "10m", value_parser = parse_duration_arg)]
         retry_after: std::time::Duration,
+        /// Write one CSV row per message sent here: time,app,recipients,delay
+        /// (trace seconds; delay from its first offer to its sending)
+        #[arg(long)]
+        sent_log: Option<PathBuf>,
     },
 }
 
@@ -165,10 +169,14 @@ fn main() -> ExitCode {
             out,
             gateway,
             retry_after,
+            sent_log,
         } => simulate(
             &config,
             &trace,
-            out.as_deref(),
+            Outputs {
+                chart: out.as_deref(),
+                sent_log: sent_log.as_deref(),
+            },
             gateway.as_deref(),
             retry_after,
         ),
@@ -401,10 +409,16 @@ fn hash_password() -> ExitCode {
     }
 }
 
+/// Where `simulate` writes besides the report.
+struct Outputs<'a> {
+    chart: Option<&'a Path>,
+    sent_log: Option<&'a Path>,
+}
+
 fn simulate(
     config_path: &Path,
     trace_path: &Path,
-    out: Option<&Path>,
+    outputs: Outputs<'_>,
     gateway: Option<&str>,
     retry_after: std::time::Duration,
 ) -> ExitCode {
@@ -450,7 +464,14 @@ fn simulate(
         },
     );
     print!("{}", report.to_text());
-    if let Some(out) = out {
+    if let Some(path) = outputs.sent_log {
+        if let Err(error) = std::fs::write(path, report.sent_log_csv()) {
+            eprintln!("cannot write {}: {error}", path.display());
+            return ExitCode::FAILURE;
+        }
+        println!("sent log written to {}", path.display());
+    }
+    if let Some(out) = outputs.chart {
         let title = format!(
             "{} through gateway {}",
             trace_path.file_name().map_or_else(

@@ -14,6 +14,7 @@ fn portal() -> AppConfig {
         networks: Vec::new(),
         senders: vec![SENDER.parse().unwrap()],
         priority: 1,
+        class: Default::default(),
         user: Some("portal".into()),
         password_hash: Some(quick_hash("s3cret")),
     }
@@ -161,6 +162,7 @@ async fn rule_3_a_sender_the_gateway_does_not_know_is_refused() {
         networks: vec!["127.0.0.0/8".parse().unwrap()],
         senders: vec![SENDER.parse().unwrap(), GHOST.parse().unwrap()],
         priority: 1,
+        class: Default::default(),
         user: None,
         password_hash: None,
     }];

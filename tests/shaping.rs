@@ -8,6 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use smtp_shaper::config::Config;
+use smtp_shaper::shaper::DeferReason;
 use support::{Client, ClientReply, Harness, Sink, eventually, shaping, start, test_config};
 
 const APP: &str = "app@example.com";
@@ -28,6 +29,25 @@ async fn offer(client: &mut Client) -> ClientReply {
     assert_eq!(client.command("DATA").await.code, 354);
     client.send_raw(&support::stuff(BODY)).await;
     client.reply().await.expect("reply to end of DATA")
+}
+
+/// Offers one message to each of `recipients`, on fresh connections (a
+/// session ends after a few RSETs that moved no mail); returns the codes.
+async fn offer_each(address: std::net::SocketAddr, recipients: &[String]) -> Vec<ClientReply> {
+    let mut replies = Vec::new();
+    for chunk in recipients.chunks(5) {
+        let mut client = Client::ready(address).await;
+        for to in chunk {
+            replies.push(client.offer(APP, to, BODY).await);
+        }
+    }
+    replies
+}
+
+fn users(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|index| format!("user{index}@example.org"))
+        .collect()
 }
 
 /// Most arrivals in any window of `window` starting at an arrival.
@@ -99,7 +119,7 @@ async fn new_mail_is_deferred_once_the_projected_wait_passes_the_bound() {
     assert_eq!(client.command("NOOP").await.code, 250);
     let view = h.service.shaping("primary").unwrap();
     assert_eq!(view.queued, 3);
-    assert_eq!(view.model.deferrals, [1, 0, 0]);
+    assert_eq!(view.model.deferrals, [1, 0, 0, 0, 0]);
     h.shutdown().await;
 }
 
@@ -172,5 +192,79 @@ async fn a_throttling_reply_from_the_gateway_slows_sending() {
     );
     eventually("delivered after the pause", || h.sink.count() == 1).await;
     assert_eq!(*h.sink.data_attempts.lock().unwrap(), 2);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_gateway_sends_its_hour_floor_defers_the_rest_and_a_restart_keeps_the_count() {
+    let sink = Sink::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let config = || -> Config {
+        let mut config = test_config(spool.path(), sink.address);
+        config.gateways[0].shaping = shaping(
+            "initial_rate = \"600/min\"\nmin_rate = [\"600/min\", \"40/h\", \"1000/day\"]\nmax_rate = \"600/min\"\nburst = 5\nmax_queue_delay = \"15m\"",
+        );
+        config
+    };
+    let service = start(config()).await;
+    let (mut accepted, mut deferred) = (0, 0);
+    for reply in offer_each(service.smtp_address(), &users(200)).await {
+        match reply.code {
+            250 => accepted += 1,
+            451 => {
+                assert!(
+                    reply.text.contains("4.7.1") && reply.text.contains("hourly volume budget"),
+                    "{reply:?}"
+                );
+                deferred += 1;
+            }
+            _ => panic!("{reply:?}"),
+        }
+    }
+    assert_eq!((accepted, deferred), (40, 160), "the hour floor is 40");
+    eventually("the hour's 40 delivered", || sink.count() == 40).await;
+    let view = service.shaping("primary").unwrap().model;
+    assert_eq!(view.budgets[0].sent, 40);
+    assert_eq!(view.budgets[0].allowance, 40);
+    assert!(view.deferrals[DeferReason::HourBudget as usize] >= 160);
+    service.shutdown().await;
+
+    let service = start(config()).await;
+    let view = service.shaping("primary").unwrap().model;
+    assert!(
+        view.budgets[0].sent >= 40,
+        "the hour's count is kept: {view:?}"
+    );
+    let mut client = Client::ready(service.smtp_address()).await;
+    let reply = client.offer(APP, "late@example.org", BODY).await;
+    assert_eq!(reply.code, 451, "{reply:?}");
+    drop(client);
+    service.shutdown().await;
+    assert_eq!(sink.count(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demand_counts_deferred_offers_once_so_the_burst_ratio_shows_the_burst() {
+    let h = Harness::with(|config| {
+        config.gateways[0].shaping = shaping(
+            "initial_rate = \"6/min\"\nmin_rate = \"6/min\"\nmax_rate = \"6/min\"\nheadroom = 1.0\nburst = 1\nmax_queue_delay = \"30s\"",
+        );
+    })
+    .await;
+    let replies = offer_each(h.service.smtp_address(), &users(100)).await;
+    let deferred = replies.iter().filter(|reply| reply.code == 451).count();
+    assert!(deferred > 90, "{deferred} deferred");
+    let first = h.service.shaping("primary").unwrap().model;
+    // 100 offers in the last minute against a baseline of 6 a minute.
+    assert!(first.burst_ratio > 10.0, "{first:?}");
+    // The same envelopes offered again (an MTA retrying) add nothing.
+    offer_each(h.service.smtp_address(), &users(100)).await;
+    let again = h.service.shaping("primary").unwrap().model;
+    assert!(
+        again.demand_rate <= first.demand_rate * 1.05 + 0.02,
+        "re-offers counted again: {} then {}",
+        first.demand_rate,
+        again.demand_rate
+    );
     h.shutdown().await;
 }

@@ -187,12 +187,49 @@ impl GatewayConfig {
     }
 }
 
+/// A time scale of the volume rule, on which receivers judge a gateway
+/// beyond the minute (see `shaper::volume`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Horizon {
+    Hour,
+    Day,
+}
+
+impl Horizon {
+    pub const ALL: [Horizon; 2] = [Horizon::Hour, Horizon::Day];
+
+    /// The window's length in minutes.
+    pub fn minutes(self) -> i64 {
+        match self {
+            Horizon::Hour => 60,
+            Horizon::Day => 1_440,
+        }
+    }
+
+    /// The `window` label of the volume metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Horizon::Hour => "1h",
+            Horizon::Day => "24h",
+        }
+    }
+}
+
 /// `[gateways.shaping]`: how fast the gateway may send (see `shaper`).
 /// Rates are messages per second.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShapingConfig {
+    /// The minute baseline assumed for a gateway with no history.
     pub initial_rate: f64,
+    /// The history an operator vouches for, per [`Horizon`] (in
+    /// `Horizon::ALL` order): units sent in the gateway's busiest window of
+    /// that length recently (`initial_rate = ["60/min", "200/h", "2000/day"]`).
+    pub initial_volume: [Option<u64>; 2],
+    /// The minute floor of the ceiling.
     pub min_rate: f64,
+    /// The allowance of each [`Horizon`] with no history; `None` leaves that
+    /// horizon unbudgeted (a `min_rate` that names only the minute).
+    pub min_volume: [Option<u64>; 2],
     pub max_rate: f64,
     pub headroom: f64,
     /// Growth factor per day.
@@ -221,6 +258,24 @@ pub enum CountUnit {
     Recipients,
 }
 
+/// What kind of mail an app sends, for the volume budgets: bulk mail never
+/// takes the room the transactional apps normally need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppClass {
+    #[default]
+    Transactional,
+    Bulk,
+}
+
+impl AppClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppClass::Transactional => "transactional",
+            AppClass::Bulk => "bulk",
+        }
+    }
+}
+
 /// One `[[apps]]` entry: an application sending through the proxy, matched
 /// by client network and/or sender domain, with its share of the queue.
 #[derive(Debug, Clone)]
@@ -230,6 +285,7 @@ pub struct AppConfig {
     pub senders: Vec<SenderPattern>,
     /// Messages per round-robin turn (1 to 100).
     pub priority: u32,
+    pub class: AppClass,
     /// The AUTH user name that identifies this app, with its password's
     /// argon2 hash (a PHC string, `smtp-shaper hash-password` makes one).
     pub user: Option<String>,
@@ -704,9 +760,13 @@ fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
             units::parse_rate(v).filter(|rate| *rate > 0.0)
         })
     };
+    let (initial_rate, initial_volume) = horizon_rates(&mut s, "initial_rate", "60/min");
+    let (min_rate, min_volume) = horizon_rates(&mut s, "min_rate", "10/min");
     let shaping = ShapingConfig {
-        initial_rate: rate(&mut s, "initial_rate", "60/min"),
-        min_rate: rate(&mut s, "min_rate", "10/min"),
+        initial_rate,
+        initial_volume,
+        min_rate,
+        min_volume,
         max_rate: rate(&mut s, "max_rate", "1000/min"),
         headroom: s.number("headroom", 2.0, 1.0, 100.0),
         warmup: s.parsed("warmup", "2x/day", units::GROWTH_FORMS, units::parse_growth),
@@ -746,6 +806,18 @@ fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
     if shaping.min_rate > shaping.max_rate {
         s.problem("min_rate", "must not be above max_rate");
     }
+    for (index, horizon) in Horizon::ALL.into_iter().enumerate() {
+        if shaping.initial_volume[index].is_some() && shaping.min_volume[index].is_none() {
+            s.problem(
+                "initial_rate",
+                &format!(
+                    "names a {} volume but min_rate has no {} floor to budget it (e.g. min_rate = [\"10/min\", \"60/h\", \"300/day\"])",
+                    horizon.label(),
+                    horizon.label()
+                ),
+            );
+        }
+    }
     if shaping.max_queue_delay.is_zero() {
         s.problem("max_queue_delay", "must be longer than 0");
     }
@@ -754,6 +826,51 @@ fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
     }
     s.finish();
     shaping
+}
+
+/// What `min_rate` and `initial_rate` accept.
+const HORIZON_RATE_FORMS: &str = "a rate such as \"10/min\", or one rate per horizon: [\"10/min\", \"60/h\", \"300/day\"] (the minute in /s or /min, the hour in /h, the day in /day)";
+
+/// One rate of a `min_rate`/`initial_rate` list: the horizon its period
+/// names (`None`: the minute, as events per second) and its value.
+fn parse_horizon_rate(text: &str) -> Option<(Option<Horizon>, f64)> {
+    let per_second = units::parse_rate(text).filter(|rate| *rate > 0.0)?;
+    let (count, period) = text.trim().split_once('/')?;
+    let horizon = match period.trim() {
+        "s" | "min" => return Some((None, per_second)),
+        "h" => Horizon::Hour,
+        "day" => Horizon::Day,
+        _ => return None,
+    };
+    let count: f64 = count.trim().parse().ok()?;
+    (count >= 1.0 && count.fract() == 0.0).then_some((Some(horizon), count))
+}
+
+/// `key` as one minute rate or a list with one rate per horizon: the minute
+/// rate (`default` when the list names none) and the whole counts of the
+/// hour and day.
+fn horizon_rates(s: &mut Section<'_>, key: &'static str, default: &str) -> (f64, [Option<u64>; 2]) {
+    let rates = s.one_or_list(key, &[default], HORIZON_RATE_FORMS, parse_horizon_rate);
+    let mut minute = None;
+    let mut volumes = [None; 2];
+    for (horizon, value) in rates {
+        let twice = match horizon {
+            None => minute.replace(value).is_some(),
+            Some(horizon) => volumes[horizon as usize].replace(value as u64).is_some(),
+        };
+        if twice {
+            s.problem(
+                key,
+                &format!(
+                    "names the {} twice; accepted: {HORIZON_RATE_FORMS}",
+                    horizon.map_or("minute", Horizon::label)
+                ),
+            );
+        }
+    }
+    let minute =
+        minute.unwrap_or_else(|| parse_horizon_rate(default).expect("defaults are valid").1);
+    (minute, volumes)
 }
 
 /// `30/min` as a cap of 30 per 60 s: a whole count per period.
@@ -782,6 +899,16 @@ fn read_app(mut s: Section<'_>) -> AppConfig {
         networks: s.list("networks", &[], NETWORK_FORMS, |v| v.parse().ok()),
         senders: s.list("senders", &[], SENDER_FORMS, |v| v.parse().ok()),
         priority: s.integer("priority", 1, 1, 100),
+        class: s.parsed(
+            "class",
+            "transactional",
+            "\"transactional\" or \"bulk\"",
+            |v| match v {
+                "transactional" => Some(AppClass::Transactional),
+                "bulk" => Some(AppClass::Bulk),
+                _ => None,
+            },
+        ),
         user: s.optional(
             "user",
             "an AUTH user name without spaces or control characters",
@@ -968,6 +1095,61 @@ mod tests {
             text.contains("gateways[0].default: expected true or false"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn volume_floors_and_seeds_per_horizon() {
+        let config = Config::parse(
+            r#"
+            [[gateways]]
+            name = "g"
+            address = "127.0.0.1:25"
+            [gateways.shaping]
+            initial_rate = ["30/min", "2000/day"]
+            min_rate = ["1/s", "60/h", "300/day"]
+            [[apps]]
+            name = "news"
+            senders = ["news.example.com"]
+            class = "bulk"
+            "#,
+        )
+        .unwrap();
+        let shaping = &config.gateways[0].shaping;
+        assert_eq!((shaping.initial_rate, shaping.min_rate), (0.5, 1.0));
+        assert_eq!(shaping.initial_volume, [None, Some(2_000)]);
+        assert_eq!(shaping.min_volume, [Some(60), Some(300)]);
+        assert_eq!(config.apps[0].class, AppClass::Bulk);
+        // One rate is the minute only: hours and days are not budgeted.
+        let config = Config::parse(
+            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\nmin_rate = \"10/min\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.gateways[0].shaping.min_volume, [None, None]);
+        let error = Config::parse(
+            r#"
+            [[gateways]]
+            name = "g"
+            address = "127.0.0.1:25"
+            [gateways.shaping]
+            initial_rate = ["200/h"]
+            min_rate = ["10/min", "1/min", "0.5/h", "300/week"]
+            [[apps]]
+            name = "news"
+            senders = ["news.example.com"]
+            class = "newsletter"
+            "#,
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "gateways[0].shaping.min_rate: names the minute twice",
+            "gateways[0].shaping.min_rate[2]: \"0.5/h\" is not valid; accepted: a rate such as",
+            "gateways[0].shaping.min_rate[3]: \"300/week\" is not valid",
+            "gateways[0].shaping.initial_rate: names a 1h volume but min_rate has no 1h floor",
+            "apps[0].class: \"newsletter\" is not valid; accepted: \"transactional\" or \"bulk\"",
+        ] {
+            assert!(error.contains(expected), "{expected}\nnot in\n{error}");
+        }
     }
 
     #[test]

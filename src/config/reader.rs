@@ -69,7 +69,9 @@ impl<'p> Section<'p> {
     }
 
     fn take(&mut self, key: &'static str) -> Option<Value> {
-        self.known.push(key);
+        if !self.known.contains(&key) {
+            self.known.push(key);
+        }
         self.table.remove(key)
     }
 
@@ -293,6 +295,32 @@ impl<'p> Section<'p> {
             }
         }
         parsed
+    }
+
+    /// One string or a list of strings, each turned into `T` by `parse`
+    /// (`min_rate = "10/min"` and `min_rate = ["10/min", "60/h"]`).
+    pub fn one_or_list<T>(
+        &mut self,
+        key: &'static str,
+        default: &[&str],
+        accepted: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Vec<T> {
+        match self.take(key) {
+            Some(Value::String(text)) => match parse(&text) {
+                Some(value) => return vec![value],
+                None => self.problem(
+                    key,
+                    &format!("\"{text}\" is not valid; accepted: {accepted}"),
+                ),
+            },
+            // A list (or a wrong type, which `list` explains) is read as a list.
+            Some(other) => {
+                self.table.insert(key.to_string(), other);
+            }
+            None => {}
+        }
+        self.list(key, default, accepted, parse)
     }
 
     /// Reports every key left in the table, naming the accepted ones.

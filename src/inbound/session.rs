@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use crate::config::ServerConfig;
 use crate::config::units::format_duration;
 use crate::policy::Policy;
-use crate::shaper::{Admission, DeferReason, Deferral};
+use crate::shaper::{Admission, DeferReason, Deferral, fingerprints};
 use crate::smtp::{Command, CommandError, DataError, LineError, MailParams, Reply, trace};
 
 /// What the connection does after a command.
@@ -332,10 +332,21 @@ impl<'a> Session<'a> {
                 format!("4.5.3 Error: too many recipients (at most {max} per message)"),
             ));
         }
+        let fingerprint = fingerprints(
+            &transaction.sender,
+            transaction
+                .recipients
+                .iter()
+                .map(String::as_str)
+                .chain([to.as_str()]),
+        )
+        .last()
+        .unwrap_or_default();
         if let Err(deferral) = self.admission.admit(
             &self.policy.gateways[transaction.gateway],
             self.policy.apps.name(transaction.lane),
             transaction.recipients.len() + 1,
+            fingerprint,
         ) {
             // Not counted as an error: the client did nothing wrong.
             return Step::Reply(deferral_reply(&deferral));
@@ -582,6 +593,15 @@ fn deferral_reply(deferral: &Deferral) -> Reply {
             "the gateway's sending cap leaves no room for about {}",
             format_duration(deferral.projected_wait)
         ),
+        DeferReason::HourBudget | DeferReason::DayBudget => format!(
+            "the gateway's {} volume budget (what receivers accept from it) leaves no room for about {}",
+            if deferral.reason == DeferReason::HourBudget {
+                "hourly"
+            } else {
+                "daily"
+            },
+            format_duration(deferral.projected_wait)
+        ),
     };
     Reply::new(
         451,
@@ -618,7 +638,13 @@ mod tests {
     struct Admit(usize);
 
     impl Admission for Admit {
-        fn admit(&self, _gateway: &str, _app: &str, recipients: usize) -> Result<(), Deferral> {
+        fn admit(
+            &self,
+            _gateway: &str,
+            _app: &str,
+            recipients: usize,
+            _fingerprint: u64,
+        ) -> Result<(), Deferral> {
             if recipients <= self.0 {
                 Ok(())
             } else {

@@ -101,7 +101,7 @@ impl Generation {
                         Some(state) => GatewayModel::restore(shaping, state, now),
                         None => GatewayModel::new(shaping, now),
                     },
-                    apps.weights(),
+                    apps.lanes(),
                     save_wanted.clone(),
                 );
                 let model = queue.view().0.model;
@@ -324,7 +324,13 @@ impl Generation {
 impl Admission for Generation {
     /// Defers new mail whose projected wait on its gateway is too long; logs
     /// each deferral with its reason.
-    fn admit(&self, gateway: &str, app: &str, recipients: usize) -> Result<(), Deferral> {
+    fn admit(
+        &self,
+        gateway: &str,
+        app: &str,
+        recipients: usize,
+        fingerprint: u64,
+    ) -> Result<(), Deferral> {
         let Some(index) = self.by_name.get(gateway) else {
             return Ok(());
         };
@@ -332,7 +338,7 @@ impl Admission for Generation {
         let lane = self.apps.lane_named(app);
         gateway
             .queue
-            .admit(lane, recipients)
+            .admit(lane, recipients, fingerprint)
             .inspect_err(|deferral| {
                 self.metrics
                     .deferrals

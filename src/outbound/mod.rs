@@ -199,8 +199,14 @@ impl Outbound {
 }
 
 impl Admission for Outbound {
-    fn admit(&self, gateway: &str, app: &str, recipients: usize) -> Result<(), Deferral> {
-        self.current().admit(gateway, app, recipients)
+    fn admit(
+        &self,
+        gateway: &str,
+        app: &str,
+        recipients: usize,
+        fingerprint: u64,
+    ) -> Result<(), Deferral> {
+        self.current().admit(gateway, app, recipients, fingerprint)
     }
 }
 

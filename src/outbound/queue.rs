@@ -25,7 +25,9 @@ use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
 use crate::config::units::format_rate;
-use crate::shaper::{Deferral, GatewayModel, GatewayView, Release, SavedState, Scheduler};
+use crate::shaper::{
+    Deferral, GatewayModel, GatewayView, Lane, Release, SavedState, Scheduler, fingerprints,
+};
 use crate::spool::StoredMessage;
 use crate::telemetry::Attempt;
 
@@ -123,10 +125,7 @@ impl State {
     fn promote_due(&mut self, now: Instant, unix_now: f64) {
         while self.waiting.peek().is_some_and(|first| first.due <= now) {
             if let Some(waiting) = self.waiting.pop() {
-                let units = self
-                    .scheduler
-                    .model
-                    .units(waiting.item.message.pending.len());
+                let units = self.scheduler.units(waiting.item.message.pending.len());
                 self.waiting_units -= units;
                 self.scheduler
                     .push(unix_now, waiting.item.lane, units, waiting.item);
@@ -147,11 +146,11 @@ pub struct DeliveryQueue {
 }
 
 impl DeliveryQueue {
-    /// A queue for `gateway` shaped by `model`, with one lane per app weight.
+    /// A queue for `gateway` shaped by `model`, with the apps' `lanes`.
     pub fn new(
         gateway: &str,
         model: impl FnOnce(f64) -> GatewayModel,
-        weights: Vec<u32>,
+        lanes: Vec<Lane>,
         save_wanted: Arc<Notify>,
     ) -> DeliveryQueue {
         let clock = ShaperClock::new();
@@ -159,7 +158,7 @@ impl DeliveryQueue {
         DeliveryQueue {
             gateway: gateway.to_string(),
             state: Mutex::new(State {
-                scheduler: Scheduler::new(model, weights),
+                scheduler: Scheduler::new(model, lanes),
                 waiting: BinaryHeap::new(),
                 waiting_units: 0,
                 sequence: 0,
@@ -185,9 +184,19 @@ impl DeliveryQueue {
         self.clock.at(Instant::now())
     }
 
-    /// Logs the ceiling changes the model made, with their cause.
+    /// Logs the ceiling changes the model made, with their cause, and the
+    /// volume budgets that became full (once per episode).
     fn log_changes(&self, state: &mut State, detail: Option<&str>) {
-        for change in state.scheduler.model.take_changes() {
+        for reached in state.scheduler.take_budget_events() {
+            tracing::info!(
+                gateway = %self.gateway,
+                window = reached.horizon.label(),
+                sent = reached.sent,
+                allowance = reached.allowance,
+                "volume budget reached; mail waits for room in the window"
+            );
+        }
+        for change in state.scheduler.take_changes() {
             tracing::info!(
                 gateway = %self.gateway,
                 from = %format_rate(change.from),
@@ -213,10 +222,16 @@ impl DeliveryQueue {
             }
         }
         if arrival {
-            state.scheduler.model.arrived(now, 1);
+            let envelope = &item.message.envelope;
+            state.scheduler.accepted(now, || {
+                fingerprints(
+                    &envelope.sender,
+                    envelope.recipients.iter().map(String::as_str),
+                )
+            });
         }
         state.queued_bytes += item.message.location.body_len;
-        let units = state.scheduler.model.units(item.message.pending.len());
+        let units = state.scheduler.units(item.message.pending.len());
         state.scheduler.push(now, item.lane, units, item);
         drop(state);
         self.wake.notify_one();
@@ -228,7 +243,7 @@ impl DeliveryQueue {
         let mut state = self.lock();
         state.queued_bytes += item.message.location.body_len;
         state.sequence += 1;
-        state.waiting_units += state.scheduler.model.units(item.message.pending.len());
+        state.waiting_units += state.scheduler.units(item.message.pending.len());
         let sequence = state.sequence;
         state.waiting.push(Waiting {
             due,
@@ -326,7 +341,7 @@ impl DeliveryQueue {
     pub fn throttled(&self, reply: &str) {
         let mut state = self.lock();
         let now = self.now();
-        state.scheduler.model.throttled(now);
+        state.scheduler.throttled(now);
         self.log_changes(&mut state, Some(reply));
     }
 
@@ -335,20 +350,20 @@ impl DeliveryQueue {
     pub fn quota_exhausted(&self) -> Duration {
         let mut state = self.lock();
         let now = self.now();
-        Duration::from_secs_f64(state.scheduler.model.quota_exhausted(now))
+        Duration::from_secs_f64(state.scheduler.quota_exhausted(now))
     }
 
-    /// May a transaction of app `lane` with `recipients` recipients be
-    /// accepted now? Messages waiting for a retry count as ahead of it:
-    /// they need sending too.
-    pub fn admit(&self, lane: usize, recipients: usize) -> Result<(), Deferral> {
+    /// May a transaction of app `lane` with `recipients` recipients (the
+    /// envelope's `fingerprint`) be accepted now? Messages waiting for a
+    /// retry count as ahead of it: they need sending too.
+    pub fn admit(&self, lane: usize, recipients: usize, fingerprint: u64) -> Result<(), Deferral> {
         let mut state = self.lock();
         let now = self.now();
-        let units = state.scheduler.model.units(recipients);
+        let units = state.scheduler.units(recipients);
         let (retries, retry_units) = (state.waiting.len(), state.waiting_units);
         state
             .scheduler
-            .admit(now, lane, units, retries, retry_units)
+            .admit(now, lane, units, retries, retry_units, fingerprint)
     }
 
     /// The shaping model and the queue at this moment (messages waiting
@@ -450,7 +465,7 @@ impl DeliveryQueue {
                     .partition(|waiting| waiting.item.message.id == id);
                 state.waiting = kept.into_iter().collect();
                 let item = found.into_iter().next()?.item;
-                state.waiting_units -= state.scheduler.model.units(item.message.pending.len());
+                state.waiting_units -= state.scheduler.units(item.message.pending.len());
                 item
             }
         };
@@ -462,14 +477,12 @@ impl DeliveryQueue {
     pub fn snapshot(&self, reserve: bool) -> (SavedState, u64) {
         let mut state = self.lock();
         let now = self.now();
-        let model = &mut state.scheduler.model;
-        let reserve = if reserve { model.reserve() } else { 0 };
-        (model.snapshot(now, reserve), reserve)
+        state.scheduler.snapshot(now, reserve)
     }
 
     /// The snapshot taken with `reserve` is on disk.
     pub fn saved(&self, reserve: u64) {
-        self.lock().scheduler.model.saved(reserve);
+        self.lock().scheduler.saved(reserve);
         self.wake.notify_waiters();
     }
 
@@ -498,7 +511,13 @@ mod tests {
         DeliveryQueue::new(
             "primary",
             |now| GatewayModel::new(&shaping, now),
-            vec![1, 1],
+            vec![
+                Lane {
+                    weight: 1,
+                    class: crate::config::AppClass::Transactional,
+                };
+                2
+            ],
             Arc::new(Notify::new()),
         )
     }

@@ -16,7 +16,8 @@ use std::net::IpAddr;
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 
 use super::{Network, SenderPattern};
-use crate::config::AppConfig;
+use crate::config::{AppClass, AppConfig};
+use crate::shaper::Lane;
 
 /// The lane of mail no `[[apps]]` entry matches.
 pub const OTHER_APP: &str = "other";
@@ -117,12 +118,19 @@ impl Apps {
             .collect()
     }
 
-    /// Lane weights (each app's `priority`; `other` has 1).
-    pub fn weights(&self) -> Vec<u32> {
+    /// The lanes of the fair queue: each app's `priority` and `class`;
+    /// `other` has priority 1 and is transactional.
+    pub fn lanes(&self) -> Vec<Lane> {
         self.apps
             .iter()
-            .map(|app| app.priority)
-            .chain([1])
+            .map(|app| Lane {
+                weight: app.priority,
+                class: app.class,
+            })
+            .chain([Lane {
+                weight: 1,
+                class: AppClass::Transactional,
+            }])
             .collect()
     }
 }
@@ -164,6 +172,7 @@ mod tests {
             [[apps]]
             name = "batch"
             networks = ["10.0.0.0/8"]
+            class = "bulk"
             [[apps]]
             name = "portal"
             user = "portal"
@@ -188,7 +197,21 @@ mod tests {
             apps.names(),
             vec!["billing", "auth", "batch", "portal", "other"]
         );
-        assert_eq!(apps.weights(), vec![1, 2, 1, 1, 1]);
+        let lanes = apps.lanes();
+        assert_eq!(
+            lanes.iter().map(|lane| lane.weight).collect::<Vec<_>>(),
+            vec![1, 2, 1, 1, 1]
+        );
+        assert_eq!(
+            lanes.iter().map(|lane| lane.class).collect::<Vec<_>>(),
+            [
+                AppClass::Transactional,
+                AppClass::Transactional,
+                AppClass::Bulk,
+                AppClass::Transactional,
+                AppClass::Transactional
+            ]
+        );
     }
 
     #[test]

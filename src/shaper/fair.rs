@@ -72,6 +72,30 @@ impl<T> FairQueue<T> {
         Some((lane, item))
     }
 
+    /// Lanes with waiting items, the one whose turn it is first.
+    pub fn turns(&self) -> impl Iterator<Item = usize> + '_ {
+        self.turns.iter().copied()
+    }
+
+    /// The head of `lane`.
+    pub fn peek_lane(&self, lane: usize) -> Option<&T> {
+        self.lanes.get(lane)?.front()
+    }
+
+    /// Takes the head of `lane` out of turn (the lane whose turn it is could
+    /// not send); the turn stays where it is.
+    pub fn pop_lane(&mut self, lane: usize) -> Option<T> {
+        let item = self.lanes.get_mut(lane)?.pop_front()?;
+        self.len -= 1;
+        if self.lanes[lane].is_empty() {
+            if self.turns.front() == Some(&lane) {
+                self.served = 0;
+            }
+            self.turns.retain(|turn| *turn != lane);
+        }
+        Some(item)
+    }
+
     /// How many queued items would go before a new item pushed to `lane` now:
     /// its own lane's items, and from each other lane what it sends in the
     /// round-robin turns until then.
@@ -106,8 +130,9 @@ impl<T> FairQueue<T> {
     }
 
     /// Takes out the first item `matches` picks (an operator deleting a
-    /// message); the round robin goes on as if it had never been queued.
-    pub fn remove(&mut self, matches: impl Fn(&T) -> bool) -> Option<T> {
+    /// message), with its lane; the round robin goes on as if it had never
+    /// been queued.
+    pub fn remove(&mut self, matches: impl Fn(&T) -> bool) -> Option<(usize, T)> {
         let (lane, index) =
             self.lanes.iter().enumerate().find_map(|(lane, items)| {
                 items.iter().position(&matches).map(|index| (lane, index))
@@ -120,7 +145,7 @@ impl<T> FairQueue<T> {
             }
             self.turns.retain(|turn| *turn != lane);
         }
-        Some(item)
+        Some((lane, item))
     }
 }
 
@@ -182,7 +207,7 @@ mod tests {
         queue.push(0, "a1");
         queue.push(1, "b1");
         queue.push(0, "a2");
-        assert_eq!(queue.remove(|item| *item == "b1"), Some("b1"));
+        assert_eq!(queue.remove(|item| *item == "b1"), Some((1, "b1")));
         assert_eq!(queue.remove(|item| *item == "zz"), None);
         assert_eq!(queue.len(), 2);
         assert_eq!(queue.iter().copied().collect::<Vec<_>>(), ["a1", "a2"]);
@@ -190,10 +215,25 @@ mod tests {
         assert_eq!(queue.pop(), Some((0, "a2")));
         assert_eq!(queue.pop(), None);
         queue.push(1, "b2");
-        assert_eq!(queue.remove(|item| *item == "b2"), Some("b2"));
+        assert_eq!(queue.remove(|item| *item == "b2"), Some((1, "b2")));
         assert!(queue.is_empty());
         queue.push(0, "a3");
         assert_eq!(queue.pop(), Some((0, "a3")), "no stale turn left behind");
+    }
+
+    #[test]
+    fn a_lane_can_send_out_of_turn_without_moving_the_turn() {
+        let mut queue = FairQueue::new(vec![1, 1, 1]);
+        queue.push(0, "bulk1");
+        queue.push(0, "bulk2");
+        queue.push(1, "reset");
+        queue.push(2, "other");
+        assert_eq!(queue.turns().collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(queue.peek_lane(1), Some(&"reset"));
+        assert_eq!(queue.pop_lane(1), Some("reset"));
+        assert_eq!(queue.pop_lane(1), None);
+        assert_eq!(queue.turns().collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(drain(&mut queue), vec!["bulk1", "other", "bulk2"]);
     }
 
     #[test]

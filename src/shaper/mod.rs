@@ -7,6 +7,9 @@
 //! - [`baseline`]: the learned normal rate (peak-hold, bounded warm-up, slow fade);
 //! - [`bucket`]: governor's token bucket at the ceiling;
 //! - [`caps`]: the hard `limits` (N per window, never exceeded);
+//! - [`volume`]: the hour and day budgets (what receivers judge beyond the
+//!   minute: never more than `warmup` x the busiest recent window);
+//! - [`demand`]: what the apps try to send, deferred offers counted once;
 //! - [`feedback`]: which gateway replies mean "slow down";
 //! - [`model`]: the above together, plus admission;
 //! - [`fair`] and [`scheduler`]: the per-app round robin in front of the model;
@@ -17,23 +20,35 @@
 pub mod baseline;
 pub mod bucket;
 pub mod caps;
+pub mod demand;
 pub mod fair;
 pub mod feedback;
 pub mod meter;
 pub mod model;
 pub mod scheduler;
 pub mod state;
+pub mod volume;
 
+pub use demand::fingerprints;
 pub use feedback::is_throttling;
 pub use model::{CeilingChange, DeferReason, Deferral, GatewayModel, ModelView};
-pub use scheduler::{GatewayView, Release, Scheduler};
+pub use scheduler::{GatewayView, Lane, Release, Scheduler};
 pub use state::SavedState;
+pub use volume::{BudgetReached, BudgetView};
 
 /// Asks whether new mail for a gateway may be accepted now; implemented by
 /// the delivery side, asked by the inbound session at each RCPT. Gateways
 /// and apps go by name, so a session that began before a configuration
 /// reload still asks about the right ones.
 pub trait Admission: Send + Sync {
-    /// Mail of `app` with `recipients` recipients counting this RCPT.
-    fn admit(&self, gateway: &str, app: &str, recipients: usize) -> Result<(), Deferral>;
+    /// Mail of `app` with `recipients` recipients counting this RCPT;
+    /// `fingerprint` is the envelope's so far (see [`fingerprints`]), so a
+    /// deferred offer made again counts once in the demand.
+    fn admit(
+        &self,
+        gateway: &str,
+        app: &str,
+        recipients: usize,
+        fingerprint: u64,
+    ) -> Result<(), Deferral>;
 }

@@ -1,19 +1,23 @@
 //! One gateway's shaping model: the baseline it has learned, the ceiling that
 //! follows from it, the token bucket and hard caps that enforce the ceiling,
-//! the gateway's feedback, and the admission decision for new mail.
+//! the hour and day volume budgets, the gateway's feedback, demand, and the
+//! admission decision for new mail.
 //!
 //! Pure: every method takes `now` in seconds (the live service passes Unix
 //! time, the simulator virtual time) and nothing here sleeps or reads a clock.
-//! Invariants: sends never pass the token bucket at the ceiling nor any cap;
-//! the ceiling stays within `min_rate..=max_rate`; a restored state fades by
-//! the time the process was down, and counts caps conservatively.
+//! Invariants: sends never pass the token bucket at the ceiling, any cap nor
+//! any volume budget; the ceiling stays within `min_rate..=max_rate`; a
+//! restored state fades by the time the process was down, and counts caps
+//! and volumes conservatively (a crash can only make them count more).
 
 use super::baseline::Baseline;
 use super::bucket::Bucket;
 use super::caps::Cap;
+use super::demand::Demand;
 use super::meter::RateMeter;
 use super::state::SavedState;
-use crate::config::{CountUnit, ShapingConfig};
+use super::volume::{BudgetReached, BudgetView, Volume};
+use crate::config::{AppClass, CountUnit, Horizon, ShapingConfig};
 
 const DAY: f64 = 86_400.0;
 /// The model re-learns at most this often (seconds).
@@ -42,13 +46,19 @@ pub enum DeferReason {
     QueueFull,
     /// A hard cap (`limits`) has no room before `max_queue_delay`.
     Cap,
+    /// The hour's volume budget has no room before `max_queue_delay`.
+    HourBudget,
+    /// The day's volume budget has no room before `max_queue_delay`.
+    DayBudget,
 }
 
 impl DeferReason {
-    pub const ALL: [DeferReason; 3] = [
+    pub const ALL: [DeferReason; 5] = [
         DeferReason::QueueDelay,
         DeferReason::QueueFull,
         DeferReason::Cap,
+        DeferReason::HourBudget,
+        DeferReason::DayBudget,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,8 +66,34 @@ impl DeferReason {
             DeferReason::QueueDelay => "queue_delay",
             DeferReason::QueueFull => "queue_full",
             DeferReason::Cap => "cap",
+            DeferReason::HourBudget => "hour_budget",
+            DeferReason::DayBudget => "day_budget",
         }
     }
+
+    fn budget(horizon: Horizon) -> DeferReason {
+        match horizon {
+            Horizon::Hour => DeferReason::HourBudget,
+            Horizon::Day => DeferReason::DayBudget,
+        }
+    }
+}
+
+/// New mail asking to be accepted, as the scheduler sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Offer {
+    /// Messages sent before it in the fair queue (at the minute ceiling).
+    pub ahead: usize,
+    /// Units the volume budgets release before it: for transactional
+    /// mail, the transactional mail queued; for bulk, everything queued.
+    pub ahead_units: u64,
+    pub queued_messages: usize,
+    /// Units of everything queued (for the caps).
+    pub queued_units: u64,
+    pub units: u64,
+    pub class: AppClass,
+    /// The envelope's fingerprint (`demand::fingerprints`).
+    pub fingerprint: u64,
 }
 
 /// An admission refusal: why, and when to come back.
@@ -116,7 +152,9 @@ pub struct ModelView {
     /// Seconds left of a throttling pause.
     pub paused_for: f64,
     /// Deferrals so far, in [`DeferReason::ALL`] order.
-    pub deferrals: [u64; 3],
+    pub deferrals: [u64; 5],
+    /// The hour and day budgets (those configured).
+    pub budgets: Vec<BudgetView>,
 }
 
 /// See the module notes.
@@ -128,14 +166,15 @@ pub struct GatewayModel {
     paused_until: f64,
     bucket: Bucket,
     caps: Vec<Cap>,
-    demand: RateMeter,
+    volume: Volume,
+    demand: Demand,
     sent: RateMeter,
     updated_at: f64,
-    /// Cap units the saved state covers beyond what has been sent.
+    /// Cap and volume units the saved state covers beyond what has been sent.
     reserved: u64,
     /// Units sent since the last snapshot (they used the older reserve).
     since_snapshot: u64,
-    deferrals: [u64; 3],
+    deferrals: [u64; 5],
     changes: Vec<CeilingChange>,
 }
 
@@ -158,12 +197,13 @@ impl GatewayModel {
                 .iter()
                 .map(|limit| Cap::new(limit.count, limit.window.as_secs_f64()))
                 .collect(),
-            demand: RateMeter::new(RATE_WINDOW, 12),
+            volume: Volume::new(config, now),
+            demand: Demand::new(RateMeter::new(RATE_WINDOW, 12)),
             sent: RateMeter::new(RATE_WINDOW, 12),
             updated_at: now,
             reserved: 0,
             since_snapshot: 0,
-            deferrals: [0; 3],
+            deferrals: [0; 5],
             changes: Vec::new(),
             config: config.clone(),
         };
@@ -191,6 +231,9 @@ impl GatewayModel {
                 cap.restore(slots.iter().copied());
             }
         }
+        if let Some(volume) = &state.volume {
+            model.volume = Volume::restore(config, volume, now);
+        }
         model.bucket = Bucket::new(model.ceiling(), config.burst, now);
         model
     }
@@ -201,6 +244,12 @@ impl GatewayModel {
             .clamp(self.config.min_rate, self.config.max_rate)
     }
 
+    /// The rate the token bucket enforces: the ceiling, within the 5% a
+    /// ceiling may move before the bucket is rebuilt.
+    pub fn enforced_rate(&self) -> f64 {
+        self.bucket.rate
+    }
+
     /// Units a message with `recipients` recipients counts against the caps.
     pub fn units(&self, recipients: usize) -> u64 {
         match self.config.count {
@@ -209,14 +258,30 @@ impl GatewayModel {
         }
     }
 
-    /// New mail arrived (the demand rate).
-    pub fn arrived(&mut self, now: f64, messages: u64) {
-        self.demand.add(now, messages as f64);
+    /// A message was accepted (the demand rate); `fingerprints` are its
+    /// envelope's, so an offer deferred before is not counted twice.
+    pub fn accepted<I: IntoIterator<Item = u64>>(
+        &mut self,
+        now: f64,
+        fingerprints: impl FnOnce() -> I,
+    ) {
+        self.demand.accepted(now, fingerprints);
     }
 
     /// Ceiling changes since the last call, for the log.
     pub fn take_changes(&mut self) -> Vec<CeilingChange> {
         std::mem::take(&mut self.changes)
+    }
+
+    /// Volume budgets that became full since the last call, for the log.
+    pub fn take_budget_events(&mut self) -> Vec<BudgetReached> {
+        self.volume.take_events()
+    }
+
+    /// True when sends must be covered by a saved state first (hard caps
+    /// or volume budgets, both of which a restart must not forget).
+    fn counts_durably(&self) -> bool {
+        !self.caps.is_empty() || self.volume.is_budgeted()
     }
 
     /// Re-learns the baseline from the send rate and moves the ceiling.
@@ -261,9 +326,9 @@ impl GatewayModel {
         }
     }
 
-    /// May a message counting `units` be sent now? On `Send` it is counted
-    /// as sent.
-    pub fn try_send(&mut self, now: f64, units: u64) -> Decision {
+    /// May a message of `class` counting `units` be sent now? On `Send` it
+    /// is counted as sent.
+    pub fn try_send(&mut self, now: f64, units: u64, class: AppClass) -> Decision {
         self.update(now);
         if now < self.paused_until {
             return Decision::Wait(self.paused_until - now);
@@ -276,16 +341,20 @@ impl GatewayModel {
         if cap_wait > 0.0 {
             return Decision::Wait(cap_wait);
         }
-        if !self.caps.is_empty() && units > self.reserved {
+        if let Some(held) = self.volume.wait(now, units, class) {
+            return Decision::Wait(held.wait);
+        }
+        if self.counts_durably() && units > self.reserved {
             return Decision::Save;
         }
         if let Err(wait) = self.bucket.take(now) {
             return Decision::Wait(wait);
         }
-        if !self.caps.is_empty() {
+        if self.counts_durably() {
             for cap in &mut self.caps {
                 cap.add(now, units);
             }
+            self.volume.add(now, units, class);
             self.reserved -= units;
             self.since_snapshot += units;
         }
@@ -320,18 +389,19 @@ impl GatewayModel {
         hold
     }
 
-    /// Would new mail (counting `units`) wait too long? `ahead` messages
-    /// would be sent before it, out of `queued_messages` queued counting
-    /// `queued_units`. Counts a deferral.
-    pub fn admit(
-        &mut self,
-        now: f64,
-        ahead: usize,
-        queued_messages: usize,
-        queued_units: u64,
-        units: u64,
-    ) -> Result<(), Deferral> {
+    /// Would new mail wait too long? Counts a deferral, and a deferred
+    /// offer's demand (once per envelope).
+    pub fn admit(&mut self, now: f64, offer: &Offer) -> Result<(), Deferral> {
         self.update(now);
+        let Offer {
+            ahead,
+            ahead_units,
+            queued_messages,
+            queued_units,
+            units,
+            class,
+            fingerprint,
+        } = *offer;
         let bound = self.config.max_queue_delay.as_secs_f64();
         let pause = (self.paused_until - now).max(0.0);
         let queue_wait = pause + (ahead + 1) as f64 / self.ceiling();
@@ -340,6 +410,10 @@ impl GatewayModel {
             .iter_mut()
             .map(|cap| cap.wait_behind(now, queued_units + units))
             .fold(0.0, f64::max);
+        let budget = self
+            .volume
+            .projected_wait(now, ahead_units, units, class)
+            .map(|held| (pause + held.wait, DeferReason::budget(held.horizon)));
         let deferral = if queued_messages >= self.config.max_queued {
             Some(Deferral {
                 reason: DeferReason::QueueFull,
@@ -351,6 +425,20 @@ impl GatewayModel {
                 reason: DeferReason::Cap,
                 projected_wait: cap_wait,
                 retry_after: cap_wait - bound,
+            })
+        } else if let Some((wait, reason)) =
+            budget.filter(|(wait, _)| *wait > bound && *wait > queue_wait)
+        {
+            Some(Deferral {
+                reason,
+                projected_wait: wait,
+                retry_after: if wait.is_finite() {
+                    wait - bound
+                } else {
+                    // No room in sight (a message bigger than the allowance
+                    // could ever grow to): come back in a day.
+                    86_400.0
+                },
             })
         } else if queue_wait > bound {
             Some(Deferral {
@@ -365,6 +453,8 @@ impl GatewayModel {
             Some(mut deferral) => {
                 deferral.retry_after = deferral.retry_after.max(60.0);
                 self.deferrals[deferral.reason as usize] += 1;
+                self.demand
+                    .deferred(now, fingerprint, now + deferral.retry_after + bound);
                 Err(deferral)
             }
             None => Ok(()),
@@ -384,6 +474,7 @@ impl GatewayModel {
             penalty: self.penalty,
             paused_for: (self.paused_until - now).max(0.0),
             deferrals: self.deferrals,
+            budgets: self.volume.view(now),
         }
     }
 
@@ -413,6 +504,10 @@ impl GatewayModel {
             penalty: self.penalty,
             paused_until: self.paused_until,
             caps,
+            volume: self
+                .volume
+                .is_budgeted()
+                .then(|| self.volume.snapshot(now, reserve)),
         }
     }
 
@@ -422,13 +517,15 @@ impl GatewayModel {
         self.reserved = reserve.saturating_sub(self.since_snapshot);
     }
 
-    /// The reserve worth saving ahead: a fiftieth of the smallest cap (at
-    /// least 1), so a gateway with a 30/min cap saves before each send and
-    /// one with 10,000/day every 200 units.
+    /// The reserve worth saving ahead: a fiftieth of the smallest cap or
+    /// volume allowance (at least 1), so a gateway with a 30/min cap saves
+    /// before each send and one with 10,000/day every 200 units.
     pub fn reserve(&self) -> u64 {
         self.caps
             .iter()
-            .map(|cap| (cap.limit / 50).max(1))
+            .map(|cap| cap.limit)
+            .chain(self.volume.smallest_allowance())
+            .map(|limit| (limit / 50).max(1))
             .min()
             .unwrap_or(0)
     }
@@ -445,6 +542,20 @@ mod tests {
         ))
         .unwrap();
         config.gateways[0].shaping.clone()
+    }
+
+    /// One message of a transactional app with `ahead` messages (and units)
+    /// before it, out of `queued`.
+    fn offer(ahead: usize, queued: usize, queued_units: u64) -> Offer {
+        Offer {
+            ahead,
+            ahead_units: ahead as u64,
+            queued_messages: queued,
+            queued_units,
+            units: 1,
+            class: AppClass::Transactional,
+            fingerprint: ahead as u64,
+        }
     }
 
     /// Offers `demand` messages per second for `seconds`, sending whatever
@@ -466,7 +577,7 @@ mod tests {
         while now < start + seconds {
             queued += demand * step;
             while queued >= 1.0 {
-                match model.try_send(now, 1) {
+                match model.try_send(now, 1, AppClass::Transactional) {
                     Decision::Send => {
                         sent.push(now);
                         queued -= 1.0;
@@ -503,7 +614,11 @@ mod tests {
         let mut model = GatewayModel::new(&shaping("initial_rate = \"60/min\""), 0.0);
         let mut now = 10.0;
         for _ in 0..1_000 {
-            assert_eq!(model.try_send(now, 1), Decision::Send, "at {now}");
+            assert_eq!(
+                model.try_send(now, 1, AppClass::Transactional),
+                Decision::Send,
+                "at {now}"
+            );
             now += 1.0;
         }
     }
@@ -574,21 +689,24 @@ mod tests {
         );
         let mut model = GatewayModel::new(&config, 0.0);
         // Ceiling 1/s: 599 queued means the next waits 600 s, which is allowed.
-        assert!(model.admit(0.0, 599, 599, 599, 1).is_ok());
-        let deferral = model.admit(0.0, 700, 700, 700, 1).unwrap_err();
+        assert!(model.admit(0.0, &offer(599, 599, 599)).is_ok());
+        let deferral = model.admit(0.0, &offer(700, 700, 700)).unwrap_err();
         assert_eq!(deferral.reason, DeferReason::QueueDelay);
         assert!((deferral.retry_after - 101.0).abs() < 1e-6);
         assert_eq!(
-            model.admit(0.0, 10, 5_000, 5_000, 1).unwrap_err().reason,
+            model
+                .admit(0.0, &offer(10, 5_000, 5_000))
+                .unwrap_err()
+                .reason,
             DeferReason::QueueFull
         );
         let config = shaping("limits = [\"100/day\"]");
         let mut model = GatewayModel::new(&config, 0.0);
         assert_eq!(
-            model.admit(0.0, 100, 100, 100, 1).unwrap_err().reason,
+            model.admit(0.0, &offer(100, 100, 100)).unwrap_err().reason,
             DeferReason::Cap
         );
-        assert_eq!(model.view(0.0).deferrals, [0, 0, 1]);
+        assert_eq!(model.view(0.0).deferrals, [0, 0, 1, 0, 0]);
     }
 
     #[test]
@@ -596,7 +714,7 @@ mod tests {
         let mut model = GatewayModel::new(&shaping("limits = [\"30/min\", \"10000/day\"]"), 0.0);
         assert_eq!(model.quota_exhausted(100.0), DAY);
         assert!(
-            matches!(model.try_send(200.0, 1), Decision::Wait(wait) if (wait - (DAY - 100.0)).abs() < 1e-6)
+            matches!(model.try_send(200.0, 1, AppClass::Transactional), Decision::Wait(wait) if (wait - (DAY - 100.0)).abs() < 1e-6)
         );
         let mut uncapped = GatewayModel::new(&shaping(""), 0.0);
         assert_eq!(uncapped.quota_exhausted(0.0), 3_600.0);
@@ -614,7 +732,7 @@ mod tests {
         assert_eq!(view.penalty, 0.5, "one cut per pause");
         assert!((view.ceiling - 1.0).abs() < 1e-3);
         assert!(
-            matches!(model.try_send(120.0, 1), Decision::Wait(wait) if (wait - 40.0).abs() < 1e-9)
+            matches!(model.try_send(120.0, 1, AppClass::Transactional), Decision::Wait(wait) if (wait - 40.0).abs() < 1e-9)
         );
         let changes = model.take_changes();
         assert_eq!(changes[0].cause, Cause::Throttled);

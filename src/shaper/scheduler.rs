@@ -2,16 +2,30 @@
 //! the shaping model. The live delivery queue and the simulator both drive
 //! this same type, so what `simulate` shows is what the relay does.
 //!
-//! Invariant: an item leaves only through [`Scheduler::next`], and only when
-//! the model says `Send` for it.
+//! Invariants: an item leaves only through [`Scheduler::next`], and only when
+//! the model says `Send` for it; the model is reached only through the
+//! scheduler's methods, so queue and model never disagree. When a bulk app's
+//! turn comes but the volume budgets keep its room for the transactional
+//! apps, a transactional lane sends out of turn: bulk never holds them.
 
 use super::fair::FairQueue;
-use super::model::{Decision, Deferral, GatewayModel, ModelView};
+use super::model::{CeilingChange, Decision, Deferral, GatewayModel, ModelView, Offer};
+use super::state::SavedState;
+use super::volume::BudgetReached;
+use crate::config::AppClass;
 
 struct Entry<T> {
     queued_at: f64,
     units: u64,
     item: T,
+}
+
+/// One app's lane: its share of the round robin and its class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lane {
+    /// Messages per turn (the app's `priority`).
+    pub weight: u32,
+    pub class: AppClass,
 }
 
 /// What [`Scheduler::next`] hands out.
@@ -21,7 +35,7 @@ pub enum Release<T> {
     Send { item: T, lane: usize, waited: f64 },
     /// Nothing may go before this many seconds from now.
     Wait(f64),
-    /// Save the model's state, then ask again (see `GatewayModel::snapshot`).
+    /// Save the model's state, then ask again (see [`Scheduler::snapshot`]).
     Save,
     /// The queue is empty.
     Idle,
@@ -41,16 +55,18 @@ pub struct GatewayView {
 /// See the module notes.
 pub struct Scheduler<T> {
     queue: FairQueue<Entry<T>>,
-    units: u64,
-    pub model: GatewayModel,
+    classes: Vec<AppClass>,
+    /// Units queued per class (`AppClass as usize`).
+    units: [u64; 2],
+    model: GatewayModel,
 }
 
 impl<T> Scheduler<T> {
-    /// `weights` has one entry per app lane (its priority).
-    pub fn new(model: GatewayModel, weights: Vec<u32>) -> Scheduler<T> {
+    pub fn new(model: GatewayModel, lanes: Vec<Lane>) -> Scheduler<T> {
         Scheduler {
-            queue: FairQueue::new(weights),
-            units: 0,
+            queue: FairQueue::new(lanes.iter().map(|lane| lane.weight).collect()),
+            classes: lanes.iter().map(|lane| lane.class).collect(),
+            units: [0; 2],
             model,
         }
     }
@@ -63,9 +79,21 @@ impl<T> Scheduler<T> {
         self.queue.is_empty()
     }
 
+    /// The class of `lane` (an unknown lane is the last one's, as in the
+    /// fair queue).
+    pub fn class(&self, lane: usize) -> AppClass {
+        self.classes[lane.min(self.classes.len() - 1)]
+    }
+
+    /// Units a message with `recipients` recipients counts against the caps
+    /// and budgets.
+    pub fn units(&self, recipients: usize) -> u64 {
+        self.model.units(recipients)
+    }
+
     /// Queues `item` counting `units` in `lane`, waiting since `queued_at`.
     pub fn push(&mut self, queued_at: f64, lane: usize, units: u64, item: T) {
-        self.units += units;
+        self.units[self.class(lane) as usize] += units;
         self.queue.push(
             lane,
             Entry {
@@ -82,24 +110,49 @@ impl<T> Scheduler<T> {
             self.model.update(now);
             return Release::Idle;
         };
-        match self.model.try_send(now, head.units) {
+        let lane = self.queue.turns().next().expect("a head has a lane");
+        let class = self.class(lane);
+        match self.model.try_send(now, head.units, class) {
+            Decision::Wait(seconds) if class == AppClass::Bulk => self.out_of_turn(now, seconds),
             Decision::Wait(seconds) => Release::Wait(seconds),
             Decision::Save => Release::Save,
             Decision::Send => {
                 let (lane, entry) = self.queue.pop().expect("peeked above");
-                self.units -= entry.units;
-                Release::Send {
-                    item: entry.item,
-                    lane,
-                    waited: (now - entry.queued_at).max(0.0),
-                }
+                self.sent(lane, entry, now)
             }
         }
     }
 
-    /// Admission for new mail in `lane` counting `units`: it waits for what
-    /// goes before it in the round robin, plus `other_messages` counting
-    /// `other_units` held elsewhere (retries, lane unknown: counted as ahead).
+    /// The bulk lane whose turn it is must wait `bulk_wait`: the first
+    /// transactional lane with mail may send instead.
+    fn out_of_turn(&mut self, now: f64, bulk_wait: f64) -> Release<T> {
+        let Some(lane) = self
+            .queue
+            .turns()
+            .find(|lane| self.class(*lane) == AppClass::Transactional)
+        else {
+            return Release::Wait(bulk_wait);
+        };
+        let units = self.queue.peek_lane(lane).expect("a turn has items").units;
+        match self.model.try_send(now, units, AppClass::Transactional) {
+            Decision::Wait(seconds) => Release::Wait(seconds.min(bulk_wait)),
+            Decision::Save => Release::Save,
+            Decision::Send => {
+                let entry = self.queue.pop_lane(lane).expect("peeked above");
+                self.sent(lane, entry, now)
+            }
+        }
+    }
+
+    fn sent(&mut self, lane: usize, entry: Entry<T>, now: f64) -> Release<T> {
+        self.units[self.class(lane) as usize] -= entry.units;
+        Release::Send {
+            item: entry.item,
+            lane,
+            waited: (now - entry.queued_at).max(0.0),
+        }
+    }
+
     /// Every queued item.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.queue.iter().map(|entry| &entry.item)
@@ -107,11 +160,15 @@ impl<T> Scheduler<T> {
 
     /// Takes out the first queued item `matches` picks.
     pub fn remove(&mut self, matches: impl Fn(&T) -> bool) -> Option<T> {
-        let entry = self.queue.remove(|entry| matches(&entry.item))?;
-        self.units -= entry.units;
+        let (lane, entry) = self.queue.remove(|entry| matches(&entry.item))?;
+        self.units[self.class(lane) as usize] -= entry.units;
         Some(entry.item)
     }
 
+    /// Admission for new mail in `lane` counting `units`, with envelope
+    /// `fingerprint`: it waits for what goes before it in the round robin,
+    /// plus `other_messages` counting `other_units` held elsewhere (retries,
+    /// counted as ahead).
     pub fn admit(
         &mut self,
         now: f64,
@@ -119,14 +176,71 @@ impl<T> Scheduler<T> {
         units: u64,
         other_messages: usize,
         other_units: u64,
+        fingerprint: u64,
     ) -> Result<(), Deferral> {
-        self.model.admit(
-            now,
-            self.queue.ahead_of_new(lane) + other_messages,
-            self.queue.len() + other_messages,
-            self.units + other_units,
+        let class = self.class(lane);
+        let ahead_units = match class {
+            AppClass::Transactional => self.units[AppClass::Transactional as usize],
+            AppClass::Bulk => self.units.iter().sum(),
+        } + other_units;
+        let offer = Offer {
+            ahead: self.queue.ahead_of_new(lane) + other_messages,
+            ahead_units,
+            queued_messages: self.queue.len() + other_messages,
+            queued_units: self.units.iter().sum::<u64>() + other_units,
             units,
-        )
+            class,
+            fingerprint,
+        };
+        self.model.admit(now, &offer)
+    }
+
+    /// A message was accepted (demand); see [`GatewayModel::accepted`].
+    pub fn accepted<I: IntoIterator<Item = u64>>(
+        &mut self,
+        now: f64,
+        fingerprints: impl FnOnce() -> I,
+    ) {
+        self.model.accepted(now, fingerprints);
+    }
+
+    /// The gateway signalled throttling (see [`GatewayModel::throttled`]).
+    pub fn throttled(&mut self, now: f64) {
+        self.model.throttled(now);
+    }
+
+    /// The gateway's quota is used up; returns the hold in seconds.
+    pub fn quota_exhausted(&mut self, now: f64) -> f64 {
+        self.model.quota_exhausted(now)
+    }
+
+    /// The rate the token bucket enforces now (messages per second; see
+    /// [`GatewayModel::enforced_rate`]).
+    pub fn enforced_rate(&self) -> f64 {
+        self.model.enforced_rate()
+    }
+
+    /// Ceiling changes since the last call, for the log.
+    pub fn take_changes(&mut self) -> Vec<CeilingChange> {
+        self.model.take_changes()
+    }
+
+    /// Volume budgets that became full since the last call, for the log.
+    pub fn take_budget_events(&mut self) -> Vec<BudgetReached> {
+        self.model.take_budget_events()
+    }
+
+    /// The state to save at `now` and the reserve it counts ahead (none
+    /// without `reserve`: at shutdown the counts are exact); call
+    /// [`Scheduler::saved`] with that reserve once it is on disk.
+    pub fn snapshot(&mut self, now: f64, reserve: bool) -> (SavedState, u64) {
+        let reserve = if reserve { self.model.reserve() } else { 0 };
+        (self.model.snapshot(now, reserve), reserve)
+    }
+
+    /// The snapshot taken with `reserve` is on disk.
+    pub fn saved(&mut self, reserve: u64) {
+        self.model.saved(reserve);
     }
 
     /// The numbers of the model and the queue at `now`.
@@ -153,6 +267,7 @@ impl<T> Scheduler<T> {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::shaper::DeferReason;
 
     fn scheduler(shaping: &str) -> Scheduler<&'static str> {
         let config = Config::parse(&format!(
@@ -161,8 +276,12 @@ mod tests {
         .unwrap();
         Scheduler::new(
             GatewayModel::new(&config.gateways[0].shaping, 0.0),
-            vec![1, 1],
+            vec![lane(AppClass::Transactional), lane(AppClass::Transactional)],
         )
+    }
+
+    fn lane(class: AppClass) -> Lane {
+        Lane { weight: 1, class }
     }
 
     #[test]
@@ -193,15 +312,15 @@ mod tests {
         let mut scheduler = scheduler("initial_rate = \"30/min\"\nmax_queue_delay = \"10s\"");
         for _ in 0..9 {
             scheduler.push(0.0, 0, 1, "queued");
-            assert!(scheduler.admit(0.0, 0, 1, 0, 0).is_ok());
+            assert!(scheduler.admit(0.0, 0, 1, 0, 0, 0).is_ok());
         }
         scheduler.push(0.0, 0, 1, "queued");
         assert!(
-            scheduler.admit(0.0, 0, 1, 0, 0).is_err(),
+            scheduler.admit(0.0, 0, 1, 0, 0, 0).is_err(),
             "the 11th would wait 11 s"
         );
         assert!(
-            scheduler.admit(0.0, 1, 1, 0, 0).is_ok(),
+            scheduler.admit(0.0, 1, 1, 0, 0, 0).is_ok(),
             "another app's goes in the next turn"
         );
         let view = scheduler.view(4.0);
@@ -209,5 +328,59 @@ mod tests {
             (view.queued, view.oldest_age, view.lanes),
             (10, 4.0, vec![10, 0])
         );
+    }
+
+    #[test]
+    fn a_bulk_run_at_its_budget_lets_transactional_mail_out_of_turn() {
+        let config = Config::parse(
+            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n\
+             initial_rate = \"100/s\"\nmax_rate = \"100/s\"\nburst = 100\n\
+             min_rate = [\"10/min\", \"20/h\"]\nmax_queue_delay = \"5m\"\n",
+        )
+        .unwrap();
+        let mut scheduler: Scheduler<&str> = Scheduler::new(
+            GatewayModel::new(&config.gateways[0].shaping, 0.0),
+            vec![lane(AppClass::Bulk), lane(AppClass::Transactional)],
+        );
+        for _ in 0..100 {
+            scheduler.push(1.0, 0, 1, "news");
+        }
+        let mut sent = Vec::new();
+        let mut now = 1.0;
+        while now < 600.0 {
+            if now == 300.0 || now == 300.5 {
+                scheduler.push(now, 1, 1, "reset");
+            }
+            if now == 200.0 {
+                // The bulk run has used its share: transactional mail is
+                // still admitted, bulk mail is deferred for the hour.
+                assert!(scheduler.admit(now, 1, 1, 0, 0, 7).is_ok());
+                let deferral = scheduler.admit(now, 0, 1, 0, 0, 8).unwrap_err();
+                assert_eq!(deferral.reason, DeferReason::HourBudget);
+            }
+            loop {
+                match scheduler.next(now) {
+                    Release::Send { item, waited, .. } => sent.push((item, waited)),
+                    Release::Save => {
+                        let (_, reserve) = scheduler.snapshot(now, true);
+                        scheduler.saved(reserve);
+                    }
+                    Release::Wait(_) | Release::Idle => break,
+                }
+            }
+            now += 0.5;
+        }
+        let news = sent.iter().filter(|(item, _)| *item == "news").count();
+        // The hour floor is 20; bulk leaves a tenth (2) to the others.
+        assert_eq!(news, 18, "{sent:?}");
+        let resets: Vec<f64> = sent
+            .iter()
+            .filter(|(item, _)| *item == "reset")
+            .map(|(_, waited)| *waited)
+            .collect();
+        assert_eq!(resets.len(), 2);
+        assert!(resets.iter().all(|waited| *waited < 1.0), "{resets:?}");
+        let view = scheduler.view(now);
+        assert_eq!(view.model.budgets[0].sent, 20);
     }
 }

@@ -1,8 +1,12 @@
 //! The saved shaping state of one gateway, as TOML text: what a restart must
-//! not forget (the learned baseline, a throttling cut, the cap counts).
+//! not forget (the learned baseline, a throttling cut, the cap counts, the
+//! volume history of the hour and day budgets).
 //! Pure text <-> struct; the spool writes and reads the file.
 
 use toml::{Table, Value};
+
+use super::volume::{Seed, VolumeState};
+use crate::config::Horizon;
 
 /// See the module notes. Times are Unix seconds.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +18,92 @@ pub struct SavedState {
     pub paused_until: f64,
     /// Per cap window (seconds): (slot number, units) counted.
     pub caps: Vec<(f64, Vec<(i64, u64)>)>,
+    /// The per-minute volume history, when some budget is configured.
+    pub volume: Option<VolumeState>,
+}
+
+/// Per-minute counts as text: a count per minute, `+N` for N empty minutes
+/// (a week of minutes stays a few kilobytes).
+fn counts_to_text(counts: &[u64]) -> String {
+    let mut words: Vec<String> = Vec::new();
+    let mut zeros = 0;
+    for units in counts {
+        if *units == 0 {
+            zeros += 1;
+            continue;
+        }
+        if zeros > 0 {
+            words.push(format!("+{zeros}"));
+            zeros = 0;
+        }
+        words.push(units.to_string());
+    }
+    if zeros > 0 {
+        words.push(format!("+{zeros}"));
+    }
+    words.join(" ")
+}
+
+fn counts_from_text(text: &str) -> Option<Vec<u64>> {
+    let mut counts = Vec::new();
+    for word in text.split_whitespace() {
+        match word.strip_prefix('+') {
+            Some(zeros) => {
+                let zeros: usize = zeros.parse().ok()?;
+                if counts.len() + zeros > super::volume::KEPT_SLOTS as usize {
+                    return None;
+                }
+                counts.resize(counts.len() + zeros, 0);
+            }
+            None => counts.push(word.parse().ok()?),
+        }
+    }
+    (counts.len() <= super::volume::KEPT_SLOTS as usize).then_some(counts)
+}
+
+fn volume_to_text(volume: &VolumeState) -> String {
+    let seeds: Vec<String> = Horizon::ALL
+        .into_iter()
+        .filter_map(|horizon| {
+            let seed = volume.seeds[horizon as usize]?;
+            Some(format!(
+                "[{}, {}, {}]",
+                horizon.minutes(),
+                seed.units,
+                seed.until
+            ))
+        })
+        .collect();
+    format!(
+        "\n# Units sent per minute up to minute `slot` (Unix minutes), oldest first;\n\
+         # \"+N\" is N minutes with none. Seeds: [window minutes, units, last minute].\n\
+         [volume]\nslot = {}\nall = \"{}\"\ntransactional = \"{}\"\nseeds = [{}]\n",
+        volume.slot,
+        counts_to_text(&volume.all),
+        counts_to_text(&volume.transactional),
+        seeds.join(", ")
+    )
+}
+
+fn volume_from_table(table: &Value) -> Option<VolumeState> {
+    let mut seeds = [None; 2];
+    for seed in table.get("seeds")?.as_array()? {
+        let seed = seed.as_array()?;
+        let minutes = seed.first()?.as_integer()?;
+        let horizon = Horizon::ALL
+            .into_iter()
+            .find(|horizon| horizon.minutes() == minutes)?;
+        seeds[horizon as usize] = Some(Seed {
+            units: u64::try_from(seed.get(1)?.as_integer()?).ok()?,
+            until: seed.get(2)?.as_integer()?,
+        });
+    }
+    Some(VolumeState {
+        slot: table.get("slot")?.as_integer()?,
+        all: counts_from_text(table.get("all")?.as_str()?)?,
+        transactional: counts_from_text(table.get("transactional")?.as_str()?)?,
+        seeds,
+    })
 }
 
 impl SavedState {
@@ -34,6 +124,9 @@ impl SavedState {
                 "\n[[caps]]\nwindow_seconds = {window:?}\nslots = [{}]\n",
                 slots.join(", ")
             ));
+        }
+        if let Some(volume) = &self.volume {
+            text.push_str(&volume_to_text(volume));
         }
         text
     }
@@ -70,12 +163,17 @@ impl SavedState {
                 caps.push((window, slots));
             }
         }
+        let volume = match table.get("volume") {
+            Some(volume) => Some(volume_from_table(volume)?),
+            None => None,
+        };
         let state = SavedState {
             saved_at: number("saved_at")?,
             baseline: number("baseline_per_second")?,
             penalty: number("penalty")?,
             paused_until: number("paused_until")?,
             caps,
+            volume,
         };
         (state.baseline.is_finite() && state.baseline >= 0.0 && state.penalty.is_finite())
             .then_some(state)
@@ -97,8 +195,32 @@ mod tests {
                 (60.0, vec![(29_403_000, 3), (29_403_001, 1)]),
                 (86_400.0, vec![]),
             ],
+            volume: None,
         };
-        assert_eq!(SavedState::parse(&state.to_text("primary")), Some(state));
+        assert_eq!(
+            SavedState::parse(&state.to_text("primary")),
+            Some(state.clone())
+        );
+        let with_volume = SavedState {
+            volume: Some(VolumeState {
+                slot: 29_403_001,
+                all: vec![3, 0, 0, 0, 7, 0],
+                transactional: vec![1],
+                seeds: [
+                    None,
+                    Some(Seed {
+                        units: 2_000,
+                        until: 29_413_000,
+                    }),
+                ],
+            }),
+            ..state
+        };
+        let text = with_volume.to_text("primary");
+        assert!(text.contains("all = \"3 +3 7 +1\""), "{text}");
+        assert_eq!(SavedState::parse(&text), Some(with_volume));
+        let damaged = text.replace("+3 7", "+x 7");
+        assert_eq!(SavedState::parse(&damaged), None);
         assert_eq!(SavedState::parse("version = 2\n"), None);
         assert_eq!(SavedState::parse("not toml ["), None);
         assert_eq!(

@@ -9,14 +9,16 @@
 //! feedback from the gateway is not part of a replay.
 
 mod plot;
+mod receiver;
 mod trace;
 
 pub use plot::render_svg;
+pub use receiver::{Judge, Rule, Verdict};
 pub use trace::{Arrival, parse_trace};
 
 use std::collections::BinaryHeap;
 
-use crate::config::{Config, GatewayConfig};
+use crate::config::{Config, GatewayConfig, Horizon, ShapingConfig};
 use crate::policy::Apps;
 use crate::shaper::{DeferReason, GatewayModel, Release, Scheduler};
 
@@ -45,6 +47,10 @@ pub struct Sample {
     pub ceiling: f64,
     pub baseline: f64,
     pub queued: usize,
+    /// Per [`Horizon`]: units sent in the rolling window ending here, and
+    /// what the volume rule allowed there (judged on the shaped output).
+    pub window_sent: [u64; 2],
+    pub window_allowed: [u64; 2],
 }
 
 /// One day of the trace.
@@ -68,6 +74,31 @@ pub struct Peak {
     pub excess: f64,
 }
 
+/// One message sent, for `--sent-log`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentRecord {
+    /// The message's row in the trace (0 is the first).
+    pub id: u64,
+    /// Trace seconds.
+    pub at: f64,
+    pub lane: usize,
+    pub recipients: u32,
+    /// Seconds from its first offer (deferrals included) to its sending.
+    pub delay: f64,
+}
+
+/// One window length of the receiver's view: the worst moment of what the
+/// gateway sent, and of what the apps offered (unshaped), under the rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceiverView {
+    pub horizon: Horizon,
+    /// Whether the gateway's shaping budgets this horizon (`min_rate`).
+    pub budgeted: bool,
+    pub rule: Rule,
+    pub shaped: Verdict,
+    pub offered: Verdict,
+}
+
 /// One app's share of a replay.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AppStats {
@@ -89,7 +120,7 @@ pub struct Report {
     /// Messages whose app gave up after `GIVE_UP_AFTER` of deferrals.
     pub given_up: usize,
     /// Deferrals (451 replies) by reason, in `DeferReason::ALL` order.
-    pub deferrals: [u64; 3],
+    pub deferrals: [u64; 5],
     /// Per app lane, `other` last.
     pub apps: Vec<AppStats>,
     /// Queue delay (seconds) of every sent message, sorted.
@@ -101,10 +132,16 @@ pub struct Report {
     pub peaks: Vec<Peak>,
     pub samples: Vec<Sample>,
     pub burst: u32,
+    /// The hour and the day as a receiver judges them.
+    pub receiver: Vec<ReceiverView>,
+    /// Every message sent, in order.
+    pub sent_log: Vec<SentRecord>,
 }
 
 /// A message in the replay.
 struct Offer {
+    /// Its number in the trace: its envelope's fingerprint in the demand.
+    id: u64,
     /// When the app first offered it.
     first: f64,
     lane: usize,
@@ -164,13 +201,13 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
     let end = trace.last().map_or(0.0, |arrival| arrival.at);
     // The gateway exists, idle, an hour before the trace: its bucket is full.
     let model = GatewayModel::new(&gateway_config.shaping, start - 3_600.0);
-    let mut scheduler: Scheduler<Offer> = Scheduler::new(model, apps.weights());
+    let mut scheduler: Scheduler<Offer> = Scheduler::new(model, apps.lanes());
     let mut report = Report {
         gateway: gateway_config.name.clone(),
         messages: trace.len(),
         sent: 0,
         given_up: 0,
-        deferrals: [0; 3],
+        deferrals: [0; 5],
         apps: names
             .iter()
             .map(|name| AppStats {
@@ -184,8 +221,10 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
         peaks: Vec::new(),
         samples: Vec::new(),
         burst: gateway_config.shaping.burst,
+        receiver: Vec::new(),
+        sent_log: Vec::with_capacity(trace.len()),
     };
-    // Every send with the ceiling in force then, for the window check.
+    // Every send with the bucket's rate in force then, for the window check.
     let mut sends: Vec<(f64, f64)> = Vec::with_capacity(trace.len());
     let mut retries: BinaryHeap<Retry> = BinaryHeap::new();
     let mut arrivals = trace.iter().peekable();
@@ -198,8 +237,11 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
         ceiling: 0.0,
         baseline: 0.0,
         queued: 0,
+        window_sent: [0; 2],
+        window_allowed: [0; 2],
     };
     let mut now = start;
+    let mut next_id = 0;
     let mut release_at = f64::INFINITY;
     loop {
         // Offers due now: new arrivals, and apps retrying after a 451.
@@ -209,7 +251,9 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
                 sample.arrived += 1;
                 let lane = lane_of(&arrival.app);
                 report.apps[lane].offered += 1;
+                next_id += 1;
                 Offer {
+                    id: next_id - 1,
                     first: arrival.at,
                     lane,
                     recipients: arrival.recipients,
@@ -220,10 +264,10 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
             } else {
                 break;
             };
-            let units = scheduler.model.units(offer.recipients as usize);
-            match scheduler.admit(now, offer.lane, units, 0, 0) {
+            let units = scheduler.units(offer.recipients as usize);
+            match scheduler.admit(now, offer.lane, units, 0, 0, offer.id) {
                 Ok(()) => {
-                    scheduler.model.arrived(now, 1);
+                    scheduler.accepted(now, || [offer.id]);
                     scheduler.push(now, offer.lane, units, offer);
                     release_at = now;
                 }
@@ -250,7 +294,16 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
             release_at = f64::INFINITY;
             loop {
                 match scheduler.next(now) {
-                    Release::Send { waited, lane, .. } => {
+                    Release::Send {
+                        waited, lane, item, ..
+                    } => {
+                        report.sent_log.push(SentRecord {
+                            id: item.id,
+                            at: now,
+                            lane,
+                            recipients: item.recipients,
+                            delay: now - item.first,
+                        });
                         report.sent += 1;
                         report.apps[lane].sent += 1;
                         report.apps[lane].delays.push(waited);
@@ -259,7 +312,7 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
                         today.sent += 1;
                         today.delays.push(waited);
                         sample.sent += 1;
-                        sends.push((now, scheduler.model.ceiling()));
+                        sends.push((now, scheduler.enforced_rate()));
                     }
                     Release::Wait(seconds) => {
                         // Strictly later, even where seconds vanish in rounding.
@@ -267,9 +320,8 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
                         break;
                     }
                     Release::Save => {
-                        let reserve = scheduler.model.reserve();
-                        scheduler.model.snapshot(now, reserve);
-                        scheduler.model.saved(reserve);
+                        let (_, reserve) = scheduler.snapshot(now, true);
+                        scheduler.saved(reserve);
                     }
                     Release::Idle => break,
                 }
@@ -321,7 +373,54 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
         .into_iter()
         .map(|window| peak(&sends, window, report.burst))
         .collect();
+    judge_as_receiver(&mut report, &gateway_config.shaping, trace, start);
     report
+}
+
+/// The rule of `horizon` for `shaping` in a replay whose model began at
+/// `created` (the seed counts as long as the shaper lets it).
+pub fn rule(shaping: &ShapingConfig, horizon: Horizon, created: f64) -> Rule {
+    let slot = (created / 60.0).floor();
+    Rule {
+        window: horizon.minutes() as f64 * 60.0,
+        floor: shaping.min_volume[horizon as usize].unwrap_or(0),
+        warmup: shaping.warmup,
+        seed: shaping.initial_volume[horizon as usize]
+            .map(|units| (units, (slot + 7.0 * 1_440.0 - 1.0) * 60.0)),
+    }
+}
+
+/// Fills the report's receiver's view and the samples' window columns.
+fn judge_as_receiver(report: &mut Report, shaping: &ShapingConfig, trace: &[Arrival], start: f64) {
+    let units = |recipients: u32| match shaping.count {
+        crate::config::CountUnit::Messages => 1,
+        crate::config::CountUnit::Recipients => u64::from(recipients),
+    };
+    let shaped: Vec<(f64, u64)> = report
+        .sent_log
+        .iter()
+        .map(|sent| (sent.at, units(sent.recipients)))
+        .collect();
+    let offered: Vec<(f64, u64)> = trace
+        .iter()
+        .map(|arrival| (arrival.at, units(arrival.recipients)))
+        .collect();
+    for horizon in Horizon::ALL {
+        let rule = rule(shaping, horizon, start - 3_600.0);
+        let judge = Judge::new(shaped.clone(), rule.window);
+        for sample in &mut report.samples {
+            let end = sample.start + sample.span;
+            sample.window_sent[horizon as usize] = judge.count(end);
+            sample.window_allowed[horizon as usize] = judge.allowance(&rule, end);
+        }
+        report.receiver.push(ReceiverView {
+            horizon,
+            budgeted: shaping.min_volume[horizon as usize].is_some(),
+            rule,
+            shaped: judge.judge(&rule),
+            offered: Judge::new(offered.clone(), rule.window).judge(&rule),
+        });
+    }
 }
 
 /// The busiest window of `window` seconds among `sends` (time, ceiling).
@@ -402,6 +501,34 @@ impl Report {
             ));
         }
         out.push_str(
+            "\nreceiver's view: in every rolling window W, at most max(floor, warmup x the busiest\n\
+             W-window that ended in the 7 days before this one began)\n\
+             window  floor   shaped output: worst sent / allowed (excess)   offered by the apps: worst / allowed (x)\n",
+        );
+        for view in &self.receiver {
+            let floor = if view.budgeted {
+                view.rule.floor.to_string()
+            } else {
+                "none".to_string()
+            };
+            out.push_str(&format!(
+                "{:<6}  {:>5}   {:>10} / {:<10} ({:>5})                {:>8} / {:<8} ({:.1}x){}\n",
+                view.horizon.label(),
+                floor,
+                view.shaped.sent,
+                view.shaped.allowed,
+                view.shaped.excess.max(0),
+                view.offered.sent,
+                view.offered.allowed,
+                view.offered.ratio,
+                if view.budgeted {
+                    ""
+                } else {
+                    "  (not budgeted: min_rate names no floor)"
+                }
+            ));
+        }
+        out.push_str(
             "\napp              offered     sent  deferred  p50 delay  p99 delay  max delay\n",
         );
         for app in self.apps.iter().filter(|app| app.offered > 0) {
@@ -417,7 +544,8 @@ impl Report {
             ));
         }
         out.push_str(
-            "\nday  arrived     sent  deferred  waited>=1s  p99 delay  max delay  ceiling at end\n",
+            "\n(\"deferred\" per app: messages deferred at least once; per day: 451 replies)\n\
+             day  arrived     sent  deferred  waited>=1s  p99 delay  max delay  ceiling at end\n",
         );
         for (index, day) in self.days.iter().enumerate() {
             let end = self
@@ -436,6 +564,21 @@ impl Report {
                 format_duration(quantile(&day.delays, 0.99)),
                 format_duration(day.delays.last().copied().unwrap_or(0.0)),
                 format_rate(end)
+            ));
+        }
+        out
+    }
+}
+
+impl Report {
+    /// `--sent-log`: one CSV row per message sent, `time,app,recipients,delay`
+    /// (trace seconds; delay from its first offer to its sending).
+    pub fn sent_log_csv(&self) -> String {
+        let mut out = String::from("time,app,recipients,delay\n");
+        for sent in &self.sent_log {
+            out.push_str(&format!(
+                "{:.3},{},{},{:.3}\n",
+                sent.at, self.apps[sent.lane].name, sent.recipients, sent.delay
             ));
         }
         out
@@ -471,7 +614,7 @@ mod tests {
         let trace = arrivals(3_000, 0.0, 0.01, "bulk");
         let report = replay(&config, 0, &trace, &Options { retry_after: 600.0 });
         assert_eq!(report.sent, 3_000);
-        assert_eq!(report.deferrals, [0, 0, 0]);
+        assert_eq!(report.deferrals, [0; 5]);
         for peak in &report.peaks {
             assert!(peak.excess <= 0.0, "{peak:?}");
         }

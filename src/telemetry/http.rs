@@ -216,6 +216,18 @@ fn status<Q: Queues>(endpoint: &Endpoint<Q>) -> String {
         for (reason, count) in crate::shaper::DeferReason::ALL.iter().zip(model.deferrals) {
             deferrals = deferrals.field(reason.as_str(), count);
         }
+        let mut budgets = Json::object();
+        for budget in &model.budgets {
+            budgets = budgets.field(
+                budget.horizon.label(),
+                Json::object()
+                    .field("sent", budget.sent)
+                    .field("allowance", budget.allowance)
+                    .field("left", budget.allowance.saturating_sub(budget.sent))
+                    .field("transactional_room", budget.transactional_room)
+                    .field("next_room_seconds", budget.next_room),
+            );
+        }
         let mut replies = Json::array();
         for (at, reply) in &status.recent_replies {
             replies = replies.item(Json::object().field("at", *at).field("reply", reply));
@@ -244,6 +256,7 @@ fn status<Q: Queues>(endpoint: &Endpoint<Q>) -> String {
                         .field("penalty", model.penalty)
                         .field("remaining_seconds", model.paused_for),
                 )
+                .field("volume_budgets", budgets)
                 .field("deferrals", deferrals)
                 .field("connections", status.connections)
                 .field("recent_replies", replies),

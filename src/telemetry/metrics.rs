@@ -81,6 +81,8 @@ pub struct Metrics {
     demand_rate: GaugeVec,
     send_rate: GaugeVec,
     burst_ratio: GaugeVec,
+    volume_sent: IntGaugeVec,
+    volume_allowance: IntGaugeVec,
     backoff_penalty: GaugeVec,
     backoff_remaining: GaugeVec,
     sender_checks: IntGaugeVec,
@@ -301,7 +303,7 @@ impl Metrics {
             demand_rate: gauge(
                 r,
                 "demand_rate",
-                "Messages per second arriving for the gateway (last minute).",
+                "Messages per second the apps offer the gateway (last minute; deferred offers included, an envelope offered again counted once).",
                 &["gateway"],
             ),
             send_rate: gauge(
@@ -315,6 +317,18 @@ impl Metrics {
                 "burst_ratio",
                 "Demand divided by baseline: the burst-anomaly signal.",
                 &["gateway"],
+            ),
+            volume_sent: int_gauge(
+                r,
+                "volume_sent",
+                "Units (messages, or recipients with count = \"recipients\") sent to the gateway in the rolling window (1h or 24h) of its volume budget.",
+                &["gateway", "window"],
+            ),
+            volume_allowance: int_gauge(
+                r,
+                "volume_allowance",
+                "What the volume rule allows the gateway in the rolling window: max(floor, warmup x the busiest window of the 7 days before).",
+                &["gateway", "window"],
             ),
             backoff_penalty: gauge(
                 r,
@@ -413,6 +427,15 @@ impl Metrics {
             self.burst_ratio
                 .with_label_values(&name)
                 .set(model.burst_ratio);
+            for budget in &model.budgets {
+                let labels = [status.name.as_str(), budget.horizon.label()];
+                self.volume_sent
+                    .with_label_values(&labels)
+                    .set(budget.sent as i64);
+                self.volume_allowance
+                    .with_label_values(&labels)
+                    .set(budget.allowance as i64);
+            }
             self.backoff_penalty
                 .with_label_values(&name)
                 .set(model.penalty);
@@ -447,6 +470,11 @@ impl Metrics {
         }
         for family in [&self.queue_messages, &self.queue_bytes, &self.queue_held] {
             let _ = family.remove_label_values(&[gateway]);
+        }
+        for horizon in crate::config::Horizon::ALL {
+            for family in [&self.volume_sent, &self.volume_allowance] {
+                let _ = family.remove_label_values(&[gateway, horizon.label()]);
+            }
         }
     }
 
