@@ -174,6 +174,9 @@ pub struct GatewayModel {
     reserved: u64,
     /// Units sent since the last snapshot (they used the older reserve).
     since_snapshot: u64,
+    /// Units of the send that asked for a save: the reserve covers at least
+    /// that much, or a message with many recipients would never go.
+    wanted: u64,
     deferrals: [u64; 5],
     changes: Vec<CeilingChange>,
 }
@@ -203,6 +206,7 @@ impl GatewayModel {
             updated_at: now,
             reserved: 0,
             since_snapshot: 0,
+            wanted: 0,
             deferrals: [0; 5],
             changes: Vec::new(),
             config: config.clone(),
@@ -345,6 +349,7 @@ impl GatewayModel {
             return Decision::Wait(held.wait);
         }
         if self.counts_durably() && units > self.reserved {
+            self.wanted = units;
             return Decision::Save;
         }
         if let Err(wait) = self.bucket.take(now) {
@@ -518,8 +523,9 @@ impl GatewayModel {
     }
 
     /// The reserve worth saving ahead: a fiftieth of the smallest cap or
-    /// volume allowance (at least 1), so a gateway with a 30/min cap saves
-    /// before each send and one with 10,000/day every 200 units.
+    /// volume allowance (at least 1, and at least the units of the send
+    /// waiting for it), so a gateway with a 30/min cap saves before each
+    /// send and one with 10,000/day every 200 units.
     pub fn reserve(&self) -> u64 {
         self.caps
             .iter()
@@ -527,7 +533,7 @@ impl GatewayModel {
             .chain(self.volume.smallest_allowance())
             .map(|limit| (limit / 50).max(1))
             .min()
-            .unwrap_or(0)
+            .map_or(0, |reserve| reserve.max(self.wanted))
     }
 }
 
@@ -679,6 +685,27 @@ mod tests {
             sent.len() + more.len() + after.len(),
             100 - 1,
             "the reserve is counted as sent"
+        );
+    }
+
+    #[test]
+    fn a_message_counting_more_than_the_reserve_is_saved_for_and_sent() {
+        let config = shaping("count = \"recipients\"\nlimits = [\"30/min\"]");
+        let mut model = GatewayModel::new(&config, 0.0);
+        assert_eq!(
+            model.try_send(10.0, 3, AppClass::Transactional),
+            Decision::Save
+        );
+        let reserve = model.reserve();
+        assert_eq!(
+            reserve, 3,
+            "a 30/min cap saves 1 ahead, this message needs 3"
+        );
+        model.snapshot(10.0, reserve);
+        model.saved(reserve);
+        assert_eq!(
+            model.try_send(10.0, 3, AppClass::Transactional),
+            Decision::Send
         );
     }
 

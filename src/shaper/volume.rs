@@ -381,6 +381,9 @@ impl Volume {
     /// holds have left it; `None` when the window holds fewer.
     fn leaves(&self, index: usize, units: u64, now: f64) -> Option<f64> {
         let track = &self.all.tracks[index];
+        if units > track.used {
+            return None;
+        }
         let mut freed = 0;
         for slot in self.slot - track.window..=self.slot {
             freed += self.all.count(slot);
