@@ -4,7 +4,13 @@
 
 mod support;
 
-use support::{Client, Harness, Sink, eventually, free_address, start, test_config, without_trace};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{
+    Client, Harness, Sink, eventually, fetch, free_address, start, test_config, without_trace,
+};
+use tokio::net::TcpListener;
 
 const BODY: &[u8] = b"Subject: outcome\r\n\r\nhello\r\n";
 const APP: &str = "app@example.com";
@@ -121,6 +127,75 @@ async fn gateway_down_then_up_delivers_everything() {
     })
     .await;
     assert!(dead_letters(spool.path()).is_empty());
+    service.shutdown().await;
+}
+
+/// A gateway that accepts connections and never greets. For every
+/// connection it records how many earlier ones were still open then (a
+/// peer that gave up has closed its end, which reads as end of stream).
+async fn silent_gateway(listener: TcpListener, overlaps: Arc<Mutex<Vec<usize>>>) {
+    let mut open: Vec<std::net::TcpStream> = Vec::new();
+    while let Ok((stream, _)) = listener.accept().await {
+        // A plain non-blocking read asks the kernel itself, not a
+        // readiness cache.
+        open.retain(|mut earlier| {
+            let mut byte = [0u8; 1];
+            matches!(
+                std::io::Read::read(&mut earlier, &mut byte),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock
+            )
+        });
+        overlaps.lock().unwrap().push(open.len());
+        let stream = stream.into_std().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        open.push(stream);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_gateway_gets_one_connection_attempt_per_pause_from_many_workers() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = listener.local_addr().unwrap();
+    let overlaps = Arc::new(Mutex::new(Vec::new()));
+    let silent = tokio::spawn(silent_gateway(listener, overlaps.clone()));
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = test_config(spool.path(), gateway);
+    let primary = &mut config.gateways[0];
+    primary.max_connections = 10;
+    primary.retry_initial = Duration::from_secs(1);
+    primary.retry_max = Duration::from_secs(1);
+    // How long a worker waits for the greeting that never comes.
+    primary.command_timeout = Duration::from_millis(300);
+    let service = start(config).await;
+    let http = service.http_address().unwrap();
+
+    // Held while the mail comes in, so the ten workers start together.
+    fetch(http, "POST", "/admin/gateways/primary/hold", None).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    for n in 0..16 {
+        let body = format!("Subject: {n}\r\n\r\nwaiting\r\n");
+        client
+            .accepted(APP, &["a@example.org"], body.as_bytes())
+            .await;
+    }
+    fetch(http, "POST", "/admin/gateways/primary/release", None).await;
+    eventually("the ten workers' attempts and three probes", || {
+        overlaps.lock().unwrap().len() >= 13
+    })
+    .await;
+    let seen = overlaps.lock().unwrap().clone();
+    assert!(
+        seen[10..].iter().all(|open| *open == 0),
+        "after the first ten, one attempt at a time: {seen:?}"
+    );
+
+    silent.abort();
+    let _ = silent.await;
+    let sink = Sink::start_on(gateway).await;
+    eventually("all 16 delivered once the gateway is up", || {
+        sink.count() == 16
+    })
+    .await;
     service.shutdown().await;
 }
 

@@ -7,24 +7,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use smtp_shaper::telemetry::client::{Answer, request};
-use support::{Harness, eventually, shaping};
+use support::{Harness, eventually, fetch, shaping};
 
 const BODY: &[u8] = b"Subject: observed\r\n\r\nhello\r\n";
-
-async fn fetch(address: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Answer {
-    let (method, path, token) = (
-        method.to_string(),
-        path.to_string(),
-        token.map(str::to_string),
-    );
-    tokio::task::spawn_blocking(move || {
-        request(address, &method, &path, "text/plain", token.as_deref())
-    })
-    .await
-    .unwrap()
-    .expect("the endpoint answers")
-}
 
 /// GETs `path` until its body satisfies `wanted` (60 s at most); returns it.
 async fn poll(address: SocketAddr, path: &str, wanted: impl Fn(&str) -> bool) -> String {

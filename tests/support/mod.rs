@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use smtp_shaper::Service;
 use smtp_shaper::config::Config;
+use smtp_shaper::telemetry::client::{Answer, request};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -737,6 +738,22 @@ impl Harness {
     pub async fn shutdown(self) {
         self.service.shutdown().await;
     }
+}
+
+/// One request to the HTTP endpoint at `address` (the admin API, /status,
+/// /metrics), with the bearer `token` if given.
+pub async fn fetch(address: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Answer {
+    let (method, path, token) = (
+        method.to_string(),
+        path.to_string(),
+        token.map(str::to_string),
+    );
+    tokio::task::spawn_blocking(move || {
+        request(address, &method, &path, "text/plain", token.as_deref())
+    })
+    .await
+    .unwrap()
+    .expect("the endpoint answers")
 }
 
 /// Waits (polling) until `condition` holds; panics after 60 s so a broken
