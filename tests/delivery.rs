@@ -4,13 +4,12 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::{
-    Client, Harness, Sink, eventually, fetch, free_address, start, test_config, without_trace,
+    Client, Harness, SilentGateway, Sink, eventually, fetch, free_address, start, test_config,
+    without_trace,
 };
-use tokio::net::TcpListener;
 
 const BODY: &[u8] = b"Subject: outcome\r\n\r\nhello\r\n";
 const APP: &str = "app@example.com";
@@ -130,34 +129,10 @@ async fn gateway_down_then_up_delivers_everything() {
     service.shutdown().await;
 }
 
-/// A gateway that accepts connections and never greets. For every
-/// connection it records how many earlier ones were still open then (a
-/// peer that gave up has closed its end, which reads as end of stream).
-async fn silent_gateway(listener: TcpListener, overlaps: Arc<Mutex<Vec<usize>>>) {
-    let mut open: Vec<std::net::TcpStream> = Vec::new();
-    while let Ok((stream, _)) = listener.accept().await {
-        // A plain non-blocking read asks the kernel itself, not a
-        // readiness cache.
-        open.retain(|mut earlier| {
-            let mut byte = [0u8; 1];
-            matches!(
-                std::io::Read::read(&mut earlier, &mut byte),
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock
-            )
-        });
-        overlaps.lock().unwrap().push(open.len());
-        let stream = stream.into_std().unwrap();
-        stream.set_nonblocking(true).unwrap();
-        open.push(stream);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_gateway_gets_one_connection_attempt_per_pause_from_many_workers() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway = listener.local_addr().unwrap();
-    let overlaps = Arc::new(Mutex::new(Vec::new()));
-    let silent = tokio::spawn(silent_gateway(listener, overlaps.clone()));
+    let silent = SilentGateway::start().await;
+    let gateway = silent.address;
     let spool = tempfile::tempdir().unwrap();
     let mut config = test_config(spool.path(), gateway);
     let primary = &mut config.gateways[0];
@@ -180,17 +155,16 @@ async fn a_down_gateway_gets_one_connection_attempt_per_pause_from_many_workers(
     }
     fetch(http, "POST", "/admin/gateways/primary/release", None).await;
     eventually("the ten workers' attempts and three probes", || {
-        overlaps.lock().unwrap().len() >= 13
+        silent.connections() >= 13
     })
     .await;
-    let seen = overlaps.lock().unwrap().clone();
+    let seen = silent.overlaps();
     assert!(
         seen[10..].iter().all(|open| *open == 0),
         "after the first ten, one attempt at a time: {seen:?}"
     );
 
-    silent.abort();
-    let _ = silent.await;
+    silent.stop().await;
     let sink = Sink::start_on(gateway).await;
     eventually("all 16 delivered once the gateway is up", || {
         sink.count() == 16

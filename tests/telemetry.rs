@@ -7,7 +7,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{Harness, eventually, fetch, shaping};
+use support::{Client, Harness, SilentGateway, eventually, fetch, shaping, start, test_config};
 
 const BODY: &[u8] = b"Subject: observed\r\n\r\nhello\r\n";
 
@@ -281,6 +281,55 @@ async fn the_admin_api_holds_lists_shows_deletes_retries_and_requeues() {
     let none = fetch(http, "GET", "/admin/dead", None).await;
     assert_eq!(none.body, "no dead letters\n");
     h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_age_grows_through_an_outage() {
+    let silent = SilentGateway::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = test_config(spool.path(), silent.address);
+    config.gateways[0].max_connections = 1;
+    // Each probe waits this long for a greeting while the other message is
+    // queued, its retry come due.
+    let timeout = Duration::from_secs(2);
+    config.gateways[0].command_timeout = timeout;
+    let service = start(config).await;
+    let http = service.http_address().unwrap();
+    let mut client = Client::ready(service.smtp_address()).await;
+    for _ in 0..2 {
+        client
+            .accepted("app@example.com", &["a@example.org"], BODY)
+            .await;
+    }
+    let series = "smtp_shaper_queue_oldest_age_seconds{gateway=\"primary\"}";
+    let mut samples: Vec<f64> = Vec::new();
+    let mut highest = 0.0f64;
+    while silent.connections() < 4 {
+        assert!(samples.len() < 2000, "the probes never came: {samples:?}");
+        let age = sample(&fetch(http, "GET", "/metrics", None).await.body, series);
+        samples.push(age);
+        // The two arrived within a second, and one of them may be out on a
+        // probe (not queued) while sampled.
+        assert!(
+            age >= highest - 1.5,
+            "the oldest age fell from {highest} to {age}: {samples:?}"
+        );
+        highest = highest.max(age);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Three probes each waited out their timeout since the mail arrived.
+    assert!(highest >= 2.0 * timeout.as_secs_f64(), "{samples:?}");
+    let status = fetch(http, "GET", "/status", None).await.body;
+    let in_status: f64 = status
+        .split("\"oldest_age_seconds\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|number| number.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no oldest age in {status}"));
+    assert!(in_status >= highest - 1.5, "{in_status} in {status}");
+    drop(client);
+    service.shutdown().await;
+    silent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -397,19 +397,23 @@ impl DeliveryQueue {
     /// The shaping model and the queue at this moment (messages waiting
     /// for a retry count in the depth and the oldest age), and the queued
     /// body bytes.
+    ///
+    /// The oldest age is from the message's arrival, not from when it last
+    /// entered the scheduler (a retry coming due, a restart): an outage must
+    /// show as ever older mail. Finding it looks at every queued envelope,
+    /// which only a scrape or `/status` asks for.
     pub fn view(&self) -> (GatewayView, u64) {
         let mut state = self.lock();
         let now = self.now();
         let mut view = state.scheduler.view(now);
         view.queued += state.waiting.len();
-        if let Some(oldest) = state
-            .waiting
+        view.oldest_age = state
+            .scheduler
             .iter()
-            .map(|waiting| waiting.item.message.envelope.received_at)
+            .chain(state.waiting.iter().map(|waiting| &waiting.item))
+            .map(|item| item.message.envelope.received_at)
             .min()
-        {
-            view.oldest_age = view.oldest_age.max(now - oldest as f64);
-        }
+            .map_or(0.0, |oldest| (now - oldest as f64).max(0.0));
         (view, state.queued_bytes)
     }
 

@@ -277,7 +277,7 @@ impl Metrics {
             queue_oldest_age: gauge(
                 r,
                 "queue_oldest_age_seconds",
-                "Age of the oldest message queued for the gateway (0 when empty).",
+                "Age since arrival of the oldest message queued for the gateway, retries included (0 when empty).",
                 &["gateway"],
             ),
             queue_held: int_gauge(

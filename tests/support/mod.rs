@@ -156,6 +156,63 @@ impl Sink {
     }
 }
 
+/// A gateway that accepts connections and never greets: a worker waits
+/// for the greeting until its `command_timeout`, then gives up. For every
+/// connection it records how many earlier ones were still open then.
+pub struct SilentGateway {
+    pub address: SocketAddr,
+    overlaps: Arc<Mutex<Vec<usize>>>,
+    task: JoinHandle<()>,
+}
+
+impl SilentGateway {
+    pub async fn start() -> SilentGateway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().unwrap();
+        let overlaps = Arc::new(Mutex::new(Vec::new()));
+        let recorded = overlaps.clone();
+        let task = tokio::spawn(async move {
+            let mut open: Vec<std::net::TcpStream> = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                // A plain non-blocking read asks the kernel whether the peer
+                // has closed, not tokio's readiness cache.
+                open.retain(|mut earlier| {
+                    let mut byte = [0u8; 1];
+                    matches!(
+                        std::io::Read::read(&mut earlier, &mut byte),
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock
+                    )
+                });
+                recorded.lock().unwrap().push(open.len());
+                let stream = stream.into_std().unwrap();
+                stream.set_nonblocking(true).unwrap();
+                open.push(stream);
+            }
+        });
+        SilentGateway {
+            address,
+            overlaps,
+            task,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.overlaps.lock().unwrap().len()
+    }
+
+    /// Per connection, how many earlier ones were still open when it came.
+    pub fn overlaps(&self) -> Vec<usize> {
+        self.overlaps.lock().unwrap().clone()
+    }
+
+    /// Stops listening and closes every connection, freeing the address.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
 /// What every sink session records into.
 #[derive(Clone)]
 struct SinkShared {
