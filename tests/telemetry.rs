@@ -284,6 +284,57 @@ async fn the_admin_api_holds_lists_shows_deletes_retries_and_requeues() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_ends_a_down_gateways_pause_and_the_list_shows_when_mail_goes() {
+    let gateway = support::free_address();
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = test_config(spool.path(), gateway);
+    let primary = &mut config.gateways[0];
+    primary.max_connections = 1;
+    primary.retry_initial = Duration::from_secs(3600);
+    primary.retry_max = Duration::from_secs(3600);
+    let service = start(config).await;
+    let http = service.http_address().unwrap();
+    let mut client = Client::ready(service.smtp_address()).await;
+    let tried = client
+        .accepted("app@example.com", &["tried@example.org"], BODY)
+        .await;
+    poll(http, &format!("/admin/queue/{tried}"), |shown| {
+        shown.contains("retry_at=")
+    })
+    .await;
+    // Queued behind the paused gateway, never tried yet.
+    let waiting = client
+        .accepted("app@example.com", &["waiting@example.org"], BODY)
+        .await;
+    let list = fetch(http, "GET", "/admin/queue", None).await.body;
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(
+        list.lines().all(|line| line.contains("retry_at=")),
+        "the pause is when both go next: {list}"
+    );
+
+    // Retrying one message probes the gateway now (still down: the probe
+    // fails and the pause starts again).
+    let retried = fetch(http, "POST", &format!("/admin/queue/{waiting}/retry"), None).await;
+    assert_eq!(
+        (retried.status, retried.body.as_str()),
+        (200, "retried 1 message(s)\n")
+    );
+    poll(http, "/admin/queue", |list| {
+        list.lines()
+            .all(|line| line.contains("attempts=1 retry_at="))
+    })
+    .await;
+
+    let sink = support::Sink::start_on(gateway).await;
+    let retried = fetch(http, "POST", "/admin/queue/retry", None).await;
+    assert_eq!(retried.body, "retried 2 message(s)\n");
+    eventually("both delivered", || sink.count() == 2).await;
+    drop(client);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_oldest_age_grows_through_an_outage() {
     let silent = SilentGateway::start().await;
     let spool = tempfile::tempdir().unwrap();

@@ -57,7 +57,8 @@ pub const HISTORY_LENGTH: usize = 10;
 pub enum Place {
     /// Waiting for the shaper or a worker.
     Ready,
-    /// Waiting for its retry time (Unix seconds).
+    /// Not before this time (Unix seconds): its own retry time or the end
+    /// of the gateway's pause, whichever is later.
     Retry(f64),
 }
 
@@ -429,37 +430,58 @@ impl DeliveryQueue {
         self.lock().held
     }
 
-    /// Calls `visit` with every queued message and where it is, ready ones
-    /// first (no order within), then retries by due time.
+    /// Calls `visit` with every queued message and when it may next be
+    /// attempted, ready ones first (no order within), then retries by due
+    /// time.
     pub fn visit(&self, mut visit: impl FnMut(&Queued, Place)) {
         let state = self.lock();
+        let now = Instant::now();
+        let paused_until = state.paused_until.filter(|until| *until > now);
         for item in state.scheduler.iter() {
-            visit(item, Place::Ready);
+            let place =
+                paused_until.map_or(Place::Ready, |until| Place::Retry(self.clock.at(until)));
+            visit(item, place);
         }
         let mut waiting: Vec<&Waiting> = state.waiting.iter().collect();
         waiting.sort_by_key(|waiting| waiting.due);
         for waiting in waiting {
-            visit(&waiting.item, Place::Retry(self.clock.at(waiting.due)));
+            let due = paused_until.map_or(waiting.due, |until| until.max(waiting.due));
+            visit(&waiting.item, Place::Retry(self.clock.at(due)));
         }
     }
 
-    /// Makes the retry of message `id` (or of every message) due now;
-    /// returns how many were due later.
+    /// Makes the next attempt of message `id` (or of every message) now:
+    /// its retry falls due, and a pause of the gateway ends so that one
+    /// probe goes at once. Returns how many were to go later.
     pub fn retry_now(&self, id: Option<&str>) -> usize {
         let mut state = self.lock();
         let now = Instant::now();
-        let mut moved = 0;
+        let paused = state.paused_until.is_some_and(|until| until > now);
+        let matches = |item: &Queued| id.is_none_or(|id| item.message.id == id);
+        let mut moved = if paused {
+            state.scheduler.iter().filter(|item| matches(item)).count()
+        } else {
+            0
+        };
         let waiting = std::mem::take(&mut state.waiting);
         state.waiting = waiting
             .into_iter()
             .map(|mut waiting| {
-                if id.is_none_or(|id| waiting.item.message.id == id) && waiting.due > now {
-                    waiting.due = now;
+                if matches(&waiting.item) && (paused || waiting.due > now) {
+                    waiting.due = waiting.due.min(now);
                     moved += 1;
                 }
                 waiting
             })
             .collect();
+        if paused && moved > 0 {
+            state.paused_until = None;
+            tracing::info!(
+                gateway = %self.gateway,
+                failures = state.connect_failures,
+                "operator retry ends the gateway's pause; probing it now"
+            );
+        }
         drop(state);
         self.wake.notify_one();
         moved
