@@ -284,6 +284,29 @@ async fn the_admin_api_holds_lists_shows_deletes_retries_and_requeues() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_mail_waiting_for_a_retry_under_its_app() {
+    let h = Harness::with(|config| {
+        config.gateways[0].retry_initial = Duration::from_secs(3600);
+        config.gateways[0].retry_max = Duration::from_secs(3600);
+    })
+    .await;
+    h.sink
+        .reply_to_rcpt("later@example.org", "451 4.3.0 try later");
+    let http = h.service.http_address().unwrap();
+    let mut client = h.client().await;
+    client
+        .accepted("app@example.com", &["later@example.org"], BODY)
+        .await;
+    let status = poll(http, "/status", |status| {
+        status.contains("451 4.3.0 try later") && status.contains("\"messages\":1,")
+    })
+    .await;
+    assert!(status.contains("\"by_app\":{\"other\":1}"), "{status}");
+    drop(client);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_ends_a_down_gateways_pause_and_the_list_shows_when_mail_goes() {
     let gateway = support::free_address();
     let spool = tempfile::tempdir().unwrap();

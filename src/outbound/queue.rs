@@ -396,8 +396,8 @@ impl DeliveryQueue {
     }
 
     /// The shaping model and the queue at this moment (messages waiting
-    /// for a retry count in the depth and the oldest age), and the queued
-    /// body bytes.
+    /// for a retry count in the depth, per app and in the oldest age), and
+    /// the queued body bytes.
     ///
     /// The oldest age is from the message's arrival, not from when it last
     /// entered the scheduler (a retry coming due, a restart): an outage must
@@ -408,6 +408,11 @@ impl DeliveryQueue {
         let now = self.now();
         let mut view = state.scheduler.view(now);
         view.queued += state.waiting.len();
+        if let Some(last) = view.lanes.len().checked_sub(1) {
+            for waiting in &state.waiting {
+                view.lanes[waiting.item.lane.min(last)] += 1;
+            }
+        }
         view.oldest_age = state
             .scheduler
             .iter()
