@@ -539,6 +539,10 @@ impl Client {
         let stream = TcpStream::connect(address)
             .await
             .expect("connect to smtp-shaper");
+        Client::greeted(stream).await
+    }
+
+    async fn greeted(stream: TcpStream) -> (Client, ClientReply) {
         let (reader, writer) = stream.into_split();
         let mut client = Client {
             reader: BufReader::new(reader),
@@ -546,6 +550,23 @@ impl Client {
         };
         let greeting = client.reply().await.expect("greeting");
         (client, greeting)
+    }
+
+    /// Like [`Client::connect`], from the local address `from` (another
+    /// loopback address plays another client machine).
+    pub async fn connect_from(
+        from: std::net::IpAddr,
+        address: SocketAddr,
+    ) -> (Client, ClientReply) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .expect("bind the client side");
+        let stream = socket
+            .connect(address)
+            .await
+            .expect("connect to smtp-shaper");
+        Client::greeted(stream).await
     }
 
     /// Like [`Client::ready`], but None (no panic) when the server is down
@@ -567,7 +588,15 @@ impl Client {
 
     /// Connects, says EHLO, expects 220 and 250.
     pub async fn ready(address: SocketAddr) -> Client {
-        let (mut client, greeting) = Client::connect(address).await;
+        Client::said_ehlo(Client::connect(address).await).await
+    }
+
+    /// Like [`Client::ready`], from the local address `from`.
+    pub async fn ready_from(from: std::net::IpAddr, address: SocketAddr) -> Client {
+        Client::said_ehlo(Client::connect_from(from, address).await).await
+    }
+
+    async fn said_ehlo((mut client, greeting): (Client, ClientReply)) -> Client {
         assert_eq!(greeting.code, 220, "{greeting:?}");
         let ehlo = client.command("EHLO app.test").await;
         assert_eq!(ehlo.code, 250, "{ehlo:?}");
