@@ -460,7 +460,7 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
         max_connections_per_client: s.integer("max_connections_per_client", 50, 1, 100_000),
         client_connection_rate: s.parsed(
             "client_connection_rate",
-            "600/min",
+            "6000/min",
             units::ALLOWANCE_FORMS,
             units::parse_allowance,
         ),
