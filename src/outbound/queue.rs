@@ -805,6 +805,51 @@ mod tests {
         assert!(rest.iter().all(|item| !item.probe), "the gateway is up");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_operator_retry_ends_the_pause_with_one_probe() {
+        let queue = queue();
+        let start = Instant::now();
+        queue.retry_at(item("tried", None), start + Duration::from_secs(5));
+        queue.retry_at(item("later", None), start + Duration::from_secs(3600));
+        queue.push(item("new", None), true, 4);
+        queue.connect_failed(start, ten_per_failure);
+        let mut places = Vec::new();
+        queue.visit(|item, place| {
+            if let Place::Retry(at) = place {
+                let after = (at - queue.clock.at(start)).round() as u64;
+                places.push((item.message.id.clone(), after));
+            }
+        });
+        assert_eq!(
+            places,
+            vec![
+                ("new".to_string(), 10),
+                ("tried".to_string(), 10),
+                ("later".to_string(), 3600)
+            ],
+            "none goes before the pause ends"
+        );
+
+        assert_eq!(
+            queue.retry_now(Some("new")),
+            1,
+            "ready, held only by the pause"
+        );
+        let probe = next_within(&queue, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert!(probe.probe);
+        assert!(next_within(&queue, Duration::from_secs(60)).await.is_none());
+        assert_eq!(
+            queue.retry_now(None),
+            1,
+            "the later one, while the probe is out"
+        );
+        queue.connected();
+        let rest = [queue.next().await, queue.next().await];
+        assert!(rest.iter().all(|item| !item.probe));
+    }
+
     /// The outage: 16 messages, 10 workers, `retry_initial` 5 s, the
     /// gateway down for 40 s. Workers here do what `worker::deliver` does
     /// with a connection that cannot be opened, or with one that can.
