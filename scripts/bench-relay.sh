@@ -85,6 +85,8 @@ write_config() {
 [server]
 listen = "127.0.0.1:$PROXY_PORT"
 max_connections = 1000
+# smtp-source opens a connection per message (without -d), from one address.
+client_connection_rate = "1000000/s"
 worker_threads = $WORKER_THREADS
 [spool]
 dir = "$WORK/$1-spool"

@@ -3,8 +3,9 @@
 
 mod support;
 
+use smtp_shaper::config::units::parse_allowance;
 use smtp_shaper::config::{AppConfig, ServerTlsConfig};
-use support::{Client, Harness, Talk, TestCertificate, eventually, quick_hash};
+use support::{Client, Harness, Talk, TestCertificate, eventually, fetch, quick_hash};
 
 const SENDER: &str = "noreply@portal.example.org";
 
@@ -200,4 +201,47 @@ async fn rule_3_a_sender_the_gateway_does_not_know_is_refused() {
     );
     drop(client);
     service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn used_up_auth_failures_close_with_421_without_checking_the_password() {
+    let h = Harness::with(|config| {
+        config.server.plaintext_auth_on_loopback = true;
+        config.server.client_auth_failures = parse_allowance("2/h").unwrap();
+        config.apps = vec![portal()];
+    })
+    .await;
+    let address = h.service.smtp_address();
+    let wrong = format!("AUTH PLAIN {}", base64(b"\0portal\0wrong"));
+    let right = format!("AUTH PLAIN {}", base64(b"\0portal\0s3cret"));
+    let mut client = Client::ready(address).await;
+    for _ in 0..2 {
+        assert_eq!(client.command(&wrong).await.code, 535);
+    }
+    let third = client.command(&wrong).await;
+    assert_eq!((third.code, &third.text[..5]), (421, "4.7.0"), "{third:?}");
+    assert!(third.text.contains("authentication failures"), "{third:?}");
+    assert!(client.is_closed().await);
+
+    // Now even the right password from that address is refused, unchecked.
+    let mut again = Client::ready(address).await;
+    let refused = again.command(&right).await;
+    assert_eq!((refused.code, &refused.text[..5]), (421, "4.7.0"));
+    assert!(again.is_closed().await);
+    // Another address logs in.
+    let mut other = Client::ready_from("127.0.0.2".parse().unwrap(), address).await;
+    assert_eq!(other.command(&right).await.code, 235);
+
+    let metrics = fetch(h.service.http_address().unwrap(), "GET", "/metrics", None)
+        .await
+        .body;
+    for expected in [
+        // Three wrong passwords checked, the refused right one not.
+        "smtp_shaper_auth_attempts_total{result=\"failure\"} 3\n",
+        "smtp_shaper_auth_attempts_total{result=\"success\"} 1\n",
+        "smtp_shaper_rejections_total{reason=\"auth_failure_rate\"} 2\n",
+    ] {
+        assert!(metrics.contains(expected), "{expected} in {metrics}");
+    }
+    h.shutdown().await;
 }

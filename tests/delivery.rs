@@ -4,7 +4,12 @@
 
 mod support;
 
-use support::{Client, Harness, Sink, eventually, free_address, start, test_config, without_trace};
+use std::time::Duration;
+
+use support::{
+    Client, Harness, SilentGateway, Sink, eventually, fetch, free_address, start, test_config,
+    without_trace,
+};
 
 const BODY: &[u8] = b"Subject: outcome\r\n\r\nhello\r\n";
 const APP: &str = "app@example.com";
@@ -121,6 +126,50 @@ async fn gateway_down_then_up_delivers_everything() {
     })
     .await;
     assert!(dead_letters(spool.path()).is_empty());
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_gateway_gets_one_connection_attempt_per_pause_from_many_workers() {
+    let silent = SilentGateway::start().await;
+    let gateway = silent.address;
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = test_config(spool.path(), gateway);
+    let primary = &mut config.gateways[0];
+    primary.max_connections = 10;
+    primary.retry_initial = Duration::from_secs(1);
+    primary.retry_max = Duration::from_secs(1);
+    // How long a worker waits for the greeting that never comes.
+    primary.command_timeout = Duration::from_millis(300);
+    let service = start(config).await;
+    let http = service.http_address().unwrap();
+
+    // Held while the mail comes in, so the ten workers start together.
+    fetch(http, "POST", "/admin/gateways/primary/hold", None).await;
+    let mut client = Client::ready(service.smtp_address()).await;
+    for n in 0..16 {
+        let body = format!("Subject: {n}\r\n\r\nwaiting\r\n");
+        client
+            .accepted(APP, &["a@example.org"], body.as_bytes())
+            .await;
+    }
+    fetch(http, "POST", "/admin/gateways/primary/release", None).await;
+    eventually("the ten workers' attempts and three probes", || {
+        silent.connections() >= 13
+    })
+    .await;
+    let seen = silent.overlaps();
+    assert!(
+        seen[10..].iter().all(|open| *open == 0),
+        "after the first ten, one attempt at a time: {seen:?}"
+    );
+
+    silent.stop().await;
+    let sink = Sink::start_on(gateway).await;
+    eventually("all 16 delivered once the gateway is up", || {
+        sink.count() == 16
+    })
+    .await;
     service.shutdown().await;
 }
 

@@ -6,7 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Client, Harness, eventually};
+use smtp_shaper::config::units::parse_allowance;
+use support::{Client, Harness, eventually, fetch};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_sequences_never_split_a_transaction() {
@@ -529,5 +530,37 @@ async fn open_relay_probes_are_refused_or_go_only_to_the_gateway() {
             message.recipients
         );
     }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reconnecting_too_often_is_refused_421_others_are_not() {
+    let h = Harness::with(|config| {
+        config.server.client_connection_rate = parse_allowance("3/h").unwrap();
+    })
+    .await;
+    let address = h.service.smtp_address();
+    for _ in 0..3 {
+        let (mut client, greeting) = Client::connect(address).await;
+        assert_eq!(greeting.code, 220, "{greeting:?}");
+        assert_eq!(client.command("QUIT").await.code, 221);
+    }
+    let (mut refused, greeting) = Client::connect(address).await;
+    assert_eq!(
+        (greeting.code, &greeting.text[..5]),
+        (421, "4.7.0"),
+        "{greeting:?}"
+    );
+    assert!(greeting.text.contains("connection rate"), "{greeting:?}");
+    assert!(refused.is_closed().await);
+    let (_other, greeting) = Client::connect_from("127.0.0.2".parse().unwrap(), address).await;
+    assert_eq!(greeting.code, 220, "another address has its own allowance");
+    let metrics = fetch(h.service.http_address().unwrap(), "GET", "/metrics", None)
+        .await
+        .body;
+    assert!(
+        metrics.contains("smtp_shaper_rejections_total{reason=\"connection_rate\"} 1\n"),
+        "{metrics}"
+    );
     h.shutdown().await;
 }

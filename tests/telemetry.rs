@@ -7,24 +7,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use smtp_shaper::telemetry::client::{Answer, request};
-use support::{Harness, eventually, shaping};
+use support::{Client, Harness, SilentGateway, eventually, fetch, shaping, start, test_config};
 
 const BODY: &[u8] = b"Subject: observed\r\n\r\nhello\r\n";
-
-async fn fetch(address: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Answer {
-    let (method, path, token) = (
-        method.to_string(),
-        path.to_string(),
-        token.map(str::to_string),
-    );
-    tokio::task::spawn_blocking(move || {
-        request(address, &method, &path, "text/plain", token.as_deref())
-    })
-    .await
-    .unwrap()
-    .expect("the endpoint answers")
-}
 
 /// GETs `path` until its body satisfies `wanted` (60 s at most); returns it.
 async fn poll(address: SocketAddr, path: &str, wanted: impl Fn(&str) -> bool) -> String {
@@ -296,6 +281,132 @@ async fn the_admin_api_holds_lists_shows_deletes_retries_and_requeues() {
     let none = fetch(http, "GET", "/admin/dead", None).await;
     assert_eq!(none.body, "no dead letters\n");
     h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_mail_waiting_for_a_retry_under_its_app() {
+    let h = Harness::with(|config| {
+        config.gateways[0].retry_initial = Duration::from_secs(3600);
+        config.gateways[0].retry_max = Duration::from_secs(3600);
+    })
+    .await;
+    h.sink
+        .reply_to_rcpt("later@example.org", "451 4.3.0 try later");
+    let http = h.service.http_address().unwrap();
+    let mut client = h.client().await;
+    client
+        .accepted("app@example.com", &["later@example.org"], BODY)
+        .await;
+    let status = poll(http, "/status", |status| {
+        status.contains("451 4.3.0 try later") && status.contains("\"messages\":1,")
+    })
+    .await;
+    assert!(status.contains("\"by_app\":{\"other\":1}"), "{status}");
+    drop(client);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_ends_a_down_gateways_pause_and_the_list_shows_when_mail_goes() {
+    let gateway = support::free_address();
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = test_config(spool.path(), gateway);
+    let primary = &mut config.gateways[0];
+    primary.max_connections = 1;
+    primary.retry_initial = Duration::from_secs(3600);
+    primary.retry_max = Duration::from_secs(3600);
+    let service = start(config).await;
+    let http = service.http_address().unwrap();
+    let mut client = Client::ready(service.smtp_address()).await;
+    let tried = client
+        .accepted("app@example.com", &["tried@example.org"], BODY)
+        .await;
+    poll(http, &format!("/admin/queue/{tried}"), |shown| {
+        shown.contains("retry_at=")
+    })
+    .await;
+    // Queued behind the paused gateway, never tried yet.
+    let waiting = client
+        .accepted("app@example.com", &["waiting@example.org"], BODY)
+        .await;
+    let list = fetch(http, "GET", "/admin/queue", None).await.body;
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(
+        list.lines().all(|line| line.contains("retry_at=")),
+        "the pause is when both go next: {list}"
+    );
+
+    // Retrying one message probes the gateway now (still down: the probe
+    // fails and the pause starts again).
+    let retried = fetch(http, "POST", &format!("/admin/queue/{waiting}/retry"), None).await;
+    assert_eq!(
+        (retried.status, retried.body.as_str()),
+        (200, "retried 1 message(s)\n")
+    );
+    poll(http, "/admin/queue", |list| {
+        list.lines()
+            .all(|line| line.contains("attempts=1 retry_at="))
+    })
+    .await;
+
+    let sink = support::Sink::start_on(gateway).await;
+    let retried = fetch(http, "POST", "/admin/queue/retry", None).await;
+    assert_eq!(retried.body, "retried 2 message(s)\n");
+    eventually("both delivered", || sink.count() == 2).await;
+    drop(client);
+    service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_age_grows_through_an_outage() {
+    let silent = SilentGateway::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = test_config(spool.path(), silent.address);
+    config.gateways[0].max_connections = 1;
+    // Each probe waits this long for a greeting while the other message is
+    // queued, its retry come due.
+    let timeout = Duration::from_secs(2);
+    config.gateways[0].command_timeout = timeout;
+    let service = start(config).await;
+    let http = service.http_address().unwrap();
+    let mut client = Client::ready(service.smtp_address()).await;
+    let accepting = std::time::Instant::now();
+    for _ in 0..2 {
+        client
+            .accepted("app@example.com", &["a@example.org"], BODY)
+            .await;
+    }
+    // One of the two may be out on a probe (not queued) while sampled: the
+    // other arrived this much later, plus a second of their whole-second
+    // arrival times.
+    let tolerance = 1.0 + accepting.elapsed().as_secs_f64() + 0.1;
+    let series = "smtp_shaper_queue_oldest_age_seconds{gateway=\"primary\"}";
+    let mut samples: Vec<f64> = Vec::new();
+    let mut highest = 0.0f64;
+    while silent.connections() < 4 {
+        assert!(samples.len() < 2000, "the probes never came: {samples:?}");
+        let age = sample(&fetch(http, "GET", "/metrics", None).await.body, series);
+        samples.push(age);
+        assert!(
+            age >= highest - tolerance,
+            "the oldest age fell from {highest} to {age}: {samples:?}"
+        );
+        highest = highest.max(age);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Three probes each waited out their timeout since the mail arrived.
+    assert!(highest >= 2.0 * timeout.as_secs_f64(), "{samples:?}");
+    let status = fetch(http, "GET", "/status", None).await.body;
+    let in_status: f64 = status
+        .split("\"oldest_age_seconds\":")
+        .nth(1)
+        .and_then(|rest| rest.split([',', '}']).next())
+        .and_then(|number| number.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no oldest age in {status}"));
+    assert!(in_status >= highest - tolerance, "{in_status} in {status}");
+    drop(client);
+    service.shutdown().await;
+    silent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

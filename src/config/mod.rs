@@ -50,6 +50,11 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Concurrent connections from one client address.
     pub max_connections_per_client: usize,
+    /// New connections from one client address.
+    pub client_connection_rate: units::Allowance,
+    /// Failed AUTH attempts from one client address (each costs an argon2
+    /// run, so this bounds the CPU one client can take).
+    pub client_auth_failures: units::Allowance,
     pub max_errors: u32,
     /// Commands that move no mail (NOOP, RSET, VRFY, HELP, EHLO/HELO again)
     /// since the last message before the session is closed.
@@ -509,6 +514,18 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
         max_recipients: s.integer("max_recipients", 100, 1, 100_000),
         max_connections: s.integer("max_connections", 200, 1, 100_000),
         max_connections_per_client: s.integer("max_connections_per_client", 50, 1, 100_000),
+        client_connection_rate: s.parsed(
+            "client_connection_rate",
+            "6000/min",
+            units::ALLOWANCE_FORMS,
+            units::parse_allowance,
+        ),
+        client_auth_failures: s.parsed(
+            "client_auth_failures",
+            "10/min",
+            units::ALLOWANCE_FORMS,
+            units::parse_allowance,
+        ),
         max_errors: s.integer("max_errors", 10, 1, 1_000),
         max_junk_commands: s.integer("max_junk_commands", 100, 1, 100_000),
         command_deadline: s.parsed(
@@ -1038,6 +1055,7 @@ mod tests {
             [server]
             listen = "nowhere"
             max_message_size = "25MB"
+            client_auth_failures = "0/min"
             colour = "blue"
             [spool]
             dir = "/tmp/x"
@@ -1056,6 +1074,7 @@ mod tests {
         for expected in [
             "server.listen: \"nowhere\" is not valid; accepted: an IP address and port",
             "server.max_message_size: \"25MB\" is not valid; accepted: a whole number with a unit B, KiB",
+            "server.client_auth_failures: \"0/min\" is not valid; accepted: a whole number from 1 to 1000000 per s, min, h or day",
             "server.colour: unknown key",
             "gateways[0].address: \"gw.example.com\" is not valid; accepted: host:port",
             "gateways[0].retry_initial: \"soon\" is not valid",
@@ -1065,7 +1084,7 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
-        assert_eq!(error.problems.len(), 8, "{text}");
+        assert_eq!(error.problems.len(), 9, "{text}");
     }
 
     #[test]

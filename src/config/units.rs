@@ -1,5 +1,6 @@
 //! Human units in the configuration: sizes (`25MiB`), durations (`15m`),
-//! rates (`60/min`) and growth factors (`2x/day`).
+//! rates (`60/min`), allowances (`10/min`, a whole count per period) and
+//! growth factors (`2x/day`).
 //!
 //! Pure parsing with messages that name the accepted forms, because an operator
 //! reads these errors, not a developer.
@@ -16,6 +17,29 @@ pub const DURATION_FORMS: &str =
 /// What a rate may look like; printed in every rate error.
 pub const RATE_FORMS: &str =
     "a number of messages per s, min, h or day, e.g. \"60/min\", \"0.5/s\", \"10000/day\"";
+
+/// What an allowance may look like; printed in every allowance error.
+pub const ALLOWANCE_FORMS: &str =
+    "a whole number from 1 to 1000000 per s, min, h or day, e.g. \"600/min\", \"10/min\"";
+
+/// At most `count` events per `period`, as many as `count` of them at once
+/// (a bucket of that depth refilled evenly over the period).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    pub count: u32,
+    pub period: Duration,
+}
+
+/// Parses `600/min`, `10/h` into an allowance (a whole count, at least 1).
+pub fn parse_allowance(text: &str) -> Option<Allowance> {
+    let (count, period) = text.trim().split_once('/')?;
+    let count: u32 = count.trim().parse().ok()?;
+    (1..=1_000_000).contains(&count).then_some(())?;
+    Some(Allowance {
+        count,
+        period: Duration::from_secs_f64(period_seconds(period.trim())?),
+    })
+}
 
 /// What a growth factor may look like; printed in every growth error.
 pub const GROWTH_FORMS: &str =
@@ -162,6 +186,16 @@ mod tests {
         assert!((parse_growth("2x/h").unwrap() - 2f64.powi(24)).abs() < 1.0);
         assert_eq!(parse_growth("1x/day"), None, "no growth is not a warm-up");
         assert_eq!(parse_growth("2/day"), None);
+        assert_eq!(
+            parse_allowance("10 / min"),
+            Some(Allowance {
+                count: 10,
+                period: Duration::from_secs(60)
+            })
+        );
+        assert_eq!(parse_allowance("0/min"), None);
+        assert_eq!(parse_allowance("1.5/s"), None);
+        assert_eq!(parse_allowance("10/week"), None);
         assert_eq!(format_rate(1.5), "1.5/s");
         assert_eq!(format_rate(0.5), "30/min");
         assert_eq!(format_rate(1.0 / 900.0), "4/h");

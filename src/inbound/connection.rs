@@ -19,6 +19,7 @@ use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsAcceptor;
 
 use super::Context;
+use super::limits::ClientLimits;
 use super::session::{Session, Step, Transaction};
 use crate::shutdown::Shutdown;
 use crate::smtp::line::Framed;
@@ -111,6 +112,7 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     context: Arc<Context>,
+    limits: Arc<ClientLimits>,
     mut shutdown: Shutdown,
     implicit_tls: bool,
 ) {
@@ -141,7 +143,7 @@ pub async fn serve(
         session.tls_started();
     }
     session.greeting().write_to(&mut conn.out);
-    let result = run(&mut conn, &mut session, &context, &mut shutdown).await;
+    let result = run(&mut conn, &mut session, &context, &limits, &mut shutdown).await;
     if let Err(error) = result {
         tracing::debug!(client = %peer, %error, "connection ended with an I/O error");
     }
@@ -153,6 +155,7 @@ async fn run(
     conn: &mut Conn,
     session: &mut Session<'_>,
     context: &Context,
+    limits: &ClientLimits,
     shutdown: &mut Shutdown,
 ) -> std::io::Result<()> {
     let server = &context.config.server;
@@ -198,7 +201,7 @@ async fn run(
             };
             let step = match step {
                 Step::Authenticate { user, password } => {
-                    authenticate(session, context, user, password).await
+                    authenticate(session, context, limits, user, password).await
                 }
                 other => other,
             };
@@ -270,13 +273,29 @@ async fn run(
 }
 
 /// Checks AUTH credentials off the async threads and answers with the
-/// session's verdict; logs the outcome (never the password).
+/// session's verdict; logs the outcome (never the password). A client out
+/// of AUTH failures (`limits`) is closed with 421, its password unchecked.
 async fn authenticate(
     session: &mut Session<'_>,
     context: &Context,
+    limits: &ClientLimits,
     user: String,
     password: Vec<u8>,
 ) -> Step {
+    let client = session.client_ip;
+    let too_many = || {
+        Step::Close(Reply::new(
+            421,
+            format!(
+                "4.7.0 {} Error: too many authentication failures from {client}, try again later",
+                context.config.server.hostname
+            ),
+        ))
+    };
+    if !limits.auth_allowed(client) {
+        tracing::warn!(%client, %user, "authentication refused unchecked: too many failures from this client");
+        return too_many();
+    }
     let apps = context.policy.apps.clone();
     let name = user.clone();
     let lane = tokio::task::spawn_blocking(move || apps.login(&name, &password))
@@ -293,7 +312,12 @@ async fn authenticate(
             let app = context.policy.apps.name(app);
             tracing::info!(client = %session.client_ip, %user, %app, "client authenticated");
         }
-        None => tracing::warn!(client = %session.client_ip, %user, "authentication failed"),
+        None => {
+            tracing::warn!(client = %session.client_ip, %user, "authentication failed");
+            if !limits.auth_failed(client) {
+                return too_many();
+            }
+        }
     }
     session.login_result(lane)
 }

@@ -2,10 +2,13 @@
 //!
 //! The listener enforces the checks that come before any SMTP: the client
 //! network must be in `allowed_networks` (else 554 and close: never an open
-//! relay), at most `max_connections` sessions run at once and at most
-//! `max_connections_per_client` from one address (else 421).
+//! relay), one address may open connections no faster than
+//! `client_connection_rate` (`limits`), at most `max_connections` sessions
+//! run at once and at most `max_connections_per_client` from one address
+//! (else 421).
 
 mod connection;
+mod limits;
 pub mod session;
 
 use std::collections::HashMap;
@@ -25,6 +28,10 @@ use crate::smtp::Reply;
 use crate::spool::Spool;
 use crate::telemetry::Metrics;
 use crate::tls::server::ServerTls;
+use limits::ClientLimits;
+
+/// How often the per-client limits forget addresses not seen lately.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What every session needs, shared read-only.
 pub struct Context {
@@ -43,7 +50,8 @@ pub struct Context {
 /// `tls_listener` speaks TLS from the first byte; both share the limits.
 /// `contexts` holds the current context: a reload replaces it, and each
 /// new connection takes the one current when it arrives (open sessions
-/// keep theirs). The connection limits are those of the first.
+/// keep theirs). The limit on concurrent connections is that of the first;
+/// the per-client limits start afresh when a reload changes them.
 pub async fn serve(
     listener: TcpListener,
     tls_listener: Option<TcpListener>,
@@ -54,6 +62,8 @@ pub async fn serve(
     let server = &first.config.server;
     let slots = Arc::new(Semaphore::new(server.max_connections));
     let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let mut limits = Arc::new(ClientLimits::new(server));
+    let mut prune = tokio::time::interval(PRUNE_EVERY);
     let mut sessions = JoinSet::new();
     loop {
         let (accepted, implicit_tls) = tokio::select! {
@@ -61,9 +71,16 @@ pub async fn serve(
             accepted = accept_on(tls_listener.as_ref()) => (accepted, true),
             _ = shutdown.stopped() => break,
             Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+            _ = prune.tick() => {
+                limits.prune();
+                continue;
+            }
         };
         let context = contexts.borrow().clone();
         let server = &context.config.server;
+        if limits.settings != ClientLimits::settings_of(server) {
+            limits = Arc::new(ClientLimits::new(server));
+        }
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -79,6 +96,20 @@ pub async fn serve(
                 554,
                 format!(
                     "5.7.1 {} Access denied: {} may not relay here",
+                    server.hostname,
+                    peer.ip()
+                ),
+            );
+            count_rejection(&context, &reply);
+            sessions.spawn(refuse(stream, reply));
+            continue;
+        }
+        if !limits.connection(peer.ip()) {
+            tracing::warn!(client = %peer, limit = ?server.client_connection_rate, "connection refused: client connecting too often");
+            let reply = Reply::new(
+                421,
+                format!(
+                    "4.7.0 {} Error: connection rate limit exceeded for {}, try again later",
                     server.hostname,
                     peer.ip()
                 ),
@@ -117,10 +148,19 @@ pub async fn serve(
             continue;
         };
         let shutdown = shutdown.clone();
+        let limits = limits.clone();
         sessions.spawn(async move {
             let open = &context.metrics.inbound_connections;
             open.inc();
-            connection::serve(stream, peer, context.clone(), shutdown, implicit_tls).await;
+            connection::serve(
+                stream,
+                peer,
+                context.clone(),
+                limits,
+                shutdown,
+                implicit_tls,
+            )
+            .await;
             context.metrics.inbound_connections.dec();
             drop(client_slot);
             drop(slot);
@@ -167,6 +207,8 @@ fn rejection_reason(reply: &Reply) -> Option<&'static str> {
     Some(match (reply.code, status) {
         (451, "4.7.1") | (421, "4.3.2") => return None,
         (_, "4.4.2") => "timeout",
+        (421, _) if text.contains("connection rate limit") => "connection_rate",
+        (421, _) if text.contains("authentication failures") => "auth_failure_rate",
         (421, _) if text.contains("too many connections") => "too_many_connections",
         (421, _) => "too_many_errors",
         (554, "5.7.1") => "client_denied",

@@ -270,6 +270,7 @@ impl Generation {
                 lane,
                 body,
                 history: Vec::new(),
+                probe: false,
             },
             arrival,
             gateway.config.max_connections,

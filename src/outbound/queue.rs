@@ -9,9 +9,11 @@
 //! [`HOT_BODY_BYTES`] per gateway) and spare the worker a read back from disk.
 //! Delivery workers take from the front only when the shaper lets a message
 //! go; a message under the ceiling with an empty queue goes at once, with no
-//! timer. A paused gateway hands out nothing until the pause ends, so an
-//! unreachable gateway costs one connection attempt per pause, not one per
-//! queued message.
+//! timer. A paused gateway hands out nothing until the pause ends, and then
+//! exactly one message, the probe, until its connection attempt succeeds or
+//! fails: an unreachable gateway costs one connection attempt per pause,
+//! whatever the number of workers, and only the probe's failure lengthens the
+//! pause (attempts that began before the pause are already accounted for).
 //!
 //! The shaper's time axis is Unix seconds, derived from tokio's clock (so the
 //! queue also runs on tokio's paused clock in tests).
@@ -45,6 +47,9 @@ pub struct Queued {
     pub body: Option<Vec<u8>>,
     /// The latest attempts and the gateway's replies (for `queue show`).
     pub history: Vec<Attempt>,
+    /// Handed out as the probe of a paused gateway (see the module notes):
+    /// its worker must report how the connection went.
+    pub probe: bool,
 }
 
 /// Most attempts a queued message remembers.
@@ -54,7 +59,8 @@ pub const HISTORY_LENGTH: usize = 10;
 pub enum Place {
     /// Waiting for the shaper or a worker.
     Ready,
-    /// Waiting for its retry time (Unix seconds).
+    /// Not before this time (Unix seconds): its own retry time or the end
+    /// of the gateway's pause, whichever is later.
     Retry(f64),
 }
 
@@ -113,6 +119,11 @@ struct State {
     /// Cap units of the messages in `waiting`.
     waiting_units: u64,
     paused_until: Option<Instant>,
+    /// When the current pause began: a failed attempt that started before
+    /// it is the same outage, not news.
+    paused_at: Option<Instant>,
+    /// The probe after a pause is out, so no other message goes.
+    probing: bool,
     connect_failures: u32,
     hot_bytes: usize,
     /// Body bytes of every queued message (ready and waiting).
@@ -163,6 +174,8 @@ impl DeliveryQueue {
                 waiting_units: 0,
                 sequence: 0,
                 paused_until: None,
+                paused_at: None,
+                probing: false,
                 connect_failures: 0,
                 hot_bytes: 0,
                 queued_bytes: 0,
@@ -212,6 +225,7 @@ impl DeliveryQueue {
     /// demand (not a recovered message). Its body is kept only while fewer
     /// than `workers` messages are queued and the byte budget allows.
     pub fn push(&self, mut item: Queued, arrival: bool, workers: usize) {
+        item.probe = false;
         let mut state = self.lock();
         let now = self.now();
         if let Some(body) = &item.body {
@@ -240,6 +254,7 @@ impl DeliveryQueue {
     /// Holds a message back until `due` (without its body).
     pub fn retry_at(&self, mut item: Queued, due: Instant) {
         item.body = None;
+        item.probe = false;
         let mut state = self.lock();
         state.queued_bytes += item.message.location.body_len;
         state.sequence += 1;
@@ -269,15 +284,22 @@ impl DeliveryQueue {
                 match state.paused_until {
                     _ if state.held => None,
                     Some(until) if until > now => Some(until),
+                    // The probe's verdict wakes the others.
+                    _ if state.probing => None,
                     _ => {
                         state.paused_until = None;
                         let release = state.scheduler.next(unix_now);
                         self.log_changes(&mut state, None);
                         match release {
-                            Release::Send { item, waited, .. } => {
+                            Release::Send {
+                                mut item, waited, ..
+                            } => {
                                 state.hot_bytes -= item.body.as_ref().map_or(0, Vec::len);
                                 state.queued_bytes -= item.message.location.body_len;
-                                if !state.scheduler.is_empty() {
+                                if state.connect_failures > 0 {
+                                    state.probing = true;
+                                    item.probe = true;
+                                } else if !state.scheduler.is_empty() {
                                     // Let another worker take the next one.
                                     self.wake.notify_one();
                                 }
@@ -316,25 +338,47 @@ impl DeliveryQueue {
         }
     }
 
-    /// A connection to the gateway failed: pause for `pause(failures so far)`.
-    /// Returns the pause.
-    pub fn connect_failed(&self, pause: impl Fn(u32) -> Duration) -> Duration {
+    /// A connection attempt begun at `started` failed. Unless a pause began
+    /// since (this attempt was under way when another one failed), the
+    /// gateway pauses for `pause(failures so far)`, which is returned.
+    pub fn connect_failed(
+        &self,
+        started: Instant,
+        pause: impl Fn(u32) -> Duration,
+    ) -> Option<Duration> {
         let mut state = self.lock();
+        if state.paused_at.is_some_and(|at| at >= started) {
+            return None;
+        }
+        let now = Instant::now();
         state.connect_failures = state.connect_failures.saturating_add(1);
         let pause = pause(state.connect_failures);
-        state.paused_until = Some(Instant::now() + pause);
-        pause
+        state.paused_at = Some(now);
+        state.paused_until = Some(now + pause);
+        state.probing = false;
+        Some(pause)
     }
 
-    /// A connection succeeded: the gateway is up again.
+    /// A connection succeeded (or a probe went through a connection already
+    /// open): the gateway is up again.
     pub fn connected(&self) {
         let mut state = self.lock();
+        state.probing = false;
         if state.connect_failures > 0 {
             state.connect_failures = 0;
             state.paused_until = None;
+            state.paused_at = None;
             drop(state);
             self.wake.notify_waiters();
         }
+    }
+
+    /// The probe ended without saying whether the gateway is reachable (its
+    /// body could not be read, or its transaction failed on a connection
+    /// already open): the next message probes instead.
+    pub fn probe_inconclusive(&self) {
+        self.lock().probing = false;
+        self.wake.notify_one();
     }
 
     /// The gateway answered with a throttling reply (`reply`, for the log).
@@ -367,21 +411,30 @@ impl DeliveryQueue {
     }
 
     /// The shaping model and the queue at this moment (messages waiting
-    /// for a retry count in the depth and the oldest age), and the queued
-    /// body bytes.
+    /// for a retry count in the depth, per app and in the oldest age), and
+    /// the queued body bytes.
+    ///
+    /// The oldest age is from the message's arrival, not from when it last
+    /// entered the scheduler (a retry coming due, a restart): an outage must
+    /// show as ever older mail. Finding it looks at every queued envelope,
+    /// which only a scrape or `/status` asks for.
     pub fn view(&self) -> (GatewayView, u64) {
         let mut state = self.lock();
         let now = self.now();
         let mut view = state.scheduler.view(now);
         view.queued += state.waiting.len();
-        if let Some(oldest) = state
-            .waiting
-            .iter()
-            .map(|waiting| waiting.item.message.envelope.received_at)
-            .min()
-        {
-            view.oldest_age = view.oldest_age.max(now - oldest as f64);
+        if let Some(last) = view.lanes.len().checked_sub(1) {
+            for waiting in &state.waiting {
+                view.lanes[waiting.item.lane.min(last)] += 1;
+            }
         }
+        view.oldest_age = state
+            .scheduler
+            .iter()
+            .chain(state.waiting.iter().map(|waiting| &waiting.item))
+            .map(|item| item.message.envelope.received_at)
+            .min()
+            .map_or(0.0, |oldest| (now - oldest as f64).max(0.0));
         (view, state.queued_bytes)
     }
 
@@ -397,37 +450,58 @@ impl DeliveryQueue {
         self.lock().held
     }
 
-    /// Calls `visit` with every queued message and where it is, ready ones
-    /// first (no order within), then retries by due time.
+    /// Calls `visit` with every queued message and when it may next be
+    /// attempted, ready ones first (no order within), then retries by due
+    /// time.
     pub fn visit(&self, mut visit: impl FnMut(&Queued, Place)) {
         let state = self.lock();
+        let now = Instant::now();
+        let paused_until = state.paused_until.filter(|until| *until > now);
         for item in state.scheduler.iter() {
-            visit(item, Place::Ready);
+            let place =
+                paused_until.map_or(Place::Ready, |until| Place::Retry(self.clock.at(until)));
+            visit(item, place);
         }
         let mut waiting: Vec<&Waiting> = state.waiting.iter().collect();
         waiting.sort_by_key(|waiting| waiting.due);
         for waiting in waiting {
-            visit(&waiting.item, Place::Retry(self.clock.at(waiting.due)));
+            let due = paused_until.map_or(waiting.due, |until| until.max(waiting.due));
+            visit(&waiting.item, Place::Retry(self.clock.at(due)));
         }
     }
 
-    /// Makes the retry of message `id` (or of every message) due now;
-    /// returns how many were due later.
+    /// Makes the next attempt of message `id` (or of every message) now:
+    /// its retry falls due, and a pause of the gateway ends so that one
+    /// probe goes at once. Returns how many were to go later.
     pub fn retry_now(&self, id: Option<&str>) -> usize {
         let mut state = self.lock();
         let now = Instant::now();
-        let mut moved = 0;
+        let paused = state.paused_until.is_some_and(|until| until > now);
+        let matches = |item: &Queued| id.is_none_or(|id| item.message.id == id);
+        let mut moved = if paused {
+            state.scheduler.iter().filter(|item| matches(item)).count()
+        } else {
+            0
+        };
         let waiting = std::mem::take(&mut state.waiting);
         state.waiting = waiting
             .into_iter()
             .map(|mut waiting| {
-                if id.is_none_or(|id| waiting.item.message.id == id) && waiting.due > now {
-                    waiting.due = now;
+                if matches(&waiting.item) && (paused || waiting.due > now) {
+                    waiting.due = waiting.due.min(now);
                     moved += 1;
                 }
                 waiting
             })
             .collect();
+        if paused && moved > 0 {
+            state.paused_until = None;
+            tracing::info!(
+                gateway = %self.gateway,
+                failures = state.connect_failures,
+                "operator retry ends the gateway's pause; probing it now"
+            );
+        }
         drop(state);
         self.wake.notify_one();
         moved
@@ -551,6 +625,7 @@ mod tests {
             lane: 0,
             body: body.map(|len| vec![b'x'; len]),
             history: Vec::new(),
+            probe: false,
         }
     }
 
@@ -667,18 +742,28 @@ mod tests {
         assert!(after.model.paused_for > 59.0);
     }
 
+    /// Whether `at` is `due`, give or take the timer's millisecond ticks.
+    fn within_a_tick(at: Instant, due: Instant) -> bool {
+        at >= due && at - due < Duration::from_millis(5)
+    }
+
+    fn ten_per_failure(failures: u32) -> Duration {
+        Duration::from_secs(10 * u64::from(failures))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_unreachable_gateway_pauses_the_queue() {
         let queue = queue();
         queue.push(item("a", None), true, 4);
-        let pause = queue.connect_failed(|failures| Duration::from_secs(10 * u64::from(failures)));
-        assert_eq!(pause, Duration::from_secs(10));
+        let pause = queue.connect_failed(Instant::now(), ten_per_failure);
+        assert_eq!(pause, Some(Duration::from_secs(10)));
         assert!(next_within(&queue, Duration::from_secs(9)).await.is_none());
-        assert_eq!(queue.next().await.message.id, "a");
+        let probe = queue.next().await;
+        assert_eq!((probe.message.id.as_str(), probe.probe), ("a", true));
 
         queue.push(item("b", None), true, 4);
-        let pause = queue.connect_failed(|failures| Duration::from_secs(10 * u64::from(failures)));
-        assert_eq!(pause, Duration::from_secs(20), "backs off further");
+        let pause = queue.connect_failed(Instant::now(), ten_per_failure);
+        assert_eq!(pause, Some(Duration::from_secs(20)), "backs off further");
         queue.connected();
         assert!(
             next_within(&queue, Duration::from_millis(1))
@@ -686,5 +771,194 @@ mod tests {
                 .is_some(),
             "resumes at once"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_pause_one_probe_goes_and_only_its_failure_lengthens_the_pause() {
+        let queue = queue();
+        for id in ["a", "b", "c", "d"] {
+            queue.push(item(id, None), true, 4);
+        }
+        // Four workers' attempts, all under way when the first one fails.
+        let started = Instant::now();
+        let taken = [queue.next().await, queue.next().await, queue.next().await];
+        assert!(taken.iter().all(|item| !item.probe));
+        let pauses: Vec<Option<Duration>> = (0..3)
+            .map(|_| queue.connect_failed(started, ten_per_failure))
+            .collect();
+        assert_eq!(pauses, vec![Some(Duration::from_secs(10)), None, None]);
+        for item in taken {
+            queue.retry_at(item, started + Duration::from_secs(1));
+        }
+
+        // The pause ends: one probe, however many workers ask.
+        let probe = queue.next().await;
+        assert!(within_a_tick(
+            Instant::now(),
+            started + Duration::from_secs(10)
+        ));
+        assert!(probe.probe);
+        assert!(
+            next_within(&queue, Duration::from_secs(3600))
+                .await
+                .is_none()
+        );
+        let probe_started = Instant::now();
+        assert_eq!(
+            queue.connect_failed(probe_started, ten_per_failure),
+            Some(Duration::from_secs(20))
+        );
+        queue.retry_at(probe, probe_started);
+
+        // A probe that says nothing (its body unreadable) hands over to the next.
+        let probe = queue.next().await;
+        assert!(within_a_tick(
+            Instant::now(),
+            probe_started + Duration::from_secs(20)
+        ));
+        queue.probe_inconclusive();
+        let next = queue.next().await;
+        assert!(next.probe && next.message.id != probe.message.id);
+        queue.connected();
+        let rest = [queue.next().await, queue.next().await];
+        assert!(rest.iter().all(|item| !item.probe), "the gateway is up");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operator_retry_ends_the_pause_with_one_probe() {
+        let queue = queue();
+        let start = Instant::now();
+        queue.retry_at(item("tried", None), start + Duration::from_secs(5));
+        queue.retry_at(item("later", None), start + Duration::from_secs(3600));
+        queue.push(item("new", None), true, 4);
+        queue.connect_failed(start, ten_per_failure);
+        let mut places = Vec::new();
+        queue.visit(|item, place| {
+            if let Place::Retry(at) = place {
+                let after = (at - queue.clock.at(start)).round() as u64;
+                places.push((item.message.id.clone(), after));
+            }
+        });
+        assert_eq!(
+            places,
+            vec![
+                ("new".to_string(), 10),
+                ("tried".to_string(), 10),
+                ("later".to_string(), 3600)
+            ],
+            "none goes before the pause ends"
+        );
+
+        assert_eq!(
+            queue.retry_now(Some("new")),
+            1,
+            "ready, held only by the pause"
+        );
+        let probe = next_within(&queue, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert!(probe.probe);
+        assert!(next_within(&queue, Duration::from_secs(60)).await.is_none());
+        assert_eq!(
+            queue.retry_now(None),
+            1,
+            "the later one, while the probe is out"
+        );
+        queue.connected();
+        let rest = [queue.next().await, queue.next().await];
+        assert!(rest.iter().all(|item| !item.probe));
+    }
+
+    /// The outage: 16 messages, 10 workers, `retry_initial` 5 s, the
+    /// gateway down for 40 s. Workers here do what `worker::deliver` does
+    /// with a connection that cannot be opened, or with one that can.
+    #[tokio::test(start_paused = true)]
+    async fn a_gateway_back_after_40_s_gets_everything_at_the_next_probe() {
+        use crate::outbound::retry::Backoff;
+
+        let backoff = Backoff {
+            initial: Duration::from_secs(5),
+            max: Duration::from_secs(3600),
+        };
+        let queue = Arc::new(queue());
+        let start = Instant::now();
+        let up_at = start + Duration::from_secs(40);
+        for n in 0..16 {
+            queue.push(item(&format!("m{n}"), None), true, 10);
+        }
+        #[derive(Default)]
+        struct Log {
+            attempts: Vec<Instant>,
+            /// (began, length) of every pause a failure started.
+            pauses: Vec<(Instant, Duration)>,
+            delivered: Vec<Instant>,
+        }
+        let log = Arc::new(Mutex::new(Log::default()));
+        let all_delivered = Arc::new(Notify::new());
+        for worker in 0..10u64 {
+            let (queue, log, all_delivered) = (queue.clone(), log.clone(), all_delivered.clone());
+            tokio::spawn(async move {
+                let mut rng = fastrand::Rng::with_seed(worker);
+                loop {
+                    let mut item = queue.next().await;
+                    let started = Instant::now();
+                    log.lock().unwrap().attempts.push(started);
+                    // Opening a connection takes a moment, so the workers'
+                    // first attempts overlap.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if started < up_at {
+                        let jitter = rng.f64();
+                        if let Some(pause) = queue
+                            .connect_failed(started, |failures| backoff.delay(failures, jitter))
+                        {
+                            log.lock().unwrap().pauses.push((Instant::now(), pause));
+                        }
+                        item.attempts += 1;
+                        let delay = backoff.delay(item.attempts, rng.f64());
+                        queue.retry_at(item, Instant::now() + delay);
+                    } else {
+                        queue.connected();
+                        let mut log = log.lock().unwrap();
+                        log.delivered.push(started);
+                        if log.delivered.len() == 16 {
+                            all_delivered.notify_one();
+                        }
+                    }
+                }
+            });
+        }
+        tokio::time::timeout(Duration::from_secs(24 * 3600), all_delivered.notified())
+            .await
+            .expect("all 16 delivered within a day");
+
+        let log = log.lock().unwrap();
+        let first_success = log.delivered[0];
+        assert!(
+            log.delivered
+                .iter()
+                .all(|at| *at - first_success < Duration::from_secs(1)),
+            "everything goes once the probe gets through"
+        );
+        let failed_attempts = log.attempts.iter().filter(|at| **at < up_at).count();
+        assert_eq!(
+            failed_attempts,
+            10 + log.pauses.len() - 1,
+            "the first wave, then one probe per pause: {:?}",
+            log.pauses
+        );
+        for (n, (_, pause)) in log.pauses.iter().enumerate() {
+            assert!(
+                *pause <= backoff.delay(n as u32 + 1, 1.0),
+                "pause {n} follows the schedule: {:?}",
+                log.pauses
+            );
+        }
+        let (began, pause) = *log.pauses.last().unwrap();
+        assert!(began < up_at);
+        assert!(
+            within_a_tick(first_success, began + pause),
+            "the first probe after the return"
+        );
+        assert!(first_success - up_at <= backoff.delay(log.pauses.len() as u32, 1.0));
     }
 }

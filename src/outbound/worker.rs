@@ -91,6 +91,9 @@ async fn deliver(
         Ok(body) => sign(context, &message.envelope.sender, &message.id, body),
         Err(error) => {
             tracing::error!(queue_id = %message.id, %error, "cannot read a queued message from the spool; will retry");
+            if item.probe {
+                gateway.queue.probe_inconclusive();
+            }
             let replies = vec![
                 Reply::new(451, format!("4.3.0 spool read failed: {error}"));
                 message.pending.len()
@@ -100,9 +103,12 @@ async fn deliver(
         }
     };
     let mut reused = connection.is_some();
+    // A probe must report on the gateway, whichever way the attempt goes.
+    let mut verdict = false;
     let replies = loop {
         if connection.is_none() {
             let config = &gateway.config;
+            let started = Instant::now();
             match Connection::open(
                 &config.address,
                 &context.helo_name,
@@ -116,6 +122,7 @@ async fn deliver(
                 Ok(open) => {
                     tracing::debug!(gateway = %config.name, tls = open.is_tls(), "connected to the gateway");
                     gateway.queue.connected();
+                    verdict = true;
                     *connection = Some(Open {
                         connection: open,
                         _counted: Counted::new(
@@ -132,16 +139,23 @@ async fn deliver(
                     if let Some(refusal) = error.refusal.clone() {
                         heed_signals(gateway, vec![refusal]);
                     }
-                    let pause = gateway.queue.connect_failed(|failures| {
+                    verdict = true;
+                    match gateway.queue.connect_failed(started, |failures| {
                         gateway.backoff.delay(failures, fastrand::f64())
-                    });
-                    tracing::warn!(
-                        gateway = %config.name,
-                        address = %config.address,
-                        %error,
-                        pause = %format!("{:.1}s", pause.as_secs_f64()),
-                        "gateway unreachable; pausing deliveries to it"
-                    );
+                    }) {
+                        Some(pause) => tracing::warn!(
+                            gateway = %config.name,
+                            address = %config.address,
+                            %error,
+                            pause = %format!("{:.1}s", pause.as_secs_f64()),
+                            "gateway unreachable; pausing deliveries to it"
+                        ),
+                        None => tracing::debug!(
+                            gateway = %config.name,
+                            %error,
+                            "connection attempt begun before the gateway's pause failed too"
+                        ),
+                    }
                     break vec![
                         Reply::new(421, format!("4.4.1 {error}"));
                         item.message.pending.len()
@@ -163,6 +177,11 @@ async fn deliver(
                     .observe(started.elapsed().as_secs_f64());
                 if !transaction.reusable {
                     *connection = None;
+                }
+                if item.probe && !verdict {
+                    // Through a connection kept open: the gateway answers.
+                    gateway.queue.connected();
+                    verdict = true;
                 }
                 for reply in &transaction.replies {
                     let class = match reply.code {
@@ -192,6 +211,9 @@ async fn deliver(
             }
         }
     };
+    if item.probe && !verdict {
+        gateway.queue.probe_inconclusive();
+    }
     item.attempts += 1;
     settle(gateway, context, item, replies).await;
 }

@@ -48,6 +48,8 @@ pub const REJECTION_REASONS: &[&str] = &[
     "timeout",
     "too_many_errors",
     "tls_unavailable",
+    "connection_rate",
+    "auth_failure_rate",
     "other",
 ];
 
@@ -249,7 +251,7 @@ impl Metrics {
             auth_attempts: counter(
                 r,
                 "auth_attempts_total",
-                "AUTH attempts by apps, by result (success, failure).",
+                "AUTH credential checks (argon2 runs), by result (success, failure); AUTH refused unchecked counts in rejections_total (auth_failure_rate).",
                 &["result"],
             ),
             inbound_tls_sessions: counter(
@@ -279,7 +281,7 @@ impl Metrics {
             queue_oldest_age: gauge(
                 r,
                 "queue_oldest_age_seconds",
-                "Age of the oldest message queued for the gateway (0 when empty).",
+                "Age since arrival of the oldest message queued for the gateway, retries included (0 when empty).",
                 &["gateway"],
             ),
             queue_held: int_gauge(

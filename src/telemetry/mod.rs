@@ -50,7 +50,8 @@ pub struct QueuedSummary {
     pub size: u64,
     pub received_at: u64,
     pub attempts: u32,
-    /// "ready" (waiting for the shaper or a worker) or "retry" (until `retry_at`).
+    /// "ready" (waiting for the shaper or a worker) or "retry" (not before
+    /// `retry_at`: its own retry time or the end of its gateway's pause).
     pub state: &'static str,
     pub retry_at: Option<u64>,
 }

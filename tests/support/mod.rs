@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use smtp_shaper::Service;
 use smtp_shaper::config::Config;
+use smtp_shaper::telemetry::client::{Answer, request};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -152,6 +153,63 @@ impl Sink {
     /// Stops listening (open sessions end when their peer hangs up).
     pub fn stop(self) {
         self.task.abort();
+    }
+}
+
+/// A gateway that accepts connections and never greets: a worker waits
+/// for the greeting until its `command_timeout`, then gives up. For every
+/// connection it records how many earlier ones were still open then.
+pub struct SilentGateway {
+    pub address: SocketAddr,
+    overlaps: Arc<Mutex<Vec<usize>>>,
+    task: JoinHandle<()>,
+}
+
+impl SilentGateway {
+    pub async fn start() -> SilentGateway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().unwrap();
+        let overlaps = Arc::new(Mutex::new(Vec::new()));
+        let recorded = overlaps.clone();
+        let task = tokio::spawn(async move {
+            let mut open: Vec<std::net::TcpStream> = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                // A plain non-blocking read asks the kernel whether the peer
+                // has closed, not tokio's readiness cache.
+                open.retain(|mut earlier| {
+                    let mut byte = [0u8; 1];
+                    matches!(
+                        std::io::Read::read(&mut earlier, &mut byte),
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock
+                    )
+                });
+                recorded.lock().unwrap().push(open.len());
+                let stream = stream.into_std().unwrap();
+                stream.set_nonblocking(true).unwrap();
+                open.push(stream);
+            }
+        });
+        SilentGateway {
+            address,
+            overlaps,
+            task,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.overlaps.lock().unwrap().len()
+    }
+
+    /// Per connection, how many earlier ones were still open when it came.
+    pub fn overlaps(&self) -> Vec<usize> {
+        self.overlaps.lock().unwrap().clone()
+    }
+
+    /// Stops listening and closes every connection, freeing the address.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
     }
 }
 
@@ -481,6 +539,10 @@ impl Client {
         let stream = TcpStream::connect(address)
             .await
             .expect("connect to smtp-shaper");
+        Client::greeted(stream).await
+    }
+
+    async fn greeted(stream: TcpStream) -> (Client, ClientReply) {
         let (reader, writer) = stream.into_split();
         let mut client = Client {
             reader: BufReader::new(reader),
@@ -488,6 +550,23 @@ impl Client {
         };
         let greeting = client.reply().await.expect("greeting");
         (client, greeting)
+    }
+
+    /// Like [`Client::connect`], from the local address `from` (another
+    /// loopback address plays another client machine).
+    pub async fn connect_from(
+        from: std::net::IpAddr,
+        address: SocketAddr,
+    ) -> (Client, ClientReply) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .expect("bind the client side");
+        let stream = socket
+            .connect(address)
+            .await
+            .expect("connect to smtp-shaper");
+        Client::greeted(stream).await
     }
 
     /// Like [`Client::ready`], but None (no panic) when the server is down
@@ -509,7 +588,15 @@ impl Client {
 
     /// Connects, says EHLO, expects 220 and 250.
     pub async fn ready(address: SocketAddr) -> Client {
-        let (mut client, greeting) = Client::connect(address).await;
+        Client::said_ehlo(Client::connect(address).await).await
+    }
+
+    /// Like [`Client::ready`], from the local address `from`.
+    pub async fn ready_from(from: std::net::IpAddr, address: SocketAddr) -> Client {
+        Client::said_ehlo(Client::connect_from(from, address).await).await
+    }
+
+    async fn said_ehlo((mut client, greeting): (Client, ClientReply)) -> Client {
         assert_eq!(greeting.code, 220, "{greeting:?}");
         let ehlo = client.command("EHLO app.test").await;
         assert_eq!(ehlo.code, 250, "{ehlo:?}");
@@ -737,6 +824,22 @@ impl Harness {
     pub async fn shutdown(self) {
         self.service.shutdown().await;
     }
+}
+
+/// One request to the HTTP endpoint at `address` (the admin API, /status,
+/// /metrics), with the bearer `token` if given.
+pub async fn fetch(address: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Answer {
+    let (method, path, token) = (
+        method.to_string(),
+        path.to_string(),
+        token.map(str::to_string),
+    );
+    tokio::task::spawn_blocking(move || {
+        request(address, &method, &path, "text/plain", token.as_deref())
+    })
+    .await
+    .unwrap()
+    .expect("the endpoint answers")
 }
 
 /// Waits (polling) until `condition` holds; panics after 60 s so a broken
