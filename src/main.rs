@@ -43,10 +43,12 @@ enum Command {
     Queue {
         /// The service's configuration file (its [http] listen and
         /// admin_token_file); without it, 127.0.0.1:9325 and no token
-        #[arg(long, short)]
+        // global: accepted after the action too (`queue list --http X`), where
+        // a user types it.
+        #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         /// The HTTP endpoint, overriding the config's
-        #[arg(long)]
+        #[arg(long, global = true)]
         http: Option<std::net::SocketAddr>,
         #[command(subcommand)]
         action: QueueAction,

@@ -1,7 +1,12 @@
-//! The command line as an operator meets it: check-config, --help, and a
-//! clear refusal to run on a bad configuration.
+//! The command line as an operator meets it: check-config, --help, a
+//! clear refusal to run on a bad configuration, and the queue command's
+//! options wherever they are typed.
+
+mod support;
 
 use std::process::{Command, Output};
+
+use support::Harness;
 
 fn shaper(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
@@ -166,4 +171,58 @@ fn the_demo_smooths_a_burst_defers_the_excess_and_loses_nothing() {
     );
     assert!(summary.contains("(lost 0)"), "{summary}");
     assert!(stdout.contains("/metrics"), "{stdout}");
+}
+
+/// `shaper` off the async runtime, so the service in the test keeps serving.
+async fn shaper_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        shaper(&args)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_commands_options_go_before_or_after_the_action() {
+    let h = Harness::start().await;
+    let http = h.service.http_address().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("admin.toml");
+    std::fs::write(&config, format!("[http]\nlisten = \"{http}\"\n[[gateways]]\nname = \"primary\"\naddress = \"127.0.0.1:25\"\n")).unwrap();
+    let config = config.to_str().unwrap().to_string();
+    for args in [
+        vec!["queue", "list", "--http", &http],
+        vec!["queue", "--http", &http, "list"],
+        vec!["queue", "list", "--gateway", "primary", "--http", &http],
+        vec!["queue", "list", "--config", &config],
+        vec!["queue", "dead", "-c", &config],
+    ] {
+        let output = shaper_async(args.iter().map(|a| a.to_string()).collect()).await;
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            text(&output.stderr)
+        );
+    }
+    let held = shaper_async(
+        ["queue", "hold", "primary", "--http", &http]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(
+        text(&held.stdout),
+        "gateway primary held\n",
+        "{}",
+        text(&held.stderr)
+    );
+    let listed = shaper_async(
+        ["queue", "list", "--http", &http]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(text(&listed.stdout), "queue is empty\n");
+    h.shutdown().await;
 }
