@@ -242,17 +242,12 @@ fn queue(
     let address = http
         .or_else(|| config.as_ref().and_then(|config| config.http.listen))
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9325)));
-    let token = match config
-        .as_ref()
-        .and_then(|c| c.http.admin_token_file.as_ref())
-    {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(token) => Some(token.trim().to_string()),
-            Err(error) => {
-                eprintln!("cannot read {}: {error}", path.display());
-                return ExitCode::from(2);
-            }
-        },
+    let token = match config.as_ref().map(|config| config.http.admin_token()) {
+        Some(Ok(token)) => token,
+        Some(Err(error)) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
         None => None,
     };
     let (method, path) = match &action {

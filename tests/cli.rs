@@ -226,3 +226,43 @@ async fn the_queue_commands_options_go_before_or_after_the_action() {
     assert_eq!(text(&listed.stdout), "queue is empty\n");
     h.shutdown().await;
 }
+
+#[test]
+fn the_service_and_the_queue_command_refuse_the_same_short_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "fifteen-chars-x\n").unwrap();
+    let config = dir.path().join("smtp-shaper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[spool]\ndir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n[[gateways]]\nname = \"primary\"\naddress = \"127.0.0.1:25\"\n",
+            dir.path().join("spool").display(),
+            token.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let refusal = "the token must be at least 16 characters";
+    let run = shaper(&["run", "--config", config]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(text(&run.stderr).contains(refusal), "{}", text(&run.stderr));
+    let queue = shaper(&["queue", "list", "--config", config]);
+    assert_eq!(queue.status.code(), Some(2));
+    assert!(
+        text(&queue.stderr).contains(refusal),
+        "{}",
+        text(&queue.stderr)
+    );
+
+    // One character more, and the queue command goes on to ask the service
+    // (which is not running here).
+    std::fs::write(&token, "sixteen-chars-xx\n").unwrap();
+    let queue = shaper(&["queue", "list", "--config", config]);
+    assert_eq!(queue.status.code(), Some(2));
+    assert!(
+        text(&queue.stderr).contains("cannot reach smtp-shaper's admin API"),
+        "{}",
+        text(&queue.stderr)
+    );
+}
