@@ -250,17 +250,29 @@ fn queue(
         }
         None => None,
     };
+    // What the user typed goes into the path encoded: an id with `/`, `?`
+    // or a space must name one message, not another route.
+    use smtp_shaper::telemetry::client::encode;
     let (method, path) = match &action {
         QueueAction::List { gateway: None } => ("GET", "/admin/queue".to_string()),
-        QueueAction::List { gateway: Some(g) } => ("GET", format!("/admin/queue?gateway={g}")),
-        QueueAction::Show { id } => ("GET", format!("/admin/queue/{id}")),
-        QueueAction::Retry { id: Some(id), .. } => ("POST", format!("/admin/queue/{id}/retry")),
+        QueueAction::List { gateway: Some(g) } => {
+            ("GET", format!("/admin/queue?gateway={}", encode(g)))
+        }
+        QueueAction::Show { id } => ("GET", format!("/admin/queue/{}", encode(id))),
+        QueueAction::Retry { id: Some(id), .. } => {
+            ("POST", format!("/admin/queue/{}/retry", encode(id)))
+        }
         QueueAction::Retry { id: None, .. } => ("POST", "/admin/queue/retry".to_string()),
-        QueueAction::Hold { gateway } => ("POST", format!("/admin/gateways/{gateway}/hold")),
-        QueueAction::Release { gateway } => ("POST", format!("/admin/gateways/{gateway}/release")),
-        QueueAction::Delete { id } => ("DELETE", format!("/admin/queue/{id}")),
+        QueueAction::Hold { gateway } => {
+            ("POST", format!("/admin/gateways/{}/hold", encode(gateway)))
+        }
+        QueueAction::Release { gateway } => (
+            "POST",
+            format!("/admin/gateways/{}/release", encode(gateway)),
+        ),
+        QueueAction::Delete { id } => ("DELETE", format!("/admin/queue/{}", encode(id))),
         QueueAction::Dead => ("GET", "/admin/dead".to_string()),
-        QueueAction::Requeue { name } => ("POST", format!("/admin/dead/{name}/requeue")),
+        QueueAction::Requeue { name } => ("POST", format!("/admin/dead/{}/requeue", encode(name))),
     };
     match smtp_shaper::telemetry::client::request(
         address,

@@ -266,3 +266,47 @@ fn the_service_and_the_queue_command_refuse_the_same_short_token() {
         text(&queue.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_id_reaches_the_admin_api_as_one_name() {
+    let h = Harness::start().await;
+    let http = h.service.http_address().unwrap().to_string();
+    let queue = |words: &[&str]| {
+        let mut args = vec!["queue".to_string(), "--http".into(), http.clone()];
+        args.extend(words.iter().map(|w| w.to_string()));
+        shaper_async(args)
+    };
+    assert!(queue(&["hold", "primary"]).await.status.success());
+    let mut client = h.client().await;
+    let id = client
+        .accepted(
+            "app@example.com",
+            &["kept@example.org"],
+            b"Subject: kept\r\n\r\nhi\r\n",
+        )
+        .await;
+    // Unencoded, `ID?x` was a query on ID's path: it deleted ID.
+    let typo = format!("{id}?x");
+    let refused = queue(&["delete", &typo]).await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("no queued message {typo} ")) && stderr.contains("(HTTP 404)"),
+        "{stderr}"
+    );
+    let shown = queue(&["show", &id]).await;
+    assert!(text(&shown.stdout).contains("Subject: kept"), "{shown:?}");
+    // A space and a slash: one name, not a broken request line or a route.
+    let odd = queue(&["show", "a b/retry"]).await;
+    assert!(
+        text(&odd.stderr).contains("no queued message a b/retry "),
+        "{odd:?}"
+    );
+    let dead = queue(&["requeue", "x/../y z.eml"]).await;
+    assert!(
+        text(&dead.stderr).contains("no dead letter x/../y z.eml"),
+        "{dead:?}"
+    );
+    client.command("QUIT").await;
+    h.shutdown().await;
+}

@@ -337,17 +337,22 @@ async fn admin_route<Q: Queues>(
     query: &str,
 ) -> Result<Answer, AdminError> {
     let queues = &endpoint.queues;
-    let parts: Vec<&str> = path
+    // Split before decoding: an id holding an encoded `/` stays one part.
+    let parts = path
         .trim_start_matches("/admin/")
         .split('/')
         .filter(|part| !part.is_empty())
-        .collect();
+        .map(decode)
+        .collect::<Option<Vec<String>>>()
+        .ok_or_else(|| AdminError::NotFound(format!("no admin action {method} {path}")))?;
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     match (method, parts.as_slice()) {
         (&Method::GET, ["queue"]) => {
             let gateway = query
                 .split('&')
-                .find_map(|pair| pair.strip_prefix("gateway="));
-            let list = queues.list(gateway)?;
+                .find_map(|pair| pair.strip_prefix("gateway="))
+                .map(|gateway| decode(gateway).unwrap_or_default());
+            let list = queues.list(gateway.as_deref())?;
             let mut json = Json::array();
             let mut text = String::new();
             for message in &list {
@@ -426,6 +431,26 @@ async fn admin_route<Q: Queues>(
             "no admin action {method} {path}"
         ))),
     }
+}
+
+/// A percent-encoded path segment or query value (what
+/// `telemetry::client::encode` makes); `None` for a broken escape or bytes
+/// that are not UTF-8.
+fn decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(index + 1..index + 3)?).ok()?;
+            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
 }
 
 fn counted(what: &str, count: usize) -> Answer {
