@@ -89,6 +89,36 @@ fn check_config_lists_every_problem_and_exits_1() {
         "{stderr}"
     );
     assert!(stderr.contains("gateways[0].address: required"), "{stderr}");
+    // Each at the line of its key (a missing key: its table's header).
+    for (line, key) in [
+        (2, "server.listen"),
+        (3, "server.max_message_size"),
+        (4, "server.typo"),
+        (5, "gateways[0].address"),
+    ] {
+        assert!(
+            stderr.contains(&format!("  line {line}: {key}: ")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_config_places_a_toml_syntax_error_at_its_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:2525\"\nhostname = = \"x\"\n",
+    )
+    .unwrap();
+    let output = shaper(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("1 problem(s):\n  line 3, column 12: not valid TOML: "),
+        "{stderr}"
+    );
 }
 
 #[test]

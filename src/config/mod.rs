@@ -309,19 +309,22 @@ impl Config {
     ///
     /// let error = Config::parse("[server]\nidle_timeout = \"soon\"\n").unwrap_err();
     /// assert_eq!(error.problems.len(), 2); // the bad duration, and no gateway
-    /// assert!(error.problems[0].starts_with("server.idle_timeout: \"soon\" is not valid"));
+    /// assert!(error.problems[0].starts_with("line 2: server.idle_timeout: \"soon\" is not valid"));
     /// ```
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let root: toml::Table = text.parse().map_err(|error: toml::de::Error| ConfigError {
-            problems: vec![
-                format!("not valid TOML: {}", error.message().trim())
-                    + &error
-                        .span()
-                        .map(|span| format!(" (at byte {})", span.start))
-                        .unwrap_or_default(),
-            ],
+        let root: toml::Table = text.parse().map_err(|error: toml::de::Error| {
+            let message = format!("not valid TOML: {}", error.message().trim());
+            ConfigError {
+                problems: vec![match error.span() {
+                    Some(span) => {
+                        let (line, column) = reader::position(text, span.start);
+                        format!("line {line}, column {column}: {message}")
+                    }
+                    None => message,
+                }],
+            }
         })?;
-        let mut problems = Problems::default();
+        let mut problems = Problems::new(reader::Lines::of(text));
         let mut root = Section::new(String::new(), root, &mut problems);
         let server = root.section("server");
         let spool = root.section("spool");
@@ -1096,7 +1099,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             error.problems,
-            vec!["apps[2].user: \"u\" is used by an earlier entry; users must be unique"]
+            vec!["line 13: apps[2].user: \"u\" is used by an earlier entry; users must be unique"]
         );
     }
 
@@ -1163,9 +1166,67 @@ mod tests {
     }
 
     #[test]
-    fn reports_bad_toml_syntax() {
+    fn reports_bad_toml_syntax_at_its_line_and_column() {
+        let error = Config::parse("[server]\nlisten = \"127.0.0.1:2525\"\nhostname = = \"x\"\n")
+            .unwrap_err();
+        assert_eq!(error.problems.len(), 1);
+        assert!(
+            error.problems[0].starts_with("line 3, column 12: not valid TOML: "),
+            "{error}"
+        );
         let error = Config::parse("[server\nlisten = 1").unwrap_err();
-        assert!(error.to_string().contains("not valid TOML"));
+        assert!(
+            error.problems[0].starts_with("line 1, column 8: not valid TOML: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn every_problem_names_the_line_of_its_key_or_table() {
+        let error = Config::parse(concat!(
+            "[server]\n",
+            "listen = \"nowhere\"\n",
+            "allowed_networks = [\"127.0.0.0/8\", \"bad\"]\n",
+            "\n",
+            "[[gateways]]\n",
+            "name = \"a\"\n",
+            "\n",
+            "[[gateways]]\n",
+            "name = \"b\"\n",
+            "address = \"127.0.0.1:25\"\n",
+            "[gateways.shaping]\n",
+            "min_rate = \"fast\"\n",
+            "colour = \"blue\"\n",
+        ))
+        .unwrap_err();
+        let at: Vec<&str> = error
+            .problems
+            .iter()
+            .map(|problem| problem.split(": ").take(2).last().unwrap())
+            .collect();
+        let lines: Vec<&str> = error
+            .problems
+            .iter()
+            .map(|problem| problem.split(": ").next().unwrap())
+            .collect();
+        let expected = [
+            ("line 2", "server.listen"),
+            ("line 3", "server.allowed_networks[1]"),
+            // A missing key: the line of its table's header.
+            ("line 5", "gateways[0].address"),
+            ("line 12", "gateways[1].shaping.min_rate"),
+            ("line 13", "gateways[1].shaping.colour"),
+            ("line 5", "gateways"),
+        ];
+        for (line, path) in expected {
+            let found = at.iter().position(|p| *p == path);
+            assert_eq!(
+                found.map(|index| lines[index]),
+                Some(line),
+                "{path} in:\n{error}"
+            );
+        }
+        assert_eq!(error.problems.len(), expected.len(), "{error}");
     }
 
     #[test]
@@ -1175,9 +1236,8 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(error.problems.len(), 1);
-        assert!(
-            error.problems[0]
-                .starts_with("servr: unknown key; accepted here: server, spool, http, gateways")
-        );
+        assert!(error.problems[0].starts_with(
+            "line 4: servr: unknown key; accepted here: server, spool, http, gateways"
+        ));
     }
 }
