@@ -77,7 +77,12 @@ impl Lines {
 
 /// The 1-based line and column (in characters) of byte `offset` of `text`.
 pub fn position(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    // An error span may start inside a character; never panic on it.
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
     (line, before[line_start..].chars().count() + 1)
@@ -392,5 +397,22 @@ impl<'p> Section<'p> {
         for key in unknown {
             self.problem(&key, &format!("unknown key; accepted here: {accepted}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_count_lines_and_characters() {
+        let text = "a = 1\nbé = \"x\"\n";
+        assert_eq!(position(text, 0), (1, 1));
+        assert_eq!(position(text, 6), (2, 1));
+        // After "bé = " (é is two bytes): column 6.
+        assert_eq!(position(text, 12), (2, 6));
+        // Inside é: the character's own column, no panic.
+        assert_eq!(position(text, 8), (2, 2));
+        assert_eq!(position(text, 999), (3, 1));
     }
 }
