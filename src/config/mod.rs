@@ -240,6 +240,10 @@ pub struct ShapingConfig {
     pub backoff_factor: f64,
     pub backoff_pause: Duration,
     pub baseline_half_life: Duration,
+    /// The period the file writes this gateway's rates in (that of the
+    /// first of initial_rate, min_rate, max_rate given; else the defaults'
+    /// `/min`): logs say rates the same way.
+    pub rate_period: units::Period,
 }
 
 /// One hard cap, `count` units per `window`.
@@ -737,15 +741,25 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
 }
 
 fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
-    let rate = |s: &mut Section<'_>, key, default| {
-        s.parsed(key, default, units::RATE_FORMS, |v| {
-            units::parse_rate(v).filter(|rate| *rate > 0.0)
-        })
+    let mut given = None;
+    let mut rate = |s: &mut Section<'_>, key, default| {
+        let present = s.has(key);
+        let (rate, period) = s.parsed(key, default, units::RATE_FORMS, |v| {
+            units::parse_rate_per(v).filter(|(rate, _)| *rate > 0.0)
+        });
+        if present {
+            given = given.or(Some(period));
+        }
+        rate
     };
+    let initial_rate = rate(&mut s, "initial_rate", "60/min");
+    let min_rate = rate(&mut s, "min_rate", "10/min");
+    let max_rate = rate(&mut s, "max_rate", "1000/min");
     let shaping = ShapingConfig {
-        initial_rate: rate(&mut s, "initial_rate", "60/min"),
-        min_rate: rate(&mut s, "min_rate", "10/min"),
-        max_rate: rate(&mut s, "max_rate", "1000/min"),
+        initial_rate,
+        min_rate,
+        max_rate,
+        rate_period: given.unwrap_or(units::Period::Minute),
         headroom: s.number("headroom", 2.0, 1.0, 100.0),
         warmup: s.parsed("warmup", "2x/day", units::GROWTH_FORMS, units::parse_growth),
         burst: s.integer("burst", 5, 1, 100_000),
@@ -1163,6 +1177,26 @@ mod tests {
             config.gateways[0].sending_ip,
             Some("192.0.2.25".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn rates_keep_the_period_the_file_writes_them_in() {
+        let period = |shaping: &str| {
+            Config::parse(&format!(
+                "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{shaping}"
+            ))
+            .unwrap()
+            .gateways[0]
+                .shaping
+                .rate_period
+        };
+        assert_eq!(period(""), units::Period::Minute, "the defaults' /min");
+        assert_eq!(period("initial_rate = \"2/s\"\n"), units::Period::Second);
+        assert_eq!(
+            period("min_rate = \"100/h\"\nmax_rate = \"1/s\"\n"),
+            units::Period::Hour
+        );
+        assert_eq!(period("max_rate = \"50000/day\"\n"), units::Period::Day);
     }
 
     #[test]

@@ -24,7 +24,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
-use crate::config::units::format_rate;
 use crate::shaper::{Deferral, GatewayModel, GatewayView, Release, SavedState, Scheduler};
 use crate::spool::StoredMessage;
 use crate::telemetry::Attempt;
@@ -187,11 +186,12 @@ impl DeliveryQueue {
 
     /// Logs the ceiling changes the model made, with their cause.
     fn log_changes(&self, state: &mut State, detail: Option<&str>) {
+        let period = state.scheduler.model.config().rate_period;
         for change in state.scheduler.model.take_changes() {
             tracing::info!(
                 gateway = %self.gateway,
-                from = %format_rate(change.from),
-                to = %format_rate(change.to),
+                from = %period.format(change.from),
+                to = %period.format(change.to),
                 cause = change.cause.as_str(),
                 detail = detail.unwrap_or(""),
                 "shaping ceiling changed"
