@@ -316,20 +316,18 @@ fn demo(time_scale: f64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        tokio::select! {
-            summary = smtp_shaper::demo::run(options) => summary.map(Some),
-            _ = tokio::signal::ctrl_c() => Ok(None),
+    // Ctrl-C ends the demo early, with the summary of what happened so far.
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No handler: never interrupted, rather than at once.
+            std::future::pending::<()>().await;
         }
-    });
+    };
+    let result = runtime.block_on(smtp_shaper::demo::run(options, interrupt));
     match result {
-        Ok(Some(summary)) => {
+        Ok(summary) => {
             // A closed pipe (`demo | head`) is not a failure of the demo.
             let _ = writeln!(std::io::stdout(), "{summary}");
-            ExitCode::SUCCESS
-        }
-        Ok(None) => {
-            let _ = writeln!(std::io::stdout(), "\ndemo stopped");
             ExitCode::SUCCESS
         }
         Err(error) => {

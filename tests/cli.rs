@@ -170,37 +170,164 @@ fn the_demo_smooths_a_burst_defers_the_excess_and_loses_nothing() {
         .split("smtp-shaper demo: summary")
         .nth(1)
         .unwrap_or_else(|| panic!("no summary in:\n{stdout}"));
-    let row = |app: &str| -> Vec<String> {
-        summary
-            .lines()
-            .find(|line| line.trim_start().starts_with(app))
-            .unwrap_or_else(|| panic!("no {app} row in:\n{summary}"))
-            .split_whitespace()
-            .map(str::to_string)
-            .collect()
-    };
-    // app, offered, accepted, deferred, delivered, p50, p99
+    let row = |app: &str| -> Vec<u64> { summary_row(summary, app) };
+    // app, messages, deferred, re-offers, accepted, delivered, p50, p99
+    let (messages, deferred, reoffers, accepted, delivered) = (0, 1, 2, 3, 4);
     let newsletter = row("newsletter");
     let alerts = row("alerts");
     assert!(
-        newsletter[3].parse::<u64>().unwrap() > 0,
+        newsletter[deferred] > 0,
         "the burst was deferred in part: {summary}"
     );
-    assert_eq!(
-        newsletter[2], newsletter[4],
-        "every accepted newsletter delivered: {summary}"
+    assert!(
+        newsletter[reoffers] >= newsletter[deferred],
+        "each deferred message was offered again: {summary}"
     );
+    for app in [&newsletter, &alerts] {
+        // Messages, not offers: each was accepted once in the end.
+        assert_eq!(app[messages], app[accepted], "{summary}");
+        assert_eq!(app[accepted], app[delivered], "{summary}");
+    }
     assert_eq!(
-        alerts[3], "0",
+        alerts[deferred], 0,
         "the steady app was never deferred: {summary}"
     );
-    assert_eq!(alerts[2], alerts[4], "{summary}");
     assert!(
-        newsletter[4].parse::<u64>().unwrap() >= 400,
+        newsletter[delivered] >= 400,
         "the whole burst arrived: {summary}"
     );
     assert!(summary.contains("(lost 0)"), "{summary}");
-    assert!(stdout.contains("/metrics"), "{stdout}");
+    // Piped: the metrics address comes first, progress lines have the
+    // per-app counts.
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(first.contains("/metrics"), "{stdout}");
+    let progress: Vec<&str> = stdout.lines().filter(|l| l.starts_with("t=")).collect();
+    assert!(!progress.is_empty(), "{stdout}");
+    for line in progress {
+        assert!(
+            line.contains("| newsletter: ")
+                && line.contains("| alerts: ")
+                && line.contains(" deferred"),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn the_demos_closing_hint_runs_as_shown_inside_the_current_folder() {
+    let output = shaper(&["demo", "--time-scale", "0.01"]);
+    let stdout = text(&output.stdout);
+    let hint = stdout
+        .lines()
+        .find_map(|line| line.split_once("Try it for real: ").map(|(_, hint)| hint))
+        .unwrap_or_else(|| panic!("no hint in:\n{stdout}"));
+    let command: Vec<&str> = hint
+        .split("   (")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(command[0], "smtp-shaper", "{hint}");
+    let dir = tempfile::tempdir().unwrap();
+    // The embedded default's ports may be taken a moment by another test's
+    // demo (9325); a few tries, never a timing assertion.
+    for _ in 0..20 {
+        let log = dir.path().join("run.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+            .args(&command[1..])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let started = loop {
+            let logged = std::fs::read_to_string(&log).unwrap();
+            if logged.contains("smtp-shaper started") {
+                break Ok(logged);
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                break Err((status, logged));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        match started {
+            Ok(logged) => {
+                Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status()
+                    .unwrap();
+                assert!(child.wait().unwrap().success(), "{logged}");
+                // Everything it keeps is in the folder it was started in
+                // (no /var/spool, so no root needed).
+                let spool = logged
+                    .split(" spool=")
+                    .nth(1)
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap();
+                assert!(dir.path().join(spool).starts_with(dir.path()), "{logged}");
+                assert!(dir.path().join(spool).is_dir(), "{logged}");
+                return;
+            }
+            Err((_, logged)) if logged.contains("Address already in use") => {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            Err((status, logged)) => panic!("`{hint}` failed ({status}):\n{logged}"),
+        }
+    }
+    panic!("the embedded default's ports stayed busy");
+}
+
+/// The numbers of `app`'s row in the demo's summary (seconds without the s).
+fn summary_row(summary: &str, app: &str) -> Vec<u64> {
+    summary
+        .lines()
+        .find(|line| line.trim_start().starts_with(app))
+        .unwrap_or_else(|| panic!("no {app} row in:\n{summary}"))
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.trim_end_matches('s').parse::<f64>().ok())
+        .map(|number| number as u64)
+        .collect()
+}
+
+#[test]
+fn ctrl_c_ends_the_demo_with_the_summary_so_far() {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+        .args(["demo", "--time-scale", "0.1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    // Once it reports progress, interrupt it as Ctrl-C would.
+    let mut seen = String::new();
+    while !seen.lines().any(|line| line.starts_with("t=")) {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "ended early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    stdout.read_to_string(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{seen}");
+    let summary = seen
+        .split("smtp-shaper demo: summary so far (stopped at t = ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no summary so far in:\n{seen}"));
+    let alerts = summary_row(summary, "alerts");
+    assert_eq!(alerts.len(), 7, "{summary}");
+    assert!(summary.contains("when you stopped it"), "{summary}");
+    assert!(!summary.contains("(lost"), "{summary}");
 }
 
 /// `shaper` off the async runtime, so the service in the test keeps serving.
