@@ -213,6 +213,60 @@ fn the_demo_smooths_a_burst_defers_the_excess_and_loses_nothing() {
     }
 }
 
+/// `smtp-shaper ARGS` as a user types it in `cwd` (the binary on PATH):
+/// waits until it has started and returns it with its log so far. The
+/// ports of the embedded default and the example config may be taken a
+/// moment by another test's demo (9325): a few tries, never a timing
+/// assertion.
+fn start_as_typed(cwd: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
+    let log = cwd.join("run.log");
+    for _ in 0..20 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        loop {
+            let logged = std::fs::read_to_string(&log).unwrap();
+            if logged.contains("smtp-shaper started") {
+                return (child, logged);
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    logged.contains("Address already in use"),
+                    "`smtp-shaper {}` failed ({status}):\n{logged}",
+                    args.join(" ")
+                );
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    panic!("the ports of `smtp-shaper {}` stayed busy", args.join(" "));
+}
+
+/// SIGTERM, as Ctrl-C would stop it; it must exit 0.
+fn stop(mut child: std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// The spool folder a started service logged, under `cwd` when relative.
+fn logged_spool(cwd: &std::path::Path, logged: &str) -> std::path::PathBuf {
+    let spool = logged
+        .split(" spool=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no spool in:\n{logged}"));
+    cwd.join(spool)
+}
+
 #[test]
 fn the_demos_closing_hint_runs_as_shown_inside_the_current_folder() {
     let output = shaper(&["demo", "--time-scale", "0.01"]);
@@ -229,54 +283,74 @@ fn the_demos_closing_hint_runs_as_shown_inside_the_current_folder() {
         .collect();
     assert_eq!(command[0], "smtp-shaper", "{hint}");
     let dir = tempfile::tempdir().unwrap();
-    // The embedded default's ports may be taken a moment by another test's
-    // demo (9325); a few tries, never a timing assertion.
-    for _ in 0..20 {
-        let log = dir.path().join("run.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
-            .args(&command[1..])
-            .current_dir(dir.path())
-            .env("RUST_LOG", "info")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let started = loop {
-            let logged = std::fs::read_to_string(&log).unwrap();
-            if logged.contains("smtp-shaper started") {
-                break Ok(logged);
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                break Err((status, logged));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
-        match started {
-            Ok(logged) => {
-                Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
-                    .status()
-                    .unwrap();
-                assert!(child.wait().unwrap().success(), "{logged}");
-                // Everything it keeps is in the folder it was started in
-                // (no /var/spool, so no root needed).
-                let spool = logged
-                    .split(" spool=")
-                    .nth(1)
-                    .unwrap()
-                    .split(' ')
-                    .next()
-                    .unwrap();
-                assert!(dir.path().join(spool).starts_with(dir.path()), "{logged}");
-                assert!(dir.path().join(spool).is_dir(), "{logged}");
-                return;
-            }
-            Err((_, logged)) if logged.contains("Address already in use") => {
-                std::thread::sleep(std::time::Duration::from_millis(500));
-            }
-            Err((status, logged)) => panic!("`{hint}` failed ({status}):\n{logged}"),
-        }
+    let (child, logged) = start_as_typed(dir.path(), &command[1..]);
+    stop(child);
+    // Everything it keeps is in the folder it was started in (no
+    // /var/spool, so no root needed).
+    let spool = logged_spool(dir.path(), &logged);
+    assert!(spool.starts_with(dir.path()) && spool.is_dir(), "{logged}");
+}
+
+#[test]
+fn the_readmes_quick_start_commands_work_as_typed() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .find(|block| {
+            block.starts_with("smtp-shaper check-config --config config/smtp-shaper.toml")
+        })
+        .and_then(|block| block.split("```").next())
+        .expect("the quick start's block of commands");
+    let lines: Vec<&str> = block
+        .lines()
+        .map(|line| line.split("  #").next().unwrap().trim())
+        .collect();
+    // A user's folder: the repository's files, nothing written into it.
+    let dir = tempfile::tempdir().unwrap();
+    for folder in ["config", "traces"] {
+        std::os::unix::fs::symlink(format!("{root}/{folder}"), dir.path().join(folder)).unwrap();
     }
-    panic!("the embedded default's ports stayed busy");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The service line first (it runs until stopped), then the rest,
+    // `queue list` asking the running one.
+    let run = lines
+        .iter()
+        .find(|line| line.starts_with("smtp-shaper run "))
+        .expect("a run line");
+    let args: Vec<&str> = run.split_whitespace().skip(1).collect();
+    let (service, logged) = start_as_typed(dir.path(), &args);
+    assert!(
+        logged_spool(dir.path(), &logged).starts_with(dir.path()),
+        "{logged}"
+    );
+    for line in lines.iter().filter(|line| *line != run) {
+        let output = Command::new("sh")
+            .args(["-c", line])
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+        // check-dns answers 1 for a domain that is not set up right (and
+        // example.com is not set up for 192.0.2.25): a verdict, not a failure.
+        let verdict = line.contains("check-dns") && stdout.starts_with("example.com:\n");
+        assert!(
+            output.status.success() || verdict,
+            "`{line}`: {}\n{stdout}{stderr}",
+            output.status
+        );
+    }
+    assert!(dir.path().join("burst.svg").is_file());
+    stop(service);
 }
 
 /// The numbers of `app`'s row in the demo's summary (seconds without the s).
