@@ -144,22 +144,29 @@ pub async fn run(
     let scale = options.time_scale;
     let start = Instant::now();
     let gateway = DemoGateway::start(start).await?;
-    let spool = std::env::temp_dir().join(format!(
-        "smtp-shaper-demo-{}-{}",
-        std::process::id(),
-        crate::spool::new_queue_id()
-    ));
-    // The documented metrics port when it is free, else any.
-    let http = match std::net::TcpListener::bind("127.0.0.1:9325") {
-        Ok(probe) => {
-            drop(probe);
-            "127.0.0.1:9325"
-        }
-        Err(_) => "127.0.0.1:0",
+    let spool_dir = || {
+        std::env::temp_dir().join(format!(
+            "smtp-shaper-demo-{}-{}",
+            std::process::id(),
+            crate::spool::new_queue_id()
+        ))
     };
-    let config = Config::parse(&config(scale, &spool, gateway.address, http))
-        .map_err(|error| std::io::Error::other(format!("demo config: {error}")))?;
-    let service = Service::start(config).await?;
+    let start_on = |spool: &std::path::Path, http: &str| {
+        Config::parse(&config(scale, spool, gateway.address, http))
+            .map_err(|error| std::io::Error::other(format!("demo config: {error}")))
+    };
+    // The documented metrics port when it is free, else any. Binding is the
+    // only test of "free" that another process cannot race.
+    let mut spool = spool_dir();
+    let service = match Service::start(start_on(&spool, "127.0.0.1:9325")?).await {
+        Ok(service) => service,
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            let _ = std::fs::remove_dir_all(&spool);
+            spool = spool_dir();
+            Service::start(start_on(&spool, "127.0.0.1:0")?).await?
+        }
+        Err(error) => return Err(error),
+    };
     let proxy = service.smtp_address().to_string();
     let metrics_url = service.http_address().map_or_else(
         || "off".into(),
@@ -333,6 +340,17 @@ pub async fn run(
     stop.store(true, Ordering::Relaxed);
     burst.abort();
     while apps.join_next().await.is_some() {}
+    if stopped_at.is_none() {
+        // An offer in flight when the run ended was accepted after it: let
+        // it arrive (for a few seconds at most) before the summary counts.
+        for _ in 0..200 {
+            let accepted: u64 = counts.iter().map(|c| AppCounts::get(&c.accepted)).sum();
+            if gateway.received.lock().unwrap().arrivals.len() as u64 >= accepted {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let ceiling = service
         .shaping("demo-gateway")
         .map_or(0.0, |view| view.model.ceiling);
