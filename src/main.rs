@@ -289,6 +289,12 @@ fn queue(
             eprintln!("{} (HTTP {})", answer.body.trim_end(), answer.status);
             ExitCode::FAILURE
         }
+        // Reached, but what came back was not a usable answer (not HTTP,
+        // or over the size bound): saying "cannot reach" would mislead.
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+            eprintln!("unusable answer from the admin API at http://{address}: {error}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("cannot reach smtp-shaper's admin API at http://{address}: {error}");
             ExitCode::from(2)

@@ -541,3 +541,27 @@ async fn a_typed_id_reaches_the_admin_api_as_one_name() {
     client.command("QUIT").await;
     h.shutdown().await;
 }
+
+#[test]
+fn the_queue_command_tells_a_peer_that_is_not_the_admin_api_from_no_peer() {
+    use std::io::{Read, Write};
+    // Something else on the port: an SMTP server, say.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let peer = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let _ = stream.read(&mut request);
+        let _ = stream.write_all(b"220 mail.example.com ESMTP\r\n");
+    });
+    let output = shaper(&["queue", "list", "--http", &address]);
+    peer.join().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "unusable answer from the admin API at http://{address}"
+        )),
+        "{stderr}"
+    );
+}
