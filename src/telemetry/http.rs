@@ -442,8 +442,12 @@ fn decode(text: &str) -> Option<String> {
     let mut index = 0;
     while index < bytes.len() {
         if bytes[index] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(index + 1..index + 3)?).ok()?;
-            decoded.push(u8::from_str_radix(hex, 16).ok()?);
+            let hex = bytes.get(index + 1..index + 3)?;
+            // from_str_radix alone would take "%+1".
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            decoded.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             index += 3;
         } else {
             decoded.push(bytes[index]);
@@ -528,5 +532,21 @@ fn detail_answer(detail: &QueuedDetail) -> Answer {
             .field("history", history)
             .finish(),
         text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode;
+    use crate::telemetry::client::encode;
+
+    #[test]
+    fn decoding_undoes_the_clients_encoding_and_refuses_broken_escapes() {
+        for name in ["3F2A01", "a b/c?d%e&f#", "é.eml", ""] {
+            assert_eq!(decode(&encode(name)).as_deref(), Some(name));
+        }
+        for broken in ["%", "%4", "%+1", "%zz", "%FF"] {
+            assert_eq!(decode(broken), None, "{broken}");
+        }
     }
 }
