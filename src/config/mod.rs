@@ -1,10 +1,10 @@
 //! Configuration: the TOML schema, its defaults and its validation.
 //!
 //! The file is read section by section through [`reader::Section`], which
-//! collects every problem (with its key path and the accepted values) instead of
-//! stopping at the first, so `check-config` can list them all at once. Unknown
-//! keys are errors: a misspelt limit silently falling back to its default is
-//! the kind of surprise a mail relay must not have.
+//! collects every problem (with its line, key path and the accepted values)
+//! instead of stopping at the first, so `check-config` can list them all at
+//! once. Unknown keys are errors: a misspelt limit silently falling back to
+//! its default is the kind of surprise a mail relay must not have.
 
 mod reader;
 pub mod units;
