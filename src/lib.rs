@@ -76,10 +76,7 @@ impl Service {
             Some(address) => Some(bind(address, " for HTTP (metrics)").await?),
             None => None,
         };
-        let admin_token = match &config.http.admin_token_file {
-            Some(path) => Some(read_token(path)?),
-            None => None,
-        };
+        let admin_token = config.http.admin_token()?;
         let policy = config.policy();
         let metrics = Arc::new(Metrics::new(
             &policy.gateways,
@@ -259,31 +256,6 @@ impl Service {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
-}
-
-/// The admin bearer token from `admin_token_file` (surrounding whitespace
-/// trimmed); an empty or unreadable file stops the start.
-fn read_token(path: &std::path::Path) -> io::Result<String> {
-    let token = std::fs::read_to_string(path).map_err(|error| {
-        io::Error::new(
-            error.kind(),
-            format!(
-                "cannot read http.admin_token_file {}: {error}",
-                path.display()
-            ),
-        )
-    })?;
-    let token = token.trim();
-    if token.len() < 16 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "http.admin_token_file {}: the token must be at least 16 characters",
-                path.display()
-            ),
-        ));
-    }
-    Ok(token.to_string())
 }
 
 /// The settings a reload cannot change, and whether `new` changes them.

@@ -43,10 +43,12 @@ enum Command {
     Queue {
         /// The service's configuration file (its [http] listen and
         /// admin_token_file); without it, 127.0.0.1:9325 and no token
-        #[arg(long, short)]
+        // global: accepted after the action too (`queue list --http X`), where
+        // a user types it.
+        #[arg(long, short, global = true)]
         config: Option<PathBuf>,
         /// The HTTP endpoint, overriding the config's
-        #[arg(long)]
+        #[arg(long, global = true)]
         http: Option<std::net::SocketAddr>,
         #[command(subcommand)]
         action: QueueAction,
@@ -248,30 +250,37 @@ fn queue(
     let address = http
         .or_else(|| config.as_ref().and_then(|config| config.http.listen))
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9325)));
-    let token = match config
-        .as_ref()
-        .and_then(|c| c.http.admin_token_file.as_ref())
-    {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(token) => Some(token.trim().to_string()),
-            Err(error) => {
-                eprintln!("cannot read {}: {error}", path.display());
-                return ExitCode::from(2);
-            }
-        },
+    let token = match config.as_ref().map(|config| config.http.admin_token()) {
+        Some(Ok(token)) => token,
+        Some(Err(error)) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
         None => None,
     };
+    // What the user typed goes into the path encoded: an id with `/`, `?`
+    // or a space must name one message, not another route.
+    use smtp_shaper::telemetry::client::encode;
     let (method, path) = match &action {
         QueueAction::List { gateway: None } => ("GET", "/admin/queue".to_string()),
-        QueueAction::List { gateway: Some(g) } => ("GET", format!("/admin/queue?gateway={g}")),
-        QueueAction::Show { id } => ("GET", format!("/admin/queue/{id}")),
-        QueueAction::Retry { id: Some(id), .. } => ("POST", format!("/admin/queue/{id}/retry")),
+        QueueAction::List { gateway: Some(g) } => {
+            ("GET", format!("/admin/queue?gateway={}", encode(g)))
+        }
+        QueueAction::Show { id } => ("GET", format!("/admin/queue/{}", encode(id))),
+        QueueAction::Retry { id: Some(id), .. } => {
+            ("POST", format!("/admin/queue/{}/retry", encode(id)))
+        }
         QueueAction::Retry { id: None, .. } => ("POST", "/admin/queue/retry".to_string()),
-        QueueAction::Hold { gateway } => ("POST", format!("/admin/gateways/{gateway}/hold")),
-        QueueAction::Release { gateway } => ("POST", format!("/admin/gateways/{gateway}/release")),
-        QueueAction::Delete { id } => ("DELETE", format!("/admin/queue/{id}")),
+        QueueAction::Hold { gateway } => {
+            ("POST", format!("/admin/gateways/{}/hold", encode(gateway)))
+        }
+        QueueAction::Release { gateway } => (
+            "POST",
+            format!("/admin/gateways/{}/release", encode(gateway)),
+        ),
+        QueueAction::Delete { id } => ("DELETE", format!("/admin/queue/{}", encode(id))),
         QueueAction::Dead => ("GET", "/admin/dead".to_string()),
-        QueueAction::Requeue { name } => ("POST", format!("/admin/dead/{name}/requeue")),
+        QueueAction::Requeue { name } => ("POST", format!("/admin/dead/{}/requeue", encode(name))),
     };
     match smtp_shaper::telemetry::client::request(
         address,
@@ -287,6 +296,12 @@ fn queue(
         Ok(answer) => {
             eprintln!("{} (HTTP {})", answer.body.trim_end(), answer.status);
             ExitCode::FAILURE
+        }
+        // Reached, but what came back was not a usable answer (not HTTP,
+        // or over the size bound): saying "cannot reach" would mislead.
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+            eprintln!("unusable answer from the admin API at http://{address}: {error}");
+            ExitCode::from(2)
         }
         Err(error) => {
             eprintln!("cannot reach smtp-shaper's admin API at http://{address}: {error}");
@@ -315,20 +330,18 @@ fn demo(time_scale: f64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        tokio::select! {
-            summary = smtp_shaper::demo::run(options) => summary.map(Some),
-            _ = tokio::signal::ctrl_c() => Ok(None),
+    // Ctrl-C ends the demo early, with the summary of what happened so far.
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No handler: never interrupted, rather than at once.
+            std::future::pending::<()>().await;
         }
-    });
+    };
+    let result = runtime.block_on(smtp_shaper::demo::run(options, interrupt));
     match result {
-        Ok(Some(summary)) => {
+        Ok(summary) => {
             // A closed pipe (`demo | head`) is not a failure of the demo.
             let _ = writeln!(std::io::stdout(), "{summary}");
-            ExitCode::SUCCESS
-        }
-        Ok(None) => {
-            let _ = writeln!(std::io::stdout(), "\ndemo stopped");
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -1,7 +1,12 @@
-//! The command line as an operator meets it: check-config, --help, and a
-//! clear refusal to run on a bad configuration.
+//! The command line as an operator meets it: check-config, --help, a
+//! clear refusal to run on a bad configuration, and the queue command's
+//! options wherever they are typed.
+
+mod support;
 
 use std::process::{Command, Output};
+
+use support::Harness;
 
 fn shaper(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
@@ -84,6 +89,36 @@ fn check_config_lists_every_problem_and_exits_1() {
         "{stderr}"
     );
     assert!(stderr.contains("gateways[0].address: required"), "{stderr}");
+    // Each at the line of its key (a missing key: its table's header).
+    for (line, key) in [
+        (2, "server.listen"),
+        (3, "server.max_message_size"),
+        (4, "server.typo"),
+        (5, "gateways[0].address"),
+    ] {
+        assert!(
+            stderr.contains(&format!("  line {line}: {key}: ")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_config_places_a_toml_syntax_error_at_its_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:2525\"\nhostname = = \"x\"\n",
+    )
+    .unwrap();
+    let output = shaper(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("1 problem(s):\n  line 3, column 12: not valid TOML: "),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -135,35 +170,398 @@ fn the_demo_smooths_a_burst_defers_the_excess_and_loses_nothing() {
         .split("smtp-shaper demo: summary")
         .nth(1)
         .unwrap_or_else(|| panic!("no summary in:\n{stdout}"));
-    let row = |app: &str| -> Vec<String> {
-        summary
-            .lines()
-            .find(|line| line.trim_start().starts_with(app))
-            .unwrap_or_else(|| panic!("no {app} row in:\n{summary}"))
-            .split_whitespace()
-            .map(str::to_string)
-            .collect()
-    };
-    // app, offered, accepted, deferred, delivered, p50, p99
+    let row = |app: &str| -> Vec<u64> { summary_row(summary, app) };
+    // app, messages, deferred, re-offers, accepted, delivered, p50, p99
+    let (messages, deferred, reoffers, accepted, delivered) = (0, 1, 2, 3, 4);
     let newsletter = row("newsletter");
     let alerts = row("alerts");
     assert!(
-        newsletter[3].parse::<u64>().unwrap() > 0,
+        newsletter[deferred] > 0,
         "the burst was deferred in part: {summary}"
     );
-    assert_eq!(
-        newsletter[2], newsletter[4],
-        "every accepted newsletter delivered: {summary}"
+    assert!(
+        newsletter[reoffers] >= newsletter[deferred],
+        "each deferred message was offered again: {summary}"
     );
+    for app in [&newsletter, &alerts] {
+        // Messages, not offers: each was accepted once in the end.
+        assert_eq!(app[messages], app[accepted], "{summary}");
+        assert_eq!(app[accepted], app[delivered], "{summary}");
+    }
     assert_eq!(
-        alerts[3], "0",
+        alerts[deferred], 0,
         "the steady app was never deferred: {summary}"
     );
-    assert_eq!(alerts[2], alerts[4], "{summary}");
     assert!(
-        newsletter[4].parse::<u64>().unwrap() >= 400,
+        newsletter[delivered] >= 400,
         "the whole burst arrived: {summary}"
     );
     assert!(summary.contains("(lost 0)"), "{summary}");
-    assert!(stdout.contains("/metrics"), "{stdout}");
+    // Piped: the metrics address comes first, progress lines have the
+    // per-app counts.
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(first.contains("/metrics"), "{stdout}");
+    let progress: Vec<&str> = stdout.lines().filter(|l| l.starts_with("t=")).collect();
+    assert!(!progress.is_empty(), "{stdout}");
+    for line in progress {
+        assert!(
+            line.contains("| newsletter: ")
+                && line.contains("| alerts: ")
+                && line.contains(" deferred"),
+            "{line}"
+        );
+    }
+}
+
+/// `smtp-shaper ARGS` as a user types it in `cwd` (the binary on PATH):
+/// waits until it has started and returns it with its log so far. The
+/// ports of the embedded default and the example config may be taken a
+/// moment by another test's demo (9325): a few tries, never a timing
+/// assertion.
+fn start_as_typed(cwd: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
+    let log = cwd.join("run.log");
+    for _ in 0..20 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        loop {
+            let logged = std::fs::read_to_string(&log).unwrap();
+            if logged.contains("smtp-shaper started") {
+                return (child, logged);
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    logged.contains("Address already in use"),
+                    "`smtp-shaper {}` failed ({status}):\n{logged}",
+                    args.join(" ")
+                );
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    panic!("the ports of `smtp-shaper {}` stayed busy", args.join(" "));
+}
+
+/// SIGTERM, as Ctrl-C would stop it; it must exit 0.
+fn stop(mut child: std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// The spool folder a started service logged, under `cwd` when relative.
+fn logged_spool(cwd: &std::path::Path, logged: &str) -> std::path::PathBuf {
+    let spool = logged
+        .split(" spool=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no spool in:\n{logged}"));
+    cwd.join(spool)
+}
+
+#[test]
+fn the_demos_closing_hint_runs_as_shown_inside_the_current_folder() {
+    let output = shaper(&["demo", "--time-scale", "0.01"]);
+    let stdout = text(&output.stdout);
+    let hint = stdout
+        .lines()
+        .find_map(|line| line.split_once("Try it for real: ").map(|(_, hint)| hint))
+        .unwrap_or_else(|| panic!("no hint in:\n{stdout}"));
+    let command: Vec<&str> = hint
+        .split("   (")
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(command[0], "smtp-shaper", "{hint}");
+    let dir = tempfile::tempdir().unwrap();
+    let (child, logged) = start_as_typed(dir.path(), &command[1..]);
+    stop(child);
+    // Everything it keeps is in the folder it was started in (no
+    // /var/spool, so no root needed).
+    let spool = logged_spool(dir.path(), &logged);
+    assert!(spool.starts_with(dir.path()) && spool.is_dir(), "{logged}");
+}
+
+#[test]
+fn the_readmes_quick_start_commands_work_as_typed() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .find(|block| {
+            block.starts_with("smtp-shaper check-config --config config/smtp-shaper.toml")
+        })
+        .and_then(|block| block.split("```").next())
+        .expect("the quick start's block of commands");
+    let lines: Vec<&str> = block
+        .lines()
+        .map(|line| line.split("  #").next().unwrap().trim())
+        .collect();
+    // A user's folder: the repository's files, nothing written into it.
+    let dir = tempfile::tempdir().unwrap();
+    for folder in ["config", "traces"] {
+        std::os::unix::fs::symlink(format!("{root}/{folder}"), dir.path().join(folder)).unwrap();
+    }
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // The service line first (it runs until stopped), then the rest,
+    // `queue list` asking the running one.
+    let run = lines
+        .iter()
+        .find(|line| line.starts_with("smtp-shaper run "))
+        .expect("a run line");
+    let args: Vec<&str> = run.split_whitespace().skip(1).collect();
+    let (service, logged) = start_as_typed(dir.path(), &args);
+    assert!(
+        logged_spool(dir.path(), &logged).starts_with(dir.path()),
+        "{logged}"
+    );
+    for line in lines.iter().filter(|line| *line != run) {
+        let output = Command::new("sh")
+            .args(["-c", line])
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+        // check-dns answers 1 for a domain that is not set up right (and
+        // example.com is not set up for 192.0.2.25): a verdict, not a failure.
+        let verdict = line.contains("check-dns") && stdout.starts_with("example.com:\n");
+        assert!(
+            output.status.success() || verdict,
+            "`{line}`: {}\n{stdout}{stderr}",
+            output.status
+        );
+    }
+    assert!(dir.path().join("burst.svg").is_file());
+    stop(service);
+}
+
+/// The numbers of `app`'s row in the demo's summary (seconds without the s).
+fn summary_row(summary: &str, app: &str) -> Vec<u64> {
+    summary
+        .lines()
+        .find(|line| line.trim_start().starts_with(app))
+        .unwrap_or_else(|| panic!("no {app} row in:\n{summary}"))
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.trim_end_matches('s').parse::<f64>().ok())
+        .map(|number| number as u64)
+        .collect()
+}
+
+#[test]
+fn ctrl_c_ends_the_demo_with_the_summary_so_far() {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+        .args(["demo", "--time-scale", "0.1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    // Once it reports progress, interrupt it as Ctrl-C would.
+    let mut seen = String::new();
+    while !seen.lines().any(|line| line.starts_with("t=")) {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "ended early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    stdout.read_to_string(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{seen}");
+    let summary = seen
+        .split("smtp-shaper demo: summary so far (stopped at t = ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no summary so far in:\n{seen}"));
+    let alerts = summary_row(summary, "alerts");
+    assert_eq!(alerts.len(), 7, "{summary}");
+    assert!(summary.contains("when you stopped it"), "{summary}");
+    assert!(!summary.contains("(lost"), "{summary}");
+}
+
+/// `shaper` off the async runtime, so the service in the test keeps serving.
+async fn shaper_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        shaper(&args)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_commands_options_go_before_or_after_the_action() {
+    let h = Harness::start().await;
+    let http = h.service.http_address().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("admin.toml");
+    std::fs::write(&config, format!("[http]\nlisten = \"{http}\"\n[[gateways]]\nname = \"primary\"\naddress = \"127.0.0.1:25\"\n")).unwrap();
+    let config = config.to_str().unwrap().to_string();
+    for args in [
+        vec!["queue", "list", "--http", &http],
+        vec!["queue", "--http", &http, "list"],
+        vec!["queue", "list", "--gateway", "primary", "--http", &http],
+        vec!["queue", "list", "--config", &config],
+        vec!["queue", "dead", "-c", &config],
+    ] {
+        let output = shaper_async(args.iter().map(|a| a.to_string()).collect()).await;
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            text(&output.stderr)
+        );
+    }
+    let held = shaper_async(
+        ["queue", "hold", "primary", "--http", &http]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(
+        text(&held.stdout),
+        "gateway primary held\n",
+        "{}",
+        text(&held.stderr)
+    );
+    let listed = shaper_async(
+        ["queue", "list", "--http", &http]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert_eq!(text(&listed.stdout), "queue is empty\n");
+    h.shutdown().await;
+}
+
+#[test]
+fn the_service_and_the_queue_command_refuse_the_same_short_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "fifteen-chars-x\n").unwrap();
+    let config = dir.path().join("smtp-shaper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[spool]\ndir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n[[gateways]]\nname = \"primary\"\naddress = \"127.0.0.1:25\"\n",
+            dir.path().join("spool").display(),
+            token.display()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let refusal = "the token must be at least 16 characters";
+    let run = shaper(&["run", "--config", config]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(text(&run.stderr).contains(refusal), "{}", text(&run.stderr));
+    let queue = shaper(&["queue", "list", "--config", config]);
+    assert_eq!(queue.status.code(), Some(2));
+    assert!(
+        text(&queue.stderr).contains(refusal),
+        "{}",
+        text(&queue.stderr)
+    );
+
+    // One character more, and the queue command goes on to ask the service
+    // (which is not running here).
+    std::fs::write(&token, "sixteen-chars-xx\n").unwrap();
+    let queue = shaper(&["queue", "list", "--config", config]);
+    assert_eq!(queue.status.code(), Some(2));
+    assert!(
+        text(&queue.stderr).contains("cannot reach smtp-shaper's admin API"),
+        "{}",
+        text(&queue.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typed_id_reaches_the_admin_api_as_one_name() {
+    let h = Harness::start().await;
+    let http = h.service.http_address().unwrap().to_string();
+    let queue = |words: &[&str]| {
+        let mut args = vec!["queue".to_string(), "--http".into(), http.clone()];
+        args.extend(words.iter().map(|w| w.to_string()));
+        shaper_async(args)
+    };
+    assert!(queue(&["hold", "primary"]).await.status.success());
+    let mut client = h.client().await;
+    let id = client
+        .accepted(
+            "app@example.com",
+            &["kept@example.org"],
+            b"Subject: kept\r\n\r\nhi\r\n",
+        )
+        .await;
+    // Unencoded, `ID?x` was a query on ID's path: it deleted ID.
+    let typo = format!("{id}?x");
+    let refused = queue(&["delete", &typo]).await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("no queued message {typo} ")) && stderr.contains("(HTTP 404)"),
+        "{stderr}"
+    );
+    let shown = queue(&["show", &id]).await;
+    assert!(text(&shown.stdout).contains("Subject: kept"), "{shown:?}");
+    // A space and a slash: one name, not a broken request line or a route.
+    let odd = queue(&["show", "a b/retry"]).await;
+    assert!(
+        text(&odd.stderr).contains("no queued message a b/retry "),
+        "{odd:?}"
+    );
+    let dead = queue(&["requeue", "x/../y z.eml"]).await;
+    assert!(
+        text(&dead.stderr).contains("no dead letter x/../y z.eml"),
+        "{dead:?}"
+    );
+    client.command("QUIT").await;
+    h.shutdown().await;
+}
+
+#[test]
+fn the_queue_command_tells_a_peer_that_is_not_the_admin_api_from_no_peer() {
+    use std::io::{Read, Write};
+    // Something else on the port: an SMTP server, say.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let peer = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let _ = stream.read(&mut request);
+        let _ = stream.write_all(b"220 mail.example.com ESMTP\r\n");
+    });
+    let output = shaper(&["queue", "list", "--http", &address]);
+    peer.join().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "unusable answer from the admin API at http://{address}"
+        )),
+        "{stderr}"
+    );
 }

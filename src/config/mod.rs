@@ -1,10 +1,10 @@
 //! Configuration: the TOML schema, its defaults and its validation.
 //!
 //! The file is read section by section through [`reader::Section`], which
-//! collects every problem (with its key path and the accepted values) instead of
-//! stopping at the first, so `check-config` can list them all at once. Unknown
-//! keys are errors: a misspelt limit silently falling back to its default is
-//! the kind of surprise a mail relay must not have.
+//! collects every problem (with its line, key path and the accepted values)
+//! instead of stopping at the first, so `check-config` can list them all at
+//! once. Unknown keys are errors: a misspelt limit silently falling back to
+//! its default is the kind of surprise a mail relay must not have.
 
 mod reader;
 pub mod units;
@@ -111,6 +111,41 @@ pub struct HttpConfig {
     /// A file holding the bearer token the admin API requires. Without one
     /// the admin API answers loopback clients only.
     pub admin_token_file: Option<PathBuf>,
+}
+
+/// The shortest admin token accepted: a guessable one is no protection for
+/// an API that deletes mail.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+impl HttpConfig {
+    /// The admin bearer token from `admin_token_file` (surrounding whitespace
+    /// trimmed), if one is configured. The service and the `queue` command
+    /// both read it here, so a token one of them takes the other takes too.
+    pub fn admin_token(&self) -> std::io::Result<Option<String>> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path).map_err(|error| {
+            std::io::Error::new(
+                error.kind(),
+                format!(
+                    "cannot read http.admin_token_file {}: {error}",
+                    path.display()
+                ),
+            )
+        })?;
+        let token = token.trim();
+        if token.chars().count() < MIN_ADMIN_TOKEN_LEN {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "http.admin_token_file {}: the token must be at least {MIN_ADMIN_TOKEN_LEN} characters",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Some(token.to_string()))
+    }
 }
 
 /// How log lines are written: for people, or one JSON object per event.
@@ -247,6 +282,10 @@ pub struct ShapingConfig {
     pub backoff_factor: f64,
     pub backoff_pause: Duration,
     pub baseline_half_life: Duration,
+    /// The period the file writes this gateway's rates in (that of the
+    /// first of initial_rate, min_rate, max_rate given; else the defaults'
+    /// `/min`): logs say rates the same way.
+    pub rate_period: units::Period,
 }
 
 /// One hard cap, `count` units per `window`.
@@ -335,19 +374,22 @@ impl Config {
     ///
     /// let error = Config::parse("[server]\nidle_timeout = \"soon\"\n").unwrap_err();
     /// assert_eq!(error.problems.len(), 2); // the bad duration, and no gateway
-    /// assert!(error.problems[0].starts_with("server.idle_timeout: \"soon\" is not valid"));
+    /// assert!(error.problems[0].starts_with("line 2: server.idle_timeout: \"soon\" is not valid"));
     /// ```
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let root: toml::Table = text.parse().map_err(|error: toml::de::Error| ConfigError {
-            problems: vec![
-                format!("not valid TOML: {}", error.message().trim())
-                    + &error
-                        .span()
-                        .map(|span| format!(" (at byte {})", span.start))
-                        .unwrap_or_default(),
-            ],
+        let root: toml::Table = text.parse().map_err(|error: toml::de::Error| {
+            let message = format!("not valid TOML: {}", error.message().trim());
+            ConfigError {
+                problems: vec![match error.span() {
+                    Some(span) => {
+                        let (line, column) = reader::position(text, span.start);
+                        format!("line {line}, column {column}: {message}")
+                    }
+                    None => message,
+                }],
+            }
         })?;
-        let mut problems = Problems::default();
+        let mut problems = Problems::new(reader::Lines::of(text));
         let mut root = Section::new(String::new(), root, &mut problems);
         let server = root.section("server");
         let spool = root.section("spool");
@@ -772,19 +814,31 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
 }
 
 fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
-    let rate = |s: &mut Section<'_>, key, default| {
-        s.parsed(key, default, units::RATE_FORMS, |v| {
-            units::parse_rate(v).filter(|rate| *rate > 0.0)
-        })
+    let mut given = None;
+    let mut rate = |s: &mut Section<'_>, key, default| {
+        let present = s.has(key);
+        let (rate, period) = s.parsed(key, default, units::RATE_FORMS, |v| {
+            units::parse_rate_per(v).filter(|(rate, _)| *rate > 0.0)
+        });
+        if present {
+            given = given.or(Some(period));
+        }
+        rate
     };
-    let (initial_rate, initial_volume) = horizon_rates(&mut s, "initial_rate", "60/min");
-    let (min_rate, min_volume) = horizon_rates(&mut s, "min_rate", "10/min");
+    let (initial_rate, initial_period, initial_volume) =
+        horizon_rates(&mut s, "initial_rate", "60/min");
+    let (min_rate, min_period, min_volume) = horizon_rates(&mut s, "min_rate", "10/min");
+    let max_rate = rate(&mut s, "max_rate", "1000/min");
     let shaping = ShapingConfig {
         initial_rate,
         initial_volume,
         min_rate,
         min_volume,
-        max_rate: rate(&mut s, "max_rate", "1000/min"),
+        max_rate,
+        rate_period: initial_period
+            .or(min_period)
+            .or(given)
+            .unwrap_or(units::Period::Minute),
         headroom: s.number("headroom", 2.0, 1.0, 100.0),
         warmup: s.parsed("warmup", "2x/day", units::GROWTH_FORMS, units::parse_growth),
         burst: s.integer("burst", 5, 1, 100_000),
@@ -849,28 +903,49 @@ fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
 const HORIZON_RATE_FORMS: &str = "a rate such as \"10/min\", or one rate per horizon: [\"10/min\", \"60/h\", \"300/day\"] (the minute in /s or /min, the hour in /h, the day in /day)";
 
 /// One rate of a `min_rate`/`initial_rate` list: the horizon its period
-/// names (`None`: the minute, as events per second) and its value.
-fn parse_horizon_rate(text: &str) -> Option<(Option<Horizon>, f64)> {
-    let per_second = units::parse_rate(text).filter(|rate| *rate > 0.0)?;
-    let (count, period) = text.trim().split_once('/')?;
-    let horizon = match period.trim() {
-        "s" | "min" => return Some((None, per_second)),
-        "h" => Horizon::Hour,
-        "day" => Horizon::Day,
-        _ => return None,
+/// names (`None`: the minute, as events per second), its value, and the
+/// period it is written in.
+fn parse_horizon_rate(text: &str) -> Option<(Option<Horizon>, f64, units::Period)> {
+    let (per_second, period) = units::parse_rate_per(text).filter(|(rate, _)| *rate > 0.0)?;
+    let horizon = match period {
+        units::Period::Second | units::Period::Minute => {
+            return Some((None, per_second, period));
+        }
+        units::Period::Hour => Horizon::Hour,
+        units::Period::Day => Horizon::Day,
     };
-    let count: f64 = count.trim().parse().ok()?;
-    (count >= 1.0 && count.fract() == 0.0).then_some((Some(horizon), count))
+    let count = (per_second * period.seconds() * 1e6).round() / 1e6;
+    (count >= 1.0 && count.fract() == 0.0).then_some((Some(horizon), count, period))
 }
 
-/// `key` as one minute rate or a list with one rate per horizon: the minute
-/// rate (`default` when the list names none) and the whole counts of the
+/// `key` as one minute rate or a list with one rate per horizon (there the
+/// period names the horizon: `/s` or `/min` the minute, `/h` the hour,
+/// `/day` the day): the minute rate (`default` when the list names none),
+/// the period it was written in (when given), and the whole counts of the
 /// hour and day.
-fn horizon_rates(s: &mut Section<'_>, key: &'static str, default: &str) -> (f64, [Option<u64>; 2]) {
-    let rates = s.one_or_list(key, &[default], HORIZON_RATE_FORMS, parse_horizon_rate);
+fn horizon_rates(
+    s: &mut Section<'_>,
+    key: &'static str,
+    default: &str,
+) -> (f64, Option<units::Period>, [Option<u64>; 2]) {
+    if !s.is_list(key) {
+        // One rate is the minute's, whatever its period (`"100/h"` has
+        // always meant a minute floor of 100 an hour).
+        let present = s.has(key);
+        let (rate, period) = s.parsed(key, default, units::RATE_FORMS, |v| {
+            units::parse_rate_per(v).filter(|(rate, _)| *rate > 0.0)
+        });
+        return (rate, present.then_some(period), [None; 2]);
+    }
+    let present = s.has(key);
+    let rates = s.list(key, &[default], HORIZON_RATE_FORMS, parse_horizon_rate);
     let mut minute = None;
+    let mut written = None;
     let mut volumes = [None; 2];
-    for (horizon, value) in rates {
+    for (horizon, value, period) in rates {
+        if horizon.is_none() && present {
+            written = Some(period);
+        }
         let twice = match horizon {
             None => minute.replace(value).is_some(),
             Some(horizon) => volumes[horizon as usize].replace(value as u64).is_some(),
@@ -887,7 +962,7 @@ fn horizon_rates(s: &mut Section<'_>, key: &'static str, default: &str) -> (f64,
     }
     let minute =
         minute.unwrap_or_else(|| parse_horizon_rate(default).expect("defaults are valid").1);
-    (minute, volumes)
+    (minute, written, volumes)
 }
 
 /// `30/min` as a cap of 30 per 60 s: a whole count per period.
@@ -1144,6 +1219,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.gateways[0].shaping.min_volume, [None, None]);
+        let config = Config::parse(
+            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\nmin_rate = \"100/h\"\n",
+        )
+        .unwrap();
+        let shaping = &config.gateways[0].shaping;
+        assert_eq!(
+            shaping.min_volume,
+            [None, None],
+            "one rate: the minute floor"
+        );
+        assert!((shaping.min_rate - 100.0 / 3_600.0).abs() < 1e-12);
         let error = Config::parse(
             r#"
             [[gateways]]
@@ -1262,7 +1348,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             error.problems,
-            vec!["apps[2].user: \"u\" is used by an earlier entry; users must be unique"]
+            vec!["line 13: apps[2].user: \"u\" is used by an earlier entry; users must be unique"]
         );
     }
 
@@ -1329,9 +1415,87 @@ mod tests {
     }
 
     #[test]
-    fn reports_bad_toml_syntax() {
+    fn rates_keep_the_period_the_file_writes_them_in() {
+        let period = |shaping: &str| {
+            Config::parse(&format!(
+                "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{shaping}"
+            ))
+            .unwrap()
+            .gateways[0]
+                .shaping
+                .rate_period
+        };
+        assert_eq!(period(""), units::Period::Minute, "the defaults' /min");
+        assert_eq!(period("initial_rate = \"2/s\"\n"), units::Period::Second);
+        assert_eq!(
+            period("min_rate = \"100/h\"\nmax_rate = \"1/s\"\n"),
+            units::Period::Hour
+        );
+        assert_eq!(period("max_rate = \"50000/day\"\n"), units::Period::Day);
+    }
+
+    #[test]
+    fn reports_bad_toml_syntax_at_its_line_and_column() {
+        let error = Config::parse("[server]\nlisten = \"127.0.0.1:2525\"\nhostname = = \"x\"\n")
+            .unwrap_err();
+        assert_eq!(error.problems.len(), 1);
+        assert!(
+            error.problems[0].starts_with("line 3, column 12: not valid TOML: "),
+            "{error}"
+        );
         let error = Config::parse("[server\nlisten = 1").unwrap_err();
-        assert!(error.to_string().contains("not valid TOML"));
+        assert!(
+            error.problems[0].starts_with("line 1, column 8: not valid TOML: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn every_problem_names_the_line_of_its_key_or_table() {
+        let error = Config::parse(concat!(
+            "[server]\n",
+            "listen = \"nowhere\"\n",
+            "allowed_networks = [\"127.0.0.0/8\", \"bad\"]\n",
+            "\n",
+            "[[gateways]]\n",
+            "name = \"a\"\n",
+            "\n",
+            "[[gateways]]\n",
+            "name = \"b\"\n",
+            "address = \"127.0.0.1:25\"\n",
+            "[gateways.shaping]\n",
+            "min_rate = \"fast\"\n",
+            "colour = \"blue\"\n",
+        ))
+        .unwrap_err();
+        let at: Vec<&str> = error
+            .problems
+            .iter()
+            .map(|problem| problem.split(": ").take(2).last().unwrap())
+            .collect();
+        let lines: Vec<&str> = error
+            .problems
+            .iter()
+            .map(|problem| problem.split(": ").next().unwrap())
+            .collect();
+        let expected = [
+            ("line 2", "server.listen"),
+            ("line 3", "server.allowed_networks[1]"),
+            // A missing key: the line of its table's header.
+            ("line 5", "gateways[0].address"),
+            ("line 12", "gateways[1].shaping.min_rate"),
+            ("line 13", "gateways[1].shaping.colour"),
+            ("line 5", "gateways"),
+        ];
+        for (line, path) in expected {
+            let found = at.iter().position(|p| *p == path);
+            assert_eq!(
+                found.map(|index| lines[index]),
+                Some(line),
+                "{path} in:\n{error}"
+            );
+        }
+        assert_eq!(error.problems.len(), expected.len(), "{error}");
     }
 
     #[test]
@@ -1341,9 +1505,8 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(error.problems.len(), 1);
-        assert!(
-            error.problems[0]
-                .starts_with("servr: unknown key; accepted here: server, spool, http, gateways")
-        );
+        assert!(error.problems[0].starts_with(
+            "line 4: servr: unknown key; accepted here: server, spool, http, gateways"
+        ));
     }
 }

@@ -3,26 +3,120 @@
 //! Each accessor takes a key out of the table, falls back to the default when the
 //! key is absent, and records a problem (and still returns the default) when the
 //! value is wrong, so one pass finds every mistake. [`Section::finish`] reports
-//! the keys nobody asked for, with the keys that are accepted there.
+//! the keys nobody asked for, with the keys that are accepted there. Each
+//! problem carries the line of its key in the file ([`Lines`]), or of the
+//! nearest table that holds it when the key is missing.
+
+use std::collections::HashMap;
 
 use toml::{Table, Value};
 
 use super::{Config, ConfigError};
 
-/// The problems collected so far, as `key.path: explanation` lines.
+/// Where each key path (`server.listen`, `gateways[1].shaping.min_rate`,
+/// `server.allowed_networks[2]`) starts in the text, as a line number.
 #[derive(Debug, Default)]
-pub struct Problems(Vec<String>);
+pub struct Lines {
+    by_path: HashMap<String, usize>,
+}
+
+impl Lines {
+    /// The lines of every key and array item in `text`, from toml's spans;
+    /// empty when the text does not parse (that error has its own position).
+    pub fn of(text: &str) -> Lines {
+        let mut lines = Lines::default();
+        if let Ok(root) = toml::de::DeTable::parse(text) {
+            lines.walk_table(text, "", root.get_ref());
+        }
+        lines
+    }
+
+    fn walk_table(&mut self, text: &str, path: &str, table: &toml::de::DeTable<'_>) {
+        for (key, value) in table {
+            let path = if path.is_empty() {
+                key.get_ref().to_string()
+            } else {
+                format!("{path}.{}", key.get_ref())
+            };
+            // The first mention wins: a table's header, not a later sub-table's.
+            self.by_path
+                .entry(path.clone())
+                .or_insert_with(|| position(text, key.span().start).0);
+            self.walk_value(text, &path, value);
+        }
+    }
+
+    fn walk_value(&mut self, text: &str, path: &str, value: &toml::Spanned<toml::de::DeValue<'_>>) {
+        match value.get_ref() {
+            toml::de::DeValue::Table(table) => self.walk_table(text, path, table),
+            toml::de::DeValue::Array(items) => {
+                for (index, item) in items.iter().enumerate() {
+                    let path = format!("{path}[{index}]");
+                    self.by_path
+                        .entry(path.clone())
+                        .or_insert_with(|| position(text, item.span().start).0);
+                    self.walk_value(text, &path, item);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The line of `path`, or of the nearest enclosing key or table that
+    /// is in the file (a missing key is reported at its table).
+    pub fn line(&self, path: &str) -> Option<usize> {
+        let mut path = path;
+        loop {
+            if let Some(line) = self.by_path.get(path) {
+                return Some(*line);
+            }
+            path = &path[..path.rfind(['.', '['])?];
+        }
+    }
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+pub fn position(text: &str, offset: usize) -> (usize, usize) {
+    // An error span may start inside a character; never panic on it.
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// The problems collected so far, as `line N: key.path: explanation` lines.
+#[derive(Debug, Default)]
+pub struct Problems {
+    found: Vec<String>,
+    lines: Lines,
+}
 
 impl Problems {
+    pub fn new(lines: Lines) -> Problems {
+        Problems {
+            found: Vec::new(),
+            lines,
+        }
+    }
+
     pub fn push(&mut self, path: &str, message: &str) {
-        self.0.push(format!("{path}: {message}"));
+        self.found.push(match self.lines.line(path) {
+            Some(line) => format!("line {line}: {path}: {message}"),
+            None => format!("{path}: {message}"),
+        });
     }
 
     pub fn into_result(self, config: Config) -> Result<Config, ConfigError> {
-        if self.0.is_empty() {
+        if self.found.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError { problems: self.0 })
+            Err(ConfigError {
+                problems: self.found,
+            })
         }
     }
 }
@@ -297,30 +391,9 @@ impl<'p> Section<'p> {
         parsed
     }
 
-    /// One string or a list of strings, each turned into `T` by `parse`
-    /// (`min_rate = "10/min"` and `min_rate = ["10/min", "60/h"]`).
-    pub fn one_or_list<T>(
-        &mut self,
-        key: &'static str,
-        default: &[&str],
-        accepted: &str,
-        parse: impl Fn(&str) -> Option<T>,
-    ) -> Vec<T> {
-        match self.take(key) {
-            Some(Value::String(text)) => match parse(&text) {
-                Some(value) => return vec![value],
-                None => self.problem(
-                    key,
-                    &format!("\"{text}\" is not valid; accepted: {accepted}"),
-                ),
-            },
-            // A list (or a wrong type, which `list` explains) is read as a list.
-            Some(other) => {
-                self.table.insert(key.to_string(), other);
-            }
-            None => {}
-        }
-        self.list(key, default, accepted, parse)
+    /// True when `key` holds a list (`min_rate = ["10/min", "60/h"]`).
+    pub fn is_list(&self, key: &str) -> bool {
+        matches!(self.table.get(key), Some(Value::Array(_)))
     }
 
     /// Reports every key left in the table, naming the accepted ones.
@@ -331,5 +404,22 @@ impl<'p> Section<'p> {
         for key in unknown {
             self.problem(&key, &format!("unknown key; accepted here: {accepted}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_count_lines_and_characters() {
+        let text = "a = 1\nbé = \"x\"\n";
+        assert_eq!(position(text, 0), (1, 1));
+        assert_eq!(position(text, 6), (2, 1));
+        // After "bé = " (é is two bytes): column 6.
+        assert_eq!(position(text, 12), (2, 6));
+        // Inside é: the character's own column, no panic.
+        assert_eq!(position(text, 8), (2, 2));
+        assert_eq!(position(text, 999), (3, 1));
     }
 }

@@ -37,7 +37,7 @@ pub fn parse_allowance(text: &str) -> Option<Allowance> {
     (1..=1_000_000).contains(&count).then_some(())?;
     Some(Allowance {
         count,
-        period: Duration::from_secs_f64(period_seconds(period.trim())?),
+        period: Duration::from_secs_f64(Period::parse(period.trim())?.seconds()),
     })
 }
 
@@ -47,10 +47,17 @@ pub const GROWTH_FORMS: &str =
 
 /// Parses `60/min`, `0.5/s`, `100/h`, `10000/day` into events per second.
 pub fn parse_rate(text: &str) -> Option<f64> {
+    parse_rate_per(text).map(|(rate, _)| rate)
+}
+
+/// Like [`parse_rate`], with the period the text counts over, so the rate
+/// can be written back the way the operator wrote it.
+pub fn parse_rate_per(text: &str) -> Option<(f64, Period)> {
     let (count, period) = text.trim().split_once('/')?;
     let count: f64 = count.trim().parse().ok()?;
     (count.is_finite() && count >= 0.0).then_some(())?;
-    Some(count / period_seconds(period.trim())?)
+    let period = Period::parse(period.trim())?;
+    Some((count / period.seconds(), period))
 }
 
 /// Parses `2x/day` into the factor per day (here 2.0); `1.1x/h` becomes
@@ -59,19 +66,63 @@ pub fn parse_growth(text: &str) -> Option<f64> {
     let (factor, period) = text.trim().split_once('/')?;
     let factor: f64 = factor.trim().strip_suffix('x')?.parse().ok()?;
     (factor.is_finite() && factor > 1.0).then_some(())?;
-    let per_day = factor.powf(86_400.0 / period_seconds(period.trim())?);
+    let per_day = factor.powf(86_400.0 / Period::parse(period.trim())?.seconds());
     per_day.is_finite().then_some(per_day)
 }
 
-/// Seconds in the period of a rate: `s`, `min`, `h` or `day`.
-fn period_seconds(period: &str) -> Option<f64> {
-    Some(match period {
-        "s" => 1.0,
-        "min" => 60.0,
-        "h" => 3_600.0,
-        "day" => 86_400.0,
-        _ => return None,
-    })
+/// The period of a rate: `s`, `min`, `h` or `day`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Period {
+    fn parse(text: &str) -> Option<Period> {
+        Some(match text {
+            "s" => Period::Second,
+            "min" => Period::Minute,
+            "h" => Period::Hour,
+            "day" => Period::Day,
+            _ => return None,
+        })
+    }
+
+    pub fn seconds(self) -> f64 {
+        match self {
+            Period::Second => 1.0,
+            Period::Minute => 60.0,
+            Period::Hour => 3_600.0,
+            Period::Day => 86_400.0,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Second => "s",
+            Period::Minute => "min",
+            Period::Hour => "h",
+            Period::Day => "day",
+        }
+    }
+
+    /// A rate in events per second written per this period, as a
+    /// configuration would say it (`60/min`, `0.5/min`, `0.013/min`): one
+    /// decimal from 1 up, two significant digits below, so a slow rate
+    /// never reads as 0.
+    pub fn format(self, per_second: f64) -> String {
+        let count = per_second * self.seconds();
+        let decimals = if count >= 1.0 || count <= 0.0 || !count.is_finite() {
+            1
+        } else {
+            (-count.log10()).floor() as usize + 2
+        };
+        let text = format!("{count:.decimals$}");
+        let text = text.trim_end_matches('0').trim_end_matches('.');
+        format!("{text}/{}", self.as_str())
+    }
 }
 
 /// Writes a rate in events per second the way it is configured, in the
@@ -171,6 +222,22 @@ mod tests {
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("m"), None);
         assert_eq!(parse_duration("1w"), None);
+    }
+
+    #[test]
+    fn rates_are_written_back_in_the_period_they_were_given_in() {
+        for written in ["60/min", "0.5/s", "4/h", "10000/day", "12.5/min"] {
+            let (rate, period) = parse_rate_per(written).unwrap();
+            assert_eq!(period.format(rate), written);
+        }
+        let minute = parse_rate_per("60/min").unwrap().1;
+        assert_eq!(minute.format(1.0), "60/min", "not 1/s");
+        assert_eq!(minute.format(2.0 / 3.0), "40/min");
+        assert_eq!(minute.format(1.0 / 120.0), "0.5/min");
+        assert_eq!(minute.format(1.0 / 4_500.0), "0.013/min", "slow is never 0");
+        assert_eq!(minute.format(0.0), "0/min");
+        assert_eq!(Period::Second.format(2.0 / 3.0), "0.67/s");
+        assert_eq!(Period::Day.format(0.5), "43200/day");
     }
 
     #[test]

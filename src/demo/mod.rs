@@ -8,11 +8,15 @@
 //! trickles, then sends a burst at once, then trickles again. Deferred mail
 //! (451 4.7.1) is offered again later, as a real app's MTA would.
 //!
-//! Phases: idle -> trickle -> burst -> steady until the queue has drained.
-//! A terminal gets a live table several times a second; a pipe gets a line
-//! every few seconds. The end prints a summary: what each app offered, what
-//! was deferred and delivered, the delays, and the most the gateway
-//! received in any second against the ceiling.
+//! Phases: idle -> trickle -> burst -> steady until the queue has drained
+//! and no deferred message is left to offer again (or until interrupted:
+//! Ctrl-C ends it early with the summary so far). A terminal gets a live
+//! table several times a second, its bars on one scale for the whole run; a
+//! pipe gets the metrics address first, then a line every few seconds. The
+//! end prints a summary: per app the messages (each counted once), the
+//! re-offers of deferred ones, how many were deferred, accepted and
+//! delivered, the delays, and the most the gateway received in any second
+//! against the ceiling.
 //!
 //! `time_scale` shrinks every duration and speeds up every rate by the same
 //! factor (the test runs the demo at 0.2).
@@ -60,12 +64,26 @@ impl Default for DemoOptions {
     }
 }
 
-/// Per-app counts, shared by the app tasks and the view.
+/// Per-app counts, shared by the app tasks and the view. Messages, not
+/// offers: a message deferred three times is one message, one deferred
+/// message and three re-offers.
 #[derive(Default)]
 struct AppCounts {
-    offered: AtomicU64,
-    accepted: AtomicU64,
+    /// Messages the app had to send, each counted at its first offer.
+    messages: AtomicU64,
+    /// Offers of a message made again after a deferral (an MTA's retries).
+    reoffers: AtomicU64,
+    /// Messages deferred (451) at least once.
     deferred: AtomicU64,
+    /// Messages not accepted yet that the app will offer again.
+    waiting: AtomicU64,
+    accepted: AtomicU64,
+}
+
+impl AppCounts {
+    fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
 }
 
 const APPS: [&str; 2] = ["newsletter", "alerts"];
@@ -116,27 +134,39 @@ priority = 2
     )
 }
 
-/// Runs the demo to its end and returns the summary text.
-pub async fn run(options: DemoOptions) -> std::io::Result<String> {
+/// Runs the demo to its end, or until `interrupt` completes (Ctrl-C), and
+/// returns the summary text (of what happened so far, when interrupted).
+pub async fn run(
+    options: DemoOptions,
+    interrupt: impl std::future::Future<Output = ()>,
+) -> std::io::Result<String> {
+    let mut interrupt = std::pin::pin!(interrupt);
     let scale = options.time_scale;
     let start = Instant::now();
     let gateway = DemoGateway::start(start).await?;
-    let spool = std::env::temp_dir().join(format!(
-        "smtp-shaper-demo-{}-{}",
-        std::process::id(),
-        crate::spool::new_queue_id()
-    ));
-    // The documented metrics port when it is free, else any.
-    let http = match std::net::TcpListener::bind("127.0.0.1:9325") {
-        Ok(probe) => {
-            drop(probe);
-            "127.0.0.1:9325"
-        }
-        Err(_) => "127.0.0.1:0",
+    let spool_dir = || {
+        std::env::temp_dir().join(format!(
+            "smtp-shaper-demo-{}-{}",
+            std::process::id(),
+            crate::spool::new_queue_id()
+        ))
     };
-    let config = Config::parse(&config(scale, &spool, gateway.address, http))
-        .map_err(|error| std::io::Error::other(format!("demo config: {error}")))?;
-    let service = Service::start(config).await?;
+    let start_on = |spool: &std::path::Path, http: &str| {
+        Config::parse(&config(scale, spool, gateway.address, http))
+            .map_err(|error| std::io::Error::other(format!("demo config: {error}")))
+    };
+    // The documented metrics port when it is free, else any. Binding is the
+    // only test of "free" that another process cannot race.
+    let mut spool = spool_dir();
+    let service = match Service::start(start_on(&spool, "127.0.0.1:9325")?).await {
+        Ok(service) => service,
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            let _ = std::fs::remove_dir_all(&spool);
+            spool = spool_dir();
+            Service::start(start_on(&spool, "127.0.0.1:0")?).await?
+        }
+        Err(error) => return Err(error),
+    };
     let proxy = service.smtp_address().to_string();
     let metrics_url = service.http_address().map_or_else(
         || "off".into(),
@@ -186,7 +216,7 @@ pub async fn run(options: DemoOptions) -> std::io::Result<String> {
                     let mut app = App::new(proxy, 0, counts);
                     let mut deferred = 0u64;
                     for _ in 0..BURST_MESSAGES / 4 {
-                        if !app.offer(clock).await {
+                        if !app.offer(clock, false).await {
                             deferred += 1;
                         }
                     }
@@ -195,7 +225,7 @@ pub async fn run(options: DemoOptions) -> std::io::Result<String> {
                         clock.sleep(RETRY_AFTER).await;
                         let mut still = 0;
                         for _ in 0..deferred {
-                            if !app.offer(clock).await {
+                            if !app.offer(clock, true).await {
                                 still += 1;
                             }
                         }
@@ -209,22 +239,44 @@ pub async fn run(options: DemoOptions) -> std::io::Result<String> {
     };
 
     let mut out = std::io::stdout();
+    if !options.live {
+        // A pipe shows no heading; the address is worth having while it runs.
+        let _ = writeln!(
+            out,
+            "smtp-shaper demo: metrics at {metrics_url} while it runs (Ctrl-C stops it with the summary so far)"
+        );
+    }
+    // One scale for every frame of the run: twice the starting ceiling, so
+    // the ceiling bar sits mid-way and a burst visibly overflows it.
+    let bar_full = service
+        .shaping("demo-gateway")
+        .map_or(1.0, |view| view.model.ceiling * scale * 2.0)
+        .max(1.0);
+    let mut stopped_at = None;
     let mut last_line = -100.0;
     // (demo time, offered so far, delivered so far), for the recent rates.
     let mut history: std::collections::VecDeque<(f64, u64, u64)> = Default::default();
     let (burst_at, steady_at) = (IDLE + TRICKLE, IDLE + TRICKLE + 1.0);
     loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = &mut interrupt => {
+                stopped_at = Some(clock.now());
+                break;
+            }
+        }
         let now = clock.now();
         let done = burst_done.load(Ordering::Relaxed) == 4;
         let view = service.shaping("demo-gateway").expect("the demo gateway");
         if done && now > steady_at {
             *phase.lock().unwrap() = "steady: the burst is queued or retried; draining";
         }
-        let finished = done && view.queued == 0;
+        let waiting: u64 = counts.iter().map(|c| AppCounts::get(&c.waiting)).sum();
+        let finished = done && view.queued == 0 && waiting == 0;
+        // Offers, re-offers included: the load the proxy sees.
         let offered: u64 = counts
             .iter()
-            .map(|c| c.offered.load(Ordering::Relaxed))
+            .map(|c| AppCounts::get(&c.messages) + AppCounts::get(&c.reoffers))
             .sum();
         let delivered = gateway.received.lock().unwrap().arrivals.len() as u64;
         history.push_back((now, offered, delivered));
@@ -246,6 +298,7 @@ pub async fn run(options: DemoOptions) -> std::io::Result<String> {
                 now,
                 scale,
                 metrics_url: &metrics_url,
+                bar_full,
             },
             &view,
             &recent,
@@ -257,8 +310,7 @@ pub async fn run(options: DemoOptions) -> std::io::Result<String> {
             let _ = out.flush();
         } else if now - last_line >= 5.0 || finished {
             last_line = now;
-            let _ = writeln!(
-                out,
+            let mut line = format!(
                 "t={now:>5.1}s  {:<7}  offered {:>6.1}/s  ceiling {:>5.1}/s  delivered {:>5.1}/s  queued {:>4}",
                 phase.lock().unwrap().split(':').next().unwrap_or(""),
                 recent.offered,
@@ -266,6 +318,20 @@ pub async fn run(options: DemoOptions) -> std::io::Result<String> {
                 recent.delivered,
                 view.queued
             );
+            let arrivals = &gateway.received.lock().unwrap().arrivals;
+            for (index, app) in APPS.iter().enumerate() {
+                let c = &counts[index];
+                let _ = write!(
+                    line,
+                    "  | {app}: {} messages, {} deferred, {} re-offers, {} queued, {} delivered",
+                    AppCounts::get(&c.messages),
+                    AppCounts::get(&c.deferred),
+                    AppCounts::get(&c.reoffers),
+                    view.lanes.get(index).copied().unwrap_or(0),
+                    arrivals.iter().filter(|a| a.app == *app).count()
+                );
+            }
+            let _ = writeln!(out, "{line}");
         }
         if finished || now > burst_at + STEADY_MAX {
             break;
@@ -274,13 +340,33 @@ pub async fn run(options: DemoOptions) -> std::io::Result<String> {
     stop.store(true, Ordering::Relaxed);
     burst.abort();
     while apps.join_next().await.is_some() {}
+    if stopped_at.is_none() {
+        // An offer in flight when the run ended was accepted after it: let
+        // it arrive (for a few seconds at most) before the summary counts.
+        for _ in 0..200 {
+            let accepted: u64 = counts.iter().map(|c| AppCounts::get(&c.accepted)).sum();
+            if gateway.received.lock().unwrap().arrivals.len() as u64 >= accepted {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let ceiling = service
         .shaping("demo-gateway")
         .map_or(0.0, |view| view.model.ceiling);
     service.shutdown().await;
     let _ = std::fs::remove_dir_all(&spool);
     let arrivals = gateway.received.lock().unwrap().arrivals.clone();
-    Ok(summary(&counts, &arrivals, ceiling, scale, &metrics_url))
+    Ok(summary(
+        &counts,
+        &arrivals,
+        &Ending {
+            ceiling,
+            scale,
+            metrics_url: &metrics_url,
+            stopped_at,
+        },
+    ))
 }
 
 /// The window of the live view's rates: short, so a burst shows at once
@@ -343,11 +429,32 @@ impl App {
         }
     }
 
-    /// Offers one message; false when the proxy deferred it (or failed).
-    async fn offer(&mut self, clock: Clock) -> bool {
+    /// Offers one message (`again`: one offered before and not accepted);
+    /// false when the proxy deferred it (or the offer failed), so the app
+    /// is to offer it again.
+    async fn offer(&mut self, clock: Clock, again: bool) -> bool {
+        let accepted = self.try_offer(clock, again).await;
+        let counts = &self.counts[self.index];
+        match (accepted, again) {
+            (true, true) => {
+                counts.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+            (false, false) => {
+                counts.waiting.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        accepted
+    }
+
+    async fn try_offer(&mut self, clock: Clock, again: bool) -> bool {
         let app = APPS[self.index];
         let counts = &self.counts[self.index];
-        counts.offered.fetch_add(1, Ordering::Relaxed);
+        if again {
+            counts.reoffers.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counts.messages.fetch_add(1, Ordering::Relaxed);
+        }
         if self.connection.is_none() {
             let open = Connection::open(
                 &self.proxy,
@@ -384,7 +491,9 @@ impl App {
                     counts.accepted.fetch_add(1, Ordering::Relaxed);
                     true
                 } else {
-                    counts.deferred.fetch_add(1, Ordering::Relaxed);
+                    if !again {
+                        counts.deferred.fetch_add(1, Ordering::Relaxed);
+                    }
                     false
                 }
             }
@@ -396,7 +505,8 @@ impl App {
     }
 }
 
-/// An app sending `per_second` from the end of the idle phase until `stop`.
+/// An app sending `per_second` from the end of the idle phase until `stop`;
+/// a deferred message is offered again [`RETRY_AFTER`] later.
 async fn trickle(
     proxy: String,
     index: usize,
@@ -406,16 +516,31 @@ async fn trickle(
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut app = App::new(proxy, index, counts);
+    // When each deferred message is due again, oldest first.
+    let mut retries = std::collections::VecDeque::new();
     clock.sleep_until(IDLE).await;
     let mut next = clock.now();
     while !stop.load(Ordering::Relaxed) {
-        app.offer(clock).await;
+        while retries.front().is_some_and(|due| *due <= clock.now()) {
+            retries.pop_front();
+            if !app.offer(clock, true).await {
+                retries.push_back(clock.now() + RETRY_AFTER);
+            }
+        }
+        if !app.offer(clock, false).await {
+            retries.push_back(clock.now() + RETRY_AFTER);
+        }
         next += 1.0 / per_second;
         clock.sleep_until(next).await;
     }
 }
 
+/// `value` as a bar of `width` on a scale up to `full`; beyond it, a full
+/// bar ending in `>`.
 fn bar(value: f64, full: f64, width: usize) -> String {
+    if value > full {
+        return format!("{}>", "#".repeat(width - 1));
+    }
     let filled = if full > 0.0 {
         ((value / full) * width as f64)
             .round()
@@ -432,6 +557,8 @@ struct Frame<'a> {
     now: f64,
     scale: f64,
     metrics_url: &'a str,
+    /// The rate a full bar stands for, fixed for the run.
+    bar_full: f64,
 }
 
 /// The live view; rates in demo units (real rates x `scale`).
@@ -447,12 +574,15 @@ fn table(
         now,
         scale,
         metrics_url,
+        bar_full,
     } = *frame;
     let model = &view.model;
     let (baseline, ceiling) = (model.baseline * scale, model.ceiling * scale);
-    let scale_max = ceiling.max(recent.offered).max(1e-9);
     let mut text = String::new();
-    let _ = writeln!(text, "smtp-shaper demo   t = {now:.0}s   (Ctrl-C to stop)");
+    let _ = writeln!(
+        text,
+        "smtp-shaper demo   t = {now:.0}s   (Ctrl-C stops it with the summary so far)"
+    );
     let _ = writeln!(text, "phase: {phase}");
     let _ = writeln!(text, "metrics: {metrics_url}\n");
     let _ = writeln!(
@@ -472,31 +602,37 @@ fn table(
             text,
             "  {name:<8} {:>6.1}/s  [{}]",
             value,
-            bar(value, scale_max, 40)
+            bar(value, bar_full, 40)
         );
     }
     let _ = writeln!(
         text,
-        "  (offered and sent: the last {RATE_WINDOW:.0}s; ceiling: the shaper's limit now)"
+        "  (offered, re-offers included, and sent: the last {RATE_WINDOW:.0}s; ceiling: the shaper's limit now;\n   a full bar is {bar_full:.0}/s)"
     );
     let _ = writeln!(
         text,
-        "\n  {:<11} {:>8} {:>9} {:>9} {:>7} {:>10}",
-        "app", "offered", "accepted", "deferred", "queued", "delivered"
+        "\n  {:<11} {:>8} {:>9} {:>9} {:>9} {:>7} {:>10}",
+        "app", "messages", "deferred", "re-offers", "accepted", "queued", "delivered"
     );
     for (index, app) in APPS.iter().enumerate() {
         let delivered = arrivals.iter().filter(|a| a.app == *app).count();
+        let c = &counts[index];
         let _ = writeln!(
             text,
-            "  {:<11} {:>8} {:>9} {:>9} {:>7} {:>10}",
+            "  {:<11} {:>8} {:>9} {:>9} {:>9} {:>7} {:>10}",
             app,
-            counts[index].offered.load(Ordering::Relaxed),
-            counts[index].accepted.load(Ordering::Relaxed),
-            counts[index].deferred.load(Ordering::Relaxed),
+            AppCounts::get(&c.messages),
+            AppCounts::get(&c.deferred),
+            AppCounts::get(&c.reoffers),
+            AppCounts::get(&c.accepted),
             view.lanes.get(index).copied().unwrap_or(0),
             delivered
         );
     }
+    let _ = writeln!(
+        text,
+        "  (messages: each counted once; deferred: answered 451 4.7.1 at least once;\n   re-offers: deferred messages offered again, as an MTA retries)"
+    );
     text
 }
 
@@ -508,18 +644,33 @@ fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
     values[((values.len() - 1) as f64 * p).round() as usize]
 }
 
-fn summary(
-    counts: &[AppCounts; 2],
-    arrivals: &[gateway::Arrival],
+/// How the run ended, for the summary.
+struct Ending<'a> {
+    /// The ceiling at the end (real units).
     ceiling: f64,
     scale: f64,
-    metrics_url: &str,
-) -> String {
-    let mut text = String::from("\nsmtp-shaper demo: summary\n\n");
+    metrics_url: &'a str,
+    /// Demo time of a Ctrl-C, when the run was cut short.
+    stopped_at: Option<f64>,
+}
+
+fn summary(counts: &[AppCounts; 2], arrivals: &[gateway::Arrival], ending: &Ending<'_>) -> String {
+    let scale = ending.scale;
+    let mut text = match ending.stopped_at {
+        Some(at) => format!("\nsmtp-shaper demo: summary so far (stopped at t = {at:.0}s)\n\n"),
+        None => String::from("\nsmtp-shaper demo: summary\n\n"),
+    };
     let _ = writeln!(
         text,
-        "  {:<11} {:>8} {:>9} {:>9} {:>10} {:>10} {:>10}",
-        "app", "offered", "accepted", "deferred", "delivered", "p50 delay", "p99 delay"
+        "  {:<11} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "app",
+        "messages",
+        "deferred",
+        "re-offers",
+        "accepted",
+        "delivered",
+        "p50 delay",
+        "p99 delay"
     );
     for (index, app) in APPS.iter().enumerate() {
         let delays: Vec<f64> = arrivals
@@ -527,42 +678,134 @@ fn summary(
             .filter(|a| a.app == *app)
             .map(|a| a.delay)
             .collect();
+        let c = &counts[index];
         let _ = writeln!(
             text,
-            "  {:<11} {:>8} {:>9} {:>9} {:>10} {:>9.1}s {:>9.1}s",
+            "  {:<11} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9.1}s {:>9.1}s",
             app,
-            counts[index].offered.load(Ordering::Relaxed),
-            counts[index].accepted.load(Ordering::Relaxed),
-            counts[index].deferred.load(Ordering::Relaxed),
+            AppCounts::get(&c.messages),
+            AppCounts::get(&c.deferred),
+            AppCounts::get(&c.reoffers),
+            AppCounts::get(&c.accepted),
             delays.len(),
             percentile(delays.clone(), 0.5) / scale,
             percentile(delays, 0.99) / scale,
         );
     }
-    let accepted: u64 = counts
-        .iter()
-        .map(|c| c.accepted.load(Ordering::Relaxed))
-        .sum();
+    let accepted: u64 = counts.iter().map(|c| AppCounts::get(&c.accepted)).sum();
+    let waiting: u64 = counts.iter().map(|c| AppCounts::get(&c.waiting)).sum();
     // The most the gateway received in any one (demo) second.
     let mut per_second = std::collections::HashMap::<u64, u64>::new();
     for arrival in arrivals {
         *per_second.entry((arrival.at / scale) as u64).or_default() += 1;
     }
     let peak = per_second.values().copied().max().unwrap_or(0);
-    let _ = writeln!(
-        text,
-        "\n  accepted {accepted}, delivered {} (lost {})",
-        arrivals.len(),
-        accepted.saturating_sub(arrivals.len() as u64)
-    );
+    let undelivered = accepted.saturating_sub(arrivals.len() as u64);
+    if ending.stopped_at.is_some() {
+        let _ = writeln!(
+            text,
+            "\n  accepted {accepted}, delivered {}; {undelivered} accepted were still queued and {waiting} deferred\n  waiting to be offered again when you stopped it (a real service delivers its queue after the next start)",
+            arrivals.len(),
+        );
+    } else {
+        let _ = writeln!(
+            text,
+            "\n  accepted {accepted}, delivered {} (lost {undelivered})",
+            arrivals.len(),
+        );
+    }
     let _ = writeln!(
         text,
         "  the gateway received at most {peak} messages in any second; the ceiling was {:.1}/s (+ burst 5)",
-        ceiling * scale
+        ending.ceiling * scale
     );
+    if ending.stopped_at.is_none() {
+        let _ = writeln!(
+            text,
+            "  the burst was spread over time, new mail past max_queue_delay was deferred\n  (451 4.7.1) and delivered when offered again; alerts kept flowing."
+        );
+    }
     let _ = writeln!(
         text,
-        "  the burst was spread over time, new mail past max_queue_delay was deferred\n  (451 4.7.1) and delivered when offered again; alerts kept flowing.\n\n  Try it for real: smtp-shaper run --config config/smtp-shaper.toml\n  Metrics were at {metrics_url} (grafana/ has the dashboard and alert rules)."
+        "\n  Try it for real: smtp-shaper run   (or cargo run --release -- run)\n  on its embedded default: listens on 127.0.0.1:2525, spools to ./smtp-shaper-spool,\n  relays to an SMTP server on 127.0.0.1:25; config/smtp-shaper.toml documents every key.\n  Metrics were at {} (grafana/ has the dashboard and alert rules).",
+        ending.metrics_url
     );
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shaper::{GatewayView, ModelView};
+
+    fn view(ceiling: f64) -> GatewayView {
+        GatewayView {
+            model: ModelView {
+                baseline: ceiling / 2.0,
+                ceiling,
+                demand_rate: 0.0,
+                send_rate: 0.0,
+                burst_ratio: 1.0,
+                penalty: 1.0,
+                paused_for: 0.0,
+                deferrals: [0; 5],
+                budgets: Vec::new(),
+            },
+            queued: 0,
+            oldest_age: 0.0,
+            lanes: vec![0, 0, 0],
+        }
+    }
+
+    fn line<'a>(table: &'a str, name: &str) -> &'a str {
+        table
+            .lines()
+            .find(|line| line.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line in:\n{table}"))
+    }
+
+    #[test]
+    fn the_bars_keep_one_scale_whatever_is_offered() {
+        let counts: [AppCounts; 2] = Default::default();
+        let frame = Frame {
+            phase: "burst",
+            now: 30.0,
+            scale: 1.0,
+            metrics_url: "off",
+            bar_full: 20.0,
+        };
+        let quiet = table(
+            &frame,
+            &view(10.0),
+            &Recent {
+                offered: 3.0,
+                delivered: 3.0,
+            },
+            &counts,
+            &[],
+        );
+        let burst = table(
+            &frame,
+            &view(10.0),
+            &Recent {
+                offered: 150.0,
+                delivered: 10.0,
+            },
+            &counts,
+            &[],
+        );
+        let half = format!("[{}{}]", "#".repeat(20), ".".repeat(20));
+        assert!(line(&quiet, "ceiling").ends_with(&half), "{quiet}");
+        assert_eq!(line(&quiet, "ceiling"), line(&burst, "ceiling"));
+        // More than a full bar: full, marked as overflowing.
+        assert!(
+            line(&burst, "offered").ends_with(&format!("[{}>]", "#".repeat(39))),
+            "{burst}"
+        );
+        assert!(line(&quiet, "offered").ends_with(&format!(
+            "[{}{}]",
+            "#".repeat(6),
+            ".".repeat(34)
+        )));
+    }
 }

@@ -18,7 +18,6 @@ use super::retry::Backoff;
 use super::worker::{WorkerContext, worker};
 use super::{Gateway, dkim, verify};
 use crate::config::Config;
-use crate::config::units::format_rate;
 use crate::policy::{Apps, Policy};
 use crate::shaper::{Admission, Deferral, GatewayModel, GatewayView, SavedState};
 use crate::shutdown::Shutdown;
@@ -108,8 +107,8 @@ impl Generation {
                 tracing::info!(
                     gateway = %gateway.name,
                     history = if saved.is_some() { "restored" } else { "none (initial_rate)" },
-                    baseline = %format_rate(model.baseline),
-                    ceiling = %format_rate(model.ceiling),
+                    baseline = %shaping.rate_period.format(model.baseline),
+                    ceiling = %shaping.rate_period.format(model.ceiling),
                     "shaping model ready"
                 );
                 Arc::new(Gateway {

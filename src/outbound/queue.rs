@@ -26,7 +26,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
-use crate::config::units::format_rate;
 use crate::shaper::{
     Deferral, GatewayModel, GatewayView, Lane, Release, SavedState, Scheduler, fingerprints,
 };
@@ -209,11 +208,12 @@ impl DeliveryQueue {
                 "volume budget reached; mail waits for room in the window"
             );
         }
+        let period = state.scheduler.rate_period();
         for change in state.scheduler.take_changes() {
             tracing::info!(
                 gateway = %self.gateway,
-                from = %format_rate(change.from),
-                to = %format_rate(change.to),
+                from = %period.format(change.from),
+                to = %period.format(change.to),
                 cause = change.cause.as_str(),
                 detail = detail.unwrap_or(""),
                 "shaping ceiling changed"

@@ -114,6 +114,23 @@ pub fn check_domain(
                     text + ": other senders are not hard-failed (use -all)",
                 ),
             }
+            let mut unevaluated = gateway.unevaluated;
+            for term in others.unevaluated {
+                if !unevaluated.contains(&term) {
+                    unevaluated.push(term);
+                }
+            }
+            if !unevaluated.is_empty() {
+                say(
+                    false,
+                    format!(
+                        "SPF uses the ptr mechanism ({}): deprecated (RFC 7208 5.5), slow, and \
+                         ignored by some receivers, so not evaluated here; the results above \
+                         treat it as no match. Name the gateway with ip4:, ip6: or a: instead",
+                        unevaluated.join(", ")
+                    ),
+                );
+            }
         }
         Ok(None) => say(
             false,
@@ -124,6 +141,7 @@ pub fn check_domain(
             describe(&SpfOutcome {
                 result,
                 mechanism: None,
+                unevaluated: Vec::new(),
             }),
         ),
     }
@@ -214,6 +232,10 @@ mod tests {
             loop.example TXT "v=spf1 include:loop.example -all"
             macro.example TXT "v=spf1 exists:%{i}.bl.example -all"
             redir.example TXT "v=spf1 redirect=example.com"
+            ptr.example TXT "v=spf1 ptr -all"
+            _dmarc.ptr.example TXT "v=DMARC1; p=reject"
+            deep.example TXT "v=spf1 include:_spf.deep.example ip4:192.0.2.10 -all"
+            _spf.deep.example TXT "v=spf1 ?ptr:deep.example ~all"
             "#,
         )
         .unwrap()
@@ -311,5 +333,45 @@ mod tests {
         assert!(problems[2].contains("policy none only monitors"));
         assert!(problems[3].contains("revoked"));
         assert!(problems[4].contains("DKIM selector new: no key"));
+    }
+
+    #[test]
+    fn the_ptr_mechanism_is_reported_not_passed_over_silently() {
+        let zone = zone();
+        let report = check_domain(&zone, "ptr.example", ip("192.0.2.10"), &[]);
+        let problems: Vec<&str> = report
+            .findings
+            .iter()
+            .filter(|f| !f.ok)
+            .map(|f| f.text.as_str())
+            .collect();
+        assert_eq!(problems.len(), 2, "{}", report.to_text());
+        assert!(
+            problems[0].starts_with("SPF for the gateway 192.0.2.10: fail by -all"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("SPF uses the ptr mechanism (ptr at ptr.example): deprecated"),
+            "{problems:?}"
+        );
+
+        // Inside an include: named with the record it is in, once.
+        let outcome = spf::check_host(&zone, ip("192.0.2.10"), "deep.example");
+        assert_eq!(outcome.result, SpfResult::Pass);
+        assert_eq!(
+            outcome.unevaluated,
+            ["ptr:deep.example at _spf.deep.example"]
+        );
+        let text = check_domain(&zone, "deep.example", ip("192.0.2.10"), &[]).to_text();
+        assert_eq!(
+            text.matches("ptr:deep.example at _spf.deep.example")
+                .count(),
+            1,
+            "{text}"
+        );
+
+        // A record without ptr says nothing about it.
+        let text = check_domain(&zone, "example.com", ip("192.0.2.10"), &[]).to_text();
+        assert!(!text.contains("ptr"), "{text}");
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! Supported: `all`, `include`, `a`, `mx`, `ip4`, `ip6`, `exists`,
 //! `redirect=`, qualifiers, CIDR lengths, the 10-lookup limit. Not
-//! evaluated: macros (a PermError that says so) and `ptr` (deprecated; it
-//! never matches here).
+//! evaluated: macros (a PermError that says so) and `ptr` (deprecated by
+//! RFC 7208 5.5; it never matches here, and the outcome lists each one
+//! passed over so the report can say so rather than guess).
 
 use std::net::IpAddr;
 
@@ -32,6 +33,10 @@ pub struct SpfOutcome {
     /// The deciding mechanism, with the includes it was reached through,
     /// e.g. `ip4:192.0.2.0/24 (in include:spf.example.net)`.
     pub mechanism: Option<String>,
+    /// `ptr` terms met before the result, which were not evaluated, each
+    /// with the domain whose record has it, e.g. `ptr at example.com`: a
+    /// receiver that does evaluate them may decide otherwise.
+    pub unevaluated: Vec<String>,
 }
 
 impl SpfOutcome {
@@ -39,6 +44,7 @@ impl SpfOutcome {
         SpfOutcome {
             result,
             mechanism: None,
+            unevaluated: Vec::new(),
         }
     }
 }
@@ -67,14 +73,19 @@ pub fn check_host(resolver: &dyn Resolver, ip: IpAddr, domain: &str) -> SpfOutco
         resolver,
         ip,
         lookups: 0,
+        unevaluated: Vec::new(),
     };
-    evaluation.domain(domain, 0)
+    let mut outcome = evaluation.domain(domain, 0);
+    outcome.unevaluated = evaluation.unevaluated;
+    outcome
 }
 
 struct Evaluation<'a> {
     resolver: &'a dyn Resolver,
     ip: IpAddr,
     lookups: u32,
+    /// The `ptr` terms passed over so far, includes and redirects included.
+    unevaluated: Vec<String>,
 }
 
 const MAX_LOOKUPS: u32 = 10;
@@ -131,6 +142,7 @@ impl Evaluation<'_> {
                             Some(inner) => format!("{inner} (in {term})"),
                             None => term.to_string(),
                         }),
+                        unevaluated: Vec::new(),
                     };
                 }
                 Ok(None) => {}
@@ -151,6 +163,7 @@ impl Evaluation<'_> {
                         .mechanism
                         .map(|m| format!("{m} (in redirect={target})")),
                     result: inner.result,
+                    unevaluated: Vec::new(),
                 },
             };
         }
@@ -260,6 +273,7 @@ impl Evaluation<'_> {
             }
             "ptr" => {
                 self.count_lookup()?;
+                self.unevaluated.push(format!("{mechanism} at {domain}"));
                 Ok(None)
             }
             _ => Err(SpfOutcome::error(SpfResult::PermError(format!(

@@ -182,6 +182,11 @@ pub struct GatewayModel {
 }
 
 impl GatewayModel {
+    /// The shaping parameters this model runs on.
+    pub fn config(&self) -> &ShapingConfig {
+        &self.config
+    }
+
     /// A gateway with no history: the baseline is `initial_rate`.
     pub fn new(config: &ShapingConfig, now: f64) -> GatewayModel {
         let baseline = Baseline {

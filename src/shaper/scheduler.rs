@@ -220,6 +220,11 @@ impl<T> Scheduler<T> {
         self.model.enforced_rate()
     }
 
+    /// The period the configuration writes its rates in (for the log).
+    pub fn rate_period(&self) -> crate::config::units::Period {
+        self.model.config().rate_period
+    }
+
     /// Ceiling changes since the last call, for the log.
     pub fn take_changes(&mut self) -> Vec<CeilingChange> {
         self.model.take_changes()

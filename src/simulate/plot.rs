@@ -1,7 +1,9 @@
 //! Draws a replay as an SVG chart, written by hand (a few lines of SVG need
 //! no plotting library): the top panel shows demand, ceiling, baseline, sent
-//! and deferrals in messages per minute on a log scale, the bottom panel the
-//! queue depth.
+//! and deferrals in messages per minute on a log scale, the middle one the
+//! receiver's view (what the rolling hour and day sent against what the
+//! volume rule allowed them), the bottom one the queue depth. The time axis
+//! marks days and the hours within them.
 
 use std::fmt::Write;
 
@@ -11,10 +13,12 @@ const WIDTH: f64 = 960.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
 const RATES_TOP: f64 = 60.0;
-const RATES_HEIGHT: f64 = 340.0;
-const QUEUE_TOP: f64 = 450.0;
-const QUEUE_HEIGHT: f64 = 150.0;
-const HEIGHT: f64 = 650.0;
+const RATES_HEIGHT: f64 = 300.0;
+const WINDOWS_TOP: f64 = 400.0;
+const WINDOWS_HEIGHT: f64 = 220.0;
+const QUEUE_TOP: f64 = 660.0;
+const QUEUE_HEIGHT: f64 = 130.0;
+const HEIGHT: f64 = 840.0;
 /// The log scale's floor, in messages per minute.
 const FLOOR: f64 = 0.01;
 
@@ -58,6 +62,109 @@ const RATE_SERIES: [Series<'static>; 5] = [
     },
 ];
 
+const WINDOW_SERIES: [Series<'static>; 4] = [
+    Series {
+        name: "sent in the last 24h",
+        colour: "#2ca02c",
+        dashed: false,
+        value: |s| s.window_sent[1] as f64,
+    },
+    Series {
+        name: "24h allowance",
+        colour: "#d62728",
+        dashed: true,
+        value: |s| s.window_allowed[1] as f64,
+    },
+    Series {
+        name: "sent in the last hour",
+        colour: "#17becf",
+        dashed: false,
+        value: |s| s.window_sent[0] as f64,
+    },
+    Series {
+        name: "1h allowance",
+        colour: "#e377c2",
+        dashed: true,
+        value: |s| s.window_allowed[0] as f64,
+    },
+];
+
+/// A log-scale panel of `series` from `FLOOR`-ish up: draws its frame, grid,
+/// lines and legend (the legend at `legend_y`).
+struct LogPanel<'a> {
+    top: f64,
+    height: f64,
+    label: &'a str,
+    floor: f64,
+    legend_y: f64,
+}
+
+impl LogPanel<'_> {
+    fn draw(
+        &self,
+        svg: &mut String,
+        samples: &[Sample],
+        series: &[Series<'_>],
+        x: &dyn Fn(f64) -> f64,
+    ) {
+        let top = series
+            .iter()
+            .flat_map(|series| samples.iter().map(series.value))
+            .fold(1.0, f64::max);
+        let decades_top = top.log10().ceil().max(self.floor.log10() + 1.0);
+        let decades = decades_top - self.floor.log10();
+        let y = |value: f64| {
+            let position = (value.max(self.floor).log10() - self.floor.log10()) / decades;
+            self.top + self.height * (1.0 - position)
+        };
+        frame(svg, self.top, self.height, self.label);
+        let mut decade = self.floor.log10();
+        while decade <= decades_top {
+            let value = 10f64.powf(decade);
+            grid_line(svg, y(value));
+            let label = if value < 1.0 {
+                format!("{value}")
+            } else {
+                format!("{value:.0}")
+            };
+            let _ = writeln!(
+                svg,
+                r#"<text x="{}" y="{}" text-anchor="end">{label}</text>"#,
+                LEFT - 6.0,
+                y(value) + 4.0
+            );
+            decade += 1.0;
+        }
+        for series in series {
+            let points: Vec<(f64, f64)> = samples
+                .iter()
+                .map(|s| (x(s.start + s.span), y((series.value)(s))))
+                .collect();
+            polyline(svg, &points, series.colour, series.dashed);
+        }
+        let mut legend_x = LEFT;
+        for series in series {
+            let dash = if series.dashed {
+                r#" stroke-dasharray="6 4""#
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                svg,
+                r#"<line x1="{legend_x}" y1="{}" x2="{}" y2="{}" stroke="{}" stroke-width="2.5"{dash}/><text x="{}" y="{}">{}</text>"#,
+                self.legend_y,
+                legend_x + 22.0,
+                self.legend_y,
+                series.colour,
+                legend_x + 27.0,
+                self.legend_y + 4.0,
+                escape(series.name)
+            );
+            legend_x += 40.0 + series.name.len() as f64 * 7.0;
+        }
+    }
+}
+
 /// The chart of `report` as an SVG document.
 pub fn render_svg(report: &Report, title: &str) -> String {
     let samples = &report.samples;
@@ -80,65 +187,23 @@ pub fn render_svg(report: &Report, title: &str) -> String {
     let t1 = last.start + last.span;
     let x = |t: f64| LEFT + (t - t0) / (t1 - t0).max(1.0) * (WIDTH - LEFT - RIGHT);
 
-    // Rates, log scale.
-    let top = RATE_SERIES
-        .iter()
-        .flat_map(|series| samples.iter().map(series.value))
-        .fold(1.0, f64::max);
-    let decades_top = top.log10().ceil();
-    let decades = decades_top - FLOOR.log10();
-    let y_rate = |value: f64| {
-        let position = (value.max(FLOOR).log10() - FLOOR.log10()) / decades;
-        RATES_TOP + RATES_HEIGHT * (1.0 - position)
-    };
-    frame(
-        &mut svg,
-        RATES_TOP,
-        RATES_HEIGHT,
-        "messages per minute (log)",
-    );
-    let mut decade = FLOOR.log10();
-    while decade <= decades_top {
-        let value = 10f64.powf(decade);
-        let y = y_rate(value);
-        grid_line(&mut svg, y);
-        let label = if value < 1.0 {
-            format!("{value}")
-        } else {
-            format!("{value:.0}")
-        };
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="end">{label}</text>"#,
-            LEFT - 6.0,
-            y + 4.0
-        );
-        decade += 1.0;
+    // Rates per minute, then the rolling windows, log scales.
+    LogPanel {
+        top: RATES_TOP,
+        height: RATES_HEIGHT,
+        label: "messages per minute (log)",
+        floor: FLOOR,
+        legend_y: 44.0,
     }
-    for series in &RATE_SERIES {
-        let points: Vec<(f64, f64)> = samples
-            .iter()
-            .map(|s| (x(s.start + s.span), y_rate((series.value)(s))))
-            .collect();
-        polyline(&mut svg, &points, series.colour, series.dashed);
+    .draw(&mut svg, samples, &RATE_SERIES, &x);
+    LogPanel {
+        top: WINDOWS_TOP,
+        height: WINDOWS_HEIGHT,
+        label: "receiver's view (log)",
+        floor: 1.0,
+        legend_y: WINDOWS_TOP - 14.0,
     }
-    let mut legend_x = LEFT;
-    for series in &RATE_SERIES {
-        let dash = if series.dashed {
-            r#" stroke-dasharray="6 4""#
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            svg,
-            r#"<line x1="{legend_x}" y1="44" x2="{}" y2="44" stroke="{}" stroke-width="2.5"{dash}/><text x="{}" y="48">{}</text>"#,
-            legend_x + 22.0,
-            series.colour,
-            legend_x + 27.0,
-            escape(series.name)
-        );
-        legend_x += 40.0 + series.name.len() as f64 * 7.0;
-    }
+    .draw(&mut svg, samples, &WINDOW_SERIES, &x);
 
     // Queue depth, linear.
     let most = samples.iter().map(|s| s.queued).max().unwrap_or(0).max(1) as f64;
@@ -162,37 +227,62 @@ pub fn render_svg(report: &Report, title: &str) -> String {
         .collect();
     polyline(&mut svg, &points, "#9467bd", false);
 
-    // Time axis: days when the trace spans more than two, else hours.
+    // Time axis: a labelled tick per day (or per hour for a short trace)
+    // and lighter ticks for the hours between, counted like the day table
+    // from the midnight before the trace.
     let span = t1 - t0;
-    let (unit, name) = if span > 2.0 * 86_400.0 {
-        (86_400.0, "day")
-    } else {
-        (3_600.0, "h")
-    };
-    let every = ((span / unit) / 14.0).ceil().max(1.0);
-    // Ticks count from the midnight before the trace, like the day table.
     let origin = report.day_origin;
-    let mut tick = ((t0 - origin) / unit).ceil();
-    while origin + tick * unit <= t1 {
-        let tx = x(origin + tick * unit);
-        for (panel_top, panel_height) in [(RATES_TOP, RATES_HEIGHT), (QUEUE_TOP, QUEUE_HEIGHT)] {
+    let days = span / 86_400.0;
+    let (major, minor) = if days > 2.0 {
+        let every_day = (days / 14.0).ceil().max(1.0) * 86_400.0;
+        let hours = [3.0, 6.0, 12.0, 24.0]
+            .into_iter()
+            .find(|hours| days * 24.0 / hours <= 60.0)
+            .unwrap_or(24.0);
+        (every_day, hours * 3_600.0)
+    } else {
+        let every_hour = ((span / 3_600.0) / 14.0).ceil().max(1.0) * 3_600.0;
+        (every_hour, (every_hour / 4.0).max(900.0))
+    };
+    let panels = [
+        (RATES_TOP, RATES_HEIGHT),
+        (WINDOWS_TOP, WINDOWS_HEIGHT),
+        (QUEUE_TOP, QUEUE_HEIGHT),
+    ];
+    let mut tick = ((t0 - origin) / minor).ceil();
+    while origin + tick * minor <= t1 {
+        let at = tick * minor;
+        let tx = x(origin + at);
+        let is_major = (at / major).fract().abs() < 1e-9;
+        let colour = if is_major { "#ddd" } else { "#f4f4f4" };
+        for (panel_top, panel_height) in panels {
             let _ = writeln!(
                 svg,
-                r##"<line x1="{tx}" y1="{panel_top}" x2="{tx}" y2="{}" stroke="#eee"/>"##,
+                r##"<line x1="{tx}" y1="{panel_top}" x2="{tx}" y2="{}" stroke="{colour}"/>"##,
                 panel_top + panel_height
             );
         }
-        let label = if name == "day" {
-            format!("day {}", tick + 1.0)
-        } else {
-            format!("{tick}h")
-        };
-        let _ = writeln!(
-            svg,
-            r#"<text x="{tx}" y="{}" text-anchor="middle">{label}</text>"#,
-            QUEUE_TOP + QUEUE_HEIGHT + 18.0
-        );
-        tick += every;
+        let below = QUEUE_TOP + QUEUE_HEIGHT;
+        if is_major {
+            let label = if days > 2.0 {
+                format!("day {}", (at / 86_400.0).round() + 1.0)
+            } else {
+                format!("{:.0}h", at / 3_600.0)
+            };
+            let _ = writeln!(
+                svg,
+                r#"<text x="{tx}" y="{}" text-anchor="middle">{label}</text>"#,
+                below + 18.0
+            );
+        } else if days > 2.0 {
+            let _ = writeln!(
+                svg,
+                r##"<text x="{tx}" y="{}" text-anchor="middle" font-size="9" fill="#888">{:.0}h</text>"##,
+                below + 30.0,
+                (at % 86_400.0) / 3_600.0
+            );
+        }
+        tick += 1.0;
     }
     svg.push_str("</svg>\n");
     svg

@@ -350,17 +350,22 @@ async fn admin_route<Q: Queues>(
     query: &str,
 ) -> Result<Answer, AdminError> {
     let queues = &endpoint.queues;
-    let parts: Vec<&str> = path
+    // Split before decoding: an id holding an encoded `/` stays one part.
+    let parts = path
         .trim_start_matches("/admin/")
         .split('/')
         .filter(|part| !part.is_empty())
-        .collect();
+        .map(decode)
+        .collect::<Option<Vec<String>>>()
+        .ok_or_else(|| AdminError::NotFound(format!("no admin action {method} {path}")))?;
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     match (method, parts.as_slice()) {
         (&Method::GET, ["queue"]) => {
             let gateway = query
                 .split('&')
-                .find_map(|pair| pair.strip_prefix("gateway="));
-            let list = queues.list(gateway)?;
+                .find_map(|pair| pair.strip_prefix("gateway="))
+                .map(|gateway| decode(gateway).unwrap_or_default());
+            let list = queues.list(gateway.as_deref())?;
             let mut json = Json::array();
             let mut text = String::new();
             for message in &list {
@@ -441,6 +446,30 @@ async fn admin_route<Q: Queues>(
     }
 }
 
+/// A percent-encoded path segment or query value (what
+/// `telemetry::client::encode` makes); `None` for a broken escape or bytes
+/// that are not UTF-8.
+fn decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = bytes.get(index + 1..index + 3)?;
+            // from_str_radix alone would take "%+1".
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            decoded.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
 fn counted(what: &str, count: usize) -> Answer {
     Answer {
         json: Json::object().field(what, count).finish(),
@@ -516,5 +545,21 @@ fn detail_answer(detail: &QueuedDetail) -> Answer {
             .field("history", history)
             .finish(),
         text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode;
+    use crate::telemetry::client::encode;
+
+    #[test]
+    fn decoding_undoes_the_clients_encoding_and_refuses_broken_escapes() {
+        for name in ["3F2A01", "a b/c?d%e&f#", "é.eml", ""] {
+            assert_eq!(decode(&encode(name)).as_deref(), Some(name));
+        }
+        for broken in ["%", "%4", "%+1", "%zz", "%FF"] {
+            assert_eq!(decode(broken), None, "{broken}");
+        }
     }
 }
