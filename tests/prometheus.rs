@@ -290,3 +290,56 @@ async fn a_real_prometheus_evaluates_every_dashboard_query_and_alert_expression(
     client.command("QUIT").await;
     h.shutdown().await;
 }
+
+/// A burst that admission is deferring still fires the burst alert: demand
+/// counts the deferred offers (each envelope once), so the burst ratio a
+/// real Prometheus scrapes is far above the alert's threshold, and the
+/// alert goes pending (it fires after its `for: 5m`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_burst_makes_a_real_prometheus_raise_the_burst_alert() {
+    if !have("prometheus") {
+        return;
+    }
+    let h = Harness::with(|config| {
+        config.gateways[0].shaping = shaping(
+            "initial_rate = \"6/min\"\nmin_rate = \"6/min\"\nmax_rate = \"6/min\"\nheadroom = 1.0\nburst = 1\nmax_queue_delay = \"30s\"",
+        );
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_address();
+    let _prometheus = start_prometheus(dir.path(), h.service.http_address().unwrap(), listen);
+    let ready =
+        || request(listen, "GET", "/-/ready", "text/plain", None).is_ok_and(|a| a.status == 200);
+    eventually("prometheus is ready", ready).await;
+    // An app offering new mail all along, most of it deferred; Prometheus
+    // evaluates the rules every second meanwhile.
+    let mut deferred = 0;
+    let mut pending = false;
+    for round in 0..60 {
+        let mut client = h.client().await;
+        for index in 0..5 {
+            let reply = client
+                .offer("app@example.com", &format!("user{round}-{index}@example.org"), BODY)
+                .await;
+            deferred += usize::from(reply.code == 451);
+        }
+        client.command("QUIT").await;
+        let alerts = tokio::task::spawn_blocking(move || {
+            request(listen, "GET", "/api/v1/alerts", "application/json", None)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        if alerts.body.contains("\"alertname\":\"SmtpShaperBurstAnomaly\"")
+            && alerts.body.contains("\"state\":\"pending\"")
+        {
+            pending = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(deferred > 10, "the burst was deferred ({deferred})");
+    assert!(pending, "SmtpShaperBurstAnomaly never went pending");
+    h.shutdown().await;
+}
