@@ -320,7 +320,11 @@ async fn a_deferred_burst_makes_a_real_prometheus_raise_the_burst_alert() {
         let mut client = h.client().await;
         for index in 0..5 {
             let reply = client
-                .offer("app@example.com", &format!("user{round}-{index}@example.org"), BODY)
+                .offer(
+                    "app@example.com",
+                    &format!("user{round}-{index}@example.org"),
+                    BODY,
+                )
                 .await;
             deferred += usize::from(reply.code == 451);
         }
@@ -331,7 +335,9 @@ async fn a_deferred_burst_makes_a_real_prometheus_raise_the_burst_alert() {
         .await
         .unwrap()
         .unwrap();
-        if alerts.body.contains("\"alertname\":\"SmtpShaperBurstAnomaly\"")
+        if alerts
+            .body
+            .contains("\"alertname\":\"SmtpShaperBurstAnomaly\"")
             && alerts.body.contains("\"state\":\"pending\"")
         {
             pending = true;

@@ -119,7 +119,7 @@ async fn new_mail_is_deferred_once_the_projected_wait_passes_the_bound() {
     assert_eq!(client.command("NOOP").await.code, 250);
     let view = h.service.shaping("primary").unwrap();
     assert_eq!(view.queued, 3);
-    assert_eq!(view.model.deferrals, [1, 0, 0, 0, 0]);
+    assert_eq!(view.model.deferrals, [1, 0, 0, 0, 0, 0]);
     h.shutdown().await;
 }
 
@@ -266,5 +266,34 @@ async fn demand_counts_deferred_offers_once_so_the_burst_ratio_shows_the_burst()
         first.demand_rate,
         again.demand_rate
     );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_beyond_what_the_budget_lets_through_are_refused_with_452() {
+    let h = Harness::with(|config| {
+        config.gateways[0].shaping =
+            shaping("count = \"recipients\"\nmin_rate = [\"10/min\", \"3/h\", \"100/day\"]");
+    })
+    .await;
+    let mut client = h.client().await;
+    assert_eq!(
+        client.command(&format!("MAIL FROM:<{APP}>")).await.code,
+        250
+    );
+    for index in 0..3 {
+        let reply = client
+            .command(&format!("RCPT TO:<user{index}@example.org>"))
+            .await;
+        assert_eq!(reply.code, 250, "{reply:?}");
+    }
+    let fourth = client.command("RCPT TO:<user3@example.org>").await;
+    assert_eq!(fourth.code, 452, "{fourth:?}");
+    assert!(fourth.text.contains("4.5.3"), "{fourth:?}");
+    assert_eq!(client.command("DATA").await.code, 354);
+    client.send_raw(&support::stuff(BODY)).await;
+    assert_eq!(client.reply().await.unwrap().code, 250);
+    eventually("the three delivered", || h.sink.count() == 1).await;
+    assert_eq!(h.sink.messages()[0].recipients.len(), 3);
     h.shutdown().await;
 }

@@ -748,7 +748,7 @@ mod tests {
                 burst_ratio: 1.0,
                 penalty: 1.0,
                 paused_for: 0.0,
-                deferrals: [0; 5],
+                deferrals: [0; 6],
                 budgets: Vec::new(),
             },
             queued: 0,

@@ -583,6 +583,14 @@ fn bad_base64() -> Reply {
 
 /// `451 4.7.1` with why and when to come back, before the body is sent.
 fn deferral_reply(deferral: &Deferral) -> Reply {
+    if deferral.reason == DeferReason::Recipients {
+        // RFC 5321 4.5.3.1.10: the client sends the rest in another
+        // transaction, which the budgets can let through.
+        return Reply::new(
+            452,
+            "4.5.3 Too many recipients for this gateway's volume budget in one message; send the rest in another transaction",
+        );
+    }
     let why = match deferral.reason {
         DeferReason::QueueDelay => format!(
             "the gateway is sending slowly and new mail would wait about {} here",
@@ -593,7 +601,7 @@ fn deferral_reply(deferral: &Deferral) -> Reply {
             "the gateway's sending cap leaves no room for about {}",
             format_duration(deferral.projected_wait)
         ),
-        DeferReason::HourBudget | DeferReason::DayBudget => format!(
+        DeferReason::HourBudget | DeferReason::DayBudget | DeferReason::Recipients => format!(
             "the gateway's {} volume budget (what receivers accept from it) leaves no room for about {}",
             if deferral.reason == DeferReason::HourBudget {
                 "hourly"

@@ -116,7 +116,7 @@ struct State {
     waiting: BinaryHeap<Waiting>,
     sequence: u64,
     /// Cap units of the messages in `waiting`.
-    waiting_units: u64,
+    waiting_units: [u64; 2],
     paused_until: Option<Instant>,
     /// When the current pause began: a failed attempt that started before
     /// it is the same outage, not news.
@@ -136,7 +136,7 @@ impl State {
         while self.waiting.peek().is_some_and(|first| first.due <= now) {
             if let Some(waiting) = self.waiting.pop() {
                 let units = self.scheduler.units(waiting.item.message.pending.len());
-                self.waiting_units -= units;
+                self.waiting_units[self.scheduler.class(waiting.item.lane) as usize] -= units;
                 self.scheduler
                     .push(unix_now, waiting.item.lane, units, waiting.item);
             }
@@ -170,7 +170,7 @@ impl DeliveryQueue {
             state: Mutex::new(State {
                 scheduler: Scheduler::new(model, lanes),
                 waiting: BinaryHeap::new(),
-                waiting_units: 0,
+                waiting_units: [0; 2],
                 sequence: 0,
                 paused_until: None,
                 paused_at: None,
@@ -258,7 +258,8 @@ impl DeliveryQueue {
         let mut state = self.lock();
         state.queued_bytes += item.message.location.body_len;
         state.sequence += 1;
-        state.waiting_units += state.scheduler.units(item.message.pending.len());
+        let class = state.scheduler.class(item.lane) as usize;
+        state.waiting_units[class] += state.scheduler.units(item.message.pending.len());
         let sequence = state.sequence;
         state.waiting.push(Waiting {
             due,
@@ -518,7 +519,7 @@ impl DeliveryQueue {
         for waiting in std::mem::take(&mut state.waiting) {
             items.push((waiting.item, Some(waiting.due)));
         }
-        state.waiting_units = 0;
+        state.waiting_units = [0; 2];
         state.queued_bytes = 0;
         state.hot_bytes = 0;
         items
@@ -539,7 +540,8 @@ impl DeliveryQueue {
                     .partition(|waiting| waiting.item.message.id == id);
                 state.waiting = kept.into_iter().collect();
                 let item = found.into_iter().next()?.item;
-                state.waiting_units -= state.scheduler.units(item.message.pending.len());
+                let class = state.scheduler.class(item.lane) as usize;
+                state.waiting_units[class] -= state.scheduler.units(item.message.pending.len());
                 item
             }
         };

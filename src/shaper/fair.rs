@@ -77,23 +77,13 @@ impl<T> FairQueue<T> {
         self.turns.iter().copied()
     }
 
-    /// The head of `lane`.
-    pub fn peek_lane(&self, lane: usize) -> Option<&T> {
-        self.lanes.get(lane)?.front()
-    }
-
-    /// Takes the head of `lane` out of turn (the lane whose turn it is could
-    /// not send); the turn stays where it is.
-    pub fn pop_lane(&mut self, lane: usize) -> Option<T> {
-        let item = self.lanes.get_mut(lane)?.pop_front()?;
-        self.len -= 1;
-        if self.lanes[lane].is_empty() {
-            if self.turns.front() == Some(&lane) {
-                self.served = 0;
-            }
-            self.turns.retain(|turn| *turn != lane);
+    /// The lane whose turn it is gives it up to the next one (it cannot
+    /// send now) and waits for its next turn at the back.
+    pub fn skip_turn(&mut self) {
+        if let Some(lane) = self.turns.pop_front() {
+            self.turns.push_back(lane);
+            self.served = 0;
         }
-        Some(item)
     }
 
     /// How many queued items would go before a new item pushed to `lane` now:
@@ -222,18 +212,20 @@ mod tests {
     }
 
     #[test]
-    fn a_lane_can_send_out_of_turn_without_moving_the_turn() {
-        let mut queue = FairQueue::new(vec![1, 1, 1]);
+    fn a_lane_can_pass_its_turn_on() {
+        let mut queue = FairQueue::new(vec![1, 2, 1]);
         queue.push(0, "bulk1");
         queue.push(0, "bulk2");
-        queue.push(1, "reset");
+        queue.push(1, "reset1");
+        queue.push(1, "reset2");
         queue.push(2, "other");
         assert_eq!(queue.turns().collect::<Vec<_>>(), vec![0, 1, 2]);
-        assert_eq!(queue.peek_lane(1), Some(&"reset"));
-        assert_eq!(queue.pop_lane(1), Some("reset"));
-        assert_eq!(queue.pop_lane(1), None);
-        assert_eq!(queue.turns().collect::<Vec<_>>(), vec![0, 2]);
-        assert_eq!(drain(&mut queue), vec!["bulk1", "other", "bulk2"]);
+        queue.skip_turn();
+        assert_eq!(queue.turns().collect::<Vec<_>>(), vec![1, 2, 0]);
+        assert_eq!(
+            drain(&mut queue),
+            vec!["reset1", "reset2", "other", "bulk1", "bulk2"]
+        );
     }
 
     #[test]

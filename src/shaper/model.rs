@@ -50,15 +50,20 @@ pub enum DeferReason {
     HourBudget,
     /// The day's volume budget has no room before `max_queue_delay`.
     DayBudget,
+    /// A message counting more recipients than the volume budgets let
+    /// through in one message (`count = "recipients"`): `452 4.5.3`, the
+    /// client sends the rest in another transaction.
+    Recipients,
 }
 
 impl DeferReason {
-    pub const ALL: [DeferReason; 5] = [
+    pub const ALL: [DeferReason; 6] = [
         DeferReason::QueueDelay,
         DeferReason::QueueFull,
         DeferReason::Cap,
         DeferReason::HourBudget,
         DeferReason::DayBudget,
+        DeferReason::Recipients,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +73,7 @@ impl DeferReason {
             DeferReason::Cap => "cap",
             DeferReason::HourBudget => "hour_budget",
             DeferReason::DayBudget => "day_budget",
+            DeferReason::Recipients => "recipients",
         }
     }
 
@@ -152,7 +158,7 @@ pub struct ModelView {
     /// Seconds left of a throttling pause.
     pub paused_for: f64,
     /// Deferrals so far, in [`DeferReason::ALL`] order.
-    pub deferrals: [u64; 5],
+    pub deferrals: [u64; 6],
     /// The hour and day budgets (those configured).
     pub budgets: Vec<BudgetView>,
 }
@@ -177,7 +183,7 @@ pub struct GatewayModel {
     /// Units of the send that asked for a save: the reserve covers at least
     /// that much, or a message with many recipients would never go.
     wanted: u64,
-    deferrals: [u64; 5],
+    deferrals: [u64; 6],
     changes: Vec<CeilingChange>,
 }
 
@@ -212,7 +218,7 @@ impl GatewayModel {
             reserved: 0,
             since_snapshot: 0,
             wanted: 0,
-            deferrals: [0; 5],
+            deferrals: [0; 6],
             changes: Vec::new(),
             config: config.clone(),
         };
@@ -367,6 +373,7 @@ impl GatewayModel {
             self.volume.add(now, units, class);
             self.reserved -= units;
             self.since_snapshot += units;
+            self.wanted = 0;
         }
         self.sent.add(now, 1.0);
         Decision::Send
@@ -413,6 +420,18 @@ impl GatewayModel {
             fingerprint,
         } = *offer;
         let bound = self.config.max_queue_delay.as_secs_f64();
+        if let Some(biggest) = self.volume.biggest(now, class)
+            && units > biggest
+        {
+            // More than the budgets could ever let through in one message:
+            // the client sends the rest in another transaction.
+            self.deferrals[DeferReason::Recipients as usize] += 1;
+            return Err(Deferral {
+                reason: DeferReason::Recipients,
+                projected_wait: f64::INFINITY,
+                retry_after: 0.0,
+            });
+        }
         let pause = (self.paused_until - now).max(0.0);
         let queue_wait = pause + (ahead + 1) as f64 / self.ceiling();
         let cap_wait = self
@@ -493,6 +512,9 @@ impl GatewayModel {
     /// [`GatewayModel::saved`] once the state is on disk.
     pub fn snapshot(&mut self, now: f64, reserve: u64) -> SavedState {
         self.since_snapshot = 0;
+        // Until this state is on disk, sends may use only what both the old
+        // file and this one cover.
+        self.reserved = self.reserved.min(reserve);
         let caps = self
             .caps
             .iter_mut()
@@ -715,6 +737,28 @@ mod tests {
     }
 
     #[test]
+    fn a_message_bigger_than_the_budgets_let_through_is_split_by_the_client() {
+        let config = shaping("count = \"recipients\"\nmin_rate = [\"10/min\", \"20/h\"]");
+        let mut model = GatewayModel::new(&config, 0.0);
+        let mut offer = offer(0, 0, 0);
+        offer.units = 20;
+        assert!(
+            model.admit(0.0, &offer).is_ok(),
+            "20 fit an empty hour of 20"
+        );
+        offer.units = 21;
+        let deferral = model.admit(0.0, &offer).unwrap_err();
+        assert_eq!(deferral.reason, DeferReason::Recipients);
+        // Bulk mail leaves a tenth to the transactional apps.
+        offer.units = 19;
+        offer.class = AppClass::Bulk;
+        assert_eq!(
+            model.admit(0.0, &offer).unwrap_err().reason,
+            DeferReason::Recipients
+        );
+    }
+
+    #[test]
     fn admission_defers_beyond_the_projected_wait() {
         let config = shaping(
             "initial_rate = \"30/min\"\nheadroom = 2.0\nmax_queue_delay = \"10m\"\nmax_queued = 5000",
@@ -738,7 +782,7 @@ mod tests {
             model.admit(0.0, &offer(100, 100, 100)).unwrap_err().reason,
             DeferReason::Cap
         );
-        assert_eq!(model.view(0.0).deferrals, [0, 0, 1, 0, 0]);
+        assert_eq!(model.view(0.0).deferrals, [0, 0, 1, 0, 0, 0]);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! Invariants: an item leaves only through [`Scheduler::next`], and only when
 //! the model says `Send` for it; the model is reached only through the
 //! scheduler's methods, so queue and model never disagree. When a bulk app's
-//! turn comes but the volume budgets keep its room for the transactional
-//! apps, a transactional lane sends out of turn: bulk never holds them.
+//! turn comes but it must wait (the volume budgets keep the rest of their
+//! room for the transactional apps), it passes its turn on: bulk never
+//! holds the transactional lanes, which keep their round robin.
 
 use super::fair::FairQueue;
 use super::model::{CeilingChange, Decision, Deferral, GatewayModel, ModelView, Offer};
@@ -104,43 +105,36 @@ impl<T> Scheduler<T> {
         );
     }
 
-    /// The next item to send, if the model lets it go at `now`.
+    /// The next item to send, if the model lets it go at `now`. A bulk lane
+    /// whose turn it is but that must wait gives its turn to the next lane
+    /// (at most one round), so transactional lanes keep their round robin
+    /// among themselves while bulk waits for its room.
     pub fn next(&mut self, now: f64) -> Release<T> {
-        let Some(head) = self.queue.peek() else {
-            self.model.update(now);
-            return Release::Idle;
-        };
-        let lane = self.queue.turns().next().expect("a head has a lane");
-        let class = self.class(lane);
-        match self.model.try_send(now, head.units, class) {
-            Decision::Wait(seconds) if class == AppClass::Bulk => self.out_of_turn(now, seconds),
-            Decision::Wait(seconds) => Release::Wait(seconds),
-            Decision::Save => Release::Save,
-            Decision::Send => {
-                let (lane, entry) = self.queue.pop().expect("peeked above");
-                self.sent(lane, entry, now)
+        let mut bulk_wait = f64::INFINITY;
+        for _ in 0..self.queue.turns().count() {
+            let Some(head) = self.queue.peek() else {
+                break;
+            };
+            let lane = self.queue.turns().next().expect("a head has a lane");
+            let class = self.class(lane);
+            match self.model.try_send(now, head.units, class) {
+                Decision::Wait(seconds) if class == AppClass::Bulk => {
+                    bulk_wait = bulk_wait.min(seconds);
+                    self.queue.skip_turn();
+                }
+                Decision::Wait(seconds) => return Release::Wait(seconds.min(bulk_wait)),
+                Decision::Save => return Release::Save,
+                Decision::Send => {
+                    let (lane, entry) = self.queue.pop().expect("peeked above");
+                    return self.sent(lane, entry, now);
+                }
             }
         }
-    }
-
-    /// The bulk lane whose turn it is must wait `bulk_wait`: the first
-    /// transactional lane with mail may send instead.
-    fn out_of_turn(&mut self, now: f64, bulk_wait: f64) -> Release<T> {
-        let Some(lane) = self
-            .queue
-            .turns()
-            .find(|lane| self.class(*lane) == AppClass::Transactional)
-        else {
-            return Release::Wait(bulk_wait);
-        };
-        let units = self.queue.peek_lane(lane).expect("a turn has items").units;
-        match self.model.try_send(now, units, AppClass::Transactional) {
-            Decision::Wait(seconds) => Release::Wait(seconds.min(bulk_wait)),
-            Decision::Save => Release::Save,
-            Decision::Send => {
-                let entry = self.queue.pop_lane(lane).expect("peeked above");
-                self.sent(lane, entry, now)
-            }
+        if bulk_wait.is_finite() {
+            Release::Wait(bulk_wait)
+        } else {
+            self.model.update(now);
+            Release::Idle
         }
     }
 
@@ -167,27 +161,29 @@ impl<T> Scheduler<T> {
 
     /// Admission for new mail in `lane` counting `units`, with envelope
     /// `fingerprint`: it waits for what goes before it in the round robin,
-    /// plus `other_messages` counting `other_units` held elsewhere (retries,
-    /// counted as ahead).
+    /// plus `other_messages` counting `other_units` (per class) held
+    /// elsewhere (retries, counted as ahead; for transactional mail only the
+    /// transactional ones, as in the queue).
     pub fn admit(
         &mut self,
         now: f64,
         lane: usize,
         units: u64,
         other_messages: usize,
-        other_units: u64,
+        other_units: [u64; 2],
         fingerprint: u64,
     ) -> Result<(), Deferral> {
         let class = self.class(lane);
+        let transactional = AppClass::Transactional as usize;
         let ahead_units = match class {
-            AppClass::Transactional => self.units[AppClass::Transactional as usize],
-            AppClass::Bulk => self.units.iter().sum(),
-        } + other_units;
+            AppClass::Transactional => self.units[transactional] + other_units[transactional],
+            AppClass::Bulk => self.units.iter().chain(&other_units).sum(),
+        };
         let offer = Offer {
             ahead: self.queue.ahead_of_new(lane) + other_messages,
             ahead_units,
             queued_messages: self.queue.len() + other_messages,
-            queued_units: self.units.iter().sum::<u64>() + other_units,
+            queued_units: self.units.iter().chain(&other_units).sum(),
             units,
             class,
             fingerprint,
@@ -317,15 +313,15 @@ mod tests {
         let mut scheduler = scheduler("initial_rate = \"30/min\"\nmax_queue_delay = \"10s\"");
         for _ in 0..9 {
             scheduler.push(0.0, 0, 1, "queued");
-            assert!(scheduler.admit(0.0, 0, 1, 0, 0, 0).is_ok());
+            assert!(scheduler.admit(0.0, 0, 1, 0, [0; 2], 0).is_ok());
         }
         scheduler.push(0.0, 0, 1, "queued");
         assert!(
-            scheduler.admit(0.0, 0, 1, 0, 0, 0).is_err(),
+            scheduler.admit(0.0, 0, 1, 0, [0; 2], 0).is_err(),
             "the 11th would wait 11 s"
         );
         assert!(
-            scheduler.admit(0.0, 1, 1, 0, 0, 0).is_ok(),
+            scheduler.admit(0.0, 1, 1, 0, [0; 2], 0).is_ok(),
             "another app's goes in the next turn"
         );
         let view = scheduler.view(4.0);
@@ -358,9 +354,10 @@ mod tests {
             }
             if now == 200.0 {
                 // The bulk run has used its share: transactional mail is
-                // still admitted, bulk mail is deferred for the hour.
-                assert!(scheduler.admit(now, 1, 1, 0, 0, 7).is_ok());
-                let deferral = scheduler.admit(now, 0, 1, 0, 0, 8).unwrap_err();
+                // still admitted, whatever bulk mail waits for a retry, and
+                // bulk mail is deferred for the hour.
+                assert!(scheduler.admit(now, 1, 1, 500, [0, 500], 7).is_ok());
+                let deferral = scheduler.admit(now, 0, 1, 0, [0; 2], 8).unwrap_err();
                 assert_eq!(deferral.reason, DeferReason::HourBudget);
             }
             loop {
@@ -387,5 +384,52 @@ mod tests {
         assert!(resets.iter().all(|waited| *waited < 1.0), "{resets:?}");
         let view = scheduler.view(now);
         assert_eq!(view.model.budgets[0].sent, 20);
+    }
+
+    #[test]
+    fn transactional_lanes_keep_their_round_robin_while_bulk_waits() {
+        let config = Config::parse(
+            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n\
+             initial_rate = \"100/s\"\nmax_rate = \"100/s\"\nburst = 100\n\
+             min_rate = [\"10/min\", \"100/h\"]\n",
+        )
+        .unwrap();
+        let lanes = vec![
+            lane(AppClass::Bulk),
+            lane(AppClass::Transactional),
+            lane(AppClass::Transactional),
+        ];
+        let mut scheduler: Scheduler<&str> =
+            Scheduler::new(GatewayModel::new(&config.gateways[0].shaping, 0.0), lanes);
+        let release = |scheduler: &mut Scheduler<&'static str>, now: f64| loop {
+            match scheduler.next(now) {
+                Release::Save => {
+                    let (_, reserve) = scheduler.snapshot(now, true);
+                    scheduler.saved(reserve);
+                }
+                other => return other,
+            }
+        };
+        for _ in 0..200 {
+            scheduler.push(1.0, 0, 1, "news");
+        }
+        let mut news = 0;
+        while let Release::Send { .. } = release(&mut scheduler, 2.0) {
+            news += 1;
+        }
+        assert_eq!(news, 90, "a tenth of the hour left to the others");
+        for _ in 0..5 {
+            scheduler.push(3.0, 1, 1, "report");
+        }
+        scheduler.push(3.0, 2, 1, "reset");
+        let mut order = Vec::new();
+        while let Release::Send { item, .. } = release(&mut scheduler, 4.0) {
+            order.push(item);
+        }
+        assert_eq!(order.len(), 6, "{order:?}");
+        assert!(
+            order[..2].contains(&"reset"),
+            "the second transactional app waits one turn at most: {order:?}"
+        );
     }
 }

@@ -50,7 +50,7 @@ fn counts_from_text(text: &str) -> Option<Vec<u64>> {
         match word.strip_prefix('+') {
             Some(zeros) => {
                 let zeros: usize = zeros.parse().ok()?;
-                if counts.len() + zeros > super::volume::KEPT_SLOTS as usize {
+                if counts.len().checked_add(zeros)? > super::volume::KEPT_SLOTS as usize {
                     return None;
                 }
                 counts.resize(counts.len() + zeros, 0);
@@ -167,8 +167,17 @@ impl SavedState {
             Some(volume) => Some(volume_from_table(volume)?),
             None => None,
         };
+        let saved_at = number("saved_at")?;
+        // The volume's minute must be the save's: anything else is damage
+        // (and would make waits absurd).
+        if volume
+            .as_ref()
+            .is_some_and(|volume| (volume.slot as f64 - saved_at / 60.0).abs() > 2.0)
+        {
+            return None;
+        }
         let state = SavedState {
-            saved_at: number("saved_at")?,
+            saved_at,
             baseline: number("baseline_per_second")?,
             penalty: number("penalty")?,
             paused_until: number("paused_until")?,
@@ -187,7 +196,7 @@ mod tests {
     #[test]
     fn round_trips_and_refuses_garbage() {
         let state = SavedState {
-            saved_at: 1_764_180_000.25,
+            saved_at: 1_764_180_060.25,
             baseline: 0.5,
             penalty: 1.0,
             paused_until: 0.0,
@@ -221,6 +230,14 @@ mod tests {
         assert_eq!(SavedState::parse(&text), Some(with_volume));
         let damaged = text.replace("+3 7", "+x 7");
         assert_eq!(SavedState::parse(&damaged), None);
+        let elsewhere = text.replace("slot = 29403001", "slot = 999999999999999");
+        assert_eq!(
+            SavedState::parse(&elsewhere),
+            None,
+            "a minute not the save's"
+        );
+        let huge = text.replace("+3 7", "+18446744073709551615 7");
+        assert_eq!(SavedState::parse(&huge), None);
         assert_eq!(SavedState::parse("version = 2\n"), None);
         assert_eq!(SavedState::parse("not toml ["), None);
         assert_eq!(

@@ -276,8 +276,13 @@ impl Volume {
         }
     }
 
-    /// The history in `state` (saved earlier), brought forward to `now`.
+    /// The history in `state` (saved earlier), brought forward to `now`. A
+    /// state saved "in the future" (the clock was set back since) is moved
+    /// to end at the current minute: its counts only become more recent.
     pub fn restore(config: &ShapingConfig, state: &VolumeState, now: f64) -> Volume {
+        let mut state = state.clone();
+        state.slot = state.slot.min(slot_of(now));
+        let state = &state;
         let first = state.slot - state.all.len().max(state.transactional.len()) as i64 + 1;
         let mut volume = Volume::new(config, (first - 1) as f64 * SLOT_SECONDS);
         // The saved seeds, not the configured ones: a gateway with history
@@ -377,6 +382,16 @@ impl Volume {
         }
     }
 
+    /// The most units one message of `class` may count to fit every budget
+    /// (a message with more recipients than that could never be sent
+    /// within the rule), if any horizon is budgeted.
+    pub fn biggest(&mut self, now: f64, class: AppClass) -> Option<u64> {
+        self.advance(now);
+        (0..self.budgets.len())
+            .map(|index| self.room(index, class).2)
+            .min()
+    }
+
     /// Seconds from `now` until `units` more of what the current window
     /// holds have left it; `None` when the window holds fewer.
     fn leaves(&self, index: usize, units: u64, now: f64) -> Option<f64> {
@@ -409,7 +424,9 @@ impl Volume {
                 }
                 continue;
             }
-            if !budget.reached && room == 0 {
+            // Logged when the budget itself is full, not when bulk mail has
+            // only used up its share of it.
+            if !budget.reached && sent >= allowance {
                 budget.reached = true;
                 self.events.push(BudgetReached {
                     horizon: budget.horizon,
@@ -731,6 +748,15 @@ mod tests {
         let view = restored.view(1_700.0);
         assert_eq!(view[0].sent, 20 + 5, "the reserve counts as sent");
         assert_eq!(view[1].sent, 25);
+        // Saved by a clock that was ahead: the counts end at the current
+        // minute instead of freezing it.
+        let mut early = Volume::restore(&config, &state, 1_000.0);
+        assert_eq!(early.view(1_000.0)[0].sent, 25);
+        assert_eq!(
+            early.view(1_000.0 + 3_700.0)[0].sent,
+            0,
+            "the window moves on"
+        );
         // Restored a day later: the busiest hour (25) still raises the hour.
         let mut later = Volume::restore(&config, &state, 1_000.0 + DAY);
         assert_eq!(later.view(1_000.0 + DAY)[0].allowance, 50);

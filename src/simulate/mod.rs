@@ -120,7 +120,7 @@ pub struct Report {
     /// Messages whose app gave up after `GIVE_UP_AFTER` of deferrals.
     pub given_up: usize,
     /// Deferrals (451 replies) by reason, in `DeferReason::ALL` order.
-    pub deferrals: [u64; 5],
+    pub deferrals: [u64; 6],
     /// Per app lane, `other` last.
     pub apps: Vec<AppStats>,
     /// Queue delay (seconds) of every sent message, sorted.
@@ -207,7 +207,7 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
         messages: trace.len(),
         sent: 0,
         given_up: 0,
-        deferrals: [0; 5],
+        deferrals: [0; 6],
         apps: names
             .iter()
             .map(|name| AppStats {
@@ -265,7 +265,7 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
                 break;
             };
             let units = scheduler.units(offer.recipients as usize);
-            match scheduler.admit(now, offer.lane, units, 0, 0, offer.id) {
+            match scheduler.admit(now, offer.lane, units, 0, [0; 2], offer.id) {
                 Ok(()) => {
                     scheduler.accepted(now, || [offer.id]);
                     scheduler.push(now, offer.lane, units, offer);
@@ -614,7 +614,7 @@ mod tests {
         let trace = arrivals(3_000, 0.0, 0.01, "bulk");
         let report = replay(&config, 0, &trace, &Options { retry_after: 600.0 });
         assert_eq!(report.sent, 3_000);
-        assert_eq!(report.deferrals, [0; 5]);
+        assert_eq!(report.deferrals, [0; 6]);
         for peak in &report.peaks {
             assert!(peak.excess <= 0.0, "{peak:?}");
         }
