@@ -183,7 +183,8 @@ pub async fn serve(
 }
 
 /// Counts a refusal in `smtp_shaper_rejections_total` under its reason;
-/// shaping deferrals (451 4.7.1, counted as deferrals) and the 421 of a
+/// shaping deferrals (451 4.7.1, and 452 4.5.3 for the volume budget,
+/// counted as deferrals) and the 421 of a
 /// stopping service are not refusals.
 fn count_rejection(context: &Context, reply: &Reply) {
     if let Some(reason) = rejection_reason(reply) {
@@ -206,6 +207,9 @@ fn rejection_reason(reply: &Reply) -> Option<&'static str> {
     let status = text.split(' ').next().unwrap_or("");
     Some(match (reply.code, status) {
         (451, "4.7.1") | (421, "4.3.2") => return None,
+        // The shaper's own refusal of a recipient beyond the volume budget:
+        // a shaping deferral (reason `recipients`), not a client's fault.
+        (452, "4.5.3") if text.contains("volume budget") => return None,
         (_, "4.4.2") => "timeout",
         (421, _) if text.contains("connection rate limit") => "connection_rate",
         (421, _) if text.contains("authentication failures") => "auth_failure_rate",
@@ -283,4 +287,23 @@ async fn accept_on(
 async fn refuse(mut stream: TcpStream, reply: Reply) {
     let _ = stream.write_all(&reply.to_wire()).await;
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recipient_beyond_the_volume_budget_is_a_deferral_not_a_rejection() {
+        let budget = Reply::new(
+            452,
+            "4.5.3 Too many recipients for this gateway's volume budget in one message; send the rest in another transaction",
+        );
+        assert_eq!(rejection_reason(&budget), None);
+        let limit = Reply::new(
+            452,
+            "4.5.3 Error: too many recipients (at most 100 per message)",
+        );
+        assert_eq!(rejection_reason(&limit), Some("too_many_recipients"));
+    }
 }

@@ -350,7 +350,7 @@ impl Admission for Generation {
                     reason = deferral.reason.as_str(),
                     projected_wait = %format!("{:.0}s", deferral.projected_wait),
                     retry_after = %format!("{:.0}s", deferral.retry_after),
-                    "new mail deferred (451 4.7.1)"
+                    "new mail deferred (451 4.7.1, or 452 4.5.3 for a recipient beyond the volume budget)"
                 );
             })
     }
