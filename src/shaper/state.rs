@@ -77,8 +77,9 @@ fn volume_to_text(volume: &VolumeState) -> String {
     format!(
         "\n# Units sent per minute up to minute `slot` (Unix minutes), oldest first;\n\
          # \"+N\" is N minutes with none. Seeds: [window minutes, units, last minute].\n\
-         [volume]\nslot = {}\nall = \"{}\"\ntransactional = \"{}\"\nseeds = [{}]\n",
+         [volume]\nslot = {}\nsince = {}\nall = \"{}\"\ntransactional = \"{}\"\nseeds = [{}]\n",
         volume.slot,
+        volume.since,
         counts_to_text(&volume.all),
         counts_to_text(&volume.transactional),
         seeds.join(", ")
@@ -98,8 +99,15 @@ fn volume_from_table(table: &Value) -> Option<VolumeState> {
             until: seed.get(2)?.as_integer()?,
         });
     }
+    let slot = table.get("slot")?.as_integer()?;
     Some(VolumeState {
-        slot: table.get("slot")?.as_integer()?,
+        slot,
+        // Files written before `since` was saved: the history began no
+        // later than the kept span.
+        since: match table.get("since") {
+            Some(since) => since.as_integer()?,
+            None => slot - super::volume::KEPT_SLOTS,
+        },
         all: counts_from_text(table.get("all")?.as_str()?)?,
         transactional: counts_from_text(table.get("transactional")?.as_str()?)?,
         seeds,
@@ -222,6 +230,7 @@ mod tests {
                         until: 29_413_000,
                     }),
                 ],
+                since: 29_402_000,
             }),
             ..state
         };

@@ -217,6 +217,9 @@ pub struct VolumeState {
     pub transactional: Vec<u64>,
     /// Per horizon (`Horizon::ALL` order).
     pub seeds: [Option<Seed>; 2],
+    /// The first minute of the history (its length weighs the transactional
+    /// apps' average; the counts alone do not say when it began).
+    pub since: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -290,6 +293,7 @@ impl Volume {
         for budget in &mut volume.budgets {
             budget.seed = state.seeds[budget.horizon as usize];
         }
+        volume.since = state.since.clamp(state.slot - KEPT_SLOTS, state.slot);
         let offset = |series: &[u64]| state.slot - series.len() as i64 + 1;
         let (all_first, transactional_first) = (offset(&state.all), offset(&state.transactional));
         for slot in first..=state.slot {
@@ -572,6 +576,7 @@ impl Volume {
             all: trim(all),
             transactional: trim(self.transactional.kept(self.slot)),
             seeds,
+            since: self.since.max(self.slot - KEPT_SLOTS),
         }
     }
 }
@@ -748,6 +753,11 @@ mod tests {
         let view = restored.view(1_700.0);
         assert_eq!(view[0].sent, 20 + 5, "the reserve counts as sent");
         assert_eq!(view[1].sent, 25);
+        assert_eq!(
+            restored.since,
+            state.since.max(slot_of(1_000.0)),
+            "the history began before its first send"
+        );
         // Saved by a clock that was ahead: the counts end at the current
         // minute instead of freezing it.
         let mut early = Volume::restore(&config, &state, 1_000.0);
