@@ -422,7 +422,13 @@ impl Volume {
             let (allowance, room, biggest) = self.room(index, class);
             let budget = &mut self.budgets[index];
             let sent = self.all.tracks[index].used;
-            if units.min(biggest) <= room {
+            // Within the class's room, and never past the allowance itself
+            // (a bulk message admitted under a larger share than today's
+            // still waits for room for all of it). Only a message bigger
+            // than the whole allowance, which admission refuses, goes once
+            // the window is empty.
+            let whole = units.min(allowance) <= allowance.saturating_sub(sent);
+            if units.min(biggest) <= room && whole {
                 if class == AppClass::Transactional {
                     budget.reached = false;
                 }
@@ -718,6 +724,21 @@ mod tests {
                 .wait(start + 1_300.0, 1, AppClass::Transactional)
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_bulk_message_larger_than_todays_share_never_passes_the_allowance() {
+        let config = shaping("min_rate = [\"10/min\", \"100/h\"]\ncount = \"recipients\"");
+        let mut volume = Volume::new(&config, 0.0);
+        // The transactional apps send 40 in the first 20 minutes: their
+        // average over so short a history keeps half the hour for them.
+        offer(&mut volume, 0.0, 1_200.0, 30.0, AppClass::Transactional);
+        assert_eq!(volume.view(1_200.0)[0].transactional_room, 50);
+        // A bulk message of 80 (admitted earlier, under a larger share)
+        // waits: 80 would take the hour past 100.
+        assert!(volume.wait(1_200.0, 80, AppClass::Bulk).is_some());
+        // Once the window is empty it may go as the share's worth.
+        assert!(volume.wait(5_000.0, 80, AppClass::Bulk).is_none());
     }
 
     #[test]
