@@ -179,6 +179,16 @@ fn start_prometheus(dir: &Path, target: SocketAddr, listen: SocketAddr) -> Prome
     Prometheus(child)
 }
 
+/// A Prometheus scraping `target`, once it answers; with its address.
+async fn ready_prometheus(dir: &Path, target: SocketAddr) -> (Prometheus, SocketAddr) {
+    let listen = free_address();
+    let prometheus = start_prometheus(dir, target, listen);
+    let ready =
+        || request(listen, "GET", "/-/ready", "text/plain", None).is_ok_and(|a| a.status == 200);
+    eventually("prometheus is ready", ready).await;
+    (prometheus, listen)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_evaluates_every_dashboard_query_and_alert_expression() {
     if !have("prometheus") {
@@ -211,11 +221,8 @@ async fn a_real_prometheus_evaluates_every_dashboard_query_and_alert_expression(
     assert_eq!(client.command("DATA").await.code, 503);
 
     let dir = tempfile::tempdir().unwrap();
-    let listen = free_address();
-    let _prometheus = start_prometheus(dir.path(), h.service.http_address().unwrap(), listen);
-    let ready =
-        || request(listen, "GET", "/-/ready", "text/plain", None).is_ok_and(|a| a.status == 200);
-    eventually("prometheus is ready", ready).await;
+    let (_prometheus, listen) =
+        ready_prometheus(dir.path(), h.service.http_address().unwrap()).await;
     // Enough scrapes for rate() over 30 s windows, after the deliveries.
     eventually("everything was delivered or dead-lettered", || {
         h.sink.count() >= 3
@@ -307,11 +314,8 @@ async fn a_deferred_burst_makes_a_real_prometheus_raise_the_burst_alert() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let listen = free_address();
-    let _prometheus = start_prometheus(dir.path(), h.service.http_address().unwrap(), listen);
-    let ready =
-        || request(listen, "GET", "/-/ready", "text/plain", None).is_ok_and(|a| a.status == 200);
-    eventually("prometheus is ready", ready).await;
+    let (_prometheus, listen) =
+        ready_prometheus(dir.path(), h.service.http_address().unwrap()).await;
     // An app offering new mail all along, most of it deferred; Prometheus
     // evaluates the rules every second meanwhile.
     let mut deferred = 0;

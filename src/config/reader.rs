@@ -163,9 +163,7 @@ impl<'p> Section<'p> {
     }
 
     fn take(&mut self, key: &'static str) -> Option<Value> {
-        if !self.known.contains(&key) {
-            self.known.push(key);
-        }
+        self.known.push(key);
         self.table.remove(key)
     }
 

@@ -158,7 +158,7 @@ pub struct ModelView {
     /// Seconds left of a throttling pause.
     pub paused_for: f64,
     /// Deferrals so far, in [`DeferReason::ALL`] order.
-    pub deferrals: [u64; 6],
+    pub deferrals: [u64; DeferReason::ALL.len()],
     /// The hour and day budgets (those configured).
     pub budgets: Vec<BudgetView>,
 }
@@ -183,7 +183,7 @@ pub struct GatewayModel {
     /// Units of the send that asked for a save: the reserve covers at least
     /// that much, or a message with many recipients would never go.
     wanted: u64,
-    deferrals: [u64; 6],
+    deferrals: [u64; DeferReason::ALL.len()],
     changes: Vec<CeilingChange>,
 }
 
@@ -218,7 +218,7 @@ impl GatewayModel {
             reserved: 0,
             since_snapshot: 0,
             wanted: 0,
-            deferrals: [0; 6],
+            deferrals: [0; DeferReason::ALL.len()],
             changes: Vec::new(),
             config: config.clone(),
         };

@@ -120,7 +120,7 @@ pub struct Report {
     /// Messages whose app gave up after `GIVE_UP_AFTER` of deferrals.
     pub given_up: usize,
     /// Deferrals (451 replies) by reason, in `DeferReason::ALL` order.
-    pub deferrals: [u64; 6],
+    pub deferrals: [u64; DeferReason::ALL.len()],
     /// Per app lane, `other` last.
     pub apps: Vec<AppStats>,
     /// Queue delay (seconds) of every sent message, sorted.
@@ -200,14 +200,15 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
     let start = trace.first().map_or(0.0, |arrival| arrival.at);
     let end = trace.last().map_or(0.0, |arrival| arrival.at);
     // The gateway exists, idle, an hour before the trace: its bucket is full.
-    let model = GatewayModel::new(&gateway_config.shaping, start - 3_600.0);
+    let created = start - 3_600.0;
+    let model = GatewayModel::new(&gateway_config.shaping, created);
     let mut scheduler: Scheduler<Offer> = Scheduler::new(model, apps.lanes());
     let mut report = Report {
         gateway: gateway_config.name.clone(),
         messages: trace.len(),
         sent: 0,
         given_up: 0,
-        deferrals: [0; 6],
+        deferrals: [0; DeferReason::ALL.len()],
         apps: names
             .iter()
             .map(|name| AppStats {
@@ -373,7 +374,8 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
         .into_iter()
         .map(|window| peak(&sends, window, report.burst))
         .collect();
-    judge_as_receiver(&mut report, &gateway_config.shaping, trace, start);
+    let units = |recipients: u32| scheduler.units(recipients as usize);
+    judge_as_receiver(&mut report, &gateway_config.shaping, trace, created, units);
     report
 }
 
@@ -390,12 +392,15 @@ pub fn rule(shaping: &ShapingConfig, horizon: Horizon, created: f64) -> Rule {
     }
 }
 
-/// Fills the report's receiver's view and the samples' window columns.
-fn judge_as_receiver(report: &mut Report, shaping: &ShapingConfig, trace: &[Arrival], start: f64) {
-    let units = |recipients: u32| match shaping.count {
-        crate::config::CountUnit::Messages => 1,
-        crate::config::CountUnit::Recipients => u64::from(recipients),
-    };
+/// Fills the report's receiver's view and the samples' window columns, for
+/// a model made at `created` that counts `units` for a message.
+fn judge_as_receiver(
+    report: &mut Report,
+    shaping: &ShapingConfig,
+    trace: &[Arrival],
+    created: f64,
+    units: impl Fn(u32) -> u64,
+) {
     let shaped: Vec<(f64, u64)> = report
         .sent_log
         .iter()
@@ -406,7 +411,7 @@ fn judge_as_receiver(report: &mut Report, shaping: &ShapingConfig, trace: &[Arri
         .map(|arrival| (arrival.at, units(arrival.recipients)))
         .collect();
     for horizon in Horizon::ALL {
-        let rule = rule(shaping, horizon, start - 3_600.0);
+        let rule = rule(shaping, horizon, created);
         let judge = Judge::new(shaped.clone(), rule.window);
         for sample in &mut report.samples {
             let end = sample.start + sample.span;
