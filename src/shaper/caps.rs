@@ -102,6 +102,15 @@ impl Cap {
         }
     }
 
+    /// Takes back `units` counted at `at` (the shared state refused the
+    /// send); a slot no longer counted is left alone.
+    pub fn remove(&mut self, at: f64, units: u64) {
+        let slot = self.slot(at);
+        if let Some((_, count)) = self.slots.iter_mut().rev().find(|(s, _)| *s == slot) {
+            *count = count.saturating_sub(units);
+        }
+    }
+
     /// The counted slots, for the state file.
     pub fn slots(&self) -> impl Iterator<Item = (i64, u64)> + '_ {
         self.slots.iter().copied()

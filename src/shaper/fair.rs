@@ -50,6 +50,20 @@ impl<T> FairQueue<T> {
         self.len += 1;
     }
 
+    /// Puts `item` back at the front of `lane` (it was popped, but could
+    /// not go after all): it goes first when the lane's turn comes again.
+    pub fn push_front(&mut self, lane: usize, item: T) {
+        let lane = lane.min(self.lanes.len() - 1);
+        if self.lanes[lane].is_empty() {
+            self.turns.push_front(lane);
+            self.served = 0;
+        } else if self.turns.front() == Some(&lane) {
+            self.served = self.served.saturating_sub(1);
+        }
+        self.lanes[lane].push_front(item);
+        self.len += 1;
+    }
+
     /// The item whose turn it is.
     pub fn peek(&self) -> Option<&T> {
         let lane = *self.turns.front()?;

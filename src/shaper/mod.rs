@@ -13,7 +13,9 @@
 //! - [`feedback`]: which gateway replies mean "slow down";
 //! - [`model`]: the above together, plus admission;
 //! - [`fair`] and [`scheduler`]: the per-app round robin in front of the model;
-//! - [`state`]: what is saved so a restart remembers.
+//! - [`state`]: what is saved so a restart remembers;
+//! - [`shared`]: what a node and the gateway's shared state (cluster mode)
+//!   say to each other.
 //!
 //! The README's "Shaping model" section explains the model with plots.
 
@@ -26,12 +28,13 @@ pub mod feedback;
 pub mod meter;
 pub mod model;
 pub mod scheduler;
+pub mod shared;
 pub mod state;
 pub mod volume;
 
 pub use demand::fingerprints;
 pub use feedback::is_throttling;
-pub use model::{CeilingChange, DeferReason, Deferral, GatewayModel, ModelView};
+pub use model::{CeilingChange, DeferReason, Deferral, GatewayModel, ModelView, WindowCounts};
 pub use scheduler::{GatewayView, Lane, Release, Scheduler};
 pub use state::SavedState;
 pub use volume::{BudgetReached, BudgetView};

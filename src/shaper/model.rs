@@ -8,15 +8,18 @@
 //! Invariants: sends never pass the token bucket at the ceiling, any cap nor
 //! any volume budget; the ceiling stays within `min_rate..=max_rate`; a
 //! restored state fades by the time the process was down, and counts caps
-//! and volumes conservatively (a crash can only make them count more).
+//! and volumes conservatively (a crash can only make them count more). In
+//! cluster mode the model also takes in what other nodes sent and the shared
+//! feedback, and runs on its share while the shared state is lost (`shared`).
 
 use super::baseline::Baseline;
 use super::bucket::Bucket;
 use super::caps::Cap;
 use super::demand::Demand;
 use super::meter::RateMeter;
+use super::shared::{Elsewhere, SharedCap, SharedFeedback, SharedLimits};
 use super::state::SavedState;
-use super::volume::{BudgetReached, BudgetView, Volume};
+use super::volume::{BudgetReached, BudgetView, MinuteCount, Volume};
 use crate::config::{AppClass, CountUnit, Horizon, ShapingConfig};
 
 const DAY: f64 = 86_400.0;
@@ -123,6 +126,9 @@ pub enum Cause {
     Throttled,
     /// Recovering from a throttling cut (no faster than `warmup`).
     Recovery,
+    /// This node's share of the gateway changed: the shared state was
+    /// lost (it runs on its share) or is back (see `shared`).
+    Share,
 }
 
 impl Cause {
@@ -132,6 +138,7 @@ impl Cause {
             Cause::Fade => "fade",
             Cause::Throttled => "gateway throttling",
             Cause::Recovery => "recovery after throttling",
+            Cause::Share => "this node's share of the cluster",
         }
     }
 }
@@ -163,6 +170,15 @@ pub struct ModelView {
     pub budgets: Vec<BudgetView>,
 }
 
+/// The counts of the current windows (see [`GatewayModel::window_counts`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WindowCounts {
+    /// Per budgeted horizon, its window's minutes that are not empty.
+    pub budgets: Vec<(Horizon, Vec<MinuteCount>)>,
+    /// Per cap window (seconds): (slot, units), slots of a sixtieth of it.
+    pub caps: Vec<(u64, Vec<(i64, u64)>)>,
+}
+
 /// See the module notes.
 #[derive(Debug)]
 pub struct GatewayModel {
@@ -183,6 +199,10 @@ pub struct GatewayModel {
     /// Units of the send that asked for a save: the reserve covers at least
     /// that much, or a message with many recipients would never go.
     wanted: u64,
+    /// Nodes this one shares the gateway with while the shared state is out
+    /// of reach (1 otherwise): each send counts that many times and the
+    /// bucket runs at the ceiling divided by it (see `shared`).
+    share: u64,
     deferrals: [u64; DeferReason::ALL.len()],
     changes: Vec<CeilingChange>,
 }
@@ -218,11 +238,12 @@ impl GatewayModel {
             reserved: 0,
             since_snapshot: 0,
             wanted: 0,
+            share: 1,
             deferrals: [0; DeferReason::ALL.len()],
             changes: Vec::new(),
             config: config.clone(),
         };
-        model.bucket = Bucket::new(model.ceiling(), config.burst, now);
+        model.bucket = Bucket::new(model.bucket_rate(), config.burst, now);
         model
     }
 
@@ -249,7 +270,7 @@ impl GatewayModel {
         if let Some(volume) = &state.volume {
             model.volume = Volume::restore(config, volume, now);
         }
-        model.bucket = Bucket::new(model.ceiling(), config.burst, now);
+        model.bucket = Bucket::new(model.bucket_rate(), config.burst, now);
         model
     }
 
@@ -257,6 +278,12 @@ impl GatewayModel {
     pub fn ceiling(&self) -> f64 {
         (self.baseline.rate * self.config.headroom * self.penalty)
             .clamp(self.config.min_rate, self.config.max_rate)
+    }
+
+    /// The rate this node's bucket aims at: the ceiling, or this node's
+    /// share of it.
+    fn bucket_rate(&self) -> f64 {
+        self.ceiling() / self.share as f64
     }
 
     /// The rate the token bucket enforces: the ceiling, within the 5% a
@@ -329,7 +356,7 @@ impl GatewayModel {
     }
 
     fn rebuild_if_moved(&mut self, now: f64, cause: Cause) {
-        let ceiling = self.ceiling();
+        let ceiling = self.bucket_rate();
         let current = self.bucket.rate;
         if (ceiling - current).abs() > REBUILD_THRESHOLD * current {
             self.bucket = self.bucket.rebuilt(ceiling, self.config.burst, now);
@@ -345,6 +372,7 @@ impl GatewayModel {
     /// is counted as sent.
     pub fn try_send(&mut self, now: f64, units: u64, class: AppClass) -> Decision {
         self.update(now);
+        let units = units * self.share;
         if now < self.paused_until {
             return Decision::Wait(self.paused_until - now);
         }
@@ -433,15 +461,16 @@ impl GatewayModel {
             });
         }
         let pause = (self.paused_until - now).max(0.0);
-        let queue_wait = pause + (ahead + 1) as f64 / self.ceiling();
+        let queue_wait = pause + (ahead + 1) as f64 / self.bucket_rate();
+        let share = self.share;
         let cap_wait = self
             .caps
             .iter_mut()
-            .map(|cap| cap.wait_behind(now, queued_units + units))
+            .map(|cap| cap.wait_behind(now, (queued_units + units) * share))
             .fold(0.0, f64::max);
         let budget = self
             .volume
-            .projected_wait(now, ahead_units, units, class)
+            .projected_wait(now, ahead_units * share, units * share, class)
             .map(|held| (pause + held.wait, DeferReason::budget(held.horizon)));
         let deferral = if queued_messages >= self.config.max_queued {
             Some(Deferral {
@@ -487,6 +516,103 @@ impl GatewayModel {
                 Err(deferral)
             }
             None => Ok(()),
+        }
+    }
+
+    /// Runs on this node's share of the gateway (`nodes` nodes sharing
+    /// it while the shared state is out of reach), or on all of it again
+    /// (`nodes = 1`).
+    pub fn set_share(&mut self, now: f64, nodes: u64) {
+        let nodes = nodes.max(1);
+        if nodes != self.share {
+            self.share = nodes;
+            self.rebuild_if_moved(now, Cause::Share);
+        }
+    }
+
+    /// Other nodes sent this to the gateway (cluster mode), learned at
+    /// `now`: it counts in the caps and budgets as if sent now (a little
+    /// later than it was, so it stays counted a little longer) and in the
+    /// send rate the baseline learns from.
+    pub fn sent_elsewhere(&mut self, now: f64, sent: &Elsewhere) {
+        if sent.is_empty() {
+            return;
+        }
+        self.update(now);
+        self.sent.add(now, sent.messages as f64);
+        for cap in &mut self.caps {
+            cap.add(now, sent.all);
+        }
+        let transactional = sent.transactional.min(sent.all);
+        self.volume.add(now, transactional, AppClass::Transactional);
+        self.volume
+            .add(now, sent.all - transactional, AppClass::Bulk);
+    }
+
+    /// A send counted at `at` did not happen after all (the shared state
+    /// refused it): its units are taken back from the caps and budgets and
+    /// return to the reserve. The bucket keeps the token it gave, which
+    /// only slows this node.
+    pub fn refund(&mut self, at: f64, units: u64, class: AppClass) {
+        let units = units * self.share;
+        self.sent.add(at, -1.0);
+        if self.counts_durably() {
+            for cap in &mut self.caps {
+                cap.remove(at, units);
+            }
+            self.volume.remove(at, units, class);
+            self.reserved += units;
+            self.since_snapshot = self.since_snapshot.saturating_sub(units);
+        }
+    }
+
+    /// The gateway's feedback as the shared state holds it: a pause or a
+    /// penalty another node heard counts here too.
+    pub fn shared_feedback(&mut self, now: f64, feedback: &SharedFeedback) {
+        if feedback.pause_left > 0.0 {
+            self.paused_until = self.paused_until.max(now + feedback.pause_left);
+        }
+        let penalty = feedback.penalty_now(self.config.warmup);
+        if penalty < self.penalty - 1e-9 {
+            self.update(now);
+            self.penalty = penalty;
+            self.rebuild_if_moved(now, Cause::Throttled);
+        }
+    }
+
+    /// What one send must fit in the shared state, as this model sees the
+    /// gateway at `now`.
+    pub fn shared_limits(&mut self, now: f64) -> SharedLimits {
+        self.update(now);
+        SharedLimits {
+            rate: self.bucket.rate,
+            burst: self.config.burst,
+            budgets: self.volume.shared_budgets(now),
+            caps: self
+                .caps
+                .iter()
+                .map(|cap| SharedCap {
+                    window: cap.window.round() as u64,
+                    limit: cap.limit,
+                })
+                .collect(),
+        }
+    }
+
+    /// This model's counts of the current windows (budgets per minute,
+    /// caps per slot), from which a shared state that restarted empty is
+    /// rebuilt.
+    pub fn window_counts(&mut self, now: f64) -> WindowCounts {
+        WindowCounts {
+            budgets: self.volume.window_counts(now),
+            caps: self
+                .caps
+                .iter_mut()
+                .map(|cap| {
+                    cap.used(now);
+                    (cap.window.round() as u64, cap.slots().collect())
+                })
+                .collect(),
         }
     }
 
@@ -815,5 +941,97 @@ mod tests {
         let recovered = model.view(100.0 + DAY / 2.0).penalty;
         assert!((recovered - 0.5 * 2f64.sqrt()).abs() < 0.01, "{recovered}");
         assert_eq!(model.view(100.0 + 2.0 * DAY).penalty, 1.0);
+    }
+
+    #[test]
+    fn on_its_share_a_node_sends_a_share_of_every_limit() {
+        let config = shaping(
+            "initial_rate = \"60/min\"\nmin_rate = [\"60/min\", \"100/h\"]\nheadroom = 1.0\nburst = 1\nlimits = [\"40/h\"]\nmax_queue_delay = \"7d\"",
+        );
+        let mut alone = GatewayModel::new(&config, 0.0);
+        let mut shared = GatewayModel::new(&config, 0.0);
+        shared.set_share(0.0, 4);
+        assert!((shared.enforced_rate() - 0.25).abs() < 1e-9);
+        let sent_alone = run(&mut alone, 0.0, 600.0, 5.0).len();
+        let sent_shared = run(&mut shared, 0.0, 600.0, 5.0).len();
+        assert_eq!(sent_alone, 40, "the 40/h cap binds");
+        assert_eq!(sent_shared, 10, "a quarter of the cap");
+        // Back on the whole gateway: its own sends count once again, the
+        // ones made on its share stay counted four times.
+        shared.set_share(700.0, 1);
+        assert_eq!(run(&mut shared, 700.0, 600.0, 5.0).len(), 0);
+    }
+
+    #[test]
+    fn what_others_sent_counts_in_caps_budgets_and_the_learned_rate() {
+        let config = shaping(
+            "initial_rate = \"60/min\"\nmin_rate = [\"60/min\", \"100/h\"]\nheadroom = 1.0\nburst = 100\nmax_queue_delay = \"7d\"",
+        );
+        let mut model = GatewayModel::new(&config, 0.0);
+        let before = model.view(1.0).send_rate;
+        model.sent_elsewhere(
+            1.0,
+            &Elsewhere {
+                messages: 90,
+                all: 90,
+                transactional: 30,
+            },
+        );
+        let view = model.view(2.0);
+        assert!(view.send_rate > before + 1.0, "{view:?}");
+        assert_eq!(view.budgets[0].sent, 90);
+        assert_eq!(run(&mut model, 2.0, 60.0, 50.0).len(), 10, "100/h less 90");
+    }
+
+    #[test]
+    fn a_refunded_send_gives_its_room_back() {
+        let config = shaping(
+            "initial_rate = \"60/min\"\nmin_rate = [\"60/min\", \"10/h\"]\nburst = 100\nlimits = [\"5/min\"]\nmax_queue_delay = \"7d\"",
+        );
+        let mut model = GatewayModel::new(&config, 0.0);
+        let sent = run(&mut model, 0.0, 10.0, 100.0);
+        assert_eq!(sent.len(), 5);
+        assert!(matches!(
+            model.try_send(10.0, 1, AppClass::Transactional),
+            Decision::Wait(_)
+        ));
+        model.refund(sent[4], 1, AppClass::Transactional);
+        assert_eq!(model.view(10.0).budgets[0].sent, 4);
+        let reserve = model.reserve();
+        model.snapshot(10.0, reserve);
+        model.saved(reserve);
+        assert_eq!(
+            model.try_send(10.0, 1, AppClass::Transactional),
+            Decision::Send
+        );
+        assert_eq!(model.view(10.0).budgets[0].sent, 5);
+    }
+
+    #[test]
+    fn a_pause_another_node_heard_holds_this_one_too() {
+        let config = shaping("initial_rate = \"60/min\"\nburst = 10\nbackoff_factor = 0.5");
+        let mut model = GatewayModel::new(&config, 0.0);
+        let ceiling = model.ceiling();
+        model.shared_feedback(
+            10.0,
+            &SharedFeedback {
+                penalty: 0.5,
+                pause_left: 30.0,
+            },
+        );
+        assert!(matches!(
+            model.try_send(10.0, 1, AppClass::Transactional),
+            Decision::Wait(wait) if (wait - 30.0).abs() < 1e-6
+        ));
+        assert!((model.ceiling() / (ceiling * 0.5) - 1.0).abs() < 1e-3);
+        // A later reading of the same episode cuts nothing more.
+        model.shared_feedback(
+            20.0,
+            &SharedFeedback {
+                penalty: 0.5,
+                pause_left: 20.0,
+            },
+        );
+        assert!((model.ceiling() / (ceiling * 0.5) - 1.0).abs() < 1e-3);
     }
 }

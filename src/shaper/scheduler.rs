@@ -10,7 +10,10 @@
 //! holds the transactional lanes, which keep their round robin.
 
 use super::fair::FairQueue;
-use super::model::{CeilingChange, Decision, Deferral, GatewayModel, ModelView, Offer};
+use super::model::{
+    CeilingChange, Decision, Deferral, GatewayModel, ModelView, Offer, WindowCounts,
+};
+use super::shared::{Elsewhere, SharedFeedback, SharedLimits};
 use super::state::SavedState;
 use super::volume::BudgetReached;
 use crate::config::AppClass;
@@ -145,6 +148,60 @@ impl<T> Scheduler<T> {
             lane,
             waited: (now - entry.queued_at).max(0.0),
         }
+    }
+
+    /// Puts back an item [`Scheduler::next`] released at `at` (after
+    /// `waited` seconds in the queue) that could not go after all (the
+    /// shared state refused it): first in its lane again, and taken back
+    /// from the model's counts.
+    pub fn put_back(&mut self, at: f64, lane: usize, waited: f64, units: u64, item: T) {
+        let class = self.class(lane);
+        self.model.refund(at, units, class);
+        self.units[class as usize] += units;
+        self.queue.push_front(
+            lane,
+            Entry {
+                queued_at: at - waited,
+                units,
+                item,
+            },
+        );
+    }
+
+    /// See [`GatewayModel::set_share`].
+    pub fn set_share(&mut self, now: f64, nodes: u64) {
+        self.model.set_share(now, nodes);
+    }
+
+    /// See [`GatewayModel::sent_elsewhere`].
+    pub fn sent_elsewhere(&mut self, now: f64, sent: &Elsewhere) {
+        self.model.sent_elsewhere(now, sent);
+    }
+
+    /// See [`GatewayModel::shared_feedback`].
+    pub fn shared_feedback(&mut self, now: f64, feedback: &SharedFeedback) {
+        self.model.shared_feedback(now, feedback);
+    }
+
+    /// See [`GatewayModel::shared_limits`].
+    pub fn shared_limits(&mut self, now: f64) -> SharedLimits {
+        self.model.shared_limits(now)
+    }
+
+    /// See [`GatewayModel::window_counts`].
+    pub fn window_counts(&mut self, now: f64) -> WindowCounts {
+        self.model.window_counts(now)
+    }
+
+    /// The backoff settings the shared state applies when this node hears
+    /// throttling: (backoff_factor, backoff_pause in seconds, warmup).
+    pub fn backoff(&self) -> (f64, f64, f64) {
+        let config = self.model.config();
+        (
+            config.backoff_factor,
+            config.backoff_pause.as_secs_f64(),
+            config.warmup,
+        )
     }
 
     /// Every queued item.

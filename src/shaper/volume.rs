@@ -29,6 +29,7 @@
 
 use std::collections::VecDeque;
 
+use super::shared::SharedBudget;
 use crate::config::{AppClass, Horizon, ShapingConfig};
 
 const SLOT_SECONDS: f64 = 60.0;
@@ -148,6 +149,18 @@ impl Series {
         }
     }
 
+    /// Takes back `units` counted in `slot` (the current one, or a window's
+    /// newest slots: none that a history sum holds yet).
+    fn remove(&mut self, slot: i64, units: u64) {
+        let cell = &mut self.counts[index(slot)];
+        let taken = u64::from(*cell).min(units);
+        *cell -= taken as u32;
+        self.total -= taken;
+        for track in &mut self.tracks {
+            track.used = track.used.saturating_sub(taken);
+        }
+    }
+
     /// Forgets everything (the clock jumped past the kept span).
     fn clear(&mut self) {
         self.counts.fill(0);
@@ -198,6 +211,15 @@ pub struct Held {
     pub wait: f64,
     pub sent: u64,
     pub allowance: u64,
+}
+
+/// What one minute of a window counts (see [`Volume::window_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinuteCount {
+    /// Unix seconds / 60.
+    pub minute: i64,
+    pub all: u64,
+    pub transactional: u64,
 }
 
 /// A budget that became full, logged once per episode.
@@ -464,6 +486,57 @@ impl Volume {
         if class == AppClass::Transactional {
             self.transactional.add(self.slot, units);
         }
+    }
+
+    /// Takes back a send of `units` of `class` counted at `at` (the shared
+    /// state refused it, see `shared`). Only a send of the current minute
+    /// is taken back; an older one stays counted, which only ever holds
+    /// back more.
+    pub fn remove(&mut self, at: f64, units: u64, class: AppClass) {
+        if self.budgets.is_empty() || slot_of(at) != self.slot {
+            return;
+        }
+        self.all.remove(self.slot, units);
+        if class == AppClass::Transactional {
+            self.transactional.remove(self.slot, units);
+        }
+    }
+
+    /// The budgets as the shared state checks them (cluster mode).
+    pub fn shared_budgets(&mut self, now: f64) -> Vec<SharedBudget> {
+        self.advance(now);
+        (0..self.budgets.len())
+            .map(|index| {
+                let allowance = self.allowance(index);
+                SharedBudget {
+                    horizon: self.budgets[index].horizon,
+                    allowance,
+                    bulk_share: allowance - self.transactional_need(index, allowance),
+                }
+            })
+            .collect()
+    }
+
+    /// Per budgeted horizon, the counts of its current window's minutes
+    /// that are not empty: (minute, all units, transactional units). What
+    /// a shared state that restarted empty is rebuilt from.
+    pub fn window_counts(&mut self, now: f64) -> Vec<(Horizon, Vec<MinuteCount>)> {
+        self.advance(now);
+        self.budgets
+            .iter()
+            .zip(&self.all.tracks)
+            .map(|(budget, track)| {
+                let minutes = (self.slot - track.window..=self.slot)
+                    .map(|minute| MinuteCount {
+                        minute,
+                        all: self.all.count(minute),
+                        transactional: self.transactional.count(minute),
+                    })
+                    .filter(|count| count.all > 0)
+                    .collect();
+                (budget.horizon, minutes)
+            })
+            .collect()
     }
 
     /// How long new mail of `class` counting `units` would wait for the
