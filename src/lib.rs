@@ -9,6 +9,7 @@
 //! [`telemetry`] (metrics, the HTTP endpoint, logs) sits beside the flow.
 //! This file only assembles those parts into a running [`Service`].
 
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod dns;
@@ -259,7 +260,7 @@ impl Service {
 }
 
 /// The settings a reload cannot change, and whether `new` changes them.
-fn restart_only(running: &Config, new: &Config) -> [(&'static str, bool); 7] {
+fn restart_only(running: &Config, new: &Config) -> [(&'static str, bool); 8] {
     let tls_listen = |config: &Config| config.server.tls.as_ref().and_then(|tls| tls.listen);
     [
         ("server.listen", running.server.listen != new.server.listen),
@@ -282,6 +283,7 @@ fn restart_only(running: &Config, new: &Config) -> [(&'static str, bool); 7] {
             "http.admin_token_file",
             running.http.admin_token_file != new.http.admin_token_file,
         ),
+        ("cluster", running.cluster != new.cluster),
     ]
 }
 

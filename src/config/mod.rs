@@ -29,6 +29,68 @@ pub struct Config {
     pub gateways: Vec<GatewayConfig>,
     pub apps: Vec<AppConfig>,
     pub dkim: Vec<DkimConfig>,
+    /// `None`: every node shapes alone (no `[cluster]` section).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: the sidecars in front of the same gateways share one budget
+/// per gateway in Redis (README "Cluster mode").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db` or `rediss://` (TLS), without a password.
+    pub redis: String,
+    /// This node's name among the others (default: the host name, which is
+    /// the pod name in Kubernetes).
+    pub node: String,
+    /// Where the Redis password is read from (a file wins over the variable).
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// Nodes assumed to share a gateway until the others' heartbeats are
+    /// seen (a node that starts while Redis is down runs on this share).
+    pub expected_nodes: u64,
+    /// How long a send decision waits for Redis before the node runs on its
+    /// share.
+    pub timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// The Redis password, if one is configured.
+    pub fn password(&self) -> std::io::Result<Option<String>> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                std::io::Error::new(
+                    error.kind(),
+                    format!(
+                        "cannot read cluster.password_file {}: {error}",
+                        path.display()
+                    ),
+                )
+            })?;
+            return Ok(Some(text.trim().to_string()));
+        }
+        match &self.password_env {
+            Some(name) => std::env::var(name).map(Some).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("cluster.password_env: the environment variable {name} is not set"),
+                )
+            }),
+            None => Ok(None),
+        }
+    }
+}
+
+/// This machine's host name (the pod name in Kubernetes).
+fn host_name() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most
+    // that many bytes.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    let end = buffer.iter().position(|byte| *byte == 0).unwrap_or(0);
+    match std::str::from_utf8(&buffer[..end]) {
+        Ok(name) if result == 0 && !name.is_empty() => name.to_string(),
+        _ => "smtp-shaper".to_string(),
+    }
 }
 
 /// One `[[dkim]]` entry: sign mail from `domain` with this key.
@@ -246,6 +308,10 @@ impl Horizon {
         }
     }
 
+    pub fn seconds(self) -> i64 {
+        self.minutes() * 60
+    }
+
     /// The `window` label of the volume metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -394,6 +460,7 @@ impl Config {
         let server = root.section("server");
         let spool = root.section("spool");
         let http = root.section("http");
+        let cluster = root.has("cluster").then(|| root.section("cluster"));
         let gateway_tables = root.array_of_sections("gateways");
         let app_tables = root.array_of_sections("apps");
         let dkim_tables = root.array_of_sections("dkim");
@@ -402,6 +469,8 @@ impl Config {
         let server = read_server(Section::new("server".into(), server, &mut problems));
         let spool = read_spool(Section::new("spool".into(), spool, &mut problems));
         let http = read_http(Section::new("http".into(), http, &mut problems));
+        let cluster =
+            cluster.map(|table| read_cluster(Section::new("cluster".into(), table, &mut problems)));
         let gateways: Vec<GatewayConfig> = gateway_tables
             .into_iter()
             .enumerate()
@@ -470,6 +539,7 @@ impl Config {
             gateways,
             apps,
             dkim,
+            cluster,
         })
     }
 
@@ -655,6 +725,48 @@ fn read_http(mut s: Section<'_>) -> HttpConfig {
     };
     s.finish();
     http
+}
+
+fn read_cluster(mut s: Section<'_>) -> ClusterConfig {
+    let redis = s.required(
+        "redis",
+        "a Redis URL, e.g. \"redis://127.0.0.1:6379/0\" (\"rediss://\" for TLS)",
+        |v| (v.starts_with("redis://") || v.starts_with("rediss://")).then(|| v.to_string()),
+    );
+    if redis.split_once("://").is_some_and(|(_, rest)| {
+        rest.split('/')
+            .next()
+            .is_some_and(|host| host.contains('@'))
+    }) {
+        s.problem(
+            "redis",
+            "keep credentials out of the URL: set password_file or password_env",
+        );
+    }
+    let node = s
+        .optional("node", "a node name, e.g. \"pod-a\"", |v| {
+            v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                .then(|| v.to_string())
+        })
+        .unwrap_or_else(host_name);
+    let cluster = ClusterConfig {
+        redis,
+        node,
+        password_file: s.optional("password_file", "a file path", parse_path),
+        password_env: s.optional("password_env", "an environment variable name", |v| {
+            Some(v.to_string())
+        }),
+        expected_nodes: s.integer("expected_nodes", 1, 1, 10_000),
+        timeout: s.parsed(
+            "timeout",
+            "250ms",
+            "a duration, e.g. \"250ms\"",
+            units::parse_duration,
+        ),
+    };
+    s.finish();
+    cluster
 }
 
 fn read_spool(mut s: Section<'_>) -> SpoolConfig {

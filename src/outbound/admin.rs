@@ -74,6 +74,7 @@ impl Generation {
                     lane_names: lane_names.clone(),
                     queued_bytes,
                     held: gateway.queue.is_held(),
+                    cluster: gateway.queue.cluster_view(),
                     connections: self
                         .metrics
                         .upstream_connections

@@ -17,6 +17,7 @@ use super::queue::{DeliveryQueue, Queued};
 use super::retry::Backoff;
 use super::worker::{WorkerContext, worker};
 use super::{Gateway, dkim, verify};
+use crate::cluster::{Cluster, HEARTBEAT_INTERVAL};
 use crate::config::Config;
 use crate::policy::{Apps, Policy};
 use crate::shaper::{Admission, Deferral, GatewayModel, GatewayView, SavedState};
@@ -81,6 +82,7 @@ impl Generation {
         spool: Spool,
         policy: &Policy,
         metrics: Arc<Metrics>,
+        cluster: Option<&Arc<Cluster>>,
     ) -> Generation {
         let (stop, shutdown) = Shutdown::channel();
         let mut tasks = JoinSet::new();
@@ -94,7 +96,7 @@ impl Generation {
             .map(|((gateway, tls), credentials)| {
                 let saved = load_state(&spool, &gateway.name);
                 let shaping = &gateway.shaping;
-                let queue = DeliveryQueue::new(
+                let queue = DeliveryQueue::shared(
                     &gateway.name,
                     |now| match &saved {
                         Some(state) => GatewayModel::restore(shaping, state, now),
@@ -102,6 +104,15 @@ impl Generation {
                     },
                     apps.lanes(),
                     save_wanted.clone(),
+                    cluster.map(|cluster| {
+                        (
+                            cluster.link(&gateway.name),
+                            cluster.expected_nodes(),
+                            metrics
+                                .cluster_decision_seconds
+                                .with_label_values(&[gateway.name.as_str()]),
+                        )
+                    }),
                 );
                 let model = queue.view().0.model;
                 tracing::info!(
@@ -133,6 +144,9 @@ impl Generation {
         for gateway in &gateways {
             for _ in 0..gateway.config.max_connections {
                 tasks.spawn(worker(gateway.clone(), context.clone(), shutdown.clone()));
+            }
+            if cluster.is_some() {
+                tasks.spawn(heartbeats(gateway.clone(), shutdown.clone()));
             }
         }
         for (index, gateway) in gateways.iter().enumerate() {
@@ -357,6 +371,21 @@ impl Admission for Generation {
 }
 
 /// The gateway's saved shaping state; a damaged file is logged and ignored.
+/// Cluster mode: the gateway's heartbeats, the first at once.
+async fn heartbeats(gateway: Arc<Gateway>, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.stopped() => break,
+            _ = gateway.queue.heartbeat() => {}
+        }
+        tokio::select! {
+            _ = shutdown.stopped() => break,
+            _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+        }
+    }
+}
+
 fn load_state(spool: &Spool, gateway: &str) -> Option<SavedState> {
     match spool.load_shaping_state(gateway) {
         Ok(Some(text)) => {

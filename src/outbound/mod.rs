@@ -28,6 +28,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::cluster::Cluster;
 use crate::config::{Config, GatewayConfig};
 use crate::policy::Policy;
 use crate::shaper::{Admission, Deferral, GatewayView};
@@ -72,6 +73,9 @@ pub struct Outbound {
     current: Arc<RwLock<Generation>>,
     /// One reload (or stop) at a time.
     changing: Arc<tokio::sync::Mutex<()>>,
+    /// Cluster mode: the connection to the shared state (kept by reloads:
+    /// `[cluster]` is a restart-only setting).
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Outbound {
@@ -86,11 +90,21 @@ impl Outbound {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Outbound> {
         let loaded = Loaded::load(config)?;
+        let cluster = config.cluster.as_ref().map(Cluster::open).transpose()?;
+        if let Some(cluster) = &cluster {
+            tracing::info!(node = %cluster.node(), "cluster mode: the gateways' limits are shared through Redis");
+        }
         Ok(Outbound {
             current: Arc::new(RwLock::new(Generation::start(
-                config, loaded, spool, policy, metrics,
+                config,
+                loaded,
+                spool,
+                policy,
+                metrics,
+                cluster.as_ref(),
             ))),
             changing: Arc::default(),
+            cluster,
         })
     }
 
@@ -160,6 +174,7 @@ impl Outbound {
             old.spool.clone(),
             policy,
             old.metrics.clone(),
+            self.cluster.as_ref(),
         );
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
         let moved = Self::move_queued(&old, &new);

@@ -17,15 +17,29 @@
 //!
 //! The shaper's time axis is Unix seconds, derived from tokio's clock (so the
 //! queue also runs on tokio's paused clock in tests).
+//!
+//! In cluster mode (`cluster`) a message the local model lets go is then
+//! proposed to the gateway's shared state, and goes only when that grants
+//! it; a refusal puts it back first in its lane until the wait Redis named.
+//! While the message is proposed it is out of the scheduler, so a guard puts
+//! it back should the worker's wait be cancelled. When Redis is out of reach
+//! the node runs on its share (`shaper::shared`) and keeps a ledger of what
+//! it sends, added to the shared counts by the first heartbeat that gets
+//! through; a heartbeat that finds a new epoch first rebuilds the shared
+//! counts from this node's view.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prometheus::Histogram;
+
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
+use crate::cluster::{ClusterError, ClusterView, GatewayLink, Reading};
+use crate::shaper::shared::{Ledger, Proposal, SharedFeedback};
 use crate::shaper::{
     Deferral, GatewayModel, GatewayView, Lane, Release, SavedState, Scheduler, fingerprints,
 };
@@ -129,6 +143,64 @@ struct State {
     queued_bytes: u64,
     /// An operator's hold (`queue hold`): nothing is released until released.
     held: bool,
+    /// Cluster mode: the shared state and how this node stands with it.
+    shared: Option<Shared>,
+}
+
+/// This gateway's shared state (cluster mode), as this node stands with it.
+struct Shared {
+    link: Arc<GatewayLink>,
+    /// The latest call to Redis got through; otherwise this node runs on
+    /// its share (of `share_of` nodes).
+    connected: bool,
+    /// Whether the current standing has been logged (once per change).
+    announced: Option<bool>,
+    /// Redis said to propose nothing before this.
+    wait_until: Option<Instant>,
+    /// Live nodes at the latest heartbeat (the configured expectation until
+    /// one gets through).
+    live: u64,
+    expected: u64,
+    /// What the other nodes have queued: messages, units per class.
+    queued_elsewhere: (usize, [u64; 2]),
+    /// What this node sent on its share, for the shared counts.
+    ledger: Ledger,
+    decision_seconds: Histogram,
+}
+
+impl Shared {
+    fn share_of(&self) -> u64 {
+        self.live.max(self.expected)
+    }
+}
+
+/// A message out of the scheduler while the shared state decides: dropped
+/// without [`InFlight::take`] (the worker's wait was cancelled, or Redis
+/// refused), it goes back first in its lane.
+struct InFlight<'q> {
+    queue: &'q DeliveryQueue,
+    item: Option<Queued>,
+    lane: usize,
+    waited: f64,
+    at: f64,
+    units: u64,
+}
+
+impl InFlight<'_> {
+    fn take(mut self) -> Queued {
+        self.item.take().expect("taken once")
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(item) = self.item.take() {
+            let mut state = self.queue.lock();
+            state
+                .scheduler
+                .put_back(self.at, self.lane, self.waited, self.units, item);
+        }
+    }
 }
 
 impl State {
@@ -157,18 +229,48 @@ pub struct DeliveryQueue {
 
 impl DeliveryQueue {
     /// A queue for `gateway` shaped by `model`, with the apps' `lanes`.
+    #[cfg(test)]
     pub fn new(
         gateway: &str,
         model: impl FnOnce(f64) -> GatewayModel,
         lanes: Vec<Lane>,
         save_wanted: Arc<Notify>,
     ) -> DeliveryQueue {
+        Self::shared(gateway, model, lanes, save_wanted, None)
+    }
+
+    /// A queue as [`DeliveryQueue::new`], in cluster mode when `shared`
+    /// gives the gateway's link, the nodes expected, and the histogram of
+    /// Redis time per decision. Until the first heartbeat gets through,
+    /// the node runs on its share of the expected nodes.
+    pub fn shared(
+        gateway: &str,
+        model: impl FnOnce(f64) -> GatewayModel,
+        lanes: Vec<Lane>,
+        save_wanted: Arc<Notify>,
+        shared: Option<(Arc<GatewayLink>, u64, Histogram)>,
+    ) -> DeliveryQueue {
         let clock = ShaperClock::new();
-        let model = model(clock.at(clock.start));
+        let start = clock.at(clock.start);
+        let mut scheduler = Scheduler::new(model(start), lanes);
+        let shared = shared.map(|(link, expected, decision_seconds)| {
+            scheduler.set_share(start, expected);
+            Shared {
+                link,
+                connected: false,
+                announced: None,
+                wait_until: None,
+                live: expected,
+                expected,
+                queued_elsewhere: (0, [0; 2]),
+                ledger: Ledger::default(),
+                decision_seconds,
+            }
+        });
         DeliveryQueue {
             gateway: gateway.to_string(),
             state: Mutex::new(State {
-                scheduler: Scheduler::new(model, lanes),
+                scheduler,
                 waiting: BinaryHeap::new(),
                 waiting_units: [0; 2],
                 sequence: 0,
@@ -179,6 +281,7 @@ impl DeliveryQueue {
                 hot_bytes: 0,
                 queued_bytes: 0,
                 held: false,
+                shared,
             }),
             clock,
             wake: Notify::new(),
@@ -276,43 +379,65 @@ impl DeliveryQueue {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let mut proposed = None;
             let wait_until = {
                 let mut state = self.lock();
                 let now = Instant::now();
                 let unix_now = self.clock.at(now);
                 state.promote_due(now, unix_now);
                 let next_retry = state.waiting.peek().map(|first| first.due);
+                let shared_wait = state
+                    .shared
+                    .as_ref()
+                    .and_then(|shared| shared.wait_until)
+                    .filter(|until| *until > now);
                 match state.paused_until {
                     _ if state.held => None,
                     Some(until) if until > now => Some(until),
                     // The probe's verdict wakes the others.
                     _ if state.probing => None,
+                    _ if shared_wait.is_some() => {
+                        shared_wait.map(|until| next_retry.map_or(until, |retry| retry.min(until)))
+                    }
                     _ => {
                         state.paused_until = None;
                         let release = state.scheduler.next(unix_now);
                         self.log_changes(&mut state, None);
                         match release {
-                            Release::Send {
-                                mut item, waited, ..
-                            } => {
-                                state.hot_bytes -= item.body.as_ref().map_or(0, Vec::len);
-                                state.queued_bytes -= item.message.location.body_len;
-                                if state.connect_failures > 0 {
-                                    state.probing = true;
-                                    item.probe = true;
-                                } else if !state.scheduler.is_empty() {
-                                    // Let another worker take the next one.
-                                    self.wake.notify_one();
+                            Release::Send { item, lane, waited } => {
+                                let units = state.scheduler.units(item.message.pending.len());
+                                let class = state.scheduler.class(lane);
+                                match state.shared.as_mut() {
+                                    Some(shared) if shared.connected => {
+                                        let link = shared.link.clone();
+                                        let timer = shared.decision_seconds.clone();
+                                        let limits = state.scheduler.shared_limits(unix_now);
+                                        proposed = Some((
+                                            InFlight {
+                                                queue: self,
+                                                item: Some(item),
+                                                lane,
+                                                waited,
+                                                at: unix_now,
+                                                units,
+                                            },
+                                            Proposal {
+                                                units,
+                                                class,
+                                                limits,
+                                            },
+                                            link,
+                                            timer,
+                                        ));
+                                        None
+                                    }
+                                    shared => {
+                                        if let Some(shared) = shared {
+                                            shared.ledger.add(unix_now, units, class);
+                                        }
+                                        return self.hand_out(&mut state, item, waited);
+                                    }
                                 }
-                                if waited >= 1.0 {
-                                    tracing::debug!(
-                                        queue_id = %item.message.id,
-                                        gateway = %self.gateway,
-                                        shaped_for = %format!("{waited:.1}s"),
-                                        "released by the shaper"
-                                    );
-                                }
-                                return item;
                             }
                             Release::Wait(seconds) => {
                                 let until = now + Duration::from_secs_f64(seconds);
@@ -327,6 +452,35 @@ impl DeliveryQueue {
                     }
                 }
             };
+            if let Some((in_flight, proposal, link, timer)) = proposed {
+                let started = std::time::Instant::now();
+                let verdict = link.acquire(&proposal).await;
+                timer.observe(started.elapsed().as_secs_f64());
+                match verdict {
+                    Ok(verdict) if verdict.granted => {
+                        let mut state = self.lock();
+                        self.absorb(&mut state, &verdict.reading);
+                        let waited = in_flight.waited;
+                        let item = in_flight.take();
+                        return self.hand_out(&mut state, item, waited);
+                    }
+                    Ok(verdict) => {
+                        drop(in_flight);
+                        let mut state = self.lock();
+                        self.absorb(&mut state, &verdict.reading);
+                        if let Some(shared) = state.shared.as_mut() {
+                            shared.wait_until =
+                                Some(Instant::now() + Duration::from_secs_f64(verdict.wait));
+                        }
+                        tracing::trace!(gateway = %self.gateway, reason = %verdict.reason, wait = verdict.wait, "the shared state holds the next send");
+                    }
+                    Err(error) => {
+                        drop(in_flight);
+                        self.lost(&error);
+                    }
+                }
+                continue;
+            }
             match wait_until {
                 Some(until) => {
                     tokio::select! {
@@ -337,6 +491,178 @@ impl DeliveryQueue {
                 None => notified.await,
             }
         }
+    }
+
+    /// Hands `item` (released after `waited` seconds) to a worker.
+    fn hand_out(&self, state: &mut State, mut item: Queued, waited: f64) -> Queued {
+        state.hot_bytes -= item.body.as_ref().map_or(0, Vec::len);
+        state.queued_bytes -= item.message.location.body_len;
+        if state.connect_failures > 0 {
+            state.probing = true;
+            item.probe = true;
+        } else if !state.scheduler.is_empty() {
+            // Let another worker take the next one.
+            self.wake.notify_one();
+        }
+        if waited >= 1.0 {
+            tracing::debug!(
+                queue_id = %item.message.id,
+                gateway = %self.gateway,
+                shaped_for = %format!("{waited:.1}s"),
+                "released by the shaper"
+            );
+        }
+        item
+    }
+
+    /// Takes in what a reply of the shared state says: the feedback, what
+    /// the others sent, an operator's hold on any node.
+    fn absorb(&self, state: &mut State, reading: &Reading) {
+        let now = self.now();
+        state.scheduler.shared_feedback(now, &reading.feedback);
+        state.scheduler.sent_elsewhere(now, &reading.elsewhere);
+        if state.held != reading.held {
+            state.held = reading.held;
+            self.wake.notify_waiters();
+        }
+        self.log_changes(state, Some("shared state"));
+    }
+
+    /// Redis could not be reached: run on this node's share (logged once
+    /// per change).
+    fn lost(&self, error: &ClusterError) {
+        let mut state = self.lock();
+        let now = self.now();
+        let State {
+            shared, scheduler, ..
+        } = &mut *state;
+        let Some(shared) = shared.as_mut() else {
+            return;
+        };
+        shared.connected = false;
+        shared.wait_until = None;
+        scheduler.set_share(now, shared.share_of());
+        if shared.announced != Some(false) {
+            shared.announced = Some(false);
+            tracing::warn!(
+                gateway = %self.gateway,
+                %error,
+                share_of = shared.share_of(),
+                "cluster state out of reach; this node sends its share of the gateway's limits until it is back"
+            );
+        }
+        self.log_changes(&mut state, None);
+        drop(state);
+        self.wake.notify_waiters();
+    }
+
+    /// One heartbeat (cluster mode; nothing otherwise): publishes this
+    /// node's queue depth, hears the live nodes and what they queued; on
+    /// a new epoch rebuilds the shared counts from this node's view; adds
+    /// what this node sent on its share; and if all that got through,
+    /// runs on the shared state again.
+    pub async fn heartbeat(&self) {
+        let (link, queued) = {
+            let state = self.lock();
+            let Some(shared) = state.shared.as_ref() else {
+                return;
+            };
+            let queued = state.scheduler.len() + state.waiting.len();
+            let mut units = state.waiting_units;
+            for (class, queued) in state.scheduler.queued_units().iter().enumerate() {
+                units[class] += queued;
+            }
+            (shared.link.clone(), (queued, units))
+        };
+        let beat = match link.heartbeat(queued).await {
+            Ok(beat) => beat,
+            Err(error) => return self.lost(&error),
+        };
+        let (rebuild, ledger, limits, reconnected_hold) = {
+            let mut state = self.lock();
+            self.absorb(&mut state, &beat.reading);
+            let now = self.now();
+            let held = state.held;
+            let rebuild = beat.reading.new_epoch.then(|| {
+                let view = state.scheduler.view(now).model;
+                let feedback = SharedFeedback {
+                    penalty: view.penalty,
+                    pause_left: view.paused_for,
+                };
+                (state.scheduler.window_counts(now), feedback, held)
+            });
+            let limits = state.scheduler.shared_limits(now);
+            let Some(shared) = state.shared.as_mut() else {
+                return;
+            };
+            shared.live = beat.live;
+            shared.queued_elsewhere = beat.queued_elsewhere;
+            shared.ledger.forget_before(now);
+            let reconnected_hold = !shared.connected && held;
+            (
+                rebuild,
+                std::mem::take(&mut shared.ledger),
+                limits,
+                reconnected_hold,
+            )
+        };
+        let mut result = Ok(());
+        if let Some((counts, feedback, held)) = &rebuild {
+            result = link.rebuild(counts, feedback, *held).await.map(drop);
+        }
+        if result.is_ok() && !ledger.is_empty() {
+            result = link.reconcile(&limits, &ledger).await.map(drop);
+        }
+        if result.is_ok() && reconnected_hold {
+            result = link.hold(true).await.map(drop);
+        }
+        if let Err(error) = result {
+            let mut state = self.lock();
+            if let Some(shared) = state.shared.as_mut() {
+                // Not added yet: keep it for the next heartbeat.
+                for (minute, counts) in ledger.minutes() {
+                    shared.ledger.add_minute(minute, counts);
+                }
+            }
+            drop(state);
+            return self.lost(&error);
+        }
+        let mut state = self.lock();
+        let now = self.now();
+        let State {
+            shared, scheduler, ..
+        } = &mut *state;
+        let Some(shared) = shared.as_mut() else {
+            return;
+        };
+        if !shared.connected {
+            shared.connected = true;
+            scheduler.set_share(now, 1);
+            if shared.announced != Some(true) {
+                tracing::info!(
+                    gateway = %self.gateway,
+                    node = %link.node(),
+                    nodes = shared.live,
+                    rebuilt = rebuild.is_some(),
+                    reconciled_messages = ledger.total().messages,
+                    "cluster state reached; this node shares the gateway's limits with the others"
+                );
+                shared.announced = Some(true);
+            }
+            self.log_changes(&mut state, None);
+            drop(state);
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// How this node stands with the shared state (cluster mode).
+    pub fn cluster_view(&self) -> Option<ClusterView> {
+        let state = self.lock();
+        state.shared.as_ref().map(|shared| ClusterView {
+            connected: shared.connected,
+            nodes: shared.live,
+            share_of: shared.share_of(),
+        })
     }
 
     /// A connection attempt begun at `started` failed. Unless a pause began
@@ -388,6 +714,17 @@ impl DeliveryQueue {
         let now = self.now();
         state.scheduler.throttled(now);
         self.log_changes(&mut state, Some(reply));
+        // Every node pauses: the others hear it at their next decision.
+        if let Some(shared) = state.shared.as_ref().filter(|shared| shared.connected) {
+            let link = shared.link.clone();
+            let backoff = state.scheduler.backoff();
+            let gateway = self.gateway.clone();
+            tokio::spawn(async move {
+                if let Err(error) = link.throttled(backoff).await {
+                    tracing::warn!(%gateway, %error, "could not tell the other nodes about the throttling");
+                }
+            });
+        }
     }
 
     /// The gateway's quota is used up: hold sending (see the model).
@@ -405,7 +742,13 @@ impl DeliveryQueue {
         let mut state = self.lock();
         let now = self.now();
         let units = state.scheduler.units(recipients);
-        let (retries, retry_units) = (state.waiting.len(), state.waiting_units);
+        let (mut retries, mut retry_units) = (state.waiting.len(), state.waiting_units);
+        // In cluster mode the other nodes' queues are ahead too.
+        if let Some(shared) = &state.shared {
+            retries += shared.queued_elsewhere.0;
+            retry_units[0] += shared.queued_elsewhere.1[0];
+            retry_units[1] += shared.queued_elsewhere.1[1];
+        }
         state
             .scheduler
             .admit(now, lane, units, retries, retry_units, fingerprint)
@@ -442,7 +785,18 @@ impl DeliveryQueue {
     /// Holds (`true`) or releases the queue: while held, workers take
     /// nothing; mail is still accepted and queued.
     pub fn hold(&self, held: bool) {
-        self.lock().held = held;
+        let mut state = self.lock();
+        state.held = held;
+        if let Some(shared) = state.shared.as_ref() {
+            let link = shared.link.clone();
+            let gateway = self.gateway.clone();
+            tokio::spawn(async move {
+                if let Err(error) = link.hold(held).await {
+                    tracing::warn!(%gateway, %error, "could not hold or release the gateway on the other nodes");
+                }
+            });
+        }
+        drop(state);
         self.wake.notify_waiters();
     }
 

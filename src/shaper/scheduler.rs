@@ -95,6 +95,11 @@ impl<T> Scheduler<T> {
         self.model.units(recipients)
     }
 
+    /// Units queued per class (`AppClass as usize`).
+    pub fn queued_units(&self) -> [u64; 2] {
+        self.units
+    }
+
     /// Queues `item` counting `units` in `lane`, waiting since `queued_at`.
     pub fn push(&mut self, queued_at: f64, lane: usize, units: u64, item: T) {
         self.units[self.class(lane) as usize] += units;

@@ -146,6 +146,15 @@ impl Ledger {
         }
     }
 
+    /// Counts a whole minute again (one that could not be added to the
+    /// shared counts yet).
+    pub fn add_minute(&mut self, minute: i64, counts: [u64; 3]) {
+        let entry = self.minutes.entry(minute).or_default();
+        for (total, count) in entry.iter_mut().zip(counts) {
+            *total += count;
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.minutes.is_empty()
     }

@@ -259,6 +259,15 @@ fn status<Q: Queues>(endpoint: &Endpoint<Q>) -> String {
                 .field("volume_budgets", budgets)
                 .field("deferrals", deferrals)
                 .field("connections", status.connections)
+                .field(
+                    "cluster",
+                    status.cluster.map(|cluster| {
+                        Json::object()
+                            .field("connected", cluster.connected)
+                            .field("nodes", cluster.nodes)
+                            .field("share_of", cluster.share_of)
+                    }),
+                )
                 .field("recent_replies", replies),
         );
     }

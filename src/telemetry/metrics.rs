@@ -87,6 +87,9 @@ pub struct Metrics {
     volume_allowance: IntGaugeVec,
     backoff_penalty: GaugeVec,
     backoff_remaining: GaugeVec,
+    cluster_connected: IntGaugeVec,
+    cluster_nodes: IntGaugeVec,
+    pub cluster_decision_seconds: HistogramVec,
     sender_checks: IntGaugeVec,
     spool_free_bytes: Gauge,
     spool_dead_letter_files: IntGauge,
@@ -344,6 +347,28 @@ impl Metrics {
                 "Seconds left of a pause the gateway asked for (throttling or quota), 0 when none.",
                 &["gateway"],
             ),
+            cluster_connected: int_gauge(
+                r,
+                "cluster_connected",
+                "Cluster mode: 1 while this node reaches the gateway's shared state in Redis, 0 while it runs on its share of the gateway's limits.",
+                &["gateway"],
+            ),
+            cluster_nodes: int_gauge(
+                r,
+                "cluster_nodes",
+                "Cluster mode: live nodes sharing the gateway at the latest heartbeat (what a node divides the limits by when Redis is out of reach).",
+                &["gateway"],
+            ),
+            cluster_decision_seconds: histogram(
+                r,
+                "cluster_decision_seconds",
+                "Cluster mode: time of one send decision in Redis, round trip included.",
+                &["gateway"],
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    1.0,
+                ],
+            ),
             sender_checks: int_gauge(
                 r,
                 "sender_checks",
@@ -444,6 +469,14 @@ impl Metrics {
             self.backoff_remaining
                 .with_label_values(&name)
                 .set(model.paused_for);
+            if let Some(cluster) = &status.cluster {
+                self.cluster_connected
+                    .with_label_values(&name)
+                    .set(i64::from(cluster.connected));
+                self.cluster_nodes
+                    .with_label_values(&name)
+                    .set(cluster.nodes as i64);
+            }
         }
         for (verdict, count) in sender_checks {
             self.sender_checks
@@ -470,7 +503,16 @@ impl Metrics {
         ] {
             let _ = family.remove_label_values(&[gateway]);
         }
-        for family in [&self.queue_messages, &self.queue_bytes, &self.queue_held] {
+        let _ = self
+            .cluster_decision_seconds
+            .remove_label_values(&[gateway]);
+        for family in [
+            &self.queue_messages,
+            &self.queue_bytes,
+            &self.queue_held,
+            &self.cluster_connected,
+            &self.cluster_nodes,
+        ] {
             let _ = family.remove_label_values(&[gateway]);
         }
         for horizon in crate::config::Horizon::ALL {

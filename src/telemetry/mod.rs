@@ -37,6 +37,8 @@ pub struct GatewayStatus {
     /// The gateway's latest replies that were not 2xx (and failed
     /// connections), oldest first: Unix seconds and the reply.
     pub recent_replies: Vec<(u64, String)>,
+    /// Cluster mode: how this node stands with the gateway's shared state.
+    pub cluster: Option<crate::cluster::ClusterView>,
 }
 
 /// One queued message as the admin API lists it.

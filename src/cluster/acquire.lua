@@ -1,0 +1,73 @@
+-- May this node send one message counting ARGV[3] units now?
+-- ARGV: node, proposed epoch, units, class ('t' transactional, 'b' bulk),
+-- GCRA emission interval and tolerance (us), number of checks, then per
+-- check: kind ('cap' or 'volume'), window seconds, limit, bulk share.
+-- Returns: granted (1/0), wait (us), reason, epoch, its age (us), then
+-- status().
+local node = ARGV[1]
+local current_epoch, epoch_age = epoch(ARGV[2])
+local units = tonumber(ARGV[3])
+local bulk = ARGV[4] == 'b'
+local wait, reason = 0, ''
+local function hold_for(micros, why)
+  if micros > wait then
+    wait, reason = micros, why
+  end
+end
+
+if redis.call('HGET', state, 'hold') == '1' then
+  hold_for(1000000, 'hold')
+end
+local pause_until = tonumber(redis.call('HGET', state, 'pause_until') or 0)
+if pause_until > now then
+  hold_for(pause_until - now, 'pause')
+end
+local emission, tolerance = tonumber(ARGV[5]), tonumber(ARGV[6])
+local tat = math.max(tonumber(redis.call('HGET', state, 'tat') or 0), now)
+if tat - now > tolerance then
+  hold_for(tat - now - tolerance, 'rate')
+end
+
+local counted = {}
+local function slot_left(w)
+  return (w.current + 1) * w.width - now
+end
+local i = 8
+for _ = 1, tonumber(ARGV[7]) do
+  local kind, seconds = ARGV[i], tonumber(ARGV[i + 1])
+  local limit, share = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  i = i + 4
+  if kind == 'cap' then
+    local w = cap_window(seconds)
+    -- A message bigger than the whole cap goes once the window is empty.
+    if math.min(units, limit) > limit - w.sum then
+      hold_for(slot_left(w), 'cap')
+    end
+    counted[#counted + 1] = w
+  else
+    local all, tx = volume_windows(seconds)
+    local fits = math.min(units, limit) <= limit - all.sum
+    if bulk then
+      local room = math.min(limit - all.sum, share - (all.sum - tx.sum))
+      fits = fits and math.min(units, math.max(share, 1)) <= room
+    end
+    if not fits then
+      hold_for(slot_left(all), seconds == 3600 and '1h' or '24h')
+    end
+    counted[#counted + 1] = all
+    if not bulk then
+      counted[#counted + 1] = tx
+    end
+  end
+end
+
+local granted = 0
+if wait == 0 then
+  granted = 1
+  redis.call('HSET', state, 'tat', int(tat + emission))
+  for _, w in ipairs(counted) do
+    count(w, w.current, units)
+  end
+  add_totals(node, 1, units, bulk and 0 or units)
+end
+return concat({ granted, wait, reason, current_epoch, epoch_age }, status(node))

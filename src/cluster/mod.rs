@@ -1,0 +1,468 @@
+//! Cluster mode: the sidecars in front of one gateway share its budget in
+//! Redis, so scaling an app from 2 to 20 replicas does not multiply what
+//! the gateway is sent.
+//!
+//! This module is the Redis edge and nothing else: one connection per
+//! process (the `redis` crate's connection manager, which reconnects by
+//! itself), and per gateway a [`GatewayLink`] that runs the Lua scripts
+//! beside this file and reads their replies into `shaper::shared` values.
+//! What to do with them (take a grant, wait, run on this node's share while
+//! Redis is out of reach, rebuild or reconcile when it is back) is the
+//! delivery queue's business (`outbound::queue`).
+//!
+//! The scripts run on the Redis server's clock (`TIME`, microseconds), so
+//! nodes never need agreeing clocks for the decision itself. Keys per
+//! gateway, all under `smtp-shaper:{<gateway>}` (README "Cluster mode"):
+//! `:state` (epoch, GCRA time, penalty, pause, hold, totals), `:nodes`
+//! (each node's totals), `:depth` (heartbeats with queue depths),
+//! `:cap:<seconds>`, `:all:<seconds>`, `:tx:<seconds>` (rolling windows).
+//!
+//! Invariants: every call is bounded by `cluster.timeout`; a failed call
+//! changes nothing here but the error it returns; readings of what others
+//! sent never count backwards, and a new epoch restarts them from the
+//! new totals instead of counting the difference.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, Script, Value};
+
+use crate::config::ClusterConfig;
+use crate::shaper::WindowCounts;
+use crate::shaper::shared::{Elsewhere, Ledger, Proposal, SharedFeedback, SharedLimits};
+
+const PRELUDE: &str = include_str!("prelude.lua");
+
+/// How long a node's heartbeat stays valid: a node silent for longer is no
+/// longer counted among the live ones.
+pub const HEARTBEAT_LIFETIME: Duration = Duration::from_secs(10);
+/// How often each node sends one.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a call to Redis failed (the node then runs on its share).
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected reply from a cluster script: {0}")]
+    Reply(String),
+}
+
+/// The scripts, each with the prelude in front.
+struct Scripts {
+    acquire: Script,
+    heartbeat: Script,
+    throttle: Script,
+    hold: Script,
+    rebuild: Script,
+    reconcile: Script,
+}
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+/// The process's connection to Redis.
+pub struct Cluster {
+    connection: ConnectionManager,
+    node: String,
+    timeout: Duration,
+    expected_nodes: u64,
+    scripts: Scripts,
+    /// When this process set up its connection (see [`Reading::new_epoch`]).
+    started: std::time::Instant,
+}
+
+impl Cluster {
+    /// Sets up the connection (lazily: a Redis that is down at start is
+    /// not an error, the nodes run on their share until it is up).
+    /// Fails on a URL that cannot be used or a password that cannot be
+    /// read.
+    pub fn open(config: &ClusterConfig) -> std::io::Result<Arc<Cluster>> {
+        let invalid = |error: redis::RedisError| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("cluster.redis: {error}"),
+            )
+        };
+        let mut info = config
+            .redis
+            .as_str()
+            .into_connection_info()
+            .map_err(invalid)?;
+        if let Some(password) = config.password()? {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info).map_err(invalid)?;
+        let manager = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let connection =
+            ConnectionManager::new_lazy_with_config(client, manager).map_err(invalid)?;
+        Ok(Arc::new(Cluster {
+            connection,
+            node: config.node.clone(),
+            timeout: config.timeout,
+            expected_nodes: config.expected_nodes,
+            started: std::time::Instant::now(),
+            scripts: Scripts {
+                acquire: script(include_str!("acquire.lua")),
+                heartbeat: script(include_str!("heartbeat.lua")),
+                throttle: script(include_str!("throttle.lua")),
+                hold: script(include_str!("hold.lua")),
+                rebuild: script(include_str!("rebuild.lua")),
+                reconcile: script(include_str!("reconcile.lua")),
+            },
+        }))
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The link of one gateway.
+    pub fn link(self: &Arc<Cluster>, gateway: &str) -> Arc<GatewayLink> {
+        Arc::new(GatewayLink {
+            cluster: self.clone(),
+            prefix: format!("smtp-shaper:{{{gateway}}}"),
+            seen: Mutex::new(Seen::default()),
+        })
+    }
+
+    /// Nodes assumed to share a gateway until heartbeats say otherwise.
+    pub fn expected_nodes(&self) -> u64 {
+        self.expected_nodes
+    }
+}
+
+/// What a link has seen of the shared state: its epoch, and the others'
+/// totals at the latest reading.
+#[derive(Default)]
+struct Seen {
+    epoch: Option<String>,
+    elsewhere: Elsewhere,
+}
+
+/// One gateway's shared state, as one node reaches it.
+pub struct GatewayLink {
+    cluster: Arc<Cluster>,
+    prefix: String,
+    seen: Mutex<Seen>,
+}
+
+/// How a node stands with the shared state, for `/status` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterView {
+    pub connected: bool,
+    /// Live nodes at the latest heartbeat.
+    pub nodes: u64,
+    /// The nodes this one divides the gateway by while Redis is out of reach.
+    pub share_of: u64,
+}
+
+/// What every reply says besides its own answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub feedback: SharedFeedback,
+    /// An operator holds the gateway (on any node).
+    pub held: bool,
+    /// What the others sent since the previous reading.
+    pub elsewhere: Elsewhere,
+    /// The shared state is new since this node started (Redis restarted
+    /// empty, or the cluster is new): the node must rebuild it from its
+    /// view.
+    pub new_epoch: bool,
+}
+
+/// The answer to a proposed send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub granted: bool,
+    /// Seconds to wait before proposing again (when not granted).
+    pub wait: f64,
+    /// What holds it: `rate`, `cap`, `1h`, `24h`, `pause` or `hold`.
+    pub reason: String,
+    pub reading: Reading,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    /// Live nodes, this one included.
+    pub live: u64,
+    /// What the other nodes have queued: messages, and units per class.
+    pub queued_elsewhere: (usize, [u64; 2]),
+    pub reading: Reading,
+}
+
+fn integer(value: &Value) -> Result<i64, ClusterError> {
+    match value {
+        Value::Int(n) => Ok(*n),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.parse::<f64>().ok())
+            .map(|n| n as i64)
+            .ok_or_else(|| ClusterError::Reply(format!("not a number: {value:?}"))),
+        other => Err(ClusterError::Reply(format!("not a number: {other:?}"))),
+    }
+}
+
+fn text(value: &Value) -> Result<String, ClusterError> {
+    match value {
+        Value::BulkString(bytes) => Ok(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) => Ok(text.clone()),
+        Value::Int(n) => Ok(n.to_string()),
+        other => Err(ClusterError::Reply(format!("not a string: {other:?}"))),
+    }
+}
+
+fn count(value: &Value) -> Result<u64, ClusterError> {
+    Ok(integer(value)?.max(0) as u64)
+}
+
+impl GatewayLink {
+    async fn run(
+        &self,
+        script: &Script,
+        args: Vec<String>,
+        expected: usize,
+    ) -> Result<Vec<Value>, ClusterError> {
+        let mut invocation = script.key(&self.prefix);
+        for arg in args {
+            invocation.arg(arg);
+        }
+        let mut connection = self.cluster.connection.clone();
+        let timeout = self.cluster.timeout;
+        let reply: Vec<Value> =
+            tokio::time::timeout(timeout, invocation.invoke_async(&mut connection))
+                .await
+                .map_err(|_| ClusterError::Timeout(timeout))??;
+        if reply.len() < expected {
+            return Err(ClusterError::Reply(format!(
+                "{} values, expected {expected}",
+                reply.len()
+            )));
+        }
+        Ok(reply)
+    }
+
+    /// Reads `status()` (the last six values of a reply) with the epoch
+    /// and its age, when the reply has them.
+    fn reading(
+        &self,
+        epoch: Option<(&Value, &Value)>,
+        status: &[Value],
+    ) -> Result<Reading, ClusterError> {
+        let feedback = SharedFeedback {
+            penalty: text(&status[0])?.parse().unwrap_or(1.0),
+            pause_left: integer(&status[1])? as f64 / 1e6,
+        };
+        let held = integer(&status[2])? == 1;
+        let totals = Elsewhere {
+            messages: count(&status[3])?,
+            all: count(&status[4])?,
+            transactional: count(&status[5])?,
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut new_epoch = false;
+        if let Some((epoch, age)) = epoch {
+            let epoch = text(epoch)?;
+            if seen.epoch.as_deref() != Some(epoch.as_str()) {
+                // A node that restarted finds its own earlier sends in an
+                // epoch older than itself: nothing to rebuild. A Redis that
+                // restarted (or is new) has an epoch younger than the node,
+                // or another than the one the node knew.
+                let age = Duration::from_micros(integer(age)?.max(0) as u64);
+                new_epoch = seen.epoch.is_some() || age < self.cluster.started.elapsed();
+                seen.epoch = Some(epoch);
+                seen.elsewhere = totals;
+            }
+        }
+        let elsewhere = totals.since(&seen.elsewhere);
+        seen.elsewhere = seen.elsewhere.max(&totals);
+        Ok(Reading {
+            feedback,
+            held,
+            elsewhere,
+            new_epoch,
+        })
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.cluster.node
+    }
+
+    /// The epoch this node proposes should the state be empty: new every
+    /// time, or a Redis that restarted empty could get the epoch it had
+    /// before and nobody would rebuild it.
+    fn epoch_proposal(&self) -> String {
+        format!("{}-{:016x}", self.cluster.node, fastrand::u64(..))
+    }
+
+    /// Proposes one send; Redis grants it (and counts it) or says how long
+    /// to wait.
+    pub async fn acquire(&self, proposal: &Proposal) -> Result<Verdict, ClusterError> {
+        let SharedLimits { budgets, caps, .. } = &proposal.limits;
+        let (emission, tolerance) = proposal.limits.gcra_micros();
+        let mut args = vec![
+            self.node().to_string(),
+            self.epoch_proposal(),
+            proposal.units.to_string(),
+            match proposal.class {
+                crate::config::AppClass::Transactional => "t".into(),
+                crate::config::AppClass::Bulk => "b".into(),
+            },
+            emission.to_string(),
+            tolerance.to_string(),
+            (budgets.len() + caps.len()).to_string(),
+        ];
+        for cap in caps {
+            args.extend([
+                "cap".into(),
+                cap.window.to_string(),
+                cap.limit.to_string(),
+                "0".into(),
+            ]);
+        }
+        for budget in budgets {
+            args.extend([
+                "volume".into(),
+                budget.horizon.seconds().to_string(),
+                budget.allowance.to_string(),
+                budget.bulk_share.to_string(),
+            ]);
+        }
+        let reply = self.run(&self.cluster.scripts.acquire, args, 11).await?;
+        Ok(Verdict {
+            granted: integer(&reply[0])? == 1,
+            wait: integer(&reply[1])?.max(0) as f64 / 1e6,
+            reason: text(&reply[2])?,
+            reading: self.reading(Some((&reply[3], &reply[4])), &reply[5..11])?,
+        })
+    }
+
+    /// Says this node is alive with `queued` (messages, units per class)
+    /// waiting for the gateway; hears how many nodes are and what they
+    /// have queued.
+    pub async fn heartbeat(&self, queued: (usize, [u64; 2])) -> Result<Heartbeat, ClusterError> {
+        let args = vec![
+            self.node().to_string(),
+            self.epoch_proposal(),
+            HEARTBEAT_LIFETIME.as_micros().to_string(),
+            queued.0.to_string(),
+            queued.1[0].to_string(),
+            queued.1[1].to_string(),
+        ];
+        let reply = self.run(&self.cluster.scripts.heartbeat, args, 12).await?;
+        Ok(Heartbeat {
+            live: count(&reply[2])?.max(1),
+            queued_elsewhere: (
+                count(&reply[3])? as usize,
+                [count(&reply[4])?, count(&reply[5])?],
+            ),
+            reading: self.reading(Some((&reply[0], &reply[1])), &reply[6..12])?,
+        })
+    }
+
+    /// This node heard throttling: every node pauses and slows down.
+    /// `backoff` is (factor, pause seconds, warmup per day).
+    pub async fn throttled(&self, backoff: (f64, f64, f64)) -> Result<Reading, ClusterError> {
+        let args = vec![
+            self.node().to_string(),
+            backoff.0.to_string(),
+            ((backoff.1 * 1e6) as u64).to_string(),
+            backoff.2.to_string(),
+        ];
+        let reply = self.run(&self.cluster.scripts.throttle, args, 6).await?;
+        self.reading(None, &reply[0..6])
+    }
+
+    /// An operator holds or releases the gateway on every node.
+    pub async fn hold(&self, held: bool) -> Result<Reading, ClusterError> {
+        let args = vec![self.node().to_string(), if held { "1" } else { "0" }.into()];
+        let reply = self.run(&self.cluster.scripts.hold, args, 6).await?;
+        self.reading(None, &reply[0..6])
+    }
+
+    /// Rebuilds a new epoch's counts from this node's view (the larger
+    /// count of each slot wins) and adds its feedback and hold.
+    pub async fn rebuild(
+        &self,
+        counts: &WindowCounts,
+        feedback: &SharedFeedback,
+        held: bool,
+    ) -> Result<Reading, ClusterError> {
+        let mut entries = Vec::new();
+        for (horizon, minutes) in &counts.budgets {
+            let seconds = horizon.seconds().to_string();
+            for minute in minutes {
+                for (kind, units) in [("all", minute.all), ("tx", minute.transactional)] {
+                    if units > 0 {
+                        entries.extend([
+                            kind.to_string(),
+                            seconds.clone(),
+                            minute.minute.to_string(),
+                            units.to_string(),
+                        ]);
+                    }
+                }
+            }
+        }
+        for (window, slots) in &counts.caps {
+            for (slot, units) in slots {
+                entries.extend([
+                    "cap".to_string(),
+                    window.to_string(),
+                    slot.to_string(),
+                    units.to_string(),
+                ]);
+            }
+        }
+        let mut args = vec![
+            self.node().to_string(),
+            feedback.penalty.to_string(),
+            ((feedback.pause_left.max(0.0) * 1e6) as i64).to_string(),
+            if held { "1" } else { "0" }.into(),
+            (entries.len() / 4).to_string(),
+        ];
+        args.extend(entries);
+        let reply = self.run(&self.cluster.scripts.rebuild, args, 6).await?;
+        self.reading(None, &reply[0..6])
+    }
+
+    /// Adds what this node sent on its share (`ledger`) to every window the
+    /// `limits` name and to the totals.
+    pub async fn reconcile(
+        &self,
+        limits: &SharedLimits,
+        ledger: &Ledger,
+    ) -> Result<Reading, ClusterError> {
+        let mut args = vec![
+            self.node().to_string(),
+            (limits.caps.len() + limits.budgets.len()).to_string(),
+        ];
+        for cap in &limits.caps {
+            args.extend(["cap".to_string(), cap.window.to_string()]);
+        }
+        for budget in &limits.budgets {
+            args.extend(["volume".to_string(), budget.horizon.seconds().to_string()]);
+        }
+        args.push(ledger.minutes().count().to_string());
+        for (minute, counts) in ledger.minutes() {
+            args.push(minute.to_string());
+            args.extend(counts.iter().map(u64::to_string));
+        }
+        let reply = self.run(&self.cluster.scripts.reconcile, args, 6).await?;
+        // What this node sent meanwhile is now in its own totals, which the
+        // others' exclude: the reading stays as it was.
+        self.reading(None, &reply[0..6])
+    }
+}

@@ -1,0 +1,361 @@
+//! Cluster mode over real loopback TCP with a real Redis (Debian's
+//! `redis-server`, started here on a free port): three smtp-shaper nodes in
+//! front of one sink share one gateway budget; losing Redis neither floods
+//! the gateway nor stops the mail; a throttling reply one node hears slows
+//! the others at their next decision.
+//!
+//! Rates are high enough to keep the tests short. The rate bound allows a
+//! couple of messages for delivery jitter (a grant is counted on Redis's
+//! clock, the sink sees the message a little later); the volume bound is an
+//! exact count.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use smtp_shaper::Service;
+use smtp_shaper::config::Config;
+use support::{Client, Sink, eventually, eventually_async, fetch, free_address, skip_without};
+
+const APP: &str = "app@example.com";
+
+/// A `redis-server` on a loopback port, with no persistence (a restart is
+/// an empty Redis: the case the nodes must rebuild from).
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(port: u16) -> Option<Redis> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(_) => {
+                skip_without("redis-server", "apt-get install redis-server");
+                return None;
+            }
+        };
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Redis { child, port });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `redis-cli` (comes with redis-server) on this server.
+    fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A node's configuration: the sink as gateway "primary", `shaping` lines,
+/// and the cluster section naming `node`.
+fn node_config(spool: &Path, sink: SocketAddr, redis: u16, node: &str, shaping: &str) -> Config {
+    Config::parse(&format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        hostname = "shaper-{node}.test"
+        shutdown_grace = "5s"
+        [spool]
+        dir = "{}"
+        [http]
+        listen = "127.0.0.1:0"
+        [[gateways]]
+        name = "primary"
+        address = "{sink}"
+        retry_initial = "100ms"
+        retry_max = "400ms"
+        [gateways.shaping]
+        {shaping}
+        [cluster]
+        redis = "redis://127.0.0.1:{redis}/0"
+        node = "{node}"
+        expected_nodes = 3
+        timeout = "200ms"
+        "#,
+        spool.display()
+    ))
+    .expect("valid node config")
+}
+
+struct Node {
+    service: Service,
+    _spool: tempfile::TempDir,
+}
+
+async fn start_nodes(sink: &Sink, redis: u16, shaping: &str) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let spool = tempfile::tempdir().unwrap();
+        let config = node_config(spool.path(), sink.address, redis, name, shaping);
+        nodes.push(Node {
+            service: Service::start(config).await.expect("node starts"),
+            _spool: spool,
+        });
+    }
+    nodes
+}
+
+/// The value of the first series of `metric` in a node's /metrics.
+async fn metric(node: &Node, metric: &str) -> Option<f64> {
+    let body = fetch(
+        node.service.http_address().unwrap(),
+        "GET",
+        "/metrics",
+        None,
+    )
+    .await
+    .body;
+    body.lines()
+        .find(|line| line.starts_with(metric))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+async fn all_connected(nodes: &[Node], connected: f64) {
+    let series = "smtp_shaper_cluster_connected{gateway=\"primary\"}";
+    eventually_async("every node's cluster_connected to flip", || async {
+        for node in nodes {
+            if metric(node, series).await != Some(connected) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+/// Sends `count` messages to `node`, numbered from `first` (the subject),
+/// and asserts each is accepted.
+async fn send(node: &Node, first: usize, count: usize) {
+    for chunk in (first..first + count).collect::<Vec<_>>().chunks(20) {
+        let mut client = Client::ready(node.service.smtp_address()).await;
+        for n in chunk {
+            let body = format!("Subject: message {n}\r\n\r\nhello\r\n");
+            let reply = client
+                .offer(APP, "someone@example.org", body.as_bytes())
+                .await;
+            assert_eq!(reply.code, 250, "message {n}: {reply:?}");
+        }
+    }
+}
+
+/// The subjects the sink received: each accepted message exactly once.
+fn subjects(sink: &Sink) -> Vec<String> {
+    let mut subjects: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|message| {
+            let text = String::from_utf8_lossy(&message.data).into_owned();
+            text.lines()
+                .find_map(|line| line.strip_prefix("Subject: ").map(str::to_string))
+                .expect("a subject")
+        })
+        .collect();
+    subjects.sort();
+    subjects
+}
+
+fn most_in_window(times: &[Instant], window: Duration) -> usize {
+    (0..times.len())
+        .map(|start| {
+            times[start..]
+                .iter()
+                .take_while(|at| **at - times[start] < window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    free_address().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_send_like_one_and_every_message_arrives_once() {
+    let port = free_port();
+    let Some(redis) = Redis::start(port) else {
+        return;
+    };
+    let sink = Sink::start().await;
+    // 10 a second with a burst of 5: alone each node would send that much,
+    // three nodes thirty a second.
+    let shaping = r#"initial_rate = "600/min"
+        min_rate = "600/min"
+        max_rate = "600/min"
+        headroom = 1.0
+        burst = 5
+        max_queue_delay = "1h""#;
+    let nodes = start_nodes(&sink, port, shaping).await;
+    all_connected(&nodes, 1.0).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    tokio::join!(send(a, 0, 40), send(b, 100, 40), send(c, 200, 40));
+    eventually("all 120 messages to arrive", || sink.count() >= 120).await;
+
+    let mut times: Vec<Instant> = sink.messages().iter().map(|m| m.at).collect();
+    times.sort();
+    for seconds in [1, 2, 4] {
+        let most = most_in_window(&times, Duration::from_secs(seconds));
+        assert!(
+            most <= 10 * seconds as usize + 5 + 2,
+            "{most} messages in {seconds}s: the ceiling is 10/s with a burst of 5"
+        );
+    }
+    let mut expected: Vec<String> = [0, 100, 200]
+        .iter()
+        .flat_map(|first| (*first..first + 40).map(|n| format!("message {n}")))
+        .collect();
+    expected.sort();
+    assert_eq!(subjects(&sink), expected, "each accepted message once");
+    // The decisions were Redis's: the histogram counted them all.
+    let decisions = "smtp_shaper_cluster_decision_seconds_count{gateway=\"primary\"}";
+    let mut counted = 0.0;
+    for node in &nodes {
+        counted += metric(node, decisions).await.unwrap_or(0.0);
+    }
+    assert!(counted >= 120.0, "{counted} decisions");
+    assert!(
+        !redis
+            .cli(&["HGET", "smtp-shaper:{primary}:state", "epoch"])
+            .is_empty()
+    );
+    for node in nodes {
+        node.service.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_redis_neither_floods_nor_stops_and_the_hour_rule_holds_over_the_run() {
+    let port = free_port();
+    let Some(mut redis) = Redis::start(port) else {
+        return;
+    };
+    let sink = Sink::start().await;
+    // The hour's budget (100, no history yet) binds long before the minute.
+    let shaping = r#"initial_rate = "600/min"
+        min_rate = ["600/min", "100/h"]
+        max_rate = "600/min"
+        headroom = 1.0
+        burst = 5
+        max_queue_delay = "7d""#;
+    let nodes = start_nodes(&sink, port, shaping).await;
+    all_connected(&nodes, 1.0).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    tokio::join!(send(a, 0, 50), send(b, 100, 50), send(c, 200, 50));
+    eventually("a first part to arrive", || sink.count() >= 30).await;
+
+    redis.stop();
+    // Mail is still accepted while Redis is away.
+    tokio::join!(send(a, 50, 5), send(b, 150, 5), send(c, 250, 5));
+    all_connected(&nodes, 0.0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = sink.count();
+
+    let mut redis = Redis::start(port).expect("redis-server starts again");
+    all_connected(&nodes, 1.0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let delivered = sink.count();
+    assert!(
+        delivered <= 100,
+        "{delivered} messages in the hour: its allowance is 100, Redis outage or not"
+    );
+    assert!(during >= 30, "mail kept flowing: {during}");
+    // What every node sent went back into the shared count, so the hour is
+    // full as Redis sees it too.
+    let counted: u64 = redis
+        .cli(&["HGET", "smtp-shaper:{primary}:all:3600", "sum"])
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        counted >= delivered as u64,
+        "Redis counts {counted} of the {delivered} sent this hour"
+    );
+    // Nothing is lost: what was not sent is still queued on some node.
+    let mut queued = 0.0;
+    for node in &nodes {
+        queued += metric(node, "smtp_shaper_queue_messages{gateway=\"primary\"}")
+            .await
+            .unwrap_or(0.0);
+    }
+    assert_eq!(delivered + queued as usize, 165, "delivered plus queued");
+    let received = subjects(&sink);
+    let mut unique = received.clone();
+    unique.dedup();
+    assert_eq!(unique, received, "no message twice");
+    redis.stop();
+    for node in nodes {
+        node.service.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_throttling_reply_one_node_hears_pauses_the_others_at_their_next_decision() {
+    let port = free_port();
+    let Some(_redis) = Redis::start(port) else {
+        return;
+    };
+    let sink = Sink::start().await;
+    sink.behavior
+        .lock()
+        .unwrap()
+        .data_replies
+        .push_back("451 4.7.500 Server busy, please try again later (AS1234)".into());
+    let shaping = r#"initial_rate = "600/min"
+        min_rate = "60/min"
+        max_rate = "600/min"
+        headroom = 1.0
+        burst = 5
+        backoff_factor = 0.5
+        backoff_pause = "1h"
+        max_queue_delay = "7d""#;
+    let nodes = start_nodes(&sink, port, shaping).await;
+    all_connected(&nodes, 1.0).await;
+    send(&nodes[0], 0, 1).await;
+    let penalty = "smtp_shaper_backoff_penalty{gateway=\"primary\"}";
+    eventually_async("node a to hear the throttling", || async {
+        metric(&nodes[0], penalty).await == Some(0.5)
+    })
+    .await;
+    // Node b has not heard from the gateway; its next decision asks the
+    // shared state, which holds it and passes the penalty on.
+    send(&nodes[1], 100, 1).await;
+    eventually_async("node b to take on the penalty", || async {
+        metric(&nodes[1], penalty).await == Some(0.5)
+    })
+    .await;
+    let paused = "smtp_shaper_backoff_remaining_seconds{gateway=\"primary\"}";
+    assert!(metric(&nodes[1], paused).await.unwrap() > 3_000.0);
+    assert_eq!(sink.count(), 0, "nothing went while the gateway is paused");
+    for node in nodes {
+        node.service.shutdown().await;
+    }
+}
