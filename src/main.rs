@@ -389,7 +389,7 @@ fn check_dns(
 
 fn hash_password() -> ExitCode {
     use argon2::password_hash::{PasswordHasher, SaltString};
-    use std::io::Read;
+    use ring::rand::{SecureRandom, SystemRandom};
     let mut password = String::new();
     if let Err(error) = std::io::stdin().read_line(&mut password) {
         eprintln!("cannot read the password from standard input: {error}");
@@ -403,10 +403,8 @@ fn hash_password() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut random = [0u8; 16];
-    if let Err(error) =
-        std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut random))
-    {
-        eprintln!("cannot read /dev/urandom for a salt: {error}");
+    if SystemRandom::new().fill(&mut random).is_err() {
+        eprintln!("the system gave no random bytes for a salt");
         return ExitCode::FAILURE;
     }
     let salt = SaltString::encode_b64(&random).expect("16 bytes make a valid salt");

@@ -139,6 +139,49 @@ fn run_refuses_an_invalid_config() {
 }
 
 #[test]
+fn hash_password_prints_a_hash_that_verifies_with_a_new_salt_each_time() {
+    use argon2::{PasswordHash, PasswordVerifier};
+    use std::io::Write;
+    let hash = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+            .arg("hash-password")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"app password\n")
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        text(&output.stdout).trim().to_string()
+    };
+    let (first, second) = (hash(), hash());
+    let salts: Vec<String> = [&first, &second]
+        .into_iter()
+        .map(|hash| {
+            let parsed = PasswordHash::new(hash).unwrap();
+            argon2::Argon2::default()
+                .verify_password(b"app password", &parsed)
+                .unwrap();
+            assert!(
+                argon2::Argon2::default()
+                    .verify_password(b"app passwore", &parsed)
+                    .is_err()
+            );
+            let salt = parsed.salt.unwrap().to_string();
+            // 16 random bytes, 22 characters of unpadded base64.
+            assert_eq!(salt.len(), 22, "{hash}");
+            salt
+        })
+        .collect();
+    assert_ne!(salts[0], salts[1]);
+}
+
+#[test]
 fn every_subcommand_has_help() {
     for args in [
         &["--help"][..],

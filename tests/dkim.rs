@@ -8,6 +8,7 @@ mod support;
 use std::process::Command;
 
 use smtp_shaper::config::DkimConfig;
+use smtp_shaper::outbound::dkim::{SIGNED_HEADERS, Signer};
 use support::{Client, Harness, eventually};
 
 /// A python3 that can `import dkim`, or None after saying why.
@@ -37,8 +38,53 @@ fn openssl(args: &[&str]) -> Vec<u8> {
     output.stdout
 }
 
+/// An RSA key of `bits` in `dir`: the PEM file and its DKIM TXT record.
+fn rsa_key(dir: &std::path::Path, name: &str, bits: u32) -> (std::path::PathBuf, String) {
+    let key = dir.join(name);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        &format!("rsa_keygen_bits:{bits}"),
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    let public = openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-outform",
+        "DER",
+    ]);
+    use base64ct::Encoding;
+    let record = format!(
+        "v=DKIM1; k=rsa; p={}",
+        base64ct::Base64::encode_string(&public)
+    );
+    (key, record)
+}
+
 /// True when dkimpy verifies `message` with `record` as the key's TXT record.
 fn verifies(python: &str, dir: &std::path::Path, message: &[u8], record: &str) -> bool {
+    dkimpy_verifies(python, dir, message, record, false)
+}
+
+/// As [`verifies`], for an RSA signature, without the `from` that dkimpy
+/// adds to every h= it verifies (its bug 644046): the verdict of a verifier
+/// that follows RFC 6376 to the letter, as most do.
+fn verifies_strictly(python: &str, dir: &std::path::Path, message: &[u8], record: &str) -> bool {
+    dkimpy_verifies(python, dir, message, record, true)
+}
+
+fn dkimpy_verifies(
+    python: &str,
+    dir: &std::path::Path,
+    message: &[u8],
+    record: &str,
+    strict: bool,
+) -> bool {
     let path = dir.join("message.eml");
     std::fs::write(&path, message).unwrap();
     let script = format!(
@@ -46,10 +92,17 @@ fn verifies(python: &str, dir: &std::path::Path, message: &[u8], record: &str) -
 import dkim, sys
 record = {record:?}.encode()
 message = open({path:?}, "rb").read()
+if {strict}:
+    hash_headers = dkim.hash_headers
+    def as_signed(hasher, canon, headers, include, sigheader, sig):
+        assert include[-1] == b"from", include
+        return hash_headers(hasher, canon, headers, include[:-1], sigheader, sig)
+    dkim.hash_headers = as_signed
 ok = dkim.verify(message, dnsfunc=lambda name, timeout=5: record)
 sys.exit(0 if ok else 1)
 "#,
-        path = path.display().to_string()
+        path = path.display().to_string(),
+        strict = if strict { "True" } else { "False" },
     );
     Command::new(python)
         .args(["-c", &script])
@@ -62,31 +115,7 @@ sys.exit(0 if ok else 1)
 async fn relayed_mail_carries_a_signature_dkimpy_verifies() {
     let Some(python) = dkimpy() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("example.com.pem");
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        key.to_str().unwrap(),
-    ]);
-    let public = openssl(&[
-        "pkey",
-        "-in",
-        key.to_str().unwrap(),
-        "-pubout",
-        "-outform",
-        "DER",
-    ]);
-    let record = {
-        use base64ct::Encoding;
-        format!(
-            "v=DKIM1; k=rsa; p={}",
-            base64ct::Base64::encode_string(&public)
-        )
-    };
+    let (key, record) = rsa_key(dir.path(), "example.com.pem", 2048);
     // And an Ed25519 key (RFC 8463) for a second domain.
     let ed25519 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let ed_key = dir.path().join("example.net.pem");
@@ -125,7 +154,11 @@ async fn relayed_mail_carries_a_signature_dkimpy_verifies() {
         ),
         "{text}"
     );
-    assert!(text.contains("h=from:to:subject:message-id;"), "{text}");
+    assert!(
+        text.replace("\r\n\t", "")
+            .contains("h=from:from:to:subject:message-id;"),
+        "{text}"
+    );
     assert!(
         verifies(python, dir.path(), &relayed, &record),
         "dkimpy rejects:\n{text}"
@@ -166,4 +199,51 @@ async fn relayed_mail_carries_a_signature_dkimpy_verifies() {
         "dkimpy rejects:\n{text}"
     );
     h.shutdown().await;
+}
+
+#[test]
+fn a_long_signature_is_folded_and_a_second_from_breaks_it() {
+    let Some(python) = dkimpy() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (key, record) = rsa_key(dir.path(), "long.pem", 4096);
+    // Longer than the 46 characters past which one line passed 998 octets.
+    let domain = "transactional-mail.billing-department.example-corp.com";
+    let signer = Signer::load(&DkimConfig {
+        domain: domain.into(),
+        selector: "s2026".into(),
+        key,
+    })
+    .unwrap();
+    let mut message = String::new();
+    for name in SIGNED_HEADERS {
+        let value = match *name {
+            "from" => format!("Billing <billing@{domain}>"),
+            "message-id" => format!("<1@{domain}>"),
+            other => format!("the {other} field"),
+        };
+        message.push_str(&format!("{name}: {value}\r\n"));
+    }
+    message.push_str("\r\nHello,\r\nyour invoice.\r\n");
+    let field = signer.sign(message.as_bytes(), 1_700_000_000).unwrap();
+    let field = String::from_utf8(field).unwrap();
+    for line in field.split("\r\n") {
+        assert!(line.len() <= 78, "{} octets: {line:?}", line.len());
+    }
+    let signed = format!("{field}{message}");
+    assert!(
+        verifies(python, dir.path(), signed.as_bytes(), &record),
+        "dkimpy rejects:\n{signed}"
+    );
+    assert!(
+        verifies_strictly(python, dir.path(), signed.as_bytes(), &record),
+        "dkimpy without its own extra from rejects:\n{signed}"
+    );
+    // A From: added above the signed one: with `from` once in h=, a verifier
+    // pairs it with the bottom From: only and accepts the message.
+    let forged = format!("{field}From: CEO <ceo@{domain}>\r\n{message}");
+    assert!(
+        !verifies_strictly(python, dir.path(), forged.as_bytes(), &record),
+        "a second From: goes unnoticed:\n{forged}"
+    );
+    assert!(!verifies(python, dir.path(), forged.as_bytes(), &record));
 }

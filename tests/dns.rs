@@ -3,6 +3,7 @@
 
 use std::net::UdpSocket;
 use std::process::Command;
+use std::time::Duration;
 
 use smtp_shaper::dns::{Resolver, SystemResolver};
 
@@ -45,14 +46,12 @@ fn check_dns_explains_a_zone_and_exits_by_verdict() {
     );
 }
 
-/// Answers every query with one TXT record, like a resolver would.
-fn answer_with_txt(socket: &UdpSocket, text: &str) {
-    let mut buffer = [0u8; 512];
-    let (len, from) = socket.recv_from(&mut buffer).unwrap();
-    let mut response = buffer[..len].to_vec();
+/// The answer a resolver would give to `query` (as the client sent it,
+/// with its OPT record last): one TXT record.
+fn reply(query: &[u8], text: &str) -> Vec<u8> {
     // Drop the OPT record (the last 11 octets), mark as a response with one
     // answer and no additional records.
-    response.truncate(len - 11);
+    let mut response = query[..query.len() - 11].to_vec();
     response[2] |= 0x80;
     response[6..8].copy_from_slice(&1u16.to_be_bytes());
     response[10..12].copy_from_slice(&0u16.to_be_bytes());
@@ -60,15 +59,125 @@ fn answer_with_txt(socket: &UdpSocket, text: &str) {
     response.extend_from_slice(&((text.len() + 1) as u16).to_be_bytes());
     response.push(text.len() as u8);
     response.extend_from_slice(text.as_bytes());
-    socket.send_to(&response, from).unwrap();
+    response
+}
+
+/// Answers the next `count` queries on `socket` with what `answer` makes
+/// of each, then ends.
+fn respond(
+    socket: UdpSocket,
+    count: usize,
+    answer: impl Fn(&[u8]) -> Vec<u8> + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 512];
+        for _ in 0..count {
+            let (len, from) = socket.recv_from(&mut buffer).unwrap();
+            socket.send_to(&answer(&buffer[..len]), from).unwrap();
+        }
+    })
 }
 
 #[test]
 fn the_dns_client_asks_over_udp() {
     let server = UdpSocket::bind("127.0.0.1:0").unwrap();
     let address = server.local_addr().unwrap();
-    let responder = std::thread::spawn(move || answer_with_txt(&server, "v=spf1 -all"));
+    let responder = respond(server, 1, |query| reply(query, "v=spf1 -all"));
     let records = SystemResolver::at(address).txt("example.com").unwrap();
     assert_eq!(records, vec!["v=spf1 -all".to_string()]);
     responder.join().unwrap();
+}
+
+#[test]
+fn replies_that_do_not_answer_the_query_are_ignored() {
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let address = server.local_addr().unwrap();
+    let responder = std::thread::spawn(move || {
+        let mut buffer = [0u8; 512];
+        let (len, client) = server.recv_from(&mut buffer).unwrap();
+        let query = buffer[..len].to_vec();
+        let forged = reply(&query, "v=spf1 +all");
+        // From another address than the resolver's.
+        let elsewhere = UdpSocket::bind("127.0.0.2:0").unwrap();
+        elsewhere.send_to(&forged, client).unwrap();
+        let mut wrong_id = forged.clone();
+        wrong_id[1] ^= 1;
+        let mut not_a_response = forged.clone();
+        not_a_response[2] &= 0x7F;
+        // The same ID, for another name and for another type.
+        let mut other_name = query.clone();
+        other_name[13] = b'x';
+        let mut other_type = query.clone();
+        let kind = query.len() - 11 - 4;
+        other_type[kind..kind + 2].copy_from_slice(&1u16.to_be_bytes());
+        for spoofed in [
+            wrong_id,
+            not_a_response,
+            reply(&other_name, "v=spf1 +all"),
+            reply(&other_type, "v=spf1 +all"),
+        ] {
+            server.send_to(&spoofed, client).unwrap();
+        }
+        // The real answer comes last, and once: a client that gave up on
+        // its query and sent another would wait for nothing.
+        server
+            .send_to(&reply(&query, "v=spf1 -all"), client)
+            .unwrap();
+    });
+    let records = SystemResolver::at(address).txt("example.com").unwrap();
+    assert_eq!(records, vec!["v=spf1 -all".to_string()]);
+    responder.join().unwrap();
+}
+
+/// Sets the RCODE of a response.
+fn with_rcode(mut response: Vec<u8>, rcode: u8) -> Vec<u8> {
+    response[3] = (response[3] & 0xF0) | rcode;
+    response
+}
+
+#[test]
+fn every_nameserver_is_tried_in_turn() {
+    let bind = || UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent = bind();
+    let closed = bind().local_addr().unwrap(); // the socket is gone
+    let servfail = bind();
+    let refused = bind();
+    let good = bind();
+    let servers = [
+        silent.local_addr().unwrap(),
+        closed,
+        servfail.local_addr().unwrap(),
+        refused.local_addr().unwrap(),
+        good.local_addr().unwrap(),
+    ];
+    let responders = [
+        respond(servfail, 1, |query| with_rcode(reply(query, ""), 2)),
+        respond(refused, 1, |query| with_rcode(reply(query, ""), 5)),
+        respond(good, 1, |query| reply(query, "v=spf1 -all")),
+    ];
+    let resolver =
+        SystemResolver::with_servers(servers.to_vec()).with_timeout(Duration::from_millis(300));
+    assert_eq!(resolver.txt("example.com").unwrap(), ["v=spf1 -all"]);
+    for responder in responders {
+        responder.join().unwrap();
+    }
+    // The first one was asked first, and not answering cost only its wait.
+    silent.set_nonblocking(true).unwrap();
+    assert!(silent.recv_from(&mut [0u8; 512]).is_ok());
+
+    // None answers: the error says what each did, after two rounds.
+    let servfail = bind();
+    let servers = vec![silent.local_addr().unwrap(), servfail.local_addr().unwrap()];
+    let responder = respond(servfail, 2, |query| with_rcode(reply(query, ""), 2));
+    let error = SystemResolver::with_servers(servers.clone())
+        .with_timeout(Duration::from_millis(200))
+        .txt("example.com")
+        .unwrap_err()
+        .to_string();
+    responder.join().unwrap();
+    assert!(
+        error.contains(&format!("{}: no answer within", servers[0]))
+            && error.contains(&format!("{}: RCODE 2 (SERVFAIL)", servers[1])),
+        "{error}"
+    );
 }

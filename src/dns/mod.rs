@@ -1,14 +1,17 @@
 //! A small DNS client for the sender-domain preflight (`check-dns`): TXT,
-//! A/AAAA and MX lookups through the system's resolver (the first
-//! `nameserver` in /etc/resolv.conf), over UDP with EDNS0 and over TCP when
-//! an answer is truncated. [`Resolver`] is the seam tests fill with records.
+//! A/AAAA and MX lookups through the system's resolvers (every `nameserver`
+//! of /etc/resolv.conf, in turn), over UDP with EDNS0 and over TCP when an
+//! answer is truncated. A reply counts only when its ID (random, from
+//! `ring`), QR bit and question match the query; anything else is ignored
+//! while the wait goes on. [`Resolver`] is the seam tests fill with records.
 
 pub mod wire;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use ring::rand::SystemRandom;
 use wire::{Record, RecordType};
 
 /// Why a lookup gave no answer.
@@ -36,79 +39,142 @@ pub trait Resolver {
     fn mx(&self, name: &str) -> Result<Vec<String>, DnsError>;
 }
 
-/// Asks one recursive resolver.
+/// Asks recursive resolvers, one after another.
 pub struct SystemResolver {
-    server: SocketAddr,
+    servers: Vec<SocketAddr>,
     timeout: Duration,
 }
 
+/// Rounds over the servers, like the C library's `attempts:2` default.
+const ATTEMPTS: usize = 2;
+
 impl SystemResolver {
-    /// The first `nameserver` of /etc/resolv.conf (127.0.0.53 if none).
+    /// Every `nameserver` of /etc/resolv.conf (127.0.0.53 if none).
     pub fn from_resolv_conf() -> SystemResolver {
-        let server = std::fs::read_to_string("/etc/resolv.conf")
-            .ok()
-            .and_then(|text| {
-                text.lines().find_map(|line| {
-                    let address = line.trim().strip_prefix("nameserver")?.trim();
-                    address.parse::<IpAddr>().ok()
-                })
-            })
-            .unwrap_or(IpAddr::from([127, 0, 0, 53]));
-        SystemResolver::at(SocketAddr::new(server, 53))
+        let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        SystemResolver::with_servers(nameservers(&text))
     }
 
     /// A resolver at `server` (e.g. "9.9.9.9:53").
     pub fn at(server: SocketAddr) -> SystemResolver {
+        SystemResolver::with_servers(vec![server])
+    }
+
+    /// Resolvers asked in this order: the next one when one does not answer
+    /// in time or answers SERVFAIL or REFUSED (127.0.0.53 if none).
+    pub fn with_servers(servers: Vec<SocketAddr>) -> SystemResolver {
+        let servers = if servers.is_empty() {
+            vec![SocketAddr::from(([127, 0, 0, 53], 53))]
+        } else {
+            servers
+        };
         SystemResolver {
-            server,
+            servers,
             timeout: Duration::from_secs(2),
         }
     }
 
+    /// How long to wait for each server's answer (2 s unless set).
+    pub fn with_timeout(mut self, timeout: Duration) -> SystemResolver {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The servers asked, in order.
+    pub fn servers(&self) -> &[SocketAddr] {
+        &self.servers
+    }
+
     fn ask(&self, name: &str, kind: RecordType) -> Result<Vec<Record>, DnsError> {
-        let failed =
-            |why: String| DnsError::Failed(format!("{name} ({kind:?}) via {}: {why}", self.server));
-        let id = fastrand::u16(..);
+        let mut tried = Vec::new();
+        for _round in 0..ATTEMPTS {
+            // What each server did last is what the error tells.
+            tried.clear();
+            for &server in &self.servers {
+                match self.ask_one(server, name, kind) {
+                    Ok(response) => match response.rcode {
+                        0 | 3 => return Ok(response.records),
+                        // This server cannot answer now; another may.
+                        2 | 5 => tried.push(format!("{server}: {}", rcode(response.rcode))),
+                        code => {
+                            return Err(DnsError::Failed(format!(
+                                "{name} ({kind:?}) via {server}: the resolver answered {}",
+                                rcode(code)
+                            )));
+                        }
+                    },
+                    Err(why) => tried.push(format!("{server}: {why}")),
+                }
+            }
+        }
+        Err(DnsError::Failed(format!(
+            "{name} ({kind:?}): {}",
+            tried.join("; ")
+        )))
+    }
+
+    /// One query to `server`, on a socket of its own with a fresh ID, so
+    /// that a late answer to an earlier try cannot be taken for this one.
+    fn ask_one(
+        &self,
+        server: SocketAddr,
+        name: &str,
+        kind: RecordType,
+    ) -> Result<wire::Response, String> {
+        let id = query_id()?;
         let query = wire::query(id, name, kind);
-        let bind: SocketAddr = if self.server.is_ipv4() {
+        let bind: SocketAddr = if server.is_ipv4() {
             "0.0.0.0:0".parse().expect("valid")
         } else {
             "[::]:0".parse().expect("valid")
         };
-        let socket = UdpSocket::bind(bind).map_err(|e| failed(e.to_string()))?;
-        socket
-            .set_read_timeout(Some(self.timeout))
-            .map_err(|e| failed(e.to_string()))?;
+        let socket = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+        // Connected: the kernel drops datagrams from any other address.
+        socket.connect(server).map_err(|e| e.to_string())?;
+        socket.send(&query).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + self.timeout;
+        let no_answer = || format!("no answer within {:?}", self.timeout);
         let mut buffer = vec![0u8; 4096];
-        for _attempt in 0..2 {
-            socket
-                .send_to(&query, self.server)
-                .map_err(|e| failed(e.to_string()))?;
-            let Ok((len, from)) = socket.recv_from(&mut buffer) else {
-                continue;
-            };
-            if from != self.server {
-                continue;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(no_answer());
             }
-            let Some(response) = wire::parse(&buffer[..len]).filter(|r| r.id == id) else {
+            socket
+                .set_read_timeout(Some(left))
+                .map_err(|e| e.to_string())?;
+            let len = match socket.recv(&mut buffer) {
+                Ok(len) => len,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(no_answer());
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            // A reply to another query, or a forgery racing the real
+            // answer: not an answer at all, so the real one is awaited.
+            let Some(response) =
+                wire::parse(&buffer[..len]).filter(|response| response.answers(id, name, kind))
+            else {
                 continue;
             };
-            let response = if response.truncated {
-                self.ask_tcp(&query, id).map_err(failed)?
+            return if response.truncated {
+                self.ask_tcp(server, &query, id, name, kind)
             } else {
-                response
-            };
-            return match response.rcode {
-                0 | 3 => Ok(response.records),
-                code => Err(failed(format!("the resolver answered RCODE {code}"))),
+                Ok(response)
             };
         }
-        Err(failed("no answer".into()))
     }
 
-    fn ask_tcp(&self, query: &[u8], id: u16) -> Result<wire::Response, String> {
+    fn ask_tcp(
+        &self,
+        server: SocketAddr,
+        query: &[u8],
+        id: u16,
+        name: &str,
+        kind: RecordType,
+    ) -> Result<wire::Response, String> {
         let mut stream =
-            TcpStream::connect_timeout(&self.server, self.timeout).map_err(|e| e.to_string())?;
+            TcpStream::connect_timeout(&server, self.timeout).map_err(|e| e.to_string())?;
         stream
             .set_read_timeout(Some(self.timeout))
             .map_err(|e| e.to_string())?;
@@ -120,9 +186,45 @@ impl SystemResolver {
         let mut message = vec![0u8; u16::from_be_bytes(length) as usize];
         stream.read_exact(&mut message).map_err(|e| e.to_string())?;
         wire::parse(&message)
-            .filter(|response| response.id == id)
-            .ok_or_else(|| "malformed answer over TCP".to_string())
+            .filter(|response| response.answers(id, name, kind))
+            .ok_or_else(|| "malformed or mismatched answer over TCP".to_string())
     }
+}
+
+/// A query ID nobody off the path can predict (RFC 5452 9.2).
+fn query_id() -> Result<u16, String> {
+    let bytes: [u8; 2] = ring::rand::generate(&SystemRandom::new())
+        .map_err(|_| "the system gave no random bytes for a query ID".to_string())?
+        .expose();
+    Ok(u16::from_be_bytes(bytes))
+}
+
+/// What an RCODE means, for error messages.
+fn rcode(code: u8) -> String {
+    let meaning = match code {
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        _ => return format!("RCODE {code}"),
+    };
+    format!("RCODE {code} ({meaning})")
+}
+
+/// The `nameserver` addresses of a resolv.conf, in order, port 53. A
+/// scoped IPv6 address (`fe80::1%eth0`) is skipped: the zone cannot be
+/// given to the socket without the interface's index.
+fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next()? == "nameserver")
+                .then(|| words.next()?.parse::<IpAddr>().ok())
+                .flatten()
+        })
+        .map(|address| SocketAddr::new(address, 53))
+        .collect()
 }
 
 impl Resolver for SystemResolver {
@@ -257,5 +359,36 @@ impl Resolver for SeededResolver {
 
     fn mx(&self, name: &str) -> Result<Vec<String>, DnsError> {
         Ok(self.get(name, "MX"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_nameserver_of_resolv_conf_is_taken_in_order() {
+        let text = "# written by hand\n\
+                    search example.com\n\
+                    nameserver 192.0.2.53\n\
+                    nameserver   2001:db8::53 # the second\n\
+                    ; nameserver 192.0.2.99\n\
+                    nameservers 192.0.2.98\n\
+                    nameserver fe80::1%eth0\n\
+                    nameserver not-an-address\n\
+                    \tnameserver 198.51.100.53\n\
+                    options timeout:1\n";
+        assert_eq!(
+            nameservers(text),
+            [
+                "192.0.2.53:53".parse::<SocketAddr>().unwrap(),
+                "[2001:db8::53]:53".parse().unwrap(),
+                "198.51.100.53:53".parse().unwrap(),
+            ]
+        );
+        assert_eq!(
+            SystemResolver::with_servers(nameservers("search example.com\n")).servers(),
+            ["127.0.0.53:53".parse::<SocketAddr>().unwrap()]
+        );
     }
 }

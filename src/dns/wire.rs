@@ -1,7 +1,9 @@
 //! DNS messages on the wire (RFC 1035), only what the preflight checks need:
 //! a query for one name and type (with an EDNS0 OPT record so long TXT
-//! answers fit in UDP), and the answers of types TXT, A, AAAA and MX.
-//! Pure: bytes in, records out.
+//! answers fit in UDP), the answers of types TXT, A, AAAA and MX, and
+//! whether a response answers a given query (ID, QR bit, question: what
+//! RFC 5452 asks a client to check before it believes a reply). Pure: bytes
+//! in, records out.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -26,10 +28,25 @@ pub enum Record {
     },
 }
 
+/// The question a message carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Question {
+    /// Lower case, without the final dot.
+    pub name: String,
+    pub kind: u16,
+    pub class: u16,
+}
+
 /// A parsed response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub id: u16,
+    /// The QR bit: a response, not a query.
+    pub is_response: bool,
+    /// The first question (a response repeats the query's).
+    pub question: Option<Question>,
+    /// How many questions there are.
+    pub questions: u16,
     /// RCODE: 0 no error, 3 the name does not exist.
     pub rcode: u8,
     /// The answer did not fit (retry over TCP).
@@ -68,8 +85,17 @@ pub fn parse(message: &[u8]) -> Option<Response> {
     let questions = word(4)?;
     let answers = word(6)?;
     let mut at = 12;
-    for _ in 0..questions {
-        at = skip_name(message, at)? + 4;
+    let mut question = None;
+    for index in 0..questions {
+        let name_end = skip_name(message, at)?;
+        if index == 0 {
+            question = Some(Question {
+                name: read_name(message, at)?,
+                kind: word(name_end)?,
+                class: word(name_end + 2)?,
+            });
+        }
+        at = name_end + 4;
     }
     let mut records = Vec::new();
     for _ in 0..answers {
@@ -106,10 +132,30 @@ pub fn parse(message: &[u8]) -> Option<Response> {
     }
     Some(Response {
         id,
+        is_response: flags & 0x8000 != 0,
+        question,
+        questions,
         rcode: (flags & 0x000F) as u8,
         truncated: flags & 0x0200 != 0,
         records,
     })
+}
+
+impl Response {
+    /// True when this is the response to `query(id, name, kind)`: anything
+    /// else on the socket (a late answer to an earlier query, a forgery
+    /// guessing at the port) is not.
+    pub fn answers(&self, id: u16, name: &str, kind: RecordType) -> bool {
+        let name = name.trim_end_matches('.');
+        self.id == id
+            && self.is_response
+            && self.questions == 1
+            && self.question.as_ref().is_some_and(|question| {
+                question.name.eq_ignore_ascii_case(name)
+                    && question.kind == kind as u16
+                    && question.class == 1
+            })
+    }
 }
 
 /// The offset just past the (possibly compressed) name at `at`.
@@ -190,6 +236,47 @@ mod tests {
             ]
         );
         assert_eq!(parse(&message[..20]), None, "truncated garbage");
+    }
+
+    #[test]
+    fn a_response_answers_only_its_own_query() {
+        let message = response(&[]);
+        let parsed = parse(&message).unwrap();
+        assert!(parsed.answers(7, "example.com", RecordType::Txt));
+        assert!(parsed.answers(7, "Example.COM.", RecordType::Txt));
+        assert!(!parsed.answers(8, "example.com", RecordType::Txt), "ID");
+        assert!(!parsed.answers(7, "example.net", RecordType::Txt), "name");
+        assert!(
+            !parsed.answers(7, "www.example.com", RecordType::Txt),
+            "name"
+        );
+        assert!(!parsed.answers(7, "example.com", RecordType::Mx), "type");
+        let mut query_back = message.clone();
+        query_back[2] &= 0x7F;
+        assert!(
+            !parse(&query_back)
+                .unwrap()
+                .answers(7, "example.com", RecordType::Txt),
+            "QR bit clear: a query, not an answer"
+        );
+        let mut chaos = message.clone();
+        let class = message.len() - 2;
+        chaos[class..].copy_from_slice(&[0, 3]);
+        assert!(
+            !parse(&chaos)
+                .unwrap()
+                .answers(7, "example.com", RecordType::Txt),
+            "class CH"
+        );
+        let mut no_question = message;
+        no_question.truncate(12);
+        no_question[4..6].copy_from_slice(&[0, 0]);
+        assert!(
+            !parse(&no_question)
+                .unwrap()
+                .answers(7, "example.com", RecordType::Txt),
+            "no question"
+        );
     }
 
     #[test]

@@ -298,6 +298,152 @@ mod tests {
         }
     }
 
+    /// The reason of a PermError, or a panic naming what came instead.
+    fn permerror(outcome: SpfOutcome) -> String {
+        match outcome.result {
+            SpfResult::PermError(why) => why,
+            other => panic!("expected a permerror, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_third_void_lookup_is_a_permerror() {
+        let mut zone = SeededResolver::parse(
+            r#"
+            two.example TXT "v=spf1 a:gone1.two.example mx:gone2.two.example ip4:192.0.2.10 -all"
+            three.example TXT "v=spf1 a:gone1.three.example mx:gone2.three.example exists:gone3.three.example ip4:192.0.2.10 -all"
+            v6only.example AAAA 2001:db8::25
+            family.example TXT "v=spf1 a:v6only.example a:v6only.example a:v6only.example ip4:192.0.2.10 ip6:2001:db8::/32 -all"
+            spread.example TXT "v=spf1 include:_a.spread.example include:_b.spread.example ip4:192.0.2.10 -all"
+            _a.spread.example TXT "v=spf1 a:gone1.spread.example a:gone2.spread.example -all"
+            _b.spread.example TXT "v=spf1 exists:gone3.spread.example -all"
+            exchanges.example TXT "v=spf1 mx ip4:192.0.2.10 -all"
+            exchanges.example MX gone1.exchanges.example
+            exchanges.example MX gone2.exchanges.example
+            exchanges.example MX gone3.exchanges.example
+            "#,
+        )
+        .unwrap();
+        // Two are allowed: the evaluation goes on to the ip4 that passes.
+        let two = spf::check_host(&zone, ip("192.0.2.10"), "two.example");
+        assert_eq!(two.result, SpfResult::Pass, "{two:?}");
+        let why = permerror(spf::check_host(&zone, ip("192.0.2.10"), "three.example"));
+        assert_eq!(
+            why,
+            "more than 2 void lookups (RFC 7208 4.6.4): gone1.three.example (A), \
+             gone2.three.example (MX), gone3.three.example (A)"
+        );
+        // A host with only an IPv6 address has no A record for an IPv4 sender.
+        let why = permerror(spf::check_host(&zone, ip("192.0.2.10"), "family.example"));
+        assert!(why.contains("v6only.example (A)"), "{why}");
+        assert_eq!(
+            spf::check_host(&zone, ip("2001:db8::1"), "family.example").result,
+            SpfResult::Pass
+        );
+        // Counted over the whole evaluation, includes too, and per exchange.
+        permerror(spf::check_host(&zone, ip("192.0.2.10"), "spread.example"));
+        permerror(spf::check_host(
+            &zone,
+            ip("192.0.2.10"),
+            "exchanges.example",
+        ));
+
+        // In the report, the gateway's line says why.
+        zone.add("_dmarc.three.example", "TXT", "v=DMARC1; p=reject");
+        let text = check_domain(&zone, "three.example", ip("192.0.2.10"), &[]).to_text();
+        assert!(
+            text.contains(
+                "PROBLEM  SPF for the gateway 192.0.2.10: permerror (more than 2 void lookups"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn more_than_ten_mx_records_is_a_permerror() {
+        let mut zone = SeededResolver::default();
+        for (domain, count) in [("ten.example", 10), ("eleven.example", 11)] {
+            zone.add(domain, "TXT", "v=spf1 mx -all");
+            for n in 1..=count {
+                let exchange = format!("mx{n}.{domain}");
+                zone.add(domain, "MX", &exchange);
+                zone.add(&exchange, "A", &format!("192.0.2.{n}"));
+            }
+        }
+        // The tenth exchange is still looked at.
+        let ten = spf::check_host(&zone, ip("192.0.2.10"), "ten.example");
+        assert_eq!(
+            (ten.result, ten.mechanism.as_deref()),
+            (SpfResult::Pass, Some("mx"))
+        );
+        // The eleventh is not silently dropped: the record is broken, even
+        // for a sender the first ten would have matched.
+        let why = permerror(spf::check_host(&zone, ip("192.0.2.1"), "eleven.example"));
+        assert_eq!(
+            why,
+            "mx: eleven.example has 11 MX records, more than 10 (RFC 7208 4.6.4)"
+        );
+    }
+
+    #[test]
+    fn ip4_and_ip6_take_only_their_own_family() {
+        let zone = SeededResolver::parse(
+            r#"
+            v6in4.example TXT "v=spf1 ip4:2001:db8::/32 -all"
+            v4in6.example TXT "v=spf1 ip6:192.0.2.0/24 -all"
+            badlen.example TXT "v=spf1 ip4:192.0.2.0/33 -all"
+            good.example TXT "v=spf1 ip4:192.0.2.0/24 ip6:2001:db8::/32 ip4:0.0.0.0/0 -all"
+            mapped.example TXT "v=spf1 ip6:::ffff:192.0.2.0/120 -all"
+            "#,
+        )
+        .unwrap();
+        for (domain, sender, why) in [
+            (
+                "v6in4.example",
+                "2001:db8::1",
+                "ip4:2001:db8::/32: not an IPv4 address",
+            ),
+            (
+                "v6in4.example",
+                "192.0.2.1",
+                "ip4:2001:db8::/32: not an IPv4 address",
+            ),
+            (
+                "v4in6.example",
+                "192.0.2.1",
+                "ip6:192.0.2.0/24: not an IPv6 address",
+            ),
+            (
+                "badlen.example",
+                "192.0.2.1",
+                "ip4:192.0.2.0/33: bad CIDR length",
+            ),
+        ] {
+            assert_eq!(
+                permerror(spf::check_host(&zone, ip(sender), domain)),
+                why,
+                "{domain} for {sender}"
+            );
+        }
+        for (sender, mechanism) in [
+            ("192.0.2.200", "ip4:192.0.2.0/24"),
+            ("2001:db8:ffff::1", "ip6:2001:db8::/32"),
+            ("198.51.100.1", "ip4:0.0.0.0/0"),
+        ] {
+            let outcome = spf::check_host(&zone, ip(sender), "good.example");
+            assert_eq!(outcome.mechanism.as_deref(), Some(mechanism), "{sender}");
+        }
+        assert_eq!(
+            spf::check_host(&zone, ip("2001:db9::1"), "good.example").result,
+            SpfResult::Fail
+        );
+        // An IPv4-mapped ip6 network is IPv6: an IPv4 sender is not in it.
+        assert_eq!(
+            spf::check_host(&zone, ip("192.0.2.1"), "mapped.example").result,
+            SpfResult::Fail
+        );
+    }
+
     #[test]
     fn a_good_domain_passes_every_check() {
         let report = check_domain(&zone(), "example.com", ip("192.0.2.10"), &["s1".into()]);

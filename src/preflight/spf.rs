@@ -3,15 +3,19 @@
 //! exactly the machines allowed to send. Pure over a [`Resolver`].
 //!
 //! Supported: `all`, `include`, `a`, `mx`, `ip4`, `ip6`, `exists`,
-//! `redirect=`, qualifiers, CIDR lengths, the 10-lookup limit. Not
+//! `redirect=`, qualifiers, CIDR lengths, and the limits of RFC 7208 4.6.4,
+//! each a PermError that names it: 10 DNS-querying terms, 2 void lookups
+//! (a query that finds nothing: no such name, or no record of the type
+//! asked, counted per query as pyspf does, so an `mx` host without an
+//! address of the sending IP's family counts too), 10 MX records per `mx`.
+//! An `ip4:` with an IPv6 network, or the reverse, is a PermError too. Not
 //! evaluated: macros (a PermError that says so) and `ptr` (deprecated by
 //! RFC 7208 5.5; it never matches here, and the outcome lists each one
 //! passed over so the report can say so rather than guess).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::dns::Resolver;
-use crate::policy::Network;
 
 /// RFC 7208 results.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,8 +75,11 @@ pub fn record(resolver: &dyn Resolver, domain: &str) -> Result<Option<String>, S
 pub fn check_host(resolver: &dyn Resolver, ip: IpAddr, domain: &str) -> SpfOutcome {
     let mut evaluation = Evaluation {
         resolver,
-        ip,
+        // An IPv4 sender written as ::ffff:a.b.c.d is judged as the IPv4
+        // address it is, the way it connects.
+        ip: ip.to_canonical(),
         lookups: 0,
+        voids: Vec::new(),
         unevaluated: Vec::new(),
     };
     let mut outcome = evaluation.domain(domain, 0);
@@ -84,11 +91,30 @@ struct Evaluation<'a> {
     resolver: &'a dyn Resolver,
     ip: IpAddr,
     lookups: u32,
+    /// The void lookups so far, e.g. `mail.example.com (A)`.
+    voids: Vec<String>,
     /// The `ptr` terms passed over so far, includes and redirects included.
     unevaluated: Vec<String>,
 }
 
 const MAX_LOOKUPS: u32 = 10;
+const MAX_VOID_LOOKUPS: usize = 2;
+/// The most MX records one `mx` may have (RFC 7208 4.6.4).
+const MAX_MX: usize = 10;
+
+/// True when `ip` is in `network`/`length`; an address of the other family
+/// never is (RFC 7208 5.6). `length` is within the family's bits.
+fn in_network(network: IpAddr, length: u8, ip: IpAddr) -> bool {
+    match (network, ip) {
+        (IpAddr::V4(network), IpAddr::V4(ip)) => {
+            length == 0 || (u32::from(network) ^ u32::from(ip)) >> (32 - u32::from(length)) == 0
+        }
+        (IpAddr::V6(network), IpAddr::V6(ip)) => {
+            length == 0 || (u128::from(network) ^ u128::from(ip)) >> (128 - u32::from(length)) == 0
+        }
+        _ => false,
+    }
+}
 
 impl Evaluation<'_> {
     fn count_lookup(&mut self) -> Result<(), SpfOutcome> {
@@ -99,6 +125,34 @@ impl Evaluation<'_> {
             )));
         }
         Ok(())
+    }
+
+    /// Counts a lookup of `name` that found nothing.
+    fn count_void(&mut self, name: &str, kind: &str) -> Result<(), SpfOutcome> {
+        self.voids.push(format!("{name} ({kind})"));
+        if self.voids.len() > MAX_VOID_LOOKUPS {
+            return Err(SpfOutcome::error(SpfResult::PermError(format!(
+                "more than {MAX_VOID_LOOKUPS} void lookups (RFC 7208 4.6.4): {}",
+                self.voids.join(", ")
+            ))));
+        }
+        Ok(())
+    }
+
+    /// The addresses of `name` of one family (IPv4 when `ipv4`), a void
+    /// lookup when there are none.
+    fn addresses(&mut self, name: &str, ipv4: bool) -> Result<Vec<IpAddr>, SpfOutcome> {
+        let found: Vec<IpAddr> = self
+            .resolver
+            .addresses(name)
+            .map_err(|error| SpfOutcome::error(SpfResult::TempError(error.to_string())))?
+            .into_iter()
+            .filter(|address| address.is_ipv4() == ipv4)
+            .collect();
+        if found.is_empty() {
+            self.count_void(name, if ipv4 { "A" } else { "AAAA" })?;
+        }
+        Ok(found)
     }
 
     fn domain(&mut self, domain: &str, depth: u32) -> SpfOutcome {
@@ -210,10 +264,7 @@ impl Evaluation<'_> {
         };
         let ip = self.ip;
         let in_prefix = |address: IpAddr, v4: u8, v6: u8| -> bool {
-            let len = if address.is_ipv4() { v4 } else { v6 };
-            format!("{address}/{len}")
-                .parse::<Network>()
-                .is_ok_and(|network| network.contains(ip))
+            in_network(address, if address.is_ipv4() { v4 } else { v6 }, ip)
         };
         let temp = |error: crate::dns::DnsError| {
             SpfOutcome::error(SpfResult::TempError(error.to_string()))
@@ -222,15 +273,35 @@ impl Evaluation<'_> {
             "all" => Ok(Some(None)),
             "ip4" | "ip6" => {
                 let network = argument.and_then(|a| a.strip_prefix(':')).unwrap_or("");
-                let network = if network.contains('/') {
-                    network.to_string()
-                } else {
-                    format!("{network}/{}", if name == "ip4" { 32 } else { 128 })
+                let (address, length) = match network.split_once('/') {
+                    Some((address, length)) => (address, Some(length)),
+                    None => (network, None),
                 };
-                let parsed: Network = network.parse().map_err(|_| {
-                    SpfOutcome::error(SpfResult::PermError(format!("bad address in {mechanism}")))
-                })?;
-                Ok(parsed.contains(ip).then_some(None))
+                let bad = |why: &str| {
+                    SpfOutcome::error(SpfResult::PermError(format!("{mechanism}: {why}")))
+                };
+                // An IPv6 network in ip4: would otherwise never match, and
+                // the record's author would never learn it.
+                let (address, max) = if name == "ip4" {
+                    let address = address
+                        .parse::<Ipv4Addr>()
+                        .map_err(|_| bad("not an IPv4 address"))?;
+                    (IpAddr::V4(address), 32)
+                } else {
+                    let address = address
+                        .parse::<Ipv6Addr>()
+                        .map_err(|_| bad("not an IPv6 address"))?;
+                    (IpAddr::V6(address), 128)
+                };
+                let length = match length {
+                    None => max,
+                    Some(length) => length
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|length| *length <= max)
+                        .ok_or_else(|| bad("bad CIDR length"))?,
+                };
+                Ok(in_network(address, length, ip).then_some(None))
             }
             "include" => {
                 self.count_lookup()?;
@@ -248,7 +319,7 @@ impl Evaluation<'_> {
             "a" => {
                 self.count_lookup()?;
                 let (target, v4, v6) = target_and_cidr(argument)?;
-                let addresses = self.resolver.addresses(&target).map_err(temp)?;
+                let addresses = self.addresses(&target, ip.is_ipv4())?;
                 Ok(addresses
                     .into_iter()
                     .any(|a| in_prefix(a, v4, v6))
@@ -257,8 +328,19 @@ impl Evaluation<'_> {
             "mx" => {
                 self.count_lookup()?;
                 let (target, v4, v6) = target_and_cidr(argument)?;
-                for exchange in self.resolver.mx(&target).map_err(temp)?.iter().take(10) {
-                    let addresses = self.resolver.addresses(exchange).map_err(temp)?;
+                let exchanges = self.resolver.mx(&target).map_err(temp)?;
+                if exchanges.is_empty() {
+                    self.count_void(&target, "MX")?;
+                }
+                if exchanges.len() > MAX_MX {
+                    return Err(SpfOutcome::error(SpfResult::PermError(format!(
+                        "{mechanism}: {target} has {} MX records, more than {MAX_MX} \
+                         (RFC 7208 4.6.4)",
+                        exchanges.len()
+                    ))));
+                }
+                for exchange in &exchanges {
+                    let addresses = self.addresses(exchange, ip.is_ipv4())?;
                     if addresses.into_iter().any(|a| in_prefix(a, v4, v6)) {
                         return Ok(Some(None));
                     }
@@ -268,8 +350,9 @@ impl Evaluation<'_> {
             "exists" => {
                 self.count_lookup()?;
                 let target = argument.and_then(|a| a.strip_prefix(':')).unwrap_or("");
-                let addresses = self.resolver.addresses(target).map_err(temp)?;
-                Ok(addresses.iter().any(IpAddr::is_ipv4).then_some(None))
+                // An A query whatever the sender's family (RFC 7208 5.7).
+                let addresses = self.addresses(target, true)?;
+                Ok((!addresses.is_empty()).then_some(None))
             }
             "ptr" => {
                 self.count_lookup()?;
