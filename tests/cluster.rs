@@ -13,67 +13,13 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use smtp_shaper::Service;
 use smtp_shaper::config::Config;
-use support::{Client, Sink, eventually, eventually_async, fetch, free_address, skip_without};
+use support::{Client, Redis, Sink, eventually, eventually_async, fetch, free_address};
 
 const APP: &str = "app@example.com";
-
-/// A `redis-server` on a loopback port, with no persistence (a restart is
-/// an empty Redis: the case the nodes must rebuild from).
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(port: u16) -> Option<Redis> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(_) => {
-                skip_without("redis-server", "apt-get install redis-server");
-                return None;
-            }
-        };
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Redis { child, port });
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("redis-server did not start on port {port}");
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// `redis-cli` (comes with redis-server) on this server.
-    fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A node's configuration: the sink as gateway "primary", `shaping` lines,
 /// and the cluster section naming `node`.

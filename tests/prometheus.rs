@@ -194,7 +194,19 @@ async fn a_real_prometheus_evaluates_every_dashboard_query_and_alert_expression(
     if !have("prometheus") {
         return;
     }
+    // In cluster mode, so the cluster panels and alert have series too.
+    let Some(redis) = support::Redis::start(support::free_address().port()) else {
+        return;
+    };
     let h = Harness::with(|config| {
+        config.cluster = Some(smtp_shaper::config::ClusterConfig {
+            redis: format!("redis://127.0.0.1:{}/0", redis.port),
+            node: "test".into(),
+            password_file: None,
+            password_env: None,
+            expected_nodes: 1,
+            timeout: Duration::from_millis(250),
+        });
         config.gateways[0].shaping = shaping(
             "initial_rate = \"2/s\"\nmin_rate = [\"2/s\", \"1000/h\", \"10000/day\"]\nmax_rate = \"2/s\"\nheadroom = 1.0\nburst = 2\nmax_queue_delay = \"3s\"",
         );
@@ -258,7 +270,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_query_and_alert_expression(
         .filter_map(|line| line.trim().strip_prefix("expr: "))
         .map(str::to_string)
         .collect();
-    assert_eq!(alerts.len(), 9);
+    assert_eq!(alerts.len(), 10);
     let failures = tokio::task::spawn_blocking(move || {
         let mut failures = Vec::new();
         for expr in &queries {
@@ -290,7 +302,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_query_and_alert_expression(
     let rules = request(listen, "GET", "/api/v1/rules", "application/json", None).unwrap();
     assert_eq!(
         rules.body.matches("\"health\":\"ok\"").count(),
-        9,
+        10,
         "{}",
         rules.body
     );

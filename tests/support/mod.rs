@@ -922,6 +922,59 @@ impl Drop for Process {
     }
 }
 
+/// A `redis-server` on a loopback port, with no persistence (a restart is
+/// an empty Redis: the case the nodes must rebuild from).
+pub struct Redis {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start(port: u16) -> Option<Redis> {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(_) => {
+                skip_without("redis-server", "apt-get install redis-server");
+                return None;
+            }
+        };
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Redis { child, port });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `redis-cli` (comes with redis-server) on this server.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// A third-party tool a test needs is missing: says SKIPPED (with how to
 /// install it), or fails under SMTP_SHAPER_REQUIRE_TOOLS=1 (CI).
 pub fn skip_without(what: &str, install: &str) {
