@@ -103,6 +103,7 @@ max_rate = "1000000/s"
 burst = 100000
 max_queued = 10000000
 max_queue_delay = "1d"
+${CLUSTER_SECTION:-}
 EOF
 }
 
@@ -153,6 +154,32 @@ stop_sink
 relay=$(rate "$MESSAGES" "$t0" "$t1")
 accept=$(rate "$MESSAGES" "$t0" "$t_accepted")
 
+# 2b. The same with [cluster]: every send decided by a Lua script in a real
+# Redis (Debian's redis-server, skipped without it), the relay's ratio to
+# standalone printed beside it.
+clustered=""
+if command -v redis-server >/dev/null; then
+    REDIS_PORT=$((PROXY_PORT + 3))
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no > "$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    wait_port "$REDIS_PORT"
+    CLUSTER_SECTION=$(printf '[cluster]\nredis = "redis://127.0.0.1:%s/0"\nnode = "bench"' "$REDIS_PORT")
+    start_sink
+    start_shaper clustered "$SINK_PORT"
+    # The first heartbeat connects the node (until then it runs on its share).
+    sleep 1.5
+    t0=$(now)
+    source_run "$MESSAGES" "$PROXY_PORT"
+    wait_sink "$MESSAGES"
+    t1=$(now)
+    stop_shaper
+    stop_sink
+    kill "$REDIS_PID" 2>/dev/null || true
+    CLUSTER_SECTION=""
+    clustered=$(rate "$MESSAGES" "$t0" "$t1")
+fi
+
 # 3. Memory with $QUEUED messages queued while the gateway is down.
 start_shaper queued "$DEAD_PORT"
 t0=$(now)
@@ -168,6 +195,9 @@ printf '\n%-46s %12s\n' "run" "messages/s"
 printf '%-46s %12.0f\n' "smtp-source -> smtp-sink (reference)" "$direct"
 printf '%-46s %12.0f\n' "smtp-source -> smtp-shaper -> smtp-sink" "$relay"
 printf '%-46s %12.0f\n' "  of which accepted (250, durable) at" "$accept"
+if [ -n "$clustered" ]; then
+    printf '%-46s %12.0f\n' "  the same with [cluster] (Redis decides)" "$clustered"
+fi
 printf '%-46s %12.0f\n' "accepted with the gateway down" "$queue_accept"
 printf '\nrelay / direct ratio: %.2f  (target >= 0.40)\n' "$(echo "$relay / $direct" | bc -l)"
 printf 'relay rate vs target 2000/s: %.2fx\n' "$(echo "$relay / 2000" | bc -l)"

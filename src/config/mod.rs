@@ -1621,4 +1621,32 @@ mod tests {
             "line 4: servr: unknown key; accepted here: server, spool, http, gateways"
         ));
     }
+
+    #[test]
+    fn a_cluster_section_names_redis_and_the_node() {
+        let gateway = "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n";
+        assert_eq!(Config::parse(gateway).unwrap().cluster, None);
+        let config = Config::parse(&format!(
+            "{gateway}[cluster]\nredis = \"rediss://redis:6380/1\"\nexpected_nodes = 3\n"
+        ))
+        .unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.redis, "rediss://redis:6380/1");
+        assert_eq!(cluster.node, host_name(), "the host name by default");
+        assert_eq!(cluster.expected_nodes, 3);
+        assert_eq!(cluster.timeout, Duration::from_millis(250));
+        let problems = Config::parse(&format!(
+            "{gateway}[cluster]\nredis = \"redis://:secret@redis:6379/0\"\nnode = \"a b\"\n"
+        ))
+        .unwrap_err()
+        .problems;
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("credentials"), "{problems:?}");
+        assert!(problems[1].contains("cluster.node"), "{problems:?}");
+        let missing = Config::parse(&format!("{gateway}[cluster]\n")).unwrap_err();
+        assert!(
+            missing.problems[0].contains("cluster.redis: required"),
+            "{missing:?}"
+        );
+    }
 }
