@@ -16,6 +16,7 @@ fn portal() -> AppConfig {
         senders: vec![SENDER.parse().unwrap()],
         priority: 1,
         class: Default::default(),
+        unsubscribe: Default::default(),
         user: Some("portal".into()),
         password_hash: Some(quick_hash("s3cret")),
     }
@@ -164,6 +165,7 @@ async fn rule_3_a_sender_the_gateway_does_not_know_is_refused() {
         senders: vec![SENDER.parse().unwrap(), GHOST.parse().unwrap()],
         priority: 1,
         class: Default::default(),
+        unsubscribe: Default::default(),
         user: None,
         password_hash: None,
     }];

@@ -295,6 +295,7 @@ async fn python_smtplib_logs_in_as_an_app_over_starttls() {
             senders: vec!["portal.example.org".parse().unwrap()],
             priority: 1,
             class: Default::default(),
+            unsubscribe: Default::default(),
             user: Some("portal".into()),
             password_hash: Some(support::quick_hash("s3cret")),
         }];

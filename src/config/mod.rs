@@ -141,6 +141,9 @@ pub struct ServerConfig {
     pub plaintext_auth_on_loopback: bool,
     /// `log_format = "text" | "json"`.
     pub log_format: LogFormat,
+    /// The DNS server for the DMARC lookups of the alignment check
+    /// (default: the system's, /etc/resolv.conf).
+    pub dns_resolver: Option<SocketAddr>,
 }
 
 /// `[server.tls]`: the certificate applications see.
@@ -254,6 +257,8 @@ pub struct GatewayConfig {
     /// (relay rule 4).
     pub sending_ip: Option<std::net::IpAddr>,
     pub dkim_selectors: Vec<String>,
+    /// How a message whose From: domain is not DMARC-aligned is treated.
+    pub alignment: AlignmentMode,
     pub shaping: ShapingConfig,
 }
 
@@ -386,6 +391,34 @@ impl AppClass {
     }
 }
 
+/// A gateway's `alignment`: what happens to a message whose From: domain
+/// aligns (DMARC, RFC 7489 3.1) neither with the envelope sender's domain
+/// nor with the domain smtp-shaper signs it with (see `policy::alignment`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlignmentMode {
+    /// Refused with 550 5.7.1.
+    Enforce,
+    /// Accepted, logged and counted.
+    #[default]
+    Warn,
+    /// Not checked.
+    Off,
+}
+
+/// A bulk app's `unsubscribe`: what happens to a message without one-click
+/// unsubscribe (RFC 8058), which Gmail, Yahoo and Outlook.com require of
+/// bulk senders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnsubscribeMode {
+    /// Refused with 550 5.7.1.
+    Require,
+    /// Accepted, logged and counted.
+    #[default]
+    Warn,
+    /// Not checked.
+    Off,
+}
+
 /// One `[[apps]]` entry: an application sending through the proxy, matched
 /// by client network and/or sender domain, with its share of the queue.
 #[derive(Debug, Clone)]
@@ -396,6 +429,8 @@ pub struct AppConfig {
     /// Messages per round-robin turn (1 to 100).
     pub priority: u32,
     pub class: AppClass,
+    /// One-click unsubscribe on bulk mail (a bulk app's setting only).
+    pub unsubscribe: UnsubscribeMode,
     /// The AUTH user name that identifies this app, with its password's
     /// argon2 hash (a PHC string, `smtp-shaper hash-password` makes one).
     pub user: Option<String>,
@@ -556,13 +591,22 @@ impl Config {
         Config::parse(&text)
     }
 
-    /// Routing and app recognition, as the sessions use them.
+    /// Routing, app recognition and the message rules, as the sessions use
+    /// them (a fresh DMARC cache: a reload starts it anew).
     pub fn policy(&self) -> crate::policy::Policy {
         crate::policy::Policy {
             router: self.router(),
             gateways: self.gateways.iter().map(|g| g.name.clone()).collect(),
             apps: std::sync::Arc::new(crate::policy::Apps::new(&self.apps)),
             senders: std::sync::Arc::default(),
+            alignment: self.gateways.iter().map(|g| g.alignment).collect(),
+            dkim_domains: self.dkim.iter().map(|d| d.domain.clone()).collect(),
+            dmarc: std::sync::Arc::new(crate::policy::dmarc::DmarcRecords::new(
+                match self.server.dns_resolver {
+                    Some(server) => std::sync::Arc::new(crate::dns::SystemResolver::at(server)),
+                    None => std::sync::Arc::new(crate::dns::SystemResolver::from_resolv_conf()),
+                },
+            )),
         }
     }
 
@@ -685,6 +729,7 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
             "json" => Some(LogFormat::Json),
             _ => None,
         }),
+        dns_resolver: s.optional("dns_resolver", SOCKET_FORMS, |v| v.parse().ok()),
     };
     if server.max_message_size < 1024 {
         s.problem("max_message_size", "must be at least 1KiB");
@@ -867,6 +912,17 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
             "1h",
             units::DURATION_FORMS,
             units::parse_duration,
+        ),
+        alignment: s.parsed(
+            "alignment",
+            "warn",
+            "\"enforce\", \"warn\" or \"off\"",
+            |v| match v {
+                "enforce" => Some(AlignmentMode::Enforce),
+                "warn" => Some(AlignmentMode::Warn),
+                "off" => Some(AlignmentMode::Off),
+                _ => None,
+            },
         ),
         shaping: read_shaping(s.subsection("shaping")),
     };
@@ -1098,6 +1154,7 @@ fn parse_name(text: &str) -> Option<String> {
 }
 
 fn read_app(mut s: Section<'_>) -> AppConfig {
+    let unsubscribe_given = s.has("unsubscribe");
     let app = AppConfig {
         name: s.required("name", NAME_FORMS, parse_name),
         networks: s.list("networks", &[], NETWORK_FORMS, |v| v.parse().ok()),
@@ -1110,6 +1167,17 @@ fn read_app(mut s: Section<'_>) -> AppConfig {
             |v| match v {
                 "transactional" => Some(AppClass::Transactional),
                 "bulk" => Some(AppClass::Bulk),
+                _ => None,
+            },
+        ),
+        unsubscribe: s.parsed(
+            "unsubscribe",
+            "warn",
+            "\"require\", \"warn\" or \"off\"",
+            |v| match v {
+                "require" => Some(UnsubscribeMode::Require),
+                "warn" => Some(UnsubscribeMode::Warn),
+                "off" => Some(UnsubscribeMode::Off),
                 _ => None,
             },
         ),
@@ -1132,6 +1200,12 @@ fn read_app(mut s: Section<'_>) -> AppConfig {
         s.problem(
             "networks",
             "an app needs a user, networks or senders to be recognised",
+        );
+    }
+    if unsubscribe_given && app.class != AppClass::Bulk {
+        s.problem(
+            "unsubscribe",
+            "applies to bulk mail only: set class = \"bulk\" too, or remove it",
         );
     }
     if app.user.is_some() != app.password_hash.is_some() {
@@ -1364,6 +1438,72 @@ mod tests {
             "gateways[0].shaping.min_rate[3]: \"300/week\" is not valid",
             "gateways[0].shaping.initial_rate: names a 1h volume but min_rate has no 1h floor",
             "apps[0].class: \"newsletter\" is not valid; accepted: \"transactional\" or \"bulk\"",
+        ] {
+            assert!(error.contains(expected), "{expected}\nnot in\n{error}");
+        }
+    }
+
+    #[test]
+    fn alignment_and_unsubscribe_have_safe_defaults_and_clear_errors() {
+        let config = Config::parse(
+            r#"
+            [server]
+            dns_resolver = "127.0.0.1:5353"
+            [[gateways]]
+            name = "g"
+            address = "127.0.0.1:25"
+            [[gateways]]
+            name = "strict"
+            address = "127.0.0.1:26"
+            default = true
+            alignment = "enforce"
+            [[apps]]
+            name = "news"
+            senders = ["news.example.com"]
+            class = "bulk"
+            [[apps]]
+            name = "letters"
+            senders = ["letters.example.com"]
+            class = "bulk"
+            unsubscribe = "require"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.gateways[0].alignment, AlignmentMode::Warn);
+        assert_eq!(config.gateways[1].alignment, AlignmentMode::Enforce);
+        assert_eq!(config.apps[0].unsubscribe, UnsubscribeMode::Warn);
+        assert_eq!(config.apps[1].unsubscribe, UnsubscribeMode::Require);
+        assert_eq!(
+            config.server.dns_resolver,
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(Config::embedded_default().server.dns_resolver, None);
+        let error = Config::parse(
+            r#"
+            [server]
+            dns_resolver = "localhost"
+            [[gateways]]
+            name = "g"
+            address = "127.0.0.1:25"
+            alignment = "strict"
+            [[apps]]
+            name = "billing"
+            senders = ["billing.example.com"]
+            unsubscribe = "require"
+            [[apps]]
+            name = "news"
+            senders = ["news.example.com"]
+            class = "bulk"
+            unsubscribe = "always"
+            "#,
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "line 3: server.dns_resolver: \"localhost\" is not valid; accepted: an IP address and port",
+            "line 7: gateways[0].alignment: \"strict\" is not valid; accepted: \"enforce\", \"warn\" or \"off\"",
+            "apps[0].unsubscribe: applies to bulk mail only: set class = \"bulk\" too, or remove it",
+            "apps[1].unsubscribe: \"always\" is not valid; accepted: \"require\", \"warn\" or \"off\"",
         ] {
             assert!(error.contains(expected), "{expected}\nnot in\n{error}");
         }

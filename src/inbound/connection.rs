@@ -2,8 +2,9 @@
 //!
 //! Replies to pipelined commands are collected and written when the input
 //! holds no further complete command, so a pipelining client gets one write
-//! per batch. A message is answered 250 only after the spool has it on stable
-//! storage; a spool failure is answered 452 4.3.1.
+//! per batch. A message is answered 250 only after it passed the message
+//! rules (`checks`) and the spool has it on stable storage; a spool failure
+//! is answered 452 4.3.1.
 //!
 //! STARTTLS: after the 220, whatever the client had already sent is thrown
 //! away unread (a command injected before the handshake must not run as if
@@ -425,6 +426,22 @@ async fn receive_message(
             unreachable!("the end of DATA never asks for credentials")
         }
     };
+    if let Err(reply) = super::checks::check(context, session.client_ip, &transaction, &body).await
+    {
+        // The check logged why; the session counts the error.
+        return Ok(match session.refuse(reply) {
+            Step::Close(reply) => {
+                log_refusal(context, session, &reply);
+                Some(reply)
+            }
+            Step::Reply(reply) => {
+                super::count_rejection(context, &reply);
+                reply.write_to(&mut conn.out);
+                None
+            }
+            _ => unreachable!("a refusal is answered with Reply or Close"),
+        });
+    }
     store(conn, session, context, transaction, body).await;
     Ok(None)
 }

@@ -7,6 +7,7 @@
 //! run at once and at most `max_connections_per_client` from one address
 //! (else 421).
 
+mod checks;
 mod connection;
 mod limits;
 pub mod session;
@@ -218,6 +219,11 @@ fn rejection_reason(reply: &Reply) -> Option<&'static str> {
         (554, "5.7.1") => "client_denied",
         (530 | 538, _) => "auth_required",
         (535, _) | (501, "5.0.0") => "auth_failed",
+        (550, "5.7.1") if text.contains("is not DMARC-aligned") => "alignment",
+        (550, "5.7.1") if text.contains("one-click unsubscribe") => "unsubscribe",
+        (550, "5.7.1") if text.starts_with("5.7.1 From:") || text.starts_with("5.7.1 Sender:") => {
+            "header_sender"
+        }
         (550, "5.7.1") => "relay_denied",
         (550, "5.1.0") => "sender_rejected",
         (452, "4.5.3") => "too_many_recipients",
@@ -305,5 +311,43 @@ mod tests {
             "4.5.3 Error: too many recipients (at most 100 per message)",
         );
         assert_eq!(rejection_reason(&limit), Some("too_many_recipients"));
+    }
+
+    #[test]
+    fn the_message_rules_have_their_own_rejection_reasons() {
+        for (text, reason) in [
+            (
+                "5.7.1 Sender <a@b.test> is not allowed for app x: each app sends only from its own addresses or domain (relay rule 2)",
+                "relay_denied",
+            ),
+            (
+                "5.7.1 From: <ceo@corp.test> is not allowed for app x: each app sends only from its own addresses or domain, in the header as in MAIL FROM (relay rule 2)",
+                "header_sender",
+            ),
+            (
+                "5.7.1 Sender: <ceo@corp.test> is not allowed for app x: each app sends only from its own addresses or domain, in the header as in MAIL FROM (relay rule 2)",
+                "header_sender",
+            ),
+            (
+                "5.7.1 From: domain corp.test is not DMARC-aligned: why; receivers would fail its DMARC check (RFC 7489 3.1)",
+                "alignment",
+            ),
+            (
+                "5.7.1 Bulk mail from app news needs one-click unsubscribe (RFC 8058): why",
+                "unsubscribe",
+            ),
+        ] {
+            assert_eq!(
+                rejection_reason(&Reply::new(550, text)),
+                Some(reason),
+                "{text}"
+            );
+            assert!(crate::telemetry::metrics::REJECTION_REASONS.contains(&reason));
+        }
+        let malformed = Reply::new(
+            554,
+            "5.6.0 Message refused: 2 From: header fields; a message has exactly one (RFC 5322 3.6)",
+        );
+        assert_eq!(rejection_reason(&malformed), Some("bad_content"));
     }
 }

@@ -7,7 +7,10 @@
 //! STARTTLS (RFC 3207) and AUTH (RFC 4954) exchanges, asking the connection
 //! to do the handshake and the password check, and applies the relay rules
 //! at MAIL: login required, the app's own senders (rule 2), senders the
-//! gateway knows (rule 3); and admission (shaping) at RCPT.
+//! gateway knows (rule 3); and admission (shaping) at RCPT. The rules on
+//! the message's header run after [`Session::data_end`] in the connection
+//! (`checks`: they may wait for DNS), and their refusals come back through
+//! [`Session::refuse`].
 
 use std::net::IpAddr;
 
@@ -556,7 +559,9 @@ impl<'a> Session<'a> {
     }
 
     /// Counts an error reply; past `max_errors` the session ends with 421.
-    fn refuse(&mut self, reply: Reply) -> Step {
+    /// The connection calls it for the message rules it applies after
+    /// DATA (they may wait for DNS, which the state machine never does).
+    pub fn refuse(&mut self, reply: Reply) -> Step {
         self.errors += 1;
         if self.errors >= self.server.max_errors {
             return Step::Close(Reply::new(

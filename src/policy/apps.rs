@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 
 use super::{Network, SenderPattern};
-use crate::config::{AppClass, AppConfig};
+use crate::config::{AppClass, AppConfig, UnsubscribeMode};
 use crate::shaper::Lane;
 
 /// The lane of mail no `[[apps]]` entry matches.
@@ -78,6 +78,15 @@ impl Apps {
         self.apps.get(lane).is_none_or(|app| {
             app.senders.is_empty() || SenderPattern::any_matches(&app.senders, sender)
         })
+    }
+
+    /// How one-click unsubscribe is checked on the mail of `lane`: its
+    /// `unsubscribe` for a bulk app, `Off` for any other.
+    pub fn unsubscribe(&self, lane: usize) -> UnsubscribeMode {
+        self.apps
+            .get(lane)
+            .filter(|app| app.class == AppClass::Bulk)
+            .map_or(UnsubscribeMode::Off, |app| app.unsubscribe)
     }
 
     /// Every sender address (not domain) the apps list, for rule 3 checks.

@@ -75,7 +75,7 @@ fn describe(outcome: &SpfOutcome) -> String {
 
 /// The value of the first `key=value` tag of a DMARC or DKIM record whose
 /// key `is_wanted` (keys and values trimmed).
-fn tag(record: &str, is_wanted: impl Fn(&str) -> bool) -> Option<&str> {
+pub(crate) fn tag(record: &str, is_wanted: impl Fn(&str) -> bool) -> Option<&str> {
     record
         .split(';')
         .filter_map(|tag| tag.trim().split_once('='))

@@ -50,8 +50,14 @@ pub const REJECTION_REASONS: &[&str] = &[
     "tls_unavailable",
     "connection_rate",
     "auth_failure_rate",
+    "header_sender",
+    "alignment",
+    "unsubscribe",
     "other",
 ];
+
+/// Results of the DMARC alignment check (`alignment_checks_total`).
+pub const ALIGNMENT_RESULTS: &[&str] = &["aligned", "misaligned"];
 
 /// Results of one delivery attempt of a message (`messages_relayed_total`).
 pub const RELAY_RESULTS: &[&str] = &["delivered", "deferred", "failed"];
@@ -74,6 +80,9 @@ pub struct Metrics {
     pub auth_attempts: IntCounterVec,
     pub inbound_tls_sessions: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    pub alignment_checks: IntCounterVec,
+    pub dmarc_lookups: IntCounterVec,
+    pub unsubscribe_missing: IntCounterVec,
     queue_messages: IntGaugeVec,
     queue_bytes: IntGaugeVec,
     queue_oldest_age: GaugeVec,
@@ -269,6 +278,24 @@ impl Metrics {
                 "Configuration reloads on SIGHUP, by result (success, failure).",
                 &["result"],
             ),
+            alignment_checks: counter(
+                r,
+                "alignment_checks_total",
+                "Messages whose From: domain was checked for DMARC alignment (gateways with alignment = warn or enforce), by result (aligned, misaligned; a misaligned one is refused under enforce).",
+                &["gateway", "result"],
+            ),
+            dmarc_lookups: counter(
+                r,
+                "dmarc_lookups_total",
+                "DMARC record lookups sent to DNS for the alignment check, by result (found, none, failed); timeout counts a message that stopped waiting for one (judged relaxed, as on failure).",
+                &["result"],
+            ),
+            unsubscribe_missing: counter(
+                r,
+                "unsubscribe_missing_total",
+                "Bulk messages without one-click unsubscribe (RFC 8058 List-Unsubscribe with https and List-Unsubscribe-Post), by app; refused ones (unsubscribe = require) count in rejections_total too.",
+                &["app"],
+            ),
             queue_messages: int_gauge(
                 r,
                 "queue_messages",
@@ -386,6 +413,11 @@ impl Metrics {
                     .messages_accepted
                     .with_label_values(&[gateway.as_str(), app.as_str()]);
             }
+            for result in ALIGNMENT_RESULTS {
+                metrics
+                    .alignment_checks
+                    .with_label_values(&[gateway.as_str(), result]);
+            }
             for result in RELAY_RESULTS {
                 metrics
                     .messages_relayed
@@ -410,6 +442,12 @@ impl Metrics {
         }
         for reason in REJECTION_REASONS {
             metrics.rejections.with_label_values(&[reason]);
+        }
+        for result in crate::policy::dmarc::LOOKUP_RESULTS {
+            metrics.dmarc_lookups.with_label_values(&[result]);
+        }
+        for app in apps {
+            metrics.unsubscribe_missing.with_label_values(&[app]);
         }
         for result in ["success", "failure"] {
             metrics.config_reloads.with_label_values(&[result]);
