@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use smtp_shaper::Service;
 use smtp_shaper::config::Config;
-use support::{Client, Redis, Sink, eventually, eventually_async, fetch, free_address};
+use support::{
+    Client, Redis, Sink, eventually, eventually_async, fetch, free_address, most_in_window,
+};
 
 const APP: &str = "app@example.com";
 
@@ -128,18 +130,6 @@ fn subjects(sink: &Sink) -> Vec<String> {
         .collect();
     subjects.sort();
     subjects
-}
-
-fn most_in_window(times: &[Instant], window: Duration) -> usize {
-    (0..times.len())
-        .map(|start| {
-            times[start..]
-                .iter()
-                .take_while(|at| **at - times[start] < window)
-                .count()
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 fn free_port() -> u16 {

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use smtp_shaper::config::Config;
 use smtp_shaper::shaper::DeferReason;
-use support::{Client, ClientReply, Harness, Sink, eventually, shaping, start, test_config};
+use support::{
+    Client, ClientReply, Harness, Sink, eventually, most_in_window, shaping, start, test_config,
+};
 
 const APP: &str = "app@example.com";
 const BODY: &[u8] = b"Subject: shaped\r\n\r\nhello\r\n";
@@ -48,19 +50,6 @@ fn users(count: usize) -> Vec<String> {
     (0..count)
         .map(|index| format!("user{index}@example.org"))
         .collect()
-}
-
-/// Most arrivals in any window of `window` starting at an arrival.
-fn most_in_window(times: &[Instant], window: Duration) -> usize {
-    (0..times.len())
-        .map(|start| {
-            times[start..]
-                .iter()
-                .take_while(|at| **at - times[start] < window)
-                .count()
-        })
-        .max()
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

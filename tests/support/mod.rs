@@ -1000,6 +1000,19 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// Most arrivals in any window of `window` starting at an arrival.
+pub fn most_in_window(times: &[std::time::Instant], window: Duration) -> usize {
+    (0..times.len())
+        .map(|start| {
+            times[start..]
+                .iter()
+                .take_while(|at| **at - times[start] < window)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// A loopback port nothing listens on (bound, then released).
 pub fn free_address() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
