@@ -200,6 +200,9 @@ if [ -n "$clustered" ]; then
 fi
 printf '%-46s %12.0f\n' "accepted with the gateway down" "$queue_accept"
 printf '\nrelay / direct ratio: %.2f  (target >= 0.40)\n' "$(echo "$relay / $direct" | bc -l)"
+if [ -n "$clustered" ]; then
+    printf 'cluster / standalone relay: %.2f  (target >= 0.80)\n' "$(echo "$clustered / $relay" | bc -l)"
+fi
 printf 'relay rate vs target 2000/s: %.2fx\n' "$(echo "$relay / 2000" | bc -l)"
 printf 'peak RSS while relaying: %.1f MiB\n' "$(echo "$relay_peak / 1024" | bc -l)"
 printf 'RSS with %d messages queued: %.1f MiB (peak %.1f MiB, target < 100 MiB); spool on disk %.0f MiB\n' \

@@ -76,9 +76,17 @@ impl FromStr for Network {
         if prefix > max {
             return Err(());
         }
-        Ok(Network {
-            address: canonical(address),
-            prefix,
+        // An IPv4-mapped network (`::ffff:10.0.0.0/104`) is the IPv4 one
+        // with the 96 bits of the mapping taken off its prefix, as clients
+        // are matched; a shorter prefix spans more than the mapped range and
+        // stays IPv6.
+        Ok(match canonical(address) {
+            IpAddr::V4(v4) if address.is_ipv6() && prefix >= 96 => Network {
+                address: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            },
+            IpAddr::V4(_) if address.is_ipv6() => Network { address, prefix },
+            address => Network { address, prefix },
         })
     }
 }
@@ -111,6 +119,20 @@ mod tests {
     #[test]
     fn mapped_ipv4_matches_ipv4_networks() {
         assert!(net("127.0.0.0/8").contains("::ffff:127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn mapped_ipv4_networks_take_the_mapping_off_their_prefix() {
+        let mapped = net("::ffff:10.0.0.0/104");
+        assert_eq!(mapped, net("10.0.0.0/8"));
+        assert!(mapped.contains("10.1.2.3".parse().unwrap()));
+        assert!(mapped.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
+        assert_eq!(net("::ffff:192.0.2.1"), net("192.0.2.1/32"));
+        // Wider than the mapped range: an IPv6 network, matched as such.
+        let wide = net("::ffff:0.0.0.0/80");
+        assert!(!wide.contains("10.1.2.3".parse().unwrap()));
+        assert!(wide.contains("::1".parse().unwrap()));
     }
 
     #[test]
