@@ -83,7 +83,7 @@ fn accuracy_and_utilisation() {
         })
         .collect();
     let started = Instant::now();
-    let report = replay(&config, 0, &trace, &Options { retry_after: 600.0 });
+    let report = replay(&config, 0, &trace, &Options::default());
     let replay_time = started.elapsed();
     println!("1. accuracy: {messages} messages at once, ceiling {ceiling}/s, burst {burst}");
     for peak in &report.peaks {
@@ -222,7 +222,7 @@ fn replay_speed() {
     let time = |shaping: &str| {
         let config = config(shaping);
         let started = Instant::now();
-        let report = replay(&config, 0, &trace, &Options { retry_after: 600.0 });
+        let report = replay(&config, 0, &trace, &Options::default());
         (started.elapsed().as_secs_f64(), report.sent)
     };
     let base = "initial_rate = [\"5/min\", \"150/h\", \"1500/day\"]\nmax_queue_delay = \"2d\"";

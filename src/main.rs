@@ -104,6 +104,10 @@ enum Command {
         /// (trace seconds; delay from its first offer to its sending)
         #[arg(long)]
         sent_log: Option<PathBuf>,
+        /// Spread the trace over this many sidecars sharing one budget, as
+        /// in cluster mode (what the gateway sees should not change)
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        nodes: u16,
     },
 }
 
@@ -172,6 +176,7 @@ fn main() -> ExitCode {
             gateway,
             retry_after,
             sent_log,
+            nodes,
         } => simulate(
             &config,
             &trace,
@@ -180,7 +185,10 @@ fn main() -> ExitCode {
                 sent_log: sent_log.as_deref(),
             },
             gateway.as_deref(),
-            retry_after,
+            smtp_shaper::simulate::Options {
+                retry_after: retry_after.as_secs_f64(),
+                nodes: usize::from(nodes),
+            },
         ),
         Command::HashPassword => hash_password(),
         Command::Demo { time_scale } => demo(time_scale),
@@ -431,9 +439,9 @@ fn simulate(
     trace_path: &Path,
     outputs: Outputs<'_>,
     gateway: Option<&str>,
-    retry_after: std::time::Duration,
+    options: smtp_shaper::simulate::Options,
 ) -> ExitCode {
-    use smtp_shaper::simulate::{Options, parse_trace, render_svg, replay};
+    use smtp_shaper::simulate::{parse_trace, render_svg, replay};
     let config = match Config::load(config_path) {
         Ok(config) => config,
         Err(error) => {
@@ -466,14 +474,7 @@ fn simulate(
             return ExitCode::FAILURE;
         }
     };
-    let report = replay(
-        &config,
-        index,
-        &trace,
-        &Options {
-            retry_after: retry_after.as_secs_f64(),
-        },
-    );
+    let report = replay(&config, index, &trace, &options);
     print!("{}", report.to_text());
     if let Some(path) = outputs.sent_log {
         if let Err(error) = std::fs::write(path, report.sent_log_csv()) {

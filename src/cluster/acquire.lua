@@ -23,6 +23,12 @@ if pause_until > now then
   hold_for(pause_until - now, 'pause')
 end
 local emission, tolerance = tonumber(ARGV[5]), tonumber(ARGV[6])
+-- Bulk mail leaves the bucket's last token to transactional mail (when it
+-- holds more than one): the nodes' fair queues do not see each other, and a
+-- password reset on one node must not wait behind a newsletter on another.
+if bulk and tolerance >= emission then
+  tolerance = tolerance - emission
+end
 local tat = math.max(tonumber(redis.call('HGET', state, 'tat') or 0), now)
 if tat - now > tolerance then
   hold_for(tat - now - tolerance, 'rate')

@@ -20,6 +20,7 @@ use std::collections::BinaryHeap;
 
 use crate::config::{Config, GatewayConfig, Horizon, ShapingConfig};
 use crate::policy::Apps;
+use crate::shaper::shared::{Elsewhere, Proposal, SharedState};
 use crate::shaper::{DeferReason, GatewayModel, Release, Scheduler};
 
 const DAY: f64 = 86_400.0;
@@ -33,6 +34,19 @@ const PLOT_POINTS: f64 = 800.0;
 pub struct Options {
     /// Seconds after a 451 until the app offers the message again.
     pub retry_after: f64,
+    /// Sidecars the trace is spread over (round robin), sharing the
+    /// gateway's budget as in cluster mode (`shaper::shared::SharedState`
+    /// stands in for Redis). 1: one smtp-shaper, no shared state.
+    pub nodes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            retry_after: 600.0,
+            nodes: 1,
+        }
+    }
 }
 
 /// One point of the plot: counts over `[start, start + span)`, levels at its end.
@@ -115,6 +129,8 @@ pub struct AppStats {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub gateway: String,
+    /// Sidecars the trace was spread over (`Options::nodes`).
+    pub nodes: usize,
     pub messages: usize,
     pub sent: usize,
     /// Messages whose app gave up after `GIVE_UP_AFTER` of deferrals.
@@ -142,11 +158,32 @@ pub struct Report {
 struct Offer {
     /// Its number in the trace: its envelope's fingerprint in the demand.
     id: u64,
+    /// The node (sidecar) its app replica sends to.
+    node: usize,
     /// When the app first offered it.
     first: f64,
     lane: usize,
     recipients: u32,
     deferred: bool,
+}
+
+/// One sidecar of the replay.
+struct Node {
+    scheduler: Scheduler<Offer>,
+    /// When it may release next (infinite: when mail arrives).
+    release_at: f64,
+    /// The others' totals at its latest reading.
+    seen: Elsewhere,
+}
+
+impl Node {
+    /// Takes in what the others sent since the last reading, as a reply
+    /// of the shared state tells a node.
+    fn absorb(&mut self, now: f64, others: Elsewhere) {
+        let sent = others.since(&self.seen);
+        self.seen = others;
+        self.scheduler.sent_elsewhere(now, &sent);
+    }
 }
 
 /// A deferred message its app offers again at `due`.
@@ -201,10 +238,21 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
     let end = trace.last().map_or(0.0, |arrival| arrival.at);
     // The gateway exists, idle, an hour before the trace: its bucket is full.
     let created = start - 3_600.0;
-    let model = GatewayModel::new(&gateway_config.shaping, created);
-    let mut scheduler: Scheduler<Offer> = Scheduler::new(model, apps.lanes());
+    let count = options.nodes.max(1);
+    let mut nodes: Vec<Node> = (0..count)
+        .map(|_| Node {
+            scheduler: Scheduler::new(
+                GatewayModel::new(&gateway_config.shaping, created),
+                apps.lanes(),
+            ),
+            release_at: f64::INFINITY,
+            seen: Elsewhere::default(),
+        })
+        .collect();
+    let mut shared = (count > 1).then(|| SharedState::new(count));
     let mut report = Report {
         gateway: gateway_config.name.clone(),
+        nodes: count,
         messages: trace.len(),
         sent: 0,
         given_up: 0,
@@ -243,7 +291,6 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
     };
     let mut now = start;
     let mut next_id = 0;
-    let mut release_at = f64::INFINITY;
     loop {
         // Offers due now: new arrivals, and apps retrying after a 451.
         loop {
@@ -255,6 +302,7 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
                 next_id += 1;
                 Offer {
                     id: next_id - 1,
+                    node: (next_id - 1) as usize % count,
                     first: arrival.at,
                     lane,
                     recipients: arrival.recipients,
@@ -265,12 +313,28 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
             } else {
                 break;
             };
-            let units = scheduler.units(offer.recipients as usize);
-            match scheduler.admit(now, offer.lane, units, 0, [0; 2], offer.id) {
+            // The other nodes' queues count as ahead (their heartbeats).
+            let (elsewhere, elsewhere_units) = nodes
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| *index != offer.node)
+                .fold((0, [0; 2]), |(messages, units), (_, node)| {
+                    let queued = node.scheduler.queued_units();
+                    (
+                        messages + node.scheduler.len(),
+                        [units[0] + queued[0], units[1] + queued[1]],
+                    )
+                });
+            let node = &mut nodes[offer.node];
+            let units = node.scheduler.units(offer.recipients as usize);
+            match node
+                .scheduler
+                .admit(now, offer.lane, units, elsewhere, elsewhere_units, offer.id)
+            {
                 Ok(()) => {
-                    scheduler.accepted(now, || [offer.id]);
-                    scheduler.push(now, offer.lane, units, offer);
-                    release_at = now;
+                    node.scheduler.accepted(now, || [offer.id]);
+                    node.scheduler.push(now, offer.lane, units, offer);
+                    node.release_at = now;
                 }
                 Err(deferral) => {
                     let mut offer = offer;
@@ -290,14 +354,33 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
                 }
             }
         }
-        // Releases the model allows now.
-        if release_at <= now {
-            release_at = f64::INFINITY;
+        // Releases the models (and, with nodes, the shared state) allow now.
+        for (index, node) in nodes.iter_mut().enumerate() {
+            if node.release_at > now {
+                continue;
+            }
+            node.release_at = f64::INFINITY;
             loop {
-                match scheduler.next(now) {
+                if let Some(shared) = &shared {
+                    node.absorb(now, shared.others(index));
+                }
+                match node.scheduler.next(now) {
                     Release::Send {
                         waited, lane, item, ..
                     } => {
+                        if let Some(shared) = &mut shared {
+                            let units = node.scheduler.units(item.recipients as usize);
+                            let proposal = Proposal {
+                                units,
+                                class: node.scheduler.class(lane),
+                                limits: node.scheduler.shared_limits(now),
+                            };
+                            if let Err(hold) = shared.acquire(now, index, &proposal) {
+                                node.scheduler.put_back(now, lane, waited, units, item);
+                                node.release_at = (now + hold.wait).max(now.next_up());
+                                break;
+                            }
+                        }
                         report.sent_log.push(SentRecord {
                             id: item.id,
                             at: now,
@@ -313,28 +396,37 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
                         today.sent += 1;
                         today.delays.push(waited);
                         sample.sent += 1;
-                        sends.push((now, scheduler.enforced_rate()));
+                        sends.push((now, node.scheduler.enforced_rate()));
                     }
                     Release::Wait(seconds) => {
                         // Strictly later, even where seconds vanish in rounding.
-                        release_at = (now + seconds).max(now.next_up());
+                        node.release_at = (now + seconds).max(now.next_up());
                         break;
                     }
                     Release::Save => {
-                        let (_, reserve) = scheduler.snapshot(now, true);
-                        scheduler.saved(reserve);
+                        let (_, reserve) = node.scheduler.snapshot(now, true);
+                        node.scheduler.saved(reserve);
                     }
                     Release::Idle => break,
                 }
             }
         }
+        // Every node hears what the others sent at once, as the live
+        // nodes do from their heartbeats within a second: news that came
+        // late would count as sent late and hold the window longer.
+        if let Some(shared) = &shared {
+            for (index, node) in nodes.iter_mut().enumerate() {
+                node.absorb(now, shared.others(index));
+            }
+        }
         // The plot's next point.
         let sample_end = sample.start + sample.span;
         if now >= sample_end {
-            let view = scheduler.view(sample_end);
+            // Every node learns the same gateway: the first one speaks for it.
+            let view = nodes[0].scheduler.view(sample_end);
             sample.ceiling = view.model.ceiling;
             sample.baseline = view.model.baseline;
-            sample.queued = view.queued;
+            sample.queued = nodes.iter().map(|node| node.scheduler.len()).sum();
             let next = Sample {
                 start: sample_end,
                 arrived: 0,
@@ -350,7 +442,14 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
             .into_iter()
             .chain(retries.peek().map(|retry| retry.due))
             .fold(f64::INFINITY, f64::min);
-        if next_offer.is_infinite() && scheduler.is_empty() && now >= end {
+        let release_at = nodes
+            .iter()
+            .map(|node| node.release_at)
+            .fold(f64::INFINITY, f64::min);
+        if next_offer.is_infinite()
+            && nodes.iter().all(|node| node.scheduler.is_empty())
+            && now >= end
+        {
             if sample.arrived + sample.sent + sample.deferred > 0 {
                 report.samples.push(sample);
             }
@@ -374,7 +473,7 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
         .into_iter()
         .map(|window| peak(&sends, window, report.burst))
         .collect();
-    let units = |recipients: u32| scheduler.units(recipients as usize);
+    let units = |recipients: u32| nodes[0].scheduler.units(recipients as usize);
     judge_as_receiver(&mut report, &gateway_config.shaping, trace, created, units);
     report
 }
@@ -476,6 +575,12 @@ impl Report {
         let mut out = String::new();
         let deferred: u64 = self.deferrals.iter().sum();
         let deferred_messages: usize = self.apps.iter().map(|app| app.deferred_messages).sum();
+        if self.nodes > 1 {
+            out.push_str(&format!(
+                "{} nodes, the trace spread over them round robin, sharing one budget (cluster mode)\n",
+                self.nodes
+            ));
+        }
         out.push_str(&format!(
             "gateway {}: {} messages offered, {} sent, {} given up after 5 days of deferrals\n\
              {deferred_messages} messages deferred at least once; {deferred} deferrals (451 4.7.1) in all\n",
@@ -617,7 +722,7 @@ mod tests {
             "initial_rate = \"60/min\"\nheadroom = 2.0\nburst = 5\nmax_queue_delay = \"1h\"",
         );
         let trace = arrivals(3_000, 0.0, 0.01, "bulk");
-        let report = replay(&config, 0, &trace, &Options { retry_after: 600.0 });
+        let report = replay(&config, 0, &trace, &Options::default());
         assert_eq!(report.sent, 3_000);
         assert_eq!(report.deferrals, [0; 6]);
         for peak in &report.peaks {
@@ -632,7 +737,7 @@ mod tests {
     fn traffic_under_the_ceiling_is_not_delayed() {
         let config = config("initial_rate = \"60/min\"");
         let trace = arrivals(1_000, 0.0, 2.0, "other");
-        let report = replay(&config, 0, &trace, &Options { retry_after: 600.0 });
+        let report = replay(&config, 0, &trace, &Options::default());
         assert_eq!(report.sent, 1_000);
         assert_eq!(*report.delays.last().unwrap(), 0.0);
     }
@@ -641,7 +746,15 @@ mod tests {
     fn deferred_mail_comes_back_and_is_sent() {
         let config = config("initial_rate = \"60/min\"\nheadroom = 1.0\nmax_queue_delay = \"1m\"");
         let trace = arrivals(200, 0.0, 0.01, "bulk");
-        let report = replay(&config, 0, &trace, &Options { retry_after: 60.0 });
+        let report = replay(
+            &config,
+            0,
+            &trace,
+            &Options {
+                retry_after: 60.0,
+                ..Options::default()
+            },
+        );
         assert!(report.deferrals[DeferReason::QueueDelay as usize] > 0);
         assert_eq!(report.sent, 200, "every deferred message is offered again");
         assert!(report.delays.last().unwrap() <= &61.0);
