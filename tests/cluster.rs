@@ -295,3 +295,90 @@ async fn a_throttling_reply_one_node_hears_pauses_the_others_at_their_next_decis
         node.service.shutdown().await;
     }
 }
+
+/// The Lua scripts and the in-memory reference the simulator runs
+/// (`shaper::shared::SharedState`) decide alike: the same random proposals
+/// from three nodes (budgets with a bulk share and a cap binding, the bucket
+/// wide open so the decisions do not depend on the clock) get the same
+/// grants and the same reasons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
+    use smtp_shaper::cluster::Cluster;
+    use smtp_shaper::config::{AppClass, ClusterConfig, Horizon};
+    use smtp_shaper::shaper::shared::{
+        Proposal, SharedBudget, SharedCap, SharedLimits, SharedState,
+    };
+
+    let port = free_port();
+    let Some(_redis) = Redis::start(port) else {
+        return;
+    };
+    let links: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|node| {
+            let cluster = Cluster::open(&ClusterConfig {
+                redis: format!("redis://127.0.0.1:{port}/0"),
+                node: node.to_string(),
+                password_file: None,
+                password_env: None,
+                expected_nodes: 3,
+                timeout: Duration::from_secs(2),
+            })
+            .expect("cluster opens");
+            cluster.link("reference")
+        })
+        .collect();
+    let mut reference = SharedState::new(3);
+    let limits = SharedLimits {
+        rate: 1e6,
+        burst: 1000,
+        budgets: vec![
+            SharedBudget {
+                horizon: Horizon::Hour,
+                allowance: 150,
+                bulk_share: 90,
+            },
+            SharedBudget {
+                horizon: Horizon::Day,
+                allowance: 400,
+                bulk_share: 300,
+            },
+        ],
+        caps: vec![SharedCap {
+            window: 86_400,
+            limit: 140,
+        }],
+    };
+    let mut rng = fastrand::Rng::with_seed(7);
+    let (mut granted, mut held) = (0, 0);
+    for step in 0..200 {
+        let node = rng.usize(0..3);
+        let proposal = Proposal {
+            units: rng.u64(1..=6),
+            class: if rng.bool() {
+                AppClass::Bulk
+            } else {
+                AppClass::Transactional
+            },
+            limits: limits.clone(),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let expected = reference.acquire(now, node, &proposal);
+        let verdict = links[node].acquire(&proposal).await.expect("Redis answers");
+        match expected {
+            Ok(()) => {
+                granted += 1;
+                assert!(verdict.granted, "step {step}: {proposal:?} -> {verdict:?}");
+            }
+            Err(hold) => {
+                held += 1;
+                assert!(!verdict.granted, "step {step}: {proposal:?} -> {verdict:?}");
+                assert_eq!(verdict.reason, hold.reason, "step {step}: {proposal:?}");
+            }
+        }
+    }
+    assert!(granted > 20 && held > 20, "{granted} granted, {held} held");
+}
