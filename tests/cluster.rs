@@ -321,6 +321,7 @@ async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
                 node: node.to_string(),
                 password_file: None,
                 password_env: None,
+                ca_file: None,
                 expected_nodes: 3,
                 timeout: Duration::from_secs(2),
             })
@@ -381,4 +382,76 @@ async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
         }
     }
     assert!(granted > 20 && held > 20, "{granted} granted, {held} held");
+}
+
+/// `rediss://` with an internal CA (`ca_file`) and a password from a file:
+/// the node reaches the shared state and mail goes through it. With a wrong
+/// password the node never reaches it, and the mail still goes, on its
+/// share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaches_redis_over_tls_with_a_password_and_without_one_still_sends() {
+    let certificate = support::TestCertificate::new();
+    let port = free_port();
+    let (cert, key) = (
+        certificate.certificate.to_str().unwrap(),
+        certificate.key.to_str().unwrap(),
+    );
+    let Some(_redis) = Redis::start_with(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            cert,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "s3cret-for-tests",
+        ],
+    ) else {
+        return;
+    };
+    let sink = Sink::start().await;
+    let series = "smtp_shaper_cluster_connected{gateway=\"primary\"}";
+    for (password, reaches) in [("s3cret-for-tests", 1.0), ("wrong", 0.0)] {
+        let spool = tempfile::tempdir().unwrap();
+        let password_file = spool.path().join("redis-password");
+        std::fs::write(&password_file, format!("{password}\n")).unwrap();
+        let mut config = node_config(
+            spool.path(),
+            sink.address,
+            port,
+            "tls",
+            "initial_rate = \"600/min\"\nmin_rate = \"600/min\"",
+        );
+        let cluster = config.cluster.as_mut().unwrap();
+        cluster.redis = format!("rediss://localhost:{port}/0");
+        cluster.ca_file = Some(certificate.certificate.clone());
+        cluster.password_file = Some(password_file);
+        let node = Node {
+            service: Service::start(config).await.expect("node starts"),
+            _spool: spool,
+        };
+        eventually_async("a heartbeat's verdict", || async {
+            metric(&node, series).await.is_some()
+        })
+        .await;
+        // Several heartbeats: the standing holds.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            metric(&node, series).await,
+            Some(reaches),
+            "password {password}"
+        );
+        let before = sink.count();
+        send(&node, 0, 1).await;
+        eventually("the message to arrive", || sink.count() > before).await;
+        node.service.shutdown().await;
+    }
 }

@@ -204,6 +204,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_query_and_alert_expression(
             node: "test".into(),
             password_file: None,
             password_env: None,
+                ca_file: None,
             expected_nodes: 1,
             timeout: Duration::from_millis(250),
         });

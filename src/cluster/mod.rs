@@ -97,7 +97,22 @@ impl Cluster {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info).map_err(invalid)?;
+        let client = match &config.ca_file {
+            Some(path) => {
+                let root = std::fs::read(path).map_err(|error| {
+                    std::io::Error::new(
+                        error.kind(),
+                        format!("cannot read cluster.ca_file {}: {error}", path.display()),
+                    )
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                };
+                redis::Client::build_with_tls(info, certificates).map_err(invalid)?
+            }
+            None => redis::Client::open(info).map_err(invalid)?,
+        };
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout))

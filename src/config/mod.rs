@@ -45,6 +45,9 @@ pub struct ClusterConfig {
     /// Where the Redis password is read from (a file wins over the variable).
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
+    /// The CA (PEM) a `rediss://` server's certificate is checked against,
+    /// instead of the system's roots (an internal CA).
+    pub ca_file: Option<PathBuf>,
     /// Nodes assumed to share a gateway until the others' heartbeats are
     /// seen (a node that starts while Redis is down runs on this share).
     pub expected_nodes: u64,
@@ -802,6 +805,7 @@ fn read_cluster(mut s: Section<'_>) -> ClusterConfig {
         password_env: s.optional("password_env", "an environment variable name", |v| {
             Some(v.to_string())
         }),
+        ca_file: s.optional("ca_file", "a PEM file path", parse_path),
         expected_nodes: s.integer("expected_nodes", 1, 1, 10_000),
         timeout: s.parsed(
             "timeout",
@@ -810,6 +814,9 @@ fn read_cluster(mut s: Section<'_>) -> ClusterConfig {
             units::parse_duration,
         ),
     };
+    if cluster.ca_file.is_some() && !cluster.redis.starts_with("rediss://") {
+        s.problem("ca_file", "only a rediss:// (TLS) URL checks a certificate");
+    }
     s.finish();
     cluster
 }

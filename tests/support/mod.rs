@@ -931,8 +931,14 @@ pub struct Redis {
 
 impl Redis {
     pub fn start(port: u16) -> Option<Redis> {
+        Redis::start_with(port, &["--port", &port.to_string()])
+    }
+
+    /// A server listening on `port` as `args` say (e.g. TLS only).
+    pub fn start_with(port: u16, args: &[&str]) -> Option<Redis> {
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
