@@ -296,6 +296,48 @@ async fn a_throttling_reply_one_node_hears_pauses_the_others_at_their_next_decis
     }
 }
 
+/// A used-up quota one node hears (Exchange Online's `554 5.2.0`) rests
+/// every node until the quota's window resets, without cutting the ceiling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_used_up_quota_one_node_hears_rests_the_others() {
+    let port = free_port();
+    let Some(_redis) = Redis::start(port) else {
+        return;
+    };
+    let sink = Sink::start().await;
+    sink.behavior.lock().unwrap().data_replies.push_back(
+        "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException".into(),
+    );
+    let shaping = r#"initial_rate = "600/min"
+        min_rate = "60/min"
+        max_rate = "600/min"
+        limits = ["10000/day"]
+        max_queue_delay = "7d""#;
+    let nodes = start_nodes(&sink, port, shaping).await;
+    all_connected(&nodes, 1.0).await;
+    let paused = "smtp_shaper_backoff_remaining_seconds{gateway=\"primary\"}";
+    send(&nodes[0], 0, 1).await;
+    eventually_async("node a to rest for the quota", || async {
+        metric(&nodes[0], paused).await.unwrap_or(0.0) > 80_000.0
+    })
+    .await;
+    send(&nodes[2], 200, 1).await;
+    eventually_async("node c to rest too, at its next decision", || async {
+        metric(&nodes[2], paused).await.unwrap_or(0.0) > 80_000.0
+    })
+    .await;
+    let penalty = "smtp_shaper_backoff_penalty{gateway=\"primary\"}";
+    assert_eq!(
+        metric(&nodes[2], penalty).await,
+        Some(1.0),
+        "a rest, not a cut"
+    );
+    assert_eq!(sink.count(), 0);
+    for node in nodes {
+        node.service.shutdown().await;
+    }
+}
+
 /// The Lua scripts and the in-memory reference the simulator runs
 /// (`shaper::shared::SharedState`) decide alike: the same random proposals
 /// from three nodes (budgets with a bulk share and a cap binding, the bucket

@@ -56,6 +56,7 @@ struct Scripts {
     acquire: Script,
     heartbeat: Script,
     throttle: Script,
+    pause: Script,
     hold: Script,
     rebuild: Script,
     reconcile: Script,
@@ -130,6 +131,7 @@ impl Cluster {
                 acquire: script(include_str!("acquire.lua")),
                 heartbeat: script(include_str!("heartbeat.lua")),
                 throttle: script(include_str!("throttle.lua")),
+                pause: script(include_str!("pause.lua")),
                 hold: script(include_str!("hold.lua")),
                 rebuild: script(include_str!("rebuild.lua")),
                 reconcile: script(include_str!("reconcile.lua")),
@@ -397,6 +399,16 @@ impl GatewayLink {
             backoff.2.to_string(),
         ];
         let reply = self.run(&self.cluster.scripts.throttle, args, 6).await?;
+        self.reading(None, &reply[0..6])
+    }
+
+    /// The gateway's quota is used up: every node rests for `seconds`.
+    pub async fn pause(&self, seconds: f64) -> Result<Reading, ClusterError> {
+        let args = vec![
+            self.node().to_string(),
+            ((seconds * 1e6) as u64).to_string(),
+        ];
+        let reply = self.run(&self.cluster.scripts.pause, args, 6).await?;
         self.reading(None, &reply[0..6])
     }
 

@@ -732,7 +732,18 @@ impl DeliveryQueue {
     pub fn quota_exhausted(&self) -> Duration {
         let mut state = self.lock();
         let now = self.now();
-        Duration::from_secs_f64(state.scheduler.quota_exhausted(now))
+        let hold = state.scheduler.quota_exhausted(now);
+        // The quota is the gateway's: every node rests.
+        if let Some(shared) = state.shared.as_ref().filter(|shared| shared.connected) {
+            let link = shared.link.clone();
+            let gateway = self.gateway.clone();
+            tokio::spawn(async move {
+                if let Err(error) = link.pause(hold).await {
+                    tracing::warn!(%gateway, %error, "could not pause the other nodes for the used-up quota");
+                }
+            });
+        }
+        Duration::from_secs_f64(hold)
     }
 
     /// May a transaction of app `lane` with `recipients` recipients (the
