@@ -338,6 +338,49 @@ async fn a_used_up_quota_one_node_hears_rests_the_others() {
     }
 }
 
+/// A node that joins late (a new replica) allows what the gateway's
+/// history allows: the busiest hour another node has seen (here an
+/// operator's seed) raises its allowance, not only what it saw itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_late_allows_what_the_others_history_allows() {
+    let port = free_port();
+    let Some(_redis) = Redis::start(port) else {
+        return;
+    };
+    let sink = Sink::start().await;
+    let allowance = "smtp_shaper_volume_allowance{gateway=\"primary\",window=\"1h\"}";
+    let mut nodes = Vec::new();
+    // b first, alone; then a, which has the history.
+    for (name, initial) in [("b", r#""600/min""#), ("a", r#"["600/min", "500/h"]"#)] {
+        let spool = tempfile::tempdir().unwrap();
+        let shaping = format!(
+            "initial_rate = {initial}\nmin_rate = [\"600/min\", \"100/h\"]\nwarmup = \"2x/day\""
+        );
+        let config = node_config(spool.path(), sink.address, port, name, &shaping);
+        nodes.push(Node {
+            service: Service::start(config).await.expect("node starts"),
+            _spool: spool,
+        });
+        if name == "b" {
+            all_connected(&nodes, 1.0).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(
+                metric(&nodes[0], allowance).await,
+                Some(100.0),
+                "its own floor"
+            );
+        }
+    }
+    eventually_async(
+        "node b to learn the busiest hour node a has seen",
+        || async { metric(&nodes[0], allowance).await == Some(1000.0) },
+    )
+    .await;
+    for node in nodes {
+        node.service.shutdown().await;
+    }
+}
+
 /// The Lua scripts and the in-memory reference the simulator runs
 /// (`shaper::shared::SharedState`) decide alike: the same random proposals
 /// from three nodes (budgets with a bulk share and a cap binding, the bucket

@@ -216,6 +216,8 @@ pub struct Heartbeat {
     pub live: u64,
     /// What the other nodes have queued: messages, and units per class.
     pub queued_elsewhere: (usize, [u64; 2]),
+    /// The busiest hour and day the other nodes have seen.
+    pub busiest_elsewhere: [u64; 2],
     pub reading: Reading,
 }
 
@@ -367,9 +369,13 @@ impl GatewayLink {
     }
 
     /// Says this node is alive with `queued` (messages, units per class)
-    /// waiting for the gateway; hears how many nodes are and what they
-    /// have queued.
-    pub async fn heartbeat(&self, queued: (usize, [u64; 2])) -> Result<Heartbeat, ClusterError> {
+    /// waiting for the gateway and the `busiest` hour and day it has seen;
+    /// hears how many nodes are, what they have queued and seen.
+    pub async fn heartbeat(
+        &self,
+        queued: (usize, [u64; 2]),
+        busiest: [u64; 2],
+    ) -> Result<Heartbeat, ClusterError> {
         let args = vec![
             self.node().to_string(),
             self.epoch_proposal(),
@@ -377,15 +383,18 @@ impl GatewayLink {
             queued.0.to_string(),
             queued.1[0].to_string(),
             queued.1[1].to_string(),
+            busiest[0].to_string(),
+            busiest[1].to_string(),
         ];
-        let reply = self.run(&self.cluster.scripts.heartbeat, args, 12).await?;
+        let reply = self.run(&self.cluster.scripts.heartbeat, args, 14).await?;
         Ok(Heartbeat {
             live: count(&reply[2])?.max(1),
             queued_elsewhere: (
                 count(&reply[3])? as usize,
                 [count(&reply[4])?, count(&reply[5])?],
             ),
-            reading: self.reading(Some((&reply[0], &reply[1])), &reply[6..12])?,
+            busiest_elsewhere: [count(&reply[6])?, count(&reply[7])?],
+            reading: self.reading(Some((&reply[0], &reply[1])), &reply[8..14])?,
         })
     }
 

@@ -562,8 +562,10 @@ impl DeliveryQueue {
     /// what this node sent on its share; and if all that got through,
     /// runs on the shared state again.
     pub async fn heartbeat(&self) {
-        let (link, queued) = {
-            let state = self.lock();
+        let (link, queued, busiest) = {
+            let mut state = self.lock();
+            let now = self.now();
+            let busiest = state.scheduler.busiest(now).map(|units| units.unwrap_or(0));
             let Some(shared) = state.shared.as_ref() else {
                 return;
             };
@@ -572,9 +574,9 @@ impl DeliveryQueue {
             for (class, queued) in state.scheduler.queued_units().iter().enumerate() {
                 units[class] += queued;
             }
-            (shared.link.clone(), (queued, units))
+            (shared.link.clone(), (queued, units), busiest)
         };
-        let beat = match link.heartbeat(queued).await {
+        let beat = match link.heartbeat(queued, busiest).await {
             Ok(beat) => beat,
             Err(error) => return self.lost(&error),
         };
@@ -582,6 +584,7 @@ impl DeliveryQueue {
             let mut state = self.lock();
             self.absorb(&mut state, &beat.reading);
             let now = self.now();
+            state.scheduler.learn_busiest(now, beat.busiest_elsewhere);
             let held = state.held;
             let rebuild = beat.reading.new_epoch.then(|| {
                 let view = state.scheduler.view(now).model;

@@ -580,6 +580,16 @@ impl GatewayModel {
         }
     }
 
+    /// See `Volume::busiest` (cluster mode heartbeats).
+    pub fn busiest(&mut self, now: f64) -> [Option<u64>; 2] {
+        self.volume.busiest(now)
+    }
+
+    /// See `Volume::learn_busiest`.
+    pub fn learn_busiest(&mut self, now: f64, elsewhere: [u64; 2]) {
+        self.volume.learn_busiest(now, elsewhere);
+    }
+
     /// What one send must fit in the shared state, as this model sees the
     /// gateway at `now`.
     pub fn shared_limits(&mut self, now: f64) -> SharedLimits {

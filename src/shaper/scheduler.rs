@@ -188,6 +188,16 @@ impl<T> Scheduler<T> {
         self.model.shared_feedback(now, feedback);
     }
 
+    /// See [`GatewayModel::busiest`].
+    pub fn busiest(&mut self, now: f64) -> [Option<u64>; 2] {
+        self.model.busiest(now)
+    }
+
+    /// See [`GatewayModel::learn_busiest`].
+    pub fn learn_busiest(&mut self, now: f64, elsewhere: [u64; 2]) {
+        self.model.learn_busiest(now, elsewhere);
+    }
+
     /// See [`GatewayModel::shared_limits`].
     pub fn shared_limits(&mut self, now: f64) -> SharedLimits {
         self.model.shared_limits(now)

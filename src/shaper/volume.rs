@@ -249,8 +249,15 @@ struct Budget {
     horizon: Horizon,
     floor: u64,
     seed: Option<Seed>,
+    /// Cluster mode: the busiest window the other nodes have seen (a node
+    /// that just joined has not), valid while their heartbeats renew it.
+    elsewhere: Option<Seed>,
     reached: bool,
 }
+
+/// How long what the other nodes say of the busiest window counts without
+/// being said again (minutes; heartbeats renew it every second).
+const ELSEWHERE_SLOTS: i64 = 10;
 
 /// See the module notes.
 #[derive(Debug, Clone)]
@@ -285,6 +292,7 @@ impl Volume {
                         units,
                         until: slot + LOOKBACK - 1,
                     }),
+                    elsewhere: None,
                     reached: false,
                 })
             })
@@ -358,13 +366,23 @@ impl Volume {
         }
     }
 
-    fn allowance(&self, index: usize) -> u64 {
-        let budget = &self.budgets[index];
-        let seed = budget
+    /// The busiest window this node knows of itself: what it has seen sent
+    /// (the others' sends included) and the operator's seed.
+    fn busiest_seen(&self, index: usize) -> u64 {
+        let seed = self.budgets[index]
             .seed
             .filter(|seed| self.slot <= seed.until)
             .map_or(0, |seed| seed.units);
-        let busiest = self.all.tracks[index].busiest().max(seed);
+        self.all.tracks[index].busiest().max(seed)
+    }
+
+    fn allowance(&self, index: usize) -> u64 {
+        let budget = &self.budgets[index];
+        let elsewhere = budget
+            .elsewhere
+            .filter(|seen| self.slot <= seen.until)
+            .map_or(0, |seen| seen.units);
+        let busiest = self.busiest_seen(index).max(elsewhere);
         budget
             .floor
             .max((self.warmup * busiest as f64).floor() as u64)
@@ -499,6 +517,30 @@ impl Volume {
         self.all.remove(self.slot, units);
         if class == AppClass::Transactional {
             self.transactional.remove(self.slot, units);
+        }
+    }
+
+    /// Per horizon (`Horizon::ALL` order), the busiest window this node
+    /// knows of itself, for the other nodes (cluster mode); `None` where
+    /// the horizon is not budgeted.
+    pub fn busiest(&mut self, now: f64) -> [Option<u64>; 2] {
+        self.advance(now);
+        let mut busiest = [None; 2];
+        for index in 0..self.budgets.len() {
+            busiest[self.budgets[index].horizon as usize] = Some(self.busiest_seen(index));
+        }
+        busiest
+    }
+
+    /// What the other nodes know of the busiest windows (cluster mode): a
+    /// node that joined late, or was down, allows what the gateway's
+    /// history allows, not only what it saw itself.
+    pub fn learn_busiest(&mut self, now: f64, elsewhere: [u64; 2]) {
+        self.advance(now);
+        let until = self.slot + ELSEWHERE_SLOTS;
+        for budget in &mut self.budgets {
+            let units = elsewhere[budget.horizon as usize];
+            budget.elsewhere = (units > 0).then_some(Seed { units, until });
         }
     }
 
@@ -864,5 +906,27 @@ mod tests {
         // Restored a day later: the busiest hour (25) still raises the hour.
         let mut later = Volume::restore(&config, &state, 1_000.0 + DAY);
         assert_eq!(later.view(1_000.0 + DAY)[0].allowance, 50);
+    }
+
+    #[test]
+    fn what_other_nodes_saw_raises_a_late_node_s_allowance_while_renewed() {
+        let config = {
+            let config = crate::config::Config::parse(
+                "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\nmin_rate = [\"10/min\", \"100/h\"]\nwarmup = \"2x/day\"\n",
+            )
+            .unwrap();
+            config.gateways[0].shaping.clone()
+        };
+        let mut volume = Volume::new(&config, 0.0);
+        assert_eq!(volume.busiest(0.0), [Some(0), None]);
+        assert_eq!(volume.shared_budgets(0.0)[0].allowance, 100);
+        volume.learn_busiest(0.0, [400, 0]);
+        assert_eq!(volume.shared_budgets(0.0)[0].allowance, 800);
+        // Not said again: it fades after ten minutes.
+        assert_eq!(volume.shared_budgets(9.0 * 60.0)[0].allowance, 800);
+        assert_eq!(volume.shared_budgets(11.0 * 60.0)[0].allowance, 100);
+        // What it says of itself leaves the others' word out (no echo).
+        volume.learn_busiest(11.0 * 60.0, [400, 0]);
+        assert_eq!(volume.busiest(11.0 * 60.0), [Some(0), None]);
     }
 }
