@@ -431,6 +431,13 @@ pub struct AppConfig {
     pub class: AppClass,
     /// One-click unsubscribe on bulk mail (a bulk app's setting only).
     pub unsubscribe: UnsubscribeMode,
+    /// Send the envelope sender a delivery status notification (RFC 3464)
+    /// for each recipient dead-lettered. Off by default: app senders are
+    /// often no-reply addresses nobody reads, and a report to one the
+    /// gateway refuses is only more traffic on the apps' gateway; turn it
+    /// on for apps whose sender mailbox is read or processed (bounce
+    /// handling that removes dead addresses).
+    pub dsn: bool,
     /// The AUTH user name that identifies this app, with its password's
     /// argon2 hash (a PHC string, `smtp-shaper hash-password` makes one).
     pub user: Option<String>,
@@ -1181,6 +1188,7 @@ fn read_app(mut s: Section<'_>) -> AppConfig {
                 _ => None,
             },
         ),
+        dsn: s.boolean("dsn", false),
         user: s.optional(
             "user",
             "an AUTH user name without spaces or control characters",
