@@ -1452,6 +1452,32 @@ mod tests {
     }
 
     #[test]
+    fn dsn_is_off_unless_an_app_asks_for_it() {
+        let config = Config::parse(
+            r#"
+            [[gateways]]
+            name = "g"
+            address = "127.0.0.1:25"
+            [[apps]]
+            name = "alerts"
+            senders = ["alerts.example.com"]
+            dsn = true
+            [[apps]]
+            name = "quiet"
+            senders = ["quiet.example.com"]
+            "#,
+        )
+        .unwrap();
+        assert!(config.apps[0].dsn);
+        assert!(!config.apps[1].dsn);
+        let error =
+            Config::parse("[[apps]]\nname = \"a\"\nsenders = [\"a.example.com\"]\ndsn = \"yes\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("apps[0].dsn"), "{error}");
+    }
+
+    #[test]
     fn alignment_and_unsubscribe_have_safe_defaults_and_clear_errors() {
         let config = Config::parse(
             r#"
