@@ -45,6 +45,7 @@ fn message(index: usize) -> StoredMessage {
             params: MailParams::default(),
             client_ip: "127.0.0.1".parse().unwrap(),
             received_at: 1_764_000_000,
+            dsn: false,
         },
         location: Location {
             segment: 1,
@@ -53,6 +54,7 @@ fn message(index: usize) -> StoredMessage {
             body_len: 4096,
         },
         pending: vec![0],
+        notification: false,
     }
 }
 

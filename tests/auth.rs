@@ -17,6 +17,7 @@ fn portal() -> AppConfig {
         priority: 1,
         class: Default::default(),
         unsubscribe: Default::default(),
+        dsn: false,
         user: Some("portal".into()),
         password_hash: Some(quick_hash("s3cret")),
     }
@@ -166,6 +167,7 @@ async fn rule_3_a_sender_the_gateway_does_not_know_is_refused() {
         priority: 1,
         class: Default::default(),
         unsubscribe: Default::default(),
+        dsn: false,
         user: None,
         password_hash: None,
     }];

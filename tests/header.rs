@@ -105,6 +105,7 @@ fn app(name: &str, senders: &[&str]) -> AppConfig {
         priority: 1,
         class: AppClass::Transactional,
         unsubscribe: UnsubscribeMode::Warn,
+        dsn: false,
         user: None,
         password_hash: None,
     }

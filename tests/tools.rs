@@ -296,6 +296,7 @@ async fn python_smtplib_logs_in_as_an_app_over_starttls() {
             priority: 1,
             class: Default::default(),
             unsubscribe: Default::default(),
+            dsn: false,
             user: Some("portal".into()),
             password_hash: Some(support::quick_hash("s3cret")),
         }];

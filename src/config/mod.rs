@@ -434,6 +434,13 @@ pub struct AppConfig {
     pub class: AppClass,
     /// One-click unsubscribe on bulk mail (a bulk app's setting only).
     pub unsubscribe: UnsubscribeMode,
+    /// Send the envelope sender a delivery status notification (RFC 3464)
+    /// for each recipient dead-lettered. Off by default: app senders are
+    /// often no-reply addresses nobody reads, and a report to one the
+    /// gateway refuses is only more traffic on the apps' gateway; turn it
+    /// on for apps whose sender mailbox is read or processed (bounce
+    /// handling that removes dead addresses).
+    pub dsn: bool,
     /// The AUTH user name that identifies this app, with its password's
     /// argon2 hash (a PHC string, `smtp-shaper hash-password` makes one).
     pub user: Option<String>,
@@ -1188,6 +1195,7 @@ fn read_app(mut s: Section<'_>) -> AppConfig {
                 _ => None,
             },
         ),
+        dsn: s.boolean("dsn", false),
         user: s.optional(
             "user",
             "an AUTH user name without spaces or control characters",
@@ -1448,6 +1456,32 @@ mod tests {
         ] {
             assert!(error.contains(expected), "{expected}\nnot in\n{error}");
         }
+    }
+
+    #[test]
+    fn dsn_is_off_unless_an_app_asks_for_it() {
+        let config = Config::parse(
+            r#"
+            [[gateways]]
+            name = "g"
+            address = "127.0.0.1:25"
+            [[apps]]
+            name = "alerts"
+            senders = ["alerts.example.com"]
+            dsn = true
+            [[apps]]
+            name = "quiet"
+            senders = ["quiet.example.com"]
+            "#,
+        )
+        .unwrap();
+        assert!(config.apps[0].dsn);
+        assert!(!config.apps[1].dsn);
+        let error =
+            Config::parse("[[apps]]\nname = \"a\"\nsenders = [\"a.example.com\"]\ndsn = \"yes\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("apps[0].dsn"), "{error}");
     }
 
     #[test]

@@ -476,6 +476,7 @@ impl App {
             params: Default::default(),
             client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             received_at: 0,
+            dsn: false,
         };
         let body = format!(
             "From: {app}@{app}.example.com\r\nTo: someone@example.org\r\nSubject: demo\r\nX-Demo-Sent: {:.3}\r\n\r\nhello from {app}\r\n",

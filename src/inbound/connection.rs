@@ -478,6 +478,7 @@ async fn store(
         params: transaction.params,
         client_ip: session.client_ip,
         received_at,
+        dsn: context.policy.apps.dsn(lane),
     };
     let sender = envelope.sender.clone();
     // The message as stored and relayed: our trace header, then the body.

@@ -140,6 +140,7 @@ impl Generation {
             spool: spool.clone(),
             helo_name: config.server.hostname.clone(),
             metrics: metrics.clone(),
+            report_lane: apps.other_lane(),
         };
         for gateway in &gateways {
             for _ in 0..gateway.config.max_connections {
@@ -244,10 +245,19 @@ impl Generation {
     /// again by network or sender). One recovered for a gateway that is no
     /// longer configured goes to the default one.
     pub(super) fn recovered(&self, message: StoredMessage) {
-        let lane = self
-            .apps
-            .lane(message.envelope.client_ip, &message.envelope.sender);
+        let lane = self.lane_of(&message);
         self.enqueue(message, lane, None, false);
+    }
+
+    /// The lane of a queued message: its app's, found by network or
+    /// sender; a notification to a sender always travels in `other`'s
+    /// (transactional), whatever app the address it came from would match.
+    pub(super) fn lane_of(&self, message: &StoredMessage) -> usize {
+        if message.notification {
+            return self.apps.other_lane();
+        }
+        self.apps
+            .lane(message.envelope.client_ip, &message.envelope.sender)
     }
 
     /// The index of gateway `name`, or of the default gateway (logged) when

@@ -202,10 +202,7 @@ impl Outbound {
             }
             for (mut item, due) in gateway.queue.drain() {
                 moved += 1;
-                item.lane = new.apps.lane(
-                    item.message.envelope.client_ip,
-                    &item.message.envelope.sender,
-                );
+                item.lane = new.lane_of(&item.message);
                 new.requeue(item, due);
             }
         }

@@ -982,6 +982,7 @@ mod tests {
                     params: MailParams::default(),
                     client_ip: "127.0.0.1".parse().unwrap(),
                     received_at: 0,
+                    dsn: false,
                 },
                 location: Location {
                     segment: 1,
@@ -990,6 +991,7 @@ mod tests {
                     body_len: 0,
                 },
                 pending: vec![0],
+                notification: false,
             },
             attempts: 0,
             lane: 0,

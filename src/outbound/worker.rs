@@ -1,6 +1,21 @@
 //! A delivery worker: takes messages from its gateway's queue, sends each
 //! over its one kept-alive connection, and settles every recipient (done,
 //! retry later, or dead letter) in the spool.
+//!
+//! Dead letters of a message whose app asked for them (`[[apps]] dsn`,
+//! kept in the envelope) are reported to its sender: the recipients that
+//! fail in one settle go in one delivery status notification
+//! (`smtp::dsn`), from the null sender, queued in the spool and on the same
+//! gateway like any mail, in the transactional `other` lane (shaped and
+//! capped, never bulk). Order, so a crash at any instant is safe: the
+//! dead-letter file first (the record of the failure, fsynced), then the
+//! notification, stored together with the fact that it finishes those
+//! recipients (`Spool::store_report`), then the completion entries. A crash
+//! before the notification is stored leaves the recipients queued: they are
+//! tried again and, failing again, get a second dead-letter file and the
+//! one notification; a crash after it cannot report them twice. Mail from
+//! the null sender is never reported (no bounce loops), so neither is a
+//! notification that fails itself.
 
 use std::sync::Arc;
 
@@ -13,8 +28,9 @@ use super::dkim::{Signer, signing_domain};
 use super::queue::{HISTORY_LENGTH, Queued};
 use crate::shaper::feedback::{Signal, classify};
 use crate::shutdown::Shutdown;
-use crate::smtp::Reply;
-use crate::spool::{Spool, unix_seconds};
+use crate::smtp::dsn::{self, Failure};
+use crate::smtp::{Body, MailParams, Reply};
+use crate::spool::{Envelope, Spool, SpoolError, StoredMessage, new_queue_id, unix_seconds};
 use crate::telemetry::{Attempt, Metrics};
 
 /// What every worker shares.
@@ -25,6 +41,8 @@ pub(super) struct WorkerContext {
     /// DKIM keys per sender domain.
     pub signers: Arc<Vec<Signer>>,
     pub metrics: Arc<Metrics>,
+    /// The lane notifications to senders travel in (`other`'s).
+    pub report_lane: usize,
 }
 
 /// Counts one open upstream connection in `upstream_connections` for as
@@ -302,11 +320,23 @@ async fn settle(gateway: &Gateway, context: &WorkerContext, mut item: Queued, re
     let mut delivered = Vec::new();
     let mut retry = Vec::new();
     let mut dead: Vec<(u32, String)> = Vec::new();
+    // The same recipients as `dead`, as the notification reports them.
+    let mut failures: Vec<Failure<'_>> = Vec::new();
     for (&recipient, reply) in message.pending.iter().zip(&replies) {
+        let address = message
+            .envelope
+            .recipients
+            .get(recipient as usize)
+            .map_or("", String::as_str);
         if reply.is_positive() {
             delivered.push(recipient);
         } else if reply.is_permanent() {
             dead.push((recipient, reply.to_string()));
+            failures.push(Failure {
+                recipient: address,
+                reply,
+                expired: None,
+            });
         } else if expired {
             dead.push((
                 recipient,
@@ -315,16 +345,46 @@ async fn settle(gateway: &Gateway, context: &WorkerContext, mut item: Queued, re
                     item.attempts
                 ),
             ));
+            failures.push(Failure {
+                recipient: address,
+                reply,
+                expired: Some((item.attempts, age)),
+            });
         } else {
             retry.push(recipient);
         }
     }
     if !dead.is_empty() {
-        match spool
+        // The dead-letter file first: the sender is told only of failures
+        // on record (see the module notes).
+        let settled = match spool
             .dead_letter(message, &dead, &gateway.config.name)
             .await
         {
-            Ok(path) => {
+            Ok(path) if message.envelope.dsn => {
+                let indices: Vec<u32> = dead.iter().map(|(recipient, _)| *recipient).collect();
+                match notify_sender(gateway, context, message, &failures, &indices).await {
+                    Ok(()) => Some(path),
+                    Err(error) => {
+                        metrics.dsns.with_label_values(&[name, "spool_error"]).inc();
+                        tracing::error!(
+                            queue_id = %message.id,
+                            %error,
+                            dead_letter = %path.display(),
+                            "cannot queue the delivery status notification to the sender; keeping the failed recipients queued (a later failure writes another dead-letter file)"
+                        );
+                        None
+                    }
+                }
+            }
+            Ok(path) => Some(path),
+            Err(error) => {
+                tracing::error!(queue_id = %message.id, %error, "cannot write a dead-letter file; keeping the message queued");
+                None
+            }
+        };
+        match settled {
+            Some(path) => {
                 metrics.dead_letters.with_label_values(&[name]).inc();
                 for (recipient, reason) in &dead {
                     tracing::error!(
@@ -337,8 +397,7 @@ async fn settle(gateway: &Gateway, context: &WorkerContext, mut item: Queued, re
                     );
                 }
             }
-            Err(error) => {
-                tracing::error!(queue_id = %message.id, %error, "cannot write a dead-letter file; keeping the message queued");
+            None => {
                 retry.extend(dead.iter().map(|(recipient, _)| *recipient));
                 dead.clear();
             }
@@ -412,4 +471,92 @@ async fn settle(gateway: &Gateway, context: &WorkerContext, mut item: Queued, re
         reply: summary,
     });
     gateway.queue.retry_at(item, Instant::now() + delay);
+}
+
+/// Queues a delivery status notification of `failures` (the recipients
+/// `indices` of `message`) to the message's sender, and hands it to this
+/// gateway's queue. Returns once it is durable (see the module notes); a
+/// message from the null sender gets none, which is no error.
+async fn notify_sender(
+    gateway: &Gateway,
+    context: &WorkerContext,
+    message: &StoredMessage,
+    failures: &[Failure<'_>],
+    indices: &[u32],
+) -> Result<(), SpoolError> {
+    let name = gateway.config.name.as_str();
+    let metrics = &context.metrics;
+    if message.envelope.sender.is_empty() {
+        metrics.dsns.with_label_values(&[name, "null_sender"]).inc();
+        tracing::info!(
+            queue_id = %message.id,
+            gateway = %name,
+            "no delivery status notification: the message came from the null sender"
+        );
+        return Ok(());
+    }
+    let original = context
+        .spool
+        .read_body(message.location)
+        .await
+        .map_err(SpoolError)?;
+    let id = new_queue_id();
+    let now = unix_seconds();
+    let report = dsn::build(&dsn::Report {
+        hostname: &context.helo_name,
+        queue_id: &message.id,
+        report_id: &id,
+        sender: &message.envelope.sender,
+        arrival: message.envelope.received_at,
+        now,
+        original: &original,
+        failures,
+    });
+    drop(original);
+    let envelope = Envelope {
+        sender: String::new(),
+        recipients: vec![message.envelope.sender.clone()],
+        params: MailParams {
+            size: None,
+            // The original headers go back as they came.
+            body: if report.is_ascii() {
+                Body::SevenBit
+            } else {
+                Body::EightBitMime
+            },
+            // A UTF-8 sender address needs SMTPUTF8 to be written to.
+            smtputf8: message.envelope.params.smtputf8,
+        },
+        // Written here, not received from a client.
+        client_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+        received_at: now,
+        dsn: false,
+    };
+    let stored = context
+        .spool
+        .store_report(id, name, envelope, &report, message, indices)
+        .await?;
+    metrics.dsns.with_label_values(&[name, "queued"]).inc();
+    tracing::info!(
+        queue_id = %message.id,
+        dsn_queue_id = %stored.id,
+        gateway = %name,
+        sender = %message.envelope.sender,
+        recipients = failures.len(),
+        "queued a delivery status notification to the sender"
+    );
+    gateway.queue.push(
+        Queued {
+            message: stored,
+            attempts: 0,
+            lane: context.report_lane,
+            body: Some(report),
+            history: Vec::new(),
+            probe: false,
+        },
+        // Not an app's demand: the shaper meters what apps try to send.
+        false,
+        gateway.config.max_connections,
+    );
+    Ok(())
 }

@@ -89,6 +89,18 @@ impl Apps {
             .map_or(UnsubscribeMode::Off, |app| app.unsubscribe)
     }
 
+    /// Whether mail of `lane` asks for delivery status notifications (its
+    /// app's `dsn`; never for `other`).
+    pub fn dsn(&self, lane: usize) -> bool {
+        self.apps.get(lane).is_some_and(|app| app.dsn)
+    }
+
+    /// The lane of `other`: where the notifications smtp-shaper writes
+    /// travel (transactional, never bulk; see `outbound::worker`).
+    pub fn other_lane(&self) -> usize {
+        self.apps.len()
+    }
+
     /// Every sender address (not domain) the apps list, for rule 3 checks.
     pub fn sender_addresses(&self) -> Vec<String> {
         let mut addresses: Vec<String> = self

@@ -8,6 +8,7 @@
 
 pub mod command;
 pub mod data;
+pub mod dsn;
 pub mod header;
 pub mod line;
 pub mod reply;

@@ -57,6 +57,11 @@ pub struct Envelope {
     pub client_ip: IpAddr,
     /// Unix seconds when the message was accepted; the retry age counts from it.
     pub received_at: u64,
+    /// Whether a recipient dead-lettered produces a delivery status
+    /// notification to the sender: the app's `dsn` when the message was
+    /// accepted (kept in the record, so an app that logged in keeps it
+    /// after a restart).
+    pub dsn: bool,
 }
 
 /// Where a message's record and body are.
@@ -79,6 +84,9 @@ pub struct StoredMessage {
     pub location: Location,
     /// Indices into `envelope.recipients` still to be delivered.
     pub pending: Vec<u32>,
+    /// A delivery status notification smtp-shaper wrote (stored with
+    /// [`Spool::store_report`]), not mail an app sent.
+    pub notification: bool,
 }
 
 /// A dead-letter file read back (to queue it again).
@@ -105,6 +113,10 @@ impl DeadLetter {
                 params: MailParams::default(),
                 client_ip: IpAddr::from([127, 0, 0, 1]),
                 received_at: unix_seconds(),
+                // The sender was told (if the app wanted it) when the
+                // recipients failed; queueing them again is the operator's
+                // retry, and a second failure goes to the dead letters only.
+                dsn: false,
             },
             body: Vec::new(),
         };
@@ -292,12 +304,54 @@ impl Spool {
         envelope: Envelope,
         body_parts: &[&[u8]],
     ) -> Result<StoredMessage, SpoolError> {
-        let (frame, body_offset) = record::encode(&id, gateway, &envelope, body_parts);
+        self.append(id, gateway, envelope, None, body_parts).await
+    }
+
+    /// Stores a delivery status notification about `recipients` of
+    /// `reported`, and finishes those recipients, as one durable fact:
+    /// the notification's record names them (format 2, see [`record`]),
+    /// so a crash at any instant leaves either no notification and the
+    /// recipients still queued (they are tried again, and a second failure
+    /// reports them then), or the notification queued and the recipients
+    /// finished; never a second notification for the same failure. The
+    /// writer also writes and syncs their completion entries before it
+    /// answers, and recovery writes them from the record should a crash
+    /// have come in between.
+    pub async fn store_report(
+        &self,
+        id: String,
+        gateway: &str,
+        envelope: Envelope,
+        body: &[u8],
+        reported: &StoredMessage,
+        recipients: &[u32],
+    ) -> Result<StoredMessage, SpoolError> {
+        let settles = record::Settles {
+            segment: reported.location.segment,
+            offset: reported.location.offset,
+            recipients: recipients.to_vec(),
+        };
+        self.append(id, gateway, envelope, Some(settles), &[body])
+            .await
+    }
+
+    async fn append(
+        &self,
+        id: String,
+        gateway: &str,
+        envelope: Envelope,
+        settles: Option<record::Settles>,
+        body_parts: &[&[u8]],
+    ) -> Result<StoredMessage, SpoolError> {
+        let (frame, body_offset) =
+            record::encode(&id, gateway, &envelope, settles.as_ref(), body_parts);
         let body_len = (frame.len() - body_offset) as u64;
+        let notification = settles.is_some();
         let (reply, done) = oneshot::channel();
         self.send(Request::Append {
             frame,
             body_offset: body_offset as u64,
+            settles,
             reply,
         })
         .map_err(SpoolError)?;
@@ -315,6 +369,7 @@ impl Spool {
                 ..location
             },
             pending,
+            notification,
         })
     }
 
@@ -578,6 +633,7 @@ mod tests {
             params: MailParams::default(),
             client_ip: "127.0.0.1".parse().unwrap(),
             received_at: 1_000,
+            dsn: true,
         }
     }
 
@@ -756,6 +812,82 @@ mod tests {
         let (_spool, recovered) = reopen(dir.path(), spool).await;
         assert!(recovered.is_empty());
         assert!(segments(dir.path()).is_empty());
+    }
+
+    async fn report(spool: &Spool, reported: &StoredMessage, recipients: &[u32]) -> StoredMessage {
+        let mut envelope = envelope(1);
+        envelope.sender.clear();
+        envelope.dsn = false;
+        spool
+            .store_report(
+                "R1".into(),
+                "primary",
+                envelope,
+                b"report\r\n",
+                reported,
+                recipients,
+            )
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stored_report_finishes_the_recipients_it_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let original = store(&spool, 1, b"a\r\n").await;
+        let stored = report(&spool, &original, &[0]).await;
+        assert!(stored.notification);
+        let (_spool, recovered) = reopen(dir.path(), spool).await;
+        assert_eq!(recovered.len(), 2);
+        assert_eq!(
+            (recovered[0].id.as_str(), recovered[0].pending.clone()),
+            ("Q1", vec![1])
+        );
+        assert!(!recovered[0].notification);
+        assert_eq!(recovered[1].id, "R1");
+        assert!(
+            recovered[1].notification,
+            "known as a report after a restart"
+        );
+        assert!(!recovered[1].envelope.dsn && recovered[1].envelope.sender.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_crash_before_the_completions_are_synced_cannot_report_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let half = store(&spool, 1, b"a\r\n").await;
+        let whole = store(&spool, 2, b"b\r\n").await;
+        report(&spool, &half, &[1]).await;
+        report(&spool, &whole, &[0, 1]).await;
+        spool.close().await;
+        drop(spool);
+        // The crash: the reports' records are on disk, the originals'
+        // completion entries are not.
+        let done = done_path(&dir.path().join(QUEUE_DIR), half.location.segment);
+        fs::remove_file(&done).unwrap();
+        let (spool, recovered) = Spool::open(&config(dir.path())).unwrap();
+        let pending: Vec<(&str, Vec<u32>)> = recovered
+            .iter()
+            .map(|message| (message.id.as_str(), message.pending.clone()))
+            .collect();
+        assert_eq!(
+            pending,
+            vec![("Q1", vec![0]), ("R1", vec![0]), ("R1", vec![0])],
+            "the reported recipients are finished, Q2 entirely"
+        );
+        // Recovery wrote the entries: with the reports delivered (their
+        // records finished), the recipients stay finished.
+        for report in &recovered[1..] {
+            spool.message_done(report);
+        }
+        let (_spool, recovered) = reopen(dir.path(), spool).await;
+        let pending: Vec<(&str, Vec<u32>)> = recovered
+            .iter()
+            .map(|message| (message.id.as_str(), message.pending.clone()))
+            .collect();
+        assert_eq!(pending, vec![("Q1", vec![0])]);
     }
 
     #[tokio::test]

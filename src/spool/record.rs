@@ -6,6 +6,14 @@
 //! a write torn by a crash; it can only sit at the end of a segment, because a
 //! failed write is cut off before anything else is appended.
 //!
+//! Payload, format 1: version, id, gateway, sender, client, flags, arrival
+//! time, recipients, body length, body. Format 2 (written only for a record
+//! that settles another, a delivery status notification) adds, after the
+//! recipients, the record it settles (segment u64 LE, offset u64 LE) and the
+//! recipient indices it finishes there (count u32 LE, then u32 LE each), so
+//! an ordinary record stays readable by a version that knows only format 1.
+//! Flags a version does not know are ignored by it.
+//!
 //! Completion entry: offset of the record (u64 LE), recipient index (u32 LE,
 //! [`ALL_RECIPIENTS`] for the whole message), CRC-32 of those 12 octets.
 
@@ -27,8 +35,22 @@ pub const ALL_RECIPIENTS: u32 = u32::MAX;
 pub const MAX_PAYLOAD: usize = 1 << 30;
 
 const VERSION: u8 = 1;
+/// Format 1 plus what the record settles.
+const VERSION_SETTLES: u8 = 2;
 const FLAG_8BITMIME: u8 = 1;
 const FLAG_SMTPUTF8: u8 = 2;
+const FLAG_DSN: u8 = 4;
+
+/// Recipients of another record that storing this one finishes: the
+/// recipients a delivery status notification reports. Being part of the
+/// notification's own record, "notification queued" and "recipients
+/// finished" are one durable fact (see `Spool::store_report`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settles {
+    pub segment: u64,
+    pub offset: u64,
+    pub recipients: Vec<u32>,
+}
 
 /// The envelope part of a decoded record and where its body lies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,22 +61,30 @@ pub struct DecodedRecord {
     /// Offset of the body inside the payload.
     pub body_offset: usize,
     pub body_len: usize,
+    /// What this record finishes of another (format 2).
+    pub settles: Option<Settles>,
 }
 
 /// Encodes a whole record (header and payload). The body is the
 /// concatenation of `body_parts` (trace header, then the message).
-/// Returns the frame and the offset of the body inside it.
+/// With `settles`, the record is format 2. Returns the frame and the
+/// offset of the body inside it.
 pub fn encode(
     id: &str,
     gateway: &str,
     envelope: &Envelope,
+    settles: Option<&Settles>,
     body_parts: &[&[u8]],
 ) -> (Vec<u8>, usize) {
     let body_len: usize = body_parts.iter().map(|part| part.len()).sum();
     let mut frame = Vec::with_capacity(HEADER_LEN + 256 + body_len);
     frame.extend_from_slice(MAGIC);
     frame.extend_from_slice(&[0; 8]);
-    frame.push(VERSION);
+    frame.push(if settles.is_some() {
+        VERSION_SETTLES
+    } else {
+        VERSION
+    });
     put_str(&mut frame, id);
     put_str(&mut frame, gateway);
     put_str(&mut frame, &envelope.sender);
@@ -66,11 +96,22 @@ pub fn encode(
     if envelope.params.smtputf8 {
         flags |= FLAG_SMTPUTF8;
     }
+    if envelope.dsn {
+        flags |= FLAG_DSN;
+    }
     frame.push(flags);
     frame.extend_from_slice(&envelope.received_at.to_le_bytes());
     frame.extend_from_slice(&(envelope.recipients.len() as u32).to_le_bytes());
     for recipient in &envelope.recipients {
         put_str(&mut frame, recipient);
+    }
+    if let Some(settles) = settles {
+        frame.extend_from_slice(&settles.segment.to_le_bytes());
+        frame.extend_from_slice(&settles.offset.to_le_bytes());
+        frame.extend_from_slice(&(settles.recipients.len() as u32).to_le_bytes());
+        for recipient in &settles.recipients {
+            frame.extend_from_slice(&recipient.to_le_bytes());
+        }
     }
     frame.extend_from_slice(&(body_len as u64).to_le_bytes());
     let body_offset = frame.len();
@@ -101,7 +142,8 @@ pub fn decode_payload(payload: &[u8]) -> Option<DecodedRecord> {
         bytes: payload,
         at: 0,
     };
-    if reader.u8()? != VERSION {
+    let version = reader.u8()?;
+    if version != VERSION && version != VERSION_SETTLES {
         return None;
     }
     let id = reader.str()?;
@@ -115,6 +157,22 @@ pub fn decode_payload(payload: &[u8]) -> Option<DecodedRecord> {
     for _ in 0..count {
         recipients.push(reader.str()?);
     }
+    let settles = if version == VERSION_SETTLES {
+        let segment = reader.u64()?;
+        let offset = reader.u64()?;
+        let count = reader.u32()? as usize;
+        let mut settled = Vec::with_capacity(count.min(10_000));
+        for _ in 0..count {
+            settled.push(reader.u32()?);
+        }
+        Some(Settles {
+            segment,
+            offset,
+            recipients: settled,
+        })
+    } else {
+        None
+    };
     let body_len = u64::from_le_bytes(reader.take(8)?.try_into().ok()?) as usize;
     let body_offset = reader.at;
     (payload.len() - body_offset == body_len).then_some(DecodedRecord {
@@ -134,9 +192,11 @@ pub fn decode_payload(payload: &[u8]) -> Option<DecodedRecord> {
             },
             client_ip,
             received_at,
+            dsn: flags & FLAG_DSN != 0,
         },
         body_offset,
         body_len,
+        settles,
     })
 }
 
@@ -184,6 +244,14 @@ impl Reader<'_> {
         self.take(1).map(|b| b[0])
     }
 
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
     fn str(&mut self) -> Option<String> {
         let len = u16::from_le_bytes(self.take(2)?.try_into().ok()?);
         String::from_utf8(self.take(usize::from(len))?.to_vec()).ok()
@@ -205,6 +273,7 @@ mod tests {
             },
             client_ip: "::1".parse().unwrap(),
             received_at: 1_795_722_059,
+            dsn: true,
         }
     }
 
@@ -214,6 +283,7 @@ mod tests {
             "Q1",
             "primary",
             &envelope(),
+            None,
             &[b"Received: x\r\n", b"body\r\n"],
         );
         let (len, crc) = decode_header(frame[..HEADER_LEN].try_into().unwrap()).unwrap();
@@ -226,11 +296,36 @@ mod tests {
         assert_eq!(record.envelope, envelope());
         assert_eq!(HEADER_LEN + record.body_offset, body_offset);
         assert_eq!(&frame[body_offset..], b"Received: x\r\nbody\r\n");
+        assert_eq!(record.settles, None);
+        assert_eq!(
+            frame[HEADER_LEN], VERSION,
+            "an ordinary record stays format 1"
+        );
+    }
+
+    #[test]
+    fn a_settling_record_round_trips_as_format_2() {
+        let settles = Settles {
+            segment: 7,
+            offset: 4096,
+            recipients: vec![0, 2],
+        };
+        let mut report = envelope();
+        report.sender = String::new();
+        report.dsn = false;
+        let (frame, body_offset) =
+            encode("Q2", "primary", &report, Some(&settles), &[b"report\r\n"]);
+        assert_eq!(frame[HEADER_LEN], VERSION_SETTLES);
+        let record = decode_payload(&frame[HEADER_LEN..]).unwrap();
+        assert_eq!(record.envelope, report);
+        assert_eq!(record.settles, Some(settles));
+        assert_eq!(&frame[body_offset..], b"report\r\n");
+        assert!(decode_payload(&frame[HEADER_LEN..frame.len() - 1]).is_none());
     }
 
     #[test]
     fn truncated_payload_is_not_a_record() {
-        let (frame, _) = encode("Q1", "primary", &envelope(), &[b"body\r\n"]);
+        let (frame, _) = encode("Q1", "primary", &envelope(), None, &[b"body\r\n"]);
         assert!(decode_payload(&frame[HEADER_LEN..frame.len() - 1]).is_none());
         assert!(decode_header(&[0; HEADER_LEN]).is_none());
     }

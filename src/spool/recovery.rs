@@ -7,14 +7,21 @@
 //! records (a disk fault, not a crash) is skipped over, loudly, so the records
 //! after it are not lost with it. Finished segments and orphan side files are
 //! removed.
+//!
+//! A record that settles recipients of another (a delivery status
+//! notification, `record::Settles`) finishes them whatever the side files
+//! say: a crash may have come between the notification's sync and that of
+//! their completion entries. Recovery writes the missing entries (synced)
+//! before anything is delivered, so the fact outlives the notification's
+//! own segment.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::record::{self, ALL_RECIPIENTS, DONE_ENTRY_LEN, HEADER_LEN};
+use super::record::{self, ALL_RECIPIENTS, DONE_ENTRY_LEN, HEADER_LEN, Settles};
 use super::{Location, StoredMessage, done_path, segment_path};
 
 pub struct Recovered {
@@ -52,16 +59,25 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
         live: HashMap::new(),
         next_segment: segments.last().map_or(1, |last| last + 1),
     };
-    for segment in segments {
+    let mut settles = Vec::new();
+    for &segment in &segments {
         let finished = read_done_entries(&done_path(dir, segment))?;
-        let before = recovered.messages.len();
-        scan_segment(dir, segment, &finished, &mut recovered.messages)?;
-        let live = (recovered.messages.len() - before) as u64;
-        if live == 0 {
+        scan_segment(
+            dir,
+            segment,
+            &finished,
+            &mut recovered.messages,
+            &mut settles,
+        )?;
+    }
+    apply_settles(dir, &settles, &mut recovered.messages)?;
+    for message in &recovered.messages {
+        *recovered.live.entry(message.location.segment).or_default() += 1;
+    }
+    for segment in segments {
+        if !recovered.live.contains_key(&segment) {
             fs::remove_file(segment_path(dir, segment))?;
             let _ = fs::remove_file(done_path(dir, segment));
-        } else {
-            recovered.live.insert(segment, live);
         }
     }
     File::open(dir)?.sync_all()?;
@@ -92,11 +108,66 @@ fn read_done_entries(path: &Path) -> io::Result<HashMap<u64, HashSet<u32>>> {
     Ok(finished)
 }
 
+/// Finishes the recipients that settling records name, writing (and
+/// syncing) the completion entries their side files lack; a message left
+/// with no recipient is finished whole and dropped.
+fn apply_settles(
+    dir: &Path,
+    settles: &[Settles],
+    messages: &mut Vec<StoredMessage>,
+) -> io::Result<()> {
+    let mut finished_whole = HashSet::new();
+    for settles in settles {
+        let Some(message) = messages.iter_mut().find(|message| {
+            message.location.segment == settles.segment && message.location.offset == settles.offset
+        }) else {
+            // Finished already (or its segment is gone with it).
+            continue;
+        };
+        let missing: Vec<u32> = settles
+            .recipients
+            .iter()
+            .copied()
+            .filter(|recipient| message.pending.contains(recipient))
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        message
+            .pending
+            .retain(|recipient| !missing.contains(recipient));
+        let mut entries = Vec::new();
+        for recipient in &missing {
+            entries.extend_from_slice(&record::encode_done(settles.offset, *recipient));
+        }
+        if message.pending.is_empty() {
+            entries.extend_from_slice(&record::encode_done(settles.offset, ALL_RECIPIENTS));
+            finished_whole.insert((settles.segment, settles.offset));
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(done_path(dir, settles.segment))?;
+        file.write_all(&entries)?;
+        file.sync_data()?;
+        tracing::info!(
+            queue_id = %message.id,
+            recipients = missing.len(),
+            "recipients reported to the sender in a queued notification are finished"
+        );
+    }
+    messages.retain(|message| {
+        !finished_whole.contains(&(message.location.segment, message.location.offset))
+    });
+    Ok(())
+}
+
 fn scan_segment(
     dir: &Path,
     segment: u64,
     finished: &HashMap<u64, HashSet<u32>>,
     messages: &mut Vec<StoredMessage>,
+    settles: &mut Vec<Settles>,
 ) -> io::Result<()> {
     let path = segment_path(dir, segment);
     let file = File::open(&path)?;
@@ -138,6 +209,8 @@ fn scan_segment(
             .filter(|index| !done.is_some_and(|set| set.contains(index)))
             .collect();
         let whole_done = done.is_some_and(|set| set.contains(&ALL_RECIPIENTS));
+        let notification = decoded.settles.is_some();
+        settles.extend(decoded.settles);
         if !whole_done && !pending.is_empty() {
             messages.push(StoredMessage {
                 id: decoded.id,
@@ -150,6 +223,7 @@ fn scan_segment(
                     body_len: decoded.body_len as u64,
                 },
                 pending,
+                notification,
             });
         }
         offset += record_len;

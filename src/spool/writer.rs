@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use prometheus::Histogram;
 use tokio::sync::oneshot;
 
-use super::record::{self, ALL_RECIPIENTS};
+use super::record::{self, ALL_RECIPIENTS, Settles};
 use super::{Location, done_path, segment_path};
 
 /// How long completion entries may stay unsynced.
@@ -35,6 +35,8 @@ pub enum Request {
         frame: Vec<u8>,
         /// Offset of the body inside `frame`.
         body_offset: u64,
+        /// Recipients of another record this one finishes (a notification).
+        settles: Option<Settles>,
         reply: oneshot::Sender<io::Result<Location>>,
     },
     /// A recipient (or, with `ALL_RECIPIENTS`, the message) is finished.
@@ -56,6 +58,7 @@ struct Active {
 struct PendingAppend {
     frame: Vec<u8>,
     body_offset: u64,
+    settles: Option<Settles>,
     reply: oneshot::Sender<io::Result<Location>>,
 }
 
@@ -113,12 +116,14 @@ impl Writer {
                     Request::Append {
                         frame,
                         body_offset,
+                        settles,
                         reply,
                     } => {
                         batch_bytes += frame.len();
                         appends.push(PendingAppend {
                             frame,
                             body_offset,
+                            settles,
                             reply,
                         });
                     }
@@ -182,6 +187,20 @@ impl Writer {
         });
         match result {
             Ok((segment, start)) => {
+                // What a settling record finishes is made durable before it
+                // is acknowledged: once the sender may be told, the settled
+                // recipients are finished even if that record's segment is
+                // finished and deleted first.
+                let mut settled = false;
+                for settles in run.iter().filter_map(|append| append.settles.as_ref()) {
+                    for recipient in &settles.recipients {
+                        self.mark_done(settles.segment, settles.offset, *recipient);
+                    }
+                    settled = true;
+                }
+                if settled {
+                    self.sync_done_files();
+                }
                 let mut offset = start;
                 for append in run {
                     let location = Location {

@@ -62,6 +62,13 @@ pub const ALIGNMENT_RESULTS: &[&str] = &["aligned", "misaligned"];
 /// Results of one delivery attempt of a message (`messages_relayed_total`).
 pub const RELAY_RESULTS: &[&str] = &["delivered", "deferred", "failed"];
 
+/// What became of a delivery status notification due to a sender
+/// (`dsns_total`): `queued` (stored in the spool, relayed like any mail),
+/// `null_sender` (the app asks for them, but the message came from `<>`:
+/// none, so bounces never loop), `spool_error` (could not be stored: the
+/// failed recipients stay queued and are tried again).
+pub const DSN_RESULTS: &[&str] = &["queued", "null_sender", "spool_error"];
+
 /// The registry and every metric in it.
 pub struct Metrics {
     registry: Registry,
@@ -75,6 +82,7 @@ pub struct Metrics {
     pub upstream_connections: IntGaugeVec,
     pub upstream_connect_failures: IntCounterVec,
     pub dead_letters: IntCounterVec,
+    pub dsns: IntCounterVec,
     pub queue_delay: HistogramVec,
     pub inbound_connections: IntGauge,
     pub auth_attempts: IntCounterVec,
@@ -253,6 +261,12 @@ impl Metrics {
                 "Messages with recipients moved to the dead-letter area (permanent failure or max_age).",
                 &["gateway"],
             ),
+            dsns: counter(
+                r,
+                "dsns_total",
+                "Delivery status notifications due to senders of dead-lettered recipients (apps with dsn = true), by result.",
+                &["gateway", "result"],
+            ),
             queue_delay: histogram(
                 r,
                 "queue_delay_seconds",
@@ -422,6 +436,9 @@ impl Metrics {
                 metrics
                     .messages_relayed
                     .with_label_values(&[gateway.as_str(), result]);
+            }
+            for result in DSN_RESULTS {
+                metrics.dsns.with_label_values(&[gateway.as_str(), result]);
             }
             for reason in crate::shaper::DeferReason::ALL {
                 metrics
