@@ -271,7 +271,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_query_and_alert_expression(
         .filter_map(|line| line.trim().strip_prefix("expr: "))
         .map(str::to_string)
         .collect();
-    assert_eq!(alerts.len(), 10);
+    assert_eq!(alerts.len(), 11);
     let failures = tokio::task::spawn_blocking(move || {
         let mut failures = Vec::new();
         for expr in &queries {
@@ -303,7 +303,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_query_and_alert_expression(
     let rules = request(listen, "GET", "/api/v1/rules", "application/json", None).unwrap();
     assert_eq!(
         rules.body.matches("\"health\":\"ok\"").count(),
-        10,
+        11,
         "{}",
         rules.body
     );
