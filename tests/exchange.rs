@@ -6,7 +6,7 @@ mod support;
 
 use std::path::Path;
 
-use smtp_shaper::config::{Config, SecretSource};
+use smtp_shaper::config::{AuthMechanism, Config, SecretSource};
 use support::{Client, Sink, TestCertificate, eventually, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,7 +35,7 @@ async fn exchange_replies_are_read_right() {
     gateway.address = sink.address.to_string();
     gateway.tls_ca_file = Some(certificate.certificate.clone());
     gateway.tls_server_name = Some("localhost".into());
-    gateway.auth.as_mut().unwrap().secret = SecretSource::File(secret);
+    gateway.auth.as_mut().unwrap().mechanism = AuthMechanism::Password(SecretSource::File(secret));
     gateway.retry_initial = std::time::Duration::from_millis(100);
     gateway.retry_max = std::time::Duration::from_millis(200);
     gateway.shaping.backoff_pause = std::time::Duration::from_millis(200);
