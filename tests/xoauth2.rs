@@ -324,3 +324,58 @@ async fn credentials_debug_output_shows_no_secret() {
         }
     }
 }
+
+/// A password login Exchange Online no longer takes says what to do.
+#[tokio::test]
+async fn a_basic_auth_refusal_points_to_xoauth2() {
+    use smtp_shaper::outbound::client::{Connection, Login};
+    use smtp_shaper::tls::client::Upstream;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (reader, mut writer) = stream.into_split();
+        let mut reader = BufReader::new(reader);
+        writer.write_all(b"220 exchange.test\r\n").await.unwrap();
+        let mut line = String::new();
+        while reader.read_line(&mut line).await.unwrap_or(0) > 0 {
+            let reply: &[u8] = if line.starts_with("EHLO") {
+                b"250-exchange.test\r\n250 AUTH PLAIN LOGIN XOAUTH2\r\n"
+            } else if line.starts_with("AUTH PLAIN") {
+                b"535 5.7.139 Authentication unsuccessful, basic authentication is disabled.\r\n"
+            } else {
+                b"221 bye\r\n"
+            };
+            writer.write_all(reply).await.unwrap();
+            line.clear();
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path(), address);
+    let credentials = Credentials {
+        user: USER.into(),
+        secret: Login::Password("pa55word".into()),
+        loopback: true,
+    };
+    let Err(error) = Connection::open(
+        &address.to_string(),
+        "shaper.test",
+        &Upstream::for_gateway(&config.gateways[0]).unwrap(),
+        Some(&credentials),
+        Duration::from_secs(2),
+        Duration::from_secs(2),
+    )
+    .await
+    else {
+        panic!("the login must fail");
+    };
+    assert!(
+        error
+            .to_string()
+            .contains("535 5.7.139 Authentication unsuccessful, basic authentication is disabled. (Exchange Online no longer takes a password here: use auth_mechanism = \"xoauth2\")"),
+        "{error}"
+    );
+    assert_eq!(error.refusal.map(|reply| reply.code), Some(535));
+    assert!(!format!("{credentials:?}").contains("pa55word"));
+}
