@@ -32,6 +32,7 @@ fn the_deployment_examples_carry_valid_configs() {
     let root = env!("CARGO_MANIFEST_DIR");
     for file in [
         "config/exchange-online.toml",
+        "config/exchange-online-hve.toml",
         "deploy/systemd/smtp-shaper.toml",
         "deploy/docker/smtp-shaper.toml",
     ] {

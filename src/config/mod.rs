@@ -265,12 +265,121 @@ pub struct GatewayConfig {
     pub shaping: ShapingConfig,
 }
 
-/// Where the gateway login's secret comes from; the secret itself is never
-/// in the configuration (nor in a log).
+/// The gateway login: who, and with what. The secrets themselves are never
+/// in the configuration (nor in a log), only where to find them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayAuth {
     pub user: String,
-    pub secret: SecretSource,
+    pub mechanism: AuthMechanism,
+}
+
+/// `auth_mechanism`: how the relay proves `auth_user` to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMechanism {
+    /// `"password"` (the default): AUTH PLAIN, or AUTH LOGIN when the
+    /// gateway offers only that.
+    Password(SecretSource),
+    /// `"xoauth2"`: AUTH XOAUTH2 with an OAuth 2.0 bearer token, the way in
+    /// to Exchange Online once Basic authentication is off.
+    XOAuth2(TokenSource),
+}
+
+/// Where the XOAUTH2 bearer token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `oauth_token_file`: kept fresh by an agent outside smtp-shaper; read
+    /// again for every connection.
+    File(PathBuf),
+    /// `oauth_token_url` and friends: the client-credentials grant.
+    ClientCredentials(ClientCredentials),
+}
+
+/// The OAuth 2.0 client-credentials grant (RFC 6749 section 4.4), as
+/// Microsoft Entra ID serves it for an app registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCredentials {
+    pub token_url: HttpsUrl,
+    pub client_id: String,
+    /// The client secret's file (its first line); read again for every
+    /// token request, so a rotated secret is picked up.
+    pub client_secret_file: PathBuf,
+    pub scope: String,
+    /// PEM roots to verify the token endpoint with (default: the system's).
+    /// Separate from `tls_ca_file`: the identity platform is another
+    /// service than the gateway, and a private gateway CA must not be the
+    /// only root the token endpoint is checked against.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The scope Exchange Online's SMTP AUTH tokens are asked for.
+pub const EXCHANGE_ONLINE_SCOPE: &str = "https://outlook.office365.com/.default";
+
+/// An `https://` URL, taken apart for a client that connects itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsUrl {
+    /// The host name or IP address (without brackets around IPv6).
+    pub host: String,
+    pub port: u16,
+    /// The path and query, starting with `/`.
+    pub path: String,
+}
+
+impl HttpsUrl {
+    /// Parses `https://host[:port][/path]`; anything else (another scheme,
+    /// user info, a fragment, a bad host) is `None`. Only https: the
+    /// request carries the client secret.
+    pub fn parse(text: &str) -> Option<HttpsUrl> {
+        let rest = text.strip_prefix("https://")?;
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(at) => (&rest[..at], &rest[at..]),
+            None => (rest, "/"),
+        };
+        if authority.contains('@') || path.contains('#') || path.bytes().any(|b| b <= b' ') {
+            return None;
+        }
+        let port_of = |text: &str| text.parse::<u16>().ok().filter(|port| *port > 0);
+        let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
+            let (host, after) = inner.split_once(']')?;
+            host.parse::<std::net::Ipv6Addr>().ok()?;
+            match after {
+                "" => (host, 443),
+                after => (host, port_of(after.strip_prefix(':')?)?),
+            }
+        } else {
+            match authority.split_once(':') {
+                Some((host, port)) => (host, port_of(port)?),
+                None => (authority, 443),
+            }
+        };
+        if !(is_hostname(host) || host.parse::<std::net::IpAddr>().is_ok()) {
+            return None;
+        }
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_string()
+        };
+        Some(HttpsUrl {
+            host: host.to_string(),
+            port,
+            path,
+        })
+    }
+
+    /// `host:port` for the Host header and for connecting.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for HttpsUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "https://{}{}", self.authority(), self.path)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -941,48 +1050,15 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
         shaping: read_shaping(s.subsection("shaping")),
     };
     let mut gateway = gateway;
-    let user = s.optional("auth_user", "a user name, e.g. \"app@example.com\"", |v| {
-        Some(v.to_string())
-    });
-    let env = s.optional(
-        "auth_password_env",
-        "an environment variable name, e.g. \"SMTP_SHAPER_GATEWAY_PASSWORD\"",
-        |v| {
-            v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                .then(|| v.to_string())
-        },
-    );
-    let file = s.optional("auth_password_file", "a file path", parse_path);
-    gateway.auth = match (user, env, file) {
-        (None, None, None) => None,
-        (Some(user), Some(env), None) => Some(GatewayAuth {
-            user,
-            secret: SecretSource::Env(env),
-        }),
-        (Some(user), None, Some(file)) => Some(GatewayAuth {
-            user,
-            secret: SecretSource::File(file),
-        }),
-        (None, _, _) => {
-            s.problem(
-                "auth_user",
-                "required with auth_password_env or auth_password_file",
-            );
-            None
-        }
-        (Some(_), None, None) | (Some(_), Some(_), Some(_)) => {
-            s.problem(
-                "auth_user",
-                "needs exactly one of auth_password_env and auth_password_file",
-            );
-            None
-        }
-    };
+    gateway.auth = read_gateway_auth(&mut s);
     if gateway.auth.is_some() && gateway.tls == GatewayTls::None && !gateway.is_loopback() {
+        let secret = match gateway.auth.as_ref().map(|auth| &auth.mechanism) {
+            Some(AuthMechanism::XOAuth2(_)) => "OAuth token",
+            _ => "password",
+        };
         s.problem(
             "auth_user",
-            "the gateway password would go in plain text: set tls = \"required\" (or \"implicit\")",
+            &format!("the gateway {secret} would go in plain text: set tls = \"required\" (or \"implicit\")"),
         );
     }
     if gateway.retry_initial.is_zero() {
@@ -993,6 +1069,153 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
     }
     s.finish();
     gateway
+}
+
+/// The login keys of a gateway: `auth_user` with `auth_mechanism` and its
+/// secret's source. Every inconsistency is a problem with its key named.
+fn read_gateway_auth(s: &mut Section<'_>) -> Option<GatewayAuth> {
+    let user = s.optional("auth_user", "a user name, e.g. \"app@example.com\"", |v| {
+        Some(v.to_string())
+    });
+    let xoauth2 = s.parsed(
+        "auth_mechanism",
+        "password",
+        "\"password\" (AUTH PLAIN or LOGIN) or \"xoauth2\"",
+        |v| match v {
+            "password" => Some(false),
+            "xoauth2" => Some(true),
+            _ => None,
+        },
+    );
+    let env = s.optional(
+        "auth_password_env",
+        "an environment variable name, e.g. \"SMTP_SHAPER_GATEWAY_PASSWORD\"",
+        |v| {
+            v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                .then(|| v.to_string())
+        },
+    );
+    let file = s.optional("auth_password_file", "a file path", parse_path);
+    let token_file = s.optional("oauth_token_file", "a file path", parse_path);
+    let token_url = s.optional(
+        "oauth_token_url",
+        "an https URL, e.g. \"https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token\"",
+        HttpsUrl::parse,
+    );
+    let client_id = s.optional("oauth_client_id", "the app registration's client id", |v| {
+        (!v.is_empty()).then(|| v.to_string())
+    });
+    let secret_file = s.optional("oauth_client_secret_file", "a file path", parse_path);
+    let scope = s.optional(
+        "oauth_scope",
+        "a scope, e.g. \"https://outlook.office365.com/.default\"",
+        |v| (!v.is_empty()).then(|| v.to_string()),
+    );
+    let ca_file = s.optional("oauth_ca_file", "a PEM file path", parse_path);
+
+    if !xoauth2 {
+        let oauth_keys = [
+            ("oauth_token_file", token_file.is_some()),
+            ("oauth_token_url", token_url.is_some()),
+            ("oauth_client_id", client_id.is_some()),
+            ("oauth_client_secret_file", secret_file.is_some()),
+            ("oauth_scope", scope.is_some()),
+            ("oauth_ca_file", ca_file.is_some()),
+        ];
+        for (key, given) in oauth_keys {
+            if given {
+                s.problem(key, "only with auth_mechanism = \"xoauth2\"");
+            }
+        }
+        return match (user, env, file) {
+            (None, None, None) => None,
+            (Some(user), Some(env), None) => Some(GatewayAuth {
+                user,
+                mechanism: AuthMechanism::Password(SecretSource::Env(env)),
+            }),
+            (Some(user), None, Some(file)) => Some(GatewayAuth {
+                user,
+                mechanism: AuthMechanism::Password(SecretSource::File(file)),
+            }),
+            (None, _, _) => {
+                s.problem(
+                    "auth_user",
+                    "required with auth_password_env or auth_password_file",
+                );
+                None
+            }
+            (Some(_), None, None) | (Some(_), Some(_), Some(_)) => {
+                s.problem(
+                    "auth_user",
+                    "needs exactly one of auth_password_env and auth_password_file",
+                );
+                None
+            }
+        };
+    }
+
+    // XOAUTH2: a token instead of a password.
+    for (key, given) in [
+        ("auth_password_env", env.is_some()),
+        ("auth_password_file", file.is_some()),
+    ] {
+        if given {
+            s.problem(
+                key,
+                "not with auth_mechanism = \"xoauth2\" (the login is a bearer token: oauth_token_file or oauth_token_url)",
+            );
+        }
+    }
+    let Some(user) = user else {
+        s.problem(
+            "auth_user",
+            "required with auth_mechanism = \"xoauth2\" (the mailbox the token may send as)",
+        );
+        return None;
+    };
+    let source = match (token_file, token_url) {
+        (Some(path), None) => {
+            for (key, given) in [
+                ("oauth_client_id", client_id.is_some()),
+                ("oauth_client_secret_file", secret_file.is_some()),
+                ("oauth_scope", scope.is_some()),
+                ("oauth_ca_file", ca_file.is_some()),
+            ] {
+                if given {
+                    s.problem(key, "only with oauth_token_url (oauth_token_file is given)");
+                }
+            }
+            TokenSource::File(path)
+        }
+        (None, Some(token_url)) => {
+            let (Some(client_id), Some(client_secret_file)) = (client_id, secret_file) else {
+                s.problem(
+                    "oauth_token_url",
+                    "needs oauth_client_id and oauth_client_secret_file (the client-credentials grant)",
+                );
+                return None;
+            };
+            TokenSource::ClientCredentials(ClientCredentials {
+                token_url,
+                client_id,
+                client_secret_file,
+                scope: scope.unwrap_or_else(|| EXCHANGE_ONLINE_SCOPE.to_string()),
+                ca_file,
+            })
+        }
+        (None, None) | (Some(_), Some(_)) => {
+            s.problem(
+                "auth_mechanism",
+                "\"xoauth2\" needs exactly one token source: oauth_token_file, or oauth_token_url with oauth_client_id and oauth_client_secret_file",
+            );
+            return None;
+        }
+    };
+    Some(GatewayAuth {
+        user,
+        mechanism: AuthMechanism::XOAuth2(source),
+    })
 }
 
 fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
@@ -1678,6 +1901,153 @@ mod tests {
             "a loopback gateway may take a plain login"
         );
         assert_eq!(config.gateways[0].host(), "::1");
+    }
+
+    #[test]
+    fn xoauth2_logins_take_one_token_source() {
+        let config = Config::parse(
+            r#"
+            [[gateways]]
+            name = "file"
+            address = "smtp.office365.com:587"
+            default = true
+            tls = "required"
+            auth_user = "app@example.com"
+            auth_mechanism = "xoauth2"
+            oauth_token_file = "/run/token"
+            [[gateways]]
+            name = "grant"
+            address = "smtp.office365.com:587"
+            tls = "required"
+            auth_user = "app@example.com"
+            auth_mechanism = "xoauth2"
+            oauth_token_url = "https://login.microsoftonline.com/contoso.example/oauth2/v2.0/token"
+            oauth_client_id = "11111111-2222-3333-4444-555555555555"
+            oauth_client_secret_file = "/run/client-secret"
+            "#,
+        )
+        .unwrap();
+        let mechanism = |index: usize| config.gateways[index].auth.clone().unwrap().mechanism;
+        assert_eq!(
+            mechanism(0),
+            AuthMechanism::XOAuth2(TokenSource::File("/run/token".into()))
+        );
+        let AuthMechanism::XOAuth2(TokenSource::ClientCredentials(grant)) = mechanism(1) else {
+            panic!("the client-credentials grant: {:?}", mechanism(1));
+        };
+        assert_eq!(grant.scope, EXCHANGE_ONLINE_SCOPE, "the default scope");
+        assert_eq!(grant.token_url.host, "login.microsoftonline.com");
+        assert_eq!(grant.token_url.port, 443);
+        assert_eq!(grant.token_url.path, "/contoso.example/oauth2/v2.0/token");
+        assert_eq!(grant.ca_file, None);
+
+        let error = Config::parse(
+            r#"
+            [[gateways]]
+            name = "none"
+            address = "smtp.example.com:587"
+            default = true
+            tls = "required"
+            auth_user = "app@example.com"
+            auth_mechanism = "xoauth2"
+            [[gateways]]
+            name = "both"
+            address = "smtp.example.com:587"
+            tls = "required"
+            auth_user = "app@example.com"
+            auth_mechanism = "xoauth2"
+            oauth_token_file = "/run/token"
+            oauth_token_url = "https://login.example.com/token"
+            [[gateways]]
+            name = "nouser"
+            address = "smtp.example.com:587"
+            tls = "required"
+            auth_mechanism = "xoauth2"
+            oauth_token_file = "/run/token"
+            [[gateways]]
+            name = "halfgrant"
+            address = "smtp.example.com:587"
+            tls = "required"
+            auth_user = "app@example.com"
+            auth_mechanism = "xoauth2"
+            oauth_token_url = "https://login.example.com/token"
+            oauth_client_id = "id"
+            [[gateways]]
+            name = "mixed"
+            address = "smtp.example.com:587"
+            tls = "required"
+            auth_user = "app@example.com"
+            auth_mechanism = "xoauth2"
+            auth_password_env = "PASSWORD"
+            oauth_token_file = "/run/token"
+            oauth_scope = "x"
+            [[gateways]]
+            name = "plaintext"
+            address = "smtp.example.com:587"
+            tls = "none"
+            auth_user = "app@example.com"
+            auth_mechanism = "xoauth2"
+            oauth_token_file = "/run/token"
+            [[gateways]]
+            name = "stray"
+            address = "smtp.example.com:587"
+            tls = "required"
+            auth_user = "app@example.com"
+            auth_password_env = "PASSWORD"
+            oauth_token_file = "/run/token"
+            [[gateways]]
+            name = "http"
+            address = "smtp.example.com:587"
+            tls = "required"
+            auth_user = "app@example.com"
+            auth_mechanism = "oauth"
+            oauth_token_url = "http://login.example.com/token"
+            "#,
+        )
+        .unwrap_err();
+        let text = error.to_string();
+        for expected in [
+            "gateways[0].auth_mechanism: \"xoauth2\" needs exactly one token source",
+            "gateways[1].auth_mechanism: \"xoauth2\" needs exactly one token source",
+            "gateways[2].auth_user: required with auth_mechanism = \"xoauth2\"",
+            "gateways[3].oauth_token_url: needs oauth_client_id and oauth_client_secret_file",
+            "gateways[4].auth_password_env: not with auth_mechanism = \"xoauth2\"",
+            "gateways[4].oauth_scope: only with oauth_token_url",
+            "gateways[5].auth_user: the gateway OAuth token would go in plain text",
+            "gateways[6].oauth_token_file: only with auth_mechanism = \"xoauth2\"",
+            "gateways[7].auth_mechanism: \"oauth\" is not valid; accepted: \"password\" (AUTH PLAIN or LOGIN) or \"xoauth2\"",
+            "gateways[7].oauth_token_url: \"http://login.example.com/token\" is not valid; accepted: an https URL",
+        ] {
+            assert!(text.contains(expected), "{expected}\n{text}");
+        }
+    }
+
+    #[test]
+    fn https_urls_are_taken_apart() {
+        let url = HttpsUrl::parse("https://[::1]:8443/t/oauth2/v2.0/token?x=1").unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path.as_str()),
+            ("::1", 8443, "/t/oauth2/v2.0/token?x=1")
+        );
+        assert_eq!(
+            url.to_string(),
+            "https://[::1]:8443/t/oauth2/v2.0/token?x=1"
+        );
+        let url = HttpsUrl::parse("https://login.example.com").unwrap();
+        assert_eq!((url.port, url.path.as_str()), (443, "/"));
+        assert_eq!(url.authority(), "login.example.com:443");
+        for bad in [
+            "http://login.example.com/token",
+            "https://user:pw@login.example.com/token",
+            "https://login.example.com:0/token",
+            "https://login.example.com:x/token",
+            "https://[login]/token",
+            "https:///token",
+            "https://login.example.com/a b",
+            "https://login.example.com/token#frag",
+        ] {
+            assert_eq!(HttpsUrl::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! does not verify, fails the connection (the message is retried later).
 //! `opportunistic` reconnects in plain text once if the handshake fails.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
+use super::oauth::{Secret, TokenProvider};
 use crate::config::GatewayTls;
 use crate::tls::Stream;
 use crate::tls::client::Upstream;
@@ -37,34 +39,62 @@ pub struct Capabilities {
     pub starttls: bool,
     pub auth_plain: bool,
     pub auth_login: bool,
+    pub auth_xoauth2: bool,
 }
 
-/// A login at the gateway. The password never appears in `Debug` output.
+/// A login at the gateway. The password or token never appears in `Debug`
+/// output.
 #[derive(Clone)]
 pub struct Credentials {
     pub user: String,
-    pub password: String,
+    pub secret: Login,
     /// The gateway is on this machine: the login may go without TLS.
     pub loopback: bool,
 }
 
+/// What proves `Credentials::user` to the gateway.
+#[derive(Clone)]
+pub enum Login {
+    /// AUTH PLAIN, or LOGIN when the gateway offers only that.
+    Password(String),
+    /// AUTH XOAUTH2 with a bearer token from this source.
+    Token(Arc<TokenProvider>),
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("user", &self.user)
-            .field("password", &"(redacted)")
-            .finish()
+        let mut debug = f.debug_struct("Credentials");
+        debug.field("user", &self.user);
+        match &self.secret {
+            Login::Password(_) => debug.field("password", &"(redacted)"),
+            Login::Token(tokens) => debug.field("xoauth2", tokens),
+        };
+        debug.finish()
     }
 }
 
 impl Credentials {
-    /// Reads the secret the gateway's configuration names.
+    /// Reads the secret the gateway's configuration names (for XOAUTH2:
+    /// checks its token source, see `oauth::TokenProvider::load`).
     pub fn load(gateway: &crate::config::GatewayConfig) -> std::io::Result<Option<Credentials>> {
-        use crate::config::SecretSource;
+        use crate::config::{AuthMechanism, SecretSource};
         let Some(auth) = &gateway.auth else {
             return Ok(None);
         };
-        let password = match &auth.secret {
+        let source = match &auth.mechanism {
+            AuthMechanism::Password(source) => source,
+            AuthMechanism::XOAuth2(source) => {
+                return Ok(Some(Credentials {
+                    user: auth.user.clone(),
+                    secret: Login::Token(Arc::new(TokenProvider::load(
+                        source,
+                        gateway.connect_timeout,
+                    )?)),
+                    loopback: gateway.is_loopback(),
+                }));
+            }
+        };
+        let password = match source {
             SecretSource::Env(name) => std::env::var(name).map_err(|_| {
                 std::io::Error::new(
                     std::io::ErrorKind::NotFound,
@@ -94,7 +124,7 @@ impl Credentials {
         }
         Ok(Some(Credentials {
             user: auth.user.clone(),
-            password,
+            secret: Login::Password(password),
             loopback: gateway.is_loopback(),
         }))
     }
@@ -137,13 +167,58 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects, reads the greeting, says EHLO (HELO if EHLO is refused)
-    /// and sets up TLS as `tls` says (see the module notes).
+    /// Connects, reads the greeting, says EHLO (HELO if EHLO is refused),
+    /// sets up TLS as `tls` says (see the module notes) and logs in with
+    /// `credentials`. An XOAUTH2 token the gateway refuses with 535 is
+    /// renewed and tried once more on a new connection (see `oauth`).
     pub async fn open(
         address: &str,
         helo_name: &str,
         tls: &Upstream,
         credentials: Option<&Credentials>,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Connection, ClientError> {
+        let connect =
+            || Connection::connect(address, helo_name, tls, connect_timeout, command_timeout);
+        let mut connection = connect().await?;
+        let Some(credentials) = credentials else {
+            return Ok(connection);
+        };
+        match &credentials.secret {
+            Login::Password(password) => {
+                connection.login_password(credentials, password).await?;
+            }
+            Login::Token(tokens) => {
+                let no_token = |error: std::io::Error| {
+                    early(format!("no OAuth token for the gateway login: {error}"))
+                };
+                let token = tokens.token().await.map_err(no_token)?;
+                match connection.login_xoauth2(credentials, &token).await {
+                    Err(refused) if refused.refusal.as_ref().is_some_and(|r| r.code == 535) => {
+                        let Some(fresh) = tokens.renew(&token).await.map_err(no_token)? else {
+                            return Err(refused);
+                        };
+                        tracing::info!(%address, error = %refused, "the gateway refused the OAuth token; logging in once more with a new one");
+                        // A new connection: a server may count (or end the
+                        // session on) failed logins.
+                        connection.quit().await;
+                        connection = connect().await?;
+                        connection.login_xoauth2(credentials, &fresh).await?;
+                    }
+                    other => other?,
+                }
+            }
+        }
+        Ok(connection)
+    }
+
+    /// Connects and greets, falling back once to plain text when
+    /// opportunistic TLS fails.
+    async fn connect(
+        address: &str,
+        helo_name: &str,
+        tls: &Upstream,
         connect_timeout: Duration,
         command_timeout: Duration,
     ) -> Result<Connection, ClientError> {
@@ -156,7 +231,7 @@ impl Connection {
             command_timeout,
         )
         .await;
-        let opened = match opened {
+        match opened {
             Err(error) if error.handshake_failed && tls.mode == GatewayTls::Opportunistic => {
                 tracing::warn!(%address, %error, "opportunistic TLS failed; delivering without TLS on a new connection");
                 Connection::open_with(
@@ -170,35 +245,47 @@ impl Connection {
                 .await
             }
             other => other,
-        };
-        let mut connection = opened?;
-        if let Some(credentials) = credentials {
-            connection.login(credentials).await?;
         }
-        Ok(connection)
     }
 
-    /// AUTH PLAIN (or LOGIN) with `credentials`; only under TLS, or to a
-    /// gateway on loopback (`credentials.loopback`).
-    async fn login(&mut self, credentials: &Credentials) -> Result<(), ClientError> {
-        use base64ct::{Base64, Encoding};
-        if !self.stream.is_tls() && !credentials.loopback {
-            return Err(early(
-                "will not send the gateway password without TLS (set tls = \"required\")".into(),
-            ));
+    /// A secret goes only under TLS, or to a gateway on loopback.
+    fn may_send_secret(&self, credentials: &Credentials) -> Result<(), ClientError> {
+        if self.stream.is_tls() || credentials.loopback {
+            Ok(())
+        } else {
+            Err(early(
+                "will not send the gateway password or token without TLS (set tls = \"required\")"
+                    .into(),
+            ))
         }
+    }
+
+    /// AUTH PLAIN (or LOGIN) with the password.
+    async fn login_password(
+        &mut self,
+        credentials: &Credentials,
+        password: &str,
+    ) -> Result<(), ClientError> {
+        use base64ct::{Base64, Encoding};
+        self.may_send_secret(credentials)?;
         let refused = |reply: Reply| {
+            // Exchange Online's answer once Basic authentication is off
+            // for the tenant or mailbox: say what to do about it.
+            let hint = if reply.lines.join(" ").starts_with("5.7.139") {
+                " (Exchange Online no longer takes a password here: use auth_mechanism = \"xoauth2\")"
+            } else {
+                ""
+            };
             let mut error = early(format!(
-                "gateway refused our login as {}: {reply}",
+                "gateway refused our login as {}: {reply}{hint}",
                 credentials.user
             ));
             error.refusal = Some(reply);
             error
         };
         if self.capabilities.auth_plain {
-            let token = Base64::encode_string(
-                format!("\0{}\0{}", credentials.user, credentials.password).as_bytes(),
-            );
+            let token =
+                Base64::encode_string(format!("\0{}\0{password}", credentials.user).as_bytes());
             self.write(format!("AUTH PLAIN {token}\r\n").as_bytes())
                 .await
                 .map_err(mark_early)?;
@@ -214,7 +301,7 @@ impl Connection {
             let steps = [
                 ("AUTH LOGIN".to_string(), 334),
                 (Base64::encode_string(credentials.user.as_bytes()), 334),
-                (Base64::encode_string(credentials.password.as_bytes()), 235),
+                (Base64::encode_string(password.as_bytes()), 235),
             ];
             for (line, expected) in steps {
                 self.write(format!("{line}\r\n").as_bytes())
@@ -230,6 +317,59 @@ impl Connection {
         Err(early(
             "the gateway offers neither AUTH PLAIN nor AUTH LOGIN, and auth_user is set".into(),
         ))
+    }
+
+    /// AUTH XOAUTH2 with `token`: one command with the initial response
+    /// base64("user=" user ^A "auth=Bearer " token ^A ^A). A refused token
+    /// draws a 334 with a base64 JSON error; the client answers it with an
+    /// empty line and the server then sends its final (5xx) reply.
+    async fn login_xoauth2(
+        &mut self,
+        credentials: &Credentials,
+        token: &Secret,
+    ) -> Result<(), ClientError> {
+        use base64ct::{Base64, Encoding};
+        self.may_send_secret(credentials)?;
+        if !self.capabilities.auth_xoauth2 {
+            return Err(early(
+                "the gateway does not offer AUTH XOAUTH2, and auth_mechanism = \"xoauth2\"".into(),
+            ));
+        }
+        let initial = Base64::encode_string(
+            format!(
+                "user={}\x01auth=Bearer {}\x01\x01",
+                credentials.user,
+                token.expose()
+            )
+            .as_bytes(),
+        );
+        self.write(format!("AUTH XOAUTH2 {initial}\r\n").as_bytes())
+            .await
+            .map_err(mark_early)?;
+        let mut reply = self.read_reply().await.map_err(mark_early)?;
+        let mut challenge = String::new();
+        if reply.code == 334 {
+            // The error challenge (RFC 7628 section 3.2.2): status, schemes
+            // and scope in JSON, no secret; kept for the operator's log.
+            let encoded = reply.lines.join("");
+            if let Ok(decoded) = Base64::decode_vec(encoded.trim()) {
+                challenge = format!(
+                    " (the gateway's challenge: {})",
+                    String::from_utf8_lossy(&decoded)
+                );
+            }
+            self.write(b"\r\n").await.map_err(mark_early)?;
+            reply = self.read_reply().await.map_err(mark_early)?;
+        }
+        if reply.code == 235 {
+            return Ok(());
+        }
+        let mut error = early(format!(
+            "gateway refused our XOAUTH2 login as {}: {reply}{challenge}",
+            credentials.user
+        ));
+        error.refusal = Some(reply);
+        Err(error)
     }
 
     async fn open_with(
@@ -531,6 +671,7 @@ fn parse_capabilities(ehlo: &Reply) -> Capabilities {
                     match mechanism.to_ascii_uppercase().as_str() {
                         "PLAIN" => capabilities.auth_plain = true,
                         "LOGIN" => capabilities.auth_login = true,
+                        "XOAUTH2" => capabilities.auth_xoauth2 = true,
                         _ => {}
                     }
                 }

@@ -19,6 +19,7 @@ mod admin;
 pub mod client;
 pub mod dkim;
 mod generation;
+pub mod oauth;
 mod queue;
 pub mod retry;
 mod verify;

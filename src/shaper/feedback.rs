@@ -4,9 +4,12 @@
 //!   (5xx) replies never are; a transient reply is one when its code or
 //!   enhanced status is about load or reputation, or its text asks to come
 //!   back later.
-//! - A quota used up (Exchange Online's `554 5.2.0 ...QuotaExceeded...`)
-//!   is a cap the gateway counted: the message is held, not bounced, and the
-//!   gateway rests until its window resets.
+//! - A quota used up (Exchange Online's `554 5.2.0 ...QuotaExceeded...`,
+//!   or `550 5.7.233`: the tenant's external recipient rate limit, a
+//!   rolling day cap over every mailbox and app of the tenant) is a cap the
+//!   gateway counted: the message is held, not bounced, and the gateway
+//!   rests until its window resets. The code is permanent, the condition is
+//!   not: bouncing would lose mail that goes through tomorrow.
 //! - Reputation trouble (Exchange's `5.7.705`, `5.7.708`, `5.7.750`: the
 //!   tenant or IP is blocked) is for operators: the reply stands, and it is
 //!   logged as such.
@@ -34,7 +37,13 @@ pub enum Signal {
     Reputation,
 }
 
-/// Enhanced status codes of Exchange Online's sender blocks.
+/// Enhanced status codes of day caps that a later retry gets past:
+/// Exchange Online's tenant external recipient rate limit (TERRL).
+const QUOTA_CODES: &[&str] = &["5.7.233"];
+
+/// Enhanced status codes of Exchange Online's sender blocks: `5.7.705` the
+/// tenant exceeded its threshold, `5.7.708` the IP is not accepted,
+/// `5.7.750` the sender domain is not registered (accepted) in the tenant.
 const REPUTATION_CODES: &[&str] = &["5.7.705", "5.7.708", "5.7.750"];
 
 /// The signal in `reply`, if any (see the module notes).
@@ -50,7 +59,10 @@ const REPUTATION_CODES: &[&str] = &["5.7.705", "5.7.708", "5.7.750"];
 /// ```
 pub fn classify(reply: &Reply) -> Option<Signal> {
     let text = reply.lines.join(" ");
-    if (reply.code == 554 && text.starts_with("5.2.0")) || text.contains("QuotaExceeded") {
+    if (reply.code == 554 && text.starts_with("5.2.0"))
+        || text.contains("QuotaExceeded")
+        || QUOTA_CODES.iter().any(|code| text.starts_with(code))
+    {
         return Some(Signal::QuotaExhausted);
     }
     if REPUTATION_CODES.iter().any(|code| text.starts_with(code)) {
@@ -133,12 +145,41 @@ mod tests {
             )),
             Some(Signal::Throttling)
         );
-        assert_eq!(
-            classify(&Reply::new(
+        let exchange = [
+            (
                 550,
-                "5.7.705 Access denied, tenant has exceeded threshold"
-            )),
-            Some(Signal::Reputation)
-        );
+                "5.7.705 Access denied, tenant has exceeded threshold",
+                Signal::Reputation,
+            ),
+            (
+                550,
+                "5.7.750 Service unavailable. Client blocked from sending from unregistered domains",
+                Signal::Reputation,
+            ),
+            (
+                550,
+                "5.7.708 Service unavailable. Access denied, traffic not accepted from this IP",
+                Signal::Reputation,
+            ),
+            (
+                550,
+                "5.7.233 Your message can't be sent because your tenant has exceeded its daily limit for sending email to external recipients (tenant external recipient rate limit)",
+                Signal::QuotaExhausted,
+            ),
+            (
+                554,
+                "5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+                Signal::QuotaExhausted,
+            ),
+        ];
+        for (code, text, signal) in exchange {
+            assert_eq!(classify(&Reply::new(code, text)), Some(signal), "{text}");
+        }
+        // A 5.7.233 is not a throttling signal (no ceiling cut): the day
+        // cap is a quota, not a rate.
+        assert!(!is_throttling(&Reply::new(
+            550,
+            "5.7.233 tenant external recipient rate limit"
+        )));
     }
 }

@@ -47,6 +47,20 @@ pub struct Behavior {
     pub no_pipelining: bool,
     /// Offer AUTH PLAIN and require this user and password before MAIL.
     pub login: Option<(String, String)>,
+    /// Offer AUTH XOAUTH2 and require this user with one of these bearer
+    /// tokens before MAIL, checked against the exact XOAUTH2 string; any
+    /// other string draws Exchange's error challenge, then 535.
+    pub xoauth2: Option<(String, Vec<String>)>,
+    /// Every XOAUTH2 initial response, decoded, in arrival order.
+    pub xoauth2_seen: Vec<String>,
+    /// What the client sent back to each error challenge (RFC 7628 wants
+    /// an empty line).
+    pub challenge_answers: Vec<String>,
+}
+
+/// The XOAUTH2 initial response (before base64) for `user` and `token`.
+pub fn xoauth2_string(user: &str, token: &str) -> String {
+    format!("user={user}\x01auth=Bearer {token}\x01\x01")
 }
 
 /// An in-process SMTP server playing the gateway.
@@ -277,10 +291,20 @@ async fn sink_session_inner(
             } else {
                 ""
             };
-            let auth = if behavior.lock().unwrap().login.is_some() {
-                "250-AUTH PLAIN LOGIN\r\n"
-            } else {
-                ""
+            let auth = {
+                let behavior = behavior.lock().unwrap();
+                let mut mechanisms = String::new();
+                if behavior.login.is_some() {
+                    mechanisms.push_str(" PLAIN LOGIN");
+                }
+                if behavior.xoauth2.is_some() {
+                    mechanisms.push_str(" XOAUTH2");
+                }
+                if mechanisms.is_empty() {
+                    String::new()
+                } else {
+                    format!("250-AUTH{mechanisms}\r\n")
+                }
             };
             format!(
                 "250-sink.test\r\n{pipelining}{offer}{auth}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000"
@@ -296,16 +320,59 @@ async fn sink_session_inner(
                 }
                 _ => "535 5.7.8 Authentication unsuccessful".into(),
             }
+        } else if upper.starts_with("AUTH XOAUTH2 ") {
+            use base64ct::Encoding;
+            let given = base64ct::Base64::decode_vec(&text[13..]).unwrap_or_default();
+            let given = String::from_utf8_lossy(&given).into_owned();
+            let accepted = {
+                let mut behavior = behavior.lock().unwrap();
+                behavior.xoauth2_seen.push(given.clone());
+                behavior.xoauth2.as_ref().and_then(|(user, tokens)| {
+                    tokens
+                        .iter()
+                        .any(|token| given == xoauth2_string(user, token))
+                        .then(|| user.clone())
+                })
+            };
+            match accepted {
+                Some(user) => {
+                    logged_in = Some(user);
+                    "235 2.7.0 Authentication successful".into()
+                }
+                None => {
+                    // Exchange Online's answer to a token it does not take.
+                    let challenge = base64ct::Base64::encode_string(
+                        br#"{"status":"401","schemes":"bearer","scope":"https://outlook.office365.com/.default"}"#,
+                    );
+                    writer
+                        .write_all(format!("334 {challenge}\r\n").as_bytes())
+                        .await?;
+                    line.clear();
+                    if reader.read_until(b'\n', &mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    let answer = String::from_utf8_lossy(&line).into_owned();
+                    let empty = answer == "\r\n";
+                    behavior.lock().unwrap().challenge_answers.push(answer);
+                    if empty {
+                        "535 5.7.3 Authentication unsuccessful".into()
+                    } else {
+                        "501 5.5.2 expected an empty line after the error challenge".into()
+                    }
+                }
+            }
         } else if upper.starts_with("MAIL FROM:")
-            && behavior.lock().unwrap().login.is_some()
+            && {
+                let behavior = behavior.lock().unwrap();
+                behavior.login.is_some() || behavior.xoauth2.is_some()
+            }
             && logged_in.is_none()
         {
             "530 5.7.57 Client not authenticated to send mail".into()
-        } else if upper == "STARTTLS" && starttls.is_some() {
+        } else if let Some(acceptor) = starttls.as_ref().filter(|_| upper == "STARTTLS") {
             writer.write_all(b"220 2.0.0 go ahead\r\n").await?;
             let stream = reader.into_inner().unsplit(writer);
-            let acceptor = starttls.expect("checked");
-            let stream = acceptor.accept(stream).await?;
+            let stream = acceptor.clone().accept(stream).await?;
             return sink_session(Box::new(stream), shared, None, true, false).await;
         } else if upper.starts_with("MAIL FROM:") {
             mail_from = text[10..].to_string();
@@ -470,6 +537,172 @@ impl TestCertificate {
         .with_no_client_auth();
         tokio_rustls::TlsConnector::from(Arc::new(config))
     }
+}
+
+/// A request the token endpoint received.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    pub method: String,
+    pub path: String,
+    /// Header names lower-cased.
+    pub headers: HashMap<String, String>,
+    /// The form fields, decoded.
+    pub form: HashMap<String, String>,
+}
+
+/// An OAuth 2.0 token endpoint over HTTPS on loopback (certificate for
+/// `localhost`), parsing HTTP on its own like the sink parses SMTP. It
+/// answers each request with a queued answer, else a new bearer token
+/// `at-N-Zq8v` (N counting requests from 1) living `lifetime` seconds.
+pub struct TokenEndpoint {
+    /// The token URL, `https://localhost:PORT/tenant/oauth2/v2.0/token`.
+    pub url: String,
+    pub requests: Arc<Mutex<Vec<TokenRequest>>>,
+    /// (status, JSON body) answers used up one per request.
+    pub answers: Arc<Mutex<VecDeque<(u16, String)>>>,
+    pub lifetime: Arc<Mutex<u64>>,
+    task: JoinHandle<()>,
+}
+
+impl TokenEndpoint {
+    pub async fn start(certificate: &TestCertificate) -> TokenEndpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://localhost:{}/tenant/oauth2/v2.0/token",
+            listener.local_addr().unwrap().port()
+        );
+        let acceptor = certificate.acceptor();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let answers = Arc::new(Mutex::new(VecDeque::new()));
+        let lifetime = Arc::new(Mutex::new(3599));
+        let task = {
+            let (requests, answers, lifetime) =
+                (requests.clone(), answers.clone(), lifetime.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (acceptor, requests, answers, lifetime) = (
+                        acceptor.clone(),
+                        requests.clone(),
+                        answers.clone(),
+                        lifetime.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let _ = token_exchange(stream, requests, answers, lifetime).await;
+                    });
+                }
+            })
+        };
+        TokenEndpoint {
+            url,
+            requests,
+            answers,
+            lifetime,
+            task,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<TokenRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn token_exchange(
+    stream: impl AsyncRead + AsyncWrite + Unpin,
+    requests: Arc<Mutex<Vec<TokenRequest>>>,
+    answers: Arc<Mutex<VecDeque<(u16, String)>>>,
+    lifetime: Arc<Mutex<u64>>,
+) -> std::io::Result<()> {
+    let mut stream = BufReader::new(stream);
+    let mut request_line = String::new();
+    stream.read_line(&mut request_line).await?;
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut line = String::new();
+        if stream.read_line(&mut line).await? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+        }
+    }
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await?;
+    let form = String::from_utf8_lossy(&body)
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| (percent_decode(name), percent_decode(value)))
+        .collect();
+    let number = {
+        let mut requests = requests.lock().unwrap();
+        requests.push(TokenRequest {
+            method,
+            path,
+            headers,
+            form,
+        });
+        requests.len()
+    };
+    let (status, body) = answers.lock().unwrap().pop_front().unwrap_or_else(|| {
+        (
+            200,
+            format!(
+                r#"{{"token_type":"Bearer","expires_in":{},"ext_expires_in":3599,"access_token":"at-{number}-Zq8v"}}"#,
+                lifetime.lock().unwrap()
+            ),
+        )
+    });
+    let answer = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(answer.as_bytes()).await?;
+    stream.flush().await?;
+    stream.shutdown().await
+}
+
+/// Decodes `%XX` escapes and `+` (a form's space).
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(byte) => out.push(byte),
+                    Err(_) => out.extend_from_slice(&bytes[i..i + 3]),
+                }
+                i += 3;
+                continue;
+            }
+            b'+' => out.push(b' '),
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A line-level SMTP client over any stream (plain or TLS), for the TLS
