@@ -381,6 +381,50 @@ async fn a_node_that_joins_late_allows_what_the_others_history_allows() {
     }
 }
 
+/// `queue hold` holds the gateway on every node, and a hold an operator
+/// gives while Redis is away is not undone when Redis comes back: it is
+/// written then, and the other nodes hold too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_given_while_redis_is_away_holds_every_node_when_it_is_back() {
+    let port = free_port();
+    let Some(mut redis) = Redis::start(port) else {
+        return;
+    };
+    let sink = Sink::start().await;
+    let nodes = start_nodes(&sink, port, r#"initial_rate = "600/min""#).await;
+    all_connected(&nodes, 1.0).await;
+    redis.stop();
+    all_connected(&nodes, 0.0).await;
+    let http = nodes[0].service.http_address().unwrap();
+    assert_eq!(
+        fetch(http, "POST", "/admin/gateways/primary/hold", None)
+            .await
+            .status,
+        200
+    );
+    let _redis = Redis::start(port).expect("redis-server starts again");
+    all_connected(&nodes, 1.0).await;
+    let held = "smtp_shaper_queue_held{gateway=\"primary\"}";
+    for node in &nodes {
+        eventually_async("every node to hold the gateway", || async {
+            metric(node, held).await == Some(1.0)
+        })
+        .await;
+    }
+    // Held everywhere: mail is accepted and waits.
+    send(&nodes[2], 0, 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(sink.count(), 0, "the hold holds");
+    assert_eq!(
+        metric(&nodes[0], held).await,
+        Some(1.0),
+        "not undone by a reading"
+    );
+    for node in nodes {
+        node.service.shutdown().await;
+    }
+}
+
 /// The Lua scripts and the in-memory reference the simulator runs
 /// (`shaper::shared::SharedState`) decide alike: the same random proposals
 /// from three nodes (budgets with a bulk share and a cap binding, the bucket

@@ -8,8 +8,11 @@ local node = ARGV[1]
 local current_epoch, epoch_age = epoch(ARGV[2])
 local units = tonumber(ARGV[3])
 local bulk = ARGV[4] == 'b'
-local wait, reason = 0, ''
+local wait, reason, refused = 0, '', false
+-- At least a microsecond: a refusal at a slot's very end still refuses.
 local function hold_for(micros, why)
+  micros = math.max(1, micros)
+  refused = true
   if micros > wait then
     wait, reason = micros, why
   end
@@ -68,7 +71,7 @@ for _ = 1, tonumber(ARGV[7]) do
 end
 
 local granted = 0
-if wait == 0 then
+if not refused then
   granted = 1
   redis.call('HSET', state, 'tat', int(tat + emission))
   for _, w in ipairs(counted) do

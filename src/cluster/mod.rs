@@ -75,6 +75,9 @@ pub struct Cluster {
     scripts: Scripts,
     /// When this process set up its connection (see [`Reading::new_epoch`]).
     started: std::time::Instant,
+    /// Weak: a link holds the cluster, and lives while a queue uses it
+    /// (a reload's new queues take it over from the old ones).
+    links: Mutex<std::collections::HashMap<String, std::sync::Weak<GatewayLink>>>,
 }
 
 impl Cluster {
@@ -127,6 +130,7 @@ impl Cluster {
             timeout: config.timeout,
             expected_nodes: config.expected_nodes,
             started: std::time::Instant::now(),
+            links: Mutex::default(),
             scripts: Scripts {
                 acquire: script(include_str!("acquire.lua")),
                 heartbeat: script(include_str!("heartbeat.lua")),
@@ -144,13 +148,21 @@ impl Cluster {
         &self.node
     }
 
-    /// The link of one gateway.
+    /// The link of one gateway: the same one for every generation (a
+    /// reload keeps what it has seen of the epoch and the others' totals,
+    /// or it would rebuild and recount them).
     pub fn link(self: &Arc<Cluster>, gateway: &str) -> Arc<GatewayLink> {
-        Arc::new(GatewayLink {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(link) = links.get(gateway).and_then(std::sync::Weak::upgrade) {
+            return link;
+        }
+        let link = Arc::new(GatewayLink {
             cluster: self.clone(),
             prefix: format!("smtp-shaper:{{{gateway}}}"),
             seen: Mutex::new(Seen::default()),
-        })
+        });
+        links.insert(gateway.to_string(), Arc::downgrade(&link));
+        link
     }
 
     /// Nodes assumed to share a gateway until heartbeats say otherwise.
@@ -165,6 +177,8 @@ impl Cluster {
 struct Seen {
     epoch: Option<String>,
     elsewhere: Elsewhere,
+    /// A new epoch was seen and its rebuild has not got through yet.
+    rebuild_pending: bool,
 }
 
 /// One gateway's shared state, as one node reaches it.
@@ -300,6 +314,7 @@ impl GatewayLink {
                 // or another than the one the node knew.
                 let age = Duration::from_micros(integer(age)?.max(0) as u64);
                 new_epoch = seen.epoch.is_some() || age < self.cluster.started.elapsed();
+                seen.rebuild_pending |= new_epoch;
                 seen.epoch = Some(epoch);
                 seen.elsewhere = totals;
             }
@@ -317,6 +332,22 @@ impl GatewayLink {
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.cluster.node
+    }
+
+    /// A new epoch has been seen and not yet rebuilt from this node's view.
+    pub fn rebuild_pending(&self) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rebuild_pending
+    }
+
+    /// The rebuild got through.
+    pub fn rebuilt(&self) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rebuild_pending = false;
     }
 
     /// The epoch this node proposes should the state be empty: new every

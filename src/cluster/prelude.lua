@@ -26,6 +26,7 @@ local function epoch(proposed)
     return current[1], now - tonumber(current[2] or now)
   end
   redis.call('HSET', state, 'epoch', proposed, 'epoch_at', int(now))
+  redis.call('PEXPIRE', state, KEEP)
   return proposed, 0
 end
 
@@ -51,6 +52,12 @@ local function window(key, width, span)
         end
       end
     end
+  end
+  -- A clock behind the one that wrote `from` (a failover): count from here,
+  -- or slots written below `from` would never leave the sum.
+  if first < from then
+    from = first
+    stored[1] = false
   end
   if first > from or not stored[1] then
     redis.call('HSET', key, 'from', int(first), 'sum', int(sum))

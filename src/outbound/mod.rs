@@ -194,12 +194,15 @@ impl Outbound {
     }
 
     /// Moves every message queued in `old` to `new`, and an operator's hold
-    /// of a gateway both have; returns how many messages.
+    /// of a gateway both have (in cluster mode also what was sent on the
+    /// share and not yet reconciled); returns how many messages.
     fn move_queued(old: &Generation, new: &Generation) -> usize {
         let mut moved = 0;
         for gateway in old.gateways.iter() {
             if let Some(index) = new.by_name.get(&gateway.config.name) {
-                new.gateways[*index].queue.hold(gateway.queue.is_held());
+                new.gateways[*index]
+                    .queue
+                    .carry_standing(gateway.queue.take_standing());
             }
             for (mut item, due) in gateway.queue.drain() {
                 moved += 1;

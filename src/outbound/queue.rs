@@ -150,9 +150,18 @@ struct State {
 /// This gateway's shared state (cluster mode), as this node stands with it.
 struct Shared {
     link: Arc<GatewayLink>,
-    /// The latest call to Redis got through; otherwise this node runs on
-    /// its share (of `share_of` nodes).
+    /// The latest heartbeat got through; otherwise this node runs on its
+    /// share (of `share_of` nodes).
     connected: bool,
+    /// The first heartbeat has answered or failed: until then nothing is
+    /// released (neither on the shared state nor on a share not yet known).
+    decided: bool,
+    /// Proposals that failed in a row while heartbeats get through: past
+    /// [`ACQUIRE_FAILURES`] the node runs on its share (never stuck).
+    acquire_failures: u32,
+    /// An operator's hold or release not yet in the shared state: readings
+    /// do not override it until the heartbeat has written it.
+    hold_pending: Option<bool>,
     /// Whether the current standing has been logged (once per change).
     announced: Option<bool>,
     /// Redis said to propose nothing before this.
@@ -166,6 +175,22 @@ struct Shared {
     /// What this node sent on its share, for the shared counts.
     ledger: Ledger,
     decision_seconds: Histogram,
+}
+
+/// Failed proposals in a row after which a node stops asking Redis and runs
+/// on its share (a heartbeat that gets through brings it back).
+const ACQUIRE_FAILURES: u32 = 3;
+
+/// How long a node waits after a failed proposal before the next one.
+const ACQUIRE_RETRY: Duration = Duration::from_secs(1);
+
+/// What a reload carries from a gateway's old queue to its new one in
+/// cluster mode: what was sent on the share and not yet reconciled, the
+/// live nodes last seen, a hold not yet written.
+pub struct SharedStanding {
+    ledger: Ledger,
+    live: u64,
+    hold_pending: Option<bool>,
 }
 
 impl Shared {
@@ -184,6 +209,9 @@ struct InFlight<'q> {
     waited: f64,
     at: f64,
     units: u64,
+    /// What the release counted in the model (the share may change before
+    /// it is put back).
+    counted: u64,
 }
 
 impl InFlight<'_> {
@@ -196,9 +224,13 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let Some(item) = self.item.take() {
             let mut state = self.queue.lock();
-            state
-                .scheduler
-                .put_back(self.at, self.lane, self.waited, self.units, item);
+            state.scheduler.put_back(
+                self.at,
+                self.lane,
+                self.waited,
+                (self.units, self.counted),
+                item,
+            );
         }
     }
 }
@@ -258,6 +290,9 @@ impl DeliveryQueue {
             Shared {
                 link,
                 connected: false,
+                decided: false,
+                acquire_failures: 0,
+                hold_pending: None,
                 announced: None,
                 wait_until: None,
                 live: expected,
@@ -391,8 +426,11 @@ impl DeliveryQueue {
                     .as_ref()
                     .and_then(|shared| shared.wait_until)
                     .filter(|until| *until > now);
+                let undecided = state.shared.as_ref().is_some_and(|shared| !shared.decided);
                 match state.paused_until {
                     _ if state.held => None,
+                    // The first heartbeat's verdict wakes the workers.
+                    _ if undecided => None,
                     Some(until) if until > now => Some(until),
                     // The probe's verdict wakes the others.
                     _ if state.probing => None,
@@ -420,6 +458,7 @@ impl DeliveryQueue {
                                                 waited,
                                                 at: unix_now,
                                                 units,
+                                                counted: state.scheduler.counted(units),
                                             },
                                             Proposal {
                                                 units,
@@ -459,6 +498,9 @@ impl DeliveryQueue {
                 match verdict {
                     Ok(verdict) if verdict.granted => {
                         let mut state = self.lock();
+                        if let Some(shared) = state.shared.as_mut() {
+                            shared.acquire_failures = 0;
+                        }
                         self.absorb(&mut state, &verdict.reading);
                         let waited = in_flight.waited;
                         let item = in_flight.take();
@@ -469,14 +511,30 @@ impl DeliveryQueue {
                         let mut state = self.lock();
                         self.absorb(&mut state, &verdict.reading);
                         if let Some(shared) = state.shared.as_mut() {
+                            shared.acquire_failures = 0;
                             shared.wait_until =
                                 Some(Instant::now() + Duration::from_secs_f64(verdict.wait));
                         }
                         tracing::trace!(gateway = %self.gateway, reason = %verdict.reason, wait = verdict.wait, "the shared state holds the next send");
                     }
                     Err(error) => {
+                        // Redis may have granted it and answered late:
+                        // proposed again, it is counted twice there, which
+                        // only holds back more. One slow answer is not an
+                        // outage; the heartbeats decide that.
                         drop(in_flight);
-                        self.lost(&error);
+                        let failures = {
+                            let mut state = self.lock();
+                            state.shared.as_mut().map_or(0, |shared| {
+                                shared.acquire_failures += 1;
+                                shared.wait_until = Some(Instant::now() + ACQUIRE_RETRY);
+                                shared.acquire_failures
+                            })
+                        };
+                        tracing::debug!(gateway = %self.gateway, %error, failures, "a proposal to the shared state failed");
+                        if failures >= ACQUIRE_FAILURES {
+                            self.lost(&error);
+                        }
                     }
                 }
                 continue;
@@ -521,7 +579,8 @@ impl DeliveryQueue {
         let now = self.now();
         state.scheduler.shared_feedback(now, &reading.feedback);
         state.scheduler.sent_elsewhere(now, &reading.elsewhere);
-        if state.held != reading.held {
+        let pending = state.shared.as_ref().and_then(|shared| shared.hold_pending);
+        if pending.is_none() && state.held != reading.held {
             state.held = reading.held;
             self.wake.notify_waiters();
         }
@@ -540,6 +599,7 @@ impl DeliveryQueue {
             return;
         };
         shared.connected = false;
+        shared.decided = true;
         shared.wait_until = None;
         scheduler.set_share(now, shared.share_of());
         if shared.announced != Some(false) {
@@ -580,13 +640,15 @@ impl DeliveryQueue {
             Ok(beat) => beat,
             Err(error) => return self.lost(&error),
         };
-        let (rebuild, ledger, limits, reconnected_hold) = {
+        let (rebuild, ledger, limits, hold) = {
             let mut state = self.lock();
             self.absorb(&mut state, &beat.reading);
             let now = self.now();
             state.scheduler.learn_busiest(now, beat.busiest_elsewhere);
             let held = state.held;
-            let rebuild = beat.reading.new_epoch.then(|| {
+            // A new epoch seen by any reply (a proposal's too) is rebuilt
+            // here, until a rebuild gets through.
+            let rebuild = link.rebuild_pending().then(|| {
                 let view = state.scheduler.view(now).model;
                 let feedback = SharedFeedback {
                     penalty: view.penalty,
@@ -601,33 +663,46 @@ impl DeliveryQueue {
             shared.live = beat.live;
             shared.queued_elsewhere = beat.queued_elsewhere;
             shared.ledger.forget_before(now);
-            let reconnected_hold = !shared.connected && held;
             (
                 rebuild,
                 std::mem::take(&mut shared.ledger),
                 limits,
-                reconnected_hold,
+                shared.hold_pending,
             )
         };
         let mut result = Ok(());
         if let Some((counts, feedback, held)) = &rebuild {
             result = link.rebuild(counts, feedback, *held).await.map(drop);
+            if result.is_ok() {
+                link.rebuilt();
+            }
         }
+        let mut reconciled = false;
         if result.is_ok() && !ledger.is_empty() {
             result = link.reconcile(&limits, &ledger).await.map(drop);
+            reconciled = result.is_ok();
         }
-        if result.is_ok() && reconnected_hold {
-            result = link.hold(true).await.map(drop);
-        }
-        if let Err(error) = result {
-            let mut state = self.lock();
-            if let Some(shared) = state.shared.as_mut() {
-                // Not added yet: keep it for the next heartbeat.
-                for (minute, counts) in ledger.minutes() {
-                    shared.ledger.add_minute(minute, counts);
+        if let (Ok(()), Some(held)) = (&result, hold) {
+            result = link.hold(held).await.map(drop);
+            if result.is_ok() {
+                let mut state = self.lock();
+                if let Some(shared) = state.shared.as_mut()
+                    && shared.hold_pending == Some(held)
+                {
+                    shared.hold_pending = None;
                 }
             }
-            drop(state);
+        }
+        if let Err(error) = result {
+            if !reconciled {
+                let mut state = self.lock();
+                if let Some(shared) = state.shared.as_mut() {
+                    // Not added yet: keep it for the next heartbeat.
+                    for (minute, counts) in ledger.minutes() {
+                        shared.ledger.add_minute(minute, counts);
+                    }
+                }
+            }
             return self.lost(&error);
         }
         let mut state = self.lock();
@@ -638,8 +713,10 @@ impl DeliveryQueue {
         let Some(shared) = shared.as_mut() else {
             return;
         };
+        shared.acquire_failures = 0;
         if !shared.connected {
             shared.connected = true;
+            shared.decided = true;
             scheduler.set_share(now, 1);
             if shared.announced != Some(true) {
                 tracing::info!(
@@ -656,6 +733,36 @@ impl DeliveryQueue {
             drop(state);
             self.wake.notify_waiters();
         }
+    }
+
+    /// Takes out what a reload carries over to the gateway's next queue
+    /// (cluster mode), with the local hold.
+    pub fn take_standing(&self) -> (bool, Option<SharedStanding>) {
+        let mut state = self.lock();
+        let held = state.held;
+        let standing = state.shared.as_mut().map(|shared| SharedStanding {
+            ledger: std::mem::take(&mut shared.ledger),
+            live: shared.live,
+            hold_pending: shared.hold_pending,
+        });
+        (held, standing)
+    }
+
+    /// Carries on from the old queue's standing (see
+    /// [`DeliveryQueue::take_standing`]): its hold, as it was (not a new
+    /// operator's word for the other nodes), its ledger and live count.
+    pub fn carry_standing(&self, (held, standing): (bool, Option<SharedStanding>)) {
+        let mut state = self.lock();
+        state.held = held;
+        if let (Some(shared), Some(standing)) = (state.shared.as_mut(), standing) {
+            for (minute, counts) in standing.ledger.minutes() {
+                shared.ledger.add_minute(minute, counts);
+            }
+            shared.live = standing.live;
+            shared.hold_pending = standing.hold_pending;
+        }
+        drop(state);
+        self.wake.notify_waiters();
     }
 
     /// How this node stands with the shared state (cluster mode).
@@ -801,14 +908,10 @@ impl DeliveryQueue {
     pub fn hold(&self, held: bool) {
         let mut state = self.lock();
         state.held = held;
-        if let Some(shared) = state.shared.as_ref() {
-            let link = shared.link.clone();
-            let gateway = self.gateway.clone();
-            tokio::spawn(async move {
-                if let Err(error) = link.hold(held).await {
-                    tracing::warn!(%gateway, %error, "could not hold or release the gateway on the other nodes");
-                }
-            });
+        // Every node holds: the next heartbeat writes it to the shared
+        // state (kept until it gets through, Redis down or not).
+        if let Some(shared) = state.shared.as_mut() {
+            shared.hold_pending = Some(held);
         }
         drop(state);
         self.wake.notify_waiters();

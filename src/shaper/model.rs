@@ -372,7 +372,7 @@ impl GatewayModel {
     /// is counted as sent.
     pub fn try_send(&mut self, now: f64, units: u64, class: AppClass) -> Decision {
         self.update(now);
-        let units = units * self.share;
+        let units = self.counted(units);
         if now < self.paused_until {
             return Decision::Wait(self.paused_until - now);
         }
@@ -519,6 +519,12 @@ impl GatewayModel {
         }
     }
 
+    /// What a send of `units` counts in the caps and budgets now (its
+    /// units, times this node's share while the shared state is lost).
+    pub fn counted(&self, units: u64) -> u64 {
+        units * self.share
+    }
+
     /// Runs on this node's share of the gateway (`nodes` nodes sharing
     /// it while the shared state is out of reach), or on all of it again
     /// (`nodes = 1`).
@@ -550,11 +556,12 @@ impl GatewayModel {
     }
 
     /// A send counted at `at` did not happen after all (the shared state
-    /// refused it): its units are taken back from the caps and budgets and
-    /// return to the reserve. The bucket keeps the token it gave, which
-    /// only slows this node.
-    pub fn refund(&mut self, at: f64, units: u64, class: AppClass) {
-        let units = units * self.share;
+    /// refused it): the units it counted (`counted`: its units times the
+    /// share in force when it was counted, see [`GatewayModel::counted`])
+    /// are taken back from the caps and budgets and return to the reserve.
+    /// The bucket keeps the token it gave, which only slows this node.
+    pub fn refund(&mut self, at: f64, counted: u64, class: AppClass) {
+        let units = counted;
         self.sent.add(at, -1.0);
         if self.counts_durably() {
             for cap in &mut self.caps {
@@ -1043,5 +1050,22 @@ mod tests {
             },
         );
         assert!((model.ceiling() / (ceiling * 0.5) - 1.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn a_refund_gives_back_what_the_send_counted_whatever_the_share_now() {
+        let config = shaping(
+            "initial_rate = \"60/min\"\nmin_rate = [\"60/min\", \"100/h\"]\nburst = 10\nmax_queue_delay = \"7d\"",
+        );
+        let mut model = GatewayModel::new(&config, 0.0);
+        let sent = run(&mut model, 0.0, 10.0, 1.0);
+        assert!(!sent.is_empty());
+        let counted = model.counted(1);
+        assert_eq!(model.view(10.0).budgets[0].sent, sent.len() as u64);
+        // Redis is lost while the send is proposed: the share becomes 3.
+        model.set_share(10.0, 3);
+        assert_eq!(model.counted(1), 3);
+        model.refund(*sent.last().unwrap(), counted, AppClass::Transactional);
+        assert_eq!(model.view(10.0).budgets[0].sent, sent.len() as u64 - 1);
     }
 }

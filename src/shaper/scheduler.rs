@@ -155,13 +155,27 @@ impl<T> Scheduler<T> {
         }
     }
 
+    /// What a send of `units` counts in the model now (see
+    /// [`GatewayModel::counted`]): keep it with a released item, so
+    /// [`Scheduler::put_back`] takes back exactly that.
+    pub fn counted(&self, units: u64) -> u64 {
+        self.model.counted(units)
+    }
+
     /// Puts back an item [`Scheduler::next`] released at `at` (after
     /// `waited` seconds in the queue) that could not go after all (the
     /// shared state refused it): first in its lane again, and taken back
-    /// from the model's counts.
-    pub fn put_back(&mut self, at: f64, lane: usize, waited: f64, units: u64, item: T) {
+    /// from the model's counts by what it `counted` when released.
+    pub fn put_back(
+        &mut self,
+        at: f64,
+        lane: usize,
+        waited: f64,
+        (units, counted): (u64, u64),
+        item: T,
+    ) {
         let class = self.class(lane);
-        self.model.refund(at, units, class);
+        self.model.refund(at, counted, class);
         self.units[class as usize] += units;
         self.queue.push_front(
             lane,

@@ -376,7 +376,9 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
                                 limits: node.scheduler.shared_limits(now),
                             };
                             if let Err(hold) = shared.acquire(now, index, &proposal) {
-                                node.scheduler.put_back(now, lane, waited, units, item);
+                                let counted = node.scheduler.counted(units);
+                                node.scheduler
+                                    .put_back(now, lane, waited, (units, counted), item);
                                 node.release_at = (now + hold.wait).max(now.next_up());
                                 break;
                             }
