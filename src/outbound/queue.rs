@@ -39,6 +39,7 @@ use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
 use crate::cluster::{ClusterError, ClusterView, GatewayLink, Reading};
+use crate::config::AppClass;
 use crate::shaper::shared::{Ledger, Proposal, SharedFeedback};
 use crate::shaper::{
     Deferral, GatewayModel, GatewayView, Lane, Release, SavedState, Scheduler, fingerprints,
@@ -510,10 +511,17 @@ impl DeliveryQueue {
                         drop(in_flight);
                         let mut state = self.lock();
                         self.absorb(&mut state, &verdict.reading);
-                        if let Some(shared) = state.shared.as_mut() {
-                            shared.acquire_failures = 0;
+                        if proposal.class == AppClass::Bulk {
+                            // Bulk waits; the transactional lanes go on.
+                            let until = self.now() + verdict.wait;
+                            state.scheduler.hold_bulk(until);
+                            self.wake.notify_one();
+                        } else if let Some(shared) = state.shared.as_mut() {
                             shared.wait_until =
                                 Some(Instant::now() + Duration::from_secs_f64(verdict.wait));
+                        }
+                        if let Some(shared) = state.shared.as_mut() {
+                            shared.acquire_failures = 0;
                         }
                         tracing::trace!(gateway = %self.gateway, reason = %verdict.reason, wait = verdict.wait, "the shared state holds the next send");
                     }

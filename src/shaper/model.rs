@@ -203,6 +203,9 @@ pub struct GatewayModel {
     /// of reach (1 otherwise): each send counts that many times and the
     /// bucket runs at the ceiling divided by it (see `shared`).
     share: u64,
+    /// Cluster mode: the shared state refused a bulk send until then (bulk
+    /// keeps to its share across nodes); transactional mail goes on.
+    bulk_held_until: f64,
     deferrals: [u64; DeferReason::ALL.len()],
     changes: Vec<CeilingChange>,
 }
@@ -239,6 +242,7 @@ impl GatewayModel {
             since_snapshot: 0,
             wanted: 0,
             share: 1,
+            bulk_held_until: 0.0,
             deferrals: [0; DeferReason::ALL.len()],
             changes: Vec::new(),
             config: config.clone(),
@@ -375,6 +379,9 @@ impl GatewayModel {
         let units = self.counted(units);
         if now < self.paused_until {
             return Decision::Wait(self.paused_until - now);
+        }
+        if class == AppClass::Bulk && now < self.bulk_held_until {
+            return Decision::Wait(self.bulk_held_until - now);
         }
         let cap_wait = self
             .caps
@@ -534,6 +541,12 @@ impl GatewayModel {
             self.share = nodes;
             self.rebuild_if_moved(now, Cause::Share);
         }
+    }
+
+    /// The shared state refused a bulk send until `until`: bulk lanes wait
+    /// (passing their turns on), transactional ones do not.
+    pub fn hold_bulk(&mut self, until: f64) {
+        self.bulk_held_until = self.bulk_held_until.max(until);
     }
 
     /// Other nodes sent this to the gateway (cluster mode), learned at

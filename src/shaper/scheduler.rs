@@ -187,6 +187,11 @@ impl<T> Scheduler<T> {
         );
     }
 
+    /// See [`GatewayModel::hold_bulk`].
+    pub fn hold_bulk(&mut self, until: f64) {
+        self.model.hold_bulk(until);
+    }
+
     /// See [`GatewayModel::set_share`].
     pub fn set_share(&mut self, now: f64, nodes: u64) {
         self.model.set_share(now, nodes);
@@ -517,5 +522,37 @@ mod tests {
             order[..2].contains(&"reset"),
             "the second transactional app waits one turn at most: {order:?}"
         );
+    }
+
+    #[test]
+    fn a_bulk_hold_from_the_shared_state_lets_transactional_mail_go_and_a_put_back_goes_first() {
+        let config = Config::parse(
+            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\ninitial_rate = \"6000/min\"\nburst = 100\n",
+        )
+        .unwrap();
+        let mut scheduler: Scheduler<&str> = Scheduler::new(
+            GatewayModel::new(&config.gateways[0].shaping, 0.0),
+            vec![lane(AppClass::Bulk), lane(AppClass::Transactional)],
+        );
+        scheduler.push(10.0, 0, 1, "news-1");
+        scheduler.push(10.0, 0, 1, "news-2");
+        scheduler.push(10.0, 1, 1, "reset");
+        // The shared state refused news-1: back first in its lane, bulk held.
+        let Release::Send { item, lane, waited } = scheduler.next(10.0) else {
+            panic!("a release");
+        };
+        assert_eq!(item, "news-1");
+        let counted = scheduler.counted(1);
+        scheduler.put_back(10.0, lane, waited, (1, counted), item);
+        scheduler.hold_bulk(40.0);
+        let Release::Send { item, .. } = scheduler.next(10.0) else {
+            panic!("the reset goes");
+        };
+        assert_eq!(item, "reset");
+        assert!(matches!(scheduler.next(10.0), Release::Wait(wait) if (wait - 30.0).abs() < 1e-6));
+        let Release::Send { item, .. } = scheduler.next(40.0) else {
+            panic!("bulk after the hold");
+        };
+        assert_eq!(item, "news-1", "first again");
     }
 }

@@ -18,7 +18,7 @@ pub use trace::{Arrival, parse_trace};
 
 use std::collections::BinaryHeap;
 
-use crate::config::{Config, GatewayConfig, Horizon, ShapingConfig};
+use crate::config::{AppClass, Config, GatewayConfig, Horizon, ShapingConfig};
 use crate::policy::Apps;
 use crate::shaper::shared::{Elsewhere, Proposal, SharedState};
 use crate::shaper::{DeferReason, GatewayModel, Release, Scheduler};
@@ -379,7 +379,13 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
                                 let counted = node.scheduler.counted(units);
                                 node.scheduler
                                     .put_back(now, lane, waited, (units, counted), item);
-                                node.release_at = (now + hold.wait).max(now.next_up());
+                                let until = (now + hold.wait).max(now.next_up());
+                                if proposal.class == AppClass::Bulk {
+                                    // Bulk waits; the transactional lanes go on.
+                                    node.scheduler.hold_bulk(until);
+                                    continue;
+                                }
+                                node.release_at = until;
                                 break;
                             }
                         }
