@@ -205,6 +205,115 @@ fn promtool_accepts(metrics: &str) {
     );
 }
 
+/// The `reason` labels of `smtp_shaper_rejections_total` as the README, the
+/// dashboard and operators' queries know them: a contract written out here,
+/// so a reason renamed or lost in the code fails this test.
+const REJECTION_REASONS: &[&str] = &[
+    "client_denied",
+    "too_many_connections",
+    "syntax",
+    "sequence",
+    "auth_required",
+    "auth_failed",
+    "relay_denied",
+    "sender_rejected",
+    "too_many_recipients",
+    "too_big",
+    "bad_content",
+    "mail_loop",
+    "spool_error",
+    "timeout",
+    "too_many_errors",
+    "tls_unavailable",
+    "connection_rate",
+    "auth_failure_rate",
+    "header_sender",
+    "alignment",
+    "unsubscribe",
+    "other",
+];
+
+/// The rejections by reason label, as exposed.
+fn rejections(metrics: &str) -> std::collections::BTreeMap<String, f64> {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("smtp_shaper_rejections_total{reason=\""))
+        .map(|rest| {
+            let (reason, value) = rest.split_once("\"} ").expect("one label");
+            (reason.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_reason_is_exported_and_refusals_count_under_their_own() {
+    let h = Harness::with(|config| {
+        config.server.allowed_networks = vec!["127.0.0.1/32".parse().unwrap()];
+        config.server.max_recipients = 1;
+    })
+    .await;
+    let http = h.service.http_address().unwrap();
+    let before = rejections(&fetch(http, "GET", "/metrics", None).await.body);
+    let mut exported: Vec<&str> = before.keys().map(String::as_str).collect();
+    let mut expected = REJECTION_REASONS.to_vec();
+    exported.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(
+        exported, expected,
+        "the exported reasons are the contract's"
+    );
+    assert!(before.values().all(|&count| count == 0.0), "{before:?}");
+    // The library's own list is the one exported.
+    let labels: Vec<&str> = smtp_shaper::inbound::RefusalReason::ALL
+        .iter()
+        .map(|reason| reason.as_str())
+        .collect();
+    assert_eq!(labels, REJECTION_REASONS);
+
+    // Refusals decided in the session, and one in the listener.
+    let mut client = h.client().await;
+    assert_eq!(client.command("DATA").await.code, 503);
+    assert_eq!(client.command("FOO").await.code, 500);
+    assert_eq!(client.command("STARTTLS").await.code, 454);
+    assert_eq!(
+        client
+            .command("MAIL FROM:<app@example.com> SIZE=999999999999")
+            .await
+            .code,
+        552
+    );
+    assert_eq!(
+        client.command("MAIL FROM:<app@example.com>").await.code,
+        250
+    );
+    assert_eq!(client.command("RCPT TO:<a@example.org>").await.code, 250);
+    assert_eq!(client.command("RCPT TO:<b@example.org>").await.code, 452);
+    assert_eq!(client.command("QUIT").await.code, 221);
+    let (mut denied, greeting) =
+        Client::connect_from("127.0.0.2".parse().unwrap(), h.service.smtp_address()).await;
+    assert_eq!(greeting.code, 554, "{greeting:?}");
+    assert!(denied.is_closed().await);
+
+    let metrics = poll(http, "/metrics", |metrics| {
+        rejections(metrics).get("client_denied") == Some(&1.0)
+    })
+    .await;
+    let after = rejections(&metrics);
+    for (reason, count) in &after {
+        let wanted = match reason.as_str() {
+            "sequence"
+            | "syntax"
+            | "tls_unavailable"
+            | "too_big"
+            | "too_many_recipients"
+            | "client_denied" => 1.0,
+            _ => 0.0,
+        };
+        assert_eq!(*count, wanted, "{reason} in {after:?}");
+    }
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_holds_lists_shows_deletes_retries_and_requeues() {
     let h = Harness::with(|config| {

@@ -17,32 +17,36 @@
 
 use std::net::IpAddr;
 
-use super::Context;
 use super::session::Transaction;
+use super::{Context, Refusal, RefusalReason};
 use crate::config::{AlignmentMode, UnsubscribeMode};
 use crate::policy::alignment::{Identifiers, Modes, Verdict};
 use crate::policy::message::{Authors, unsubscribe_problem};
-use crate::smtp::Reply;
 
-/// `Err` with the reply when the message is refused.
+/// `Err` with the refusal when the message is refused.
 pub(super) async fn check(
     context: &Context,
     client: IpAddr,
     transaction: &Transaction,
     message: &[u8],
-) -> Result<(), Reply> {
+) -> Result<(), Refusal> {
     let policy = &context.policy;
     let app = policy.apps.name(transaction.lane);
     let gateway = policy.gateways[transaction.gateway].as_str();
     let sender = transaction.sender.as_str();
     let authors = Authors::of(message).map_err(|problem| {
         tracing::info!(%client, %app, %gateway, %sender, %problem, rule = "rfc5322", "message refused: its From:/Sender: header fields are malformed");
-        Reply::new(554, format!("5.6.0 Message refused: {problem}"))
+        Refusal::new(
+            RefusalReason::BadContent,
+            554,
+            format!("5.6.0 Message refused: {problem}"),
+        )
     })?;
     if let Some((field, mailbox)) = authors.not_allowed(&policy.apps, transaction.lane) {
         let address = &mailbox.address;
         tracing::info!(%client, %app, %gateway, %sender, header = field, author = %address, rule = "header_sender", "message refused: the header names a sender outside the app's senders (relay rule 2)");
-        return Err(Reply::new(
+        return Err(Refusal::new(
+            RefusalReason::HeaderSender,
             550,
             format!(
                 "5.7.1 {field} <{address}> is not allowed for app {app}: each app sends only from its own addresses or domain, in the header as in MAIL FROM (relay rule 2)"
@@ -60,7 +64,8 @@ pub(super) async fn check(
             .inc();
         if unsubscribe == UnsubscribeMode::Require {
             tracing::info!(%client, %app, %gateway, %sender, %problem, rule = "unsubscribe", "message refused: bulk mail without one-click unsubscribe");
-            return Err(Reply::new(
+            return Err(Refusal::new(
+                RefusalReason::Unsubscribe,
                 550,
                 format!(
                     "5.7.1 Bulk mail from app {app} needs one-click unsubscribe (RFC 8058): {problem}; add List-Unsubscribe: <https://...> and List-Unsubscribe-Post: List-Unsubscribe=One-Click"
@@ -112,7 +117,8 @@ pub(super) async fn check(
     let author = &mailbox.address;
     if mode == AlignmentMode::Enforce {
         tracing::info!(%client, %app, %gateway, %sender, %author, %from_domain, %why, rule = "alignment", "message refused: From: domain not DMARC-aligned");
-        return Err(Reply::new(
+        return Err(Refusal::new(
+            RefusalReason::Alignment,
             550,
             format!(
                 "5.7.1 From: domain {from_domain} is not DMARC-aligned: {why}; receivers would fail its DMARC check (RFC 7489 3.1)"

@@ -19,9 +19,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsAcceptor;
 
-use super::Context;
 use super::limits::ClientLimits;
 use super::session::{Session, Step, Transaction};
+use super::{Context, Refusal, RefusalReason};
 use crate::shutdown::Shutdown;
 use crate::smtp::line::Framed;
 use crate::smtp::trace::{TraceInfo, received_header};
@@ -209,12 +209,24 @@ async fn run(
             match step {
                 Step::Authenticate { .. } => unreachable!("answered above"),
                 Step::Reply(reply) => {
-                    log_refusal(context, session, &reply);
+                    if reply.code >= 400 {
+                        // A shaping deferral at RCPT: logged like a refusal,
+                        // counted in deferrals_total by the admission.
+                        tracing::info!(client = %session.client_ip, reply = %reply, "command refused");
+                    }
                     reply.write_to(&mut conn.out);
                 }
+                Step::Refuse(refusal) => {
+                    log_refusal(context, session, &refusal);
+                    refusal.reply.write_to(&mut conn.out);
+                }
                 Step::Close(reply) => {
-                    log_refusal(context, session, &reply);
                     reply.write_to(&mut conn.out);
+                    return Ok(());
+                }
+                Step::RefuseAndClose(refusal) => {
+                    log_refusal(context, session, &refusal);
+                    refusal.reply.write_to(&mut conn.out);
                     return Ok(());
                 }
                 Step::Data(reply) => {
@@ -253,12 +265,13 @@ async fn run(
             Input::Data => {}
             Input::Closed => return Ok(()),
             Input::TimedOut => {
-                let reply = Reply::new(
+                let refusal = Refusal::new(
+                    RefusalReason::Timeout,
                     421,
                     format!("4.4.2 {hostname} Error: timeout exceeded, closing connection"),
                 );
-                log_refusal(context, session, &reply);
-                reply.write_to(&mut conn.out);
+                log_refusal(context, session, &refusal);
+                refusal.reply.write_to(&mut conn.out);
                 return Ok(());
             }
             Input::Shutdown => {
@@ -285,7 +298,8 @@ async fn authenticate(
 ) -> Step {
     let client = session.client_ip;
     let too_many = || {
-        Step::Close(Reply::new(
+        Step::RefuseAndClose(Refusal::new(
+            RefusalReason::AuthFailureRate,
             421,
             format!(
                 "4.7.0 {} Error: too many authentication failures from {client}, try again later",
@@ -365,13 +379,11 @@ fn count_tls(context: &Context, mode: &str, ok: bool) {
         .inc();
 }
 
-/// Every error reply leaves a log line and counts in the rejections metric;
+/// Every refusal leaves a log line and counts in the rejections metric;
 /// the session's `max_errors` bounds how many one client can cause.
-fn log_refusal(context: &Context, session: &Session<'_>, reply: &Reply) {
-    if reply.code >= 400 {
-        super::count_rejection(context, reply);
-        tracing::info!(client = %session.client_ip, reply = %reply, "command refused");
-    }
+fn log_refusal(context: &Context, session: &Session<'_>, refusal: &Refusal) {
+    super::count_rejection(context, refusal.reason);
+    tracing::info!(client = %session.client_ip, reply = %refusal.reply, "command refused");
 }
 
 /// Reads a body after 354 and answers it. Returns a reply to close with when
@@ -398,48 +410,48 @@ async fn receive_message(
             Input::Data => {}
             Input::Closed | Input::Shutdown => return Ok(None),
             Input::TimedOut => {
-                let reply = Reply::new(
+                let refusal = Refusal::new(
+                    RefusalReason::Timeout,
                     421,
                     format!(
                         "4.4.2 {} Error: timeout exceeded during DATA",
                         server.hostname
                     ),
                 );
-                log_refusal(context, session, &reply);
-                return Ok(Some(reply));
+                log_refusal(context, session, &refusal);
+                return Ok(Some(refusal.reply));
             }
         }
     }
     let (transaction, body) = match session.data_end(receiver.finish()) {
         Ok(accepted) => accepted,
-        Err(Step::Close(reply)) => {
-            log_refusal(context, session, &reply);
-            return Ok(Some(reply));
+        Err(Step::RefuseAndClose(refusal)) => {
+            log_refusal(context, session, &refusal);
+            return Ok(Some(refusal.reply));
         }
-        Err(Step::Reply(reply) | Step::Data(reply) | Step::StartTls(reply)) => {
-            super::count_rejection(context, &reply);
-            tracing::info!(client = %session.client_ip, reply = %reply, "message refused");
-            reply.write_to(&mut conn.out);
+        Err(Step::Refuse(refusal)) => {
+            super::count_rejection(context, refusal.reason);
+            tracing::info!(client = %session.client_ip, reply = %refusal.reply, "message refused");
+            refusal.reply.write_to(&mut conn.out);
             return Ok(None);
         }
-        Err(Step::Authenticate { .. }) => {
-            unreachable!("the end of DATA never asks for credentials")
-        }
+        Err(_) => unreachable!("the end of DATA answers only with a refusal"),
     };
-    if let Err(reply) = super::checks::check(context, session.client_ip, &transaction, &body).await
+    if let Err(refusal) =
+        super::checks::check(context, session.client_ip, &transaction, &body).await
     {
         // The check logged why; the session counts the error.
-        return Ok(match session.refuse(reply) {
-            Step::Close(reply) => {
-                log_refusal(context, session, &reply);
-                Some(reply)
+        return Ok(match session.refuse(refusal) {
+            Step::RefuseAndClose(refusal) => {
+                log_refusal(context, session, &refusal);
+                Some(refusal.reply)
             }
-            Step::Reply(reply) => {
-                super::count_rejection(context, &reply);
-                reply.write_to(&mut conn.out);
+            Step::Refuse(refusal) => {
+                super::count_rejection(context, refusal.reason);
+                refusal.reply.write_to(&mut conn.out);
                 None
             }
-            _ => unreachable!("a refusal is answered with Reply or Close"),
+            _ => unreachable!("a refusal is answered with Refuse or RefuseAndClose"),
         });
     }
     store(conn, session, context, transaction, body).await;
@@ -511,9 +523,13 @@ async fn store(
         }
         Err(error) => {
             tracing::error!(%error, sender = %sender, client = %session.client_ip, "message not stored; answering 452");
-            let reply = Reply::new(452, "4.3.1 Insufficient system storage, try again later");
-            super::count_rejection(context, &reply);
-            reply.write_to(&mut conn.out);
+            let refusal = Refusal::new(
+                RefusalReason::SpoolError,
+                452,
+                "4.3.1 Insufficient system storage, try again later",
+            );
+            super::count_rejection(context, refusal.reason);
+            refusal.reply.write_to(&mut conn.out);
         }
     }
 }

@@ -6,11 +6,17 @@
 //! `client_connection_rate` (`limits`), at most `max_connections` sessions
 //! run at once and at most `max_connections_per_client` from one address
 //! (else 421).
+//!
+//! Every refusal, here and in the sessions, carries its [`RefusalReason`],
+//! the label it is counted under in `smtp_shaper_rejections_total`.
 
 mod checks;
 mod connection;
 mod limits;
+mod refusal;
 pub mod session;
+
+pub use refusal::{Refusal, RefusalReason};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -93,7 +99,8 @@ pub async fn serve(
         };
         if !Network::any_contains(&server.allowed_networks, peer.ip()) {
             tracing::warn!(client = %peer, "connection refused: client not in server.allowed_networks");
-            let reply = Reply::new(
+            let refusal = Refusal::new(
+                RefusalReason::ClientDenied,
                 554,
                 format!(
                     "5.7.1 {} Access denied: {} may not relay here",
@@ -101,13 +108,14 @@ pub async fn serve(
                     peer.ip()
                 ),
             );
-            count_rejection(&context, &reply);
-            sessions.spawn(refuse(stream, reply));
+            count_rejection(&context, refusal.reason);
+            sessions.spawn(refuse(stream, refusal.reply));
             continue;
         }
         if !limits.connection(peer.ip()) {
             tracing::warn!(client = %peer, limit = ?server.client_connection_rate, "connection refused: client connecting too often");
-            let reply = Reply::new(
+            let refusal = Refusal::new(
+                RefusalReason::ConnectionRate,
                 421,
                 format!(
                     "4.7.0 {} Error: connection rate limit exceeded for {}, try again later",
@@ -115,28 +123,30 @@ pub async fn serve(
                     peer.ip()
                 ),
             );
-            count_rejection(&context, &reply);
-            sessions.spawn(refuse(stream, reply));
+            count_rejection(&context, refusal.reason);
+            sessions.spawn(refuse(stream, refusal.reply));
             continue;
         }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(client = %peer, limit = server.max_connections, "connection refused: too many connections");
-            let reply = Reply::new(
+            let refusal = Refusal::new(
+                RefusalReason::TooManyConnections,
                 421,
                 format!(
                     "4.7.0 {} Error: too many connections, try again later",
                     server.hostname
                 ),
             );
-            count_rejection(&context, &reply);
-            sessions.spawn(refuse(stream, reply));
+            count_rejection(&context, refusal.reason);
+            sessions.spawn(refuse(stream, refusal.reply));
             continue;
         };
         let Some(client_slot) =
             ClientSlot::take(&per_client, peer.ip(), server.max_connections_per_client)
         else {
             tracing::warn!(client = %peer, limit = server.max_connections_per_client, "connection refused: too many connections from this client");
-            let reply = Reply::new(
+            let refusal = Refusal::new(
+                RefusalReason::TooManyConnections,
                 421,
                 format!(
                     "4.7.0 {} Error: too many connections from {}, try again later",
@@ -144,8 +154,8 @@ pub async fn serve(
                     peer.ip()
                 ),
             );
-            count_rejection(&context, &reply);
-            sessions.spawn(refuse(stream, reply));
+            count_rejection(&context, refusal.reason);
+            sessions.spawn(refuse(stream, refusal.reply));
             continue;
         };
         let shutdown = shutdown.clone();
@@ -183,59 +193,13 @@ pub async fn serve(
     }
 }
 
-/// Counts a refusal in `smtp_shaper_rejections_total` under its reason;
-/// shaping deferrals (451 4.7.1, and 452 4.5.3 for the volume budget,
-/// counted as deferrals) and the 421 of a
-/// stopping service are not refusals.
-fn count_rejection(context: &Context, reply: &Reply) {
-    if let Some(reason) = rejection_reason(reply) {
-        context
-            .metrics
-            .rejections
-            .with_label_values(&[reason])
-            .inc();
-    }
-}
-
-/// The reason label of one of our own error replies (one of
-/// `telemetry::metrics::REJECTION_REASONS`), from its code and enhanced
-/// status.
-fn rejection_reason(reply: &Reply) -> Option<&'static str> {
-    if reply.code < 400 {
-        return None;
-    }
-    let text = reply.lines.first().map_or("", String::as_str);
-    let status = text.split(' ').next().unwrap_or("");
-    Some(match (reply.code, status) {
-        (451, "4.7.1") | (421, "4.3.2") => return None,
-        // The shaper's own refusal of a recipient beyond the volume budget:
-        // a shaping deferral (reason `recipients`), not a client's fault.
-        (452, "4.5.3") if text.contains("volume budget") => return None,
-        (_, "4.4.2") => "timeout",
-        (421, _) if text.contains("connection rate limit") => "connection_rate",
-        (421, _) if text.contains("authentication failures") => "auth_failure_rate",
-        (421, _) if text.contains("too many connections") => "too_many_connections",
-        (421, _) => "too_many_errors",
-        (554, "5.7.1") => "client_denied",
-        (530 | 538, _) => "auth_required",
-        (535, _) | (501, "5.0.0") => "auth_failed",
-        (550, "5.7.1") if text.contains("is not DMARC-aligned") => "alignment",
-        (550, "5.7.1") if text.contains("one-click unsubscribe") => "unsubscribe",
-        (550, "5.7.1") if text.starts_with("5.7.1 From:") || text.starts_with("5.7.1 Sender:") => {
-            "header_sender"
-        }
-        (550, "5.7.1") => "relay_denied",
-        (550, "5.1.0") => "sender_rejected",
-        (452, "4.5.3") => "too_many_recipients",
-        (552, _) => "too_big",
-        (_, "5.6.0" | "5.6.7") => "bad_content",
-        (_, "5.4.6") => "mail_loop",
-        (452, "4.3.1") => "spool_error",
-        (454, _) => "tls_unavailable",
-        (503, _) => "sequence",
-        (500 | 501 | 502 | 504 | 555, _) => "syntax",
-        _ => "other",
-    })
+/// Counts a refusal in `smtp_shaper_rejections_total` under its reason.
+fn count_rejection(context: &Context, reason: RefusalReason) {
+    context
+        .metrics
+        .rejections
+        .with_label_values(&[reason.as_str()])
+        .inc();
 }
 
 /// One of a client address's connection slots, given back on drop.
@@ -293,61 +257,4 @@ async fn accept_on(
 async fn refuse(mut stream: TcpStream, reply: Reply) {
     let _ = stream.write_all(&reply.to_wire()).await;
     let _ = stream.shutdown().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_recipient_beyond_the_volume_budget_is_a_deferral_not_a_rejection() {
-        let budget = Reply::new(
-            452,
-            "4.5.3 Too many recipients for this gateway's volume budget in one message; send the rest in another transaction",
-        );
-        assert_eq!(rejection_reason(&budget), None);
-        let limit = Reply::new(
-            452,
-            "4.5.3 Error: too many recipients (at most 100 per message)",
-        );
-        assert_eq!(rejection_reason(&limit), Some("too_many_recipients"));
-    }
-
-    #[test]
-    fn the_message_rules_have_their_own_rejection_reasons() {
-        for (text, reason) in [
-            (
-                "5.7.1 Sender <a@b.test> is not allowed for app x: each app sends only from its own addresses or domain (relay rule 2)",
-                "relay_denied",
-            ),
-            (
-                "5.7.1 From: <ceo@corp.test> is not allowed for app x: each app sends only from its own addresses or domain, in the header as in MAIL FROM (relay rule 2)",
-                "header_sender",
-            ),
-            (
-                "5.7.1 Sender: <ceo@corp.test> is not allowed for app x: each app sends only from its own addresses or domain, in the header as in MAIL FROM (relay rule 2)",
-                "header_sender",
-            ),
-            (
-                "5.7.1 From: domain corp.test is not DMARC-aligned: why; receivers would fail its DMARC check (RFC 7489 3.1)",
-                "alignment",
-            ),
-            (
-                "5.7.1 Bulk mail from app news needs one-click unsubscribe (RFC 8058): why",
-                "unsubscribe",
-            ),
-        ] {
-            assert_eq!(
-                rejection_reason(&Reply::new(550, text)),
-                Some(reason),
-                "{text}"
-            );
-            assert!(crate::telemetry::metrics::REJECTION_REASONS.contains(&reason));
-        }
-        let malformed = Reply::new(
-            554,
-            "5.6.0 Message refused: 2 From: header fields; a message has exactly one (RFC 5322 3.6)",
-        );
-        assert_eq!(rejection_reason(&malformed), Some("bad_content"));
-    }
 }

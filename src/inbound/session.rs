@@ -10,10 +10,12 @@
 //! gateway knows (rule 3); and admission (shaping) at RCPT. The rules on
 //! the message's header run after [`Session::data_end`] in the connection
 //! (`checks`: they may wait for DNS), and their refusals come back through
-//! [`Session::refuse`].
+//! [`Session::refuse`]. Every refusal names its [`RefusalReason`] where it
+//! is decided, for the rejections metric.
 
 use std::net::IpAddr;
 
+use super::{Refusal, RefusalReason};
 use crate::config::ServerConfig;
 use crate::config::units::format_duration;
 use crate::policy::Policy;
@@ -27,8 +29,14 @@ pub enum Step {
     Reply(Reply),
     /// Send the reply (354), then read the message body.
     Data(Reply),
+    /// Send the refusal, count it under its reason, read the next command.
+    Refuse(Refusal),
     /// Send the reply and close the connection.
     Close(Reply),
+    /// Send the refusal, count it under its reason, and close the
+    /// connection: the client used up an allowance (errors, junk commands,
+    /// AUTH failures).
+    RefuseAndClose(Refusal),
     /// Send the reply (220), then discard any buffered input and start the
     /// TLS handshake; call [`Session::tls_started`] when it succeeds.
     StartTls(Reply),
@@ -173,7 +181,8 @@ impl<'a> Session<'a> {
         if junk {
             self.junk += 1;
             if self.junk > self.server.max_junk_commands {
-                return Step::Close(Reply::new(
+                return Step::RefuseAndClose(Refusal::new(
+                    RefusalReason::TooManyErrors,
                     421,
                     format!(
                         "4.7.0 {} Error: too many commands without mail, closing connection",
@@ -213,12 +222,17 @@ impl<'a> Session<'a> {
             Command::Mail { from, params } => self.mail(from, params),
             Command::Rcpt { to } => self.rcpt(to),
             Command::Data => match &self.transaction {
-                None => self.refuse(Reply::new(
+                None => self.refuse(Refusal::new(
+                    RefusalReason::Sequence,
                     503,
                     "5.5.1 Error: need MAIL and RCPT commands first",
                 )),
                 Some(transaction) if transaction.recipients.is_empty() => {
-                    self.refuse(Reply::new(503, "5.5.1 Error: need RCPT command first"))
+                    self.refuse(Refusal::new(
+                        RefusalReason::Sequence,
+                        503,
+                        "5.5.1 Error: need RCPT command first",
+                    ))
                 }
                 Some(_) => Step::Data(Reply::new(354, "End data with <CR><LF>.<CR><LF>")),
             },
@@ -242,15 +256,24 @@ impl<'a> Session<'a> {
             }),
             Command::StartTls => {
                 if self.tls {
-                    self.refuse(Reply::new(503, "5.5.1 Error: TLS already active"))
+                    self.refuse(Refusal::new(
+                        RefusalReason::Sequence,
+                        503,
+                        "5.5.1 Error: TLS already active",
+                    ))
                 } else if self.server.tls.is_none() {
-                    self.refuse(Reply::new(454, "4.7.0 TLS not available"))
+                    self.refuse(Refusal::new(
+                        RefusalReason::TlsUnavailable,
+                        454,
+                        "4.7.0 TLS not available",
+                    ))
                 } else {
                     Step::StartTls(Reply::new(220, "2.0.0 Ready to start TLS"))
                 }
             }
             Command::Auth { mechanism, initial } => self.auth(&mechanism, initial.as_deref()),
-            Command::NotImplemented(verb) => self.refuse(Reply::new(
+            Command::NotImplemented(verb) => self.refuse(Refusal::new(
+                RefusalReason::Syntax,
                 502,
                 format!("5.5.1 Error: {verb} not implemented"),
             )),
@@ -259,21 +282,34 @@ impl<'a> Session<'a> {
 
     fn mail(&mut self, from: String, params: MailParams) -> Step {
         if self.helo.is_none() {
-            return self.refuse(Reply::new(503, "5.5.1 Error: send EHLO or HELO first"));
+            return self.refuse(Refusal::new(
+                RefusalReason::Sequence,
+                503,
+                "5.5.1 Error: send EHLO or HELO first",
+            ));
         }
         if self.transaction.is_some() {
-            return self.refuse(Reply::new(503, "5.5.1 Error: nested MAIL command"));
+            return self.refuse(Refusal::new(
+                RefusalReason::Sequence,
+                503,
+                "5.5.1 Error: nested MAIL command",
+            ));
         }
         if !self.esmtp
             && (params.size.is_some() || params.smtputf8 || params != MailParams::default())
         {
-            return self.refuse(Reply::new(555, "5.5.4 Error: MAIL parameters need EHLO"));
+            return self.refuse(Refusal::new(
+                RefusalReason::Syntax,
+                555,
+                "5.5.4 Error: MAIL parameters need EHLO",
+            ));
         }
         if params
             .size
             .is_some_and(|size| size > self.server.max_message_size)
         {
-            return self.refuse(Reply::new(
+            return self.refuse(Refusal::new(
+                RefusalReason::TooBig,
                 552,
                 format!(
                     "5.3.4 Message size exceeds the limit of {} octets",
@@ -282,14 +318,19 @@ impl<'a> Session<'a> {
             ));
         }
         if self.server.require_auth && self.login.is_none() {
-            return self.refuse(Reply::new(530, "5.7.0 Authentication required"));
+            return self.refuse(Refusal::new(
+                RefusalReason::AuthRequired,
+                530,
+                "5.7.0 Authentication required",
+            ));
         }
         let apps = &self.policy.apps;
         let lane = self
             .login
             .unwrap_or_else(|| apps.lane(self.client_ip, &from));
         if !apps.sender_allowed(lane, &from) {
-            return self.refuse(Reply::new(
+            return self.refuse(Refusal::new(
+                RefusalReason::RelayDenied,
                 550,
                 format!(
                     "5.7.1 Sender <{from}> is not allowed for app {}: each app sends only from its own addresses or domain (relay rule 2)",
@@ -298,7 +339,8 @@ impl<'a> Session<'a> {
             ));
         }
         if let Some(refusal) = self.policy.senders.missing(&from) {
-            return self.refuse(Reply::new(
+            return self.refuse(Refusal::new(
+                RefusalReason::SenderRejected,
                 550,
                 format!(
                     "5.1.0 Sender <{from}> does not exist at the gateway ({refusal}): apps send from a valid, existing address (relay rule 3)"
@@ -319,10 +361,15 @@ impl<'a> Session<'a> {
     fn rcpt(&mut self, to: String) -> Step {
         let max = self.server.max_recipients;
         let Some(transaction) = self.transaction.as_mut() else {
-            return self.refuse(Reply::new(503, "5.5.1 Error: need MAIL command first"));
+            return self.refuse(Refusal::new(
+                RefusalReason::Sequence,
+                503,
+                "5.5.1 Error: need MAIL command first",
+            ));
         };
         if !to.is_ascii() && !transaction.params.smtputf8 {
-            return self.refuse(Reply::new(
+            return self.refuse(Refusal::new(
+                RefusalReason::BadContent,
                 553,
                 "5.6.7 Error: non-ASCII recipient needs MAIL FROM with SMTPUTF8",
             ));
@@ -330,7 +377,8 @@ impl<'a> Session<'a> {
         if transaction.recipients.len() >= max {
             // Not counted as an error: RFC 5321 4.5.3.1.8 expects clients to
             // send the rest in another transaction.
-            return Step::Reply(Reply::new(
+            return Step::Refuse(Refusal::new(
+                RefusalReason::TooManyRecipients,
                 452,
                 format!("4.5.3 Error: too many recipients (at most {max} per message)"),
             ));
@@ -363,22 +411,36 @@ impl<'a> Session<'a> {
     fn auth(&mut self, mechanism: &str, initial: Option<&str>) -> Step {
         if !self.auth_offered() {
             return if self.policy.apps.has_logins() && !self.tls {
-                self.refuse(Reply::new(
+                self.refuse(Refusal::new(
+                    RefusalReason::AuthRequired,
                     538,
                     "5.7.11 Encryption required for requested authentication mechanism (STARTTLS first)",
                 ))
             } else {
-                self.refuse(Reply::new(503, "5.5.1 Error: AUTH not available"))
+                self.refuse(Refusal::new(
+                    RefusalReason::Sequence,
+                    503,
+                    "5.5.1 Error: AUTH not available",
+                ))
             };
         }
         if self.helo.is_none() || !self.esmtp {
-            return self.refuse(Reply::new(503, "5.5.1 Error: send EHLO first"));
+            return self.refuse(Refusal::new(
+                RefusalReason::Sequence,
+                503,
+                "5.5.1 Error: send EHLO first",
+            ));
         }
         if self.login.is_some() {
-            return self.refuse(Reply::new(503, "5.5.1 Error: already authenticated"));
+            return self.refuse(Refusal::new(
+                RefusalReason::Sequence,
+                503,
+                "5.5.1 Error: already authenticated",
+            ));
         }
         if self.transaction.is_some() {
-            return self.refuse(Reply::new(
+            return self.refuse(Refusal::new(
+                RefusalReason::Sequence,
                 503,
                 "5.5.1 Error: AUTH not allowed during a mail transaction",
             ));
@@ -397,7 +459,8 @@ impl<'a> Session<'a> {
                 Some(user) => self.login_user(user),
                 None => self.refuse(bad_base64()),
             },
-            _ => self.refuse(Reply::new(
+            _ => self.refuse(Refusal::new(
+                RefusalReason::Syntax,
                 504,
                 "5.5.4 Unrecognized authentication type (PLAIN or LOGIN)",
             )),
@@ -407,10 +470,18 @@ impl<'a> Session<'a> {
     /// A response line during an AUTH exchange.
     pub fn auth_line(&mut self, line: &[u8]) -> Step {
         let Some(exchange) = self.auth_exchange.take() else {
-            return self.refuse(Reply::new(503, "5.5.1 Error: no AUTH in progress"));
+            return self.refuse(Refusal::new(
+                RefusalReason::Sequence,
+                503,
+                "5.5.1 Error: no AUTH in progress",
+            ));
         };
         if line == b"*" {
-            return self.refuse(Reply::new(501, "5.0.0 Authentication cancelled"));
+            return self.refuse(Refusal::new(
+                RefusalReason::AuthFailed,
+                501,
+                "5.0.0 Authentication cancelled",
+            ));
         }
         match exchange {
             AuthExchange::Plain => self.plain_response(line),
@@ -449,13 +520,22 @@ impl<'a> Session<'a> {
         let (Some(authzid), Some(user), Some(password)) =
             (parts.next(), parts.next(), parts.next())
         else {
-            return self.refuse(Reply::new(501, "5.5.2 Malformed PLAIN response"));
+            return self.refuse(Refusal::new(
+                RefusalReason::Syntax,
+                501,
+                "5.5.2 Malformed PLAIN response",
+            ));
         };
         let Ok(user) = String::from_utf8(user.to_vec()) else {
-            return self.refuse(Reply::new(501, "5.5.2 Malformed PLAIN response"));
+            return self.refuse(Refusal::new(
+                RefusalReason::Syntax,
+                501,
+                "5.5.2 Malformed PLAIN response",
+            ));
         };
         if !authzid.is_empty() && authzid != user.as_bytes() {
-            return self.refuse(Reply::new(
+            return self.refuse(Refusal::new(
+                RefusalReason::AuthFailed,
                 535,
                 "5.7.8 Authentication credentials invalid (no proxy authorization)",
             ));
@@ -474,7 +554,11 @@ impl<'a> Session<'a> {
                 self.login = Some(lane);
                 Step::Reply(Reply::new(235, "2.7.0 Authentication successful"))
             }
-            None => self.refuse(Reply::new(535, "5.7.8 Authentication credentials invalid")),
+            None => self.refuse(Refusal::new(
+                RefusalReason::AuthFailed,
+                535,
+                "5.7.8 Authentication credentials invalid",
+            )),
         }
     }
 
@@ -484,6 +568,7 @@ impl<'a> Session<'a> {
     pub fn line_error(&mut self, error: LineError, line: &[u8]) -> Step {
         let starts =
             |verb: &[u8]| line.len() >= verb.len() && line[..verb.len()].eq_ignore_ascii_case(verb);
+        // Every framing error is a syntax error, whatever its code.
         let reply = match error {
             LineError::TooLong => {
                 Reply::new(500, "5.5.2 Error: command line longer than 512 octets")
@@ -502,7 +587,10 @@ impl<'a> Session<'a> {
             ),
             LineError::Nul => Reply::new(500, "5.5.2 Error: NUL octet in command"),
         };
-        self.refuse(reply)
+        self.refuse(Refusal {
+            reason: RefusalReason::Syntax,
+            reply,
+        })
     }
 
     /// The body has ended; returns the transaction to store, or the refusal.
@@ -517,7 +605,8 @@ impl<'a> Session<'a> {
             .expect("DATA is only entered with an open transaction");
         match body {
             Ok(body) if trace::received_count(&body) >= trace::MAX_HOPS => {
-                Err(self.refuse(Reply::new(
+                Err(self.refuse(Refusal::new(
+                    RefusalReason::MailLoop,
                     554,
                     format!(
                         "5.4.6 Message refused: {} or more Received: headers, a mail loop?",
@@ -533,38 +622,45 @@ impl<'a> Session<'a> {
                 Ok((transaction, body))
             }
             Err(error) => {
-                let reply = match error {
-                    DataError::TooBig => Reply::new(
+                let refusal = match error {
+                    DataError::TooBig => Refusal::new(
+                        RefusalReason::TooBig,
                         552,
                         format!(
                             "5.3.4 Message size exceeds the limit of {} octets",
                             self.server.max_message_size
                         ),
                     ),
-                    DataError::BareCrOrLf => Reply::new(
+                    DataError::BareCrOrLf => Refusal::new(
+                        RefusalReason::BadContent,
                         554,
                         "5.6.0 Message refused: bare CR or LF in the body; lines must end with CRLF",
                     ),
-                    DataError::Nul => {
-                        Reply::new(554, "5.6.0 Message refused: NUL octet in the body")
-                    }
-                    DataError::LineTooLong => Reply::new(
+                    DataError::Nul => Refusal::new(
+                        RefusalReason::BadContent,
+                        554,
+                        "5.6.0 Message refused: NUL octet in the body",
+                    ),
+                    DataError::LineTooLong => Refusal::new(
+                        RefusalReason::BadContent,
                         554,
                         "5.6.0 Message refused: a line is longer than 1000 octets",
                     ),
                 };
-                Err(self.refuse(reply))
+                Err(self.refuse(refusal))
             }
         }
     }
 
-    /// Counts an error reply; past `max_errors` the session ends with 421.
+    /// Counts an error reply; past `max_errors` the session ends with 421
+    /// (counted as `too_many_errors`, not as the refusal that tipped it).
     /// The connection calls it for the message rules it applies after
     /// DATA (they may wait for DNS, which the state machine never does).
-    pub fn refuse(&mut self, reply: Reply) -> Step {
+    pub fn refuse(&mut self, refusal: Refusal) -> Step {
         self.errors += 1;
         if self.errors >= self.server.max_errors {
-            return Step::Close(Reply::new(
+            return Step::RefuseAndClose(Refusal::new(
+                RefusalReason::TooManyErrors,
                 421,
                 format!(
                     "4.7.0 {} Error: too many errors, closing connection",
@@ -572,7 +668,7 @@ impl<'a> Session<'a> {
                 ),
             ));
         }
-        Step::Reply(reply)
+        Step::Refuse(refusal)
     }
 }
 
@@ -582,8 +678,12 @@ fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
     base64ct::Base64::decode_vec(text.trim()).ok()
 }
 
-fn bad_base64() -> Reply {
-    Reply::new(501, "5.5.2 Cannot decode the response (base64 expected)")
+fn bad_base64() -> Refusal {
+    Refusal::new(
+        RefusalReason::Syntax,
+        501,
+        "5.5.2 Cannot decode the response (base64 expected)",
+    )
 }
 
 /// `451 4.7.1` with why and when to come back, before the body is sent.
@@ -625,8 +725,9 @@ fn deferral_reply(deferral: &Deferral) -> Reply {
     )
 }
 
-fn command_error_reply(error: CommandError) -> Reply {
-    match error {
+/// Every command that does not parse is a syntax error, whatever its code.
+fn command_error_reply(error: CommandError) -> Refusal {
+    let reply = match error {
         CommandError::Unrecognized => Reply::new(500, "5.5.1 Error: command not recognized"),
         CommandError::Syntax(why) => Reply::new(501, format!("5.5.4 Syntax error: {why}")),
         CommandError::BadAddress { sender: true, why } => {
@@ -638,6 +739,10 @@ fn command_error_reply(error: CommandError) -> Reply {
         CommandError::UnknownParameter(param) => {
             Reply::new(555, format!("5.5.4 Unsupported parameter: {param}"))
         }
+    };
+    Refusal {
+        reason: RefusalReason::Syntax,
+        reply,
     }
 }
 
@@ -693,6 +798,7 @@ mod tests {
             Step::Reply(reply) | Step::Data(reply) | Step::Close(reply) | Step::StartTls(reply) => {
                 reply.code
             }
+            Step::Refuse(refusal) | Step::RefuseAndClose(refusal) => refusal.reply.code,
             Step::Authenticate { .. } => 0,
         }
     }
@@ -736,7 +842,9 @@ mod tests {
         assert_eq!(code(run(&mut session, "RCPT TO:<c@y.test>")), 452);
         assert_eq!(code(run(&mut session, "FOO")), 500);
         assert_eq!(code(run(&mut session, "RCPT TO:<bad>")), 501);
-        assert!(matches!(run(&mut session, "BAR"), Step::Close(reply) if reply.code == 421));
+        assert!(
+            matches!(run(&mut session, "BAR"), Step::RefuseAndClose(refusal) if refusal.reply.code == 421)
+        );
     }
 
     #[test]
@@ -775,7 +883,9 @@ mod tests {
         for line in ["NOOP", "RSET", "EHLO again.test"] {
             assert_eq!(code(run(&mut session, line)), 250);
         }
-        assert!(matches!(run(&mut session, "NOOP"), Step::Close(reply) if reply.code == 421));
+        assert!(
+            matches!(run(&mut session, "NOOP"), Step::RefuseAndClose(refusal) if refusal.reply.code == 421)
+        );
 
         // A message in between starts the count again.
         let mut session = local_session(&config, &policy, &Admit(usize::MAX));
@@ -792,6 +902,111 @@ mod tests {
             }
             assert!(session.data_end(Ok(b"hi\r\n".to_vec())).is_ok());
         }
+    }
+
+    fn reason(step: Step) -> Option<RefusalReason> {
+        match step {
+            Step::Refuse(refusal) | Step::RefuseAndClose(refusal) => Some(refusal.reason),
+            _ => None,
+        }
+    }
+
+    /// Defers every recipient as beyond the volume budget in one message.
+    struct OverBudget;
+
+    impl Admission for OverBudget {
+        fn admit(&self, _: &str, _: &str, _: usize, _: u64) -> Result<(), Deferral> {
+            Err(Deferral {
+                reason: DeferReason::Recipients,
+                projected_wait: 0.0,
+                retry_after: 0.0,
+            })
+        }
+    }
+
+    #[test]
+    fn refusals_carry_the_reason_they_are_counted_under() {
+        let config = Config::parse(
+            r#"
+            [server]
+            max_message_size = "1KiB"
+            max_recipients = 1
+            [[gateways]]
+            name = "g"
+            address = "127.0.0.1:25"
+            [[apps]]
+            name = "billing"
+            networks = ["127.0.0.0/8"]
+            senders = ["billing.test"]
+            "#,
+        )
+        .unwrap();
+        let policy = config.policy();
+        let mut session = local_session(&config, &policy, &Admit(usize::MAX));
+        assert_eq!(
+            reason(run(&mut session, "MAIL FROM:<a@billing.test>")),
+            Some(RefusalReason::Sequence)
+        );
+        assert_eq!(
+            reason(run(&mut session, "FOO")),
+            Some(RefusalReason::Syntax)
+        );
+        assert_eq!(reason(run(&mut session, "EHLO app.test")), None);
+        assert_eq!(
+            reason(run(&mut session, "STARTTLS")),
+            Some(RefusalReason::TlsUnavailable)
+        );
+        assert_eq!(
+            reason(run(&mut session, "MAIL FROM:<a@billing.test> SIZE=2000")),
+            Some(RefusalReason::TooBig)
+        );
+        assert_eq!(
+            reason(run(&mut session, "MAIL FROM:<a@elsewhere.test>")),
+            Some(RefusalReason::RelayDenied)
+        );
+        assert_eq!(
+            reason(run(&mut session, "MAIL FROM:<a@billing.test>")),
+            None
+        );
+        assert_eq!(reason(run(&mut session, "RCPT TO:<x@y.test>")), None);
+        assert_eq!(
+            reason(run(&mut session, "RCPT TO:<z@y.test>")),
+            Some(RefusalReason::TooManyRecipients)
+        );
+        run(&mut session, "DATA");
+        let refused = session.data_end(Err(DataError::BareCrOrLf));
+        assert_eq!(
+            reason(refused.unwrap_err()),
+            Some(RefusalReason::BadContent)
+        );
+        run(&mut session, "MAIL FROM:<a@billing.test>");
+        run(&mut session, "RCPT TO:<x@y.test>");
+        run(&mut session, "DATA");
+        let looping = "Received: from somewhere\r\n".repeat(trace::MAX_HOPS) + "\r\nhi\r\n";
+        let refused = session.data_end(Ok(looping.into_bytes()));
+        assert_eq!(reason(refused.unwrap_err()), Some(RefusalReason::MailLoop));
+        // The refusal that uses up max_errors is counted as too_many_errors.
+        let last = loop {
+            match run(&mut session, "FOO") {
+                Step::Refuse(refusal) => assert_eq!(refusal.reason, RefusalReason::Syntax),
+                last => break last,
+            }
+        };
+        assert!(
+            matches!(&last, Step::RefuseAndClose(refusal) if refusal.reply.code == 421),
+            "{last:?}"
+        );
+        assert_eq!(reason(last), Some(RefusalReason::TooManyErrors));
+
+        // The volume budget's 452 4.5.3 is a shaping deferral: a plain
+        // reply, not counted as a refusal (unlike max_recipients' 452).
+        let mut session = local_session(&config, &policy, &OverBudget);
+        run(&mut session, "EHLO app.test");
+        run(&mut session, "MAIL FROM:<a@billing.test>");
+        let Step::Reply(deferred) = run(&mut session, "RCPT TO:<x@y.test>") else {
+            panic!("a deferral is not a refusal");
+        };
+        assert_eq!(deferred.code, 452);
     }
 
     #[test]

@@ -30,32 +30,6 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// Reasons a session refuses something (`smtp_shaper_rejections_total`).
-pub const REJECTION_REASONS: &[&str] = &[
-    "client_denied",
-    "too_many_connections",
-    "syntax",
-    "sequence",
-    "auth_required",
-    "auth_failed",
-    "relay_denied",
-    "sender_rejected",
-    "too_many_recipients",
-    "too_big",
-    "bad_content",
-    "mail_loop",
-    "spool_error",
-    "timeout",
-    "too_many_errors",
-    "tls_unavailable",
-    "connection_rate",
-    "auth_failure_rate",
-    "header_sender",
-    "alignment",
-    "unsubscribe",
-    "other",
-];
-
 /// Results of the DMARC alignment check (`alignment_checks_total`).
 pub const ALIGNMENT_RESULTS: &[&str] = &["aligned", "misaligned"];
 
@@ -457,8 +431,8 @@ impl Metrics {
                 .upstream_connect_failures
                 .with_label_values(&[gateway]);
         }
-        for reason in REJECTION_REASONS {
-            metrics.rejections.with_label_values(&[reason]);
+        for reason in crate::inbound::RefusalReason::ALL {
+            metrics.rejections.with_label_values(&[reason.as_str()]);
         }
         for result in crate::policy::dmarc::LOOKUP_RESULTS {
             metrics.dmarc_lookups.with_label_values(&[result]);
