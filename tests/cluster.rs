@@ -72,20 +72,9 @@ async fn start_nodes(sink: &Sink, redis: u16, shaping: &str) -> Vec<Node> {
     nodes
 }
 
-/// The value of the first series of `metric` in a node's /metrics.
-async fn metric(node: &Node, metric: &str) -> Option<f64> {
-    let body = fetch(
-        node.service.http_address().unwrap(),
-        "GET",
-        "/metrics",
-        None,
-    )
-    .await
-    .body;
-    body.lines()
-        .find(|line| line.starts_with(metric))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
+/// The value of `series` in a node's /metrics.
+async fn metric(node: &Node, series: &str) -> Option<f64> {
+    support::scrape(node.service.http_address().unwrap(), series).await
 }
 
 async fn all_connected(nodes: &[Node], connected: f64) {

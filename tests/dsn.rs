@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use smtp_shaper::config::{AppClass, AppConfig, UnsubscribeMode};
-use support::{Client, Harness, eventually, fetch};
+use support::{Client, Harness, eventually};
 
 const SENDER: &str = "alerts@app.test";
 const BODY: &[u8] = b"From: Alerts <alerts@app.test>\r\nTo: ops@x.test\r\nSubject: disk almost full\r\nMessage-ID: <alert-1@app.test>\r\n\r\nThe disk is 95% full.\r\n";
@@ -64,15 +64,9 @@ fn python() -> Option<&'static str> {
 }
 
 async fn sample(h: &Harness, series: &str) -> f64 {
-    let metrics = fetch(h.service.http_address().unwrap(), "GET", "/metrics", None)
+    support::scrape(h.service.http_address().unwrap(), series)
         .await
-        .body;
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
-        .parse()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no sample {series}"))
 }
 
 async fn dsns(h: &Harness, result: &str) -> f64 {

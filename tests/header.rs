@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use smtp_shaper::config::{
     AlignmentMode, AppClass, AppConfig, Config, DkimConfig, UnsubscribeMode,
 };
-use support::{Harness, eventually, fetch, without_trace};
+use support::{Harness, eventually, without_trace};
 
 /// A DNS server on loopback UDP answering TXT questions from a zone (every
 /// other name: no such domain), keeping the names asked.
@@ -113,15 +113,9 @@ fn app(name: &str, senders: &[&str]) -> AppConfig {
 
 /// The value of the sample `series` (name and labels as exposed).
 async fn sample(h: &Harness, series: &str) -> f64 {
-    let metrics = fetch(h.service.http_address().unwrap(), "GET", "/metrics", None)
+    support::scrape(h.service.http_address().unwrap(), series)
         .await
-        .body;
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
-        .parse()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no sample {series}"))
 }
 
 async fn rejections(h: &Harness, reason: &str) -> f64 {

@@ -25,12 +25,8 @@ async fn poll(address: SocketAddr, path: &str, wanted: impl Fn(&str) -> bool) ->
 
 /// The value of the sample `series` (name and labels exactly as exposed).
 fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+    support::sample_in(metrics, series)
         .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
-        .parse()
-        .unwrap()
 }
 
 /// The metric families the issue names, each of which must be exposed.

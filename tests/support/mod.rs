@@ -1252,6 +1252,20 @@ pub fn most_in_window(times: &[std::time::Instant], window: Duration) -> usize {
         .unwrap_or(0)
 }
 
+/// The value of the sample `series` (name and labels exactly as exposed)
+/// in a /metrics text.
+pub fn sample_in(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.parse().ok())
+}
+
+/// The value of `series` in the /metrics of the endpoint at `http`.
+pub async fn scrape(http: SocketAddr, series: &str) -> Option<f64> {
+    sample_in(&fetch(http, "GET", "/metrics", None).await.body, series)
+}
+
 /// A loopback port nothing listens on (bound, then released).
 pub fn free_address() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
