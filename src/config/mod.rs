@@ -51,8 +51,8 @@ pub struct ClusterConfig {
     /// Nodes assumed to share a gateway until the others' heartbeats are
     /// seen (a node that starts while Redis is down runs on this share).
     pub expected_nodes: u64,
-    /// How long a send decision waits for Redis before the node runs on its
-    /// share.
+    /// How long a call to Redis may take (a failed heartbeat, or three
+    /// failed send decisions in a row, put the node on its share).
     pub timeout: Duration,
 }
 
