@@ -1,6 +1,8 @@
 -- May this node send one message counting ARGV[3] units now?
 -- ARGV: node, proposed epoch, units, class ('t' transactional, 'b' bulk),
--- GCRA emission interval and tolerance (us), number of checks, then per
+-- GCRA emission interval and tolerance (us; for bulk mail the tolerance
+-- already leaves the last token to transactional mail, see
+-- Proposal::gcra_micros), number of checks, then per
 -- check: kind ('cap' or 'volume'), window seconds, limit, bulk share.
 -- Returns: granted (1/0), wait (us), reason, epoch, its age (us), then
 -- status().
@@ -26,12 +28,6 @@ if pause_until > now then
   hold_for(pause_until - now, 'pause')
 end
 local emission, tolerance = tonumber(ARGV[5]), tonumber(ARGV[6])
--- Bulk mail leaves the bucket's last token to transactional mail (when it
--- holds more than one): the nodes' fair queues do not see each other, and a
--- password reset on one node must not wait behind a newsletter on another.
-if bulk and tolerance >= emission then
-  tolerance = tolerance - emission
-end
 local tat = math.max(tonumber(redis.call('HGET', state, 'tat') or 0), now)
 if tat - now > tolerance then
   hold_for(tat - now - tolerance, 'rate')

@@ -73,7 +73,8 @@ pub struct Cluster {
     timeout: Duration,
     expected_nodes: u64,
     scripts: Scripts,
-    /// When this process set up its connection (see [`Reading::new_epoch`]).
+    /// When this process set up its connection (see
+    /// [`GatewayLink::rebuild_pending`]).
     started: std::time::Instant,
     /// Weak: a link holds the cluster, and lives while a queue uses it
     /// (a reload's new queues take it over from the old ones).
@@ -206,10 +207,6 @@ pub struct Reading {
     pub held: bool,
     /// What the others sent since the previous reading.
     pub elsewhere: Elsewhere,
-    /// The shared state is new since this node started (Redis restarted
-    /// empty, or the cluster is new): the node must rebuild it from its
-    /// view.
-    pub new_epoch: bool,
 }
 
 /// The answer to a proposed send.
@@ -304,7 +301,6 @@ impl GatewayLink {
             transactional: count(&status[5])?,
         };
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let mut new_epoch = false;
         if let Some((epoch, age)) = epoch {
             let epoch = text(epoch)?;
             if seen.epoch.as_deref() != Some(epoch.as_str()) {
@@ -313,8 +309,8 @@ impl GatewayLink {
                 // restarted (or is new) has an epoch younger than the node,
                 // or another than the one the node knew.
                 let age = Duration::from_micros(integer(age)?.max(0) as u64);
-                new_epoch = seen.epoch.is_some() || age < self.cluster.started.elapsed();
-                seen.rebuild_pending |= new_epoch;
+                seen.rebuild_pending |=
+                    seen.epoch.is_some() || age < self.cluster.started.elapsed();
                 seen.epoch = Some(epoch);
                 seen.elsewhere = totals;
             }
@@ -325,7 +321,6 @@ impl GatewayLink {
             feedback,
             held,
             elsewhere,
-            new_epoch,
         })
     }
 
@@ -361,7 +356,7 @@ impl GatewayLink {
     /// to wait.
     pub async fn acquire(&self, proposal: &Proposal) -> Result<Verdict, ClusterError> {
         let SharedLimits { budgets, caps, .. } = &proposal.limits;
-        let (emission, tolerance) = proposal.limits.gcra_micros();
+        let (emission, tolerance) = proposal.gcra_micros();
         let mut args = vec![
             self.node().to_string(),
             self.epoch_proposal(),

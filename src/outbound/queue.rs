@@ -163,8 +163,6 @@ struct Shared {
     /// An operator's hold or release not yet in the shared state: readings
     /// do not override it until the heartbeat has written it.
     hold_pending: Option<bool>,
-    /// Whether the current standing has been logged (once per change).
-    announced: Option<bool>,
     /// Redis said to propose nothing before this.
     wait_until: Option<Instant>,
     /// Live nodes at the latest heartbeat (the configured expectation until
@@ -294,7 +292,6 @@ impl DeliveryQueue {
                 decided: false,
                 acquire_failures: 0,
                 hold_pending: None,
-                announced: None,
                 wait_until: None,
                 live: expected,
                 expected,
@@ -606,12 +603,13 @@ impl DeliveryQueue {
         let Some(shared) = shared.as_mut() else {
             return;
         };
+        // Logged once per change: from the shared state, or the first verdict.
+        let change = shared.connected || !shared.decided;
         shared.connected = false;
         shared.decided = true;
         shared.wait_until = None;
         scheduler.set_share(now, shared.share_of());
-        if shared.announced != Some(false) {
-            shared.announced = Some(false);
+        if change {
             tracing::warn!(
                 gateway = %self.gateway,
                 %error,
@@ -726,17 +724,14 @@ impl DeliveryQueue {
             shared.connected = true;
             shared.decided = true;
             scheduler.set_share(now, 1);
-            if shared.announced != Some(true) {
-                tracing::info!(
-                    gateway = %self.gateway,
-                    node = %link.node(),
-                    nodes = shared.live,
-                    rebuilt = rebuild.is_some(),
-                    reconciled_messages = ledger.total().messages,
-                    "cluster state reached; this node shares the gateway's limits with the others"
-                );
-                shared.announced = Some(true);
-            }
+            tracing::info!(
+                gateway = %self.gateway,
+                node = %link.node(),
+                nodes = shared.live,
+                rebuilt = rebuild.is_some(),
+                reconciled_messages = ledger.total().messages,
+                "cluster state reached; this node shares the gateway's limits with the others"
+            );
             self.log_changes(&mut state, None);
             drop(state);
             self.wake.notify_waiters();

@@ -56,22 +56,29 @@ pub struct SharedLimits {
     pub caps: Vec<SharedCap>,
 }
 
-impl SharedLimits {
-    /// The GCRA's emission interval and tolerance in microseconds (the
-    /// shared state's clock unit): one message per `1/rate`, `burst - 1`
-    /// of them early at most.
-    pub fn gcra_micros(&self) -> (u64, u64) {
-        let emission = (1e6 / self.rate.max(1e-9)).ceil().min(1e15) as u64;
-        (emission, emission * u64::from(self.burst.max(1) - 1))
-    }
-}
-
 /// One proposed send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Proposal {
     pub units: u64,
     pub class: AppClass,
     pub limits: SharedLimits,
+}
+
+impl Proposal {
+    /// The GCRA's emission interval and tolerance for this send, in
+    /// microseconds (the shared state's clock unit): one message per
+    /// `1/rate`, `burst - 1` of them early at most. Bulk mail leaves the
+    /// bucket's last token to transactional mail (when it holds more than
+    /// one): the nodes' fair queues do not see each other, and a password
+    /// reset on one node must not wait behind a newsletter on another.
+    pub fn gcra_micros(&self) -> (u64, u64) {
+        let emission = (1e6 / self.limits.rate.max(1e-9)).ceil().min(1e15) as u64;
+        let mut tolerance = emission * u64::from(self.limits.burst.max(1) - 1);
+        if self.class == AppClass::Bulk && tolerance >= emission {
+            tolerance -= emission;
+        }
+        (emission, tolerance)
+    }
 }
 
 /// What the other nodes sent, as totals since the shared state began: the
@@ -280,13 +287,8 @@ impl SharedState {
             }
         };
         let limits = &proposal.limits;
-        let emission = 1.0 / limits.rate.max(1e-9);
-        let mut tolerance = emission * f64::from(limits.burst.max(1) - 1);
-        // Bulk leaves the bucket's last token to transactional mail (see
-        // acquire.lua: the nodes' fair queues do not see each other).
-        if bulk && tolerance >= emission {
-            tolerance -= emission;
-        }
+        let (emission, tolerance) = proposal.gcra_micros();
+        let (emission, tolerance) = (emission as f64 / 1e6, tolerance as f64 / 1e6);
         let tat = self.tat.max(now);
         if tat - now > tolerance {
             holds(tat - now - tolerance, "rate");
@@ -372,9 +374,25 @@ mod tests {
             budgets: Vec::new(),
             caps: Vec::new(),
         };
-        assert_eq!(limits.gcra_micros(), (500_000, 2_000_000));
+        let proposal = |class, limits: &SharedLimits| Proposal {
+            units: 1,
+            class,
+            limits: limits.clone(),
+        };
+        assert_eq!(
+            proposal(AppClass::Transactional, &limits).gcra_micros(),
+            (500_000, 2_000_000)
+        );
+        assert_eq!(
+            proposal(AppClass::Bulk, &limits).gcra_micros(),
+            (500_000, 1_500_000),
+            "bulk leaves the last token"
+        );
         let single = SharedLimits { burst: 1, ..limits };
-        assert_eq!(single.gcra_micros(), (500_000, 0));
+        assert_eq!(
+            proposal(AppClass::Bulk, &single).gcra_micros(),
+            (500_000, 0)
+        );
     }
 
     #[test]
