@@ -2,8 +2,10 @@
 # Relay benchmark: Postfix's smtp-source into smtp-sink directly (the
 # reference), then the same load through smtp-shaper into smtp-sink, timed
 # until the sink has every message. Then memory with 100,000 messages queued
-# while the gateway is down. Prints figures and ratios; never fails on a
-# timing (it exits non-zero only when something did not run).
+# while the gateway is down, the time a restart takes to accept mail with
+# them queued, and the drain once the gateway is back (messages per second
+# to the sink, RSS while draining). Prints figures and ratios; never fails
+# on a timing (it exits non-zero only when something did not run).
 #
 # Needs: postfix (smtp-source, smtp-sink). Usage:
 #   scripts/bench-relay.sh                 # 10,000 messages, 20 sessions, 4 KiB
@@ -45,13 +47,15 @@ trap cleanup EXIT
 
 now() { date +%s.%N; }
 
-# Starts smtp-sink with a running counter in $WORK/sink.out.
+# Starts smtp-sink (on port $1, default $SINK_PORT) with a running counter
+# in $WORK/sink.out.
 start_sink() {
+    local port=${1:-$SINK_PORT}
     : > "$WORK/sink.out"
-    smtp-sink -c -u "$(id -un)" "127.0.0.1:$SINK_PORT" 1024 > "$WORK/sink.out" 2>&1 &
+    smtp-sink -c -u "$(id -un)" "127.0.0.1:$port" 1024 > "$WORK/sink.out" 2>&1 &
     SINK_PID=$!
     PIDS+=("$SINK_PID")
-    wait_port "$SINK_PORT"
+    wait_port "$port"
 }
 
 stop_sink() { kill "$SINK_PID"; wait "$SINK_PID" 2>/dev/null || true; }
@@ -115,10 +119,15 @@ source_run() {
 # Starts smtp-shaper on config NAME relaying to GATEWAY_PORT; sets SHAPER_PID.
 start_shaper() {
     write_config "$1" "$2"
-    RUST_LOG=warn "$BIN" run --config "$WORK/$1.toml" 2> "$WORK/$1.log" &
+    launch_shaper "$1"
+    wait_port "$PROXY_PORT"
+}
+
+# Starts smtp-shaper on the config NAME written before (its spool as it is).
+launch_shaper() {
+    RUST_LOG=warn "$BIN" run --config "$WORK/$1.toml" 2>> "$WORK/$1.log" &
     SHAPER_PID=$!
     PIDS+=("$SHAPER_PID")
-    wait_port "$PROXY_PORT"
 }
 
 stop_shaper() { kill -TERM "$SHAPER_PID"; wait "$SHAPER_PID" || true; }
@@ -191,6 +200,30 @@ queued_disk=$(du -sk "$WORK/queued-spool" | cut -f1)
 stop_shaper
 queue_accept=$(rate "$QUEUED" "$t0" "$t1")
 
+# 4. The gateway is back: restart with $QUEUED queued, time until one new
+# message is accepted (250, durable), then drain everything into the sink,
+# sampling RSS once a second.
+start_sink "$DEAD_PORT"
+t0=$(now)
+launch_shaper queued
+until (exec 3<>"/dev/tcp/127.0.0.1/$PROXY_PORT") 2>/dev/null; do sleep 0.01; done
+smtp-source -s 1 -l "$SIZE" -m 1 -f app@example.com -t user@example.org "127.0.0.1:$PROXY_PORT"
+t_accepting=$(now)
+drain_rss=0
+while true; do
+    got=$(sink_count)
+    if [ "${got:-0}" -ge $((QUEUED + 1)) ]; then break; fi
+    rss=$(rss_kib "$SHAPER_PID" VmRSS)
+    if [ "${rss:-0}" -gt "$drain_rss" ]; then drain_rss=$rss; fi
+    sleep 1
+done
+t_drained=$(now)
+drain_peak=$(rss_kib "$SHAPER_PID" VmHWM)
+stop_shaper
+stop_sink
+restart_seconds=$(echo "$t_accepting - $t0" | bc -l)
+drain=$(rate "$QUEUED" "$t_accepting" "$t_drained")
+
 printf '\n%-46s %12s\n' "run" "messages/s"
 printf '%-46s %12.0f\n' "smtp-source -> smtp-sink (reference)" "$direct"
 printf '%-46s %12.0f\n' "smtp-source -> smtp-shaper -> smtp-sink" "$relay"
@@ -199,11 +232,15 @@ if [ -n "$clustered" ]; then
     printf '%-46s %12.0f\n' "  the same with [cluster] (Redis decides)" "$clustered"
 fi
 printf '%-46s %12.0f\n' "accepted with the gateway down" "$queue_accept"
+printf '%-46s %12.0f\n' "drain of $QUEUED queued, gateway back" "$drain"
 printf '\nrelay / direct ratio: %.2f  (target >= 0.40)\n' "$(echo "$relay / $direct" | bc -l)"
 if [ -n "$clustered" ]; then
     printf 'cluster / standalone relay: %.2f  (target >= 0.80)\n' "$(echo "$clustered / $relay" | bc -l)"
 fi
 printf 'relay rate vs target 2000/s: %.2fx\n' "$(echo "$relay / 2000" | bc -l)"
 printf 'peak RSS while relaying: %.1f MiB\n' "$(echo "$relay_peak / 1024" | bc -l)"
-printf 'RSS with %d messages queued: %.1f MiB (peak %.1f MiB, target < 100 MiB); spool on disk %.0f MiB\n' \
+printf 'RSS with %d messages queued: %.1f MiB (peak %.1f MiB, target <= 150 MiB at 1,000,000); spool on disk %.0f MiB\n' \
     "$QUEUED" "$(echo "$queued_rss / 1024" | bc -l)" "$(echo "$queued_peak / 1024" | bc -l)" "$(echo "$queued_disk / 1024" | bc -l)"
+printf 'restart to accepting with %d queued: %.1f s (target <= 10 s)\n' "$QUEUED" "$restart_seconds"
+printf 'RSS while draining %d: at most %.1f MiB sampled, peak %.1f MiB (target <= 150 MiB)\n' \
+    "$QUEUED" "$(echo "$drain_rss / 1024" | bc -l)" "$(echo "$drain_peak / 1024" | bc -l)"

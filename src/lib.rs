@@ -58,7 +58,7 @@ impl Service {
     /// Opens the spool (recovering queued mail), binds the listener and
     /// starts delivering.
     pub async fn start(config: Config) -> io::Result<Service> {
-        let (spool, recovered) = Spool::open(&config.spool)?;
+        let (spool, recovery) = Spool::open(&config.spool)?;
         let listener = bind(config.server.listen, "").await?;
         let smtp_address = listener.local_addr()?;
         let tls = match &config.server.tls {
@@ -104,9 +104,8 @@ impl Service {
             }
             None => None,
         };
-        for message in recovered {
-            outbound.recovered(message);
-        }
+        // Before the listener serves: admission sees the whole queue.
+        recovery.replay(|message| outbound.recovered(message))?;
         tracing::info!(
             listen = %smtp_address,
             tls_listen = %tls_address.map_or_else(|| "none".into(), |a| a.to_string()),

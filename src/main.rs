@@ -113,11 +113,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum QueueAction {
-    /// Queued messages, oldest first
+    /// Queued messages, oldest first, a page at a time
     List {
         /// Only this gateway's
         #[arg(long, short)]
         gateway: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
     },
     /// One message: envelope, headers, every attempt with the gateway's reply
     Show { id: String },
@@ -134,10 +136,36 @@ enum QueueAction {
     Release { gateway: String },
     /// Remove a queued message for good
     Delete { id: String },
-    /// The dead-letter files
-    Dead,
+    /// The dead-letter files, oldest first, a page at a time
+    Dead {
+        #[command(flatten)]
+        page: PageArgs,
+    },
     /// Queue a dead letter again for its failed recipients
     Requeue { name: String },
+}
+
+/// Which page of a listing (`queue list`, `queue dead`) to show.
+#[derive(clap::Args)]
+struct PageArgs {
+    /// Start after this entry (the last one of the previous page)
+    #[arg(long)]
+    after: Option<String>,
+    /// Entries on the page
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    limit: u32,
+}
+
+impl PageArgs {
+    /// The page as query parameters, each prefixed by `separator`.
+    fn query(&self, separator: char) -> String {
+        use smtp_shaper::telemetry::client::encode;
+        let mut query = format!("{separator}limit={}", self.limit);
+        if let Some(after) = &self.after {
+            query.push_str(&format!("&after={}", encode(after)));
+        }
+        query
+    }
 }
 
 fn parse_time_scale(text: &str) -> Result<f64, String> {
@@ -270,10 +298,17 @@ fn queue(
     // or a space must name one message, not another route.
     use smtp_shaper::telemetry::client::encode;
     let (method, path) = match &action {
-        QueueAction::List { gateway: None } => ("GET", "/admin/queue".to_string()),
-        QueueAction::List { gateway: Some(g) } => {
-            ("GET", format!("/admin/queue?gateway={}", encode(g)))
-        }
+        QueueAction::List {
+            gateway: None,
+            page,
+        } => ("GET", format!("/admin/queue{}", page.query('?'))),
+        QueueAction::List {
+            gateway: Some(g),
+            page,
+        } => (
+            "GET",
+            format!("/admin/queue?gateway={}{}", encode(g), page.query('&')),
+        ),
         QueueAction::Show { id } => ("GET", format!("/admin/queue/{}", encode(id))),
         QueueAction::Retry { id: Some(id), .. } => {
             ("POST", format!("/admin/queue/{}/retry", encode(id)))
@@ -287,7 +322,7 @@ fn queue(
             format!("/admin/gateways/{}/release", encode(gateway)),
         ),
         QueueAction::Delete { id } => ("DELETE", format!("/admin/queue/{}", encode(id))),
-        QueueAction::Dead => ("GET", "/admin/dead".to_string()),
+        QueueAction::Dead { page } => ("GET", format!("/admin/dead{}", page.query('?'))),
         QueueAction::Requeue { name } => ("POST", format!("/admin/dead/{}/requeue", encode(name))),
     };
     match smtp_shaper::telemetry::client::request(

@@ -228,6 +228,9 @@ pub enum LogFormat {
 pub struct SpoolConfig {
     pub dir: PathBuf,
     pub segment_size: u64,
+    /// Envelopes each gateway's queue keeps in memory; past it, new
+    /// messages wait as a reference to their spool record (`outbound::queue`).
+    pub active_limit: usize,
 }
 
 /// One `[[gateways]]` entry: an upstream SMTP server and how to talk to it.
@@ -948,6 +951,7 @@ fn read_spool(mut s: Section<'_>) -> SpoolConfig {
             units::SIZE_FORMS,
             units::parse_size,
         ),
+        active_limit: s.integer("active_limit", 10_000, 1, 10_000_000),
     };
     if spool.segment_size < 64 * 1024 {
         s.problem("segment_size", "must be at least 64KiB");

@@ -3,9 +3,11 @@
 
 use super::Gateway;
 use super::generation::Generation;
-use super::queue::{self, Queued};
-use crate::spool::StoredMessage;
-use crate::telemetry::{AdminError, Attempt, GatewayStatus, QueuedDetail, QueuedSummary};
+use super::queue::{self, Parked, Slot, Visited};
+use crate::spool::{StoredMessage, dead_letter_order};
+use crate::telemetry::{
+    AdminError, Attempt, GatewayStatus, Listing, Page, PagePicker, QueuedDetail, QueuedSummary,
+};
 
 impl Generation {
     fn gateway(&self, name: &str) -> Result<&Gateway, AdminError> {
@@ -15,8 +17,14 @@ impl Generation {
             .ok_or_else(|| AdminError::NotFound(format!("no gateway named {name}")))
     }
 
-    fn summary(gateway: &Gateway, item: &Queued, place: queue::Place) -> QueuedSummary {
-        let message = &item.message;
+    /// The summary of a queued message: `attempts` made, ready or waiting
+    /// for a retry (`place`).
+    fn summary(
+        gateway: &Gateway,
+        message: &StoredMessage,
+        attempts: u32,
+        place: queue::Place,
+    ) -> QueuedSummary {
         let (state, retry_at) = match place {
             queue::Place::Ready => ("ready", None),
             queue::Place::Retry(at) => ("retry", Some(at.max(0.0) as u64)),
@@ -32,25 +40,50 @@ impl Generation {
                 .collect(),
             size: message.location.body_len,
             received_at: message.envelope.received_at,
-            attempts: item.attempts,
+            attempts,
             state,
             retry_at,
         }
+    }
+
+    /// A parked message's envelope, read back from the spool.
+    fn read_parked(&self, parked: &Parked) -> Result<StoredMessage, AdminError> {
+        self.spool
+            .read_message_now(parked.segment(), parked.offset())
+            .map_err(|error| {
+                AdminError::Failed(format!(
+                    "cannot read {} from the spool: {error}",
+                    parked.id()
+                ))
+            })
     }
 
     /// The queued message `id`, its gateway, summary and attempts.
     fn find(&self, id: &str) -> Result<(QueuedSummary, StoredMessage, Vec<Attempt>), AdminError> {
         for gateway in self.gateways.iter() {
             let mut found = None;
-            gateway.queue.visit(|item, place| {
-                if found.is_none() && item.message.id == id {
+            let mut parked = None;
+            gateway.queue.visit(|visited, place| match visited {
+                Visited::Held(item) if found.is_none() && item.message.id == id => {
                     found = Some((
-                        Self::summary(gateway, item, place),
+                        Self::summary(gateway, &item.message, item.attempts, place),
                         item.message.clone(),
                         item.history.clone(),
                     ));
                 }
+                Visited::Parked(entry) if parked.is_none() && entry.id() == id => {
+                    parked = Some((*entry, place));
+                }
+                _ => {}
             });
+            if let Some((entry, place)) = parked {
+                let message = self.read_parked(&entry)?;
+                found = Some((
+                    Self::summary(gateway, &message, 0, place),
+                    message,
+                    Vec::new(),
+                ));
+            }
             if let Some(found) = found {
                 return Ok(found);
             }
@@ -73,6 +106,7 @@ impl Generation {
                     view,
                     lane_names: lane_names.clone(),
                     queued_bytes,
+                    parked: gateway.queue.parked(),
                     held: gateway.queue.is_held(),
                     cluster: gateway.queue.cluster_view(),
                     connections: self
@@ -92,19 +126,61 @@ impl Generation {
             .collect()
     }
 
-    pub(super) fn list(&self, gateway: Option<&str>) -> Result<Vec<QueuedSummary>, AdminError> {
+    /// A page of the queued messages by queue id (see `Queues::list`):
+    /// the page is picked holding at most `page.limit` entries, and only
+    /// its parked envelopes are read back from the spool.
+    pub(super) fn list(
+        &self,
+        gateway: Option<&str>,
+        page: &Page,
+    ) -> Result<Listing<QueuedSummary>, AdminError> {
         let gateways: Vec<&Gateway> = match gateway {
             Some(name) => vec![self.gateway(name)?],
             None => self.gateways.iter().map(AsRef::as_ref).collect(),
         };
-        let mut list = Vec::new();
-        for gateway in gateways {
-            gateway
-                .queue
-                .visit(|item, place| list.push(Self::summary(gateway, item, place)));
+        let mut picker = PagePicker::new(page.limit);
+        let mut total = 0;
+        for (index, gateway) in gateways.iter().enumerate() {
+            gateway.queue.visit(|visited, place| {
+                total += 1;
+                let id = visited.id();
+                if page.after.as_deref().is_some_and(|after| *id <= *after) {
+                    return;
+                }
+                let key = id.into_owned();
+                picker.offer(key, || match visited {
+                    Visited::Held(item) => {
+                        Ok(Self::summary(gateway, &item.message, item.attempts, place))
+                    }
+                    Visited::Parked(parked) => Err((index, *parked, place)),
+                });
+            });
         }
-        list.sort_by(|a, b| a.received_at.cmp(&b.received_at).then(a.id.cmp(&b.id)));
-        Ok(list)
+        let mut entries = Vec::new();
+        for (_, entry) in picker.into_sorted() {
+            match entry {
+                Ok(summary) => entries.push(summary),
+                Err((index, parked, place)) => {
+                    match self
+                        .spool
+                        .read_message_now(parked.segment(), parked.offset())
+                    {
+                        Ok(message) => {
+                            entries.push(Self::summary(gateways[index], &message, 0, place))
+                        }
+                        // Delivered since, and its segment removed.
+                        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(error) => {
+                            return Err(AdminError::Failed(format!(
+                                "cannot read {} from the spool: {error}",
+                                parked.id()
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Listing { entries, total })
     }
 
     pub(super) async fn show(&self, id: &str) -> Result<QueuedDetail, AdminError> {
@@ -153,13 +229,24 @@ impl Generation {
 
     pub(super) fn delete(&self, id: &str) -> Result<QueuedSummary, AdminError> {
         for gateway in self.gateways.iter() {
-            if let Some(item) = gateway.queue.remove(id) {
-                let summary = Self::summary(gateway, &item, queue::Place::Ready);
-                self.spool.message_done(&item.message);
+            if let Some((slot, lane, units)) = gateway.queue.remove(id) {
+                let (message, attempts) = match slot {
+                    Slot::Held(item) => (item.message, item.attempts),
+                    Slot::Parked(parked) => match self.read_parked(&parked) {
+                        Ok(message) => (message, 0),
+                        Err(error) => {
+                            // Not deleted: back in its lane (at the end).
+                            gateway.queue.push_parked(parked, lane, units);
+                            return Err(error);
+                        }
+                    },
+                };
+                let summary = Self::summary(gateway, &message, attempts, queue::Place::Ready);
+                self.spool.message_done(&message);
                 tracing::warn!(
                     queue_id = %id,
                     gateway = %gateway.config.name,
-                    sender = %item.message.envelope.sender,
+                    sender = %message.envelope.sender,
                     recipients = summary.recipients.len(),
                     "operator deleted a queued message; it will not be delivered"
                 );
@@ -172,10 +259,27 @@ impl Generation {
         )))
     }
 
-    pub(super) fn dead_letters(&self) -> Result<Vec<String>, AdminError> {
+    /// A page of the dead-letter files, oldest first, picked holding at
+    /// most `page.limit` names.
+    pub(super) fn dead_letters(&self, page: &Page) -> Result<Listing<String>, AdminError> {
+        let after = page.after.as_deref().map(dead_letter_order);
+        let mut picker = PagePicker::new(page.limit);
+        let mut total = 0;
         self.spool
-            .dead_letter_names()
-            .map_err(|error| AdminError::Failed(format!("cannot list dead letters: {error}")))
+            .visit_dead_letters(|name| {
+                total += 1;
+                let key = dead_letter_order(&name);
+                if after.as_ref().is_none_or(|after| key > *after) {
+                    picker.offer(key, || ());
+                }
+            })
+            .map_err(|error| AdminError::Failed(format!("cannot list dead letters: {error}")))?;
+        let entries = picker
+            .into_sorted()
+            .into_iter()
+            .map(|((_, name), ())| name)
+            .collect();
+        Ok(Listing { entries, total })
     }
 
     /// Stores dead letter `name` as a new message (and removes the file);

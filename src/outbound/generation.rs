@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::client::Credentials;
-use super::queue::{DeliveryQueue, Queued};
+use super::queue::{DeliveryQueue, Parked, Parking, Queued};
 use super::retry::Backoff;
 use super::worker::{WorkerContext, worker};
 use super::{Gateway, dkim, verify};
@@ -112,6 +112,10 @@ impl Generation {
                                 .cluster_decision_seconds
                                 .with_label_values(&[gateway.name.as_str()]),
                         )
+                    }),
+                    Some(Parking {
+                        spool: spool.clone(),
+                        active_limit: config.spool.active_limit,
                     }),
                 );
                 let model = queue.view().0.model;
@@ -239,6 +243,13 @@ impl Generation {
                 .queue
                 .push(item, false, gateway.config.max_connections),
         }
+    }
+
+    /// Queues a parked message moved from the previous generation's
+    /// queue of `gateway` (see [`Generation::requeue`]).
+    pub(super) fn requeue_parked(&self, gateway: &str, parked: Parked, lane: usize, units: u64) {
+        let gateway = &self.gateways[self.index(gateway, &parked.id())];
+        gateway.queue.push_parked(parked, lane, units);
     }
 
     /// Queues a message recovered from the spool at start (its app found

@@ -34,11 +34,13 @@ use crate::config::{Config, GatewayConfig};
 use crate::policy::Policy;
 use crate::shaper::{Admission, Deferral, GatewayView};
 use crate::spool::{Spool, StoredMessage, unix_seconds};
-use crate::telemetry::{AdminError, GatewayStatus, Metrics, QueuedDetail, QueuedSummary, Queues};
+use crate::telemetry::{
+    AdminError, GatewayStatus, Listing, Metrics, Page, QueuedDetail, QueuedSummary, Queues,
+};
 use crate::tls::client::Upstream;
 use client::Credentials;
 use generation::{Generation, Loaded};
-use queue::DeliveryQueue;
+use queue::{DeliveryQueue, Drained};
 use retry::Backoff;
 
 /// One gateway at run time, shared by its workers.
@@ -204,10 +206,25 @@ impl Outbound {
                     .queue
                     .carry_standing(gateway.queue.take_standing());
             }
-            for (mut item, due) in gateway.queue.drain() {
+            for drained in gateway.queue.drain() {
                 moved += 1;
-                item.lane = new.lane_of(&item.message);
-                new.requeue(item, due);
+                match drained {
+                    Drained::Held(mut item, due) => {
+                        item.lane = new.lane_of(&item.message);
+                        new.requeue(*item, due);
+                    }
+                    // Its envelope stays on disk: it keeps its app by name
+                    // (`other` when the app is gone) instead of being
+                    // matched again by network and sender.
+                    Drained::Parked {
+                        parked,
+                        lane,
+                        units,
+                    } => {
+                        let lane = new.apps.lane_named(old.apps.name(lane));
+                        new.requeue_parked(&gateway.config.name, parked, lane, units);
+                    }
+                }
             }
         }
         moved
@@ -231,8 +248,12 @@ impl Queues for Outbound {
         self.current().statuses()
     }
 
-    fn list(&self, gateway: Option<&str>) -> Result<Vec<QueuedSummary>, AdminError> {
-        self.current().list(gateway)
+    fn list(
+        &self,
+        gateway: Option<&str>,
+        page: &Page,
+    ) -> Result<Listing<QueuedSummary>, AdminError> {
+        self.current().list(gateway, page)
     }
 
     async fn show(&self, id: &str) -> Result<QueuedDetail, AdminError> {
@@ -251,8 +272,8 @@ impl Queues for Outbound {
         self.current().delete(id)
     }
 
-    fn dead_letters(&self) -> Result<Vec<String>, AdminError> {
-        self.current().dead_letters()
+    fn dead_letters(&self, page: &Page) -> Result<Listing<String>, AdminError> {
+        self.current().dead_letters(page)
     }
 
     async fn requeue(&self, dead_letter: &str) -> Result<String, AdminError> {

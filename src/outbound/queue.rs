@@ -15,6 +15,16 @@
 //! whatever the number of workers, and only the probe's failure lengthens the
 //! pause (attempts that began before the pause are already accounted for).
 //!
+//! A long queue (an outage, budgets holding mail for days) is not held in
+//! memory whole: past the gateway's `spool.active_limit` envelopes, a new
+//! message that has never been tried is kept as a reference to its spool
+//! record ([`Parked`]: queue id, record position, arrival time, body size;
+//! 24 octets) in its place in its app's lane, and read back from the spool
+//! when the shaper releases it, like Postfix's bounded active queue. The
+//! fair queue, the budgets and admission see every message as before
+//! (each entry keeps its lane and units), and counts and the oldest age
+//! stay exact; only `queue list` reads parked envelopes, a page at a time.
+//!
 //! The shaper's time axis is Unix seconds, derived from tokio's clock (so the
 //! queue also runs on tokio's paused clock in tests).
 //!
@@ -44,7 +54,7 @@ use crate::shaper::shared::{Ledger, Proposal, SharedFeedback};
 use crate::shaper::{
     Deferral, GatewayModel, GatewayView, Lane, Release, SavedState, Scheduler, fingerprints,
 };
-use crate::spool::StoredMessage;
+use crate::spool::{Spool, StoredMessage};
 use crate::telemetry::Attempt;
 
 /// Most body bytes one gateway's queue keeps in memory for hand-off.
@@ -66,8 +76,152 @@ pub struct Queued {
     pub probe: bool,
 }
 
+/// A queued message as the scheduler holds it: whole, or parked (see the
+/// module notes).
+#[derive(Debug)]
+pub enum Slot {
+    Held(Box<Queued>),
+    Parked(Parked),
+}
+
+/// A message kept only as a reference to its spool record: one never tried,
+/// every recipient pending, so the record alone says all the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parked {
+    /// The queue id's 16 hex digits (`spool::new_queue_id`).
+    id: u64,
+    segment: u32,
+    offset: u32,
+    received_at: u32,
+    body_len: u32,
+}
+
+impl Parked {
+    /// The parked form of `item`, when it has one: never tried, every
+    /// recipient pending, an id and a record position that fit.
+    fn of(item: &Queued) -> Option<Parked> {
+        let message = &item.message;
+        if item.attempts > 0
+            || !item.history.is_empty()
+            || message.pending.len() != message.envelope.recipients.len()
+        {
+            return None;
+        }
+        let id = u64::from_str_radix(&message.id, 16).ok()?;
+        if Parked::id_text(id) != message.id {
+            return None;
+        }
+        Some(Parked {
+            id,
+            segment: message.location.segment.try_into().ok()?,
+            offset: message.location.offset.try_into().ok()?,
+            received_at: message.envelope.received_at.try_into().ok()?,
+            body_len: message.location.body_len.try_into().ok()?,
+        })
+    }
+
+    fn id_text(id: u64) -> String {
+        format!("{id:016X}")
+    }
+
+    /// The queue id.
+    pub fn id(&self) -> String {
+        Parked::id_text(self.id)
+    }
+
+    pub fn segment(&self) -> u64 {
+        u64::from(self.segment)
+    }
+
+    pub fn offset(&self) -> u64 {
+        u64::from(self.offset)
+    }
+}
+
+/// A queued message as [`DeliveryQueue::visit`] shows it.
+#[derive(Clone, Copy)]
+pub enum Visited<'a> {
+    Held(&'a Queued),
+    Parked(&'a Parked),
+}
+
+impl<'a> Visited<'a> {
+    /// The queue id.
+    pub fn id(self) -> std::borrow::Cow<'a, str> {
+        match self {
+            Visited::Held(item) => std::borrow::Cow::Borrowed(item.message.id.as_str()),
+            Visited::Parked(parked) => std::borrow::Cow::Owned(parked.id()),
+        }
+    }
+}
+
+impl Slot {
+    fn visited(&self) -> Visited<'_> {
+        match self {
+            Slot::Held(item) => Visited::Held(item),
+            Slot::Parked(parked) => Visited::Parked(parked),
+        }
+    }
+
+    /// Whether this is message `id`.
+    pub fn is(&self, id: &str) -> bool {
+        match self {
+            Slot::Held(item) => item.message.id == id,
+            Slot::Parked(parked) => {
+                u64::from_str_radix(id, 16).is_ok_and(|value| value == parked.id)
+                    && Parked::id_text(parked.id) == id
+            }
+        }
+    }
+
+    /// The queue id.
+    pub fn id(&self) -> std::borrow::Cow<'_, str> {
+        self.visited().id()
+    }
+
+    /// Unix seconds the message was accepted.
+    pub fn received_at(&self) -> u64 {
+        match self {
+            Slot::Held(item) => item.message.envelope.received_at,
+            Slot::Parked(parked) => u64::from(parked.received_at),
+        }
+    }
+
+    fn body_len(&self) -> u64 {
+        match self {
+            Slot::Held(item) => item.message.location.body_len,
+            Slot::Parked(parked) => u64::from(parked.body_len),
+        }
+    }
+
+    fn hot_bytes(&self) -> usize {
+        match self {
+            Slot::Held(item) => item.body.as_ref().map_or(0, Vec::len),
+            Slot::Parked(_) => 0,
+        }
+    }
+}
+
+/// Where parked messages are read back from, and how many envelopes a
+/// gateway's queue keeps in memory before it parks new ones.
+pub struct Parking {
+    pub spool: Spool,
+    pub active_limit: usize,
+}
+
 /// Most attempts a queued message remembers.
 pub const HISTORY_LENGTH: usize = 10;
+
+/// A message taken out of a queue for a reload (see [`DeliveryQueue::drain`]).
+pub enum Drained {
+    /// With its retry time, if it waits for one.
+    Held(Box<Queued>, Option<Instant>),
+    Parked {
+        parked: Parked,
+        lane: usize,
+        units: u64,
+    },
+}
 
 /// Where a queued message is, for the admin API.
 pub enum Place {
@@ -127,7 +281,9 @@ impl ShaperClock {
 }
 
 struct State {
-    scheduler: Scheduler<Queued>,
+    scheduler: Scheduler<Slot>,
+    /// Parked entries in the scheduler (the rest are held whole).
+    parked: usize,
     waiting: BinaryHeap<Waiting>,
     sequence: u64,
     /// Cap units of the messages in `waiting`.
@@ -203,7 +359,7 @@ impl Shared {
 /// refused), it goes back first in its lane.
 struct InFlight<'q> {
     queue: &'q DeliveryQueue,
-    item: Option<Queued>,
+    item: Option<Slot>,
     lane: usize,
     waited: f64,
     at: f64,
@@ -214,7 +370,7 @@ struct InFlight<'q> {
 }
 
 impl InFlight<'_> {
-    fn take(mut self) -> Queued {
+    fn take(mut self) -> Slot {
         self.item.take().expect("taken once")
     }
 }
@@ -223,6 +379,9 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let Some(item) = self.item.take() {
             let mut state = self.queue.lock();
+            if matches!(item, Slot::Parked(_)) {
+                state.parked += 1;
+            }
             state.scheduler.put_back(
                 self.at,
                 self.lane,
@@ -240,8 +399,9 @@ impl State {
             if let Some(waiting) = self.waiting.pop() {
                 let units = self.scheduler.units(waiting.item.message.pending.len());
                 self.waiting_units[self.scheduler.class(waiting.item.lane) as usize] -= units;
+                let lane = waiting.item.lane;
                 self.scheduler
-                    .push(unix_now, waiting.item.lane, units, waiting.item);
+                    .push(unix_now, lane, units, Slot::Held(Box::new(waiting.item)));
             }
         }
     }
@@ -256,6 +416,8 @@ pub struct DeliveryQueue {
     /// Poked when the scheduler needs the shaping state saved before it may
     /// send more (hard caps; see `GatewayModel::snapshot`).
     save_wanted: Arc<Notify>,
+    /// Where parked messages come back from; `None` parks nothing.
+    parking: Option<Parking>,
 }
 
 impl DeliveryQueue {
@@ -267,19 +429,21 @@ impl DeliveryQueue {
         lanes: Vec<Lane>,
         save_wanted: Arc<Notify>,
     ) -> DeliveryQueue {
-        Self::shared(gateway, model, lanes, save_wanted, None)
+        Self::shared(gateway, model, lanes, save_wanted, None, None)
     }
 
     /// A queue as [`DeliveryQueue::new`], in cluster mode when `shared`
     /// gives the gateway's link, the nodes expected, and the histogram of
     /// Redis time per decision. Until the first heartbeat gets through,
-    /// the node runs on its share of the expected nodes.
+    /// the node runs on its share of the expected nodes. With `parking`, a
+    /// long queue parks envelopes (see the module notes).
     pub fn shared(
         gateway: &str,
         model: impl FnOnce(f64) -> GatewayModel,
         lanes: Vec<Lane>,
         save_wanted: Arc<Notify>,
         shared: Option<(Arc<GatewayLink>, u64, Histogram)>,
+        parking: Option<Parking>,
     ) -> DeliveryQueue {
         let clock = ShaperClock::new();
         let start = clock.at(clock.start);
@@ -304,6 +468,7 @@ impl DeliveryQueue {
             gateway: gateway.to_string(),
             state: Mutex::new(State {
                 scheduler,
+                parked: 0,
                 waiting: BinaryHeap::new(),
                 waiting_units: [0; 2],
                 sequence: 0,
@@ -319,6 +484,7 @@ impl DeliveryQueue {
             clock,
             wake: Notify::new(),
             save_wanted,
+            parking,
         }
     }
 
@@ -382,8 +548,46 @@ impl DeliveryQueue {
         }
         state.queued_bytes += item.message.location.body_len;
         let units = state.scheduler.units(item.message.pending.len());
-        state.scheduler.push(now, item.lane, units, item);
+        let lane = item.lane;
+        let slot = self.slot(&mut state, item);
+        state.scheduler.push(now, lane, units, slot);
         drop(state);
+        self.wake.notify_one();
+    }
+
+    /// `item` held whole, or parked when the queue holds its
+    /// `active_limit` already (see the module notes).
+    fn slot(&self, state: &mut State, item: Queued) -> Slot {
+        let held = state.scheduler.len() - state.parked;
+        let parked = self
+            .parking
+            .as_ref()
+            .filter(|parking| held >= parking.active_limit)
+            .and_then(|_| Parked::of(&item));
+        match parked {
+            Some(parked) => {
+                state.hot_bytes -= item.body.as_ref().map_or(0, Vec::len);
+                state.parked += 1;
+                Slot::Parked(parked)
+            }
+            None => Slot::Held(Box::new(item)),
+        }
+    }
+
+    /// Puts a parked message the scheduler released back at the end of its
+    /// `lane` (its record could not be read just now).
+    fn park_again(&self, parked: Parked, lane: usize, units: u64) {
+        let mut state = self.lock();
+        let now = self.now();
+        state.queued_bytes += u64::from(parked.body_len);
+        state.parked += 1;
+        state.scheduler.push(now, lane, units, Slot::Parked(parked));
+    }
+
+    /// Pushes parked messages moved from another queue (a reload), each in
+    /// its lane with its units.
+    pub fn push_parked(&self, parked: Parked, lane: usize, units: u64) {
+        self.park_again(parked, lane, units);
         self.wake.notify_one();
     }
 
@@ -406,8 +610,56 @@ impl DeliveryQueue {
         self.wake.notify_one();
     }
 
-    /// Waits for the next message the shaper lets go.
+    /// Waits for the next message the shaper lets go; a parked one is read
+    /// back from the spool first.
     pub async fn next(&self) -> Queued {
+        loop {
+            let (slot, lane, units, probe) = self.release().await;
+            let parked = match slot {
+                Slot::Held(mut item) => {
+                    item.probe = probe;
+                    return *item;
+                }
+                Slot::Parked(parked) => parked,
+            };
+            let Some(parking) = &self.parking else {
+                unreachable!("parked only with a spool to read back from");
+            };
+            match parking
+                .spool
+                .read_message(parked.segment(), parked.offset())
+                .await
+            {
+                Ok((message, body)) => {
+                    return Queued {
+                        message,
+                        attempts: 0,
+                        lane,
+                        body: Some(body),
+                        history: Vec::new(),
+                        probe,
+                    };
+                }
+                Err(error) => {
+                    if probe {
+                        self.probe_inconclusive();
+                    }
+                    if error.kind() == std::io::ErrorKind::InvalidData {
+                        // Damaged on disk: recovery skips such a record too.
+                        tracing::error!(queue_id = %parked.id(), gateway = %self.gateway, %error, "a queued message's spool record is damaged; it cannot be delivered");
+                    } else {
+                        tracing::error!(queue_id = %parked.id(), gateway = %self.gateway, %error, "cannot read a queued message back from the spool; it goes to the end of its lane");
+                        self.park_again(parked, lane, units);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the next message the shaper lets go, as the scheduler
+    /// holds it, with its lane and units and whether it is the probe of a
+    /// paused gateway.
+    async fn release(&self) -> (Slot, usize, u64, bool) {
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
@@ -440,8 +692,15 @@ impl DeliveryQueue {
                         let release = state.scheduler.next(unix_now);
                         self.log_changes(&mut state, None);
                         match release {
-                            Release::Send { item, lane, waited } => {
-                                let units = state.scheduler.units(item.message.pending.len());
+                            Release::Send {
+                                item,
+                                lane,
+                                units,
+                                waited,
+                            } => {
+                                if matches!(item, Slot::Parked(_)) {
+                                    state.parked -= 1;
+                                }
                                 let class = state.scheduler.class(lane);
                                 match state.shared.as_mut() {
                                     Some(shared) if shared.connected => {
@@ -472,7 +731,8 @@ impl DeliveryQueue {
                                         if let Some(shared) = shared {
                                             shared.ledger.add(unix_now, units, class);
                                         }
-                                        return self.hand_out(&mut state, item, waited);
+                                        return self
+                                            .hand_out(&mut state, item, lane, units, waited);
                                     }
                                 }
                             }
@@ -500,9 +760,10 @@ impl DeliveryQueue {
                             shared.acquire_failures = 0;
                         }
                         self.absorb(&mut state, &verdict.reading);
-                        let waited = in_flight.waited;
+                        let (waited, lane, units) =
+                            (in_flight.waited, in_flight.lane, in_flight.units);
                         let item = in_flight.take();
-                        return self.hand_out(&mut state, item, waited);
+                        return self.hand_out(&mut state, item, lane, units, waited);
                     }
                     Ok(verdict) => {
                         drop(in_flight);
@@ -556,26 +817,34 @@ impl DeliveryQueue {
         }
     }
 
-    /// Hands `item` (released after `waited` seconds) to a worker.
-    fn hand_out(&self, state: &mut State, mut item: Queued, waited: f64) -> Queued {
-        state.hot_bytes -= item.body.as_ref().map_or(0, Vec::len);
-        state.queued_bytes -= item.message.location.body_len;
-        if state.connect_failures > 0 {
+    /// Hands `item` (of `lane`, counting `units`, released after `waited`
+    /// seconds) to a worker; says whether it is the probe.
+    fn hand_out(
+        &self,
+        state: &mut State,
+        item: Slot,
+        lane: usize,
+        units: u64,
+        waited: f64,
+    ) -> (Slot, usize, u64, bool) {
+        state.hot_bytes -= item.hot_bytes();
+        state.queued_bytes -= item.body_len();
+        let probe = state.connect_failures > 0;
+        if probe {
             state.probing = true;
-            item.probe = true;
         } else if !state.scheduler.is_empty() {
             // Let another worker take the next one.
             self.wake.notify_one();
         }
         if waited >= 1.0 {
             tracing::debug!(
-                queue_id = %item.message.id,
+                queue_id = %item.id(),
                 gateway = %self.gateway,
                 shaped_for = %format!("{waited:.1}s"),
                 "released by the shaper"
             );
         }
-        item
+        (item, lane, units, probe)
     }
 
     /// Takes in what a reply of the shared state says: the feedback, what
@@ -899,11 +1168,21 @@ impl DeliveryQueue {
         view.oldest_age = state
             .scheduler
             .iter()
-            .chain(state.waiting.iter().map(|waiting| &waiting.item))
-            .map(|item| item.message.envelope.received_at)
+            .map(Slot::received_at)
+            .chain(
+                state
+                    .waiting
+                    .iter()
+                    .map(|waiting| waiting.item.message.envelope.received_at),
+            )
             .min()
             .map_or(0.0, |oldest| (now - oldest as f64).max(0.0));
         (view, state.queued_bytes)
+    }
+
+    /// Queued messages kept as a reference to their spool record only.
+    pub fn parked(&self) -> usize {
+        self.lock().parked
     }
 
     /// Holds (`true`) or releases the queue: while held, workers take
@@ -928,20 +1207,23 @@ impl DeliveryQueue {
     /// Calls `visit` with every queued message and when it may next be
     /// attempted, ready ones first (no order within), then retries by due
     /// time.
-    pub fn visit(&self, mut visit: impl FnMut(&Queued, Place)) {
+    pub fn visit(&self, mut visit: impl FnMut(Visited<'_>, Place)) {
         let state = self.lock();
         let now = Instant::now();
         let paused_until = state.paused_until.filter(|until| *until > now);
         for item in state.scheduler.iter() {
             let place =
                 paused_until.map_or(Place::Ready, |until| Place::Retry(self.clock.at(until)));
-            visit(item, place);
+            visit(item.visited(), place);
         }
         let mut waiting: Vec<&Waiting> = state.waiting.iter().collect();
         waiting.sort_by_key(|waiting| waiting.due);
         for waiting in waiting {
             let due = paused_until.map_or(waiting.due, |until| until.max(waiting.due));
-            visit(&waiting.item, Place::Retry(self.clock.at(due)));
+            visit(
+                Visited::Held(&waiting.item),
+                Place::Retry(self.clock.at(due)),
+            );
         }
     }
 
@@ -954,7 +1236,11 @@ impl DeliveryQueue {
         let paused = state.paused_until.is_some_and(|until| until > now);
         let matches = |item: &Queued| id.is_none_or(|id| item.message.id == id);
         let mut moved = if paused {
-            state.scheduler.iter().filter(|item| matches(item)).count()
+            state
+                .scheduler
+                .iter()
+                .filter(|slot| id.is_none_or(|id| slot.is(id)))
+                .count()
         } else {
             0
         };
@@ -983,29 +1269,41 @@ impl DeliveryQueue {
     }
 
     /// Takes every message out (a reload moves them to the new queue), with
-    /// the retry time of those waiting for one.
-    pub fn drain(&self) -> Vec<(Queued, Option<Instant>)> {
+    /// the retry time of those waiting for one; parked ones stay parked.
+    pub fn drain(&self) -> Vec<Drained> {
         let mut state = self.lock();
         let mut items = Vec::with_capacity(state.scheduler.len() + state.waiting.len());
-        while let Some(item) = state.scheduler.remove(|_| true) {
-            items.push((item, None));
+        while let Some((lane, units, slot)) = state.scheduler.take(|_| true) {
+            items.push(match slot {
+                Slot::Held(item) => Drained::Held(item, None),
+                Slot::Parked(parked) => Drained::Parked {
+                    parked,
+                    lane,
+                    units,
+                },
+            });
         }
         for waiting in std::mem::take(&mut state.waiting) {
-            items.push((waiting.item, Some(waiting.due)));
+            items.push(Drained::Held(Box::new(waiting.item), Some(waiting.due)));
         }
+        state.parked = 0;
         state.waiting_units = [0; 2];
         state.queued_bytes = 0;
         state.hot_bytes = 0;
         items
     }
 
-    /// Takes message `id` out of the queue (an operator deleting it).
-    pub fn remove(&self, id: &str) -> Option<Queued> {
+    /// Takes message `id` out of the queue (an operator deleting it), with
+    /// its lane and units.
+    pub fn remove(&self, id: &str) -> Option<(Slot, usize, u64)> {
         let mut state = self.lock();
-        let item = match state.scheduler.remove(|item| item.message.id == id) {
-            Some(item) => {
-                state.hot_bytes -= item.body.as_ref().map_or(0, Vec::len);
-                item
+        let item = match state.scheduler.take(|slot| slot.is(id)) {
+            Some((lane, units, slot)) => {
+                state.hot_bytes -= slot.hot_bytes();
+                if matches!(slot, Slot::Parked(_)) {
+                    state.parked -= 1;
+                }
+                (slot, lane, units)
             }
             None => {
                 let waiting = std::mem::take(&mut state.waiting);
@@ -1015,11 +1313,13 @@ impl DeliveryQueue {
                 state.waiting = kept.into_iter().collect();
                 let item = found.into_iter().next()?.item;
                 let class = state.scheduler.class(item.lane) as usize;
-                state.waiting_units[class] -= state.scheduler.units(item.message.pending.len());
-                item
+                let units = state.scheduler.units(item.message.pending.len());
+                state.waiting_units[class] -= units;
+                let lane = item.lane;
+                (Slot::Held(Box::new(item)), lane, units)
             }
         };
-        state.queued_bytes -= item.message.location.body_len;
+        state.queued_bytes -= item.0.body_len();
         Some(item)
     }
 
@@ -1105,6 +1405,201 @@ mod tests {
             history: Vec::new(),
             probe: false,
         }
+    }
+
+    /// A fast queue with two lanes that parks past `active_limit`
+    /// envelopes, reading them back from `spool`.
+    fn parking_queue(spool: Option<&Spool>, active_limit: usize) -> DeliveryQueue {
+        let config = Config::parse(
+            "[[gateways]]\nname = \"primary\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\ninitial_rate = \"1000/s\"\nmax_rate = \"1000/s\"\nburst = 1000\n",
+        )
+        .unwrap();
+        let shaping = config.gateways[0].shaping.clone();
+        DeliveryQueue::shared(
+            "primary",
+            |now| GatewayModel::new(&shaping, now),
+            vec![
+                Lane {
+                    weight: 1,
+                    class: crate::config::AppClass::Transactional,
+                };
+                2
+            ],
+            Arc::new(Notify::new()),
+            None,
+            spool.map(|spool| Parking {
+                spool: spool.clone(),
+                active_limit,
+            }),
+        )
+    }
+
+    /// Stores `count` messages in `spool`, the `n`th with `n % 3 + 1`
+    /// recipients, in lane 0 but every third in lane 1.
+    async fn stored(spool: &Spool, count: usize) -> Vec<Queued> {
+        let mut items = Vec::new();
+        for n in 0..count {
+            let envelope = Envelope {
+                sender: format!("app{n}@example.com"),
+                recipients: (0..n % 3 + 1)
+                    .map(|r| format!("r{r}@example.org"))
+                    .collect(),
+                params: MailParams::default(),
+                client_ip: "127.0.0.1".parse().unwrap(),
+                received_at: 1_000 + n as u64,
+                dsn: false,
+            };
+            let body = format!("Subject: {n}\r\n\r\nbody {n}\r\n");
+            let message = spool
+                .store(
+                    crate::spool::new_queue_id(),
+                    "primary",
+                    envelope,
+                    &[body.as_bytes()],
+                )
+                .await
+                .unwrap();
+            items.push(Queued {
+                message,
+                attempts: 0,
+                lane: usize::from(n % 3 == 2),
+                body: None,
+                history: Vec::new(),
+                probe: false,
+            });
+        }
+        items
+    }
+
+    fn copy(item: &Queued) -> Queued {
+        Queued {
+            message: item.message.clone(),
+            attempts: item.attempts,
+            lane: item.lane,
+            body: None,
+            history: item.history.clone(),
+            probe: false,
+        }
+    }
+
+    fn spool_in(dir: &std::path::Path) -> Spool {
+        let config = crate::config::SpoolConfig {
+            dir: dir.to_path_buf(),
+            segment_size: 64 * 1024 * 1024,
+            active_limit: 1,
+        };
+        Spool::open(&config).unwrap().0
+    }
+
+    #[tokio::test]
+    async fn a_long_queue_parks_envelopes_and_gives_them_back_in_the_same_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_in(dir.path());
+        let items = stored(&spool, 30).await;
+        let parking = parking_queue(Some(&spool), 5);
+        let whole = parking_queue(None, 5);
+        for item in &items {
+            parking.push(copy(item), true, 4);
+            whole.push(copy(item), true, 4);
+        }
+        assert_eq!((parking.parked(), whole.parked()), (25, 0));
+        // Counts, lanes, units, bytes and the oldest age are those of the
+        // queue that holds everything.
+        let (parked_view, parked_bytes) = parking.view();
+        let (whole_view, whole_bytes) = whole.view();
+        assert_eq!(parked_view.queued, 30);
+        assert_eq!(parked_view.lanes, whole_view.lanes);
+        assert_eq!(parked_bytes, whole_bytes);
+        assert!((parked_view.oldest_age - whole_view.oldest_age).abs() < 1.0);
+        assert_eq!(
+            parking.lock().scheduler.queued_units(),
+            whole.lock().scheduler.queued_units()
+        );
+        // Released in the same fair order, each read back whole.
+        for _ in 0..30 {
+            let from_disk = parking.next().await;
+            let in_memory = whole.next().await;
+            assert_eq!(from_disk.message, in_memory.message);
+            assert_eq!(from_disk.lane, in_memory.lane);
+            let body = spool.read_body(in_memory.message.location).await.unwrap();
+            if let Some(carried) = &from_disk.body {
+                assert_eq!(carried, &body);
+            }
+        }
+        assert_eq!((parking.len(), parking.parked()), (0, 0));
+        assert_eq!(parking.view().1, 0, "no bytes left counted");
+    }
+
+    #[tokio::test]
+    async fn only_untried_whole_messages_are_parked() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_in(dir.path());
+        let items = stored(&spool, 4).await;
+        let queue = parking_queue(Some(&spool), 1);
+        let mut tried = copy(&items[1]);
+        tried.attempts = 1;
+        let mut half = copy(&items[2]);
+        half.message.pending = vec![1];
+        for item in [copy(&items[0]), tried, half, copy(&items[3])] {
+            queue.push(item, false, 4);
+        }
+        assert_eq!(queue.parked(), 1, "only the last, never tried, whole");
+        // A retry coming due is never parked either.
+        queue.retry_at(copy(&items[0]), Instant::now());
+        assert_eq!(queue.parked(), 1);
+    }
+
+    #[tokio::test]
+    async fn parked_messages_are_visited_removed_and_moved_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = spool_in(dir.path());
+        let items = stored(&spool, 6).await;
+        let queue = parking_queue(Some(&spool), 2);
+        for item in &items {
+            queue.push(copy(item), false, 4);
+        }
+        let mut seen = Vec::new();
+        queue.visit(|visited, _| {
+            seen.push((
+                visited.id().into_owned(),
+                matches!(visited, Visited::Parked(_)),
+            ))
+        });
+        let ids: Vec<String> = items.iter().map(|item| item.message.id.clone()).collect();
+        let mut expected: Vec<(String, bool)> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| (id.clone(), n >= 2))
+            .collect();
+        seen.sort();
+        expected.sort();
+        assert_eq!(seen, expected);
+        let (removed, lane, _) = queue.remove(&ids[3]).unwrap();
+        assert!(matches!(removed, Slot::Parked(parked) if parked.id() == ids[3]));
+        assert_eq!(lane, items[3].lane);
+        assert_eq!(queue.parked(), 3);
+        // A reload moves parked messages without reading them.
+        let moved = parking_queue(Some(&spool), 2);
+        for drained in queue.drain() {
+            match drained {
+                Drained::Held(item, _) => moved.push(*item, false, 4),
+                Drained::Parked {
+                    parked,
+                    lane,
+                    units,
+                } => moved.push_parked(parked, lane, units),
+            }
+        }
+        assert_eq!((queue.len(), queue.parked()), (0, 0));
+        assert_eq!((moved.len(), moved.parked()), (5, 3));
+        let mut released = Vec::new();
+        for _ in 0..5 {
+            released.push(moved.next().await.message.id);
+        }
+        released.sort();
+        let mut left: Vec<String> = ids.clone();
+        left.remove(3);
+        assert_eq!(released, left);
     }
 
     /// `next()`, or None if nothing comes within `limit` of virtual time.
@@ -1314,7 +1809,7 @@ mod tests {
         queue.visit(|item, place| {
             if let Place::Retry(at) = place {
                 let after = (at - queue.clock.at(start)).round() as u64;
-                places.push((item.message.id.clone(), after));
+                places.push((item.id().into_owned(), after));
             }
         });
         assert_eq!(

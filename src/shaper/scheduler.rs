@@ -35,8 +35,14 @@ pub struct Lane {
 /// What [`Scheduler::next`] hands out.
 #[derive(Debug, PartialEq)]
 pub enum Release<T> {
-    /// Send this now; it waited `waited` seconds in the queue.
-    Send { item: T, lane: usize, waited: f64 },
+    /// Send this now (it counts `units`); it waited `waited` seconds in the
+    /// queue.
+    Send {
+        item: T,
+        lane: usize,
+        units: u64,
+        waited: f64,
+    },
     /// Nothing may go before this many seconds from now.
     Wait(f64),
     /// Save the model's state, then ask again (see [`Scheduler::snapshot`]).
@@ -151,6 +157,7 @@ impl<T> Scheduler<T> {
         Release::Send {
             item: entry.item,
             lane,
+            units: entry.units,
             waited: (now - entry.queued_at).max(0.0),
         }
     }
@@ -245,9 +252,14 @@ impl<T> Scheduler<T> {
 
     /// Takes out the first queued item `matches` picks.
     pub fn remove(&mut self, matches: impl Fn(&T) -> bool) -> Option<T> {
+        self.take(matches).map(|(_, _, item)| item)
+    }
+
+    /// As [`Scheduler::remove`], with the item's lane and units.
+    pub fn take(&mut self, matches: impl Fn(&T) -> bool) -> Option<(usize, u64, T)> {
         let (lane, entry) = self.queue.remove(|entry| matches(&entry.item))?;
         self.units[self.class(lane) as usize] -= entry.units;
-        Some(entry.item)
+        Some((lane, entry.units, entry.item))
     }
 
     /// Admission for new mail in `lane` counting `units`, with envelope
@@ -538,7 +550,10 @@ mod tests {
         scheduler.push(10.0, 0, 1, "news-2");
         scheduler.push(10.0, 1, 1, "reset");
         // The shared state refused news-1: back first in its lane, bulk held.
-        let Release::Send { item, lane, waited } = scheduler.next(10.0) else {
+        let Release::Send {
+            item, lane, waited, ..
+        } = scheduler.next(10.0)
+        else {
             panic!("a release");
         };
         assert_eq!(item, "news-1");

@@ -180,6 +180,28 @@ impl std::fmt::Display for SpoolError {
 
 impl std::error::Error for SpoolError {}
 
+/// The messages a spool held when it was opened, still to be handed to
+/// the delivery side (see [`Spool::open`]).
+pub struct Recovery {
+    spool: Spool,
+    segments: Vec<u64>,
+}
+
+impl Recovery {
+    /// Hands every unfinished message to `sink`, oldest first, one at a
+    /// time (nothing but the message being handed over is held here);
+    /// returns how many. Finished segments are removed, and the writer
+    /// learns what the others hold.
+    pub fn replay(self, sink: impl FnMut(StoredMessage)) -> io::Result<u64> {
+        let replayed = recovery::replay(&self.spool.inner.queue_dir, &self.segments, sink)?;
+        // The writer stops only at close; then nothing is deleted anyway.
+        let _ = self.spool.send(Request::Recovered {
+            live: replayed.live,
+        });
+        Ok(replayed.messages)
+    }
+}
+
 /// A handle to the spool; cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
@@ -221,6 +243,18 @@ pub fn new_queue_id() -> String {
     )
 }
 
+/// Where dead letter `name` sorts: oldest first. Names are
+/// `<queue id>.<unix millis>.eml` (see [`Spool::dead_letter`]): the order
+/// is in the name, so listing stats no file.
+pub fn dead_letter_order(name: &str) -> (u64, String) {
+    let millis = name
+        .strip_suffix(".eml")
+        .and_then(|stem| stem.rsplit_once('.'))
+        .and_then(|(_, millis)| millis.parse().ok())
+        .unwrap_or(0);
+    (millis, name.to_string())
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_seconds() -> u64 {
     unix_millis() / 1000
@@ -233,9 +267,12 @@ fn unix_millis() -> u64 {
 }
 
 impl Spool {
-    /// Opens (creating if needed) the spool, recovers what is queued and starts
-    /// the writer thread. Returns the messages still to deliver, oldest first.
-    pub fn open(config: &SpoolConfig) -> io::Result<(Spool, Vec<StoredMessage>)> {
+    /// Opens (creating if needed) the spool, checks what is queued (cutting
+    /// off torn writes, finishing what queued notifications settle) and
+    /// starts the writer. The queued messages come from
+    /// [`Recovery::replay`], one at a time, once the delivery side can take
+    /// them.
+    pub fn open(config: &SpoolConfig) -> io::Result<(Spool, Recovery)> {
         let dir = &config.dir;
         for sub in [
             dir.clone(),
@@ -262,7 +299,7 @@ impl Spool {
             )
         })?;
         let queue_dir = dir.join(QUEUE_DIR);
-        let recovered = recovery::recover(&queue_dir)?;
+        let checked = recovery::check(&queue_dir)?;
         let (requests, receiver) = mpsc::channel();
         let fsync_seconds = Histogram::with_opts(
             HistogramOpts::new(
@@ -275,8 +312,7 @@ impl Spool {
         let writer = Writer::new(
             queue_dir.clone(),
             config.segment_size,
-            recovered.next_segment,
-            recovered.live,
+            checked.next_segment,
             fsync_seconds.clone(),
         );
         std::thread::Builder::new()
@@ -293,7 +329,30 @@ impl Spool {
                 _lock: lock,
             }),
         };
-        Ok((spool, recovered.messages))
+        let recovery = Recovery {
+            spool: spool.clone(),
+            segments: checked.segments,
+        };
+        Ok((spool, recovery))
+    }
+
+    /// Reads a queued message back from its record (one the delivery queue
+    /// kept only a reference to), with its body; every recipient pending.
+    pub async fn read_message(
+        &self,
+        segment: u64,
+        offset: u64,
+    ) -> io::Result<(StoredMessage, Vec<u8>)> {
+        let dir = self.inner.queue_dir.clone();
+        tokio::task::spawn_blocking(move || recovery::read_message(&dir, segment, offset))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// [`Spool::read_message`] on the caller's thread, for a few messages
+    /// at a time (a page of the admin listing).
+    pub fn read_message_now(&self, segment: u64, offset: u64) -> io::Result<StoredMessage> {
+        recovery::read_message(&self.inner.queue_dir, segment, offset).map(|(message, _)| message)
     }
 
     /// Stores a message durably; returns once it is on stable storage.
@@ -460,29 +519,25 @@ impl Spool {
         .await
     }
 
-    /// The names of the dead-letter files, oldest first.
-    pub fn dead_letter_names(&self) -> io::Result<Vec<String>> {
-        // Names are `<queue id>.<unix millis>.eml` (see `dead_letter`): the
-        // order is in the name, so listing stats no file.
-        let mut names: Vec<(u64, String)> = fs::read_dir(&self.inner.dead_dir)?
-            .filter_map(Result::ok)
-            .filter_map(|entry| {
-                let name = entry.file_name().into_string().ok()?;
-                let millis = name
-                    .strip_suffix(".eml")?
-                    .rsplit_once('.')
-                    .and_then(|(_, millis)| millis.parse().ok())
-                    .unwrap_or(0);
-                Some((millis, name))
-            })
-            .collect();
-        names.sort();
-        Ok(names.into_iter().map(|(_, name)| name).collect())
+    /// Calls `visit` with the name of every dead-letter file, in no
+    /// order, reading the directory as it goes (nothing is collected).
+    pub fn visit_dead_letters(&self, mut visit: impl FnMut(String)) -> io::Result<()> {
+        for entry in fs::read_dir(&self.inner.dead_dir)? {
+            let Ok(entry) = entry else { continue };
+            if let Ok(name) = entry.file_name().into_string()
+                && name.ends_with(".eml")
+            {
+                visit(name);
+            }
+        }
+        Ok(())
     }
 
     /// Dead-letter files waiting in `dead/`.
     pub fn dead_letter_count(&self) -> io::Result<usize> {
-        Ok(self.dead_letter_names()?.len())
+        let mut count = 0;
+        self.visit_dead_letters(|_| count += 1)?;
+        Ok(count)
     }
 
     /// Reads dead letter `name` back: its envelope (the failed recipients
@@ -621,6 +676,7 @@ mod tests {
         SpoolConfig {
             dir: dir.to_path_buf(),
             segment_size: 64 * 1024,
+            active_limit: 10_000,
         }
     }
 
@@ -649,10 +705,19 @@ mod tests {
             .unwrap()
     }
 
+    /// Opens the spool and replays what it holds into a list.
+    fn open(dir: &Path) -> (Spool, Vec<StoredMessage>) {
+        let (spool, recovery) = Spool::open(&config(dir)).unwrap();
+        let mut messages = Vec::new();
+        let count = recovery.replay(|message| messages.push(message)).unwrap();
+        assert_eq!(count, messages.len() as u64);
+        (spool, messages)
+    }
+
     async fn reopen(dir: &Path, spool: Spool) -> (Spool, Vec<StoredMessage>) {
         spool.close().await;
         drop(spool);
-        Spool::open(&config(dir)).unwrap()
+        open(dir)
     }
 
     fn segments(dir: &Path) -> Vec<PathBuf> {
@@ -668,7 +733,7 @@ mod tests {
     #[tokio::test]
     async fn stored_messages_survive_a_reopen_with_their_bodies() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, recovered) = Spool::open(&config(dir.path())).unwrap();
+        let (spool, recovered) = open(dir.path());
         assert!(recovered.is_empty());
         let first = store(&spool, 1, b"one\r\n").await;
         let second = store(&spool, 2, b"two\r\n").await;
@@ -683,7 +748,7 @@ mod tests {
     #[tokio::test]
     async fn a_second_process_cannot_open_the_same_spool() {
         let dir = tempfile::tempdir().unwrap();
-        let (_spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let (_spool, _) = open(dir.path());
         let error = Spool::open(&config(dir.path())).err().unwrap();
         assert!(
             error.to_string().contains("in use by another smtp-shaper"),
@@ -694,7 +759,7 @@ mod tests {
     #[tokio::test]
     async fn completions_are_remembered_per_recipient_and_per_message() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let (spool, _) = open(dir.path());
         let finished = store(&spool, 1, b"a\r\n").await;
         let half = store(&spool, 2, b"b\r\n").await;
         spool.message_done(&finished);
@@ -708,7 +773,7 @@ mod tests {
     #[tokio::test]
     async fn a_torn_final_record_is_discarded_and_the_rest_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let (spool, _) = open(dir.path());
         store(&spool, 1, b"kept\r\n").await;
         let torn = store(&spool, 2, b"torn\r\n").await;
         spool.close().await;
@@ -718,7 +783,7 @@ mod tests {
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(torn.location.offset + 20).unwrap();
         drop(file);
-        let (spool, recovered) = Spool::open(&config(dir.path())).unwrap();
+        let (spool, recovered) = open(dir.path());
         assert_eq!(
             recovered.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
             vec!["Q1"]
@@ -740,7 +805,7 @@ mod tests {
     #[tokio::test]
     async fn a_record_with_a_bad_checksum_is_discarded() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let (spool, _) = open(dir.path());
         store(&spool, 1, b"kept\r\n").await;
         let damaged = store(&spool, 2, b"damaged\r\n").await;
         spool.close().await;
@@ -750,7 +815,7 @@ mod tests {
         file.write_all_at(b"X", damaged.location.body_offset)
             .unwrap();
         drop(file);
-        let (_spool, recovered) = Spool::open(&config(dir.path())).unwrap();
+        let (_spool, recovered) = open(dir.path());
         assert_eq!(
             recovered.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
             vec!["Q1"]
@@ -760,7 +825,7 @@ mod tests {
     #[tokio::test]
     async fn damage_in_the_middle_does_not_lose_the_records_after_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let (spool, _) = open(dir.path());
         store(&spool, 1, b"first\r\n").await;
         let damaged = store(&spool, 2, b"damaged\r\n").await;
         store(&spool, 3, b"third\r\n").await;
@@ -772,7 +837,7 @@ mod tests {
         file.write_all_at(b"\0\0\0\0", damaged.location.offset)
             .unwrap();
         drop(file);
-        let (spool, recovered) = Spool::open(&config(dir.path())).unwrap();
+        let (spool, recovered) = open(dir.path());
         assert_eq!(
             recovered.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
             vec!["Q1", "Q3"]
@@ -791,7 +856,7 @@ mod tests {
     #[tokio::test]
     async fn finished_segments_are_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let (spool, _) = open(dir.path());
         let body = vec![b'x'; 20_000];
         let mut stored = Vec::new();
         for n in 0..10 {
@@ -814,6 +879,35 @@ mod tests {
         assert!(segments(dir.path()).is_empty());
     }
 
+    #[tokio::test]
+    async fn messages_finished_while_the_replay_runs_free_their_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = open(dir.path());
+        let body = vec![b'x'; 20_000];
+        for n in 0..10 {
+            store(&spool, n, &body).await;
+        }
+        spool.close().await;
+        drop(spool);
+        assert!(segments(dir.path()).len() >= 3);
+        // Delivered as soon as handed out: before the writer has the
+        // replay's counts.
+        let (spool, recovery) = Spool::open(&config(dir.path())).unwrap();
+        let replayed = recovery
+            .replay(|message| spool.message_done(&message))
+            .unwrap();
+        assert_eq!(replayed, 10);
+        spool.close().await;
+        drop(spool);
+        assert!(
+            segments(dir.path()).is_empty(),
+            "every segment finished and removed: {:?}",
+            segments(dir.path())
+        );
+        let (_spool, recovered) = open(dir.path());
+        assert!(recovered.is_empty());
+    }
+
     async fn report(spool: &Spool, reported: &StoredMessage, recipients: &[u32]) -> StoredMessage {
         let mut envelope = envelope(1);
         envelope.sender.clear();
@@ -834,7 +928,7 @@ mod tests {
     #[tokio::test]
     async fn a_stored_report_finishes_the_recipients_it_reports() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let (spool, _) = open(dir.path());
         let original = store(&spool, 1, b"a\r\n").await;
         let stored = report(&spool, &original, &[0]).await;
         assert!(stored.notification);
@@ -856,7 +950,7 @@ mod tests {
     #[tokio::test]
     async fn a_crash_before_the_completions_are_synced_cannot_report_twice() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let (spool, _) = open(dir.path());
         let half = store(&spool, 1, b"a\r\n").await;
         let whole = store(&spool, 2, b"b\r\n").await;
         report(&spool, &half, &[1]).await;
@@ -867,7 +961,7 @@ mod tests {
         // completion entries are not.
         let done = done_path(&dir.path().join(QUEUE_DIR), half.location.segment);
         fs::remove_file(&done).unwrap();
-        let (spool, recovered) = Spool::open(&config(dir.path())).unwrap();
+        let (spool, recovered) = open(dir.path());
         let pending: Vec<(&str, Vec<u32>)> = recovered
             .iter()
             .map(|message| (message.id.as_str(), message.pending.clone()))
@@ -893,7 +987,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_is_reported_and_later_writes_recover() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(&config(dir.path())).unwrap();
+        let (spool, _) = open(dir.path());
         let big = vec![b'x'; 40_000];
         store(&spool, 1, &big).await;
         // The next record needs a new segment; make the queue directory unusable.

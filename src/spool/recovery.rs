@@ -1,5 +1,16 @@
 //! Start-up recovery: rebuild the queue from segment files and their
-//! completion entries.
+//! completion entries, without holding the whole queue in memory.
+//!
+//! Recovery runs in two passes over the segments, oldest first, each
+//! segment read whole (one segment's bytes at a time in memory):
+//! 1. [`check`], before the writer starts: finds torn and damaged records
+//!    and the records that settle others, and writes the completion entries
+//!    those settle (synced) before anything is delivered.
+//! 2. [`replay`], once the delivery side exists: hands every unfinished
+//!    message to a sink one at a time, so the caller keeps only what it
+//!    wants in memory (the delivery queue keeps a compact reference for
+//!    most of a long queue), and tells the writer how many messages each
+//!    segment still holds.
 //!
 //! A record that fails its checksum, or is cut short, at the end of a segment
 //! is a write torn by a crash. It was never acknowledged (acknowledgement
@@ -11,11 +22,11 @@
 //! A record that settles recipients of another (a delivery status
 //! notification, `record::Settles`) finishes them whatever the side files
 //! say: a crash may have come between the notification's sync and that of
-//! their completion entries. Recovery writes the missing entries (synced)
-//! before anything is delivered, so the fact outlives the notification's
-//! own segment.
+//! their completion entries. The first pass writes the entries (an entry
+//! already there is harmless), so the fact outlives the notification's own
+//! segment and the second pass reads it like any other.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -24,14 +35,22 @@ use std::path::Path;
 use super::record::{self, ALL_RECIPIENTS, DONE_ENTRY_LEN, HEADER_LEN, Settles};
 use super::{Location, StoredMessage, done_path, segment_path};
 
-pub struct Recovered {
-    pub messages: Vec<StoredMessage>,
-    /// Unfinished messages per remaining segment.
-    pub live: HashMap<u64, u64>,
+/// What the first pass found: the segments to replay and the next free
+/// segment number.
+pub struct Checked {
+    pub segments: Vec<u64>,
     pub next_segment: u64,
 }
 
-pub fn recover(dir: &Path) -> io::Result<Recovered> {
+/// What the second pass handed out.
+pub struct Replayed {
+    /// Unfinished messages per remaining segment.
+    pub live: HashMap<u64, u64>,
+    pub messages: u64,
+}
+
+/// The first pass (see the module notes).
+pub fn check(dir: &Path) -> io::Result<Checked> {
     let mut segments = Vec::new();
     let mut side_files = Vec::new();
     for entry in fs::read_dir(dir)? {
@@ -53,42 +72,158 @@ pub fn recover(dir: &Path) -> io::Result<Recovered> {
     for orphan in side_files.iter().filter(|id| !segments.contains(id)) {
         fs::remove_file(done_path(dir, *orphan))?;
     }
-
-    let mut recovered = Recovered {
-        messages: Vec::new(),
-        live: HashMap::new(),
-        next_segment: segments.last().map_or(1, |last| last + 1),
-    };
     let mut settles = Vec::new();
     for &segment in &segments {
+        let path = segment_path(dir, segment);
+        let bytes = fs::read(&path)?;
+        let end = walk(segment, &bytes, true, |_, decoded| {
+            settles.extend(decoded.settles);
+        });
+        if end < bytes.len() {
+            let file = OpenOptions::new().write(true).open(&path)?;
+            file.set_len(end as u64)?;
+            file.sync_all()?;
+        }
+    }
+    write_settled(dir, &segments, &settles)?;
+    Ok(Checked {
+        next_segment: segments.last().map_or(1, |last| last + 1),
+        segments,
+    })
+}
+
+/// Writes (and syncs) the completion entries of every settled recipient
+/// whose record's segment is still there, one sync per segment.
+fn write_settled(dir: &Path, segments: &[u64], settles: &[Settles]) -> io::Result<()> {
+    let mut by_segment: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    for settles in settles {
+        if segments.binary_search(&settles.segment).is_err() {
+            // Finished already, segment and all.
+            continue;
+        }
+        let entries = by_segment.entry(settles.segment).or_default();
+        for recipient in &settles.recipients {
+            entries.extend_from_slice(&record::encode_done(settles.offset, *recipient));
+        }
+    }
+    for (segment, entries) in by_segment {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(done_path(dir, segment))?;
+        file.write_all(&entries)?;
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+/// The second pass (see the module notes): every unfinished message, in
+/// the order it was stored, to `sink`. Finished segments are removed.
+pub fn replay(
+    dir: &Path,
+    segments: &[u64],
+    mut sink: impl FnMut(StoredMessage),
+) -> io::Result<Replayed> {
+    let mut replayed = Replayed {
+        live: HashMap::new(),
+        messages: 0,
+    };
+    for &segment in segments {
+        let bytes = fs::read(segment_path(dir, segment))?;
         let finished = read_done_entries(&done_path(dir, segment))?;
-        scan_segment(
-            dir,
-            segment,
-            &finished,
-            &mut recovered.messages,
-            &mut settles,
-        )?;
-    }
-    apply_settles(dir, &settles, &mut recovered.messages)?;
-    for message in &recovered.messages {
-        *recovered.live.entry(message.location.segment).or_default() += 1;
-    }
-    for segment in segments {
-        if !recovered.live.contains_key(&segment) {
+        let mut finished_whole = Vec::new();
+        let mut live = 0u64;
+        walk(segment, &bytes, false, |offset, decoded| {
+            let done = finished.get(&offset);
+            let pending: Vec<u32> = (0..decoded.envelope.recipients.len() as u32)
+                .filter(|index| !done.is_some_and(|set| set.contains(index)))
+                .collect();
+            if done.is_some_and(|set| set.contains(&ALL_RECIPIENTS)) {
+                return;
+            }
+            if pending.is_empty() {
+                // Every recipient settled (by a notification) but the
+                // message itself not yet marked: mark it now.
+                finished_whole.push(offset);
+                return;
+            }
+            live += 1;
+            sink(stored(segment, offset, decoded, pending));
+        });
+        if !finished_whole.is_empty() {
+            let mut entries = Vec::new();
+            for offset in finished_whole {
+                entries.extend_from_slice(&record::encode_done(offset, ALL_RECIPIENTS));
+            }
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(done_path(dir, segment))?;
+            file.write_all(&entries)?;
+            file.sync_data()?;
+        }
+        if live == 0 {
             fs::remove_file(segment_path(dir, segment))?;
             let _ = fs::remove_file(done_path(dir, segment));
+        } else {
+            replayed.live.insert(segment, live);
+            replayed.messages += live;
         }
     }
     File::open(dir)?.sync_all()?;
-    if !recovered.messages.is_empty() {
+    if replayed.messages > 0 {
         tracing::info!(
-            messages = recovered.messages.len(),
-            segments = recovered.live.len(),
+            messages = replayed.messages,
+            segments = replayed.live.len(),
             "recovered queued messages from the spool"
         );
     }
-    Ok(recovered)
+    Ok(replayed)
+}
+
+/// The queued message a decoded record at `segment`/`offset` is.
+fn stored(
+    segment: u64,
+    offset: u64,
+    decoded: record::DecodedRecord,
+    pending: Vec<u32>,
+) -> StoredMessage {
+    StoredMessage {
+        id: decoded.id,
+        gateway: decoded.gateway,
+        envelope: decoded.envelope,
+        location: Location {
+            segment,
+            offset,
+            body_offset: offset + (HEADER_LEN + decoded.body_offset) as u64,
+            body_len: decoded.body_len as u64,
+        },
+        pending,
+        notification: decoded.settles.is_some(),
+    }
+}
+
+/// Reads the message whose record is at `offset` of `segment` back (a
+/// message the delivery queue kept only a reference to), with its body;
+/// every recipient is pending (only such messages are kept that way).
+pub fn read_message(dir: &Path, segment: u64, offset: u64) -> io::Result<(StoredMessage, Vec<u8>)> {
+    let file = File::open(segment_path(dir, segment))?;
+    let mut header = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut header, offset)?;
+    let invalid = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("no valid record at offset {offset} of spool segment {segment:016X}"),
+        )
+    };
+    let (len, _) = record::decode_header(&header).ok_or_else(invalid)?;
+    let mut bytes = vec![0u8; HEADER_LEN + len];
+    bytes[..HEADER_LEN].copy_from_slice(&header);
+    file.read_exact_at(&mut bytes[HEADER_LEN..], offset + HEADER_LEN as u64)?;
+    let (decoded, _) = record_at(&bytes, 0).ok_or_else(invalid)?;
+    let body = bytes[HEADER_LEN + decoded.body_offset..].to_vec();
+    let pending = (0..decoded.envelope.recipients.len() as u32).collect();
+    Ok((stored(segment, offset, decoded, pending), body))
 }
 
 /// Finished recipients per record offset (`ALL_RECIPIENTS` for a whole message).
@@ -108,179 +243,69 @@ fn read_done_entries(path: &Path) -> io::Result<HashMap<u64, HashSet<u32>>> {
     Ok(finished)
 }
 
-/// Finishes the recipients that settling records name, writing (and
-/// syncing) the completion entries their side files lack; a message left
-/// with no recipient is finished whole and dropped.
-fn apply_settles(
-    dir: &Path,
-    settles: &[Settles],
-    messages: &mut Vec<StoredMessage>,
-) -> io::Result<()> {
-    let mut finished_whole = HashSet::new();
-    for settles in settles {
-        let Some(message) = messages.iter_mut().find(|message| {
-            message.location.segment == settles.segment && message.location.offset == settles.offset
-        }) else {
-            // Finished already (or its segment is gone with it).
-            continue;
-        };
-        let missing: Vec<u32> = settles
-            .recipients
-            .iter()
-            .copied()
-            .filter(|recipient| message.pending.contains(recipient))
-            .collect();
-        if missing.is_empty() {
-            continue;
-        }
-        message
-            .pending
-            .retain(|recipient| !missing.contains(recipient));
-        let mut entries = Vec::new();
-        for recipient in &missing {
-            entries.extend_from_slice(&record::encode_done(settles.offset, *recipient));
-        }
-        if message.pending.is_empty() {
-            entries.extend_from_slice(&record::encode_done(settles.offset, ALL_RECIPIENTS));
-            finished_whole.insert((settles.segment, settles.offset));
-        }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(done_path(dir, settles.segment))?;
-        file.write_all(&entries)?;
-        file.sync_data()?;
-        tracing::info!(
-            queue_id = %message.id,
-            recipients = missing.len(),
-            "recipients reported to the sender in a queued notification are finished"
-        );
-    }
-    messages.retain(|message| {
-        !finished_whole.contains(&(message.location.segment, message.location.offset))
-    });
-    Ok(())
-}
-
-fn scan_segment(
-    dir: &Path,
+/// Calls `visit` with the offset of every valid record of a segment's
+/// `bytes`, skipping damage to the next valid record (logged when `log`);
+/// returns where the valid records end (shorter than `bytes` after a torn
+/// tail, which the caller cuts off).
+fn walk(
     segment: u64,
-    finished: &HashMap<u64, HashSet<u32>>,
-    messages: &mut Vec<StoredMessage>,
-    settles: &mut Vec<Settles>,
-) -> io::Result<()> {
-    let path = segment_path(dir, segment);
-    let file = File::open(&path)?;
-    let file_len = file.metadata()?.len();
-    let mut offset = 0u64;
-    let mut payload = Vec::new();
-    while offset < file_len {
-        let Some(decoded) = read_record_at(&file, offset, file_len, &mut payload)? else {
+    bytes: &[u8],
+    log: bool,
+    mut visit: impl FnMut(u64, record::DecodedRecord),
+) -> usize {
+    let mut offset = 0usize;
+    while offset < bytes.len() {
+        let Some((decoded, len)) = record_at(bytes, offset) else {
             // Normally a torn tail. Should valid records follow (damage in
             // the middle of the file), skip to them instead of cutting them off.
-            match find_next_record(&file, offset + 1, file_len)? {
+            match next_record(bytes, offset + 1) {
                 Some(next) => {
-                    tracing::error!(
-                        segment,
-                        offset,
-                        skipped_bytes = next - offset,
-                        "spool segment damaged: skipping unreadable bytes to the next valid record"
-                    );
+                    if log {
+                        tracing::error!(
+                            segment,
+                            offset,
+                            skipped_bytes = next - offset,
+                            "spool segment damaged: skipping unreadable bytes to the next valid record"
+                        );
+                    }
                     offset = next;
                     continue;
                 }
                 None => {
-                    tracing::warn!(
-                        segment,
-                        offset,
-                        discarded_bytes = file_len - offset,
-                        "discarding a torn write at the end of a spool segment (it was never acknowledged)"
-                    );
-                    let file = OpenOptions::new().write(true).open(&path)?;
-                    file.set_len(offset)?;
-                    file.sync_all()?;
-                    break;
+                    if log {
+                        tracing::warn!(
+                            segment,
+                            offset,
+                            discarded_bytes = bytes.len() - offset,
+                            "discarding a torn write at the end of a spool segment (it was never acknowledged)"
+                        );
+                    }
+                    return offset;
                 }
             }
         };
-        let record_len = (HEADER_LEN + payload.len()) as u64;
-        let done = finished.get(&offset);
-        let pending: Vec<u32> = (0..decoded.envelope.recipients.len() as u32)
-            .filter(|index| !done.is_some_and(|set| set.contains(index)))
-            .collect();
-        let whole_done = done.is_some_and(|set| set.contains(&ALL_RECIPIENTS));
-        let notification = decoded.settles.is_some();
-        settles.extend(decoded.settles);
-        if !whole_done && !pending.is_empty() {
-            messages.push(StoredMessage {
-                id: decoded.id,
-                gateway: decoded.gateway,
-                envelope: decoded.envelope,
-                location: Location {
-                    segment,
-                    offset,
-                    body_offset: offset + (HEADER_LEN + decoded.body_offset) as u64,
-                    body_len: decoded.body_len as u64,
-                },
-                pending,
-                notification,
-            });
-        }
-        offset += record_len;
+        visit(offset as u64, decoded);
+        offset += len;
     }
-    Ok(())
+    offset
 }
 
-/// Reads the record at `offset` into `payload`; `None` when what is there is
-/// not a whole, valid record.
-fn read_record_at(
-    file: &File,
-    offset: u64,
-    file_len: u64,
-    payload: &mut Vec<u8>,
-) -> io::Result<Option<record::DecodedRecord>> {
-    let mut header = [0u8; HEADER_LEN];
-    if file_len - offset < HEADER_LEN as u64 {
-        return Ok(None);
-    }
-    file.read_exact_at(&mut header, offset)?;
-    let Some((len, crc)) = record::decode_header(&header) else {
-        return Ok(None);
-    };
-    if len as u64 > file_len - offset - HEADER_LEN as u64 {
-        return Ok(None);
-    }
-    payload.resize(len, 0);
-    file.read_exact_at(payload, offset + HEADER_LEN as u64)?;
+/// The record at `offset` of `bytes` and its length, or `None` when what is
+/// there is not a whole, valid record.
+fn record_at(bytes: &[u8], offset: usize) -> Option<(record::DecodedRecord, usize)> {
+    let header: &[u8; HEADER_LEN] = bytes.get(offset..offset + HEADER_LEN)?.try_into().ok()?;
+    let (len, crc) = record::decode_header(header)?;
+    let payload = bytes.get(offset + HEADER_LEN..offset + HEADER_LEN + len)?;
     if crc32fast::hash(payload) != crc {
-        return Ok(None);
+        return None;
     }
-    Ok(record::decode_payload(payload))
+    Some((record::decode_payload(payload)?, HEADER_LEN + len))
 }
 
 /// The offset of the first valid record at or after `from`, if any.
-fn find_next_record(file: &File, from: u64, file_len: u64) -> io::Result<Option<u64>> {
-    const CHUNK: u64 = 1 << 20;
-    let mut chunk = Vec::new();
-    let mut payload = Vec::new();
-    let mut start = from;
-    while start < file_len {
-        let len = CHUNK.min(file_len - start);
-        chunk.resize(len as usize, 0);
-        file.read_exact_at(&mut chunk, start)?;
-        for (index, window) in chunk.windows(record::MAGIC.len()).enumerate() {
-            let candidate = start + index as u64;
-            if window == record::MAGIC
-                && read_record_at(file, candidate, file_len, &mut payload)?.is_some()
-            {
-                return Ok(Some(candidate));
-            }
-        }
-        if start + len == file_len {
-            break;
-        }
-        // Overlap so a magic split across chunks is still seen.
-        start += len - (record::MAGIC.len() as u64 - 1);
-    }
-    Ok(None)
+fn next_record(bytes: &[u8], from: usize) -> Option<usize> {
+    let magic = record::MAGIC;
+    (from..bytes.len().saturating_sub(magic.len() - 1))
+        .filter(|&at| &bytes[at..at + magic.len()] == magic)
+        .find(|&at| record_at(bytes, at).is_some())
 }

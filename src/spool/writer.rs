@@ -45,6 +45,9 @@ pub enum Request {
         offset: u64,
         recipient: u32,
     },
+    /// Recovery's replay is over: the unfinished messages per segment it
+    /// handed out (see [`Writer::new`]).
+    Recovered { live: HashMap<u64, u64> },
     /// Sync everything and stop.
     Close { reply: oneshot::Sender<()> },
 }
@@ -69,6 +72,13 @@ pub struct Writer {
     active: Option<Active>,
     /// Unfinished messages per segment; a segment at zero (not active) is deleted.
     live: HashMap<u64, u64>,
+    /// Until recovery's replay reports the segments it found
+    /// (`Request::Recovered`): messages finished meanwhile per segment the
+    /// writer does not know yet (a recovered message may be delivered
+    /// before the replay is over).
+    finished_early: Option<HashMap<u64, u64>>,
+    /// The first segment this writer made; older ones are recovery's.
+    first_segment: u64,
     done_files: HashMap<u64, File>,
     done_dirty: bool,
     last_done_sync: Instant,
@@ -77,11 +87,13 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// A writer appending from segment `next_segment` on. It learns the
+    /// older segments' unfinished messages from recovery's replay
+    /// (`Request::Recovered`), and deletes none of them before.
     pub fn new(
         dir: PathBuf,
         segment_size: u64,
         next_segment: u64,
-        live: HashMap<u64, u64>,
         fsync_seconds: Histogram,
     ) -> Self {
         Writer {
@@ -89,7 +101,9 @@ impl Writer {
             segment_size,
             next_segment,
             active: None,
-            live,
+            live: HashMap::new(),
+            finished_early: Some(HashMap::new()),
+            first_segment: next_segment,
             done_files: HashMap::new(),
             done_dirty: false,
             last_done_sync: Instant::now(),
@@ -132,6 +146,7 @@ impl Writer {
                         offset,
                         recipient,
                     } => self.mark_done(segment, offset, recipient),
+                    Request::Recovered { live } => self.recovered(live),
                     Request::Close { reply } => close = Some(reply),
                 }
                 if close.is_none() && batch_bytes < MAX_BATCH_BYTES {
@@ -270,8 +285,38 @@ impl Writer {
         }
     }
 
+    /// Takes in the replay's counts, less what finished meanwhile, and
+    /// deletes the segments that are finished already.
+    fn recovered(&mut self, mut live: HashMap<u64, u64>) {
+        let early = self.finished_early.take().unwrap_or_default();
+        for (segment, finished) in early {
+            if let Some(count) = live.get_mut(&segment) {
+                *count = count.saturating_sub(finished);
+            }
+        }
+        let segments: Vec<u64> = live.keys().copied().collect();
+        self.live.extend(live);
+        for segment in segments {
+            self.delete_if_finished(segment);
+        }
+    }
+
     fn mark_done(&mut self, segment: u64, offset: u64, recipient: u32) {
         if !self.live.contains_key(&segment) {
+            // A recovered message finished before the replay's counts came:
+            // its entry is written, the count waits for them.
+            let Some(early) = self.finished_early.as_mut() else {
+                return;
+            };
+            if segment >= self.first_segment {
+                return;
+            }
+            if recipient == ALL_RECIPIENTS {
+                *early.entry(segment).or_default() += 1;
+            }
+            if let Err(error) = self.append_done(segment, offset, recipient) {
+                tracing::warn!(%error, segment, offset, "could not record a completion; it may be delivered twice after a restart");
+            }
             return;
         }
         if let Err(error) = self.append_done(segment, offset, recipient) {

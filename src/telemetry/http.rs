@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::json::Json;
-use super::{AdminError, Metrics, QueuedDetail, QueuedSummary, Queues};
+use super::{AdminError, Metrics, Page, QueuedDetail, QueuedSummary, Queues};
 use crate::policy::senders::{SenderChecks, Verdict};
 use crate::shutdown::Shutdown;
 use crate::spool::Spool;
@@ -144,6 +144,7 @@ async fn route<Q: Queues>(
                 Err(error) => {
                     let status = match error {
                         AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+                        AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
                         AdminError::Conflict(_) => StatusCode::CONFLICT,
                         AdminError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
                     };
@@ -246,6 +247,7 @@ fn status<Q: Queues>(endpoint: &Endpoint<Q>) -> String {
                     Json::object()
                         .field("messages", status.view.queued)
                         .field("bytes", status.queued_bytes)
+                        .field("parked", status.parked)
                         .field("oldest_age_seconds", status.view.oldest_age)
                         .field("held", status.held)
                         .field("by_app", lanes),
@@ -370,20 +372,20 @@ async fn admin_route<Q: Queues>(
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     match (method, parts.as_slice()) {
         (&Method::GET, ["queue"]) => {
-            let gateway = query
-                .split('&')
-                .find_map(|pair| pair.strip_prefix("gateway="))
-                .map(|gateway| decode(gateway).unwrap_or_default());
-            let list = queues.list(gateway.as_deref())?;
+            let gateway = query_value(query, "gateway")?;
+            let page = page(query)?;
+            let list = queues.list(gateway.as_deref(), &page)?;
             let mut json = Json::array();
             let mut text = String::new();
-            for message in &list {
+            for message in &list.entries {
                 json = json.item(summary_json(message));
                 text.push_str(&summary_line(message));
             }
-            if list.is_empty() {
+            if list.total == 0 {
                 text.push_str("queue is empty\n");
             }
+            let last = list.entries.last().map(|message| message.id.as_str());
+            text.push_str(&page_footer(&page, list.entries.len(), list.total, last));
             Ok(Answer {
                 json: json.finish(),
                 text,
@@ -426,17 +428,20 @@ async fn admin_route<Q: Queues>(
             })
         }
         (&Method::GET, ["dead"]) => {
-            let names = queues.dead_letters()?;
+            let page = page(query)?;
+            let names = queues.dead_letters(&page)?;
             let mut json = Json::array();
             let mut text = String::new();
-            for name in &names {
+            for name in &names.entries {
                 json = json.item(name);
                 text.push_str(name);
                 text.push('\n');
             }
-            if names.is_empty() {
+            if names.total == 0 {
                 text.push_str("no dead letters\n");
             }
+            let last = names.entries.last().map(String::as_str);
+            text.push_str(&page_footer(&page, names.entries.len(), names.total, last));
             Ok(Answer {
                 json: json.finish(),
                 text,
@@ -452,6 +457,55 @@ async fn admin_route<Q: Queues>(
         _ => Err(AdminError::NotFound(format!(
             "no admin action {method} {path}"
         ))),
+    }
+}
+
+/// The decoded value of query parameter `name`, if given.
+fn query_value(query: &str, name: &str) -> Result<Option<String>, AdminError> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| {
+            decode(value)
+                .ok_or_else(|| AdminError::BadRequest(format!("{name}: not a valid encoding")))
+        })
+        .transpose()
+}
+
+/// The page a listing asks for (`limit` 1 to 10,000, default 1,000;
+/// `after` an entry of the previous page).
+fn page(query: &str) -> Result<Page, AdminError> {
+    let limit = match query_value(query, "limit")? {
+        None => Page::DEFAULT_LIMIT,
+        Some(limit) => limit
+            .parse()
+            .ok()
+            .filter(|limit| (1..=Page::MAX_LIMIT).contains(limit))
+            .ok_or_else(|| {
+                AdminError::BadRequest(format!(
+                    "limit: a number from 1 to {}, not {limit:?}",
+                    Page::MAX_LIMIT
+                ))
+            })?,
+    };
+    Ok(Page {
+        after: query_value(query, "after")?,
+        limit,
+    })
+}
+
+/// The text listing's last line when there is more than one page: how
+/// many were shown and how to get the next page.
+fn page_footer(page: &Page, shown: usize, total: usize, last: Option<&str>) -> String {
+    match last {
+        Some(last) if shown == page.limit && total > shown => {
+            format!("-- {shown} shown of {total}; next page: --after {last}\n")
+        }
+        _ if page.after.is_some() || total > shown => {
+            format!("-- {shown} shown of {total}; last page\n")
+        }
+        _ => String::new(),
     }
 }
 

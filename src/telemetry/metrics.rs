@@ -67,6 +67,7 @@ pub struct Metrics {
     pub unsubscribe_missing: IntCounterVec,
     queue_messages: IntGaugeVec,
     queue_bytes: IntGaugeVec,
+    queue_parked: IntGaugeVec,
     queue_oldest_age: GaugeVec,
     queue_held: IntGaugeVec,
     baseline_rate: GaugeVec,
@@ -296,6 +297,12 @@ impl Metrics {
                 "Bytes of the messages queued for the gateway.",
                 &["gateway"],
             ),
+            queue_parked: int_gauge(
+                r,
+                "queue_parked_messages",
+                "Queued messages kept only as a reference to their spool record (past spool.active_limit); read back when the shaper releases them.",
+                &["gateway"],
+            ),
             queue_oldest_age: gauge(
                 r,
                 "queue_oldest_age_seconds",
@@ -463,6 +470,9 @@ impl Metrics {
             self.queue_bytes
                 .with_label_values(&name)
                 .set(status.queued_bytes as i64);
+            self.queue_parked
+                .with_label_values(&name)
+                .set(status.parked as i64);
             self.queue_oldest_age
                 .with_label_values(&name)
                 .set(view.oldest_age);
@@ -538,6 +548,7 @@ impl Metrics {
         for family in [
             &self.queue_messages,
             &self.queue_bytes,
+            &self.queue_parked,
             &self.queue_held,
             &self.cluster_connected,
             &self.cluster_nodes,

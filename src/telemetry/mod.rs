@@ -31,6 +31,9 @@ pub struct GatewayStatus {
     /// The app lane names, in the order of `view.lanes`.
     pub lane_names: Vec<String>,
     pub queued_bytes: u64,
+    /// Queued messages kept only as a reference to their spool record
+    /// (past `spool.active_limit`).
+    pub parked: usize,
     /// An operator holds the queue (`queue hold`).
     pub held: bool,
     pub connections: i64,
@@ -80,6 +83,8 @@ pub struct QueuedDetail {
 pub enum AdminError {
     /// No such message, gateway or dead letter (404).
     NotFound(String),
+    /// A parameter out of its range (400), e.g. a page `limit`.
+    BadRequest(String),
     /// The request cannot be done as asked (409), e.g. a message in delivery.
     Conflict(String),
     /// The spool failed (500).
@@ -89,10 +94,109 @@ pub enum AdminError {
 impl std::fmt::Display for AdminError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AdminError::NotFound(why) | AdminError::Conflict(why) | AdminError::Failed(why) => {
-                f.write_str(why)
+            AdminError::NotFound(why)
+            | AdminError::BadRequest(why)
+            | AdminError::Conflict(why)
+            | AdminError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Which page of a listing to show: the entries after `after` (an entry
+/// of the previous page: its last), at most `limit` of them. A page
+/// shorter than `limit` is the last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+impl Page {
+    /// Entries a page shows unless asked for another number.
+    pub const DEFAULT_LIMIT: usize = 1000;
+    /// Most entries one page shows.
+    pub const MAX_LIMIT: usize = 10_000;
+}
+
+impl Default for Page {
+    fn default() -> Page {
+        Page {
+            after: None,
+            limit: Page::DEFAULT_LIMIT,
+        }
+    }
+}
+
+/// One page of a listing, and how many entries the whole listing has.
+#[derive(Debug, Clone)]
+pub struct Listing<T> {
+    pub entries: Vec<T>,
+    pub total: usize,
+}
+
+/// Keeps the `limit` smallest keys offered (after a cursor), in memory of
+/// `limit` entries whatever the number offered: how a page of a listing
+/// of a million entries is picked.
+pub struct PagePicker<K: Ord, V> {
+    heap: std::collections::BinaryHeap<PageEntry<K, V>>,
+    limit: usize,
+    /// Entries offered after the cursor (the listing's total is counted by
+    /// the caller, cursor or not).
+    pub offered: usize,
+}
+
+struct PageEntry<K: Ord, V>(K, V);
+
+impl<K: Ord, V> PartialEq for PageEntry<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+impl<K: Ord, V> Eq for PageEntry<K, V> {}
+impl<K: Ord, V> PartialOrd for PageEntry<K, V> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<K: Ord, V> Ord for PageEntry<K, V> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+impl<K: Ord, V> PagePicker<K, V> {
+    pub fn new(limit: usize) -> Self {
+        PagePicker {
+            heap: std::collections::BinaryHeap::with_capacity(limit.min(Page::MAX_LIMIT) + 1),
+            limit,
+            offered: 0,
+        }
+    }
+
+    /// Whether an entry with `key` would be on the page (checked before
+    /// the value is made).
+    pub fn wants(&self, key: &K) -> bool {
+        self.heap.len() < self.limit || self.heap.peek().is_some_and(|largest| *key < largest.0)
+    }
+
+    /// Offers an entry; the page keeps it if it is among the smallest.
+    pub fn offer(&mut self, key: K, value: impl FnOnce() -> V) {
+        self.offered += 1;
+        if self.wants(&key) {
+            self.heap.push(PageEntry(key, value()));
+            if self.heap.len() > self.limit {
+                self.heap.pop();
             }
         }
+    }
+
+    /// The page, smallest key first.
+    pub fn into_sorted(self) -> Vec<(K, V)> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|PageEntry(key, value)| (key, value))
+            .collect()
     }
 }
 
@@ -100,8 +204,13 @@ impl std::fmt::Display for AdminError {
 pub trait Queues: Send + Sync + 'static {
     /// Every gateway's shaping and queue state.
     fn statuses(&self) -> Vec<GatewayStatus>;
-    /// The queued messages, of one gateway or all, oldest first.
-    fn list(&self, gateway: Option<&str>) -> Result<Vec<QueuedSummary>, AdminError>;
+    /// A page of the queued messages, of one gateway or all, oldest first
+    /// (by queue id, which sorts by arrival; `page.after` is a queue id).
+    fn list(
+        &self,
+        gateway: Option<&str>,
+        page: &Page,
+    ) -> Result<Listing<QueuedSummary>, AdminError>;
     /// One queued message with its headers and attempts.
     fn show(
         &self,
@@ -114,12 +223,53 @@ pub trait Queues: Send + Sync + 'static {
     fn hold(&self, gateway: &str, held: bool) -> Result<(), AdminError>;
     /// Removes a queued message for good (logged); returns its summary.
     fn delete(&self, id: &str) -> Result<QueuedSummary, AdminError>;
-    /// The dead-letter files, newest last.
-    fn dead_letters(&self) -> Result<Vec<String>, AdminError>;
+    /// A page of the dead-letter files, newest last (`page.after` is a
+    /// file name).
+    fn dead_letters(&self, page: &Page) -> Result<Listing<String>, AdminError>;
     /// Queues a dead-lettered message again for its failed recipients;
     /// returns the new queue id.
     fn requeue(
         &self,
         dead_letter: &str,
     ) -> impl std::future::Future<Output = Result<String, AdminError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A page picked from keys offered in any order is the sorted run
+    /// after the cursor, and the picker never holds more than the page.
+    #[test]
+    fn a_page_is_the_smallest_keys_after_the_cursor() {
+        for seed in 0..50u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let count = rng.usize(0..300);
+            let mut keys: Vec<u32> = (0..count as u32).map(|k| k * 3).collect();
+            rng.shuffle(&mut keys);
+            let limit = rng.usize(1..50);
+            let after = rng.bool().then(|| rng.u32(0..1000));
+            let mut picker = PagePicker::new(limit);
+            for &key in &keys {
+                if after.is_none_or(|after| key > after) {
+                    picker.offer(key, || key * 2);
+                }
+                assert!(picker.heap.len() <= limit);
+            }
+            let page = picker.into_sorted();
+            let mut expected: Vec<u32> = keys
+                .iter()
+                .copied()
+                .filter(|key| after.is_none_or(|after| *key > after))
+                .collect();
+            expected.sort_unstable();
+            expected.truncate(limit);
+            assert_eq!(
+                page.iter().map(|(key, _)| *key).collect::<Vec<_>>(),
+                expected,
+                "seed {seed}"
+            );
+            assert!(page.iter().all(|(key, value)| *value == key * 2));
+        }
+    }
 }
