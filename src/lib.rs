@@ -105,7 +105,7 @@ impl Service {
             None => None,
         };
         // Before the listener serves: admission sees the whole queue.
-        recovery.replay(|message| outbound.recovered(message))?;
+        outbound.replay(recovery)?;
         tracing::info!(
             listen = %smtp_address,
             tls_listen = %tls_address.map_or_else(|| "none".into(), |a| a.to_string()),

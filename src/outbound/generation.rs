@@ -252,12 +252,35 @@ impl Generation {
         gateway.queue.push_parked(parked, lane, units);
     }
 
-    /// Queues a message recovered from the spool at start (its app found
-    /// again by network or sender). One recovered for a gateway that is no
-    /// longer configured goes to the default one.
+    /// Queues a message read back from the spool (a dead letter queued
+    /// again), its app found by network or sender. One for a gateway that
+    /// is no longer configured goes to the default one.
     pub(super) fn recovered(&self, message: StoredMessage) {
         let lane = self.lane_of(&message);
         self.enqueue(message, lane, None, false);
+    }
+
+    /// Queues a message the spool replays at start, as
+    /// [`Generation::recovered`] but waking no worker (see
+    /// [`Generation::wake_workers`]).
+    pub(super) fn replayed(&self, message: StoredMessage) {
+        let lane = self.lane_of(&message);
+        let gateway = &self.gateways[self.index(&message.gateway, &message.id)];
+        gateway.queue.push_replayed(Queued {
+            message,
+            attempts: 0,
+            lane,
+            body: None,
+            history: Vec::new(),
+            probe: false,
+        });
+    }
+
+    /// Wakes every gateway's workers (after [`Generation::replayed`]).
+    pub(super) fn wake_workers(&self) {
+        for gateway in self.gateways.iter() {
+            gateway.queue.wake_workers();
+        }
     }
 
     /// The lane of a queued message: its app's, found by network or

@@ -33,7 +33,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, GatewayConfig};
 use crate::policy::Policy;
 use crate::shaper::{Admission, Deferral, GatewayView};
-use crate::spool::{Spool, StoredMessage, unix_seconds};
+use crate::spool::{Recovery, Spool, StoredMessage, unix_seconds};
 use crate::telemetry::{
     AdminError, GatewayStatus, Listing, Metrics, Page, QueuedDetail, QueuedSummary, Queues,
 };
@@ -136,8 +136,16 @@ impl Outbound {
         self.change_current(|current| current.accepted(message, app, body));
     }
 
-    /// Queues a message recovered from the spool at start, or a dead letter
-    /// queued again (see `Generation::recovered`).
+    /// Queues what the spool held at start, one message at a time, then
+    /// wakes the workers once; returns how many.
+    pub fn replay(&self, recovery: Recovery) -> std::io::Result<u64> {
+        let current = self.current();
+        let count = recovery.replay(|message| current.replayed(message))?;
+        current.wake_workers();
+        Ok(count)
+    }
+
+    /// Queues a dead letter queued again (see `Generation::recovered`).
     pub fn recovered(&self, message: StoredMessage) {
         self.change_current(|current| current.recovered(message));
     }

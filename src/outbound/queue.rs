@@ -526,7 +526,25 @@ impl DeliveryQueue {
     /// Adds a message that may be delivered now; `arrival` counts it as new
     /// demand (not a recovered message). Its body is kept only while fewer
     /// than `workers` messages are queued and the byte budget allows.
-    pub fn push(&self, mut item: Queued, arrival: bool, workers: usize) {
+    pub fn push(&self, item: Queued, arrival: bool, workers: usize) {
+        self.insert(item, arrival, workers);
+        self.wake.notify_one();
+    }
+
+    /// Adds a message recovered from the spool at start without waking a
+    /// worker: a million of them would wake one a million times. The
+    /// caller calls [`DeliveryQueue::wake_workers`] once they are all in.
+    pub fn push_replayed(&self, item: Queued) {
+        self.insert(item, false, 0);
+    }
+
+    /// Wakes the workers (after [`DeliveryQueue::push_replayed`]).
+    pub fn wake_workers(&self) {
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    fn insert(&self, mut item: Queued, arrival: bool, workers: usize) {
         item.probe = false;
         let mut state = self.lock();
         let now = self.now();
@@ -551,8 +569,6 @@ impl DeliveryQueue {
         let lane = item.lane;
         let slot = self.slot(&mut state, item);
         state.scheduler.push(now, lane, units, slot);
-        drop(state);
-        self.wake.notify_one();
     }
 
     /// `item` held whole, or parked when the queue holds its

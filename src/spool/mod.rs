@@ -184,7 +184,7 @@ impl std::error::Error for SpoolError {}
 /// the delivery side (see [`Spool::open`]).
 pub struct Recovery {
     spool: Spool,
-    segments: Vec<u64>,
+    checked: recovery::Checked,
 }
 
 impl Recovery {
@@ -193,7 +193,7 @@ impl Recovery {
     /// returns how many. Finished segments are removed, and the writer
     /// learns what the others hold.
     pub fn replay(self, sink: impl FnMut(StoredMessage)) -> io::Result<u64> {
-        let replayed = recovery::replay(&self.spool.inner.queue_dir, &self.segments, sink)?;
+        let replayed = recovery::replay(&self.spool.inner.queue_dir, &self.checked, sink)?;
         // The writer stops only at close; then nothing is deleted anyway.
         let _ = self.spool.send(Request::Recovered {
             live: replayed.live,
@@ -331,7 +331,7 @@ impl Spool {
         };
         let recovery = Recovery {
             spool: spool.clone(),
-            segments: checked.segments,
+            checked,
         };
         Ok((spool, recovery))
     }
@@ -877,6 +877,20 @@ mod tests {
         let (_spool, recovered) = reopen(dir.path(), spool).await;
         assert!(recovered.is_empty());
         assert!(segments(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_envelope_longer_than_the_replay_reads_at_first_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = open(dir.path());
+        let short = store(&spool, 1, b"short\r\n").await;
+        let long = spool
+            .store("Q2".into(), "primary", envelope(300), &[b"long\r\n"])
+            .await
+            .unwrap();
+        let after = store(&spool, 3, b"after\r\n").await;
+        let (_spool, recovered) = reopen(dir.path(), spool).await;
+        assert_eq!(recovered, vec![short, long, after]);
     }
 
     #[tokio::test]

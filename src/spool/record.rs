@@ -138,8 +138,16 @@ pub fn decode_header(header: &[u8; HEADER_LEN]) -> Option<(usize, u32)> {
 
 /// Decodes a payload whose checksum has been verified.
 pub fn decode_payload(payload: &[u8]) -> Option<DecodedRecord> {
+    decode_prefix(payload, payload.len())
+}
+
+/// Decodes the envelope part of a verified payload of `payload_len` octets
+/// from its first octets, `prefix` (recovery reads no body it does not
+/// need). `None` when the prefix ends before the envelope does (or the
+/// payload is not a record).
+pub fn decode_prefix(prefix: &[u8], payload_len: usize) -> Option<DecodedRecord> {
     let mut reader = Reader {
-        bytes: payload,
+        bytes: prefix,
         at: 0,
     };
     let version = reader.u8()?;
@@ -175,7 +183,7 @@ pub fn decode_payload(payload: &[u8]) -> Option<DecodedRecord> {
     };
     let body_len = u64::from_le_bytes(reader.take(8)?.try_into().ok()?) as usize;
     let body_offset = reader.at;
-    (payload.len() - body_offset == body_len).then_some(DecodedRecord {
+    (payload_len.checked_sub(body_offset) == Some(body_len)).then_some(DecodedRecord {
         id,
         gateway,
         envelope: Envelope {

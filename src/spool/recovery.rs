@@ -1,16 +1,18 @@
 //! Start-up recovery: rebuild the queue from segment files and their
 //! completion entries, without holding the whole queue in memory.
 //!
-//! Recovery runs in two passes over the segments, oldest first, each
-//! segment read whole (one segment's bytes at a time in memory):
-//! 1. [`check`], before the writer starts: finds torn and damaged records
-//!    and the records that settle others, and writes the completion entries
-//!    those settle (synced) before anything is delivered.
-//! 2. [`replay`], once the delivery side exists: hands every unfinished
-//!    message to a sink one at a time, so the caller keeps only what it
-//!    wants in memory (the delivery queue keeps a compact reference for
-//!    most of a long queue), and tells the writer how many messages each
-//!    segment still holds.
+//! Recovery runs in two passes over the segments, oldest first, with
+//! bounded memory whatever the queue:
+//! 1. [`check`], before the writer starts, reads every segment through a
+//!    window of [`WINDOW`] octets and verifies every record's checksum: it
+//!    finds torn and damaged records and the records that settle others,
+//!    and writes the completion entries those settle (synced) before
+//!    anything is delivered.
+//! 2. [`replay`], once the delivery side exists, follows the records the
+//!    first pass found valid and reads only their envelopes (not the
+//!    bodies), handing every unfinished message to a sink one at a time, so
+//!    the caller keeps only what it wants in memory (the delivery queue
+//!    keeps a compact reference for most of a long queue).
 //!
 //! A record that fails its checksum, or is cut short, at the end of a segment
 //! is a write torn by a crash. It was never acknowledged (acknowledgement
@@ -35,10 +37,20 @@ use std::path::Path;
 use super::record::{self, ALL_RECIPIENTS, DONE_ENTRY_LEN, HEADER_LEN, Settles};
 use super::{Location, StoredMessage, done_path, segment_path};
 
-/// What the first pass found: the segments to replay and the next free
-/// segment number.
+/// Octets of a segment the first pass reads at a time.
+const WINDOW: usize = 4 << 20;
+
+/// Octets of a record the second pass reads to find its envelope (more
+/// only for an envelope longer than that).
+const ENVELOPE_PREFIX: usize = 1024;
+
+/// What the first pass found: the segments to replay, the damage the
+/// second pass skips, and the next free segment number.
 pub struct Checked {
     pub segments: Vec<u64>,
+    /// Per damaged segment, where unreadable bytes begin and the next valid
+    /// record after them.
+    pub damage: HashMap<u64, Vec<(u64, u64)>>,
     pub next_segment: u64,
 }
 
@@ -73,22 +85,30 @@ pub fn check(dir: &Path) -> io::Result<Checked> {
         fs::remove_file(done_path(dir, *orphan))?;
     }
     let mut settles = Vec::new();
+    let mut damage = HashMap::new();
+    let mut buffer = Vec::new();
     for &segment in &segments {
         let path = segment_path(dir, segment);
-        let bytes = fs::read(&path)?;
-        let end = walk(segment, &bytes, true, |_, decoded| {
+        let file = File::open(&path)?;
+        let mut window = Window::new(&file, &mut buffer)?;
+        let mut skipped = Vec::new();
+        let end = walk(segment, &mut window, &mut skipped, |decoded| {
             settles.extend(decoded.settles);
-        });
-        if end < bytes.len() {
+        })?;
+        if end < window.len {
             let file = OpenOptions::new().write(true).open(&path)?;
-            file.set_len(end as u64)?;
+            file.set_len(end)?;
             file.sync_all()?;
+        }
+        if !skipped.is_empty() {
+            damage.insert(segment, skipped);
         }
     }
     write_settled(dir, &segments, &settles)?;
     Ok(Checked {
         next_segment: segments.last().map_or(1, |last| last + 1),
         segments,
+        damage,
     })
 }
 
@@ -121,19 +141,21 @@ fn write_settled(dir: &Path, segments: &[u64], settles: &[Settles]) -> io::Resul
 /// the order it was stored, to `sink`. Finished segments are removed.
 pub fn replay(
     dir: &Path,
-    segments: &[u64],
+    checked: &Checked,
     mut sink: impl FnMut(StoredMessage),
 ) -> io::Result<Replayed> {
     let mut replayed = Replayed {
         live: HashMap::new(),
         messages: 0,
     };
-    for &segment in segments {
-        let bytes = fs::read(segment_path(dir, segment))?;
+    let no_damage = Vec::new();
+    for &segment in &checked.segments {
+        let file = File::open(segment_path(dir, segment))?;
         let finished = read_done_entries(&done_path(dir, segment))?;
         let mut finished_whole = Vec::new();
         let mut live = 0u64;
-        walk(segment, &bytes, false, |offset, decoded| {
+        let damage = checked.damage.get(&segment).unwrap_or(&no_damage);
+        envelopes(&file, damage, |offset, decoded| {
             let done = finished.get(&offset);
             let pending: Vec<u32> = (0..decoded.envelope.recipients.len() as u32)
                 .filter(|index| !done.is_some_and(|set| set.contains(index)))
@@ -149,7 +171,7 @@ pub fn replay(
             }
             live += 1;
             sink(stored(segment, offset, decoded, pending));
-        });
+        })?;
         if !finished_whole.is_empty() {
             let mut entries = Vec::new();
             for offset in finished_whole {
@@ -216,12 +238,11 @@ pub fn read_message(dir: &Path, segment: u64, offset: u64) -> io::Result<(Stored
             format!("no valid record at offset {offset} of spool segment {segment:016X}"),
         )
     };
-    let (len, _) = record::decode_header(&header).ok_or_else(invalid)?;
-    let mut bytes = vec![0u8; HEADER_LEN + len];
-    bytes[..HEADER_LEN].copy_from_slice(&header);
-    file.read_exact_at(&mut bytes[HEADER_LEN..], offset + HEADER_LEN as u64)?;
-    let (decoded, _) = record_at(&bytes, 0).ok_or_else(invalid)?;
-    let body = bytes[HEADER_LEN + decoded.body_offset..].to_vec();
+    let (len, crc) = record::decode_header(&header).ok_or_else(invalid)?;
+    let mut payload = vec![0u8; len];
+    file.read_exact_at(&mut payload, offset + HEADER_LEN as u64)?;
+    let decoded = verified(&payload, crc).ok_or_else(invalid)?;
+    let body = payload[decoded.body_offset..].to_vec();
     let pending = (0..decoded.envelope.recipients.len() as u32).collect();
     Ok((stored(segment, offset, decoded, pending), body))
 }
@@ -243,69 +264,181 @@ fn read_done_entries(path: &Path) -> io::Result<HashMap<u64, HashSet<u32>>> {
     Ok(finished)
 }
 
-/// Calls `visit` with the offset of every valid record of a segment's
-/// `bytes`, skipping damage to the next valid record (logged when `log`);
-/// returns where the valid records end (shorter than `bytes` after a torn
-/// tail, which the caller cuts off).
+/// A payload decoded, if its checksum is `crc`.
+fn verified(payload: &[u8], crc: u32) -> Option<record::DecodedRecord> {
+    (crc32fast::hash(payload) == crc)
+        .then(|| record::decode_payload(payload))
+        .flatten()
+}
+
+/// A segment read through a window of [`WINDOW`] octets (more for a
+/// record bigger than that), in the order the records are visited.
+struct Window<'a> {
+    file: &'a File,
+    len: u64,
+    buffer: &'a mut Vec<u8>,
+    /// File offset of `buffer[0]`.
+    start: u64,
+}
+
+impl<'a> Window<'a> {
+    fn new(file: &'a File, buffer: &'a mut Vec<u8>) -> io::Result<Window<'a>> {
+        buffer.clear();
+        Ok(Window {
+            len: file.metadata()?.len(),
+            file,
+            buffer,
+            start: 0,
+        })
+    }
+
+    /// The `len` octets at `offset`, or `None` past the end of the file.
+    fn bytes(&mut self, offset: u64, len: usize) -> io::Result<Option<&[u8]>> {
+        if offset
+            .checked_add(len as u64)
+            .is_none_or(|end| end > self.len)
+        {
+            return Ok(None);
+        }
+        let end = self.start + self.buffer.len() as u64;
+        if offset < self.start || offset + len as u64 > end {
+            let want = (len.max(WINDOW) as u64).min(self.len - offset) as usize;
+            self.buffer.resize(want, 0);
+            self.file.read_exact_at(self.buffer, offset)?;
+            self.start = offset;
+        }
+        let at = (offset - self.start) as usize;
+        Ok(Some(&self.buffer[at..at + len]))
+    }
+
+    /// The record at `offset` and its length, or `None` when what is there
+    /// is not a whole, valid record.
+    fn record_at(&mut self, offset: u64) -> io::Result<Option<(record::DecodedRecord, u64)>> {
+        let Some(header) = self.bytes(offset, HEADER_LEN)? else {
+            return Ok(None);
+        };
+        let header: &[u8; HEADER_LEN] = header.try_into().expect("a header's length");
+        let Some((len, crc)) = record::decode_header(header) else {
+            return Ok(None);
+        };
+        let Some(bytes) = self.bytes(offset, HEADER_LEN + len)? else {
+            return Ok(None);
+        };
+        Ok(verified(&bytes[HEADER_LEN..], crc).map(|decoded| (decoded, (HEADER_LEN + len) as u64)))
+    }
+
+    /// The offset of the first valid record at or after `from`, if any.
+    fn next_record(&mut self, from: u64) -> io::Result<Option<u64>> {
+        let magic = record::MAGIC;
+        let mut start = from;
+        while start + magic.len() as u64 <= self.len {
+            let len = (WINDOW as u64).min(self.len - start) as usize;
+            let chunk = self.bytes(start, len)?.expect("within the file");
+            let candidates: Vec<u64> = chunk
+                .windows(magic.len())
+                .enumerate()
+                .filter(|(_, window)| window == magic)
+                .map(|(index, _)| start + index as u64)
+                .collect();
+            for candidate in candidates {
+                if self.record_at(candidate)?.is_some() {
+                    return Ok(Some(candidate));
+                }
+            }
+            if start + len as u64 == self.len {
+                break;
+            }
+            // Overlap so a magic split across windows is still seen.
+            start += (len - (magic.len() - 1)) as u64;
+        }
+        Ok(None)
+    }
+}
+
+/// Calls `visit` with every valid record of a segment, skipping damage to
+/// the next valid record (logged, and noted in `skipped`); returns where
+/// the valid records end (before the end of the file after a torn tail,
+/// which the caller cuts off).
 fn walk(
     segment: u64,
-    bytes: &[u8],
-    log: bool,
-    mut visit: impl FnMut(u64, record::DecodedRecord),
-) -> usize {
-    let mut offset = 0usize;
-    while offset < bytes.len() {
-        let Some((decoded, len)) = record_at(bytes, offset) else {
+    window: &mut Window<'_>,
+    skipped: &mut Vec<(u64, u64)>,
+    mut visit: impl FnMut(record::DecodedRecord),
+) -> io::Result<u64> {
+    let mut offset = 0u64;
+    while offset < window.len {
+        let Some((decoded, len)) = window.record_at(offset)? else {
             // Normally a torn tail. Should valid records follow (damage in
             // the middle of the file), skip to them instead of cutting them off.
-            match next_record(bytes, offset + 1) {
+            match window.next_record(offset + 1)? {
                 Some(next) => {
-                    if log {
-                        tracing::error!(
-                            segment,
-                            offset,
-                            skipped_bytes = next - offset,
-                            "spool segment damaged: skipping unreadable bytes to the next valid record"
-                        );
-                    }
+                    tracing::error!(
+                        segment,
+                        offset,
+                        skipped_bytes = next - offset,
+                        "spool segment damaged: skipping unreadable bytes to the next valid record"
+                    );
+                    skipped.push((offset, next));
                     offset = next;
                     continue;
                 }
                 None => {
-                    if log {
-                        tracing::warn!(
-                            segment,
-                            offset,
-                            discarded_bytes = bytes.len() - offset,
-                            "discarding a torn write at the end of a spool segment (it was never acknowledged)"
-                        );
-                    }
-                    return offset;
+                    tracing::warn!(
+                        segment,
+                        offset,
+                        discarded_bytes = window.len - offset,
+                        "discarding a torn write at the end of a spool segment (it was never acknowledged)"
+                    );
+                    return Ok(offset);
                 }
             }
         };
-        visit(offset as u64, decoded);
+        visit(decoded);
         offset += len;
     }
-    offset
+    Ok(offset)
 }
 
-/// The record at `offset` of `bytes` and its length, or `None` when what is
-/// there is not a whole, valid record.
-fn record_at(bytes: &[u8], offset: usize) -> Option<(record::DecodedRecord, usize)> {
-    let header: &[u8; HEADER_LEN] = bytes.get(offset..offset + HEADER_LEN)?.try_into().ok()?;
-    let (len, crc) = record::decode_header(header)?;
-    let payload = bytes.get(offset + HEADER_LEN..offset + HEADER_LEN + len)?;
-    if crc32fast::hash(payload) != crc {
-        return None;
+/// Calls `visit` with the offset and envelope of every record of a segment
+/// the first pass found valid (so no checksum is computed again), skipping
+/// the `damage` it found; reads about [`ENVELOPE_PREFIX`] octets a record.
+fn envelopes(
+    file: &File,
+    damage: &[(u64, u64)],
+    mut visit: impl FnMut(u64, record::DecodedRecord),
+) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    let mut buffer = vec![0u8; HEADER_LEN + ENVELOPE_PREFIX];
+    let mut offset = 0u64;
+    while offset + HEADER_LEN as u64 <= len {
+        if let Some((_, next)) = damage.iter().find(|(start, _)| *start == offset) {
+            offset = *next;
+            continue;
+        }
+        let want = ((HEADER_LEN + ENVELOPE_PREFIX) as u64).min(len - offset) as usize;
+        buffer.resize(want, 0);
+        file.read_exact_at(&mut buffer, offset)?;
+        let header: &[u8; HEADER_LEN] = buffer[..HEADER_LEN].try_into().expect("a header");
+        let Some((payload_len, _)) = record::decode_header(header) else {
+            // The first pass left only valid records: the file changed.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("spool segment changed during recovery at offset {offset}"),
+            ));
+        };
+        let decoded = match record::decode_prefix(&buffer[HEADER_LEN..], payload_len) {
+            Some(decoded) => Some(decoded),
+            None => {
+                // An envelope longer than the prefix: read the payload.
+                let mut payload = vec![0u8; payload_len];
+                file.read_exact_at(&mut payload, offset + HEADER_LEN as u64)?;
+                record::decode_payload(&payload)
+            }
+        };
+        if let Some(decoded) = decoded {
+            visit(offset, decoded);
+        }
+        offset += (HEADER_LEN + payload_len) as u64;
     }
-    Some((record::decode_payload(payload)?, HEADER_LEN + len))
-}
-
-/// The offset of the first valid record at or after `from`, if any.
-fn next_record(bytes: &[u8], from: usize) -> Option<usize> {
-    let magic = record::MAGIC;
-    (from..bytes.len().saturating_sub(magic.len() - 1))
-        .filter(|&at| &bytes[at..at + magic.len()] == magic)
-        .find(|&at| record_at(bytes, at).is_some())
+    Ok(())
 }
