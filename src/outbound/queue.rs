@@ -107,10 +107,7 @@ impl Parked {
         {
             return None;
         }
-        let id = u64::from_str_radix(&message.id, 16).ok()?;
-        if Parked::id_text(id) != message.id {
-            return None;
-        }
+        let id = Parked::id_value(&message.id)?;
         Some(Parked {
             id,
             segment: message.location.segment.try_into().ok()?,
@@ -122,6 +119,18 @@ impl Parked {
 
     fn id_text(id: u64) -> String {
         format!("{id:016X}")
+    }
+
+    /// The value of a queue id that [`Parked::id_text`] gives back as it
+    /// is: 16 upper-case hex digits (what `spool::new_queue_id` makes).
+    fn id_value(id: &str) -> Option<u64> {
+        let canonical = id.len() == 16
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
+        canonical
+            .then(|| u64::from_str_radix(id, 16).ok())
+            .flatten()
     }
 
     /// The queue id.
@@ -167,10 +176,7 @@ impl Slot {
     pub fn is(&self, id: &str) -> bool {
         match self {
             Slot::Held(item) => item.message.id == id,
-            Slot::Parked(parked) => {
-                u64::from_str_radix(id, 16).is_ok_and(|value| value == parked.id)
-                    && Parked::id_text(parked.id) == id
-            }
+            Slot::Parked(parked) => Parked::id_value(id) == Some(parked.id),
         }
     }
 
@@ -1544,6 +1550,21 @@ mod tests {
         }
         assert_eq!((parking.len(), parking.parked()), (0, 0));
         assert_eq!(parking.view().1, 0, "no bytes left counted");
+    }
+
+    #[test]
+    fn only_ids_in_the_form_the_spool_makes_are_parked() {
+        let id = crate::spool::new_queue_id();
+        assert_eq!(Parked::id_value(&id).map(Parked::id_text), Some(id.clone()));
+        for other in [
+            "+000000000000001",
+            "00000000000000ab",
+            "Q1",
+            "0000000000000000A",
+            "",
+        ] {
+            assert_eq!(Parked::id_value(other), None, "{other}");
+        }
     }
 
     #[tokio::test]
