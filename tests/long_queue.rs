@@ -4,6 +4,7 @@
 
 mod support;
 
+use smtp_shaper::telemetry::client::encode;
 use support::*;
 
 const BODY: &[u8] = b"Subject: long queue\r\n\r\nqueued\r\n";
@@ -125,4 +126,59 @@ async fn a_queue_past_its_active_limit_lists_restarts_and_drains_in_order() {
         Some(0.0)
     );
     service.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_a_page_at_a_time_oldest_first() {
+    let h = Harness::start().await;
+    let http = h.service.http_address().unwrap();
+    let mut client = h.client().await;
+    for n in 0..12 {
+        let to = format!("gone{n:02}@example.org");
+        h.sink
+            .behavior
+            .lock()
+            .unwrap()
+            .rcpt_replies
+            .insert(to.clone(), "550 5.1.1 no such user".into());
+        client.accepted("app@example.com", &[&to], BODY).await;
+    }
+    eventually("12 dead letters", || {
+        std::fs::read_dir(h.spool.path().join("dead"))
+            .map(|dir| dir.count() == 12)
+            .unwrap_or(false)
+    })
+    .await;
+    let whole = fetch(http, "GET", "/admin/dead?limit=100", None).await.body;
+    let all: Vec<&str> = whole.lines().collect();
+    assert_eq!(all.len(), 12, "{whole}");
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    let mut footers = Vec::new();
+    for _ in 0..3 {
+        let page = fetch(http, "GET", &format!("/admin/dead?limit=5{after}"), None).await;
+        let (names, footer) = page_ids(&page.body);
+        after = format!("&after={}", encode(names.last().unwrap()));
+        paged.extend(names);
+        footers.push(footer);
+    }
+    assert_eq!(paged, all);
+    assert_eq!(
+        footers,
+        vec![
+            format!("5 shown of 12; next page: --after {}", all[4]),
+            format!("5 shown of 12; next page: --after {}", all[9]),
+            "2 shown of 12; last page".to_string(),
+        ]
+    );
+    // Oldest first: the names end in the time each was written.
+    let written: Vec<u64> = all
+        .iter()
+        .map(|name| {
+            let stem = name.strip_suffix(".eml").unwrap();
+            stem.rsplit_once('.').unwrap().1.parse().unwrap()
+        })
+        .collect();
+    assert!(written.windows(2).all(|pair| pair[0] <= pair[1]), "{all:?}");
+    h.shutdown().await;
 }
