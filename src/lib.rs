@@ -17,6 +17,7 @@ pub mod inbound;
 pub mod outbound;
 pub mod policy;
 pub mod preflight;
+mod reload;
 pub mod shaper;
 pub mod shutdown;
 pub mod simulate;
@@ -38,6 +39,8 @@ use outbound::Outbound;
 use shutdown::Shutdown;
 use spool::Spool;
 use telemetry::Metrics;
+
+pub use reload::ReloadError;
 use telemetry::http::Endpoint;
 use tls::server::ServerTls;
 
@@ -78,7 +81,7 @@ impl Service {
             None => None,
         };
         let admin_token = config.http.admin_token()?;
-        let policy = config.policy();
+        let policy = policy::Policy::from_config(&config);
         let metrics = Arc::new(Metrics::new(
             &policy.gateways,
             &policy.apps.names(),
@@ -144,80 +147,6 @@ impl Service {
         })
     }
 
-    /// Applies a new configuration (SIGHUP): gateways, their shaping and
-    /// TLS settings, apps, relay rules, DKIM keys and session limits change
-    /// without dropping a connection or a queued message (see
-    /// `Outbound::reload`). Settings bound at start (listen addresses, the
-    /// spool, the HTTP endpoint, threads, `max_connections`) are kept, each
-    /// with a warning. On an error the running configuration stays.
-    pub async fn reload(&self, config: Config) -> Result<(), String> {
-        let old = self.contexts.borrow().clone();
-        let result = self.apply(&old, config).await;
-        let outcome = if result.is_ok() { "success" } else { "failure" };
-        old.metrics
-            .config_reloads
-            .with_label_values(&[outcome])
-            .inc();
-        match &result {
-            Ok(()) => tracing::info!("configuration reloaded"),
-            Err(error) => {
-                tracing::error!(%error, "configuration reload refused; the running configuration stays")
-            }
-        }
-        result
-    }
-
-    /// A reload whose new configuration did not even parse: logged and
-    /// counted like any refused reload.
-    pub fn reload_refused(&self, problems: &str) {
-        let context = self.contexts.borrow().clone();
-        context
-            .metrics
-            .config_reloads
-            .with_label_values(&["failure"])
-            .inc();
-        tracing::error!(%problems, "configuration reload refused: the new file is invalid; the running configuration stays");
-    }
-
-    async fn apply(&self, old: &inbound::Context, mut config: Config) -> Result<(), String> {
-        for (setting, changed) in restart_only(&old.config, &config) {
-            if changed {
-                tracing::warn!(%setting, "changed, but only takes effect at a restart; keeping the running value");
-            }
-        }
-        // Keep what is bound at start, so the context describes reality.
-        config.server.listen = old.config.server.listen;
-        config.server.worker_threads = old.config.server.worker_threads;
-        config.server.max_connections = old.config.server.max_connections;
-        config.spool = old.config.spool.clone();
-        config.http = old.config.http.clone();
-        if let Some(new) = &mut config.server.tls {
-            new.listen = old.config.server.tls.as_ref().and_then(|tls| tls.listen);
-        }
-        let tls = match &config.server.tls {
-            Some(tls) => Some(Arc::new(
-                ServerTls::load(&tls.certificate, &tls.key).map_err(|error| error.to_string())?,
-            )),
-            None => None,
-        };
-        let mut policy = config.policy();
-        // Verdicts of relay rule 3 carry over.
-        policy.senders = self.sender_checks.clone();
-        self.outbound
-            .reload(&config, &policy)
-            .await
-            .map_err(|error| error.to_string())?;
-        let _ = self.contexts.send(Arc::new(inbound::Context {
-            policy,
-            config,
-            spool: old.spool.clone(),
-            outbound: self.outbound.clone(),
-            tls,
-            metrics: old.metrics.clone(),
-        }));
-        Ok(())
-    }
-
     /// The address the SMTP listener is bound to (useful with port 0).
     pub fn smtp_address(&self) -> SocketAddr {
         self.smtp_address
@@ -256,34 +185,6 @@ impl Service {
         let _ = self.stop.send(true);
         let _ = self.task.await;
     }
-}
-
-/// The settings a reload cannot change, and whether `new` changes them.
-fn restart_only(running: &Config, new: &Config) -> [(&'static str, bool); 8] {
-    let tls_listen = |config: &Config| config.server.tls.as_ref().and_then(|tls| tls.listen);
-    [
-        ("server.listen", running.server.listen != new.server.listen),
-        ("server.tls.listen", tls_listen(running) != tls_listen(new)),
-        (
-            "server.worker_threads",
-            running.server.worker_threads != new.server.worker_threads,
-        ),
-        (
-            "server.max_connections",
-            running.server.max_connections != new.server.max_connections,
-        ),
-        (
-            "spool",
-            running.spool.dir != new.spool.dir
-                || running.spool.segment_size != new.spool.segment_size,
-        ),
-        ("http.listen", running.http.listen != new.http.listen),
-        (
-            "http.admin_token_file",
-            running.http.admin_token_file != new.http.admin_token_file,
-        ),
-        ("cluster", running.cluster != new.cluster),
-    ]
 }
 
 /// Binds a listener; the error names the address and what it was `for`.

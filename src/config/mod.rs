@@ -6,14 +6,19 @@
 //! once. Unknown keys are errors: a misspelt limit silently falling back to
 //! its default is the kind of surprise a mail relay must not have.
 
+mod network;
 mod reader;
+mod restart;
+mod sender;
 pub mod units;
+
+pub use network::Network;
+pub use sender::SenderPattern;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::policy::{Network, Router, SenderPattern};
 use reader::{Problems, Section};
 
 /// The configuration used by `smtp-shaper run` without `--config`: loopback
@@ -711,66 +716,6 @@ impl Config {
             problems: vec![format!("cannot read {}: {error}", path.display())],
         })?;
         Config::parse(&text)
-    }
-
-    /// Routing, app recognition and the message rules, as the sessions use
-    /// them (a fresh DMARC cache: a reload starts it anew).
-    pub fn policy(&self) -> crate::policy::Policy {
-        crate::policy::Policy {
-            router: self.router(),
-            gateways: self.gateways.iter().map(|g| g.name.clone()).collect(),
-            apps: std::sync::Arc::new(crate::policy::Apps::new(&self.apps)),
-            senders: std::sync::Arc::default(),
-            alignment: self.gateways.iter().map(|g| g.alignment).collect(),
-            dkim_domains: self.dkim.iter().map(|d| d.domain.clone()).collect(),
-            dmarc: std::sync::Arc::new(crate::policy::dmarc::DmarcRecords::new(
-                match self.server.dns_resolver {
-                    Some(server) => std::sync::Arc::new(crate::dns::SystemResolver::at(server)),
-                    None => std::sync::Arc::new(crate::dns::SystemResolver::from_resolv_conf()),
-                },
-            )),
-        }
-    }
-
-    /// The sender domains whose mail goes through gateway `index`: those of
-    /// its own `senders` and of the apps' `senders` (addresses count by
-    /// their domain; `*.` patterns name no single domain and are left out).
-    pub fn sender_domains(&self, index: usize) -> Vec<String> {
-        let router = self.router();
-        let mut domains: Vec<String> = self
-            .gateways
-            .iter()
-            .flat_map(|gateway| &gateway.senders)
-            .chain(self.apps.iter().flat_map(|app| &app.senders))
-            .filter_map(|pattern| match pattern {
-                SenderPattern::Domain(domain) => Some(domain.clone()),
-                SenderPattern::Address(address) => address
-                    .rsplit_once('@')
-                    .map(|(_, domain)| domain.to_string()),
-                SenderPattern::Subdomains(_) => None,
-            })
-            .filter(|domain| router.route(&format!("postmaster@{domain}")) == index)
-            .collect();
-        domains.sort();
-        domains.dedup();
-        domains
-    }
-
-    /// The router that picks a gateway index for a sender.
-    pub fn router(&self) -> Router {
-        let default = self
-            .gateways
-            .iter()
-            .position(|gateway| gateway.default)
-            .unwrap_or(0);
-        Router::new(
-            self.gateways
-                .iter()
-                .enumerate()
-                .map(|(index, gateway)| (index, gateway.senders.clone()))
-                .collect(),
-            default,
-        )
     }
 }
 
@@ -2055,7 +2000,7 @@ mod tests {
     }
 
     #[test]
-    fn sender_domains_per_gateway() {
+    fn a_gateway_may_name_its_sending_ip() {
         let config = Config::parse(
             r#"
             [[gateways]]
@@ -2073,8 +2018,6 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(config.sender_domains(0), vec!["billing.example.com"]);
-        assert_eq!(config.sender_domains(1), vec!["example.org"]);
         assert_eq!(
             config.gateways[0].sending_ip,
             Some("192.0.2.25".parse().unwrap())

@@ -28,8 +28,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::config::Network;
 use crate::outbound::Outbound;
-use crate::policy::{Network, Policy};
+use crate::policy::Policy;
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use crate::spool::Spool;

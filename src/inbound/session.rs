@@ -806,7 +806,7 @@ mod tests {
     #[test]
     fn walks_a_transaction() {
         let config = Config::embedded_default();
-        let policy = config.policy();
+        let policy = crate::policy::Policy::from_config(&config);
         let mut session = local_session(&config, &policy, &Admit(usize::MAX));
         assert_eq!(code(run(&mut session, "MAIL FROM:<a@b.test>")), 503);
         assert_eq!(code(run(&mut session, "EHLO app.test")), 250);
@@ -833,7 +833,7 @@ mod tests {
         let mut config = Config::embedded_default();
         config.server.max_recipients = 2;
         config.server.max_errors = 3;
-        let policy = config.policy();
+        let policy = crate::policy::Policy::from_config(&config);
         let mut session = local_session(&config, &policy, &Admit(usize::MAX));
         run(&mut session, "EHLO app.test");
         run(&mut session, "MAIL FROM:<>");
@@ -850,7 +850,7 @@ mod tests {
     #[test]
     fn defers_at_rcpt_when_admission_says_so() {
         let config = Config::embedded_default();
-        let policy = config.policy();
+        let policy = crate::policy::Policy::from_config(&config);
         let admission = Admit(1);
         let mut session = local_session(&config, &policy, &admission);
         run(&mut session, "EHLO app.test");
@@ -873,7 +873,7 @@ mod tests {
     fn closes_a_session_that_only_sends_junk() {
         let mut config = Config::embedded_default();
         config.server.max_junk_commands = 3;
-        let policy = config.policy();
+        let policy = crate::policy::Policy::from_config(&config);
         let mut session = local_session(&config, &policy, &Admit(usize::MAX));
         assert_eq!(
             code(run(&mut session, "EHLO app.test")),
@@ -941,7 +941,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let policy = config.policy();
+        let policy = crate::policy::Policy::from_config(&config);
         let mut session = local_session(&config, &policy, &Admit(usize::MAX));
         assert_eq!(
             reason(run(&mut session, "MAIL FROM:<a@billing.test>")),
@@ -1012,7 +1012,7 @@ mod tests {
     #[test]
     fn refuses_looping_mail() {
         let config = Config::embedded_default();
-        let policy = config.policy();
+        let policy = crate::policy::Policy::from_config(&config);
         let mut session = local_session(&config, &policy, &Admit(usize::MAX));
         let mut deliver = |hops: usize| {
             run(&mut session, "EHLO app.test");

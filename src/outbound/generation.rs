@@ -163,7 +163,7 @@ impl Generation {
             if let Some(ip) = gateway.config.sending_ip {
                 verify::check_sender_domains(
                     gateway.config.name.clone(),
-                    config.sender_domains(index),
+                    crate::policy::sender_domains(config, index),
                     ip,
                     gateway.config.dkim_selectors.clone(),
                 );

@@ -15,8 +15,8 @@ use std::net::IpAddr;
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 
-use super::{Network, SenderPattern};
 use crate::config::{AppClass, AppConfig, UnsubscribeMode};
+use crate::config::{Network, SenderPattern};
 use crate::shaper::Lane;
 
 /// The lane of mail no `[[apps]]` entry matches.

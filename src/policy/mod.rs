@@ -10,17 +10,15 @@ pub mod alignment;
 mod apps;
 pub mod dmarc;
 pub mod message;
-mod networks;
 mod routing;
 pub mod senders;
 
 pub use apps::{Apps, OTHER_APP};
-pub use networks::Network;
-pub use routing::{Router, SenderPattern};
+pub use routing::{Router, sender_domains};
 
 use std::sync::Arc;
 
-use crate::config::AlignmentMode;
+use crate::config::{AlignmentMode, Config};
 
 /// The policy decisions a session needs: which gateway, which app, whether
 /// the sender exists, and how the message's From: is judged.
@@ -36,4 +34,24 @@ pub struct Policy {
     /// The domains smtp-shaper has a `[[dkim]]` key for.
     pub dkim_domains: Vec<String>,
     pub dmarc: Arc<dmarc::DmarcRecords>,
+}
+
+impl Policy {
+    /// Routing, app recognition and the message rules of a configuration,
+    /// as the sessions use them (a fresh DMARC cache: a reload starts it
+    /// anew).
+    pub fn from_config(config: &Config) -> Policy {
+        Policy {
+            router: Router::from_config(config),
+            gateways: config.gateways.iter().map(|g| g.name.clone()).collect(),
+            apps: Arc::new(Apps::new(&config.apps)),
+            senders: Arc::default(),
+            alignment: config.gateways.iter().map(|g| g.alignment).collect(),
+            dkim_domains: config.dkim.iter().map(|d| d.domain.clone()).collect(),
+            dmarc: Arc::new(dmarc::DmarcRecords::new(match config.server.dns_resolver {
+                Some(server) => Arc::new(crate::dns::SystemResolver::at(server)),
+                None => Arc::new(crate::dns::SystemResolver::from_resolv_conf()),
+            })),
+        }
+    }
 }

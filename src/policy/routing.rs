@@ -6,84 +6,7 @@
 //! recipients, so no address trick can steer mail anywhere but a configured
 //! gateway.
 
-use std::str::FromStr;
-
-/// One entry of a `senders` list (of a gateway or an app).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SenderPattern {
-    /// `example.com`: exactly this domain.
-    Domain(String),
-    /// `*.example.com`: any subdomain, not the domain itself.
-    Subdomains(String),
-    /// `alerts@example.com`: exactly this address (case-insensitively).
-    Address(String),
-}
-
-impl SenderPattern {
-    /// True when any of `patterns` matches the domain of `sender` (`""`, the
-    /// null sender, matches none).
-    pub fn any_matches(patterns: &[SenderPattern], sender: &str) -> bool {
-        sender_domain(sender).is_some_and(|domain| {
-            patterns.iter().any(|pattern| match pattern {
-                SenderPattern::Address(address) => sender.eq_ignore_ascii_case(address),
-                _ => pattern.matches(domain),
-            })
-        })
-    }
-
-    fn matches(&self, domain: &str) -> bool {
-        match self {
-            SenderPattern::Address(_) => false,
-            SenderPattern::Domain(wanted) => domain.eq_ignore_ascii_case(wanted),
-            SenderPattern::Subdomains(parent) => {
-                domain.len() > parent.len() + 1
-                    && domain.as_bytes()[domain.len() - parent.len() - 1] == b'.'
-                    && domain[domain.len() - parent.len()..].eq_ignore_ascii_case(parent)
-            }
-        }
-    }
-}
-
-impl FromStr for SenderPattern {
-    type Err = ();
-
-    fn from_str(text: &str) -> Result<Self, ()> {
-        let text = text.trim().trim_start_matches('@');
-        if let Some((local, domain)) = text.rsplit_once('@') {
-            let valid_local = !local.is_empty()
-                && local.len() <= 64
-                && local
-                    .chars()
-                    .all(|c| c.is_ascii_graphic() && !"<>()[]\\,;:@\"".contains(c));
-            return match (valid_local, domain.parse::<SenderPattern>()) {
-                (true, Ok(SenderPattern::Domain(domain))) => {
-                    Ok(SenderPattern::Address(format!("{local}@{domain}")))
-                }
-                _ => Err(()),
-            };
-        }
-        let (subdomains, domain) = match text.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, text),
-        };
-        let valid = !domain.is_empty()
-            && domain.split('.').all(|label| {
-                !label.is_empty()
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !valid {
-            return Err(());
-        }
-        let domain = domain.to_ascii_lowercase();
-        Ok(if subdomains {
-            SenderPattern::Subdomains(domain)
-        } else {
-            SenderPattern::Domain(domain)
-        })
-    }
-}
+use crate::config::{Config, SenderPattern};
 
 /// Picks a gateway (by index into the configured list) for a sender.
 #[derive(Debug, Clone)]
@@ -98,6 +21,25 @@ impl Router {
         Router { routes, default }
     }
 
+    /// The router of a configuration: each gateway's `senders`, in order,
+    /// and the gateway marked `default` (else the first).
+    pub fn from_config(config: &Config) -> Router {
+        let default = config
+            .gateways
+            .iter()
+            .position(|gateway| gateway.default)
+            .unwrap_or(0);
+        Router::new(
+            config
+                .gateways
+                .iter()
+                .enumerate()
+                .map(|(index, gateway)| (index, gateway.senders.clone()))
+                .collect(),
+            default,
+        )
+    }
+
     /// The gateway for mail from `sender` (`""` is the null sender).
     pub fn route(&self, sender: &str) -> usize {
         self.routes
@@ -107,9 +49,28 @@ impl Router {
     }
 }
 
-/// The domain after the last `@`, which is the one DNS would use.
-fn sender_domain(sender: &str) -> Option<&str> {
-    sender.rsplit_once('@').map(|(_, domain)| domain)
+/// The sender domains whose mail goes through gateway `index`: those of
+/// its own `senders` and of the apps' `senders` (addresses count by their
+/// domain; `*.` patterns name no single domain and are left out).
+pub fn sender_domains(config: &Config, index: usize) -> Vec<String> {
+    let router = Router::from_config(config);
+    let mut domains: Vec<String> = config
+        .gateways
+        .iter()
+        .flat_map(|gateway| &gateway.senders)
+        .chain(config.apps.iter().flat_map(|app| &app.senders))
+        .filter_map(|pattern| match pattern {
+            SenderPattern::Domain(domain) => Some(domain.clone()),
+            SenderPattern::Address(address) => address
+                .rsplit_once('@')
+                .map(|(_, domain)| domain.to_string()),
+            SenderPattern::Subdomains(_) => None,
+        })
+        .filter(|domain| router.route(&format!("postmaster@{domain}")) == index)
+        .collect();
+    domains.sort();
+    domains.dedup();
+    domains
 }
 
 #[cfg(test)]
@@ -133,6 +94,28 @@ mod tests {
     }
 
     #[test]
+    fn sender_domains_per_gateway() {
+        let config = Config::parse(
+            r#"
+            [[gateways]]
+            name = "billing"
+            address = "127.0.0.1:25"
+            senders = ["billing.example.com", "*.invoices.example.com"]
+            [[gateways]]
+            name = "main"
+            address = "127.0.0.1:26"
+            default = true
+            [[apps]]
+            name = "a"
+            senders = ["noreply@example.org", "billing.example.com"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(sender_domains(&config, 0), vec!["billing.example.com"]);
+        assert_eq!(sender_domains(&config, 1), vec!["example.org"]);
+    }
+
+    #[test]
     fn routes_by_sender_domain() {
         let router = router();
         assert_eq!(router.route("invoices@billing.example.com"), 0);
@@ -143,23 +126,5 @@ mod tests {
         assert_eq!(router.route("x@badexample.org"), 2);
         assert_eq!(router.route(""), 2);
         assert_eq!(router.route("\"a@billing.example.com\"@other.test"), 2);
-    }
-
-    #[test]
-    fn address_patterns_match_one_sender() {
-        let patterns: Vec<SenderPattern> = vec!["alerts@Example.com".parse().unwrap()];
-        assert!(SenderPattern::any_matches(&patterns, "ALERTS@example.COM"));
-        assert!(!SenderPattern::any_matches(&patterns, "other@example.com"));
-        assert!(!SenderPattern::any_matches(&patterns, ""));
-        assert!("a b@example.com".parse::<SenderPattern>().is_err());
-        assert!("x@*.example.com".parse::<SenderPattern>().is_err());
-    }
-
-    #[test]
-    fn rejects_bad_patterns() {
-        assert!("".parse::<SenderPattern>().is_err());
-        assert!("a..b".parse::<SenderPattern>().is_err());
-        assert!("*".parse::<SenderPattern>().is_err());
-        assert!("ex ample.com".parse::<SenderPattern>().is_err());
     }
 }

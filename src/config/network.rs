@@ -1,4 +1,5 @@
-//! Client network allow-list (`server.allowed_networks`).
+//! Network prefixes (`server.allowed_networks`, an app's `networks`): a
+//! value type of the configuration, matched by `policy` and `inbound`.
 //!
 //! An IPv4 client seen through an IPv6 socket (`::ffff:a.b.c.d`) is matched as
 //! IPv4, so `127.0.0.0/8` keeps working on a dual-stack listener.
