@@ -15,6 +15,7 @@ pub mod demo;
 pub mod dns;
 pub mod inbound;
 pub mod outbound;
+pub mod poison;
 pub mod policy;
 pub mod preflight;
 mod reload;

@@ -22,6 +22,7 @@
 //! sent never count backwards, and a new epoch restarts them from the
 //! new totals instead of counting the difference.
 
+use crate::poison::LockRecovered;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -153,7 +154,7 @@ impl Cluster {
     /// reload keeps what it has seen of the epoch and the others' totals,
     /// or it would rebuild and recount them).
     pub fn link(self: &Arc<Cluster>, gateway: &str) -> Arc<GatewayLink> {
-        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let mut links = self.links.lock_recovered();
         if let Some(link) = links.get(gateway).and_then(std::sync::Weak::upgrade) {
             return link;
         }
@@ -300,7 +301,7 @@ impl GatewayLink {
             all: count(&status[4])?,
             transactional: count(&status[5])?,
         };
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.seen.lock_recovered();
         if let Some((epoch, age)) = epoch {
             let epoch = text(epoch)?;
             if seen.epoch.as_deref() != Some(epoch.as_str()) {
@@ -331,18 +332,12 @@ impl GatewayLink {
 
     /// A new epoch has been seen and not yet rebuilt from this node's view.
     pub fn rebuild_pending(&self) -> bool {
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .rebuild_pending
+        self.seen.lock_recovered().rebuild_pending
     }
 
     /// The rebuild got through.
     pub fn rebuilt(&self) {
-        self.seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .rebuild_pending = false;
+        self.seen.lock_recovered().rebuild_pending = false;
     }
 
     /// The epoch this node proposes should the state be empty: new every

@@ -6,6 +6,7 @@
 //! PIPELINING, MAIL, RCPT, DATA, RSET, QUIT), using the same command parser
 //! and DATA framing as the inbound side.
 
+use crate::poison::LockRecovered;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -85,11 +86,7 @@ async fn session(mut stream: TcpStream, received: Arc<Mutex<Received>>, start: I
                     .finish()
                     .unwrap_or_default();
                 let arrival = arrival(&body, &sender, start);
-                received
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .arrivals
-                    .push(arrival);
+                received.lock_recovered().arrivals.push(arrival);
                 Reply::new(250, "2.0.0 Ok: queued").write_to(&mut out);
                 continue;
             }

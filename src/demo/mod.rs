@@ -23,6 +23,7 @@
 
 mod gateway;
 
+use crate::poison::LockRecovered;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -205,9 +206,9 @@ pub async fn run(
         );
         tokio::spawn(async move {
             clock.sleep_until(IDLE).await;
-            *phase.lock().unwrap() = "trickle: both apps send a few messages a second";
+            *phase.lock_recovered() = "trickle: both apps send a few messages a second";
             clock.sleep_until(IDLE + TRICKLE).await;
-            *phase.lock().unwrap() = "burst: newsletter sends 400 messages at once";
+            *phase.lock_recovered() = "burst: newsletter sends 400 messages at once";
             let mut senders = tokio::task::JoinSet::new();
             for _ in 0..4 {
                 let (proxy, counts, burst_done) =
@@ -269,7 +270,7 @@ pub async fn run(
         let done = burst_done.load(Ordering::Relaxed) == 4;
         let view = service.shaping("demo-gateway").expect("the demo gateway");
         if done && now > steady_at {
-            *phase.lock().unwrap() = "steady: the burst is queued or retried; draining";
+            *phase.lock_recovered() = "steady: the burst is queued or retried; draining";
         }
         let waiting: u64 = counts.iter().map(|c| AppCounts::get(&c.waiting)).sum();
         let finished = done && view.queued == 0 && waiting == 0;
@@ -278,7 +279,7 @@ pub async fn run(
             .iter()
             .map(|c| AppCounts::get(&c.messages) + AppCounts::get(&c.reoffers))
             .sum();
-        let delivered = gateway.received.lock().unwrap().arrivals.len() as u64;
+        let delivered = gateway.received.lock_recovered().arrivals.len() as u64;
         history.push_back((now, offered, delivered));
         while history
             .front()
@@ -294,7 +295,7 @@ pub async fn run(
         };
         let text = table(
             &Frame {
-                phase: &phase.lock().unwrap(),
+                phase: &phase.lock_recovered(),
                 now,
                 scale,
                 metrics_url: &metrics_url,
@@ -303,7 +304,7 @@ pub async fn run(
             &view,
             &recent,
             &counts,
-            &gateway.received.lock().unwrap().arrivals,
+            &gateway.received.lock_recovered().arrivals,
         );
         if options.live {
             let _ = write!(out, "\x1b[H\x1b[2J{text}");
@@ -312,13 +313,13 @@ pub async fn run(
             last_line = now;
             let mut line = format!(
                 "t={now:>5.1}s  {:<7}  offered {:>6.1}/s  ceiling {:>5.1}/s  delivered {:>5.1}/s  queued {:>4}",
-                phase.lock().unwrap().split(':').next().unwrap_or(""),
+                phase.lock_recovered().split(':').next().unwrap_or(""),
                 recent.offered,
                 view.model.ceiling * scale,
                 recent.delivered,
                 view.queued
             );
-            let arrivals = &gateway.received.lock().unwrap().arrivals;
+            let arrivals = &gateway.received.lock_recovered().arrivals;
             for (index, app) in APPS.iter().enumerate() {
                 let c = &counts[index];
                 let _ = write!(
@@ -345,7 +346,7 @@ pub async fn run(
         // it arrive (for a few seconds at most) before the summary counts.
         for _ in 0..200 {
             let accepted: u64 = counts.iter().map(|c| AppCounts::get(&c.accepted)).sum();
-            if gateway.received.lock().unwrap().arrivals.len() as u64 >= accepted {
+            if gateway.received.lock_recovered().arrivals.len() as u64 >= accepted {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -356,7 +357,7 @@ pub async fn run(
         .map_or(0.0, |view| view.model.ceiling);
     service.shutdown().await;
     let _ = std::fs::remove_dir_all(&spool);
-    let arrivals = gateway.received.lock().unwrap().arrivals.clone();
+    let arrivals = gateway.received.lock_recovered().arrivals.clone();
     Ok(summary(
         &counts,
         &arrivals,

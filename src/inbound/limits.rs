@@ -10,6 +10,7 @@
 //! that moment is kept beside the buckets). Addresses whose buckets are full
 //! again are forgotten by [`ClientLimits::prune`].
 
+use crate::poison::LockRecovered;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -55,9 +56,7 @@ impl ClientLimits {
     }
 
     fn blocked(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Instant>> {
-        self.auth_blocked
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.auth_blocked.lock_recovered()
     }
 
     /// Counts a new connection from `ip`; false when it is one too many.

@@ -18,6 +18,7 @@ pub mod session;
 
 pub use refusal::{Refusal, RefusalReason};
 
+use crate::poison::LockRecovered;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -215,9 +216,7 @@ impl ClientSlot {
         ip: IpAddr,
         limit: usize,
     ) -> Option<ClientSlot> {
-        let mut map = counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = counts.lock_recovered();
         let count = map.entry(ip).or_insert(0);
         if *count >= limit {
             return None;
@@ -232,10 +231,7 @@ impl ClientSlot {
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut map = self
-            .counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = self.counts.lock_recovered();
         if let Some(count) = map.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {

@@ -4,6 +4,7 @@
 use super::Gateway;
 use super::generation::Generation;
 use super::queue::{self, Parked, Slot, Visited};
+use crate::poison::LockRecovered;
 use crate::spool::{StoredMessage, dead_letter_order};
 use crate::telemetry::{
     AdminError, Attempt, GatewayStatus, Listing, Page, PagePicker, QueuedDetail, QueuedSummary,
@@ -114,13 +115,7 @@ impl Generation {
                         .upstream_connections
                         .with_label_values(&[name])
                         .get(),
-                    recent_replies: gateway
-                        .recent
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .iter()
-                        .cloned()
-                        .collect(),
+                    recent_replies: gateway.recent.lock_recovered().iter().cloned().collect(),
                 }
             })
             .collect()

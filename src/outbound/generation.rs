@@ -4,6 +4,7 @@
 //! shaping state, starts the next from that state and moves the queued
 //! messages over.
 
+use crate::poison::LockRecovered;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -195,7 +196,7 @@ impl Generation {
             tasks: Arc::default(),
         };
         tasks.spawn(generation.clone().save_periodically(save_wanted, shutdown));
-        *generation.tasks.lock().unwrap_or_else(|p| p.into_inner()) = Some(tasks);
+        *generation.tasks.lock_recovered() = Some(tasks);
         generation
     }
 
@@ -204,7 +205,7 @@ impl Generation {
     /// for the next start), and saves the shaping state with exact counts.
     pub(super) async fn stop(&self, grace: Option<Duration>) {
         let _ = self.stop.send(true);
-        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let tasks = self.tasks.lock_recovered().take();
         if let Some(mut tasks) = tasks {
             let joined = async { while tasks.join_next().await.is_some() {} };
             match grace {

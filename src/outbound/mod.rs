@@ -25,6 +25,7 @@ pub mod retry;
 mod verify;
 mod worker;
 
+use crate::poison::{LockRecovered, RwLockRecovered};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -60,7 +61,7 @@ const RECENT_REPLIES: usize = 10;
 impl Gateway {
     /// Keeps `reply` among the gateway's recent replies (for /status).
     fn remember(&self, reply: String) {
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut recent = self.recent.lock_recovered();
         if recent.len() == RECENT_REPLIES {
             recent.pop_front();
         }
@@ -112,10 +113,7 @@ impl Outbound {
     }
 
     fn current(&self) -> Generation {
-        self.current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.current.read_recovered().clone()
     }
 
     /// Runs `change` on the current generation under the read lock: a
@@ -123,10 +121,7 @@ impl Outbound {
     /// what the old one holds, so nothing put into (or held on) the old one
     /// is left behind.
     fn change_current<R>(&self, change: impl FnOnce(&Generation) -> R) -> R {
-        let current = self
-            .current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = self.current.read_recovered();
         change(&current)
     }
 
@@ -187,7 +182,7 @@ impl Outbound {
             old.metrics.clone(),
             self.cluster.as_ref(),
         );
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        *self.current.write_recovered() = new.clone();
         let moved = Self::move_queued(&old, &new);
         for gateway in old.gateways.iter() {
             if !new.by_name.contains_key(&gateway.config.name) {

@@ -38,6 +38,7 @@
 //! through; a heartbeat that finds a new epoch first rebuilds the shared
 //! counts from this node's view.
 
+use crate::poison::LockRecovered;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex};
@@ -495,9 +496,7 @@ impl DeliveryQueue {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock_recovered()
     }
 
     fn now(&self) -> f64 {

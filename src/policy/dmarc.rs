@@ -12,6 +12,7 @@
 //! that while DNS is down the sessions do not each wait out the timeout. A
 //! lookup a session stopped waiting for goes on and fills the cache.
 
+use crate::poison::LockRecovered;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -98,9 +99,7 @@ impl std::fmt::Debug for DmarcRecords {
 fn lock(
     entries: &Mutex<HashMap<String, Entry>>,
 ) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-    entries
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    entries.lock_recovered()
 }
 
 impl DmarcRecords {

@@ -4,6 +4,7 @@
 //! MAIL; one never asked, or whose check failed for a transient reason, is
 //! let through (the check must not turn a gateway hiccup into bounces).
 
+use crate::poison::LockRecovered;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -50,9 +51,7 @@ impl SenderChecks {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Verdict, u64)>> {
-        self.verdicts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.verdicts.lock_recovered()
     }
 }
 

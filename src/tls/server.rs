@@ -4,6 +4,7 @@
 //! changes, so a renewed certificate is used without a restart; a renewal
 //! that does not load is logged and the previous certificate stays.
 
+use crate::poison::LockRecovered;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -81,10 +82,7 @@ impl ServerTls {
     /// The acceptor for a new handshake, reloading the files first if they
     /// changed since the last load.
     pub fn acceptor(&self) -> TlsAcceptor {
-        let mut current = self
-            .current
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut current = self.current.lock_recovered();
         let now = (modified(&self.certificate), modified(&self.key));
         if now != current.modified {
             current.modified = now;
