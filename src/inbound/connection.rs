@@ -209,7 +209,7 @@ async fn run(
             match step {
                 Step::Authenticate { .. } => unreachable!("answered above"),
                 Step::Reply(reply) => {
-                    if reply.code >= 400 {
+                    if reply.is_failure() {
                         // A shaping deferral at RCPT: logged like a refusal,
                         // counted in deferrals_total by the admission.
                         tracing::info!(client = %session.client_ip, reply = %reply, "command refused");

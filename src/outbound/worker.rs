@@ -202,14 +202,9 @@ async fn deliver(
                     verdict = true;
                 }
                 for reply in &transaction.replies {
-                    let class = match reply.code {
-                        200..=299 => "2xx",
-                        400..=499 => "4xx",
-                        _ => "5xx",
-                    };
                     metrics
                         .upstream_replies
-                        .with_label_values(&[name, class])
+                        .with_label_values(&[name, reply.class_label()])
                         .inc();
                     if !reply.is_positive() {
                         gateway.remember(reply.to_string());

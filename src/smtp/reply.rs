@@ -47,6 +47,24 @@ impl Reply {
         (500..600).contains(&self.code)
     }
 
+    /// 4xx or 5xx: the command failed.
+    pub fn is_failure(&self) -> bool {
+        self.is_transient() || self.is_permanent()
+    }
+
+    /// The reply's class as the metrics label it: `2xx`, `4xx`, or `5xx`
+    /// for anything else (a gateway's final reply is never 1xx or 3xx; one
+    /// that is counts as the failure it is).
+    pub fn class_label(&self) -> &'static str {
+        if self.is_positive() {
+            "2xx"
+        } else if self.is_transient() {
+            "4xx"
+        } else {
+            "5xx"
+        }
+    }
+
     /// The enhanced status at the start of the first line, e.g. `"4.7.1"`.
     pub fn enhanced_status(&self) -> Option<&str> {
         let first = self.lines.first()?;
@@ -173,6 +191,28 @@ mod tests {
         assert!(Reply::parse(b"250-a\r\n251 b\r\n").is_err());
         assert!(Reply::parse(b"999 x\r\n").is_err());
         assert_eq!(Reply::parse(b"220\r\n").unwrap().unwrap().0.code, 220);
+    }
+
+    #[test]
+    fn classes_label_the_metrics() {
+        let labels: Vec<(&str, bool)> = [250, 354, 421, 451, 550, 554]
+            .into_iter()
+            .map(|code| {
+                let reply = Reply::new(code, "x");
+                (reply.class_label(), reply.is_failure())
+            })
+            .collect();
+        assert_eq!(
+            labels,
+            vec![
+                ("2xx", false),
+                ("5xx", false),
+                ("4xx", true),
+                ("4xx", true),
+                ("5xx", true),
+                ("5xx", true)
+            ]
+        );
     }
 
     #[test]
