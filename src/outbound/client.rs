@@ -26,7 +26,7 @@ use crate::config::GatewayTls;
 use crate::tls::Stream;
 use crate::tls::client::Upstream;
 
-use crate::smtp::{Body, Reply, dot_stuff};
+use crate::smtp::{Body, MailParams, Reply, dot_stuff};
 use crate::spool::Envelope;
 
 /// What the gateway offered in its EHLO reply.
@@ -504,15 +504,22 @@ impl Connection {
                 reusable: true,
             });
         }
+        // What this gateway is told: 8-bit only where it offers 8BITMIME,
+        // the size only where it offers SIZE (and the real one).
+        let params = MailParams {
+            size: self.capabilities.size.then_some(body.len() as u64),
+            body: if self.capabilities.eight_bit_mime {
+                envelope.params.body
+            } else {
+                Body::SevenBit
+            },
+            smtputf8: envelope.params.smtputf8,
+        };
+        let words = params.to_words();
         let mut mail = format!("MAIL FROM:<{}>", envelope.sender);
-        if envelope.params.body == Body::EightBitMime && self.capabilities.eight_bit_mime {
-            mail.push_str(" BODY=8BITMIME");
-        }
-        if envelope.params.smtputf8 {
-            mail.push_str(" SMTPUTF8");
-        }
-        if self.capabilities.size {
-            mail.push_str(&format!(" SIZE={}", body.len()));
+        if !words.is_empty() {
+            mail.push(' ');
+            mail.push_str(&words);
         }
         mail.push_str("\r\n");
         let rcpt_commands: Vec<String> = recipients

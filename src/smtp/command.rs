@@ -25,6 +25,50 @@ pub struct MailParams {
     pub smtputf8: bool,
 }
 
+impl MailParams {
+    /// The ESMTP words of these parameters, as MAIL FROM carries them:
+    /// `BODY=8BITMIME` (7BIT is the default and not written), `SMTPUTF8`,
+    /// `SIZE=n`; [`MailParams::from_words`] reads them back.
+    pub fn to_words(&self) -> String {
+        let mut words = Vec::new();
+        if self.body == Body::EightBitMime {
+            words.push("BODY=8BITMIME".to_string());
+        }
+        if self.smtputf8 {
+            words.push("SMTPUTF8".to_string());
+        }
+        if let Some(size) = self.size {
+            words.push(format!("SIZE={size}"));
+        }
+        words.join(" ")
+    }
+
+    /// Reads the parameter words of MAIL FROM (any case, any order).
+    pub fn from_words(words: &str) -> Result<MailParams, CommandError> {
+        let mut parsed = MailParams::default();
+        for param in words.split(' ').filter(|p| !p.is_empty()) {
+            let (key, value) = param.split_once('=').unwrap_or((param, ""));
+            match key.to_ascii_uppercase().as_str() {
+                "SIZE" => {
+                    parsed.size = Some(value.parse().map_err(|_| {
+                        CommandError::Syntax("SIZE= takes a whole number of octets")
+                    })?);
+                }
+                "BODY" => {
+                    parsed.body = match value.to_ascii_uppercase().as_str() {
+                        "7BIT" => Body::SevenBit,
+                        "8BITMIME" => Body::EightBitMime,
+                        _ => return Err(CommandError::UnknownParameter(param.to_string())),
+                    };
+                }
+                "SMTPUTF8" if value.is_empty() => parsed.smtputf8 = true,
+                _ => return Err(CommandError::UnknownParameter(param.to_string())),
+            }
+        }
+        Ok(parsed)
+    }
+}
+
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -135,27 +179,7 @@ fn parse_mail(rest: &str) -> Result<Command, CommandError> {
     const SYNTAX: &str = "expected MAIL FROM:<address> [parameters]";
     let path = strip_keyword(rest, "FROM:").ok_or(CommandError::Syntax(SYNTAX))?;
     let (from, params) = parse_path(path, true)?;
-    let mut parsed = MailParams::default();
-    for param in params.split(' ').filter(|p| !p.is_empty()) {
-        let (key, value) = param.split_once('=').unwrap_or((param, ""));
-        match key.to_ascii_uppercase().as_str() {
-            "SIZE" => {
-                parsed.size =
-                    Some(value.parse().map_err(|_| {
-                        CommandError::Syntax("SIZE= takes a whole number of octets")
-                    })?);
-            }
-            "BODY" => {
-                parsed.body = match value.to_ascii_uppercase().as_str() {
-                    "7BIT" => Body::SevenBit,
-                    "8BITMIME" => Body::EightBitMime,
-                    _ => return Err(CommandError::UnknownParameter(param.to_string())),
-                };
-            }
-            "SMTPUTF8" if value.is_empty() => parsed.smtputf8 = true,
-            _ => return Err(CommandError::UnknownParameter(param.to_string())),
-        }
-    }
+    let parsed = MailParams::from_words(params)?;
     if !parsed.smtputf8 && !from.is_ascii() {
         return Err(CommandError::BadAddress {
             sender: true,
@@ -316,6 +340,22 @@ impl Quotes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mail_parameters_are_written_as_they_are_read() {
+        for words in [
+            "",
+            "BODY=8BITMIME",
+            "SMTPUTF8",
+            "BODY=8BITMIME SMTPUTF8 SIZE=1000",
+        ] {
+            let params = MailParams::from_words(words).unwrap();
+            assert_eq!(params.to_words(), words);
+        }
+        let read = MailParams::from_words("size=7 smtputf8 body=7bit").unwrap();
+        assert_eq!(read.to_words(), "SMTPUTF8 SIZE=7");
+        assert!(MailParams::from_words("BODY=BINARYMIME").is_err());
+    }
 
     fn mail(line: &str) -> Result<Command, CommandError> {
         parse(line.as_bytes())

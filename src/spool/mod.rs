@@ -145,17 +145,7 @@ impl DeadLetter {
                 }
                 "Failed-Recipient" => letter.envelope.recipients.push(address(value)?),
                 "Client" => letter.envelope.client_ip = value.parse().ok()?,
-                "Params" => {
-                    for word in value.split(' ') {
-                        match word {
-                            "BODY=8BITMIME" => {
-                                letter.envelope.params.body = crate::smtp::Body::EightBitMime
-                            }
-                            "SMTPUTF8" => letter.envelope.params.smtputf8 = true,
-                            _ => {}
-                        }
-                    }
-                }
+                "Params" => letter.envelope.params = MailParams::from_words(value).ok()?,
                 _ => {}
             }
             rest = &rest[end + 2..];
@@ -484,16 +474,13 @@ impl Spool {
             "X-Smtp-Shaper-Client: {}\r\n",
             message.envelope.client_ip
         ));
-        let params = &message.envelope.params;
-        if params.body == crate::smtp::Body::EightBitMime || params.smtputf8 {
-            let mut words = Vec::new();
-            if params.body == crate::smtp::Body::EightBitMime {
-                words.push("BODY=8BITMIME");
-            }
-            if params.smtputf8 {
-                words.push("SMTPUTF8");
-            }
-            text.push_str(&format!("X-Smtp-Shaper-Params: {}\r\n", words.join(" ")));
+        let words = MailParams {
+            size: None,
+            ..message.envelope.params.clone()
+        }
+        .to_words();
+        if !words.is_empty() {
+            text.push_str(&format!("X-Smtp-Shaper-Params: {words}\r\n"));
         }
         for (recipient, reason) in failures {
             let address = message
