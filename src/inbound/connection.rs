@@ -20,7 +20,7 @@ use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsAcceptor;
 
 use super::limits::ClientLimits;
-use super::session::{Session, Step, Transaction};
+use super::session::{Refused, Session, Step, Transaction};
 use super::{Context, Refusal, RefusalReason};
 use crate::shutdown::Shutdown;
 use crate::smtp::line::Framed;
@@ -200,14 +200,17 @@ async fn run(
                     }
                 }
             };
-            let step = match step {
-                Step::Authenticate { user, password } => {
-                    authenticate(session, context, limits, user, password).await
-                }
-                other => other,
-            };
             match step {
-                Step::Authenticate { .. } => unreachable!("answered above"),
+                Step::Authenticate { user, password } => {
+                    match authenticate(session, context, limits, user, password).await {
+                        Ok(reply) => reply.write_to(&mut conn.out),
+                        Err(refused) => {
+                            if answer_refusal(conn, context, session, refused) {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
                 Step::Reply(reply) => {
                     if reply.is_failure() {
                         // A shaping deferral at RCPT: logged like a refusal,
@@ -217,16 +220,14 @@ async fn run(
                     reply.write_to(&mut conn.out);
                 }
                 Step::Refuse(refusal) => {
-                    log_refusal(context, session, &refusal);
-                    refusal.reply.write_to(&mut conn.out);
+                    answer_refusal(conn, context, session, Refused::Continue(refusal));
                 }
                 Step::Close(reply) => {
                     reply.write_to(&mut conn.out);
                     return Ok(());
                 }
                 Step::RefuseAndClose(refusal) => {
-                    log_refusal(context, session, &refusal);
-                    refusal.reply.write_to(&mut conn.out);
+                    answer_refusal(conn, context, session, Refused::Close(refusal));
                     return Ok(());
                 }
                 Step::Data(reply) => {
@@ -289,23 +290,40 @@ async fn run(
 /// Checks AUTH credentials off the async threads and answers with the
 /// session's verdict; logs the outcome (never the password). A client out
 /// of AUTH failures (`limits`) is closed with 421, its password unchecked.
+/// Writes a refusal and logs and counts it under its reason; says whether
+/// the connection closes after it.
+fn answer_refusal(
+    conn: &mut Conn,
+    context: &Context,
+    session: &Session<'_>,
+    refused: Refused,
+) -> bool {
+    let (refusal, close) = match refused {
+        Refused::Continue(refusal) => (refusal, false),
+        Refused::Close(refusal) => (refusal, true),
+    };
+    log_refusal(context, session, &refusal);
+    refusal.reply.write_to(&mut conn.out);
+    close
+}
+
 async fn authenticate(
     session: &mut Session<'_>,
     context: &Context,
     limits: &ClientLimits,
     user: String,
     password: Vec<u8>,
-) -> Step {
+) -> Result<Reply, Refused> {
     let client = session.client_ip;
     let too_many = || {
-        Step::RefuseAndClose(Refusal::new(
+        Err(Refused::Close(Refusal::new(
             RefusalReason::AuthFailureRate,
             421,
             format!(
                 "4.7.0 {} Error: too many authentication failures from {client}, try again later",
                 context.config.server.hostname
             ),
-        ))
+        )))
     };
     if !limits.auth_allowed(client) {
         tracing::warn!(%client, %user, "authentication refused unchecked: too many failures from this client");
@@ -425,33 +443,31 @@ async fn receive_message(
     }
     let (transaction, body) = match session.data_end(receiver.finish()) {
         Ok(accepted) => accepted,
-        Err(Step::RefuseAndClose(refusal)) => {
+        Err(Refused::Close(refusal)) => {
             log_refusal(context, session, &refusal);
             return Ok(Some(refusal.reply));
         }
-        Err(Step::Refuse(refusal)) => {
+        Err(Refused::Continue(refusal)) => {
             super::count_rejection(context, refusal.reason);
             tracing::info!(client = %session.client_ip, reply = %refusal.reply, "message refused");
             refusal.reply.write_to(&mut conn.out);
             return Ok(None);
         }
-        Err(_) => unreachable!("the end of DATA answers only with a refusal"),
     };
     if let Err(refusal) =
         super::checks::check(context, session.client_ip, &transaction, &body).await
     {
         // The check logged why; the session counts the error.
         return Ok(match session.refuse(refusal) {
-            Step::RefuseAndClose(refusal) => {
+            Refused::Close(refusal) => {
                 log_refusal(context, session, &refusal);
                 Some(refusal.reply)
             }
-            Step::Refuse(refusal) => {
+            Refused::Continue(refusal) => {
                 super::count_rejection(context, refusal.reason);
                 refusal.reply.write_to(&mut conn.out);
                 None
             }
-            _ => unreachable!("a refusal is answered with Refuse or RefuseAndClose"),
         });
     }
     store(conn, session, context, transaction, body).await;

@@ -45,6 +45,25 @@ pub enum Step {
     Authenticate { user: String, password: Vec<u8> },
 }
 
+/// A refusal as the session answers it: the client may go on, or it has
+/// used up its allowance of errors and the connection closes (what the end
+/// of DATA and the message rules after it can answer, where a whole
+/// [`Step`] would allow more).
+#[derive(Debug)]
+pub enum Refused {
+    Continue(Refusal),
+    Close(Refusal),
+}
+
+impl From<Refused> for Step {
+    fn from(refused: Refused) -> Step {
+        match refused {
+            Refused::Continue(refusal) => Step::Refuse(refusal),
+            Refused::Close(refusal) => Step::RefuseAndClose(refusal),
+        }
+    }
+}
+
 /// Where an AUTH exchange stands while the client owes a response line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum AuthExchange {
@@ -171,7 +190,7 @@ impl<'a> Session<'a> {
     pub fn command(&mut self, command: Result<Command, CommandError>) -> Step {
         let command = match command {
             Ok(command) => command,
-            Err(error) => return self.refuse(command_error_reply(error)),
+            Err(error) => return self.refuse(command_error_reply(error)).into(),
         };
         let junk = match &command {
             Command::Noop | Command::Rset | Command::Vrfy | Command::Help => true,
@@ -222,18 +241,20 @@ impl<'a> Session<'a> {
             Command::Mail { from, params } => self.mail(from, params),
             Command::Rcpt { to } => self.rcpt(to),
             Command::Data => match &self.transaction {
-                None => self.refuse(Refusal::new(
-                    RefusalReason::Sequence,
-                    503,
-                    "5.5.1 Error: need MAIL and RCPT commands first",
-                )),
-                Some(transaction) if transaction.recipients.is_empty() => {
-                    self.refuse(Refusal::new(
+                None => self
+                    .refuse(Refusal::new(
+                        RefusalReason::Sequence,
+                        503,
+                        "5.5.1 Error: need MAIL and RCPT commands first",
+                    ))
+                    .into(),
+                Some(transaction) if transaction.recipients.is_empty() => self
+                    .refuse(Refusal::new(
                         RefusalReason::Sequence,
                         503,
                         "5.5.1 Error: need RCPT command first",
                     ))
-                }
+                    .into(),
                 Some(_) => Step::Data(Reply::new(354, "End data with <CR><LF>.<CR><LF>")),
             },
             Command::Rset => {
@@ -261,68 +282,82 @@ impl<'a> Session<'a> {
                         503,
                         "5.5.1 Error: TLS already active",
                     ))
+                    .into()
                 } else if self.server.tls.is_none() {
                     self.refuse(Refusal::new(
                         RefusalReason::TlsUnavailable,
                         454,
                         "4.7.0 TLS not available",
                     ))
+                    .into()
                 } else {
                     Step::StartTls(Reply::new(220, "2.0.0 Ready to start TLS"))
                 }
             }
             Command::Auth { mechanism, initial } => self.auth(&mechanism, initial.as_deref()),
-            Command::NotImplemented(verb) => self.refuse(Refusal::new(
-                RefusalReason::Syntax,
-                502,
-                format!("5.5.1 Error: {verb} not implemented"),
-            )),
+            Command::NotImplemented(verb) => self
+                .refuse(Refusal::new(
+                    RefusalReason::Syntax,
+                    502,
+                    format!("5.5.1 Error: {verb} not implemented"),
+                ))
+                .into(),
         }
     }
 
     fn mail(&mut self, from: String, params: MailParams) -> Step {
         if self.helo.is_none() {
-            return self.refuse(Refusal::new(
-                RefusalReason::Sequence,
-                503,
-                "5.5.1 Error: send EHLO or HELO first",
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::Sequence,
+                    503,
+                    "5.5.1 Error: send EHLO or HELO first",
+                ))
+                .into();
         }
         if self.transaction.is_some() {
-            return self.refuse(Refusal::new(
-                RefusalReason::Sequence,
-                503,
-                "5.5.1 Error: nested MAIL command",
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::Sequence,
+                    503,
+                    "5.5.1 Error: nested MAIL command",
+                ))
+                .into();
         }
         if !self.esmtp
             && (params.size.is_some() || params.smtputf8 || params != MailParams::default())
         {
-            return self.refuse(Refusal::new(
-                RefusalReason::Syntax,
-                555,
-                "5.5.4 Error: MAIL parameters need EHLO",
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::Syntax,
+                    555,
+                    "5.5.4 Error: MAIL parameters need EHLO",
+                ))
+                .into();
         }
         if params
             .size
             .is_some_and(|size| size > self.server.max_message_size)
         {
-            return self.refuse(Refusal::new(
-                RefusalReason::TooBig,
-                552,
-                format!(
-                    "5.3.4 Message size exceeds the limit of {} octets",
-                    self.server.max_message_size
-                ),
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::TooBig,
+                    552,
+                    format!(
+                        "5.3.4 Message size exceeds the limit of {} octets",
+                        self.server.max_message_size
+                    ),
+                ))
+                .into();
         }
         if self.server.require_auth && self.login.is_none() {
-            return self.refuse(Refusal::new(
-                RefusalReason::AuthRequired,
-                530,
-                "5.7.0 Authentication required",
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::AuthRequired,
+                    530,
+                    "5.7.0 Authentication required",
+                ))
+                .into();
         }
         let apps = &self.policy.apps;
         let lane = self
@@ -336,7 +371,7 @@ impl<'a> Session<'a> {
                     "5.7.1 Sender <{from}> is not allowed for app {}: each app sends only from its own addresses or domain (relay rule 2)",
                     apps.name(lane)
                 ),
-            ));
+            )).into();
         }
         if let Some(refusal) = self.policy.senders.missing(&from) {
             return self.refuse(Refusal::new(
@@ -345,7 +380,7 @@ impl<'a> Session<'a> {
                 format!(
                     "5.1.0 Sender <{from}> does not exist at the gateway ({refusal}): apps send from a valid, existing address (relay rule 3)"
                 ),
-            ));
+            )).into();
         }
         let reply = Reply::new(250, format!("2.1.0 Sender <{from}> ok"));
         self.transaction = Some(Transaction {
@@ -361,18 +396,22 @@ impl<'a> Session<'a> {
     fn rcpt(&mut self, to: String) -> Step {
         let max = self.server.max_recipients;
         let Some(transaction) = self.transaction.as_mut() else {
-            return self.refuse(Refusal::new(
-                RefusalReason::Sequence,
-                503,
-                "5.5.1 Error: need MAIL command first",
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::Sequence,
+                    503,
+                    "5.5.1 Error: need MAIL command first",
+                ))
+                .into();
         };
         if !to.is_ascii() && !transaction.params.smtputf8 {
-            return self.refuse(Refusal::new(
-                RefusalReason::BadContent,
-                553,
-                "5.6.7 Error: non-ASCII recipient needs MAIL FROM with SMTPUTF8",
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::BadContent,
+                    553,
+                    "5.6.7 Error: non-ASCII recipient needs MAIL FROM with SMTPUTF8",
+                ))
+                .into();
         }
         if transaction.recipients.len() >= max {
             // Not counted as an error: RFC 5321 4.5.3.1.8 expects clients to
@@ -415,35 +454,42 @@ impl<'a> Session<'a> {
                     RefusalReason::AuthRequired,
                     538,
                     "5.7.11 Encryption required for requested authentication mechanism (STARTTLS first)",
-                ))
+                )).into()
             } else {
                 self.refuse(Refusal::new(
                     RefusalReason::Sequence,
                     503,
                     "5.5.1 Error: AUTH not available",
                 ))
+                .into()
             };
         }
         if self.helo.is_none() || !self.esmtp {
-            return self.refuse(Refusal::new(
-                RefusalReason::Sequence,
-                503,
-                "5.5.1 Error: send EHLO first",
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::Sequence,
+                    503,
+                    "5.5.1 Error: send EHLO first",
+                ))
+                .into();
         }
         if self.login.is_some() {
-            return self.refuse(Refusal::new(
-                RefusalReason::Sequence,
-                503,
-                "5.5.1 Error: already authenticated",
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::Sequence,
+                    503,
+                    "5.5.1 Error: already authenticated",
+                ))
+                .into();
         }
         if self.transaction.is_some() {
-            return self.refuse(Refusal::new(
-                RefusalReason::Sequence,
-                503,
-                "5.5.1 Error: AUTH not allowed during a mail transaction",
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::Sequence,
+                    503,
+                    "5.5.1 Error: AUTH not allowed during a mail transaction",
+                ))
+                .into();
         }
         match (mechanism, initial) {
             ("PLAIN", None) => {
@@ -457,41 +503,47 @@ impl<'a> Session<'a> {
             }
             ("LOGIN", Some(user)) => match decode_base64(user.as_bytes()) {
                 Some(user) => self.login_user(user),
-                None => self.refuse(bad_base64()),
+                None => self.refuse(bad_base64()).into(),
             },
-            _ => self.refuse(Refusal::new(
-                RefusalReason::Syntax,
-                504,
-                "5.5.4 Unrecognized authentication type (PLAIN or LOGIN)",
-            )),
+            _ => self
+                .refuse(Refusal::new(
+                    RefusalReason::Syntax,
+                    504,
+                    "5.5.4 Unrecognized authentication type (PLAIN or LOGIN)",
+                ))
+                .into(),
         }
     }
 
     /// A response line during an AUTH exchange.
     pub fn auth_line(&mut self, line: &[u8]) -> Step {
         let Some(exchange) = self.auth_exchange.take() else {
-            return self.refuse(Refusal::new(
-                RefusalReason::Sequence,
-                503,
-                "5.5.1 Error: no AUTH in progress",
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::Sequence,
+                    503,
+                    "5.5.1 Error: no AUTH in progress",
+                ))
+                .into();
         };
         if line == b"*" {
-            return self.refuse(Refusal::new(
-                RefusalReason::AuthFailed,
-                501,
-                "5.0.0 Authentication cancelled",
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::AuthFailed,
+                    501,
+                    "5.0.0 Authentication cancelled",
+                ))
+                .into();
         }
         match exchange {
             AuthExchange::Plain => self.plain_response(line),
             AuthExchange::LoginUser => match decode_base64(line) {
                 Some(user) => self.login_user(user),
-                None => self.refuse(bad_base64()),
+                None => self.refuse(bad_base64()).into(),
             },
             AuthExchange::LoginPassword { user } => match decode_base64(line) {
                 Some(password) => Step::Authenticate { user, password },
-                None => self.refuse(bad_base64()),
+                None => self.refuse(bad_base64()).into(),
             },
         }
     }
@@ -502,7 +554,7 @@ impl<'a> Session<'a> {
                 self.auth_exchange = Some(AuthExchange::LoginPassword { user });
                 Step::Reply(Reply::new(334, "UGFzc3dvcmQ6"))
             }
-            Err(_) => self.refuse(bad_base64()),
+            Err(_) => self.refuse(bad_base64()).into(),
         }
     }
 
@@ -514,31 +566,37 @@ impl<'a> Session<'a> {
             decode_base64(response)
         };
         let Some(decoded) = decoded else {
-            return self.refuse(bad_base64());
+            return self.refuse(bad_base64()).into();
         };
         let mut parts = decoded.splitn(3, |&b| b == 0);
         let (Some(authzid), Some(user), Some(password)) =
             (parts.next(), parts.next(), parts.next())
         else {
-            return self.refuse(Refusal::new(
-                RefusalReason::Syntax,
-                501,
-                "5.5.2 Malformed PLAIN response",
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::Syntax,
+                    501,
+                    "5.5.2 Malformed PLAIN response",
+                ))
+                .into();
         };
         let Ok(user) = String::from_utf8(user.to_vec()) else {
-            return self.refuse(Refusal::new(
-                RefusalReason::Syntax,
-                501,
-                "5.5.2 Malformed PLAIN response",
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::Syntax,
+                    501,
+                    "5.5.2 Malformed PLAIN response",
+                ))
+                .into();
         };
         if !authzid.is_empty() && authzid != user.as_bytes() {
-            return self.refuse(Refusal::new(
-                RefusalReason::AuthFailed,
-                535,
-                "5.7.8 Authentication credentials invalid (no proxy authorization)",
-            ));
+            return self
+                .refuse(Refusal::new(
+                    RefusalReason::AuthFailed,
+                    535,
+                    "5.7.8 Authentication credentials invalid (no proxy authorization)",
+                ))
+                .into();
         }
         Step::Authenticate {
             user,
@@ -548,17 +606,17 @@ impl<'a> Session<'a> {
 
     /// The outcome of [`Step::Authenticate`]: `lane` is the app the
     /// credentials belong to, `None` when they are wrong.
-    pub fn login_result(&mut self, lane: Option<usize>) -> Step {
+    pub fn login_result(&mut self, lane: Option<usize>) -> Result<Reply, Refused> {
         match lane {
             Some(lane) => {
                 self.login = Some(lane);
-                Step::Reply(Reply::new(235, "2.7.0 Authentication successful"))
+                Ok(Reply::new(235, "2.7.0 Authentication successful"))
             }
-            None => self.refuse(Refusal::new(
+            None => Err(self.refuse(Refusal::new(
                 RefusalReason::AuthFailed,
                 535,
                 "5.7.8 Authentication credentials invalid",
-            )),
+            ))),
         }
     }
 
@@ -591,6 +649,7 @@ impl<'a> Session<'a> {
             reason: RefusalReason::Syntax,
             reply,
         })
+        .into()
     }
 
     /// The body has ended; returns the transaction to store, or the refusal.
@@ -598,7 +657,7 @@ impl<'a> Session<'a> {
     pub fn data_end(
         &mut self,
         body: Result<Vec<u8>, DataError>,
-    ) -> Result<(Transaction, Vec<u8>), Step> {
+    ) -> Result<(Transaction, Vec<u8>), Refused> {
         let transaction = self
             .transaction
             .take()
@@ -656,10 +715,10 @@ impl<'a> Session<'a> {
     /// (counted as `too_many_errors`, not as the refusal that tipped it).
     /// The connection calls it for the message rules it applies after
     /// DATA (they may wait for DNS, which the state machine never does).
-    pub fn refuse(&mut self, refusal: Refusal) -> Step {
+    pub fn refuse(&mut self, refusal: Refusal) -> Refused {
         self.errors += 1;
         if self.errors >= self.server.max_errors {
-            return Step::RefuseAndClose(Refusal::new(
+            return Refused::Close(Refusal::new(
                 RefusalReason::TooManyErrors,
                 421,
                 format!(
@@ -668,7 +727,7 @@ impl<'a> Session<'a> {
                 ),
             ));
         }
-        Step::Refuse(refusal)
+        Refused::Continue(refusal)
     }
 }
 
@@ -976,7 +1035,7 @@ mod tests {
         run(&mut session, "DATA");
         let refused = session.data_end(Err(DataError::BareCrOrLf));
         assert_eq!(
-            reason(refused.unwrap_err()),
+            reason(refused.unwrap_err().into()),
             Some(RefusalReason::BadContent)
         );
         run(&mut session, "MAIL FROM:<a@billing.test>");
@@ -984,7 +1043,10 @@ mod tests {
         run(&mut session, "DATA");
         let looping = "Received: from somewhere\r\n".repeat(trace::MAX_HOPS) + "\r\nhi\r\n";
         let refused = session.data_end(Ok(looping.into_bytes()));
-        assert_eq!(reason(refused.unwrap_err()), Some(RefusalReason::MailLoop));
+        assert_eq!(
+            reason(refused.unwrap_err().into()),
+            Some(RefusalReason::MailLoop)
+        );
         // The refusal that uses up max_errors is counted as too_many_errors.
         let last = loop {
             match run(&mut session, "FOO") {
@@ -1023,7 +1085,7 @@ mod tests {
             session
                 .data_end(Ok(body.into_bytes()))
                 .map(|_| ())
-                .map_err(code)
+                .map_err(|refused| code(refused.into()))
         };
         assert_eq!(deliver(49), Ok(()));
         assert_eq!(deliver(50), Err(554));
