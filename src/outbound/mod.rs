@@ -191,7 +191,7 @@ impl Outbound {
         }
         tracing::info!(
             gateways = new.gateways.len(),
-            apps = new.apps.names().len() - 1,
+            apps = new.apps.configured(),
             moved,
             "delivery side reloaded"
         );

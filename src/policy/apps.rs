@@ -95,6 +95,11 @@ impl Apps {
         self.apps.get(lane).is_some_and(|app| app.dsn)
     }
 
+    /// The configured apps (`other`, the implicit last lane, not counted).
+    pub fn configured(&self) -> usize {
+        self.apps.len()
+    }
+
     /// The lane of `other`: where the notifications smtp-shaper writes
     /// travel (transactional, never bulk; see `outbound::worker`).
     pub fn other_lane(&self) -> usize {
