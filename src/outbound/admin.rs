@@ -3,11 +3,11 @@
 
 use super::Gateway;
 use super::generation::Generation;
-use super::queue::{self, Parked, Slot, Visited};
+use super::queue::{self, Attempt, Parked, Slot, Visited};
 use crate::poison::LockRecovered;
 use crate::spool::{StoredMessage, dead_letter_order};
 use crate::telemetry::{
-    AdminError, Attempt, GatewayStatus, Listing, Page, PagePicker, QueuedDetail, QueuedSummary,
+    AdminError, GatewayStatus, Listing, Page, PagePicker, QueuedDetail, QueuedSummary,
 };
 
 impl Generation {
@@ -192,7 +192,10 @@ impl Generation {
             summary,
             client_ip: message.envelope.client_ip.to_string(),
             headers: String::from_utf8_lossy(headers).into_owned(),
-            history,
+            history: history
+                .into_iter()
+                .map(|attempt| (attempt.at, attempt.reply))
+                .collect(),
         })
     }
 

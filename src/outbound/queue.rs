@@ -56,7 +56,6 @@ use crate::shaper::{
     Deferral, GatewayModel, GatewayView, Lane, Release, SavedState, Scheduler, fingerprints,
 };
 use crate::spool::{Spool, StoredMessage};
-use crate::telemetry::Attempt;
 
 /// Most body bytes one gateway's queue keeps in memory for hand-off.
 pub const HOT_BODY_BYTES: usize = 8 << 20;
@@ -214,6 +213,14 @@ impl Slot {
 pub struct Parking {
     pub spool: Spool,
     pub active_limit: usize,
+}
+
+/// One delivery attempt of a message: when (Unix seconds), and what the
+/// gateway said; `queue show` lists them.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub at: u64,
+    pub reply: String,
 }
 
 /// Most attempts a queued message remembers.

@@ -25,13 +25,13 @@ use tokio::time::Instant;
 use super::Gateway;
 use super::client::Connection;
 use super::dkim::{Signer, signing_domain};
-use super::queue::{HISTORY_LENGTH, Queued};
+use super::queue::{Attempt, HISTORY_LENGTH, Queued};
 use crate::shaper::feedback::{Signal, classify};
 use crate::shutdown::Shutdown;
 use crate::smtp::dsn::{self, Failure};
 use crate::smtp::{Body, MailParams, Reply};
 use crate::spool::{Envelope, Spool, SpoolError, StoredMessage, new_queue_id, unix_seconds};
-use crate::telemetry::{Attempt, Metrics};
+use crate::telemetry::Metrics;
 
 /// What every worker shares.
 #[derive(Clone)]

@@ -586,16 +586,12 @@ fn detail_answer(detail: &QueuedDetail) -> Answer {
         "client: {}\n\n{}\n",
         detail.client_ip, detail.headers
     ));
-    for attempt in &detail.history {
-        history = history.item(
-            Json::object()
-                .field("at", attempt.at)
-                .field("reply", &attempt.reply),
-        );
+    for (at, reply) in &detail.history {
+        history = history.item(Json::object().field("at", *at).field("reply", reply));
         text.push_str(&format!(
             "attempt at {}: {}\n",
-            crate::smtp::trace::rfc5322_date(attempt.at),
-            attempt.reply
+            crate::smtp::trace::rfc5322_date(*at),
+            reply
         ));
     }
     if detail.history.is_empty() {

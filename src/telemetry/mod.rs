@@ -61,13 +61,6 @@ pub struct QueuedSummary {
     pub retry_at: Option<u64>,
 }
 
-/// One delivery attempt of a message: when, and what the gateway said.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    pub at: u64,
-    pub reply: String,
-}
-
 /// A queued message in full, for `queue show`.
 #[derive(Debug, Clone)]
 pub struct QueuedDetail {
@@ -75,7 +68,9 @@ pub struct QueuedDetail {
     pub client_ip: String,
     /// The header section of the message as spooled (our Received: first).
     pub headers: String,
-    pub history: Vec<Attempt>,
+    /// Its latest delivery attempts, oldest first: Unix seconds and what
+    /// the gateway said (as `GatewayStatus::recent_replies`).
+    pub history: Vec<(u64, String)>,
 }
 
 /// Why an admin request could not be done.
