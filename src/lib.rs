@@ -62,7 +62,9 @@ impl Service {
     /// Opens the spool (recovering queued mail), binds the listener and
     /// starts delivering.
     pub async fn start(config: Config) -> io::Result<Service> {
-        let (spool, recovery) = Spool::open(&config.spool)?;
+        let policy = policy::Policy::from_config(&config);
+        let metrics = Arc::new(Metrics::new(&policy.gateways, &policy.apps.names()));
+        let (spool, recovery) = Spool::open(&config.spool, metrics.spool_fsync_seconds.clone())?;
         let listener = bind(config.server.listen, "").await?;
         let smtp_address = listener.local_addr()?;
         let tls = match &config.server.tls {
@@ -82,12 +84,6 @@ impl Service {
             None => None,
         };
         let admin_token = config.http.admin_token()?;
-        let policy = policy::Policy::from_config(&config);
-        let metrics = Arc::new(Metrics::new(
-            &policy.gateways,
-            &policy.apps.names(),
-            spool.fsync_seconds(),
-        ));
         let (stop, shutdown) = Shutdown::channel();
         let mut workers = JoinSet::new();
         let sender_checks = policy.senders.clone();

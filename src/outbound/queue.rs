@@ -1522,7 +1522,10 @@ mod tests {
             segment_size: 64 * 1024 * 1024,
             active_limit: 1,
         };
-        Spool::open(&config).unwrap().0
+        let fsync =
+            prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("fsync", "fsync"))
+                .unwrap();
+        Spool::open(&config, fsync).unwrap().0
     }
 
     #[tokio::test]

@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prometheus::{Histogram, HistogramOpts};
+use prometheus::Histogram;
 use tokio::sync::oneshot;
 
 use crate::config::SpoolConfig;
@@ -200,19 +200,12 @@ pub struct Spool {
 
 struct Inner {
     dir: PathBuf,
-    fsync_seconds: Histogram,
     queue_dir: PathBuf,
     dead_dir: PathBuf,
     shaping_dir: PathBuf,
     requests: mpsc::Sender<Request>,
     _lock: File,
 }
-
-/// Seconds of one fsync (about 2.6 ms on this project's reference machine;
-/// a slow or failing disk shows here first).
-const FSYNC_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
 
 const QUEUE_DIR: &str = "queue";
 const DEAD_DIR: &str = "dead";
@@ -262,7 +255,9 @@ impl Spool {
     /// starts the writer. The queued messages come from
     /// [`Recovery::replay`], one at a time, once the delivery side can take
     /// them.
-    pub fn open(config: &SpoolConfig) -> io::Result<(Spool, Recovery)> {
+    /// The writer observes each group commit's fdatasync in `fsync_seconds`
+    /// (telemetry's `spool_fsync_seconds`).
+    pub fn open(config: &SpoolConfig, fsync_seconds: Histogram) -> io::Result<(Spool, Recovery)> {
         let dir = &config.dir;
         for sub in [
             dir.clone(),
@@ -291,19 +286,11 @@ impl Spool {
         let queue_dir = dir.join(QUEUE_DIR);
         let checked = recovery::check(&queue_dir)?;
         let (requests, receiver) = mpsc::channel();
-        let fsync_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "spool_fsync_seconds",
-                "Time of one group-commit fdatasync of a spool segment (what a 250 waits for).",
-            )
-            .buckets(FSYNC_BUCKETS.to_vec()),
-        )
-        .expect("valid histogram");
         let writer = Writer::new(
             queue_dir.clone(),
             config.segment_size,
             checked.next_segment,
-            fsync_seconds.clone(),
+            fsync_seconds,
         );
         std::thread::Builder::new()
             .name("spool-writer".into())
@@ -311,7 +298,6 @@ impl Spool {
         let spool = Spool {
             inner: Arc::new(Inner {
                 dir: dir.clone(),
-                fsync_seconds,
                 queue_dir,
                 dead_dir: dir.join(DEAD_DIR),
                 shaping_dir: dir.join(SHAPING_DIR),
@@ -577,11 +563,6 @@ impl Spool {
         .map(|_| ())
     }
 
-    /// The histogram of the writer's fsync times, for the metrics registry.
-    pub fn fsync_seconds(&self) -> Histogram {
-        self.inner.fsync_seconds.clone()
-    }
-
     /// Bytes free for unprivileged users on the spool's file system.
     pub fn free_bytes(&self) -> io::Result<u64> {
         let path = std::ffi::CString::new(self.inner.dir.as_os_str().as_encoded_bytes())
@@ -659,6 +640,10 @@ mod tests {
     use super::*;
     use crate::smtp::MailParams;
 
+    fn fsync_seconds() -> Histogram {
+        Histogram::with_opts(prometheus::HistogramOpts::new("fsync", "fsync")).unwrap()
+    }
+
     fn config(dir: &Path) -> SpoolConfig {
         SpoolConfig {
             dir: dir.to_path_buf(),
@@ -694,7 +679,7 @@ mod tests {
 
     /// Opens the spool and replays what it holds into a list.
     fn open(dir: &Path) -> (Spool, Vec<StoredMessage>) {
-        let (spool, recovery) = Spool::open(&config(dir)).unwrap();
+        let (spool, recovery) = Spool::open(&config(dir), fsync_seconds()).unwrap();
         let mut messages = Vec::new();
         let count = recovery.replay(|message| messages.push(message)).unwrap();
         assert_eq!(count, messages.len() as u64);
@@ -736,7 +721,9 @@ mod tests {
     async fn a_second_process_cannot_open_the_same_spool() {
         let dir = tempfile::tempdir().unwrap();
         let (_spool, _) = open(dir.path());
-        let error = Spool::open(&config(dir.path())).err().unwrap();
+        let error = Spool::open(&config(dir.path()), fsync_seconds())
+            .err()
+            .unwrap();
         assert!(
             error.to_string().contains("in use by another smtp-shaper"),
             "{error}"
@@ -893,7 +880,7 @@ mod tests {
         assert!(segments(dir.path()).len() >= 3);
         // Delivered as soon as handed out: before the writer has the
         // replay's counts.
-        let (spool, recovery) = Spool::open(&config(dir.path())).unwrap();
+        let (spool, recovery) = Spool::open(&config(dir.path()), fsync_seconds()).unwrap();
         let replayed = recovery
             .replay(|message| spool.message_done(&message))
             .unwrap();
