@@ -572,22 +572,10 @@ impl<'a> Session<'a> {
         let (Some(authzid), Some(user), Some(password)) =
             (parts.next(), parts.next(), parts.next())
         else {
-            return self
-                .refuse(Refusal::new(
-                    RefusalReason::Syntax,
-                    501,
-                    "5.5.2 Malformed PLAIN response",
-                ))
-                .into();
+            return self.refuse(malformed_plain()).into();
         };
         let Ok(user) = String::from_utf8(user.to_vec()) else {
-            return self
-                .refuse(Refusal::new(
-                    RefusalReason::Syntax,
-                    501,
-                    "5.5.2 Malformed PLAIN response",
-                ))
-                .into();
+            return self.refuse(malformed_plain()).into();
         };
         if !authzid.is_empty() && authzid != user.as_bytes() {
             return self
@@ -735,6 +723,10 @@ fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(text).ok()?;
     use base64ct::Encoding;
     base64ct::Base64::decode_vec(text.trim()).ok()
+}
+
+fn malformed_plain() -> Refusal {
+    Refusal::new(RefusalReason::Syntax, 501, "5.5.2 Malformed PLAIN response")
 }
 
 fn bad_base64() -> Refusal {

@@ -127,14 +127,20 @@ fn write_settled(dir: &Path, segments: &[u64], settles: &[Settles]) -> io::Resul
         }
     }
     for (segment, entries) in by_segment {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(done_path(dir, segment))?;
-        file.write_all(&entries)?;
-        file.sync_data()?;
+        append_done_entries(dir, segment, &entries)?;
     }
     Ok(())
+}
+
+/// Appends completion `entries` to `segment`'s side file and syncs them
+/// (recovery's own entries are durable before anything is delivered).
+fn append_done_entries(dir: &Path, segment: u64, entries: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(done_path(dir, segment))?;
+    file.write_all(entries)?;
+    file.sync_data()
 }
 
 /// The second pass (see the module notes): every unfinished message, in
@@ -177,12 +183,7 @@ pub fn replay(
             for offset in finished_whole {
                 entries.extend_from_slice(&record::encode_done(offset, ALL_RECIPIENTS));
             }
-            let mut file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(done_path(dir, segment))?;
-            file.write_all(&entries)?;
-            file.sync_data()?;
+            append_done_entries(dir, segment, &entries)?;
         }
         if live == 0 {
             fs::remove_file(segment_path(dir, segment))?;
