@@ -9,4 +9,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRILL_MESSAGES="${DRILL_MESSAGES:-20000}" \
-    cargo test --release --test drill -- --nocapture 2>&1 | grep -E "^drill:|test result|panicked"
+    cargo test --release --test it drill:: -- --nocapture 2>&1 | grep -E "^drill:|test result|panicked"

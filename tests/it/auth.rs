@@ -1,11 +1,10 @@
 //! Apps that log in (AUTH PLAIN and LOGIN over STARTTLS), relay rule 2
 //! (each app sends only from its own senders), and the refusals around them.
 
-mod support;
-
 use smtp_shaper::config::units::parse_allowance;
 use smtp_shaper::config::{AppConfig, ServerTlsConfig};
-use support::{Client, Harness, Talk, TestCertificate, eventually, fetch, quick_hash};
+
+use crate::support::{self, Client, Harness, Talk, TestCertificate, eventually, fetch, quick_hash};
 
 const SENDER: &str = "noreply@portal.example.org";
 

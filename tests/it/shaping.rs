@@ -3,14 +3,14 @@
 //! replies. Rates here are high enough to keep the tests short; the shaping
 //! math itself is tested on a fake clock in `src/shaper`.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use smtp_shaper::config::Config;
 use smtp_shaper::shaper::DeferReason;
-use support::{
-    Client, ClientReply, Harness, Sink, eventually, most_in_window, shaping, start, test_config,
+
+use crate::support::{
+    self, Client, ClientReply, Harness, Sink, eventually, most_in_window, shaping, start,
+    test_config,
 };
 
 const APP: &str = "app@example.com";

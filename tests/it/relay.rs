@@ -1,11 +1,9 @@
 //! Relaying through the service to a real SMTP sink over loopback:
 //! byte-exact bodies, envelopes, routing and per-recipient outcomes.
 
-mod support;
-
 use std::collections::HashMap;
 
-use support::{Client, Harness, Sink, eventually, start, without_trace};
+use crate::support::{self, Client, Harness, Sink, eventually, start, without_trace};
 
 /// A body with the shapes that break naive relays: dot lines, a lone dot line,
 /// 8-bit text, a 998-octet line and empty lines.

@@ -6,14 +6,13 @@
 //! Without python3 the test says SKIPPED, unless SMTP_SHAPER_REQUIRE_TOOLS=1
 //! (CI), where that fails.
 
-mod support;
-
 use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
 use smtp_shaper::config::{AppClass, AppConfig, UnsubscribeMode};
-use support::{Client, Harness, eventually};
+
+use crate::support::{self, Client, Harness, eventually};
 
 const SENDER: &str = "alerts@app.test";
 const BODY: &[u8] = b"From: Alerts <alerts@app.test>\r\nTo: ops@x.test\r\nSubject: disk almost full\r\nMessage-ID: <alert-1@app.test>\r\n\r\nThe disk is 95% full.\r\n";

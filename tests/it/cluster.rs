@@ -9,16 +9,15 @@
 //! clock, the sink sees the message a little later); the volume bound is an
 //! exact count.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use smtp_shaper::Service;
 use smtp_shaper::config::Config;
-use support::{
-    Client, Redis, Sink, eventually, eventually_async, fetch, free_address, most_in_window,
+
+use crate::support::{
+    self, Client, Redis, Sink, eventually, eventually_async, fetch, free_address, most_in_window,
 };
 
 const APP: &str = "app@example.com";

@@ -7,13 +7,11 @@
 //! `cargo test` runs it small (DRILL_MESSAGES, default 2,000);
 //! `scripts/drill.sh` runs the full 20,000 in release mode.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Client, Sink, eventually, free_address, spawn, write_config_with};
+use crate::support::{self, Client, Sink, eventually, free_address, spawn, write_config_with};
 
 fn body(tag: &str) -> Vec<u8> {
     format!("Subject: {tag}\r\nMessage-ID: <{tag}@drill.test>\r\n\r\ndrill {tag}\r\n").into_bytes()

@@ -2,13 +2,12 @@
 //! STARTTLS and its injection defence, the implicit-TLS listener, and each
 //! outbound `tls` mode against a sink that speaks TLS.
 
-mod support;
-
 use std::time::Duration;
 
 use smtp_shaper::config::{GatewayTls, ServerTlsConfig};
-use support::{Harness, Sink, Talk, TestCertificate, eventually, start, test_config};
 use tokio::net::TcpStream;
+
+use crate::support::{self, Harness, Sink, Talk, TestCertificate, eventually, start, test_config};
 
 const BODY: &[u8] = b"Subject: over TLS\r\n\r\nsecret\r\n";
 

@@ -2,12 +2,12 @@
 //! deferred, refused and dead-lettered mail (checked by promtool when it is
 //! installed), /status, the health probes, and the queue admin API.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{Client, Harness, SilentGateway, eventually, fetch, shaping, start, test_config};
+use crate::support::{
+    self, Client, Harness, SilentGateway, eventually, fetch, shaping, start, test_config,
+};
 
 const BODY: &[u8] = b"Subject: observed\r\n\r\nhello\r\n";
 

@@ -2,14 +2,14 @@
 //! connections stay open and queued mail stays queued; an invalid file is
 //! refused and the running configuration stays.
 
-mod support;
-
 use std::time::Duration;
 
 use smtp_shaper::config::Config;
 use smtp_shaper::telemetry::client::request;
-use support::{
-    Client, Harness, Sink, eventually, free_address, start, test_config_toml, write_config_with,
+
+use crate::support::{
+    self, Client, Harness, Sink, eventually, free_address, start, test_config_toml,
+    write_config_with,
 };
 
 const BODY: &[u8] = b"Subject: reload\r\n\r\nhello\r\n";

@@ -2,11 +2,9 @@
 //! clear refusal to run on a bad configuration, and the queue command's
 //! options wherever they are typed.
 
-mod support;
-
 use std::process::{Command, Output};
 
-use support::Harness;
+use crate::support::Harness;
 
 fn shaper(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))

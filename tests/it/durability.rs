@@ -1,15 +1,13 @@
 //! Durability with the real binary: SIGKILL between 250 and delivery, SIGKILL
 //! under load, SIGTERM. Whatever got 250 is delivered after a restart.
 
-mod support;
-
 use std::collections::HashSet;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{
-    Client, Harness, Sink, eventually, free_address, spawn, start, test_config, write_config,
+use crate::support::{
+    self, Client, Harness, Sink, eventually, free_address, spawn, start, test_config, write_config,
     write_config_with,
 };
 

@@ -2,10 +2,9 @@
 //! references to their spool records, are listed a page at a time, survive
 //! a restart that way, and are delivered in order, each once.
 
-mod support;
-
 use smtp_shaper::telemetry::client::encode;
-use support::*;
+
+use crate::support::{Client, Harness, Sink, eventually, fetch, sample_in, start, test_config};
 
 const BODY: &[u8] = b"Subject: long queue\r\n\r\nqueued\r\n";
 

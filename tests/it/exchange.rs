@@ -3,13 +3,14 @@
 //! local HTTPS token endpoint, and its replies, each read the way the
 //! profile documents.
 
-mod support;
-
 use std::path::Path;
 
 use smtp_shaper::Service;
 use smtp_shaper::config::{AuthMechanism, Config, HttpsUrl, TokenSource};
-use support::{Client, Sink, TestCertificate, TokenEndpoint, eventually, start, xoauth2_string};
+
+use crate::support::{
+    Client, Sink, TestCertificate, TokenEndpoint, eventually, start, xoauth2_string,
+};
 
 /// The profile with the real service's address, name, CA, token endpoint
 /// and secret swapped for the sink's and the local endpoint's, retries and

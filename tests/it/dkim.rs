@@ -3,13 +3,12 @@
 //! Without dkimpy (or openssl for the RSA key) the test says SKIPPED,
 //! unless SMTP_SHAPER_REQUIRE_TOOLS=1 (CI), where that fails.
 
-mod support;
-
 use std::process::Command;
 
 use smtp_shaper::config::DkimConfig;
 use smtp_shaper::outbound::dkim::{SIGNED_HEADERS, Signer};
-use support::{Client, Harness, eventually};
+
+use crate::support::{self, Client, Harness, eventually};
 
 /// A python3 that can `import dkim`, or None after saying why.
 fn dkimpy() -> Option<&'static str> {

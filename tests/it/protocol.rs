@@ -2,12 +2,11 @@
 //! limits, timeouts, error and connection limits, client networks, address
 //! syntax. Each answer is checked for its code and enhanced status.
 
-mod support;
-
 use std::time::Duration;
 
 use smtp_shaper::config::units::parse_allowance;
-use support::{Client, Harness, eventually, fetch};
+
+use crate::support::{self, Client, Harness, eventually, fetch};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_sequences_never_split_a_transaction() {

@@ -6,13 +6,13 @@
 //! missing its test says so and passes, unless SMTP_SHAPER_REQUIRE_TOOLS=1
 //! (set by CI), where a missing tool is a failure.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Client, Harness, eventually, free_address, start, test_config, without_trace};
+use crate::support::{
+    self, Client, Harness, eventually, free_address, start, test_config, without_trace,
+};
 
 /// Runs a Python script that must succeed.
 async fn python(script: &str) {

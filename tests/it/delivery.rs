@@ -2,11 +2,9 @@
 //! dropped connections, a gateway that is down and comes back, and a spool
 //! that cannot be written.
 
-mod support;
-
 use std::time::Duration;
 
-use support::{
+use crate::support::{
     Client, Harness, SilentGateway, Sink, eventually, fetch, free_address, start, test_config,
     without_trace,
 };

@@ -5,8 +5,6 @@
 //! (never the internet), one-click unsubscribe on bulk mail; each with the
 //! metrics it moves, read from /metrics.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
@@ -17,7 +15,8 @@ use std::time::{Duration, Instant};
 use smtp_shaper::config::{
     AlignmentMode, AppClass, AppConfig, Config, DkimConfig, UnsubscribeMode,
 };
-use support::{Harness, eventually, without_trace};
+
+use crate::support::{self, Harness, eventually, without_trace};
 
 /// A DNS server on loopback UDP answering TXT questions from a zone (every
 /// other name: no such domain), keeping the names asked.

@@ -5,15 +5,14 @@
 //! Also `promtool check rules` / `promtool test rules` on the rule files.
 //! Without the tools the tests print SKIPPED (in CI they are required).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use smtp_shaper::telemetry::client::request;
-use support::{Harness, eventually, free_address, shaping, skip_without};
+
+use crate::support::{self, Harness, eventually, free_address, shaping, skip_without};
 
 const BODY: &[u8] = b"Subject: scraped\r\n\r\nhello\r\n";
 

@@ -1,0 +1,81 @@
+//! Test peers over real loopback TCP and what the areas share: an SMTP sink
+//! playing the gateway (`sink`), SMTP clients playing the application
+//! (`client`), a self-signed certificate (`tls`), an OAuth token endpoint
+//! (`oauth`), the service started in-process (`harness`), requests to its
+//! HTTP endpoint (`http`), and other processes: the binary on its own config
+//! file and `redis-server` (`process`).
+//!
+//! The peers parse SMTP and HTTP on their own (naively, line by line) rather
+//! than with the crate's code, so a framing bug in the crate cannot hide
+//! itself.
+
+mod client;
+mod harness;
+mod http;
+mod oauth;
+mod process;
+mod sink;
+mod tls;
+
+pub use client::*;
+pub use harness::*;
+pub use http::*;
+pub use oauth::*;
+pub use process::*;
+pub use sink::*;
+pub use tls::*;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A sink's byte stream, plain or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Waits (polling) until `condition` holds; panics after 60 s so a broken
+/// test fails instead of hanging. Never used to assert on timing.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    for _ in 0..6000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A third-party tool a test needs is missing: says SKIPPED (with how to
+/// install it), or fails under SMTP_SHAPER_REQUIRE_TOOLS=1 (CI).
+pub fn skip_without(what: &str, install: &str) {
+    assert!(
+        std::env::var("SMTP_SHAPER_REQUIRE_TOOLS").as_deref() != Ok("1"),
+        "{what} is required (SMTP_SHAPER_REQUIRE_TOOLS=1) but missing: {install}"
+    );
+    eprintln!("SKIPPED: {what} is missing ({install})");
+}
+
+/// Like [`eventually`], for a condition that needs to await.
+pub async fn eventually_async<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..600 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
