@@ -151,6 +151,7 @@ impl Generation {
                 });
             });
         }
+        let more = picker.more();
         let mut entries = Vec::new();
         for (_, entry) in picker.into_sorted() {
             match entry {
@@ -175,7 +176,11 @@ impl Generation {
                 }
             }
         }
-        Ok(Listing { entries, total })
+        Ok(Listing {
+            entries,
+            total,
+            more,
+        })
     }
 
     pub(super) async fn show(&self, id: &str) -> Result<QueuedDetail, AdminError> {
@@ -272,12 +277,17 @@ impl Generation {
                 }
             })
             .map_err(|error| AdminError::Failed(format!("cannot list dead letters: {error}")))?;
+        let more = picker.more();
         let entries = picker
             .into_sorted()
             .into_iter()
             .map(|((_, name), ())| name)
             .collect();
-        Ok(Listing { entries, total })
+        Ok(Listing {
+            entries,
+            total,
+            more,
+        })
     }
 
     /// Stores dead letter `name` as a new message (and removes the file);

@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::json::Json;
-use super::{AdminError, Metrics, Page, QueuedDetail, QueuedSummary, Queues};
+use super::{AdminError, Listing, Metrics, Page, QueuedDetail, QueuedSummary, Queues};
 use crate::policy::senders::{SenderChecks, Verdict};
 use crate::shutdown::Shutdown;
 use crate::spool::Spool;
@@ -385,7 +385,7 @@ async fn admin_route<Q: Queues>(
                 text.push_str("queue is empty\n");
             }
             let last = list.entries.last().map(|message| message.id.as_str());
-            text.push_str(&page_footer(&page, list.entries.len(), list.total, last));
+            text.push_str(&page_footer(&page, &list, last));
             Ok(Answer {
                 json: json.finish(),
                 text,
@@ -441,7 +441,7 @@ async fn admin_route<Q: Queues>(
                 text.push_str("no dead letters\n");
             }
             let last = names.entries.last().map(String::as_str);
-            text.push_str(&page_footer(&page, names.entries.len(), names.total, last));
+            text.push_str(&page_footer(&page, &names, last));
             Ok(Answer {
                 json: json.finish(),
                 text,
@@ -497,9 +497,10 @@ fn page(query: &str) -> Result<Page, AdminError> {
 
 /// The text listing's last line when there is more than one page: how
 /// many were shown and how to get the next page.
-fn page_footer(page: &Page, shown: usize, total: usize, last: Option<&str>) -> String {
+fn page_footer<T>(page: &Page, listing: &Listing<T>, last: Option<&str>) -> String {
+    let (shown, total) = (listing.entries.len(), listing.total);
     match last {
-        Some(last) if shown == page.limit && total > shown => {
+        Some(last) if listing.more => {
             format!("-- {shown} shown of {total}; next page: --after {last}\n")
         }
         _ if page.after.is_some() || total > shown => {

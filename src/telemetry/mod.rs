@@ -127,6 +127,8 @@ impl Default for Page {
 pub struct Listing<T> {
     pub entries: Vec<T>,
     pub total: usize,
+    /// Entries come after this page.
+    pub more: bool,
 }
 
 /// Keeps the `limit` smallest keys offered (after a cursor), in memory of
@@ -183,6 +185,11 @@ impl<K: Ord, V> PagePicker<K, V> {
                 self.heap.pop();
             }
         }
+    }
+
+    /// Whether entries offered did not fit on the page.
+    pub fn more(&self) -> bool {
+        self.offered > self.heap.len()
     }
 
     /// The page, smallest key first.
