@@ -11,7 +11,7 @@
 //! DKIM-Signature field is folded at [`LINE_WIDTH`] octets where RFC 6376
 //! allows folding whitespace: an RSA-4096 signature alone is 684 octets of
 //! base64, and RFC 5322 caps a line at 998. Canonicalization is pure and
-//! tested against an independent verifier (Python's dkimpy) in tests/dkim.rs.
+//! tested against an independent verifier (Python's dkimpy) in tests/it/dkim.rs.
 
 use std::io;
 
