@@ -538,6 +538,13 @@ fn simulate(
 
 async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
+    // Before the start: the listener is bound before the spool's queue is
+    // read back (seconds with a long queue), and a SIGHUP or SIGTERM then
+    // would otherwise kill the process by its default action. Caught now,
+    // it is acted on once the service runs.
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     let service = match Service::start(config).await {
         Ok(service) => service,
         Err(error) => {
@@ -545,9 +552,6 @@ async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
