@@ -267,14 +267,9 @@ impl Generation {
     pub(super) fn replayed(&self, message: StoredMessage) {
         let lane = self.lane_of(&message);
         let gateway = &self.gateways[self.index(&message.gateway, &message.id)];
-        gateway.queue.push_replayed(Queued {
-            message,
-            attempts: 0,
-            lane,
-            body: None,
-            history: Vec::new(),
-            probe: false,
-        });
+        gateway
+            .queue
+            .push_replayed(Queued::new(message, lane, None));
     }
 
     /// Wakes every gateway's workers (after [`Generation::replayed`]).
@@ -322,14 +317,7 @@ impl Generation {
     ) {
         let gateway = &self.gateways[self.index(&message.gateway, &message.id)];
         gateway.queue.push(
-            Queued {
-                message,
-                attempts: 0,
-                lane,
-                body,
-                history: Vec::new(),
-                probe: false,
-            },
+            Queued::new(message, lane, body),
             arrival,
             gateway.config.max_connections,
         );

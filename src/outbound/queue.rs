@@ -223,6 +223,20 @@ pub struct Attempt {
     pub reply: String,
 }
 
+impl Queued {
+    /// A message not tried yet, in `lane`, with its `body` if at hand.
+    pub fn new(message: StoredMessage, lane: usize, body: Option<Vec<u8>>) -> Queued {
+        Queued {
+            message,
+            attempts: 0,
+            lane,
+            body,
+            history: Vec::new(),
+            probe: false,
+        }
+    }
+}
+
 /// Most attempts a queued message remembers.
 pub const HISTORY_LENGTH: usize = 10;
 
@@ -659,14 +673,9 @@ impl DeliveryQueue {
                 .await
             {
                 Ok((message, body)) => {
-                    return Queued {
-                        message,
-                        attempts: 0,
-                        lane,
-                        body: Some(body),
-                        history: Vec::new(),
-                        probe,
-                    };
+                    let mut item = Queued::new(message, lane, Some(body));
+                    item.probe = probe;
+                    return item;
                 }
                 Err(error) => {
                     if probe {

@@ -541,14 +541,7 @@ async fn notify_sender(
         "queued a delivery status notification to the sender"
     );
     gateway.queue.push(
-        Queued {
-            message: stored,
-            attempts: 0,
-            lane: context.report_lane,
-            body: Some(report),
-            history: Vec::new(),
-            probe: false,
-        },
+        Queued::new(stored, context.report_lane, Some(report)),
         // Not an app's demand: the shaper meters what apps try to send.
         false,
         gateway.config.max_connections,
