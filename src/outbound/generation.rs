@@ -336,11 +336,15 @@ impl Generation {
         for gateway in self.gateways.iter() {
             let name = &gateway.config.name;
             let (state, reserve) = gateway.queue.snapshot(reserve);
-            match self
-                .spool
-                .save_shaping_state(name, state.to_text(name))
-                .await
-            {
+            let saved = match state.to_text(name) {
+                Ok(text) => self
+                    .spool
+                    .save_shaping_state(name, text)
+                    .await
+                    .map_err(|error| error.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            match saved {
                 Ok(()) => gateway.queue.saved(reserve),
                 Err(error) => {
                     tracing::error!(gateway = %name, %error, "cannot save the shaping state; capped sends wait until it is saved");

@@ -2,10 +2,14 @@
 //! not forget (the learned baseline, a throttling cut, the cap counts, the
 //! volume history of the hour and day budgets).
 //! Pure text <-> struct; the spool writes and reads the file.
+//!
+//! The file's shape is [`File`], derived with serde: version 1, as written
+//! since the volume budgets came (a file without `since` is older and still
+//! read).
 
-use toml::{Table, Value};
+use serde::{Deserialize, Serialize};
 
-use super::volume::{Seed, VolumeState};
+use super::volume::{KEPT_SLOTS, Seed, VolumeState};
 use crate::config::Horizon;
 
 /// See the module notes. Times are Unix seconds.
@@ -20,6 +24,43 @@ pub struct SavedState {
     pub caps: Vec<(f64, Vec<(i64, u64)>)>,
     /// The per-minute volume history, when some budget is configured.
     pub volume: Option<VolumeState>,
+}
+
+/// The only version written and read.
+const VERSION: i64 = 1;
+
+/// The document as it is on disk.
+#[derive(Serialize, Deserialize)]
+struct File {
+    version: i64,
+    saved_at: f64,
+    baseline_per_second: f64,
+    penalty: f64,
+    paused_until: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    caps: Vec<CapFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    volume: Option<VolumeFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CapFile {
+    window_seconds: f64,
+    /// (slot number, units).
+    slots: Vec<(i64, u64)>,
+}
+
+/// Units sent per minute up to minute `slot` (Unix minutes), oldest first,
+/// as [`counts_to_text`] writes them.
+#[derive(Serialize, Deserialize)]
+struct VolumeFile {
+    slot: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since: Option<i64>,
+    all: String,
+    transactional: String,
+    /// (window minutes, units, last minute).
+    seeds: Vec<(i64, u64, i64)>,
 }
 
 /// Per-minute counts as text: a count per minute, `+N` for N empty minutes
@@ -50,7 +91,7 @@ fn counts_from_text(text: &str) -> Option<Vec<u64>> {
         match word.strip_prefix('+') {
             Some(zeros) => {
                 let zeros: usize = zeros.parse().ok()?;
-                if counts.len().checked_add(zeros)? > super::volume::KEPT_SLOTS as usize {
+                if counts.len().checked_add(zeros)? > KEPT_SLOTS as usize {
                     return None;
                 }
                 counts.resize(counts.len() + zeros, 0);
@@ -58,138 +99,113 @@ fn counts_from_text(text: &str) -> Option<Vec<u64>> {
             None => counts.push(word.parse().ok()?),
         }
     }
-    (counts.len() <= super::volume::KEPT_SLOTS as usize).then_some(counts)
+    (counts.len() <= KEPT_SLOTS as usize).then_some(counts)
 }
 
-fn volume_to_text(volume: &VolumeState) -> String {
-    let seeds: Vec<String> = Horizon::ALL
-        .into_iter()
-        .filter_map(|horizon| {
-            let seed = volume.seeds[horizon as usize]?;
-            Some(format!(
-                "[{}, {}, {}]",
-                horizon.minutes(),
-                seed.units,
-                seed.until
-            ))
-        })
-        .collect();
-    format!(
-        "\n# Units sent per minute up to minute `slot` (Unix minutes), oldest first;\n\
-         # \"+N\" is N minutes with none. Seeds: [window minutes, units, last minute].\n\
-         [volume]\nslot = {}\nsince = {}\nall = \"{}\"\ntransactional = \"{}\"\nseeds = [{}]\n",
-        volume.slot,
-        volume.since,
-        counts_to_text(&volume.all),
-        counts_to_text(&volume.transactional),
-        seeds.join(", ")
-    )
-}
-
-fn volume_from_table(table: &Value) -> Option<VolumeState> {
-    let mut seeds = [None; 2];
-    for seed in table.get("seeds")?.as_array()? {
-        let seed = seed.as_array()?;
-        let minutes = seed.first()?.as_integer()?;
-        let horizon = Horizon::ALL
-            .into_iter()
-            .find(|horizon| horizon.minutes() == minutes)?;
-        seeds[horizon as usize] = Some(Seed {
-            units: u64::try_from(seed.get(1)?.as_integer()?).ok()?,
-            until: seed.get(2)?.as_integer()?,
-        });
+impl VolumeFile {
+    fn new(volume: &VolumeState) -> VolumeFile {
+        VolumeFile {
+            slot: volume.slot,
+            since: Some(volume.since),
+            all: counts_to_text(&volume.all),
+            transactional: counts_to_text(&volume.transactional),
+            seeds: Horizon::ALL
+                .into_iter()
+                .filter_map(|horizon| {
+                    let seed = volume.seeds[horizon as usize]?;
+                    Some((horizon.minutes(), seed.units, seed.until))
+                })
+                .collect(),
+        }
     }
-    let slot = table.get("slot")?.as_integer()?;
-    Some(VolumeState {
-        slot,
-        // Files written before `since` was saved: the history began no
-        // later than the kept span.
-        since: match table.get("since") {
-            Some(since) => since.as_integer()?,
-            None => slot - super::volume::KEPT_SLOTS,
-        },
-        all: counts_from_text(table.get("all")?.as_str()?)?,
-        transactional: counts_from_text(table.get("transactional")?.as_str()?)?,
-        seeds,
-    })
+
+    fn state(&self) -> Option<VolumeState> {
+        let mut seeds = [None; 2];
+        for (minutes, units, until) in &self.seeds {
+            let horizon = Horizon::ALL
+                .into_iter()
+                .find(|horizon| horizon.minutes() == *minutes)?;
+            seeds[horizon as usize] = Some(Seed {
+                units: *units,
+                until: *until,
+            });
+        }
+        Some(VolumeState {
+            slot: self.slot,
+            // Files written before `since` was saved: the history began no
+            // later than the kept span.
+            since: self.since.unwrap_or(self.slot - KEPT_SLOTS),
+            all: counts_from_text(&self.all)?,
+            transactional: counts_from_text(&self.transactional)?,
+            seeds,
+        })
+    }
 }
 
 impl SavedState {
-    /// The state as a small TOML document.
-    pub fn to_text(&self, gateway: &str) -> String {
+    /// The state as a small TOML document. The toml crate writes every
+    /// value of [`File`] (counts past 2^63 too); an error would be a
+    /// serialiser's limit, and the caller logs it and keeps the old file.
+    pub fn to_text(&self, gateway: &str) -> Result<String, toml::ser::Error> {
+        let file = File {
+            version: VERSION,
+            saved_at: self.saved_at,
+            baseline_per_second: self.baseline,
+            penalty: self.penalty,
+            paused_until: self.paused_until,
+            caps: self
+                .caps
+                .iter()
+                .map(|(window, slots)| CapFile {
+                    window_seconds: *window,
+                    slots: slots.clone(),
+                })
+                .collect(),
+            volume: self.volume.as_ref().map(VolumeFile::new),
+        };
         let mut text = format!(
             "# smtp-shaper: learned shaping state of gateway \"{gateway}\", rewritten while it runs.\n\
-             # Delete the file to forget the history (the gateway restarts from initial_rate).\n\
-             version = 1\nsaved_at = {:?}\nbaseline_per_second = {:?}\npenalty = {:?}\npaused_until = {:?}\n",
-            self.saved_at, self.baseline, self.penalty, self.paused_until
+             # Delete the file to forget the history (the gateway restarts from initial_rate).\n"
         );
-        for (window, slots) in &self.caps {
-            let slots: Vec<String> = slots
-                .iter()
-                .map(|(slot, units)| format!("[{slot}, {units}]"))
-                .collect();
-            text.push_str(&format!(
-                "\n[[caps]]\nwindow_seconds = {window:?}\nslots = [{}]\n",
-                slots.join(", ")
-            ));
+        if file.volume.is_some() {
+            text.push_str(
+                "# [volume]: units sent per minute up to minute `slot` (Unix minutes), oldest\n\
+                 # first; \"+N\" is N minutes with none. Seeds: [window minutes, units, last minute].\n",
+            );
         }
-        if let Some(volume) = &self.volume {
-            text.push_str(&volume_to_text(volume));
-        }
-        text
+        text.push_str(&toml::to_string(&file)?);
+        Ok(text)
     }
 
     /// Reads [`SavedState::to_text`]; `None` explains nothing because the
     /// caller logs the file and starts fresh.
     pub fn parse(text: &str) -> Option<SavedState> {
-        let table: Table = text.parse().ok()?;
-        let number = |key: &str| -> Option<f64> {
-            match table.get(key)? {
-                Value::Float(value) => Some(*value),
-                Value::Integer(value) => Some(*value as f64),
-                _ => None,
-            }
-        };
-        if table.get("version")?.as_integer()? != 1 {
+        let file: File = toml::from_str(text).ok()?;
+        if file.version != VERSION {
             return None;
         }
-        let mut caps = Vec::new();
-        if let Some(entries) = table.get("caps") {
-            for entry in entries.as_array()? {
-                let window = match entry.get("window_seconds")? {
-                    Value::Float(value) => *value,
-                    Value::Integer(value) => *value as f64,
-                    _ => return None,
-                };
-                let mut slots = Vec::new();
-                for pair in entry.get("slots")?.as_array()? {
-                    let pair = pair.as_array()?;
-                    let slot = pair.first()?.as_integer()?;
-                    let units = u64::try_from(pair.get(1)?.as_integer()?).ok()?;
-                    slots.push((slot, units));
-                }
-                caps.push((window, slots));
-            }
-        }
-        let volume = match table.get("volume") {
-            Some(volume) => Some(volume_from_table(volume)?),
+        let volume = match &file.volume {
+            Some(volume) => Some(volume.state()?),
             None => None,
         };
-        let saved_at = number("saved_at")?;
         // The volume's minute must be the save's: anything else is damage
         // (and would make waits absurd).
         if volume
             .as_ref()
-            .is_some_and(|volume| (volume.slot as f64 - saved_at / 60.0).abs() > 2.0)
+            .is_some_and(|volume| (volume.slot as f64 - file.saved_at / 60.0).abs() > 2.0)
         {
             return None;
         }
         let state = SavedState {
-            saved_at,
-            baseline: number("baseline_per_second")?,
-            penalty: number("penalty")?,
-            paused_until: number("paused_until")?,
-            caps,
+            saved_at: file.saved_at,
+            baseline: file.baseline_per_second,
+            penalty: file.penalty,
+            paused_until: file.paused_until,
+            caps: file
+                .caps
+                .into_iter()
+                .map(|cap| (cap.window_seconds, cap.slots))
+                .collect(),
             volume,
         };
         (state.baseline.is_finite() && state.baseline >= 0.0 && state.penalty.is_finite())
@@ -215,7 +231,7 @@ mod tests {
             volume: None,
         };
         assert_eq!(
-            SavedState::parse(&state.to_text("primary")),
+            SavedState::parse(&state.to_text("primary").unwrap()),
             Some(state.clone())
         );
         let with_volume = SavedState {
@@ -232,9 +248,9 @@ mod tests {
                 ],
                 since: 29_402_000,
             }),
-            ..state
+            ..state.clone()
         };
-        let text = with_volume.to_text("primary");
+        let text = with_volume.to_text("primary").unwrap();
         assert!(text.contains("all = \"3 +3 7 +1\""), "{text}");
         assert_eq!(SavedState::parse(&text), Some(with_volume));
         let damaged = text.replace("+3 7", "+x 7");
@@ -248,6 +264,15 @@ mod tests {
         let huge = text.replace("+3 7", "+18446744073709551615 7");
         assert_eq!(SavedState::parse(&huge), None);
         assert_eq!(SavedState::parse("version = 2\n"), None);
+        let past_toml = SavedState {
+            caps: vec![(60.0, vec![(1, u64::MAX)])],
+            ..state.clone()
+        };
+        assert_eq!(
+            SavedState::parse(&past_toml.to_text("primary").unwrap()),
+            Some(past_toml),
+            "counts past TOML's i64 still round-trip"
+        );
         assert_eq!(SavedState::parse("not toml ["), None);
         assert_eq!(
             SavedState::parse(
@@ -255,5 +280,37 @@ mod tests {
             ),
             None
         );
+    }
+
+    /// The layout earlier releases wrote by hand, from before `since` was
+    /// saved, with integral numbers written as integers (as an operator may
+    /// edit them): still read, so an upgrade keeps the learned history.
+    #[test]
+    fn reads_the_files_earlier_releases_wrote() {
+        let text = "# smtp-shaper: learned shaping state of gateway \"primary\", rewritten while it runs.\n\
+            version = 1\nsaved_at = 1764180060\nbaseline_per_second = 0.5\npenalty = 1\npaused_until = 0\n\
+            \n[[caps]]\nwindow_seconds = 60\nslots = [[29403000, 3], [29403001, 1]]\n\
+            \n[[caps]]\nwindow_seconds = 86400.0\nslots = []\n\
+            \n# Units sent per minute\n[volume]\nslot = 29403001\nall = \"3 +3 7\"\n\
+            transactional = \"\"\nseeds = [[1440, 2000, 29413000]]\n";
+        let state = SavedState::parse(text).expect("an earlier file is read");
+        assert_eq!(state.saved_at, 1_764_180_060.0);
+        assert_eq!(state.penalty, 1.0);
+        assert_eq!(
+            state.caps,
+            vec![
+                (60.0, vec![(29_403_000, 3), (29_403_001, 1)]),
+                (86_400.0, vec![])
+            ]
+        );
+        let volume = state.volume.expect("the volume history");
+        assert_eq!(volume.since, 29_403_001 - KEPT_SLOTS);
+        assert_eq!(volume.all, vec![3, 0, 0, 0, 7]);
+        assert!(volume.transactional.is_empty());
+        assert_eq!(
+            volume.seeds[Horizon::Day as usize].map(|seed| seed.units),
+            Some(2_000)
+        );
+        assert_eq!(volume.seeds[Horizon::Hour as usize], None);
     }
 }

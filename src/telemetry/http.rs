@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use super::json::Json;
+use super::json;
 use super::{AdminError, Listing, Metrics, Page, QueuedDetail, QueuedSummary, Queues};
 use crate::policy::senders::{SenderChecks, Verdict};
 use crate::shutdown::Shutdown;
@@ -151,10 +151,7 @@ async fn route<Q: Queues>(
                     if plain {
                         text(status, format!("{error}\n"))
                     } else {
-                        json(
-                            status,
-                            Json::object().field("error", error.to_string()).finish(),
-                        )
+                        json(status, json::single("error", error.to_string()))
                     }
                 }
             }
@@ -206,93 +203,17 @@ fn readiness<Q: Queues>(endpoint: &Endpoint<Q>) -> Reply {
 }
 
 fn status<Q: Queues>(endpoint: &Endpoint<Q>) -> String {
-    let mut gateways = Json::array();
-    for status in endpoint.queues.statuses() {
-        let model = &status.view.model;
-        let mut lanes = Json::object();
-        for (name, depth) in status.lane_names.iter().zip(&status.view.lanes) {
-            lanes = lanes.field(name, *depth);
-        }
-        let mut deferrals = Json::object();
-        for (reason, count) in crate::shaper::DeferReason::ALL.iter().zip(model.deferrals) {
-            deferrals = deferrals.field(reason.as_str(), count);
-        }
-        let mut budgets = Json::object();
-        for budget in &model.budgets {
-            budgets = budgets.field(
-                budget.horizon.label(),
-                Json::object()
-                    .field("sent", budget.sent)
-                    .field("allowance", budget.allowance)
-                    .field("left", budget.allowance.saturating_sub(budget.sent))
-                    .field("transactional_room", budget.transactional_room)
-                    .field("next_room_seconds", budget.next_room),
-            );
-        }
-        let mut replies = Json::array();
-        for (at, reply) in &status.recent_replies {
-            replies = replies.item(Json::object().field("at", *at).field("reply", reply));
-        }
-        gateways = gateways.item(
-            Json::object()
-                .field("name", &status.name)
-                .field("address", &status.address)
-                .field("baseline_rate", model.baseline)
-                .field("ceiling_rate", model.ceiling)
-                .field("demand_rate", model.demand_rate)
-                .field("send_rate", model.send_rate)
-                .field("burst_ratio", model.burst_ratio)
-                .field(
-                    "queue",
-                    Json::object()
-                        .field("messages", status.view.queued)
-                        .field("bytes", status.queued_bytes)
-                        .field("parked", status.parked)
-                        .field("oldest_age_seconds", status.view.oldest_age)
-                        .field("held", status.held)
-                        .field("by_app", lanes),
-                )
-                .field(
-                    "backoff",
-                    Json::object()
-                        .field("penalty", model.penalty)
-                        .field("remaining_seconds", model.paused_for),
-                )
-                .field("volume_budgets", budgets)
-                .field("deferrals", deferrals)
-                .field("connections", status.connections)
-                .field(
-                    "cluster",
-                    status.cluster.map(|cluster| {
-                        Json::object()
-                            .field("connected", cluster.connected)
-                            .field("nodes", cluster.nodes)
-                            .field("share_of", cluster.share_of)
-                    }),
-                )
-                .field("recent_replies", replies),
-        );
-    }
-    let mut checks = Json::array();
-    for (address, verdict, at) in endpoint.senders.all() {
-        let (verdict, reply) = match verdict {
-            Verdict::Exists => ("exists", None),
-            Verdict::Missing(reply) => ("missing", Some(reply)),
-        };
-        checks = checks.item(
-            Json::object()
-                .field("address", address)
-                .field("verdict", verdict)
-                .field("reply", reply)
-                .field("checked_at", at),
-        );
-    }
-    Json::object()
-        .field("version", env!("CARGO_PKG_VERSION"))
-        .field("ready", !endpoint.shutdown.is_stopping())
-        .field("gateways", gateways)
-        .field("sender_checks", checks)
-        .finish()
+    let statuses = endpoint.queues.statuses();
+    let checks = endpoint.senders.all();
+    json::to_text(&json::Status {
+        version: env!("CARGO_PKG_VERSION"),
+        ready: !endpoint.shutdown.is_stopping(),
+        gateways: statuses.iter().map(json::Gateway::new).collect(),
+        sender_checks: checks
+            .iter()
+            .map(|(address, verdict, at)| json::SenderCheck::new(address, verdict, *at))
+            .collect(),
+    })
 }
 
 /// The refusal of an admin request: it must come from a loopback client,
@@ -375,10 +296,8 @@ async fn admin_route<Q: Queues>(
             let gateway = query_value(query, "gateway")?;
             let page = page(query)?;
             let list = queues.list(gateway.as_deref(), &page)?;
-            let mut json = Json::array();
             let mut text = String::new();
             for message in &list.entries {
-                json = json.item(summary_json(message));
                 text.push_str(&summary_line(message));
             }
             if list.total == 0 {
@@ -386,8 +305,9 @@ async fn admin_route<Q: Queues>(
             }
             let last = list.entries.last().map(|message| message.id.as_str());
             text.push_str(&page_footer(&page, &list, last));
+            let summaries: Vec<_> = list.entries.iter().map(json::Summary::new).collect();
             Ok(Answer {
-                json: json.finish(),
+                json: json::to_text(&summaries),
                 text,
             })
         }
@@ -406,9 +326,7 @@ async fn admin_route<Q: Queues>(
         (&Method::DELETE, ["queue", id]) => {
             let removed = queues.delete(id)?;
             Ok(Answer {
-                json: Json::object()
-                    .field("deleted", summary_json(&removed))
-                    .finish(),
+                json: json::single("deleted", json::Summary::new(&removed)),
                 text: format!("deleted {}\n", removed.id),
             })
         }
@@ -420,20 +338,15 @@ async fn admin_route<Q: Queues>(
                 "released"
             };
             Ok(Answer {
-                json: Json::object()
-                    .field("gateway", *gateway)
-                    .field("state", state)
-                    .finish(),
+                json: json::to_text(&json::HoldState { gateway, state }),
                 text: format!("gateway {gateway} {state}\n"),
             })
         }
         (&Method::GET, ["dead"]) => {
             let page = page(query)?;
             let names = queues.dead_letters(&page)?;
-            let mut json = Json::array();
             let mut text = String::new();
             for name in &names.entries {
-                json = json.item(name);
                 text.push_str(name);
                 text.push('\n');
             }
@@ -443,14 +356,14 @@ async fn admin_route<Q: Queues>(
             let last = names.entries.last().map(String::as_str);
             text.push_str(&page_footer(&page, &names, last));
             Ok(Answer {
-                json: json.finish(),
+                json: json::to_text(&names.entries),
                 text,
             })
         }
         (&Method::POST, ["dead", name, "requeue"]) => {
             let id = queues.requeue(name).await?;
             Ok(Answer {
-                json: Json::object().field("queued_as", &id).finish(),
+                json: json::single("queued_as", &id),
                 text: format!("{name} queued again as {id}\n"),
             })
         }
@@ -536,26 +449,9 @@ fn decode(text: &str) -> Option<String> {
 
 fn counted(what: &str, count: usize) -> Answer {
     Answer {
-        json: Json::object().field(what, count).finish(),
+        json: json::single(what, count),
         text: format!("{what} {count} message(s)\n"),
     }
-}
-
-fn summary_json(message: &QueuedSummary) -> Json {
-    let mut recipients = Json::array();
-    for recipient in &message.recipients {
-        recipients = recipients.item(recipient);
-    }
-    Json::object()
-        .field("id", &message.id)
-        .field("gateway", &message.gateway)
-        .field("sender", &message.sender)
-        .field("recipients", recipients)
-        .field("size", message.size)
-        .field("received_at", message.received_at)
-        .field("attempts", message.attempts)
-        .field("state", message.state)
-        .field("retry_at", message.retry_at)
 }
 
 fn summary_line(message: &QueuedSummary) -> String {
@@ -581,14 +477,12 @@ fn summary_line(message: &QueuedSummary) -> String {
 }
 
 fn detail_answer(detail: &QueuedDetail) -> Answer {
-    let mut history = Json::array();
     let mut text = summary_line(&detail.summary);
     text.push_str(&format!(
         "client: {}\n\n{}\n",
         detail.client_ip, detail.headers
     ));
     for (at, reply) in &detail.history {
-        history = history.item(Json::object().field("at", *at).field("reply", reply));
         text.push_str(&format!(
             "attempt at {}: {}\n",
             crate::smtp::trace::rfc5322_date(*at),
@@ -599,11 +493,7 @@ fn detail_answer(detail: &QueuedDetail) -> Answer {
         text.push_str("no delivery attempt yet\n");
     }
     Answer {
-        json: summary_json(&detail.summary)
-            .field("client_ip", &detail.client_ip)
-            .field("headers", &detail.headers)
-            .field("history", history)
-            .finish(),
+        json: json::to_text(&json::Detail::new(detail)),
         text,
     }
 }

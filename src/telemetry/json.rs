@@ -1,166 +1,310 @@
-//! A small JSON writer for `/status` and the admin API: objects, arrays,
-//! strings, numbers. Output only (nothing here parses JSON), so it needs no
-//! serialisation framework.
+//! The JSON documents of `/status` and the admin API: one struct per shape,
+//! written by serde_json, so each field's name and place is stated once.
 //!
-//! Invariants: strings are escaped per RFC 8259 (quote, backslash, control
-//! characters); numbers that are not finite are written as `null`.
+//! Invariants: fields come out in the order declared here (operators read
+//! these answers by eye, and `curl | jq` keeps the order); objects keyed by
+//! a name (apps, deferral reasons, budgets) keep the order of their source;
+//! a number that is not finite is written as `null` (serde_json's rule).
 
-use std::fmt::Write;
+use serde::Serialize;
+use serde::ser::Serializer;
 
-/// A JSON value being written: `Json::object()` or `Json::array()`, filled
-/// with `field`/`item` calls, closed by `finish`.
-pub struct Json {
-    out: String,
-    first: bool,
-    close: char,
+use super::{GatewayStatus, QueuedDetail, QueuedSummary};
+use crate::policy::senders::Verdict;
+use crate::shaper::DeferReason;
+
+/// `GET /status`.
+#[derive(Serialize)]
+pub struct Status<'a> {
+    pub version: &'static str,
+    pub ready: bool,
+    pub gateways: Vec<Gateway<'a>>,
+    pub sender_checks: Vec<SenderCheck<'a>>,
 }
 
-/// A value that can be written as JSON.
-pub trait ToJson {
-    fn write_json(&self, out: &mut String);
+/// One gateway of [`Status`].
+#[derive(Serialize)]
+pub struct Gateway<'a> {
+    name: &'a str,
+    address: &'a str,
+    baseline_rate: f64,
+    ceiling_rate: f64,
+    demand_rate: f64,
+    send_rate: f64,
+    burst_ratio: f64,
+    queue: Queue<'a>,
+    backoff: Backoff,
+    volume_budgets: Keyed<&'static str, Budget>,
+    deferrals: Keyed<&'static str, u64>,
+    connections: i64,
+    cluster: Option<Cluster>,
+    recent_replies: Vec<Reply<'a>>,
 }
 
-impl Json {
-    pub fn object() -> Json {
-        Json {
-            out: "{".into(),
-            first: true,
-            close: '}',
+#[derive(Serialize)]
+struct Queue<'a> {
+    messages: usize,
+    bytes: u64,
+    parked: usize,
+    oldest_age_seconds: f64,
+    held: bool,
+    by_app: Keyed<&'a str, usize>,
+}
+
+#[derive(Serialize)]
+struct Backoff {
+    penalty: f64,
+    remaining_seconds: f64,
+}
+
+#[derive(Serialize)]
+struct Budget {
+    sent: u64,
+    allowance: u64,
+    left: u64,
+    transactional_room: u64,
+    next_room_seconds: f64,
+}
+
+#[derive(Serialize)]
+struct Cluster {
+    connected: bool,
+    nodes: u64,
+    share_of: u64,
+}
+
+/// A gateway's reply at a time (Unix seconds): `/status`'s recent replies
+/// and a queued message's attempts.
+#[derive(Serialize)]
+struct Reply<'a> {
+    at: u64,
+    reply: &'a str,
+}
+
+/// One sender check of [`Status`].
+#[derive(Serialize)]
+pub struct SenderCheck<'a> {
+    address: &'a str,
+    verdict: &'static str,
+    reply: Option<&'a str>,
+    checked_at: u64,
+}
+
+/// An object whose keys are names known only at run time, written in the
+/// order given (a map type would sort them or cost a dependency).
+struct Keyed<K, V>(Vec<(K, V)>);
+
+impl<K: Serialize, V: Serialize> Serialize for Keyed<K, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(key, value)| (key, value)))
+    }
+}
+
+impl<'a> Gateway<'a> {
+    pub fn new(status: &'a GatewayStatus) -> Gateway<'a> {
+        let model = &status.view.model;
+        Gateway {
+            name: &status.name,
+            address: &status.address,
+            baseline_rate: model.baseline,
+            ceiling_rate: model.ceiling,
+            demand_rate: model.demand_rate,
+            send_rate: model.send_rate,
+            burst_ratio: model.burst_ratio,
+            queue: Queue {
+                messages: status.view.queued,
+                bytes: status.queued_bytes,
+                parked: status.parked,
+                oldest_age_seconds: status.view.oldest_age,
+                held: status.held,
+                by_app: Keyed(
+                    status
+                        .lane_names
+                        .iter()
+                        .map(String::as_str)
+                        .zip(status.view.lanes.iter().copied())
+                        .collect(),
+                ),
+            },
+            backoff: Backoff {
+                penalty: model.penalty,
+                remaining_seconds: model.paused_for,
+            },
+            volume_budgets: Keyed(
+                model
+                    .budgets
+                    .iter()
+                    .map(|budget| {
+                        let shown = Budget {
+                            sent: budget.sent,
+                            allowance: budget.allowance,
+                            left: budget.allowance.saturating_sub(budget.sent),
+                            transactional_room: budget.transactional_room,
+                            next_room_seconds: budget.next_room,
+                        };
+                        (budget.horizon.label(), shown)
+                    })
+                    .collect(),
+            ),
+            deferrals: Keyed(
+                DeferReason::ALL
+                    .iter()
+                    .map(|reason| reason.as_str())
+                    .zip(model.deferrals)
+                    .collect(),
+            ),
+            connections: status.connections,
+            cluster: status.cluster.map(|cluster| Cluster {
+                connected: cluster.connected,
+                nodes: cluster.nodes,
+                share_of: cluster.share_of,
+            }),
+            recent_replies: replies(&status.recent_replies),
         }
     }
-
-    pub fn array() -> Json {
-        Json {
-            out: "[".into(),
-            first: true,
-            close: ']',
-        }
-    }
-
-    fn separator(&mut self) {
-        if !self.first {
-            self.out.push(',');
-        }
-        self.first = false;
-    }
-
-    /// Adds `"name": value` to an object.
-    pub fn field(mut self, name: &str, value: impl ToJson) -> Json {
-        self.separator();
-        name.write_json(&mut self.out);
-        self.out.push(':');
-        value.write_json(&mut self.out);
-        self
-    }
-
-    /// Adds a value to an array.
-    pub fn item(mut self, value: impl ToJson) -> Json {
-        self.separator();
-        value.write_json(&mut self.out);
-        self
-    }
-
-    /// The finished text.
-    pub fn finish(mut self) -> String {
-        self.out.push(self.close);
-        self.out
-    }
 }
 
-impl ToJson for Json {
-    fn write_json(&self, out: &mut String) {
-        out.push_str(&self.out);
-        out.push(self.close);
-    }
-}
-
-impl ToJson for &str {
-    fn write_json(&self, out: &mut String) {
-        out.push('"');
-        for c in self.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(out, "\\u{:04x}", c as u32);
-                }
-                c => out.push(c),
-            }
-        }
-        out.push('"');
-    }
-}
-
-impl ToJson for &String {
-    fn write_json(&self, out: &mut String) {
-        self.as_str().write_json(out);
-    }
-}
-
-impl ToJson for String {
-    fn write_json(&self, out: &mut String) {
-        self.as_str().write_json(out);
-    }
-}
-
-impl ToJson for f64 {
-    fn write_json(&self, out: &mut String) {
-        if self.is_finite() {
-            let _ = write!(out, "{self}");
-        } else {
-            out.push_str("null");
+impl<'a> SenderCheck<'a> {
+    pub fn new(address: &'a str, verdict: &'a Verdict, checked_at: u64) -> SenderCheck<'a> {
+        let (verdict, reply) = match verdict {
+            Verdict::Exists => ("exists", None),
+            Verdict::Missing(reply) => ("missing", Some(reply.as_str())),
+        };
+        SenderCheck {
+            address,
+            verdict,
+            reply,
+            checked_at,
         }
     }
 }
 
-/// Integers are written as they print.
-macro_rules! integer_to_json {
-    ($($type:ty),*) => {$(
-        impl ToJson for $type {
-            fn write_json(&self, out: &mut String) {
-                let _ = write!(out, "{self}");
-            }
-        }
-    )*};
+fn replies(replies: &[(u64, String)]) -> Vec<Reply<'_>> {
+    replies
+        .iter()
+        .map(|(at, reply)| Reply { at: *at, reply })
+        .collect()
 }
 
-integer_to_json!(u32, u64, i64, usize);
+/// A queued message in a listing (`GET /admin/queue`) or as deleted.
+#[derive(Serialize)]
+pub struct Summary<'a> {
+    id: &'a str,
+    gateway: &'a str,
+    sender: &'a str,
+    recipients: &'a [String],
+    size: u64,
+    received_at: u64,
+    attempts: u32,
+    state: &'static str,
+    retry_at: Option<u64>,
+}
 
-impl ToJson for bool {
-    fn write_json(&self, out: &mut String) {
-        out.push_str(if *self { "true" } else { "false" });
+impl<'a> Summary<'a> {
+    pub fn new(message: &'a QueuedSummary) -> Summary<'a> {
+        Summary {
+            id: &message.id,
+            gateway: &message.gateway,
+            sender: &message.sender,
+            recipients: &message.recipients,
+            size: message.size,
+            received_at: message.received_at,
+            attempts: message.attempts,
+            state: message.state,
+            retry_at: message.retry_at,
+        }
     }
 }
 
-impl<T: ToJson> ToJson for Option<T> {
-    fn write_json(&self, out: &mut String) {
-        match self {
-            Some(value) => value.write_json(out),
-            None => out.push_str("null"),
+/// One queued message in full (`GET /admin/queue/ID`): the summary's
+/// fields, then the rest.
+#[derive(Serialize)]
+pub struct Detail<'a> {
+    #[serde(flatten)]
+    summary: Summary<'a>,
+    client_ip: &'a str,
+    headers: &'a str,
+    history: Vec<Reply<'a>>,
+}
+
+impl<'a> Detail<'a> {
+    pub fn new(detail: &'a QueuedDetail) -> Detail<'a> {
+        Detail {
+            summary: Summary::new(&detail.summary),
+            client_ip: &detail.client_ip,
+            headers: &detail.headers,
+            history: replies(&detail.history),
         }
     }
+}
+
+/// `POST /admin/gateways/G/hold` or `.../release`: the state it is in now.
+#[derive(Serialize)]
+pub struct HoldState<'a> {
+    pub gateway: &'a str,
+    pub state: &'static str,
+}
+
+/// The text of `document`. Serialising these types cannot fail (string
+/// keys, no fallible `Serialize`), so a failure is a bug here, not input.
+pub fn to_text(document: &impl Serialize) -> String {
+    serde_json::to_string(document).expect("the admin documents always serialise")
+}
+
+/// A one-field object: `{"name": value}` (counts, errors, the id a dead
+/// letter was queued again as).
+pub fn single(name: &str, value: impl Serialize) -> String {
+    to_text(&Keyed(vec![(name, value)]))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     #[test]
-    fn writes_nested_values_with_escapes() {
-        let text = Json::object()
-            .field("name", "a \"quoted\"\\ line\n\u{1}")
-            .field("rate", 0.5)
-            .field("nan", f64::NAN)
-            .field("none", None::<u64>)
-            .field("list", Json::array().item(1u64).item(true))
-            .field("empty", Json::object())
-            .finish();
+    fn keyed_objects_keep_their_order_and_strings_are_escaped() {
+        let keyed = Keyed(vec![("zeta", 1u64), ("alpha", 2)]);
+        assert_eq!(to_text(&keyed), r#"{"zeta":1,"alpha":2}"#);
+        let text = single("error", "a \"quoted\"\\ line\n\u{1}");
+        assert_eq!(text, r#"{"error":"a \"quoted\"\\ line\n\u0001"}"#);
+        assert_eq!(single("rate", f64::NAN), r#"{"rate":null}"#);
+    }
+
+    #[test]
+    fn a_detail_is_its_summary_and_the_rest() {
+        let detail = QueuedDetail {
+            summary: QueuedSummary {
+                id: "0000000000000001".into(),
+                gateway: "primary".into(),
+                sender: "app@example.com".into(),
+                recipients: vec!["a@example.org".into()],
+                size: 120,
+                received_at: 1_764_180_000,
+                attempts: 1,
+                state: "retry",
+                retry_at: Some(1_764_180_060),
+            },
+            client_ip: "127.0.0.1".into(),
+            headers: "Subject: hi\r\n".into(),
+            history: vec![(1_764_180_001, "451 4.3.0 later".into())],
+        };
+        let text = to_text(&Detail::new(&detail));
+        assert!(
+            text.starts_with(r#"{"id":"0000000000000001","gateway":"primary""#),
+            "{text}"
+        );
+        let value: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
-            text,
-            r#"{"name":"a \"quoted\"\\ line\n\u0001","rate":0.5,"nan":null,"none":null,"list":[1,true],"empty":{}}"#
+            value,
+            json!({
+                "id": "0000000000000001", "gateway": "primary",
+                "sender": "app@example.com", "recipients": ["a@example.org"],
+                "size": 120, "received_at": 1_764_180_000u64, "attempts": 1,
+                "state": "retry", "retry_at": 1_764_180_060u64,
+                "client_ip": "127.0.0.1", "headers": "Subject: hi\r\n",
+                "history": [{"at": 1_764_180_001u64, "reply": "451 4.3.0 later"}],
+            })
         );
     }
 }

@@ -5,7 +5,7 @@
 //! - [`client`]: the blocking client the `queue` command talks to it with;
 //! - [`http`]: the endpoint on `[http] listen`: `/metrics`, `/healthz`,
 //!   `/readyz`, `/status` and the queue admin API under `/admin/`;
-//! - [`json`]: the small JSON writer `/status` and the admin API answer with;
+//! - [`json`]: the JSON documents `/status` and the admin API answer with;
 //! - [`logging`]: text or JSON log lines.
 //!
 //! The endpoint reads the delivery side through the [`Queues`] trait, which

@@ -4,7 +4,9 @@
 
 use smtp_shaper::telemetry::client::encode;
 
-use crate::support::{Client, Harness, Sink, eventually, fetch, sample_in, start, test_config};
+use crate::support::{
+    self, Client, Harness, Sink, eventually, fetch, sample_in, start, test_config,
+};
 
 const BODY: &[u8] = b"Subject: long queue\r\n\r\nqueued\r\n";
 
@@ -56,7 +58,11 @@ async fn a_queue_past_its_active_limit_lists_restarts_and_drains_in_order() {
         "all but the first 5 envelopes wait on disk"
     );
     let json = fetch(http, "GET", "/status", None).await.body;
-    assert!(json.contains("\"parked\":35"), "{json}");
+    assert_eq!(
+        support::json(&json)["gateways"][0]["queue"]["parked"],
+        35,
+        "{json}"
+    );
 
     // Three pages of 15, oldest first, parked envelopes read back.
     let mut listed = Vec::new();

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use serde_json::Value;
 use smtp_shaper::telemetry::client::request;
 
 use crate::support::{self, Harness, eventually, free_address, shaping, skip_without};
@@ -83,31 +84,20 @@ fn promtool_checks_and_unit_tests_the_alert_rules() {
     }
 }
 
-/// The `"expr"` strings of the dashboard JSON, unescaped.
-fn dashboard_queries(json: &str) -> Vec<String> {
-    let mut queries = Vec::new();
-    let mut rest = json;
-    while let Some(start) = rest.find("\"expr\": \"") {
-        rest = &rest[start + 9..];
-        let mut query = String::new();
-        let mut chars = rest.char_indices();
-        while let Some((index, c)) = chars.next() {
-            match c {
-                '"' => {
-                    rest = &rest[index + 1..];
-                    break;
-                }
-                '\\' => match chars.next().map(|(_, c)| c) {
-                    Some('n') => query.push('\n'),
-                    Some(other) => query.push(other),
-                    None => {}
-                },
-                c => query.push(c),
-            }
-        }
-        queries.push(query);
+/// Every `"expr"` string of the dashboard JSON, at any depth (panels,
+/// rows, template variables).
+fn dashboard_queries(dashboard: &Value) -> Vec<String> {
+    match dashboard {
+        Value::Object(fields) => fields
+            .iter()
+            .flat_map(|(key, value)| match (key.as_str(), value) {
+                ("expr", Value::String(query)) => vec![query.clone()],
+                _ => dashboard_queries(value),
+            })
+            .collect(),
+        Value::Array(items) => items.iter().flat_map(dashboard_queries).collect(),
+        _ => Vec::new(),
     }
-    queries
 }
 
 /// Grafana's variables as a user with "All" gateways would see them.
@@ -139,8 +129,12 @@ fn query(prometheus: SocketAddr, expr: &str) -> (bool, bool, String) {
         None,
     )
     .expect("prometheus answers");
-    let ok = answer.status == 200 && answer.body.contains("\"status\":\"success\"");
-    let series = ok && !answer.body.contains("\"result\":[]");
+    let reply = support::json(&answer.body);
+    let ok = answer.status == 200 && reply["status"] == "success";
+    let series = ok
+        && reply["data"]["result"]
+            .as_array()
+            .is_some_and(|result| !result.is_empty());
     (ok, series, answer.body)
 }
 
@@ -262,7 +256,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_query_and_alert_expression(
     );
 
     let dashboard = std::fs::read_to_string(grafana("dashboards/smtp-shaper.json")).unwrap();
-    let queries = dashboard_queries(&dashboard);
+    let queries = dashboard_queries(&support::json(&dashboard));
     assert!(queries.len() >= 25, "{} queries", queries.len());
     let rules = std::fs::read_to_string(grafana("alerts/smtp-shaper.rules.yml")).unwrap();
     let alerts: Vec<String> = rules
@@ -300,12 +294,14 @@ async fn a_real_prometheus_evaluates_every_dashboard_query_and_alert_expression(
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     let rules = request(listen, "GET", "/api/v1/rules", "application/json", None).unwrap();
-    assert_eq!(
-        rules.body.matches("\"health\":\"ok\"").count(),
-        11,
-        "{}",
-        rules.body
-    );
+    let healthy = support::json(&rules.body)["data"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|group| group["rules"].as_array().into_iter().flatten())
+        .filter(|rule| rule["health"] == "ok")
+        .count();
+    assert_eq!(healthy, 11, "{}", rules.body);
     client.command("QUIT").await;
     h.shutdown().await;
 }
@@ -351,11 +347,15 @@ async fn a_deferred_burst_makes_a_real_prometheus_raise_the_burst_alert() {
         .await
         .unwrap()
         .unwrap();
-        if alerts
-            .body
-            .contains("\"alertname\":\"SmtpShaperBurstAnomaly\"")
-            && alerts.body.contains("\"state\":\"pending\"")
-        {
+        let burst_pending = support::json(&alerts.body)["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|alert| {
+                alert["labels"]["alertname"] == "SmtpShaperBurstAnomaly"
+                    && alert["state"] == "pending"
+            });
+        if burst_pending {
             pending = true;
             break;
         }

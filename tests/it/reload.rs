@@ -227,7 +227,12 @@ async fn a_held_gateway_stays_held_across_a_reload() {
     ))
     .unwrap();
     h.service.reload(config).await.unwrap();
-    assert!(admin("GET", "/status").contains("\"held\":true"));
+    let status = admin("GET", "/status");
+    assert_eq!(
+        support::json(&status)["gateways"][0]["queue"]["held"],
+        true,
+        "{status}"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(h.sink.count(), 0, "still held after the reload");
     admin("POST", "/admin/gateways/primary/release");

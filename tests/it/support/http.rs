@@ -34,3 +34,9 @@ pub fn sample_in(metrics: &str, series: &str) -> Option<f64> {
 pub async fn scrape(http: SocketAddr, series: &str) -> Option<f64> {
     sample_in(&fetch(http, "GET", "/metrics", None).await.body, series)
 }
+
+/// `body` read as JSON (an answer of /status, the admin API or
+/// Prometheus's API); a test fails on anything else, showing the body.
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|error| panic!("not JSON ({error}): {body}"))
+}
