@@ -20,16 +20,15 @@ pub use refusal::{Refusal, RefusalReason};
 
 use crate::poison::LockRecovered;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::config::Config;
-use crate::config::Network;
+use crate::config::{Config, Network, ServerConfig};
 use crate::outbound::Outbound;
 use crate::policy::Policy;
 use crate::shutdown::Shutdown;
@@ -99,66 +98,13 @@ pub async fn serve(
                 continue;
             }
         };
-        if !Network::any_contains(&server.allowed_networks, peer.ip()) {
-            tracing::warn!(client = %peer, "connection refused: client not in server.allowed_networks");
-            let refusal = Refusal::new(
-                RefusalReason::ClientDenied,
-                554,
-                format!(
-                    "5.7.1 {} Access denied: {} may not relay here",
-                    server.hostname,
-                    peer.ip()
-                ),
-            );
-            count_rejection(&context, refusal.reason);
-            sessions.spawn(refuse(stream, refusal.reply));
-            continue;
-        }
-        if !limits.connection(peer.ip()) {
-            tracing::warn!(client = %peer, limit = ?server.client_connection_rate, "connection refused: client connecting too often");
-            let refusal = Refusal::new(
-                RefusalReason::ConnectionRate,
-                421,
-                format!(
-                    "4.7.0 {} Error: connection rate limit exceeded for {}, try again later",
-                    server.hostname,
-                    peer.ip()
-                ),
-            );
-            count_rejection(&context, refusal.reason);
-            sessions.spawn(refuse(stream, refusal.reply));
-            continue;
-        }
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(client = %peer, limit = server.max_connections, "connection refused: too many connections");
-            let refusal = Refusal::new(
-                RefusalReason::TooManyConnections,
-                421,
-                format!(
-                    "4.7.0 {} Error: too many connections, try again later",
-                    server.hostname
-                ),
-            );
-            count_rejection(&context, refusal.reason);
-            sessions.spawn(refuse(stream, refusal.reply));
-            continue;
-        };
-        let Some(client_slot) =
-            ClientSlot::take(&per_client, peer.ip(), server.max_connections_per_client)
-        else {
-            tracing::warn!(client = %peer, limit = server.max_connections_per_client, "connection refused: too many connections from this client");
-            let refusal = Refusal::new(
-                RefusalReason::TooManyConnections,
-                421,
-                format!(
-                    "4.7.0 {} Error: too many connections from {}, try again later",
-                    server.hostname,
-                    peer.ip()
-                ),
-            );
-            count_rejection(&context, refusal.reason);
-            sessions.spawn(refuse(stream, refusal.reply));
-            continue;
+        let (slot, client_slot) = match admit(server, &limits, &slots, &per_client, peer) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                count_rejection(&context, refusal.reason);
+                sessions.spawn(refuse(stream, refusal.reply));
+                continue;
+            }
         };
         let shutdown = shutdown.clone();
         let limits = limits.clone();
@@ -193,6 +139,55 @@ pub async fn serve(
         );
         sessions.shutdown().await;
     }
+}
+
+/// The checks a connection passes before any SMTP, in order: its network,
+/// its address's connection rate, a session slot, a slot of its address.
+/// The slots come back with the connection admitted; a refusal is logged
+/// here with the limit it hit.
+fn admit(
+    server: &ServerConfig,
+    limits: &ClientLimits,
+    slots: &Arc<Semaphore>,
+    per_client: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+    peer: SocketAddr,
+) -> Result<(OwnedSemaphorePermit, ClientSlot), Refusal> {
+    let host = &server.hostname;
+    let ip = peer.ip();
+    if !Network::any_contains(&server.allowed_networks, ip) {
+        tracing::warn!(client = %peer, "connection refused: client not in server.allowed_networks");
+        return Err(Refusal::new(
+            RefusalReason::ClientDenied,
+            554,
+            format!("5.7.1 {host} Access denied: {ip} may not relay here"),
+        ));
+    }
+    if !limits.connection(ip) {
+        tracing::warn!(client = %peer, limit = ?server.client_connection_rate, "connection refused: client connecting too often");
+        return Err(Refusal::new(
+            RefusalReason::ConnectionRate,
+            421,
+            format!("4.7.0 {host} Error: connection rate limit exceeded for {ip}, try again later"),
+        ));
+    }
+    let Ok(slot) = slots.clone().try_acquire_owned() else {
+        tracing::warn!(client = %peer, limit = server.max_connections, "connection refused: too many connections");
+        return Err(Refusal::new(
+            RefusalReason::TooManyConnections,
+            421,
+            format!("4.7.0 {host} Error: too many connections, try again later"),
+        ));
+    };
+    let Some(client_slot) = ClientSlot::take(per_client, ip, server.max_connections_per_client)
+    else {
+        tracing::warn!(client = %peer, limit = server.max_connections_per_client, "connection refused: too many connections from this client");
+        return Err(Refusal::new(
+            RefusalReason::TooManyConnections,
+            421,
+            format!("4.7.0 {host} Error: too many connections from {ip}, try again later"),
+        ));
+    };
+    Ok((slot, client_slot))
 }
 
 /// Counts a refusal in `smtp_shaper_rejections_total` under its reason.
