@@ -241,20 +241,10 @@ impl<'a> Session<'a> {
             Command::Mail { from, params } => self.mail(from, params),
             Command::Rcpt { to } => self.rcpt(to),
             Command::Data => match &self.transaction {
-                None => self
-                    .refuse(Refusal::new(
-                        RefusalReason::Sequence,
-                        503,
-                        "5.5.1 Error: need MAIL and RCPT commands first",
-                    ))
-                    .into(),
-                Some(transaction) if transaction.recipients.is_empty() => self
-                    .refuse(Refusal::new(
-                        RefusalReason::Sequence,
-                        503,
-                        "5.5.1 Error: need RCPT command first",
-                    ))
-                    .into(),
+                None => self.out_of_sequence("5.5.1 Error: need MAIL and RCPT commands first"),
+                Some(transaction) if transaction.recipients.is_empty() => {
+                    self.out_of_sequence("5.5.1 Error: need RCPT command first")
+                }
                 Some(_) => Step::Data(Reply::new(354, "End data with <CR><LF>.<CR><LF>")),
             },
             Command::Rset => {
@@ -277,12 +267,7 @@ impl<'a> Session<'a> {
             }),
             Command::StartTls => {
                 if self.tls {
-                    self.refuse(Refusal::new(
-                        RefusalReason::Sequence,
-                        503,
-                        "5.5.1 Error: TLS already active",
-                    ))
-                    .into()
+                    self.out_of_sequence("5.5.1 Error: TLS already active")
                 } else if self.server.tls.is_none() {
                     self.refuse(Refusal::new(
                         RefusalReason::TlsUnavailable,
@@ -307,22 +292,10 @@ impl<'a> Session<'a> {
 
     fn mail(&mut self, from: String, params: MailParams) -> Step {
         if self.helo.is_none() {
-            return self
-                .refuse(Refusal::new(
-                    RefusalReason::Sequence,
-                    503,
-                    "5.5.1 Error: send EHLO or HELO first",
-                ))
-                .into();
+            return self.out_of_sequence("5.5.1 Error: send EHLO or HELO first");
         }
         if self.transaction.is_some() {
-            return self
-                .refuse(Refusal::new(
-                    RefusalReason::Sequence,
-                    503,
-                    "5.5.1 Error: nested MAIL command",
-                ))
-                .into();
+            return self.out_of_sequence("5.5.1 Error: nested MAIL command");
         }
         if !self.esmtp
             && (params.size.is_some() || params.smtputf8 || params != MailParams::default())
@@ -396,13 +369,7 @@ impl<'a> Session<'a> {
     fn rcpt(&mut self, to: String) -> Step {
         let max = self.server.max_recipients;
         let Some(transaction) = self.transaction.as_mut() else {
-            return self
-                .refuse(Refusal::new(
-                    RefusalReason::Sequence,
-                    503,
-                    "5.5.1 Error: need MAIL command first",
-                ))
-                .into();
+            return self.out_of_sequence("5.5.1 Error: need MAIL command first");
         };
         if !to.is_ascii() && !transaction.params.smtputf8 {
             return self
@@ -456,40 +423,17 @@ impl<'a> Session<'a> {
                     "5.7.11 Encryption required for requested authentication mechanism (STARTTLS first)",
                 )).into()
             } else {
-                self.refuse(Refusal::new(
-                    RefusalReason::Sequence,
-                    503,
-                    "5.5.1 Error: AUTH not available",
-                ))
-                .into()
+                self.out_of_sequence("5.5.1 Error: AUTH not available")
             };
         }
         if self.helo.is_none() || !self.esmtp {
-            return self
-                .refuse(Refusal::new(
-                    RefusalReason::Sequence,
-                    503,
-                    "5.5.1 Error: send EHLO first",
-                ))
-                .into();
+            return self.out_of_sequence("5.5.1 Error: send EHLO first");
         }
         if self.login.is_some() {
-            return self
-                .refuse(Refusal::new(
-                    RefusalReason::Sequence,
-                    503,
-                    "5.5.1 Error: already authenticated",
-                ))
-                .into();
+            return self.out_of_sequence("5.5.1 Error: already authenticated");
         }
         if self.transaction.is_some() {
-            return self
-                .refuse(Refusal::new(
-                    RefusalReason::Sequence,
-                    503,
-                    "5.5.1 Error: AUTH not allowed during a mail transaction",
-                ))
-                .into();
+            return self.out_of_sequence("5.5.1 Error: AUTH not allowed during a mail transaction");
         }
         match (mechanism, initial) {
             ("PLAIN", None) => {
@@ -518,13 +462,7 @@ impl<'a> Session<'a> {
     /// A response line during an AUTH exchange.
     pub fn auth_line(&mut self, line: &[u8]) -> Step {
         let Some(exchange) = self.auth_exchange.take() else {
-            return self
-                .refuse(Refusal::new(
-                    RefusalReason::Sequence,
-                    503,
-                    "5.5.1 Error: no AUTH in progress",
-                ))
-                .into();
+            return self.out_of_sequence("5.5.1 Error: no AUTH in progress");
         };
         if line == b"*" {
             return self
@@ -703,6 +641,12 @@ impl<'a> Session<'a> {
     /// (counted as `too_many_errors`, not as the refusal that tipped it).
     /// The connection calls it for the message rules it applies after
     /// DATA (they may wait for DNS, which the state machine never does).
+    /// A command out of order (503 5.5.1), which counts as an error.
+    fn out_of_sequence(&mut self, text: &'static str) -> Step {
+        self.refuse(Refusal::new(RefusalReason::Sequence, 503, text))
+            .into()
+    }
+
     pub fn refuse(&mut self, refusal: Refusal) -> Refused {
         self.errors += 1;
         if self.errors >= self.server.max_errors {
