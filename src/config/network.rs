@@ -16,9 +16,22 @@ pub struct Network {
 }
 
 impl Network {
-    /// True when `ip` lies inside this prefix.
+    /// The prefix of `address` of `prefix` bits, taken as written (an
+    /// IPv4-mapped address stays IPv6); `None` past the family's bits.
+    pub fn new(address: IpAddr, prefix: u8) -> Option<Network> {
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Network { address, prefix })
+    }
+
+    /// True when `ip` lies inside this prefix; a client seen as
+    /// `::ffff:a.b.c.d` is matched as IPv4.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
+        self.contains_as_written(canonical(ip))
+    }
+
+    /// True when `ip` lies inside this prefix, `ip` taken as written: an
+    /// address of the other family never is (SPF's rule, RFC 7208 5.6).
+    pub fn contains_as_written(&self, ip: IpAddr) -> bool {
         match (self.address, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 prefix_matches(&net.octets(), &ip.octets(), self.prefix)
@@ -134,6 +147,17 @@ mod tests {
         let wide = net("::ffff:0.0.0.0/80");
         assert!(!wide.contains("10.1.2.3".parse().unwrap()));
         assert!(wide.contains("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn as_written_a_mapped_address_is_ipv6() {
+        let v4 = Network::new("10.0.0.0".parse().unwrap(), 8).unwrap();
+        assert!(v4.contains_as_written("10.1.2.3".parse().unwrap()));
+        assert!(!v4.contains_as_written("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(v4.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert_eq!(Network::new("10.0.0.0".parse().unwrap(), 33), None);
+        assert_eq!(Network::new("::".parse().unwrap(), 129), None);
+        assert!(Network::new("::".parse().unwrap(), 0).is_some());
     }
 
     #[test]

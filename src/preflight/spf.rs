@@ -15,6 +15,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::config::Network;
 use crate::dns::Resolver;
 
 /// RFC 7208 results.
@@ -101,20 +102,6 @@ const MAX_LOOKUPS: u32 = 10;
 const MAX_VOID_LOOKUPS: usize = 2;
 /// The most MX records one `mx` may have (RFC 7208 4.6.4).
 const MAX_MX: usize = 10;
-
-/// True when `ip` is in `network`/`length`; an address of the other family
-/// never is (RFC 7208 5.6). `length` is within the family's bits.
-fn in_network(network: IpAddr, length: u8, ip: IpAddr) -> bool {
-    match (network, ip) {
-        (IpAddr::V4(network), IpAddr::V4(ip)) => {
-            length == 0 || (u32::from(network) ^ u32::from(ip)) >> (32 - u32::from(length)) == 0
-        }
-        (IpAddr::V6(network), IpAddr::V6(ip)) => {
-            length == 0 || (u128::from(network) ^ u128::from(ip)) >> (128 - u32::from(length)) == 0
-        }
-        _ => false,
-    }
-}
 
 impl Evaluation<'_> {
     fn count_lookup(&mut self) -> Result<(), SpfOutcome> {
@@ -237,75 +224,16 @@ impl Evaluation<'_> {
             Some(at) => (&lower[..at], Some(&lower[at..])),
             None => (lower.as_str(), None),
         };
-        let target_and_cidr = |argument: Option<&str>| -> Result<(String, u8, u8), SpfOutcome> {
-            let argument = argument.unwrap_or("");
-            let (target, cidr) = match argument.strip_prefix(':') {
-                Some(rest) => match rest.find('/') {
-                    Some(at) => (rest[..at].to_string(), &rest[at..]),
-                    None => (rest.to_string(), ""),
-                },
-                None => (domain.to_string(), argument),
-            };
-            let (v4, v6) = match cidr.split_once("//") {
-                Some((v4, v6)) => (v4, v6),
-                None => (cidr, ""),
-            };
-            let parse = |text: &str, default: u8, max: u8| -> Result<u8, SpfOutcome> {
-                match text.trim_start_matches('/') {
-                    "" => Ok(default),
-                    n => n.parse().ok().filter(|n| *n <= max).ok_or_else(|| {
-                        SpfOutcome::error(SpfResult::PermError(format!(
-                            "bad CIDR length in {mechanism}"
-                        )))
-                    }),
-                }
-            };
-            Ok((target, parse(v4, 32, 32)?, parse(v6, 128, 128)?))
-        };
-        let ip = self.ip;
-        let in_prefix = |address: IpAddr, v4: u8, v6: u8| -> bool {
-            in_network(address, if address.is_ipv4() { v4 } else { v6 }, ip)
-        };
-        let temp = |error: crate::dns::DnsError| {
-            SpfOutcome::error(SpfResult::TempError(error.to_string()))
-        };
+        let target = || argument.and_then(|a| a.strip_prefix(':')).unwrap_or("");
         match name {
             "all" => Ok(Some(None)),
             "ip4" | "ip6" => {
-                let network = argument.and_then(|a| a.strip_prefix(':')).unwrap_or("");
-                let (address, length) = match network.split_once('/') {
-                    Some((address, length)) => (address, Some(length)),
-                    None => (network, None),
-                };
-                let bad = |why: &str| {
-                    SpfOutcome::error(SpfResult::PermError(format!("{mechanism}: {why}")))
-                };
-                // An IPv6 network in ip4: would otherwise never match, and
-                // the record's author would never learn it.
-                let (address, max) = if name == "ip4" {
-                    let address = address
-                        .parse::<Ipv4Addr>()
-                        .map_err(|_| bad("not an IPv4 address"))?;
-                    (IpAddr::V4(address), 32)
-                } else {
-                    let address = address
-                        .parse::<Ipv6Addr>()
-                        .map_err(|_| bad("not an IPv6 address"))?;
-                    (IpAddr::V6(address), 128)
-                };
-                let length = match length {
-                    None => max,
-                    Some(length) => length
-                        .parse::<u8>()
-                        .ok()
-                        .filter(|length| *length <= max)
-                        .ok_or_else(|| bad("bad CIDR length"))?,
-                };
-                Ok(in_network(address, length, ip).then_some(None))
+                let network = parse_network(mechanism, target(), name == "ip4")?;
+                Ok(network.contains_as_written(self.ip).then_some(None))
             }
             "include" => {
                 self.count_lookup()?;
-                let target = argument.and_then(|a| a.strip_prefix(':')).unwrap_or("");
+                let target = target();
                 let inner = self.domain(target, depth + 1);
                 match inner.result {
                     SpfResult::Pass => Ok(Some(inner.mechanism)),
@@ -318,40 +246,22 @@ impl Evaluation<'_> {
             }
             "a" => {
                 self.count_lookup()?;
-                let (target, v4, v6) = target_and_cidr(argument)?;
-                let addresses = self.addresses(&target, ip.is_ipv4())?;
+                let (target, prefix) = target_and_prefix(mechanism, domain, argument)?;
+                let addresses = self.addresses(&target, self.ip.is_ipv4())?;
                 Ok(addresses
                     .into_iter()
-                    .any(|a| in_prefix(a, v4, v6))
+                    .any(|address| prefix.covers(address, self.ip))
                     .then_some(None))
             }
             "mx" => {
                 self.count_lookup()?;
-                let (target, v4, v6) = target_and_cidr(argument)?;
-                let exchanges = self.resolver.mx(&target).map_err(temp)?;
-                if exchanges.is_empty() {
-                    self.count_void(&target, "MX")?;
-                }
-                if exchanges.len() > MAX_MX {
-                    return Err(SpfOutcome::error(SpfResult::PermError(format!(
-                        "{mechanism}: {target} has {} MX records, more than {MAX_MX} \
-                         (RFC 7208 4.6.4)",
-                        exchanges.len()
-                    ))));
-                }
-                for exchange in &exchanges {
-                    let addresses = self.addresses(exchange, ip.is_ipv4())?;
-                    if addresses.into_iter().any(|a| in_prefix(a, v4, v6)) {
-                        return Ok(Some(None));
-                    }
-                }
-                Ok(None)
+                let (target, prefix) = target_and_prefix(mechanism, domain, argument)?;
+                Ok(self.mx_matches(mechanism, &target, prefix)?.then_some(None))
             }
             "exists" => {
                 self.count_lookup()?;
-                let target = argument.and_then(|a| a.strip_prefix(':')).unwrap_or("");
                 // An A query whatever the sender's family (RFC 7208 5.7).
-                let addresses = self.addresses(target, true)?;
+                let addresses = self.addresses(target(), true)?;
                 Ok((!addresses.is_empty()).then_some(None))
             }
             "ptr" => {
@@ -364,4 +274,117 @@ impl Evaluation<'_> {
             )))),
         }
     }
+
+    /// `mx`: one of `target`'s exchanges has an address in `prefix` of the
+    /// IP; at most [`MAX_MX`] exchanges.
+    fn mx_matches(
+        &mut self,
+        mechanism: &str,
+        target: &str,
+        prefix: Prefix,
+    ) -> Result<bool, SpfOutcome> {
+        let exchanges = self
+            .resolver
+            .mx(target)
+            .map_err(|error| SpfOutcome::error(SpfResult::TempError(error.to_string())))?;
+        if exchanges.is_empty() {
+            self.count_void(target, "MX")?;
+        }
+        if exchanges.len() > MAX_MX {
+            return Err(SpfOutcome::error(SpfResult::PermError(format!(
+                "{mechanism}: {target} has {} MX records, more than {MAX_MX} \
+                 (RFC 7208 4.6.4)",
+                exchanges.len()
+            ))));
+        }
+        for exchange in &exchanges {
+            let addresses = self.addresses(exchange, self.ip.is_ipv4())?;
+            if addresses
+                .into_iter()
+                .any(|address| prefix.covers(address, self.ip))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// The network of an `ip4:` or `ip6:` mechanism: an address of its own
+/// family only (an IPv6 network in ip4: would otherwise never match, and
+/// the record's author would never learn it).
+fn parse_network(mechanism: &str, network: &str, ipv4: bool) -> Result<Network, SpfOutcome> {
+    let (address, length) = match network.split_once('/') {
+        Some((address, length)) => (address, Some(length)),
+        None => (network, None),
+    };
+    let bad = |why: &str| SpfOutcome::error(SpfResult::PermError(format!("{mechanism}: {why}")));
+    let (address, max) = if ipv4 {
+        let address = address
+            .parse::<Ipv4Addr>()
+            .map_err(|_| bad("not an IPv4 address"))?;
+        (IpAddr::V4(address), 32)
+    } else {
+        let address = address
+            .parse::<Ipv6Addr>()
+            .map_err(|_| bad("not an IPv6 address"))?;
+        (IpAddr::V6(address), 128)
+    };
+    let length = match length {
+        None => max,
+        Some(length) => length.parse::<u8>().map_err(|_| bad("bad CIDR length"))?,
+    };
+    Network::new(address, length).ok_or_else(|| bad("bad CIDR length"))
+}
+
+/// The dual CIDR lengths of `a` and `mx` (`/24//64`): how much of a found
+/// address the IP must share, per family.
+#[derive(Clone, Copy)]
+struct Prefix {
+    v4: u8,
+    v6: u8,
+}
+
+impl Prefix {
+    /// `ip` is within this prefix of `address` (the lengths are within
+    /// their families' bits, as [`target_and_prefix`] checks).
+    fn covers(self, address: IpAddr, ip: IpAddr) -> bool {
+        let length = if address.is_ipv4() { self.v4 } else { self.v6 };
+        Network::new(address, length).is_some_and(|network| network.contains_as_written(ip))
+    }
+}
+
+/// The target domain (`domain` itself when none is given) and the prefix
+/// of an `a` or `mx` mechanism's `argument` (`:target/24//64`).
+fn target_and_prefix(
+    mechanism: &str,
+    domain: &str,
+    argument: Option<&str>,
+) -> Result<(String, Prefix), SpfOutcome> {
+    let argument = argument.unwrap_or("");
+    let (target, cidr) = match argument.strip_prefix(':') {
+        Some(rest) => match rest.find('/') {
+            Some(at) => (rest[..at].to_string(), &rest[at..]),
+            None => (rest.to_string(), ""),
+        },
+        None => (domain.to_string(), argument),
+    };
+    let (v4, v6) = cidr.split_once("//").unwrap_or((cidr, ""));
+    let parse = |text: &str, max: u8| -> Result<u8, SpfOutcome> {
+        match text.trim_start_matches('/') {
+            "" => Ok(max),
+            n => n.parse().ok().filter(|n| *n <= max).ok_or_else(|| {
+                SpfOutcome::error(SpfResult::PermError(format!(
+                    "bad CIDR length in {mechanism}"
+                )))
+            }),
+        }
+    };
+    Ok((
+        target,
+        Prefix {
+            v4: parse(v4, 32)?,
+            v6: parse(v6, 128)?,
+        },
+    ))
 }
