@@ -152,6 +152,12 @@ pub async fn serve(
     let _ = conn.stream.shutdown().await;
 }
 
+/// After a step: keep reading commands, or hang up.
+enum Flow {
+    Continue,
+    Close,
+}
+
 async fn run(
     conn: &mut Conn,
     session: &mut Session<'_>,
@@ -160,91 +166,15 @@ async fn run(
     shutdown: &mut Shutdown,
 ) -> std::io::Result<()> {
     let server = &context.config.server;
-    let hostname = &server.hostname;
     // Set while discarding an over-long line until its end arrives.
     let mut skipping = None;
     // When the first byte of the command line still incomplete arrived.
     let mut partial_since: Option<Instant> = None;
     loop {
         // Answer every complete command already buffered (pipelining).
-        loop {
-            let step = if let Some(error) = skipping {
-                let Some(end) = conn.buffer.iter().position(|&b| b == b'\n') else {
-                    conn.buffer.clear();
-                    break;
-                };
-                conn.buffer.drain(..=end);
-                skipping = None;
-                session.line_error(error, b"")
-            } else {
-                match smtp::next_line(&conn.buffer, MAX_COMMAND_LINE) {
-                    Framed::Incomplete => break,
-                    Framed::Bad { error, consumed: 0 } => {
-                        skipping = Some(error);
-                        continue;
-                    }
-                    Framed::Bad { error, consumed } => {
-                        let step = session.line_error(error, &conn.buffer[..consumed]);
-                        conn.buffer.drain(..consumed);
-                        step
-                    }
-                    Framed::Line { len, consumed } if session.auth_pending() => {
-                        let step = session.auth_line(&conn.buffer[..len]);
-                        conn.buffer.drain(..consumed);
-                        step
-                    }
-                    Framed::Line { len, consumed } => {
-                        let parsed = smtp::command::parse(&conn.buffer[..len]);
-                        conn.buffer.drain(..consumed);
-                        session.command(parsed)
-                    }
-                }
-            };
-            match step {
-                Step::Authenticate { user, password } => {
-                    match authenticate(session, context, limits, user, password).await {
-                        Ok(reply) => reply.write_to(&mut conn.out),
-                        Err(refused) => {
-                            if answer_refusal(conn, context, session, refused) {
-                                return Ok(());
-                            }
-                        }
-                    }
-                }
-                Step::Reply(reply) => {
-                    if reply.is_failure() {
-                        // A shaping deferral at RCPT: logged like a refusal,
-                        // counted in deferrals_total by the admission.
-                        tracing::info!(client = %session.client_ip, reply = %reply, "command refused");
-                    }
-                    reply.write_to(&mut conn.out);
-                }
-                Step::Refuse(refusal) => {
-                    answer_refusal(conn, context, session, Refused::Continue(refusal));
-                }
-                Step::Close(reply) => {
-                    reply.write_to(&mut conn.out);
-                    return Ok(());
-                }
-                Step::RefuseAndClose(refusal) => {
-                    answer_refusal(conn, context, session, Refused::Close(refusal));
-                    return Ok(());
-                }
-                Step::Data(reply) => {
-                    reply.write_to(&mut conn.out);
-                    conn.flush().await?;
-                    if let Some(close) = receive_message(conn, session, context).await? {
-                        close.write_to(&mut conn.out);
-                        return Ok(());
-                    }
-                }
-                Step::StartTls(reply) => {
-                    reply.write_to(&mut conn.out);
-                    conn.flush().await?;
-                    if !start_tls(conn, session, context).await {
-                        return Ok(());
-                    }
-                }
+        while let Some(step) = next_step(conn, session, &mut skipping) {
+            if let Flow::Close = act(conn, session, context, limits, step).await? {
+                return Ok(());
             }
         }
         conn.flush().await?;
@@ -262,27 +192,137 @@ async fn run(
         // Between transactions a stopping service hangs up; inside one it lets
         // the client finish (the service waits up to shutdown_grace).
         let watch_shutdown = (!session.in_transaction()).then_some(&mut *shutdown);
-        match conn.fill(limit, watch_shutdown).await? {
-            Input::Data => {}
-            Input::Closed => return Ok(()),
-            Input::TimedOut => {
-                let refusal = Refusal::new(
-                    RefusalReason::Timeout,
-                    421,
-                    format!("4.4.2 {hostname} Error: timeout exceeded, closing connection"),
-                );
-                log_refusal(context, session, &refusal);
-                refusal.reply.write_to(&mut conn.out);
-                return Ok(());
+        let input = conn.fill(limit, watch_shutdown).await?;
+        if let Flow::Close = after_waiting(conn, session, context, input) {
+            return Ok(());
+        }
+    }
+}
+
+/// The session's step for the next complete line in the buffer (a command,
+/// an AUTH response or a line error), taking the line out; `None` once no
+/// complete line is left. `skipping` carries an over-long line's error
+/// until its end arrives.
+fn next_step(
+    conn: &mut Conn,
+    session: &mut Session<'_>,
+    skipping: &mut Option<smtp::line::LineError>,
+) -> Option<Step> {
+    if let Some(error) = *skipping {
+        let Some(end) = conn.buffer.iter().position(|&b| b == b'\n') else {
+            conn.buffer.clear();
+            return None;
+        };
+        conn.buffer.drain(..=end);
+        *skipping = None;
+        return Some(session.line_error(error, b""));
+    }
+    match smtp::next_line(&conn.buffer, MAX_COMMAND_LINE) {
+        Framed::Incomplete => None,
+        Framed::Bad { error, consumed: 0 } => {
+            *skipping = Some(error);
+            next_step(conn, session, skipping)
+        }
+        Framed::Bad { error, consumed } => {
+            let step = session.line_error(error, &conn.buffer[..consumed]);
+            conn.buffer.drain(..consumed);
+            Some(step)
+        }
+        Framed::Line { len, consumed } if session.auth_pending() => {
+            let step = session.auth_line(&conn.buffer[..len]);
+            conn.buffer.drain(..consumed);
+            Some(step)
+        }
+        Framed::Line { len, consumed } => {
+            let parsed = smtp::command::parse(&conn.buffer[..len]);
+            conn.buffer.drain(..consumed);
+            Some(session.command(parsed))
+        }
+    }
+}
+
+/// Carries out one step: answers it, and runs what it starts (AUTH's
+/// check, a DATA phase, a TLS handshake).
+async fn act(
+    conn: &mut Conn,
+    session: &mut Session<'_>,
+    context: &Context,
+    limits: &ClientLimits,
+    step: Step,
+) -> std::io::Result<Flow> {
+    match step {
+        Step::Authenticate { user, password } => {
+            match authenticate(session, context, limits, user, password).await {
+                Ok(reply) => reply.write_to(&mut conn.out),
+                Err(refused) => {
+                    if answer_refusal(conn, context, session, refused) {
+                        return Ok(Flow::Close);
+                    }
+                }
             }
-            Input::Shutdown => {
-                Reply::new(
-                    421,
-                    format!("4.3.2 {hostname} Service shutting down, try again later"),
-                )
-                .write_to(&mut conn.out);
-                return Ok(());
+        }
+        Step::Reply(reply) => {
+            if reply.is_failure() {
+                // A shaping deferral at RCPT: logged like a refusal,
+                // counted in deferrals_total by the admission.
+                tracing::info!(client = %session.client_ip, reply = %reply, "command refused");
             }
+            reply.write_to(&mut conn.out);
+        }
+        Step::Refuse(refusal) => {
+            answer_refusal(conn, context, session, Refused::Continue(refusal));
+        }
+        Step::Close(reply) => {
+            reply.write_to(&mut conn.out);
+            return Ok(Flow::Close);
+        }
+        Step::RefuseAndClose(refusal) => {
+            answer_refusal(conn, context, session, Refused::Close(refusal));
+            return Ok(Flow::Close);
+        }
+        Step::Data(reply) => {
+            reply.write_to(&mut conn.out);
+            conn.flush().await?;
+            if let Some(close) = receive_message(conn, session, context).await? {
+                close.write_to(&mut conn.out);
+                return Ok(Flow::Close);
+            }
+        }
+        Step::StartTls(reply) => {
+            reply.write_to(&mut conn.out);
+            conn.flush().await?;
+            if !start_tls(conn, session, context).await {
+                return Ok(Flow::Close);
+            }
+        }
+    }
+    Ok(Flow::Continue)
+}
+
+/// What a wait for the client's next bytes ended in: more input, or the
+/// end of the connection (closed, silent too long, or the service stopping).
+fn after_waiting(conn: &mut Conn, session: &Session<'_>, context: &Context, input: Input) -> Flow {
+    let hostname = &context.config.server.hostname;
+    match input {
+        Input::Data => Flow::Continue,
+        Input::Closed => Flow::Close,
+        Input::TimedOut => {
+            let refusal = Refusal::new(
+                RefusalReason::Timeout,
+                421,
+                format!("4.4.2 {hostname} Error: timeout exceeded, closing connection"),
+            );
+            log_refusal(context, session, &refusal);
+            refusal.reply.write_to(&mut conn.out);
+            Flow::Close
+        }
+        Input::Shutdown => {
+            Reply::new(
+                421,
+                format!("4.3.2 {hostname} Service shutting down, try again later"),
+            )
+            .write_to(&mut conn.out);
+            Flow::Close
         }
     }
 }
