@@ -19,7 +19,7 @@ use super::retry::Backoff;
 use super::worker::{WorkerContext, worker};
 use super::{Gateway, dkim, verify};
 use crate::cluster::{Cluster, HEARTBEAT_INTERVAL};
-use crate::config::Config;
+use crate::config::{Config, GatewayConfig};
 use crate::policy::{Apps, Policy};
 use crate::shaper::{Admission, Deferral, GatewayModel, GatewayView, SavedState};
 use crate::shutdown::Shutdown;
@@ -95,37 +95,14 @@ impl Generation {
             .zip(loaded.upstreams)
             .zip(loaded.logins)
             .map(|((gateway, tls), credentials)| {
-                let saved = load_state(&spool, &gateway.name);
-                let shaping = &gateway.shaping;
-                let queue = DeliveryQueue::shared(
-                    &gateway.name,
-                    |now| match &saved {
-                        Some(state) => GatewayModel::restore(shaping, state, now),
-                        None => GatewayModel::new(shaping, now),
-                    },
-                    apps.lanes(),
-                    save_wanted.clone(),
-                    cluster.map(|cluster| {
-                        (
-                            cluster.link(&gateway.name),
-                            cluster.expected_nodes(),
-                            metrics
-                                .cluster_decision_seconds
-                                .with_label_values(&[gateway.name.as_str()]),
-                        )
-                    }),
-                    Some(Parking {
-                        spool: spool.clone(),
-                        active_limit: config.spool.active_limit,
-                    }),
-                );
-                let model = queue.view().0.model;
-                tracing::info!(
-                    gateway = %gateway.name,
-                    history = if saved.is_some() { "restored" } else { "none (initial_rate)" },
-                    baseline = %shaping.rate_period.format(model.baseline),
-                    ceiling = %shaping.rate_period.format(model.ceiling),
-                    "shaping model ready"
+                let queue = open_queue(
+                    config,
+                    gateway,
+                    &spool,
+                    policy,
+                    &save_wanted,
+                    &metrics,
+                    cluster,
                 );
                 Arc::new(Gateway {
                     config: gateway.clone(),
@@ -155,30 +132,7 @@ impl Generation {
                 tasks.spawn(heartbeats(gateway.clone(), shutdown.clone()));
             }
         }
-        for (index, gateway) in gateways.iter().enumerate() {
-            let addresses: Vec<String> = apps
-                .sender_addresses()
-                .into_iter()
-                .filter(|address| policy.router.route(address) == index)
-                .collect();
-            if let Some(ip) = gateway.config.sending_ip {
-                verify::check_sender_domains(
-                    gateway.config.name.clone(),
-                    crate::policy::sender_domains(config, index),
-                    ip,
-                    gateway.config.dkim_selectors.clone(),
-                );
-            }
-            if gateway.config.verify_senders && !addresses.is_empty() {
-                tasks.spawn(verify::verify_senders(
-                    gateway.clone(),
-                    config.server.hostname.clone(),
-                    addresses,
-                    policy.senders.clone(),
-                    shutdown.clone(),
-                ));
-            }
-        }
+        check_senders(config, policy, &gateways, &mut tasks, &shutdown);
         let generation = Generation {
             apps: apps.clone(),
             spool: spool.clone(),
@@ -419,6 +373,89 @@ async fn heartbeats(gateway: Arc<Gateway>, mut shutdown: Shutdown) {
         tokio::select! {
             _ = shutdown.stopped() => break,
             _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+        }
+    }
+}
+
+/// A gateway's delivery queue, its model restored from the saved shaping
+/// state when there is one (logged either way).
+fn open_queue(
+    config: &Config,
+    gateway: &GatewayConfig,
+    spool: &Spool,
+    policy: &Policy,
+    save_wanted: &Arc<Notify>,
+    metrics: &Metrics,
+    cluster: Option<&Arc<Cluster>>,
+) -> DeliveryQueue {
+    let saved = load_state(spool, &gateway.name);
+    let shaping = &gateway.shaping;
+    let queue = DeliveryQueue::shared(
+        &gateway.name,
+        |now| match &saved {
+            Some(state) => GatewayModel::restore(shaping, state, now),
+            None => GatewayModel::new(shaping, now),
+        },
+        policy.apps.lanes(),
+        save_wanted.clone(),
+        cluster.map(|cluster| {
+            (
+                cluster.link(&gateway.name),
+                cluster.expected_nodes(),
+                metrics
+                    .cluster_decision_seconds
+                    .with_label_values(&[gateway.name.as_str()]),
+            )
+        }),
+        Some(Parking {
+            spool: spool.clone(),
+            active_limit: config.spool.active_limit,
+        }),
+    );
+    let model = queue.view().0.model;
+    tracing::info!(
+        gateway = %gateway.name,
+        history = if saved.is_some() { "restored" } else { "none (initial_rate)" },
+        baseline = %shaping.rate_period.format(model.baseline),
+        ceiling = %shaping.rate_period.format(model.ceiling),
+        "shaping model ready"
+    );
+    queue
+}
+
+/// The sender checks of each gateway: its sender domains' DNS (SPF, DMARC,
+/// DKIM) when its `sending_ip` is known, and its apps' sender addresses
+/// with `verify_senders` (a task until the generation stops).
+fn check_senders(
+    config: &Config,
+    policy: &Policy,
+    gateways: &[Arc<Gateway>],
+    tasks: &mut JoinSet<()>,
+    shutdown: &Shutdown,
+) {
+    for (index, gateway) in gateways.iter().enumerate() {
+        let addresses: Vec<String> = policy
+            .apps
+            .sender_addresses()
+            .into_iter()
+            .filter(|address| policy.router.route(address) == index)
+            .collect();
+        if let Some(ip) = gateway.config.sending_ip {
+            verify::check_sender_domains(
+                gateway.config.name.clone(),
+                crate::policy::sender_domains(config, index),
+                ip,
+                gateway.config.dkim_selectors.clone(),
+            );
+        }
+        if gateway.config.verify_senders && !addresses.is_empty() {
+            tasks.spawn(verify::verify_senders(
+                gateway.clone(),
+                config.server.hostname.clone(),
+                addresses,
+                policy.senders.clone(),
+                shutdown.clone(),
+            ));
         }
     }
 }
