@@ -93,6 +93,21 @@ pub fn check_domain(
 ) -> DomainReport {
     let mut findings = Vec::new();
     let mut say = |ok: bool, text: String| findings.push(Finding { ok, text });
+    check_spf(resolver, domain, gateway_ip, &mut say);
+    check_dmarc(resolver, domain, &mut say);
+    check_dkim(resolver, domain, selectors, &mut say);
+    DomainReport {
+        domain: domain.to_string(),
+        findings,
+    }
+}
+
+/// What one check found: says it through `say(ok, text)`.
+type Say<'a> = dyn FnMut(bool, String) + 'a;
+
+/// The SPF record: the gateway passes, anyone else hard-fails, and what was
+/// not evaluated.
+fn check_spf(resolver: &dyn Resolver, domain: &str, gateway_ip: IpAddr, say: &mut Say) {
     match spf::record(resolver, domain) {
         Ok(Some(record)) => {
             say(true, format!("SPF record: {record:?}"));
@@ -145,6 +160,10 @@ pub fn check_domain(
             }),
         ),
     }
+}
+
+/// One DMARC record with a policy that acts on forgeries.
+fn check_dmarc(resolver: &dyn Resolver, domain: &str, say: &mut Say) {
     let dmarc_name = format!("_dmarc.{domain}");
     match resolver.txt(&dmarc_name) {
         Ok(records) => {
@@ -176,6 +195,10 @@ pub fn check_domain(
         }
         Err(error) => say(false, format!("DMARC lookup: {error}")),
     }
+}
+
+/// A published, unrevoked key per DKIM selector.
+fn check_dkim(resolver: &dyn Resolver, domain: &str, selectors: &[String], say: &mut Say) {
     for selector in selectors {
         let name = format!("{selector}._domainkey.{domain}");
         match resolver.txt(&name) {
@@ -200,10 +223,6 @@ pub fn check_domain(
             }
             Err(error) => say(false, format!("DKIM lookup: {error}")),
         }
-    }
-    DomainReport {
-        domain: domain.to_string(),
-        findings,
     }
 }
 
