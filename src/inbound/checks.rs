@@ -53,7 +53,39 @@ pub(super) async fn check(
             ),
         ));
     }
-    let unsubscribe = policy.apps.unsubscribe(transaction.lane);
+    let origin = Origin {
+        client,
+        app,
+        gateway,
+        sender,
+    };
+    unsubscribe_rule(context, &origin, transaction.lane, message)?;
+    alignment_rule(context, &origin, transaction.gateway, &authors, message).await
+}
+
+/// Who sent a message, as every log line of these checks names it.
+struct Origin<'a> {
+    client: IpAddr,
+    app: &'a str,
+    gateway: &'a str,
+    sender: &'a str,
+}
+
+/// Rule 3: one-click unsubscribe on the mail of a bulk app, as its
+/// `unsubscribe` says (refuse, warn, or nothing).
+fn unsubscribe_rule(
+    context: &Context,
+    origin: &Origin<'_>,
+    lane: usize,
+    message: &[u8],
+) -> Result<(), Refusal> {
+    let Origin {
+        client,
+        app,
+        gateway,
+        sender,
+    } = origin;
+    let unsubscribe = context.policy.apps.unsubscribe(lane);
     if unsubscribe != UnsubscribeMode::Off
         && let Some(problem) = unsubscribe_problem(message)
     {
@@ -74,7 +106,26 @@ pub(super) async fn check(
         }
         tracing::warn!(%client, %app, %gateway, %sender, %problem, "bulk message without one-click unsubscribe, accepted (unsubscribe = \"warn\"); Gmail, Yahoo and Outlook.com require it of bulk senders");
     }
-    let mode = policy.alignment[transaction.gateway];
+    Ok(())
+}
+
+/// Rule 4: the From: domains DMARC-aligned, as the gateway's `alignment`
+/// says (refuse, warn, or nothing).
+async fn alignment_rule(
+    context: &Context,
+    origin: &Origin<'_>,
+    gateway_index: usize,
+    authors: &Authors,
+    message: &[u8],
+) -> Result<(), Refusal> {
+    let Origin {
+        client,
+        app,
+        gateway,
+        sender,
+    } = origin;
+    let policy = &context.policy;
+    let mode = policy.alignment[gateway_index];
     if mode == AlignmentMode::Off || authors.from.is_empty() {
         return Ok(());
     }
