@@ -504,62 +504,12 @@ impl Connection {
                 reusable: true,
             });
         }
-        // What this gateway is told: 8-bit only where it offers 8BITMIME,
-        // the size only where it offers SIZE (and the real one).
-        let params = MailParams {
-            size: self.capabilities.size.then_some(body.len() as u64),
-            body: if self.capabilities.eight_bit_mime {
-                envelope.params.body
-            } else {
-                Body::SevenBit
-            },
-            smtputf8: envelope.params.smtputf8,
-        };
-        let words = params.to_words();
-        let mut mail = format!("MAIL FROM:<{}>", envelope.sender);
-        if !words.is_empty() {
-            mail.push(' ');
-            mail.push_str(&words);
-        }
-        mail.push_str("\r\n");
+        let mail = self.mail_command(envelope, body.len());
         let rcpt_commands: Vec<String> = recipients
             .iter()
             .map(|&index| format!("RCPT TO:<{}>\r\n", envelope.recipients[index as usize]))
             .collect();
-
-        let (mail_reply, rcpt_replies, data_reply) = if self.capabilities.pipelining {
-            let mut batch = mail.into_bytes();
-            for command in &rcpt_commands {
-                batch.extend_from_slice(command.as_bytes());
-            }
-            batch.extend_from_slice(b"DATA\r\n");
-            self.write(&batch).await.map_err(mark_early)?;
-            let mail_reply = self.read_reply().await.map_err(mark_early)?;
-            let mut rcpt_replies = Vec::with_capacity(recipients.len());
-            for _ in recipients {
-                rcpt_replies.push(self.read_reply().await?);
-            }
-            let data_reply = self.read_reply().await?;
-            (mail_reply, rcpt_replies, Some(data_reply))
-        } else {
-            self.write(mail.as_bytes()).await.map_err(mark_early)?;
-            let mail_reply = self.read_reply().await.map_err(mark_early)?;
-            let mut rcpt_replies = Vec::with_capacity(recipients.len());
-            if mail_reply.is_positive() {
-                for command in &rcpt_commands {
-                    self.write(command.as_bytes()).await?;
-                    rcpt_replies.push(self.read_reply().await?);
-                }
-            }
-            let data_reply = if rcpt_replies.iter().any(Reply::is_positive) {
-                self.write(b"DATA\r\n").await?;
-                Some(self.read_reply().await?)
-            } else {
-                None
-            };
-            (mail_reply, rcpt_replies, data_reply)
-        };
-
+        let (mail_reply, rcpt_replies, data_reply) = self.envelope(mail, &rcpt_commands).await?;
         let accepted = mail_reply.is_positive() && rcpt_replies.iter().any(Reply::is_positive);
         let final_reply = match data_reply {
             Some(data) if data.code == 354 => {
@@ -576,26 +526,78 @@ impl Connection {
             Some(refused) => refused,
             None => Reply::new(554, "5.5.1 no valid recipients"),
         };
-        let replies = if mail_reply.is_positive() {
-            rcpt_replies
-                .into_iter()
-                .map(|rcpt| {
-                    if rcpt.is_positive() {
-                        final_reply.clone()
-                    } else {
-                        rcpt
-                    }
-                })
-                .collect()
-        } else {
-            vec![mail_reply; recipients.len()]
-        };
+        let replies = per_recipient(mail_reply, rcpt_replies, &final_reply, recipients.len());
         let reusable = if accepted && final_reply.is_positive() {
             true
         } else {
             self.reset().await
         };
         Ok(Transaction { replies, reusable })
+    }
+
+    /// MAIL FROM with what this gateway is told: 8-bit only where it
+    /// offers 8BITMIME, the size only where it offers SIZE (and the real
+    /// one, `size`).
+    fn mail_command(&self, envelope: &Envelope, size: usize) -> String {
+        let params = MailParams {
+            size: self.capabilities.size.then_some(size as u64),
+            body: if self.capabilities.eight_bit_mime {
+                envelope.params.body
+            } else {
+                Body::SevenBit
+            },
+            smtputf8: envelope.params.smtputf8,
+        };
+        let words = params.to_words();
+        let mut mail = format!("MAIL FROM:<{}>", envelope.sender);
+        if !words.is_empty() {
+            mail.push(' ');
+            mail.push_str(&words);
+        }
+        mail.push_str("\r\n");
+        mail
+    }
+
+    /// Sends MAIL, the RCPTs and DATA, in one batch where the gateway
+    /// offers PIPELINING, else each after the last one's reply (and DATA
+    /// only when a recipient was accepted). The replies: MAIL's, each
+    /// RCPT's, DATA's if it was sent. A failure before MAIL's reply is
+    /// marked early (nothing was accepted).
+    async fn envelope(
+        &mut self,
+        mail: String,
+        rcpt_commands: &[String],
+    ) -> Result<(Reply, Vec<Reply>, Option<Reply>), ClientError> {
+        let mut rcpt_replies = Vec::with_capacity(rcpt_commands.len());
+        if self.capabilities.pipelining {
+            let mut batch = mail.into_bytes();
+            for command in rcpt_commands {
+                batch.extend_from_slice(command.as_bytes());
+            }
+            batch.extend_from_slice(b"DATA\r\n");
+            self.write(&batch).await.map_err(mark_early)?;
+            let mail_reply = self.read_reply().await.map_err(mark_early)?;
+            for _ in rcpt_commands {
+                rcpt_replies.push(self.read_reply().await?);
+            }
+            let data_reply = self.read_reply().await?;
+            return Ok((mail_reply, rcpt_replies, Some(data_reply)));
+        }
+        self.write(mail.as_bytes()).await.map_err(mark_early)?;
+        let mail_reply = self.read_reply().await.map_err(mark_early)?;
+        if mail_reply.is_positive() {
+            for command in rcpt_commands {
+                self.write(command.as_bytes()).await?;
+                rcpt_replies.push(self.read_reply().await?);
+            }
+        }
+        let data_reply = if rcpt_replies.iter().any(Reply::is_positive) {
+            self.write(b"DATA\r\n").await?;
+            Some(self.read_reply().await?)
+        } else {
+            None
+        };
+        Ok((mail_reply, rcpt_replies, data_reply))
     }
 
     /// Asks whether the gateway takes mail for `address` (MAIL FROM:<>,
@@ -707,9 +709,61 @@ fn late(message: String) -> ClientError {
     }
 }
 
+/// What each recipient got: MAIL's refusal for all, or its RCPT refusal,
+/// or (accepted) the reply to the message's end.
+/// `recipients` counts them (no RCPT was sent after a refused MAIL
+/// without pipelining).
+fn per_recipient(
+    mail_reply: Reply,
+    rcpt_replies: Vec<Reply>,
+    final_reply: &Reply,
+    recipients: usize,
+) -> Vec<Reply> {
+    if !mail_reply.is_positive() {
+        return vec![mail_reply; recipients];
+    }
+    rcpt_replies
+        .into_iter()
+        .map(|rcpt| {
+            if rcpt.is_positive() {
+                final_reply.clone()
+            } else {
+                rcpt
+            }
+        })
+        .collect()
+}
+
 fn mark_early(error: ClientError) -> ClientError {
     ClientError {
         before_mail_reply: true,
         ..error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_recipient_gets_its_refusal_or_the_final_reply() {
+        let ok = Reply::new(250, "2.1.0 ok");
+        let unknown = Reply::new(550, "5.1.1 no such user");
+        let queued = Reply::new(250, "2.0.0 queued");
+        assert_eq!(
+            per_recipient(ok.clone(), vec![ok.clone(), unknown.clone()], &queued, 2),
+            vec![queued.clone(), unknown]
+        );
+        // Without pipelining no RCPT follows a refused MAIL: every
+        // recipient still gets MAIL's refusal.
+        let refused = Reply::new(550, "5.7.1 sender refused");
+        assert_eq!(
+            per_recipient(refused.clone(), Vec::new(), &queued, 3),
+            vec![refused.clone(); 3]
+        );
+        assert_eq!(
+            per_recipient(refused.clone(), vec![ok.clone(), ok], &queued, 2),
+            vec![refused; 2]
+        );
     }
 }
