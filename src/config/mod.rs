@@ -906,7 +906,7 @@ fn read_spool(mut s: Section<'_>) -> SpoolConfig {
 }
 
 fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
-    let gateway = GatewayConfig {
+    let mut gateway = GatewayConfig {
         name: s.required("name", NAME_FORMS, parse_name),
         address: s.required("address", HOST_PORT_FORMS, |v| {
             is_host_port(v).then(|| v.to_string())
@@ -914,54 +914,13 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
         default: s.boolean("default", false),
         senders: s.list("senders", &[], SENDER_FORMS, |v| v.parse().ok()),
         max_connections: s.integer("max_connections", 10, 1, 1_000),
-        connect_timeout: s.parsed(
-            "connect_timeout",
-            "30s",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        command_timeout: s.parsed(
-            "command_timeout",
-            "5m",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        idle_connection_timeout: s.parsed(
-            "idle_connection_timeout",
-            "30s",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        retry_initial: s.parsed(
-            "retry_initial",
-            "1m",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        retry_max: s.parsed(
-            "retry_max",
-            "1h",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        max_age: s.parsed(
-            "max_age",
-            "5d",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        tls: s.parsed(
-            "tls",
-            "opportunistic",
-            "\"none\", \"opportunistic\", \"required\" or \"implicit\"",
-            |v| match v {
-                "none" => Some(GatewayTls::None),
-                "opportunistic" => Some(GatewayTls::Opportunistic),
-                "required" => Some(GatewayTls::Required),
-                "implicit" => Some(GatewayTls::Implicit),
-                _ => None,
-            },
-        ),
+        connect_timeout: s.duration("connect_timeout", "30s"),
+        command_timeout: s.duration("command_timeout", "5m"),
+        idle_connection_timeout: s.duration("idle_connection_timeout", "30s"),
+        retry_initial: s.duration("retry_initial", "1m"),
+        retry_max: s.duration("retry_max", "1h"),
+        max_age: s.duration("max_age", "5d"),
+        tls: s.parsed("tls", "opportunistic", GATEWAY_TLS_FORMS, parse_gateway_tls),
         tls_ca_file: s.optional("tls_ca_file", "a PEM file path", parse_path),
         tls_server_name: s.optional(
             "tls_server_name",
@@ -979,27 +938,44 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
             "a list of DKIM selectors, e.g. [\"s1\"]",
             |v| is_hostname(v).then(|| v.to_string()),
         ),
-        verify_interval: s.parsed(
-            "verify_interval",
-            "1h",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        alignment: s.parsed(
-            "alignment",
-            "warn",
-            "\"enforce\", \"warn\" or \"off\"",
-            |v| match v {
-                "enforce" => Some(AlignmentMode::Enforce),
-                "warn" => Some(AlignmentMode::Warn),
-                "off" => Some(AlignmentMode::Off),
-                _ => None,
-            },
-        ),
+        verify_interval: s.duration("verify_interval", "1h"),
+        alignment: s.parsed("alignment", "warn", ALIGNMENT_FORMS, parse_alignment),
         shaping: read_shaping(s.subsection("shaping")),
     };
-    let mut gateway = gateway;
+    // Read after `shaping`: an unknown key's message lists the accepted
+    // keys in the order they are read.
     gateway.auth = read_gateway_auth(&mut s);
+    check_gateway(&mut s, &gateway);
+    s.finish();
+    gateway
+}
+
+const GATEWAY_TLS_FORMS: &str = "\"none\", \"opportunistic\", \"required\" or \"implicit\"";
+
+fn parse_gateway_tls(text: &str) -> Option<GatewayTls> {
+    match text {
+        "none" => Some(GatewayTls::None),
+        "opportunistic" => Some(GatewayTls::Opportunistic),
+        "required" => Some(GatewayTls::Required),
+        "implicit" => Some(GatewayTls::Implicit),
+        _ => None,
+    }
+}
+
+const ALIGNMENT_FORMS: &str = "\"enforce\", \"warn\" or \"off\"";
+
+fn parse_alignment(text: &str) -> Option<AlignmentMode> {
+    match text {
+        "enforce" => Some(AlignmentMode::Enforce),
+        "warn" => Some(AlignmentMode::Warn),
+        "off" => Some(AlignmentMode::Off),
+        _ => None,
+    }
+}
+
+/// The problems only the keys together show: a secret that would cross the
+/// network in plain text, and retry intervals that cannot work.
+fn check_gateway(s: &mut Section<'_>, gateway: &GatewayConfig) {
     if gateway.auth.is_some() && gateway.tls == GatewayTls::None && !gateway.is_loopback() {
         let secret = match gateway.auth.as_ref().map(|auth| &auth.mechanism) {
             Some(AuthMechanism::XOAuth2(_)) => "OAuth token",
@@ -1016,8 +992,6 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
     if gateway.retry_max < gateway.retry_initial {
         s.problem("retry_max", "must not be shorter than retry_initial");
     }
-    s.finish();
-    gateway
 }
 
 /// The login keys of a gateway: `auth_user` with `auth_mechanism` and its
