@@ -906,7 +906,7 @@ fn read_spool(mut s: Section<'_>) -> SpoolConfig {
 }
 
 fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
-    let gateway = GatewayConfig {
+    let mut gateway = GatewayConfig {
         name: s.required("name", NAME_FORMS, parse_name),
         address: s.required("address", HOST_PORT_FORMS, |v| {
             is_host_port(v).then(|| v.to_string())
@@ -914,54 +914,13 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
         default: s.boolean("default", false),
         senders: s.list("senders", &[], SENDER_FORMS, |v| v.parse().ok()),
         max_connections: s.integer("max_connections", 10, 1, 1_000),
-        connect_timeout: s.parsed(
-            "connect_timeout",
-            "30s",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        command_timeout: s.parsed(
-            "command_timeout",
-            "5m",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        idle_connection_timeout: s.parsed(
-            "idle_connection_timeout",
-            "30s",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        retry_initial: s.parsed(
-            "retry_initial",
-            "1m",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        retry_max: s.parsed(
-            "retry_max",
-            "1h",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        max_age: s.parsed(
-            "max_age",
-            "5d",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        tls: s.parsed(
-            "tls",
-            "opportunistic",
-            "\"none\", \"opportunistic\", \"required\" or \"implicit\"",
-            |v| match v {
-                "none" => Some(GatewayTls::None),
-                "opportunistic" => Some(GatewayTls::Opportunistic),
-                "required" => Some(GatewayTls::Required),
-                "implicit" => Some(GatewayTls::Implicit),
-                _ => None,
-            },
-        ),
+        connect_timeout: s.duration("connect_timeout", "30s"),
+        command_timeout: s.duration("command_timeout", "5m"),
+        idle_connection_timeout: s.duration("idle_connection_timeout", "30s"),
+        retry_initial: s.duration("retry_initial", "1m"),
+        retry_max: s.duration("retry_max", "1h"),
+        max_age: s.duration("max_age", "5d"),
+        tls: s.parsed("tls", "opportunistic", GATEWAY_TLS_FORMS, parse_gateway_tls),
         tls_ca_file: s.optional("tls_ca_file", "a PEM file path", parse_path),
         tls_server_name: s.optional(
             "tls_server_name",
@@ -979,27 +938,44 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
             "a list of DKIM selectors, e.g. [\"s1\"]",
             |v| is_hostname(v).then(|| v.to_string()),
         ),
-        verify_interval: s.parsed(
-            "verify_interval",
-            "1h",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        alignment: s.parsed(
-            "alignment",
-            "warn",
-            "\"enforce\", \"warn\" or \"off\"",
-            |v| match v {
-                "enforce" => Some(AlignmentMode::Enforce),
-                "warn" => Some(AlignmentMode::Warn),
-                "off" => Some(AlignmentMode::Off),
-                _ => None,
-            },
-        ),
+        verify_interval: s.duration("verify_interval", "1h"),
+        alignment: s.parsed("alignment", "warn", ALIGNMENT_FORMS, parse_alignment),
         shaping: read_shaping(s.subsection("shaping")),
     };
-    let mut gateway = gateway;
+    // Read after `shaping`: an unknown key's message lists the accepted
+    // keys in the order they are read.
     gateway.auth = read_gateway_auth(&mut s);
+    check_gateway(&mut s, &gateway);
+    s.finish();
+    gateway
+}
+
+const GATEWAY_TLS_FORMS: &str = "\"none\", \"opportunistic\", \"required\" or \"implicit\"";
+
+fn parse_gateway_tls(text: &str) -> Option<GatewayTls> {
+    match text {
+        "none" => Some(GatewayTls::None),
+        "opportunistic" => Some(GatewayTls::Opportunistic),
+        "required" => Some(GatewayTls::Required),
+        "implicit" => Some(GatewayTls::Implicit),
+        _ => None,
+    }
+}
+
+const ALIGNMENT_FORMS: &str = "\"enforce\", \"warn\" or \"off\"";
+
+fn parse_alignment(text: &str) -> Option<AlignmentMode> {
+    match text {
+        "enforce" => Some(AlignmentMode::Enforce),
+        "warn" => Some(AlignmentMode::Warn),
+        "off" => Some(AlignmentMode::Off),
+        _ => None,
+    }
+}
+
+/// The problems only the keys together show: a secret that would cross the
+/// network in plain text, and retry intervals that cannot work.
+fn check_gateway(s: &mut Section<'_>, gateway: &GatewayConfig) {
     if gateway.auth.is_some() && gateway.tls == GatewayTls::None && !gateway.is_loopback() {
         let secret = match gateway.auth.as_ref().map(|auth| &auth.mechanism) {
             Some(AuthMechanism::XOAuth2(_)) => "OAuth token",
@@ -1016,98 +992,149 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
     if gateway.retry_max < gateway.retry_initial {
         s.problem("retry_max", "must not be shorter than retry_initial");
     }
-    s.finish();
-    gateway
 }
 
 /// The login keys of a gateway: `auth_user` with `auth_mechanism` and its
 /// secret's source. Every inconsistency is a problem with its key named.
 fn read_gateway_auth(s: &mut Section<'_>) -> Option<GatewayAuth> {
-    let user = s.optional("auth_user", "a user name, e.g. \"app@example.com\"", |v| {
-        Some(v.to_string())
-    });
-    let xoauth2 = s.parsed(
-        "auth_mechanism",
-        "password",
-        "\"password\" (AUTH PLAIN or LOGIN) or \"xoauth2\"",
-        |v| match v {
-            "password" => Some(false),
-            "xoauth2" => Some(true),
-            _ => None,
-        },
-    );
-    let env = s.optional(
-        "auth_password_env",
-        "an environment variable name, e.g. \"SMTP_SHAPER_GATEWAY_PASSWORD\"",
-        |v| {
-            v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                .then(|| v.to_string())
-        },
-    );
-    let file = s.optional("auth_password_file", "a file path", parse_path);
-    let token_file = s.optional("oauth_token_file", "a file path", parse_path);
-    let token_url = s.optional(
-        "oauth_token_url",
-        "an https URL, e.g. \"https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token\"",
-        HttpsUrl::parse,
-    );
-    let client_id = s.optional("oauth_client_id", "the app registration's client id", |v| {
-        (!v.is_empty()).then(|| v.to_string())
-    });
-    let secret_file = s.optional("oauth_client_secret_file", "a file path", parse_path);
-    let scope = s.optional(
-        "oauth_scope",
-        "a scope, e.g. \"https://outlook.office365.com/.default\"",
-        |v| (!v.is_empty()).then(|| v.to_string()),
-    );
-    let ca_file = s.optional("oauth_ca_file", "a PEM file path", parse_path);
+    let keys = LoginKeys::read(s);
+    if keys.xoauth2 {
+        xoauth2_login(s, keys)
+    } else {
+        password_login(s, keys)
+    }
+}
 
-    if !xoauth2 {
-        let oauth_keys = [
-            ("oauth_token_file", token_file.is_some()),
-            ("oauth_token_url", token_url.is_some()),
-            ("oauth_client_id", client_id.is_some()),
-            ("oauth_client_secret_file", secret_file.is_some()),
-            ("oauth_scope", scope.is_some()),
-            ("oauth_ca_file", ca_file.is_some()),
-        ];
-        for (key, given) in oauth_keys {
-            if given {
-                s.problem(key, "only with auth_mechanism = \"xoauth2\"");
-            }
+/// Every login key as given. All are read whatever the mechanism, so a key
+/// of the other mechanism is reported as misplaced rather than unknown.
+struct LoginKeys {
+    user: Option<String>,
+    xoauth2: bool,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    oauth: OAuthKeys,
+}
+
+/// The keys of an XOAUTH2 token's source.
+struct OAuthKeys {
+    token_file: Option<PathBuf>,
+    token_url: Option<HttpsUrl>,
+    client_id: Option<String>,
+    secret_file: Option<PathBuf>,
+    scope: Option<String>,
+    ca_file: Option<PathBuf>,
+}
+
+impl LoginKeys {
+    fn read(s: &mut Section<'_>) -> LoginKeys {
+        LoginKeys {
+            user: s.optional("auth_user", "a user name, e.g. \"app@example.com\"", |v| {
+                Some(v.to_string())
+            }),
+            xoauth2: s.parsed(
+                "auth_mechanism",
+                "password",
+                "\"password\" (AUTH PLAIN or LOGIN) or \"xoauth2\"",
+                |v| match v {
+                    "password" => Some(false),
+                    "xoauth2" => Some(true),
+                    _ => None,
+                },
+            ),
+            password_env: s.optional(
+                "auth_password_env",
+                "an environment variable name, e.g. \"SMTP_SHAPER_GATEWAY_PASSWORD\"",
+                |v| {
+                    v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                        .then(|| v.to_string())
+                },
+            ),
+            password_file: s.optional("auth_password_file", "a file path", parse_path),
+            oauth: OAuthKeys::read(s),
         }
-        return match (user, env, file) {
-            (None, None, None) => None,
-            (Some(user), Some(env), None) => Some(GatewayAuth {
-                user,
-                mechanism: AuthMechanism::Password(SecretSource::Env(env)),
+    }
+}
+
+impl OAuthKeys {
+    fn read(s: &mut Section<'_>) -> OAuthKeys {
+        OAuthKeys {
+            token_file: s.optional("oauth_token_file", "a file path", parse_path),
+            token_url: s.optional(
+                "oauth_token_url",
+                "an https URL, e.g. \"https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token\"",
+                HttpsUrl::parse,
+            ),
+            client_id: s.optional("oauth_client_id", "the app registration's client id", |v| {
+                (!v.is_empty()).then(|| v.to_string())
             }),
-            (Some(user), None, Some(file)) => Some(GatewayAuth {
-                user,
-                mechanism: AuthMechanism::Password(SecretSource::File(file)),
-            }),
-            (None, _, _) => {
-                s.problem(
-                    "auth_user",
-                    "required with auth_password_env or auth_password_file",
-                );
-                None
-            }
-            (Some(_), None, None) | (Some(_), Some(_), Some(_)) => {
-                s.problem(
-                    "auth_user",
-                    "needs exactly one of auth_password_env and auth_password_file",
-                );
-                None
-            }
-        };
+            secret_file: s.optional("oauth_client_secret_file", "a file path", parse_path),
+            scope: s.optional(
+                "oauth_scope",
+                "a scope, e.g. \"https://outlook.office365.com/.default\"",
+                |v| (!v.is_empty()).then(|| v.to_string()),
+            ),
+            ca_file: s.optional("oauth_ca_file", "a PEM file path", parse_path),
+        }
     }
 
-    // XOAUTH2: a token instead of a password.
+    /// The keys of the client-credentials grant, each with whether it is given.
+    fn grant_keys(&self) -> [(&'static str, bool); 4] {
+        [
+            ("oauth_client_id", self.client_id.is_some()),
+            ("oauth_client_secret_file", self.secret_file.is_some()),
+            ("oauth_scope", self.scope.is_some()),
+            ("oauth_ca_file", self.ca_file.is_some()),
+        ]
+    }
+}
+
+/// `auth_mechanism = "password"`: `auth_user` with exactly one of
+/// `auth_password_env` and `auth_password_file`, or no login at all.
+fn password_login(s: &mut Section<'_>, keys: LoginKeys) -> Option<GatewayAuth> {
+    let oauth = &keys.oauth;
+    let token_keys = [
+        ("oauth_token_file", oauth.token_file.is_some()),
+        ("oauth_token_url", oauth.token_url.is_some()),
+    ];
+    for (key, given) in token_keys.into_iter().chain(oauth.grant_keys()) {
+        if given {
+            s.problem(key, "only with auth_mechanism = \"xoauth2\"");
+        }
+    }
+    match (keys.user, keys.password_env, keys.password_file) {
+        (None, None, None) => None,
+        (Some(user), Some(env), None) => Some(GatewayAuth {
+            user,
+            mechanism: AuthMechanism::Password(SecretSource::Env(env)),
+        }),
+        (Some(user), None, Some(file)) => Some(GatewayAuth {
+            user,
+            mechanism: AuthMechanism::Password(SecretSource::File(file)),
+        }),
+        (None, _, _) => {
+            s.problem(
+                "auth_user",
+                "required with auth_password_env or auth_password_file",
+            );
+            None
+        }
+        (Some(_), None, None) | (Some(_), Some(_), Some(_)) => {
+            s.problem(
+                "auth_user",
+                "needs exactly one of auth_password_env and auth_password_file",
+            );
+            None
+        }
+    }
+}
+
+/// `auth_mechanism = "xoauth2"`: `auth_user` with a token instead of a
+/// password.
+fn xoauth2_login(s: &mut Section<'_>, keys: LoginKeys) -> Option<GatewayAuth> {
     for (key, given) in [
-        ("auth_password_env", env.is_some()),
-        ("auth_password_file", file.is_some()),
+        ("auth_password_env", keys.password_env.is_some()),
+        ("auth_password_file", keys.password_file.is_some()),
     ] {
         if given {
             s.problem(
@@ -1116,55 +1143,59 @@ fn read_gateway_auth(s: &mut Section<'_>) -> Option<GatewayAuth> {
             );
         }
     }
-    let Some(user) = user else {
+    let Some(user) = keys.user else {
         s.problem(
             "auth_user",
             "required with auth_mechanism = \"xoauth2\" (the mailbox the token may send as)",
         );
         return None;
     };
-    let source = match (token_file, token_url) {
+    Some(GatewayAuth {
+        user,
+        mechanism: AuthMechanism::XOAuth2(token_source(s, keys.oauth)?),
+    })
+}
+
+/// Exactly one source: a token file kept fresh outside, or the
+/// client-credentials grant at `oauth_token_url`.
+fn token_source(s: &mut Section<'_>, oauth: OAuthKeys) -> Option<TokenSource> {
+    let grant_keys = oauth.grant_keys();
+    match (oauth.token_file, oauth.token_url) {
         (Some(path), None) => {
-            for (key, given) in [
-                ("oauth_client_id", client_id.is_some()),
-                ("oauth_client_secret_file", secret_file.is_some()),
-                ("oauth_scope", scope.is_some()),
-                ("oauth_ca_file", ca_file.is_some()),
-            ] {
+            for (key, given) in grant_keys {
                 if given {
                     s.problem(key, "only with oauth_token_url (oauth_token_file is given)");
                 }
             }
-            TokenSource::File(path)
+            Some(TokenSource::File(path))
         }
         (None, Some(token_url)) => {
-            let (Some(client_id), Some(client_secret_file)) = (client_id, secret_file) else {
+            let (Some(client_id), Some(client_secret_file)) = (oauth.client_id, oauth.secret_file)
+            else {
                 s.problem(
                     "oauth_token_url",
                     "needs oauth_client_id and oauth_client_secret_file (the client-credentials grant)",
                 );
                 return None;
             };
-            TokenSource::ClientCredentials(ClientCredentials {
+            Some(TokenSource::ClientCredentials(ClientCredentials {
                 token_url,
                 client_id,
                 client_secret_file,
-                scope: scope.unwrap_or_else(|| EXCHANGE_ONLINE_SCOPE.to_string()),
-                ca_file,
-            })
+                scope: oauth
+                    .scope
+                    .unwrap_or_else(|| EXCHANGE_ONLINE_SCOPE.to_string()),
+                ca_file: oauth.ca_file,
+            }))
         }
         (None, None) | (Some(_), Some(_)) => {
             s.problem(
                 "auth_mechanism",
                 "\"xoauth2\" needs exactly one token source: oauth_token_file, or oauth_token_url with oauth_client_id and oauth_client_secret_file",
             );
-            return None;
+            None
         }
-    };
-    Some(GatewayAuth {
-        user,
-        mechanism: AuthMechanism::XOAuth2(source),
-    })
+    }
 }
 
 fn read_shaping(mut s: Section<'_>) -> ShapingConfig {

@@ -8,10 +8,11 @@
 //! nearest table that holds it when the key is missing.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use toml::{Table, Value};
 
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, units};
 
 /// Where each key path (`server.listen`, `gateways[1].shaping.min_rate`,
 /// `server.allowed_networks[2]`) starts in the text, as a line number.
@@ -217,6 +218,11 @@ impl<'p> Section<'p> {
         value
             .and_then(|value| self.string(key, value, accepted, &parse))
             .unwrap_or_else(|| parse(default).expect("defaults are valid"))
+    }
+
+    /// A duration such as `"30s"` or `"5m"`.
+    pub fn duration(&mut self, key: &'static str, default: &str) -> Duration {
+        self.parsed(key, default, units::DURATION_FORMS, units::parse_duration)
     }
 
     /// A string value that may be left out: absent or `""` is `None`.

@@ -168,17 +168,7 @@ impl LogPanel<'_> {
 /// The chart of `report` as an SVG document.
 pub fn render_svg(report: &Report, title: &str) -> String {
     let samples = &report.samples;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{}</text>"#,
-        escape(title)
-    );
+    let mut svg = open_document(title);
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
         svg.push_str("</svg>\n");
         return svg;
@@ -204,16 +194,38 @@ pub fn render_svg(report: &Report, title: &str) -> String {
         legend_y: WINDOWS_TOP - 14.0,
     }
     .draw(&mut svg, samples, &WINDOW_SERIES, &x);
+    queue_panel(&mut svg, samples, &x);
+    time_axis(&mut svg, report.day_origin, t0, t1, &x);
+    svg.push_str("</svg>\n");
+    svg
+}
 
-    // Queue depth, linear.
+/// The document's opening: size, white background and `title`.
+fn open_document(title: &str) -> String {
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{}</text>"#,
+        escape(title)
+    );
+    svg
+}
+
+/// Queue depth on a linear scale up to a round number.
+fn queue_panel(svg: &mut String, samples: &[Sample], x: &dyn Fn(f64) -> f64) {
     let most = samples.iter().map(|s| s.queued).max().unwrap_or(0).max(1) as f64;
     let scale = nice_ceiling(most);
     let y_queue = |value: f64| QUEUE_TOP + QUEUE_HEIGHT * (1.0 - value / scale);
-    frame(&mut svg, QUEUE_TOP, QUEUE_HEIGHT, "messages queued");
+    frame(svg, QUEUE_TOP, QUEUE_HEIGHT, "messages queued");
     for step in 0..=4 {
         let value = scale * f64::from(step) / 4.0;
         let y = y_queue(value);
-        grid_line(&mut svg, y);
+        grid_line(svg, y);
         let _ = writeln!(
             svg,
             r#"<text x="{}" y="{}" text-anchor="end">{value:.0}</text>"#,
@@ -225,15 +237,57 @@ pub fn render_svg(report: &Report, title: &str) -> String {
         .iter()
         .map(|s| (x(s.start + s.span), y_queue(s.queued as f64)))
         .collect();
-    polyline(&mut svg, &points, "#9467bd", false);
+    polyline(svg, &points, "#9467bd", false);
+}
 
-    // Time axis: a labelled tick per day (or per hour for a short trace)
-    // and lighter ticks for the hours between, counted like the day table
-    // from the midnight before the trace.
-    let span = t1 - t0;
-    let origin = report.day_origin;
+/// The time axis from `t0` to `t1`: a labelled tick per day (or per hour
+/// for a short trace) and lighter ticks for the hours between, counted
+/// like the day table from `origin`, the midnight before the trace.
+fn time_axis(svg: &mut String, origin: f64, t0: f64, t1: f64, x: &dyn Fn(f64) -> f64) {
+    let days = (t1 - t0) / 86_400.0;
+    let (major, minor) = tick_steps(t1 - t0);
+    let mut tick = ((t0 - origin) / minor).ceil();
+    while origin + tick * minor <= t1 {
+        let at = tick * minor;
+        let tx = x(origin + at);
+        let is_major = (at / major).fract().abs() < 1e-9;
+        tick_line(svg, tx, is_major);
+        tick_label(svg, tx, at, is_major, days > 2.0);
+        tick += 1.0;
+    }
+}
+
+/// The label under the tick `at` seconds from the origin: the day (or the
+/// hour, for a short trace) on a labelled tick, the hour of the day in
+/// small print on the others when the axis counts days.
+fn tick_label(svg: &mut String, tx: f64, at: f64, is_major: bool, in_days: bool) {
+    let below = QUEUE_TOP + QUEUE_HEIGHT;
+    if is_major {
+        let label = if in_days {
+            format!("day {}", (at / 86_400.0).round() + 1.0)
+        } else {
+            format!("{:.0}h", at / 3_600.0)
+        };
+        let _ = writeln!(
+            svg,
+            r#"<text x="{tx}" y="{}" text-anchor="middle">{label}</text>"#,
+            below + 18.0
+        );
+    } else if in_days {
+        let _ = writeln!(
+            svg,
+            r##"<text x="{tx}" y="{}" text-anchor="middle" font-size="9" fill="#888">{:.0}h</text>"##,
+            below + 30.0,
+            (at % 86_400.0) / 3_600.0
+        );
+    }
+}
+
+/// Seconds between labelled ticks and between all ticks, for a trace of
+/// `span` seconds: about 14 labelled ticks, and some 60 ticks in all.
+fn tick_steps(span: f64) -> (f64, f64) {
     let days = span / 86_400.0;
-    let (major, minor) = if days > 2.0 {
+    if days > 2.0 {
         let every_day = (days / 14.0).ceil().max(1.0) * 86_400.0;
         let hours = [3.0, 6.0, 12.0, 24.0]
             .into_iter()
@@ -243,49 +297,24 @@ pub fn render_svg(report: &Report, title: &str) -> String {
     } else {
         let every_hour = ((span / 3_600.0) / 14.0).ceil().max(1.0) * 3_600.0;
         (every_hour, (every_hour / 4.0).max(900.0))
-    };
+    }
+}
+
+/// A tick at `tx` across every panel, darker when it is labelled.
+fn tick_line(svg: &mut String, tx: f64, is_major: bool) {
+    let colour = if is_major { "#ddd" } else { "#f4f4f4" };
     let panels = [
         (RATES_TOP, RATES_HEIGHT),
         (WINDOWS_TOP, WINDOWS_HEIGHT),
         (QUEUE_TOP, QUEUE_HEIGHT),
     ];
-    let mut tick = ((t0 - origin) / minor).ceil();
-    while origin + tick * minor <= t1 {
-        let at = tick * minor;
-        let tx = x(origin + at);
-        let is_major = (at / major).fract().abs() < 1e-9;
-        let colour = if is_major { "#ddd" } else { "#f4f4f4" };
-        for (panel_top, panel_height) in panels {
-            let _ = writeln!(
-                svg,
-                r##"<line x1="{tx}" y1="{panel_top}" x2="{tx}" y2="{}" stroke="{colour}"/>"##,
-                panel_top + panel_height
-            );
-        }
-        let below = QUEUE_TOP + QUEUE_HEIGHT;
-        if is_major {
-            let label = if days > 2.0 {
-                format!("day {}", (at / 86_400.0).round() + 1.0)
-            } else {
-                format!("{:.0}h", at / 3_600.0)
-            };
-            let _ = writeln!(
-                svg,
-                r#"<text x="{tx}" y="{}" text-anchor="middle">{label}</text>"#,
-                below + 18.0
-            );
-        } else if days > 2.0 {
-            let _ = writeln!(
-                svg,
-                r##"<text x="{tx}" y="{}" text-anchor="middle" font-size="9" fill="#888">{:.0}h</text>"##,
-                below + 30.0,
-                (at % 86_400.0) / 3_600.0
-            );
-        }
-        tick += 1.0;
+    for (panel_top, panel_height) in panels {
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{tx}" y1="{panel_top}" x2="{tx}" y2="{}" stroke="{colour}"/>"##,
+            panel_top + panel_height
+        );
     }
-    svg.push_str("</svg>\n");
-    svg
 }
 
 fn frame(svg: &mut String, top: f64, height: f64, label: &str) {

@@ -10,7 +10,9 @@
 //! that describe state (queue depth, shaping rates) are set from the
 //! service's views just before each scrape ([`Metrics::observe`]).
 
-use prometheus::core::Collector;
+use std::marker::PhantomData;
+
+use prometheus::core::{Atomic, Collector, GenericCounterVec, GenericGauge, GenericGaugeVec};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -30,6 +32,17 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Seconds of one fsync (about 2.6 ms on this project's reference machine;
+/// a slow or failing disk shows here first).
+const FSYNC_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Seconds of one send decision in Redis, round trip included.
+const CLUSTER_DECISION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// Results of the DMARC alignment check (`alignment_checks_total`).
 pub const ALIGNMENT_RESULTS: &[&str] = &["aligned", "misaligned"];
 
@@ -43,101 +56,204 @@ pub const RELAY_RESULTS: &[&str] = &["delivered", "deferred", "failed"];
 /// failed recipients stay queued and are tried again).
 pub const DSN_RESULTS: &[&str] = &["queued", "null_sender", "spool_error"];
 
-/// The registry and every metric in it.
-pub struct Metrics {
-    registry: Registry,
-    /// What the spool writer observes each group commit's fdatasync in.
-    pub spool_fsync_seconds: Histogram,
-    pub messages_accepted: IntCounterVec,
-    pub deferrals: IntCounterVec,
-    pub rejections: IntCounterVec,
-    pub messages_relayed: IntCounterVec,
-    pub recipients_relayed: IntCounterVec,
-    pub upstream_replies: IntCounterVec,
-    pub upstream_latency: HistogramVec,
-    pub upstream_connections: IntGaugeVec,
-    pub upstream_connect_failures: IntCounterVec,
-    pub dead_letters: IntCounterVec,
-    pub dsns: IntCounterVec,
-    pub queue_delay: HistogramVec,
-    pub inbound_connections: IntGauge,
-    pub auth_attempts: IntCounterVec,
-    pub inbound_tls_sessions: IntCounterVec,
-    pub config_reloads: IntCounterVec,
-    pub alignment_checks: IntCounterVec,
-    pub dmarc_lookups: IntCounterVec,
-    pub unsubscribe_missing: IntCounterVec,
-    queue_messages: IntGaugeVec,
-    queue_bytes: IntGaugeVec,
-    queue_parked: IntGaugeVec,
-    queue_oldest_age: GaugeVec,
-    queue_held: IntGaugeVec,
-    baseline_rate: GaugeVec,
-    ceiling_rate: GaugeVec,
-    demand_rate: GaugeVec,
-    send_rate: GaugeVec,
-    burst_ratio: GaugeVec,
-    volume_sent: IntGaugeVec,
-    volume_allowance: IntGaugeVec,
-    backoff_penalty: GaugeVec,
-    backoff_remaining: GaugeVec,
-    cluster_connected: IntGaugeVec,
-    cluster_nodes: IntGaugeVec,
-    pub cluster_decision_seconds: HistogramVec,
-    sender_checks: IntGaugeVec,
-    spool_free_bytes: Gauge,
-    spool_dead_letter_files: IntGauge,
+/// What one metric family shows (name, label names, help, a histogram's
+/// buckets); the kind is the type `M`, taken from the field it fills, so a
+/// family cannot be registered as one kind and used as another.
+struct Family<M> {
+    name: &'static str,
+    labels: &'static [&'static str],
+    help: &'static str,
+    buckets: &'static [f64],
+    kind: PhantomData<M>,
 }
 
-/// Registers `metric` in `registry` and returns it (metrics are handles:
-/// the clone kept here and the registered one count together).
-fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
+fn family<M>(name: &'static str, labels: &'static [&'static str], help: &'static str) -> Family<M> {
+    Family {
+        name,
+        labels,
+        help,
+        buckets: &[],
+        kind: PhantomData,
+    }
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register(
-        registry,
-        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
-    )
+impl<M: Kind> Family<M> {
+    fn buckets(self, buckets: &'static [f64]) -> Family<M> {
+        Family { buckets, ..self }
+    }
+
+    /// Registers the family in `registry` and returns it (metrics are
+    /// handles: the clone kept here and the registered one count together).
+    fn register(self, registry: &Registry) -> M {
+        let metric = M::build(&self).expect("valid metric");
+        registry
+            .register(Box::new(metric.clone()))
+            .expect("metric names are unique");
+        metric
+    }
+
+    fn opts(&self) -> Opts {
+        Opts::new(self.name, self.help)
+    }
+
+    fn histogram_opts(&self) -> HistogramOpts {
+        HistogramOpts::new(self.name, self.help).buckets(self.buckets.to_vec())
+    }
+
+    /// The label names of a metric without labels: none, or the table is
+    /// wrong (a label given to a single metric would be silently dropped).
+    fn no_labels(&self) -> &Self {
+        assert!(self.labels.is_empty(), "{} takes no labels", self.name);
+        self
+    }
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-    register(
-        registry,
-        GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
-    )
+/// A kind of metric a [`Family`] can be built as.
+trait Kind: Collector + Clone + Sized + 'static {
+    fn build(family: &Family<Self>) -> prometheus::Result<Self>;
 }
 
-fn int_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    register(
-        registry,
-        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
-    )
+impl<P: Atomic + 'static> Kind for GenericCounterVec<P> {
+    fn build(family: &Family<Self>) -> prometheus::Result<Self> {
+        Self::new(family.opts(), family.labels)
+    }
 }
 
-fn histogram(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-    buckets: &[f64],
-) -> HistogramVec {
-    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-    register(
-        registry,
-        HistogramVec::new(opts, labels).expect("valid metric"),
-    )
+impl<P: Atomic + 'static> Kind for GenericGaugeVec<P> {
+    fn build(family: &Family<Self>) -> prometheus::Result<Self> {
+        Self::new(family.opts(), family.labels)
+    }
 }
 
-/// Seconds of one fsync (about 2.6 ms on this project's reference machine;
-/// a slow or failing disk shows here first).
-const FSYNC_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
+impl<P: Atomic + 'static> Kind for GenericGauge<P> {
+    fn build(family: &Family<Self>) -> prometheus::Result<Self> {
+        Self::with_opts(family.no_labels().opts())
+    }
+}
+
+impl Kind for HistogramVec {
+    fn build(family: &Family<Self>) -> prometheus::Result<Self> {
+        Self::new(family.histogram_opts(), family.labels)
+    }
+}
+
+impl Kind for Histogram {
+    fn build(family: &Family<Self>) -> prometheus::Result<Self> {
+        Self::with_opts(family.no_labels().histogram_opts())
+    }
+}
+
+/// Declares `Metrics` as a table, one entry per family (field, kind,
+/// family), so that a metric is added in one place: the field and its
+/// registration cannot drift apart.
+macro_rules! metric_families {
+    (
+        $(#[$meta:meta])*
+        pub struct Metrics {
+            $( $(#[$field_meta:meta])* $vis:vis $field:ident: $kind:ty = $family:expr, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct Metrics {
+            registry: Registry,
+            $( $(#[$field_meta])* $vis $field: $kind, )*
+        }
+
+        impl Metrics {
+            fn register_families(registry: Registry) -> Metrics {
+                $( let $field = Family::<$kind>::register($family, &registry); )*
+                Metrics { registry, $( $field, )* }
+            }
+        }
+    };
+}
+
+metric_families! {
+    /// The registry and every metric in it.
+    pub struct Metrics {
+        /// What the spool writer observes each group commit's fdatasync in.
+        pub spool_fsync_seconds: Histogram = family("spool_fsync_seconds", &[],
+            "Time of one group-commit fdatasync of a spool segment (what a 250 waits for).").buckets(FSYNC_BUCKETS),
+        pub messages_accepted: IntCounterVec = family("messages_accepted_total", &["gateway", "app"],
+            "Messages answered 250 and spooled, by the gateway they go to and the app that sent them."),
+        pub deferrals: IntCounterVec = family("deferrals_total", &["gateway", "reason"],
+            "New mail deferred with 451 4.7.1 because its gateway's projected wait was too long."),
+        pub rejections: IntCounterVec = family("rejections_total", &["reason"],
+            "Commands, messages and connections refused (4xx/5xx replies other than shaping deferrals)."),
+        pub messages_relayed: IntCounterVec = family("messages_relayed_total", &["gateway", "result"],
+            "Delivery attempts of messages to a gateway, by outcome: delivered (every recipient finished), deferred (some retried later), failed (dead-lettered)."),
+        pub recipients_relayed: IntCounterVec = family("recipients_relayed_total", &["gateway"],
+            "Recipients the gateway accepted (2xx)."),
+        pub upstream_replies: IntCounterVec = family("upstream_replies_total", &["gateway", "class"],
+            "Per-recipient final replies from the gateway, by class (2xx, 4xx, 5xx)."),
+        pub upstream_latency: HistogramVec = family("upstream_latency_seconds", &["gateway"],
+            "Time of one transaction with the gateway, MAIL FROM to the reply after the body.").buckets(LATENCY_BUCKETS),
+        pub upstream_connections: IntGaugeVec = family("upstream_connections", &["gateway"],
+            "Connections open to the gateway now."),
+        pub upstream_connect_failures: IntCounterVec = family("upstream_connect_failures_total", &["gateway"],
+            "Failed attempts to connect (or greet, STARTTLS, authenticate) to the gateway."),
+        pub dead_letters: IntCounterVec = family("dead_letters_total", &["gateway"],
+            "Messages with recipients moved to the dead-letter area (permanent failure or max_age)."),
+        pub dsns: IntCounterVec = family("dsns_total", &["gateway", "result"],
+            "Delivery status notifications due to senders of dead-lettered recipients (apps with dsn = true), by result."),
+        pub queue_delay: HistogramVec = family("queue_delay_seconds", &["gateway"],
+            "Time from acceptance to the attempt that finished the message.").buckets(QUEUE_DELAY_BUCKETS),
+        pub inbound_connections: IntGauge = family("inbound_connections", &[],
+            "Client connections open now."),
+        pub auth_attempts: IntCounterVec = family("auth_attempts_total", &["result"],
+            "AUTH credential checks (argon2 runs), by result (success, failure); AUTH refused unchecked counts in rejections_total (auth_failure_rate)."),
+        pub inbound_tls_sessions: IntCounterVec = family("inbound_tls_sessions_total", &["mode", "result"],
+            "Client TLS handshakes, by how they started (starttls, implicit) and result (success, failure)."),
+        pub config_reloads: IntCounterVec = family("config_reloads_total", &["result"],
+            "Configuration reloads on SIGHUP, by result (success, failure)."),
+        pub alignment_checks: IntCounterVec = family("alignment_checks_total", &["gateway", "result"],
+            "Messages whose From: domain was checked for DMARC alignment (gateways with alignment = warn or enforce), by result (aligned, misaligned; a misaligned one is refused under enforce)."),
+        pub dmarc_lookups: IntCounterVec = family("dmarc_lookups_total", &["result"],
+            "DMARC record lookups sent to DNS for the alignment check, by result (found, none, failed); timeout counts a message that stopped waiting for one (judged relaxed, as on failure)."),
+        pub unsubscribe_missing: IntCounterVec = family("unsubscribe_missing_total", &["app"],
+            "Bulk messages without one-click unsubscribe (RFC 8058 List-Unsubscribe with https and List-Unsubscribe-Post), by app; refused ones (unsubscribe = require) count in rejections_total too."),
+        queue_messages: IntGaugeVec = family("queue_messages", &["gateway"],
+            "Messages queued for the gateway (waiting for the shaper, a retry or a worker)."),
+        queue_bytes: IntGaugeVec = family("queue_bytes", &["gateway"],
+            "Bytes of the messages queued for the gateway."),
+        queue_parked: IntGaugeVec = family("queue_parked_messages", &["gateway"],
+            "Queued messages kept only as a reference to their spool record (past spool.active_limit); read back when the shaper releases them."),
+        queue_oldest_age: GaugeVec = family("queue_oldest_age_seconds", &["gateway"],
+            "Age since arrival of the oldest message queued for the gateway, retries included (0 when empty)."),
+        queue_held: IntGaugeVec = family("queue_held", &["gateway"],
+            "1 while an operator holds the gateway's queue (queue hold), else 0."),
+        baseline_rate: GaugeVec = family("baseline_rate", &["gateway"],
+            "The gateway's learned normal send rate, messages per second."),
+        ceiling_rate: GaugeVec = family("ceiling_rate", &["gateway"],
+            "The most the shaper sends to the gateway now, messages per second."),
+        demand_rate: GaugeVec = family("demand_rate", &["gateway"],
+            "Messages per second the apps offer the gateway (last minute; deferred offers included, an envelope offered again counted once)."),
+        send_rate: GaugeVec = family("send_rate", &["gateway"],
+            "Messages per second sent to the gateway (last minute)."),
+        burst_ratio: GaugeVec = family("burst_ratio", &["gateway"],
+            "Demand divided by baseline: the burst-anomaly signal."),
+        volume_sent: IntGaugeVec = family("volume_sent", &["gateway", "window"],
+            "Units (messages, or recipients with count = \"recipients\") sent to the gateway in the rolling window (1h or 24h) of its volume budget."),
+        volume_allowance: IntGaugeVec = family("volume_allowance", &["gateway", "window"],
+            "What the volume rule allows the gateway in the rolling window: max(floor, warmup x the busiest window of the 7 days before)."),
+        backoff_penalty: GaugeVec = family("backoff_penalty", &["gateway"],
+            "Factor the gateway's throttling replies cut the ceiling by (1 = none)."),
+        backoff_remaining: GaugeVec = family("backoff_remaining_seconds", &["gateway"],
+            "Seconds left of a pause the gateway asked for (throttling or quota), 0 when none."),
+        cluster_connected: IntGaugeVec = family("cluster_connected", &["gateway"],
+            "Cluster mode: 1 while this node reaches the gateway's shared state in Redis, 0 while it runs on its share of the gateway's limits."),
+        cluster_nodes: IntGaugeVec = family("cluster_nodes", &["gateway"],
+            "Cluster mode: live nodes sharing the gateway at the latest heartbeat (what a node divides the limits by when Redis is out of reach)."),
+        pub cluster_decision_seconds: HistogramVec = family("cluster_decision_seconds", &["gateway"],
+            "Cluster mode: time of one send decision in Redis, round trip included.").buckets(CLUSTER_DECISION_BUCKETS),
+        sender_checks: IntGaugeVec = family("sender_checks", &["verdict"],
+            "Sender addresses verified with their gateway (relay rule 3), by verdict."),
+        spool_free_bytes: Gauge = family("spool_free_bytes", &[],
+            "Bytes free for unprivileged users on the spool's file system."),
+        spool_dead_letter_files: IntGauge = family("spool_dead_letter_files", &[],
+            "Dead-letter files waiting for an operator in the spool's dead/ folder."),
+    }
+}
 
 impl Metrics {
     /// A fresh registry with every metric; `gateways` and `apps` name the
@@ -146,327 +262,67 @@ impl Metrics {
     pub fn new(gateways: &[String], apps: &[String]) -> Metrics {
         let registry =
             Registry::new_custom(Some("smtp_shaper".into()), None).expect("valid prefix");
-        let r = &registry;
-        let build_info = int_gauge(
-            r,
+        // Not a field: set once here and never touched again.
+        family::<IntGaugeVec>(
             "build_info",
-            "Always 1; the labels name the running build.",
             &["version"],
-        );
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        let spool_fsync_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "spool_fsync_seconds",
-                "Time of one group-commit fdatasync of a spool segment (what a 250 waits for).",
-            )
-            .buckets(FSYNC_BUCKETS.to_vec()),
+            "Always 1; the labels name the running build.",
         )
-        .expect("valid histogram");
-        registry
-            .register(Box::new(spool_fsync_seconds.clone()))
-            .expect("unique metric");
-        let inbound_connections =
-            IntGauge::new("inbound_connections", "Client connections open now.")
-                .expect("valid metric");
-        registry
-            .register(Box::new(inbound_connections.clone()))
-            .expect("unique metric");
-        let spool_free_bytes = Gauge::new(
-            "spool_free_bytes",
-            "Bytes free for unprivileged users on the spool's file system.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(spool_free_bytes.clone()))
-            .expect("unique metric");
-        let spool_dead_letter_files = IntGauge::new(
-            "spool_dead_letter_files",
-            "Dead-letter files waiting for an operator in the spool's dead/ folder.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(spool_dead_letter_files.clone()))
-            .expect("unique metric");
-        let metrics = Metrics {
-            spool_fsync_seconds,
-            messages_accepted: counter(
-                r,
-                "messages_accepted_total",
-                "Messages answered 250 and spooled, by the gateway they go to and the app that sent them.",
-                &["gateway", "app"],
-            ),
-            deferrals: counter(
-                r,
-                "deferrals_total",
-                "New mail deferred with 451 4.7.1 because its gateway's projected wait was too long.",
-                &["gateway", "reason"],
-            ),
-            rejections: counter(
-                r,
-                "rejections_total",
-                "Commands, messages and connections refused (4xx/5xx replies other than shaping deferrals).",
-                &["reason"],
-            ),
-            messages_relayed: counter(
-                r,
-                "messages_relayed_total",
-                "Delivery attempts of messages to a gateway, by outcome: delivered (every recipient finished), deferred (some retried later), failed (dead-lettered).",
-                &["gateway", "result"],
-            ),
-            recipients_relayed: counter(
-                r,
-                "recipients_relayed_total",
-                "Recipients the gateway accepted (2xx).",
-                &["gateway"],
-            ),
-            upstream_replies: counter(
-                r,
-                "upstream_replies_total",
-                "Per-recipient final replies from the gateway, by class (2xx, 4xx, 5xx).",
-                &["gateway", "class"],
-            ),
-            upstream_latency: histogram(
-                r,
-                "upstream_latency_seconds",
-                "Time of one transaction with the gateway, MAIL FROM to the reply after the body.",
-                &["gateway"],
-                LATENCY_BUCKETS,
-            ),
-            upstream_connections: int_gauge(
-                r,
-                "upstream_connections",
-                "Connections open to the gateway now.",
-                &["gateway"],
-            ),
-            upstream_connect_failures: counter(
-                r,
-                "upstream_connect_failures_total",
-                "Failed attempts to connect (or greet, STARTTLS, authenticate) to the gateway.",
-                &["gateway"],
-            ),
-            dead_letters: counter(
-                r,
-                "dead_letters_total",
-                "Messages with recipients moved to the dead-letter area (permanent failure or max_age).",
-                &["gateway"],
-            ),
-            dsns: counter(
-                r,
-                "dsns_total",
-                "Delivery status notifications due to senders of dead-lettered recipients (apps with dsn = true), by result.",
-                &["gateway", "result"],
-            ),
-            queue_delay: histogram(
-                r,
-                "queue_delay_seconds",
-                "Time from acceptance to the attempt that finished the message.",
-                &["gateway"],
-                QUEUE_DELAY_BUCKETS,
-            ),
-            auth_attempts: counter(
-                r,
-                "auth_attempts_total",
-                "AUTH credential checks (argon2 runs), by result (success, failure); AUTH refused unchecked counts in rejections_total (auth_failure_rate).",
-                &["result"],
-            ),
-            inbound_tls_sessions: counter(
-                r,
-                "inbound_tls_sessions_total",
-                "Client TLS handshakes, by how they started (starttls, implicit) and result (success, failure).",
-                &["mode", "result"],
-            ),
-            config_reloads: counter(
-                r,
-                "config_reloads_total",
-                "Configuration reloads on SIGHUP, by result (success, failure).",
-                &["result"],
-            ),
-            alignment_checks: counter(
-                r,
-                "alignment_checks_total",
-                "Messages whose From: domain was checked for DMARC alignment (gateways with alignment = warn or enforce), by result (aligned, misaligned; a misaligned one is refused under enforce).",
-                &["gateway", "result"],
-            ),
-            dmarc_lookups: counter(
-                r,
-                "dmarc_lookups_total",
-                "DMARC record lookups sent to DNS for the alignment check, by result (found, none, failed); timeout counts a message that stopped waiting for one (judged relaxed, as on failure).",
-                &["result"],
-            ),
-            unsubscribe_missing: counter(
-                r,
-                "unsubscribe_missing_total",
-                "Bulk messages without one-click unsubscribe (RFC 8058 List-Unsubscribe with https and List-Unsubscribe-Post), by app; refused ones (unsubscribe = require) count in rejections_total too.",
-                &["app"],
-            ),
-            queue_messages: int_gauge(
-                r,
-                "queue_messages",
-                "Messages queued for the gateway (waiting for the shaper, a retry or a worker).",
-                &["gateway"],
-            ),
-            queue_bytes: int_gauge(
-                r,
-                "queue_bytes",
-                "Bytes of the messages queued for the gateway.",
-                &["gateway"],
-            ),
-            queue_parked: int_gauge(
-                r,
-                "queue_parked_messages",
-                "Queued messages kept only as a reference to their spool record (past spool.active_limit); read back when the shaper releases them.",
-                &["gateway"],
-            ),
-            queue_oldest_age: gauge(
-                r,
-                "queue_oldest_age_seconds",
-                "Age since arrival of the oldest message queued for the gateway, retries included (0 when empty).",
-                &["gateway"],
-            ),
-            queue_held: int_gauge(
-                r,
-                "queue_held",
-                "1 while an operator holds the gateway's queue (queue hold), else 0.",
-                &["gateway"],
-            ),
-            baseline_rate: gauge(
-                r,
-                "baseline_rate",
-                "The gateway's learned normal send rate, messages per second.",
-                &["gateway"],
-            ),
-            ceiling_rate: gauge(
-                r,
-                "ceiling_rate",
-                "The most the shaper sends to the gateway now, messages per second.",
-                &["gateway"],
-            ),
-            demand_rate: gauge(
-                r,
-                "demand_rate",
-                "Messages per second the apps offer the gateway (last minute; deferred offers included, an envelope offered again counted once).",
-                &["gateway"],
-            ),
-            send_rate: gauge(
-                r,
-                "send_rate",
-                "Messages per second sent to the gateway (last minute).",
-                &["gateway"],
-            ),
-            burst_ratio: gauge(
-                r,
-                "burst_ratio",
-                "Demand divided by baseline: the burst-anomaly signal.",
-                &["gateway"],
-            ),
-            volume_sent: int_gauge(
-                r,
-                "volume_sent",
-                "Units (messages, or recipients with count = \"recipients\") sent to the gateway in the rolling window (1h or 24h) of its volume budget.",
-                &["gateway", "window"],
-            ),
-            volume_allowance: int_gauge(
-                r,
-                "volume_allowance",
-                "What the volume rule allows the gateway in the rolling window: max(floor, warmup x the busiest window of the 7 days before).",
-                &["gateway", "window"],
-            ),
-            backoff_penalty: gauge(
-                r,
-                "backoff_penalty",
-                "Factor the gateway's throttling replies cut the ceiling by (1 = none).",
-                &["gateway"],
-            ),
-            backoff_remaining: gauge(
-                r,
-                "backoff_remaining_seconds",
-                "Seconds left of a pause the gateway asked for (throttling or quota), 0 when none.",
-                &["gateway"],
-            ),
-            cluster_connected: int_gauge(
-                r,
-                "cluster_connected",
-                "Cluster mode: 1 while this node reaches the gateway's shared state in Redis, 0 while it runs on its share of the gateway's limits.",
-                &["gateway"],
-            ),
-            cluster_nodes: int_gauge(
-                r,
-                "cluster_nodes",
-                "Cluster mode: live nodes sharing the gateway at the latest heartbeat (what a node divides the limits by when Redis is out of reach).",
-                &["gateway"],
-            ),
-            cluster_decision_seconds: histogram(
-                r,
-                "cluster_decision_seconds",
-                "Cluster mode: time of one send decision in Redis, round trip included.",
-                &["gateway"],
-                &[
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    1.0,
-                ],
-            ),
-            sender_checks: int_gauge(
-                r,
-                "sender_checks",
-                "Sender addresses verified with their gateway (relay rule 3), by verdict.",
-                &["verdict"],
-            ),
-            spool_free_bytes,
-            spool_dead_letter_files,
-            inbound_connections,
-            registry,
-        };
+        .register(&registry)
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+        let metrics = Metrics::register_families(registry);
         for gateway in gateways {
-            for app in apps {
-                metrics
-                    .messages_accepted
-                    .with_label_values(&[gateway.as_str(), app.as_str()]);
-            }
-            for result in ALIGNMENT_RESULTS {
-                metrics
-                    .alignment_checks
-                    .with_label_values(&[gateway.as_str(), result]);
-            }
-            for result in RELAY_RESULTS {
-                metrics
-                    .messages_relayed
-                    .with_label_values(&[gateway.as_str(), result]);
-            }
-            for result in DSN_RESULTS {
-                metrics.dsns.with_label_values(&[gateway.as_str(), result]);
-            }
-            for reason in crate::shaper::DeferReason::ALL {
-                metrics
-                    .deferrals
-                    .with_label_values(&[gateway.as_str(), reason.as_str()]);
-            }
-            for class in ["2xx", "4xx", "5xx"] {
-                metrics
-                    .upstream_replies
-                    .with_label_values(&[gateway.as_str(), class]);
-            }
-            metrics.recipients_relayed.with_label_values(&[gateway]);
-            metrics.dead_letters.with_label_values(&[gateway]);
-            metrics.upstream_connections.with_label_values(&[gateway]);
-            metrics
-                .upstream_connect_failures
-                .with_label_values(&[gateway]);
+            metrics.create_gateway_series(gateway, apps);
         }
+        metrics.create_fixed_series(apps);
+        metrics
+    }
+
+    /// Creates (at zero) the series of `gateway`: one per app, result,
+    /// reason and reply class it can be counted under.
+    fn create_gateway_series(&self, gateway: &str, apps: &[String]) {
+        for app in apps {
+            self.messages_accepted
+                .with_label_values(&[gateway, app.as_str()]);
+        }
+        for result in ALIGNMENT_RESULTS {
+            self.alignment_checks.with_label_values(&[gateway, result]);
+        }
+        for result in RELAY_RESULTS {
+            self.messages_relayed.with_label_values(&[gateway, result]);
+        }
+        for result in DSN_RESULTS {
+            self.dsns.with_label_values(&[gateway, result]);
+        }
+        for reason in crate::shaper::DeferReason::ALL {
+            self.deferrals
+                .with_label_values(&[gateway, reason.as_str()]);
+        }
+        for class in ["2xx", "4xx", "5xx"] {
+            self.upstream_replies.with_label_values(&[gateway, class]);
+        }
+        self.recipients_relayed.with_label_values(&[gateway]);
+        self.dead_letters.with_label_values(&[gateway]);
+        self.upstream_connections.with_label_values(&[gateway]);
+        self.upstream_connect_failures.with_label_values(&[gateway]);
+    }
+
+    /// Creates (at zero) the series whose labels come from fixed sets, and
+    /// one per app of the counters counted by app alone.
+    fn create_fixed_series(&self, apps: &[String]) {
         for reason in crate::inbound::RefusalReason::ALL {
-            metrics.rejections.with_label_values(&[reason.as_str()]);
+            self.rejections.with_label_values(&[reason.as_str()]);
         }
         for result in crate::policy::dmarc::LOOKUP_RESULTS {
-            metrics.dmarc_lookups.with_label_values(&[result]);
+            self.dmarc_lookups.with_label_values(&[result]);
         }
         for app in apps {
-            metrics.unsubscribe_missing.with_label_values(&[app]);
+            self.unsubscribe_missing.with_label_values(&[app]);
         }
         for result in ["success", "failure"] {
-            metrics.config_reloads.with_label_values(&[result]);
+            self.config_reloads.with_label_values(&[result]);
         }
-        metrics
     }
 
     /// Sets the state gauges from the service's current views.
