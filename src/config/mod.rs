@@ -751,36 +751,11 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
         ),
         max_errors: s.integer("max_errors", 10, 1, 1_000),
         max_junk_commands: s.integer("max_junk_commands", 100, 1, 100_000),
-        command_deadline: s.parsed(
-            "command_deadline",
-            "5m",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        data_deadline: s.parsed(
-            "data_deadline",
-            "1h",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        idle_timeout: s.parsed(
-            "idle_timeout",
-            "5m",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        data_timeout: s.parsed(
-            "data_timeout",
-            "10m",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        shutdown_grace: s.parsed(
-            "shutdown_grace",
-            "30s",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
+        command_deadline: s.duration("command_deadline", "5m"),
+        data_deadline: s.duration("data_deadline", "1h"),
+        idle_timeout: s.duration("idle_timeout", "5m"),
+        data_timeout: s.duration("data_timeout", "10m"),
+        shutdown_grace: s.duration("shutdown_grace", "30s"),
         allowed_networks: s.list(
             "allowed_networks",
             &["127.0.0.0/8", "::1/128"],
@@ -1227,12 +1202,7 @@ fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
         headroom: s.number("headroom", 2.0, 1.0, 100.0),
         warmup: s.parsed("warmup", "2x/day", units::GROWTH_FORMS, units::parse_growth),
         burst: s.integer("burst", 5, 1, 100_000),
-        max_queue_delay: s.parsed(
-            "max_queue_delay",
-            "15m",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
+        max_queue_delay: s.duration("max_queue_delay", "15m"),
         max_queued: s.integer("max_queued", 100_000, 1, 100_000_000),
         limits: s.list("limits", &[], LIMIT_FORMS, parse_limit),
         count: s.parsed(
@@ -1246,18 +1216,8 @@ fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
             },
         ),
         backoff_factor: s.number("backoff_factor", 0.5, 0.01, 0.99),
-        backoff_pause: s.parsed(
-            "backoff_pause",
-            "1m",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        baseline_half_life: s.parsed(
-            "baseline_half_life",
-            "7d",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
+        backoff_pause: s.duration("backoff_pause", "1m"),
+        baseline_half_life: s.duration("baseline_half_life", "7d"),
     };
     if shaping.min_rate > shaping.max_rate {
         s.problem("min_rate", "must not be above max_rate");
