@@ -294,22 +294,7 @@ async fn admin_route<Q: Queues>(
     match (method, parts.as_slice()) {
         (&Method::GET, ["queue"]) => {
             let gateway = query_value(query, "gateway")?;
-            let page = page(query)?;
-            let list = queues.list(gateway.as_deref(), &page)?;
-            let mut text = String::new();
-            for message in &list.entries {
-                text.push_str(&summary_line(message));
-            }
-            if list.total == 0 {
-                text.push_str("queue is empty\n");
-            }
-            let last = list.entries.last().map(|message| message.id.as_str());
-            text.push_str(&page_footer(&page, &list, last));
-            let summaries: Vec<_> = list.entries.iter().map(json::Summary::new).collect();
-            Ok(Answer {
-                json: json::to_text(&summaries),
-                text,
-            })
+            queue_page(queues, gateway.as_deref(), &page(query)?)
         }
         (&Method::POST, ["queue", "retry"]) => {
             let count = queues.retry(None)?;
@@ -342,24 +327,7 @@ async fn admin_route<Q: Queues>(
                 text: format!("gateway {gateway} {state}\n"),
             })
         }
-        (&Method::GET, ["dead"]) => {
-            let page = page(query)?;
-            let names = queues.dead_letters(&page)?;
-            let mut text = String::new();
-            for name in &names.entries {
-                text.push_str(name);
-                text.push('\n');
-            }
-            if names.total == 0 {
-                text.push_str("no dead letters\n");
-            }
-            let last = names.entries.last().map(String::as_str);
-            text.push_str(&page_footer(&page, &names, last));
-            Ok(Answer {
-                json: json::to_text(&names.entries),
-                text,
-            })
-        }
+        (&Method::GET, ["dead"]) => dead_page(queues, &page(query)?),
         (&Method::POST, ["dead", name, "requeue"]) => {
             let id = queues.requeue(name).await?;
             Ok(Answer {
@@ -371,6 +339,48 @@ async fn admin_route<Q: Queues>(
             "no admin action {method} {path}"
         ))),
     }
+}
+
+/// A page of the queue, oldest first.
+fn queue_page<Q: Queues>(
+    queues: &Q,
+    gateway: Option<&str>,
+    page: &Page,
+) -> Result<Answer, AdminError> {
+    let list = queues.list(gateway, page)?;
+    let mut text = String::new();
+    for message in &list.entries {
+        text.push_str(&summary_line(message));
+    }
+    if list.total == 0 {
+        text.push_str("queue is empty\n");
+    }
+    let last = list.entries.last().map(|message| message.id.as_str());
+    text.push_str(&page_footer(page, &list, last));
+    let summaries: Vec<_> = list.entries.iter().map(json::Summary::new).collect();
+    Ok(Answer {
+        json: json::to_text(&summaries),
+        text,
+    })
+}
+
+/// A page of the dead-letter files' names.
+fn dead_page<Q: Queues>(queues: &Q, page: &Page) -> Result<Answer, AdminError> {
+    let names = queues.dead_letters(page)?;
+    let mut text = String::new();
+    for name in &names.entries {
+        text.push_str(name);
+        text.push('\n');
+    }
+    if names.total == 0 {
+        text.push_str("no dead letters\n");
+    }
+    let last = names.entries.last().map(String::as_str);
+    text.push_str(&page_footer(page, &names, last));
+    Ok(Answer {
+        json: json::to_text(&names.entries),
+        text,
+    })
 }
 
 /// The decoded value of query parameter `name`, if given.
