@@ -183,20 +183,7 @@ fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("{}: configuration is valid", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!(
-                    "{}: {} problem(s):\n{error}",
-                    config.display(),
-                    error.problems.len()
-                );
-                ExitCode::FAILURE
-            }
-        },
+        Command::CheckConfig { config } => check_config(&config),
         Command::Simulate {
             config,
             trace,
@@ -238,37 +225,59 @@ fn main() -> ExitCode {
             resolver,
             records.as_deref(),
         ),
-        Command::Run { config: path } => {
-            let config = match &path {
-                Some(path) => Config::load(path),
-                None => Ok(Config::embedded_default()),
-            };
-            let config = match config {
-                Ok(config) => config,
-                Err(error) => {
-                    eprintln!("invalid configuration:\n{error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            smtp_shaper::telemetry::logging::init(config.server.log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(config.server.worker_threads)
-                .enable_all()
-                .build();
-            let runtime = match runtime {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("cannot start the runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let code = runtime.block_on(run(config, path));
-            // The spool is closed by now; a start-up DNS check still waiting
-            // on an unreachable resolver must not hold the exit.
-            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-            code
+        Command::Run { config: path } => serve(path),
+    }
+}
+
+/// `check-config`: every problem of the file, or that it is valid.
+fn check_config(config: &Path) -> ExitCode {
+    match Config::load(config) {
+        Ok(_) => {
+            println!("{}: configuration is valid", config.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!(
+                "{}: {} problem(s):\n{error}",
+                config.display(),
+                error.problems.len()
+            );
+            ExitCode::FAILURE
         }
     }
+}
+
+/// `run`: the service on the file's configuration (the embedded default
+/// without one), until SIGTERM or SIGINT.
+fn serve(path: Option<PathBuf>) -> ExitCode {
+    let config = match &path {
+        Some(path) => Config::load(path),
+        None => Ok(Config::embedded_default()),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("invalid configuration:\n{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    smtp_shaper::telemetry::logging::init(config.server.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.worker_threads)
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run(config, path));
+    // The spool is closed by now; a start-up DNS check still waiting
+    // on an unreachable resolver must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 fn queue(
