@@ -133,6 +133,11 @@ impl Refusal {
             reply: Reply::new(code, text),
         }
     }
+
+    /// A command out of order: 503 with `text` (which starts `5.5.1`).
+    pub fn out_of_sequence(text: &'static str) -> Refusal {
+        Refusal::new(RefusalReason::Sequence, 503, text)
+    }
 }
 
 #[cfg(test)]

@@ -291,70 +291,10 @@ impl<'a> Session<'a> {
     }
 
     fn mail(&mut self, from: String, params: MailParams) -> Step {
-        if self.helo.is_none() {
-            return self.out_of_sequence("5.5.1 Error: send EHLO or HELO first");
-        }
-        if self.transaction.is_some() {
-            return self.out_of_sequence("5.5.1 Error: nested MAIL command");
-        }
-        if !self.esmtp
-            && (params.size.is_some() || params.smtputf8 || params != MailParams::default())
-        {
-            return self
-                .refuse(Refusal::new(
-                    RefusalReason::Syntax,
-                    555,
-                    "5.5.4 Error: MAIL parameters need EHLO",
-                ))
-                .into();
-        }
-        if params
-            .size
-            .is_some_and(|size| size > self.server.max_message_size)
-        {
-            return self
-                .refuse(Refusal::new(
-                    RefusalReason::TooBig,
-                    552,
-                    format!(
-                        "5.3.4 Message size exceeds the limit of {} octets",
-                        self.server.max_message_size
-                    ),
-                ))
-                .into();
-        }
-        if self.server.require_auth && self.login.is_none() {
-            return self
-                .refuse(Refusal::new(
-                    RefusalReason::AuthRequired,
-                    530,
-                    "5.7.0 Authentication required",
-                ))
-                .into();
-        }
-        let apps = &self.policy.apps;
-        let lane = self
-            .login
-            .unwrap_or_else(|| apps.lane(self.client_ip, &from));
-        if !apps.sender_allowed(lane, &from) {
-            return self.refuse(Refusal::new(
-                RefusalReason::RelayDenied,
-                550,
-                format!(
-                    "5.7.1 Sender <{from}> is not allowed for app {}: each app sends only from its own addresses or domain (relay rule 2)",
-                    apps.name(lane)
-                ),
-            )).into();
-        }
-        if let Some(refusal) = self.policy.senders.missing(&from) {
-            return self.refuse(Refusal::new(
-                RefusalReason::SenderRejected,
-                550,
-                format!(
-                    "5.1.0 Sender <{from}> does not exist at the gateway ({refusal}): apps send from a valid, existing address (relay rule 3)"
-                ),
-            )).into();
-        }
+        let lane = match self.mail_lane(&from, &params) {
+            Ok(lane) => lane,
+            Err(refusal) => return self.refuse(refusal).into(),
+        };
         let reply = Reply::new(250, format!("2.1.0 Sender <{from}> ok"));
         self.transaction = Some(Transaction {
             lane,
@@ -364,6 +304,68 @@ impl<'a> Session<'a> {
             recipients: Vec::new(),
         });
         Step::Reply(reply)
+    }
+
+    /// The app lane a MAIL FROM `from` opens its transaction in, or why
+    /// it is refused: out of order, parameters without EHLO, too big, AUTH
+    /// required, relay rules 2 and 3.
+    fn mail_lane(&self, from: &str, params: &MailParams) -> Result<usize, Refusal> {
+        if self.helo.is_none() {
+            return Err(Refusal::out_of_sequence(
+                "5.5.1 Error: send EHLO or HELO first",
+            ));
+        }
+        if self.transaction.is_some() {
+            return Err(Refusal::out_of_sequence("5.5.1 Error: nested MAIL command"));
+        }
+        if !self.esmtp
+            && (params.size.is_some() || params.smtputf8 || *params != MailParams::default())
+        {
+            return Err(Refusal::new(
+                RefusalReason::Syntax,
+                555,
+                "5.5.4 Error: MAIL parameters need EHLO",
+            ));
+        }
+        let max_size = self.server.max_message_size;
+        if params.size.is_some_and(|size| size > max_size) {
+            return Err(Refusal::new(
+                RefusalReason::TooBig,
+                552,
+                format!("5.3.4 Message size exceeds the limit of {max_size} octets"),
+            ));
+        }
+        if self.server.require_auth && self.login.is_none() {
+            return Err(Refusal::new(
+                RefusalReason::AuthRequired,
+                530,
+                "5.7.0 Authentication required",
+            ));
+        }
+        let apps = &self.policy.apps;
+        let lane = self
+            .login
+            .unwrap_or_else(|| apps.lane(self.client_ip, from));
+        if !apps.sender_allowed(lane, from) {
+            return Err(Refusal::new(
+                RefusalReason::RelayDenied,
+                550,
+                format!(
+                    "5.7.1 Sender <{from}> is not allowed for app {}: each app sends only from its own addresses or domain (relay rule 2)",
+                    apps.name(lane)
+                ),
+            ));
+        }
+        if let Some(refusal) = self.policy.senders.missing(from) {
+            return Err(Refusal::new(
+                RefusalReason::SenderRejected,
+                550,
+                format!(
+                    "5.1.0 Sender <{from}> does not exist at the gateway ({refusal}): apps send from a valid, existing address (relay rule 3)"
+                ),
+            ));
+        }
+        Ok(lane)
     }
 
     fn rcpt(&mut self, to: String) -> Step {
@@ -643,8 +645,7 @@ impl<'a> Session<'a> {
     /// DATA (they may wait for DNS, which the state machine never does).
     /// A command out of order (503 5.5.1), which counts as an error.
     fn out_of_sequence(&mut self, text: &'static str) -> Step {
-        self.refuse(Refusal::new(RefusalReason::Sequence, 503, text))
-            .into()
+        self.refuse(Refusal::out_of_sequence(text)).into()
     }
 
     pub fn refuse(&mut self, refusal: Refusal) -> Refused {
