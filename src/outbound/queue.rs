@@ -49,11 +49,12 @@ use prometheus::Histogram;
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
-use crate::cluster::{ClusterError, ClusterView, GatewayLink, Reading};
+use crate::cluster::{ClusterError, ClusterView, GatewayLink, Heartbeat, Reading};
 use crate::config::AppClass;
-use crate::shaper::shared::{Ledger, Proposal, SharedFeedback};
+use crate::shaper::shared::{Ledger, Proposal, SharedFeedback, SharedLimits};
 use crate::shaper::{
-    Deferral, GatewayModel, GatewayView, Lane, Release, SavedState, Scheduler, fingerprints,
+    Deferral, GatewayModel, GatewayView, Lane, Release, SavedState, Scheduler, WindowCounts,
+    fingerprints,
 };
 use crate::spool::{Spool, StoredMessage};
 
@@ -380,6 +381,26 @@ impl Shared {
     fn share_of(&self) -> u64 {
         self.live.max(self.expected)
     }
+}
+
+/// What a heartbeat publishes of this node.
+struct Depth {
+    /// Messages queued, and units per class (retries waiting included).
+    queued: (usize, [u64; 2]),
+    /// The busiest hour and day this node has seen.
+    busiest: [u64; 2],
+}
+
+/// What a heartbeat writes to the shared state once it has heard it.
+struct Writes {
+    /// A new epoch's counts, feedback and hold, from this node's view.
+    rebuild: Option<(WindowCounts, SharedFeedback, bool)>,
+    /// What this node sent on its share since the last heartbeat, to add
+    /// to the shared counts under `limits`.
+    ledger: Ledger,
+    limits: SharedLimits,
+    /// An operator's hold or release not yet in the shared state.
+    hold: Option<bool>,
 }
 
 /// A message out of the scheduler while the shared state decides: dropped
@@ -934,89 +955,127 @@ impl DeliveryQueue {
     /// what this node sent on its share; and if all that got through,
     /// runs on the shared state again.
     pub async fn heartbeat(&self) {
-        let (link, queued, busiest) = {
-            let mut state = self.lock();
-            let now = self.now();
-            let busiest = state.scheduler.busiest(now).map(|units| units.unwrap_or(0));
-            let Some(shared) = state.shared.as_ref() else {
-                return;
-            };
-            let queued = state.scheduler.len() + state.waiting.len();
-            let mut units = state.waiting_units;
-            for (class, queued) in state.scheduler.queued_units().iter().enumerate() {
-                units[class] += queued;
-            }
-            (shared.link.clone(), (queued, units), busiest)
+        let Some((link, depth)) = self.depth() else {
+            return;
         };
-        let beat = match link.heartbeat(queued, busiest).await {
+        let beat = match link.heartbeat(depth.queued, depth.busiest).await {
             Ok(beat) => beat,
             Err(error) => return self.lost(&error),
         };
-        let (rebuild, ledger, limits, hold) = {
-            let mut state = self.lock();
-            self.absorb(&mut state, &beat.reading);
-            let now = self.now();
-            state.scheduler.learn_busiest(now, beat.busiest_elsewhere);
-            let held = state.held;
-            // A new epoch seen by any reply (a proposal's too) is rebuilt
-            // here, until a rebuild gets through.
-            let rebuild = link.rebuild_pending().then(|| {
-                let view = state.scheduler.view(now).model;
-                let feedback = SharedFeedback {
-                    penalty: view.penalty,
-                    pause_left: view.paused_for,
-                };
-                (state.scheduler.window_counts(now), feedback, held)
-            });
-            let limits = state.scheduler.shared_limits(now);
-            let Some(shared) = state.shared.as_mut() else {
-                return;
-            };
-            shared.live = beat.live;
-            shared.queued_elsewhere = beat.queued_elsewhere;
-            shared.ledger.forget_before(now);
-            (
-                rebuild,
-                std::mem::take(&mut shared.ledger),
-                limits,
-                shared.hold_pending,
-            )
+        let Some(writes) = self.hear(&link, &beat) else {
+            return;
         };
+        if let Err(error) = self.write(&link, &writes).await {
+            return self.lost(&error);
+        }
+        self.reached(&link, &writes);
+    }
+
+    /// What a heartbeat publishes, and the link to publish it on (cluster
+    /// mode).
+    fn depth(&self) -> Option<(Arc<GatewayLink>, Depth)> {
+        let mut state = self.lock();
+        let now = self.now();
+        let busiest = state.scheduler.busiest(now).map(|units| units.unwrap_or(0));
+        let shared = state.shared.as_ref()?;
+        let queued = state.scheduler.len() + state.waiting.len();
+        let mut units = state.waiting_units;
+        for (class, queued) in state.scheduler.queued_units().iter().enumerate() {
+            units[class] += queued;
+        }
+        let depth = Depth {
+            queued: (queued, units),
+            busiest,
+        };
+        Some((shared.link.clone(), depth))
+    }
+
+    /// Takes in a heartbeat's answer, and takes out what the heartbeat is
+    /// to write back.
+    fn hear(&self, link: &GatewayLink, beat: &Heartbeat) -> Option<Writes> {
+        let mut state = self.lock();
+        self.absorb(&mut state, &beat.reading);
+        let now = self.now();
+        state.scheduler.learn_busiest(now, beat.busiest_elsewhere);
+        let held = state.held;
+        // A new epoch seen by any reply (a proposal's too) is rebuilt
+        // here, until a rebuild gets through.
+        let rebuild = link.rebuild_pending().then(|| {
+            let view = state.scheduler.view(now).model;
+            let feedback = SharedFeedback {
+                penalty: view.penalty,
+                pause_left: view.paused_for,
+            };
+            (state.scheduler.window_counts(now), feedback, held)
+        });
+        let limits = state.scheduler.shared_limits(now);
+        let shared = state.shared.as_mut()?;
+        shared.live = beat.live;
+        shared.queued_elsewhere = beat.queued_elsewhere;
+        shared.ledger.forget_before(now);
+        Some(Writes {
+            rebuild,
+            ledger: std::mem::take(&mut shared.ledger),
+            limits,
+            hold: shared.hold_pending,
+        })
+    }
+
+    /// Writes what a heartbeat heard was due, each part only once the one
+    /// before got through.
+    async fn write(&self, link: &GatewayLink, writes: &Writes) -> Result<(), ClusterError> {
         let mut result = Ok(());
-        if let Some((counts, feedback, held)) = &rebuild {
+        if let Some((counts, feedback, held)) = &writes.rebuild {
             result = link.rebuild(counts, feedback, *held).await.map(drop);
             if result.is_ok() {
                 link.rebuilt();
             }
         }
         let mut reconciled = false;
-        if result.is_ok() && !ledger.is_empty() {
-            result = link.reconcile(&limits, &ledger).await.map(drop);
+        if result.is_ok() && !writes.ledger.is_empty() {
+            result = link
+                .reconcile(&writes.limits, &writes.ledger)
+                .await
+                .map(drop);
             reconciled = result.is_ok();
         }
-        if let (Ok(()), Some(held)) = (&result, hold) {
+        if let (Ok(()), Some(held)) = (&result, writes.hold) {
             result = link.hold(held).await.map(drop);
             if result.is_ok() {
-                let mut state = self.lock();
-                if let Some(shared) = state.shared.as_mut()
-                    && shared.hold_pending == Some(held)
-                {
-                    shared.hold_pending = None;
-                }
+                self.hold_written(held);
             }
         }
-        if let Err(error) = result {
-            if !reconciled {
-                let mut state = self.lock();
-                if let Some(shared) = state.shared.as_mut() {
-                    // Not added yet: keep it for the next heartbeat.
-                    for (minute, counts) in ledger.minutes() {
-                        shared.ledger.add_minute(minute, counts);
-                    }
-                }
-            }
-            return self.lost(&error);
+        if result.is_err() && !reconciled {
+            self.keep_unreconciled(&writes.ledger);
         }
+        result
+    }
+
+    /// An operator's `held` is in the shared state: readings may override
+    /// it again, unless the operator changed it since.
+    fn hold_written(&self, held: bool) {
+        let mut state = self.lock();
+        if let Some(shared) = state.shared.as_mut()
+            && shared.hold_pending == Some(held)
+        {
+            shared.hold_pending = None;
+        }
+    }
+
+    /// Puts back what a heartbeat could not add to the shared counts, for
+    /// the next heartbeat.
+    fn keep_unreconciled(&self, ledger: &Ledger) {
+        let mut state = self.lock();
+        if let Some(shared) = state.shared.as_mut() {
+            for (minute, counts) in ledger.minutes() {
+                shared.ledger.add_minute(minute, counts);
+            }
+        }
+    }
+
+    /// A heartbeat got through with all it had to write: runs on the shared
+    /// state again (logged once per change).
+    fn reached(&self, link: &GatewayLink, writes: &Writes) {
         let mut state = self.lock();
         let now = self.now();
         let State {
@@ -1034,8 +1093,8 @@ impl DeliveryQueue {
                 gateway = %self.gateway,
                 node = %link.node(),
                 nodes = shared.live,
-                rebuilt = rebuild.is_some(),
-                reconciled_messages = ledger.total().messages,
+                rebuilt = writes.rebuild.is_some(),
+                reconciled_messages = writes.ledger.total().messages,
                 "cluster state reached; this node shares the gateway's limits with the others"
             );
             self.log_changes(&mut state, None);
