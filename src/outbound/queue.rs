@@ -418,6 +418,25 @@ struct InFlight<'q> {
     counted: u64,
 }
 
+/// What a worker waiting for a message does next.
+enum Turn<'q> {
+    /// Takes this one.
+    Release((Slot, usize, u64, bool)),
+    /// Asks the shared state for this one first.
+    Propose(Proposed<'q>),
+    /// Waits for a wake-up, or until then.
+    Wait(Option<Instant>),
+}
+
+/// A message out of the scheduler, and the send of it proposed to the
+/// shared state (with the histogram of the time Redis takes to decide).
+struct Proposed<'q> {
+    in_flight: InFlight<'q>,
+    proposal: Proposal,
+    link: Arc<GatewayLink>,
+    timer: Histogram,
+}
+
 impl InFlight<'_> {
     fn take(mut self) -> Slot {
         self.item.take().expect("taken once")
@@ -722,147 +741,16 @@ impl DeliveryQueue {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let mut proposed = None;
-            let wait_until = {
-                let mut state = self.lock();
-                let now = Instant::now();
-                let unix_now = self.clock.at(now);
-                state.promote_due(now, unix_now);
-                let next_retry = state.waiting.peek().map(|first| first.due);
-                let shared_wait = state
-                    .shared
-                    .as_ref()
-                    .and_then(|shared| shared.wait_until)
-                    .filter(|until| *until > now);
-                let undecided = state.shared.as_ref().is_some_and(|shared| !shared.decided);
-                match state.paused_until {
-                    _ if state.held => None,
-                    // The first heartbeat's verdict wakes the workers.
-                    _ if undecided => None,
-                    Some(until) if until > now => Some(until),
-                    // The probe's verdict wakes the others.
-                    _ if state.probing => None,
-                    _ if shared_wait.is_some() => {
-                        shared_wait.map(|until| next_retry.map_or(until, |retry| retry.min(until)))
+            let wait_until = match self.turn() {
+                Turn::Release(released) => return released,
+                Turn::Propose(proposed) => {
+                    if let Some(released) = self.propose(proposed).await {
+                        return released;
                     }
-                    _ => {
-                        state.paused_until = None;
-                        let release = state.scheduler.next(unix_now);
-                        self.log_changes(&mut state, None);
-                        match release {
-                            Release::Send {
-                                item,
-                                lane,
-                                units,
-                                waited,
-                            } => {
-                                if matches!(item, Slot::Parked(_)) {
-                                    state.parked -= 1;
-                                }
-                                let class = state.scheduler.class(lane);
-                                match state.shared.as_mut() {
-                                    Some(shared) if shared.connected => {
-                                        let link = shared.link.clone();
-                                        let timer = shared.decision_seconds.clone();
-                                        let limits = state.scheduler.shared_limits(unix_now);
-                                        proposed = Some((
-                                            InFlight {
-                                                queue: self,
-                                                item: Some(item),
-                                                lane,
-                                                waited,
-                                                at: unix_now,
-                                                units,
-                                                counted: state.scheduler.counted(units),
-                                            },
-                                            Proposal {
-                                                units,
-                                                class,
-                                                limits,
-                                            },
-                                            link,
-                                            timer,
-                                        ));
-                                        None
-                                    }
-                                    shared => {
-                                        if let Some(shared) = shared {
-                                            shared.ledger.add(unix_now, units, class);
-                                        }
-                                        return self
-                                            .hand_out(&mut state, item, lane, units, waited);
-                                    }
-                                }
-                            }
-                            Release::Wait(seconds) => {
-                                let until = now + Duration::from_secs_f64(seconds);
-                                Some(next_retry.map_or(until, |retry| retry.min(until)))
-                            }
-                            Release::Save => {
-                                self.save_wanted.notify_one();
-                                next_retry
-                            }
-                            Release::Idle => next_retry,
-                        }
-                    }
+                    continue;
                 }
+                Turn::Wait(until) => until,
             };
-            if let Some((in_flight, proposal, link, timer)) = proposed {
-                let started = std::time::Instant::now();
-                let verdict = link.acquire(&proposal).await;
-                timer.observe(started.elapsed().as_secs_f64());
-                match verdict {
-                    Ok(verdict) if verdict.granted => {
-                        let mut state = self.lock();
-                        if let Some(shared) = state.shared.as_mut() {
-                            shared.acquire_failures = 0;
-                        }
-                        self.absorb(&mut state, &verdict.reading);
-                        let (waited, lane, units) =
-                            (in_flight.waited, in_flight.lane, in_flight.units);
-                        let item = in_flight.take();
-                        return self.hand_out(&mut state, item, lane, units, waited);
-                    }
-                    Ok(verdict) => {
-                        drop(in_flight);
-                        let mut state = self.lock();
-                        self.absorb(&mut state, &verdict.reading);
-                        if proposal.class == AppClass::Bulk {
-                            // Bulk waits; the transactional lanes go on.
-                            let until = self.now() + verdict.wait;
-                            state.scheduler.hold_bulk(until);
-                            self.wake.notify_one();
-                        } else if let Some(shared) = state.shared.as_mut() {
-                            shared.wait_until =
-                                Some(Instant::now() + Duration::from_secs_f64(verdict.wait));
-                        }
-                        if let Some(shared) = state.shared.as_mut() {
-                            shared.acquire_failures = 0;
-                        }
-                        tracing::trace!(gateway = %self.gateway, reason = %verdict.reason, wait = verdict.wait, "the shared state holds the next send");
-                    }
-                    Err(error) => {
-                        // Redis may have granted it and answered late:
-                        // proposed again, it is counted twice there, which
-                        // only holds back more. One slow answer is not an
-                        // outage; the heartbeats decide that.
-                        drop(in_flight);
-                        let failures = {
-                            let mut state = self.lock();
-                            state.shared.as_mut().map_or(0, |shared| {
-                                shared.acquire_failures += 1;
-                                shared.wait_until = Some(Instant::now() + ACQUIRE_RETRY);
-                                shared.acquire_failures
-                            })
-                        };
-                        tracing::debug!(gateway = %self.gateway, %error, failures, "a proposal to the shared state failed");
-                        if failures >= ACQUIRE_FAILURES {
-                            self.lost(&error);
-                        }
-                    }
-                }
-                continue;
-            }
             match wait_until {
                 Some(until) => {
                     tokio::select! {
@@ -871,6 +759,168 @@ impl DeliveryQueue {
                     }
                 }
                 None => notified.await,
+            }
+        }
+    }
+
+    /// What the queue's state lets a worker do now.
+    fn turn(&self) -> Turn<'_> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let unix_now = self.clock.at(now);
+        state.promote_due(now, unix_now);
+        let next_retry = state.waiting.peek().map(|first| first.due);
+        let shared_wait = state
+            .shared
+            .as_ref()
+            .and_then(|shared| shared.wait_until)
+            .filter(|until| *until > now);
+        let undecided = state.shared.as_ref().is_some_and(|shared| !shared.decided);
+        let until = match state.paused_until {
+            _ if state.held => None,
+            // The first heartbeat's verdict wakes the workers.
+            _ if undecided => None,
+            Some(until) if until > now => Some(until),
+            // The probe's verdict wakes the others.
+            _ if state.probing => None,
+            _ if shared_wait.is_some() => {
+                shared_wait.map(|until| next_retry.map_or(until, |retry| retry.min(until)))
+            }
+            _ => {
+                state.paused_until = None;
+                let release = state.scheduler.next(unix_now);
+                self.log_changes(&mut state, None);
+                match release {
+                    Release::Send {
+                        item,
+                        lane,
+                        units,
+                        waited,
+                    } => return self.sent(&mut state, unix_now, item, lane, units, waited),
+                    Release::Wait(seconds) => {
+                        let until = now + Duration::from_secs_f64(seconds);
+                        Some(next_retry.map_or(until, |retry| retry.min(until)))
+                    }
+                    Release::Save => {
+                        self.save_wanted.notify_one();
+                        next_retry
+                    }
+                    Release::Idle => next_retry,
+                }
+            }
+        };
+        Turn::Wait(until)
+    }
+
+    /// A message the scheduler let go at `unix_now`: handed out, or, on the
+    /// shared state, proposed to it first.
+    fn sent(
+        &self,
+        state: &mut State,
+        unix_now: f64,
+        item: Slot,
+        lane: usize,
+        units: u64,
+        waited: f64,
+    ) -> Turn<'_> {
+        if matches!(item, Slot::Parked(_)) {
+            state.parked -= 1;
+        }
+        let class = state.scheduler.class(lane);
+        match state.shared.as_mut() {
+            Some(shared) if shared.connected => {
+                let link = shared.link.clone();
+                let timer = shared.decision_seconds.clone();
+                let limits = state.scheduler.shared_limits(unix_now);
+                Turn::Propose(Proposed {
+                    in_flight: InFlight {
+                        queue: self,
+                        item: Some(item),
+                        lane,
+                        waited,
+                        at: unix_now,
+                        units,
+                        counted: state.scheduler.counted(units),
+                    },
+                    proposal: Proposal {
+                        units,
+                        class,
+                        limits,
+                    },
+                    link,
+                    timer,
+                })
+            }
+            shared => {
+                if let Some(shared) = shared {
+                    shared.ledger.add(unix_now, units, class);
+                }
+                Turn::Release(self.hand_out(state, item, lane, units, waited))
+            }
+        }
+    }
+
+    /// Asks the shared state for a send of `proposed`: the message when
+    /// granted, `None` when it went back to its lane.
+    async fn propose(&self, proposed: Proposed<'_>) -> Option<(Slot, usize, u64, bool)> {
+        let Proposed {
+            in_flight,
+            proposal,
+            link,
+            timer,
+        } = proposed;
+        let started = std::time::Instant::now();
+        let verdict = link.acquire(&proposal).await;
+        timer.observe(started.elapsed().as_secs_f64());
+        match verdict {
+            Ok(verdict) if verdict.granted => {
+                let mut state = self.lock();
+                if let Some(shared) = state.shared.as_mut() {
+                    shared.acquire_failures = 0;
+                }
+                self.absorb(&mut state, &verdict.reading);
+                let (waited, lane, units) = (in_flight.waited, in_flight.lane, in_flight.units);
+                let item = in_flight.take();
+                Some(self.hand_out(&mut state, item, lane, units, waited))
+            }
+            Ok(verdict) => {
+                drop(in_flight);
+                let mut state = self.lock();
+                self.absorb(&mut state, &verdict.reading);
+                if proposal.class == AppClass::Bulk {
+                    // Bulk waits; the transactional lanes go on.
+                    let until = self.now() + verdict.wait;
+                    state.scheduler.hold_bulk(until);
+                    self.wake.notify_one();
+                } else if let Some(shared) = state.shared.as_mut() {
+                    shared.wait_until =
+                        Some(Instant::now() + Duration::from_secs_f64(verdict.wait));
+                }
+                if let Some(shared) = state.shared.as_mut() {
+                    shared.acquire_failures = 0;
+                }
+                tracing::trace!(gateway = %self.gateway, reason = %verdict.reason, wait = verdict.wait, "the shared state holds the next send");
+                None
+            }
+            Err(error) => {
+                // Redis may have granted it and answered late:
+                // proposed again, it is counted twice there, which
+                // only holds back more. One slow answer is not an
+                // outage; the heartbeats decide that.
+                drop(in_flight);
+                let failures = {
+                    let mut state = self.lock();
+                    state.shared.as_mut().map_or(0, |shared| {
+                        shared.acquire_failures += 1;
+                        shared.wait_until = Some(Instant::now() + ACQUIRE_RETRY);
+                        shared.acquire_failures
+                    })
+                };
+                tracing::debug!(gateway = %self.gateway, %error, failures, "a proposal to the shared state failed");
+                if failures >= ACQUIRE_FAILURES {
+                    self.lost(&error);
+                }
+                None
             }
         }
     }
