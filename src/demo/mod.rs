@@ -141,33 +141,10 @@ pub async fn run(
     options: DemoOptions,
     interrupt: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<String> {
-    let mut interrupt = std::pin::pin!(interrupt);
     let scale = options.time_scale;
     let start = Instant::now();
     let gateway = DemoGateway::start(start).await?;
-    let spool_dir = || {
-        std::env::temp_dir().join(format!(
-            "smtp-shaper-demo-{}-{}",
-            std::process::id(),
-            crate::spool::new_queue_id()
-        ))
-    };
-    let start_on = |spool: &std::path::Path, http: &str| {
-        Config::parse(&config(scale, spool, gateway.address, http))
-            .map_err(|error| std::io::Error::other(format!("demo config: {error}")))
-    };
-    // The documented metrics port when it is free, else any. Binding is the
-    // only test of "free" that another process cannot race.
-    let mut spool = spool_dir();
-    let service = match Service::start(start_on(&spool, "127.0.0.1:9325")?).await {
-        Ok(service) => service,
-        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
-            let _ = std::fs::remove_dir_all(&spool);
-            spool = spool_dir();
-            Service::start(start_on(&spool, "127.0.0.1:0")?).await?
-        }
-        Err(error) => return Err(error),
-    };
+    let (service, spool) = start_service(scale, gateway.address).await?;
     let proxy = service.smtp_address().to_string();
     let metrics_url = service.http_address().map_or_else(
         || "off".into(),
@@ -178,179 +155,32 @@ pub async fn run(
     let burst_done = Arc::new(AtomicU64::new(0));
 
     let clock = Clock { start, scale };
-    let mut apps = tokio::task::JoinSet::new();
-    // alerts: a steady trickle from the end of the idle phase to the end.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    apps.spawn(trickle(
-        proxy.clone(),
-        1,
-        ALERTS_PER_SECOND,
+    let mut apps = trickles(&proxy, clock, &counts, &stop);
+    let burst = tokio::spawn(burst(
+        proxy,
         clock,
         counts.clone(),
-        stop.clone(),
+        phase.clone(),
+        burst_done.clone(),
     ));
-    apps.spawn(trickle(
-        proxy.clone(),
-        0,
-        NEWSLETTER_PER_SECOND,
-        clock,
-        counts.clone(),
-        stop.clone(),
-    ));
-    let burst = {
-        let (proxy, counts, phase, burst_done) = (
-            proxy.clone(),
-            counts.clone(),
-            phase.clone(),
-            burst_done.clone(),
-        );
-        tokio::spawn(async move {
-            clock.sleep_until(IDLE).await;
-            *phase.lock_recovered() = "trickle: both apps send a few messages a second";
-            clock.sleep_until(IDLE + TRICKLE).await;
-            *phase.lock_recovered() = "burst: newsletter sends 400 messages at once";
-            let mut senders = tokio::task::JoinSet::new();
-            for _ in 0..4 {
-                let (proxy, counts, burst_done) =
-                    (proxy.clone(), counts.clone(), burst_done.clone());
-                senders.spawn(async move {
-                    let mut app = App::new(proxy, 0, counts);
-                    let mut deferred = 0u64;
-                    for _ in 0..BURST_MESSAGES / 4 {
-                        if !app.offer(clock, false).await {
-                            deferred += 1;
-                        }
-                    }
-                    // Deferred mail comes back later, as an MTA retries.
-                    while deferred > 0 {
-                        clock.sleep(RETRY_AFTER).await;
-                        let mut still = 0;
-                        for _ in 0..deferred {
-                            if !app.offer(clock, true).await {
-                                still += 1;
-                            }
-                        }
-                        deferred = still;
-                    }
-                    burst_done.fetch_add(1, Ordering::Relaxed);
-                });
-            }
-            while senders.join_next().await.is_some() {}
-        })
-    };
 
-    let mut out = std::io::stdout();
-    if !options.live {
-        // A pipe shows no heading; the address is worth having while it runs.
-        let _ = writeln!(
-            out,
-            "smtp-shaper demo: metrics at {metrics_url} while it runs (Ctrl-C stops it with the summary so far)"
-        );
-    }
-    // One scale for every frame of the run: twice the starting ceiling, so
-    // the ceiling bar sits mid-way and a burst visibly overflows it.
-    let bar_full = service
-        .shaping("demo-gateway")
-        .map_or(1.0, |view| view.model.ceiling * scale * 2.0)
-        .max(1.0);
-    let mut stopped_at = None;
-    let mut last_line = -100.0;
-    // (demo time, offered so far, delivered so far), for the recent rates.
-    let mut history: std::collections::VecDeque<(f64, u64, u64)> = Default::default();
-    let (burst_at, steady_at) = (IDLE + TRICKLE, IDLE + TRICKLE + 1.0);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            _ = &mut interrupt => {
-                stopped_at = Some(clock.now());
-                break;
-            }
-        }
-        let now = clock.now();
-        let done = burst_done.load(Ordering::Relaxed) == 4;
-        let view = service.shaping("demo-gateway").expect("the demo gateway");
-        if done && now > steady_at {
-            *phase.lock_recovered() = "steady: the burst is queued or retried; draining";
-        }
-        let waiting: u64 = counts.iter().map(|c| AppCounts::get(&c.waiting)).sum();
-        let finished = done && view.queued == 0 && waiting == 0;
-        // Offers, re-offers included: the load the proxy sees.
-        let offered: u64 = counts
-            .iter()
-            .map(|c| AppCounts::get(&c.messages) + AppCounts::get(&c.reoffers))
-            .sum();
-        let delivered = gateway.received.lock_recovered().arrivals.len() as u64;
-        history.push_back((now, offered, delivered));
-        while history
-            .front()
-            .is_some_and(|(at, ..)| now - at > RATE_WINDOW)
-        {
-            history.pop_front();
-        }
-        let (since, offered_then, delivered_then) = history[0];
-        let span = (now - since).max(1e-3);
-        let recent = Recent {
-            offered: (offered - offered_then) as f64 / span,
-            delivered: (delivered - delivered_then) as f64 / span,
-        };
-        let text = table(
-            &Frame {
-                phase: &phase.lock_recovered(),
-                now,
-                scale,
-                metrics_url: &metrics_url,
-                bar_full,
-            },
-            &view,
-            &recent,
-            &counts,
-            &gateway.received.lock_recovered().arrivals,
-        );
-        if options.live {
-            let _ = write!(out, "\x1b[H\x1b[2J{text}");
-            let _ = out.flush();
-        } else if now - last_line >= 5.0 || finished {
-            last_line = now;
-            let mut line = format!(
-                "t={now:>5.1}s  {:<7}  offered {:>6.1}/s  ceiling {:>5.1}/s  delivered {:>5.1}/s  queued {:>4}",
-                phase.lock_recovered().split(':').next().unwrap_or(""),
-                recent.offered,
-                view.model.ceiling * scale,
-                recent.delivered,
-                view.queued
-            );
-            let arrivals = &gateway.received.lock_recovered().arrivals;
-            for (index, app) in APPS.iter().enumerate() {
-                let c = &counts[index];
-                let _ = write!(
-                    line,
-                    "  | {app}: {} messages, {} deferred, {} re-offers, {} queued, {} delivered",
-                    AppCounts::get(&c.messages),
-                    AppCounts::get(&c.deferred),
-                    AppCounts::get(&c.reoffers),
-                    view.lanes.get(index).copied().unwrap_or(0),
-                    arrivals.iter().filter(|a| a.app == *app).count()
-                );
-            }
-            let _ = writeln!(out, "{line}");
-        }
-        if finished || now > burst_at + STEADY_MAX {
-            break;
-        }
-    }
+    let watch = Watch {
+        options,
+        clock,
+        service: &service,
+        gateway: &gateway,
+        counts: &counts,
+        phase: &phase,
+        burst_done: &burst_done,
+        metrics_url: &metrics_url,
+    };
+    let stopped_at = watch.run(interrupt).await;
     stop.store(true, Ordering::Relaxed);
     burst.abort();
     while apps.join_next().await.is_some() {}
     if stopped_at.is_none() {
-        // An offer in flight when the run ended was accepted after it: let
-        // it arrive (for a few seconds at most) before the summary counts.
-        for _ in 0..200 {
-            let accepted: u64 = counts.iter().map(|c| AppCounts::get(&c.accepted)).sum();
-            if gateway.received.lock_recovered().arrivals.len() as u64 >= accepted {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        all_arrived(&counts, &gateway).await;
     }
     let ceiling = service
         .shaping("demo-gateway")
@@ -368,6 +198,276 @@ pub async fn run(
             stopped_at,
         },
     ))
+}
+
+/// Both apps' trickles, from the end of the idle phase until `stop`.
+fn trickles(
+    proxy: &str,
+    clock: Clock,
+    counts: &Arc<[AppCounts; 2]>,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinSet<()> {
+    let mut apps = tokio::task::JoinSet::new();
+    // alerts: a steady trickle from the end of the idle phase to the end.
+    apps.spawn(trickle(
+        proxy.to_string(),
+        1,
+        ALERTS_PER_SECOND,
+        clock,
+        counts.clone(),
+        stop.clone(),
+    ));
+    apps.spawn(trickle(
+        proxy.to_string(),
+        0,
+        NEWSLETTER_PER_SECOND,
+        clock,
+        counts.clone(),
+        stop.clone(),
+    ));
+    apps
+}
+
+/// Waits until the gateway has received every message the proxy accepted
+/// (for a few seconds at most): an offer in flight when the run ended was
+/// accepted after it, and the summary is to count its arrival.
+async fn all_arrived(counts: &[AppCounts; 2], gateway: &DemoGateway) {
+    for _ in 0..200 {
+        let accepted: u64 = counts.iter().map(|c| AppCounts::get(&c.accepted)).sum();
+        if gateway.received.lock_recovered().arrivals.len() as u64 >= accepted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The service in front of the demo's `gateway`, with its spool folder
+/// (new, in the temporary folder).
+async fn start_service(
+    scale: f64,
+    gateway: std::net::SocketAddr,
+) -> std::io::Result<(Service, std::path::PathBuf)> {
+    let spool_dir = || {
+        std::env::temp_dir().join(format!(
+            "smtp-shaper-demo-{}-{}",
+            std::process::id(),
+            crate::spool::new_queue_id()
+        ))
+    };
+    let start_on = |spool: &std::path::Path, http: &str| {
+        Config::parse(&config(scale, spool, gateway, http))
+            .map_err(|error| std::io::Error::other(format!("demo config: {error}")))
+    };
+    // The documented metrics port when it is free, else any. Binding is the
+    // only test of "free" that another process cannot race.
+    let spool = spool_dir();
+    match Service::start(start_on(&spool, "127.0.0.1:9325")?).await {
+        Ok(service) => Ok((service, spool)),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            let _ = std::fs::remove_dir_all(&spool);
+            let spool = spool_dir();
+            let service = Service::start(start_on(&spool, "127.0.0.1:0")?).await?;
+            Ok((service, spool))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// newsletter's burst: the trickle phase after the idle one, then
+/// [`BURST_MESSAGES`] at once from four connections, each offering its
+/// deferred ones again until all are accepted.
+async fn burst(
+    proxy: String,
+    clock: Clock,
+    counts: Arc<[AppCounts; 2]>,
+    phase: Arc<Mutex<&'static str>>,
+    burst_done: Arc<AtomicU64>,
+) {
+    clock.sleep_until(IDLE).await;
+    *phase.lock_recovered() = "trickle: both apps send a few messages a second";
+    clock.sleep_until(IDLE + TRICKLE).await;
+    *phase.lock_recovered() = "burst: newsletter sends 400 messages at once";
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (proxy, counts, burst_done) = (proxy.clone(), counts.clone(), burst_done.clone());
+        senders.spawn(async move {
+            let mut app = App::new(proxy, 0, counts);
+            let mut deferred = 0u64;
+            for _ in 0..BURST_MESSAGES / 4 {
+                if !app.offer(clock, false).await {
+                    deferred += 1;
+                }
+            }
+            // Deferred mail comes back later, as an MTA retries.
+            while deferred > 0 {
+                clock.sleep(RETRY_AFTER).await;
+                let mut still = 0;
+                for _ in 0..deferred {
+                    if !app.offer(clock, true).await {
+                        still += 1;
+                    }
+                }
+                deferred = still;
+            }
+            burst_done.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+    while senders.join_next().await.is_some() {}
+}
+
+/// The view of a run while it goes: what it reads, and where.
+struct Watch<'a> {
+    options: DemoOptions,
+    clock: Clock,
+    service: &'a Service,
+    gateway: &'a DemoGateway,
+    counts: &'a [AppCounts; 2],
+    phase: &'a Mutex<&'static str>,
+    burst_done: &'a AtomicU64,
+    metrics_url: &'a str,
+}
+
+impl Watch<'_> {
+    /// Shows the run until it has drained (or the steady phase is over),
+    /// or until `interrupt`: then returns the demo time it came.
+    async fn run(&self, interrupt: impl std::future::Future<Output = ()>) -> Option<f64> {
+        let mut interrupt = std::pin::pin!(interrupt);
+        let Watch {
+            options,
+            clock,
+            service,
+            gateway,
+            counts,
+            phase,
+            burst_done,
+            metrics_url,
+        } = *self;
+        let scale = options.time_scale;
+        let mut out = std::io::stdout();
+        if !options.live {
+            // A pipe shows no heading; the address is worth having while it runs.
+            let _ = writeln!(
+                out,
+                "smtp-shaper demo: metrics at {metrics_url} while it runs (Ctrl-C stops it with the summary so far)"
+            );
+        }
+        // One scale for every frame of the run: twice the starting ceiling, so
+        // the ceiling bar sits mid-way and a burst visibly overflows it.
+        let bar_full = service
+            .shaping("demo-gateway")
+            .map_or(1.0, |view| view.model.ceiling * scale * 2.0)
+            .max(1.0);
+        let mut last_line = -100.0;
+        let mut history = History::default();
+        let (burst_at, steady_at) = (IDLE + TRICKLE, IDLE + TRICKLE + 1.0);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = &mut interrupt => return Some(clock.now()),
+            }
+            let now = clock.now();
+            let done = burst_done.load(Ordering::Relaxed) == 4;
+            let view = service.shaping("demo-gateway").expect("the demo gateway");
+            if done && now > steady_at {
+                *phase.lock_recovered() = "steady: the burst is queued or retried; draining";
+            }
+            let waiting: u64 = counts.iter().map(|c| AppCounts::get(&c.waiting)).sum();
+            let finished = done && view.queued == 0 && waiting == 0;
+            // Offers, re-offers included: the load the proxy sees.
+            let offered: u64 = counts
+                .iter()
+                .map(|c| AppCounts::get(&c.messages) + AppCounts::get(&c.reoffers))
+                .sum();
+            let delivered = gateway.received.lock_recovered().arrivals.len() as u64;
+            let recent = history.recent(now, offered, delivered);
+            if options.live {
+                let text = self.table(now, bar_full, &view, &recent);
+                let _ = write!(out, "\x1b[H\x1b[2J{text}");
+                let _ = out.flush();
+            } else if now - last_line >= 5.0 || finished {
+                last_line = now;
+                let _ = writeln!(out, "{}", self.line(now, &view, &recent));
+            }
+            if finished || now > burst_at + STEADY_MAX {
+                return None;
+            }
+        }
+    }
+
+    /// The live table a terminal gets several times a second.
+    fn table(
+        &self,
+        now: f64,
+        bar_full: f64,
+        view: &crate::shaper::GatewayView,
+        recent: &Recent,
+    ) -> String {
+        table(
+            &Frame {
+                phase: &self.phase.lock_recovered(),
+                now,
+                scale: self.options.time_scale,
+                metrics_url: self.metrics_url,
+                bar_full,
+            },
+            view,
+            recent,
+            self.counts,
+            &self.gateway.received.lock_recovered().arrivals,
+        )
+    }
+
+    /// The progress line a pipe gets every few seconds.
+    fn line(&self, now: f64, view: &crate::shaper::GatewayView, recent: &Recent) -> String {
+        let mut line = format!(
+            "t={now:>5.1}s  {:<7}  offered {:>6.1}/s  ceiling {:>5.1}/s  delivered {:>5.1}/s  queued {:>4}",
+            self.phase.lock_recovered().split(':').next().unwrap_or(""),
+            recent.offered,
+            view.model.ceiling * self.options.time_scale,
+            recent.delivered,
+            view.queued
+        );
+        let arrivals = &self.gateway.received.lock_recovered().arrivals;
+        for (index, app) in APPS.iter().enumerate() {
+            let c = &self.counts[index];
+            let _ = write!(
+                line,
+                "  | {app}: {} messages, {} deferred, {} re-offers, {} queued, {} delivered",
+                AppCounts::get(&c.messages),
+                AppCounts::get(&c.deferred),
+                AppCounts::get(&c.reoffers),
+                view.lanes.get(index).copied().unwrap_or(0),
+                arrivals.iter().filter(|a| a.app == *app).count()
+            );
+        }
+        line
+    }
+}
+
+/// (demo time, offered so far, delivered so far) over the last
+/// [`RATE_WINDOW`], for the recent rates.
+#[derive(Default)]
+struct History(std::collections::VecDeque<(f64, u64, u64)>);
+
+impl History {
+    /// The rates since the oldest entry still in the window, with the
+    /// totals at `now` taken in.
+    fn recent(&mut self, now: f64, offered: u64, delivered: u64) -> Recent {
+        let history = &mut self.0;
+        history.push_back((now, offered, delivered));
+        while history
+            .front()
+            .is_some_and(|(at, ..)| now - at > RATE_WINDOW)
+        {
+            history.pop_front();
+        }
+        let (since, offered_then, delivered_then) = history[0];
+        let span = (now - since).max(1e-3);
+        Recent {
+            offered: (offered - offered_then) as f64 / span,
+            delivered: (delivered - delivered_then) as f64 / span,
+        }
+    }
 }
 
 /// The window of the live view's rates: short, so a burst shows at once

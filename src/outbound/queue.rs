@@ -49,11 +49,12 @@ use prometheus::Histogram;
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
-use crate::cluster::{ClusterError, ClusterView, GatewayLink, Reading};
+use crate::cluster::{ClusterError, ClusterView, GatewayLink, Heartbeat, Reading};
 use crate::config::AppClass;
-use crate::shaper::shared::{Ledger, Proposal, SharedFeedback};
+use crate::shaper::shared::{Ledger, Proposal, SharedFeedback, SharedLimits};
 use crate::shaper::{
-    Deferral, GatewayModel, GatewayView, Lane, Release, SavedState, Scheduler, fingerprints,
+    Deferral, GatewayModel, GatewayView, Lane, Release, SavedState, Scheduler, WindowCounts,
+    fingerprints,
 };
 use crate::spool::{Spool, StoredMessage};
 
@@ -382,6 +383,26 @@ impl Shared {
     }
 }
 
+/// What a heartbeat publishes of this node.
+struct Depth {
+    /// Messages queued, and units per class (retries waiting included).
+    queued: (usize, [u64; 2]),
+    /// The busiest hour and day this node has seen.
+    busiest: [u64; 2],
+}
+
+/// What a heartbeat writes to the shared state once it has heard it.
+struct Writes {
+    /// A new epoch's counts, feedback and hold, from this node's view.
+    rebuild: Option<(WindowCounts, SharedFeedback, bool)>,
+    /// What this node sent on its share since the last heartbeat, to add
+    /// to the shared counts under `limits`.
+    ledger: Ledger,
+    limits: SharedLimits,
+    /// An operator's hold or release not yet in the shared state.
+    hold: Option<bool>,
+}
+
 /// A message out of the scheduler while the shared state decides: dropped
 /// without [`InFlight::take`] (the worker's wait was cancelled, or Redis
 /// refused), it goes back first in its lane.
@@ -395,6 +416,25 @@ struct InFlight<'q> {
     /// What the release counted in the model (the share may change before
     /// it is put back).
     counted: u64,
+}
+
+/// What a worker waiting for a message does next.
+enum Turn<'q> {
+    /// Takes this one.
+    Release((Slot, usize, u64, bool)),
+    /// Asks the shared state for this one first.
+    Propose(Proposed<'q>),
+    /// Waits for a wake-up, or until then.
+    Wait(Option<Instant>),
+}
+
+/// A message out of the scheduler, and the send of it proposed to the
+/// shared state (with the histogram of the time Redis takes to decide).
+struct Proposed<'q> {
+    in_flight: InFlight<'q>,
+    proposal: Proposal,
+    link: Arc<GatewayLink>,
+    timer: Histogram,
 }
 
 impl InFlight<'_> {
@@ -701,147 +741,16 @@ impl DeliveryQueue {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let mut proposed = None;
-            let wait_until = {
-                let mut state = self.lock();
-                let now = Instant::now();
-                let unix_now = self.clock.at(now);
-                state.promote_due(now, unix_now);
-                let next_retry = state.waiting.peek().map(|first| first.due);
-                let shared_wait = state
-                    .shared
-                    .as_ref()
-                    .and_then(|shared| shared.wait_until)
-                    .filter(|until| *until > now);
-                let undecided = state.shared.as_ref().is_some_and(|shared| !shared.decided);
-                match state.paused_until {
-                    _ if state.held => None,
-                    // The first heartbeat's verdict wakes the workers.
-                    _ if undecided => None,
-                    Some(until) if until > now => Some(until),
-                    // The probe's verdict wakes the others.
-                    _ if state.probing => None,
-                    _ if shared_wait.is_some() => {
-                        shared_wait.map(|until| next_retry.map_or(until, |retry| retry.min(until)))
+            let wait_until = match self.turn() {
+                Turn::Release(released) => return released,
+                Turn::Propose(proposed) => {
+                    if let Some(released) = self.propose(proposed).await {
+                        return released;
                     }
-                    _ => {
-                        state.paused_until = None;
-                        let release = state.scheduler.next(unix_now);
-                        self.log_changes(&mut state, None);
-                        match release {
-                            Release::Send {
-                                item,
-                                lane,
-                                units,
-                                waited,
-                            } => {
-                                if matches!(item, Slot::Parked(_)) {
-                                    state.parked -= 1;
-                                }
-                                let class = state.scheduler.class(lane);
-                                match state.shared.as_mut() {
-                                    Some(shared) if shared.connected => {
-                                        let link = shared.link.clone();
-                                        let timer = shared.decision_seconds.clone();
-                                        let limits = state.scheduler.shared_limits(unix_now);
-                                        proposed = Some((
-                                            InFlight {
-                                                queue: self,
-                                                item: Some(item),
-                                                lane,
-                                                waited,
-                                                at: unix_now,
-                                                units,
-                                                counted: state.scheduler.counted(units),
-                                            },
-                                            Proposal {
-                                                units,
-                                                class,
-                                                limits,
-                                            },
-                                            link,
-                                            timer,
-                                        ));
-                                        None
-                                    }
-                                    shared => {
-                                        if let Some(shared) = shared {
-                                            shared.ledger.add(unix_now, units, class);
-                                        }
-                                        return self
-                                            .hand_out(&mut state, item, lane, units, waited);
-                                    }
-                                }
-                            }
-                            Release::Wait(seconds) => {
-                                let until = now + Duration::from_secs_f64(seconds);
-                                Some(next_retry.map_or(until, |retry| retry.min(until)))
-                            }
-                            Release::Save => {
-                                self.save_wanted.notify_one();
-                                next_retry
-                            }
-                            Release::Idle => next_retry,
-                        }
-                    }
+                    continue;
                 }
+                Turn::Wait(until) => until,
             };
-            if let Some((in_flight, proposal, link, timer)) = proposed {
-                let started = std::time::Instant::now();
-                let verdict = link.acquire(&proposal).await;
-                timer.observe(started.elapsed().as_secs_f64());
-                match verdict {
-                    Ok(verdict) if verdict.granted => {
-                        let mut state = self.lock();
-                        if let Some(shared) = state.shared.as_mut() {
-                            shared.acquire_failures = 0;
-                        }
-                        self.absorb(&mut state, &verdict.reading);
-                        let (waited, lane, units) =
-                            (in_flight.waited, in_flight.lane, in_flight.units);
-                        let item = in_flight.take();
-                        return self.hand_out(&mut state, item, lane, units, waited);
-                    }
-                    Ok(verdict) => {
-                        drop(in_flight);
-                        let mut state = self.lock();
-                        self.absorb(&mut state, &verdict.reading);
-                        if proposal.class == AppClass::Bulk {
-                            // Bulk waits; the transactional lanes go on.
-                            let until = self.now() + verdict.wait;
-                            state.scheduler.hold_bulk(until);
-                            self.wake.notify_one();
-                        } else if let Some(shared) = state.shared.as_mut() {
-                            shared.wait_until =
-                                Some(Instant::now() + Duration::from_secs_f64(verdict.wait));
-                        }
-                        if let Some(shared) = state.shared.as_mut() {
-                            shared.acquire_failures = 0;
-                        }
-                        tracing::trace!(gateway = %self.gateway, reason = %verdict.reason, wait = verdict.wait, "the shared state holds the next send");
-                    }
-                    Err(error) => {
-                        // Redis may have granted it and answered late:
-                        // proposed again, it is counted twice there, which
-                        // only holds back more. One slow answer is not an
-                        // outage; the heartbeats decide that.
-                        drop(in_flight);
-                        let failures = {
-                            let mut state = self.lock();
-                            state.shared.as_mut().map_or(0, |shared| {
-                                shared.acquire_failures += 1;
-                                shared.wait_until = Some(Instant::now() + ACQUIRE_RETRY);
-                                shared.acquire_failures
-                            })
-                        };
-                        tracing::debug!(gateway = %self.gateway, %error, failures, "a proposal to the shared state failed");
-                        if failures >= ACQUIRE_FAILURES {
-                            self.lost(&error);
-                        }
-                    }
-                }
-                continue;
-            }
             match wait_until {
                 Some(until) => {
                     tokio::select! {
@@ -850,6 +759,168 @@ impl DeliveryQueue {
                     }
                 }
                 None => notified.await,
+            }
+        }
+    }
+
+    /// What the queue's state lets a worker do now.
+    fn turn(&self) -> Turn<'_> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let unix_now = self.clock.at(now);
+        state.promote_due(now, unix_now);
+        let next_retry = state.waiting.peek().map(|first| first.due);
+        let shared_wait = state
+            .shared
+            .as_ref()
+            .and_then(|shared| shared.wait_until)
+            .filter(|until| *until > now);
+        let undecided = state.shared.as_ref().is_some_and(|shared| !shared.decided);
+        let until = match state.paused_until {
+            _ if state.held => None,
+            // The first heartbeat's verdict wakes the workers.
+            _ if undecided => None,
+            Some(until) if until > now => Some(until),
+            // The probe's verdict wakes the others.
+            _ if state.probing => None,
+            _ if shared_wait.is_some() => {
+                shared_wait.map(|until| next_retry.map_or(until, |retry| retry.min(until)))
+            }
+            _ => {
+                state.paused_until = None;
+                let release = state.scheduler.next(unix_now);
+                self.log_changes(&mut state, None);
+                match release {
+                    Release::Send {
+                        item,
+                        lane,
+                        units,
+                        waited,
+                    } => return self.sent(&mut state, unix_now, item, lane, units, waited),
+                    Release::Wait(seconds) => {
+                        let until = now + Duration::from_secs_f64(seconds);
+                        Some(next_retry.map_or(until, |retry| retry.min(until)))
+                    }
+                    Release::Save => {
+                        self.save_wanted.notify_one();
+                        next_retry
+                    }
+                    Release::Idle => next_retry,
+                }
+            }
+        };
+        Turn::Wait(until)
+    }
+
+    /// A message the scheduler let go at `unix_now`: handed out, or, on the
+    /// shared state, proposed to it first.
+    fn sent(
+        &self,
+        state: &mut State,
+        unix_now: f64,
+        item: Slot,
+        lane: usize,
+        units: u64,
+        waited: f64,
+    ) -> Turn<'_> {
+        if matches!(item, Slot::Parked(_)) {
+            state.parked -= 1;
+        }
+        let class = state.scheduler.class(lane);
+        match state.shared.as_mut() {
+            Some(shared) if shared.connected => {
+                let link = shared.link.clone();
+                let timer = shared.decision_seconds.clone();
+                let limits = state.scheduler.shared_limits(unix_now);
+                Turn::Propose(Proposed {
+                    in_flight: InFlight {
+                        queue: self,
+                        item: Some(item),
+                        lane,
+                        waited,
+                        at: unix_now,
+                        units,
+                        counted: state.scheduler.counted(units),
+                    },
+                    proposal: Proposal {
+                        units,
+                        class,
+                        limits,
+                    },
+                    link,
+                    timer,
+                })
+            }
+            shared => {
+                if let Some(shared) = shared {
+                    shared.ledger.add(unix_now, units, class);
+                }
+                Turn::Release(self.hand_out(state, item, lane, units, waited))
+            }
+        }
+    }
+
+    /// Asks the shared state for a send of `proposed`: the message when
+    /// granted, `None` when it went back to its lane.
+    async fn propose(&self, proposed: Proposed<'_>) -> Option<(Slot, usize, u64, bool)> {
+        let Proposed {
+            in_flight,
+            proposal,
+            link,
+            timer,
+        } = proposed;
+        let started = std::time::Instant::now();
+        let verdict = link.acquire(&proposal).await;
+        timer.observe(started.elapsed().as_secs_f64());
+        match verdict {
+            Ok(verdict) if verdict.granted => {
+                let mut state = self.lock();
+                if let Some(shared) = state.shared.as_mut() {
+                    shared.acquire_failures = 0;
+                }
+                self.absorb(&mut state, &verdict.reading);
+                let (waited, lane, units) = (in_flight.waited, in_flight.lane, in_flight.units);
+                let item = in_flight.take();
+                Some(self.hand_out(&mut state, item, lane, units, waited))
+            }
+            Ok(verdict) => {
+                drop(in_flight);
+                let mut state = self.lock();
+                self.absorb(&mut state, &verdict.reading);
+                if proposal.class == AppClass::Bulk {
+                    // Bulk waits; the transactional lanes go on.
+                    let until = self.now() + verdict.wait;
+                    state.scheduler.hold_bulk(until);
+                    self.wake.notify_one();
+                } else if let Some(shared) = state.shared.as_mut() {
+                    shared.wait_until =
+                        Some(Instant::now() + Duration::from_secs_f64(verdict.wait));
+                }
+                if let Some(shared) = state.shared.as_mut() {
+                    shared.acquire_failures = 0;
+                }
+                tracing::trace!(gateway = %self.gateway, reason = %verdict.reason, wait = verdict.wait, "the shared state holds the next send");
+                None
+            }
+            Err(error) => {
+                // Redis may have granted it and answered late:
+                // proposed again, it is counted twice there, which
+                // only holds back more. One slow answer is not an
+                // outage; the heartbeats decide that.
+                drop(in_flight);
+                let failures = {
+                    let mut state = self.lock();
+                    state.shared.as_mut().map_or(0, |shared| {
+                        shared.acquire_failures += 1;
+                        shared.wait_until = Some(Instant::now() + ACQUIRE_RETRY);
+                        shared.acquire_failures
+                    })
+                };
+                tracing::debug!(gateway = %self.gateway, %error, failures, "a proposal to the shared state failed");
+                if failures >= ACQUIRE_FAILURES {
+                    self.lost(&error);
+                }
+                None
             }
         }
     }
@@ -934,89 +1005,127 @@ impl DeliveryQueue {
     /// what this node sent on its share; and if all that got through,
     /// runs on the shared state again.
     pub async fn heartbeat(&self) {
-        let (link, queued, busiest) = {
-            let mut state = self.lock();
-            let now = self.now();
-            let busiest = state.scheduler.busiest(now).map(|units| units.unwrap_or(0));
-            let Some(shared) = state.shared.as_ref() else {
-                return;
-            };
-            let queued = state.scheduler.len() + state.waiting.len();
-            let mut units = state.waiting_units;
-            for (class, queued) in state.scheduler.queued_units().iter().enumerate() {
-                units[class] += queued;
-            }
-            (shared.link.clone(), (queued, units), busiest)
+        let Some((link, depth)) = self.depth() else {
+            return;
         };
-        let beat = match link.heartbeat(queued, busiest).await {
+        let beat = match link.heartbeat(depth.queued, depth.busiest).await {
             Ok(beat) => beat,
             Err(error) => return self.lost(&error),
         };
-        let (rebuild, ledger, limits, hold) = {
-            let mut state = self.lock();
-            self.absorb(&mut state, &beat.reading);
-            let now = self.now();
-            state.scheduler.learn_busiest(now, beat.busiest_elsewhere);
-            let held = state.held;
-            // A new epoch seen by any reply (a proposal's too) is rebuilt
-            // here, until a rebuild gets through.
-            let rebuild = link.rebuild_pending().then(|| {
-                let view = state.scheduler.view(now).model;
-                let feedback = SharedFeedback {
-                    penalty: view.penalty,
-                    pause_left: view.paused_for,
-                };
-                (state.scheduler.window_counts(now), feedback, held)
-            });
-            let limits = state.scheduler.shared_limits(now);
-            let Some(shared) = state.shared.as_mut() else {
-                return;
-            };
-            shared.live = beat.live;
-            shared.queued_elsewhere = beat.queued_elsewhere;
-            shared.ledger.forget_before(now);
-            (
-                rebuild,
-                std::mem::take(&mut shared.ledger),
-                limits,
-                shared.hold_pending,
-            )
+        let Some(writes) = self.hear(&link, &beat) else {
+            return;
         };
+        if let Err(error) = self.write(&link, &writes).await {
+            return self.lost(&error);
+        }
+        self.reached(&link, &writes);
+    }
+
+    /// What a heartbeat publishes, and the link to publish it on (cluster
+    /// mode).
+    fn depth(&self) -> Option<(Arc<GatewayLink>, Depth)> {
+        let mut state = self.lock();
+        let now = self.now();
+        let busiest = state.scheduler.busiest(now).map(|units| units.unwrap_or(0));
+        let shared = state.shared.as_ref()?;
+        let queued = state.scheduler.len() + state.waiting.len();
+        let mut units = state.waiting_units;
+        for (class, queued) in state.scheduler.queued_units().iter().enumerate() {
+            units[class] += queued;
+        }
+        let depth = Depth {
+            queued: (queued, units),
+            busiest,
+        };
+        Some((shared.link.clone(), depth))
+    }
+
+    /// Takes in a heartbeat's answer, and takes out what the heartbeat is
+    /// to write back.
+    fn hear(&self, link: &GatewayLink, beat: &Heartbeat) -> Option<Writes> {
+        let mut state = self.lock();
+        self.absorb(&mut state, &beat.reading);
+        let now = self.now();
+        state.scheduler.learn_busiest(now, beat.busiest_elsewhere);
+        let held = state.held;
+        // A new epoch seen by any reply (a proposal's too) is rebuilt
+        // here, until a rebuild gets through.
+        let rebuild = link.rebuild_pending().then(|| {
+            let view = state.scheduler.view(now).model;
+            let feedback = SharedFeedback {
+                penalty: view.penalty,
+                pause_left: view.paused_for,
+            };
+            (state.scheduler.window_counts(now), feedback, held)
+        });
+        let limits = state.scheduler.shared_limits(now);
+        let shared = state.shared.as_mut()?;
+        shared.live = beat.live;
+        shared.queued_elsewhere = beat.queued_elsewhere;
+        shared.ledger.forget_before(now);
+        Some(Writes {
+            rebuild,
+            ledger: std::mem::take(&mut shared.ledger),
+            limits,
+            hold: shared.hold_pending,
+        })
+    }
+
+    /// Writes what a heartbeat heard was due, each part only once the one
+    /// before got through.
+    async fn write(&self, link: &GatewayLink, writes: &Writes) -> Result<(), ClusterError> {
         let mut result = Ok(());
-        if let Some((counts, feedback, held)) = &rebuild {
+        if let Some((counts, feedback, held)) = &writes.rebuild {
             result = link.rebuild(counts, feedback, *held).await.map(drop);
             if result.is_ok() {
                 link.rebuilt();
             }
         }
         let mut reconciled = false;
-        if result.is_ok() && !ledger.is_empty() {
-            result = link.reconcile(&limits, &ledger).await.map(drop);
+        if result.is_ok() && !writes.ledger.is_empty() {
+            result = link
+                .reconcile(&writes.limits, &writes.ledger)
+                .await
+                .map(drop);
             reconciled = result.is_ok();
         }
-        if let (Ok(()), Some(held)) = (&result, hold) {
+        if let (Ok(()), Some(held)) = (&result, writes.hold) {
             result = link.hold(held).await.map(drop);
             if result.is_ok() {
-                let mut state = self.lock();
-                if let Some(shared) = state.shared.as_mut()
-                    && shared.hold_pending == Some(held)
-                {
-                    shared.hold_pending = None;
-                }
+                self.hold_written(held);
             }
         }
-        if let Err(error) = result {
-            if !reconciled {
-                let mut state = self.lock();
-                if let Some(shared) = state.shared.as_mut() {
-                    // Not added yet: keep it for the next heartbeat.
-                    for (minute, counts) in ledger.minutes() {
-                        shared.ledger.add_minute(minute, counts);
-                    }
-                }
-            }
-            return self.lost(&error);
+        if result.is_err() && !reconciled {
+            self.keep_unreconciled(&writes.ledger);
         }
+        result
+    }
+
+    /// An operator's `held` is in the shared state: readings may override
+    /// it again, unless the operator changed it since.
+    fn hold_written(&self, held: bool) {
+        let mut state = self.lock();
+        if let Some(shared) = state.shared.as_mut()
+            && shared.hold_pending == Some(held)
+        {
+            shared.hold_pending = None;
+        }
+    }
+
+    /// Puts back what a heartbeat could not add to the shared counts, for
+    /// the next heartbeat.
+    fn keep_unreconciled(&self, ledger: &Ledger) {
+        let mut state = self.lock();
+        if let Some(shared) = state.shared.as_mut() {
+            for (minute, counts) in ledger.minutes() {
+                shared.ledger.add_minute(minute, counts);
+            }
+        }
+    }
+
+    /// A heartbeat got through with all it had to write: runs on the shared
+    /// state again (logged once per change).
+    fn reached(&self, link: &GatewayLink, writes: &Writes) {
         let mut state = self.lock();
         let now = self.now();
         let State {
@@ -1034,8 +1143,8 @@ impl DeliveryQueue {
                 gateway = %self.gateway,
                 node = %link.node(),
                 nodes = shared.live,
-                rebuilt = rebuild.is_some(),
-                reconciled_messages = ledger.total().messages,
+                rebuilt = writes.rebuild.is_some(),
+                reconciled_messages = writes.ledger.total().messages,
                 "cluster state reached; this node shares the gateway's limits with the others"
             );
             self.log_changes(&mut state, None);

@@ -17,6 +17,7 @@
 //! the null sender is never reported (no bounce loops), so neither is a
 //! notification that fails itself.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use prometheus::IntGauge;
@@ -98,8 +99,6 @@ async fn deliver(
     connection: &mut Option<Open>,
     mut item: Queued,
 ) {
-    let name = gateway.config.name.as_str();
-    let metrics = &context.metrics;
     let message = &item.message;
     let body = match item.body.take() {
         Some(body) => Ok(body),
@@ -107,89 +106,65 @@ async fn deliver(
     };
     let body = match body {
         Ok(body) => sign(context, &message.envelope.sender, &message.id, body),
-        Err(error) => {
-            tracing::error!(queue_id = %message.id, %error, "cannot read a queued message from the spool; will retry");
-            if item.probe {
-                gateway.queue.probe_inconclusive();
-            }
-            let replies = vec![
-                Reply::new(451, format!("4.3.0 spool read failed: {error}"));
-                message.pending.len()
-            ];
-            settle(gateway, context, item, replies).await;
-            return;
-        }
+        Err(error) => return unreadable(gateway, context, item, error).await,
     };
+    let replies = attempt(gateway, context, connection, &item, &body).await;
+    item.attempts += 1;
+    settle(gateway, context, item, replies).await;
+}
+
+/// A message whose body the spool could not give back: every recipient is
+/// settled with a temporary failure, and the attempt is not counted.
+async fn unreadable(
+    gateway: &Gateway,
+    context: &WorkerContext,
+    item: Queued,
+    error: std::io::Error,
+) {
+    let message = &item.message;
+    tracing::error!(queue_id = %message.id, %error, "cannot read a queued message from the spool; will retry");
+    if item.probe {
+        gateway.queue.probe_inconclusive();
+    }
+    let replies =
+        vec![Reply::new(451, format!("4.3.0 spool read failed: {error}")); message.pending.len()];
+    settle(gateway, context, item, replies).await;
+}
+
+/// Sends `item` over the worker's connection, opened first when there is
+/// none; returns a reply per pending recipient, synthetic ones when the
+/// gateway could not be reached or the transaction broke off.
+async fn attempt(
+    gateway: &Gateway,
+    context: &WorkerContext,
+    connection: &mut Option<Open>,
+    item: &Queued,
+    body: &[u8],
+) -> Vec<Reply> {
+    let name = gateway.config.name.as_str();
+    let recipients = item.message.pending.len();
     let mut reused = connection.is_some();
     // A probe must report on the gateway, whichever way the attempt goes.
     let mut verdict = false;
     let replies = loop {
         if connection.is_none() {
-            let config = &gateway.config;
-            let started = Instant::now();
-            match Connection::open(
-                &config.address,
-                &context.helo_name,
-                &gateway.tls,
-                gateway.credentials.as_ref(),
-                config.connect_timeout,
-                config.command_timeout,
-            )
-            .await
-            {
-                Ok(open) => {
-                    tracing::debug!(gateway = %config.name, tls = open.is_tls(), "connected to the gateway");
-                    gateway.queue.connected();
-                    verdict = true;
-                    *connection = Some(Open {
-                        connection: open,
-                        _counted: Counted::new(
-                            metrics.upstream_connections.with_label_values(&[name]),
-                        ),
-                    });
-                }
-                Err(error) => {
-                    metrics
-                        .upstream_connect_failures
-                        .with_label_values(&[name])
-                        .inc();
-                    gateway.remember(format!("connection failed: {error}"));
-                    if let Some(refusal) = error.refusal.clone() {
-                        heed_signals(gateway, vec![refusal]);
-                    }
-                    verdict = true;
-                    match gateway.queue.connect_failed(started, |failures| {
-                        gateway.backoff.delay(failures, fastrand::f64())
-                    }) {
-                        Some(pause) => tracing::warn!(
-                            gateway = %config.name,
-                            address = %config.address,
-                            %error,
-                            pause = %format!("{:.1}s", pause.as_secs_f64()),
-                            "gateway unreachable; pausing deliveries to it"
-                        ),
-                        None => tracing::debug!(
-                            gateway = %config.name,
-                            %error,
-                            "connection attempt begun before the gateway's pause failed too"
-                        ),
-                    }
-                    break vec![
-                        Reply::new(421, format!("4.4.1 {error}"));
-                        item.message.pending.len()
-                    ];
-                }
+            let opened = connect(gateway, context).await;
+            verdict = true;
+            match opened {
+                Ok(open) => *connection = Some(open),
+                Err(refused) => break vec![refused; recipients],
             }
         }
         let open = connection.as_mut().expect("connected above");
         let started = Instant::now();
         match open
             .connection
-            .send(&item.message.envelope, &item.message.pending, &body)
+            .send(&item.message.envelope, &item.message.pending, body)
             .await
         {
             Ok(transaction) => {
-                metrics
+                context
+                    .metrics
                     .upstream_latency
                     .with_label_values(&[name])
                     .observe(started.elapsed().as_secs_f64());
@@ -201,16 +176,7 @@ async fn deliver(
                     gateway.queue.connected();
                     verdict = true;
                 }
-                for reply in &transaction.replies {
-                    metrics
-                        .upstream_replies
-                        .with_label_values(&[name, reply.class_label()])
-                        .inc();
-                    if !reply.is_positive() {
-                        gateway.remember(reply.to_string());
-                    }
-                }
-                break heed_signals(gateway, transaction.replies);
+                break heard(gateway, context, transaction.replies);
             }
             Err(error) => {
                 *connection = None;
@@ -220,15 +186,88 @@ async fn deliver(
                     continue;
                 }
                 gateway.remember(format!("transaction failed: {error}"));
-                break vec![Reply::new(451, format!("4.4.2 {error}")); item.message.pending.len()];
+                break vec![Reply::new(451, format!("4.4.2 {error}")); recipients];
             }
         }
     };
     if item.probe && !verdict {
         gateway.queue.probe_inconclusive();
     }
-    item.attempts += 1;
-    settle(gateway, context, item, replies).await;
+    replies
+}
+
+/// A new connection to the gateway, or the reply that retries the
+/// recipients when there is none: a failure pauses deliveries to the
+/// gateway as its backoff says.
+async fn connect(gateway: &Gateway, context: &WorkerContext) -> Result<Open, Reply> {
+    let config = &gateway.config;
+    let name = config.name.as_str();
+    let metrics = &context.metrics;
+    let started = Instant::now();
+    match Connection::open(
+        &config.address,
+        &context.helo_name,
+        &gateway.tls,
+        gateway.credentials.as_ref(),
+        config.connect_timeout,
+        config.command_timeout,
+    )
+    .await
+    {
+        Ok(open) => {
+            tracing::debug!(gateway = %config.name, tls = open.is_tls(), "connected to the gateway");
+            gateway.queue.connected();
+            Ok(Open {
+                connection: open,
+                _counted: Counted::new(metrics.upstream_connections.with_label_values(&[name])),
+            })
+        }
+        Err(error) => {
+            metrics
+                .upstream_connect_failures
+                .with_label_values(&[name])
+                .inc();
+            gateway.remember(format!("connection failed: {error}"));
+            if let Some(refusal) = error.refusal.clone() {
+                heed_signals(gateway, vec![refusal]);
+            }
+            match gateway.queue.connect_failed(started, |failures| {
+                gateway.backoff.delay(failures, fastrand::f64())
+            }) {
+                Some(pause) => tracing::warn!(
+                    gateway = %config.name,
+                    address = %config.address,
+                    %error,
+                    pause = %format!("{:.1}s", pause.as_secs_f64()),
+                    "gateway unreachable; pausing deliveries to it"
+                ),
+                None => tracing::debug!(
+                    gateway = %config.name,
+                    %error,
+                    "connection attempt begun before the gateway's pause failed too"
+                ),
+            }
+            Err(Reply::new(421, format!("4.4.1 {error}")))
+        }
+    }
+}
+
+/// Counts the gateway's replies to a transaction, keeps its refusals for
+/// the operators' view, and heeds what they signal; returns the replies to
+/// settle the recipients with.
+fn heard(gateway: &Gateway, context: &WorkerContext, replies: Vec<Reply>) -> Vec<Reply> {
+    let name = gateway.config.name.as_str();
+    for reply in &replies {
+        context
+            .metrics
+            .upstream_replies
+            .with_label_values(&[name, reply.class_label()])
+            .inc();
+        if !reply.is_positive() {
+            gateway.remember(reply.to_string());
+        }
+    }
+    heed_signals(gateway, replies)
 }
 
 /// The message with a DKIM-Signature on top when its domain has a key.
@@ -305,159 +344,261 @@ fn heed_signals(gateway: &Gateway, mut replies: Vec<Reply>) -> Vec<Reply> {
 }
 
 /// Applies per-recipient replies: done, retry later, or dead-letter.
-async fn settle(gateway: &Gateway, context: &WorkerContext, mut item: Queued, replies: Vec<Reply>) {
-    let spool = &context.spool;
-    let metrics = &context.metrics;
-    let name = gateway.config.name.as_str();
+async fn settle(gateway: &Gateway, context: &WorkerContext, item: Queued, replies: Vec<Reply>) {
     let message = &item.message;
     let age = unix_seconds().saturating_sub(message.envelope.received_at);
     let expired = age >= gateway.config.max_age.as_secs();
-    let mut delivered = Vec::new();
-    let mut retry = Vec::new();
-    let mut dead: Vec<(u32, String)> = Vec::new();
-    // The same recipients as `dead`, as the notification reports them.
-    let mut failures: Vec<Failure<'_>> = Vec::new();
-    for (&recipient, reply) in message.pending.iter().zip(&replies) {
+    let (mut outcome, failures) = sort_recipients(message, &replies, item.attempts, age, expired);
+    if !outcome.dead.is_empty() {
+        match bury(gateway, context, message, &outcome.dead, &failures).await {
+            Some(path) => log_dead(gateway, context, message, &outcome.dead, &path),
+            None => outcome.keep_dead_queued(),
+        }
+    }
+    let summary = summary(&replies);
+    count(gateway, context, &outcome);
+    if outcome.retry.is_empty() {
+        finished(gateway, context, &item, &outcome, &summary);
+    } else {
+        deferred(gateway, context, item, outcome, summary);
+    }
+}
+
+/// Where one attempt leaves a message's pending recipients (indices into
+/// its envelope's recipients).
+struct Outcome {
+    delivered: Vec<u32>,
+    retry: Vec<u32>,
+    /// With the reason the dead-letter file gives.
+    dead: Vec<(u32, String)>,
+}
+
+impl Outcome {
+    /// The dead recipients go back to retry: their failure is not on
+    /// record, or their sender could not be told.
+    fn keep_dead_queued(&mut self) {
+        self.retry
+            .extend(self.dead.iter().map(|(recipient, _)| *recipient));
+        self.dead.clear();
+    }
+
+    /// The `result` label of `messages_relayed`.
+    fn label(&self) -> &'static str {
+        if !self.retry.is_empty() {
+            "deferred"
+        } else if !self.dead.is_empty() {
+            "failed"
+        } else {
+            "delivered"
+        }
+    }
+}
+
+/// Sorts the pending recipients of `message` by their `replies`: a
+/// temporary failure is final too once the message is `expired` (`age`
+/// seconds old after `attempts`). Also returns the dead ones as the
+/// notification reports them.
+fn sort_recipients<'a>(
+    message: &'a StoredMessage,
+    replies: &'a [Reply],
+    attempts: u32,
+    age: u64,
+    expired: bool,
+) -> (Outcome, Vec<Failure<'a>>) {
+    let mut outcome = Outcome {
+        delivered: Vec::new(),
+        retry: Vec::new(),
+        dead: Vec::new(),
+    };
+    let mut failures = Vec::new();
+    for (&recipient, reply) in message.pending.iter().zip(replies) {
         let address = message
             .envelope
             .recipients
             .get(recipient as usize)
             .map_or("", String::as_str);
         if reply.is_positive() {
-            delivered.push(recipient);
+            outcome.delivered.push(recipient);
         } else if reply.is_permanent() {
-            dead.push((recipient, reply.to_string()));
+            outcome.dead.push((recipient, reply.to_string()));
             failures.push(Failure {
                 recipient: address,
                 reply,
                 expired: None,
             });
         } else if expired {
-            dead.push((
+            outcome.dead.push((
                 recipient,
-                format!(
-                    "expired after {} attempts in {age}s; last reply: {reply}",
-                    item.attempts
-                ),
+                format!("expired after {attempts} attempts in {age}s; last reply: {reply}"),
             ));
             failures.push(Failure {
                 recipient: address,
                 reply,
-                expired: Some((item.attempts, age)),
+                expired: Some((attempts, age)),
             });
         } else {
-            retry.push(recipient);
+            outcome.retry.push(recipient);
         }
     }
-    if !dead.is_empty() {
-        // The dead-letter file first: the sender is told only of failures
-        // on record (see the module notes).
-        let settled = match spool
-            .dead_letter(message, &dead, &gateway.config.name)
-            .await
-        {
-            Ok(path) if message.envelope.dsn => {
-                let indices: Vec<u32> = dead.iter().map(|(recipient, _)| *recipient).collect();
-                match notify_sender(gateway, context, message, &failures, &indices).await {
-                    Ok(()) => Some(path),
-                    Err(error) => {
-                        metrics.dsns.with_label_values(&[name, "spool_error"]).inc();
-                        tracing::error!(
-                            queue_id = %message.id,
-                            %error,
-                            dead_letter = %path.display(),
-                            "cannot queue the delivery status notification to the sender; keeping the failed recipients queued (a later failure writes another dead-letter file)"
-                        );
-                        None
-                    }
-                }
-            }
-            Ok(path) => Some(path),
-            Err(error) => {
-                tracing::error!(queue_id = %message.id, %error, "cannot write a dead-letter file; keeping the message queued");
-                None
-            }
-        };
-        match settled {
-            Some(path) => {
-                metrics.dead_letters.with_label_values(&[name]).inc();
-                for (recipient, reason) in &dead {
+    (outcome, failures)
+}
+
+/// Writes the `dead` recipients' dead-letter file, then the notification
+/// of their `failures` when the app asked for one; returns the file once
+/// all of it is durable, `None` when the recipients are to stay queued.
+async fn bury(
+    gateway: &Gateway,
+    context: &WorkerContext,
+    message: &StoredMessage,
+    dead: &[(u32, String)],
+    failures: &[Failure<'_>],
+) -> Option<PathBuf> {
+    let name = gateway.config.name.as_str();
+    // The dead-letter file first: the sender is told only of failures on
+    // record (see the module notes).
+    match context
+        .spool
+        .dead_letter(message, dead, &gateway.config.name)
+        .await
+    {
+        Ok(path) if message.envelope.dsn => {
+            let indices: Vec<u32> = dead.iter().map(|(recipient, _)| *recipient).collect();
+            match notify_sender(gateway, context, message, failures, &indices).await {
+                Ok(()) => Some(path),
+                Err(error) => {
+                    context
+                        .metrics
+                        .dsns
+                        .with_label_values(&[name, "spool_error"])
+                        .inc();
                     tracing::error!(
                         queue_id = %message.id,
-                        gateway = %gateway.config.name,
-                        recipient = %message.envelope.recipients[*recipient as usize],
-                        reason = %reason,
+                        %error,
                         dead_letter = %path.display(),
-                        "delivery failed permanently; moved to the dead-letter area"
+                        "cannot queue the delivery status notification to the sender; keeping the failed recipients queued (a later failure writes another dead-letter file)"
                     );
+                    None
                 }
             }
-            None => {
-                retry.extend(dead.iter().map(|(recipient, _)| *recipient));
-                dead.clear();
-            }
+        }
+        Ok(path) => Some(path),
+        Err(error) => {
+            tracing::error!(queue_id = %message.id, %error, "cannot write a dead-letter file; keeping the message queued");
+            None
         }
     }
-    let summary = replies
+}
+
+/// Counts and logs the `dead` recipients, on record in the file at `path`.
+fn log_dead(
+    gateway: &Gateway,
+    context: &WorkerContext,
+    message: &StoredMessage,
+    dead: &[(u32, String)],
+    path: &Path,
+) {
+    let name = gateway.config.name.as_str();
+    context
+        .metrics
+        .dead_letters
+        .with_label_values(&[name])
+        .inc();
+    for (recipient, reason) in dead {
+        tracing::error!(
+            queue_id = %message.id,
+            gateway = %gateway.config.name,
+            recipient = %message.envelope.recipients[*recipient as usize],
+            reason = %reason,
+            dead_letter = %path.display(),
+            "delivery failed permanently; moved to the dead-letter area"
+        );
+    }
+}
+
+/// The reply an attempt is logged and remembered by: its first refusal,
+/// or its first reply when none refused.
+fn summary(replies: &[Reply]) -> String {
+    replies
         .iter()
         .find(|reply| !reply.is_positive())
         .or(replies.first())
         .map(ToString::to_string)
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Counts an attempt's outcome in `recipients_relayed` and `messages_relayed`.
+fn count(gateway: &Gateway, context: &WorkerContext, outcome: &Outcome) {
+    let name = gateway.config.name.as_str();
+    let metrics = &context.metrics;
     metrics
         .recipients_relayed
         .with_label_values(&[name])
-        .inc_by(delivered.len() as u64);
-    let result = if !retry.is_empty() {
-        "deferred"
-    } else if !dead.is_empty() {
-        "failed"
-    } else {
-        "delivered"
-    };
+        .inc_by(outcome.delivered.len() as u64);
     metrics
         .messages_relayed
-        .with_label_values(&[name, result])
+        .with_label_values(&[name, outcome.label()])
         .inc();
-    if retry.is_empty() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |since| since.as_secs_f64());
-        metrics
-            .queue_delay
-            .with_label_values(&[name])
-            .observe((now - message.envelope.received_at as f64).max(0.0));
-        spool.message_done(message);
-        tracing::info!(
-            queue_id = %message.id,
-            gateway = %gateway.config.name,
-            attempt = item.attempts,
-            delivered = delivered.len(),
-            failed = dead.len(),
-            reply = %summary,
-            "delivery attempt finished the message"
-        );
-        return;
-    }
-    for recipient in delivered
+}
+
+/// An attempt that left no recipient to retry: the message is done.
+fn finished(
+    gateway: &Gateway,
+    context: &WorkerContext,
+    item: &Queued,
+    outcome: &Outcome,
+    summary: &str,
+) {
+    let message = &item.message;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64());
+    context
+        .metrics
+        .queue_delay
+        .with_label_values(&[gateway.config.name.as_str()])
+        .observe((now - message.envelope.received_at as f64).max(0.0));
+    context.spool.message_done(message);
+    tracing::info!(
+        queue_id = %message.id,
+        gateway = %gateway.config.name,
+        attempt = item.attempts,
+        delivered = outcome.delivered.len(),
+        failed = outcome.dead.len(),
+        reply = %summary,
+        "delivery attempt finished the message"
+    );
+}
+
+/// An attempt that left recipients to retry: the settled ones are done in
+/// the spool, and the message waits in the queue for its next attempt.
+fn deferred(
+    gateway: &Gateway,
+    context: &WorkerContext,
+    mut item: Queued,
+    outcome: Outcome,
+    summary: String,
+) {
+    let message = &item.message;
+    for recipient in outcome
+        .delivered
         .iter()
-        .chain(dead.iter().map(|(recipient, _)| recipient))
+        .chain(outcome.dead.iter().map(|(recipient, _)| recipient))
     {
-        spool.recipient_done(message, *recipient);
+        context.spool.recipient_done(message, *recipient);
     }
     let delay = gateway.backoff.delay(item.attempts.max(1), fastrand::f64());
     tracing::warn!(
         queue_id = %message.id,
         gateway = %gateway.config.name,
         attempt = item.attempts,
-        delivered = delivered.len(),
-        failed = dead.len(),
-        deferred = retry.len(),
+        delivered = outcome.delivered.len(),
+        failed = outcome.dead.len(),
+        deferred = outcome.retry.len(),
         reply = %summary,
         next_retry_in = %format!("{:.1}s", delay.as_secs_f64()),
         "delivery attempt deferred"
     );
-    item.message.pending = retry;
+    item.message.pending = outcome.retry;
     if item.history.len() == HISTORY_LENGTH {
         item.history.remove(0);
     }

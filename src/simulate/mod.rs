@@ -184,6 +184,60 @@ impl Node {
         self.seen = others;
         self.scheduler.sent_elsewhere(now, &sent);
     }
+
+    /// The next message this node sends at `now` (with its lane and how
+    /// long it waited), granted by the `shared` state when there is one;
+    /// `None` once nothing more may go now (`release_at` says when).
+    fn next_send(
+        &mut self,
+        index: usize,
+        now: f64,
+        mut shared: Option<&mut SharedState>,
+    ) -> Option<(Offer, usize, f64)> {
+        loop {
+            if let Some(shared) = &shared {
+                self.absorb(now, shared.others(index));
+            }
+            match self.scheduler.next(now) {
+                Release::Send {
+                    waited, lane, item, ..
+                } => {
+                    if let Some(shared) = &mut shared {
+                        let units = self.scheduler.units(item.recipients as usize);
+                        let proposal = Proposal {
+                            units,
+                            class: self.scheduler.class(lane),
+                            limits: self.scheduler.shared_limits(now),
+                        };
+                        if let Err(hold) = shared.acquire(now, index, &proposal) {
+                            let counted = self.scheduler.counted(units);
+                            self.scheduler
+                                .put_back(now, lane, waited, (units, counted), item);
+                            let until = (now + hold.wait).max(now.next_up());
+                            if proposal.class == AppClass::Bulk {
+                                // Bulk waits; the transactional lanes go on.
+                                self.scheduler.hold_bulk(until);
+                                continue;
+                            }
+                            self.release_at = until;
+                            return None;
+                        }
+                    }
+                    return Some((item, lane, waited));
+                }
+                Release::Wait(seconds) => {
+                    // Strictly later, even where seconds vanish in rounding.
+                    self.release_at = (now + seconds).max(now.next_up());
+                    return None;
+                }
+                Release::Save => {
+                    let (_, reserve) = self.scheduler.snapshot(now, true);
+                    self.scheduler.saved(reserve);
+                }
+                Release::Idle => return None,
+            }
+        }
+    }
 }
 
 /// A deferred message its app offers again at `due`.
@@ -226,215 +280,257 @@ fn day(days: &mut Vec<Day>, origin: f64, at: f64) -> &mut Day {
 /// of `gateway` (an index into `config.gateways`).
 pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Options) -> Report {
     let gateway_config: &GatewayConfig = &config.gateways[gateway];
-    let apps = Apps::new(&config.apps);
-    let names = apps.names();
-    let lane_of = |app: &str| {
-        names
+    let mut replay = Replay::new(config, gateway_config, trace, options);
+    loop {
+        replay.offer_due();
+        replay.release_due();
+        replay.spread_news();
+        replay.sample_due();
+        if !replay.advance() {
+            break;
+        }
+    }
+    replay.finish(&gateway_config.shaping, trace)
+}
+
+/// A replay under way: the sidecars, the offers still to come, and the
+/// report so far.
+struct Replay<'t> {
+    options: &'t Options,
+    /// The apps' lanes, `other` last.
+    names: Vec<String>,
+    /// The trace's last arrival.
+    end: f64,
+    /// When the gateway's model was made.
+    created: f64,
+    nodes: Vec<Node>,
+    /// The stand-in for Redis when there are several nodes.
+    shared: Option<SharedState>,
+    report: Report,
+    /// Every send with the bucket's rate in force then, for the window check.
+    sends: Vec<(f64, f64)>,
+    retries: BinaryHeap<Retry>,
+    arrivals: std::iter::Peekable<std::slice::Iter<'t, Arrival>>,
+    /// The plot's point being counted.
+    sample: Sample,
+    now: f64,
+    next_id: u64,
+}
+
+impl<'t> Replay<'t> {
+    fn new(
+        config: &Config,
+        gateway_config: &GatewayConfig,
+        trace: &'t [Arrival],
+        options: &'t Options,
+    ) -> Replay<'t> {
+        let apps = Apps::new(&config.apps);
+        let names = apps.names();
+        let start = trace.first().map_or(0.0, |arrival| arrival.at);
+        let end = trace.last().map_or(0.0, |arrival| arrival.at);
+        // The gateway exists, idle, an hour before the trace: its bucket is full.
+        let created = start - 3_600.0;
+        let count = options.nodes.max(1);
+        let nodes: Vec<Node> = (0..count)
+            .map(|_| Node {
+                scheduler: Scheduler::new(
+                    GatewayModel::new(&gateway_config.shaping, created),
+                    apps.lanes(),
+                ),
+                release_at: f64::INFINITY,
+                seen: Elsewhere::default(),
+            })
+            .collect();
+        let report = Report {
+            gateway: gateway_config.name.clone(),
+            nodes: count,
+            messages: trace.len(),
+            sent: 0,
+            given_up: 0,
+            deferrals: [0; DeferReason::ALL.len()],
+            apps: names
+                .iter()
+                .map(|name| AppStats {
+                    name: name.clone(),
+                    ..AppStats::default()
+                })
+                .collect(),
+            delays: Vec::with_capacity(trace.len()),
+            days: Vec::new(),
+            day_origin: (start / DAY).floor() * DAY,
+            peaks: Vec::new(),
+            samples: Vec::new(),
+            burst: gateway_config.shaping.burst,
+            receiver: Vec::new(),
+            sent_log: Vec::with_capacity(trace.len()),
+        };
+        Replay {
+            options,
+            names,
+            end,
+            created,
+            nodes,
+            shared: (count > 1).then(|| SharedState::new(count)),
+            report,
+            sends: Vec::with_capacity(trace.len()),
+            retries: BinaryHeap::new(),
+            arrivals: trace.iter().peekable(),
+            sample: Sample {
+                start,
+                span: ((end - start) / PLOT_POINTS).max(60.0),
+                arrived: 0,
+                sent: 0,
+                deferred: 0,
+                ceiling: 0.0,
+                baseline: 0.0,
+                queued: 0,
+                window_sent: [0; 2],
+                window_allowed: [0; 2],
+            },
+            now: start,
+            next_id: 0,
+        }
+    }
+
+    /// The lane of `app`; an app not configured sends in `other`.
+    fn lane_of(&self, app: &str) -> usize {
+        self.names
             .iter()
             .position(|name| name == app)
-            .unwrap_or(names.len() - 1)
-    };
-    let start = trace.first().map_or(0.0, |arrival| arrival.at);
-    let end = trace.last().map_or(0.0, |arrival| arrival.at);
-    // The gateway exists, idle, an hour before the trace: its bucket is full.
-    let created = start - 3_600.0;
-    let count = options.nodes.max(1);
-    let mut nodes: Vec<Node> = (0..count)
-        .map(|_| Node {
-            scheduler: Scheduler::new(
-                GatewayModel::new(&gateway_config.shaping, created),
-                apps.lanes(),
-            ),
-            release_at: f64::INFINITY,
-            seen: Elsewhere::default(),
-        })
-        .collect();
-    let mut shared = (count > 1).then(|| SharedState::new(count));
-    let mut report = Report {
-        gateway: gateway_config.name.clone(),
-        nodes: count,
-        messages: trace.len(),
-        sent: 0,
-        given_up: 0,
-        deferrals: [0; DeferReason::ALL.len()],
-        apps: names
-            .iter()
-            .map(|name| AppStats {
-                name: name.clone(),
-                ..AppStats::default()
+            .unwrap_or(self.names.len() - 1)
+    }
+
+    /// Offers due now: new arrivals, and apps retrying after a 451.
+    fn offer_due(&mut self) {
+        while let Some(offer) = self.next_offer() {
+            self.offer(offer);
+        }
+    }
+
+    /// The next arrival due now, counted as it arrives, or else the next
+    /// retry due.
+    fn next_offer(&mut self) -> Option<Offer> {
+        let now = self.now;
+        if let Some(arrival) = self.arrivals.next_if(|arrival| arrival.at <= now) {
+            day(&mut self.report.days, self.report.day_origin, arrival.at).arrived += 1;
+            self.sample.arrived += 1;
+            let lane = self.lane_of(&arrival.app);
+            self.report.apps[lane].offered += 1;
+            self.next_id += 1;
+            Some(Offer {
+                id: self.next_id - 1,
+                node: (self.next_id - 1) as usize % self.nodes.len(),
+                first: arrival.at,
+                lane,
+                recipients: arrival.recipients,
+                deferred: false,
             })
-            .collect(),
-        delays: Vec::with_capacity(trace.len()),
-        days: Vec::new(),
-        day_origin: (start / DAY).floor() * DAY,
-        peaks: Vec::new(),
-        samples: Vec::new(),
-        burst: gateway_config.shaping.burst,
-        receiver: Vec::new(),
-        sent_log: Vec::with_capacity(trace.len()),
-    };
-    // Every send with the bucket's rate in force then, for the window check.
-    let mut sends: Vec<(f64, f64)> = Vec::with_capacity(trace.len());
-    let mut retries: BinaryHeap<Retry> = BinaryHeap::new();
-    let mut arrivals = trace.iter().peekable();
-    let mut sample = Sample {
-        start,
-        span: ((end - start) / PLOT_POINTS).max(60.0),
-        arrived: 0,
-        sent: 0,
-        deferred: 0,
-        ceiling: 0.0,
-        baseline: 0.0,
-        queued: 0,
-        window_sent: [0; 2],
-        window_allowed: [0; 2],
-    };
-    let mut now = start;
-    let mut next_id = 0;
-    loop {
-        // Offers due now: new arrivals, and apps retrying after a 451.
-        loop {
-            let offer = if let Some(arrival) = arrivals.next_if(|arrival| arrival.at <= now) {
-                day(&mut report.days, report.day_origin, arrival.at).arrived += 1;
-                sample.arrived += 1;
-                let lane = lane_of(&arrival.app);
-                report.apps[lane].offered += 1;
-                next_id += 1;
-                Offer {
-                    id: next_id - 1,
-                    node: (next_id - 1) as usize % count,
-                    first: arrival.at,
-                    lane,
-                    recipients: arrival.recipients,
-                    deferred: false,
+        } else if self.retries.peek().is_some_and(|retry| retry.due <= now) {
+            Some(self.retries.pop().expect("peeked").offer)
+        } else {
+            None
+        }
+    }
+
+    /// Admission of `offer` by its node: queued, or deferred and offered
+    /// again after `retry_after` unless its app gives up.
+    fn offer(&mut self, mut offer: Offer) {
+        let now = self.now;
+        // The other nodes' queues count as ahead (their heartbeats).
+        let (elsewhere, elsewhere_units) = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != offer.node)
+            .fold((0, [0; 2]), |(messages, units), (_, node)| {
+                let queued = node.scheduler.queued_units();
+                (
+                    messages + node.scheduler.len(),
+                    [units[0] + queued[0], units[1] + queued[1]],
+                )
+            });
+        let node = &mut self.nodes[offer.node];
+        let units = node.scheduler.units(offer.recipients as usize);
+        match node
+            .scheduler
+            .admit(now, offer.lane, units, elsewhere, elsewhere_units, offer.id)
+        {
+            Ok(()) => {
+                node.scheduler.accepted(now, || [offer.id]);
+                node.scheduler.push(now, offer.lane, units, offer);
+                node.release_at = now;
+            }
+            Err(deferral) => {
+                let report = &mut self.report;
+                if !offer.deferred {
+                    offer.deferred = true;
+                    report.apps[offer.lane].deferred_messages += 1;
                 }
-            } else if retries.peek().is_some_and(|retry| retry.due <= now) {
-                retries.pop().expect("peeked").offer
-            } else {
-                break;
-            };
-            // The other nodes' queues count as ahead (their heartbeats).
-            let (elsewhere, elsewhere_units) = nodes
-                .iter()
-                .enumerate()
-                .filter(|(index, _)| *index != offer.node)
-                .fold((0, [0; 2]), |(messages, units), (_, node)| {
-                    let queued = node.scheduler.queued_units();
-                    (
-                        messages + node.scheduler.len(),
-                        [units[0] + queued[0], units[1] + queued[1]],
-                    )
-                });
-            let node = &mut nodes[offer.node];
-            let units = node.scheduler.units(offer.recipients as usize);
-            match node
-                .scheduler
-                .admit(now, offer.lane, units, elsewhere, elsewhere_units, offer.id)
-            {
-                Ok(()) => {
-                    node.scheduler.accepted(now, || [offer.id]);
-                    node.scheduler.push(now, offer.lane, units, offer);
-                    node.release_at = now;
-                }
-                Err(deferral) => {
-                    let mut offer = offer;
-                    if !offer.deferred {
-                        offer.deferred = true;
-                        report.apps[offer.lane].deferred_messages += 1;
-                    }
-                    report.deferrals[deferral.reason as usize] += 1;
-                    day(&mut report.days, report.day_origin, now).deferred += 1;
-                    sample.deferred += 1;
-                    let due = now + options.retry_after;
-                    if due - offer.first > GIVE_UP_AFTER {
-                        report.given_up += 1;
-                    } else {
-                        retries.push(Retry { due, offer });
-                    }
+                report.deferrals[deferral.reason as usize] += 1;
+                day(&mut report.days, report.day_origin, now).deferred += 1;
+                self.sample.deferred += 1;
+                let due = now + self.options.retry_after;
+                if due - offer.first > GIVE_UP_AFTER {
+                    report.given_up += 1;
+                } else {
+                    self.retries.push(Retry { due, offer });
                 }
             }
         }
-        // Releases the models (and, with nodes, the shared state) allow now.
-        for (index, node) in nodes.iter_mut().enumerate() {
+    }
+
+    /// Releases the models (and, with nodes, the shared state) allow now.
+    fn release_due(&mut self) {
+        let now = self.now;
+        for (index, node) in self.nodes.iter_mut().enumerate() {
             if node.release_at > now {
                 continue;
             }
             node.release_at = f64::INFINITY;
-            loop {
-                if let Some(shared) = &shared {
-                    node.absorb(now, shared.others(index));
-                }
-                match node.scheduler.next(now) {
-                    Release::Send {
-                        waited, lane, item, ..
-                    } => {
-                        if let Some(shared) = &mut shared {
-                            let units = node.scheduler.units(item.recipients as usize);
-                            let proposal = Proposal {
-                                units,
-                                class: node.scheduler.class(lane),
-                                limits: node.scheduler.shared_limits(now),
-                            };
-                            if let Err(hold) = shared.acquire(now, index, &proposal) {
-                                let counted = node.scheduler.counted(units);
-                                node.scheduler
-                                    .put_back(now, lane, waited, (units, counted), item);
-                                let until = (now + hold.wait).max(now.next_up());
-                                if proposal.class == AppClass::Bulk {
-                                    // Bulk waits; the transactional lanes go on.
-                                    node.scheduler.hold_bulk(until);
-                                    continue;
-                                }
-                                node.release_at = until;
-                                break;
-                            }
-                        }
-                        report.sent_log.push(SentRecord {
-                            id: item.id,
-                            at: now,
-                            lane,
-                            recipients: item.recipients,
-                            delay: now - item.first,
-                        });
-                        report.sent += 1;
-                        report.apps[lane].sent += 1;
-                        report.apps[lane].delays.push(waited);
-                        report.delays.push(waited);
-                        let today = day(&mut report.days, report.day_origin, now);
-                        today.sent += 1;
-                        today.delays.push(waited);
-                        sample.sent += 1;
-                        sends.push((now, node.scheduler.enforced_rate()));
-                    }
-                    Release::Wait(seconds) => {
-                        // Strictly later, even where seconds vanish in rounding.
-                        node.release_at = (now + seconds).max(now.next_up());
-                        break;
-                    }
-                    Release::Save => {
-                        let (_, reserve) = node.scheduler.snapshot(now, true);
-                        node.scheduler.saved(reserve);
-                    }
-                    Release::Idle => break,
-                }
+            while let Some((item, lane, waited)) = node.next_send(index, now, self.shared.as_mut())
+            {
+                let report = &mut self.report;
+                report.sent_log.push(SentRecord {
+                    id: item.id,
+                    at: now,
+                    lane,
+                    recipients: item.recipients,
+                    delay: now - item.first,
+                });
+                report.sent += 1;
+                report.apps[lane].sent += 1;
+                report.apps[lane].delays.push(waited);
+                report.delays.push(waited);
+                let today = day(&mut report.days, report.day_origin, now);
+                today.sent += 1;
+                today.delays.push(waited);
+                self.sample.sent += 1;
+                self.sends.push((now, node.scheduler.enforced_rate()));
             }
         }
-        // Every node hears what the others sent at once, as the live
-        // nodes do from their heartbeats within a second: news that came
-        // late would count as sent late and hold the window longer.
-        if let Some(shared) = &shared {
-            for (index, node) in nodes.iter_mut().enumerate() {
-                node.absorb(now, shared.others(index));
+    }
+
+    /// Every node hears what the others sent at once, as the live nodes do
+    /// from their heartbeats within a second: news that came late would
+    /// count as sent late and hold the window longer.
+    fn spread_news(&mut self) {
+        if let Some(shared) = &self.shared {
+            for (index, node) in self.nodes.iter_mut().enumerate() {
+                node.absorb(self.now, shared.others(index));
             }
         }
-        // The plot's next point.
+    }
+
+    /// The plot's next point, once its span is over.
+    fn sample_due(&mut self) {
+        let sample = &mut self.sample;
         let sample_end = sample.start + sample.span;
-        if now >= sample_end {
+        if self.now >= sample_end {
             // Every node learns the same gateway: the first one speaks for it.
-            let view = nodes[0].scheduler.view(sample_end);
+            let view = self.nodes[0].scheduler.view(sample_end);
             sample.ceiling = view.model.ceiling;
             sample.baseline = view.model.baseline;
-            sample.queued = nodes.iter().map(|node| node.scheduler.len()).sum();
+            sample.queued = self.nodes.iter().map(|node| node.scheduler.len()).sum();
             let next = Sample {
                 start: sample_end,
                 arrived: 0,
@@ -442,48 +538,64 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
                 deferred: 0,
                 ..sample.clone()
             };
-            report.samples.push(std::mem::replace(&mut sample, next));
+            self.report.samples.push(std::mem::replace(sample, next));
         }
-        let next_offer = arrivals
+    }
+
+    /// Moves the clock on to the next offer, release or plot point; false
+    /// when nothing is left to offer or send (the last point taken).
+    fn advance(&mut self) -> bool {
+        let next_offer = self
+            .arrivals
             .peek()
             .map(|arrival| arrival.at)
             .into_iter()
-            .chain(retries.peek().map(|retry| retry.due))
+            .chain(self.retries.peek().map(|retry| retry.due))
             .fold(f64::INFINITY, f64::min);
-        let release_at = nodes
+        let release_at = self
+            .nodes
             .iter()
             .map(|node| node.release_at)
             .fold(f64::INFINITY, f64::min);
+        let sample = &self.sample;
         if next_offer.is_infinite()
-            && nodes.iter().all(|node| node.scheduler.is_empty())
-            && now >= end
+            && self.nodes.iter().all(|node| node.scheduler.is_empty())
+            && self.now >= self.end
         {
             if sample.arrived + sample.sent + sample.deferred > 0 {
-                report.samples.push(sample);
+                self.report.samples.push(sample.clone());
             }
-            break;
+            return false;
         }
-        now = next_offer
+        self.now = next_offer
             .min(release_at)
             .min(sample.start + sample.span)
-            .max(now);
+            .max(self.now);
+        true
     }
-    for delays in report
-        .days
-        .iter_mut()
-        .map(|day| &mut day.delays)
-        .chain(report.apps.iter_mut().map(|app| &mut app.delays))
-    {
-        delays.sort_by(f64::total_cmp);
+
+    /// The report: delays sorted, the peaks, and the receiver's view of
+    /// what was sent and what `trace` offered.
+    fn finish(mut self, shaping: &ShapingConfig, trace: &[Arrival]) -> Report {
+        let report = &mut self.report;
+        for delays in report
+            .days
+            .iter_mut()
+            .map(|day| &mut day.delays)
+            .chain(report.apps.iter_mut().map(|app| &mut app.delays))
+        {
+            delays.sort_by(f64::total_cmp);
+        }
+        report.delays.sort_by(f64::total_cmp);
+        report.peaks = [1.0, 10.0, 60.0, 3_600.0]
+            .into_iter()
+            .map(|window| peak(&self.sends, window, report.burst))
+            .collect();
+        let nodes = &self.nodes;
+        let units = |recipients: u32| nodes[0].scheduler.units(recipients as usize);
+        judge_as_receiver(report, shaping, trace, self.created, units);
+        self.report
     }
-    report.delays.sort_by(f64::total_cmp);
-    report.peaks = [1.0, 10.0, 60.0, 3_600.0]
-        .into_iter()
-        .map(|window| peak(&sends, window, report.burst))
-        .collect();
-    let units = |recipients: u32| nodes[0].scheduler.units(recipients as usize);
-    judge_as_receiver(&mut report, &gateway_config.shaping, trace, created, units);
-    report
 }
 
 /// The rule of `horizon` for `shaping` in a replay whose model began at
