@@ -639,15 +639,15 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Counts an error reply; past `max_errors` the session ends with 421
-    /// (counted as `too_many_errors`, not as the refusal that tipped it).
-    /// The connection calls it for the message rules it applies after
-    /// DATA (they may wait for DNS, which the state machine never does).
     /// A command out of order (503 5.5.1), which counts as an error.
     fn out_of_sequence(&mut self, text: &'static str) -> Step {
         self.refuse(Refusal::out_of_sequence(text)).into()
     }
 
+    /// Counts an error reply; past `max_errors` the session ends with 421
+    /// (counted as `too_many_errors`, not as the refusal that tipped it).
+    /// The connection calls it for the message rules it applies after
+    /// DATA (they may wait for DNS, which the state machine never does).
     pub fn refuse(&mut self, refusal: Refusal) -> Refused {
         self.errors += 1;
         if self.errors >= self.server.max_errors {

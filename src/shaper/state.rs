@@ -208,8 +208,16 @@ impl SavedState {
                 .collect(),
             volume,
         };
-        (state.baseline.is_finite() && state.baseline >= 0.0 && state.penalty.is_finite())
-            .then_some(state)
+        // TOML has nan and inf; none is a time, a rate or a factor here.
+        let finite = [
+            state.saved_at,
+            state.baseline,
+            state.penalty,
+            state.paused_until,
+        ]
+        .iter()
+        .all(|number| number.is_finite());
+        (finite && state.baseline >= 0.0).then_some(state)
     }
 }
 
@@ -264,6 +272,19 @@ mod tests {
         let huge = text.replace("+3 7", "+18446744073709551615 7");
         assert_eq!(SavedState::parse(&huge), None);
         assert_eq!(SavedState::parse("version = 2\n"), None);
+        for key in ["saved_at", "baseline_per_second", "penalty", "paused_until"] {
+            let broken = state
+                .to_text("primary")
+                .unwrap()
+                .lines()
+                .map(|line| match line.split_once(" = ") {
+                    Some((name, _)) if name == key => format!("{key} = nan"),
+                    _ => line.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert_eq!(SavedState::parse(&broken), None, "{key} = nan");
+        }
         let past_toml = SavedState {
             caps: vec![(60.0, vec![(1, u64::MAX)])],
             ..state.clone()

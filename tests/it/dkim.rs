@@ -12,16 +12,7 @@ use crate::support::{self, Client, Harness, eventually};
 
 /// A python3 that can `import dkim`, or None after saying why.
 fn dkimpy() -> Option<&'static str> {
-    let found = ["/usr/bin/python3", "python3"].into_iter().find(|python| {
-        Command::new(python)
-            .args(["-c", "import dkim"])
-            .status()
-            .is_ok_and(|status| status.success())
-    });
-    if found.is_none() {
-        support::skip_without("dkimpy", "apt-get install python3-dkim python3-nacl");
-    }
-    found
+    support::python_with("dkim", "python3-dkim python3-nacl")
 }
 
 fn openssl(args: &[&str]) -> Vec<u8> {

@@ -50,29 +50,13 @@ async fn harness() -> Harness {
 }
 
 fn python() -> Option<&'static str> {
-    let found = ["/usr/bin/python3", "python3"].into_iter().find(|python| {
-        Command::new(python)
-            .args(["-c", "import email"])
-            .status()
-            .is_ok_and(|status| status.success())
-    });
-    if found.is_none() {
-        support::skip_without("python3", "apt-get install python3");
-    }
-    found
-}
-
-async fn sample(h: &Harness, series: &str) -> f64 {
-    support::scrape(h.service.http_address().unwrap(), series)
-        .await
-        .unwrap_or_else(|| panic!("no sample {series}"))
+    support::python_with("email", "python3")
 }
 
 async fn dsns(h: &Harness, result: &str) -> f64 {
-    sample(
-        h,
-        &format!("smtp_shaper_dsns_total{{gateway=\"primary\",result=\"{result}\"}}"),
-    )
+    h.sample(&format!(
+        "smtp_shaper_dsns_total{{gateway=\"primary\",result=\"{result}\"}}"
+    ))
     .await
 }
 

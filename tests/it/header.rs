@@ -110,26 +110,17 @@ fn app(name: &str, senders: &[&str]) -> AppConfig {
     }
 }
 
-/// The value of the sample `series` (name and labels as exposed).
-async fn sample(h: &Harness, series: &str) -> f64 {
-    support::scrape(h.service.http_address().unwrap(), series)
-        .await
-        .unwrap_or_else(|| panic!("no sample {series}"))
-}
-
 async fn rejections(h: &Harness, reason: &str) -> f64 {
-    sample(
-        h,
-        &format!("smtp_shaper_rejections_total{{reason=\"{reason}\"}}"),
-    )
+    h.sample(&format!(
+        "smtp_shaper_rejections_total{{reason=\"{reason}\"}}"
+    ))
     .await
 }
 
 async fn alignment_checks(h: &Harness, result: &str) -> f64 {
-    sample(
-        h,
-        &format!("smtp_shaper_alignment_checks_total{{gateway=\"primary\",result=\"{result}\"}}"),
-    )
+    h.sample(&format!(
+        "smtp_shaper_alignment_checks_total{{gateway=\"primary\",result=\"{result}\"}}"
+    ))
     .await
 }
 
@@ -304,7 +295,8 @@ async fn alignment_enforced_relaxed_or_strict_as_the_domains_dmarc_record_says()
     assert_eq!(alignment_checks(&h, "misaligned").await, 4.0);
     assert_eq!(rejections(&h, "alignment").await, 4.0);
     assert_eq!(
-        sample(&h, "smtp_shaper_dmarc_lookups_total{result=\"found\"}").await,
+        h.sample("smtp_shaper_dmarc_lookups_total{result=\"found\"}")
+            .await,
         3.0
     );
     h.shutdown().await;
@@ -371,13 +363,16 @@ async fn a_dns_that_does_not_answer_never_holds_or_refuses_mail() {
     assert_eq!(reply.code, 250, "{reply:?}");
     assert!(waited < Duration::from_secs(4), "held for {waited:?}");
     assert_eq!(
-        sample(&h, "smtp_shaper_dmarc_lookups_total{result=\"timeout\"}").await,
+        h.sample("smtp_shaper_dmarc_lookups_total{result=\"timeout\"}")
+            .await,
         1.0
     );
     // The lookup goes on, fails, and is remembered: the next message does
     // not wait.
     support::eventually_async("the lookup failed", || async {
-        sample(&h, "smtp_shaper_dmarc_lookups_total{result=\"failed\"}").await == 1.0
+        h.sample("smtp_shaper_dmarc_lookups_total{result=\"failed\"}")
+            .await
+            == 1.0
     })
     .await;
     let started = Instant::now();
@@ -420,10 +415,9 @@ async fn bulk_mail_without_one_click_unsubscribe_is_counted_or_refused() {
     let missing = |app: &'static str| {
         let h = &h;
         async move {
-            sample(
-                h,
-                &format!("smtp_shaper_unsubscribe_missing_total{{app=\"{app}\"}}"),
-            )
+            h.sample(&format!(
+                "smtp_shaper_unsubscribe_missing_total{{app=\"{app}\"}}"
+            ))
             .await
         }
     };

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use smtp_shaper::telemetry::client::request;
+use smtp_shaper::telemetry::client::{encode, request};
 
 use crate::support::{self, Harness, eventually, free_address, shaping, skip_without};
 
@@ -105,18 +105,6 @@ fn as_grafana_sends(query: &str) -> String {
     query
         .replace("$gateway", ".*")
         .replace("$__rate_interval", "30s")
-}
-
-fn encode(query: &str) -> String {
-    query
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (byte as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 /// The Prometheus API's answer to an instant query: (success, has series).

@@ -84,6 +84,14 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// The value of the sample `series` (name and labels as exposed) the
+    /// service's /metrics shows now; a test fails without it.
+    pub async fn sample(&self, series: &str) -> f64 {
+        super::scrape(self.service.http_address().unwrap(), series)
+            .await
+            .unwrap_or_else(|| panic!("no sample {series}"))
+    }
+
     pub async fn start() -> Harness {
         Harness::with(|_| {}).await
     }

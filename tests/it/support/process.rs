@@ -1,5 +1,6 @@
 //! Other processes: the real binary on its own config file, for tests that
-//! kill it, and a `redis-server` for cluster mode.
+//! kill it, a `redis-server` for cluster mode, and a python3 with the
+//! modules a test checks mail with.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -130,4 +131,22 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A python3 that can `import module`, or None after saying what to
+/// install (`package`).
+pub fn python_with(module: &str, package: &str) -> Option<&'static str> {
+    let found = ["/usr/bin/python3", "python3"].into_iter().find(|python| {
+        std::process::Command::new(python)
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|status| status.success())
+    });
+    if found.is_none() {
+        skip_without(
+            &format!("python3 with the {module} module"),
+            &format!("apt-get install {package}"),
+        );
+    }
+    found
 }
