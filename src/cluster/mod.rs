@@ -15,6 +15,7 @@
 //! gateway, all under `smtp-shaper:{<gateway>}` (README "Cluster mode"):
 //! `:state` (epoch, GCRA time, penalty, pause, hold, totals), `:nodes`
 //! (each node's totals), `:depth` (heartbeats with queue depths),
+//! `:txdepth` (each node's transactional messages queued),
 //! `:cap:<seconds>`, `:all:<seconds>`, `:tx:<seconds>` (rolling windows).
 //!
 //! Invariants: every call is bounded by `cluster.timeout`; a failed call
@@ -29,9 +30,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, Script, Value};
 
-use crate::config::ClusterConfig;
-use crate::shaper::WindowCounts;
+use crate::config::{AppClass, ClusterConfig};
 use crate::shaper::shared::{Elsewhere, Ledger, Proposal, SharedFeedback, SharedLimits};
+use crate::shaper::{ClassCounts, WindowCounts};
 
 const PRELUDE: &str = include_str!("prelude.lua");
 
@@ -226,8 +227,8 @@ pub struct Verdict {
 pub struct Heartbeat {
     /// Live nodes, this one included.
     pub live: u64,
-    /// What the other nodes have queued: messages, and units per class.
-    pub queued_elsewhere: (usize, [u64; 2]),
+    /// What the other nodes have queued, per class.
+    pub queued_elsewhere: ClassCounts,
     /// The busiest hour and day the other nodes have seen.
     pub busiest_elsewhere: [u64; 2],
     pub reading: Reading,
@@ -389,33 +390,40 @@ impl GatewayLink {
         })
     }
 
-    /// Says this node is alive with `queued` (messages, units per class)
-    /// waiting for the gateway and the `busiest` hour and day it has seen;
+    /// Says this node is alive with `queued` (messages and units per
+    /// class) waiting for the gateway and the `busiest` hour and day it has seen;
     /// hears how many nodes are, what they have queued and seen.
     pub async fn heartbeat(
         &self,
-        queued: (usize, [u64; 2]),
+        queued: ClassCounts,
         busiest: [u64; 2],
     ) -> Result<Heartbeat, ClusterError> {
+        let transactional = AppClass::Transactional as usize;
         let args = vec![
             self.node().to_string(),
             self.epoch_proposal(),
             HEARTBEAT_LIFETIME.as_micros().to_string(),
-            queued.0.to_string(),
-            queued.1[0].to_string(),
-            queued.1[1].to_string(),
+            queued.total_messages().to_string(),
+            queued.units[transactional].to_string(),
+            queued.units[AppClass::Bulk as usize].to_string(),
             busiest[0].to_string(),
             busiest[1].to_string(),
+            queued.messages[transactional].to_string(),
         ];
-        let reply = self.run(&self.cluster.scripts.heartbeat, args, 14).await?;
+        let reply = self.run(&self.cluster.scripts.heartbeat, args, 15).await?;
+        let messages = count(&reply[3])? as usize;
+        let transactional_messages = (count(&reply[8])? as usize).min(messages);
+        let mut queued_elsewhere = ClassCounts {
+            messages: [0; 2],
+            units: [count(&reply[4])?, count(&reply[5])?],
+        };
+        queued_elsewhere.messages[transactional] = transactional_messages;
+        queued_elsewhere.messages[AppClass::Bulk as usize] = messages - transactional_messages;
         Ok(Heartbeat {
             live: count(&reply[2])?.max(1),
-            queued_elsewhere: (
-                count(&reply[3])? as usize,
-                [count(&reply[4])?, count(&reply[5])?],
-            ),
+            queued_elsewhere,
             busiest_elsewhere: [count(&reply[6])?, count(&reply[7])?],
-            reading: self.reading(Some((&reply[0], &reply[1])), &reply[8..14])?,
+            reading: self.reading(Some((&reply[0], &reply[1])), &reply[9..15])?,
         })
     }
 

@@ -53,8 +53,8 @@ use crate::cluster::{ClusterError, ClusterView, GatewayLink, Heartbeat, Reading}
 use crate::config::AppClass;
 use crate::shaper::shared::{Ledger, Proposal, SharedFeedback, SharedLimits};
 use crate::shaper::{
-    Deferral, GatewayModel, GatewayView, Lane, Release, SavedState, Scheduler, WindowCounts,
-    fingerprints,
+    ClassCounts, Deferral, GatewayModel, GatewayView, Lane, Release, SavedState, Scheduler,
+    WindowCounts, fingerprints,
 };
 use crate::spool::{Spool, StoredMessage};
 
@@ -315,8 +315,8 @@ struct State {
     parked: usize,
     waiting: BinaryHeap<Waiting>,
     sequence: u64,
-    /// Cap units of the messages in `waiting`.
-    waiting_units: [u64; 2],
+    /// Messages and cap units in `waiting`, per class.
+    waiting_counts: ClassCounts,
     paused_until: Option<Instant>,
     /// When the current pause began: a failed attempt that started before
     /// it is the same outage, not news.
@@ -354,8 +354,8 @@ struct Shared {
     /// one gets through).
     live: u64,
     expected: u64,
-    /// What the other nodes have queued: messages, units per class.
-    queued_elsewhere: (usize, [u64; 2]),
+    /// What the other nodes have queued, per class.
+    queued_elsewhere: ClassCounts,
     /// What this node sent on its share, for the shared counts.
     ledger: Ledger,
     decision_seconds: Histogram,
@@ -385,8 +385,8 @@ impl Shared {
 
 /// What a heartbeat publishes of this node.
 struct Depth {
-    /// Messages queued, and units per class (retries waiting included).
-    queued: (usize, [u64; 2]),
+    /// Messages and units queued per class (retries waiting included).
+    queued: ClassCounts,
     /// The busiest hour and day this node has seen.
     busiest: [u64; 2],
 }
@@ -466,7 +466,8 @@ impl State {
         while self.waiting.peek().is_some_and(|first| first.due <= now) {
             if let Some(waiting) = self.waiting.pop() {
                 let units = self.scheduler.units(waiting.item.message.pending.len());
-                self.waiting_units[self.scheduler.class(waiting.item.lane) as usize] -= units;
+                let class = self.scheduler.class(waiting.item.lane);
+                self.waiting_counts.remove(class, units);
                 let lane = waiting.item.lane;
                 self.scheduler
                     .push(unix_now, lane, units, Slot::Held(Box::new(waiting.item)));
@@ -527,7 +528,7 @@ impl DeliveryQueue {
                 wait_until: None,
                 live: expected,
                 expected,
-                queued_elsewhere: (0, [0; 2]),
+                queued_elsewhere: ClassCounts::default(),
                 ledger: Ledger::default(),
                 decision_seconds,
             }
@@ -538,7 +539,7 @@ impl DeliveryQueue {
                 scheduler,
                 parked: 0,
                 waiting: BinaryHeap::new(),
-                waiting_units: [0; 2],
+                waiting_counts: ClassCounts::default(),
                 sequence: 0,
                 paused_until: None,
                 paused_at: None,
@@ -680,8 +681,9 @@ impl DeliveryQueue {
         let mut state = self.lock();
         state.queued_bytes += item.message.location.body_len;
         state.sequence += 1;
-        let class = state.scheduler.class(item.lane) as usize;
-        state.waiting_units[class] += state.scheduler.units(item.message.pending.len());
+        let class = state.scheduler.class(item.lane);
+        let units = state.scheduler.units(item.message.pending.len());
+        state.waiting_counts.add(class, units);
         let sequence = state.sequence;
         state.waiting.push(Waiting {
             due,
@@ -1028,13 +1030,8 @@ impl DeliveryQueue {
         let now = self.now();
         let busiest = state.scheduler.busiest(now).map(|units| units.unwrap_or(0));
         let shared = state.shared.as_ref()?;
-        let queued = state.scheduler.len() + state.waiting.len();
-        let mut units = state.waiting_units;
-        for (class, queued) in state.scheduler.queued_units().iter().enumerate() {
-            units[class] += queued;
-        }
         let depth = Depth {
-            queued: (queued, units),
+            queued: state.scheduler.queued().plus(state.waiting_counts),
             busiest,
         };
         Some((shared.link.clone(), depth))
@@ -1276,21 +1273,20 @@ impl DeliveryQueue {
 
     /// May a transaction of app `lane` with `recipients` recipients (the
     /// envelope's `fingerprint`) be accepted now? Messages waiting for a
-    /// retry count as ahead of it: they need sending too.
+    /// retry count as ahead of it, and in cluster mode the other nodes'
+    /// queues: they need sending too (for transactional mail, their
+    /// transactional part: see [`Scheduler::admit`]).
     pub fn admit(&self, lane: usize, recipients: usize, fingerprint: u64) -> Result<(), Deferral> {
         let mut state = self.lock();
         let now = self.now();
         let units = state.scheduler.units(recipients);
-        let (mut retries, mut retry_units) = (state.waiting.len(), state.waiting_units);
-        // In cluster mode the other nodes' queues are ahead too.
+        let mut outside = state.waiting_counts;
         if let Some(shared) = &state.shared {
-            retries += shared.queued_elsewhere.0;
-            retry_units[0] += shared.queued_elsewhere.1[0];
-            retry_units[1] += shared.queued_elsewhere.1[1];
+            outside = outside.plus(shared.queued_elsewhere);
         }
         state
             .scheduler
-            .admit(now, lane, units, retries, retry_units, fingerprint)
+            .admit(now, lane, units, outside, fingerprint)
     }
 
     /// The shaping model and the queue at this moment (messages waiting
@@ -1433,7 +1429,7 @@ impl DeliveryQueue {
             items.push(Drained::Held(Box::new(waiting.item), Some(waiting.due)));
         }
         state.parked = 0;
-        state.waiting_units = [0; 2];
+        state.waiting_counts = ClassCounts::default();
         state.queued_bytes = 0;
         state.hot_bytes = 0;
         items
@@ -1458,9 +1454,9 @@ impl DeliveryQueue {
                     .partition(|waiting| waiting.item.message.id == id);
                 state.waiting = kept.into_iter().collect();
                 let item = found.into_iter().next()?.item;
-                let class = state.scheduler.class(item.lane) as usize;
+                let class = state.scheduler.class(item.lane);
                 let units = state.scheduler.units(item.message.pending.len());
-                state.waiting_units[class] -= units;
+                state.waiting_counts.remove(class, units);
                 let lane = item.lane;
                 (Slot::Held(Box::new(item)), lane, units)
             }
@@ -1667,8 +1663,8 @@ mod tests {
         assert_eq!(parked_bytes, whole_bytes);
         assert!((parked_view.oldest_age - whole_view.oldest_age).abs() < 1.0);
         assert_eq!(
-            parking.lock().scheduler.queued_units(),
-            whole.lock().scheduler.queued_units()
+            parking.lock().scheduler.queued(),
+            whole.lock().scheduler.queued()
         );
         // Released in the same fair order, each read back whole.
         for _ in 0..30 {
@@ -1723,8 +1719,8 @@ mod tests {
                 let (a, b) = (parking.view().0, whole.view().0);
                 assert_eq!((a.queued, &a.lanes), (b.queued, &b.lanes), "seed {seed}");
                 assert_eq!(
-                    parking.lock().scheduler.queued_units(),
-                    whole.lock().scheduler.queued_units()
+                    parking.lock().scheduler.queued(),
+                    whole.lock().scheduler.queued()
                 );
             }
             while whole.len() > 0 {

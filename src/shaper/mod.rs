@@ -35,7 +35,7 @@ pub mod volume;
 pub use demand::fingerprints;
 pub use feedback::is_throttling;
 pub use model::{CeilingChange, DeferReason, Deferral, GatewayModel, ModelView, WindowCounts};
-pub use scheduler::{GatewayView, Lane, Release, Scheduler};
+pub use scheduler::{ClassCounts, GatewayView, Lane, Release, Scheduler};
 pub use state::SavedState;
 pub use volume::{BudgetReached, BudgetView};
 

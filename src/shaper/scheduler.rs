@@ -66,9 +66,55 @@ pub struct GatewayView {
 pub struct Scheduler<T> {
     queue: FairQueue<Entry<T>>,
     classes: Vec<AppClass>,
-    /// Units queued per class (`AppClass as usize`).
-    units: [u64; 2],
+    /// What the fair queue holds, per class.
+    counts: ClassCounts,
     model: GatewayModel,
+}
+
+/// Messages and units per class (`AppClass as usize`): what a fair queue
+/// holds, what waits outside it for a retry, what the other nodes of a
+/// cluster hold. Admission weighs transactional mail against the
+/// transactional part only, as the queue and the budgets serve it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClassCounts {
+    pub messages: [usize; 2],
+    pub units: [u64; 2],
+}
+
+impl ClassCounts {
+    /// One message of `class` counting `units` more.
+    pub fn add(&mut self, class: AppClass, units: u64) {
+        self.messages[class as usize] += 1;
+        self.units[class as usize] += units;
+    }
+
+    /// One message of `class` counting `units` fewer.
+    pub fn remove(&mut self, class: AppClass, units: u64) {
+        self.messages[class as usize] -= 1;
+        self.units[class as usize] -= units;
+    }
+
+    /// Both counts together.
+    pub fn plus(self, other: ClassCounts) -> ClassCounts {
+        ClassCounts {
+            messages: [
+                self.messages[0] + other.messages[0],
+                self.messages[1] + other.messages[1],
+            ],
+            units: [
+                self.units[0] + other.units[0],
+                self.units[1] + other.units[1],
+            ],
+        }
+    }
+
+    pub fn total_messages(&self) -> usize {
+        self.messages.iter().sum()
+    }
+
+    pub fn total_units(&self) -> u64 {
+        self.units.iter().sum()
+    }
 }
 
 impl<T> Scheduler<T> {
@@ -76,7 +122,7 @@ impl<T> Scheduler<T> {
         Scheduler {
             queue: FairQueue::new(lanes.iter().map(|lane| lane.weight).collect()),
             classes: lanes.iter().map(|lane| lane.class).collect(),
-            units: [0; 2],
+            counts: ClassCounts::default(),
             model,
         }
     }
@@ -101,14 +147,14 @@ impl<T> Scheduler<T> {
         self.model.units(recipients)
     }
 
-    /// Units queued per class (`AppClass as usize`).
-    pub fn queued_units(&self) -> [u64; 2] {
-        self.units
+    /// Messages and units queued, per class.
+    pub fn queued(&self) -> ClassCounts {
+        self.counts
     }
 
     /// Queues `item` counting `units` in `lane`, waiting since `queued_at`.
     pub fn push(&mut self, queued_at: f64, lane: usize, units: u64, item: T) {
-        self.units[self.class(lane) as usize] += units;
+        self.counts.add(self.class(lane), units);
         self.queue.push(
             lane,
             Entry {
@@ -153,7 +199,7 @@ impl<T> Scheduler<T> {
     }
 
     fn sent(&mut self, lane: usize, entry: Entry<T>, now: f64) -> Release<T> {
-        self.units[self.class(lane) as usize] -= entry.units;
+        self.counts.remove(self.class(lane), entry.units);
         Release::Send {
             item: entry.item,
             lane,
@@ -183,7 +229,7 @@ impl<T> Scheduler<T> {
     ) {
         let class = self.class(lane);
         self.model.refund(at, counted, class);
-        self.units[class as usize] += units;
+        self.counts.add(class, units);
         self.queue.push_front(
             lane,
             Entry {
@@ -258,35 +304,35 @@ impl<T> Scheduler<T> {
     /// As [`Scheduler::remove`], with the item's lane and units.
     pub fn take(&mut self, matches: impl Fn(&T) -> bool) -> Option<(usize, u64, T)> {
         let (lane, entry) = self.queue.remove(|entry| matches(&entry.item))?;
-        self.units[self.class(lane) as usize] -= entry.units;
+        self.counts.remove(self.class(lane), entry.units);
         Some((lane, entry.units, entry.item))
     }
 
     /// Admission for new mail in `lane` counting `units`, with envelope
     /// `fingerprint`: it waits for what goes before it in the round robin,
-    /// plus `other_messages` counting `other_units` (per class) held
-    /// elsewhere (retries, counted as ahead; for transactional mail only the
-    /// transactional ones, as in the queue).
+    /// plus what is held `outside` the queue (retries, the other nodes'
+    /// queues), counted as ahead: for transactional mail only the
+    /// transactional part of it, as the queue and the budgets serve it.
     pub fn admit(
         &mut self,
         now: f64,
         lane: usize,
         units: u64,
-        other_messages: usize,
-        other_units: [u64; 2],
+        outside: ClassCounts,
         fingerprint: u64,
     ) -> Result<(), Deferral> {
         let class = self.class(lane);
         let transactional = AppClass::Transactional as usize;
-        let ahead_units = match class {
-            AppClass::Transactional => self.units[transactional] + other_units[transactional],
-            AppClass::Bulk => self.units.iter().chain(&other_units).sum(),
+        let all = self.counts.plus(outside);
+        let (ahead_outside, ahead_units) = match class {
+            AppClass::Transactional => (outside.messages[transactional], all.units[transactional]),
+            AppClass::Bulk => (outside.total_messages(), all.total_units()),
         };
         let offer = Offer {
-            ahead: self.queue.ahead_of_new(lane) + other_messages,
+            ahead: self.queue.ahead_of_new(lane) + ahead_outside,
             ahead_units,
-            queued_messages: self.queue.len() + other_messages,
-            queued_units: self.units.iter().chain(&other_units).sum(),
+            queued_messages: all.total_messages(),
+            queued_units: all.total_units(),
             units,
             class,
             fingerprint,
@@ -416,15 +462,23 @@ mod tests {
         let mut scheduler = scheduler("initial_rate = \"30/min\"\nmax_queue_delay = \"10s\"");
         for _ in 0..9 {
             scheduler.push(0.0, 0, 1, "queued");
-            assert!(scheduler.admit(0.0, 0, 1, 0, [0; 2], 0).is_ok());
+            assert!(
+                scheduler
+                    .admit(0.0, 0, 1, ClassCounts::default(), 0)
+                    .is_ok()
+            );
         }
         scheduler.push(0.0, 0, 1, "queued");
         assert!(
-            scheduler.admit(0.0, 0, 1, 0, [0; 2], 0).is_err(),
+            scheduler
+                .admit(0.0, 0, 1, ClassCounts::default(), 0)
+                .is_err(),
             "the 11th would wait 11 s"
         );
         assert!(
-            scheduler.admit(0.0, 1, 1, 0, [0; 2], 0).is_ok(),
+            scheduler
+                .admit(0.0, 1, 1, ClassCounts::default(), 0)
+                .is_ok(),
             "another app's goes in the next turn"
         );
         let view = scheduler.view(4.0);
@@ -432,6 +486,37 @@ mod tests {
             (view.queued, view.oldest_age, view.lanes),
             (10, 4.0, vec![10, 0])
         );
+    }
+
+    /// Bulk mail held outside the queue (retries, another node's queue)
+    /// does not make transactional mail wait: it would take its turn in
+    /// the round robin, not go after all of it. Transactional mail held
+    /// outside does, and so does everything for bulk mail.
+    #[test]
+    fn only_transactional_mail_held_outside_is_ahead_of_transactional_mail() {
+        let config = Config::parse(
+            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n\
+             initial_rate = \"60/min\"\nheadroom = 1.0\nmax_queue_delay = \"1m\"\n",
+        )
+        .unwrap();
+        let mut scheduler: Scheduler<&str> = Scheduler::new(
+            GatewayModel::new(&config.gateways[0].shaping, 0.0),
+            vec![lane(AppClass::Transactional), lane(AppClass::Bulk)],
+        );
+        // Two minutes of bulk mail, then of transactional mail, at 1/s.
+        let bulk = ClassCounts {
+            messages: [0, 120],
+            units: [0, 120],
+        };
+        let transactional = ClassCounts {
+            messages: [120, 0],
+            units: [120, 0],
+        };
+        assert!(scheduler.admit(0.0, 0, 1, bulk, 1).is_ok());
+        let deferral = scheduler.admit(0.0, 1, 1, bulk, 2).unwrap_err();
+        assert_eq!(deferral.reason, DeferReason::QueueDelay);
+        let deferral = scheduler.admit(0.0, 0, 1, transactional, 3).unwrap_err();
+        assert_eq!(deferral.reason, DeferReason::QueueDelay);
     }
 
     #[test]
@@ -459,8 +544,14 @@ mod tests {
                 // The bulk run has used its share: transactional mail is
                 // still admitted, whatever bulk mail waits for a retry, and
                 // bulk mail is deferred for the hour.
-                assert!(scheduler.admit(now, 1, 1, 500, [0, 500], 7).is_ok());
-                let deferral = scheduler.admit(now, 0, 1, 0, [0; 2], 8).unwrap_err();
+                let bulk_retries = ClassCounts {
+                    messages: [0, 500],
+                    units: [0, 500],
+                };
+                assert!(scheduler.admit(now, 1, 1, bulk_retries, 7).is_ok());
+                let deferral = scheduler
+                    .admit(now, 0, 1, ClassCounts::default(), 8)
+                    .unwrap_err();
                 assert_eq!(deferral.reason, DeferReason::HourBudget);
             }
             loop {

@@ -21,7 +21,7 @@ use std::collections::BinaryHeap;
 use crate::config::{AppClass, Config, GatewayConfig, Horizon, ShapingConfig};
 use crate::policy::Apps;
 use crate::shaper::shared::{Elsewhere, Proposal, SharedState};
-use crate::shaper::{DeferReason, GatewayModel, Release, Scheduler};
+use crate::shaper::{ClassCounts, DeferReason, GatewayModel, Release, Scheduler};
 
 const DAY: f64 = 86_400.0;
 /// How long an app keeps offering a deferred message before giving up.
@@ -437,23 +437,19 @@ impl<'t> Replay<'t> {
     fn offer(&mut self, mut offer: Offer) {
         let now = self.now;
         // The other nodes' queues count as ahead (their heartbeats).
-        let (elsewhere, elsewhere_units) = self
+        let elsewhere = self
             .nodes
             .iter()
             .enumerate()
             .filter(|(index, _)| *index != offer.node)
-            .fold((0, [0; 2]), |(messages, units), (_, node)| {
-                let queued = node.scheduler.queued_units();
-                (
-                    messages + node.scheduler.len(),
-                    [units[0] + queued[0], units[1] + queued[1]],
-                )
+            .fold(ClassCounts::default(), |sum, (_, node)| {
+                sum.plus(node.scheduler.queued())
             });
         let node = &mut self.nodes[offer.node];
         let units = node.scheduler.units(offer.recipients as usize);
         match node
             .scheduler
-            .admit(now, offer.lane, units, elsewhere, elsewhere_units, offer.id)
+            .admit(now, offer.lane, units, elsewhere, offer.id)
         {
             Ok(()) => {
                 node.scheduler.accepted(now, || [offer.id]);

@@ -413,6 +413,28 @@ async fn a_hold_given_while_redis_is_away_holds_every_node_when_it_is_back() {
     }
 }
 
+/// Nodes a, b and c of a cluster on the Redis at `port`, each linked to
+/// `gateway` (the scripts called directly, without a service around them).
+fn three_links(port: u16, gateway: &str) -> Vec<std::sync::Arc<smtp_shaper::cluster::GatewayLink>> {
+    ["a", "b", "c"]
+        .iter()
+        .map(|node| {
+            let cluster =
+                smtp_shaper::cluster::Cluster::open(&smtp_shaper::config::ClusterConfig {
+                    redis: format!("redis://127.0.0.1:{port}/0"),
+                    node: node.to_string(),
+                    password_file: None,
+                    password_env: None,
+                    ca_file: None,
+                    expected_nodes: 3,
+                    timeout: Duration::from_secs(2),
+                })
+                .expect("cluster opens");
+            cluster.link(gateway)
+        })
+        .collect()
+}
+
 /// The Lua scripts and the in-memory reference the simulator runs
 /// (`shaper::shared::SharedState`) decide alike: the same random proposals
 /// from three nodes (budgets with a bulk share and a cap binding, the bucket
@@ -420,8 +442,7 @@ async fn a_hold_given_while_redis_is_away_holds_every_node_when_it_is_back() {
 /// grants and the same reasons.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
-    use smtp_shaper::cluster::Cluster;
-    use smtp_shaper::config::{AppClass, ClusterConfig, Horizon};
+    use smtp_shaper::config::{AppClass, Horizon};
     use smtp_shaper::shaper::shared::{
         Proposal, SharedBudget, SharedCap, SharedLimits, SharedState,
     };
@@ -430,22 +451,7 @@ async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
     let Some(_redis) = Redis::start(port) else {
         return;
     };
-    let links: Vec<_> = ["a", "b", "c"]
-        .iter()
-        .map(|node| {
-            let cluster = Cluster::open(&ClusterConfig {
-                redis: format!("redis://127.0.0.1:{port}/0"),
-                node: node.to_string(),
-                password_file: None,
-                password_env: None,
-                ca_file: None,
-                expected_nodes: 3,
-                timeout: Duration::from_secs(2),
-            })
-            .expect("cluster opens");
-            cluster.link("reference")
-        })
-        .collect();
+    let links = three_links(port, "reference");
     let mut reference = SharedState::new(3);
     let limits = SharedLimits {
         rate: 1e6,
@@ -499,6 +505,60 @@ async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
         }
     }
     assert!(granted > 20 && held > 20, "{granted} granted, {held} held");
+}
+
+/// Heartbeats tell each node what the others have queued, per class, so
+/// that transactional mail waits only behind the others' transactional
+/// mail. A node of an earlier release (a `:depth` entry and no `:txdepth`
+/// one) is still alive, and all its messages count as transactional.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_carry_the_queue_per_class_and_read_an_earlier_release() {
+    use smtp_shaper::shaper::ClassCounts;
+
+    let port = free_port();
+    let Some(_redis) = Redis::start(port) else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let links = three_links(port, "depth");
+    let queued = |transactional: usize, bulk: usize| ClassCounts {
+        messages: [transactional, bulk],
+        units: [transactional as u64 * 2, bulk as u64 * 3],
+    };
+    links[0].heartbeat(queued(3, 5), [0; 2]).await.unwrap();
+    links[1].heartbeat(queued(1, 0), [0; 2]).await.unwrap();
+    // What an earlier release writes: expiry (Redis microseconds),
+    // messages, transactional units, bulk units, busiest hour and day.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+    let expiry = seconds * 1_000_000 + micros + 10_000_000;
+    let _: () = redis::cmd("HSET")
+        .arg("smtp-shaper:{depth}:depth")
+        .arg("old")
+        .arg(format!("{expiry} 4 2 2 0 0"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let beat = links[2].heartbeat(queued(0, 0), [0; 2]).await.unwrap();
+    assert_eq!(beat.live, 4, "{beat:?}");
+    assert_eq!(
+        beat.queued_elsewhere,
+        ClassCounts {
+            messages: [3 + 1 + 4, 5],
+            units: [6 + 2 + 2, 15 + 2],
+        }
+    );
+    let beat = links[0].heartbeat(queued(3, 5), [0; 2]).await.unwrap();
+    assert_eq!(
+        beat.queued_elsewhere,
+        ClassCounts {
+            messages: [1 + 4, 0],
+            units: [2 + 2, 2],
+        },
+        "its own queue is not elsewhere"
+    );
 }
 
 /// `rediss://` with an internal CA (`ca_file`) and a password from a file:
