@@ -271,6 +271,91 @@ mod tests {
         assert_eq!(single("rate", f64::NAN), r#"{"rate":null}"#);
     }
 
+    /// The whole `/status` gateway document, field by field and in order:
+    /// a public contract (dashboards' JSON panels, scripts, `jq`).
+    #[test]
+    fn a_gateway_is_written_field_by_field_in_order() {
+        use crate::config::Horizon;
+        use crate::shaper::{BudgetView, GatewayView, ModelView};
+
+        let status = GatewayStatus {
+            name: "primary".into(),
+            address: "127.0.0.1:25".into(),
+            view: GatewayView {
+                model: ModelView {
+                    baseline: 0.5,
+                    ceiling: 1.0,
+                    demand_rate: 2.25,
+                    send_rate: 1.0,
+                    burst_ratio: 4.5,
+                    penalty: 1.0,
+                    paused_for: 0.0,
+                    deferrals: [1, 0, 0, 2, 0, 0],
+                    budgets: vec![BudgetView {
+                        horizon: Horizon::Hour,
+                        sent: 40,
+                        allowance: 60,
+                        transactional_room: 12,
+                        next_room: 0.0,
+                    }],
+                },
+                queued: 3,
+                oldest_age: 7.5,
+                lanes: vec![2, 1],
+            },
+            lane_names: vec!["billing".into(), "other".into()],
+            queued_bytes: 4096,
+            parked: 0,
+            held: false,
+            connections: 1,
+            recent_replies: vec![(1_764_180_000, "451 4.7.500 busy".into())],
+            cluster: Some(crate::cluster::ClusterView {
+                connected: true,
+                nodes: 3,
+                share_of: 3,
+            }),
+        };
+        assert_eq!(
+            to_text(&Gateway::new(&status)),
+            concat!(
+                r#"{"name":"primary","address":"127.0.0.1:25","baseline_rate":0.5,"#,
+                r#""ceiling_rate":1.0,"demand_rate":2.25,"send_rate":1.0,"burst_ratio":4.5,"#,
+                r#""queue":{"messages":3,"bytes":4096,"parked":0,"oldest_age_seconds":7.5,"#,
+                r#""held":false,"by_app":{"billing":2,"other":1}},"#,
+                r#""backoff":{"penalty":1.0,"remaining_seconds":0.0},"#,
+                r#""volume_budgets":{"1h":{"sent":40,"allowance":60,"left":20,"#,
+                r#""transactional_room":12,"next_room_seconds":0.0}},"#,
+                r#""deferrals":{"queue_delay":1,"queue_full":0,"cap":0,"hour_budget":2,"#,
+                r#""day_budget":0,"recipients":0},"connections":1,"#,
+                r#""cluster":{"connected":true,"nodes":3,"share_of":3},"#,
+                r#""recent_replies":[{"at":1764180000,"reply":"451 4.7.500 busy"}]}"#,
+            )
+        );
+    }
+
+    #[test]
+    fn the_status_document_wraps_gateways_and_sender_checks() {
+        let missing = Verdict::Missing("550 5.1.1 no such user".into());
+        let status = Status {
+            version: "0.1.0",
+            ready: true,
+            gateways: Vec::new(),
+            sender_checks: vec![
+                SenderCheck::new("app@example.com", &Verdict::Exists, 10),
+                SenderCheck::new("gone@example.com", &missing, 11),
+            ],
+        };
+        assert_eq!(
+            to_text(&status),
+            concat!(
+                r#"{"version":"0.1.0","ready":true,"gateways":[],"sender_checks":["#,
+                r#"{"address":"app@example.com","verdict":"exists","reply":null,"checked_at":10},"#,
+                r#"{"address":"gone@example.com","verdict":"missing","#,
+                r#""reply":"550 5.1.1 no such user","checked_at":11}]}"#,
+            )
+        );
+    }
+
     #[test]
     fn a_detail_is_its_summary_and_the_rest() {
         let detail = QueuedDetail {
