@@ -122,6 +122,9 @@ pub struct ServerConfig {
     pub max_connections_per_client: usize,
     /// New connections from one client address.
     pub client_connection_rate: units::Allowance,
+    /// Clients the two limits above do not apply to (the apps on the
+    /// sidecar's own host are not attackers; AUTH failures still count).
+    pub limit_exempt_networks: Vec<Network>,
     /// Failed AUTH attempts from one client address (each costs an argon2
     /// run, so this bounds the CPU one client can take).
     pub client_auth_failures: units::Allowance,
@@ -562,6 +565,9 @@ pub struct AppConfig {
     /// argon2 hash (a PHC string, `smtp-shaper hash-password` makes one).
     pub user: Option<String>,
     pub password_hash: Option<String>,
+    /// The longest wait in the queue this app's new mail takes before it
+    /// is deferred (451) instead; `None` takes the gateway's.
+    pub max_queue_delay: Option<Duration>,
 }
 
 /// Every problem found in a configuration, one line each.
@@ -742,6 +748,12 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
             "6000/min",
             units::ALLOWANCE_FORMS,
             units::parse_allowance,
+        ),
+        limit_exempt_networks: s.list(
+            "limit_exempt_networks",
+            &["127.0.0.0/8", "::1/128"],
+            NETWORK_FORMS,
+            |v| v.parse().ok(),
         ),
         client_auth_failures: s.parsed(
             "client_auth_failures",
@@ -1202,7 +1214,7 @@ fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
         headroom: s.number("headroom", 2.0, 1.0, 100.0),
         warmup: s.parsed("warmup", "2x/day", units::GROWTH_FORMS, units::parse_growth),
         burst: s.integer("burst", 5, 1, 100_000),
-        max_queue_delay: s.duration("max_queue_delay", "15m"),
+        max_queue_delay: s.duration("max_queue_delay", DEFAULT_MAX_QUEUE_DELAY),
         max_queued: s.integer("max_queued", 100_000, 1, 100_000_000),
         limits: s.list("limits", &[], LIMIT_FORMS, parse_limit),
         count: s.parsed(
@@ -1243,6 +1255,13 @@ fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
     s.finish();
     shaping
 }
+
+/// The gateway's `max_queue_delay` by default: long enough to hold a
+/// thousand-message burst whole on a gateway with no history and the
+/// shipped floors (it leaves over about two and a half days, see the
+/// README's "Holding a burst"), and shorter than `max_age` (5 days), so
+/// mail accepted on its projection leaves before it would expire.
+pub const DEFAULT_MAX_QUEUE_DELAY: &str = "4d";
 
 /// What `min_rate` and `initial_rate` accept.
 const HORIZON_RATE_FORMS: &str = "a rate such as \"10/min\", or one rate per horizon: [\"10/min\", \"60/h\", \"300/day\"] (the minute in /s or /min, the hour in /h, the day in /day)";
@@ -1373,7 +1392,15 @@ fn read_app(mut s: Section<'_>) -> AppConfig {
             "an argon2 hash such as \"$argon2id$v=19$m=19456,t=2,p=1$...\" (smtp-shaper hash-password)",
             |v| argon2::PasswordHash::new(v).ok().map(|_| v.to_string()),
         ),
+        max_queue_delay: s.optional(
+            "max_queue_delay",
+            units::DURATION_FORMS,
+            units::parse_duration,
+        ),
     };
+    if app.max_queue_delay.is_some_and(|delay| delay.is_zero()) {
+        s.problem("max_queue_delay", "must be longer than 0");
+    }
     if app.networks.is_empty() && app.senders.is_empty() && app.user.is_none() {
         s.problem(
             "networks",

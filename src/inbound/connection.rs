@@ -20,8 +20,9 @@ use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsAcceptor;
 
 use super::limits::ClientLimits;
-use super::session::{Refused, Session, Step, Transaction};
+use super::session::{Refused, Session, Step, Transaction, accepted_reply};
 use super::{Context, Refusal, RefusalReason};
+use crate::config::units::format_duration;
 use crate::shutdown::Shutdown;
 use crate::smtp::line::Framed;
 use crate::smtp::trace::{TraceInfo, received_header};
@@ -540,6 +541,7 @@ async fn store(
     let gateway = &context.config.gateways[transaction.gateway].name;
     let lane = transaction.lane;
     let recipients = transaction.recipients.len();
+    let projection = transaction.projection;
     let envelope = Envelope {
         sender: transaction.sender,
         recipients: transaction.recipients,
@@ -570,9 +572,11 @@ async fn store(
                 size,
                 client = %session.client_ip,
                 gateway = %gateway,
+                expected_wait = %format_duration(projection.wait),
+                waits_for = projection.reason.as_str(),
                 "message accepted"
             );
-            Reply::new(250, format!("2.0.0 Ok: queued as {}", stored.id)).write_to(&mut conn.out);
+            accepted_reply(&stored.id, &projection).write_to(&mut conn.out);
             context
                 .outbound
                 .accepted(stored, context.policy.apps.name(lane), message);

@@ -5,7 +5,9 @@
 //! relay), one address may open connections no faster than
 //! `client_connection_rate` (`limits`), at most `max_connections` sessions
 //! run at once and at most `max_connections_per_client` from one address
-//! (else 421).
+//! (else 421). Clients in `limit_exempt_networks` (default loopback: the
+//! apps beside the sidecar) skip the two per-address limits: an app that
+//! cannot connect loses its mail.
 //!
 //! Every refusal, here and in the sessions, carries its [`RefusalReason`],
 //! the label it is counted under in `smtp_shaper_rejections_total`.
@@ -142,7 +144,8 @@ pub async fn serve(
 }
 
 /// The checks a connection passes before any SMTP, in order: its network,
-/// its address's connection rate, a session slot, a slot of its address.
+/// its address's connection rate, a session slot, a slot of its address
+/// (`limit_exempt_networks`, default loopback: the session slot only).
 /// The slots come back with the connection admitted; a refusal is logged
 /// here with the limit it hit.
 fn admit(
@@ -151,7 +154,7 @@ fn admit(
     slots: &Arc<Semaphore>,
     per_client: &Arc<Mutex<HashMap<IpAddr, usize>>>,
     peer: SocketAddr,
-) -> Result<(OwnedSemaphorePermit, ClientSlot), Refusal> {
+) -> Result<(OwnedSemaphorePermit, Option<ClientSlot>), Refusal> {
     let host = &server.hostname;
     let ip = peer.ip();
     if !Network::any_contains(&server.allowed_networks, ip) {
@@ -162,6 +165,12 @@ fn admit(
             format!("5.7.1 {host} Access denied: {ip} may not relay here"),
         ));
     }
+    if Network::any_contains(&server.limit_exempt_networks, ip) {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            return Err(too_many_connections(server, peer));
+        };
+        return Ok((slot, None));
+    }
     if !limits.connection(ip) {
         tracing::warn!(client = %peer, limit = ?server.client_connection_rate, "connection refused: client connecting too often");
         return Err(Refusal::new(
@@ -171,12 +180,7 @@ fn admit(
         ));
     }
     let Ok(slot) = slots.clone().try_acquire_owned() else {
-        tracing::warn!(client = %peer, limit = server.max_connections, "connection refused: too many connections");
-        return Err(Refusal::new(
-            RefusalReason::TooManyConnections,
-            421,
-            format!("4.7.0 {host} Error: too many connections, try again later"),
-        ));
+        return Err(too_many_connections(server, peer));
     };
     let Some(client_slot) = ClientSlot::take(per_client, ip, server.max_connections_per_client)
     else {
@@ -187,7 +191,20 @@ fn admit(
             format!("4.7.0 {host} Error: too many connections from {ip}, try again later"),
         ));
     };
-    Ok((slot, client_slot))
+    Ok((slot, Some(client_slot)))
+}
+
+/// `max_connections` sessions run already (every client, exempt or not).
+fn too_many_connections(server: &ServerConfig, peer: SocketAddr) -> Refusal {
+    tracing::warn!(client = %peer, limit = server.max_connections, "connection refused: too many connections");
+    Refusal::new(
+        RefusalReason::TooManyConnections,
+        421,
+        format!(
+            "4.7.0 {} Error: too many connections, try again later",
+            server.hostname
+        ),
+    )
 }
 
 /// Counts a refusal in `smtp_shaper_rejections_total` under its reason.

@@ -19,7 +19,7 @@ use super::{Refusal, RefusalReason};
 use crate::config::ServerConfig;
 use crate::config::units::format_duration;
 use crate::policy::Policy;
-use crate::shaper::{Admission, DeferReason, Deferral, fingerprints};
+use crate::shaper::{Admission, DeferReason, Deferral, Projection, fingerprints};
 use crate::smtp::{Command, CommandError, DataError, LineError, MailParams, Reply, trace};
 
 /// What the connection does after a command.
@@ -55,6 +55,16 @@ pub enum Refused {
     Close(Refusal),
 }
 
+impl Step {
+    /// The command succeeded (a 2xx or 3xx reply, the connection stays).
+    fn is_positive(&self) -> bool {
+        match self {
+            Step::Reply(reply) | Step::Data(reply) | Step::StartTls(reply) => reply.code < 400,
+            _ => false,
+        }
+    }
+}
+
 impl From<Refused> for Step {
     fn from(refused: Refused) -> Step {
         match refused {
@@ -77,7 +87,7 @@ enum AuthExchange {
 }
 
 /// The envelope being built by MAIL and RCPT.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Transaction {
     pub sender: String,
     pub params: MailParams,
@@ -86,6 +96,9 @@ pub struct Transaction {
     /// The app (lane) sending it.
     pub lane: usize,
     pub recipients: Vec<String>,
+    /// The wait admission projects for the message (at its last RCPT):
+    /// the `250` after DATA says it when it is long.
+    pub projection: Projection,
 }
 
 /// One client's session.
@@ -101,6 +114,11 @@ pub struct Session<'a> {
     /// Commands since the last message that moved no mail (see
     /// `max_junk_commands`).
     junk: u32,
+    /// The client may say RSET or NOOP once without it counting as junk:
+    /// its MAIL or RCPT was refused (Python's smtplib says RSET then), or a
+    /// message ended (clients that keep a connection reset or probe it
+    /// between messages).
+    reset_owed: bool,
     /// The connection is encrypted (after STARTTLS or on the TLS listener).
     tls: bool,
     /// The app the client logged in as (its lane).
@@ -127,6 +145,7 @@ impl<'a> Session<'a> {
             transaction: None,
             errors: 0,
             junk: 0,
+            reset_owed: false,
             tls: false,
             login: None,
             auth_exchange: None,
@@ -193,6 +212,9 @@ impl<'a> Session<'a> {
             Err(error) => return self.refuse(command_error_reply(error)).into(),
         };
         let junk = match &command {
+            Command::Noop | Command::Rset if std::mem::take(&mut self.reset_owed) => false,
+            // RSET ending a transaction moves it on.
+            Command::Rset if self.transaction.is_some() => false,
             Command::Noop | Command::Rset | Command::Vrfy | Command::Help => true,
             Command::Ehlo(_) | Command::Helo(_) => self.helo.is_some(),
             _ => false,
@@ -238,8 +260,16 @@ impl<'a> Session<'a> {
                 self.transaction = None;
                 Step::Reply(Reply::new(250, self.server.hostname.clone()))
             }
-            Command::Mail { from, params } => self.mail(from, params),
-            Command::Rcpt { to } => self.rcpt(to),
+            Command::Mail { from, params } => {
+                let step = self.mail(from, params);
+                self.reset_owed = !step.is_positive();
+                step
+            }
+            Command::Rcpt { to } => {
+                let step = self.rcpt(to);
+                self.reset_owed = !step.is_positive();
+                step
+            }
             Command::Data => match &self.transaction {
                 None => self.out_of_sequence("5.5.1 Error: need MAIL and RCPT commands first"),
                 Some(transaction) if transaction.recipients.is_empty() => {
@@ -302,6 +332,7 @@ impl<'a> Session<'a> {
             sender: from,
             params,
             recipients: Vec::new(),
+            projection: Projection::AT_ONCE,
         });
         Step::Reply(reply)
     }
@@ -401,14 +432,15 @@ impl<'a> Session<'a> {
         )
         .last()
         .unwrap_or_default();
-        if let Err(deferral) = self.admission.admit(
+        match self.admission.admit(
             &self.policy.gateways[transaction.gateway],
             self.policy.apps.name(transaction.lane),
             transaction.recipients.len() + 1,
             fingerprint,
         ) {
+            Ok(projection) => transaction.projection = projection,
             // Not counted as an error: the client did nothing wrong.
-            return Step::Reply(deferral_reply(&deferral));
+            Err(deferral) => return Step::Reply(deferral_reply(&deferral)),
         }
         let reply = Reply::new(250, format!("2.1.5 Recipient <{to}> ok"));
         transaction.recipients.push(to);
@@ -590,6 +622,7 @@ impl<'a> Session<'a> {
             .transaction
             .take()
             .expect("DATA is only entered with an open transaction");
+        self.reset_owed = true;
         match body {
             Ok(body) if trace::received_count(&body) >= trace::MAX_HOPS => {
                 Err(self.refuse(Refusal::new(
@@ -682,6 +715,24 @@ fn bad_base64() -> Refusal {
     )
 }
 
+/// The `250` to a stored message: its queue id, and when it is expected to
+/// leave and why, when that is more than a minute away (mail waiting for
+/// room is held, not refused: the app learns the wait without having to
+/// retry).
+pub fn accepted_reply(queue_id: &str, projection: &Projection) -> Reply {
+    if projection.wait <= 60.0 || !projection.wait.is_finite() {
+        return Reply::new(250, format!("2.0.0 Ok: queued as {queue_id}"));
+    }
+    Reply::new(
+        250,
+        format!(
+            "2.0.0 Ok: queued as {queue_id}; leaves in about {} ({})",
+            format_duration(projection.wait),
+            projection.reason.describe()
+        ),
+    )
+}
+
 /// `451 4.7.1` with why and when to come back, before the body is sent.
 fn deferral_reply(deferral: &Deferral) -> Reply {
     if deferral.reason == DeferReason::Recipients {
@@ -758,9 +809,9 @@ mod tests {
             _app: &str,
             recipients: usize,
             _fingerprint: u64,
-        ) -> Result<(), Deferral> {
+        ) -> Result<Projection, Deferral> {
             if recipients <= self.0 {
-                Ok(())
+                Ok(Projection::AT_ONCE)
             } else {
                 Err(Deferral {
                     reason: DeferReason::QueueDelay,
@@ -900,6 +951,44 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_reset_after_a_refused_recipient_or_between_messages_is_not_junk() {
+        let mut config = Config::embedded_default();
+        config.server.max_junk_commands = 3;
+        let policy = crate::policy::Policy::from_config(&config);
+        // Every recipient deferred: Python's smtplib answers each with RSET
+        // on the one connection it sends a whole run on.
+        let mut session = local_session(&config, &policy, &Admit(0));
+        run(&mut session, "EHLO app.test");
+        for _ in 0..20 {
+            assert_eq!(code(run(&mut session, "MAIL FROM:<a@b.test>")), 250);
+            assert_eq!(code(run(&mut session, "RCPT TO:<x@y.test>")), 451);
+            assert_eq!(code(run(&mut session, "RSET")), 250);
+        }
+        // The allowance owed is one command, not a free pass.
+        for line in ["RSET", "NOOP", "RSET"] {
+            assert_eq!(code(run(&mut session, line)), 250);
+        }
+        assert!(
+            matches!(run(&mut session, "NOOP"), Step::RefuseAndClose(refusal) if refusal.reply.code == 421)
+        );
+
+        // A MAIL that is accepted and reset, over and over, moves no mail.
+        let mut session = local_session(&config, &policy, &Admit(usize::MAX));
+        run(&mut session, "EHLO app.test");
+        let mut closed = false;
+        for _ in 0..10 {
+            run(&mut session, "MAIL FROM:<a@b.test>");
+            run(&mut session, "RCPT TO:<x@y.test>");
+            if matches!(run(&mut session, "NOOP"), Step::RefuseAndClose(_)) {
+                closed = true;
+                break;
+            }
+            run(&mut session, "RSET");
+        }
+        assert!(closed, "NOOPs inside accepted transactions still count");
+    }
+
     fn reason(step: Step) -> Option<RefusalReason> {
         match step {
             Step::Refuse(refusal) | Step::RefuseAndClose(refusal) => Some(refusal.reason),
@@ -911,7 +1000,7 @@ mod tests {
     struct OverBudget;
 
     impl Admission for OverBudget {
-        fn admit(&self, _: &str, _: &str, _: usize, _: u64) -> Result<(), Deferral> {
+        fn admit(&self, _: &str, _: &str, _: usize, _: u64) -> Result<Projection, Deferral> {
             Err(Deferral {
                 reason: DeferReason::Recipients,
                 projected_wait: 0.0,

@@ -21,7 +21,7 @@ use super::{Gateway, dkim, verify};
 use crate::cluster::{Cluster, HEARTBEAT_INTERVAL};
 use crate::config::{Config, GatewayConfig};
 use crate::policy::{Apps, Policy};
-use crate::shaper::{Admission, Deferral, GatewayModel, GatewayView, SavedState};
+use crate::shaper::{Admission, Deferral, GatewayModel, GatewayView, Projection, SavedState};
 use crate::shutdown::Shutdown;
 use crate::spool::{Spool, StoredMessage};
 use crate::telemetry::Metrics;
@@ -335,9 +335,9 @@ impl Admission for Generation {
         app: &str,
         recipients: usize,
         fingerprint: u64,
-    ) -> Result<(), Deferral> {
+    ) -> Result<Projection, Deferral> {
         let Some(index) = self.by_name.get(gateway) else {
-            return Ok(());
+            return Ok(Projection::AT_ONCE);
         };
         let gateway = &self.gateways[*index];
         let lane = self.apps.lane_named(app);

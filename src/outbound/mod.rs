@@ -33,7 +33,7 @@ use std::time::Duration;
 use crate::cluster::Cluster;
 use crate::config::{Config, GatewayConfig};
 use crate::policy::Policy;
-use crate::shaper::{Admission, Deferral, GatewayView};
+use crate::shaper::{Admission, Deferral, GatewayView, Projection};
 use crate::spool::{Recovery, Spool, StoredMessage, unix_seconds};
 use crate::telemetry::{
     AdminError, GatewayStatus, Listing, Metrics, Page, QueuedDetail, QueuedSummary, Queues,
@@ -241,7 +241,7 @@ impl Admission for Outbound {
         app: &str,
         recipients: usize,
         fingerprint: u64,
-    ) -> Result<(), Deferral> {
+    ) -> Result<Projection, Deferral> {
         self.current().admit(gateway, app, recipients, fingerprint)
     }
 }

@@ -53,8 +53,8 @@ use crate::cluster::{ClusterError, ClusterView, GatewayLink, Heartbeat, Reading}
 use crate::config::AppClass;
 use crate::shaper::shared::{Ledger, Proposal, SharedFeedback, SharedLimits};
 use crate::shaper::{
-    ClassCounts, Deferral, GatewayModel, GatewayView, Lane, Release, SavedState, Scheduler,
-    WindowCounts, fingerprints,
+    ClassCounts, Deferral, GatewayModel, GatewayView, Lane, Projection, Release, SavedState,
+    Scheduler, WindowCounts, fingerprints,
 };
 use crate::spool::{Spool, StoredMessage};
 
@@ -1276,7 +1276,12 @@ impl DeliveryQueue {
     /// retry count as ahead of it, and in cluster mode the other nodes'
     /// queues: they need sending too (for transactional mail, their
     /// transactional part: see [`Scheduler::admit`]).
-    pub fn admit(&self, lane: usize, recipients: usize, fingerprint: u64) -> Result<(), Deferral> {
+    pub fn admit(
+        &self,
+        lane: usize,
+        recipients: usize,
+        fingerprint: u64,
+    ) -> Result<Projection, Deferral> {
         let mut state = self.lock();
         let now = self.now();
         let units = state.scheduler.units(recipients);
@@ -1507,6 +1512,7 @@ mod tests {
                 Lane {
                     weight: 1,
                     class: crate::config::AppClass::Transactional,
+                    max_queue_delay: None,
                 };
                 2
             ],
@@ -1555,6 +1561,7 @@ mod tests {
         let transactional = Lane {
             weight: 1,
             class: crate::config::AppClass::Transactional,
+            max_queue_delay: None,
         };
         parking_queue_with(spool, active_limit, vec![transactional; 2])
     }
@@ -1695,6 +1702,7 @@ mod tests {
                 .map(|_| Lane {
                     weight: rng.u32(1..4),
                     class: crate::config::AppClass::Transactional,
+                    max_queue_delay: None,
                 })
                 .collect();
             let mut items = stored(&spool, rng.usize(10..40)).await;

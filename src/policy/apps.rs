@@ -145,17 +145,20 @@ impl Apps {
     }
 
     /// The lanes of the fair queue: each app's `priority` and `class`;
-    /// `other` has priority 1 and is transactional.
+    /// `other` has priority 1, is transactional and waits as long as the
+    /// gateway's `max_queue_delay`.
     pub fn lanes(&self) -> Vec<Lane> {
         self.apps
             .iter()
             .map(|app| Lane {
                 weight: app.priority,
                 class: app.class,
+                max_queue_delay: app.max_queue_delay,
             })
             .chain([Lane {
                 weight: 1,
                 class: AppClass::Transactional,
+                max_queue_delay: None,
             }])
             .collect()
     }

@@ -34,7 +34,9 @@ pub mod volume;
 
 pub use demand::fingerprints;
 pub use feedback::is_throttling;
-pub use model::{CeilingChange, DeferReason, Deferral, GatewayModel, ModelView, WindowCounts};
+pub use model::{
+    CeilingChange, DeferReason, Deferral, GatewayModel, ModelView, Projection, WindowCounts,
+};
 pub use scheduler::{ClassCounts, GatewayView, Lane, Release, Scheduler};
 pub use state::SavedState;
 pub use volume::{BudgetReached, BudgetView};
@@ -53,5 +55,5 @@ pub trait Admission: Send + Sync {
         app: &str,
         recipients: usize,
         fingerprint: u64,
-    ) -> Result<(), Deferral>;
+    ) -> Result<Projection, Deferral>;
 }

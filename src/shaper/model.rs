@@ -40,7 +40,8 @@ pub enum Decision {
     Save,
 }
 
-/// Why new mail was deferred; a fixed set, so it can label a metric.
+/// Why new mail waits, and beyond its app's `max_queue_delay` is deferred;
+/// a fixed set, so it can label a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DeferReason {
     /// queued / ceiling would exceed `max_queue_delay`.
@@ -80,6 +81,19 @@ impl DeferReason {
         }
     }
 
+    /// The part of the shaping a wait is for, as the `250` and `451`
+    /// replies and the logs say it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DeferReason::QueueDelay => "the gateway's send rate",
+            DeferReason::QueueFull => "the queue for this gateway is full",
+            DeferReason::Cap => "the gateway's sending cap",
+            DeferReason::HourBudget => "hourly volume budget",
+            DeferReason::DayBudget => "daily volume budget",
+            DeferReason::Recipients => "recipients per message",
+        }
+    }
+
     fn budget(horizon: Horizon) -> DeferReason {
         match horizon {
             Horizon::Hour => DeferReason::HourBudget,
@@ -103,6 +117,29 @@ pub struct Offer {
     pub class: AppClass,
     /// The envelope's fingerprint (`demand::fingerprints`).
     pub fingerprint: u64,
+    /// The longest wait the sending app takes, in seconds (its
+    /// `max_queue_delay`, else the gateway's): beyond it, 451.
+    pub max_delay: f64,
+}
+
+/// Where accepted mail stands: the wait it is projected to have in the
+/// queue, and what sets it (the `250` reply says both when the wait is
+/// long; held mail is counted by it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Projection {
+    /// Seconds.
+    pub wait: f64,
+    /// The part of the shaping it waits for: `QueueDelay` (the minute
+    /// ceiling, or a throttling pause), `Cap`, `HourBudget` or `DayBudget`.
+    pub reason: DeferReason,
+}
+
+impl Projection {
+    /// Sent at once: nothing ahead, nothing held.
+    pub const AT_ONCE: Projection = Projection {
+        wait: 0.0,
+        reason: DeferReason::QueueDelay,
+    };
 }
 
 /// An admission refusal: why, and when to come back.
@@ -441,9 +478,12 @@ impl GatewayModel {
         hold
     }
 
-    /// Would new mail wait too long? Counts a deferral, and a deferred
-    /// offer's demand (once per envelope).
-    pub fn admit(&mut self, now: f64, offer: &Offer) -> Result<(), Deferral> {
+    /// How long new mail would wait here, and what for: held mail is
+    /// accepted and released along the rule, so a wait is a refusal only
+    /// beyond the lane's bound (`Offer::max_delay`), with `max_queued`
+    /// messages queued, or for a message no budget can ever pass. Counts a
+    /// deferral, and a deferred offer's demand (once per envelope).
+    pub fn admit(&mut self, now: f64, offer: &Offer) -> Result<Projection, Deferral> {
         self.update(now);
         let Offer {
             ahead,
@@ -453,8 +493,8 @@ impl GatewayModel {
             units,
             class,
             fingerprint,
+            max_delay: bound,
         } = *offer;
-        let bound = self.config.max_queue_delay.as_secs_f64();
         if let Some(biggest) = self.volume.biggest(now, class)
             && units > biggest
         {
@@ -467,49 +507,28 @@ impl GatewayModel {
                 retry_after: 0.0,
             });
         }
-        let pause = (self.paused_until - now).max(0.0);
-        let queue_wait = pause + (ahead + 1) as f64 / self.bucket_rate();
-        let share = self.share;
-        let cap_wait = self
-            .caps
-            .iter_mut()
-            .map(|cap| cap.wait_behind(now, (queued_units + units) * share))
-            .fold(0.0, f64::max);
-        let budget = self
-            .volume
-            .projected_wait(now, ahead_units * share, units * share, class)
-            .map(|held| (pause + held.wait, DeferReason::budget(held.horizon)));
+        let projection = self.project(now, ahead, ahead_units, queued_units, units, class);
         let deferral = if queued_messages >= self.config.max_queued {
             Some(Deferral {
                 reason: DeferReason::QueueFull,
-                projected_wait: queue_wait,
-                retry_after: (queue_wait - bound).max(bound),
+                projected_wait: projection.wait,
+                retry_after: if projection.wait.is_finite() {
+                    (projection.wait - bound).max(bound)
+                } else {
+                    86_400.0
+                },
             })
-        } else if cap_wait > bound && cap_wait >= queue_wait {
+        } else if projection.wait > bound {
             Some(Deferral {
-                reason: DeferReason::Cap,
-                projected_wait: cap_wait,
-                retry_after: cap_wait - bound,
-            })
-        } else if let Some((wait, reason)) =
-            budget.filter(|(wait, _)| *wait > bound && *wait > queue_wait)
-        {
-            Some(Deferral {
-                reason,
-                projected_wait: wait,
-                retry_after: if wait.is_finite() {
-                    wait - bound
+                reason: projection.reason,
+                projected_wait: projection.wait,
+                retry_after: if projection.wait.is_finite() {
+                    projection.wait - bound
                 } else {
                     // No room in sight (a message bigger than the allowance
                     // could ever grow to): come back in a day.
                     86_400.0
                 },
-            })
-        } else if queue_wait > bound {
-            Some(Deferral {
-                reason: DeferReason::QueueDelay,
-                projected_wait: queue_wait,
-                retry_after: queue_wait - bound,
             })
         } else {
             None
@@ -522,8 +541,56 @@ impl GatewayModel {
                     .deferred(now, fingerprint, now + deferral.retry_after + bound);
                 Err(deferral)
             }
-            None => Ok(()),
+            None => Ok(projection),
         }
+    }
+
+    /// The wait of new mail behind `ahead` messages (`ahead_units` of them
+    /// for the budgets, `queued_units` for the caps), and the part of the
+    /// shaping that sets it: the longest of the minute ceiling (with a
+    /// throttling pause), the caps and the hour and day budgets.
+    fn project(
+        &mut self,
+        now: f64,
+        ahead: usize,
+        ahead_units: u64,
+        queued_units: u64,
+        units: u64,
+        class: AppClass,
+    ) -> Projection {
+        let pause = (self.paused_until - now).max(0.0);
+        let mut longest = Projection {
+            wait: pause + (ahead + 1) as f64 / self.bucket_rate(),
+            reason: DeferReason::QueueDelay,
+        };
+        let share = self.share;
+        let cap_wait = self
+            .caps
+            .iter_mut()
+            .map(|cap| cap.wait_behind(now, (queued_units + units) * share))
+            .fold(0.0, f64::max);
+        if cap_wait > longest.wait {
+            longest = Projection {
+                wait: cap_wait,
+                reason: DeferReason::Cap,
+            };
+        }
+        if let Some(held) =
+            self.volume
+                .projected_wait(now, ahead_units * share, units * share, class)
+            && pause + held.wait > longest.wait
+        {
+            longest = Projection {
+                wait: pause + held.wait,
+                reason: DeferReason::budget(held.horizon),
+            };
+        }
+        longest
+    }
+
+    /// The gateway's `max_queue_delay` (an app may set its own).
+    pub fn max_queue_delay(&self) -> std::time::Duration {
+        self.config.max_queue_delay
     }
 
     /// What a send of `units` counts in the caps and budgets now (its
@@ -734,9 +801,11 @@ mod tests {
     }
 
     /// One message of a transactional app with `ahead` messages (and units)
-    /// before it, out of `queued`.
-    fn offer(ahead: usize, queued: usize, queued_units: u64) -> Offer {
+    /// before it, out of `queued`, that waits up to the gateway's
+    /// `max_queue_delay`.
+    fn offer(model: &GatewayModel, ahead: usize, queued: usize, queued_units: u64) -> Offer {
         Offer {
+            max_delay: model.max_queue_delay().as_secs_f64(),
             ahead,
             ahead_units: ahead as u64,
             queued_messages: queued,
@@ -896,7 +965,7 @@ mod tests {
     fn a_message_bigger_than_the_budgets_let_through_is_split_by_the_client() {
         let config = shaping("count = \"recipients\"\nmin_rate = [\"10/min\", \"20/h\"]");
         let mut model = GatewayModel::new(&config, 0.0);
-        let mut offer = offer(0, 0, 0);
+        let mut offer = offer(&model, 0, 0, 0);
         offer.units = 20;
         assert!(
             model.admit(0.0, &offer).is_ok(),
@@ -921,24 +990,56 @@ mod tests {
         );
         let mut model = GatewayModel::new(&config, 0.0);
         // Ceiling 1/s: 599 queued means the next waits 600 s, which is allowed.
-        assert!(model.admit(0.0, &offer(599, 599, 599)).is_ok());
-        let deferral = model.admit(0.0, &offer(700, 700, 700)).unwrap_err();
+        assert!(model.admit(0.0, &offer(&model, 599, 599, 599)).is_ok());
+        let deferral = model.admit(0.0, &offer(&model, 700, 700, 700)).unwrap_err();
         assert_eq!(deferral.reason, DeferReason::QueueDelay);
         assert!((deferral.retry_after - 101.0).abs() < 1e-6);
         assert_eq!(
             model
-                .admit(0.0, &offer(10, 5_000, 5_000))
+                .admit(0.0, &offer(&model, 10, 5_000, 5_000))
                 .unwrap_err()
                 .reason,
             DeferReason::QueueFull
         );
-        let config = shaping("limits = [\"100/day\"]");
+        let config = shaping("limits = [\"100/day\"]\nmax_queue_delay = \"1h\"");
         let mut model = GatewayModel::new(&config, 0.0);
         assert_eq!(
-            model.admit(0.0, &offer(100, 100, 100)).unwrap_err().reason,
+            model
+                .admit(0.0, &offer(&model, 100, 100, 100))
+                .unwrap_err()
+                .reason,
             DeferReason::Cap
         );
         assert_eq!(model.view(0.0).deferrals, [0, 0, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn waiting_for_room_is_held_up_to_the_apps_own_bound() {
+        // A gateway with no history and the shipped floors: 300 a day.
+        let config = shaping("min_rate = [\"10/min\", \"60/h\", \"300/day\"]");
+        let mut model = GatewayModel::new(&config, 0.0);
+        let mut offer = offer(&model, 999, 999, 999);
+        let projection = model.admit(0.0, &offer).expect("held, not refused");
+        assert_eq!(projection.reason, DeferReason::DayBudget);
+        assert!(
+            projection.wait > DAY && projection.wait < 4.0 * DAY,
+            "the thousandth message leaves in days, not never: {}",
+            projection.wait
+        );
+        assert_eq!(model.view(0.0).deferrals, [0; 6], "nothing refused");
+        // An app that keeps its own backlog (an MTA) says so with a short
+        // bound, and hears 451 for the same wait.
+        offer.max_delay = 900.0;
+        let deferral = model.admit(0.0, &offer).unwrap_err();
+        assert_eq!(deferral.reason, DeferReason::DayBudget);
+        assert_eq!(deferral.projected_wait, projection.wait);
+        // Mail with nothing ahead leaves at once.
+        let first = model.admit(0.0, &offer_at_once(&model)).unwrap();
+        assert!(first.wait <= 1.0, "{first:?}");
+    }
+
+    fn offer_at_once(model: &GatewayModel) -> Offer {
+        offer(model, 0, 0, 0)
     }
 
     #[test]

@@ -11,12 +11,13 @@
 
 use super::fair::FairQueue;
 use super::model::{
-    CeilingChange, Decision, Deferral, GatewayModel, ModelView, Offer, WindowCounts,
+    CeilingChange, Decision, Deferral, GatewayModel, ModelView, Offer, Projection, WindowCounts,
 };
 use super::shared::{Elsewhere, SharedFeedback, SharedLimits};
 use super::state::SavedState;
 use super::volume::BudgetReached;
 use crate::config::AppClass;
+use std::time::Duration;
 
 struct Entry<T> {
     queued_at: f64,
@@ -24,12 +25,15 @@ struct Entry<T> {
     item: T,
 }
 
-/// One app's lane: its share of the round robin and its class.
+/// One app's lane: its share of the round robin, its class and the
+/// longest wait its app takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lane {
     /// Messages per turn (the app's `priority`).
     pub weight: u32,
     pub class: AppClass,
+    /// The app's `max_queue_delay`; `None` takes the gateway's.
+    pub max_queue_delay: Option<Duration>,
 }
 
 /// What [`Scheduler::next`] hands out.
@@ -65,7 +69,7 @@ pub struct GatewayView {
 /// See the module notes.
 pub struct Scheduler<T> {
     queue: FairQueue<Entry<T>>,
-    classes: Vec<AppClass>,
+    lanes: Vec<Lane>,
     /// What the fair queue holds, per class.
     counts: ClassCounts,
     model: GatewayModel,
@@ -121,7 +125,7 @@ impl<T> Scheduler<T> {
     pub fn new(model: GatewayModel, lanes: Vec<Lane>) -> Scheduler<T> {
         Scheduler {
             queue: FairQueue::new(lanes.iter().map(|lane| lane.weight).collect()),
-            classes: lanes.iter().map(|lane| lane.class).collect(),
+            lanes,
             counts: ClassCounts::default(),
             model,
         }
@@ -138,7 +142,20 @@ impl<T> Scheduler<T> {
     /// The class of `lane` (an unknown lane is the last one's, as in the
     /// fair queue).
     pub fn class(&self, lane: usize) -> AppClass {
-        self.classes[lane.min(self.classes.len() - 1)]
+        self.lane(lane).class
+    }
+
+    /// The longest wait new mail of `lane` takes, in seconds: its app's
+    /// `max_queue_delay`, else the gateway's.
+    pub fn max_delay(&self, lane: usize) -> f64 {
+        self.lane(lane)
+            .max_queue_delay
+            .unwrap_or(self.model.max_queue_delay())
+            .as_secs_f64()
+    }
+
+    fn lane(&self, lane: usize) -> &Lane {
+        &self.lanes[lane.min(self.lanes.len() - 1)]
     }
 
     /// Units a message with `recipients` recipients counts against the caps
@@ -320,7 +337,7 @@ impl<T> Scheduler<T> {
         units: u64,
         outside: ClassCounts,
         fingerprint: u64,
-    ) -> Result<(), Deferral> {
+    ) -> Result<Projection, Deferral> {
         let class = self.class(lane);
         let transactional = AppClass::Transactional as usize;
         let all = self.counts.plus(outside);
@@ -336,6 +353,7 @@ impl<T> Scheduler<T> {
             units,
             class,
             fingerprint,
+            max_delay: self.max_delay(lane),
         };
         self.model.admit(now, &offer)
     }
@@ -431,7 +449,11 @@ mod tests {
     }
 
     fn lane(class: AppClass) -> Lane {
-        Lane { weight: 1, class }
+        Lane {
+            weight: 1,
+            class,
+            max_queue_delay: None,
+        }
     }
 
     #[test]

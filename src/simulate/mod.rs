@@ -451,7 +451,7 @@ impl<'t> Replay<'t> {
             .scheduler
             .admit(now, offer.lane, units, elsewhere, offer.id)
         {
-            Ok(()) => {
+            Ok(_) => {
                 node.scheduler.accepted(now, || [offer.id]);
                 node.scheduler.push(now, offer.lane, units, offer);
                 node.release_at = now;

@@ -19,6 +19,7 @@ fn portal() -> AppConfig {
         dsn: false,
         user: Some("portal".into()),
         password_hash: Some(quick_hash("s3cret")),
+        max_queue_delay: None,
     }
 }
 
@@ -169,6 +170,7 @@ async fn rule_3_a_sender_the_gateway_does_not_know_is_refused() {
         dsn: false,
         user: None,
         password_hash: None,
+        max_queue_delay: None,
     }];
     let service = support::start(config).await;
     eventually("both senders checked", || {

@@ -32,6 +32,7 @@ fn app(name: &str, network: [u8; 4], dsn: bool) -> AppConfig {
         dsn,
         user: None,
         password_hash: None,
+        max_queue_delay: None,
     }
 }
 

@@ -107,6 +107,7 @@ fn app(name: &str, senders: &[&str]) -> AppConfig {
         dsn: false,
         user: None,
         password_hash: None,
+        max_queue_delay: None,
     }
 }
 

@@ -299,6 +299,7 @@ async fn python_smtplib_logs_in_as_an_app_over_starttls() {
             dsn: false,
             user: Some("portal".into()),
             password_hash: Some(support::quick_hash("s3cret")),
+            max_queue_delay: None,
         }];
     })
     .await;
