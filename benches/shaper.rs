@@ -120,14 +120,17 @@ fn push_and_release(shaping: &str, items: &[StoredMessage]) -> (f64, u64) {
         Lane {
             weight: 1,
             class: AppClass::Transactional,
+            max_queue_delay: None,
         },
         Lane {
             weight: 1,
             class: AppClass::Transactional,
+            max_queue_delay: None,
         },
         Lane {
             weight: 1,
             class: AppClass::Bulk,
+            max_queue_delay: None,
         },
     ];
     let before = rss_kib();

@@ -568,6 +568,10 @@ pub struct AppConfig {
     /// The longest wait in the queue this app's new mail takes before it
     /// is deferred (451) instead; `None` takes the gateway's.
     pub max_queue_delay: Option<Duration>,
+    /// How long this app's mail may stay queued, held or retried, before
+    /// it is dead-lettered (and reported with `dsn`); `None` takes the
+    /// gateway's `max_age` (5 days, Postfix's `maximal_queue_lifetime`).
+    pub expire_after: Option<Duration>,
 }
 
 /// Every problem found in a configuration, one line each.
@@ -1397,9 +1401,21 @@ fn read_app(mut s: Section<'_>) -> AppConfig {
             units::DURATION_FORMS,
             units::parse_duration,
         ),
+        expire_after: s.optional("expire_after", units::DURATION_FORMS, units::parse_duration),
     };
     if app.max_queue_delay.is_some_and(|delay| delay.is_zero()) {
         s.problem("max_queue_delay", "must be longer than 0");
+    }
+    if app.expire_after.is_some_and(|after| after.is_zero()) {
+        s.problem("expire_after", "must be longer than 0");
+    }
+    if let (Some(delay), Some(after)) = (app.max_queue_delay, app.expire_after)
+        && delay >= after
+    {
+        s.problem(
+            "max_queue_delay",
+            "must be shorter than expire_after: mail accepted to wait that long would expire first",
+        );
     }
     if app.networks.is_empty() && app.senders.is_empty() && app.user.is_none() {
         s.problem(

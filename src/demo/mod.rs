@@ -856,6 +856,7 @@ mod tests {
             queued: 0,
             oldest_age: 0.0,
             lanes: vec![0, 0, 0],
+            drain: crate::shaper::Projection::AT_ONCE,
         }
     }
 

@@ -109,6 +109,7 @@ impl Generation {
                     queued_bytes,
                     parked: gateway.queue.parked(),
                     held: gateway.queue.is_held(),
+                    max_age: gateway.config.max_age,
                     cluster: gateway.queue.cluster_view(),
                     connections: self
                         .metrics

@@ -16,12 +16,14 @@ use tokio::time::Instant;
 use super::client::Credentials;
 use super::queue::{DeliveryQueue, Parked, Parking, Queued};
 use super::retry::Backoff;
-use super::worker::{WorkerContext, worker};
+use super::worker::{WorkerContext, expiry, worker};
 use super::{Gateway, dkim, verify};
 use crate::cluster::{Cluster, HEARTBEAT_INTERVAL};
-use crate::config::{Config, GatewayConfig};
+use crate::config::{Config, GatewayConfig, Horizon};
 use crate::policy::{Apps, Policy};
-use crate::shaper::{Admission, Deferral, GatewayModel, GatewayView, Projection, SavedState};
+use crate::shaper::{
+    Admission, BudgetView, Deferral, GatewayModel, GatewayView, Projection, SavedState,
+};
 use crate::shutdown::Shutdown;
 use crate::spool::{Spool, StoredMessage};
 use crate::telemetry::Metrics;
@@ -123,11 +125,13 @@ impl Generation {
             helo_name: config.server.hostname.clone(),
             metrics: metrics.clone(),
             report_lane: apps.other_lane(),
+            lifetimes: Arc::new(apps.lifetimes()),
         };
         for gateway in &gateways {
             for _ in 0..gateway.config.max_connections {
                 tasks.spawn(worker(gateway.clone(), context.clone(), shutdown.clone()));
             }
+            tasks.spawn(expiry(gateway.clone(), context.clone(), shutdown.clone()));
             if cluster.is_some() {
                 tasks.spawn(heartbeats(gateway.clone(), shutdown.clone()));
             }
@@ -418,9 +422,31 @@ fn open_queue(
         history = if saved.is_some() { "restored" } else { "none (initial_rate)" },
         baseline = %shaping.rate_period.format(model.baseline),
         ceiling = %shaping.rate_period.format(model.ceiling),
+        hour_allowance = %allowance(&model.budgets, Horizon::Hour),
+        day_allowance = %allowance(&model.budgets, Horizon::Day),
         "shaping model ready"
     );
+    if saved.is_none() && shaping.initial_volume.iter().all(Option::is_none) {
+        tracing::info!(
+            gateway = %gateway.name,
+            hour_allowance = %allowance(&model.budgets, Horizon::Hour),
+            day_allowance = %allowance(&model.budgets, Horizon::Day),
+            "no history for this gateway: it may send its floors in the first hour and day, and mail beyond them is held and released along the warm-up; if the gateway already sends more, say so with initial_rate = [\"60/min\", \"<busiest hour>/h\", \"<busiest day>/day\"]"
+        );
+    }
     queue
+}
+
+/// What the budget of `horizon` lets out in its window now, as the logs
+/// say it ("unbudgeted" without one).
+fn allowance(budgets: &[BudgetView], horizon: Horizon) -> String {
+    budgets
+        .iter()
+        .find(|budget| budget.horizon == horizon)
+        .map_or_else(
+            || "unbudgeted".to_string(),
+            |budget| budget.allowance.to_string(),
+        )
 }
 
 /// The sender checks of each gateway: its sender domains' DNS (SPF, DMARC,

@@ -1440,6 +1440,33 @@ impl DeliveryQueue {
         items
     }
 
+    /// Takes out the messages never tried that have waited for the shaper
+    /// since their arrival for `lifetime(lane)` seconds or more (see the
+    /// worker's expiry), with their lanes and units. Messages tried before
+    /// are not among them: their next attempt settles them with the
+    /// gateway's last word.
+    pub fn take_expired(&self, lifetime: impl Fn(usize) -> u64) -> Vec<(Slot, usize, u64)> {
+        let mut state = self.lock();
+        let now = self.now().max(0.0) as u64;
+        let taken = state.scheduler.take_due(|lane, slot: &Slot| {
+            let untried = match slot {
+                Slot::Held(item) => item.attempts == 0,
+                Slot::Parked(_) => true,
+            };
+            untried && slot.received_at().saturating_add(lifetime(lane)) <= now
+        });
+        let mut expired = Vec::with_capacity(taken.len());
+        for (lane, units, slot) in taken {
+            state.hot_bytes -= slot.hot_bytes();
+            state.queued_bytes -= slot.body_len();
+            if matches!(slot, Slot::Parked(_)) {
+                state.parked -= 1;
+            }
+            expired.push((slot, lane, units));
+        }
+        expired
+    }
+
     /// Takes message `id` out of the queue (an operator deleting it), with
     /// its lane and units.
     pub fn remove(&self, id: &str) -> Option<(Slot, usize, u64)> {

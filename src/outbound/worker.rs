@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use super::Gateway;
 use super::client::Connection;
 use super::dkim::{Signer, signing_domain};
-use super::queue::{Attempt, HISTORY_LENGTH, Queued};
+use super::queue::{Attempt, HISTORY_LENGTH, Queued, Slot};
 use crate::shaper::feedback::{Signal, classify};
 use crate::shutdown::Shutdown;
 use crate::smtp::dsn::{self, Failure};
@@ -44,6 +44,20 @@ pub(super) struct WorkerContext {
     pub metrics: Arc<Metrics>,
     /// The lane notifications to senders travel in (`other`'s).
     pub report_lane: usize,
+    /// Per lane, how long its mail may stay queued (`[[apps]]
+    /// expire_after`); `None` is the gateway's `max_age`.
+    pub lifetimes: Arc<Vec<Option<std::time::Duration>>>,
+}
+
+impl WorkerContext {
+    /// How long mail of `lane` may stay queued before it is dead-lettered.
+    fn lifetime(&self, gateway: &Gateway, lane: usize) -> std::time::Duration {
+        self.lifetimes
+            .get(lane)
+            .copied()
+            .flatten()
+            .unwrap_or(gateway.config.max_age)
+    }
 }
 
 /// Counts one open upstream connection in `upstream_connections` for as
@@ -92,6 +106,43 @@ pub(super) async fn worker(gateway: Arc<Gateway>, context: WorkerContext, mut sh
     }
 }
 
+/// How often a gateway's queue is swept for mail held past its lifetime.
+const EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Dead-letters (and reports, with `dsn`) the mail of `gateway` held past
+/// its lifetime (`[[apps]] expire_after`, else `max_age`) without waiting
+/// for its turn, which the budgets may give only days later.
+pub(super) async fn expiry(gateway: Arc<Gateway>, context: WorkerContext, mut shutdown: Shutdown) {
+    loop {
+        let lifetime = |lane: usize| context.lifetime(&gateway, lane).as_secs();
+        for (slot, lane, units) in gateway.queue.take_expired(lifetime) {
+            let item = match slot {
+                Slot::Held(item) => *item,
+                Slot::Parked(parked) => {
+                    match context
+                        .spool
+                        .read_message(parked.segment(), parked.offset())
+                        .await
+                    {
+                        Ok((message, _body)) => Queued::new(message, lane, None),
+                        Err(error) => {
+                            tracing::error!(queue_id = %parked.id(), gateway = %gateway.config.name, %error, "cannot read an expired message back from the spool; it stays queued");
+                            gateway.queue.push_parked(parked, lane, units);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let lifetime = std::time::Duration::from_secs(lifetime(lane));
+            expired(&gateway, &context, item, lifetime).await;
+        }
+        tokio::select! {
+            _ = shutdown.stopped() => break,
+            _ = tokio::time::sleep(EXPIRY_INTERVAL) => {}
+        }
+    }
+}
+
 /// One delivery attempt of one message, and what follows from its replies.
 async fn deliver(
     gateway: &Gateway,
@@ -99,6 +150,11 @@ async fn deliver(
     connection: &mut Option<Open>,
     mut item: Queued,
 ) {
+    let age = unix_seconds().saturating_sub(item.message.envelope.received_at);
+    let lifetime = context.lifetime(gateway, item.lane);
+    if item.attempts == 0 && age >= lifetime.as_secs() {
+        return expired(gateway, context, item, lifetime).await;
+    }
     let message = &item.message;
     let body = match item.body.take() {
         Some(body) => Ok(body),
@@ -110,6 +166,36 @@ async fn deliver(
     };
     let replies = attempt(gateway, context, connection, &item, &body).await;
     item.attempts += 1;
+    settle(gateway, context, item, replies).await;
+}
+
+/// A message never tried whose turn came after it had been queued for its
+/// whole lifetime (held by the budgets, a gateway down for days): it is
+/// not sent that late, but dead-lettered and reported like a recipient that kept
+/// failing (`4.4.7`, RFC 3463's "delivery time expired"). Its turn was
+/// counted in the budgets, which only holds the gateway back a little.
+async fn expired(
+    gateway: &Gateway,
+    context: &WorkerContext,
+    item: Queued,
+    lifetime: std::time::Duration,
+) {
+    if item.probe {
+        gateway.queue.probe_inconclusive();
+    }
+    let reply = Reply::new(
+        451,
+        format!(
+            "4.4.7 held in smtp-shaper's queue longer than its expire_after ({}) without being sent",
+            crate::config::units::format_duration(lifetime.as_secs_f64())
+        ),
+    );
+    context
+        .metrics
+        .expired
+        .with_label_values(&[gateway.config.name.as_str()])
+        .inc();
+    let replies = vec![reply; item.message.pending.len()];
     settle(gateway, context, item, replies).await;
 }
 
@@ -347,7 +433,7 @@ fn heed_signals(gateway: &Gateway, mut replies: Vec<Reply>) -> Vec<Reply> {
 async fn settle(gateway: &Gateway, context: &WorkerContext, item: Queued, replies: Vec<Reply>) {
     let message = &item.message;
     let age = unix_seconds().saturating_sub(message.envelope.received_at);
-    let expired = age >= gateway.config.max_age.as_secs();
+    let expired = age >= context.lifetime(gateway, item.lane).as_secs();
     let (mut outcome, failures) = sort_recipients(message, &replies, item.attempts, age, expired);
     if !outcome.dead.is_empty() {
         match bury(gateway, context, message, &outcome.dead, &failures).await {

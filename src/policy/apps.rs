@@ -106,6 +106,16 @@ impl Apps {
         self.apps.len()
     }
 
+    /// How long the mail of each lane may stay queued (`expire_after`),
+    /// `other` last; `None` is the gateway's `max_age`.
+    pub fn lifetimes(&self) -> Vec<Option<std::time::Duration>> {
+        self.apps
+            .iter()
+            .map(|app| app.expire_after)
+            .chain([None])
+            .collect()
+    }
+
     /// Every sender address (not domain) the apps list, for rule 3 checks.
     pub fn sender_addresses(&self) -> Vec<String> {
         let mut addresses: Vec<String> = self

@@ -142,6 +142,27 @@ impl<T> FairQueue<T> {
                 items.iter().position(&matches).map(|index| (lane, index))
             })?;
         let item = self.lanes[lane].remove(index)?;
+        self.taken_from(lane);
+        Some((lane, item))
+    }
+
+    /// Takes the first item of `lane`, out of turn, when `due` says so.
+    pub fn pop_front_if(&mut self, lane: usize, due: impl Fn(&T) -> bool) -> Option<T> {
+        if !due(self.lanes.get(lane)?.front()?) {
+            return None;
+        }
+        let item = self.lanes[lane].pop_front()?;
+        self.taken_from(lane);
+        Some(item)
+    }
+
+    /// The number of lanes.
+    pub fn lane_count(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// An item left `lane` out of turn: an emptied lane leaves the round.
+    fn taken_from(&mut self, lane: usize) {
         self.len -= 1;
         if self.lanes[lane].is_empty() {
             if self.turns.front() == Some(&lane) {
@@ -149,7 +170,6 @@ impl<T> FairQueue<T> {
             }
             self.turns.retain(|turn| *turn != lane);
         }
-        Some((lane, item))
     }
 }
 

@@ -545,6 +545,20 @@ impl GatewayModel {
         }
     }
 
+    /// The wait of one message of `class` behind `ahead` messages counting
+    /// `ahead_units` (see `Scheduler::view`'s drain).
+    pub fn projection(
+        &mut self,
+        now: f64,
+        ahead: usize,
+        ahead_units: u64,
+        class: AppClass,
+    ) -> Projection {
+        self.update(now);
+        let units = self.units(1);
+        self.project(now, ahead, ahead_units, ahead_units, units, class)
+    }
+
     /// The wait of new mail behind `ahead` messages (`ahead_units` of them
     /// for the budgets, `queued_units` for the caps), and the part of the
     /// shaping that sets it: the longest of the minute ceiling (with a

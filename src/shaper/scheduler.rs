@@ -64,6 +64,9 @@ pub struct GatewayView {
     pub oldest_age: f64,
     /// Messages waiting per app lane: the `[[apps]]` in order, then `other`.
     pub lanes: Vec<usize>,
+    /// What mail queued behind everything waiting now would wait, and
+    /// what for: the time the held mail takes to drain.
+    pub drain: Projection,
 }
 
 /// See the module notes.
@@ -313,6 +316,23 @@ impl<T> Scheduler<T> {
         self.queue.iter().map(|entry| &entry.item)
     }
 
+    /// Takes out the items at the front of their lanes that are `due`
+    /// (given the lane), as many in a row as are: lanes are in arrival
+    /// order, so the oldest mail (the first to expire) is at their fronts.
+    pub fn take_due(&mut self, due: impl Fn(usize, &T) -> bool) -> Vec<(usize, u64, T)> {
+        let mut taken = Vec::new();
+        for lane in 0..self.queue.lane_count() {
+            while let Some(entry) = self
+                .queue
+                .pop_front_if(lane, |entry| due(lane, &entry.item))
+            {
+                self.counts.remove(self.class(lane), entry.units);
+                taken.push((lane, entry.units, entry.item));
+            }
+        }
+        taken
+    }
+
     /// Takes out the first queued item `matches` picks.
     pub fn remove(&mut self, matches: impl Fn(&T) -> bool) -> Option<T> {
         self.take(matches).map(|(_, _, item)| item)
@@ -427,7 +447,19 @@ impl<T> Scheduler<T> {
                 0.0
             },
             lanes: self.queue.lane_lengths().collect(),
+            drain: self.drain(now),
         }
+    }
+
+    /// See [`GatewayView::drain`]: the wait of one more message behind
+    /// everything queued (as bulk mail waits), with nothing queued none.
+    fn drain(&mut self, now: f64) -> Projection {
+        if self.queue.is_empty() {
+            return Projection::AT_ONCE;
+        }
+        let all = self.counts;
+        self.model
+            .projection(now, all.total_messages(), all.total_units(), AppClass::Bulk)
     }
 }
 

@@ -47,6 +47,10 @@ struct Queue<'a> {
     bytes: u64,
     parked: usize,
     oldest_age_seconds: f64,
+    /// How long the queue takes to drain at the pace the shaping allows.
+    drain_seconds: f64,
+    /// What the drain waits for (a `deferrals` reason; `null` when empty).
+    waits_for: Option<&'static str>,
     held: bool,
     by_app: Keyed<&'a str, usize>,
 }
@@ -116,6 +120,8 @@ impl<'a> Gateway<'a> {
                 bytes: status.queued_bytes,
                 parked: status.parked,
                 oldest_age_seconds: status.view.oldest_age,
+                drain_seconds: status.view.drain.wait,
+                waits_for: (status.view.queued > 0).then(|| status.view.drain.reason.as_str()),
                 held: status.held,
                 by_app: Keyed(
                     status
@@ -279,6 +285,7 @@ mod tests {
         use crate::shaper::{BudgetView, GatewayView, ModelView};
 
         let status = GatewayStatus {
+            max_age: std::time::Duration::from_secs(432_000),
             name: "primary".into(),
             address: "127.0.0.1:25".into(),
             view: GatewayView {
@@ -302,6 +309,10 @@ mod tests {
                 queued: 3,
                 oldest_age: 7.5,
                 lanes: vec![2, 1],
+                drain: crate::shaper::Projection {
+                    wait: 7_200.0,
+                    reason: crate::shaper::DeferReason::DayBudget,
+                },
             },
             lane_names: vec!["billing".into(), "other".into()],
             queued_bytes: 4096,
@@ -321,6 +332,7 @@ mod tests {
                 r#"{"name":"primary","address":"127.0.0.1:25","baseline_rate":0.5,"#,
                 r#""ceiling_rate":1.0,"demand_rate":2.25,"send_rate":1.0,"burst_ratio":4.5,"#,
                 r#""queue":{"messages":3,"bytes":4096,"parked":0,"oldest_age_seconds":7.5,"#,
+                r#""drain_seconds":7200.0,"waits_for":"day_budget","#,
                 r#""held":false,"by_app":{"billing":2,"other":1}},"#,
                 r#""backoff":{"penalty":1.0,"remaining_seconds":0.0},"#,
                 r#""volume_budgets":{"1h":{"sent":40,"allowance":60,"left":20,"#,

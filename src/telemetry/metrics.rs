@@ -19,6 +19,7 @@ use prometheus::{
 };
 
 use super::GatewayStatus;
+use crate::shaper::DeferReason;
 
 /// Seconds from acceptance to the end of a message's delivery: a message
 /// relayed untouched takes well under a second, a shaped one minutes.
@@ -55,6 +56,14 @@ pub const RELAY_RESULTS: &[&str] = &["delivered", "deferred", "failed"];
 /// none, so bounces never loop), `spool_error` (could not be stored: the
 /// failed recipients stay queued and are tried again).
 pub const DSN_RESULTS: &[&str] = &["queued", "null_sender", "spool_error"];
+
+/// What queued mail can wait for (`queue_waits_for`).
+const WAIT_REASONS: [DeferReason; 4] = [
+    DeferReason::QueueDelay,
+    DeferReason::Cap,
+    DeferReason::HourBudget,
+    DeferReason::DayBudget,
+];
 
 /// What one metric family shows (name, label names, help, a histogram's
 /// buckets); the kind is the type `M`, taken from the field it fills, so a
@@ -194,6 +203,8 @@ metric_families! {
             "Failed attempts to connect (or greet, STARTTLS, authenticate) to the gateway."),
         pub dead_letters: IntCounterVec = family("dead_letters_total", &["gateway"],
             "Messages with recipients moved to the dead-letter area (permanent failure or max_age)."),
+        pub expired: IntCounterVec = family("messages_expired_total", &["gateway"],
+            "Messages dead-lettered unsent because they were queued longer than their app's expire_after (else the gateway's max_age): held by the budgets, or the gateway down for days. Also counted in dead_letters_total."),
         pub dsns: IntCounterVec = family("dsns_total", &["gateway", "result"],
             "Delivery status notifications due to senders of dead-lettered recipients (apps with dsn = true), by result."),
         pub queue_delay: HistogramVec = family("queue_delay_seconds", &["gateway"],
@@ -220,6 +231,14 @@ metric_families! {
             "Queued messages kept only as a reference to their spool record (past spool.active_limit); read back when the shaper releases them."),
         queue_oldest_age: GaugeVec = family("queue_oldest_age_seconds", &["gateway"],
             "Age since arrival of the oldest message queued for the gateway, retries included (0 when empty)."),
+        queue_drain: GaugeVec = family("queue_drain_seconds", &["gateway"],
+            "Projected seconds until the gateway's queue has drained: the wait one more message behind everything queued would have (what holds it: queue_waits_for)."),
+        queue_waits_for: IntGaugeVec = family("queue_waits_for", &["gateway", "reason"],
+            "1 for the part of the shaping the queue's drain waits for (queue_delay: the minute ceiling or a pause; cap; hour_budget; day_budget), else 0."),
+        queue_max_age: GaugeVec = family("queue_max_age_seconds", &["gateway"],
+            "How long the gateway's mail may stay queued before it is dead-lettered (max_age; an app's expire_after may be shorter)."),
+        queue_app_messages: IntGaugeVec = family("queue_app_messages", &["gateway", "app"],
+            "Messages queued for the gateway per app, held by the shaper or waiting for a retry (what they wait for: queue_waits_for)."),
         queue_held: IntGaugeVec = family("queue_held", &["gateway"],
             "1 while an operator holds the gateway's queue (queue hold), else 0."),
         baseline_rate: GaugeVec = family("baseline_rate", &["gateway"],
@@ -304,6 +323,7 @@ impl Metrics {
         }
         self.recipients_relayed.with_label_values(&[gateway]);
         self.dead_letters.with_label_values(&[gateway]);
+        self.expired.with_label_values(&[gateway]);
         self.upstream_connections.with_label_values(&[gateway]);
         self.upstream_connect_failures.with_label_values(&[gateway]);
     }
@@ -351,6 +371,22 @@ impl Metrics {
             self.queue_held
                 .with_label_values(&name)
                 .set(i64::from(status.held));
+            self.queue_drain
+                .with_label_values(&name)
+                .set(view.drain.wait);
+            self.queue_max_age
+                .with_label_values(&name)
+                .set(status.max_age.as_secs_f64());
+            for (app, queued) in status.lane_names.iter().zip(&view.lanes) {
+                self.queue_app_messages
+                    .with_label_values(&[status.name.as_str(), app.as_str()])
+                    .set(*queued as i64);
+            }
+            for reason in WAIT_REASONS {
+                self.queue_waits_for
+                    .with_label_values(&[status.name.as_str(), reason.as_str()])
+                    .set(i64::from(view.queued > 0 && view.drain.reason == reason));
+            }
             let model = &view.model;
             self.baseline_rate
                 .with_label_values(&name)

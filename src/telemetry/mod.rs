@@ -36,6 +36,9 @@ pub struct GatewayStatus {
     pub parked: usize,
     /// An operator holds the queue (`queue hold`).
     pub held: bool,
+    /// How long its mail may stay queued (`max_age`; an app's
+    /// `expire_after` may be shorter).
+    pub max_age: std::time::Duration,
     pub connections: i64,
     /// The gateway's latest replies that were not 2xx (and failed
     /// connections), oldest first: Unix seconds and the reply.

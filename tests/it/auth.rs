@@ -20,6 +20,7 @@ fn portal() -> AppConfig {
         user: Some("portal".into()),
         password_hash: Some(quick_hash("s3cret")),
         max_queue_delay: None,
+        expire_after: None,
     }
 }
 
@@ -171,6 +172,7 @@ async fn rule_3_a_sender_the_gateway_does_not_know_is_refused() {
         user: None,
         password_hash: None,
         max_queue_delay: None,
+        expire_after: None,
     }];
     let service = support::start(config).await;
     eventually("both senders checked", || {

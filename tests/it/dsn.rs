@@ -33,6 +33,7 @@ fn app(name: &str, network: [u8; 4], dsn: bool) -> AppConfig {
         user: None,
         password_hash: None,
         max_queue_delay: None,
+        expire_after: None,
     }
 }
 

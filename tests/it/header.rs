@@ -108,6 +108,7 @@ fn app(name: &str, senders: &[&str]) -> AppConfig {
         user: None,
         password_hash: None,
         max_queue_delay: None,
+        expire_after: None,
     }
 }
 

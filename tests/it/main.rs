@@ -20,6 +20,7 @@ mod durability;
 mod exchange;
 mod fuzz;
 mod header;
+mod hold;
 mod long_queue;
 mod prometheus;
 mod protocol;

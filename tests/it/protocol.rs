@@ -446,7 +446,12 @@ async fn a_trickling_client_is_cut_off_in_commands_and_in_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_address_gets_only_its_share_of_connections() {
-    let h = Harness::with(|config| config.server.max_connections_per_client = 2).await;
+    let h = Harness::with(|config| {
+        config.server.max_connections_per_client = 2;
+        // Loopback is exempt by default (see below).
+        config.server.limit_exempt_networks = Vec::new();
+    })
+    .await;
     let _first = h.client().await;
     let _second = h.client().await;
     let (mut third, greeting) = support::Client::connect(h.service.smtp_address()).await;
@@ -471,6 +476,23 @@ async fn one_client_address_gets_only_its_share_of_connections() {
             == 220
     })
     .await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_on_loopback_are_not_held_to_the_per_client_limits() {
+    let h = Harness::with(|config| {
+        config.server.max_connections_per_client = 2;
+        config.server.client_connection_rate = parse_allowance("3/h").unwrap();
+    })
+    .await;
+    // A hundred threads of one app beside the sidecar: not an attacker.
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        let (client, greeting) = support::Client::connect(h.service.smtp_address()).await;
+        assert_eq!(greeting.code, 220, "{greeting:?}");
+        open.push(client);
+    }
     h.shutdown().await;
 }
 
@@ -536,6 +558,7 @@ async fn open_relay_probes_are_refused_or_go_only_to_the_gateway() {
 async fn a_client_reconnecting_too_often_is_refused_421_others_are_not() {
     let h = Harness::with(|config| {
         config.server.client_connection_rate = parse_allowance("3/h").unwrap();
+        config.server.limit_exempt_networks = Vec::new();
     })
     .await;
     let address = h.service.smtp_address();

@@ -263,11 +263,15 @@ pub fn stuff(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The queue id in a "250 2.0.0 Ok: queued as ID" reply.
+/// The queue id in a "250 2.0.0 Ok: queued as ID" reply (which may go on
+/// with "; leaves in about ...").
 pub fn queue_id(reply: &ClientReply) -> String {
-    reply
+    let (_, after) = reply
         .text
-        .rsplit(' ')
+        .split_once("queued as ")
+        .unwrap_or_else(|| panic!("no queue id in {reply:?}"));
+    after
+        .split([';', ' '])
         .next()
         .unwrap_or_default()
         .to_string()

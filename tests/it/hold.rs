@@ -1,0 +1,288 @@
+//! Holding a burst (issue 21): an application that sends a thousand mails at
+//! once through the shipped configuration, with Python's smtplib as apps
+//! really send (no retry of a 4xx), gets a 250 for every one; the gateway
+//! receives no more than the hour's allowance, and what is held survives a
+//! SIGKILL.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use std::time::Duration;
+
+use smtp_shaper::config::{AppClass, AppConfig, UnsubscribeMode};
+
+use super::support::{self, Harness, Sink, eventually, free_address, python_with, scrape, spawn};
+
+/// Messages in the burst: the seed's case.
+const BURST: usize = 1_000;
+/// The hour floor of the shipped config (`min_rate = [..., "60/h", ...]`).
+const HOUR_ALLOWANCE: usize = 60;
+
+/// `config/smtp-shaper.toml` as shipped, with only its addresses and spool
+/// moved to the test's.
+fn shipped_config(
+    dir: &Path,
+    listen: SocketAddr,
+    http: SocketAddr,
+    gateway: SocketAddr,
+) -> PathBuf {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/smtp-shaper.toml"
+    ))
+    .unwrap();
+    let mut toml = shipped;
+    for (from, to) in [
+        (
+            "listen = \"127.0.0.1:2525\"",
+            format!("listen = \"{listen}\""),
+        ),
+        (
+            "listen = \"127.0.0.1:9325\"",
+            format!("listen = \"{http}\""),
+        ),
+        (
+            "dir = \"smtp-shaper-spool\"",
+            format!("dir = \"{}\"", dir.join("spool").display()),
+        ),
+        (
+            "address = \"127.0.0.1:25\"",
+            format!("address = \"{gateway}\""),
+        ),
+    ] {
+        assert_eq!(
+            toml.matches(from).count(),
+            1,
+            "{from} in the shipped config"
+        );
+        toml = toml.replace(from, &to);
+    }
+    let path = dir.join("smtp-shaper.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Sends `BURST` messages with smtplib's `sendmail`, as an app does: `mode`
+/// "connections" (one connection each, in turn), "one" (all on one
+/// connection) or "threads" (100 threads, a connection per message).
+/// Prints the outcome counts and the last 250 text, one per line.
+const SCRIPT: &str = r#"
+import smtplib, sys, threading
+from concurrent.futures import ThreadPoolExecutor
+
+host, port, mode, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+outcomes = {}
+last = [""]
+lock = threading.Lock()
+
+class App(smtplib.SMTP):
+    def data(self, msg):
+        code, text = super().data(msg)
+        with lock:
+            last[0] = text.decode()
+        return code, text
+
+def note(outcome):
+    with lock:
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+def message(index):
+    return "From: app@example.com\r\nTo: user%d@example.org\r\nSubject: burst %d\r\n\r\nhello\r\n" % (index, index)
+
+def send(smtp, index):
+    try:
+        refused = smtp.sendmail("app@example.com", ["user%d@example.org" % index], message(index))
+        note("refused-recipients" if refused else "250")
+    except smtplib.SMTPResponseException as error:
+        note("%d" % error.smtp_code)
+    except smtplib.SMTPRecipientsRefused as error:
+        note("%d" % list(error.recipients.values())[0][0])
+    except smtplib.SMTPServerDisconnected:
+        note("disconnected")
+
+def one_connection(index):
+    try:
+        with App(host, port) as smtp:
+            send(smtp, index)
+    except smtplib.SMTPConnectError as error:
+        note("connect-%d" % error.smtp_code)
+    except (smtplib.SMTPServerDisconnected, ConnectionError):
+        note("connect-failed")
+
+if mode == "connections":
+    for index in range(count):
+        one_connection(index)
+elif mode == "one":
+    with App(host, port) as smtp:
+        for index in range(count):
+            send(smtp, index)
+elif mode == "threads":
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        list(pool.map(one_connection, range(count)))
+for outcome, n in sorted(outcomes.items()):
+    print("%s %d" % (outcome, n))
+print("last " + last[0])
+"#;
+
+async fn burst_is_held_whole(mode: &str) {
+    let Some(python) = python_with("smtplib", "python3") else {
+        return;
+    };
+    let sink = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, http) = (free_address(), free_address());
+    let config = shipped_config(dir.path(), listen, http, sink.address);
+    let mut process = spawn(&config, listen).await;
+
+    let mode = mode.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .args(["-c", SCRIPT])
+            .arg(listen.ip().to_string())
+            .arg(listen.port().to_string())
+            .args([mode, BURST.to_string()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("250 {BURST}\nlast ")),
+        "every message accepted, nothing refused, no connection turned away: {stdout}"
+    );
+    // The last of a thousand waits for the daily budget, and is told so.
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.contains("leaves in about") && last.contains("volume budget"),
+        "{last}"
+    );
+
+    // The hour's allowance leaves at the ceiling; the rest is held.
+    eventually("the hour's allowance sent", || {
+        sink.count() >= HOUR_ALLOWANCE
+    })
+    .await;
+    let held = queued(http).await;
+    assert_eq!(held + sink.count(), BURST, "queued and sent");
+    assert_eq!(sink.count(), HOUR_ALLOWANCE, "no more in the first hour");
+
+    // SIGKILL: what was held is still there after the restart, and the
+    // hour's count with it.
+    process.kill();
+    let _process = spawn(&config, listen).await;
+    // The queue is read back a segment at a time: wait for all of it.
+    let mut after = 0;
+    for _ in 0..600 {
+        after = queued(http).await;
+        if after + sink.count() >= BURST {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        after + sink.count() >= BURST,
+        "{after} queued after the restart"
+    );
+    assert_eq!(
+        sink.count(),
+        HOUR_ALLOWANCE,
+        "the restart does not reopen the hour"
+    );
+}
+
+/// The gateway's queue depth, from /metrics (0 until it answers).
+async fn queued(http: SocketAddr) -> usize {
+    scrape(http, "smtp_shaper_queue_messages{gateway=\"primary\"}")
+        .await
+        .unwrap_or(0.0) as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_mails_on_a_connection_each_are_all_accepted_and_held() {
+    burst_is_held_whole("connections").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_mails_on_one_connection_are_all_accepted_and_held() {
+    burst_is_held_whole("one").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_mails_from_a_hundred_threads_are_all_accepted_and_held() {
+    burst_is_held_whole("threads").await;
+}
+
+/// A message held by the hour's budget past its app's `expire_after` is
+/// dead-lettered and reported to its sender without waiting for its turn
+/// (the next hour), and nothing else is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_held_past_its_apps_expire_after_is_dead_lettered_and_reported() {
+    let h = Harness::with(|config| {
+        // One message an hour: the second waits an hour.
+        config.gateways[0].shaping =
+            support::shaping("initial_rate = \"10/s\"\nmin_rate = [\"10/s\", \"1/h\"]");
+        config.apps = vec![AppConfig {
+            name: "alerts".into(),
+            networks: vec!["127.0.0.1/32".parse().unwrap()],
+            senders: Vec::new(),
+            priority: 1,
+            class: AppClass::Transactional,
+            unsubscribe: UnsubscribeMode::Warn,
+            dsn: true,
+            user: None,
+            password_hash: None,
+            max_queue_delay: None,
+            expire_after: Some(Duration::from_secs(2)),
+        }];
+    })
+    .await;
+    let mut client = h.client().await;
+    let body = b"From: alerts@app.test\r\nSubject: disk\r\n\r\nfull\r\n";
+    client
+        .accepted("alerts@app.test", &["ops@x.test"], body)
+        .await;
+    eventually("the hour's one message sent", || h.sink.count() == 1).await;
+    let reply = client
+        .send_message("alerts@app.test", &["dev@x.test"], body)
+        .await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    assert!(
+        reply.text.contains("leaves in about") && reply.text.contains("hourly volume budget"),
+        "{reply:?}"
+    );
+    let held = support::queue_id(&reply);
+
+    support::eventually_async("the held message expired", || async {
+        h.sample("smtp_shaper_messages_expired_total{gateway=\"primary\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    let dead: Vec<String> = std::fs::read_dir(h.spool.path().join("dead"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        dead.len() == 1 && dead[0].starts_with(&held),
+        "{dead:?} for {held}"
+    );
+    let letter = std::fs::read_to_string(h.spool.path().join("dead").join(&dead[0])).unwrap();
+    assert!(
+        letter.contains("4.4.7 held in smtp-shaper's queue longer than its expire_after (2s)"),
+        "{letter}"
+    );
+    assert_eq!(
+        h.sample("smtp_shaper_dsns_total{gateway=\"primary\",result=\"queued\"}")
+            .await,
+        1.0,
+        "the sender is told"
+    );
+    assert_eq!(h.sink.count(), 1, "the expired message was not sent");
+    h.shutdown().await;
+}
