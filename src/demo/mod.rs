@@ -1,38 +1,55 @@
 //! `smtp-shaper demo`: the whole service on loopback with no set-up, to
-//! watch a burst get smoothed.
+//! watch a burst get accepted whole, held and released instead of handed
+//! back to the app.
 //!
 //! It starts the real service (spool in a temporary folder, the HTTP
 //! endpoint on 127.0.0.1:9325 when free) in front of an in-process gateway
-//! (`gateway`), and two apps that send through it with smtp-shaper's own
-//! SMTP client: `alerts` keeps sending a steady trickle, `newsletter`
-//! trickles, then sends a burst at once, then trickles again. Deferred mail
-//! (451 4.7.1) is offered again later, as a real app's MTA would.
+//! (`gateway`), shaped as shipped: hour and day volume budgets on
+//! (`min_rate` with `/h` and `/day` floors), `warmup` and `max_queue_delay`
+//! at their defaults. Two apps send through it with smtp-shaper's own SMTP
+//! client and, like Python's smtplib, Jakarta Mail or .NET's SmtpClient,
+//! never retry: a message answered 4xx or 5xx, or whose connection failed,
+//! is lost. `alerts` (transactional) sends a steady trickle; `newsletter`
+//! (`class = "bulk"`) trickles, then sends 400 messages at once, then
+//! trickles again.
 //!
-//! Phases: idle -> trickle -> burst -> steady until the queue has drained
-//! and no deferred message is left to offer again (or until interrupted:
-//! Ctrl-C ends it early with the summary so far). A terminal gets a live
-//! table several times a second, its bars on one scale for the whole run; a
-//! pipe gets the metrics address first, then a line every few seconds. The
-//! end prints a summary: per app the messages (each counted once), the
-//! re-offers of deferred ones, how many were deferred, accepted and
-//! delivered, the delays, and the most the gateway received in any second
-//! against the ceiling.
+//! `time_scale` shrinks every duration and speeds up every minute rate by
+//! the same factor (the test runs the demo at 0.1). The volume budgets'
+//! windows are a real hour and a real day, longer than any run of the demo:
+//! so its floors (`HOUR_FLOOR`, `DAY_FLOOR`) are low enough that the burst
+//! is more than the hour lets the bulk app send. What the hour allows leaves
+//! at the minute ceiling while the demo runs; the rest is still held in the
+//! spool when it ends, and the summary says how many and what the `250`
+//! said about when they leave (the service would release them then if it
+//! kept running; the demo removes its temporary spool).
 //!
-//! `time_scale` shrinks every duration and speeds up every rate by the same
-//! factor (the test runs the demo at 0.2).
+//! Phases: idle -> trickle -> burst -> release (what the budgets allow of
+//! it leaves at the ceiling) -> held (the budgets have no room left for
+//! bulk mail, alerts still flow). The run ends once everything no budget
+//! holds has been delivered (`AFTER_BURST_MIN` after the burst began at the
+//! earliest, `AFTER_BURST_MAX` at the latest), or when interrupted: Ctrl-C
+//! ends it early with the summary so far. A terminal gets a live table several
+//! times a second, its bars on one scale for the whole run; a pipe gets the
+//! metrics address first, then a line every few seconds. The summary, from
+//! the apps' answers, the gateway's arrivals and the service's own view:
+//! per app the messages, accepted, lost, delivered and held, the delays;
+//! the service's deferral count; the burst's answers and the longest wait a
+//! `250` gave; accepted = delivered + held; the budgets' counts; and the
+//! most the gateway received in any second against the ceiling.
 
 mod gateway;
 
 use crate::poison::LockRecovered;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::Service;
-use crate::config::{Config, GatewayTls};
+use crate::config::{Config, GatewayTls, ShapingConfig};
 use crate::outbound::client::Connection;
+use crate::shaper::GatewayView;
 use crate::spool::Envelope;
 use crate::tls::client::Upstream;
 use gateway::DemoGateway;
@@ -40,13 +57,38 @@ use gateway::DemoGateway;
 /// What the demo does, at `time_scale` 1.
 const IDLE: f64 = 5.0;
 const TRICKLE: f64 = 20.0;
+/// When newsletter sends its burst.
+const BURST_AT: f64 = IDLE + TRICKLE;
 const BURST_MESSAGES: u64 = 400;
-/// Longest the steady phase waits for the queue to drain.
-const STEADY_MAX: f64 = 120.0;
+/// The burst's connections, sending at once.
+const BURST_CONNECTIONS: u64 = 4;
+/// The run lasts at least this long after the burst began (to watch
+/// alerts flow while the held mail stays put) ...
+const AFTER_BURST_MIN: f64 = 35.0;
+/// ... and at most this long: the run's bound.
+const AFTER_BURST_MAX: f64 = 75.0;
 const ALERTS_PER_SECOND: f64 = 2.0;
 const NEWSLETTER_PER_SECOND: f64 = 1.0;
-/// How long an app waits before offering a deferred message again.
-const RETRY_AFTER: f64 = 10.0;
+/// The demo's hour and day floors (`min_rate`), for a real hour and day:
+/// the shipped ratio (a day's floor is five hours'), sized so the burst is
+/// more than the hour lets the bulk app send (about half of it, the rest
+/// being what the transactional app is seen to need), while alerts, at
+/// most some 200 messages in a run, always find room.
+const HOUR_FLOOR: u64 = 500;
+const DAY_FLOOR: u64 = 2_500;
+
+const GATEWAY: &str = "demo-gateway";
+const APPS: [&str; 2] = ["newsletter", "alerts"];
+const NEWSLETTER: usize = 0;
+const ALERTS: usize = 1;
+
+const TRICKLE_PHASE: &str = "trickle: both apps send a few messages a second";
+const BURST_PHASE: &str =
+    "burst: newsletter sends 400 messages at once, each accepted (250) and queued";
+const RELEASE_PHASE: &str =
+    "release: the burst leaves at the ceiling while the budgets have room for bulk mail";
+const HELD_PHASE: &str =
+    "held: the budgets have no room left for bulk mail: newsletter's waits on disk, alerts flow";
 
 /// The demo's settings.
 #[derive(Debug, Clone, Copy)]
@@ -65,29 +107,72 @@ impl Default for DemoOptions {
     }
 }
 
-/// Per-app counts, shared by the app tasks and the view. Messages, not
-/// offers: a message deferred three times is one message, one deferred
-/// message and three re-offers.
+/// Per-app counts, from the answers the app got. An app sends each message
+/// once: whatever is not accepted is lost.
 #[derive(Default)]
 struct AppCounts {
-    /// Messages the app had to send, each counted at its first offer.
+    /// Messages sent (each with its answer, or a failed connection).
     messages: AtomicU64,
-    /// Offers of a message made again after a deferral (an MTA's retries).
-    reoffers: AtomicU64,
-    /// Messages deferred (451) at least once.
-    deferred: AtomicU64,
-    /// Messages not accepted yet that the app will offer again.
-    waiting: AtomicU64,
     accepted: AtomicU64,
+    /// Answered 4xx or 5xx: the app reports an error, the message is lost.
+    refused: AtomicU64,
+    /// No answer (the connection failed): lost too.
+    failed: AtomicU64,
+    /// Accepted with a `250` that named a volume budget as what it waits
+    /// for: held by it.
+    budget_held: AtomicU64,
 }
 
 impl AppCounts {
     fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+
+    fn lost(&self) -> u64 {
+        Self::get(&self.refused) + Self::get(&self.failed)
+    }
 }
 
-const APPS: [&str; 2] = ["newsletter", "alerts"];
+/// The burst's answers.
+#[derive(Default)]
+struct BurstCounts {
+    accepted: AtomicU64,
+    /// `250`s that said when the message leaves (a wait of over a minute).
+    waits: AtomicU64,
+    /// The longest wait a `250` of the burst gave: (seconds, the reply).
+    longest: Mutex<Option<(f64, String)>>,
+    /// Demo time the last message of the burst was answered.
+    done_at: Mutex<Option<f64>>,
+}
+
+/// What the apps, the burst and the view share.
+struct Shared {
+    apps: [AppCounts; 2],
+    burst: BurstCounts,
+    phase: Mutex<&'static str>,
+}
+
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            apps: Default::default(),
+            burst: BurstCounts::default(),
+            phase: Mutex::new("idle"),
+        }
+    }
+
+    fn set_phase(&self, phase: &'static str) {
+        *self.phase.lock_recovered() = phase;
+    }
+
+    fn total(&self, counter: impl Fn(&AppCounts) -> &AtomicU64) -> u64 {
+        self.apps.iter().map(|c| AppCounts::get(counter(c))).sum()
+    }
+
+    fn burst_done(&self) -> Option<f64> {
+        *self.burst.done_at.lock_recovered()
+    }
+}
 
 fn config(
     scale: f64,
@@ -96,7 +181,8 @@ fn config(
     http: &str,
 ) -> String {
     let rate = |per_second: f64| format!("{}/s", per_second / scale);
-    let duration = |seconds: f64| format!("{}s", ((seconds * scale).ceil() as u64).max(1));
+    // Shaped as shipped but for the floors: warmup, headroom, burst and
+    // max_queue_delay at their defaults.
     format!(
         r#"
 [server]
@@ -108,20 +194,18 @@ dir = "{spool}"
 [http]
 listen = "{http}"
 [[gateways]]
-name = "demo-gateway"
+name = "{GATEWAY}"
 address = "{gateway}"
 tls = "none"
 max_connections = 4
 [gateways.shaping]
 initial_rate = "{initial}"
-min_rate = "{min}"
+min_rate = ["{min}", "{HOUR_FLOOR}/h", "{DAY_FLOOR}/day"]
 max_rate = "{max}"
-headroom = 2.0
-burst = 5
-max_queue_delay = "{max_delay}"
 [[apps]]
 name = "newsletter"
 senders = ["newsletter.example.com"]
+class = "bulk"
 [[apps]]
 name = "alerts"
 senders = ["alerts.example.com"]
@@ -131,7 +215,6 @@ priority = 2
         initial = rate(5.0),
         min = rate(1.0),
         max = rate(50.0),
-        max_delay = duration(15.0),
     )
 }
 
@@ -144,55 +227,47 @@ pub async fn run(
     let scale = options.time_scale;
     let start = Instant::now();
     let gateway = DemoGateway::start(start).await?;
-    let (service, spool) = start_service(scale, gateway.address).await?;
+    let (service, spool, shaping) = start_service(scale, gateway.address).await?;
     let proxy = service.smtp_address().to_string();
     let metrics_url = service.http_address().map_or_else(
         || "off".into(),
         |address| format!("http://{address}/metrics"),
     );
-    let counts: Arc<[AppCounts; 2]> = Arc::default();
-    let phase = Arc::new(Mutex::new("idle"));
-    let burst_done = Arc::new(AtomicU64::new(0));
-
+    let shared = Arc::new(Shared::new());
     let clock = Clock { start, scale };
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut apps = trickles(&proxy, clock, &counts, &stop);
-    let burst = tokio::spawn(burst(
-        proxy,
-        clock,
-        counts.clone(),
-        phase.clone(),
-        burst_done.clone(),
-    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut apps = trickles(&proxy, clock, &shared, &stop);
+    let burst = tokio::spawn(burst(proxy, clock, shared.clone()));
 
     let watch = Watch {
         options,
         clock,
         service: &service,
         gateway: &gateway,
-        counts: &counts,
-        phase: &phase,
-        burst_done: &burst_done,
+        shared: &shared,
         metrics_url: &metrics_url,
     };
     let stopped_at = watch.run(interrupt).await;
     stop.store(true, Ordering::Relaxed);
+    // Still sending only when interrupted.
     burst.abort();
     while apps.join_next().await.is_some() {}
     if stopped_at.is_none() {
-        all_arrived(&counts, &gateway).await;
+        settle(&service, &gateway).await;
     }
-    let ceiling = service
-        .shaping("demo-gateway")
-        .map_or(0.0, |view| view.model.ceiling);
+    let view = service.shaping(GATEWAY).expect("the demo gateway");
+    let full = full_for_bulk(&view, &gateway);
+    let held_by_budgets = all_held_by_budgets(&view, &gateway);
     service.shutdown().await;
     let _ = std::fs::remove_dir_all(&spool);
     let arrivals = gateway.received.lock_recovered().arrivals.clone();
     Ok(summary(
-        &counts,
+        &shared,
         &arrivals,
+        &view,
         &Ending {
-            ceiling,
+            shaping: &shaping,
+            held_by: held_by_budgets.then_some(full),
             scale,
             metrics_url: &metrics_url,
             stopped_at,
@@ -204,49 +279,76 @@ pub async fn run(
 fn trickles(
     proxy: &str,
     clock: Clock,
-    counts: &Arc<[AppCounts; 2]>,
-    stop: &Arc<std::sync::atomic::AtomicBool>,
+    shared: &Arc<Shared>,
+    stop: &Arc<AtomicBool>,
 ) -> tokio::task::JoinSet<()> {
     let mut apps = tokio::task::JoinSet::new();
-    // alerts: a steady trickle from the end of the idle phase to the end.
-    apps.spawn(trickle(
-        proxy.to_string(),
-        1,
-        ALERTS_PER_SECOND,
-        clock,
-        counts.clone(),
-        stop.clone(),
-    ));
-    apps.spawn(trickle(
-        proxy.to_string(),
-        0,
-        NEWSLETTER_PER_SECOND,
-        clock,
-        counts.clone(),
-        stop.clone(),
-    ));
+    for (index, per_second) in [
+        (ALERTS, ALERTS_PER_SECOND),
+        (NEWSLETTER, NEWSLETTER_PER_SECOND),
+    ] {
+        apps.spawn(trickle(
+            proxy.to_string(),
+            index,
+            per_second,
+            clock,
+            shared.clone(),
+            stop.clone(),
+        ));
+    }
     apps
 }
 
-/// Waits until the gateway has received every message the proxy accepted
-/// (for a few seconds at most): an offer in flight when the run ended was
-/// accepted after it, and the summary is to count its arrival.
-async fn all_arrived(counts: &[AppCounts; 2], gateway: &DemoGateway) {
+/// Waits until the service holds only what a budget holds (for a few
+/// seconds at most): a message accepted as the run ended is delivered
+/// before the summary counts it.
+async fn settle(service: &Service, gateway: &DemoGateway) {
     for _ in 0..200 {
-        let accepted: u64 = counts.iter().map(|c| AppCounts::get(&c.accepted)).sum();
-        if gateway.received.lock_recovered().arrivals.len() as u64 >= accepted {
+        if let Some(view) = service.shaping(GATEWAY)
+            && all_held_by_budgets(&view, gateway)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
+/// The budgets (by name) with no room left for bulk mail: what bulk mail
+/// may use of the allowance (all but what the transactional apps need,
+/// `transactional_room`) is used up by what the gateway received of
+/// newsletter's, the demo's only bulk app, or the allowance itself is.
+fn full_for_bulk(view: &GatewayView, gateway: &DemoGateway) -> Vec<&'static str> {
+    let bulk_sent = gateway
+        .received
+        .lock_recovered()
+        .arrivals
+        .iter()
+        .filter(|a| a.app == APPS[NEWSLETTER])
+        .count() as u64;
+    view.model
+        .budgets
+        .iter()
+        .filter(|budget| {
+            budget.sent >= budget.allowance
+                || bulk_sent >= budget.allowance.saturating_sub(budget.transactional_room)
+        })
+        .map(|budget| horizon_name(budget.horizon))
+        .collect()
+}
+
+/// Everything the service holds waits for a volume budget: no alert is
+/// queued, and newsletter's mail, if any, has no room in some budget.
+fn all_held_by_budgets(view: &GatewayView, gateway: &DemoGateway) -> bool {
+    view.lanes.get(ALERTS) == Some(&0)
+        && (view.queued == 0 || !full_for_bulk(view, gateway).is_empty())
+}
+
 /// The service in front of the demo's `gateway`, with its spool folder
-/// (new, in the temporary folder).
+/// (new, in the temporary folder) and the gateway's shaping as parsed.
 async fn start_service(
     scale: f64,
     gateway: std::net::SocketAddr,
-) -> std::io::Result<(Service, std::path::PathBuf)> {
+) -> std::io::Result<(Service, std::path::PathBuf, ShapingConfig)> {
     let spool_dir = || {
         std::env::temp_dir().join(format!(
             "smtp-shaper-demo-{}-{}",
@@ -258,61 +360,87 @@ async fn start_service(
         Config::parse(&config(scale, spool, gateway, http))
             .map_err(|error| std::io::Error::other(format!("demo config: {error}")))
     };
+    let shaping = |config: &Config| config.gateways[0].shaping.clone();
     // The documented metrics port when it is free, else any. Binding is the
     // only test of "free" that another process cannot race.
     let spool = spool_dir();
-    match Service::start(start_on(&spool, "127.0.0.1:9325")?).await {
-        Ok(service) => Ok((service, spool)),
+    let config = start_on(&spool, "127.0.0.1:9325")?;
+    let parsed = shaping(&config);
+    match Service::start(config).await {
+        Ok(service) => Ok((service, spool, parsed)),
         Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
             let _ = std::fs::remove_dir_all(&spool);
             let spool = spool_dir();
             let service = Service::start(start_on(&spool, "127.0.0.1:0")?).await?;
-            Ok((service, spool))
+            Ok((service, spool, parsed))
         }
         Err(error) => Err(error),
     }
 }
 
 /// newsletter's burst: the trickle phase after the idle one, then
-/// [`BURST_MESSAGES`] at once from four connections, each offering its
-/// deferred ones again until all are accepted.
-async fn burst(
-    proxy: String,
-    clock: Clock,
-    counts: Arc<[AppCounts; 2]>,
-    phase: Arc<Mutex<&'static str>>,
-    burst_done: Arc<AtomicU64>,
-) {
+/// `BURST_MESSAGES` at once from `BURST_CONNECTIONS` connections, each
+/// message sent once.
+async fn burst(proxy: String, clock: Clock, shared: Arc<Shared>) {
     clock.sleep_until(IDLE).await;
-    *phase.lock_recovered() = "trickle: both apps send a few messages a second";
-    clock.sleep_until(IDLE + TRICKLE).await;
-    *phase.lock_recovered() = "burst: newsletter sends 400 messages at once";
+    shared.set_phase(TRICKLE_PHASE);
+    clock.sleep_until(BURST_AT).await;
+    shared.set_phase(BURST_PHASE);
     let mut senders = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let (proxy, counts, burst_done) = (proxy.clone(), counts.clone(), burst_done.clone());
+    for _ in 0..BURST_CONNECTIONS {
+        let (proxy, shared) = (proxy.clone(), shared.clone());
         senders.spawn(async move {
-            let mut app = App::new(proxy, 0, counts);
-            let mut deferred = 0u64;
-            for _ in 0..BURST_MESSAGES / 4 {
-                if !app.offer(clock, false).await {
-                    deferred += 1;
+            let mut app = App::new(proxy, NEWSLETTER, shared.clone());
+            for _ in 0..BURST_MESSAGES / BURST_CONNECTIONS {
+                if let Some(reply) = app.send(clock).await {
+                    shared.burst.record(&reply);
                 }
             }
-            // Deferred mail comes back later, as an MTA retries.
-            while deferred > 0 {
-                clock.sleep(RETRY_AFTER).await;
-                let mut still = 0;
-                for _ in 0..deferred {
-                    if !app.offer(clock, true).await {
-                        still += 1;
-                    }
-                }
-                deferred = still;
-            }
-            burst_done.fetch_add(1, Ordering::Relaxed);
         });
     }
     while senders.join_next().await.is_some() {}
+    *shared.burst.done_at.lock_recovered() = Some(clock.now());
+}
+
+impl BurstCounts {
+    /// One `250` the burst got.
+    fn record(&self, reply: &str) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        if let Some((wait, _)) = said_wait(reply) {
+            self.waits.fetch_add(1, Ordering::Relaxed);
+            let mut longest = self.longest.lock_recovered();
+            if longest.as_ref().is_none_or(|(most, _)| wait > *most) {
+                *longest = Some((wait, reply.to_string()));
+            }
+        }
+    }
+}
+
+/// When a `250` said the message leaves, and what it waits for
+/// (`... leaves in about 1h0m (hourly volume budget)`, see
+/// `inbound::session::accepted_reply`): (seconds, the reason).
+fn said_wait(reply: &str) -> Option<(f64, &str)> {
+    let (_, rest) = reply.split_once("; leaves in about ")?;
+    let (duration, reason) = rest.split_once(" (")?;
+    let reason = reason.strip_suffix(')')?;
+    let mut seconds = 0.0;
+    let mut number = String::new();
+    for c in duration.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'd' => 86_400.0,
+            'h' => 3_600.0,
+            'm' => 60.0,
+            's' => 1.0,
+            _ => return None,
+        };
+        seconds += number.parse::<f64>().ok()? * unit;
+        number.clear();
+    }
+    number.is_empty().then_some((seconds, reason))
 }
 
 /// The view of a run while it goes: what it reads, and where.
@@ -321,15 +449,14 @@ struct Watch<'a> {
     clock: Clock,
     service: &'a Service,
     gateway: &'a DemoGateway,
-    counts: &'a [AppCounts; 2],
-    phase: &'a Mutex<&'static str>,
-    burst_done: &'a AtomicU64,
+    shared: &'a Shared,
     metrics_url: &'a str,
 }
 
 impl Watch<'_> {
-    /// Shows the run until it has drained (or the steady phase is over),
-    /// or until `interrupt`: then returns the demo time it came.
+    /// Shows the run until everything no budget holds has been delivered
+    /// (or the steady phase is over), or until `interrupt`: then returns
+    /// the demo time it came.
     async fn run(&self, interrupt: impl std::future::Future<Output = ()>) -> Option<f64> {
         let mut interrupt = std::pin::pin!(interrupt);
         let Watch {
@@ -337,9 +464,7 @@ impl Watch<'_> {
             clock,
             service,
             gateway,
-            counts,
-            phase,
-            burst_done,
+            shared,
             metrics_url,
         } = *self;
         let scale = options.time_scale;
@@ -354,30 +479,27 @@ impl Watch<'_> {
         // One scale for every frame of the run: twice the starting ceiling, so
         // the ceiling bar sits mid-way and a burst visibly overflows it.
         let bar_full = service
-            .shaping("demo-gateway")
+            .shaping(GATEWAY)
             .map_or(1.0, |view| view.model.ceiling * scale * 2.0)
             .max(1.0);
         let mut last_line = -100.0;
         let mut history = History::default();
-        let (burst_at, steady_at) = (IDLE + TRICKLE, IDLE + TRICKLE + 1.0);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 _ = &mut interrupt => return Some(clock.now()),
             }
             let now = clock.now();
-            let done = burst_done.load(Ordering::Relaxed) == 4;
-            let view = service.shaping("demo-gateway").expect("the demo gateway");
-            if done && now > steady_at {
-                *phase.lock_recovered() = "steady: the burst is queued or retried; draining";
+            let view = service.shaping(GATEWAY).expect("the demo gateway");
+            let burst_done = shared.burst_done().is_some();
+            let settled = burst_done && all_held_by_budgets(&view, gateway);
+            if settled {
+                shared.set_phase(HELD_PHASE);
+            } else if burst_done {
+                shared.set_phase(RELEASE_PHASE);
             }
-            let waiting: u64 = counts.iter().map(|c| AppCounts::get(&c.waiting)).sum();
-            let finished = done && view.queued == 0 && waiting == 0;
-            // Offers, re-offers included: the load the proxy sees.
-            let offered: u64 = counts
-                .iter()
-                .map(|c| AppCounts::get(&c.messages) + AppCounts::get(&c.reoffers))
-                .sum();
+            let finished = settled && now >= BURST_AT + AFTER_BURST_MIN;
+            let offered = shared.total(|c| &c.messages);
             let delivered = gateway.received.lock_recovered().arrivals.len() as u64;
             let recent = history.recent(now, offered, delivered);
             if options.live {
@@ -388,23 +510,17 @@ impl Watch<'_> {
                 last_line = now;
                 let _ = writeln!(out, "{}", self.line(now, &view, &recent));
             }
-            if finished || now > burst_at + STEADY_MAX {
+            if finished || now > BURST_AT + AFTER_BURST_MAX {
                 return None;
             }
         }
     }
 
     /// The live table a terminal gets several times a second.
-    fn table(
-        &self,
-        now: f64,
-        bar_full: f64,
-        view: &crate::shaper::GatewayView,
-        recent: &Recent,
-    ) -> String {
+    fn table(&self, now: f64, bar_full: f64, view: &GatewayView, recent: &Recent) -> String {
         table(
             &Frame {
-                phase: &self.phase.lock_recovered(),
+                phase: &self.shared.phase.lock_recovered(),
                 now,
                 scale: self.options.time_scale,
                 metrics_url: self.metrics_url,
@@ -412,35 +528,56 @@ impl Watch<'_> {
             },
             view,
             recent,
-            self.counts,
+            &self.shared.apps,
             &self.gateway.received.lock_recovered().arrivals,
         )
     }
 
     /// The progress line a pipe gets every few seconds.
-    fn line(&self, now: f64, view: &crate::shaper::GatewayView, recent: &Recent) -> String {
+    fn line(&self, now: f64, view: &GatewayView, recent: &Recent) -> String {
         let mut line = format!(
             "t={now:>5.1}s  {:<7}  offered {:>6.1}/s  ceiling {:>5.1}/s  delivered {:>5.1}/s  queued {:>4}",
-            self.phase.lock_recovered().split(':').next().unwrap_or(""),
+            self.shared
+                .phase
+                .lock_recovered()
+                .split(':')
+                .next()
+                .unwrap_or(""),
             recent.offered,
             view.model.ceiling * self.options.time_scale,
             recent.delivered,
             view.queued
         );
-        let arrivals = &self.gateway.received.lock_recovered().arrivals;
-        for (index, app) in APPS.iter().enumerate() {
-            let c = &self.counts[index];
+        for budget in &view.model.budgets {
             let _ = write!(
                 line,
-                "  | {app}: {} messages, {} deferred, {} re-offers, {} queued, {} delivered",
+                "  {} budget {}/{}",
+                horizon_name(budget.horizon),
+                budget.sent,
+                budget.allowance
+            );
+        }
+        let arrivals = &self.gateway.received.lock_recovered().arrivals;
+        for (index, app) in APPS.iter().enumerate() {
+            let c = &self.shared.apps[index];
+            let _ = write!(
+                line,
+                "  | {app}: {} messages, {} accepted, {} lost, {} queued, {} delivered",
                 AppCounts::get(&c.messages),
-                AppCounts::get(&c.deferred),
-                AppCounts::get(&c.reoffers),
+                AppCounts::get(&c.accepted),
+                c.lost(),
                 view.lanes.get(index).copied().unwrap_or(0),
                 arrivals.iter().filter(|a| a.app == *app).count()
             );
         }
         line
+    }
+}
+
+fn horizon_name(horizon: crate::config::Horizon) -> &'static str {
+    match horizon {
+        crate::config::Horizon::Hour => "hour",
+        crate::config::Horizon::Day => "day",
     }
 }
 
@@ -504,17 +641,27 @@ impl Clock {
     }
 }
 
+/// What the proxy made of one message.
+enum Answer {
+    /// `250`, with its text.
+    Accepted(String),
+    /// 4xx or 5xx.
+    Refused,
+    /// No answer: the connection failed.
+    Failed,
+}
+
 /// One app's connection to the proxy.
 struct App {
     proxy: String,
     index: usize,
-    counts: Arc<[AppCounts; 2]>,
+    shared: Arc<Shared>,
     connection: Option<Connection>,
     upstream: Upstream,
 }
 
 impl App {
-    fn new(proxy: String, index: usize, counts: Arc<[AppCounts; 2]>) -> App {
+    fn new(proxy: String, index: usize, shared: Arc<Shared>) -> App {
         // Plain SMTP to the proxy on loopback, as an app's library speaks.
         let upstream = Upstream {
             mode: GatewayTls::None,
@@ -524,38 +671,36 @@ impl App {
         App {
             proxy,
             index,
-            counts,
+            shared,
             connection: None,
             upstream,
         }
     }
 
-    /// Offers one message (`again`: one offered before and not accepted);
-    /// false when the proxy deferred it (or the offer failed), so the app
-    /// is to offer it again.
-    async fn offer(&mut self, clock: Clock, again: bool) -> bool {
-        let accepted = self.try_offer(clock, again).await;
-        let counts = &self.counts[self.index];
-        match (accepted, again) {
-            (true, true) => {
-                counts.waiting.fetch_sub(1, Ordering::Relaxed);
+    /// Sends one message, once, and counts the answer. Returns the `250`'s
+    /// text when it was accepted; anything else the app reports as an
+    /// error and the message is lost, as with every mainstream mail
+    /// library (none retries a 4xx).
+    async fn send(&mut self, clock: Clock) -> Option<String> {
+        let answer = self.try_send(clock).await;
+        let counts = &self.shared.apps[self.index];
+        counts.messages.fetch_add(1, Ordering::Relaxed);
+        match answer {
+            Answer::Accepted(reply) => {
+                counts.accepted.fetch_add(1, Ordering::Relaxed);
+                if said_wait(&reply).is_some_and(|(_, why)| why.contains("volume budget")) {
+                    counts.budget_held.fetch_add(1, Ordering::Relaxed);
+                }
+                return Some(reply);
             }
-            (false, false) => {
-                counts.waiting.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
-        }
-        accepted
+            Answer::Refused => counts.refused.fetch_add(1, Ordering::Relaxed),
+            Answer::Failed => counts.failed.fetch_add(1, Ordering::Relaxed),
+        };
+        None
     }
 
-    async fn try_offer(&mut self, clock: Clock, again: bool) -> bool {
+    async fn try_send(&mut self, clock: Clock) -> Answer {
         let app = APPS[self.index];
-        let counts = &self.counts[self.index];
-        if again {
-            counts.reoffers.fetch_add(1, Ordering::Relaxed);
-        } else {
-            counts.messages.fetch_add(1, Ordering::Relaxed);
-        }
         if self.connection.is_none() {
             let open = Connection::open(
                 &self.proxy,
@@ -568,7 +713,7 @@ impl App {
             .await;
             match open {
                 Ok(open) => self.connection = Some(open),
-                Err(_) => return false,
+                Err(_) => return Answer::Failed,
             }
         }
         let envelope = Envelope {
@@ -579,59 +724,48 @@ impl App {
             received_at: 0,
             dsn: false,
         };
+        // A bulk sender's mail carries one-click unsubscribe (RFC 8058).
+        let unsubscribe = if self.index == NEWSLETTER {
+            "List-Unsubscribe: <https://newsletter.example.com/unsubscribe>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        } else {
+            ""
+        };
         let body = format!(
-            "From: {app}@{app}.example.com\r\nTo: someone@example.org\r\nSubject: demo\r\nX-Demo-Sent: {:.3}\r\n\r\nhello from {app}\r\n",
+            "From: {app}@{app}.example.com\r\nTo: someone@example.org\r\nSubject: demo\r\n{unsubscribe}X-Demo-Sent: {:.3}\r\n\r\nhello from {app}\r\n",
             clock.start.elapsed().as_secs_f64()
         );
         let connection = self.connection.as_mut().expect("opened above");
-        match connection.send(&envelope, &[0], body.as_bytes()).await {
-            Ok(transaction) => {
-                if !transaction.reusable {
-                    self.connection = None;
-                }
-                if transaction.replies[0].is_positive() {
-                    counts.accepted.fetch_add(1, Ordering::Relaxed);
-                    true
-                } else {
-                    if !again {
-                        counts.deferred.fetch_add(1, Ordering::Relaxed);
-                    }
-                    false
-                }
-            }
-            Err(_) => {
-                self.connection = None;
-                false
-            }
+        let Ok(transaction) = connection.send(&envelope, &[0], body.as_bytes()).await else {
+            self.connection = None;
+            return Answer::Failed;
+        };
+        if !transaction.reusable {
+            self.connection = None;
+        }
+        let reply = &transaction.replies[0];
+        if reply.is_positive() {
+            Answer::Accepted(format!("{} {}", reply.code, reply.lines.join(" ")))
+        } else {
+            Answer::Refused
         }
     }
 }
 
-/// An app sending `per_second` from the end of the idle phase until `stop`;
-/// a deferred message is offered again [`RETRY_AFTER`] later.
+/// An app sending `per_second` from the end of the idle phase until
+/// `stop`, each message once.
 async fn trickle(
     proxy: String,
     index: usize,
     per_second: f64,
     clock: Clock,
-    counts: Arc<[AppCounts; 2]>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
 ) {
-    let mut app = App::new(proxy, index, counts);
-    // When each deferred message is due again, oldest first.
-    let mut retries = std::collections::VecDeque::new();
+    let mut app = App::new(proxy, index, shared);
     clock.sleep_until(IDLE).await;
     let mut next = clock.now();
     while !stop.load(Ordering::Relaxed) {
-        while retries.front().is_some_and(|due| *due <= clock.now()) {
-            retries.pop_front();
-            if !app.offer(clock, true).await {
-                retries.push_back(clock.now() + RETRY_AFTER);
-            }
-        }
-        if !app.offer(clock, false).await {
-            retries.push_back(clock.now() + RETRY_AFTER);
-        }
+        app.send(clock).await;
         next += 1.0 / per_second;
         clock.sleep_until(next).await;
     }
@@ -666,7 +800,7 @@ struct Frame<'a> {
 /// The live view; rates in demo units (real rates x `scale`).
 fn table(
     frame: &Frame<'_>,
-    view: &crate::shaper::GatewayView,
+    view: &GatewayView,
     recent: &Recent,
     counts: &[AppCounts; 2],
     arrivals: &[gateway::Arrival],
@@ -689,12 +823,31 @@ fn table(
     let _ = writeln!(text, "metrics: {metrics_url}\n");
     let _ = writeln!(
         text,
-        "gateway demo-gateway   baseline {:.1}/s   burst ratio {:.1}   queued {}   oldest {:.0}s",
+        "gateway {GATEWAY}   baseline {:.1}/s   burst ratio {:.1}   queued {}   oldest {:.0}s",
         baseline,
         model.burst_ratio,
         view.queued,
         view.oldest_age / scale
     );
+    let budgets: Vec<String> = model
+        .budgets
+        .iter()
+        .map(|budget| {
+            format!(
+                "{} {} of {} sent",
+                horizon_name(budget.horizon),
+                budget.sent,
+                budget.allowance
+            )
+        })
+        .collect();
+    if !budgets.is_empty() {
+        let _ = writeln!(
+            text,
+            "  budgets: {}   (a real hour and day)",
+            budgets.join(", ")
+        );
+    }
     for (name, value) in [
         ("offered", recent.offered),
         ("ceiling", ceiling),
@@ -709,31 +862,30 @@ fn table(
     }
     let _ = writeln!(
         text,
-        "  (offered, re-offers included, and sent: the last {RATE_WINDOW:.0}s; ceiling: the shaper's limit now;\n   a full bar is {bar_full:.0}/s)"
+        "  (offered and sent: the last {RATE_WINDOW:.0}s; ceiling: the shaper's limit now;\n   a full bar is {bar_full:.0}/s)"
     );
     let _ = writeln!(
         text,
-        "\n  {:<11} {:>8} {:>9} {:>9} {:>9} {:>7} {:>10}",
-        "app", "messages", "deferred", "re-offers", "accepted", "queued", "delivered"
+        "\n  {:<11} {:>8} {:>9} {:>5} {:>7} {:>10}",
+        "app", "messages", "accepted", "lost", "queued", "delivered"
     );
     for (index, app) in APPS.iter().enumerate() {
         let delivered = arrivals.iter().filter(|a| a.app == *app).count();
         let c = &counts[index];
         let _ = writeln!(
             text,
-            "  {:<11} {:>8} {:>9} {:>9} {:>9} {:>7} {:>10}",
+            "  {:<11} {:>8} {:>9} {:>5} {:>7} {:>10}",
             app,
             AppCounts::get(&c.messages),
-            AppCounts::get(&c.deferred),
-            AppCounts::get(&c.reoffers),
             AppCounts::get(&c.accepted),
+            c.lost(),
             view.lanes.get(index).copied().unwrap_or(0),
             delivered
         );
     }
     let _ = writeln!(
         text,
-        "  (messages: each counted once; deferred: answered 451 4.7.1 at least once;\n   re-offers: deferred messages offered again, as an MTA retries)"
+        "  (each message is sent once, as mail libraries do: lost = answered 4xx/5xx or no answer;\n   queued: in the service's spool now)"
     );
     text
 }
@@ -748,15 +900,33 @@ fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
 
 /// How the run ended, for the summary.
 struct Ending<'a> {
-    /// The ceiling at the end (real units).
-    ceiling: f64,
+    /// The gateway's shaping, as the service runs it.
+    shaping: &'a ShapingConfig,
     scale: f64,
     metrics_url: &'a str,
     /// Demo time of a Ctrl-C, when the run was cut short.
     stopped_at: Option<f64>,
+    /// When everything queued at the end waited for a volume budget: the
+    /// budgets with no room left for bulk mail.
+    held_by: Option<Vec<&'static str>>,
 }
 
-fn summary(counts: &[AppCounts; 2], arrivals: &[gateway::Arrival], ending: &Ending<'_>) -> String {
+/// `seconds` as a configuration writes it ("4d", "15m").
+fn duration_text(seconds: u64) -> String {
+    match seconds {
+        s if s > 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s > 0 && s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn summary(
+    shared: &Shared,
+    arrivals: &[gateway::Arrival],
+    view: &GatewayView,
+    ending: &Ending<'_>,
+) -> String {
     let scale = ending.scale;
     let mut text = match ending.stopped_at {
         Some(at) => format!("\nsmtp-shaper demo: summary so far (stopped at t = {at:.0}s)\n\n"),
@@ -764,69 +934,110 @@ fn summary(counts: &[AppCounts; 2], arrivals: &[gateway::Arrival], ending: &Endi
     };
     let _ = writeln!(
         text,
-        "  {:<11} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
-        "app",
-        "messages",
-        "deferred",
-        "re-offers",
-        "accepted",
-        "delivered",
-        "p50 delay",
-        "p99 delay"
+        "  {:<11} {:>8} {:>9} {:>5} {:>10} {:>5} {:>10} {:>10}",
+        "app", "messages", "accepted", "lost", "delivered", "held", "p50 delay", "p99 delay"
     );
-    for (index, app) in APPS.iter().enumerate() {
-        let delays: Vec<f64> = arrivals
+    let delivered_by = |app: &str| -> Vec<f64> {
+        arrivals
             .iter()
-            .filter(|a| a.app == *app)
-            .map(|a| a.delay)
-            .collect();
-        let c = &counts[index];
+            .filter(|a| a.app == app)
+            .map(|a| a.delay / scale)
+            .collect()
+    };
+    for (index, app) in APPS.iter().enumerate() {
+        let delays = delivered_by(app);
+        let c = &shared.apps[index];
         let _ = writeln!(
             text,
-            "  {:<11} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9.1}s {:>9.1}s",
+            "  {:<11} {:>8} {:>9} {:>5} {:>10} {:>5} {:>9.1}s {:>9.1}s",
             app,
             AppCounts::get(&c.messages),
-            AppCounts::get(&c.deferred),
-            AppCounts::get(&c.reoffers),
             AppCounts::get(&c.accepted),
+            c.lost(),
             delays.len(),
-            percentile(delays.clone(), 0.5) / scale,
-            percentile(delays, 0.99) / scale,
+            view.lanes.get(index).copied().unwrap_or(0),
+            percentile(delays.clone(), 0.5),
+            percentile(delays, 0.99),
         );
     }
-    let accepted: u64 = counts.iter().map(|c| AppCounts::get(&c.accepted)).sum();
-    let waiting: u64 = counts.iter().map(|c| AppCounts::get(&c.waiting)).sum();
+    let _ = writeln!(
+        text,
+        "  (delays: of the delivered messages; held: in the service's spool at the end)\n"
+    );
+    let accepted = shared.total(|c| &c.accepted);
+    let (refused, failed) = (shared.total(|c| &c.refused), shared.total(|c| &c.failed));
+    let delivered = arrivals.len() as u64;
+    let held = view.queued as u64;
+    let deferrals: u64 = view.model.deferrals.iter().sum();
+    let lost = refused + failed;
+    if lost == 0 {
+        let _ = writeln!(
+            text,
+            "  lost 0: nothing was refused (the service counted {deferrals} deferrals). These apps send each\n  message once, as Python's smtplib, Jakarta Mail or .NET's SmtpClient do: a 4xx would have lost it."
+        );
+    } else {
+        let _ = writeln!(
+            text,
+            "  lost {lost}: {refused} answered 4xx/5xx (the service counted {deferrals} deferrals), {failed} without\n  an answer. These apps send each message once: what is not accepted is lost."
+        );
+    }
+    burst_lines(&mut text, shared, ending.stopped_at.is_some());
+    let budget_held = shared.total(|c| &c.budget_held);
+    if ending.stopped_at.is_some() {
+        let _ = writeln!(
+            text,
+            "  accepted {accepted}, delivered {delivered}, {held} in the spool when you stopped it (a real\n  service delivers its spool after the next start; the demo removes its own)."
+        );
+    } else {
+        let sum = if accepted == delivered + held {
+            "="
+        } else {
+            "but"
+        };
+        let _ = writeln!(
+            text,
+            "  accepted {accepted} {sum} delivered {delivered} + held {held} in the spool at the end."
+        );
+        match &ending.held_by {
+            Some(budgets) if held > 0 => {
+                let _ = writeln!(
+                    text,
+                    "  The {held} held wait for room for bulk mail in the {} budget ({budget_held} were told so by\n  their 250). The service releases them as the real hour's and day's windows move on, if it\n  kept running: the demo ends here and removes its temporary spool.",
+                    budgets.join(" and ")
+                );
+            }
+            Some(_) => {}
+            None => {
+                let _ = writeln!(
+                    text,
+                    "  The run's time was up with mail no budget holds still queued ({budget_held} were told by\n  their 250 that a volume budget holds them); the demo removes its temporary spool."
+                );
+            }
+        }
+    }
+    let alerts = &shared.apps[ALERTS];
+    let alert_delays = delivered_by(APPS[ALERTS]);
+    if AppCounts::get(&alerts.budget_held) == 0 && view.lanes.get(ALERTS) == Some(&0) {
+        let _ = writeln!(
+            text,
+            "  alerts were never held: {} delivered, the slowest in {:.1}s.",
+            alert_delays.len(),
+            alert_delays.iter().copied().fold(0.0, f64::max)
+        );
+    }
+    budget_lines(&mut text, view, ending.shaping);
     // The most the gateway received in any one (demo) second.
     let mut per_second = std::collections::HashMap::<u64, u64>::new();
     for arrival in arrivals {
         *per_second.entry((arrival.at / scale) as u64).or_default() += 1;
     }
     let peak = per_second.values().copied().max().unwrap_or(0);
-    let undelivered = accepted.saturating_sub(arrivals.len() as u64);
-    if ending.stopped_at.is_some() {
-        let _ = writeln!(
-            text,
-            "\n  accepted {accepted}, delivered {}; {undelivered} accepted were still queued and {waiting} deferred\n  waiting to be offered again when you stopped it (a real service delivers its queue after the next start)",
-            arrivals.len(),
-        );
-    } else {
-        let _ = writeln!(
-            text,
-            "\n  accepted {accepted}, delivered {} (lost {undelivered})",
-            arrivals.len(),
-        );
-    }
     let _ = writeln!(
         text,
-        "  the gateway received at most {peak} messages in any second; the ceiling was {:.1}/s (+ burst 5)",
-        ending.ceiling * scale
+        "  the gateway received at most {peak} messages in any second; the ceiling was {:.1}/s (+ burst {}).",
+        view.model.ceiling * scale,
+        ending.shaping.burst
     );
-    if ending.stopped_at.is_none() {
-        let _ = writeln!(
-            text,
-            "  the burst was spread over time, new mail past max_queue_delay was deferred\n  (451 4.7.1) and delivered when offered again; alerts kept flowing."
-        );
-    }
     let _ = writeln!(
         text,
         "\n  Try it for real: smtp-shaper run   (or cargo run --release -- run)\n  on its embedded default: listens on 127.0.0.1:2525, spools to ./smtp-shaper-spool,\n  relays to an SMTP server on 127.0.0.1:25; config/smtp-shaper.toml documents every key.\n  Metrics were at {} (grafana/ has the dashboard and alert rules).",
@@ -835,10 +1046,68 @@ fn summary(counts: &[AppCounts; 2], arrivals: &[gateway::Arrival], ending: &Endi
     text
 }
 
+/// What the burst's answers were.
+fn burst_lines(text: &mut String, shared: &Shared, stopped: bool) {
+    let burst = &shared.burst;
+    let accepted = AppCounts::get(&burst.accepted);
+    match shared.burst_done() {
+        Some(done) => {
+            let _ = writeln!(
+                text,
+                "  the burst: {accepted} of {BURST_MESSAGES} accepted at once, the last 250 {:.1}s after it began.",
+                done - BURST_AT
+            );
+        }
+        None if stopped && accepted > 0 => {
+            let _ = writeln!(
+                text,
+                "  the burst: {accepted} of {BURST_MESSAGES} accepted when you stopped it."
+            );
+        }
+        None => return,
+    }
+    let waits = AppCounts::get(&burst.waits);
+    if let Some((_, reply)) = burst.longest.lock_recovered().as_ref() {
+        let _ = writeln!(
+            text,
+            "  {waits} of its 250s said when the message leaves; the longest wait:\n    {reply}"
+        );
+    }
+}
+
+/// The volume budgets at the end, and the shaping they come from.
+fn budget_lines(text: &mut String, view: &GatewayView, shaping: &ShapingConfig) {
+    for budget in &view.model.budgets {
+        let name = horizon_name(budget.horizon);
+        let floor = shaping.min_volume[budget.horizon as usize].unwrap_or(0);
+        let unit = match budget.horizon {
+            crate::config::Horizon::Hour => "h",
+            crate::config::Horizon::Day => "day",
+        };
+        let allowance = if budget.allowance == floor {
+            format!("{floor} (the {floor}/{unit} floor: no history yet)")
+        } else {
+            format!("{} (the floor is {floor}/{unit})", budget.allowance)
+        };
+        let _ = writeln!(
+            text,
+            "  {name} budget: {} sent of {allowance}; bulk mail may use {} of it.",
+            budget.sent,
+            budget.allowance.saturating_sub(budget.transactional_room)
+        );
+    }
+    let _ = writeln!(
+        text,
+        "  shaped as shipped: warmup {}x/day, max_queue_delay {} (the defaults); the floors are the demo's.",
+        shaping.warmup,
+        duration_text(shaping.max_queue_delay.as_secs())
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shaper::{GatewayView, ModelView};
+    use crate::shaper::{DeferReason, ModelView, Projection};
 
     fn view(ceiling: f64) -> GatewayView {
         GatewayView {
@@ -910,5 +1179,30 @@ mod tests {
             "#".repeat(6),
             ".".repeat(34)
         )));
+    }
+
+    /// The demo reads the service's own 250, as `accepted_reply` writes it.
+    #[test]
+    fn the_wait_a_250_says_is_read_back() {
+        let reply = |wait: f64, reason: DeferReason| {
+            let reply =
+                crate::inbound::session::accepted_reply("1A2B3C", &Projection { wait, reason });
+            format!("{} {}", reply.code, reply.lines.join(" "))
+        };
+        for (wait, reason, seconds) in [
+            (3_540.0, DeferReason::HourBudget, 3_540.0),
+            (3_600.0, DeferReason::HourBudget, 3_600.0),
+            (5_000.0, DeferReason::DayBudget, 5_040.0),
+            (86_400.0 + 7_200.0, DeferReason::DayBudget, 93_600.0),
+        ] {
+            let text = reply(wait, reason);
+            assert_eq!(
+                said_wait(&text),
+                Some((seconds, reason.describe())),
+                "{text}"
+            );
+        }
+        assert_eq!(said_wait(&reply(30.0, DeferReason::QueueDelay)), None);
+        assert_eq!(said_wait("250 2.0.0 Ok: queued as 1A2B3C"), None);
     }
 }
