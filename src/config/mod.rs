@@ -1262,9 +1262,9 @@ fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
 
 /// The gateway's `max_queue_delay` by default: long enough to hold a
 /// thousand-message burst whole on a gateway with no history and the
-/// shipped floors (it leaves over about two and a half days, see the
-/// README's "Holding a burst"), and shorter than `max_age` (5 days), so
-/// mail accepted on its projection leaves before it would expire.
+/// shipped floors (the last leaves after about two days, see the README's
+/// "Admission: hold, don't hand back"), and shorter than `max_age` (5
+/// days), so mail accepted on its projection leaves before it would expire.
 pub const DEFAULT_MAX_QUEUE_DELAY: &str = "4d";
 
 /// What `min_rate` and `initial_rate` accept.
