@@ -100,8 +100,9 @@ enum Command {
         /// How long an app waits before offering a deferred message again
         #[arg(long, default_value = "10m", value_parser = parse_duration_arg)]
         retry_after: std::time::Duration,
-        /// Write one CSV row per message sent here: time,app,recipients,delay
-        /// (trace seconds; delay from its first offer to its sending)
+        /// Write one CSV row per message sent here: time,app,recipients,delay,held
+        /// (trace seconds; delay from its first offer to its sending, held
+        /// from its acceptance)
         #[arg(long)]
         sent_log: Option<PathBuf>,
         /// Spread the trace over this many sidecars sharing one budget, as

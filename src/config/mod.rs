@@ -572,6 +572,10 @@ pub struct AppConfig {
     /// it is dead-lettered (and reported with `dsn`); `None` takes the
     /// gateway's `max_age` (5 days, Postfix's `maximal_queue_lifetime`).
     pub expire_after: Option<Duration>,
+    /// Held this long without being sent, the sender gets one delivery
+    /// status notification with `Action: delayed` (Postfix's
+    /// `delay_warning_time`); `None` (the default): none.
+    pub notify_delay: Option<Duration>,
 }
 
 /// Every problem found in a configuration, one line each.
@@ -1402,7 +1406,19 @@ fn read_app(mut s: Section<'_>) -> AppConfig {
             units::parse_duration,
         ),
         expire_after: s.optional("expire_after", units::DURATION_FORMS, units::parse_duration),
+        notify_delay: s.optional("notify_delay", units::DURATION_FORMS, units::parse_duration),
     };
+    if app.notify_delay.is_some_and(|delay| delay.is_zero()) {
+        s.problem("notify_delay", "must be longer than 0");
+    }
+    if let (Some(delay), Some(after)) = (app.notify_delay, app.expire_after)
+        && delay >= after
+    {
+        s.problem(
+            "notify_delay",
+            "must be shorter than expire_after: mail held that long has expired already",
+        );
+    }
     if app.max_queue_delay.is_some_and(|delay| delay.is_zero()) {
         s.problem("max_queue_delay", "must be longer than 0");
     }

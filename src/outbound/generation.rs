@@ -14,9 +14,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::client::Credentials;
+use super::held;
 use super::queue::{DeliveryQueue, Parked, Parking, Queued};
 use super::retry::Backoff;
-use super::worker::{WorkerContext, expiry, worker};
+use super::worker::{WorkerContext, worker};
 use super::{Gateway, dkim, verify};
 use crate::cluster::{Cluster, HEARTBEAT_INTERVAL};
 use crate::config::{Config, GatewayConfig, Horizon};
@@ -125,13 +126,17 @@ impl Generation {
             helo_name: config.server.hostname.clone(),
             metrics: metrics.clone(),
             report_lane: apps.other_lane(),
-            lifetimes: Arc::new(apps.lifetimes()),
+            holding: Arc::new(apps.holding()),
         };
         for gateway in &gateways {
             for _ in 0..gateway.config.max_connections {
                 tasks.spawn(worker(gateway.clone(), context.clone(), shutdown.clone()));
             }
-            tasks.spawn(expiry(gateway.clone(), context.clone(), shutdown.clone()));
+            tasks.spawn(held::sweep(
+                gateway.clone(),
+                context.clone(),
+                shutdown.clone(),
+            ));
             if cluster.is_some() {
                 tasks.spawn(heartbeats(gateway.clone(), shutdown.clone()));
             }

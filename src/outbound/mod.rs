@@ -19,6 +19,7 @@ mod admin;
 pub mod client;
 pub mod dkim;
 mod generation;
+mod held;
 pub mod oauth;
 mod queue;
 pub mod retry;

@@ -1467,6 +1467,38 @@ impl DeliveryQueue {
         expired
     }
 
+    /// The messages never tried, still waiting for the shaper, that arrived
+    /// in `arrived(lane)` (Unix seconds, both ends included) for the lanes
+    /// that have such a window: the delay notices due (see the worker's
+    /// held-mail sweep). Each is the message when held whole, else its
+    /// parked reference (to be read back).
+    pub fn arrived_between(
+        &self,
+        arrived: impl Fn(usize) -> Option<(u64, u64)>,
+    ) -> Vec<(usize, Result<StoredMessage, Parked>)> {
+        let state = self.lock();
+        let mut found = Vec::new();
+        for lane in 0..state.scheduler.lanes() {
+            let Some((from, until)) = arrived(lane) else {
+                continue;
+            };
+            for slot in state.scheduler.lane_items(lane) {
+                let at = slot.received_at();
+                if at < from || at > until {
+                    continue;
+                }
+                match slot {
+                    Slot::Held(item) if item.attempts == 0 => {
+                        found.push((lane, Ok(item.message.clone())));
+                    }
+                    Slot::Held(_) => {}
+                    Slot::Parked(parked) => found.push((lane, Err(*parked))),
+                }
+            }
+        }
+        found
+    }
+
     /// Takes message `id` out of the queue (an operator deleting it), with
     /// its lane and units.
     pub fn remove(&self, id: &str) -> Option<(Slot, usize, u64)> {

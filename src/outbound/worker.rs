@@ -26,7 +26,8 @@ use tokio::time::Instant;
 use super::Gateway;
 use super::client::Connection;
 use super::dkim::{Signer, signing_domain};
-use super::queue::{Attempt, HISTORY_LENGTH, Queued, Slot};
+use super::queue::{Attempt, HISTORY_LENGTH, Queued};
+use crate::policy::Holding;
 use crate::shaper::feedback::{Signal, classify};
 use crate::shutdown::Shutdown;
 use crate::smtp::dsn::{self, Failure};
@@ -44,19 +45,26 @@ pub(super) struct WorkerContext {
     pub metrics: Arc<Metrics>,
     /// The lane notifications to senders travel in (`other`'s).
     pub report_lane: usize,
-    /// Per lane, how long its mail may stay queued (`[[apps]]
-    /// expire_after`); `None` is the gateway's `max_age`.
-    pub lifetimes: Arc<Vec<Option<std::time::Duration>>>,
+    /// Per lane, what becomes of mail held long (`[[apps]] expire_after`
+    /// and `notify_delay`).
+    pub holding: Arc<Vec<Holding>>,
 }
 
 impl WorkerContext {
     /// How long mail of `lane` may stay queued before it is dead-lettered.
-    fn lifetime(&self, gateway: &Gateway, lane: usize) -> std::time::Duration {
-        self.lifetimes
+    pub(super) fn lifetime(&self, gateway: &Gateway, lane: usize) -> std::time::Duration {
+        self.holding
             .get(lane)
-            .copied()
-            .flatten()
+            .and_then(|holding| holding.expire_after)
             .unwrap_or(gateway.config.max_age)
+    }
+
+    /// How long mail of `lane` is held before its sender is told
+    /// (`notify_delay`), if at all.
+    pub(super) fn notify_delay(&self, lane: usize) -> Option<std::time::Duration> {
+        self.holding
+            .get(lane)
+            .and_then(|holding| holding.notify_delay)
     }
 }
 
@@ -106,43 +114,6 @@ pub(super) async fn worker(gateway: Arc<Gateway>, context: WorkerContext, mut sh
     }
 }
 
-/// How often a gateway's queue is swept for mail held past its lifetime.
-const EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Dead-letters (and reports, with `dsn`) the mail of `gateway` held past
-/// its lifetime (`[[apps]] expire_after`, else `max_age`) without waiting
-/// for its turn, which the budgets may give only days later.
-pub(super) async fn expiry(gateway: Arc<Gateway>, context: WorkerContext, mut shutdown: Shutdown) {
-    loop {
-        let lifetime = |lane: usize| context.lifetime(&gateway, lane).as_secs();
-        for (slot, lane, units) in gateway.queue.take_expired(lifetime) {
-            let item = match slot {
-                Slot::Held(item) => *item,
-                Slot::Parked(parked) => {
-                    match context
-                        .spool
-                        .read_message(parked.segment(), parked.offset())
-                        .await
-                    {
-                        Ok((message, _body)) => Queued::new(message, lane, None),
-                        Err(error) => {
-                            tracing::error!(queue_id = %parked.id(), gateway = %gateway.config.name, %error, "cannot read an expired message back from the spool; it stays queued");
-                            gateway.queue.push_parked(parked, lane, units);
-                            continue;
-                        }
-                    }
-                }
-            };
-            let lifetime = std::time::Duration::from_secs(lifetime(lane));
-            expired(&gateway, &context, item, lifetime).await;
-        }
-        tokio::select! {
-            _ = shutdown.stopped() => break,
-            _ = tokio::time::sleep(EXPIRY_INTERVAL) => {}
-        }
-    }
-}
-
 /// One delivery attempt of one message, and what follows from its replies.
 async fn deliver(
     gateway: &Gateway,
@@ -174,7 +145,7 @@ async fn deliver(
 /// not sent that late, but dead-lettered and reported like a recipient that kept
 /// failing (`4.4.7`, RFC 3463's "delivery time expired"). Its turn was
 /// counted in the budgets, which only holds the gateway back a little.
-async fn expired(
+pub(super) async fn expired(
     gateway: &Gateway,
     context: &WorkerContext,
     item: Queued,
@@ -549,7 +520,16 @@ async fn bury(
     {
         Ok(path) if message.envelope.dsn => {
             let indices: Vec<u32> = dead.iter().map(|(recipient, _)| *recipient).collect();
-            match notify_sender(gateway, context, message, failures, &indices).await {
+            match notify_sender(
+                gateway,
+                context,
+                message,
+                dsn::Action::Failed,
+                failures,
+                &indices,
+            )
+            .await
+            {
                 Ok(()) => Some(path),
                 Err(error) => {
                     context
@@ -699,10 +679,11 @@ fn deferred(
 /// `indices` of `message`) to the message's sender, and hands it to this
 /// gateway's queue. Returns once it is durable (see the module notes); a
 /// message from the null sender gets none, which is no error.
-async fn notify_sender(
+pub(super) async fn notify_sender(
     gateway: &Gateway,
     context: &WorkerContext,
     message: &StoredMessage,
+    action: dsn::Action,
     failures: &[Failure<'_>],
     indices: &[u32],
 ) -> Result<(), SpoolError> {
@@ -725,6 +706,7 @@ async fn notify_sender(
     let id = new_queue_id();
     let now = unix_seconds();
     let report = dsn::build(&dsn::Report {
+        action,
         hostname: &context.helo_name,
         queue_id: &message.id,
         report_id: &id,
@@ -758,13 +740,18 @@ async fn notify_sender(
         .spool
         .store_report(id, name, envelope, &report, message, indices)
         .await?;
-    metrics.dsns.with_label_values(&[name, "queued"]).inc();
+    let (result, what) = match action {
+        dsn::Action::Failed => ("queued", "failed"),
+        dsn::Action::Delayed { .. } => ("delayed", "delayed"),
+    };
+    metrics.dsns.with_label_values(&[name, result]).inc();
     tracing::info!(
         queue_id = %message.id,
         dsn_queue_id = %stored.id,
         gateway = %name,
         sender = %message.envelope.sender,
         recipients = failures.len(),
+        action = what,
         "queued a delivery status notification to the sender"
     );
     gateway.queue.push(

@@ -12,12 +12,23 @@
 //! placed again by network or sender (a login is not stored).
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 
 use crate::config::{AppClass, AppConfig, UnsubscribeMode};
 use crate::config::{Network, SenderPattern};
 use crate::shaper::Lane;
+
+/// What becomes of an app's mail that is held long.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Holding {
+    /// Queued longer: dead-lettered (`None`: the gateway's `max_age`).
+    pub expire_after: Option<Duration>,
+    /// Held this long without being sent: the sender is told once
+    /// (`Action: delayed`); `None`: never.
+    pub notify_delay: Option<Duration>,
+}
 
 /// The lane of mail no `[[apps]]` entry matches.
 pub const OTHER_APP: &str = "other";
@@ -106,13 +117,16 @@ impl Apps {
         self.apps.len()
     }
 
-    /// How long the mail of each lane may stay queued (`expire_after`),
-    /// `other` last; `None` is the gateway's `max_age`.
-    pub fn lifetimes(&self) -> Vec<Option<std::time::Duration>> {
+    /// What becomes of each lane's mail held long, `other` last (which
+    /// takes the gateway's `max_age` and sends no delay notices).
+    pub fn holding(&self) -> Vec<Holding> {
         self.apps
             .iter()
-            .map(|app| app.expire_after)
-            .chain([None])
+            .map(|app| Holding {
+                expire_after: app.expire_after,
+                notify_delay: app.notify_delay,
+            })
+            .chain([Holding::default()])
             .collect()
     }
 

@@ -13,7 +13,7 @@ pub mod message;
 mod routing;
 pub mod senders;
 
-pub use apps::{Apps, OTHER_APP};
+pub use apps::{Apps, Holding, OTHER_APP};
 pub use routing::{Router, sender_domains};
 
 use std::sync::Arc;

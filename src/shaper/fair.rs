@@ -133,6 +133,11 @@ impl<T> FairQueue<T> {
         self.lanes.iter().flatten()
     }
 
+    /// Every item of `lane`, oldest first.
+    pub fn lane(&self, lane: usize) -> impl Iterator<Item = &T> {
+        self.lanes.get(lane).into_iter().flatten()
+    }
+
     /// Takes out the first item `matches` picks (an operator deleting a
     /// message), with its lane; the round robin goes on as if it had never
     /// been queued.

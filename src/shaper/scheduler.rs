@@ -316,6 +316,16 @@ impl<T> Scheduler<T> {
         self.queue.iter().map(|entry| &entry.item)
     }
 
+    /// The number of lanes (the apps, then `other`).
+    pub fn lanes(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// Every item queued in `lane`, oldest first.
+    pub fn lane_items(&self, lane: usize) -> impl Iterator<Item = &T> {
+        self.queue.lane(lane).map(|entry| &entry.item)
+    }
+
     /// Takes out the items at the front of their lanes that are `due`
     /// (given the lane), as many in a row as are: lanes are in arrival
     /// order, so the oldest mail (the first to expire) is at their fronts.
@@ -486,6 +496,42 @@ mod tests {
             class,
             max_queue_delay: None,
         }
+    }
+
+    #[test]
+    fn the_oldest_of_each_lane_are_taken_out_when_due_and_the_rest_goes_on() {
+        let mut scheduler = scheduler("initial_rate = \"60/min\"\nburst = 1");
+        // Lane 0 holds mail of ages 0..4 (its name is its arrival); lane 1
+        // one message of age 2.
+        for name in ["a0", "a1", "a2", "a3"] {
+            scheduler.push(0.0, 0, 1, name);
+        }
+        scheduler.push(0.0, 1, 1, "b2");
+        let arrival = |item: &&str| item[1..].parse::<u32>().unwrap();
+        // Lane 0 keeps its mail two units, lane 1 three.
+        let taken = scheduler.take_due(|lane, item| arrival(item) < [2, 3][lane]);
+        let names: Vec<(usize, &str)> =
+            taken.iter().map(|(lane, _, item)| (*lane, *item)).collect();
+        assert_eq!(names, [(0, "a0"), (0, "a1"), (1, "b2")]);
+        assert_eq!(scheduler.len(), 2);
+        assert_eq!(scheduler.queued().total_units(), 2);
+        // Nothing due twice; an emptied lane left the round robin.
+        assert!(
+            scheduler
+                .take_due(|lane, item| arrival(item) < [2, 3][lane])
+                .is_empty()
+        );
+        let mut sent = Vec::new();
+        let mut now = 0.0;
+        while sent.len() < 2 {
+            match scheduler.next(now) {
+                Release::Send { item, lane, .. } => sent.push((lane, item)),
+                Release::Wait(wait) => now += wait,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(sent, [(0, "a2"), (0, "a3")]);
+        assert!(matches!(scheduler.next(now + 60.0), Release::Idle));
     }
 
     #[test]

@@ -99,6 +99,8 @@ pub struct SentRecord {
     pub recipients: u32,
     /// Seconds from its first offer (deferrals included) to its sending.
     pub delay: f64,
+    /// Seconds from its acceptance to its sending: held in the queue.
+    pub held: f64,
 }
 
 /// One window length of the receiver's view: the worst moment of what the
@@ -137,6 +139,11 @@ pub struct Report {
     pub given_up: usize,
     /// Deferrals (451 replies) by reason, in `DeferReason::ALL` order.
     pub deferrals: [u64; DeferReason::ALL.len()],
+    /// Deferrals of mail that waiting could have taken: a projected wait
+    /// within the app's `max_queue_delay`, with room in the queue and a
+    /// message the budgets can pass. Holding, not handing back, makes this
+    /// 0 (the property tests check it).
+    pub refused_within_bound: u64,
     /// Per app lane, `other` last.
     pub apps: Vec<AppStats>,
     /// Queue delay (seconds) of every sent message, sorted.
@@ -348,6 +355,7 @@ impl<'t> Replay<'t> {
             sent: 0,
             given_up: 0,
             deferrals: [0; DeferReason::ALL.len()],
+            refused_within_bound: 0,
             apps: names
                 .iter()
                 .map(|name| AppStats {
@@ -463,6 +471,14 @@ impl<'t> Replay<'t> {
                     report.apps[offer.lane].deferred_messages += 1;
                 }
                 report.deferrals[deferral.reason as usize] += 1;
+                let stated_limit = matches!(
+                    deferral.reason,
+                    DeferReason::QueueFull | DeferReason::Recipients
+                ) || deferral.projected_wait
+                    > node.scheduler.max_delay(offer.lane);
+                if !stated_limit {
+                    report.refused_within_bound += 1;
+                }
                 day(&mut report.days, report.day_origin, now).deferred += 1;
                 self.sample.deferred += 1;
                 let due = now + self.options.retry_after;
@@ -492,6 +508,7 @@ impl<'t> Replay<'t> {
                     lane,
                     recipients: item.recipients,
                     delay: now - item.first,
+                    held: waited,
                 });
                 report.sent += 1;
                 report.apps[lane].sent += 1;
@@ -710,7 +727,7 @@ impl Report {
         }
         let shaped = self.delays.iter().filter(|delay| **delay >= 1.0).count();
         out.push_str(&format!(
-            "queue delay: p50 {}, p99 {}, max {}; {} of {} messages waited 1s or more\n",
+            "held in the queue (accepted, waiting to be sent): p50 {}, p99 {}, max {}; {} of {} messages held 1s or more\n",
             format_duration(quantile(&self.delays, 0.5)),
             format_duration(quantile(&self.delays, 0.99)),
             format_duration(self.delays.last().copied().unwrap_or(0.0)),
@@ -797,14 +814,16 @@ impl Report {
 }
 
 impl Report {
-    /// `--sent-log`: one CSV row per message sent, `time,app,recipients,delay`
-    /// (trace seconds; delay from its first offer to its sending).
+    /// `--sent-log`: one CSV row per message sent,
+    /// `time,app,recipients,delay,held` (trace seconds; delay from its
+    /// first offer to its sending, deferrals included; held from its
+    /// acceptance to its sending, in the queue).
     pub fn sent_log_csv(&self) -> String {
-        let mut out = String::from("time,app,recipients,delay\n");
+        let mut out = String::from("time,app,recipients,delay,held\n");
         for sent in &self.sent_log {
             out.push_str(&format!(
-                "{:.3},{},{},{:.3}\n",
-                sent.at, self.apps[sent.lane].name, sent.recipients, sent.delay
+                "{:.3},{},{},{:.3},{:.3}\n",
+                sent.at, self.apps[sent.lane].name, sent.recipients, sent.delay, sent.held
             ));
         }
         out

@@ -1,7 +1,9 @@
 //! Delivery status notifications (RFC 3464) in a multipart/report (RFC
 //! 6522): the message smtp-shaper sends to an envelope sender whose mail it
 //! could not deliver to some recipients (the gateway refused them with a 5xx,
-//! or kept answering 4xx until `max_age`).
+//! or kept answering 4xx until `max_age`, or it was held past its app's
+//! `expire_after`), or, with `notify_delay`, whose mail is still held
+//! (`Action: delayed`, like Postfix's `delay_warning_time`).
 //!
 //! Pure: the caller passes the times, the ids and the original message, so
 //! the report is testable byte for byte. The delivery side decides when one
@@ -11,9 +13,10 @@
 //! What the output always holds:
 //! - three parts in this order: a human-readable text/plain part, a
 //!   message/delivery-status part (per-message fields, then one block per
-//!   failed recipient: Final-Recipient, Action: failed, Status,
-//!   Diagnostic-Code, Last-Attempt-Date), and the original header section
-//!   as text/rfc822-headers;
+//!   recipient: Final-Recipient, Action: failed, Status, Diagnostic-Code,
+//!   Last-Attempt-Date; or Action: delayed, Status, Diagnostic-Code,
+//!   Will-Retry-Until), and the original header section as
+//!   text/rfc822-headers;
 //! - a boundary that occurs in none of the parts;
 //! - CRLF line endings and no line over 998 octets: the gateway's reply is
 //!   made printable ASCII and folded (a run of more than
@@ -41,9 +44,20 @@ pub struct Failure<'a> {
     pub expired: Option<(u32, u64)>,
 }
 
+/// What a report tells the sender about its recipients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Given up on (`Action: failed`).
+    Failed,
+    /// Not delivered yet, still held; given up on at `until` (Unix
+    /// seconds) if it cannot leave before (`Action: delayed`).
+    Delayed { until: u64 },
+}
+
 /// What one report says.
 #[derive(Debug, Clone)]
 pub struct Report<'a> {
+    pub action: Action,
     /// Our host name (`server.hostname`): Reporting-MTA, From: and Message-ID.
     pub hostname: &'a str,
     /// The queue id of the message reported on.
@@ -93,7 +107,10 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         report.hostname
     ));
     put(&format!("To: <{}>", report.sender));
-    put("Subject: Undelivered Mail Returned to Sender");
+    put(match report.action {
+        Action::Failed => "Subject: Undelivered Mail Returned to Sender",
+        Action::Delayed { .. } => "Subject: Delayed Mail (still being retried)",
+    });
     put(&format!("Date: {}", rfc5322_date(report.now)));
     put(&format!(
         "Message-ID: <{}.dsn@{}>",
@@ -123,7 +140,10 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
     out.extend_from_slice(&status);
     out.extend_from_slice(format!("\r\n--{boundary}\r\n").as_bytes());
     out.extend_from_slice(b"Content-Type: text/rfc822-headers\r\n");
-    out.extend_from_slice(b"Content-Description: Undelivered message headers\r\n");
+    out.extend_from_slice(match report.action {
+        Action::Failed => b"Content-Description: Undelivered message headers\r\n",
+        Action::Delayed { .. } => b"Content-Description: Delayed message headers\r\n",
+    });
     if eight_bit(original_headers) {
         out.extend_from_slice(b"Content-Transfer-Encoding: 8bit\r\n");
     }
@@ -138,6 +158,9 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
 
 /// The text/plain part, every line ending in CRLF.
 fn human_text(report: &Report<'_>) -> String {
+    if let Action::Delayed { until } = report.action {
+        return delayed_text(report, until);
+    }
     let mut text = format!(
         "This is the mail system at host {host}.\r\n\
          \r\n\
@@ -168,6 +191,38 @@ fn human_text(report: &Report<'_>) -> String {
     text
 }
 
+/// The text/plain part of a delay notice: the message is held, not lost.
+fn delayed_text(report: &Report<'_>, until: u64) -> String {
+    let mut text = format!(
+        "This is the mail system at host {host}.\r\n\
+         \r\n\
+         ####################################################################\r\n\
+         # THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE. #\r\n\
+         ####################################################################\r\n\
+         \r\n\
+         Your message has not been delivered yet. smtp-shaper holds it in its\r\n\
+         queue and releases mail at the pace the gateway's receivers accept;\r\n\
+         it keeps it until {until}. The headers of your message are\r\n\
+         attached.\r\n\
+         \r\n\
+         Queue id: {id}\r\n\
+         \r\n",
+        host = printable(report.hostname),
+        id = printable(report.queue_id),
+        until = rfc5322_date(until),
+    );
+    for failure in report.failures {
+        let line = format!(
+            "<{}>: {}",
+            printable(failure.recipient),
+            printable(&failure.reply.to_string())
+        );
+        text.push_str(&fold(&line, "    "));
+        text.push_str("\r\n");
+    }
+    text
+}
+
 /// The message/delivery-status body: per-message fields, then a block per
 /// recipient, blocks separated by a blank line.
 fn delivery_status(report: &Report<'_>) -> Vec<u8> {
@@ -182,7 +237,10 @@ fn delivery_status(report: &Report<'_>) -> Vec<u8> {
             "Final-Recipient: rfc822; {}",
             printable(failure.recipient)
         ));
-        fields.push("Action: failed".into());
+        fields.push(match report.action {
+            Action::Failed => "Action: failed".into(),
+            Action::Delayed { .. } => "Action: delayed".into(),
+        });
         fields.push(format!("Status: {}", status(failure.reply)));
         fields.push(fold(
             &format!(
@@ -191,7 +249,10 @@ fn delivery_status(report: &Report<'_>) -> Vec<u8> {
             ),
             " ",
         ));
-        fields.push(format!("Last-Attempt-Date: {}", rfc5322_date(report.now)));
+        fields.push(match report.action {
+            Action::Failed => format!("Last-Attempt-Date: {}", rfc5322_date(report.now)),
+            Action::Delayed { until } => format!("Will-Retry-Until: {}", rfc5322_date(until)),
+        });
     }
     let mut out = Vec::new();
     for field in fields {
@@ -304,6 +365,7 @@ mod tests {
             },
         ];
         let report = build(&Report {
+            action: Action::Failed,
             hostname: "shaper.test",
             queue_id: "Q1",
             report_id: "Q2",
@@ -372,6 +434,42 @@ mod tests {
     }
 
     #[test]
+    fn a_delay_notice_says_delayed_and_until_when_it_is_kept() {
+        let held = Reply::new(451, "4.7.1 held in smtp-shaper's queue for 4h0m");
+        let failures = [Failure {
+            recipient: "a@x.test",
+            reply: &held,
+            expired: None,
+        }];
+        let report = build(&Report {
+            action: Action::Delayed {
+                until: 1_795_722_059 + 432_000,
+            },
+            hostname: "shaper.test",
+            queue_id: "Q1",
+            report_id: "Q2",
+            sender: "app@app.test",
+            arrival: 1_795_722_059,
+            now: 1_795_736_459,
+            original: ORIGINAL,
+            failures: &failures,
+        });
+        let text = String::from_utf8(report).unwrap();
+        for expected in [
+            "Subject: Delayed Mail (still being retried)\r\n",
+            "THIS IS A WARNING ONLY.  YOU DO NOT NEED TO RESEND YOUR MESSAGE.",
+            "it keeps it until Tue, 01 Dec 2026 19:40:59 +0000.",
+            "Final-Recipient: rfc822; a@x.test\r\nAction: delayed\r\nStatus: 4.7.1\r\n",
+            "Will-Retry-Until: Tue, 01 Dec 2026 19:40:59 +0000\r\n",
+            "Content-Description: Delayed message headers\r\n",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in\n{text}");
+        }
+        assert!(!text.contains("Last-Attempt-Date"), "never attempted");
+        assert!(!text.contains("could not be delivered"), "{text}");
+    }
+
+    #[test]
     fn the_boundary_never_occurs_in_the_content_and_text_is_ascii() {
         let original =
             b"Subject: =_smtp-shaper-dsn-Q2 trap\r\nFrom: \xc3\xa9@app.test\r\n\r\nx\r\n";
@@ -382,6 +480,7 @@ mod tests {
             expired: None,
         }];
         let report = build(&Report {
+            action: Action::Failed,
             hostname: "shaper.test",
             queue_id: "Q1",
             report_id: "Q2",

@@ -55,7 +55,7 @@ pub const RELAY_RESULTS: &[&str] = &["delivered", "deferred", "failed"];
 /// `null_sender` (the app asks for them, but the message came from `<>`:
 /// none, so bounces never loop), `spool_error` (could not be stored: the
 /// failed recipients stay queued and are tried again).
-pub const DSN_RESULTS: &[&str] = &["queued", "null_sender", "spool_error"];
+pub const DSN_RESULTS: &[&str] = &["queued", "delayed", "null_sender", "spool_error"];
 
 /// What queued mail can wait for (`queue_waits_for`).
 const WAIT_REASONS: [DeferReason; 4] = [

@@ -21,6 +21,7 @@ fn portal() -> AppConfig {
         password_hash: Some(quick_hash("s3cret")),
         max_queue_delay: None,
         expire_after: None,
+        notify_delay: None,
     }
 }
 
@@ -173,6 +174,7 @@ async fn rule_3_a_sender_the_gateway_does_not_know_is_refused() {
         password_hash: None,
         max_queue_delay: None,
         expire_after: None,
+        notify_delay: None,
     }];
     let service = support::start(config).await;
     eventually("both senders checked", || {

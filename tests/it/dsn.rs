@@ -34,6 +34,7 @@ fn app(name: &str, network: [u8; 4], dsn: bool) -> AppConfig {
         password_hash: None,
         max_queue_delay: None,
         expire_after: None,
+        notify_delay: None,
     }
 }
 

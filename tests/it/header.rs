@@ -109,6 +109,7 @@ fn app(name: &str, senders: &[&str]) -> AppConfig {
         password_hash: None,
         max_queue_delay: None,
         expire_after: None,
+        notify_delay: None,
     }
 }
 

@@ -239,6 +239,7 @@ async fn mail_held_past_its_apps_expire_after_is_dead_lettered_and_reported() {
             password_hash: None,
             max_queue_delay: None,
             expire_after: Some(Duration::from_secs(2)),
+            notify_delay: None,
         }];
     })
     .await;
@@ -284,5 +285,118 @@ async fn mail_held_past_its_apps_expire_after_is_dead_lettered_and_reported() {
         "the sender is told"
     );
     assert_eq!(h.sink.count(), 1, "the expired message was not sent");
+    h.shutdown().await;
+}
+
+/// An app with `notify_delay` whose mail is held that long gets one
+/// `Action: delayed` notice per message, read by Python's `email`; the
+/// message itself stays queued and nothing is settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_held_past_notify_delay_is_reported_once_as_delayed() {
+    let Some(python) = python_with("email", "python3") else {
+        return;
+    };
+    let h = Harness::with(|config| {
+        // Ten an hour; bulk mail leaves a tenth of it to transactional
+        // mail, where notices travel: nine bulk messages fill its share.
+        config.gateways[0].shaping =
+            support::shaping("initial_rate = \"10/s\"\nmin_rate = [\"10/s\", \"10/h\"]");
+        config.apps = vec![AppConfig {
+            name: "newsletter".into(),
+            networks: vec!["127.0.0.1/32".parse().unwrap()],
+            senders: Vec::new(),
+            priority: 1,
+            class: AppClass::Bulk,
+            unsubscribe: UnsubscribeMode::Off,
+            dsn: false,
+            user: None,
+            password_hash: None,
+            max_queue_delay: None,
+            expire_after: None,
+            notify_delay: Some(Duration::from_secs(1)),
+        }];
+    })
+    .await;
+    let mut client = h.client().await;
+    let body = |n: usize| {
+        format!(
+            "From: news@app.test\r\nSubject: issue {n}\r\nMessage-ID: <issue-{n}@app.test>\r\n\r\nnews\r\n"
+        )
+    };
+    let mut replies = Vec::new();
+    for n in 0..10 {
+        replies.push(
+            client
+                .send_message(
+                    "news@app.test",
+                    &[&format!("reader{n}@x.test")],
+                    body(n).as_bytes(),
+                )
+                .await,
+        );
+    }
+    assert!(replies.iter().all(|reply| reply.code == 250), "{replies:?}");
+    let held = support::queue_id(&replies[9]);
+    eventually("the bulk share sent", || h.sink.count() == 9).await;
+
+    support::eventually_async("a delay notice sent", || async {
+        h.sample("smtp_shaper_dsns_total{gateway=\"primary\",result=\"delayed\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    eventually("the notice at the gateway", || h.sink.count() == 10).await;
+    let notice = h
+        .sink
+        .messages()
+        .into_iter()
+        .find(|message| message.mail_from.starts_with("<>"))
+        .expect("the notice, from the null sender");
+    assert_eq!(notice.recipients, vec!["news@app.test"]);
+    let path = h.spool.path().join("notice.eml");
+    std::fs::write(&path, &notice.data).unwrap();
+    let script = format!(
+        r#"
+import email, email.utils, sys
+msg = email.message_from_bytes(open({path:?}, "rb").read())
+def check(what, got, expected):
+    if got != expected:
+        sys.exit(f"{{what}}: got {{got!r}}, expected {{expected!r}}")
+check("defects", [str(d) for part in msg.walk() for d in part.defects], [])
+check("Subject", msg["Subject"], "Delayed Mail (still being retried)")
+parts = msg.get_payload()
+check("parts", [part.get_content_type() for part in parts],
+      ["text/plain", "message/delivery-status", "text/rfc822-headers"])
+blocks = parts[1].get_payload()
+check("X-Smtp-Shaper-Queue-Id", blocks[0]["X-Smtp-Shaper-Queue-Id"], {held:?})
+check("Final-Recipient", blocks[1]["Final-Recipient"], "rfc822; reader9@x.test")
+check("Action", blocks[1]["Action"], "delayed")
+check("Status", blocks[1]["Status"], "4.7.1")
+until = email.utils.parsedate_to_datetime(blocks[1]["Will-Retry-Until"])
+arrival = email.utils.parsedate_to_datetime(blocks[0]["Arrival-Date"])
+check("kept for max_age", (until - arrival).total_seconds(), 5 * 86400)
+check("original Message-ID", email.message_from_string(parts[2].get_payload())["Message-ID"], "<issue-9@app.test>")
+print("ok")
+"#
+    );
+    let output = std::process::Command::new(python)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success() && output.stdout == b"ok\n",
+        "{}{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&notice.data)
+    );
+    // Once: later sweeps do not tell again, and the message stays held.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        h.sample("smtp_shaper_dsns_total{gateway=\"primary\",result=\"delayed\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(h.service.queued("primary"), 1, "still held");
     h.shutdown().await;
 }

@@ -301,6 +301,7 @@ async fn python_smtplib_logs_in_as_an_app_over_starttls() {
             password_hash: Some(support::quick_hash("s3cret")),
             max_queue_delay: None,
             expire_after: None,
+            notify_delay: None,
         }];
     })
     .await;
