@@ -174,20 +174,7 @@ fn human_text(report: &Report<'_>) -> String {
         host = printable(report.hostname),
         id = printable(report.queue_id),
     );
-    for failure in report.failures {
-        let line = format!(
-            "<{}>: {}",
-            printable(failure.recipient),
-            printable(&failure.reply.to_string())
-        );
-        text.push_str(&fold(&line, "    "));
-        text.push_str("\r\n");
-        if let Some((attempts, seconds)) = failure.expired {
-            text.push_str(&format!(
-                "    (given up after {attempts} attempts in {seconds} s)\r\n"
-            ));
-        }
-    }
+    push_recipients(&mut text, report.failures);
     text
 }
 
@@ -211,7 +198,14 @@ fn delayed_text(report: &Report<'_>, until: u64) -> String {
         id = printable(report.queue_id),
         until = rfc5322_date(until),
     );
-    for failure in report.failures {
+    push_recipients(&mut text, report.failures);
+    text
+}
+
+/// A line per recipient for the text part: its address and the reply (and
+/// how long it was tried, when it expired).
+fn push_recipients(text: &mut String, failures: &[Failure<'_>]) {
+    for failure in failures {
         let line = format!(
             "<{}>: {}",
             printable(failure.recipient),
@@ -219,8 +213,12 @@ fn delayed_text(report: &Report<'_>, until: u64) -> String {
         );
         text.push_str(&fold(&line, "    "));
         text.push_str("\r\n");
+        if let Some((attempts, seconds)) = failure.expired {
+            text.push_str(&format!(
+                "    (given up after {attempts} attempts in {seconds} s)\r\n"
+            ));
+        }
     }
-    text
 }
 
 /// The message/delivery-status body: per-message fields, then a block per
