@@ -62,7 +62,16 @@ def steady_growth(rng):
     write("steady-growth.csv", rows)
 
 
+def new_gateway_burst(rng):
+    """The seed's case: an app on a gateway with no history sends 1,000
+    messages at once (within a minute, one connection each, as an app
+    does), and nothing else."""
+    rows = [(t, "reports", 1) for t in sorted(rng.uniform(0, 60) for _ in range(1_000))]
+    write("new-gateway-burst.csv", rows)
+
+
 if __name__ == "__main__":
     idle_burst(random.Random(1))
     business_hours(random.Random(2))
     steady_growth(random.Random(3))
+    new_gateway_burst(random.Random(4))

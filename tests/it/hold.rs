@@ -407,3 +407,37 @@ print("ok")
     assert_eq!(h.service.queued("primary"), 1, "still held");
     h.shutdown().await;
 }
+
+/// The embedded default (`smtp-shaper run` with no file) holds too: mail
+/// past the first hour's floor (60) is accepted, and told when it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_holds_what_the_first_hour_cannot_send() {
+    let sink = Sink::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut config = smtp_shaper::config::Config::embedded_default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.spool.dir = spool.path().to_path_buf();
+    config.http.listen = None;
+    config.gateways[0].address = sink.address.to_string();
+    let service = support::start(config).await;
+    let mut client = support::Client::ready(service.smtp_address()).await;
+    let mut replies = Vec::new();
+    for n in 0..80 {
+        replies.push(
+            client
+                .send_message(
+                    "app@example.com",
+                    &[&format!("user{n}@example.org")],
+                    b"Subject: hi\r\n\r\nhello\r\n",
+                )
+                .await,
+        );
+    }
+    assert!(replies.iter().all(|reply| reply.code == 250), "{replies:?}");
+    let last = &replies[79].text;
+    assert!(
+        last.contains("leaves in about") && last.contains("(hourly volume budget)"),
+        "{last}"
+    );
+    service.shutdown().await;
+}

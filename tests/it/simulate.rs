@@ -106,6 +106,28 @@ fn three_sidecars_sharing_a_budget_look_like_one_to_the_receiver() {
     }
 }
 
+/// The README's "Why 4 days": the seed's thousand mails at once on a
+/// gateway with no history, shaped as shipped, are all accepted and leave
+/// over three days, 300, 600 and the last 100, the last after about two.
+#[test]
+fn a_thousand_mails_at_once_on_a_new_gateway_are_held_and_leave_in_about_two_days() {
+    let report = replay_sample("new-gateway-burst");
+    obeys_the_volume_rule("new-gateway-burst", &report);
+    assert_eq!(
+        report.deferrals.iter().sum::<u64>(),
+        0,
+        "nothing handed back"
+    );
+    assert_eq!(report.sent, 1_000);
+    let sent: Vec<u64> = report.days.iter().map(|day| day.sent).collect();
+    assert_eq!(sent, [300, 600, 100]);
+    let last = report.delays.last().copied().unwrap();
+    assert!(
+        (2.0 * DAY..2.25 * DAY).contains(&last),
+        "the last leaves after 2d2h, as the README says: {last}"
+    );
+}
+
 #[test]
 fn an_idle_gateway_releases_a_burst_along_the_ramp_and_keeps_the_other_app_flowing() {
     let report = replay_sample("idle-burst");
