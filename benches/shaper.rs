@@ -121,16 +121,19 @@ fn push_and_release(shaping: &str, items: &[StoredMessage]) -> (f64, u64) {
             weight: 1,
             class: AppClass::Transactional,
             max_queue_delay: None,
+            expire_after: None,
         },
         Lane {
             weight: 1,
             class: AppClass::Transactional,
             max_queue_delay: None,
+            expire_after: None,
         },
         Lane {
             weight: 1,
             class: AppClass::Bulk,
             max_queue_delay: None,
+            expire_after: None,
         },
     ];
     let before = rss_kib();

@@ -901,6 +901,8 @@ fn read_spool(mut s: Section<'_>) -> SpoolConfig {
 }
 
 fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
+    // Read first: the shaping's max_queue_delay stays under it.
+    let max_age = s.duration("max_age", "5d");
     let mut gateway = GatewayConfig {
         name: s.required("name", NAME_FORMS, parse_name),
         address: s.required("address", HOST_PORT_FORMS, |v| {
@@ -914,7 +916,7 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
         idle_connection_timeout: s.duration("idle_connection_timeout", "30s"),
         retry_initial: s.duration("retry_initial", "1m"),
         retry_max: s.duration("retry_max", "1h"),
-        max_age: s.duration("max_age", "5d"),
+        max_age,
         tls: s.parsed("tls", "opportunistic", GATEWAY_TLS_FORMS, parse_gateway_tls),
         tls_ca_file: s.optional("tls_ca_file", "a PEM file path", parse_path),
         tls_server_name: s.optional(
@@ -935,7 +937,7 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
         ),
         verify_interval: s.duration("verify_interval", "1h"),
         alignment: s.parsed("alignment", "warn", ALIGNMENT_FORMS, parse_alignment),
-        shaping: read_shaping(s.subsection("shaping")),
+        shaping: read_shaping(s.subsection("shaping"), max_age),
     };
     // Read after `shaping`: an unknown key's message lists the accepted
     // keys in the order they are read.
@@ -1193,7 +1195,9 @@ fn token_source(s: &mut Section<'_>, oauth: OAuthKeys) -> Option<TokenSource> {
     }
 }
 
-fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
+/// `[gateways.shaping]` of a gateway whose mail may stay queued `max_age`.
+fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConfig {
+    let delay_given = s.has("max_queue_delay");
     let mut given = None;
     let mut rate = |s: &mut Section<'_>, key, default| {
         let present = s.has(key);
@@ -1254,8 +1258,18 @@ fn read_shaping(mut s: Section<'_>) -> ShapingConfig {
             );
         }
     }
+    let mut shaping = shaping;
     if shaping.max_queue_delay.is_zero() {
         s.problem("max_queue_delay", "must be longer than 0");
+    } else if !delay_given {
+        // Held mail must leave before it expires: a short max_age shortens
+        // the default.
+        shaping.max_queue_delay = shaping.max_queue_delay.min(max_age.mul_f64(0.8));
+    } else if shaping.max_queue_delay >= max_age {
+        s.problem(
+            "max_queue_delay",
+            "must be shorter than the gateway's max_age (5d by default), or mail accepted to wait that long expires first: shorten it, or raise max_age (e.g. max_age = \"8d\" for max_queue_delay = \"7d\")",
+        );
     }
     if shaping.baseline_half_life < Duration::from_secs(3_600) {
         s.problem("baseline_half_life", "must be at least 1h");
@@ -2143,6 +2157,65 @@ mod tests {
             );
         }
         assert_eq!(error.problems.len(), expected.len(), "{error}");
+    }
+
+    #[test]
+    fn held_mail_leaves_before_it_expires() {
+        let gateway = |lines: &str| {
+            Config::parse(&format!(
+                "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n{lines}"
+            ))
+        };
+        // The default max_queue_delay (4d) under the default max_age (5d);
+        // a short max_age shortens it to four fifths of it.
+        let config = gateway("").unwrap();
+        assert_eq!(
+            config.gateways[0].shaping.max_queue_delay,
+            Duration::from_secs(4 * 86_400)
+        );
+        let config = gateway("max_age = \"1d\"").unwrap();
+        assert_eq!(
+            config.gateways[0].shaping.max_queue_delay,
+            Duration::from_secs(86_400).mul_f64(0.8)
+        );
+        // Said outright, a wait past the lifetime is a contradiction.
+        let error = gateway("[gateways.shaping]\nmax_queue_delay = \"7d\"").unwrap_err();
+        assert!(
+            error.to_string().contains(
+                "gateways[0].shaping.max_queue_delay: must be shorter than the gateway's max_age"
+            ),
+            "{error}"
+        );
+        assert!(gateway("max_age = \"8d\"\n[gateways.shaping]\nmax_queue_delay = \"7d\"").is_ok());
+        let app = |lines: &str| {
+            Config::parse(&format!(
+                "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[[apps]]\nname = \"a\"\nsenders = [\"a.test\"]\n{lines}"
+            ))
+        };
+        let error = app("max_queue_delay = \"2d\"\nexpire_after = \"1d\"").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("apps[0].max_queue_delay: must be shorter than expire_after"),
+            "{error}"
+        );
+        let error = app("notify_delay = \"1d\"\nexpire_after = \"1d\"").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("apps[0].notify_delay: must be shorter than expire_after"),
+            "{error}"
+        );
+        let config = app("expire_after = \"2d\"\nnotify_delay = \"4h\"").unwrap();
+        assert_eq!(
+            config.apps[0].expire_after,
+            Some(Duration::from_secs(2 * 86_400))
+        );
+        assert_eq!(
+            config.apps[0].notify_delay,
+            Some(Duration::from_secs(4 * 3_600))
+        );
+        assert_eq!(config.apps[0].max_queue_delay, None);
     }
 
     #[test]

@@ -915,6 +915,7 @@ mod tests {
             oldest_age: 0.0,
             lanes: vec![0, 0, 0],
             drain: crate::shaper::Projection::AT_ONCE,
+            newest_age: 0.0,
         }
     }
 

@@ -213,8 +213,6 @@ impl<'a> Session<'a> {
         };
         let junk = match &command {
             Command::Noop | Command::Rset if std::mem::take(&mut self.reset_owed) => false,
-            // RSET ending a transaction moves it on.
-            Command::Rset if self.transaction.is_some() => false,
             Command::Noop | Command::Rset | Command::Vrfy | Command::Help => true,
             Command::Ehlo(_) | Command::Helo(_) => self.helo.is_some(),
             _ => false,

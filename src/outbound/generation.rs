@@ -87,6 +87,7 @@ impl Generation {
         policy: &Policy,
         metrics: Arc<Metrics>,
         cluster: Option<&Arc<Cluster>>,
+        told: Arc<held::Told>,
     ) -> Generation {
         let (stop, shutdown) = Shutdown::channel();
         let mut tasks = JoinSet::new();
@@ -127,6 +128,7 @@ impl Generation {
             metrics: metrics.clone(),
             report_lane: apps.other_lane(),
             holding: Arc::new(apps.holding()),
+            told,
         };
         for gateway in &gateways {
             for _ in 0..gateway.config.max_connections {

@@ -7,20 +7,23 @@
 //!   turn, which the budgets may give only days later.
 //! - **Delay notices**: for an app with `notify_delay`, mail held that long
 //!   gets one delivery status notification with `Action: delayed`, stored
-//!   and shaped like any notification. Once per message, at most: each lane
-//!   keeps the arrival time up to which its mail has been told (lanes are in
-//!   arrival order), starting at the sweep's start less `notify_delay`: mail
-//!   that was held that long before a restart was told by the run before
-//!   it; mail that reached `notify_delay` while the service was down is not
-//!   told late.
+//!   and shaped like any notification. Once per message, at most: each app
+//!   keeps, per gateway, the arrival time up to which its mail has been told
+//!   (lanes are in arrival order), in [`Told`], which a reload keeps. A
+//!   process starts it at its start less `notify_delay`: mail that was held
+//!   that long before a restart was told by the run before it, and mail
+//!   that reached `notify_delay` while the service was down is not told
+//!   late.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::Gateway;
 use super::queue::{Queued, Slot};
 use super::worker::{WorkerContext, expired, notify_sender};
 use crate::config::units::format_duration;
+use crate::poison::LockRecovered;
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use crate::smtp::dsn::{self, Failure};
@@ -28,23 +31,60 @@ use crate::spool::{StoredMessage, unix_seconds};
 
 /// How often a gateway's held mail is swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Most messages one sweep expires (each is written to the spool in turn):
+/// a stop or reload waits for one batch at most; the rest go next sweep.
+const EXPIRE_BATCH: usize = 500;
+
+/// Per gateway and app, the arrival time (Unix seconds) up to which held
+/// mail has been told of its delay: kept by the service across reloads.
+#[derive(Debug, Default)]
+pub struct Told(Mutex<HashMap<(String, String), u64>>);
+
+impl Told {
+    fn get(&self, gateway: &str, app: &str) -> Option<u64> {
+        self.0
+            .lock_recovered()
+            .get(&(gateway.to_string(), app.to_string()))
+            .copied()
+    }
+
+    fn set(&self, gateway: &str, app: &str, until: u64) {
+        self.0
+            .lock_recovered()
+            .insert((gateway.to_string(), app.to_string()), until);
+    }
+}
 
 /// The sweep of `gateway`'s held mail, until `shutdown`.
 pub(super) async fn sweep(gateway: Arc<Gateway>, context: WorkerContext, mut shutdown: Shutdown) {
     let start = unix_seconds();
+    let name = gateway.config.name.as_str();
     // Per lane: mail that arrived up to here has been told (or is not to be).
-    let mut told: Vec<u64> = (0..context.holding.len())
-        .map(|lane| match context.notify_delay(lane) {
-            Some(delay) => start.saturating_sub(delay.as_secs()),
+    let mut told: Vec<u64> = context
+        .holding
+        .iter()
+        .map(|holding| match holding.notify_delay {
+            Some(delay) => context
+                .told
+                .get(name, &holding.app)
+                .unwrap_or(start.saturating_sub(delay.as_secs())),
             None => u64::MAX,
         })
         .collect();
     loop {
-        expire(&gateway, &context).await;
-        notify_delayed(&gateway, &context, &mut told).await;
+        // Sweep after a pause, the first time too: a reload moves the
+        // queued mail into this generation's queues just after starting
+        // it, and a sweep before that would pass over its arrivals.
         tokio::select! {
             _ = shutdown.stopped() => break,
             _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+        }
+        expire(&gateway, &context).await;
+        notify_delayed(&gateway, &context, &mut told).await;
+        for (holding, until) in context.holding.iter().zip(&told) {
+            if holding.notify_delay.is_some() {
+                context.told.set(name, &holding.app, *until);
+            }
         }
     }
 }
@@ -52,7 +92,7 @@ pub(super) async fn sweep(gateway: Arc<Gateway>, context: WorkerContext, mut shu
 /// Dead-letters the never-tried mail held past its lifetime.
 async fn expire(gateway: &Gateway, context: &WorkerContext) {
     let lifetime = |lane: usize| context.lifetime(gateway, lane).as_secs();
-    for (slot, lane, units) in gateway.queue.take_expired(lifetime) {
+    for (slot, lane, units) in gateway.queue.take_expired(EXPIRE_BATCH, lifetime) {
         let item = match slot {
             Slot::Held(item) => *item,
             Slot::Parked(parked) => {

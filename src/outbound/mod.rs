@@ -81,6 +81,8 @@ pub struct Outbound {
     /// Cluster mode: the connection to the shared state (kept by reloads:
     /// `[cluster]` is a restart-only setting).
     cluster: Option<Arc<Cluster>>,
+    /// How far delay notices have got (kept by reloads, see `held`).
+    told: Arc<held::Told>,
 }
 
 impl Outbound {
@@ -99,6 +101,7 @@ impl Outbound {
         if let Some(cluster) = &cluster {
             tracing::info!(node = %cluster.node(), "cluster mode: the gateways' limits are shared through Redis");
         }
+        let told = Arc::new(held::Told::default());
         Ok(Outbound {
             current: Arc::new(RwLock::new(Generation::start(
                 config,
@@ -107,9 +110,11 @@ impl Outbound {
                 policy,
                 metrics,
                 cluster.as_ref(),
+                told.clone(),
             ))),
             changing: Arc::default(),
             cluster,
+            told,
         })
     }
 
@@ -182,6 +187,7 @@ impl Outbound {
             policy,
             old.metrics.clone(),
             self.cluster.as_ref(),
+            self.told.clone(),
         );
         *self.current.write_recovered() = new.clone();
         let moved = Self::move_queued(&old, &new);

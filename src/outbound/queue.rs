@@ -53,7 +53,7 @@ use crate::cluster::{ClusterError, ClusterView, GatewayLink, Heartbeat, Reading}
 use crate::config::AppClass;
 use crate::shaper::shared::{Ledger, Proposal, SharedFeedback, SharedLimits};
 use crate::shaper::{
-    ClassCounts, Deferral, GatewayModel, GatewayView, Lane, Projection, Release, SavedState,
+    ClassCounts, Deferral, Due, GatewayModel, GatewayView, Lane, Projection, Release, SavedState,
     Scheduler, WindowCounts, fingerprints,
 };
 use crate::spool::{Spool, StoredMessage};
@@ -1324,6 +1324,12 @@ impl DeliveryQueue {
             )
             .min()
             .map_or(0.0, |oldest| (now - oldest as f64).max(0.0));
+        view.newest_age = state
+            .scheduler
+            .iter()
+            .map(Slot::received_at)
+            .max()
+            .map_or(0.0, |newest| (now - newest as f64).max(0.0));
         (view, state.queued_bytes)
     }
 
@@ -1441,19 +1447,25 @@ impl DeliveryQueue {
     }
 
     /// Takes out the messages never tried that have waited for the shaper
-    /// since their arrival for `lifetime(lane)` seconds or more (see the
-    /// worker's expiry), with their lanes and units. Messages tried before
-    /// are not among them: their next attempt settles them with the
+    /// since their arrival for `lifetime(lane)` seconds or more, at most
+    /// `limit` (see `held`), with their lanes and units. Messages tried
+    /// before are not among them: their next attempt settles them with the
     /// gateway's last word.
-    pub fn take_expired(&self, lifetime: impl Fn(usize) -> u64) -> Vec<(Slot, usize, u64)> {
+    pub fn take_expired(
+        &self,
+        limit: usize,
+        lifetime: impl Fn(usize) -> u64,
+    ) -> Vec<(Slot, usize, u64)> {
         let mut state = self.lock();
         let now = self.now().max(0.0) as u64;
-        let taken = state.scheduler.take_due(|lane, slot: &Slot| {
-            let untried = match slot {
-                Slot::Held(item) => item.attempts == 0,
-                Slot::Parked(_) => true,
-            };
-            untried && slot.received_at().saturating_add(lifetime(lane)) <= now
+        let taken = state.scheduler.take_due(limit, |lane, slot: &Slot| {
+            if slot.received_at().saturating_add(lifetime(lane)) > now {
+                return Due::Stop;
+            }
+            match slot {
+                Slot::Held(item) if item.attempts > 0 => Due::Skip,
+                _ => Due::Take,
+            }
         });
         let mut expired = Vec::with_capacity(taken.len());
         for (lane, units, slot) in taken {
@@ -1572,6 +1584,7 @@ mod tests {
                     weight: 1,
                     class: crate::config::AppClass::Transactional,
                     max_queue_delay: None,
+                    expire_after: None,
                 };
                 2
             ],
@@ -1621,6 +1634,7 @@ mod tests {
             weight: 1,
             class: crate::config::AppClass::Transactional,
             max_queue_delay: None,
+            expire_after: None,
         };
         parking_queue_with(spool, active_limit, vec![transactional; 2])
     }
@@ -1762,6 +1776,7 @@ mod tests {
                     weight: rng.u32(1..4),
                     class: crate::config::AppClass::Transactional,
                     max_queue_delay: None,
+                    expire_after: None,
                 })
                 .collect();
             let mut items = stored(&spool, rng.usize(10..40)).await;

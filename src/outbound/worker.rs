@@ -48,6 +48,8 @@ pub(super) struct WorkerContext {
     /// Per lane, what becomes of mail held long (`[[apps]] expire_after`
     /// and `notify_delay`).
     pub holding: Arc<Vec<Holding>>,
+    /// How far each app's delay notices have got (kept across reloads).
+    pub told: Arc<super::held::Told>,
 }
 
 impl WorkerContext {
@@ -137,7 +139,7 @@ async fn deliver(
     };
     let replies = attempt(gateway, context, connection, &item, &body).await;
     item.attempts += 1;
-    settle(gateway, context, item, replies).await;
+    settle(gateway, context, item, replies, false).await;
 }
 
 /// A message never tried whose turn came after it had been queued for its
@@ -157,7 +159,7 @@ pub(super) async fn expired(
     let reply = Reply::new(
         451,
         format!(
-            "4.4.7 held in smtp-shaper's queue longer than its expire_after ({}) without being sent",
+            "4.4.7 held in smtp-shaper's queue longer than its expire_after ({})",
             crate::config::units::format_duration(lifetime.as_secs_f64())
         ),
     );
@@ -167,7 +169,9 @@ pub(super) async fn expired(
         .with_label_values(&[gateway.config.name.as_str()])
         .inc();
     let replies = vec![reply; item.message.pending.len()];
-    settle(gateway, context, item, replies).await;
+    // Expired as the sweep or the turn saw it: settle does not judge again
+    // (on its own clock, it could disagree and retry it).
+    settle(gateway, context, item, replies, true).await;
 }
 
 /// A message whose body the spool could not give back: every recipient is
@@ -185,7 +189,7 @@ async fn unreadable(
     }
     let replies =
         vec![Reply::new(451, format!("4.3.0 spool read failed: {error}")); message.pending.len()];
-    settle(gateway, context, item, replies).await;
+    settle(gateway, context, item, replies, false).await;
 }
 
 /// Sends `item` over the worker's connection, opened first when there is
@@ -401,10 +405,18 @@ fn heed_signals(gateway: &Gateway, mut replies: Vec<Reply>) -> Vec<Reply> {
 }
 
 /// Applies per-recipient replies: done, retry later, or dead-letter.
-async fn settle(gateway: &Gateway, context: &WorkerContext, item: Queued, replies: Vec<Reply>) {
+/// `expired_already`: the message is past its lifetime whatever its age
+/// says now.
+async fn settle(
+    gateway: &Gateway,
+    context: &WorkerContext,
+    item: Queued,
+    replies: Vec<Reply>,
+    expired_already: bool,
+) {
     let message = &item.message;
     let age = unix_seconds().saturating_sub(message.envelope.received_at);
-    let expired = age >= context.lifetime(gateway, item.lane).as_secs();
+    let expired = expired_already || age >= context.lifetime(gateway, item.lane).as_secs();
     let (mut outcome, failures) = sort_recipients(message, &replies, item.attempts, age, expired);
     if !outcome.dead.is_empty() {
         match bury(gateway, context, message, &outcome.dead, &failures).await {

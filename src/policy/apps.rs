@@ -21,8 +21,10 @@ use crate::config::{Network, SenderPattern};
 use crate::shaper::Lane;
 
 /// What becomes of an app's mail that is held long.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Holding {
+    /// The app's name.
+    pub app: String,
     /// Queued longer: dead-lettered (`None`: the gateway's `max_age`).
     pub expire_after: Option<Duration>,
     /// Held this long without being sent: the sender is told once
@@ -123,10 +125,14 @@ impl Apps {
         self.apps
             .iter()
             .map(|app| Holding {
+                app: app.name.clone(),
                 expire_after: app.expire_after,
                 notify_delay: app.notify_delay,
             })
-            .chain([Holding::default()])
+            .chain([Holding {
+                app: OTHER_APP.to_string(),
+                ..Holding::default()
+            }])
             .collect()
     }
 
@@ -178,11 +184,13 @@ impl Apps {
                 weight: app.priority,
                 class: app.class,
                 max_queue_delay: app.max_queue_delay,
+                expire_after: app.expire_after,
             })
             .chain([Lane {
                 weight: 1,
                 class: AppClass::Transactional,
                 max_queue_delay: None,
+                expire_after: None,
             }])
             .collect()
     }

@@ -20,6 +20,17 @@ pub struct FairQueue<T> {
     len: usize,
 }
 
+/// What [`FairQueue::take_from_lane`] does with an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Take it out.
+    Take,
+    /// Leave it, look at the next.
+    Skip,
+    /// Leave it and everything after it (lanes are in arrival order).
+    Stop,
+}
+
 impl<T> FairQueue<T> {
     /// A queue with one lane per weight (each at least 1).
     pub fn new(weights: Vec<u32>) -> FairQueue<T> {
@@ -123,6 +134,11 @@ impl<T> FairQueue<T> {
         self.lanes.iter().filter_map(VecDeque::front)
     }
 
+    /// The tail of every lane (each lane's newest item).
+    pub fn tails(&self) -> impl Iterator<Item = &T> {
+        self.lanes.iter().filter_map(VecDeque::back)
+    }
+
     /// Items waiting in each lane.
     pub fn lane_lengths(&self) -> impl Iterator<Item = usize> + '_ {
         self.lanes.iter().map(VecDeque::len)
@@ -151,14 +167,31 @@ impl<T> FairQueue<T> {
         Some((lane, item))
     }
 
-    /// Takes the first item of `lane`, out of turn, when `due` says so.
-    pub fn pop_front_if(&mut self, lane: usize, due: impl Fn(&T) -> bool) -> Option<T> {
-        if !due(self.lanes.get(lane)?.front()?) {
-            return None;
+    /// Takes items of `lane` out of turn, oldest first, as `due` says of
+    /// each, at most `limit` of them.
+    pub fn take_from_lane(
+        &mut self,
+        lane: usize,
+        limit: usize,
+        mut due: impl FnMut(&T) -> Due,
+    ) -> Vec<T> {
+        let mut taken = Vec::new();
+        let mut index = 0;
+        while taken.len() < limit {
+            let Some(item) = self.lanes.get(lane).and_then(|items| items.get(index)) else {
+                break;
+            };
+            match due(item) {
+                Due::Take => {
+                    let item = self.lanes[lane].remove(index).expect("looked at above");
+                    self.taken_from(lane);
+                    taken.push(item);
+                }
+                Due::Skip => index += 1,
+                Due::Stop => break,
+            }
         }
-        let item = self.lanes[lane].pop_front()?;
-        self.taken_from(lane);
-        Some(item)
+        taken
     }
 
     /// The number of lanes.

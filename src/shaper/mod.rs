@@ -33,6 +33,7 @@ pub mod state;
 pub mod volume;
 
 pub use demand::fingerprints;
+pub use fair::Due;
 pub use feedback::is_throttling;
 pub use model::{
     CeilingChange, DeferReason, Deferral, GatewayModel, ModelView, Projection, WindowCounts,

@@ -512,11 +512,9 @@ impl GatewayModel {
             Some(Deferral {
                 reason: DeferReason::QueueFull,
                 projected_wait: projection.wait,
-                retry_after: if projection.wait.is_finite() {
-                    (projection.wait - bound).max(bound)
-                } else {
-                    86_400.0
-                },
+                // Room comes as the queue's first messages leave, whatever
+                // the app would wait.
+                retry_after: 1.0 / self.bucket_rate(),
             })
         } else if projection.wait > bound {
             Some(Deferral {
@@ -537,8 +535,13 @@ impl GatewayModel {
             Some(mut deferral) => {
                 deferral.retry_after = deferral.retry_after.max(60.0);
                 self.deferrals[deferral.reason as usize] += 1;
-                self.demand
-                    .deferred(now, fingerprint, now + deferral.retry_after + bound);
+                // Remembered long enough to count a retry once, and no
+                // longer than a day past it (the bound may be days).
+                self.demand.deferred(
+                    now,
+                    fingerprint,
+                    now + deferral.retry_after + bound.min(DAY),
+                );
                 Err(deferral)
             }
             None => Ok(projection),
@@ -808,7 +811,7 @@ mod tests {
 
     fn shaping(extra: &str) -> ShapingConfig {
         let config = Config::parse(&format!(
-            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{extra}\n"
+            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\nmax_age = \"30d\"\n[gateways.shaping]\n{extra}\n"
         ))
         .unwrap();
         config.gateways[0].shaping.clone()

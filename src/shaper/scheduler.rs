@@ -9,7 +9,7 @@
 //! room for the transactional apps), it passes its turn on: bulk never
 //! holds the transactional lanes, which keep their round robin.
 
-use super::fair::FairQueue;
+use super::fair::{Due, FairQueue};
 use super::model::{
     CeilingChange, Decision, Deferral, GatewayModel, ModelView, Offer, Projection, WindowCounts,
 };
@@ -34,6 +34,9 @@ pub struct Lane {
     pub class: AppClass,
     /// The app's `max_queue_delay`; `None` takes the gateway's.
     pub max_queue_delay: Option<Duration>,
+    /// The app's `expire_after`: mail must leave well before it, so the
+    /// wait taken is at most four fifths of it.
+    pub expire_after: Option<Duration>,
 }
 
 /// What [`Scheduler::next`] hands out.
@@ -67,6 +70,10 @@ pub struct GatewayView {
     /// What mail queued behind everything waiting now would wait, and
     /// what for: the time the held mail takes to drain.
     pub drain: Projection,
+    /// Seconds the newest message waiting for the shaper has waited (the
+    /// last to leave: with `drain`, whether held mail outlives its
+    /// lifetime).
+    pub newest_age: f64,
 }
 
 /// See the module notes.
@@ -149,12 +156,16 @@ impl<T> Scheduler<T> {
     }
 
     /// The longest wait new mail of `lane` takes, in seconds: its app's
-    /// `max_queue_delay`, else the gateway's.
+    /// `max_queue_delay`, else the gateway's, and at most four fifths of
+    /// the app's `expire_after` (held mail leaves before it expires).
     pub fn max_delay(&self, lane: usize) -> f64 {
-        self.lane(lane)
+        let lane = self.lane(lane);
+        let delay = lane
             .max_queue_delay
             .unwrap_or(self.model.max_queue_delay())
-            .as_secs_f64()
+            .as_secs_f64();
+        lane.expire_after
+            .map_or(delay, |after| delay.min(after.as_secs_f64() * 0.8))
     }
 
     fn lane(&self, lane: usize) -> &Lane {
@@ -326,15 +337,21 @@ impl<T> Scheduler<T> {
         self.queue.lane(lane).map(|entry| &entry.item)
     }
 
-    /// Takes out the items at the front of their lanes that are `due`
-    /// (given the lane), as many in a row as are: lanes are in arrival
-    /// order, so the oldest mail (the first to expire) is at their fronts.
-    pub fn take_due(&mut self, due: impl Fn(usize, &T) -> bool) -> Vec<(usize, u64, T)> {
+    /// Takes out items that are due, at most `limit`: `due` says of each
+    /// (given its lane), oldest first, whether to take it, skip it, or stop
+    /// looking in that lane (lanes are in arrival order, so the oldest mail,
+    /// the first to expire, is at their fronts).
+    pub fn take_due(
+        &mut self,
+        limit: usize,
+        due: impl Fn(usize, &T) -> Due,
+    ) -> Vec<(usize, u64, T)> {
         let mut taken = Vec::new();
         for lane in 0..self.queue.lane_count() {
-            while let Some(entry) = self
+            let left = limit - taken.len();
+            for entry in self
                 .queue
-                .pop_front_if(lane, |entry| due(lane, &entry.item))
+                .take_from_lane(lane, left, |entry| due(lane, &entry.item))
             {
                 self.counts.remove(self.class(lane), entry.units);
                 taken.push((lane, entry.units, entry.item));
@@ -458,6 +475,12 @@ impl<T> Scheduler<T> {
             },
             lanes: self.queue.lane_lengths().collect(),
             drain: self.drain(now),
+            newest_age: self
+                .queue
+                .tails()
+                .map(|entry| entry.queued_at)
+                .reduce(f64::max)
+                .map_or(0.0, |newest| (now - newest).max(0.0)),
         }
     }
 
@@ -495,7 +518,34 @@ mod tests {
             weight: 1,
             class,
             max_queue_delay: None,
+            expire_after: None,
         }
+    }
+
+    #[test]
+    fn an_apps_wait_is_its_own_or_the_gateways_and_stays_under_its_expire_after() {
+        let config =
+            Config::parse("[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n").unwrap();
+        let lanes = vec![
+            Lane {
+                expire_after: Some(Duration::from_secs(86_400)),
+                ..lane(AppClass::Transactional)
+            },
+            Lane {
+                max_queue_delay: Some(Duration::from_secs(7_200)),
+                ..lane(AppClass::Bulk)
+            },
+            lane(AppClass::Transactional),
+        ];
+        let scheduler: Scheduler<()> =
+            Scheduler::new(GatewayModel::new(&config.gateways[0].shaping, 0.0), lanes);
+        assert_eq!(scheduler.max_delay(0), 0.8 * 86_400.0);
+        assert_eq!(scheduler.max_delay(1), 7_200.0);
+        assert_eq!(
+            scheduler.max_delay(2),
+            4.0 * 86_400.0,
+            "the gateway's default"
+        );
     }
 
     #[test]
@@ -508,29 +558,36 @@ mod tests {
         }
         scheduler.push(0.0, 1, 1, "b2");
         let arrival = |item: &&str| item[1..].parse::<u32>().unwrap();
-        // Lane 0 keeps its mail two units, lane 1 three.
-        let taken = scheduler.take_due(|lane, item| arrival(item) < [2, 3][lane]);
+        // Lane 0 keeps its mail two units, lane 1 three; "a1" was tried
+        // before and is left for its next attempt, not in the way.
+        let due = |lane: usize, item: &&str| match (*item, arrival(item) < [2, 3][lane]) {
+            ("a1", _) => Due::Skip,
+            (_, true) => Due::Take,
+            (_, false) => Due::Stop,
+        };
+        // At most `limit` at a time: the rest next time.
+        let first = scheduler.take_due(1, due);
+        let taken: Vec<_> = first
+            .into_iter()
+            .chain(scheduler.take_due(100, due))
+            .collect();
         let names: Vec<(usize, &str)> =
             taken.iter().map(|(lane, _, item)| (*lane, *item)).collect();
-        assert_eq!(names, [(0, "a0"), (0, "a1"), (1, "b2")]);
-        assert_eq!(scheduler.len(), 2);
-        assert_eq!(scheduler.queued().total_units(), 2);
+        assert_eq!(names, [(0, "a0"), (1, "b2")]);
+        assert_eq!(scheduler.len(), 3);
+        assert_eq!(scheduler.queued().total_units(), 3);
         // Nothing due twice; an emptied lane left the round robin.
-        assert!(
-            scheduler
-                .take_due(|lane, item| arrival(item) < [2, 3][lane])
-                .is_empty()
-        );
+        assert!(scheduler.take_due(100, due).is_empty());
         let mut sent = Vec::new();
         let mut now = 0.0;
-        while sent.len() < 2 {
+        while sent.len() < 3 {
             match scheduler.next(now) {
                 Release::Send { item, lane, .. } => sent.push((lane, item)),
                 Release::Wait(wait) => now += wait,
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!(sent, [(0, "a2"), (0, "a3")]);
+        assert_eq!(sent, [(0, "a1"), (0, "a2"), (0, "a3")]);
         assert!(matches!(scheduler.next(now + 60.0), Release::Idle));
     }
 

@@ -139,11 +139,6 @@ pub struct Report {
     pub given_up: usize,
     /// Deferrals (451 replies) by reason, in `DeferReason::ALL` order.
     pub deferrals: [u64; DeferReason::ALL.len()],
-    /// Deferrals of mail that waiting could have taken: a projected wait
-    /// within the app's `max_queue_delay`, with room in the queue and a
-    /// message the budgets can pass. Holding, not handing back, makes this
-    /// 0 (the property tests check it).
-    pub refused_within_bound: u64,
     /// Per app lane, `other` last.
     pub apps: Vec<AppStats>,
     /// Queue delay (seconds) of every sent message, sorted.
@@ -355,7 +350,6 @@ impl<'t> Replay<'t> {
             sent: 0,
             given_up: 0,
             deferrals: [0; DeferReason::ALL.len()],
-            refused_within_bound: 0,
             apps: names
                 .iter()
                 .map(|name| AppStats {
@@ -471,14 +465,6 @@ impl<'t> Replay<'t> {
                     report.apps[offer.lane].deferred_messages += 1;
                 }
                 report.deferrals[deferral.reason as usize] += 1;
-                let stated_limit = matches!(
-                    deferral.reason,
-                    DeferReason::QueueFull | DeferReason::Recipients
-                ) || deferral.projected_wait
-                    > node.scheduler.max_delay(offer.lane);
-                if !stated_limit {
-                    report.refused_within_bound += 1;
-                }
                 day(&mut report.days, report.day_origin, now).deferred += 1;
                 self.sample.deferred += 1;
                 let due = now + self.options.retry_after;

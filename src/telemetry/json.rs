@@ -313,6 +313,7 @@ mod tests {
                     wait: 7_200.0,
                     reason: crate::shaper::DeferReason::DayBudget,
                 },
+                newest_age: 0.0,
             },
             lane_names: vec!["billing".into(), "other".into()],
             queued_bytes: 4096,

@@ -235,6 +235,8 @@ metric_families! {
             "Projected seconds until the gateway's queue has drained: the wait one more message behind everything queued would have (what holds it: queue_waits_for)."),
         queue_waits_for: IntGaugeVec = family("queue_waits_for", &["gateway", "reason"],
             "1 for the part of the shaping the queue's drain waits for (queue_delay: the minute ceiling or a pause; cap; hour_budget; day_budget), else 0."),
+        queue_newest_age: GaugeVec = family("queue_newest_age_seconds", &["gateway"],
+            "Age since arrival of the newest message waiting for the shaper (the last to leave), 0 when none."),
         queue_max_age: GaugeVec = family("queue_max_age_seconds", &["gateway"],
             "How long the gateway's mail may stay queued before it is dead-lettered (max_age; an app's expire_after may be shorter)."),
         queue_app_messages: IntGaugeVec = family("queue_app_messages", &["gateway", "app"],
@@ -374,6 +376,9 @@ impl Metrics {
             self.queue_drain
                 .with_label_values(&name)
                 .set(view.drain.wait);
+            self.queue_newest_age
+                .with_label_values(&name)
+                .set(view.newest_age);
             self.queue_max_age
                 .with_label_values(&name)
                 .set(status.max_age.as_secs_f64());

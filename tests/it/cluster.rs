@@ -190,7 +190,7 @@ async fn losing_redis_neither_floods_nor_stops_and_the_hour_rule_holds_over_the_
         max_rate = "600/min"
         headroom = 1.0
         burst = 5
-        max_queue_delay = "7d""#;
+        max_queue_delay = "4d""#;
     let nodes = start_nodes(&sink, port, shaping).await;
     all_connected(&nodes, 1.0).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
@@ -260,7 +260,7 @@ async fn a_throttling_reply_one_node_hears_pauses_the_others_at_their_next_decis
         burst = 5
         backoff_factor = 0.5
         backoff_pause = "1h"
-        max_queue_delay = "7d""#;
+        max_queue_delay = "4d""#;
     let nodes = start_nodes(&sink, port, shaping).await;
     all_connected(&nodes, 1.0).await;
     send(&nodes[0], 0, 1).await;
@@ -300,7 +300,7 @@ async fn a_used_up_quota_one_node_hears_rests_the_others() {
         min_rate = "60/min"
         max_rate = "600/min"
         limits = ["10000/day"]
-        max_queue_delay = "7d""#;
+        max_queue_delay = "4d""#;
     let nodes = start_nodes(&sink, port, shaping).await;
     all_connected(&nodes, 1.0).await;
     let paused = "smtp_shaper_backoff_remaining_seconds{gateway=\"primary\"}";
