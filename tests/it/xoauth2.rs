@@ -39,7 +39,8 @@ fn captured() -> &'static Arc<Mutex<Vec<u8>>> {
 /// it nor find a global subscriber set.
 fn capture() -> &'static tracing::Dispatch {
     static CAPTURE: OnceLock<tracing::Dispatch> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
+    static COMPANION: OnceLock<tracing::Dispatch> = OnceLock::new();
+    let capture = CAPTURE.get_or_init(|| {
         let log = captured().clone();
         tracing::Dispatch::new(
             tracing_subscriber::fmt()
@@ -48,7 +49,14 @@ fn capture() -> &'static tracing::Dispatch {
                 .with_writer(move || Capture(log.clone()))
                 .finish(),
         )
-    })
+    });
+    // With one dispatcher registered, tracing-core settles a callsite's
+    // interest by asking the default of the thread that hits it first: a
+    // callsite first hit by another area's test (no subscriber on its
+    // threads) would be silent here for good. A second registered
+    // dispatcher makes it ask every registered one, this capture included.
+    COMPANION.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+    capture
 }
 
 thread_local! {
