@@ -102,6 +102,12 @@ async fn expire(gateway: &Gateway, context: &WorkerContext) {
                     .await
                 {
                     Ok((message, _body)) => Queued::new(message, lane, None),
+                    // Damaged on disk: as when its turn comes, and as
+                    // recovery skips such a record, it cannot be delivered.
+                    Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                        tracing::error!(queue_id = %parked.id(), gateway = %gateway.config.name, %error, "an expired message's spool record is damaged; it cannot be delivered");
+                        continue;
+                    }
                     Err(error) => {
                         tracing::error!(queue_id = %parked.id(), gateway = %gateway.config.name, %error, "cannot read an expired message back from the spool; it stays queued");
                         gateway.queue.push_parked(parked, lane, units);
