@@ -251,6 +251,9 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    /// The wait for the gateway's reply to the end of a message (RFC 5321
+    /// 4.5.3.2.6: 10 minutes); a timeout there is "outcome unknown".
+    pub data_reply_timeout: Duration,
     pub idle_connection_timeout: Duration,
     pub retry_initial: Duration,
     pub retry_max: Duration,
@@ -913,6 +916,7 @@ fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
         max_connections: s.integer("max_connections", 10, 1, 1_000),
         connect_timeout: s.duration("connect_timeout", "30s"),
         command_timeout: s.duration("command_timeout", "5m"),
+        data_reply_timeout: s.duration("data_reply_timeout", "10m"),
         idle_connection_timeout: s.duration("idle_connection_timeout", "30s"),
         retry_initial: s.duration("retry_initial", "1m"),
         retry_max: s.duration("retry_max", "1h"),
@@ -985,6 +989,9 @@ fn check_gateway(s: &mut Section<'_>, gateway: &GatewayConfig) {
     }
     if gateway.retry_initial.is_zero() {
         s.problem("retry_initial", "must be longer than 0");
+    }
+    if gateway.data_reply_timeout.is_zero() {
+        s.problem("data_reply_timeout", "must be longer than 0");
     }
     if gateway.retry_max < gateway.retry_initial {
         s.problem("retry_max", "must not be shorter than retry_initial");

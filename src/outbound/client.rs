@@ -19,6 +19,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+
+/// The default wait for the reply to the end of a message (RFC 5321
+/// 4.5.3.2.6).
+pub const DATA_REPLY_TIMEOUT: Duration = Duration::from_secs(600);
 use tokio_rustls::TlsConnector;
 
 use super::oauth::{Secret, TokenProvider};
@@ -142,6 +146,10 @@ pub struct ClientError {
     pub refusal: Option<Reply>,
     /// The TLS handshake failed (the connection is unusable).
     pub handshake_failed: bool,
+    /// The message was sent whole and no reply to its end came in time:
+    /// the gateway may have taken it. Trying again may deliver it twice
+    /// (at-least-once), so it is counted and logged as such.
+    pub outcome_unknown: bool,
 }
 
 impl std::fmt::Display for ClientError {
@@ -164,6 +172,9 @@ pub struct Connection {
     buffer: Vec<u8>,
     capabilities: Capabilities,
     command_timeout: Duration,
+    /// The wait for the reply to the end of a message (RFC 5321
+    /// 4.5.3.2.6 gives it 10 minutes: a gateway may scan the content first).
+    data_reply_timeout: Duration,
 }
 
 impl Connection {
@@ -390,6 +401,7 @@ impl Connection {
             buffer: Vec::with_capacity(4096),
             capabilities: Capabilities::default(),
             command_timeout,
+            data_reply_timeout: DATA_REPLY_TIMEOUT.max(command_timeout),
         };
         if mode == GatewayTls::Implicit {
             connection.handshake(tls).await?;
@@ -521,7 +533,22 @@ impl Connection {
                     wire.extend_from_slice(b".\r\n");
                 }
                 self.write(&wire).await?;
-                self.read_reply().await?
+                self.read_reply_within(self.data_reply_timeout)
+                    .await
+                    .map_err(|error| {
+                        if error.message.ends_with("timed out") {
+                            ClientError {
+                                message: format!(
+                                    "no reply to the end of the message within {}s: the gateway may have taken it (outcome unknown)",
+                                    self.data_reply_timeout.as_secs()
+                                ),
+                                outcome_unknown: true,
+                                ..error
+                            }
+                        } else {
+                            error
+                        }
+                    })?
             }
             Some(refused) => refused,
             None => Reply::new(554, "5.5.1 no valid recipients"),
@@ -643,6 +670,17 @@ impl Connection {
     }
 
     async fn read_reply(&mut self) -> Result<Reply, ClientError> {
+        self.read_reply_within(self.command_timeout).await
+    }
+
+    /// Sets the wait for the reply to the end of a message (the gateway's
+    /// `data_reply_timeout`; by default 10 minutes, never shorter than
+    /// the command timeout).
+    pub fn set_data_reply_timeout(&mut self, wait: Duration) {
+        self.data_reply_timeout = wait;
+    }
+
+    async fn read_reply_within(&mut self, wait: Duration) -> Result<Reply, ClientError> {
         loop {
             match Reply::parse(&self.buffer) {
                 Ok(Some((reply, used))) => {
@@ -653,7 +691,7 @@ impl Connection {
                 Err(error) => return Err(late(format!("gateway protocol error: {}", error.0))),
             }
             let mut chunk = [0u8; 4096];
-            let read = timeout(self.command_timeout, self.stream.read(&mut chunk))
+            let read = timeout(wait, self.stream.read(&mut chunk))
                 .await
                 .map_err(|_| late("gateway reply timed out".into()))?
                 .map_err(|error| late(format!("read from gateway failed: {error}")))?;
@@ -697,6 +735,7 @@ fn early(message: String) -> ClientError {
         before_mail_reply: true,
         refusal: None,
         handshake_failed: false,
+        outcome_unknown: false,
     }
 }
 
@@ -706,6 +745,7 @@ fn late(message: String) -> ClientError {
         before_mail_reply: false,
         refusal: None,
         handshake_failed: false,
+        outcome_unknown: false,
     }
 }
 

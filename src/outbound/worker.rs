@@ -247,6 +247,19 @@ async fn attempt(
                     continue;
                 }
                 gateway.remember(format!("transaction failed: {error}"));
+                if error.outcome_unknown {
+                    context
+                        .metrics
+                        .outcome_unknown
+                        .with_label_values(&[name])
+                        .inc();
+                    tracing::warn!(
+                        queue_id = %item.message.id,
+                        gateway = %name,
+                        %error,
+                        "outcome unknown: the message was sent but its reply never came; it is tried again, so the gateway may deliver it twice"
+                    );
+                }
                 break vec![Reply::new(451, format!("4.4.2 {error}")); recipients];
             }
         }
@@ -275,7 +288,8 @@ async fn connect(gateway: &Gateway, context: &WorkerContext) -> Result<Open, Rep
     )
     .await
     {
-        Ok(open) => {
+        Ok(mut open) => {
+            open.set_data_reply_timeout(config.data_reply_timeout);
             tracing::debug!(gateway = %config.name, tls = open.is_tls(), "connected to the gateway");
             gateway.queue.connected();
             Ok(Open {

@@ -199,6 +199,8 @@ metric_families! {
             "Time of one transaction with the gateway, MAIL FROM to the reply after the body.").buckets(LATENCY_BUCKETS),
         pub upstream_connections: IntGaugeVec = family("upstream_connections", &["gateway"],
             "Connections open to the gateway now."),
+        pub outcome_unknown: IntCounterVec = family("upstream_outcome_unknown_total", &["gateway"],
+            "Messages sent whole whose reply to the end of data never came within data_reply_timeout: the gateway may have taken them; they are tried again (a possible duplicate)."),
         pub upstream_connect_failures: IntCounterVec = family("upstream_connect_failures_total", &["gateway"],
             "Failed attempts to connect (or greet, STARTTLS, authenticate) to the gateway."),
         pub dead_letters: IntCounterVec = family("dead_letters_total", &["gateway"],
@@ -328,6 +330,7 @@ impl Metrics {
         self.expired.with_label_values(&[gateway]);
         self.upstream_connections.with_label_values(&[gateway]);
         self.upstream_connect_failures.with_label_values(&[gateway]);
+        self.outcome_unknown.with_label_values(&[gateway]);
     }
 
     /// Creates (at zero) the series whose labels come from fixed sets, and

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::support::{
-    Client, Harness, SilentGateway, Sink, eventually, fetch, free_address, start, test_config,
-    without_trace,
+    self, Client, Harness, SilentGateway, Sink, eventually, fetch, free_address, start,
+    test_config, without_trace,
 };
 
 const BODY: &[u8] = b"Subject: outcome\r\n\r\nhello\r\n";
@@ -266,4 +266,65 @@ async fn a_spool_write_failure_is_answered_452_never_250() {
     assert_eq!(service.queued("primary"), 2);
     drop(client);
     service.shutdown().await;
+}
+
+/// A gateway that answers the end of a message after `command_timeout`
+/// (content scanning) gets it once: the end of data has its own, longer
+/// wait (`data_reply_timeout`, RFC 5321's 10 minutes by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reply_to_the_end_of_data_is_waited_for_not_sent_again() {
+    let h = Harness::with(|config| {
+        config.gateways[0].command_timeout = Duration::from_millis(300);
+        config.gateways[0].data_reply_timeout = Duration::from_secs(10);
+    })
+    .await;
+    h.sink.behavior.lock().unwrap().data_reply_delay = Some(Duration::from_secs(1));
+    let mut client = h.client().await;
+    for n in 0..3 {
+        client
+            .accepted(APP, &[&format!("slow{n}@example.org")], BODY)
+            .await;
+    }
+    // Settled (a message out for an attempt does not count as queued).
+    support::eventually_async("three delivered", || async {
+        h.sample("smtp_shaper_messages_relayed_total{gateway=\"primary\",result=\"delivered\"}")
+            .await
+            == 3.0
+    })
+    .await;
+    assert_eq!(h.sink.count(), 3, "each message once");
+    assert_eq!(*h.sink.data_attempts.lock().unwrap(), 3);
+    assert_eq!(
+        h.sample("smtp_shaper_upstream_outcome_unknown_total{gateway=\"primary\"}")
+            .await,
+        0.0
+    );
+    h.shutdown().await;
+}
+
+/// No reply to the end of data even within `data_reply_timeout`: the
+/// outcome is unknown (the gateway took the message), so it is tried again,
+/// counted and logged as a possible duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reply_to_the_end_of_data_is_an_unknown_outcome_tried_again() {
+    let h = Harness::with(|config| {
+        config.gateways[0].data_reply_timeout = Duration::from_millis(500);
+    })
+    .await;
+    h.sink.behavior.lock().unwrap().data_reply_delay = Some(Duration::from_secs(2));
+    h.client()
+        .await
+        .accepted(APP, &["unknown@example.org"], BODY)
+        .await;
+    support::eventually_async("an unknown outcome counted", || async {
+        h.sample("smtp_shaper_upstream_outcome_unknown_total{gateway=\"primary\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    // The gateway answers in time again: the retry is delivered.
+    h.sink.behavior.lock().unwrap().data_reply_delay = None;
+    eventually("queue empty", || h.service.queued("primary") == 0).await;
+    assert!(h.sink.count() >= 2, "taken at the first attempt and again");
+    h.shutdown().await;
 }

@@ -37,6 +37,9 @@ pub struct Behavior {
     pub data_replies: VecDeque<String>,
     /// Close the connection in the middle of the next N message bodies.
     pub drop_during_data: usize,
+    /// Take each message, then wait this long before answering its end
+    /// (a gateway scanning the content).
+    pub data_reply_delay: Option<std::time::Duration>,
     /// Whether to offer PIPELINING.
     pub no_pipelining: bool,
     /// Offer AUTH PLAIN and require this user and password before MAIL.
@@ -420,6 +423,10 @@ async fn sink_session_inner(
                             tls,
                             login: logged_in.clone(),
                         });
+                        let delay = behavior.lock().unwrap().data_reply_delay;
+                        if let Some(delay) = delay {
+                            tokio::time::sleep(delay).await;
+                        }
                         "250 2.0.0 queued".into()
                     }
                 }
