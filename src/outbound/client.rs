@@ -605,22 +605,45 @@ impl Connection {
             self.write(&batch).await.map_err(mark_early)?;
             let mail_reply = self.read_reply().await.map_err(mark_early)?;
             for _ in rcpt_commands {
-                rcpt_replies.push(self.read_reply().await?);
+                match self.read_reply().await {
+                    Ok(reply) => rcpt_replies.push(reply),
+                    Err(error) => {
+                        return heard_before(error, mail_reply, rcpt_replies, rcpt_commands.len());
+                    }
+                }
             }
-            let data_reply = self.read_reply().await?;
-            return Ok((mail_reply, rcpt_replies, Some(data_reply)));
+            return match self.read_reply().await {
+                Ok(data_reply) => Ok((mail_reply, rcpt_replies, Some(data_reply))),
+                Err(error) => heard_before(error, mail_reply, rcpt_replies, rcpt_commands.len()),
+            };
         }
         self.write(mail.as_bytes()).await.map_err(mark_early)?;
         let mail_reply = self.read_reply().await.map_err(mark_early)?;
         if mail_reply.is_positive() {
             for command in rcpt_commands {
-                self.write(command.as_bytes()).await?;
-                rcpt_replies.push(self.read_reply().await?);
+                let reply = match self.write(command.as_bytes()).await {
+                    Ok(()) => self.read_reply().await,
+                    Err(error) => Err(error),
+                };
+                match reply {
+                    Ok(reply) => rcpt_replies.push(reply),
+                    Err(error) => {
+                        return heard_before(error, mail_reply, rcpt_replies, rcpt_commands.len());
+                    }
+                }
             }
         }
         let data_reply = if rcpt_replies.iter().any(Reply::is_positive) {
-            self.write(b"DATA\r\n").await?;
-            Some(self.read_reply().await?)
+            let reply = match self.write(b"DATA\r\n").await {
+                Ok(()) => self.read_reply().await,
+                Err(error) => Err(error),
+            };
+            match reply {
+                Ok(reply) => Some(reply),
+                Err(error) => {
+                    return heard_before(error, mail_reply, rcpt_replies, rcpt_commands.len());
+                }
+            }
         } else {
             None
         };
@@ -701,6 +724,40 @@ impl Connection {
             self.buffer.extend_from_slice(&chunk[..read]);
         }
     }
+}
+
+/// The envelope broke off (the gateway closed, a read failed) after these
+/// replies: when one of them refused, that is what the gateway said (RFC
+/// 5321 has a server close after a 421), and it counts as the answer: MAIL's
+/// refusal for every recipient, or each RCPT's refusal, the others (of
+/// `recipients`) deferred since no DATA followed. Without a refusal the
+/// failure stands.
+fn heard_before(
+    error: ClientError,
+    mail_reply: Reply,
+    rcpt_replies: Vec<Reply>,
+    recipients: usize,
+) -> Result<(Reply, Vec<Reply>, Option<Reply>), ClientError> {
+    if mail_reply.is_positive() && rcpt_replies.iter().all(Reply::is_positive) {
+        return Err(error);
+    }
+    if !mail_reply.is_positive() {
+        return Ok((mail_reply, Vec::new(), None));
+    }
+    let deferred = Reply::new(451, format!("4.4.2 {error}"));
+    let rcpt_replies = rcpt_replies
+        .into_iter()
+        .map(|reply| {
+            if reply.is_positive() {
+                deferred.clone()
+            } else {
+                reply
+            }
+        })
+        .chain(std::iter::repeat(deferred.clone()))
+        .take(recipients)
+        .collect();
+    Ok((mail_reply, rcpt_replies, None))
 }
 
 fn parse_capabilities(ehlo: &Reply) -> Capabilities {
@@ -784,6 +841,34 @@ fn mark_early(error: ClientError) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_read_before_a_close_are_the_answer_when_one_refused() {
+        let closed = || late("gateway closed the connection".into());
+        let ok = || Reply::new(250, "2.1.5 ok");
+        // MAIL refused, then closed: its refusal is everyone's.
+        let (mail, rcpt, data) =
+            heard_before(closed(), Reply::new(421, "4.7.0 busy"), Vec::new(), 3).unwrap();
+        assert_eq!((mail.code, rcpt.len(), data), (421, 0, None));
+        // A refused RCPT, then closed: it keeps its reply; the accepted one
+        // and the unanswered one are deferred (no DATA was sent).
+        let (_, rcpt, _) = heard_before(
+            closed(),
+            ok(),
+            vec![ok(), Reply::new(450, "4.2.1 mailbox busy")],
+            3,
+        )
+        .unwrap();
+        let codes: Vec<u16> = rcpt.iter().map(|reply| reply.code).collect();
+        assert_eq!(codes, [451, 450, 451]);
+        assert!(
+            rcpt[0]
+                .to_string()
+                .contains("gateway closed the connection")
+        );
+        // Nothing refused: the failure stands (the outcome is not known).
+        assert!(heard_before(closed(), ok(), vec![ok()], 2).is_err());
+    }
 
     #[test]
     fn each_recipient_gets_its_refusal_or_the_final_reply() {

@@ -328,3 +328,43 @@ async fn no_reply_to_the_end_of_data_is_an_unknown_outcome_tried_again() {
     assert!(h.sink.count() >= 2, "taken at the first attempt and again");
     h.shutdown().await;
 }
+
+/// A gateway that answers MAIL and then closes (RFC 5321: a 421 closes the
+/// connection) has said something: a throttling 421 cuts the ceiling and
+/// is counted, and the message goes later; a 554 is final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_read_before_the_gateway_closes_is_what_it_said() {
+    let h = Harness::start().await;
+    h.sink.behavior.lock().unwrap().mail_reply_then_close =
+        Some("421 4.7.0 mx.test Service busy, try again later".into());
+    h.client()
+        .await
+        .accepted(APP, &["a@example.org"], BODY)
+        .await;
+    eventually("delivered after the throttling", || h.sink.count() == 1).await;
+    assert_eq!(
+        h.sample("smtp_shaper_upstream_replies_total{class=\"4xx\",gateway=\"primary\"}")
+            .await,
+        1.0,
+        "the 421 counted"
+    );
+    assert!(
+        h.sample("smtp_shaper_backoff_penalty{gateway=\"primary\"}")
+            .await
+            < 1.0,
+        "the throttling heard"
+    );
+
+    h.sink.behavior.lock().unwrap().mail_reply_then_close = Some("554 5.7.1 sender blocked".into());
+    h.client()
+        .await
+        .accepted(APP, &["b@example.org"], BODY)
+        .await;
+    eventually("dead-lettered, not retried", || {
+        dead_letters(h.spool.path()).len() == 1
+    })
+    .await;
+    assert!(dead_letters(h.spool.path())[0].contains("554 5.7.1 sender blocked"));
+    assert_eq!(h.sink.count(), 1, "never delivered");
+    h.shutdown().await;
+}

@@ -40,6 +40,9 @@ pub struct Behavior {
     /// Take each message, then wait this long before answering its end
     /// (a gateway scanning the content).
     pub data_reply_delay: Option<std::time::Duration>,
+    /// Answer the next MAIL FROM with this reply, then close the
+    /// connection (RFC 5321 has a server close after a 421).
+    pub mail_reply_then_close: Option<String>,
     /// Whether to offer PIPELINING.
     pub no_pipelining: bool,
     /// Offer AUTH PLAIN and require this user and password before MAIL.
@@ -361,6 +364,13 @@ async fn sink_session_inner(
             let stream = reader.into_inner().unsplit(writer);
             let stream = acceptor.clone().accept(stream).await?;
             return sink_session(Box::new(stream), shared, None, true, false).await;
+        } else if let Some(reply) = upper
+            .starts_with("MAIL FROM:")
+            .then(|| behavior.lock().unwrap().mail_reply_then_close.take())
+            .flatten()
+        {
+            writer.write_all(format!("{reply}\r\n").as_bytes()).await?;
+            return Ok(());
         } else if upper.starts_with("MAIL FROM:") {
             mail_from = text[10..].to_string();
             recipients.clear();
