@@ -1035,8 +1035,8 @@ mod tests {
         // A gateway with no history and the shipped floors: 300 a day.
         let config = shaping("min_rate = [\"10/min\", \"60/h\", \"300/day\"]");
         let mut model = GatewayModel::new(&config, 0.0);
-        let mut offer = offer(&model, 999, 999, 999);
-        let projection = model.admit(0.0, &offer).expect("held, not refused");
+        let mut thousandth = offer(&model, 999, 999, 999);
+        let projection = model.admit(0.0, &thousandth).expect("held, not refused");
         assert_eq!(projection.reason, DeferReason::DayBudget);
         assert!(
             projection.wait > DAY && projection.wait < 4.0 * DAY,
@@ -1046,17 +1046,13 @@ mod tests {
         assert_eq!(model.view(0.0).deferrals, [0; 6], "nothing refused");
         // An app that keeps its own backlog (an MTA) says so with a short
         // bound, and hears 451 for the same wait.
-        offer.max_delay = 900.0;
-        let deferral = model.admit(0.0, &offer).unwrap_err();
+        thousandth.max_delay = 900.0;
+        let deferral = model.admit(0.0, &thousandth).unwrap_err();
         assert_eq!(deferral.reason, DeferReason::DayBudget);
         assert_eq!(deferral.projected_wait, projection.wait);
         // Mail with nothing ahead leaves at once.
-        let first = model.admit(0.0, &offer_at_once(&model)).unwrap();
+        let first = model.admit(0.0, &offer(&model, 0, 0, 0)).unwrap();
         assert!(first.wait <= 1.0, "{first:?}");
-    }
-
-    fn offer_at_once(model: &GatewayModel) -> Offer {
-        offer(model, 0, 0, 0)
     }
 
     #[test]
