@@ -1271,7 +1271,9 @@ fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConfig {
     } else if !delay_given {
         // Held mail must leave before it expires: a short max_age shortens
         // the default.
-        shaping.max_queue_delay = shaping.max_queue_delay.min(max_age.mul_f64(0.8));
+        shaping.max_queue_delay = shaping
+            .max_queue_delay
+            .min(max_age.mul_f64(HELD_SHARE_OF_LIFETIME));
     } else if shaping.max_queue_delay >= max_age {
         s.problem(
             "max_queue_delay",
@@ -1291,6 +1293,11 @@ fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConfig {
 /// "Admission: hold, don't hand back"), and shorter than `max_age` (5
 /// days), so mail accepted on its projection leaves before it would expire.
 pub const DEFAULT_MAX_QUEUE_DELAY: &str = "4d";
+
+/// The longest an app's mail may be held, as a share of how long it may
+/// stay queued (`max_age`, an app's `expire_after`): it leaves before it
+/// would expire, with room for the projection to be off.
+pub const HELD_SHARE_OF_LIFETIME: f64 = 0.8;
 
 /// What `min_rate` and `initial_rate` accept.
 const HORIZON_RATE_FORMS: &str = "a rate such as \"10/min\", or one rate per horizon: [\"10/min\", \"60/h\", \"300/day\"] (the minute in /s or /min, the hour in /h, the day in /day)";
@@ -1421,13 +1428,9 @@ fn read_app(mut s: Section<'_>) -> AppConfig {
             "an argon2 hash such as \"$argon2id$v=19$m=19456,t=2,p=1$...\" (smtp-shaper hash-password)",
             |v| argon2::PasswordHash::new(v).ok().map(|_| v.to_string()),
         ),
-        max_queue_delay: s.optional(
-            "max_queue_delay",
-            units::DURATION_FORMS,
-            units::parse_duration,
-        ),
-        expire_after: s.optional("expire_after", units::DURATION_FORMS, units::parse_duration),
-        notify_delay: s.optional("notify_delay", units::DURATION_FORMS, units::parse_duration),
+        max_queue_delay: s.optional_duration("max_queue_delay"),
+        expire_after: s.optional_duration("expire_after"),
+        notify_delay: s.optional_duration("notify_delay"),
     };
     if app.notify_delay.is_some_and(|delay| delay.is_zero()) {
         s.problem("notify_delay", "must be longer than 0");

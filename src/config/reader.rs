@@ -225,6 +225,11 @@ impl<'p> Section<'p> {
         self.parsed(key, default, units::DURATION_FORMS, units::parse_duration)
     }
 
+    /// A duration that may be left out (`None`).
+    pub fn optional_duration(&mut self, key: &'static str) -> Option<Duration> {
+        self.optional(key, units::DURATION_FORMS, units::parse_duration)
+    }
+
     /// A string value that may be left out: absent or `""` is `None`.
     pub fn optional<T>(
         &mut self,

@@ -165,13 +165,8 @@ fn admit(
             format!("5.7.1 {host} Access denied: {ip} may not relay here"),
         ));
     }
-    if Network::any_contains(&server.limit_exempt_networks, ip) {
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            return Err(too_many_connections(server, peer));
-        };
-        return Ok((slot, None));
-    }
-    if !limits.connection(ip) {
+    let exempt = Network::any_contains(&server.limit_exempt_networks, ip);
+    if !exempt && !limits.connection(ip) {
         tracing::warn!(client = %peer, limit = ?server.client_connection_rate, "connection refused: client connecting too often");
         return Err(Refusal::new(
             RefusalReason::ConnectionRate,
@@ -180,8 +175,16 @@ fn admit(
         ));
     }
     let Ok(slot) = slots.clone().try_acquire_owned() else {
-        return Err(too_many_connections(server, peer));
+        tracing::warn!(client = %peer, limit = server.max_connections, "connection refused: too many connections");
+        return Err(Refusal::new(
+            RefusalReason::TooManyConnections,
+            421,
+            format!("4.7.0 {host} Error: too many connections, try again later"),
+        ));
     };
+    if exempt {
+        return Ok((slot, None));
+    }
     let Some(client_slot) = ClientSlot::take(per_client, ip, server.max_connections_per_client)
     else {
         tracing::warn!(client = %peer, limit = server.max_connections_per_client, "connection refused: too many connections from this client");
@@ -192,19 +195,6 @@ fn admit(
         ));
     };
     Ok((slot, Some(client_slot)))
-}
-
-/// `max_connections` sessions run already (every client, exempt or not).
-fn too_many_connections(server: &ServerConfig, peer: SocketAddr) -> Refusal {
-    tracing::warn!(client = %peer, limit = server.max_connections, "connection refused: too many connections");
-    Refusal::new(
-        RefusalReason::TooManyConnections,
-        421,
-        format!(
-            "4.7.0 {} Error: too many connections, try again later",
-            server.hostname
-        ),
-    )
 }
 
 /// Counts a refusal in `smtp_shaper_rejections_total` under its reason.

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::Gateway;
-use super::queue::{Queued, Slot};
+use super::queue::Slot;
 use super::worker::{WorkerContext, expired, notify_sender};
 use crate::config::units::format_duration;
 use crate::poison::LockRecovered;
@@ -95,26 +95,10 @@ async fn expire(gateway: &Gateway, context: &WorkerContext) {
     for (slot, lane, units) in gateway.queue.take_expired(EXPIRE_BATCH, lifetime) {
         let item = match slot {
             Slot::Held(item) => *item,
-            Slot::Parked(parked) => {
-                match context
-                    .spool
-                    .read_message(parked.segment(), parked.offset())
-                    .await
-                {
-                    Ok((message, _body)) => Queued::new(message, lane, None),
-                    // Damaged on disk: as when its turn comes, and as
-                    // recovery skips such a record, it cannot be delivered.
-                    Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
-                        tracing::error!(queue_id = %parked.id(), gateway = %gateway.config.name, %error, "an expired message's spool record is damaged; it cannot be delivered");
-                        continue;
-                    }
-                    Err(error) => {
-                        tracing::error!(queue_id = %parked.id(), gateway = %gateway.config.name, %error, "cannot read an expired message back from the spool; it stays queued");
-                        gateway.queue.push_parked(parked, lane, units);
-                        continue;
-                    }
-                }
-            }
+            Slot::Parked(parked) => match gateway.queue.unpark(parked, lane, units).await {
+                Some(item) => item,
+                None => continue,
+            },
         };
         expired(gateway, context, item, context.lifetime(gateway, lane)).await;
     }

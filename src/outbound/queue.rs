@@ -462,6 +462,16 @@ impl Drop for InFlight<'_> {
 }
 
 impl State {
+    /// `slot` was taken out of the scheduler for good (an operator's
+    /// delete, expiry): its bytes and, parked, its count leave the queue.
+    fn left_scheduler(&mut self, slot: &Slot) {
+        self.hot_bytes -= slot.hot_bytes();
+        self.queued_bytes -= slot.body_len();
+        if matches!(slot, Slot::Parked(_)) {
+            self.parked -= 1;
+        }
+    }
+
     fn promote_due(&mut self, now: Instant, unix_now: f64) {
         while self.waiting.peek().is_some_and(|first| first.due <= now) {
             if let Some(waiting) = self.waiting.pop() {
@@ -706,31 +716,39 @@ impl DeliveryQueue {
                 }
                 Slot::Parked(parked) => parked,
             };
-            let Some(parking) = &self.parking else {
-                unreachable!("parked only with a spool to read back from");
-            };
-            match parking
-                .spool
-                .read_message(parked.segment(), parked.offset())
-                .await
-            {
-                Ok((message, body)) => {
-                    let mut item = Queued::new(message, lane, Some(body));
+            match self.unpark(parked, lane, units).await {
+                Some(mut item) => {
                     item.probe = probe;
                     return item;
                 }
-                Err(error) => {
-                    if probe {
-                        self.probe_inconclusive();
-                    }
-                    if error.kind() == std::io::ErrorKind::InvalidData {
-                        // Damaged on disk: recovery skips such a record too.
-                        tracing::error!(queue_id = %parked.id(), gateway = %self.gateway, %error, "a queued message's spool record is damaged; it cannot be delivered");
-                    } else {
-                        tracing::error!(queue_id = %parked.id(), gateway = %self.gateway, %error, "cannot read a queued message back from the spool; it goes to the end of its lane");
-                        self.park_again(parked, lane, units);
-                    }
-                }
+                None if probe => self.probe_inconclusive(),
+                None => {}
+            }
+        }
+    }
+
+    /// A parked message taken out of the scheduler (its turn came, or it
+    /// expired), read back from the spool with its body. A damaged record
+    /// cannot be delivered (recovery skips it too); one that cannot be
+    /// read now goes back to the end of its lane. Either way, logged.
+    pub async fn unpark(&self, parked: Parked, lane: usize, units: u64) -> Option<Queued> {
+        let Some(parking) = &self.parking else {
+            unreachable!("parked only with a spool to read back from");
+        };
+        match parking
+            .spool
+            .read_message(parked.segment(), parked.offset())
+            .await
+        {
+            Ok((message, body)) => Some(Queued::new(message, lane, Some(body))),
+            Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::error!(queue_id = %parked.id(), gateway = %self.gateway, %error, "a queued message's spool record is damaged; it cannot be delivered");
+                None
+            }
+            Err(error) => {
+                tracing::error!(queue_id = %parked.id(), gateway = %self.gateway, %error, "cannot read a queued message back from the spool; it goes to the end of its lane");
+                self.park_again(parked, lane, units);
+                None
             }
         }
     }
@@ -1312,24 +1330,23 @@ impl DeliveryQueue {
                 view.lanes[waiting.item.lane.min(last)] += 1;
             }
         }
-        view.oldest_age = state
+        // One pass over the envelopes: the oldest of all, the newest of
+        // those waiting for the shaper.
+        let (oldest, newest) = state
             .scheduler
             .iter()
             .map(Slot::received_at)
-            .chain(
-                state
-                    .waiting
-                    .iter()
-                    .map(|waiting| waiting.item.message.envelope.received_at),
-            )
-            .min()
-            .map_or(0.0, |oldest| (now - oldest as f64).max(0.0));
-        view.newest_age = state
-            .scheduler
+            .fold((u64::MAX, None), |(oldest, newest), at| {
+                (oldest.min(at), newest.max(Some(at)))
+            });
+        let oldest = state
+            .waiting
             .iter()
-            .map(Slot::received_at)
-            .max()
-            .map_or(0.0, |newest| (now - newest as f64).max(0.0));
+            .map(|waiting| waiting.item.message.envelope.received_at)
+            .fold(oldest, u64::min);
+        let age = |at: u64| (now - at as f64).max(0.0);
+        view.oldest_age = if oldest == u64::MAX { 0.0 } else { age(oldest) };
+        view.newest_age = newest.map_or(0.0, age);
         (view, state.queued_bytes)
     }
 
@@ -1467,16 +1484,13 @@ impl DeliveryQueue {
                 _ => Due::Take,
             }
         });
-        let mut expired = Vec::with_capacity(taken.len());
-        for (lane, units, slot) in taken {
-            state.hot_bytes -= slot.hot_bytes();
-            state.queued_bytes -= slot.body_len();
-            if matches!(slot, Slot::Parked(_)) {
-                state.parked -= 1;
-            }
-            expired.push((slot, lane, units));
+        for (_, _, slot) in &taken {
+            state.left_scheduler(slot);
         }
-        expired
+        taken
+            .into_iter()
+            .map(|(lane, units, slot)| (slot, lane, units))
+            .collect()
     }
 
     /// The messages never tried, still waiting for the shaper, that arrived
@@ -1517,10 +1531,7 @@ impl DeliveryQueue {
         let mut state = self.lock();
         let item = match state.scheduler.take(|slot| slot.is(id)) {
             Some((lane, units, slot)) => {
-                state.hot_bytes -= slot.hot_bytes();
-                if matches!(slot, Slot::Parked(_)) {
-                    state.parked -= 1;
-                }
+                state.left_scheduler(&slot);
                 (slot, lane, units)
             }
             None => {
@@ -1534,10 +1545,10 @@ impl DeliveryQueue {
                 let units = state.scheduler.units(item.message.pending.len());
                 state.waiting_counts.remove(class, units);
                 let lane = item.lane;
+                state.queued_bytes -= item.message.location.body_len;
                 (Slot::Held(Box::new(item)), lane, units)
             }
         };
-        state.queued_bytes -= item.0.body_len();
         Some(item)
     }
 

@@ -16,7 +16,7 @@ use super::model::{
 use super::shared::{Elsewhere, SharedFeedback, SharedLimits};
 use super::state::SavedState;
 use super::volume::BudgetReached;
-use crate::config::AppClass;
+use crate::config::{AppClass, HELD_SHARE_OF_LIFETIME};
 use std::time::Duration;
 
 struct Entry<T> {
@@ -164,8 +164,9 @@ impl<T> Scheduler<T> {
             .max_queue_delay
             .unwrap_or(self.model.max_queue_delay())
             .as_secs_f64();
-        lane.expire_after
-            .map_or(delay, |after| delay.min(after.as_secs_f64() * 0.8))
+        lane.expire_after.map_or(delay, |after| {
+            delay.min(after.as_secs_f64() * HELD_SHARE_OF_LIFETIME)
+        })
     }
 
     fn lane(&self, lane: usize) -> &Lane {
