@@ -478,6 +478,9 @@ pub struct ShapingConfig {
     pub count: CountUnit,
     pub backoff_factor: f64,
     pub backoff_pause: Duration,
+    /// How long the ceiling takes to climb back to where it was before a
+    /// throttling cut, once the gateway accepts again.
+    pub backoff_recovery: Duration,
     pub baseline_half_life: Duration,
     /// The period the file writes this gateway's rates in (that of the
     /// first of initial_rate, min_rate, max_rate given; else the defaults'
@@ -1248,6 +1251,7 @@ fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConfig {
         ),
         backoff_factor: s.number("backoff_factor", 0.5, 0.01, 0.99),
         backoff_pause: s.duration("backoff_pause", "1m"),
+        backoff_recovery: s.duration("backoff_recovery", "1h"),
         baseline_half_life: s.duration("baseline_half_life", "7d"),
     };
     if shaping.min_rate > shaping.max_rate {
@@ -1266,6 +1270,12 @@ fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConfig {
         }
     }
     let mut shaping = shaping;
+    if shaping.backoff_recovery.is_zero() {
+        s.problem(
+            "backoff_recovery",
+            "must be above 0 (the time the ceiling takes to climb back after a throttling cut)",
+        );
+    }
     if shaping.max_queue_delay.is_zero() {
         s.problem("max_queue_delay", "must be longer than 0");
     } else if !delay_given {

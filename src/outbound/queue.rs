@@ -1252,13 +1252,18 @@ impl DeliveryQueue {
     }
 
     /// The gateway answered with a throttling reply (`reply`, for the log).
-    pub fn throttled(&self, reply: &str) {
+    /// Returns true when it cut the ceiling (a new episode).
+    pub fn throttled(&self, reply: &str) -> bool {
         let mut state = self.lock();
         let now = self.now();
-        state.scheduler.throttled(now);
+        let cut = state.scheduler.throttled(now);
         self.log_changes(&mut state, Some(reply));
         // Every node pauses: the others hear it at their next decision.
-        if let Some(shared) = state.shared.as_ref().filter(|shared| shared.connected) {
+        if let Some(shared) = state
+            .shared
+            .as_ref()
+            .filter(|shared| cut && shared.connected)
+        {
             let link = shared.link.clone();
             let backoff = state.scheduler.backoff();
             let gateway = self.gateway.clone();
@@ -1268,6 +1273,15 @@ impl DeliveryQueue {
                 }
             });
         }
+        cut
+    }
+
+    /// The gateway accepted mail: a throttling episode whose pause is over
+    /// ends, and the ceiling starts climbing back.
+    pub fn gateway_accepted(&self) {
+        let mut state = self.lock();
+        let now = self.now();
+        state.scheduler.gateway_accepted(now);
     }
 
     /// The gateway's quota is used up: hold sending (see the model).

@@ -118,20 +118,12 @@ impl Elsewhere {
 
 /// The gateway's feedback as the shared state holds it: the throttling
 /// penalty as cut, and the pause left (seconds; 0 when none, negative: it
-/// ended that long ago, and the penalty has been recovering since).
+/// ended that long ago, and the penalty has been recovering since, within
+/// `backoff_recovery`, as [`super::penalty::Penalty`] recovers).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SharedFeedback {
     pub penalty: f64,
     pub pause_left: f64,
-}
-
-impl SharedFeedback {
-    /// The penalty at the moment of the reading: it recovers by `warmup`
-    /// per day from the end of its pause, as the model's own does.
-    pub fn penalty_now(&self, warmup: f64) -> f64 {
-        let recovering = (-self.pause_left).max(0.0);
-        (self.penalty * warmup.powf(recovering / 86_400.0)).clamp(0.0, 1.0)
-    }
 }
 
 /// Units and messages this node sent per minute while the shared state was
@@ -417,25 +409,6 @@ mod tests {
         );
         assert!(earlier.since(&later).is_empty());
         assert_eq!(earlier.max(&later), later);
-    }
-
-    #[test]
-    fn a_penalty_recovers_from_the_end_of_its_pause() {
-        let paused = SharedFeedback {
-            penalty: 0.5,
-            pause_left: 30.0,
-        };
-        assert_eq!(paused.penalty_now(2.0), 0.5);
-        let a_day_later = SharedFeedback {
-            penalty: 0.5,
-            pause_left: -86_400.0,
-        };
-        assert!((a_day_later.penalty_now(2.0) - 1.0).abs() < 1e-9);
-        let half_a_day = SharedFeedback {
-            penalty: 0.25,
-            pause_left: -43_200.0,
-        };
-        assert!((half_a_day.penalty_now(4.0) - 0.5).abs() < 1e-9);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct Received {
 pub struct Behavior {
     /// Reply line for RCPT TO of a given address (e.g. "550 5.1.1 unknown").
     pub rcpt_replies: HashMap<String, String>,
+    /// How many RCPTs drew one of `rcpt_replies`.
+    pub rcpt_refused: usize,
     /// Replies for the end of DATA, used up one per message, then 250.
     pub data_replies: VecDeque<String>,
     /// Close the connection in the middle of the next N message bodies.
@@ -382,7 +384,12 @@ async fn sink_session_inner(
                 .next()
                 .unwrap_or("")
                 .to_string();
-            let custom = behavior.lock().unwrap().rcpt_replies.get(&address).cloned();
+            let custom = {
+                let mut behavior = behavior.lock().unwrap();
+                let custom = behavior.rcpt_replies.get(&address).cloned();
+                behavior.rcpt_refused += usize::from(custom.is_some());
+                custom
+            };
             match custom {
                 Some(reply) => reply,
                 None => {
