@@ -303,8 +303,10 @@ async fn connect(gateway: &Gateway, context: &WorkerContext) -> Result<Open, Rep
                 .with_label_values(&[name])
                 .inc();
             gateway.remember(format!("connection failed: {error}"));
+            // What the gateway said before closing is counted and heeded
+            // like any reply.
             if let Some(refusal) = error.refusal.clone() {
-                heed_signals(gateway, vec![refusal]);
+                heard(gateway, context, vec![refusal]);
             }
             match gateway.queue.connect_failed(started, |failures| {
                 gateway.backoff.delay(failures, fastrand::f64())
