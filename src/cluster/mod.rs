@@ -450,6 +450,14 @@ impl GatewayLink {
         self.reading(None, &reply[0..6])
     }
 
+    /// An operator ends the gateway's pause on every node (`queue
+    /// unpause`): the pause ends now; the penalty stays.
+    pub async fn end_pause(&self) -> Result<Reading, ClusterError> {
+        let args = vec![self.node().to_string(), "0".into(), "end".into()];
+        let reply = self.run(&self.cluster.scripts.pause, args, 6).await?;
+        self.reading(None, &reply[0..6])
+    }
+
     /// An operator holds or releases the gateway on every node.
     pub async fn hold(&self, held: bool) -> Result<Reading, ClusterError> {
         let args = vec![self.node().to_string(), if held { "1" } else { "0" }.into()];

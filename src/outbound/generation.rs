@@ -400,6 +400,7 @@ fn open_queue(
     cluster: Option<&Arc<Cluster>>,
 ) -> DeliveryQueue {
     let saved = load_state(spool, &gateway.name);
+    let held = saved.as_ref().is_some_and(|state| state.held);
     let shaping = &gateway.shaping;
     let queue = DeliveryQueue::shared(
         &gateway.name,
@@ -440,6 +441,12 @@ fn open_queue(
             day_allowance = %allowance(&model.budgets, Horizon::Day),
             "no history for this gateway: it may send its floors in the first hour and day, and mail beyond them is held and released along the warm-up; if the gateway already sends more, say so with initial_rate = [\"60/min\", \"<busiest hour>/h\", \"<busiest day>/day\"]"
         );
+    }
+    if held {
+        // The operator's word from before the restart, not a new one for
+        // the other nodes.
+        queue.carry_standing((true, None));
+        tracing::warn!(gateway = %gateway.name, "held by an operator (saved with the shaping state): nothing is delivered until `smtp-shaper queue release`");
     }
     queue
 }

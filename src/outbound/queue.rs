@@ -1303,6 +1303,33 @@ impl DeliveryQueue {
         Duration::from_secs_f64(hold)
     }
 
+    /// Seconds left of a pause the gateway asked for (throttling, quota);
+    /// `retry` does not end it, [`DeliveryQueue::end_pause`] does.
+    pub fn pause_left(&self) -> f64 {
+        let state = self.lock();
+        state.scheduler.pause_left(self.now())
+    }
+
+    /// An operator ends the gateway's throttling or quota pause on purpose
+    /// (on every node, in cluster mode); returns the seconds it had left.
+    pub fn end_pause(&self) -> f64 {
+        let mut state = self.lock();
+        let now = self.now();
+        let left = state.scheduler.end_pause(now);
+        if let Some(shared) = state.shared.as_ref().filter(|shared| shared.connected) {
+            let link = shared.link.clone();
+            let gateway = self.gateway.clone();
+            tokio::spawn(async move {
+                if let Err(error) = link.end_pause().await {
+                    tracing::warn!(%gateway, %error, "could not end the pause on the other nodes");
+                }
+            });
+        }
+        drop(state);
+        self.wake.notify_waiters();
+        left
+    }
+
     /// May a transaction of app `lane` with `recipients` recipients (the
     /// envelope's `fingerprint`) be accepted now? Messages waiting for a
     /// retry count as ahead of it, and in cluster mode the other nodes'
@@ -1380,6 +1407,8 @@ impl DeliveryQueue {
             shared.hold_pending = Some(held);
         }
         drop(state);
+        // On disk soon, with the shaping state: a hold outlasts a restart.
+        self.save_wanted.notify_one();
         self.wake.notify_waiters();
     }
 
@@ -1566,11 +1595,14 @@ impl DeliveryQueue {
         Some(item)
     }
 
-    /// The state to save, counting `reserve` cap units ahead.
+    /// The state to save, counting `reserve` cap units ahead, with the
+    /// operator's hold.
     pub fn snapshot(&self, reserve: bool) -> (SavedState, u64) {
         let mut state = self.lock();
         let now = self.now();
-        state.scheduler.snapshot(now, reserve)
+        let (mut saved, reserve) = state.scheduler.snapshot(now, reserve);
+        saved.held = state.held;
+        (saved, reserve)
     }
 
     /// The snapshot taken with `reserve` is on disk.

@@ -498,6 +498,20 @@ impl GatewayModel {
         hold
     }
 
+    /// Seconds left of a pause the gateway asked for (throttling, quota).
+    pub fn pause_left(&self, now: f64) -> f64 {
+        (self.paused_until - now).max(0.0)
+    }
+
+    /// An operator ends the gateway's pause on purpose (`queue unpause`);
+    /// a throttling cut stays and recovers as it would. Returns the
+    /// seconds the pause had left.
+    pub fn end_pause(&mut self, now: f64) -> f64 {
+        let left = self.pause_left(now);
+        self.paused_until = self.paused_until.min(now);
+        left
+    }
+
     /// How long new mail would wait here, and what for: held mail is
     /// accepted and released along the rule, so a wait is a refusal only
     /// beyond the lane's bound (`Offer::max_delay`), with `max_queued`
@@ -804,6 +818,7 @@ impl GatewayModel {
                 .volume
                 .is_budgeted()
                 .then(|| self.volume.snapshot(now, reserve)),
+            held: false,
         }
     }
 

@@ -432,6 +432,16 @@ impl<T> Scheduler<T> {
         self.model.quota_exhausted(now)
     }
 
+    /// See [`GatewayModel::pause_left`].
+    pub fn pause_left(&self, now: f64) -> f64 {
+        self.model.pause_left(now)
+    }
+
+    /// See [`GatewayModel::end_pause`].
+    pub fn end_pause(&mut self, now: f64) -> f64 {
+        self.model.end_pause(now)
+    }
+
     /// The rate the token bucket enforces now (messages per second; see
     /// [`GatewayModel::enforced_rate`]).
     pub fn enforced_rate(&self) -> f64 {

@@ -24,6 +24,8 @@ pub struct SavedState {
     pub caps: Vec<(f64, Vec<(i64, u64)>)>,
     /// The per-minute volume history, when some budget is configured.
     pub volume: Option<VolumeState>,
+    /// An operator's hold (`queue hold`): it outlasts a restart.
+    pub held: bool,
 }
 
 /// The only version written and read.
@@ -41,6 +43,8 @@ struct File {
     caps: Vec<CapFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     volume: Option<VolumeFile>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    held: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -162,6 +166,7 @@ impl SavedState {
                 })
                 .collect(),
             volume: self.volume.as_ref().map(VolumeFile::new),
+            held: self.held,
         };
         let mut text = format!(
             "# smtp-shaper: learned shaping state of gateway \"{gateway}\", rewritten while it runs.\n\
@@ -207,6 +212,7 @@ impl SavedState {
                 .map(|cap| (cap.window_seconds, cap.slots))
                 .collect(),
             volume,
+            held: file.held,
         };
         // TOML has nan and inf; none is a time, a rate or a factor here.
         let finite = [
@@ -237,10 +243,18 @@ mod tests {
                 (86_400.0, vec![]),
             ],
             volume: None,
+            held: false,
+        };
+        let text = state.to_text("primary").unwrap();
+        assert!(!text.contains("held"), "no hold, no line: {text}");
+        assert_eq!(SavedState::parse(&text), Some(state.clone()));
+        let held = SavedState {
+            held: true,
+            ..state.clone()
         };
         assert_eq!(
-            SavedState::parse(&state.to_text("primary").unwrap()),
-            Some(state.clone())
+            SavedState::parse(&held.to_text("primary").unwrap()),
+            Some(held)
         );
         let with_volume = SavedState {
             volume: Some(VolumeState {

@@ -102,7 +102,7 @@ pub struct SenderCheck<'a> {
 
 /// An object whose keys are names known only at run time, written in the
 /// order given (a map type would sort them or cost a dependency).
-struct Keyed<K, V>(Vec<(K, V)>);
+pub struct Keyed<K, V>(pub Vec<(K, V)>);
 
 impl<K: Serialize, V: Serialize> Serialize for Keyed<K, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -253,6 +253,19 @@ impl<'a> Detail<'a> {
 }
 
 /// `POST /admin/gateways/G/hold` or `.../release`: the state it is in now.
+#[derive(Serialize)]
+pub struct Unpaused<'a> {
+    pub gateway: &'a str,
+    pub pause_left_seconds: f64,
+}
+
+/// A retry's answer: per gateway still paused, the seconds left.
+#[derive(Serialize)]
+pub struct Retried<'a> {
+    pub retried: usize,
+    pub still_paused: Keyed<&'a str, f64>,
+}
+
 #[derive(Serialize)]
 pub struct HoldState<'a> {
     pub gateway: &'a str,
