@@ -871,7 +871,10 @@ fn read_cluster(mut s: Section<'_>) -> ClusterConfig {
             Some(v.to_string())
         }),
         ca_file: s.optional("ca_file", "a PEM file path", parse_path),
-        expected_nodes: s.integer("expected_nodes", 1, 1, 10_000),
+        // No default: a node that starts while Redis is away runs on its
+        // share, and only the operator knows how many share the gateway
+        // (a default of 1 let two such nodes each send the whole rate).
+        expected_nodes: s.integer("expected_nodes", 0, 1, 10_000),
         timeout: s.parsed(
             "timeout",
             "250ms",
@@ -879,6 +882,12 @@ fn read_cluster(mut s: Section<'_>) -> ClusterConfig {
             units::parse_duration,
         ),
     };
+    if cluster.expected_nodes == 0 {
+        s.problem(
+            "expected_nodes",
+            "required; accepted: a whole number from 1 to 10000, the nodes (replicas) that share the gateways: a node that starts while Redis is out of reach sends 1/expected_nodes of the limits (or less, when it has seen more nodes lately)",
+        );
+    }
     if cluster.ca_file.is_some() && !cluster.redis.starts_with("rediss://") {
         s.problem("ca_file", "only a rediss:// (TLS) URL checks a certificate");
     }
@@ -2264,13 +2273,21 @@ mod tests {
         assert_eq!(cluster.expected_nodes, 3);
         assert_eq!(cluster.timeout, Duration::from_millis(250));
         let problems = Config::parse(&format!(
-            "{gateway}[cluster]\nredis = \"redis://:secret@redis:6379/0\"\nnode = \"a b\"\n"
+            "{gateway}[cluster]\nredis = \"redis://:secret@redis:6379/0\"\nnode = \"a b\"\nexpected_nodes = 2\n"
         ))
         .unwrap_err()
         .problems;
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("credentials"), "{problems:?}");
         assert!(problems[1].contains("cluster.node"), "{problems:?}");
+        let unsized_cluster = Config::parse(&format!(
+            "{gateway}[cluster]\nredis = \"redis://redis:6379/0\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            unsized_cluster.problems[0].contains("cluster.expected_nodes: required"),
+            "{unsized_cluster:?}"
+        );
         let missing = Config::parse(&format!("{gateway}[cluster]\n")).unwrap_err();
         assert!(
             missing.problems[0].contains("cluster.redis: required"),

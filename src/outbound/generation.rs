@@ -442,6 +442,9 @@ fn open_queue(
             "no history for this gateway: it may send its floors in the first hour and day, and mail beyond them is held and released along the warm-up; if the gateway already sends more, say so with initial_rate = [\"60/min\", \"<busiest hour>/h\", \"<busiest day>/day\"]"
         );
     }
+    if let Some(state) = saved.as_ref().filter(|state| state.nodes_seen.most > 0) {
+        queue.restore_nodes_seen(state.nodes_seen);
+    }
     if held {
         // The operator's word from before the restart, not a new one for
         // the other nodes.

@@ -51,7 +51,7 @@ use tokio::time::{Duration, Instant};
 
 use crate::cluster::{ClusterError, ClusterView, GatewayLink, Heartbeat, Reading};
 use crate::config::AppClass;
-use crate::shaper::shared::{Ledger, Proposal, SharedFeedback, SharedLimits};
+use crate::shaper::shared::{Ledger, NodesSeen, Proposal, SharedFeedback, SharedLimits};
 use crate::shaper::{
     ClassCounts, Deferral, Due, GatewayModel, GatewayView, Lane, Projection, Release, SavedState,
     Scheduler, WindowCounts, fingerprints,
@@ -354,6 +354,8 @@ struct Shared {
     /// one gets through).
     live: u64,
     expected: u64,
+    /// The most live nodes seen lately (saved): never fewer are assumed.
+    seen: NodesSeen,
     /// What the other nodes have queued, per class.
     queued_elsewhere: ClassCounts,
     /// What this node sent on its share, for the shared counts.
@@ -374,12 +376,13 @@ const ACQUIRE_RETRY: Duration = Duration::from_secs(1);
 pub struct SharedStanding {
     ledger: Ledger,
     live: u64,
+    seen: NodesSeen,
     hold_pending: Option<bool>,
 }
 
 impl Shared {
-    fn share_of(&self) -> u64 {
-        self.live.max(self.expected)
+    fn share_of(&self, now: f64) -> u64 {
+        self.live.max(self.expected).max(self.seen.most_at(now))
     }
 }
 
@@ -538,6 +541,7 @@ impl DeliveryQueue {
                 wait_until: None,
                 live: expected,
                 expected,
+                seen: NodesSeen::default(),
                 queued_elsewhere: ClassCounts::default(),
                 ledger: Ledger::default(),
                 decision_seconds,
@@ -1005,12 +1009,12 @@ impl DeliveryQueue {
         shared.connected = false;
         shared.decided = true;
         shared.wait_until = None;
-        scheduler.set_share(now, shared.share_of());
+        scheduler.set_share(now, shared.share_of(now));
         if change {
             tracing::warn!(
                 gateway = %self.gateway,
                 %error,
-                share_of = shared.share_of(),
+                share_of = shared.share_of(now),
                 "cluster state out of reach; this node sends its share of the gateway's limits until it is back"
             );
         }
@@ -1076,6 +1080,7 @@ impl DeliveryQueue {
         let limits = state.scheduler.shared_limits(now);
         let shared = state.shared.as_mut()?;
         shared.live = beat.live;
+        shared.seen.observe(beat.live, now);
         shared.queued_elsewhere = beat.queued_elsewhere;
         shared.ledger.forget_before(now);
         Some(Writes {
@@ -1176,6 +1181,7 @@ impl DeliveryQueue {
         let standing = state.shared.as_mut().map(|shared| SharedStanding {
             ledger: std::mem::take(&mut shared.ledger),
             live: shared.live,
+            seen: shared.seen,
             hold_pending: shared.hold_pending,
         });
         (held, standing)
@@ -1192,10 +1198,20 @@ impl DeliveryQueue {
                 shared.ledger.add_minute(minute, counts);
             }
             shared.live = standing.live;
+            shared.seen = standing.seen;
             shared.hold_pending = standing.hold_pending;
         }
         drop(state);
         self.wake.notify_waiters();
+    }
+
+    /// Cluster mode: the most nodes seen lately, as saved before a
+    /// restart; never fewer are assumed while the shared state is out of
+    /// reach.
+    pub fn restore_nodes_seen(&self, seen: NodesSeen) {
+        if let Some(shared) = self.lock().shared.as_mut() {
+            shared.seen = seen;
+        }
     }
 
     /// How this node stands with the shared state (cluster mode).
@@ -1204,7 +1220,7 @@ impl DeliveryQueue {
         state.shared.as_ref().map(|shared| ClusterView {
             connected: shared.connected,
             nodes: shared.live,
-            share_of: shared.share_of(),
+            share_of: shared.share_of(self.now()),
         })
     }
 
@@ -1602,6 +1618,9 @@ impl DeliveryQueue {
         let now = self.now();
         let (mut saved, reserve) = state.scheduler.snapshot(now, reserve);
         saved.held = state.held;
+        if let Some(shared) = state.shared.as_ref() {
+            saved.nodes_seen = shared.seen;
+        }
         (saved, reserve)
     }
 

@@ -819,6 +819,7 @@ impl GatewayModel {
                 .is_budgeted()
                 .then(|| self.volume.snapshot(now, reserve)),
             held: false,
+            nodes_seen: Default::default(),
         }
     }
 

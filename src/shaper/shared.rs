@@ -126,6 +126,40 @@ pub struct SharedFeedback {
     pub pause_left: f64,
 }
 
+/// The most nodes this one has seen share the gateway lately: a node that
+/// starts while the shared state is out of reach must not assume fewer
+/// (each would send on too large a share). Kept under the spool with the
+/// shaping state. What was seen counts for a week after it was last seen,
+/// so a deployment scaled down is taken at its new size after a week.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct NodesSeen {
+    pub most: u64,
+    /// When `most` nodes were last seen (Unix seconds).
+    pub at: f64,
+}
+
+/// How long the most nodes seen count without being seen again.
+const NODES_REMEMBERED: f64 = 7.0 * 86_400.0;
+
+impl NodesSeen {
+    /// A heartbeat saw `live` nodes at `now`.
+    pub fn observe(&mut self, live: u64, now: f64) {
+        if live >= self.most || now - self.at > NODES_REMEMBERED {
+            self.most = live;
+            self.at = now;
+        }
+    }
+
+    /// The most nodes seen within the last week at `now` (0: none).
+    pub fn most_at(&self, now: f64) -> u64 {
+        if now - self.at <= NODES_REMEMBERED {
+            self.most
+        } else {
+            0
+        }
+    }
+}
+
 /// Units and messages this node sent per minute while the shared state was
 /// out of reach, to be added to the shared counts when it is back.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -409,6 +443,20 @@ mod tests {
         );
         assert!(earlier.since(&later).is_empty());
         assert_eq!(earlier.max(&later), later);
+    }
+
+    #[test]
+    fn the_most_nodes_seen_last_a_week_after_they_were_last_seen() {
+        let day = 86_400.0;
+        let mut seen = NodesSeen::default();
+        seen.observe(2, 0.0);
+        seen.observe(5, day);
+        seen.observe(3, 2.0 * day);
+        assert_eq!(seen.most_at(2.0 * day), 5, "fewer now: the most stays");
+        assert_eq!(seen.most_at(8.0 * day), 5);
+        assert_eq!(seen.most_at(8.5 * day), 0, "a week since five were seen");
+        seen.observe(3, 8.5 * day);
+        assert_eq!(seen.most_at(9.0 * day), 3);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::shared::NodesSeen;
 use super::volume::{KEPT_SLOTS, Seed, VolumeState};
 use crate::config::Horizon;
 
@@ -26,6 +27,8 @@ pub struct SavedState {
     pub volume: Option<VolumeState>,
     /// An operator's hold (`queue hold`): it outlasts a restart.
     pub held: bool,
+    /// Cluster mode: the most nodes seen sharing the gateway lately.
+    pub nodes_seen: NodesSeen,
 }
 
 /// The only version written and read.
@@ -45,6 +48,9 @@ struct File {
     volume: Option<VolumeFile>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     held: bool,
+    /// Cluster mode: (the most nodes seen lately, when last seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nodes_seen: Option<(u64, f64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -167,6 +173,8 @@ impl SavedState {
                 .collect(),
             volume: self.volume.as_ref().map(VolumeFile::new),
             held: self.held,
+            nodes_seen: (self.nodes_seen.most > 0)
+                .then_some((self.nodes_seen.most, self.nodes_seen.at)),
         };
         let mut text = format!(
             "# smtp-shaper: learned shaping state of gateway \"{gateway}\", rewritten while it runs.\n\
@@ -213,6 +221,11 @@ impl SavedState {
                 .collect(),
             volume,
             held: file.held,
+            nodes_seen: file
+                .nodes_seen
+                .filter(|(_, at)| at.is_finite())
+                .map(|(most, at)| NodesSeen { most, at })
+                .unwrap_or_default(),
         };
         // TOML has nan and inf; none is a time, a rate or a factor here.
         let finite = [
@@ -244,12 +257,17 @@ mod tests {
             ],
             volume: None,
             held: false,
+            nodes_seen: NodesSeen::default(),
         };
         let text = state.to_text("primary").unwrap();
         assert!(!text.contains("held"), "no hold, no line: {text}");
         assert_eq!(SavedState::parse(&text), Some(state.clone()));
         let held = SavedState {
             held: true,
+            nodes_seen: NodesSeen {
+                most: 3,
+                at: 1_764_180_000.0,
+            },
             ..state.clone()
         };
         assert_eq!(
