@@ -237,7 +237,11 @@ fn main() -> ExitCode {
 /// `check-config`: every problem of the file, or that it is valid.
 fn check_config(config: &Path) -> ExitCode {
     match Config::load(config) {
-        Ok(_) => {
+        Ok(loaded) => {
+            // Valid, but worth a look before it runs: said, exit 0.
+            if let Some(warning) = smtp_shaper::spool::segment_size_warning(&loaded.spool) {
+                eprintln!("{}: warning: {warning}", config.display());
+            }
             println!("{}: configuration is valid", config.display());
             ExitCode::SUCCESS
         }

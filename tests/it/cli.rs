@@ -728,3 +728,29 @@ async fn retry_says_a_throttling_pause_holds_and_unpause_ends_it() {
     client.command("QUIT").await;
     h.shutdown().await;
 }
+
+/// A segment keeps its space until all its messages are finished: a
+/// segment_size near the free space is worth a warning, not a refusal.
+#[test]
+fn check_config_warns_of_a_segment_size_the_disk_cannot_hold_a_few_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shaper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[spool]\ndir = \"{}\"\nsegment_size = \"100000GiB\"\n[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let output = shaper(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(
+            "warning: spool.segment_size (102400000 MiB) is more than a quarter of the free space"
+        ),
+        "{stderr}"
+    );
+    assert!(text(&output.stdout).contains("configuration is valid"));
+}
