@@ -481,6 +481,11 @@ pub struct ShapingConfig {
     /// How long the ceiling takes to climb back to where it was before a
     /// throttling cut, once the gateway accepts again.
     pub backoff_recovery: Duration,
+    /// Enforce the shaping, or observe it (see [`ShapingMode`]).
+    pub mode: ShapingMode,
+    /// Observe until the gateway's own history covers this span, then
+    /// enforce by itself.
+    pub observe_until: Option<Duration>,
     pub baseline_half_life: Duration,
     /// The period the file writes this gateway's rates in (that of the
     /// first of initial_rate, min_rate, max_rate given; else the defaults'
@@ -493,6 +498,24 @@ pub struct ShapingConfig {
 pub struct Limit {
     pub count: u64,
     pub window: Duration,
+}
+
+/// Whether the shaping holds mail, or only says what it would hold
+/// (`mode = "observe"`: relayed at once, the would-be holds counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShapingMode {
+    #[default]
+    Enforce,
+    Observe,
+}
+
+impl ShapingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShapingMode::Enforce => "enforce",
+            ShapingMode::Observe => "observe",
+        }
+    }
 }
 
 /// What the hard caps count.
@@ -665,6 +688,16 @@ impl Config {
             })
             .collect();
         check_gateways(&gateways, &mut problems);
+        if cluster.is_some() {
+            for (index, gateway) in gateways.iter().enumerate() {
+                if gateway.shaping.mode == ShapingMode::Observe {
+                    problems.push(
+                        &format!("gateways[{index}].shaping.mode"),
+                        "\"observe\" is not available in cluster mode yet (the shared state in Redis enforces the budgets for every node): observe from one node without [cluster], or enforce",
+                    );
+                }
+            }
+        }
         let apps: Vec<AppConfig> = app_tables
             .into_iter()
             .enumerate()
@@ -1261,6 +1294,17 @@ fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConfig {
         backoff_factor: s.number("backoff_factor", 0.5, 0.01, 0.99),
         backoff_pause: s.duration("backoff_pause", "1m"),
         backoff_recovery: s.duration("backoff_recovery", "1h"),
+        mode: s.parsed(
+            "mode",
+            "enforce",
+            "\"enforce\" or \"observe\"",
+            |v| match v {
+                "enforce" => Some(ShapingMode::Enforce),
+                "observe" => Some(ShapingMode::Observe),
+                _ => None,
+            },
+        ),
+        observe_until: s.optional_duration("observe_until"),
         baseline_half_life: s.duration("baseline_half_life", "7d"),
     };
     if shaping.min_rate > shaping.max_rate {
@@ -1279,6 +1323,15 @@ fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConfig {
         }
     }
     let mut shaping = shaping;
+    if shaping.observe_until.is_some() && shaping.mode != ShapingMode::Observe {
+        s.problem(
+            "observe_until",
+            "only applies with mode = \"observe\" (observe until the history covers this span, then enforce)",
+        );
+    }
+    if shaping.observe_until.is_some_and(|until| until.is_zero()) {
+        s.problem("observe_until", "must be longer than 0");
+    }
     if shaping.backoff_recovery.is_zero() {
         s.problem(
             "backoff_recovery",

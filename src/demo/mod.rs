@@ -908,6 +908,7 @@ mod tests {
                 burst_ratio: 1.0,
                 penalty: 1.0,
                 penalty_phase: crate::shaper::penalty::PenaltyPhase::Calm,
+                mode: crate::config::ShapingMode::Enforce,
                 recovery_left: 0.0,
                 paused_for: 0.0,
                 deferrals: [0; 6],

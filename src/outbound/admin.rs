@@ -100,6 +100,9 @@ impl Generation {
             .iter()
             .map(|gateway| {
                 let name = &gateway.config.name;
+                if let Some(observing) = &gateway.observing {
+                    observing.catch_up(&gateway.queue);
+                }
                 let (view, queued_bytes) = gateway.queue.view();
                 GatewayStatus {
                     name: name.clone(),
@@ -111,6 +114,7 @@ impl Generation {
                     held: gateway.queue.is_held(),
                     max_age: gateway.config.max_age,
                     cluster: gateway.queue.cluster_view(),
+                    observed_backlog: gateway.observing.as_ref().and_then(|o| o.backlog()),
                     connections: self
                         .metrics
                         .upstream_connections

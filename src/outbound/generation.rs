@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::client::Credentials;
 use super::held;
+use super::observed::Observing;
 use super::queue::{DeliveryQueue, Parked, Parking, Queued};
 use super::retry::Backoff;
 use super::worker::{WorkerContext, worker};
@@ -22,6 +23,7 @@ use super::{Gateway, dkim, verify};
 use crate::cluster::{Cluster, HEARTBEAT_INTERVAL};
 use crate::config::{Config, GatewayConfig, Horizon};
 use crate::policy::{Apps, Policy};
+use crate::shaper::observe::{self, Observer};
 use crate::shaper::{
     Admission, BudgetView, Deferral, GatewayModel, GatewayView, Projection, SavedState,
 };
@@ -99,7 +101,7 @@ impl Generation {
             .zip(loaded.upstreams)
             .zip(loaded.logins)
             .map(|((gateway, tls), credentials)| {
-                let queue = open_queue(
+                let (queue, observing) = open_queue(
                     config,
                     gateway,
                     &spool,
@@ -114,6 +116,7 @@ impl Generation {
                     credentials,
                     queue,
                     recent: Mutex::new(VecDeque::new()),
+                    observing,
                     backoff: Backoff {
                         initial: gateway.retry_initial,
                         max: gateway.retry_max,
@@ -281,6 +284,9 @@ impl Generation {
         arrival: bool,
     ) {
         let gateway = &self.gateways[self.index(&message.gateway, &message.id)];
+        if let Some(observing) = gateway.observing.as_ref().filter(|_| arrival) {
+            observing.arrived(&gateway.queue, lane, message.pending.len());
+        }
         gateway.queue.push(
             Queued::new(message, lane, body),
             arrival,
@@ -389,7 +395,8 @@ async fn heartbeats(gateway: Arc<Gateway>, mut shutdown: Shutdown) {
 }
 
 /// A gateway's delivery queue, its model restored from the saved shaping
-/// state when there is one (logged either way).
+/// state when there is one (logged either way), and its observer when its
+/// shaping observes.
 fn open_queue(
     config: &Config,
     gateway: &GatewayConfig,
@@ -398,7 +405,7 @@ fn open_queue(
     save_wanted: &Arc<Notify>,
     metrics: &Metrics,
     cluster: Option<&Arc<Cluster>>,
-) -> DeliveryQueue {
+) -> (DeliveryQueue, Option<Observing>) {
     let saved = load_state(spool, &gateway.name);
     let held = saved.as_ref().is_some_and(|state| state.held);
     let shaping = &gateway.shaping;
@@ -451,7 +458,26 @@ fn open_queue(
         queue.carry_standing((true, None));
         tracing::warn!(gateway = %gateway.name, "held by an operator (saved with the shaping state): nothing is delivered until `smtp-shaper queue release`");
     }
-    queue
+    let observing = queue.observing().then(|| {
+        // The shadow starts from the same history, enforcing.
+        let enforcing = observe::enforcing(shaping);
+        let now = queue.shaper_time();
+        let model = match &saved {
+            Some(state) => GatewayModel::restore(&enforcing, state, now),
+            None => GatewayModel::new(&enforcing, now),
+        };
+        tracing::info!(
+            gateway = %gateway.name,
+            observe_until = %shaping.observe_until.map_or("never (until mode = \"enforce\")".to_string(), |until| format!("{}h of history", until.as_secs() / 3600)),
+            "observe mode: mail is relayed at once (hard caps still hold); what enforcement would hold is counted in smtp_shaper_observed_holds_total"
+        );
+        Observing::new(
+            &gateway.name,
+            Observer::new(model, policy.apps.lanes(), now),
+            metrics,
+        )
+    });
+    (queue, observing)
 }
 
 /// What the budget of `horizon` lets out in its window now, as the logs

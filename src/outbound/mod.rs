@@ -21,6 +21,7 @@ pub mod dkim;
 mod generation;
 mod held;
 pub mod oauth;
+mod observed;
 mod queue;
 pub mod retry;
 mod verify;
@@ -55,6 +56,8 @@ struct Gateway {
     credentials: Option<Credentials>,
     /// The latest replies that were not 2xx, for /status.
     recent: Mutex<VecDeque<(u64, String)>>,
+    /// `mode = "observe"`: what enforcement would have held.
+    observing: Option<observed::Observing>,
 }
 
 /// How many recent non-2xx replies /status shows per gateway.

@@ -1327,6 +1327,16 @@ impl DeliveryQueue {
         Duration::from_secs_f64(hold)
     }
 
+    /// The shaper's time now (Unix seconds on the queue's clock).
+    pub fn shaper_time(&self) -> f64 {
+        self.now()
+    }
+
+    /// True while the gateway's shaping observes (`mode = "observe"`).
+    pub fn observing(&self) -> bool {
+        self.lock().scheduler.observing()
+    }
+
     /// Seconds left of a pause the gateway asked for (throttling, quota);
     /// `retry` does not end it, [`DeliveryQueue::end_pause`] does.
     pub fn pause_left(&self) -> f64 {

@@ -13,6 +13,7 @@
 //! - [`feedback`]: which gateway replies mean "slow down";
 //! - [`penalty`]: what "slow down" does to the ceiling, and the way back;
 //! - [`model`]: the above together, plus admission;
+//! - [`observe`]: what enforcement would have held, while observing;
 //! - [`fair`] and [`scheduler`]: the per-app round robin in front of the model;
 //! - [`state`]: what is saved so a restart remembers;
 //! - [`shared`]: what a node and the gateway's shared state (cluster mode)
@@ -28,6 +29,7 @@ pub mod fair;
 pub mod feedback;
 pub mod meter;
 pub mod model;
+pub mod observe;
 pub mod penalty;
 pub mod scheduler;
 pub mod shared;

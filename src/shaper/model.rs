@@ -21,7 +21,7 @@ use super::penalty::{Penalty, PenaltyPhase};
 use super::shared::{Elsewhere, SharedCap, SharedFeedback, SharedLimits};
 use super::state::SavedState;
 use super::volume::{BudgetReached, BudgetView, MinuteCount, Volume};
-use crate::config::{AppClass, CountUnit, Horizon, ShapingConfig};
+use crate::config::{AppClass, CountUnit, Horizon, ShapingConfig, ShapingMode};
 
 const DAY: f64 = 86_400.0;
 /// The model re-learns at most this often (seconds).
@@ -202,6 +202,8 @@ pub struct ModelView {
     pub penalty: f64,
     /// Where the penalty stands: calm, throttled, recovering.
     pub penalty_phase: PenaltyPhase,
+    /// Enforcing, or observing (`mode = "observe"`, until `observe_until`).
+    pub mode: ShapingMode,
     /// Seconds until the penalty is 1 again (counting the whole
     /// `backoff_recovery` while the gateway has not accepted again).
     pub recovery_left: f64,
@@ -251,6 +253,11 @@ pub struct GatewayModel {
     /// Cluster mode: the shared state refused a bulk send until then (bulk
     /// keeps to its share across nodes); transactional mail goes on.
     bulk_held_until: f64,
+    /// `mode = "observe"`: the ceiling and the budgets are computed but
+    /// hold nothing (the caps and the gateway's pauses still do), until
+    /// `observe_until` of history, when this turns false by itself.
+    observing: bool,
+
     deferrals: [u64; DeferReason::ALL.len()],
     changes: Vec<CeilingChange>,
 }
@@ -289,6 +296,7 @@ impl GatewayModel {
             wanted: 0,
             share: 1,
             bulk_held_until: 0.0,
+            observing: config.mode == ShapingMode::Observe,
             deferrals: [0; DeferReason::ALL.len()],
             changes: Vec::new(),
             config: config.clone(),
@@ -365,6 +373,11 @@ impl GatewayModel {
         self.demand.accepted(now, fingerprints);
     }
 
+    /// True while `mode = "observe"` holds (see `observing`).
+    pub fn observing(&self) -> bool {
+        self.observing
+    }
+
     /// Ceiling changes since the last call, for the log.
     pub fn take_changes(&mut self) -> Vec<CeilingChange> {
         std::mem::take(&mut self.changes)
@@ -388,6 +401,13 @@ impl GatewayModel {
             return;
         }
         self.updated_at = now;
+        if self.observing
+            && self.config.observe_until.is_some_and(|until| {
+                self.volume.history_minutes(now) as f64 * 60.0 >= until.as_secs_f64()
+            })
+        {
+            self.observing = false;
+        }
         let before = (self.baseline.rate, self.penalty);
         let observed = self.sent.rate(now);
         self.baseline.update(observed, elapsed);
@@ -434,14 +454,19 @@ impl GatewayModel {
         if cap_wait > 0.0 {
             return Decision::Wait(cap_wait);
         }
-        if let Some(held) = self.volume.wait(now, units, class) {
+        // Observing: the ceiling and the budgets are computed, not held to.
+        if !self.observing
+            && let Some(held) = self.volume.wait(now, units, class)
+        {
             return Decision::Wait(held.wait);
         }
         if self.counts_durably() && units > self.reserved {
             self.wanted = units;
             return Decision::Save;
         }
-        if let Err(wait) = self.bucket.take(now) {
+        if !self.observing
+            && let Err(wait) = self.bucket.take(now)
+        {
             return Decision::Wait(wait);
         }
         if self.counts_durably() {
@@ -610,8 +635,14 @@ impl GatewayModel {
         class: AppClass,
     ) -> Projection {
         let pause = (self.paused_until - now).max(0.0);
+        // Observing, only the pause and the caps hold mail.
+        let ceiling = if self.observing {
+            0.0
+        } else {
+            (ahead + 1) as f64 / self.bucket_rate()
+        };
         let mut longest = Projection {
-            wait: pause + (ahead + 1) as f64 / self.bucket_rate(),
+            wait: pause + ceiling,
             reason: DeferReason::QueueDelay,
         };
         let share = self.share;
@@ -626,9 +657,10 @@ impl GatewayModel {
                 reason: DeferReason::Cap,
             };
         }
-        if let Some(held) =
-            self.volume
-                .projected_wait(now, ahead_units * share, units * share, class)
+        if !self.observing
+            && let Some(held) =
+                self.volume
+                    .projected_wait(now, ahead_units * share, units * share, class)
             && pause + held.wait > longest.wait
         {
             longest = Projection {
@@ -778,6 +810,11 @@ impl GatewayModel {
             burst_ratio: demand_rate / self.baseline.rate,
             penalty: self.penalty,
             penalty_phase: self.throttling.phase(now),
+            mode: if self.observing {
+                ShapingMode::Observe
+            } else {
+                ShapingMode::Enforce
+            },
             recovery_left: (self.paused_until - now).max(0.0) + self.throttling.left(now),
             paused_for: (self.paused_until - now).max(0.0),
             deferrals: self.deferrals,

@@ -432,6 +432,11 @@ impl<T> Scheduler<T> {
         self.model.quota_exhausted(now)
     }
 
+    /// See [`GatewayModel::observing`].
+    pub fn observing(&self) -> bool {
+        self.model.observing()
+    }
+
     /// See [`GatewayModel::pause_left`].
     pub fn pause_left(&self, now: f64) -> f64 {
         self.model.pause_left(now)

@@ -342,6 +342,12 @@ impl Volume {
         volume
     }
 
+    /// Minutes of history the counts cover at `now` (from their first
+    /// minute).
+    pub fn history_minutes(&self, now: f64) -> i64 {
+        (slot_of(now) - self.since).max(0)
+    }
+
     /// True when some horizon is budgeted.
     pub fn is_budgeted(&self) -> bool {
         !self.budgets.is_empty()

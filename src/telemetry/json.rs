@@ -27,6 +27,12 @@ pub struct Status<'a> {
 pub struct Gateway<'a> {
     name: &'a str,
     address: &'a str,
+    /// `enforce`, or `observe` (mail relayed at once, would-be holds
+    /// counted).
+    mode: &'static str,
+    /// Observe mode: what enforcement would be doing now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    observed: Option<ObservedNow>,
     baseline_rate: f64,
     ceiling_rate: f64,
     demand_rate: f64,
@@ -39,6 +45,12 @@ pub struct Gateway<'a> {
     connections: i64,
     cluster: Option<Cluster>,
     recent_replies: Vec<Reply<'a>>,
+}
+
+#[derive(Serialize)]
+struct ObservedNow {
+    /// Messages relayed already that enforcement would still hold.
+    would_hold: usize,
 }
 
 #[derive(Serialize)]
@@ -116,6 +128,10 @@ impl<'a> Gateway<'a> {
         Gateway {
             name: &status.name,
             address: &status.address,
+            mode: model.mode.as_str(),
+            observed: status
+                .observed_backlog
+                .map(|would_hold| ObservedNow { would_hold }),
             baseline_rate: model.baseline,
             ceiling_rate: model.ceiling,
             demand_rate: model.demand_rate,
@@ -319,6 +335,7 @@ mod tests {
                     burst_ratio: 4.5,
                     penalty: 1.0,
                     penalty_phase: PenaltyPhase::Calm,
+                    mode: crate::config::ShapingMode::Enforce,
                     recovery_left: 0.0,
                     paused_for: 0.0,
                     deferrals: [1, 0, 0, 2, 0, 0],
@@ -345,6 +362,7 @@ mod tests {
             held: false,
             connections: 1,
             recent_replies: vec![(1_764_180_000, "451 4.7.500 busy".into())],
+            observed_backlog: None,
             cluster: Some(crate::cluster::ClusterView {
                 connected: true,
                 nodes: 3,
@@ -354,7 +372,7 @@ mod tests {
         assert_eq!(
             to_text(&Gateway::new(&status)),
             concat!(
-                r#"{"name":"primary","address":"127.0.0.1:25","baseline_rate":0.5,"#,
+                r#"{"name":"primary","address":"127.0.0.1:25","mode":"enforce","baseline_rate":0.5,"#,
                 r#""ceiling_rate":1.0,"demand_rate":2.25,"send_rate":1.0,"burst_ratio":4.5,"#,
                 r#""queue":{"messages":3,"bytes":4096,"parked":0,"oldest_age_seconds":7.5,"#,
                 r#""drain_seconds":7200.0,"waits_for":"day_budget","#,

@@ -23,6 +23,11 @@ use crate::shaper::DeferReason;
 
 /// Seconds from acceptance to the end of a message's delivery: a message
 /// relayed untouched takes well under a second, a shaped one minutes.
+/// What mail would have waited in observe mode: seconds to days (the
+/// budgets hold for days).
+const OBSERVED_DELAY_BUCKETS: &[f64] = &[
+    1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 43200.0, 86400.0, 172800.0, 345600.0,
+];
 const QUEUE_DELAY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0,
     14400.0, 86400.0,
@@ -211,6 +216,12 @@ metric_families! {
             "Delivery status notifications due to senders of dead-lettered recipients (apps with dsn = true), by result."),
         pub queue_delay: HistogramVec = family("queue_delay_seconds", &["gateway"],
             "Time from acceptance to the attempt that finished the message.").buckets(QUEUE_DELAY_BUCKETS),
+        pub observed_holds: IntCounterVec = family("observed_holds_total", &["gateway", "reason"],
+            "Observe mode: messages relayed at once that enforcement would have held (not sent on arrival), by what would have held them (queue_delay: the minute ceiling; cap; hour_budget; day_budget), or refused (queue_full, recipients, or a wait past max_queue_delay under its reason)."),
+        pub observed_delay: HistogramVec = family("observed_delay_seconds", &["gateway"],
+            "Observe mode: how long each message relayed at once would have waited under enforcement.").buckets(OBSERVED_DELAY_BUCKETS),
+        shaping_observing: IntGaugeVec = family("shaping_observing", &["gateway"],
+            "1 while the gateway's shaping observes (mode = \"observe\": mail relayed at once, would-be holds counted), 0 while it enforces."),
         pub inbound_connections: IntGauge = family("inbound_connections", &[],
             "Client connections open now."),
         pub auth_attempts: IntCounterVec = family("auth_attempts_total", &["result"],
@@ -327,6 +338,11 @@ impl Metrics {
         for class in ["2xx", "4xx", "5xx"] {
             self.upstream_replies.with_label_values(&[gateway, class]);
         }
+        for reason in crate::shaper::DeferReason::ALL {
+            self.observed_holds
+                .with_label_values(&[gateway, reason.as_str()]);
+        }
+        self.observed_delay.with_label_values(&[gateway]);
         self.recipients_relayed.with_label_values(&[gateway]);
         self.dead_letters.with_label_values(&[gateway]);
         self.expired.with_label_values(&[gateway]);
@@ -387,6 +403,11 @@ impl Metrics {
             self.queue_max_age
                 .with_label_values(&name)
                 .set(status.max_age.as_secs_f64());
+            self.shaping_observing
+                .with_label_values(&name)
+                .set(i64::from(
+                    view.model.mode == crate::config::ShapingMode::Observe,
+                ));
             for (app, queued) in status.lane_names.iter().zip(&view.lanes) {
                 self.queue_app_messages
                     .with_label_values(&[status.name.as_str(), app.as_str()])
@@ -474,6 +495,7 @@ impl Metrics {
             &self.queue_held,
             &self.cluster_connected,
             &self.cluster_nodes,
+            &self.shaping_observing,
         ] {
             let _ = family.remove_label_values(&[gateway]);
         }

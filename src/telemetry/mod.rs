@@ -45,6 +45,8 @@ pub struct GatewayStatus {
     pub recent_replies: Vec<(u64, String)>,
     /// Cluster mode: how this node stands with the gateway's shared state.
     pub cluster: Option<crate::cluster::ClusterView>,
+    /// Observe mode: messages enforcement would still be holding now.
+    pub observed_backlog: Option<usize>,
 }
 
 /// One queued message as the admin API lists it.

@@ -22,6 +22,7 @@ mod fuzz;
 mod header;
 mod hold;
 mod long_queue;
+mod observe;
 mod prometheus;
 mod protocol;
 mod relay;

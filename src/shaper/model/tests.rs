@@ -407,3 +407,46 @@ fn a_refund_gives_back_what_the_send_counted_whatever_the_share_now() {
     model.refund(*sent.last().unwrap(), counted, AppClass::Transactional);
     assert_eq!(model.view(10.0).budgets[0].sent, sent.len() as u64 - 1);
 }
+
+/// One try at `now`, saving when asked (as the live queue does).
+fn try_now(model: &mut GatewayModel, now: f64) -> Decision {
+    loop {
+        match model.try_send(now, 1, AppClass::Transactional) {
+            Decision::Save => {
+                let reserve = model.reserve();
+                model.snapshot(now, reserve);
+                model.saved(reserve);
+            }
+            other => return other,
+        }
+    }
+}
+
+#[test]
+fn observing_relays_past_the_ceiling_and_budgets_the_caps_still_hold_and_observe_until_enforces() {
+    let config = shaping(
+        "initial_rate = \"60/min\"\nmin_rate = [\"60/min\", \"10/h\"]\nmax_rate = \"60/min\"\nheadroom = 1.0\nburst = 1\nlimits = [\"30/min\"]\nmode = \"observe\"\nobserve_until = \"2h\"",
+    );
+    let mut model = GatewayModel::new(&config, 0.0);
+    assert_eq!(model.view(0.0).mode, ShapingMode::Observe);
+    // 40 at once: past the ceiling (1/s, burst 1) and the hour's 10, all
+    // sent but for the cap of 30 a minute.
+    let sent = (0..40)
+        .filter(|_| try_now(&mut model, 10.0) == Decision::Send)
+        .count();
+    assert_eq!(sent, 30, "the cap holds; the ceiling and the budget do not");
+    let budgets = model.view(10.0).budgets;
+    assert!(
+        budgets[0].sent > budgets[0].allowance,
+        "shown as in enforce"
+    );
+    // Admission sees only the cap (the hour's budget is long past).
+    let projection = model.projection(10.0, 0, 0, AppClass::Transactional);
+    assert_eq!(projection.reason, DeferReason::Cap, "{projection:?}");
+    assert!(projection.wait <= 62.0, "{projection:?}");
+    // Two hours of history later, enforcing by itself.
+    model.update(2.0 * 3_600.0 + 60.0);
+    let view = model.view(2.0 * 3_600.0 + 60.0);
+    assert_eq!(view.mode, ShapingMode::Enforce);
+    assert!(!model.observing());
+}
