@@ -68,6 +68,9 @@ impl Service {
         if let Some(warning) = spool::segment_size_warning(&config.spool) {
             tracing::warn!(dir = %config.spool.dir.display(), "{warning}");
         }
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let listener = bind(config.server.listen, "").await?;
         let smtp_address = listener.local_addr()?;
         let tls = match &config.server.tls {

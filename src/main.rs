@@ -239,7 +239,11 @@ fn check_config(config: &Path) -> ExitCode {
     match Config::load(config) {
         Ok(loaded) => {
             // Valid, but worth a look before it runs: said, exit 0.
-            if let Some(warning) = smtp_shaper::spool::segment_size_warning(&loaded.spool) {
+            let warnings = loaded
+                .warnings()
+                .into_iter()
+                .chain(smtp_shaper::spool::segment_size_warning(&loaded.spool));
+            for warning in warnings {
                 eprintln!("{}: warning: {warning}", config.display());
             }
             println!("{}: configuration is valid", config.display());

@@ -632,6 +632,24 @@ const NAME_FORMS: &str = "a short name made of letters, digits, '-' and '_'";
 const LIMIT_FORMS: &str = "a list of caps, e.g. [\"30/min\", \"10000/day\"]";
 
 impl Config {
+    /// What is valid but will not work as the file seems to mean (said by
+    /// `check-config` and at start-up; never a reason to refuse).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let server = &self.server;
+        let auth_offered = server.tls.is_some()
+            || (server.plaintext_auth_on_loopback && server.listen.ip().is_loopback());
+        for app in self.apps.iter().filter(|app| app.user.is_some()) {
+            if !auth_offered {
+                warnings.push(format!(
+                    "apps \"{}\" has a user, but the listener cannot offer AUTH (no [server.tls] for STARTTLS, and plaintext_auth_on_loopback is off or server.listen is not on loopback): it can never log in, and mail from its senders is refused with 530",
+                    app.name
+                ));
+            }
+        }
+        warnings
+    }
+
     /// Parses and validates TOML text, reporting every problem at once.
     ///
     /// ```
@@ -2310,6 +2328,24 @@ mod tests {
         assert!(error.problems[0].starts_with(
             "line 4: servr: unknown key; accepted here: server, spool, http, gateways"
         ));
+    }
+
+    #[test]
+    fn an_app_that_cannot_log_in_is_warned_about() {
+        let file = |server: &str| {
+            Config::parse(&format!(
+                "[server]\n{server}\n[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[[apps]]\nname = \"portal\"\nuser = \"portal\"\npassword_hash = \"$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHRzYWx0$yKBsPW3CNbM1OFNYeNb3+Q\"\n"
+            ))
+            .unwrap()
+        };
+        let warnings = file("listen = \"0.0.0.0:2525\"").warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("apps \"portal\" has a user"),
+            "{warnings:?}"
+        );
+        let loopback = file("listen = \"127.0.0.1:2525\"\nplaintext_auth_on_loopback = true");
+        assert!(loopback.warnings().is_empty());
     }
 
     #[test]

@@ -370,6 +370,14 @@ async fn authenticate(
         tracing::warn!(%client, %user, "authentication refused unchecked: too many failures from this client");
         return too_many();
     }
+    let Some(_turn) = limits.password_check().await else {
+        tracing::warn!(%client, %user, "authentication refused unchecked: too many password checks at once");
+        return Err(Refused::Continue(Refusal::new(
+            RefusalReason::AuthBusy,
+            454,
+            "4.7.0 Temporary authentication failure: too many logins being checked at once, try again",
+        )));
+    };
     let apps = context.policy.apps.clone();
     let name = user.clone();
     let lane = tokio::task::spawn_blocking(move || apps.login(&name, &password))

@@ -1,7 +1,10 @@
 //! Per-client abuse limits, what Postfix's anvil does: new connections and
 //! failed AUTH attempts per client address, each a governor GCRA bucket
 //! keyed by address (`server.client_connection_rate`,
-//! `server.client_auth_failures`).
+//! `server.client_auth_failures`). And one bound for all clients together:
+//! at most half the cores check passwords at once, so attackers spread over
+//! many addresses cannot take every core with argon2 (a check waits up to
+//! a second for its turn, then is answered 454).
 //!
 //! Every AUTH attempt runs argon2, so failures are what a client must not
 //! be able to repeat at will. A failure is counted after the check; once a
@@ -15,7 +18,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use governor::{DefaultKeyedRateLimiter, Quota};
 
@@ -30,6 +35,17 @@ pub struct ClientLimits {
     auth_failures: DefaultKeyedRateLimiter<IpAddr>,
     /// Clients out of AUTH failures, until they may try again.
     auth_blocked: Mutex<HashMap<IpAddr, Instant>>,
+    /// Password checks running now, all clients together.
+    password_checks: Semaphore,
+}
+
+/// How long a password check waits for its turn before the client is told
+/// to try again (a legitimate login takes some 20 ms).
+const PASSWORD_CHECK_WAIT: Duration = Duration::from_secs(1);
+
+/// Password checks at once: half the cores (at least one).
+fn password_check_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| (cores.get() / 2).max(1))
 }
 
 fn quota(allowance: Allowance) -> Quota {
@@ -47,7 +63,17 @@ impl ClientLimits {
             connections: DefaultKeyedRateLimiter::dashmap(quota(server.client_connection_rate)),
             auth_failures: DefaultKeyedRateLimiter::dashmap(quota(server.client_auth_failures)),
             auth_blocked: Mutex::default(),
+            password_checks: Semaphore::new(password_check_slots()),
         }
+    }
+
+    /// A turn to check a password (argon2), waiting up to a second for
+    /// one; `None`: too many checks are running, the client tries again.
+    pub async fn password_check(&self) -> Option<SemaphorePermit<'_>> {
+        tokio::time::timeout(PASSWORD_CHECK_WAIT, self.password_checks.acquire())
+            .await
+            .ok()?
+            .ok()
     }
 
     /// The settings `server` would make limits with.
@@ -142,6 +168,22 @@ mod tests {
         limits.prune();
         assert!(!limits.auth_allowed(ip), "still blocked after pruning");
         assert!(limits.remembered() > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn password_checks_are_bounded_for_all_clients_together() {
+        let limits = limits("");
+        let slots = password_check_slots();
+        let mut held = Vec::new();
+        for _ in 0..slots {
+            held.push(limits.password_check().await.expect("a free slot"));
+        }
+        assert!(
+            limits.password_check().await.is_none(),
+            "all busy: refused after the wait"
+        );
+        held.pop();
+        assert!(limits.password_check().await.is_some());
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub enum RefusalReason {
     ConnectionRate,
     /// `client_auth_failures` used up: AUTH refused unchecked (421).
     AuthFailureRate,
+    /// Too many password checks running at once, all clients together:
+    /// AUTH refused unchecked, try again (454 4.7.0).
+    AuthBusy,
     /// Relay rule 2 on the From:/Sender: header fields.
     HeaderSender,
     /// The From: domain is not DMARC-aligned (`alignment = "enforce"`).
@@ -64,7 +67,7 @@ pub enum RefusalReason {
 
 impl RefusalReason {
     /// Every reason, in the order the README lists the labels.
-    pub const ALL: [RefusalReason; 22] = [
+    pub const ALL: [RefusalReason; 23] = [
         RefusalReason::ClientDenied,
         RefusalReason::TooManyConnections,
         RefusalReason::Syntax,
@@ -83,6 +86,7 @@ impl RefusalReason {
         RefusalReason::TlsUnavailable,
         RefusalReason::ConnectionRate,
         RefusalReason::AuthFailureRate,
+        RefusalReason::AuthBusy,
         RefusalReason::HeaderSender,
         RefusalReason::Alignment,
         RefusalReason::Unsubscribe,
@@ -110,6 +114,7 @@ impl RefusalReason {
             RefusalReason::TlsUnavailable => "tls_unavailable",
             RefusalReason::ConnectionRate => "connection_rate",
             RefusalReason::AuthFailureRate => "auth_failure_rate",
+            RefusalReason::AuthBusy => "auth_busy",
             RefusalReason::HeaderSender => "header_sender",
             RefusalReason::Alignment => "alignment",
             RefusalReason::Unsubscribe => "unsubscribe",

@@ -372,6 +372,32 @@ impl<'a> Session<'a> {
             ));
         }
         let apps = &self.policy.apps;
+        // A sender that belongs to an app with a login comes with that
+        // login, whatever require_auth says.
+        match (apps.login_owner(from), self.login) {
+            (Some(owner), None) => {
+                return Err(Refusal::new(
+                    RefusalReason::AuthRequired,
+                    530,
+                    format!(
+                        "5.7.0 Authentication required: sender <{from}> belongs to app {}, which logs in",
+                        apps.name(owner)
+                    ),
+                ));
+            }
+            (Some(owner), Some(login)) if owner != login => {
+                return Err(Refusal::new(
+                    RefusalReason::RelayDenied,
+                    550,
+                    format!(
+                        "5.7.1 Sender <{from}> belongs to app {}, not to app {} you logged in as (relay rule 2)",
+                        apps.name(owner),
+                        apps.name(login)
+                    ),
+                ));
+            }
+            _ => {}
+        }
         let lane = self
             .login
             .unwrap_or_else(|| apps.lane(self.client_ip, from));
@@ -780,6 +806,19 @@ fn command_error_reply(error: CommandError) -> Refusal {
         }
         CommandError::BadAddress { sender: false, why } => {
             Reply::new(501, format!("5.1.3 Bad recipient address syntax: {why}"))
+        }
+        CommandError::RouteAddress { sender } => {
+            let (status, whose) = if sender {
+                ("5.1.7", "sender")
+            } else {
+                ("5.1.3", "recipient")
+            };
+            Reply::new(
+                553,
+                format!(
+                    "{status} Error: more than one '@' in the {whose} address: routing through an address is not relayed (quote the local part if the '@' belongs to it)"
+                ),
+            )
         }
         CommandError::UnknownParameter(param) => {
             Reply::new(555, format!("5.5.4 Unsupported parameter: {param}"))

@@ -35,6 +35,20 @@ pub struct Holding {
 /// The lane of mail no `[[apps]]` entry matches.
 pub const OTHER_APP: &str = "other";
 
+/// What an unknown user's password is checked against: an argon2 hash with
+/// the default parameters (those of `hash-password`) of a random password,
+/// made once, so a wrong user costs what a wrong password costs.
+static UNKNOWN_USER_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut random = [0u8; 32];
+    fastrand::fill(&mut random);
+    let salt = SaltString::encode_b64(&random[..16]).expect("16 bytes make a salt");
+    Argon2::default()
+        .hash_password(&random[16..], &salt)
+        .map(|hash| hash.to_string())
+        .unwrap_or_default()
+});
+
 /// The configured apps, in order, then `other`.
 #[derive(Debug, Clone)]
 pub struct Apps {
@@ -67,17 +81,36 @@ impl Apps {
 
     /// The app that logs in as `user` with `password`, if the password
     /// verifies against its hash. CPU-heavy on purpose (argon2): call it
-    /// off the async threads.
+    /// off the async threads. An unknown user is checked against a hash of
+    /// nothing, so it takes as long as a known one with a wrong password
+    /// (the time must not tell which users exist).
     pub fn login(&self, user: &str, password: &[u8]) -> Option<usize> {
+        let (lane, checked) = self.hash_to_check(user);
+        let hash = PasswordHash::new(checked).ok()?;
+        let verified = Argon2::default().verify_password(password, &hash).is_ok();
+        lane.filter(|_| verified)
+    }
+
+    /// The app that logs in as `user`, and the hash its password is checked
+    /// against: the app's, or for no such app [`UNKNOWN_USER_HASH`].
+    fn hash_to_check(&self, user: &str) -> (Option<usize>, &str) {
         let lane = self
             .apps
             .iter()
-            .position(|app| app.user.as_deref() == Some(user))?;
-        let hash = PasswordHash::new(self.apps[lane].password_hash.as_deref()?).ok()?;
-        Argon2::default()
-            .verify_password(password, &hash)
-            .ok()
-            .map(|()| lane)
+            .position(|app| app.user.as_deref() == Some(user) && app.password_hash.is_some());
+        match lane.and_then(|lane| self.apps[lane].password_hash.as_deref()) {
+            Some(hash) => (lane, hash),
+            None => (None, &UNKNOWN_USER_HASH),
+        }
+    }
+
+    /// The app with a login whose `senders` hold `sender`: mail from it
+    /// must come with that login (logging in would protect nothing if
+    /// anyone could send as the app without).
+    pub fn login_owner(&self, sender: &str) -> Option<usize> {
+        self.apps
+            .iter()
+            .position(|app| app.user.is_some() && SenderPattern::any_matches(&app.senders, sender))
     }
 
     /// True when some app logs in (so AUTH is worth offering).
@@ -293,5 +326,31 @@ mod tests {
         assert_eq!(apps.login("portal", b"s3cret"), Some(3));
         assert_eq!(apps.login("portal", b"wrong"), None);
         assert_eq!(apps.login("billing", b"s3cret"), None, "no user billing");
+    }
+
+    #[test]
+    fn an_unknown_user_costs_what_a_wrong_password_costs() {
+        let apps = apps();
+        let (lane, checked) = apps.hash_to_check("nobody");
+        assert_eq!(lane, None);
+        // A real argon2id hash with hash-password's (the default) cost.
+        let hash = PasswordHash::new(checked).unwrap();
+        let params = argon2::Params::try_from(&hash).unwrap();
+        let default = argon2::Params::default();
+        assert_eq!(hash.algorithm.as_str(), "argon2id");
+        assert_eq!(
+            (params.m_cost(), params.t_cost(), params.p_cost()),
+            (default.m_cost(), default.t_cost(), default.p_cost())
+        );
+        assert_eq!(apps.login("nobody", b""), None);
+        assert_eq!(apps.login("nobody", b"s3cret"), None);
+    }
+
+    #[test]
+    fn a_sender_of_an_app_with_a_login_belongs_to_that_login() {
+        let apps = apps();
+        assert_eq!(apps.login_owner("NoReply@portal.example.org"), Some(3));
+        assert_eq!(apps.login_owner("x@billing.example.com"), None);
+        assert_eq!(apps.login_owner("x@portal.example.org"), None);
     }
 }

@@ -106,6 +106,11 @@ pub enum CommandError {
     Syntax(&'static str),
     /// 501 5.1.7 (sender) or 5.1.3 (recipient): the address itself is malformed.
     BadAddress { sender: bool, why: &'static str },
+    /// 553 5.1.7 (sender) or 5.1.3 (recipient): more than one unquoted
+    /// `@` (`user@example.org@[192.0.2.1]`): a gateway may route it to the
+    /// last domain, so it is refused, as Postfix does by default
+    /// (`allow_untrusted_routing = no`).
+    RouteAddress { sender: bool },
     /// 555 5.5.4: a MAIL/RCPT parameter we do not support.
     UnknownParameter(String),
 }
@@ -249,6 +254,9 @@ fn parse_path(text: &str, sender: bool) -> Result<(String, &str), CommandError> 
         return Err(bad("address longer than 256 octets"));
     }
     let address = strip_source_route(address).ok_or_else(|| bad("malformed source route"))?;
+    if unquoted_ats(address) > 1 {
+        return Err(CommandError::RouteAddress { sender });
+    }
     if !address.is_empty() {
         check_mailbox(address).map_err(bad)?;
     }
@@ -300,6 +308,15 @@ fn check_mailbox(address: &str) -> Result<(), &'static str> {
     } else {
         Err("invalid domain")
     }
+}
+
+/// How many `@` stand outside quoted strings in `address`.
+fn unquoted_ats(address: &str) -> usize {
+    let mut quotes = Quotes::default();
+    address
+        .chars()
+        .filter(|&ch| quotes.is_plain(ch) && ch == '@')
+        .count()
 }
 
 fn last_unquoted_at(address: &str) -> Option<usize> {
@@ -472,6 +489,22 @@ mod tests {
         }
         let long = format!("RCPT TO:<{}@b.test>", "a".repeat(250));
         assert!(matches!(mail(&long), Err(CommandError::BadAddress { .. })));
+    }
+
+    #[test]
+    fn refuses_more_than_one_unquoted_at() {
+        assert_eq!(
+            mail("RCPT TO:<relaytest@example.org@[127.0.0.1]>"),
+            Err(CommandError::RouteAddress { sender: false })
+        );
+        assert_eq!(
+            mail("MAIL FROM:<a@b.test@c.test>"),
+            Err(CommandError::RouteAddress { sender: true })
+        );
+        // Quoted, the '@' belongs to the local part; a source route is
+        // stripped first, as before.
+        assert_eq!(to("RCPT TO:<\"a@b\"@gw.test>"), "\"a@b\"@gw.test");
+        assert_eq!(to("RCPT TO:<@relay.test:user@gw.test>"), "user@gw.test");
     }
 
     /// Random lines built from SMTP-ish pieces never panic the parser, and

@@ -254,3 +254,47 @@ async fn used_up_auth_failures_close_with_421_without_checking_the_password() {
     }
     h.shutdown().await;
 }
+
+/// Logging in protects the app's senders even where no one must log in
+/// (`require_auth = false`, the default): its senders need its login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_senders_need_its_login_even_when_auth_is_not_required() {
+    let certificate = TestCertificate::new();
+    let tls = ServerTlsConfig {
+        certificate: certificate.certificate.clone(),
+        key: certificate.key.clone(),
+        listen: None,
+    };
+    let h = Harness::with(move |config| {
+        config.server.tls = Some(tls);
+        config.apps = vec![portal()];
+    })
+    .await;
+    let mut client = Client::ready(h.service.smtp_address()).await;
+    let mail = client.command(&format!("MAIL FROM:<{SENDER}>")).await;
+    assert_eq!(mail.code, 530, "{mail:?}");
+    assert!(
+        mail.text
+            .starts_with("5.7.0 Authentication required: sender <noreply@portal.example.org> belongs to app portal"),
+        "{mail:?}"
+    );
+    assert_eq!(client.command("RSET").await.code, 250);
+    // Another sender is not the app's: relayed as `other`, as before.
+    let reply = client
+        .offer(
+            "alerts@ops.example.net",
+            "x@example.org",
+            b"Subject: x\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    // Logged in, the app sends as itself.
+    let (mut tls_talk, _) = tls_client(&h, &certificate).await;
+    let (code, _) = tls_talk
+        .command(&format!("AUTH PLAIN {}", base64(b"\0portal\0s3cret")))
+        .await;
+    assert_eq!(code, 235);
+    let (code, lines) = tls_talk.command(&format!("MAIL FROM:<{SENDER}>")).await;
+    assert_eq!(code, 250, "{lines:?}");
+    h.shutdown().await;
+}

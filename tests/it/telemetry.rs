@@ -220,6 +220,7 @@ const REJECTION_REASONS: &[&str] = &[
     "tls_unavailable",
     "connection_rate",
     "auth_failure_rate",
+    "auth_busy",
     "header_sender",
     "alignment",
     "unsubscribe",
