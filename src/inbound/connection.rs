@@ -450,7 +450,9 @@ fn count_tls(context: &Context, mode: &str, ok: bool) {
 /// the session's `max_errors` bounds how many one client can cause.
 fn log_refusal(context: &Context, session: &Session<'_>, refusal: &Refusal) {
     super::count_rejection(context, refusal.reason);
-    tracing::info!(client = %session.client_ip, reply = %refusal.reply, "command refused");
+    if !refusal.quiet {
+        tracing::info!(client = %session.client_ip, reply = %refusal.reply, "command refused");
+    }
 }
 
 /// Reads a body after 354 and answers it. Returns a reply to close with when

@@ -128,14 +128,31 @@ impl RefusalReason {
 pub struct Refusal {
     pub reason: RefusalReason,
     pub reply: Reply,
+    /// Counted, not logged: one of a run the session logged already (a
+    /// client pipelining thousands of excess recipients gets one line).
+    pub quiet: bool,
 }
 
 impl Refusal {
     /// A one-line refusal; `text` starts with the enhanced status.
     pub fn new(reason: RefusalReason, code: u16, text: impl Into<String>) -> Refusal {
+        Refusal::with_reply(reason, Reply::new(code, text))
+    }
+
+    /// A refusal with `reply` as it is.
+    pub fn with_reply(reason: RefusalReason, reply: Reply) -> Refusal {
         Refusal {
             reason,
-            reply: Reply::new(code, text),
+            reply,
+            quiet: false,
+        }
+    }
+
+    /// The same refusal, counted but not logged.
+    pub fn quiet(self) -> Refusal {
+        Refusal {
+            quiet: true,
+            ..self
         }
     }
 

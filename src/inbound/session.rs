@@ -22,6 +22,10 @@ use crate::policy::Policy;
 use crate::shaper::{Admission, DeferReason, Deferral, Projection, fingerprints};
 use crate::smtp::{Command, CommandError, DataError, LineError, MailParams, Reply, trace};
 
+/// Recipients past `max_recipients` a session may send before each further
+/// one counts as an error (Postfix's `smtpd_recipient_overshoot_limit`).
+pub const RECIPIENT_OVERSHOOT: u32 = 1_000;
+
 /// What the connection does after a command.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
@@ -111,6 +115,8 @@ pub struct Session<'a> {
     esmtp: bool,
     transaction: Option<Transaction>,
     errors: u32,
+    /// Recipients refused past `max_recipients` in this session.
+    overshoot: u32,
     /// Commands since the last message that moved no mail (see
     /// `max_junk_commands`).
     junk: u32,
@@ -144,6 +150,7 @@ impl<'a> Session<'a> {
             esmtp: false,
             transaction: None,
             errors: 0,
+            overshoot: 0,
             junk: 0,
             reset_owed: false,
             tls: false,
@@ -438,13 +445,7 @@ impl<'a> Session<'a> {
                 .into();
         }
         if transaction.recipients.len() >= max {
-            // Not counted as an error: RFC 5321 4.5.3.1.8 expects clients to
-            // send the rest in another transaction.
-            return Step::Refuse(Refusal::new(
-                RefusalReason::TooManyRecipients,
-                452,
-                format!("4.5.3 Error: too many recipients (at most {max} per message)"),
-            ));
+            return self.one_recipient_too_many();
         }
         let fingerprint = fingerprints(
             &transaction.sender,
@@ -629,11 +630,8 @@ impl<'a> Session<'a> {
             ),
             LineError::Nul => Reply::new(500, "5.5.2 Error: NUL octet in command"),
         };
-        self.refuse(Refusal {
-            reason: RefusalReason::Syntax,
-            reply,
-        })
-        .into()
+        self.refuse(Refusal::with_reply(RefusalReason::Syntax, reply))
+            .into()
     }
 
     /// The body has ended; returns the transaction to store, or the refusal.
@@ -705,6 +703,31 @@ impl<'a> Session<'a> {
     /// (counted as `too_many_errors`, not as the refusal that tipped it).
     /// The connection calls it for the message rules it applies after
     /// DATA (they may wait for DNS, which the state machine never does).
+    /// A recipient past `max_recipients`: 452, not an error (RFC 5321
+    /// 4.5.3.1.8 has clients send the rest in another transaction), until
+    /// [`RECIPIENT_OVERSHOOT`] of them in the session; each one past that
+    /// counts toward `max_errors`, as Postfix's
+    /// `smtpd_recipient_overshoot_limit`. The first is logged, the rest
+    /// only counted.
+    fn one_recipient_too_many(&mut self) -> Step {
+        let max = self.server.max_recipients;
+        self.overshoot += 1;
+        let refusal = Refusal::new(
+            RefusalReason::TooManyRecipients,
+            452,
+            format!("4.5.3 Error: too many recipients (at most {max} per message)"),
+        );
+        let refusal = if self.overshoot > 1 {
+            refusal.quiet()
+        } else {
+            refusal
+        };
+        if self.overshoot > RECIPIENT_OVERSHOOT {
+            return self.refuse(refusal).into();
+        }
+        Step::Refuse(refusal)
+    }
+
     pub fn refuse(&mut self, refusal: Refusal) -> Refused {
         self.errors += 1;
         if self.errors >= self.server.max_errors {
@@ -824,10 +847,7 @@ fn command_error_reply(error: CommandError) -> Refusal {
             Reply::new(555, format!("5.5.4 Unsupported parameter: {param}"))
         }
     };
-    Refusal {
-        reason: RefusalReason::Syntax,
-        reply,
-    }
+    Refusal::with_reply(RefusalReason::Syntax, reply)
 }
 
 #[cfg(test)]
@@ -929,6 +949,37 @@ mod tests {
         assert!(
             matches!(run(&mut session, "BAR"), Step::RefuseAndClose(refusal) if refusal.reply.code == 421)
         );
+    }
+
+    #[test]
+    fn thousands_of_excess_recipients_end_the_session_and_are_logged_once() {
+        let mut config = Config::embedded_default();
+        config.server.max_recipients = 2;
+        config.server.max_errors = 3;
+        let policy = crate::policy::Policy::from_config(&config);
+        let mut session = local_session(&config, &policy, &Admit(usize::MAX));
+        run(&mut session, "EHLO app.test");
+        run(&mut session, "MAIL FROM:<>");
+        run(&mut session, "RCPT TO:<a@y.test>");
+        run(&mut session, "RCPT TO:<b@y.test>");
+        let mut logged = 0;
+        let mut steps = 0;
+        let closed = loop {
+            steps += 1;
+            assert!(steps < 10_000, "never closed");
+            match run(&mut session, &format!("RCPT TO:<x{steps}@y.test>")) {
+                Step::Refuse(refusal) => {
+                    assert_eq!(refusal.reply.code, 452);
+                    logged += usize::from(!refusal.quiet);
+                }
+                Step::RefuseAndClose(refusal) => break refusal,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(closed.reply.code, 421);
+        assert_eq!(logged, 1, "one log line for the run");
+        // The overshoot allowance, then max_errors (3) of them as errors.
+        assert_eq!(steps as u32, RECIPIENT_OVERSHOOT + 3);
     }
 
     #[test]
