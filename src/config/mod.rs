@@ -125,6 +125,11 @@ pub struct ServerConfig {
     /// Clients the two limits above do not apply to (the apps on the
     /// sidecar's own host are not attackers; AUTH failures still count).
     pub limit_exempt_networks: Vec<Network>,
+    /// How long a client outside `limit_exempt_networks` waits for the
+    /// greeting; one that talks meanwhile is an early talker (a spam bot
+    /// that does not wait, what Postfix's postscreen calls PREGREET) and
+    /// is refused. Zero: greet at once.
+    pub pregreet_wait: Duration,
     /// Failed AUTH attempts from one client address (each costs an argon2
     /// run, so this bounds the CPU one client can take).
     pub client_auth_failures: units::Allowance,
@@ -820,6 +825,7 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
             NETWORK_FORMS,
             |v| v.parse().ok(),
         ),
+        pregreet_wait: s.duration("pregreet_wait", "300ms"),
         client_auth_failures: s.parsed(
             "client_auth_failures",
             "10/min",
@@ -852,6 +858,20 @@ fn read_server(mut s: Section<'_>) -> ServerConfig {
     };
     if server.max_message_size < 1024 {
         s.problem("max_message_size", "must be at least 1KiB");
+    }
+    // Zero would cut every session after its first reply.
+    for (key, value) in [
+        ("idle_timeout", server.idle_timeout),
+        ("command_deadline", server.command_deadline),
+        ("data_timeout", server.data_timeout),
+        ("data_deadline", server.data_deadline),
+    ] {
+        if value.is_zero() {
+            s.problem(
+                key,
+                "must be longer than 0 (every session would be cut after its first reply)",
+            );
+        }
     }
     s.finish();
     server
@@ -2328,6 +2348,21 @@ mod tests {
         assert!(error.problems[0].starts_with(
             "line 4: servr: unknown key; accepted here: server, spool, http, gateways"
         ));
+    }
+
+    #[test]
+    fn a_zero_session_timeout_is_refused() {
+        for key in ["idle_timeout = \"0s\"", "command_deadline = \"0ms\""] {
+            let problems = Config::parse(&format!(
+                "[server]\n{key}\n[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n"
+            ))
+            .unwrap_err()
+            .problems;
+            assert!(
+                problems.iter().any(|p| p.contains("must be longer than 0")),
+                "{key}: {problems:?}"
+            );
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use super::limits::ClientLimits;
 use super::session::{Refused, Session, Step, Transaction, accepted_reply};
 use super::{Context, Refusal, RefusalReason};
+use crate::config::Network;
 use crate::config::units::format_duration;
 use crate::shutdown::Shutdown;
 use crate::smtp::line::Framed;
@@ -144,6 +145,10 @@ pub async fn serve(
     if conn.stream.is_tls() {
         session.tls_started();
     }
+    if !early_talker_waited_out(&mut conn, &session, &context).await {
+        let _ = conn.flush().await;
+        return;
+    }
     session.greeting().write_to(&mut conn.out);
     let result = run(&mut conn, &mut session, &context, &limits, &mut shutdown).await;
     if let Err(error) = result {
@@ -151,6 +156,38 @@ pub async fn serve(
     }
     let _ = conn.flush().await;
     let _ = conn.stream.shutdown().await;
+}
+
+/// Waits `pregreet_wait` before the greeting for a client outside
+/// `limit_exempt_networks`: one that talks meanwhile does not wait for
+/// replies (a bot, not a mail client) and is refused (554, then closed);
+/// false then, or when it left. Apps beside the sidecar are greeted at
+/// once.
+async fn early_talker_waited_out(
+    conn: &mut Conn,
+    session: &Session<'_>,
+    context: &Context,
+) -> bool {
+    let server = &context.config.server;
+    if server.pregreet_wait.is_zero()
+        || Network::any_contains(&server.limit_exempt_networks, session.client_ip)
+    {
+        return true;
+    }
+    match conn.fill(server.pregreet_wait, None).await {
+        Ok(Input::TimedOut) => true,
+        Ok(Input::Data) => {
+            let refusal = Refusal::new(
+                RefusalReason::Sequence,
+                554,
+                "5.5.1 Error: talked before the greeting (an SMTP client waits for the 220)",
+            );
+            log_refusal(context, session, &refusal);
+            refusal.reply.write_to(&mut conn.out);
+            false
+        }
+        _ => false,
+    }
 }
 
 /// After a step: keep reading commands, or hang up.
@@ -278,6 +315,18 @@ async fn act(
             return Ok(Flow::Close);
         }
         Step::RefuseAndClose(refusal) => {
+            answer_refusal(conn, context, session, Refused::Close(refusal));
+            return Ok(Flow::Close);
+        }
+        Step::Data(_) if !conn.buffer.is_empty() => {
+            // The body came before the 354 (RFC 2920 has DATA end a
+            // pipelined group): a client that does not wait, or an attempt
+            // to smuggle a second message past a gateway.
+            let refusal = Refusal::new(
+                RefusalReason::Sequence,
+                554,
+                "5.5.0 Error: message data sent before the 354 reply (improper pipelining)",
+            );
             answer_refusal(conn, context, session, Refused::Close(refusal));
             return Ok(Flow::Close);
         }

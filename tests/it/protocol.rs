@@ -586,3 +586,57 @@ async fn a_client_reconnecting_too_often_is_refused_421_others_are_not() {
     );
     h.shutdown().await;
 }
+
+/// A client outside `limit_exempt_networks` that talks before the greeting
+/// is a bot, not a mail client (Postfix's postscreen PREGREET): refused and
+/// closed. One that waits is greeted as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_talker_is_refused_before_the_greeting() {
+    let h = Harness::with(|config| {
+        config.server.limit_exempt_networks = Vec::new();
+        config.server.pregreet_wait = Duration::from_millis(300);
+    })
+    .await;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(h.service.smtp_address())
+        .await
+        .unwrap();
+    stream.write_all(b"EHLO bot.test\r\n").await.unwrap();
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("554 5.5.1"), "{line:?}");
+    line.clear();
+    assert_eq!(reader.read_line(&mut line).await.unwrap(), 0, "closed");
+    let reply = h
+        .client()
+        .await
+        .offer(
+            "app@example.com",
+            "a@example.org",
+            b"Subject: x\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(reply.code, 250, "a client that waits is served");
+    h.shutdown().await;
+}
+
+/// The body sent before the 354 (a whole transaction in one write) is
+/// refused and the connection closed: nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_data_before_the_354_is_refused() {
+    let h = Harness::start().await;
+    let mut client = h.client().await;
+    client
+        .send_raw(b"MAIL FROM:<app@example.com>\r\nRCPT TO:<a@example.org>\r\nDATA\r\nSubject: early\r\n\r\nhello\r\n.\r\n")
+        .await;
+    assert_eq!(client.reply().await.unwrap().code, 250);
+    assert_eq!(client.reply().await.unwrap().code, 250);
+    let refused = client.reply().await.unwrap();
+    assert_eq!(refused.code, 554, "{refused:?}");
+    assert!(refused.text.starts_with("5.5.0"), "{refused:?}");
+    assert!(client.reply().await.is_none(), "closed");
+    assert_eq!(h.sink.count(), 0);
+    assert_eq!(h.service.queued("primary"), 0);
+    h.shutdown().await;
+}
