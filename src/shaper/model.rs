@@ -780,6 +780,7 @@ impl GatewayModel {
                 .volume
                 .is_budgeted()
                 .then(|| self.volume.snapshot(now, reserve)),
+            history: None,
         }
     }
 

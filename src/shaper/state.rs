@@ -24,6 +24,20 @@ pub struct SavedState {
     pub caps: Vec<(f64, Vec<(i64, u64)>)>,
     /// The per-minute volume history, when some budget is configured.
     pub volume: Option<VolumeState>,
+    /// Where the volume history was learned from, when `smtp-shaper learn`
+    /// wrote it (`None`: the gateway's own sends, or nothing yet).
+    pub history: Option<HistorySource>,
+}
+
+/// A volume history learned from the gateway's own log: which kind of log
+/// (`postfix log`), when it was learned and the span it covered (Unix
+/// seconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistorySource {
+    pub source: String,
+    pub learned_at: f64,
+    pub first: f64,
+    pub last: f64,
 }
 
 /// The only version written and read.
@@ -41,6 +55,10 @@ struct File {
     caps: Vec<CapFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     volume: Option<VolumeFile>,
+    /// Written by `learn` and kept by every save after it; files from
+    /// before it have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    history: Option<HistorySource>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -162,6 +180,7 @@ impl SavedState {
                 })
                 .collect(),
             volume: self.volume.as_ref().map(VolumeFile::new),
+            history: self.history.clone(),
         };
         let mut text = format!(
             "# smtp-shaper: learned shaping state of gateway \"{gateway}\", rewritten while it runs.\n\
@@ -207,6 +226,7 @@ impl SavedState {
                 .map(|cap| (cap.window_seconds, cap.slots))
                 .collect(),
             volume,
+            history: file.history,
         };
         // TOML has nan and inf; none is a time, a rate or a factor here.
         let finite = [
@@ -216,6 +236,12 @@ impl SavedState {
             state.paused_until,
         ]
         .iter()
+        .chain(
+            state
+                .history
+                .iter()
+                .flat_map(|history| [&history.learned_at, &history.first, &history.last]),
+        )
         .all(|number| number.is_finite());
         (finite && state.baseline >= 0.0).then_some(state)
     }
@@ -237,6 +263,7 @@ mod tests {
                 (86_400.0, vec![]),
             ],
             volume: None,
+            history: None,
         };
         assert_eq!(
             SavedState::parse(&state.to_text("primary").unwrap()),
@@ -260,7 +287,23 @@ mod tests {
         };
         let text = with_volume.to_text("primary").unwrap();
         assert!(text.contains("all = \"3 +3 7 +1\""), "{text}");
-        assert_eq!(SavedState::parse(&text), Some(with_volume));
+        assert_eq!(SavedState::parse(&text), Some(with_volume.clone()));
+        let learned = SavedState {
+            history: Some(HistorySource {
+                source: "postfix log".into(),
+                learned_at: 1_764_180_060.5,
+                first: 1_763_575_200.0,
+                last: 1_764_180_000.0,
+            }),
+            ..with_volume.clone()
+        };
+        let learned_text = learned.to_text("primary").unwrap();
+        assert!(learned_text.contains("source = \"postfix log\""), "{learned_text}");
+        assert_eq!(SavedState::parse(&learned_text), Some(learned));
+        assert_eq!(
+            SavedState::parse(&learned_text.replace("learned_at = 1764180060.5", "learned_at = nan")),
+            None
+        );
         let damaged = text.replace("+3 7", "+x 7");
         assert_eq!(SavedState::parse(&damaged), None);
         let elsewhere = text.replace("slot = 29403001", "slot = 999999999999999");

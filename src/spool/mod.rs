@@ -540,6 +540,11 @@ impl Spool {
         File::open(&self.inner.dead_dir)?.sync_all()
     }
 
+    /// The spool's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
     /// The saved shaping state of `gateway`, if there is one.
     pub fn load_shaping_state(&self, gateway: &str) -> io::Result<Option<String>> {
         let path = self.inner.shaping_dir.join(format!("{gateway}.toml"));
@@ -608,19 +613,60 @@ impl Spool {
 /// directory. Returns the path.
 async fn replace_durably(dir: PathBuf, name: String, parts: Vec<Vec<u8>>) -> io::Result<PathBuf> {
     tokio::task::spawn_blocking(move || {
-        let temporary = dir.join(format!(".{name}.tmp"));
-        let path = dir.join(&name);
-        let mut file = File::create(&temporary)?;
-        for part in &parts {
-            file.write_all(part)?;
-        }
-        file.sync_all()?;
-        fs::rename(&temporary, &path)?;
-        File::open(&dir)?.sync_all()?;
-        Ok(path)
+        let temporary = format!(".{name}.tmp");
+        write_durably(&dir, &name, &temporary, &parts)
     })
     .await
     .map_err(io::Error::other)?
+}
+
+/// [`replace_durably`]'s work, blocking, through the temporary file
+/// `dir/temporary` (another process writing the same file uses another
+/// name, so two writers never mix their bytes).
+fn write_durably(dir: &Path, name: &str, temporary: &str, parts: &[Vec<u8>]) -> io::Result<PathBuf> {
+    let temporary = dir.join(temporary);
+    let path = dir.join(name);
+    let mut file = File::create(&temporary)?;
+    for part in parts {
+        file.write_all(part)?;
+    }
+    file.sync_all()?;
+    fs::rename(&temporary, &path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(path)
+}
+
+/// The saved shaping state file of `gateway` in the spool at `dir`.
+pub fn shaping_state_path(dir: &Path, gateway: &str) -> PathBuf {
+    dir.join(SHAPING_DIR).join(format!("{gateway}.toml"))
+}
+
+/// Replaces the saved shaping state of `gateway` in the spool at `dir` from
+/// outside the service (`smtp-shaper learn`, which may run beside it): the
+/// same crash-safe write as the service's, through a temporary file of its
+/// own. Creates `shaping/` when the spool is new.
+pub fn replace_shaping_state(dir: &Path, gateway: &str, text: &str) -> io::Result<PathBuf> {
+    let shaping = dir.join(SHAPING_DIR);
+    fs::create_dir_all(&shaping).map_err(|error| annotate(error, &shaping, "cannot create"))?;
+    let name = format!("{gateway}.toml");
+    let temporary = format!(".{name}.learn.tmp");
+    write_durably(&shaping, &name, &temporary, &[text.as_bytes().to_vec()])
+        .map_err(|error| annotate(error, &shaping.join(&name), "cannot write"))
+}
+
+/// Which file the saved shaping state of `gateway` is now (device, inode,
+/// size, modification time): a change tells a running service that
+/// another process (`learn`) replaced it. `None` when there is none.
+pub fn shaping_state_identity(dir: &Path, gateway: &str) -> Option<(u64, u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = fs::metadata(shaping_state_path(dir, gateway)).ok()?;
+    Some((
+        metadata.dev(),
+        metadata.ino(),
+        metadata.size(),
+        metadata.mtime(),
+        metadata.mtime_nsec(),
+    ))
 }
 
 fn segment_path(queue_dir: &Path, segment: u64) -> PathBuf {
