@@ -123,7 +123,11 @@ mod tests {
         }
         assert_eq!(counts.lines, 9);
         assert_eq!(counts.counted, 4);
-        let minutes: Vec<_> = counts.minutes.values().map(|m| (m.messages, m.recipients)).collect();
+        let minutes: Vec<_> = counts
+            .minutes
+            .values()
+            .map(|m| (m.messages, m.recipients))
+            .collect();
         assert_eq!(minutes, vec![(2, 4), (2, 4)]);
         assert_eq!(counts.skipped.get(UNREADABLE), Some(&3));
         assert_eq!(counts.skipped.get(HEADER), Some(&2));
@@ -139,7 +143,10 @@ mod tests {
         let mut records = Records::default();
         assert_eq!(records.push(r#""a","line one"#), None);
         assert!(records.open());
-        assert_eq!(records.push(r#"line two",b"#).unwrap(), vec!["a", "line one\nline two", "b"]);
+        assert_eq!(
+            records.push(r#"line two",b"#).unwrap(),
+            vec!["a", "line one\nline two", "b"]
+        );
         assert!(!records.open());
     }
 }

@@ -17,11 +17,21 @@ use std::collections::HashSet;
 use super::csv::Records;
 use super::{Counts, time};
 
-const TIME: [&str; 4] = ["received", "date_time_utc", "timestamp", "origin_timestamp_utc"];
+const TIME: [&str; 4] = [
+    "received",
+    "date_time_utc",
+    "timestamp",
+    "origin_timestamp_utc",
+];
 const RECIPIENT: [&str; 3] = ["recipientaddress", "recipient_address", "recipients"];
 const COUNT: [&str; 2] = ["recipient_count", "recipientcount"];
 const STATUS: [&str; 4] = ["status", "event_id", "eventid", "recipient_status"];
-const MESSAGE: [&str; 4] = ["messageid", "message_id", "network_message_id", "messagetraceid"];
+const MESSAGE: [&str; 4] = [
+    "messageid",
+    "message_id",
+    "network_message_id",
+    "messagetraceid",
+];
 const COUNTED: [&str; 3] = ["delivered", "send", "deliver"];
 
 const HEADER: &str = "header or comment";
@@ -74,8 +84,15 @@ impl Exchange {
             return Ok(());
         };
         let get = |index: usize| fields.get(index).map(String::as_str).unwrap_or("");
-        if !COUNTED.iter().any(|status| get(columns.status).eq_ignore_ascii_case(status)) {
-            counts.skip(if fields.len() <= columns.status { UNREADABLE } else { NOT_DELIVERED });
+        if !COUNTED
+            .iter()
+            .any(|status| get(columns.status).eq_ignore_ascii_case(status))
+        {
+            counts.skip(if fields.len() <= columns.status {
+                UNREADABLE
+            } else {
+                NOT_DELIVERED
+            });
             return Ok(());
         }
         let when = get(columns.time);
@@ -83,10 +100,15 @@ impl Exchange {
             counts.skip(UNREADABLE);
             return Ok(());
         };
-        let listed = columns
-            .recipient
-            .map_or(0, |index| get(index).split(';').filter(|a| !a.trim().is_empty()).count() as u64);
-        let stated = columns.count.and_then(|index| get(index).parse::<u64>().ok());
+        let listed = columns.recipient.map_or(0, |index| {
+            get(index)
+                .split(';')
+                .filter(|a| !a.trim().is_empty())
+                .count() as u64
+        });
+        let stated = columns
+            .count
+            .and_then(|index| get(index).parse::<u64>().ok());
         let recipients = stated.unwrap_or(listed).max(1);
         let first = match columns.message {
             Some(index) => self.messages.insert(get(index).to_string()),
@@ -152,7 +174,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(counts.counted, 3);
-        let minutes: Vec<_> = counts.minutes.values().map(|m| (m.messages, m.recipients)).collect();
+        let minutes: Vec<_> = counts
+            .minutes
+            .values()
+            .map(|m| (m.messages, m.recipients))
+            .collect();
         assert_eq!(minutes, vec![(1, 2), (1, 1)]);
         assert_eq!(counts.skipped.get(NOT_DELIVERED), Some(&1));
         assert_eq!(counts.skipped.get(UNREADABLE), Some(&1));
@@ -171,7 +197,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(counts.counted, 2);
-        let minutes: Vec<_> = counts.minutes.values().map(|m| (m.messages, m.recipients)).collect();
+        let minutes: Vec<_> = counts
+            .minutes
+            .values()
+            .map(|m| (m.messages, m.recipients))
+            .collect();
         assert_eq!(minutes, vec![(2, 3)]);
     }
 

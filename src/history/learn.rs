@@ -74,7 +74,13 @@ pub fn learn(request: &Request, zone: &Zone, now: f64) -> Result<String, String>
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(error) => return Err(format!("{}: cannot read: {error}", path.display())),
     };
-    let state = learned_state(&gateway.shaping, &history, existing.as_ref(), request.replace, now)?;
+    let state = learned_state(
+        &gateway.shaping,
+        &history,
+        existing.as_ref(),
+        request.replace,
+        now,
+    )?;
     let text = state
         .to_text(&gateway.name)
         .map_err(|error| format!("cannot write the state: {error}"))?;
@@ -170,7 +176,10 @@ pub fn learned_state(
     }
     let saved_volume = existing.and_then(|state| state.volume.as_ref());
     let (saved_all, saved_transactional) = match saved_volume {
-        Some(volume) => (aligned(&volume.all, volume.slot, slot), aligned(&volume.transactional, volume.slot, slot)),
+        Some(volume) => (
+            aligned(&volume.all, volume.slot, slot),
+            aligned(&volume.transactional, volume.slot, slot),
+        ),
         None => (vec![0; KEPT_SLOTS as usize], vec![0; KEPT_SLOTS as usize]),
     };
     if let Some(newest) = saved_all.iter().rposition(|units| *units > 0) {
@@ -224,7 +233,11 @@ pub fn learned_state(
             } else {
                 state.penalty
             };
-            let baseline = if replace { learned_baseline } else { learned_baseline.max(faded) };
+            let baseline = if replace {
+                learned_baseline
+            } else {
+                learned_baseline.max(faded)
+            };
             (baseline, recovered, state.paused_until, state.caps.clone())
         }
         None => (learned_baseline, 1.0, 0.0, Vec::new()),
@@ -307,14 +320,23 @@ pub fn busiest(counts: &Counts, unit: CountUnit, minutes: i64) -> (u64, i64) {
 }
 
 /// What `learn` found and what follows, for the operator.
-fn summary(shaping: &ShapingConfig, gateway: &str, history: &History, state: &SavedState, now: f64) -> String {
+fn summary(
+    shaping: &ShapingConfig,
+    gateway: &str,
+    history: &History,
+    state: &SavedState,
+    now: f64,
+) -> String {
     let counts = &history.counts;
     let unit = match shaping.count {
         CountUnit::Messages => "messages",
         CountUnit::Recipients => "recipients",
     };
     let mut text = format!("gateway {gateway:?}: history from the {}\n", history.source);
-    text.push_str(&format!("  lines read     {}\n  lines counted  {}\n", counts.lines, counts.counted));
+    text.push_str(&format!(
+        "  lines read     {}\n  lines counted  {}\n",
+        counts.lines, counts.counted
+    ));
     for (reason, lines) in &counts.skipped {
         text.push_str(&format!("  skipped        {lines} {reason}\n"));
     }
@@ -359,7 +381,8 @@ fn summary(shaping: &ShapingConfig, gateway: &str, history: &History, state: &Sa
         "  baseline       {} (ceiling {})\n",
         shaping.rate_period.format(state.baseline),
         shaping.rate_period.format(
-            (state.baseline * shaping.headroom * state.penalty).clamp(shaping.min_rate, shaping.max_rate)
+            (state.baseline * shaping.headroom * state.penalty)
+                .clamp(shaping.min_rate, shaping.max_rate)
         )
     ));
     text
@@ -383,29 +406,55 @@ mod tests {
         let mut counts = Counts::default();
         for (offset, messages, recipients) in per_minute {
             let at = (start + offset) as f64 * 60.0;
-            counts.minutes.insert(start + offset, Minute { messages: *messages, recipients: *recipients });
+            counts.minutes.insert(
+                start + offset,
+                Minute {
+                    messages: *messages,
+                    recipients: *recipients,
+                },
+            );
             counts.counted += 1;
             counts.first = Some(counts.first.map_or(at, |f: f64| f.min(at)));
             counts.last = Some(counts.last.map_or(at, |l: f64| l.max(at)));
         }
-        History { counts, source: "postfix log".into() }
+        History {
+            counts,
+            source: "postfix log".into(),
+        }
     }
 
     const NOW_MINUTE: i64 = 29_946_000;
 
     #[test]
     fn busiest_windows_slide_over_minutes() {
-        let history = history(0, &[(0, 5, 5), (30, 5, 9), (59, 1, 1), (60, 10, 10), (200, 3, 3)]);
+        let history = history(
+            0,
+            &[(0, 5, 5), (30, 5, 9), (59, 1, 1), (60, 10, 10), (200, 3, 3)],
+        );
         assert_eq!(busiest(&history.counts, CountUnit::Messages, 1), (10, 60));
         assert_eq!(busiest(&history.counts, CountUnit::Messages, 60), (16, 30));
-        assert_eq!(busiest(&history.counts, CountUnit::Recipients, 60), (20, 30));
-        assert_eq!(busiest(&history.counts, CountUnit::Messages, 1_440), (24, 0));
+        assert_eq!(
+            busiest(&history.counts, CountUnit::Recipients, 60),
+            (20, 30)
+        );
+        assert_eq!(
+            busiest(&history.counts, CountUnit::Messages, 1_440),
+            (24, 0)
+        );
     }
 
     #[test]
     fn the_learned_state_counts_the_configured_unit_and_reads_back() {
         let start = NOW_MINUTE - 3 * 1_440;
-        let history = history(start, &[(0, 1, 1), (600, 100, 250), (1_500, 20, 20), (2 * 1_440, 2, 2)]);
+        let history = history(
+            start,
+            &[
+                (0, 1, 1),
+                (600, 100, 250),
+                (1_500, 20, 20),
+                (2 * 1_440, 2, 2),
+            ],
+        );
         let now = NOW_MINUTE as f64 * 60.0 + 30.0;
         let shaping = shaping("count = \"recipients\"");
         let state = learned_state(&shaping, &history, None, false, now).unwrap();
@@ -419,13 +468,20 @@ mod tests {
         assert_eq!(SavedState::parse(&text), Some(state.clone()));
         let mut restored = Volume::restore(&shaping, &volume, now);
         let view = restored.view(now);
-        assert_eq!(view[0].allowance, 500, "2 x the busiest hour (250 recipients)");
+        assert_eq!(
+            view[0].allowance, 500,
+            "2 x the busiest hour (250 recipients)"
+        );
         assert_eq!(view[1].allowance, 540, "2 x the busiest day (250 + 20)");
         // The baseline: 100 messages in a minute, faded since.
         let minutes = (3 * 1_440 - 600) as f64;
         let expected =
             100.0 / 60.0 * 0.5f64.powf(minutes * 60.0 / shaping.baseline_half_life.as_secs_f64());
-        assert!((state.baseline - expected).abs() / expected < 0.01, "{} vs {expected}", state.baseline);
+        assert!(
+            (state.baseline - expected).abs() / expected < 0.01,
+            "{} vs {expected}",
+            state.baseline
+        );
     }
 
     #[test]
@@ -448,7 +504,10 @@ mod tests {
             history: None,
         };
         // The saved history has a send in minute NOW - 1; the log ends at NOW - 3.
-        let log = history(NOW_MINUTE - 2_000, &[(0, 5, 5), (1_996, 9, 9), (1_997, 1, 1)]);
+        let log = history(
+            NOW_MINUTE - 2_000,
+            &[(0, 5, 5), (1_996, 9, 9), (1_997, 1, 1)],
+        );
         let error = learned_state(&shaping, &log, Some(&existing), false, now).unwrap_err();
         assert!(error.contains("--replace"), "{error}");
         let replaced = learned_state(&shaping, &log, Some(&existing), true, now).unwrap();
@@ -460,7 +519,10 @@ mod tests {
         // 40); after it the saved ones.
         assert_eq!(&all[all.len() - 5..], &[9, 1, 0, 3, 0]);
         // A log reaching further merges by the larger count.
-        let longer = history(NOW_MINUTE - 2_000, &[(0, 5, 5), (1_997, 9, 9), (1_999, 1, 1)]);
+        let longer = history(
+            NOW_MINUTE - 2_000,
+            &[(0, 5, 5), (1_997, 9, 9), (1_999, 1, 1)],
+        );
         let merged = learned_state(&shaping, &longer, Some(&existing), false, now).unwrap();
         let all = merged.volume.as_ref().unwrap().all.clone();
         assert_eq!(&all[all.len() - 4..], &[40, 0, 3, 0]);
@@ -471,11 +533,17 @@ mod tests {
     fn reports_durations_and_short_spans() {
         assert_eq!(duration(59.0), "0m");
         assert_eq!(duration(3_600.0 * 5.0 + 180.0), "5h 3m");
-        assert_eq!(duration(DAY * 6.0 + 3_600.0 * 23.0 + 59.0 * 60.0), "6d 23h 59m");
+        assert_eq!(
+            duration(DAY * 6.0 + 3_600.0 * 23.0 + 59.0 * 60.0),
+            "6d 23h 59m"
+        );
         let short = history(NOW_MINUTE, &[(0, 1, 1), (600, 1, 1)]);
         let error = check_span(&short).unwrap_err();
         assert!(error.contains("covers only 10h 0m"), "{error}");
-        let empty = History { counts: Counts::default(), source: "csv".into() };
+        let empty = History {
+            counts: Counts::default(),
+            source: "csv".into(),
+        };
         assert!(check_span(&empty).unwrap_err().contains("nothing counted"));
     }
 }

@@ -140,32 +140,47 @@ fn each_line(
     path: &Path,
     mut line: impl FnMut(usize, &str) -> Result<(), String>,
 ) -> Result<(), String> {
-    let mut reader = open(path).map_err(|error| format!("{}: cannot read: {error}", path.display()))?;
+    let mut reader =
+        open(path).map_err(|error| format!("{}: cannot read: {error}", path.display()))?;
     let mut buffer = Vec::new();
     let mut number = 0;
     loop {
         buffer.clear();
         let read = reader.read_until(b'\n', &mut buffer).map_err(|error| {
-            format!("{}: cannot read after line {number}: {error}", path.display())
+            format!(
+                "{}: cannot read after line {number}: {error}",
+                path.display()
+            )
         })?;
         if read == 0 {
             return Ok(());
         }
         number += 1;
-        while buffer.last().is_some_and(|byte| matches!(byte, b'\n' | b'\r')) {
+        while buffer
+            .last()
+            .is_some_and(|byte| matches!(byte, b'\n' | b'\r'))
+        {
             buffer.pop();
         }
         let text = String::from_utf8_lossy(&buffer);
-        line(number, &text).map_err(|error| format!("{} line {number}: {error}", path.display()))?;
+        line(number, &text)
+            .map_err(|error| format!("{} line {number}: {error}", path.display()))?;
     }
 }
 
 /// The first line of `path` that is not blank (for [`Format::sniff`]).
 pub fn first_line(path: &Path) -> Result<String, String> {
-    let mut reader = open(path).map_err(|error| format!("{}: cannot read: {error}", path.display()))?;
+    let mut reader =
+        open(path).map_err(|error| format!("{}: cannot read: {error}", path.display()))?;
     let mut text = String::new();
     let mut bytes = Vec::new();
-    while reader.by_ref().take(64 * 1024).read_until(b'\n', &mut bytes).map_err(|error| format!("{}: cannot read: {error}", path.display()))? > 0 {
+    while reader
+        .by_ref()
+        .take(64 * 1024)
+        .read_until(b'\n', &mut bytes)
+        .map_err(|error| format!("{}: cannot read: {error}", path.display()))?
+        > 0
+    {
         text = String::from_utf8_lossy(&bytes).trim().to_string();
         if !text.is_empty() {
             break;
@@ -199,7 +214,9 @@ pub fn read(inputs: &[Input], zone: &Zone, now: f64) -> Result<History, String> 
             Format::ExchangeTrace => {
                 exchange.next_file();
                 each_line(&input.path, |_, line| {
-                    exchange.feed(line, &mut counts).map_err(|missing| missing.0)
+                    exchange
+                        .feed(line, &mut counts)
+                        .map_err(|missing| missing.0)
                 })?;
                 if exchange.unfinished() {
                     return Err(format!(
@@ -236,7 +253,10 @@ mod tests {
             Format::sniff("\"Received\",\"RecipientAddress\",\"Status\""),
             Format::ExchangeTrace
         );
-        assert_eq!(Format::sniff("date_time_utc,event_id"), Format::ExchangeTrace);
+        assert_eq!(
+            Format::sniff("date_time_utc,event_id"),
+            Format::ExchangeTrace
+        );
         assert_eq!(Format::sniff("timestamp,app,recipients"), Format::Csv);
         assert_eq!(Format::sniff("2026-12-07T09:00:01Z,3"), Format::Csv);
         assert_eq!(Format::sniff("1796634001,3"), Format::Csv);
@@ -253,7 +273,10 @@ mod tests {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         encoder.write_all(text.as_bytes()).unwrap();
         std::fs::write(&zipped, encoder.finish().unwrap()).unwrap();
-        let input = |path: &Path| Input { format: Format::Csv, path: path.to_path_buf() };
+        let input = |path: &Path| Input {
+            format: Format::Csv,
+            path: path.to_path_buf(),
+        };
         let zone = Zone::Fixed(0);
         let one = read(&[input(&plain)], &zone, 2e9).unwrap();
         let other = read(&[input(&zipped)], &zone, 2e9).unwrap();

@@ -84,7 +84,9 @@ impl<'z> Postfix<'z> {
         let status = field(line, "status=");
         match service {
             Some("smtp" | "relay") => {}
-            Some("lmtp" | "local" | "virtual" | "pipe") if status.is_some() => return Err(INTERNAL),
+            Some("lmtp" | "local" | "virtual" | "pipe") if status.is_some() => {
+                return Err(INTERNAL);
+            }
             _ => return Err(OTHER_PROGRAM),
         }
         let queue_id = words
@@ -178,18 +180,22 @@ mod tests {
         assert_eq!(counts.lines, 12);
         assert_eq!(counts.counted, 4);
         let minute = (1_796_634_000.0 / 60.0) as i64;
-        let got: Vec<_> = counts.minutes.iter().map(|(m, c)| (*m - minute, c.messages, c.recipients)).collect();
+        let got: Vec<_> = counts
+            .minutes
+            .iter()
+            .map(|(m, c)| (*m - minute, c.messages, c.recipients))
+            .collect();
         assert_eq!(got, vec![(0, 1, 2), (1, 1, 2)]);
         let skipped: Vec<(&str, u64)> = counts.skipped.iter().map(|(k, v)| (*k, *v)).collect();
         let mut expected = vec![
-                (BOUNCED, 1),
-                (INTERNAL, 1),
-                (UNREADABLE, 2),
-                (DEFERRED, 1),
-                (OTHER_PROGRAM, 1),
-                (LOOPBACK, 1),
-                (NO_STATUS, 1),
-            ];
+            (BOUNCED, 1),
+            (INTERNAL, 1),
+            (UNREADABLE, 2),
+            (DEFERRED, 1),
+            (OTHER_PROGRAM, 1),
+            (LOOPBACK, 1),
+            (NO_STATUS, 1),
+        ];
         expected.sort();
         assert_eq!(skipped, expected);
     }
@@ -223,7 +229,10 @@ mod tests {
         assert!(!on_loopback("mx.example.com[192.0.2.1]:25"));
         assert!(!on_loopback("none"));
         assert_eq!(field("a, status=sent (x)", "status="), Some("sent"));
-        assert_eq!(field("a, xstatus=bad, status=sent", "status="), Some("sent"));
+        assert_eq!(
+            field("a, xstatus=bad, status=sent", "status="),
+            Some("sent")
+        );
         assert_eq!(field("a", "status="), None);
     }
 }

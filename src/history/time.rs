@@ -24,7 +24,8 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let era = year.div_euclid(400);
     let of_era = year - era * 400;
     let month = i64::from(month);
-    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_year =
+        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
     let day_of_era = of_era * 365 + of_era / 4 - of_era / 100 + day_of_year;
     era * 146_097 + day_of_era - 719_468
 }
@@ -44,7 +45,11 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
@@ -145,11 +150,7 @@ fn system_offset_of_local(naive: i64) -> i64 {
     tm.tm_isdst = -1;
     // SAFETY: a valid `tm`; mktime has no other input.
     let utc = unsafe { libc::mktime(&mut tm) };
-    if utc == -1 {
-        0
-    } else {
-        naive - utc as i64
-    }
+    if utc == -1 { 0 } else { naive - utc as i64 }
 }
 
 /// The offset east of UTC in force at `utc` (libc's `localtime_r`).
@@ -295,7 +296,10 @@ mod tests {
         assert_eq!(naive(2026, 12, 7, 9, 0, 1.0), Some(DEC_7));
         assert_eq!(naive(2026, 2, 29, 0, 0, 0.0), None);
         assert_eq!(civil_from_days(days_from_civil(2024, 2, 29)), (2024, 2, 29));
-        assert_eq!(civil_from_days(days_from_civil(1999, 12, 31)), (1999, 12, 31));
+        assert_eq!(
+            civil_from_days(days_from_civil(1999, 12, 31)),
+            (1999, 12, 31)
+        );
         assert_eq!(format_minute(DEC_7), "2026-12-07 09:00Z");
         assert!(naive(2028, 2, 29, 0, 0, 0.0).is_some());
     }
@@ -314,8 +318,17 @@ mod tests {
         let precise = rfc3339("2026-12-07T09:00:01.123456+00:00", 0).unwrap();
         assert!((precise - DEC_7 - 0.123456).abs() < 1e-6);
         assert_eq!(rfc3339("2026-12-07T11:00:01", 7_200), Some(DEC_7));
-        assert_eq!(rfc3339("2026-12-07T11:00:01.1234567Z", 0).map(f64::floor), Some(DEC_7 + 7_200.0));
-        for garbage in ["2026-13-07T09:00:01Z", "2026-12-07T09:00Z", "2026-12-07X09:00:01", "x", "2026-12-07T09:00:01+1"] {
+        assert_eq!(
+            rfc3339("2026-12-07T11:00:01.1234567Z", 0).map(f64::floor),
+            Some(DEC_7 + 7_200.0)
+        );
+        for garbage in [
+            "2026-13-07T09:00:01Z",
+            "2026-12-07T09:00Z",
+            "2026-12-07X09:00:01",
+            "x",
+            "2026-12-07T09:00:01+1",
+        ] {
             assert_eq!(rfc3339(garbage, 0), None, "{garbage}");
         }
     }
@@ -323,18 +336,39 @@ mod tests {
     #[test]
     fn a_yearless_date_is_the_latest_not_in_the_future() {
         let utc = Zone::Fixed(0);
-        assert_eq!(syslog_date("Dec", "7", "09:00:01", &utc, DEC_7 + 60.0), Some(DEC_7));
+        assert_eq!(
+            syslog_date("Dec", "7", "09:00:01", &utc, DEC_7 + 60.0),
+            Some(DEC_7)
+        );
         // Read on Jan 2: December is last year's, January this year's.
         let january = naive(2027, 1, 2, 12, 0, 0.0).unwrap();
-        assert_eq!(syslog_date("Dec", "31", "23:59:59", &utc, january), naive(2026, 12, 31, 23, 59, 59.0));
-        assert_eq!(syslog_date("Jan", "1", "00:00:00", &utc, january), naive(2027, 1, 1, 0, 0, 0.0));
+        assert_eq!(
+            syslog_date("Dec", "31", "23:59:59", &utc, january),
+            naive(2026, 12, 31, 23, 59, 59.0)
+        );
+        assert_eq!(
+            syslog_date("Jan", "1", "00:00:00", &utc, january),
+            naive(2027, 1, 1, 0, 0, 0.0)
+        );
         // A day ahead still counts as this year (a clock a little ahead).
-        assert_eq!(syslog_date("Jan", "3", "06:00:00", &utc, january), naive(2027, 1, 3, 6, 0, 0.0));
-        assert_eq!(syslog_date("Jan", "9", "06:00:00", &utc, january), naive(2026, 1, 9, 6, 0, 0.0));
+        assert_eq!(
+            syslog_date("Jan", "3", "06:00:00", &utc, january),
+            naive(2027, 1, 3, 6, 0, 0.0)
+        );
+        assert_eq!(
+            syslog_date("Jan", "9", "06:00:00", &utc, january),
+            naive(2026, 1, 9, 6, 0, 0.0)
+        );
         // Feb 29 goes back to the last leap year.
-        assert_eq!(syslog_date("Feb", "29", "00:00:00", &utc, january), naive(2024, 2, 29, 0, 0, 0.0));
+        assert_eq!(
+            syslog_date("Feb", "29", "00:00:00", &utc, january),
+            naive(2024, 2, 29, 0, 0, 0.0)
+        );
         // Local time: 10:00:01 at +01:00 is 09:00:01 UTC.
-        assert_eq!(syslog_date("Dec", "7", "10:00:01", &Zone::Fixed(3_600), DEC_7), Some(DEC_7));
+        assert_eq!(
+            syslog_date("Dec", "7", "10:00:01", &Zone::Fixed(3_600), DEC_7),
+            Some(DEC_7)
+        );
         assert_eq!(syslog_date("Foo", "7", "10:00:01", &utc, DEC_7), None);
         assert_eq!(syslog_date("Dec", "x", "10:00:01", &utc, DEC_7), None);
         assert_eq!(syslog_date("Dec", "7", "10:0x", &utc, DEC_7), None);
@@ -345,9 +379,19 @@ mod tests {
     fn reads_windows_us_dates() {
         assert_eq!(us_date("12/7/2026 9:00:01 AM"), Some(DEC_7));
         assert_eq!(us_date("12/7/2026 09:00:01"), Some(DEC_7));
-        assert_eq!(us_date("12/7/2026 9:00:01 PM"), Some(DEC_7 + 12.0 * 3_600.0));
-        assert_eq!(us_date("12/7/2026 12:00:01 AM"), Some(DEC_7 - 9.0 * 3_600.0));
-        assert_eq!(us_date("13/7/2026 9:00:01 AM"), None, "day first is not read");
+        assert_eq!(
+            us_date("12/7/2026 9:00:01 PM"),
+            Some(DEC_7 + 12.0 * 3_600.0)
+        );
+        assert_eq!(
+            us_date("12/7/2026 12:00:01 AM"),
+            Some(DEC_7 - 9.0 * 3_600.0)
+        );
+        assert_eq!(
+            us_date("13/7/2026 9:00:01 AM"),
+            None,
+            "day first is not read"
+        );
         assert_eq!(us_date("12/7/2026 13:00:01 PM"), None);
     }
 

@@ -298,10 +298,15 @@ mod tests {
             ..with_volume.clone()
         };
         let learned_text = learned.to_text("primary").unwrap();
-        assert!(learned_text.contains("source = \"postfix log\""), "{learned_text}");
+        assert!(
+            learned_text.contains("source = \"postfix log\""),
+            "{learned_text}"
+        );
         assert_eq!(SavedState::parse(&learned_text), Some(learned));
         assert_eq!(
-            SavedState::parse(&learned_text.replace("learned_at = 1764180060.5", "learned_at = nan")),
+            SavedState::parse(
+                &learned_text.replace("learned_at = 1764180060.5", "learned_at = nan")
+            ),
             None
         );
         let damaged = text.replace("+3 7", "+x 7");

@@ -623,7 +623,12 @@ async fn replace_durably(dir: PathBuf, name: String, parts: Vec<Vec<u8>>) -> io:
 /// [`replace_durably`]'s work, blocking, through the temporary file
 /// `dir/temporary` (another process writing the same file uses another
 /// name, so two writers never mix their bytes).
-fn write_durably(dir: &Path, name: &str, temporary: &str, parts: &[Vec<u8>]) -> io::Result<PathBuf> {
+fn write_durably(
+    dir: &Path,
+    name: &str,
+    temporary: &str,
+    parts: &[Vec<u8>],
+) -> io::Result<PathBuf> {
     let temporary = dir.join(temporary);
     let path = dir.join(name);
     let mut file = File::create(&temporary)?;
