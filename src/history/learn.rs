@@ -258,6 +258,64 @@ pub fn learned_state(
     })
 }
 
+/// A running service's state (`running`, just snapshot) once `learn` wrote
+/// `learned` beside it: the learned volume history up to the log's last
+/// entry, the larger of both counts after it (the service's sends since),
+/// the larger baseline, and the service's own caps, cut and pause.
+pub fn adopt(running: &SavedState, learned: &SavedState) -> SavedState {
+    let mut state = running.clone();
+    state.baseline = running.baseline.max(learned.baseline);
+    state.history = learned.history.clone();
+    let Some(learned_volume) = &learned.volume else {
+        return state;
+    };
+    // The save's minute (the file's volume must end there).
+    let slot = (running.saved_at / 60.0).floor() as i64;
+    let first_kept = slot - KEPT_SLOTS + 1;
+    let log_last = learned
+        .history
+        .as_ref()
+        .map_or(i64::MIN, |history| (history.last / 60.0).floor() as i64);
+    let merge = |learned: &[u64], learned_end: i64, own: Option<(&[u64], i64)>| {
+        let learned = aligned(learned, learned_end, slot);
+        let own = own.map_or_else(
+            || vec![0; KEPT_SLOTS as usize],
+            |(counts, end)| aligned(counts, end, slot),
+        );
+        let merged: Vec<u64> = (0..KEPT_SLOTS as usize)
+            .map(|index| {
+                if first_kept + index as i64 <= log_last {
+                    learned[index]
+                } else {
+                    learned[index].max(own[index])
+                }
+            })
+            .collect();
+        let zeros = merged.iter().take_while(|units| **units == 0).count();
+        merged[zeros..].to_vec()
+    };
+    let own = running.volume.as_ref();
+    state.volume = Some(VolumeState {
+        slot,
+        all: merge(
+            &learned_volume.all,
+            learned_volume.slot,
+            own.map(|volume| (&volume.all[..], volume.slot)),
+        ),
+        transactional: merge(
+            &learned_volume.transactional,
+            learned_volume.slot,
+            own.map(|volume| (&volume.transactional[..], volume.slot)),
+        ),
+        seeds: [None; 2],
+        since: learned_volume
+            .since
+            .min(own.map_or(i64::MAX, |volume| volume.since))
+            .max(slot - KEPT_SLOTS),
+    });
+    state
+}
+
 /// `counts` ending at minute `end`, placed in the kept span ending at
 /// `slot` (a count after `slot` goes into it).
 fn aligned(counts: &[u64], end: i64, slot: i64) -> Vec<u64> {
@@ -527,6 +585,56 @@ mod tests {
         let all = merged.volume.as_ref().unwrap().all.clone();
         assert_eq!(&all[all.len() - 4..], &[40, 0, 3, 0]);
         assert_eq!(merged.volume.as_ref().unwrap().since, NOW_MINUTE - 2_000);
+    }
+
+    #[test]
+    fn a_running_service_adopts_a_learned_history_and_keeps_its_own_counts() {
+        let now = NOW_MINUTE as f64 * 60.0;
+        let shaping = shaping("");
+        let log = history(NOW_MINUTE - 2_000, &[(0, 5, 5), (1_990, 7, 7)]);
+        let learned = learned_state(&shaping, &log, None, false, now - 120.0).unwrap();
+        let running = SavedState {
+            saved_at: now,
+            baseline: 0.01,
+            penalty: 0.5,
+            paused_until: 0.0,
+            caps: vec![(60.0, vec![(NOW_MINUTE, 2)])],
+            volume: Some(VolumeState {
+                slot: NOW_MINUTE,
+                // Its own sends: 4 in the log's last minute (NOW - 10),
+                // 2 after it.
+                all: vec![4, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1],
+                transactional: vec![1],
+                seeds: [None; 2],
+                since: NOW_MINUTE - 30,
+            }),
+            history: None,
+        };
+        let adopted = adopt(&running, &learned);
+        assert_eq!(adopted.caps, running.caps);
+        assert_eq!(adopted.penalty, 0.5);
+        assert_eq!(adopted.history, learned.history);
+        let volume = adopted.volume.clone().unwrap();
+        assert_eq!(volume.slot, NOW_MINUTE);
+        assert_eq!(volume.since, NOW_MINUTE - 2_000);
+        assert_eq!(
+            volume.all.iter().sum::<u64>(),
+            5 + 7 + 2,
+            "{:?}",
+            &volume.all[volume.all.len() - 12..]
+        );
+        assert_eq!(
+            volume.all[volume.all.len() - 11..],
+            [7, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1]
+        );
+        assert_eq!(volume.transactional.iter().sum::<u64>(), 5 + 7 + 1);
+        let text = SavedState {
+            saved_at: now,
+            ..adopted.clone()
+        }
+        .to_text("g")
+        .unwrap();
+        assert!(SavedState::parse(&text).is_some());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::client::Credentials;
 use super::held;
+use super::history::Kept;
 use super::queue::{DeliveryQueue, Parked, Parking, Queued};
 use super::retry::Backoff;
 use super::worker::{WorkerContext, worker};
@@ -99,7 +100,7 @@ impl Generation {
             .zip(loaded.upstreams)
             .zip(loaded.logins)
             .map(|((gateway, tls), credentials)| {
-                let queue = open_queue(
+                let (queue, history) = open_queue(
                     config,
                     gateway,
                     &spool,
@@ -114,6 +115,7 @@ impl Generation {
                     credentials,
                     queue,
                     recent: Mutex::new(VecDeque::new()),
+                    history,
                     backoff: Backoff {
                         initial: gateway.retry_initial,
                         max: gateway.retry_max,
@@ -301,6 +303,7 @@ impl Generation {
         for gateway in self.gateways.iter() {
             let name = &gateway.config.name;
             let (state, reserve) = gateway.queue.snapshot(reserve);
+            let state = gateway.history.before_save(state, &self.spool, name);
             let saved = match state.to_text(name) {
                 Ok(text) => self
                     .spool
@@ -310,7 +313,10 @@ impl Generation {
                 Err(error) => Err(error.to_string()),
             };
             match saved {
-                Ok(()) => gateway.queue.saved(reserve),
+                Ok(()) => {
+                    gateway.history.saved(&self.spool, name);
+                    gateway.queue.saved(reserve);
+                }
                 Err(error) => {
                     tracing::error!(gateway = %name, %error, "cannot save the shaping state; capped sends wait until it is saved");
                 }
@@ -398,9 +404,12 @@ fn open_queue(
     save_wanted: &Arc<Notify>,
     metrics: &Metrics,
     cluster: Option<&Arc<Cluster>>,
-) -> DeliveryQueue {
+) -> (DeliveryQueue, Kept) {
+    let identity = crate::spool::shaping_state_identity(spool.dir(), &gateway.name);
     let saved = load_state(spool, &gateway.name);
     let shaping = &gateway.shaping;
+    let now = crate::spool::unix_seconds() as f64;
+    let history = Kept::at_start(saved.as_ref(), shaping, identity, now);
     let queue = DeliveryQueue::shared(
         &gateway.name,
         |now| match &saved {
@@ -426,7 +435,7 @@ fn open_queue(
     let model = queue.view().0.model;
     tracing::info!(
         gateway = %gateway.name,
-        history = if saved.is_some() { "restored" } else { "none (initial_rate)" },
+        history = %history.describe(shaping, now),
         baseline = %shaping.rate_period.format(model.baseline),
         ceiling = %shaping.rate_period.format(model.ceiling),
         hour_allowance = %allowance(&model.budgets, Horizon::Hour),
@@ -438,10 +447,10 @@ fn open_queue(
             gateway = %gateway.name,
             hour_allowance = %allowance(&model.budgets, Horizon::Hour),
             day_allowance = %allowance(&model.budgets, Horizon::Day),
-            "no history for this gateway: it may send its floors in the first hour and day, and mail beyond them is held and released along the warm-up; if the gateway already sends more, say so with initial_rate = [\"60/min\", \"<busiest hour>/h\", \"<busiest day>/day\"]"
+            "no history for this gateway: it may send its floors in the first hour and day, and mail beyond them is held and released along the warm-up; if the gateway already sends more, learn its history from its log (smtp-shaper learn) or say so with initial_rate = [\"60/min\", \"<busiest hour>/h\", \"<busiest day>/day\"]"
         );
     }
-    queue
+    (queue, history)
 }
 
 /// What the budget of `horizon` lets out in its window now, as the logs

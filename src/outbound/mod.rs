@@ -20,6 +20,7 @@ pub mod client;
 pub mod dkim;
 mod generation;
 mod held;
+mod history;
 pub mod oauth;
 mod queue;
 pub mod retry;
@@ -54,6 +55,8 @@ struct Gateway {
     credentials: Option<Credentials>,
     /// The latest replies that were not 2xx, for /status.
     recent: Mutex<VecDeque<(u64, String)>>,
+    /// Where its volume history comes from; a learned one found on disk.
+    history: history::Kept,
 }
 
 /// How many recent non-2xx replies /status shows per gateway.
