@@ -27,6 +27,8 @@
 //! the log's counts up to its end and keeps the saved ones after it.
 //! The file is replaced by the spool's crash-safe write (temporary file,
 //! fsync, rename, fsync of the directory): a crash leaves the old state.
+//! The read and the write hold the file's lock, which a running service
+//! takes for each save, so no save falls between them.
 
 use std::path::Path;
 
@@ -64,6 +66,9 @@ pub fn learn(request: &Request, zone: &Zone, now: f64) -> Result<String, String>
     let history = super::read(request.inputs, zone, now)?;
     check_span(&history)?;
     let path = crate::spool::shaping_state_path(&config.spool.dir, &gateway.name);
+    // A running service does not save between this read and the write.
+    let _lock = crate::spool::lock_shaping_state(&config.spool.dir, &gateway.name)
+        .map_err(|error| error.to_string())?;
     let existing = match std::fs::read_to_string(&path) {
         Ok(text) => Some(SavedState::parse(&text).ok_or_else(|| {
             format!(

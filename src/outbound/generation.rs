@@ -302,6 +302,17 @@ impl Generation {
     pub(super) async fn save_shaping(&self, reserve: bool) {
         for gateway in self.gateways.iter() {
             let name = &gateway.config.name;
+            // Not interleaved with a `learn` replacing the file (see history).
+            let lock = {
+                let (dir, name) = (self.spool.dir().to_path_buf(), name.clone());
+                tokio::task::spawn_blocking(move || crate::spool::lock_shaping_state(&dir, &name))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|locked| locked)
+            };
+            if let Err(error) = &lock {
+                tracing::warn!(gateway = %name, %error, "saving the shaping state without its lock");
+            }
             let (state, reserve) = gateway.queue.snapshot(reserve);
             let state = gateway.history.before_save(state, &self.spool, name);
             let saved = match state.to_text(name) {
@@ -315,6 +326,7 @@ impl Generation {
             match saved {
                 Ok(()) => {
                     gateway.history.saved(&self.spool, name);
+                    drop(lock);
                     gateway.queue.saved(reserve);
                 }
                 Err(error) => {

@@ -10,7 +10,10 @@
 //! save from then on carries it (merged with the service's own counts,
 //! see `history::learn::adopt`), and the next reload (SIGHUP) or start
 //! shapes from it. The service's caps, throttling cut and pause are its
-//! own throughout.
+//! own throughout. The service holds the file's lock
+//! (`spool::lock_shaping_state`) from the look to the end of its write, as
+//! `learn` does from its read to its write, so neither lands unseen between
+//! the other's steps.
 
 use std::sync::Mutex;
 

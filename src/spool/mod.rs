@@ -659,6 +659,26 @@ pub fn replace_shaping_state(dir: &Path, gateway: &str, text: &str) -> io::Resul
         .map_err(|error| annotate(error, &shaping.join(&name), "cannot write"))
 }
 
+/// Holds the saved shaping state of `gateway` for one read-and-replace
+/// (`learn`'s merge, the service's check-and-save) until the file returned
+/// is dropped: the two never interleave, so neither writes over what the
+/// other just wrote unseen. An advisory lock on `shaping/.<gateway>.lock`,
+/// released by the kernel if the process dies.
+pub fn lock_shaping_state(dir: &Path, gateway: &str) -> io::Result<File> {
+    let shaping = dir.join(SHAPING_DIR);
+    fs::create_dir_all(&shaping).map_err(|error| annotate(error, &shaping, "cannot create"))?;
+    let path = shaping.join(format!(".{gateway}.lock"));
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| annotate(error, &path, "cannot open"))?;
+    file.lock()
+        .map_err(|error| annotate(error, &path, "cannot lock"))?;
+    Ok(file)
+}
+
 /// Which file the saved shaping state of `gateway` is now (device, inode,
 /// size, modification time): a change tells a running service that
 /// another process (`learn`) replaced it. `None` when there is none.
@@ -751,6 +771,23 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    #[test]
+    fn learn_and_the_service_take_turns_on_a_shaping_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_shaping_state(dir.path(), "g").unwrap();
+        let other = File::open(dir.path().join("shaping/.g.lock")).unwrap();
+        assert!(other.try_lock().is_err(), "held: the other waits");
+        drop(held);
+        other.try_lock().expect("released");
+        // A temporary file a killed writer left does not stand in the way.
+        std::fs::write(dir.path().join("shaping/.g.toml.learn.tmp"), "torn").unwrap();
+        replace_shaping_state(dir.path(), "g", "whole\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(shaping_state_path(dir.path(), "g")).unwrap(),
+            "whole\n"
+        );
     }
 
     #[tokio::test]
