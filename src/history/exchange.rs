@@ -205,6 +205,64 @@ mod tests {
         assert_eq!(minutes, vec![(2, 3)]);
     }
 
+    /// A generated export (rows per recipient, in any status, both date
+    /// forms, quoted subjects with commas and quotes) against counts kept
+    /// as it was written.
+    #[test]
+    fn a_generated_export_counts_what_was_delivered() {
+        let mut rng = fastrand::Rng::with_seed(22);
+        let mut lines = vec![
+            "#TYPE Deserialized.Microsoft.Exchange.Management.FfoReporting.MessageTrace"
+                .to_string(),
+            r#""Received","SenderAddress","RecipientAddress","Subject","Status","MessageId""#
+                .to_string(),
+        ];
+        let mut expected: std::collections::BTreeMap<i64, (u64, u64)> = Default::default();
+        let start = 1_796_601_600i64; // 2026-12-07 00:00 UTC
+        for message in 0..500 {
+            let at = start + rng.i64(0..86_400);
+            let (hour, minute, second) = (at % 86_400 / 3_600, at % 3_600 / 60, at % 60);
+            let received = if rng.bool() {
+                format!("2026-12-07T{hour:02}:{minute:02}:{second:02}.1234567Z")
+            } else {
+                let (twelve, meridiem) = match hour {
+                    0 => (12, "AM"),
+                    1..=11 => (hour, "AM"),
+                    12 => (12, "PM"),
+                    _ => (hour - 12, "PM"),
+                };
+                format!("12/7/2026 {twelve}:{minute:02}:{second:02} {meridiem}")
+            };
+            let mut delivered_any = false;
+            for recipient in 0..rng.u32(1..4) {
+                let status = ["Delivered", "Failed", "Pending", "Delivered"][rng.usize(0..4)];
+                lines.push(format!(
+                    r#""{received}","app@a.example","r{recipient}@b.example","Invoice {message}, ""final""","{status}","<{message}@a.example>""#
+                ));
+                if status == "Delivered" {
+                    let entry = expected.entry(at / 60).or_default();
+                    entry.1 += 1;
+                    if !delivered_any {
+                        entry.0 += 1;
+                        delivered_any = true;
+                    }
+                }
+            }
+        }
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let counts = read(&lines).unwrap();
+        let got: std::collections::BTreeMap<i64, (u64, u64)> = counts
+            .minutes
+            .iter()
+            .map(|(minute, count)| (*minute, (count.messages, count.recipients)))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(
+            counts.lines,
+            counts.counted + counts.skipped.values().sum::<u64>()
+        );
+    }
+
     #[test]
     fn a_header_without_the_needed_columns_is_an_error() {
         let error = read(&["a,b,c", "1,2,3"]).err().unwrap();

@@ -221,6 +221,29 @@ mod tests {
     }
 
     #[test]
+    fn a_traditional_log_across_new_year_gets_both_years() {
+        // Read on 2027-01-02 12:00 UTC, at +01:00.
+        let now = 1_798_891_200.0;
+        let zone = Zone::Fixed(3_600);
+        let mut postfix = Postfix::new(&zone, now);
+        let mut counts = Counts::default();
+        for line in [
+            "Dec 31 23:59:30 mx postfix/smtp[1]: A1: to=<a@x>, relay=x[192.0.2.1]:25, status=sent (ok)",
+            "Jan  1 00:00:10 mx postfix/smtp[1]: A2: to=<a@x>, relay=x[192.0.2.1]:25, status=sent (ok)",
+            "Jan  2 13:30:00 mx postfix/smtp[1]: A3: to=<a@x>, relay=x[192.0.2.1]:25, status=sent (ok)",
+        ] {
+            postfix.feed(line, &mut counts);
+        }
+        // Local 2026-12-31 23:59:30, 2027-01-01 00:00:10 and 2027-01-02
+        // 13:30 (half an hour ahead of now: this year's, not last year's).
+        let minutes: Vec<i64> = counts.minutes.keys().copied().collect();
+        assert_eq!(
+            minutes,
+            vec![1_798_757_970 / 60, 1_798_758_010 / 60, 1_798_893_000 / 60,]
+        );
+    }
+
+    #[test]
     fn loopback_detection() {
         assert!(on_loopback("127.0.0.1[127.0.0.1]:10024"));
         assert!(on_loopback("amavis[127.0.0.2]:10024"));
