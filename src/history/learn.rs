@@ -65,6 +65,7 @@ pub fn learn(request: &Request, zone: &Zone, now: f64) -> Result<String, String>
     };
     let history = super::read(request.inputs, zone, now)?;
     check_span(&history)?;
+    check_recent(&history, now)?;
     let path = crate::spool::shaping_state_path(&config.spool.dir, &gateway.name);
     // A running service does not save between this read and the write.
     let _lock = crate::spool::lock_shaping_state(&config.spool.dir, &gateway.name)
@@ -126,6 +127,19 @@ fn check_span(history: &History) -> Result<(), String> {
             duration(counts.span()),
             format_minute(counts.first.unwrap_or(0.0)),
             format_minute(counts.last.unwrap_or(0.0)),
+        ));
+    }
+    Ok(())
+}
+
+/// A history that ended before the kept span would write nothing.
+fn check_recent(history: &History, now: f64) -> Result<(), String> {
+    let last = history.counts.last.unwrap_or(0.0);
+    if last < now - KEPT_SLOTS as f64 * 60.0 {
+        return Err(format!(
+            "the {} ends at {}, more than 9 days ago: the volume rule weighs only the last 7 + 2 days, so none of it would count (simulate --history replays an older history)",
+            history.source,
+            format_minute(last)
         ));
     }
     Ok(())
@@ -653,6 +667,12 @@ mod tests {
         let short = history(NOW_MINUTE, &[(0, 1, 1), (600, 1, 1)]);
         let error = check_span(&short).unwrap_err();
         assert!(error.contains("covers only 10h 0m"), "{error}");
+        let old = history(NOW_MINUTE - 11 * 1_440, &[(0, 1, 1), (1_500, 1, 1)]);
+        assert!(check_span(&old).is_ok());
+        let error = check_recent(&old, NOW_MINUTE as f64 * 60.0).unwrap_err();
+        assert!(error.contains("more than 9 days ago"), "{error}");
+        let recent = history(NOW_MINUTE - 3 * 1_440, &[(0, 1, 1), (1_500, 1, 1)]);
+        assert!(check_recent(&recent, NOW_MINUTE as f64 * 60.0).is_ok());
         let empty = History {
             counts: Counts::default(),
             source: "csv".into(),
