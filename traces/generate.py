@@ -3,6 +3,8 @@
 
 Each row is one message: seconds since the trace start, the app that sent it,
 its number of recipients. Run from this folder: python3 generate.py
+(`python3 generate.py --last-week FILE` writes only the existing gateway's
+log, moved to the week before today.)
 """
 import random
 
@@ -88,15 +90,12 @@ def existing_week(rng, start):
     return rows
 
 
-def existing_gateway(rng):
-    """A gateway that already sends (about 700 a working day, 150 of them in
-    a two-minute report run): the week before smtp-shaper, as the gateway's
-    own Postfix log (rsyslog's RFC 3339 timestamps, gzip, a content filter
-    hop, deferrals and bounces), and the first week through smtp-shaper, as
-    a trace (seconds from Monday 00:00)."""
+def existing_gateway_log(rng, monday, path):
+    """The week from `monday` (Unix seconds) of a gateway that already sends
+    (about 700 a working day, 150 of them in a two-minute report run), as
+    its own Postfix log: rsyslog's RFC 3339 timestamps, gzip, a content
+    filter hop, deferrals and bounces."""
     import gzip
-    # Monday 2026-11-30 00:00 UTC.
-    monday = 1_795_996_800
     week = existing_week(rng, monday)
     lines = []
     queue_ids = iter(rng.sample(range(16 ** 9, 16 ** 10), 3 * len(week)))
@@ -128,13 +127,27 @@ def existing_gateway(rng):
                 lines.append(sent(at + index * 0.1, qid, to))
         lines.append((at + 700, f"{stamp(at + 700)} gw1 postfix/qmgr[812]: {qid}: removed"))
     lines.sort()
-    with gzip.GzipFile("existing-gateway.maillog.gz", "wb", mtime=0) as out:
+    with gzip.GzipFile(path, "wb", mtime=0) as out:
         out.write("".join(line + "\n" for _, line in lines).encode())
-    first = existing_week(rng, 0)
-    write("existing-gateway.csv", [row for row in first])
+
+
+def existing_gateway(rng):
+    """The week before smtp-shaper (Monday 2026-11-30 00:00 UTC on) as the
+    gateway's log, and the first week through smtp-shaper, as a trace
+    (seconds from Monday 00:00)."""
+    existing_gateway_log(rng, 1_795_996_800, "existing-gateway.maillog.gz")
+    write("existing-gateway.csv", existing_week(rng, 0))
 
 
 if __name__ == "__main__":
+    import sys, time
+    if sys.argv[1:2] == ["--last-week"]:
+        # The same log as existing-gateway.maillog.gz, moved to the seven
+        # days before today (UTC), written where asked: a recent history for
+        # `smtp-shaper learn` whatever the date.
+        today = int(time.time()) // DAY * DAY
+        existing_gateway_log(random.Random(5), today - 7 * DAY, sys.argv[2])
+        sys.exit(0)
     idle_burst(random.Random(1))
     business_hours(random.Random(2))
     steady_growth(random.Random(3))
