@@ -25,7 +25,7 @@ const TIME: [&str; 4] = [
 ];
 const RECIPIENT: [&str; 3] = ["recipientaddress", "recipient_address", "recipients"];
 const COUNT: [&str; 2] = ["recipient_count", "recipientcount"];
-const STATUS: [&str; 4] = ["status", "event_id", "eventid", "recipient_status"];
+const STATUS: [&str; 3] = ["status", "event_id", "eventid"];
 const MESSAGE: [&str; 4] = [
     "messageid",
     "message_id",

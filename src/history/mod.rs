@@ -91,6 +91,7 @@ impl Format {
     /// `simulate --history`, which takes any): a syslog line, a header
     /// naming Exchange's columns, or else CSV.
     pub fn sniff(line: &str) -> Format {
+        let line = line.trim_start_matches('\u{feff}');
         let first = line.split_whitespace().next().unwrap_or("");
         let syslog = time::rfc3339(first, 0).is_some() || time::month_number(first).is_some();
         let lower = line.to_ascii_lowercase();
@@ -249,6 +250,10 @@ mod tests {
             Format::PostfixLog
         );
         assert_eq!(Format::sniff("#TYPE Deserialized.X"), Format::ExchangeTrace);
+        assert_eq!(
+            Format::sniff("\u{feff}#TYPE Deserialized.X"),
+            Format::ExchangeTrace
+        );
         assert_eq!(
             Format::sniff("\"Received\",\"RecipientAddress\",\"Status\""),
             Format::ExchangeTrace

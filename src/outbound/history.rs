@@ -111,13 +111,12 @@ impl Kept {
             Source::Seeded => "initial_rate".to_string(),
             Source::None => "none".to_string(),
         };
-        let minutes = ((now - state.since) / 60.0)
-            .floor()
-            .clamp(0.0, KEPT_SLOTS as f64);
+        // What the rule still holds: at most the kept span.
+        let since = state.since.max(now - KEPT_SLOTS as f64 * 60.0).max(0.0);
         HistoryView {
             source,
-            since: state.since.max(0.0) as u64,
-            minutes: minutes as u64,
+            since: since as u64,
+            minutes: ((now - since) / 60.0).floor().max(0.0) as u64,
         }
     }
 
@@ -204,5 +203,90 @@ fn days(seconds: f64) -> String {
         format!("{}d", text.trim_end_matches(".0"))
     } else {
         format!("{:.0}h", (seconds / 3_600.0).max(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::shaper::volume::VolumeState;
+
+    fn shaping(extra: &str) -> ShapingConfig {
+        Config::parse(&format!(
+            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\nmin_rate = [\"10/min\", \"60/h\", \"300/day\"]\n{extra}\n"
+        ))
+        .unwrap()
+        .gateways[0]
+            .shaping
+            .clone()
+    }
+
+    const NOW: f64 = 1_796_634_000.0;
+
+    fn saved(since_minutes_ago: i64, history: Option<HistorySource>) -> SavedState {
+        let slot = (NOW / 60.0) as i64;
+        SavedState {
+            saved_at: NOW,
+            baseline: 0.1,
+            penalty: 1.0,
+            paused_until: 0.0,
+            caps: Vec::new(),
+            volume: Some(VolumeState {
+                slot,
+                all: vec![1],
+                transactional: vec![],
+                seeds: [None; 2],
+                since: slot - since_minutes_ago,
+            }),
+            history,
+        }
+    }
+
+    #[test]
+    fn says_where_the_history_comes_from() {
+        let plain = shaping("");
+        let none = Kept::at_start(None, &plain, None, NOW);
+        assert_eq!(none.describe(&plain, NOW), "none: floors 60/h, 300/day");
+        assert_eq!(none.view(NOW).source, "none");
+        assert_eq!(
+            none.view(NOW + 600.0).source,
+            "own sends",
+            "once it has sent"
+        );
+        let seeded_config = shaping("initial_rate = [\"60/min\", \"200/h\"]");
+        let seeded = Kept::at_start(None, &seeded_config, None, NOW);
+        assert_eq!(
+            seeded.describe(&seeded_config, NOW),
+            "seeded by initial_rate"
+        );
+        let own = Kept::at_start(Some(&saved(2 * 1_440, None)), &plain, None, NOW);
+        assert_eq!(own.describe(&plain, NOW), "own sends, 2d");
+        let learned = HistorySource {
+            source: "postfix log".into(),
+            learned_at: NOW,
+            first: NOW - 7.0 * 86_400.0,
+            last: NOW - 60.0,
+        };
+        let from_log = Kept::at_start(
+            Some(&saved(7 * 1_440, Some(learned.clone()))),
+            &plain,
+            None,
+            NOW,
+        );
+        assert_eq!(
+            from_log.describe(&plain, NOW),
+            "learned from postfix log, 7d"
+        );
+        let view = from_log.view(NOW);
+        assert_eq!(
+            (view.source.as_str(), view.since, view.minutes),
+            ("postfix log", (NOW as u64 / 60 - 7 * 1_440) * 60, 7 * 1_440)
+        );
+        // Weeks later the learned history has left the kept span.
+        let later = NOW + 30.0 * 86_400.0;
+        let view = from_log.view(later);
+        assert_eq!(view.source, "own sends");
+        assert_eq!(view.minutes, KEPT_SLOTS as u64);
     }
 }
