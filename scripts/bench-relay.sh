@@ -173,7 +173,7 @@ if command -v redis-server >/dev/null; then
     REDIS_PID=$!
     PIDS+=("$REDIS_PID")
     wait_port "$REDIS_PORT"
-    CLUSTER_SECTION=$(printf '[cluster]\nredis = "redis://127.0.0.1:%s/0"\nnode = "bench"' "$REDIS_PORT")
+    CLUSTER_SECTION=$(printf '[cluster]\nredis = "redis://127.0.0.1:%s/0"\nnode = "bench"\nexpected_nodes = 1' "$REDIS_PORT")
     start_sink
     start_shaper clustered "$SINK_PORT"
     # The first heartbeat connects the node (until then it runs on its share).

@@ -66,6 +66,9 @@ impl Service {
         let policy = policy::Policy::from_config(&config);
         let metrics = Arc::new(Metrics::new(&policy.gateways, &policy.apps.names()));
         let (spool, recovery) = Spool::open(&config.spool, metrics.spool_fsync_seconds.clone())?;
+        if let Some(warning) = spool::segment_size_warning(&config.spool) {
+            tracing::warn!(dir = %config.spool.dir.display(), "{warning}");
+        }
         let listener = bind(config.server.listen, "").await?;
         let smtp_address = listener.local_addr()?;
         let tls = match &config.server.tls {

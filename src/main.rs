@@ -167,6 +167,10 @@ enum QueueAction {
     Hold { gateway: String },
     /// Resume delivering to a held gateway
     Release { gateway: String },
+    /// End a pause the gateway asked for (throttling, a used-up quota) on
+    /// purpose, e.g. once its limit was raised; a throttling cut stays and
+    /// recovers within backoff_recovery. `retry` does not end such a pause
+    Unpause { gateway: String },
     /// Remove a queued message for good
     Delete { id: String },
     /// The dead-letter files, oldest first, a page at a time
@@ -281,7 +285,11 @@ fn main() -> ExitCode {
 /// `check-config`: every problem of the file, or that it is valid.
 fn check_config(config: &Path) -> ExitCode {
     match Config::load(config) {
-        Ok(_) => {
+        Ok(loaded) => {
+            // Valid, but worth a look before it runs: said, exit 0.
+            if let Some(warning) = smtp_shaper::spool::segment_size_warning(&loaded.spool) {
+                eprintln!("{}: warning: {warning}", config.display());
+            }
             println!("{}: configuration is valid", config.display());
             ExitCode::SUCCESS
         }
@@ -414,6 +422,10 @@ fn queue(
         QueueAction::Release { gateway } => (
             "POST",
             format!("/admin/gateways/{}/release", encode(gateway)),
+        ),
+        QueueAction::Unpause { gateway } => (
+            "POST",
+            format!("/admin/gateways/{}/unpause", encode(gateway)),
         ),
         QueueAction::Delete { id } => ("DELETE", format!("/admin/queue/{}", encode(id))),
         QueueAction::Dead { page } => ("GET", format!("/admin/dead{}", page.query('?'))),

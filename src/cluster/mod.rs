@@ -428,13 +428,13 @@ impl GatewayLink {
     }
 
     /// This node heard throttling: every node pauses and slows down.
-    /// `backoff` is (factor, pause seconds, warmup per day).
+    /// `backoff` is (factor, pause seconds, recovery seconds).
     pub async fn throttled(&self, backoff: (f64, f64, f64)) -> Result<Reading, ClusterError> {
         let args = vec![
             self.node().to_string(),
             backoff.0.to_string(),
             ((backoff.1 * 1e6) as u64).to_string(),
-            backoff.2.to_string(),
+            ((backoff.2 * 1e6).max(1.0) as u64).to_string(),
         ];
         let reply = self.run(&self.cluster.scripts.throttle, args, 6).await?;
         self.reading(None, &reply[0..6])
@@ -446,6 +446,14 @@ impl GatewayLink {
             self.node().to_string(),
             ((seconds * 1e6) as u64).to_string(),
         ];
+        let reply = self.run(&self.cluster.scripts.pause, args, 6).await?;
+        self.reading(None, &reply[0..6])
+    }
+
+    /// An operator ends the gateway's pause on every node (`queue
+    /// unpause`): the pause ends now; the penalty stays.
+    pub async fn end_pause(&self) -> Result<Reading, ClusterError> {
+        let args = vec![self.node().to_string(), "0".into(), "end".into()];
         let reply = self.run(&self.cluster.scripts.pause, args, 6).await?;
         self.reading(None, &reply[0..6])
     }

@@ -478,6 +478,9 @@ pub struct ShapingConfig {
     pub count: CountUnit,
     pub backoff_factor: f64,
     pub backoff_pause: Duration,
+    /// How long the ceiling takes to climb back to where it was before a
+    /// throttling cut, once the gateway accepts again.
+    pub backoff_recovery: Duration,
     pub baseline_half_life: Duration,
     /// The period the file writes this gateway's rates in (that of the
     /// first of initial_rate, min_rate, max_rate given; else the defaults'
@@ -868,7 +871,10 @@ fn read_cluster(mut s: Section<'_>) -> ClusterConfig {
             Some(v.to_string())
         }),
         ca_file: s.optional("ca_file", "a PEM file path", parse_path),
-        expected_nodes: s.integer("expected_nodes", 1, 1, 10_000),
+        // No default: a node that starts while Redis is away runs on its
+        // share, and only the operator knows how many share the gateway
+        // (a default of 1 let two such nodes each send the whole rate).
+        expected_nodes: s.integer("expected_nodes", 0, 1, 10_000),
         timeout: s.parsed(
             "timeout",
             "250ms",
@@ -876,6 +882,12 @@ fn read_cluster(mut s: Section<'_>) -> ClusterConfig {
             units::parse_duration,
         ),
     };
+    if cluster.expected_nodes == 0 {
+        s.problem(
+            "expected_nodes",
+            "required; accepted: a whole number from 1 to 10000, the nodes (replicas) that share the gateways: a node that starts while Redis is out of reach sends 1/expected_nodes of the limits (or less, when it has seen more nodes lately)",
+        );
+    }
     if cluster.ca_file.is_some() && !cluster.redis.starts_with("rediss://") {
         s.problem("ca_file", "only a rediss:// (TLS) URL checks a certificate");
     }
@@ -1248,6 +1260,7 @@ fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConfig {
         ),
         backoff_factor: s.number("backoff_factor", 0.5, 0.01, 0.99),
         backoff_pause: s.duration("backoff_pause", "1m"),
+        backoff_recovery: s.duration("backoff_recovery", "1h"),
         baseline_half_life: s.duration("baseline_half_life", "7d"),
     };
     if shaping.min_rate > shaping.max_rate {
@@ -1266,6 +1279,12 @@ fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConfig {
         }
     }
     let mut shaping = shaping;
+    if shaping.backoff_recovery.is_zero() {
+        s.problem(
+            "backoff_recovery",
+            "must be above 0 (the time the ceiling takes to climb back after a throttling cut)",
+        );
+    }
     if shaping.max_queue_delay.is_zero() {
         s.problem("max_queue_delay", "must be longer than 0");
     } else if !delay_given {
@@ -2254,13 +2273,21 @@ mod tests {
         assert_eq!(cluster.expected_nodes, 3);
         assert_eq!(cluster.timeout, Duration::from_millis(250));
         let problems = Config::parse(&format!(
-            "{gateway}[cluster]\nredis = \"redis://:secret@redis:6379/0\"\nnode = \"a b\"\n"
+            "{gateway}[cluster]\nredis = \"redis://:secret@redis:6379/0\"\nnode = \"a b\"\nexpected_nodes = 2\n"
         ))
         .unwrap_err()
         .problems;
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("credentials"), "{problems:?}");
         assert!(problems[1].contains("cluster.node"), "{problems:?}");
+        let unsized_cluster = Config::parse(&format!(
+            "{gateway}[cluster]\nredis = \"redis://redis:6379/0\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            unsized_cluster.problems[0].contains("cluster.expected_nodes: required"),
+            "{unsized_cluster:?}"
+        );
         let missing = Config::parse(&format!("{gateway}[cluster]\n")).unwrap_err();
         assert!(
             missing.problems[0].contains("cluster.redis: required"),

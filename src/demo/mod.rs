@@ -907,6 +907,8 @@ mod tests {
                 send_rate: 0.0,
                 burst_ratio: 1.0,
                 penalty: 1.0,
+                penalty_phase: crate::shaper::penalty::PenaltyPhase::Calm,
+                recovery_left: 0.0,
                 paused_for: 0.0,
                 deferrals: [0; 6],
                 budgets: Vec::new(),

@@ -243,30 +243,28 @@ pub fn learned_state(
     };
     let half_life = shaping.baseline_half_life.as_secs_f64();
     let learned_baseline = baseline(shaping, counts, now);
-    let (baseline, penalty, paused_until, caps) = match existing {
-        Some(state) => {
-            let down = (now - state.saved_at).max(0.0);
-            let faded = state.baseline * 0.5f64.powf(down / half_life);
-            let recovered = if now >= state.paused_until {
-                (state.penalty * shaping.warmup.powf(down / DAY)).min(1.0)
-            } else {
-                state.penalty
-            };
-            let baseline = if replace {
-                learned_baseline
-            } else {
-                learned_baseline.max(faded)
-            };
-            (baseline, recovered, state.paused_until, state.caps.clone())
-        }
-        None => (learned_baseline, 1.0, 0.0, Vec::new()),
+    // The throttling cut and pause are kept as saved (their recovery
+    // counts from the save, so from now: a little slower, never faster).
+    let kept = existing.cloned().unwrap_or(SavedState {
+        saved_at: now,
+        baseline: 0.0,
+        penalty: 1.0,
+        paused_until: 0.0,
+        caps: Vec::new(),
+        volume: None,
+        history: None,
+        held: false,
+        nodes_seen: Default::default(),
+    });
+    let faded = kept.baseline * 0.5f64.powf((now - kept.saved_at).max(0.0) / half_life);
+    let baseline = if replace {
+        learned_baseline
+    } else {
+        learned_baseline.max(faded)
     };
     Ok(SavedState {
         saved_at: now,
         baseline,
-        penalty,
-        paused_until,
-        caps,
         volume: Some(volume),
         history: Some(HistorySource {
             source: history.source.clone(),
@@ -274,6 +272,7 @@ pub fn learned_state(
             first: counts.first.unwrap_or(now),
             last: counts.last.unwrap_or(now),
         }),
+        ..kept
     })
 }
 
@@ -579,6 +578,8 @@ mod tests {
                 since: NOW_MINUTE - 100,
             }),
             history: None,
+            held: true,
+            nodes_seen: Default::default(),
         };
         // The saved history has a send in minute NOW - 1; the log ends at NOW - 3.
         let log = history(
@@ -590,7 +591,8 @@ mod tests {
         let replaced = learned_state(&shaping, &log, Some(&existing), true, now).unwrap();
         assert_eq!(replaced.caps, existing.caps, "the caps' counts are kept");
         assert_eq!(replaced.paused_until, existing.paused_until);
-        assert_eq!(replaced.penalty, 0.5, "still paused: no recovery");
+        assert!(replaced.held, "an operator's hold is kept");
+        assert_eq!(replaced.penalty, 0.5, "the cut is kept as saved");
         let all = replaced.volume.as_ref().unwrap().all.clone();
         // Up to the log's end (NOW - 3) the log's counts (1, not the saved
         // 40); after it the saved ones.
@@ -628,6 +630,8 @@ mod tests {
                 since: NOW_MINUTE - 30,
             }),
             history: None,
+            held: false,
+            nodes_seen: Default::default(),
         };
         let adopted = adopt(&running, &learned);
         assert_eq!(adopted.caps, running.caps);

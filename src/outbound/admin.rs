@@ -7,7 +7,7 @@ use super::queue::{self, Attempt, Parked, Slot, Visited};
 use crate::poison::LockRecovered;
 use crate::spool::{StoredMessage, dead_letter_order, unix_seconds};
 use crate::telemetry::{
-    AdminError, GatewayStatus, Listing, Page, PagePicker, QueuedDetail, QueuedSummary,
+    AdminError, GatewayStatus, Listing, Page, PagePicker, QueuedDetail, QueuedSummary, RetryReport,
 };
 
 impl Generation {
@@ -206,8 +206,14 @@ impl Generation {
         })
     }
 
-    pub(super) fn retry(&self, id: Option<&str>) -> Result<usize, AdminError> {
+    pub(super) fn retry(&self, id: Option<&str>) -> Result<RetryReport, AdminError> {
         let moved: usize = self.gateways.iter().map(|g| g.queue.retry_now(id)).sum();
+        let still_paused = self
+            .gateways
+            .iter()
+            .map(|g| (g.config.name.clone(), g.queue.pause_left()))
+            .filter(|(_, left)| *left > 0.0)
+            .collect();
         match id {
             Some(id) if moved == 0 => {
                 self.find(id)?;
@@ -221,9 +227,22 @@ impl Generation {
                     retried = moved,
                     "operator asked for retries now"
                 );
-                Ok(moved)
+                Ok(RetryReport {
+                    retried: moved,
+                    still_paused,
+                })
             }
         }
+    }
+
+    pub(super) fn unpause(&self, gateway: &str) -> Result<f64, AdminError> {
+        let left = self.gateway(gateway)?.queue.end_pause();
+        tracing::warn!(
+            %gateway,
+            pause_left = %format!("{left:.0}s"),
+            "operator ended the gateway's throttling or quota pause; a throttling cut stays and recovers as it would"
+        );
+        Ok(left)
     }
 
     pub(super) fn hold(&self, gateway: &str, held: bool) -> Result<(), AdminError> {

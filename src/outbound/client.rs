@@ -287,12 +287,13 @@ impl Connection {
             } else {
                 ""
             };
-            let mut error = early(format!(
-                "gateway refused our login as {}: {reply}{hint}",
-                credentials.user
-            ));
-            error.refusal = Some(reply);
-            error
+            refused_with(
+                format!(
+                    "gateway refused our login as {}: {reply}{hint}",
+                    credentials.user
+                ),
+                reply,
+            )
         };
         if self.capabilities.auth_plain {
             let token =
@@ -375,12 +376,13 @@ impl Connection {
         if reply.code == 235 {
             return Ok(());
         }
-        let mut error = early(format!(
-            "gateway refused our XOAUTH2 login as {}: {reply}{challenge}",
-            credentials.user
-        ));
-        error.refusal = Some(reply);
-        Err(error)
+        Err(refused_with(
+            format!(
+                "gateway refused our XOAUTH2 login as {}: {reply}{challenge}",
+                credentials.user
+            ),
+            reply,
+        ))
     }
 
     async fn open_with(
@@ -408,9 +410,10 @@ impl Connection {
         }
         let greeting = connection.read_reply().await.map_err(mark_early)?;
         if greeting.code != 220 {
-            let mut error = early(format!("gateway greeting refused: {greeting}"));
-            error.refusal = Some(greeting);
-            return Err(error);
+            return Err(refused_with(
+                format!("gateway greeting refused: {greeting}"),
+                greeting,
+            ));
         }
         connection.hello(helo_name).await?;
         if matches!(mode, GatewayTls::Required | GatewayTls::Opportunistic) {
@@ -420,11 +423,18 @@ impl Connection {
                     .await
                     .map_err(mark_early)?;
                 let reply = connection.read_reply().await.map_err(mark_early)?;
-                if reply.code != 220 {
+                if reply.code == 421 {
+                    // Closing: there is no going on without TLS either.
+                    return Err(refused_with(
+                        format!("gateway refused STARTTLS: {reply}"),
+                        reply,
+                    ));
+                } else if reply.code != 220 {
                     if mode == GatewayTls::Required {
-                        return Err(early(format!(
-                            "gateway refused STARTTLS ({reply}) and tls = \"required\""
-                        )));
+                        return Err(refused_with(
+                            format!("gateway refused STARTTLS ({reply}) and tls = \"required\""),
+                            reply,
+                        ));
                     }
                 } else {
                     if !connection.buffer.is_empty() {
@@ -444,7 +454,9 @@ impl Connection {
         Ok(connection)
     }
 
-    /// EHLO (HELO if refused), keeping the capabilities it lists.
+    /// EHLO (HELO if EHLO is refused as unknown, 5xx), keeping the
+    /// capabilities it lists. A 4xx to EHLO (a 421 closes the connection)
+    /// is the gateway's refusal, not a reason to try HELO.
     async fn hello(&mut self, helo_name: &str) -> Result<(), ClientError> {
         self.write(format!("EHLO {helo_name}\r\n").as_bytes())
             .await
@@ -454,13 +466,19 @@ impl Connection {
             self.capabilities = parse_capabilities(&ehlo);
             return Ok(());
         }
+        if ehlo.is_transient() {
+            return Err(refused_with(format!("gateway refused EHLO: {ehlo}"), ehlo));
+        }
         self.capabilities = Capabilities::default();
         self.write(format!("HELO {helo_name}\r\n").as_bytes())
             .await
             .map_err(mark_early)?;
         let helo = self.read_reply().await.map_err(mark_early)?;
         if !helo.is_positive() {
-            return Err(early(format!("gateway refused EHLO and HELO: {helo}")));
+            return Err(refused_with(
+                format!("gateway refused EHLO and HELO: {helo}"),
+                helo,
+            ));
         }
         Ok(())
     }
@@ -793,6 +811,15 @@ fn early(message: String) -> ClientError {
         refusal: None,
         handshake_failed: false,
         outcome_unknown: false,
+    }
+}
+
+/// The gateway refused before any transaction (greeting, EHLO, STARTTLS,
+/// AUTH): what it said is kept, to be counted and heeded.
+fn refused_with(message: String, reply: Reply) -> ClientError {
+    ClientError {
+        refusal: Some(reply),
+        ..early(message)
     }
 }
 

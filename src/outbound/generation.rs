@@ -419,6 +419,7 @@ fn open_queue(
 ) -> (DeliveryQueue, Kept) {
     let identity = crate::spool::shaping_state_identity(spool.dir(), &gateway.name);
     let saved = load_state(spool, &gateway.name);
+    let held = saved.as_ref().is_some_and(|state| state.held);
     let shaping = &gateway.shaping;
     let now = crate::spool::unix_seconds() as f64;
     let history = Kept::at_start(saved.as_ref(), shaping, identity, now);
@@ -461,6 +462,15 @@ fn open_queue(
             day_allowance = %allowance(&model.budgets, Horizon::Day),
             "no history for this gateway: it may send its floors in the first hour and day, and mail beyond them is held and released along the warm-up; if the gateway already sends more, learn its history from its log (smtp-shaper learn) or say so with initial_rate = [\"60/min\", \"<busiest hour>/h\", \"<busiest day>/day\"]"
         );
+    }
+    if let Some(state) = saved.as_ref().filter(|state| state.nodes_seen.most > 0) {
+        queue.restore_nodes_seen(state.nodes_seen);
+    }
+    if held {
+        // The operator's word from before the restart, not a new one for
+        // the other nodes.
+        queue.carry_standing((true, None));
+        tracing::warn!(gateway = %gateway.name, "held by an operator (saved with the shaping state): nothing is delivered until `smtp-shaper queue release`");
     }
     (queue, history)
 }

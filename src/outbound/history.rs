@@ -240,6 +240,8 @@ mod tests {
                 since: slot - since_minutes_ago,
             }),
             history,
+            held: false,
+            nodes_seen: Default::default(),
         }
     }
 

@@ -39,6 +39,7 @@ use crate::shaper::{Admission, Deferral, GatewayView, Projection};
 use crate::spool::{Recovery, Spool, StoredMessage, unix_seconds};
 use crate::telemetry::{
     AdminError, GatewayStatus, Listing, Metrics, Page, QueuedDetail, QueuedSummary, Queues,
+    RetryReport,
 };
 use crate::tls::client::Upstream;
 use client::Credentials;
@@ -273,8 +274,12 @@ impl Queues for Outbound {
         self.current().show(id).await
     }
 
-    fn retry(&self, id: Option<&str>) -> Result<usize, AdminError> {
+    fn retry(&self, id: Option<&str>) -> Result<RetryReport, AdminError> {
         self.current().retry(id)
+    }
+
+    fn unpause(&self, gateway: &str) -> Result<f64, AdminError> {
+        self.current().unpause(gateway)
     }
 
     fn hold(&self, gateway: &str, held: bool) -> Result<(), AdminError> {

@@ -51,7 +51,7 @@ use tokio::time::{Duration, Instant};
 
 use crate::cluster::{ClusterError, ClusterView, GatewayLink, Heartbeat, Reading};
 use crate::config::AppClass;
-use crate::shaper::shared::{Ledger, Proposal, SharedFeedback, SharedLimits};
+use crate::shaper::shared::{Ledger, NodesSeen, Proposal, SharedFeedback, SharedLimits};
 use crate::shaper::{
     ClassCounts, Deferral, Due, GatewayModel, GatewayView, Lane, Projection, Release, SavedState,
     Scheduler, WindowCounts, fingerprints,
@@ -354,6 +354,8 @@ struct Shared {
     /// one gets through).
     live: u64,
     expected: u64,
+    /// The most live nodes seen lately (saved): never fewer are assumed.
+    seen: NodesSeen,
     /// What the other nodes have queued, per class.
     queued_elsewhere: ClassCounts,
     /// What this node sent on its share, for the shared counts.
@@ -374,12 +376,13 @@ const ACQUIRE_RETRY: Duration = Duration::from_secs(1);
 pub struct SharedStanding {
     ledger: Ledger,
     live: u64,
+    seen: NodesSeen,
     hold_pending: Option<bool>,
 }
 
 impl Shared {
-    fn share_of(&self) -> u64 {
-        self.live.max(self.expected)
+    fn share_of(&self, now: f64) -> u64 {
+        self.live.max(self.expected).max(self.seen.most_at(now))
     }
 }
 
@@ -538,6 +541,7 @@ impl DeliveryQueue {
                 wait_until: None,
                 live: expected,
                 expected,
+                seen: NodesSeen::default(),
                 queued_elsewhere: ClassCounts::default(),
                 ledger: Ledger::default(),
                 decision_seconds,
@@ -1005,12 +1009,12 @@ impl DeliveryQueue {
         shared.connected = false;
         shared.decided = true;
         shared.wait_until = None;
-        scheduler.set_share(now, shared.share_of());
+        scheduler.set_share(now, shared.share_of(now));
         if change {
             tracing::warn!(
                 gateway = %self.gateway,
                 %error,
-                share_of = shared.share_of(),
+                share_of = shared.share_of(now),
                 "cluster state out of reach; this node sends its share of the gateway's limits until it is back"
             );
         }
@@ -1076,6 +1080,7 @@ impl DeliveryQueue {
         let limits = state.scheduler.shared_limits(now);
         let shared = state.shared.as_mut()?;
         shared.live = beat.live;
+        shared.seen.observe(beat.live, now);
         shared.queued_elsewhere = beat.queued_elsewhere;
         shared.ledger.forget_before(now);
         Some(Writes {
@@ -1176,6 +1181,7 @@ impl DeliveryQueue {
         let standing = state.shared.as_mut().map(|shared| SharedStanding {
             ledger: std::mem::take(&mut shared.ledger),
             live: shared.live,
+            seen: shared.seen,
             hold_pending: shared.hold_pending,
         });
         (held, standing)
@@ -1192,10 +1198,20 @@ impl DeliveryQueue {
                 shared.ledger.add_minute(minute, counts);
             }
             shared.live = standing.live;
+            shared.seen = standing.seen;
             shared.hold_pending = standing.hold_pending;
         }
         drop(state);
         self.wake.notify_waiters();
+    }
+
+    /// Cluster mode: the most nodes seen lately, as saved before a
+    /// restart; never fewer are assumed while the shared state is out of
+    /// reach.
+    pub fn restore_nodes_seen(&self, seen: NodesSeen) {
+        if let Some(shared) = self.lock().shared.as_mut() {
+            shared.seen = seen;
+        }
     }
 
     /// How this node stands with the shared state (cluster mode).
@@ -1204,7 +1220,7 @@ impl DeliveryQueue {
         state.shared.as_ref().map(|shared| ClusterView {
             connected: shared.connected,
             nodes: shared.live,
-            share_of: shared.share_of(),
+            share_of: shared.share_of(self.now()),
         })
     }
 
@@ -1252,13 +1268,18 @@ impl DeliveryQueue {
     }
 
     /// The gateway answered with a throttling reply (`reply`, for the log).
-    pub fn throttled(&self, reply: &str) {
+    /// Returns true when it cut the ceiling (a new episode).
+    pub fn throttled(&self, reply: &str) -> bool {
         let mut state = self.lock();
         let now = self.now();
-        state.scheduler.throttled(now);
+        let cut = state.scheduler.throttled(now);
         self.log_changes(&mut state, Some(reply));
         // Every node pauses: the others hear it at their next decision.
-        if let Some(shared) = state.shared.as_ref().filter(|shared| shared.connected) {
+        if let Some(shared) = state
+            .shared
+            .as_ref()
+            .filter(|shared| cut && shared.connected)
+        {
             let link = shared.link.clone();
             let backoff = state.scheduler.backoff();
             let gateway = self.gateway.clone();
@@ -1268,6 +1289,15 @@ impl DeliveryQueue {
                 }
             });
         }
+        cut
+    }
+
+    /// The gateway accepted mail: a throttling episode whose pause is over
+    /// ends, and the ceiling starts climbing back.
+    pub fn gateway_accepted(&self) {
+        let mut state = self.lock();
+        let now = self.now();
+        state.scheduler.gateway_accepted(now);
     }
 
     /// The gateway's quota is used up: hold sending (see the model).
@@ -1287,6 +1317,33 @@ impl DeliveryQueue {
             });
         }
         Duration::from_secs_f64(hold)
+    }
+
+    /// Seconds left of a pause the gateway asked for (throttling, quota);
+    /// `retry` does not end it, [`DeliveryQueue::end_pause`] does.
+    pub fn pause_left(&self) -> f64 {
+        let state = self.lock();
+        state.scheduler.pause_left(self.now())
+    }
+
+    /// An operator ends the gateway's throttling or quota pause on purpose
+    /// (on every node, in cluster mode); returns the seconds it had left.
+    pub fn end_pause(&self) -> f64 {
+        let mut state = self.lock();
+        let now = self.now();
+        let left = state.scheduler.end_pause(now);
+        if let Some(shared) = state.shared.as_ref().filter(|shared| shared.connected) {
+            let link = shared.link.clone();
+            let gateway = self.gateway.clone();
+            tokio::spawn(async move {
+                if let Err(error) = link.end_pause().await {
+                    tracing::warn!(%gateway, %error, "could not end the pause on the other nodes");
+                }
+            });
+        }
+        drop(state);
+        self.wake.notify_waiters();
+        left
     }
 
     /// May a transaction of app `lane` with `recipients` recipients (the
@@ -1366,6 +1423,8 @@ impl DeliveryQueue {
             shared.hold_pending = Some(held);
         }
         drop(state);
+        // On disk soon, with the shaping state: a hold outlasts a restart.
+        self.save_wanted.notify_one();
         self.wake.notify_waiters();
     }
 
@@ -1552,11 +1611,17 @@ impl DeliveryQueue {
         Some(item)
     }
 
-    /// The state to save, counting `reserve` cap units ahead.
+    /// The state to save, counting `reserve` cap units ahead, with the
+    /// operator's hold.
     pub fn snapshot(&self, reserve: bool) -> (SavedState, u64) {
         let mut state = self.lock();
         let now = self.now();
-        state.scheduler.snapshot(now, reserve)
+        let (mut saved, reserve) = state.scheduler.snapshot(now, reserve);
+        saved.held = state.held;
+        if let Some(shared) = state.shared.as_ref() {
+            saved.nodes_seen = shared.seen;
+        }
+        (saved, reserve)
     }
 
     /// The snapshot taken with `reserve` is on disk.

@@ -303,8 +303,10 @@ async fn connect(gateway: &Gateway, context: &WorkerContext) -> Result<Open, Rep
                 .with_label_values(&[name])
                 .inc();
             gateway.remember(format!("connection failed: {error}"));
+            // What the gateway said before closing is counted and heeded
+            // like any reply.
             if let Some(refusal) = error.refusal.clone() {
-                heed_signals(gateway, vec![refusal]);
+                heard(gateway, context, vec![refusal]);
             }
             match gateway.queue.connect_failed(started, |failures| {
                 gateway.backoff.delay(failures, fastrand::f64())
@@ -378,16 +380,31 @@ fn sign(context: &WorkerContext, sender: &str, queue_id: &str, body: Vec<u8>) ->
 /// throttling slows the shaper down, a used-up quota holds the queue and
 /// turns those replies into retries, reputation trouble is logged for
 /// operators. Returns the replies to settle the recipients with.
+///
+/// A throttling reply to some recipients of a transaction the gateway
+/// accepted for others is about those recipients, not our rate: they are
+/// tried again, and the ceiling stays. An accepted transaction ends a
+/// throttling episode (see `shaper::penalty`).
 fn heed_signals(gateway: &Gateway, mut replies: Vec<Reply>) -> Vec<Reply> {
     let name = &gateway.config.name;
+    let accepted = replies.iter().any(Reply::is_positive);
+    if accepted {
+        gateway.queue.gateway_accepted();
+    }
     let mut throttled = false;
     let mut held = false;
     for reply in &mut replies {
         match classify(reply) {
+            Some(Signal::Throttling) if accepted => {
+                tracing::debug!(gateway = %name, reply = %reply, "a recipient throttled in a transaction the gateway accepted; only that recipient waits");
+            }
             Some(Signal::Throttling) if !throttled => {
                 throttled = true;
-                tracing::warn!(gateway = %name, reply = %reply, "gateway signals throttling; slowing down");
-                gateway.queue.throttled(&reply.to_string());
+                if gateway.queue.throttled(&reply.to_string()) {
+                    tracing::warn!(gateway = %name, reply = %reply, "gateway signals throttling; slowing down");
+                } else {
+                    tracing::info!(gateway = %name, reply = %reply, "gateway still throttling; same episode, no further cut");
+                }
             }
             Some(Signal::QuotaExhausted) => {
                 if !held {

@@ -11,6 +11,7 @@
 //!   minute: never more than `warmup` x the busiest recent window);
 //! - [`demand`]: what the apps try to send, deferred offers counted once;
 //! - [`feedback`]: which gateway replies mean "slow down";
+//! - [`penalty`]: what "slow down" does to the ceiling, and the way back;
 //! - [`model`]: the above together, plus admission;
 //! - [`fair`] and [`scheduler`]: the per-app round robin in front of the model;
 //! - [`state`]: what is saved so a restart remembers;
@@ -27,6 +28,7 @@ pub mod fair;
 pub mod feedback;
 pub mod meter;
 pub mod model;
+pub mod penalty;
 pub mod scheduler;
 pub mod shared;
 pub mod state;

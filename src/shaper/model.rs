@@ -17,6 +17,7 @@ use super::bucket::Bucket;
 use super::caps::Cap;
 use super::demand::Demand;
 use super::meter::RateMeter;
+use super::penalty::{Penalty, PenaltyPhase};
 use super::shared::{Elsewhere, SharedCap, SharedFeedback, SharedLimits};
 use super::state::SavedState;
 use super::volume::{BudgetReached, BudgetView, MinuteCount, Volume};
@@ -161,7 +162,7 @@ pub enum Cause {
     Fade,
     /// The gateway signalled throttling.
     Throttled,
-    /// Recovering from a throttling cut (no faster than `warmup`).
+    /// Recovering from a throttling cut (within `backoff_recovery`).
     Recovery,
     /// This node's share of the gateway changed: the shared state was
     /// lost (it runs on its share) or is back (see `shared`).
@@ -199,6 +200,11 @@ pub struct ModelView {
     pub burst_ratio: f64,
     /// The throttling multiplier (1 when the gateway is content).
     pub penalty: f64,
+    /// Where the penalty stands: calm, throttled, recovering.
+    pub penalty_phase: PenaltyPhase,
+    /// Seconds until the penalty is 1 again (counting the whole
+    /// `backoff_recovery` while the gateway has not accepted again).
+    pub recovery_left: f64,
     /// Seconds left of a throttling pause.
     pub paused_for: f64,
     /// Deferrals so far, in [`DeferReason::ALL`] order.
@@ -221,7 +227,9 @@ pub struct WindowCounts {
 pub struct GatewayModel {
     config: ShapingConfig,
     baseline: Baseline,
+    /// The throttling multiplier of the ceiling, as of `updated_at`.
     penalty: f64,
+    throttling: Penalty,
     paused_until: f64,
     bucket: Bucket,
     caps: Vec<Cap>,
@@ -264,6 +272,7 @@ impl GatewayModel {
         let mut model = GatewayModel {
             baseline,
             penalty: 1.0,
+            throttling: Penalty::new(config.backoff_factor, config.backoff_recovery.as_secs_f64()),
             paused_until: 0.0,
             bucket: Bucket::new(1.0, 1, now),
             caps: config
@@ -290,15 +299,20 @@ impl GatewayModel {
 
     /// A gateway with the history in `state`, saved `now - saved_at`
     /// seconds ago: the baseline fades and a throttling cut recovers for that
-    /// time; cap counts are kept as saved (they include the reserve).
+    /// time (see `penalty`); cap counts are kept as saved (they include the
+    /// reserve).
     pub fn restore(config: &ShapingConfig, state: &SavedState, now: f64) -> GatewayModel {
         let mut model = GatewayModel::new(config, now);
         model.baseline.rate = state.baseline.max(model.baseline.floor);
-        model.penalty = state.penalty.clamp(0.0, 1.0);
+        model.throttling = Penalty::restored(
+            config.backoff_factor,
+            config.backoff_recovery.as_secs_f64(),
+            state.penalty,
+            state.saved_at.min(now),
+        );
+        model.penalty = model.throttling.at(now);
         model.paused_until = state.paused_until;
-        let down = now - state.saved_at;
-        model.baseline.update(0.0, down);
-        model.recover(down);
+        model.baseline.update(0.0, now - state.saved_at);
         for cap in &mut model.caps {
             if let Some((_, slots)) = state
                 .caps
@@ -377,9 +391,7 @@ impl GatewayModel {
         let before = (self.baseline.rate, self.penalty);
         let observed = self.sent.rate(now);
         self.baseline.update(observed, elapsed);
-        if now >= self.paused_until {
-            self.recover(elapsed);
-        }
+        self.penalty = self.throttling.at(now);
         let cause = if self.penalty > before.1 {
             Cause::Recovery
         } else if self.baseline.rate >= before.0 {
@@ -388,12 +400,6 @@ impl GatewayModel {
             Cause::Fade
         };
         self.rebuild_if_moved(now, cause);
-    }
-
-    fn recover(&mut self, elapsed: f64) {
-        if self.penalty < 1.0 && elapsed > 0.0 {
-            self.penalty = (self.penalty * self.config.warmup.powf(elapsed / DAY)).min(1.0);
-        }
     }
 
     fn rebuild_if_moved(&mut self, now: f64, cause: Cause) {
@@ -451,17 +457,31 @@ impl GatewayModel {
         Decision::Send
     }
 
-    /// A gateway reply that signals throttling: cut the ceiling by
-    /// `backoff_factor` and pause `backoff_pause`. Signals during a pause
-    /// belong to the same episode and do not cut again.
-    pub fn throttled(&mut self, now: f64) {
+    /// A gateway reply that signals throttling: pause `backoff_pause`, and
+    /// when it opens an episode, cut the ceiling by `backoff_factor`, never
+    /// under `min_rate` (see `penalty`). Signals during a pause change
+    /// nothing; after it, before the gateway accepted again, they pause
+    /// again without a cut. Returns true for a cut (the other nodes hear
+    /// of it).
+    pub fn throttled(&mut self, now: f64) -> bool {
         if now < self.paused_until {
-            return;
+            return false;
         }
         self.update(now);
-        self.penalty *= self.config.backoff_factor;
+        let floor = self.config.min_rate / (self.baseline.rate * self.config.headroom);
+        let cut = self.throttling.throttled(now, floor);
+        self.penalty = self.throttling.at(now);
         self.paused_until = now + self.config.backoff_pause.as_secs_f64();
         self.rebuild_if_moved(now, Cause::Throttled);
+        cut
+    }
+
+    /// The gateway accepted mail: after a throttling pause, the episode
+    /// ends and the ceiling climbs back within `backoff_recovery`.
+    pub fn gateway_accepted(&mut self, now: f64) {
+        if now >= self.paused_until && self.throttling.in_episode() {
+            self.throttling.accepted(now);
+        }
     }
 
     /// The gateway says its sending quota is used up: hold everything until
@@ -476,6 +496,20 @@ impl GatewayModel {
             .max(3_600.0);
         self.paused_until = self.paused_until.max(now + hold);
         hold
+    }
+
+    /// Seconds left of a pause the gateway asked for (throttling, quota).
+    pub fn pause_left(&self, now: f64) -> f64 {
+        (self.paused_until - now).max(0.0)
+    }
+
+    /// An operator ends the gateway's pause on purpose (`queue unpause`);
+    /// a throttling cut stays and recovers as it would. Returns the
+    /// seconds the pause had left.
+    pub fn end_pause(&mut self, now: f64) -> f64 {
+        let left = self.pause_left(now);
+        self.paused_until = self.paused_until.min(now);
+        left
     }
 
     /// How long new mail would wait here, and what for: held mail is
@@ -676,10 +710,12 @@ impl GatewayModel {
         if feedback.pause_left > 0.0 {
             self.paused_until = self.paused_until.max(now + feedback.pause_left);
         }
-        let penalty = feedback.penalty_now(self.config.warmup);
-        if penalty < self.penalty - 1e-9 {
-            self.update(now);
-            self.penalty = penalty;
+        let floor = self.config.min_rate / (self.baseline.rate * self.config.headroom);
+        // The shared penalty recovers from the end of the shared pause.
+        let since = now + feedback.pause_left;
+        self.update(now);
+        if self.throttling.adopt(now, feedback.penalty, since, floor) {
+            self.penalty = self.throttling.at(now);
             self.rebuild_if_moved(now, Cause::Throttled);
         }
     }
@@ -741,6 +777,8 @@ impl GatewayModel {
             send_rate: self.sent.rate(now),
             burst_ratio: demand_rate / self.baseline.rate,
             penalty: self.penalty,
+            penalty_phase: self.throttling.phase(now),
+            recovery_left: (self.paused_until - now).max(0.0) + self.throttling.left(now),
             paused_for: (self.paused_until - now).max(0.0),
             deferrals: self.deferrals,
             budgets: self.volume.view(now),
@@ -781,6 +819,8 @@ impl GatewayModel {
                 .is_budgeted()
                 .then(|| self.volume.snapshot(now, reserve)),
             history: None,
+            held: false,
+            nodes_seen: Default::default(),
         }
     }
 
@@ -1068,24 +1108,43 @@ mod tests {
     }
 
     #[test]
-    fn throttling_cuts_pauses_and_recovers_no_faster_than_warmup() {
+    fn throttling_cuts_once_per_episode_floors_and_recovers_within_backoff_recovery() {
         let config = shaping(
-            "initial_rate = \"60/min\"\nmin_rate = \"1/min\"\nbackoff_factor = 0.5\nbackoff_pause = \"1m\"\nwarmup = \"2x/day\"",
+            "initial_rate = \"60/min\"\nmin_rate = \"15/min\"\nheadroom = 1.0\nbackoff_factor = 0.5\nbackoff_pause = \"1m\"\nbackoff_recovery = \"1h\"",
         );
         let mut model = GatewayModel::new(&config, 0.0);
-        model.throttled(100.0);
-        model.throttled(110.0);
-        let view = model.view(110.0);
-        assert_eq!(view.penalty, 0.5, "one cut per pause");
-        assert!((view.ceiling - 1.0).abs() < 1e-3);
+        assert!(model.throttled(100.0));
+        assert!(!model.throttled(110.0), "within the pause");
+        assert_eq!(model.view(110.0).penalty, 0.5);
         assert!(
             matches!(model.try_send(120.0, 1, AppClass::Transactional), Decision::Wait(wait) if (wait - 40.0).abs() < 1e-9)
         );
-        let changes = model.take_changes();
-        assert_eq!(changes[0].cause, Cause::Throttled);
-        let recovered = model.view(100.0 + DAY / 2.0).penalty;
-        assert!((recovered - 0.5 * 2f64.sqrt()).abs() < 0.01, "{recovered}");
-        assert_eq!(model.view(100.0 + 2.0 * DAY).penalty, 1.0);
+        assert_eq!(model.take_changes()[0].cause, Cause::Throttled);
+        // After the pause, before the gateway accepted: paused again, no cut.
+        assert!(!model.throttled(170.0));
+        assert_eq!(model.view(170.0).penalty, 0.5);
+        assert!(model.view(170.0).paused_for > 59.0);
+        assert_eq!(model.view(200.0).penalty_phase, PenaltyPhase::Throttled);
+        // Accepted during the pause: the episode goes on.
+        model.gateway_accepted(200.0);
+        assert_eq!(model.view(200.0).penalty_phase, PenaltyPhase::Throttled);
+        model.gateway_accepted(240.0);
+        assert_eq!(model.view(240.0).penalty_phase, PenaltyPhase::Recovering);
+        // A new episode cuts again, but never under min_rate (15 of 60).
+        for at in [300.0, 400.0, 500.0] {
+            model.throttled(at);
+            model.gateway_accepted(at + 61.0);
+        }
+        let floored = model.view(561.0);
+        assert!(floored.penalty >= 0.25 - 1e-9, "{}", floored.penalty);
+        assert!((floored.ceiling - 0.25).abs() < 1e-3, "{}", floored.ceiling);
+        // Back to the whole ceiling within backoff_recovery of the last
+        // acceptance, and halfway (log-linearly) at half of it.
+        let half = model.view(561.0 + 1_800.0).penalty;
+        assert!((half - 0.5).abs() < 0.01, "{half}");
+        let back = model.view(561.0 + 3_600.0);
+        assert_eq!(back.penalty, 1.0);
+        assert_eq!(back.penalty_phase, PenaltyPhase::Calm);
     }
 
     #[test]

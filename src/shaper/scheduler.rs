@@ -313,13 +313,14 @@ impl<T> Scheduler<T> {
     }
 
     /// The backoff settings the shared state applies when this node hears
-    /// throttling: (backoff_factor, backoff_pause in seconds, warmup).
+    /// throttling: (backoff_factor, backoff_pause and backoff_recovery in
+    /// seconds).
     pub fn backoff(&self) -> (f64, f64, f64) {
         let config = self.model.config();
         (
             config.backoff_factor,
             config.backoff_pause.as_secs_f64(),
-            config.warmup,
+            config.backoff_recovery.as_secs_f64(),
         )
     }
 
@@ -415,14 +416,30 @@ impl<T> Scheduler<T> {
         self.model.accepted(now, fingerprints);
     }
 
-    /// The gateway signalled throttling (see [`GatewayModel::throttled`]).
-    pub fn throttled(&mut self, now: f64) {
-        self.model.throttled(now);
+    /// The gateway signalled throttling (see [`GatewayModel::throttled`]);
+    /// true for a cut.
+    pub fn throttled(&mut self, now: f64) -> bool {
+        self.model.throttled(now)
+    }
+
+    /// See [`GatewayModel::gateway_accepted`].
+    pub fn gateway_accepted(&mut self, now: f64) {
+        self.model.gateway_accepted(now);
     }
 
     /// The gateway's quota is used up; returns the hold in seconds.
     pub fn quota_exhausted(&mut self, now: f64) -> f64 {
         self.model.quota_exhausted(now)
+    }
+
+    /// See [`GatewayModel::pause_left`].
+    pub fn pause_left(&self, now: f64) -> f64 {
+        self.model.pause_left(now)
+    }
+
+    /// See [`GatewayModel::end_pause`].
+    pub fn end_pause(&mut self, now: f64) -> f64 {
+        self.model.end_pause(now)
     }
 
     /// The rate the token bucket enforces now (messages per second; see

@@ -118,19 +118,45 @@ impl Elsewhere {
 
 /// The gateway's feedback as the shared state holds it: the throttling
 /// penalty as cut, and the pause left (seconds; 0 when none, negative: it
-/// ended that long ago, and the penalty has been recovering since).
+/// ended that long ago, and the penalty has been recovering since, within
+/// `backoff_recovery`, as [`super::penalty::Penalty`] recovers).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SharedFeedback {
     pub penalty: f64,
     pub pause_left: f64,
 }
 
-impl SharedFeedback {
-    /// The penalty at the moment of the reading: it recovers by `warmup`
-    /// per day from the end of its pause, as the model's own does.
-    pub fn penalty_now(&self, warmup: f64) -> f64 {
-        let recovering = (-self.pause_left).max(0.0);
-        (self.penalty * warmup.powf(recovering / 86_400.0)).clamp(0.0, 1.0)
+/// The most nodes this one has seen share the gateway lately: a node that
+/// starts while the shared state is out of reach must not assume fewer
+/// (each would send on too large a share). Kept under the spool with the
+/// shaping state. What was seen counts for a week after it was last seen,
+/// so a deployment scaled down is taken at its new size after a week.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct NodesSeen {
+    pub most: u64,
+    /// When `most` nodes were last seen (Unix seconds).
+    pub at: f64,
+}
+
+/// How long the most nodes seen count without being seen again.
+const NODES_REMEMBERED: f64 = 7.0 * 86_400.0;
+
+impl NodesSeen {
+    /// A heartbeat saw `live` nodes at `now`.
+    pub fn observe(&mut self, live: u64, now: f64) {
+        if live >= self.most || now - self.at > NODES_REMEMBERED {
+            self.most = live;
+            self.at = now;
+        }
+    }
+
+    /// The most nodes seen within the last week at `now` (0: none).
+    pub fn most_at(&self, now: f64) -> u64 {
+        if now - self.at <= NODES_REMEMBERED {
+            self.most
+        } else {
+            0
+        }
     }
 }
 
@@ -420,22 +446,17 @@ mod tests {
     }
 
     #[test]
-    fn a_penalty_recovers_from_the_end_of_its_pause() {
-        let paused = SharedFeedback {
-            penalty: 0.5,
-            pause_left: 30.0,
-        };
-        assert_eq!(paused.penalty_now(2.0), 0.5);
-        let a_day_later = SharedFeedback {
-            penalty: 0.5,
-            pause_left: -86_400.0,
-        };
-        assert!((a_day_later.penalty_now(2.0) - 1.0).abs() < 1e-9);
-        let half_a_day = SharedFeedback {
-            penalty: 0.25,
-            pause_left: -43_200.0,
-        };
-        assert!((half_a_day.penalty_now(4.0) - 0.5).abs() < 1e-9);
+    fn the_most_nodes_seen_last_a_week_after_they_were_last_seen() {
+        let day = 86_400.0;
+        let mut seen = NodesSeen::default();
+        seen.observe(2, 0.0);
+        seen.observe(5, day);
+        seen.observe(3, 2.0 * day);
+        assert_eq!(seen.most_at(2.0 * day), 5, "fewer now: the most stays");
+        assert_eq!(seen.most_at(8.0 * day), 5);
+        assert_eq!(seen.most_at(8.5 * day), 0, "a week since five were seen");
+        seen.observe(3, 8.5 * day);
+        assert_eq!(seen.most_at(9.0 * day), 3);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::shared::NodesSeen;
 use super::volume::{KEPT_SLOTS, Seed, VolumeState};
 use crate::config::Horizon;
 
@@ -27,6 +28,10 @@ pub struct SavedState {
     /// Where the volume history was learned from, when `smtp-shaper learn`
     /// wrote it (`None`: the gateway's own sends, or nothing yet).
     pub history: Option<HistorySource>,
+    /// An operator's hold (`queue hold`): it outlasts a restart.
+    pub held: bool,
+    /// Cluster mode: the most nodes seen sharing the gateway lately.
+    pub nodes_seen: NodesSeen,
 }
 
 /// A volume history learned from the gateway's own log: which kind of log
@@ -59,6 +64,11 @@ struct File {
     /// before it have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     history: Option<HistorySource>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    held: bool,
+    /// Cluster mode: (the most nodes seen lately, when last seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nodes_seen: Option<(u64, f64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -181,6 +191,9 @@ impl SavedState {
                 .collect(),
             volume: self.volume.as_ref().map(VolumeFile::new),
             history: self.history.clone(),
+            held: self.held,
+            nodes_seen: (self.nodes_seen.most > 0)
+                .then_some((self.nodes_seen.most, self.nodes_seen.at)),
         };
         let mut text = format!(
             "# smtp-shaper: learned shaping state of gateway \"{gateway}\", rewritten while it runs.\n\
@@ -227,6 +240,12 @@ impl SavedState {
                 .collect(),
             volume,
             history: file.history,
+            held: file.held,
+            nodes_seen: file
+                .nodes_seen
+                .filter(|(_, at)| at.is_finite())
+                .map(|(most, at)| NodesSeen { most, at })
+                .unwrap_or_default(),
         };
         // TOML has nan and inf; none is a time, a rate or a factor here.
         let finite = [
@@ -264,10 +283,23 @@ mod tests {
             ],
             volume: None,
             history: None,
+            held: false,
+            nodes_seen: NodesSeen::default(),
+        };
+        let text = state.to_text("primary").unwrap();
+        assert!(!text.contains("held"), "no hold, no line: {text}");
+        assert_eq!(SavedState::parse(&text), Some(state.clone()));
+        let held = SavedState {
+            held: true,
+            nodes_seen: NodesSeen {
+                most: 3,
+                at: 1_764_180_000.0,
+            },
+            ..state.clone()
         };
         assert_eq!(
-            SavedState::parse(&state.to_text("primary").unwrap()),
-            Some(state.clone())
+            SavedState::parse(&held.to_text("primary").unwrap()),
+            Some(held)
         );
         let with_volume = SavedState {
             volume: Some(VolumeState {

@@ -5,6 +5,12 @@
 //! While it syncs, new requests queue up and form the next batch, so the sync
 //! cost is shared by however many sessions are storing at once.
 //!
+//! A segment is deleted once every message in it is finished. The active
+//! one too: once all its messages are finished it is retired (when it has
+//! grown past [`RETIRE_FINISHED_AT`], or after a second without writes), so
+//! delivered mail gives its disk space back without waiting for the
+//! segment to fill up.
+//!
 //! After a failed write or sync the active segment is abandoned (its
 //! unacknowledged tail cut off when possible) and the next batch starts a new
 //! segment: a record is never appended behind bytes of unknown state, so
@@ -28,6 +34,11 @@ use super::{Location, done_path, segment_path};
 const DONE_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Most record bytes in one batch, so one huge batch cannot starve the rest.
 const MAX_BATCH_BYTES: usize = 32 << 20;
+/// An active segment whose messages are all finished is retired (and
+/// deleted) at once from this size on; a smaller one waits for a second
+/// without writes. A new segment costs a directory sync: under steady
+/// traffic that keeps delivering everything, one per megabyte is noise.
+const RETIRE_FINISHED_AT: u64 = 1 << 20;
 
 pub enum Request {
     /// Append a record; reply once it is durable.
@@ -117,6 +128,7 @@ impl Writer {
                 Ok(request) => request,
                 Err(RecvTimeoutError::Timeout) => {
                     self.sync_done_files();
+                    self.retire_if_finished(1);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -270,6 +282,18 @@ impl Writer {
         }
     }
 
+    /// Retires the active segment when it holds `min_len` bytes or more and
+    /// all its messages are finished: its space goes back now, not when it
+    /// would have filled up.
+    fn retire_if_finished(&mut self, min_len: u64) {
+        let finished = self.active.as_ref().is_some_and(|active| {
+            active.len >= min_len && self.live.get(&active.id).copied().unwrap_or(0) == 0
+        });
+        if finished {
+            self.retire_active();
+        }
+    }
+
     /// After a failed write: cut off the unacknowledged tail if possible, then
     /// never append to this segment again.
     fn abandon_active(&mut self) {
@@ -328,6 +352,7 @@ impl Writer {
                 *live = live.saturating_sub(1);
             }
             self.delete_if_finished(segment);
+            self.retire_if_finished(RETIRE_FINISHED_AT.min(self.segment_size));
         }
     }
 

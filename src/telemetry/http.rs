@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::json;
-use super::{AdminError, Listing, Metrics, Page, QueuedDetail, QueuedSummary, Queues};
+use super::{AdminError, Listing, Metrics, Page, QueuedDetail, QueuedSummary, Queues, RetryReport};
 use crate::policy::senders::{SenderChecks, Verdict};
 use crate::shutdown::Shutdown;
 use crate::spool::Spool;
@@ -273,6 +273,7 @@ struct Answer {
 /// - `POST /admin/queue/ID/retry`, `POST /admin/queue/retry`: due now;
 /// - `DELETE /admin/queue/ID`: remove a message for good;
 /// - `POST /admin/gateways/G/hold`, `.../release`: stop or resume delivery;
+/// - `POST /admin/gateways/G/unpause`: end a throttling or quota pause;
 /// - `GET /admin/dead`: dead-letter files;
 /// - `POST /admin/dead/NAME/requeue`: queue a dead letter again.
 async fn admin_route<Q: Queues>(
@@ -296,23 +297,31 @@ async fn admin_route<Q: Queues>(
             let gateway = query_value(query, "gateway")?;
             queue_page(queues, gateway.as_deref(), &page(query)?)
         }
-        (&Method::POST, ["queue", "retry"]) => {
-            let count = queues.retry(None)?;
-            Ok(counted("retried", count))
-        }
+        (&Method::POST, ["queue", "retry"]) => Ok(retried(&queues.retry(None)?)),
         (&Method::GET, ["queue", id]) => {
             let detail = queues.show(id).await?;
             Ok(detail_answer(&detail))
         }
-        (&Method::POST, ["queue", id, "retry"]) => {
-            let count = queues.retry(Some(id))?;
-            Ok(counted("retried", count))
-        }
+        (&Method::POST, ["queue", id, "retry"]) => Ok(retried(&queues.retry(Some(id))?)),
         (&Method::DELETE, ["queue", id]) => {
             let removed = queues.delete(id)?;
             Ok(Answer {
                 json: json::single("deleted", json::Summary::new(&removed)),
                 text: format!("deleted {}\n", removed.id),
+            })
+        }
+        (&Method::POST, ["gateways", gateway, "unpause"]) => {
+            let left = queues.unpause(gateway)?;
+            Ok(Answer {
+                json: json::to_text(&json::Unpaused {
+                    gateway,
+                    pause_left_seconds: left,
+                }),
+                text: if left > 0.0 {
+                    format!("gateway {gateway}: ended its pause ({left:.0}s were left)\n")
+                } else {
+                    format!("gateway {gateway} was not paused\n")
+                },
             })
         }
         (&Method::POST, ["gateways", gateway, action @ ("hold" | "release")]) => {
@@ -457,10 +466,27 @@ fn decode(text: &str) -> Option<String> {
     String::from_utf8(decoded).ok()
 }
 
-fn counted(what: &str, count: usize) -> Answer {
+/// A retry's answer: the count, and each gateway a pause it asked for
+/// still holds (what the operator may do about it).
+fn retried(report: &RetryReport) -> Answer {
+    let mut text = format!("retried {} message(s)\n", report.retried);
+    for (gateway, left) in &report.still_paused {
+        text.push_str(&format!(
+            "gateway {gateway} asked us to wait (throttling or a used-up quota): its mail goes in {left:.0}s, when that pause ends; to end it now: smtp-shaper queue unpause {gateway}\n"
+        ));
+    }
     Answer {
-        json: json::single(what, count),
-        text: format!("{what} {count} message(s)\n"),
+        json: json::to_text(&json::Retried {
+            retried: report.retried,
+            still_paused: json::Keyed(
+                report
+                    .still_paused
+                    .iter()
+                    .map(|(gateway, left)| (gateway.as_str(), *left))
+                    .collect(),
+            ),
+        }),
+        text,
     }
 }
 

@@ -59,7 +59,13 @@ struct Queue<'a> {
 #[derive(Serialize)]
 struct Backoff {
     penalty: f64,
+    /// Seconds left of the pause.
     remaining_seconds: f64,
+    /// `calm`, `throttled` (an episode: waiting for the gateway to accept
+    /// again) or `recovering`.
+    state: &'static str,
+    /// Seconds until the ceiling is back where it was before the cut.
+    recovery_left_seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -106,7 +112,7 @@ pub struct SenderCheck<'a> {
 
 /// An object whose keys are names known only at run time, written in the
 /// order given (a map type would sort them or cost a dependency).
-struct Keyed<K, V>(Vec<(K, V)>);
+pub struct Keyed<K, V>(pub Vec<(K, V)>);
 
 impl<K: Serialize, V: Serialize> Serialize for Keyed<K, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -145,6 +151,8 @@ impl<'a> Gateway<'a> {
             backoff: Backoff {
                 penalty: model.penalty,
                 remaining_seconds: model.paused_for,
+                state: model.penalty_phase.as_str(),
+                recovery_left_seconds: model.recovery_left,
             },
             volume_budgets: Keyed(
                 model
@@ -261,6 +269,19 @@ impl<'a> Detail<'a> {
 
 /// `POST /admin/gateways/G/hold` or `.../release`: the state it is in now.
 #[derive(Serialize)]
+pub struct Unpaused<'a> {
+    pub gateway: &'a str,
+    pub pause_left_seconds: f64,
+}
+
+/// A retry's answer: per gateway still paused, the seconds left.
+#[derive(Serialize)]
+pub struct Retried<'a> {
+    pub retried: usize,
+    pub still_paused: Keyed<&'a str, f64>,
+}
+
+#[derive(Serialize)]
 pub struct HoldState<'a> {
     pub gateway: &'a str,
     pub state: &'static str,
@@ -281,6 +302,7 @@ pub fn single(name: &str, value: impl Serialize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shaper::penalty::PenaltyPhase;
     use serde_json::{Value, json};
 
     #[test]
@@ -311,6 +333,8 @@ mod tests {
                     send_rate: 1.0,
                     burst_ratio: 4.5,
                     penalty: 1.0,
+                    penalty_phase: PenaltyPhase::Calm,
+                    recovery_left: 0.0,
                     paused_for: 0.0,
                     deferrals: [1, 0, 0, 2, 0, 0],
                     budgets: vec![BudgetView {
@@ -355,7 +379,8 @@ mod tests {
                 r#""queue":{"messages":3,"bytes":4096,"parked":0,"oldest_age_seconds":7.5,"#,
                 r#""drain_seconds":7200.0,"waits_for":"day_budget","#,
                 r#""held":false,"by_app":{"billing":2,"other":1}},"#,
-                r#""backoff":{"penalty":1.0,"remaining_seconds":0.0},"#,
+                r#""backoff":{"penalty":1.0,"remaining_seconds":0.0,"state":"calm","#,
+                r#""recovery_left_seconds":0.0},"#,
                 r#""volume_budgets":{"1h":{"sent":40,"allowance":60,"left":20,"#,
                 r#""transactional_room":12,"next_room_seconds":0.0}},"#,
                 r#""history":{"source":"postfix log","since":1763575200,"minutes":10080},"#,

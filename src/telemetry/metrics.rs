@@ -263,6 +263,8 @@ metric_families! {
             "Factor the gateway's throttling replies cut the ceiling by (1 = none)."),
         backoff_remaining: GaugeVec = family("backoff_remaining_seconds", &["gateway"],
             "Seconds left of a pause the gateway asked for (throttling or quota), 0 when none."),
+        backoff_recovery: GaugeVec = family("backoff_recovery_seconds", &["gateway"],
+            "Seconds until the ceiling is back where it was before a throttling cut (the whole backoff_recovery while the gateway has not accepted again), 0 when none."),
         cluster_connected: IntGaugeVec = family("cluster_connected", &["gateway"],
             "Cluster mode: 1 while this node reaches the gateway's shared state in Redis, 0 while it runs on its share of the gateway's limits."),
         cluster_nodes: IntGaugeVec = family("cluster_nodes", &["gateway"],
@@ -424,6 +426,9 @@ impl Metrics {
             self.backoff_remaining
                 .with_label_values(&name)
                 .set(model.paused_for);
+            self.backoff_recovery
+                .with_label_values(&name)
+                .set(model.recovery_left);
             if let Some(cluster) = &status.cluster {
                 self.cluster_connected
                     .with_label_values(&name)
@@ -454,6 +459,7 @@ impl Metrics {
             &self.burst_ratio,
             &self.backoff_penalty,
             &self.backoff_remaining,
+            &self.backoff_recovery,
             &self.queue_oldest_age,
         ] {
             let _ = family.remove_label_values(&[gateway]);

@@ -219,6 +219,14 @@ impl<K: Ord, V> PagePicker<K, V> {
     }
 }
 
+/// What an operator's retry did (see [`Queues::retry`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryReport {
+    pub retried: usize,
+    /// (gateway, seconds left) of pauses the gateways asked for.
+    pub still_paused: Vec<(String, f64)>,
+}
+
 /// What the endpoint reads from, and asks of, the delivery side.
 pub trait Queues: Send + Sync + 'static {
     /// Every gateway's shaping and queue state.
@@ -236,8 +244,12 @@ pub trait Queues: Send + Sync + 'static {
         id: &str,
     ) -> impl std::future::Future<Output = Result<QueuedDetail, AdminError>> + Send;
     /// Makes a message waiting for its retry (or all of them) due now;
-    /// returns how many.
-    fn retry(&self, id: Option<&str>) -> Result<usize, AdminError>;
+    /// says how many, and which gateways a pause they asked for still
+    /// holds (a retry does not end those; `unpause` does).
+    fn retry(&self, id: Option<&str>) -> Result<RetryReport, AdminError>;
+    /// Ends a gateway's throttling or quota pause on purpose; returns the
+    /// seconds it had left.
+    fn unpause(&self, gateway: &str) -> Result<f64, AdminError>;
     /// Holds or releases a gateway's queue.
     fn hold(&self, gateway: &str, held: bool) -> Result<(), AdminError>;
     /// Removes a queued message for good (logged); returns its summary.

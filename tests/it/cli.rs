@@ -725,3 +725,130 @@ fn the_readmes_learn_commands_work_as_typed_and_print_what_it_shows() {
             .is_file()
     );
 }
+
+/// `queue hold` is saved with the shaping state: a restart keeps the
+/// gateway held until `queue release`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_hold_outlasts_a_restart() {
+    use crate::support::{Client, Sink, eventually, fetch, start, test_config};
+    let sink = Sink::start().await;
+    let spool = tempfile::tempdir().unwrap();
+    let service = start(test_config(spool.path(), sink.address)).await;
+    let http = service.http_address().unwrap().to_string();
+    let held = shaper_async(
+        ["queue", "hold", "primary", "--http", &http]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert!(held.status.success(), "{held:?}");
+    service.shutdown().await;
+
+    let service = start(test_config(spool.path(), sink.address)).await;
+    let http = service.http_address().unwrap();
+    let status = fetch(http, "GET", "/status", None).await.body;
+    assert!(status.contains("\"held\":true"), "{status}");
+    let mut client = Client::ready(service.smtp_address()).await;
+    client
+        .accepted(
+            "app@example.com",
+            &["kept@example.org"],
+            b"Subject: k\r\n\r\nk\r\n",
+        )
+        .await;
+    let listed = fetch(http, "GET", "/admin/queue", None).await.body;
+    assert_eq!(listed.lines().count(), 1, "held, not delivered: {listed}");
+    let released = shaper_async(
+        ["queue", "release", "primary", "--http", &http.to_string()]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    assert!(released.status.success(), "{released:?}");
+    eventually("delivered once released", || sink.count() == 1).await;
+    client.command("QUIT").await;
+    service.shutdown().await;
+}
+
+/// A retry does not end a pause the gateway asked for, and says so; `queue
+/// unpause` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_says_a_throttling_pause_holds_and_unpause_ends_it() {
+    let h = Harness::with(|config| {
+        config.gateways[0].shaping.backoff_pause = std::time::Duration::from_secs(3_600);
+    })
+    .await;
+    h.sink
+        .behavior
+        .lock()
+        .unwrap()
+        .data_replies
+        .push_back("451 4.7.500 Server busy. Please try again later".into());
+    let http = h.service.http_address().unwrap().to_string();
+    let queue = |words: &[&str]| {
+        let mut args = vec!["queue".to_string(), "--http".into(), http.clone()];
+        args.extend(words.iter().map(|w| w.to_string()));
+        shaper_async(args)
+    };
+    let mut client = h.client().await;
+    client
+        .accepted(
+            "app@example.com",
+            &["later@example.org"],
+            b"Subject: l\r\n\r\nl\r\n",
+        )
+        .await;
+    crate::support::eventually("the gateway throttled", || {
+        h.service.shaping("primary").unwrap().model.paused_for > 3_000.0
+    })
+    .await;
+    let retried = queue(&["retry", "--all"]).await;
+    assert!(retried.status.success(), "{retried:?}");
+    let said = text(&retried.stdout);
+    assert!(
+        said.contains("gateway primary asked us to wait")
+            && said.contains("smtp-shaper queue unpause primary"),
+        "{said}"
+    );
+    assert_eq!(h.sink.count(), 0);
+    let unpaused = queue(&["unpause", "primary"]).await;
+    assert!(unpaused.status.success(), "{unpaused:?}");
+    assert!(
+        text(&unpaused.stdout).contains("gateway primary: ended its pause"),
+        "{unpaused:?}"
+    );
+    crate::support::eventually("delivered once unpaused", || h.sink.count() == 1).await;
+    let again = queue(&["unpause", "primary"]).await;
+    assert!(
+        text(&again.stdout).contains("gateway primary was not paused"),
+        "{again:?}"
+    );
+    client.command("QUIT").await;
+    h.shutdown().await;
+}
+
+/// A segment keeps its space until all its messages are finished: a
+/// segment_size near the free space is worth a warning, not a refusal.
+#[test]
+fn check_config_warns_of_a_segment_size_the_disk_cannot_hold_a_few_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("shaper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[spool]\ndir = \"{}\"\nsegment_size = \"100000GiB\"\n[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let output = shaper(&["check-config", "--config", config.to_str().unwrap()]);
+    assert!(output.status.success(), "{output:?}");
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(
+            "warning: spool.segment_size (102400000 MiB) is more than a quarter of the free space"
+        ),
+        "{stderr}"
+    );
+    assert!(text(&output.stdout).contains("configuration is valid"));
+}

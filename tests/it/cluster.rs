@@ -632,3 +632,62 @@ async fn a_node_reaches_redis_over_tls_with_a_password_and_without_one_still_sen
         node.service.shutdown().await;
     }
 }
+
+/// A node never assumes fewer nodes than it has seen lately: after three
+/// shared the gateway, one restarted while Redis is away runs on a third,
+/// though `expected_nodes` says 1 (it is saved with the shaping state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_restarted_while_redis_is_away_assumes_the_most_nodes_it_saw() {
+    let port = free_port();
+    let Some(mut redis) = Redis::start(port) else {
+        return;
+    };
+    let sink = Sink::start().await;
+    let shaping = r#"initial_rate = "600/min"
+        min_rate = "600/min"
+        max_rate = "600/min"
+        headroom = 1.0"#;
+    let config = |spool: &Path, name: &str| {
+        let mut config = node_config(spool, sink.address, port, name, shaping);
+        config.cluster.as_mut().unwrap().expected_nodes = 1;
+        config
+    };
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let spool = tempfile::tempdir().unwrap();
+        let service = Service::start(config(spool.path(), name)).await.unwrap();
+        nodes.push(Node {
+            service,
+            _spool: spool,
+        });
+    }
+    all_connected(&nodes, 1.0).await;
+    let seen = "smtp_shaper_cluster_nodes{gateway=\"primary\"}";
+    eventually_async("node a to see three nodes", || async {
+        metric(&nodes[0], seen).await == Some(3.0)
+    })
+    .await;
+    let mut nodes = nodes.into_iter();
+    let a = nodes.next().unwrap();
+    a.service.shutdown().await;
+    for node in nodes {
+        node.service.shutdown().await;
+    }
+    redis.stop();
+
+    let restarted = Service::start(config(a._spool.path(), "a")).await.unwrap();
+    let http = restarted.http_address().unwrap();
+    let mut status = String::new();
+    for _ in 0..600 {
+        status = fetch(http, "GET", "/status", None).await.body;
+        if status.contains("\"connected\":false") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        status.contains("\"connected\":false") && status.contains("\"share_of\":3"),
+        "{status}"
+    );
+    restarted.shutdown().await;
+}

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::support::{
-    self, Client, Harness, SilentGateway, Sink, eventually, fetch, free_address, start,
+    self, Behavior, Client, Harness, SilentGateway, Sink, eventually, fetch, free_address, start,
     test_config, without_trace,
 };
 
@@ -373,4 +373,43 @@ async fn a_reply_read_before_the_gateway_closes_is_what_it_said() {
     assert!(dead_letters(h.spool.path())[0].contains("554 5.7.1 sender blocked"));
     assert_eq!(h.sink.count(), 1, "never delivered");
     h.shutdown().await;
+}
+
+/// The same before any transaction: a greeting or an EHLO answered with a
+/// throttling 421 and a close is counted and heard, and the mail goes on
+/// the next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_greeting_or_ehlo_refused_before_the_gateway_closes_is_what_it_said() {
+    let busy = "421 4.7.0 mx.test Too many connections, try again later";
+    for (step, refuse) in [
+        (
+            "greeting",
+            (&|b: &mut Behavior| b.greeting_then_close = Some(busy.into()))
+                as &dyn Fn(&mut Behavior),
+        ),
+        ("EHLO", &|b: &mut Behavior| {
+            b.ehlo_reply_then_close = Some(busy.into())
+        }),
+    ] {
+        let h = Harness::start().await;
+        refuse(&mut h.sink.behavior.lock().unwrap());
+        h.client()
+            .await
+            .accepted(APP, &["a@example.org"], BODY)
+            .await;
+        eventually("delivered on the next connection", || h.sink.count() == 1).await;
+        assert_eq!(
+            h.sample("smtp_shaper_upstream_replies_total{class=\"4xx\",gateway=\"primary\"}")
+                .await,
+            1.0,
+            "the {step} 421 counted"
+        );
+        assert!(
+            h.sample("smtp_shaper_backoff_penalty{gateway=\"primary\"}")
+                .await
+                < 1.0,
+            "the {step} throttling heard"
+        );
+        h.shutdown().await;
+    }
 }

@@ -45,7 +45,10 @@ async fn profile_against(
     gateway.retry_initial = std::time::Duration::from_millis(100);
     gateway.retry_max = std::time::Duration::from_millis(200);
     gateway.shaping.backoff_pause = std::time::Duration::from_millis(200);
-    gateway.shaping.min_rate = 10.0;
+    // Room under the ceiling for a throttling cut (it never goes under
+    // min_rate).
+    gateway.shaping.initial_rate = 10.0;
+    gateway.shaping.min_rate = 1.0;
     gateway.shaping.max_rate = 10.0;
     assert_eq!(gateway.max_connections, 3);
     assert_eq!(gateway.shaping.limits.len(), 2);

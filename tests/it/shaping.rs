@@ -159,7 +159,7 @@ async fn a_restart_keeps_the_cap_counts_and_the_learned_state() {
 async fn a_throttling_reply_from_the_gateway_slows_sending() {
     let h = Harness::with(|config| {
         config.gateways[0].shaping = shaping(
-            "initial_rate = \"50/s\"\nmin_rate = \"1/s\"\nmax_rate = \"100/s\"\nheadroom = 1.0\nbackoff_factor = 0.5\nbackoff_pause = \"1s\"",
+            "initial_rate = \"50/s\"\nmin_rate = \"1/s\"\nmax_rate = \"100/s\"\nheadroom = 1.0\nbackoff_factor = 0.5\nbackoff_pause = \"1s\"\nbackoff_recovery = \"2s\"",
         );
     })
     .await;
@@ -181,6 +181,13 @@ async fn a_throttling_reply_from_the_gateway_slows_sending() {
     );
     eventually("delivered after the pause", || h.sink.count() == 1).await;
     assert_eq!(*h.sink.data_attempts.lock().unwrap(), 2);
+    // Back to the whole ceiling within backoff_recovery (2s) once the
+    // gateway accepts; a day-long warm-up would take hours.
+    eventually("the ceiling back where it was", || {
+        let model = h.service.shaping("primary").unwrap().model;
+        model.penalty == 1.0 && (model.ceiling - model.baseline).abs() < 1e-9
+    })
+    .await;
     h.shutdown().await;
 }
 
@@ -284,5 +291,87 @@ async fn recipients_beyond_what_the_budget_lets_through_are_refused_with_452() {
     assert_eq!(client.reply().await.unwrap().code, 250);
     eventually("the three delivered", || h.sink.count() == 1).await;
     assert_eq!(h.sink.messages()[0].recipients.len(), 3);
+    h.shutdown().await;
+}
+
+const SLOW: &str = "slow@example.org";
+const BUSY: &str = "451 4.7.500 Server busy. Please try again later from [127.0.0.1]. (AS770)";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_throttled_at_every_attempt_never_digs_the_ceiling_under_min_rate() {
+    let h = Harness::with(|config| {
+        config.gateways[0].shaping = shaping(
+            "initial_rate = \"40/s\"\nmin_rate = \"10/s\"\nmax_rate = \"40/s\"\nheadroom = 1.0\nbackoff_factor = 0.5\nbackoff_pause = \"100ms\"\nbackoff_recovery = \"1h\"",
+        );
+    })
+    .await;
+    let floor = 10.0 / 40.0;
+    h.sink
+        .behavior
+        .lock()
+        .unwrap()
+        .rcpt_replies
+        .insert(SLOW.into(), BUSY.into());
+    let mut client = h.client().await;
+    assert_eq!(client.offer(APP, SLOW, BODY).await.code, 250);
+    // Other mail goes on, so each attempt of the throttled one after an
+    // acceptance opens a new episode: without a floor they dig the
+    // ceiling ever lower.
+    let mut lowest = 1.0f64;
+    let mut sent = 0;
+    while h.sink.behavior.lock().unwrap().rcpt_refused < 6 && sent < 400 {
+        let reply = client
+            .offer(APP, &format!("user{sent}@example.org"), BODY)
+            .await;
+        assert_eq!(reply.code, 250, "{reply:?}");
+        sent += 1;
+        lowest = lowest.min(h.service.shaping("primary").unwrap().model.penalty);
+        // Slower than the floor's 10/s, so the retry never queues behind them.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    lowest = lowest.min(h.service.shaping("primary").unwrap().model.penalty);
+    let refused = h.sink.behavior.lock().unwrap().rcpt_refused;
+    assert!(
+        refused >= 6,
+        "the throttled recipient was tried {refused} times"
+    );
+    assert!(lowest < 1.0, "the throttling was heard");
+    assert!(
+        lowest >= floor - 1e-9,
+        "penalty {lowest} took the ceiling under min_rate ({floor})"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_recipient_in_a_transaction_the_gateway_accepted_cuts_nothing() {
+    let h = Harness::with(|config| {
+        config.gateways[0].retry_initial = Duration::from_secs(3_600);
+        config.gateways[0].retry_max = Duration::from_secs(3_600);
+        config.gateways[0].shaping = shaping(
+            "initial_rate = \"40/s\"\nmin_rate = \"5/s\"\nmax_rate = \"40/s\"\nheadroom = 1.0\nbackoff_pause = \"1h\"",
+        );
+    })
+    .await;
+    h.sink
+        .behavior
+        .lock()
+        .unwrap()
+        .rcpt_replies
+        .insert(SLOW.into(), BUSY.into());
+    let mut client = h.client().await;
+    let reply = client
+        .send_message(APP, &[SLOW, "fine@example.org"], BODY)
+        .await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    eventually(
+        "one recipient delivered, the other back in the queue",
+        || h.sink.count() == 1 && h.service.shaping("primary").unwrap().queued == 1,
+    )
+    .await;
+    assert_eq!(h.sink.behavior.lock().unwrap().rcpt_refused, 1);
+    let model = h.service.shaping("primary").unwrap().model;
+    assert_eq!(model.penalty, 1.0, "{model:?}");
+    assert_eq!(model.paused_for, 0.0, "{model:?}");
     h.shutdown().await;
 }

@@ -33,6 +33,8 @@ pub struct Received {
 pub struct Behavior {
     /// Reply line for RCPT TO of a given address (e.g. "550 5.1.1 unknown").
     pub rcpt_replies: HashMap<String, String>,
+    /// How many RCPTs drew one of `rcpt_replies`.
+    pub rcpt_refused: usize,
     /// Replies for the end of DATA, used up one per message, then 250.
     pub data_replies: VecDeque<String>,
     /// Close the connection in the middle of the next N message bodies.
@@ -43,6 +45,11 @@ pub struct Behavior {
     /// Answer the next MAIL FROM with this reply, then close the
     /// connection (RFC 5321 has a server close after a 421).
     pub mail_reply_then_close: Option<String>,
+    /// Greet the next connection with this reply instead of 220, then
+    /// close.
+    pub greeting_then_close: Option<String>,
+    /// Answer the next EHLO with this reply, then close.
+    pub ehlo_reply_then_close: Option<String>,
     /// Whether to offer PIPELINING.
     pub no_pipelining: bool,
     /// Offer AUTH PLAIN and require this user and password before MAIL.
@@ -257,6 +264,11 @@ async fn sink_session_inner(
     let (reader, mut writer) = tokio::io::split(stream);
     let mut reader = BufReader::new(reader);
     if greet {
+        let refusal = behavior.lock().unwrap().greeting_then_close.take();
+        if let Some(reply) = refusal {
+            writer.write_all(format!("{reply}\r\n").as_bytes()).await?;
+            return Ok(());
+        }
         writer.write_all(b"220 sink.test ESMTP\r\n").await?;
     }
     let mut mail_from = String::new();
@@ -270,6 +282,14 @@ async fn sink_session_inner(
         }
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         let upper = text.to_ascii_uppercase();
+        let closing = upper
+            .starts_with("EHLO")
+            .then(|| behavior.lock().unwrap().ehlo_reply_then_close.take())
+            .flatten();
+        if let Some(reply) = closing {
+            writer.write_all(format!("{reply}\r\n").as_bytes()).await?;
+            return Ok(());
+        }
         let reply: String = if upper.starts_with("EHLO") {
             let pipelining = if behavior.lock().unwrap().no_pipelining {
                 ""
@@ -382,7 +402,12 @@ async fn sink_session_inner(
                 .next()
                 .unwrap_or("")
                 .to_string();
-            let custom = behavior.lock().unwrap().rcpt_replies.get(&address).cloned();
+            let custom = {
+                let mut behavior = behavior.lock().unwrap();
+                let custom = behavior.rcpt_replies.get(&address).cloned();
+                behavior.rcpt_refused += usize::from(custom.is_some());
+                custom
+            };
             match custom {
                 Some(reply) => reply,
                 None => {
