@@ -20,7 +20,7 @@
 //!   service can tell a learned file from its own (see `outbound`).
 //!
 //! What is kept: an existing saved state's cap counts, throttling cut and
-//! pause. Its volume history is merged minute by minute (the larger count:
+//! pause, and an operator's hold. Its volume history is merged minute by minute (the larger count:
 //! the gateway's log already holds what the service sent through it),
 //! unless it has sends after the log's last entry: then the log is older
 //! than the history and `learn` refuses, unless `--replace`, which takes
