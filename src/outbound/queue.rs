@@ -1275,21 +1275,33 @@ impl DeliveryQueue {
         let cut = state.scheduler.throttled(now);
         self.log_changes(&mut state, Some(reply));
         // Every node pauses: the others hear it at their next decision.
-        if let Some(shared) = state
-            .shared
-            .as_ref()
-            .filter(|shared| cut && shared.connected)
-        {
-            let link = shared.link.clone();
+        if cut {
             let backoff = state.scheduler.backoff();
-            let gateway = self.gateway.clone();
-            tokio::spawn(async move {
-                if let Err(error) = link.throttled(backoff).await {
-                    tracing::warn!(%gateway, %error, "could not tell the other nodes about the throttling");
-                }
+            self.tell_other_nodes(&state, "about the throttling", move |link| async move {
+                link.throttled(backoff).await
             });
         }
         cut
+    }
+
+    /// Cluster mode, while the shared state is reached: `call` tells the
+    /// other nodes, in the background (the lock is not held across Redis);
+    /// a failure is logged, saying what was not told.
+    fn tell_other_nodes<F, Fut>(&self, state: &State, what: &'static str, call: F)
+    where
+        F: FnOnce(Arc<GatewayLink>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Reading, ClusterError>> + Send + 'static,
+    {
+        let Some(shared) = state.shared.as_ref().filter(|shared| shared.connected) else {
+            return;
+        };
+        let link = shared.link.clone();
+        let gateway = self.gateway.clone();
+        tokio::spawn(async move {
+            if let Err(error) = call(link).await {
+                tracing::warn!(%gateway, %error, "could not tell the other nodes {what}");
+            }
+        });
     }
 
     /// The gateway accepted mail: a throttling episode whose pause is over
@@ -1307,15 +1319,11 @@ impl DeliveryQueue {
         let now = self.now();
         let hold = state.scheduler.quota_exhausted(now);
         // The quota is the gateway's: every node rests.
-        if let Some(shared) = state.shared.as_ref().filter(|shared| shared.connected) {
-            let link = shared.link.clone();
-            let gateway = self.gateway.clone();
-            tokio::spawn(async move {
-                if let Err(error) = link.pause(hold).await {
-                    tracing::warn!(%gateway, %error, "could not pause the other nodes for the used-up quota");
-                }
-            });
-        }
+        self.tell_other_nodes(
+            &state,
+            "to rest for the used-up quota",
+            move |link| async move { link.pause(hold).await },
+        );
         Duration::from_secs_f64(hold)
     }
 
@@ -1332,15 +1340,9 @@ impl DeliveryQueue {
         let mut state = self.lock();
         let now = self.now();
         let left = state.scheduler.end_pause(now);
-        if let Some(shared) = state.shared.as_ref().filter(|shared| shared.connected) {
-            let link = shared.link.clone();
-            let gateway = self.gateway.clone();
-            tokio::spawn(async move {
-                if let Err(error) = link.end_pause().await {
-                    tracing::warn!(%gateway, %error, "could not end the pause on the other nodes");
-                }
-            });
-        }
+        self.tell_other_nodes(&state, "to end the pause", |link| async move {
+            link.end_pause().await
+        });
         drop(state);
         self.wake.notify_waiters();
         left

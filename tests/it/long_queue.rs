@@ -101,10 +101,15 @@ async fn a_queue_past_its_active_limit_lists_restarts_and_drains_in_order() {
     assert_eq!(deleted.body, format!("deleted {}\n", ids[30]));
     service.shutdown().await;
 
-    // After a restart the queue is read back the same way, and delivered
-    // in order, each message once, the deleted one never.
+    // After a restart the queue is read back the same way, still held (the
+    // hold is saved); once released, delivered in order, each message once,
+    // the deleted one never.
     let service = start(configure()).await;
     let http = service.http_address().unwrap();
+    let status = fetch(http, "GET", "/status", None).await.body;
+    assert_eq!(support::json(&status)["gateways"][0]["queue"]["held"], true);
+    let released = fetch(http, "POST", "/admin/gateways/primary/release", None).await;
+    assert_eq!(released.status, 200);
     eventually("39 messages delivered", || {
         sink.received.lock().unwrap().len() >= 39
     })
