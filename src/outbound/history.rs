@@ -44,7 +44,8 @@ struct State {
     since: f64,
     /// The file as this service last read or wrote it.
     identity: Option<Identity>,
-    /// A learned state found on disk since the start, carried by every save.
+    /// A learned state found on disk since the start, carried by every save
+    /// (it is in force from the next reload or start).
     adopted: Option<SavedState>,
 }
 
@@ -122,7 +123,8 @@ impl Kept {
 
     /// Readies `snapshot` (the state about to be saved) for the file: a
     /// learned history another process wrote since the last save is
-    /// adopted (logged once), and the learned history in force goes with it.
+    /// adopted (logged once) and goes with every save from then on;
+    /// otherwise the learned history in force does.
     pub(super) fn before_save(
         &self,
         snapshot: SavedState,
@@ -139,30 +141,38 @@ impl Kept {
                 .flatten()
                 .and_then(|text| SavedState::parse(&text));
             if let Some(found) = found {
-                let newer = match (&found.history, &state.learned) {
+                // Newer than the history in force, or than one adopted already.
+                let known = state
+                    .adopted
+                    .as_ref()
+                    .and_then(|adopted| adopted.history.as_ref())
+                    .or(state.learned.as_ref());
+                let newer = match (&found.history, known) {
                     (Some(found), Some(known)) => found.learned_at > known.learned_at,
                     (Some(_), None) => true,
                     _ => false,
                 };
-                if newer {
-                    let history = found.history.clone().expect("newer: learned");
+                if let (true, Some(history)) = (newer, &found.history) {
                     tracing::info!(
                         %gateway,
                         source = %history.source,
                         span = %days(history.last - history.first),
                         "a learned history was written for this gateway; it is kept in every save and shapes from the next reload (SIGHUP) or start"
                     );
-                    state.learned = Some(history);
                     state.adopted = Some(found);
                 }
             }
         }
-        let mut snapshot = match &state.adopted {
+        // The adopted history goes into the file (with its own source); the
+        // one in force stays what the start-up log and /status say until
+        // the next generation starts from the file.
+        match &state.adopted {
             Some(learned) => adopt(&snapshot, learned),
-            None => snapshot,
-        };
-        snapshot.history = state.learned.clone();
-        snapshot
+            None => SavedState {
+                history: state.learned.clone(),
+                ..snapshot
+            },
+        }
     }
 
     /// The save is on disk.
