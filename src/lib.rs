@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod dns;
+pub mod history;
 pub mod inbound;
 pub mod outbound;
 pub mod poison;

@@ -79,6 +79,33 @@ enum Command {
         #[arg(long)]
         records: Option<PathBuf>,
     },
+    /// Learn a gateway's volume history from what it sent itself (its own
+    /// log) and write it into its saved shaping state, so the next start
+    /// (or a running service after SIGHUP) shapes from the real history
+    #[command(group(clap::ArgGroup::new("sources").required(true).multiple(true)))]
+    Learn {
+        /// TOML configuration file (the gateway's shaping and spool.dir)
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The gateway whose history this is
+        #[arg(long, short)]
+        gateway: String,
+        /// A Postfix maillog (repeatable: rotated logs, .gz too)
+        #[arg(long, group = "sources")]
+        postfix_log: Vec<PathBuf>,
+        /// An Exchange message trace CSV (Get-MessageTrace | Export-Csv, or a
+        /// historical search report; repeatable)
+        #[arg(long, group = "sources")]
+        exchange_trace: Vec<PathBuf>,
+        /// A CSV of messages sent: timestamp,recipients (or simulate's
+        /// timestamp,app,recipients); Unix seconds or RFC 3339 (repeatable)
+        #[arg(long, group = "sources")]
+        csv: Vec<PathBuf>,
+        /// Write even when the saved history has sends after the log's last
+        /// entry (the log's counts up to its end; the saved ones after it)
+        #[arg(long)]
+        replace: bool,
+    },
     /// Read a password from standard input (one line) and print its argon2id
     /// hash, for an app's `password_hash`
     HashPassword,
@@ -109,6 +136,11 @@ enum Command {
         /// in cluster mode (what the gateway sees should not change)
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
         nodes: u16,
+        /// Start from this history, ending where the trace begins: a Postfix
+        /// log, an Exchange message trace or a CSV, as `learn` reads them
+        /// (the kind found from the file; repeatable)
+        #[arg(long)]
+        history: Vec<PathBuf>,
     },
 }
 
@@ -197,6 +229,7 @@ fn main() -> ExitCode {
             retry_after,
             sent_log,
             nodes,
+            history,
         } => simulate(
             &config,
             &trace,
@@ -205,10 +238,25 @@ fn main() -> ExitCode {
                 sent_log: sent_log.as_deref(),
             },
             gateway.as_deref(),
+            &history,
             smtp_shaper::simulate::Options {
                 retry_after: retry_after.as_secs_f64(),
                 nodes: usize::from(nodes),
+                history: None,
             },
+        ),
+        Command::Learn {
+            config,
+            gateway,
+            postfix_log,
+            exchange_trace,
+            csv,
+            replace,
+        } => learn(
+            &config,
+            &gateway,
+            [postfix_log, exchange_trace, csv],
+            replace,
         ),
         Command::HashPassword => hash_password(),
         Command::Demo { time_scale } => demo(time_scale),
@@ -262,6 +310,42 @@ fn check_config(config: &Path) -> ExitCode {
 
 /// `run`: the service on the file's configuration (the embedded default
 /// without one), until SIGTERM or SIGINT.
+fn learn(config_path: &Path, gateway: &str, files: [Vec<PathBuf>; 3], replace: bool) -> ExitCode {
+    use smtp_shaper::history::{Format, Input, Zone, learn};
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{}: invalid configuration:\n{error}", config_path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let inputs: Vec<Input> = [Format::PostfixLog, Format::ExchangeTrace, Format::Csv]
+        .into_iter()
+        .zip(files)
+        .flat_map(|(format, paths)| paths.into_iter().map(move |path| Input { format, path }))
+        .collect();
+    let request = learn::Request {
+        config: &config,
+        config_path,
+        gateway,
+        inputs: &inputs,
+        replace,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |elapsed| elapsed.as_secs_f64());
+    match learn::learn(&request, &Zone::system(), now) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("smtp-shaper learn: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn serve(path: Option<PathBuf>) -> ExitCode {
     let config = match &path {
         Some(path) => Config::load(path),
@@ -500,9 +584,19 @@ fn simulate(
     trace_path: &Path,
     outputs: Outputs<'_>,
     gateway: Option<&str>,
-    options: smtp_shaper::simulate::Options,
+    history: &[PathBuf],
+    mut options: smtp_shaper::simulate::Options,
 ) -> ExitCode {
     use smtp_shaper::simulate::{parse_trace, render_svg, replay};
+    if !history.is_empty() {
+        match read_history(history) {
+            Ok(history) => options.history = Some(history),
+            Err(error) => {
+                eprintln!("{error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let config = match Config::load(config_path) {
         Ok(config) => config,
         Err(error) => {
@@ -560,6 +654,32 @@ fn simulate(
         println!("chart written to {}", out.display());
     }
     ExitCode::SUCCESS
+}
+
+/// `simulate --history`: each file read as the kind it looks like.
+fn read_history(paths: &[PathBuf]) -> Result<smtp_shaper::history::History, String> {
+    use smtp_shaper::history::{Format, Input, Zone, first_line, read};
+    let mut inputs = Vec::new();
+    for path in paths {
+        let format = Format::sniff(&first_line(path)?);
+        inputs.push(Input {
+            format,
+            path: path.clone(),
+        });
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |elapsed| elapsed.as_secs_f64());
+    let history = read(&inputs, &Zone::system(), now)?;
+    if history.counts.counted == 0 {
+        return Err(format!(
+            "{}: nothing counted in the {} ({} lines read)",
+            paths[0].display(),
+            history.source,
+            history.counts.lines
+        ));
+    }
+    Ok(history)
 }
 
 async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {

@@ -3,6 +3,8 @@
 
 Each row is one message: seconds since the trace start, the app that sent it,
 its number of recipients. Run from this folder: python3 generate.py
+(`python3 generate.py --last-week FILE` writes only the existing gateway's
+log, moved to the week before today.)
 """
 import random
 
@@ -70,8 +72,84 @@ def new_gateway_burst(rng):
     write("new-gateway-burst.csv", rows)
 
 
+def existing_weekday(rng, start, rows):
+    """One working day of the gateway in front of which smtp-shaper is put:
+    a billing app in business hours, a morning report run (bulk) and login
+    codes all day."""
+    rows += [(t, "billing", 1 + (rng.random() < 0.2)) for t in poisson_times(rng, start + 8 * HOUR, start + 18 * HOUR, 40)]
+    rows += [(t, "reports", 1) for t in sorted(rng.uniform(start + 9 * HOUR, start + 9 * HOUR + 120) for _ in range(150))]
+
+
+def existing_week(rng, start):
+    rows = []
+    for day in range(7):
+        if day < 5:
+            existing_weekday(rng, start + day * DAY, rows)
+        rows += [(t, "auth", 1) for t in poisson_times(rng, start + day * DAY, start + (day + 1) * DAY, 6)]
+    rows.sort()
+    return rows
+
+
+def existing_gateway_log(rng, monday, path):
+    """The week from `monday` (Unix seconds) of a gateway that already sends
+    (about 700 a working day, 150 of them in a two-minute report run), as
+    its own Postfix log: rsyslog's RFC 3339 timestamps, gzip, a content
+    filter hop, deferrals and bounces."""
+    import gzip
+    week = existing_week(rng, monday)
+    lines = []
+    queue_ids = iter(rng.sample(range(16 ** 9, 16 ** 10), 3 * len(week)))
+    def stamp(t):
+        import datetime
+        return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    def sent(t, qid, to, status="sent", reply="250 2.0.0 OK"):
+        domain = to.split("@")[1]
+        return (t, f"{stamp(t)} gw1 postfix/smtp[{rng.randint(2000, 9000)}]: {qid}: to=<{to}>, relay=mx.{domain}[192.0.2.{rng.randint(1, 250)}]:25, delay=0.5, delays=0.1/0/0.2/0.2, dsn={'2.0.0' if status == 'sent' else '4.7.0' if status == 'deferred' else '5.1.1'}, status={status} ({reply})")
+    for t, app, recipients in week:
+        qid = f"{next(queue_ids):X}"
+        lines.append((t, f"{stamp(t)} gw1 postfix/smtpd[1201]: {qid}: client=app.example.com[10.0.0.5]"))
+        lines.append((t + 0.01, f"{stamp(t + 0.01)} gw1 postfix/qmgr[812]: {qid}: from=<{app}@{app}.example.com>, size=2412, nrcpt={recipients} (queue active)"))
+        at = t + 0.3
+        if app == "reports":
+            # Through the content filter on loopback, re-injected as a new queue id.
+            filtered = f"{next(queue_ids):X}"
+            lines.append((at, f"{stamp(at)} gw1 postfix/smtp[3011]: {qid}: to=<r{rng.randint(1, 999)}@customer.example.net>, relay=127.0.0.1[127.0.0.1]:10024, delay=0.3, delays=0.1/0/0/0.2, dsn=2.0.0, status=sent (250 2.0.0 Ok, id=1, queued_as {filtered})"))
+            qid, at = filtered, at + 0.4
+        for index in range(recipients):
+            to = f"user{rng.randint(1, 99999)}@{rng.choice(['gmail.com', 'outlook.com', 'example.org', 'yahoo.com'])}"
+            roll = rng.random()
+            if roll < 0.03:
+                lines.append(sent(at, qid, to, "deferred", "451 4.7.0 try again later"))
+                lines.append(sent(at + 600 + index, qid, to))
+            elif roll < 0.04:
+                lines.append(sent(at, qid, to, "bounced", "550 5.1.1 no such user"))
+            else:
+                lines.append(sent(at + index * 0.1, qid, to))
+        lines.append((at + 700, f"{stamp(at + 700)} gw1 postfix/qmgr[812]: {qid}: removed"))
+    lines.sort()
+    with gzip.GzipFile(path, "wb", mtime=0) as out:
+        out.write("".join(line + "\n" for _, line in lines).encode())
+
+
+def existing_gateway(rng):
+    """The week before smtp-shaper (Monday 2026-11-30 00:00 UTC on) as the
+    gateway's log, and the first week through smtp-shaper, as a trace
+    (seconds from Monday 00:00)."""
+    existing_gateway_log(rng, 1_795_996_800, "existing-gateway.maillog.gz")
+    write("existing-gateway.csv", existing_week(rng, 0))
+
+
 if __name__ == "__main__":
+    import sys, time
+    if sys.argv[1:2] == ["--last-week"]:
+        # The same log as existing-gateway.maillog.gz, moved to the seven
+        # days before today (UTC), written where asked: a recent history for
+        # `smtp-shaper learn` whatever the date.
+        today = int(time.time()) // DAY * DAY
+        existing_gateway_log(random.Random(5), today - 7 * DAY, sys.argv[2])
+        sys.exit(0)
     idle_burst(random.Random(1))
     business_hours(random.Random(2))
     steady_growth(random.Random(3))
     new_gateway_burst(random.Random(4))
+    existing_gateway(random.Random(5))

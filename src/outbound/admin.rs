@@ -5,7 +5,7 @@ use super::Gateway;
 use super::generation::Generation;
 use super::queue::{self, Attempt, Parked, Slot, Visited};
 use crate::poison::LockRecovered;
-use crate::spool::{StoredMessage, dead_letter_order};
+use crate::spool::{StoredMessage, dead_letter_order, unix_seconds};
 use crate::telemetry::{
     AdminError, GatewayStatus, Listing, Page, PagePicker, QueuedDetail, QueuedSummary, RetryReport,
 };
@@ -121,6 +121,7 @@ impl Generation {
                         .with_label_values(&[name])
                         .get(),
                     recent_replies: gateway.recent.lock_recovered().iter().cloned().collect(),
+                    history: gateway.history.view(unix_seconds() as f64),
                 }
             })
             .collect()

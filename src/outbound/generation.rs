@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::client::Credentials;
 use super::held;
 use super::observed::Observing;
+use super::history::Kept;
 use super::queue::{DeliveryQueue, Parked, Parking, Queued};
 use super::retry::Backoff;
 use super::worker::{WorkerContext, worker};
@@ -101,7 +102,7 @@ impl Generation {
             .zip(loaded.upstreams)
             .zip(loaded.logins)
             .map(|((gateway, tls), credentials)| {
-                let (queue, observing) = open_queue(
+                let (queue, history, observing) = open_queue(
                     config,
                     gateway,
                     &spool,
@@ -116,6 +117,7 @@ impl Generation {
                     credentials,
                     queue,
                     recent: Mutex::new(VecDeque::new()),
+                    history,
                     observing,
                     backoff: Backoff {
                         initial: gateway.retry_initial,
@@ -306,7 +308,19 @@ impl Generation {
     pub(super) async fn save_shaping(&self, reserve: bool) {
         for gateway in self.gateways.iter() {
             let name = &gateway.config.name;
+            // Not interleaved with a `learn` replacing the file (see history).
+            let lock = {
+                let (dir, name) = (self.spool.dir().to_path_buf(), name.clone());
+                tokio::task::spawn_blocking(move || crate::spool::lock_shaping_state(&dir, &name))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|locked| locked)
+            };
+            if let Err(error) = &lock {
+                tracing::warn!(gateway = %name, %error, "saving the shaping state without its lock");
+            }
             let (state, reserve) = gateway.queue.snapshot(reserve);
+            let state = gateway.history.before_save(state, &self.spool, name);
             let saved = match state.to_text(name) {
                 Ok(text) => self
                     .spool
@@ -316,7 +330,11 @@ impl Generation {
                 Err(error) => Err(error.to_string()),
             };
             match saved {
-                Ok(()) => gateway.queue.saved(reserve),
+                Ok(()) => {
+                    gateway.history.saved(&self.spool, name);
+                    drop(lock);
+                    gateway.queue.saved(reserve);
+                }
                 Err(error) => {
                     tracing::error!(gateway = %name, %error, "cannot save the shaping state; capped sends wait until it is saved");
                 }
@@ -405,10 +423,13 @@ fn open_queue(
     save_wanted: &Arc<Notify>,
     metrics: &Metrics,
     cluster: Option<&Arc<Cluster>>,
-) -> (DeliveryQueue, Option<Observing>) {
+) -> (DeliveryQueue, Kept, Option<Observing>) {
+    let identity = crate::spool::shaping_state_identity(spool.dir(), &gateway.name);
     let saved = load_state(spool, &gateway.name);
     let held = saved.as_ref().is_some_and(|state| state.held);
     let shaping = &gateway.shaping;
+    let now = crate::spool::unix_seconds() as f64;
+    let history = Kept::at_start(saved.as_ref(), shaping, identity, now);
     let queue = DeliveryQueue::shared(
         &gateway.name,
         |now| match &saved {
@@ -434,7 +455,7 @@ fn open_queue(
     let model = queue.view().0.model;
     tracing::info!(
         gateway = %gateway.name,
-        history = if saved.is_some() { "restored" } else { "none (initial_rate)" },
+        history = %history.describe(shaping, now),
         baseline = %shaping.rate_period.format(model.baseline),
         ceiling = %shaping.rate_period.format(model.ceiling),
         hour_allowance = %allowance(&model.budgets, Horizon::Hour),
@@ -446,7 +467,7 @@ fn open_queue(
             gateway = %gateway.name,
             hour_allowance = %allowance(&model.budgets, Horizon::Hour),
             day_allowance = %allowance(&model.budgets, Horizon::Day),
-            "no history for this gateway: it may send its floors in the first hour and day, and mail beyond them is held and released along the warm-up; if the gateway already sends more, say so with initial_rate = [\"60/min\", \"<busiest hour>/h\", \"<busiest day>/day\"]"
+            "no history for this gateway: it may send its floors in the first hour and day, and mail beyond them is held and released along the warm-up; if the gateway already sends more, learn its history from its log (smtp-shaper learn) or say so with initial_rate = [\"60/min\", \"<busiest hour>/h\", \"<busiest day>/day\"]"
         );
     }
     if let Some(state) = saved.as_ref().filter(|state| state.nodes_seen.most > 0) {
@@ -477,7 +498,7 @@ fn open_queue(
             metrics,
         )
     });
-    (queue, observing)
+    (queue, history, observing)
 }
 
 /// What the budget of `horizon` lets out in its window now, as the logs

@@ -20,6 +20,7 @@ pub mod client;
 pub mod dkim;
 mod generation;
 mod held;
+mod history;
 pub mod oauth;
 mod observed;
 mod queue;
@@ -58,6 +59,8 @@ struct Gateway {
     recent: Mutex<VecDeque<(u64, String)>>,
     /// `mode = "observe"`: what enforcement would have held.
     observing: Option<observed::Observing>,
+    /// Where its volume history comes from; a learned one found on disk.
+    history: history::Kept,
 }
 
 /// How many recent non-2xx replies /status shows per gateway.

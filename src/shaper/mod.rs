@@ -43,7 +43,7 @@ pub use model::{
     CeilingChange, DeferReason, Deferral, GatewayModel, ModelView, Projection, WindowCounts,
 };
 pub use scheduler::{ClassCounts, GatewayView, Lane, Release, Scheduler};
-pub use state::SavedState;
+pub use state::{HistorySource, SavedState};
 pub use volume::{BudgetReached, BudgetView};
 
 /// Asks whether new mail for a gateway may be accepted now; implemented by

@@ -855,6 +855,7 @@ impl GatewayModel {
                 .volume
                 .is_budgeted()
                 .then(|| self.volume.snapshot(now, reserve)),
+            history: None,
             held: false,
             nodes_seen: Default::default(),
         }

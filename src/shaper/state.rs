@@ -25,10 +25,24 @@ pub struct SavedState {
     pub caps: Vec<(f64, Vec<(i64, u64)>)>,
     /// The per-minute volume history, when some budget is configured.
     pub volume: Option<VolumeState>,
+    /// Where the volume history was learned from, when `smtp-shaper learn`
+    /// wrote it (`None`: the gateway's own sends, or nothing yet).
+    pub history: Option<HistorySource>,
     /// An operator's hold (`queue hold`): it outlasts a restart.
     pub held: bool,
     /// Cluster mode: the most nodes seen sharing the gateway lately.
     pub nodes_seen: NodesSeen,
+}
+
+/// A volume history learned from the gateway's own log: which kind of log
+/// (`postfix log`), when it was learned and the span it covered (Unix
+/// seconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistorySource {
+    pub source: String,
+    pub learned_at: f64,
+    pub first: f64,
+    pub last: f64,
 }
 
 /// The only version written and read.
@@ -46,6 +60,10 @@ struct File {
     caps: Vec<CapFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     volume: Option<VolumeFile>,
+    /// Written by `learn` and kept by every save after it; files from
+    /// before it have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    history: Option<HistorySource>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     held: bool,
     /// Cluster mode: (the most nodes seen lately, when last seen).
@@ -172,6 +190,7 @@ impl SavedState {
                 })
                 .collect(),
             volume: self.volume.as_ref().map(VolumeFile::new),
+            history: self.history.clone(),
             held: self.held,
             nodes_seen: (self.nodes_seen.most > 0)
                 .then_some((self.nodes_seen.most, self.nodes_seen.at)),
@@ -220,6 +239,7 @@ impl SavedState {
                 .map(|cap| (cap.window_seconds, cap.slots))
                 .collect(),
             volume,
+            history: file.history,
             held: file.held,
             nodes_seen: file
                 .nodes_seen
@@ -235,6 +255,12 @@ impl SavedState {
             state.paused_until,
         ]
         .iter()
+        .chain(
+            state
+                .history
+                .iter()
+                .flat_map(|history| [&history.learned_at, &history.first, &history.last]),
+        )
         .all(|number| number.is_finite());
         (finite && state.baseline >= 0.0).then_some(state)
     }
@@ -256,6 +282,7 @@ mod tests {
                 (86_400.0, vec![]),
             ],
             volume: None,
+            history: None,
             held: false,
             nodes_seen: NodesSeen::default(),
         };
@@ -292,7 +319,28 @@ mod tests {
         };
         let text = with_volume.to_text("primary").unwrap();
         assert!(text.contains("all = \"3 +3 7 +1\""), "{text}");
-        assert_eq!(SavedState::parse(&text), Some(with_volume));
+        assert_eq!(SavedState::parse(&text), Some(with_volume.clone()));
+        let learned = SavedState {
+            history: Some(HistorySource {
+                source: "postfix log".into(),
+                learned_at: 1_764_180_060.5,
+                first: 1_763_575_200.0,
+                last: 1_764_180_000.0,
+            }),
+            ..with_volume.clone()
+        };
+        let learned_text = learned.to_text("primary").unwrap();
+        assert!(
+            learned_text.contains("source = \"postfix log\""),
+            "{learned_text}"
+        );
+        assert_eq!(SavedState::parse(&learned_text), Some(learned));
+        assert_eq!(
+            SavedState::parse(
+                &learned_text.replace("learned_at = 1764180060.5", "learned_at = nan")
+            ),
+            None
+        );
         let damaged = text.replace("+3 7", "+x 7");
         assert_eq!(SavedState::parse(&damaged), None);
         let elsewhere = text.replace("slot = 29403001", "slot = 999999999999999");

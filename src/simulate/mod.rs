@@ -19,6 +19,7 @@ pub use trace::{Arrival, parse_trace};
 use std::collections::BinaryHeap;
 
 use crate::config::{AppClass, Config, GatewayConfig, Horizon, ShapingConfig};
+use crate::history::History;
 use crate::policy::Apps;
 use crate::shaper::shared::{Elsewhere, Proposal, SharedState};
 use crate::shaper::{ClassCounts, DeferReason, GatewayModel, Release, Scheduler};
@@ -38,6 +39,10 @@ pub struct Options {
     /// gateway's budget as in cluster mode (`shaper::shared::SharedState`
     /// stands in for Redis). 1: one smtp-shaper, no shared state.
     pub nodes: usize,
+    /// The gateway's history before the trace (`--history`): moved in time
+    /// so that its last entry falls where the gateway's model is made, an
+    /// hour before the trace's first arrival, and learned as `learn` would.
+    pub history: Option<History>,
 }
 
 impl Default for Options {
@@ -45,6 +50,7 @@ impl Default for Options {
         Options {
             retry_after: 600.0,
             nodes: 1,
+            history: None,
         }
     }
 }
@@ -131,6 +137,8 @@ pub struct AppStats {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub gateway: String,
+    /// `--history`: where it came from and the span it covered.
+    pub history: Option<String>,
     /// Sidecars the trace was spread over (`Options::nodes`).
     pub nodes: usize,
     pub messages: usize,
@@ -295,6 +303,55 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
     replay.finish(&gateway_config.shaping, trace)
 }
 
+/// `history` moved in time to end in the minute of `created` (whole
+/// minutes, so each minute keeps its count).
+fn moved(history: &History, created: f64) -> History {
+    let last = history.counts.last.unwrap_or(created);
+    let shift = (created / 60.0).floor() as i64 - (last / 60.0).floor() as i64;
+    let mut moved = history.clone();
+    moved.counts.minutes = history
+        .counts
+        .minutes
+        .iter()
+        .map(|(minute, count)| (minute + shift, *count))
+        .collect();
+    let seconds = shift as f64 * 60.0;
+    moved.counts.first = history.counts.first.map(|first| first + seconds);
+    moved.counts.last = history.counts.last.map(|last| last + seconds);
+    moved
+}
+
+/// A gateway's model made at `created`: with no history, or learned from
+/// `history` (already [`moved`] to end then) as `learn` would.
+fn model(shaping: &ShapingConfig, history: Option<&History>, created: f64) -> GatewayModel {
+    let learned = history.and_then(|history| {
+        crate::history::learn::learned_state(shaping, history, None, false, created).ok()
+    });
+    match learned {
+        Some(state) => GatewayModel::restore(shaping, &state, created),
+        None => GatewayModel::new(shaping, created),
+    }
+}
+
+/// The history's sends as the receiver saw them: each minute's units in the
+/// middle of it.
+fn history_sends(history: Option<&History>, shaping: &ShapingConfig) -> Vec<(f64, u64)> {
+    history.map_or_else(Vec::new, |history| {
+        history
+            .counts
+            .minutes
+            .iter()
+            .map(|(minute, count)| {
+                let units = match shaping.count {
+                    crate::config::CountUnit::Messages => count.messages,
+                    crate::config::CountUnit::Recipients => count.recipients,
+                };
+                (*minute as f64 * 60.0 + 30.0, units)
+            })
+            .collect()
+    })
+}
+
 /// A replay under way: the sidecars, the offers still to come, and the
 /// report so far.
 struct Replay<'t> {
@@ -305,6 +362,8 @@ struct Replay<'t> {
     end: f64,
     /// When the gateway's model was made.
     created: f64,
+    /// The history before it (`--history`), moved to end then.
+    history: Option<History>,
     nodes: Vec<Node>,
     /// The stand-in for Redis when there are several nodes.
     shared: Option<SharedState>,
@@ -332,11 +391,15 @@ impl<'t> Replay<'t> {
         let end = trace.last().map_or(0.0, |arrival| arrival.at);
         // The gateway exists, idle, an hour before the trace: its bucket is full.
         let created = start - 3_600.0;
+        let history = options
+            .history
+            .as_ref()
+            .map(|history| moved(history, created));
         let count = options.nodes.max(1);
         let nodes: Vec<Node> = (0..count)
             .map(|_| Node {
                 scheduler: Scheduler::new(
-                    GatewayModel::new(&gateway_config.shaping, created),
+                    model(&gateway_config.shaping, history.as_ref(), created),
                     apps.lanes(),
                 ),
                 release_at: f64::INFINITY,
@@ -345,6 +408,13 @@ impl<'t> Replay<'t> {
             .collect();
         let report = Report {
             gateway: gateway_config.name.clone(),
+            history: options.history.as_ref().map(|history| {
+                format!(
+                    "{}, {:.1} days, moved to end an hour before the trace",
+                    history.source,
+                    history.counts.span() / DAY
+                )
+            }),
             nodes: count,
             messages: trace.len(),
             sent: 0,
@@ -371,6 +441,7 @@ impl<'t> Replay<'t> {
             names,
             end,
             created,
+            history,
             nodes,
             shared: (count > 1).then(|| SharedState::new(count)),
             report,
@@ -592,7 +663,8 @@ impl<'t> Replay<'t> {
             .collect();
         let nodes = &self.nodes;
         let units = |recipients: u32| nodes[0].scheduler.units(recipients as usize);
-        judge_as_receiver(report, shaping, trace, self.created, units);
+        let history = history_sends(self.history.as_ref(), shaping);
+        judge_as_receiver(report, shaping, trace, (self.created, &history), units);
         self.report
     }
 }
@@ -616,21 +688,25 @@ fn judge_as_receiver(
     report: &mut Report,
     shaping: &ShapingConfig,
     trace: &[Arrival],
-    created: f64,
+    (created, history): (f64, &[(f64, u64)]),
     units: impl Fn(u32) -> u64,
 ) {
     let shaped: Vec<(f64, u64)> = report
         .sent_log
         .iter()
         .map(|sent| (sent.at, units(sent.recipients)))
+        .chain(history.iter().copied())
         .collect();
     let offered: Vec<(f64, u64)> = trace
         .iter()
         .map(|arrival| (arrival.at, units(arrival.recipients)))
+        .chain(history.iter().copied())
         .collect();
     for horizon in Horizon::ALL {
         let rule = rule(shaping, horizon, created);
-        let judge = Judge::new(shaped.clone(), rule.window);
+        // The history ends in the minute the model was made: judged from the next.
+        let judged_from = ((created / 60.0).floor() + 1.0) * 60.0;
+        let judge = Judge::new(shaped.clone(), rule.window).judging_from(judged_from);
         for sample in &mut report.samples {
             let end = sample.start + sample.span;
             sample.window_sent[horizon as usize] = judge.count(end);
@@ -641,7 +717,9 @@ fn judge_as_receiver(
             budgeted: shaping.min_volume[horizon as usize].is_some(),
             rule,
             shaped: judge.judge(&rule),
-            offered: Judge::new(offered.clone(), rule.window).judge(&rule),
+            offered: Judge::new(offered.clone(), rule.window)
+                .judging_from(judged_from)
+                .judge(&rule),
         });
     }
 }
@@ -699,6 +777,9 @@ impl Report {
                 "{} nodes, the trace spread over them round robin, sharing one budget (cluster mode)\n",
                 self.nodes
             ));
+        }
+        if let Some(history) = &self.history {
+            out.push_str(&format!("history: {history}\n"));
         }
         out.push_str(&format!(
             "gateway {}: {} messages offered, {} sent, {} given up after 5 days of deferrals\n\

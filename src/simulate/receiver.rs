@@ -80,6 +80,8 @@ pub struct Judge {
     prefix: Vec<u64>,
     /// Units in the window ending at each send.
     ending: SparseMax,
+    /// Sends before this time are history: they count, they are not judged.
+    judged_from: f64,
 }
 
 impl Judge {
@@ -95,10 +97,18 @@ impl Judge {
             times: sends.into_iter().map(|(at, _)| at).collect(),
             prefix,
             ending: SparseMax::new(Vec::new()),
+            judged_from: f64::NEG_INFINITY,
         };
         let ending = judge.times.iter().map(|at| judge.count(*at)).collect();
         judge.ending = SparseMax::new(ending);
         judge
+    }
+
+    /// Judges only the sends from `from` on: those before are the history
+    /// the rule weighs them against (`simulate --history`).
+    pub fn judging_from(mut self, from: f64) -> Judge {
+        self.judged_from = from;
+        self
     }
 
     /// Sends at or before `at`.
@@ -134,7 +144,8 @@ impl Judge {
     /// Judges every send under `rule` (whose window is this judge's).
     pub fn judge(&self, rule: &Rule) -> Verdict {
         let mut verdict = Verdict::default();
-        for at in &self.times {
+        let first = self.times.partition_point(|time| *time < self.judged_from);
+        for at in &self.times[first..] {
             let allowed = self.allowance(rule, *at);
             if allowed == 0 {
                 // No floor and no history yet: nothing to compare with.

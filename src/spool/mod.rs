@@ -540,6 +540,11 @@ impl Spool {
         File::open(&self.inner.dead_dir)?.sync_all()
     }
 
+    /// The spool's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
     /// The saved shaping state of `gateway`, if there is one.
     pub fn load_shaping_state(&self, gateway: &str) -> io::Result<Option<String>> {
         let path = self.inner.shaping_dir.join(format!("{gateway}.toml"));
@@ -601,19 +606,85 @@ impl Spool {
 /// directory. Returns the path.
 async fn replace_durably(dir: PathBuf, name: String, parts: Vec<Vec<u8>>) -> io::Result<PathBuf> {
     tokio::task::spawn_blocking(move || {
-        let temporary = dir.join(format!(".{name}.tmp"));
-        let path = dir.join(&name);
-        let mut file = File::create(&temporary)?;
-        for part in &parts {
-            file.write_all(part)?;
-        }
-        file.sync_all()?;
-        fs::rename(&temporary, &path)?;
-        File::open(&dir)?.sync_all()?;
-        Ok(path)
+        let temporary = format!(".{name}.tmp");
+        write_durably(&dir, &name, &temporary, &parts)
     })
     .await
     .map_err(io::Error::other)?
+}
+
+/// [`replace_durably`]'s work, blocking, through the temporary file
+/// `dir/temporary` (another process writing the same file uses another
+/// name, so two writers never mix their bytes).
+fn write_durably(
+    dir: &Path,
+    name: &str,
+    temporary: &str,
+    parts: &[Vec<u8>],
+) -> io::Result<PathBuf> {
+    let temporary = dir.join(temporary);
+    let path = dir.join(name);
+    let mut file = File::create(&temporary)?;
+    for part in parts {
+        file.write_all(part)?;
+    }
+    file.sync_all()?;
+    fs::rename(&temporary, &path)?;
+    File::open(dir)?.sync_all()?;
+    Ok(path)
+}
+
+/// The saved shaping state file of `gateway` in the spool at `dir`.
+pub fn shaping_state_path(dir: &Path, gateway: &str) -> PathBuf {
+    dir.join(SHAPING_DIR).join(format!("{gateway}.toml"))
+}
+
+/// Replaces the saved shaping state of `gateway` in the spool at `dir` from
+/// outside the service (`smtp-shaper learn`, which may run beside it): the
+/// same crash-safe write as the service's, through a temporary file of its
+/// own. Creates `shaping/` when the spool is new.
+pub fn replace_shaping_state(dir: &Path, gateway: &str, text: &str) -> io::Result<PathBuf> {
+    let shaping = dir.join(SHAPING_DIR);
+    fs::create_dir_all(&shaping).map_err(|error| annotate(error, &shaping, "cannot create"))?;
+    let name = format!("{gateway}.toml");
+    let temporary = format!(".{name}.learn.tmp");
+    write_durably(&shaping, &name, &temporary, &[text.as_bytes().to_vec()])
+        .map_err(|error| annotate(error, &shaping.join(&name), "cannot write"))
+}
+
+/// Holds the saved shaping state of `gateway` for one read-and-replace
+/// (`learn`'s merge, the service's check-and-save) until the file returned
+/// is dropped: the two never interleave, so neither writes over what the
+/// other just wrote unseen. An advisory lock on `shaping/.<gateway>.lock`,
+/// released by the kernel if the process dies.
+pub fn lock_shaping_state(dir: &Path, gateway: &str) -> io::Result<File> {
+    let shaping = dir.join(SHAPING_DIR);
+    fs::create_dir_all(&shaping).map_err(|error| annotate(error, &shaping, "cannot create"))?;
+    let path = shaping.join(format!(".{gateway}.lock"));
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| annotate(error, &path, "cannot open"))?;
+    file.lock()
+        .map_err(|error| annotate(error, &path, "cannot lock"))?;
+    Ok(file)
+}
+
+/// Which file the saved shaping state of `gateway` is now (device, inode,
+/// size, modification time): a change tells a running service that
+/// another process (`learn`) replaced it. `None` when there is none.
+pub fn shaping_state_identity(dir: &Path, gateway: &str) -> Option<(u64, u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = fs::metadata(shaping_state_path(dir, gateway)).ok()?;
+    Some((
+        metadata.dev(),
+        metadata.ino(),
+        metadata.size(),
+        metadata.mtime(),
+        metadata.mtime_nsec(),
+    ))
 }
 
 /// Bytes free for unprivileged users on the file system holding `path`.
@@ -724,6 +795,23 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    #[test]
+    fn learn_and_the_service_take_turns_on_a_shaping_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_shaping_state(dir.path(), "g").unwrap();
+        let other = File::open(dir.path().join("shaping/.g.lock")).unwrap();
+        assert!(other.try_lock().is_err(), "held: the other waits");
+        drop(held);
+        other.try_lock().expect("released");
+        // A temporary file a killed writer left does not stand in the way.
+        std::fs::write(dir.path().join("shaping/.g.toml.learn.tmp"), "torn").unwrap();
+        replace_shaping_state(dir.path(), "g", "whole\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(shaping_state_path(dir.path(), "g")).unwrap(),
+            "whole\n"
+        );
     }
 
     #[tokio::test]

@@ -41,6 +41,7 @@ pub struct Gateway<'a> {
     queue: Queue<'a>,
     backoff: Backoff,
     volume_budgets: Keyed<&'static str, Budget>,
+    history: History<'a>,
     deferrals: Keyed<&'static str, u64>,
     connections: i64,
     cluster: Option<Cluster>,
@@ -86,6 +87,15 @@ struct Budget {
     left: u64,
     transactional_room: u64,
     next_room_seconds: f64,
+}
+
+/// Where the volume budgets' history comes from.
+#[derive(Serialize)]
+struct History<'a> {
+    source: &'a str,
+    /// Unix seconds of its first minute.
+    since: u64,
+    minutes: u64,
 }
 
 #[derive(Serialize)]
@@ -176,6 +186,11 @@ impl<'a> Gateway<'a> {
                     })
                     .collect(),
             ),
+            history: History {
+                source: &status.history.source,
+                since: status.history.since,
+                minutes: status.history.minutes,
+            },
             deferrals: Keyed(
                 DeferReason::ALL
                     .iter()
@@ -368,6 +383,11 @@ mod tests {
                 nodes: 3,
                 share_of: 3,
             }),
+            history: crate::telemetry::HistoryView {
+                source: "postfix log".into(),
+                since: 1_763_575_200,
+                minutes: 10_080,
+            },
         };
         assert_eq!(
             to_text(&Gateway::new(&status)),
@@ -381,6 +401,7 @@ mod tests {
                 r#""recovery_left_seconds":0.0},"#,
                 r#""volume_budgets":{"1h":{"sent":40,"allowance":60,"left":20,"#,
                 r#""transactional_room":12,"next_room_seconds":0.0}},"#,
+                r#""history":{"source":"postfix log","since":1763575200,"minutes":10080},"#,
                 r#""deferrals":{"queue_delay":1,"queue_full":0,"cap":0,"hour_budget":2,"#,
                 r#""day_budget":0,"recipients":0},"connections":1,"#,
                 r#""cluster":{"connected":true,"nodes":3,"share_of":3},"#,

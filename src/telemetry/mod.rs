@@ -47,6 +47,20 @@ pub struct GatewayStatus {
     pub cluster: Option<crate::cluster::ClusterView>,
     /// Observe mode: messages enforcement would still be holding now.
     pub observed_backlog: Option<usize>,
+    /// Where its volume history comes from.
+    pub history: HistoryView,
+}
+
+/// Where a gateway's volume history comes from (`/status`'s `history`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HistoryView {
+    /// `postfix log`, `exchange trace`, `csv` (learned), `own sends`,
+    /// `initial_rate` (seeded) or `none`.
+    pub source: String,
+    /// Unix seconds of its first minute.
+    pub since: u64,
+    /// Minutes of it the volume rule holds (at most the kept 9 days).
+    pub minutes: u64,
 }
 
 /// One queued message as the admin API lists it.

@@ -186,6 +186,8 @@ fn every_subcommand_has_help() {
         &["--help"][..],
         &["run", "--help"],
         &["check-config", "--help"],
+        &["learn", "--help"],
+        &["simulate", "--help"],
     ] {
         let output = shaper(args);
         assert!(output.status.success(), "{args:?}");
@@ -195,6 +197,17 @@ fn every_subcommand_has_help() {
         );
     }
     assert!(text(&shaper(&["run", "--help"]).stdout).contains("--config"));
+    let learn = text(&shaper(&["learn", "--help"]).stdout);
+    for flag in [
+        "--postfix-log",
+        "--exchange-trace",
+        "--csv",
+        "--gateway",
+        "--replace",
+    ] {
+        assert!(learn.contains(flag), "{flag}: {learn}");
+    }
+    assert!(text(&shaper(&["simulate", "--help"]).stdout).contains("--history"));
 }
 
 #[test]
@@ -625,6 +638,91 @@ fn the_queue_command_tells_a_peer_that_is_not_the_admin_api_from_no_peer() {
             "unusable answer from the admin API at http://{address}"
         )),
         "{stderr}"
+    );
+}
+
+/// The README's "Putting smtp-shaper in front of a gateway that already
+/// sends": its commands work as typed in a user's folder, and what it shows
+/// of their output is what they print (dates and what depends on the day
+/// `learn` runs aside).
+#[test]
+fn the_readmes_learn_commands_work_as_typed_and_print_what_it_shows() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let section = readme
+        .split("### Putting smtp-shaper in front of a gateway that already sends")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the section");
+    let blocks: Vec<&str> = section
+        .split("```")
+        .skip(1)
+        .step_by(2)
+        .map(|block| block.trim_start_matches("sh").trim_start_matches('\n'))
+        .collect();
+    let commands: Vec<&str> = blocks
+        .iter()
+        .find(|block| {
+            block.starts_with("smtp-shaper simulate --config traces/existing-gateway.toml")
+        })
+        .expect("the commands")
+        .lines()
+        .map(|line| line.split("  #").next().unwrap().trim())
+        .collect();
+    let mut shown = blocks.iter().filter(|block| {
+        block.starts_with("held in the queue")
+            || block.starts_with("history:")
+            || block.starts_with("gateway \"apps\"")
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(format!("{root}/traces"), dir.path().join("traces")).unwrap();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut checked = 0;
+    for command in &commands {
+        let output = Command::new("sh")
+            .args(["-c", command])
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let stdout = text(&output.stdout);
+        assert!(
+            output.status.success(),
+            "`{command}`: {stdout}{}",
+            text(&output.stderr)
+        );
+        if !command.starts_with("smtp-shaper ") {
+            continue;
+        }
+        let shown = shown.next().expect("its output shown");
+        for line in shown.lines() {
+            if ["  span", "  allowance", "  baseline"]
+                .iter()
+                .any(|dated| line.starts_with(dated))
+            {
+                continue;
+            }
+            let line = line.split(" from 20").next().unwrap();
+            assert!(
+                stdout.contains(line),
+                "`{command}` does not print {line:?}:\n{stdout}"
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 3, "{commands:?}");
+    assert!(
+        dir.path()
+            .join("smtp-shaper-spool/shaping/apps.toml")
+            .is_file()
     );
 }
 

@@ -21,6 +21,7 @@ mod exchange;
 mod fuzz;
 mod header;
 mod hold;
+mod learn;
 mod long_queue;
 mod observe;
 mod prometheus;
