@@ -216,7 +216,8 @@ impl Generation {
             .gateways
             .iter()
             .map(|g| (g.config.name.clone(), g.queue.pause_left()))
-            .filter(|(_, left)| *left > 0.0)
+            // A pause about to end is not worth the operator's while.
+            .filter(|(_, left)| *left >= 1.0)
             .collect();
         match id {
             Some(id) if moved == 0 => {
