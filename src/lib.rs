@@ -60,6 +60,55 @@ pub struct Service {
 }
 
 impl Service {
+    /// What [`Service::start`] would fail on that the file alone does not
+    /// show, found without starting (`check-config`): the files it loads
+    /// (the certificate and key, each gateway's CA and login, the DKIM
+    /// keys, the admin token), a spool folder that is a file, and two
+    /// listeners on one address.
+    pub fn cannot_start(config: &Config) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(tls) = &config.server.tls
+            && let Err(error) = ServerTls::load(&tls.certificate, &tls.key)
+        {
+            problems.push(format!("server.tls: {error}"));
+        }
+        if let Err(error) = Outbound::check(config) {
+            problems.push(error.to_string());
+        }
+        if let Err(error) = config.http.admin_token() {
+            problems.push(format!("http.admin_token_file: {error}"));
+        }
+        let dir = &config.spool.dir;
+        if dir.exists() && !dir.is_dir() {
+            problems.push(format!(
+                "spool.dir: {} is a file; the spool needs a folder",
+                dir.display()
+            ));
+        }
+        let listeners = [
+            ("server.listen", Some(config.server.listen)),
+            (
+                "server.tls.listen",
+                config.server.tls.as_ref().and_then(|tls| tls.listen),
+            ),
+            ("http.listen", config.http.listen),
+        ];
+        for (index, (name, address)) in listeners.iter().enumerate() {
+            let Some(address) = address.filter(|address| address.port() != 0) else {
+                continue;
+            };
+            for (other, _) in listeners[..index]
+                .iter()
+                .filter(|(_, other)| *other == Some(address))
+            {
+                problems.push(format!(
+                    "{name}: {address} is also {other}; each listener needs its own address"
+                ));
+            }
+        }
+        problems
+    }
+
     /// Opens the spool (recovering queued mail), binds the listener and
     /// starts delivering.
     pub async fn start(config: Config) -> io::Result<Service> {

@@ -53,11 +53,21 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
-    /// Validate a configuration file and explain every problem in it
+    /// Validate a configuration file and explain every problem in it,
+    /// including what `run` would fail on (files it loads, listeners on
+    /// one address); without --config, the embedded default
     CheckConfig {
         /// TOML configuration file
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+    },
+    /// Print the embedded default configuration (what `run` uses without
+    /// --config), a starting file: `smtp-shaper config --default >
+    /// smtp-shaper.toml`
+    Config {
+        /// The embedded default
+        #[arg(long, required = true)]
+        default: bool,
     },
     /// Explain a sender domain's SPF, DMARC and DKIM for a gateway's sending
     /// IP (relay rule 4); exit 0 when all is well, 1 when something is not
@@ -220,7 +230,16 @@ fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig { config } => check_config(config.as_deref()),
+        Command::Config { .. } => {
+            // A closed pipe (`config --default | head`) is not a failure.
+            let _ = write!(
+                std::io::stdout(),
+                "{}",
+                smtp_shaper::config::EMBEDDED_DEFAULT
+            );
+            ExitCode::SUCCESS
+        }
         Command::Simulate {
             config,
             trace,
@@ -282,34 +301,46 @@ fn main() -> ExitCode {
     }
 }
 
-/// `check-config`: every problem of the file, or that it is valid.
-fn check_config(config: &Path) -> ExitCode {
-    match Config::load(config) {
-        Ok(loaded) => {
-            // Valid, but worth a look before it runs: said, exit 0.
-            let warnings = loaded
-                .warnings()
-                .into_iter()
-                .chain(smtp_shaper::spool::segment_size_warning(&loaded.spool));
-            for warning in warnings {
-                eprintln!("{}: warning: {warning}", config.display());
-            }
-            println!("{}: configuration is valid", config.display());
-            ExitCode::SUCCESS
-        }
+/// `check-config`: every problem of the file (the embedded default without
+/// one), what `run` would fail on, or that it is valid.
+fn check_config(path: Option<&Path>) -> ExitCode {
+    let (name, loaded) = match path {
+        Some(path) => (path.display().to_string(), Config::load(path)),
+        None => (
+            "the embedded default".to_string(),
+            Ok(Config::embedded_default()),
+        ),
+    };
+    let config = match loaded {
+        Ok(config) => config,
         Err(error) => {
-            eprintln!(
-                "{}: {} problem(s):\n{error}",
-                config.display(),
-                error.problems.len()
-            );
-            ExitCode::FAILURE
+            eprintln!("{name}: {} problem(s):\n{error}", error.problems.len());
+            return ExitCode::FAILURE;
         }
+    };
+    let problems = smtp_shaper::Service::cannot_start(&config);
+    if !problems.is_empty() {
+        eprintln!(
+            "{name}: {} problem(s) run would fail on:\n{}",
+            problems.len(),
+            problems.join("\n")
+        );
+        return ExitCode::FAILURE;
     }
+    // Valid, but worth a look before it runs: said, exit 0.
+    let warnings = config
+        .warnings()
+        .into_iter()
+        .chain(smtp_shaper::spool::segment_size_warning(&config.spool));
+    for warning in warnings {
+        eprintln!("{name}: warning: {warning}");
+    }
+    println!("{name}: configuration is valid");
+    ExitCode::SUCCESS
 }
 
-/// `run`: the service on the file's configuration (the embedded default
-/// without one), until SIGTERM or SIGINT.
+/// `learn`: a gateway's volume history from its own logs, into its saved
+/// shaping state.
 fn learn(config_path: &Path, gateway: &str, files: [Vec<PathBuf>; 3], replace: bool) -> ExitCode {
     use smtp_shaper::history::{Format, Input, Zone, learn};
     let config = match Config::load(config_path) {
@@ -346,6 +377,8 @@ fn learn(config_path: &Path, gateway: &str, files: [Vec<PathBuf>; 3], replace: b
     }
 }
 
+/// `run`: the service on the file's configuration (the embedded default
+/// without one), until SIGTERM or SIGINT.
 fn serve(path: Option<PathBuf>) -> ExitCode {
     let config = match &path {
         Some(path) => Config::load(path),
@@ -354,7 +387,8 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     let config = match config {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("invalid configuration:\n{error}");
+            let name = path.as_deref().unwrap_or(Path::new("embedded default"));
+            eprintln!("{}: invalid configuration:\n{error}", name.display());
             return ExitCode::FAILURE;
         }
     };

@@ -688,7 +688,7 @@ impl Config {
         let server = root.section("server");
         let spool = root.section("spool");
         let http = root.section("http");
-        let cluster = root.has("cluster").then(|| root.section("cluster"));
+        let cluster = root.optional_section("cluster");
         let gateway_tables = root.array_of_sections("gateways");
         let app_tables = root.array_of_sections("apps");
         let dkim_tables = root.array_of_sections("dkim");
@@ -1497,6 +1497,7 @@ fn parse_name(text: &str) -> Option<String> {
 
 fn read_app(mut s: Section<'_>) -> AppConfig {
     let unsubscribe_given = s.has("unsubscribe");
+    let hash_given = s.has("password_hash");
     let app = AppConfig {
         name: s.required("name", NAME_FORMS, parse_name),
         networks: s.list("networks", &[], NETWORK_FORMS, |v| v.parse().ok()),
@@ -1579,7 +1580,8 @@ fn read_app(mut s: Section<'_>) -> AppConfig {
             "applies to bulk mail only: set class = \"bulk\" too, or remove it",
         );
     }
-    if app.user.is_some() != app.password_hash.is_some() {
+    // A hash given but not valid is said once, above.
+    if app.user.is_some() != hash_given {
         s.problem(
             "password_hash",
             "user and password_hash go together (an app that logs in needs both)",
@@ -2346,8 +2348,23 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.problems.len(), 1);
         assert!(error.problems[0].starts_with(
-            "line 4: servr: unknown key; accepted here: server, spool, http, gateways"
+            "line 4: servr: unknown key; accepted here: server, spool, http, cluster, gateways"
         ));
+    }
+
+    #[test]
+    fn an_invalid_password_hash_is_said_once() {
+        let problems = Config::parse(
+            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[[apps]]\nname = \"portal\"\nuser = \"portal\"\npassword_hash = \"not-a-hash\"\n",
+        )
+        .unwrap_err()
+        .problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("apps[0].password_hash"),
+            "{problems:?}"
+        );
+        assert!(!problems[0].contains("go together"), "{problems:?}");
     }
 
     #[test]

@@ -169,6 +169,17 @@ impl<'p> Section<'p> {
     }
 
     /// A sub-table such as `[server]`; absent means empty (all defaults).
+    /// The table under `key` when it is there (an optional section such as
+    /// `[cluster]`); the key is known either way.
+    pub fn optional_section(&mut self, key: &'static str) -> Option<Table> {
+        if self.has(key) {
+            Some(self.section(key))
+        } else {
+            self.known.push(key);
+            None
+        }
+    }
+
     pub fn section(&mut self, key: &'static str) -> Table {
         match self.take(key) {
             None => Table::new(),

@@ -15,8 +15,8 @@ use tokio::time::Instant;
 
 use super::client::Credentials;
 use super::held;
-use super::observed::Observing;
 use super::history::Kept;
+use super::observed::Observing;
 use super::queue::{DeliveryQueue, Parked, Parking, Queued};
 use super::retry::Backoff;
 use super::worker::{WorkerContext, worker};

@@ -93,6 +93,13 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    /// Loads what [`Outbound::start`] loads (each gateway's CA file and
+    /// login, the DKIM keys) and says what fails, starting nothing
+    /// (`check-config`).
+    pub fn check(config: &Config) -> std::io::Result<()> {
+        Loaded::load(config).map(drop)
+    }
+
     /// Starts the workers of every gateway. Fails when a gateway's TLS
     /// settings (its CA file), upstream password or a DKIM key cannot be
     /// loaded. `policy` is the sessions' (its apps place messages in lanes;

@@ -852,3 +852,61 @@ fn check_config_warns_of_a_segment_size_the_disk_cannot_hold_a_few_of() {
     );
     assert!(text(&output.stdout).contains("configuration is valid"));
 }
+
+/// check-config loads what run would fail on; without --config it checks
+/// the embedded default, which `config --default` prints.
+#[test]
+fn check_config_catches_what_run_would_fail_on_and_knows_the_embedded_default() {
+    let default = shaper(&["check-config"]);
+    assert!(default.status.success(), "{default:?}");
+    assert!(
+        text(&default.stdout).contains("the embedded default: configuration is valid"),
+        "{default:?}"
+    );
+    let printed = shaper(&["config", "--default"]);
+    assert!(printed.status.success());
+    assert_eq!(
+        text(&printed.stdout),
+        smtp_shaper::config::EMBEDDED_DEFAULT,
+        "the embedded default, as is"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let spool_file = dir.path().join("spool-is-a-file");
+    std::fs::write(&spool_file, "not a folder").unwrap();
+    let config = dir.path().join("shaper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:2600\"\n[server.tls]\ncertificate = \"{0}/missing.pem\"\nkey = \"{0}/missing.key\"\n[spool]\ndir = \"{1}\"\n[http]\nlisten = \"127.0.0.1:2600\"\n[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n",
+            dir.path().display(),
+            spool_file.display()
+        ),
+    )
+    .unwrap();
+    let checked = shaper(&["check-config", "--config", config.to_str().unwrap()]);
+    assert_eq!(checked.status.code(), Some(1), "{checked:?}");
+    let said = text(&checked.stderr);
+    assert!(said.contains("3 problem(s) run would fail on"), "{said}");
+    assert!(
+        said.contains("server.tls: ") && said.contains("missing.pem"),
+        "{said}"
+    );
+    assert!(
+        said.contains("spool.dir: ") && said.contains("is a file"),
+        "{said}"
+    );
+    assert!(
+        said.contains("http.listen: 127.0.0.1:2600 is also server.listen"),
+        "{said}"
+    );
+    // run names the file it refuses.
+    std::fs::write(&config, "[server]\nlisten = 5\n").unwrap();
+    let run = shaper(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        text(&run.stderr).starts_with(&format!("{}: invalid configuration:", config.display())),
+        "{}",
+        text(&run.stderr)
+    );
+}
