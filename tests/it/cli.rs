@@ -35,9 +35,19 @@ fn the_deployment_examples_carry_valid_configs() {
         "deploy/docker/smtp-shaper.toml",
     ] {
         let path = format!("{root}/{file}");
-        let output = shaper(&["check-config", "--config", &path]);
+        // The secrets they name exist where they run, not here.
+        let output = shaper(&["check-config", "--file-only", "--config", &path]);
         assert!(output.status.success(), "{file}: {}", text(&output.stderr));
     }
+    let here = shaper(&[
+        "check-config",
+        "--config",
+        &format!("{root}/config/exchange-online.toml"),
+    ]);
+    assert!(
+        text(&here.stderr).contains("smtp-shaper-entra-client-secret"),
+        "without --file-only, the missing secret is said: {here:?}"
+    );
     // The Kubernetes ConfigMap's smtp-shaper.toml (a YAML block scalar).
     let manifest = std::fs::read_to_string(format!(
         "{root}/deploy/kubernetes/app-with-smtp-shaper.yaml"
@@ -55,7 +65,12 @@ fn the_deployment_examples_carry_valid_configs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("configmap.toml");
     std::fs::write(&path, &block).unwrap();
-    let output = shaper(&["check-config", "--config", path.to_str().unwrap()]);
+    let output = shaper(&[
+        "check-config",
+        "--file-only",
+        "--config",
+        path.to_str().unwrap(),
+    ]);
     assert!(
         output.status.success(),
         "ConfigMap: {}",
