@@ -56,6 +56,8 @@ pub struct Service {
     /// The sessions' current context; [`Service::reload`] replaces it.
     contexts: watch::Sender<Arc<inbound::Context>>,
     stop: watch::Sender<bool>,
+    /// The second stop: no more waiting for sessions in flight.
+    hurry: Arc<watch::Sender<bool>>,
     task: JoinHandle<()>,
 }
 
@@ -141,6 +143,7 @@ impl Service {
         };
         let admin_token = config.http.admin_token()?;
         let (stop, shutdown) = Shutdown::channel();
+        let (hurry, hurry_signal) = Shutdown::channel();
         let mut workers = JoinSet::new();
         let sender_checks = policy.senders.clone();
         let outbound = Outbound::start(&config, spool.clone(), &policy, metrics.clone())?;
@@ -181,7 +184,14 @@ impl Service {
             metrics,
         }));
         let task = tokio::spawn(async move {
-            inbound::serve(listener, tls_listener, current.clone(), shutdown).await;
+            inbound::serve(
+                listener,
+                tls_listener,
+                current.clone(),
+                shutdown,
+                hurry_signal,
+            )
+            .await;
             let grace = current.borrow().config.server.shutdown_grace;
             final_outbound.stop(grace).await;
             while workers.join_next().await.is_some() {}
@@ -196,6 +206,7 @@ impl Service {
             outbound,
             contexts,
             stop,
+            hurry: Arc::new(hurry),
             task,
         })
     }
@@ -232,11 +243,28 @@ impl Service {
         self.outbound.view(gateway)
     }
 
+    /// What ends the wait for sessions in flight during a shutdown (a
+    /// second stop signal): they are told 421 and closed at once.
+    pub fn stop_now(&self) -> StopNow {
+        StopNow(self.hurry.clone())
+    }
+
     /// Stops accepting, lets sessions and deliveries in flight finish (up to
     /// `shutdown_grace` each), syncs the spool and returns.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+    }
+}
+
+/// See [`Service::stop_now`].
+pub struct StopNow(Arc<watch::Sender<bool>>);
+
+impl StopNow {
+    /// Sessions still in a transaction are told `421 4.3.2` and closed (their
+    /// messages were never answered 250: nothing accepted is lost).
+    pub fn now(&self) {
+        let _ = self.0.send(true);
     }
 }
 

@@ -764,8 +764,24 @@ async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
         }
     }
     tracing::info!(
-        "stop signal received: no new connections; finishing sessions and deliveries in flight"
+        "stop signal received: no new connections; finishing sessions and deliveries in flight (a second signal stops waiting for the sessions)"
     );
-    service.shutdown().await;
+    let now = service.stop_now();
+    let stopping = service.shutdown();
+    tokio::pin!(stopping);
+    let second = async {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    };
+    tokio::select! {
+        _ = &mut stopping => {}
+        _ = second => {
+            tracing::warn!("second stop signal: sessions in flight are told 421 and closed now");
+            now.now();
+            stopping.await;
+        }
+    }
     ExitCode::SUCCESS
 }

@@ -50,6 +50,10 @@ struct Conn {
     /// A client that stops reading its replies is dropped after this long,
     /// so it cannot hold a connection slot forever.
     write_timeout: Duration,
+    /// Flips when the service stops waiting for sessions (shutdown_grace
+    /// over, or a second stop signal): a session still in a transaction
+    /// is told 421 and closed, its message not accepted.
+    cut: Shutdown,
 }
 
 impl Conn {
@@ -117,6 +121,7 @@ pub async fn serve(
     context: Arc<Context>,
     limits: Arc<ClientLimits>,
     mut shutdown: Shutdown,
+    cut: Shutdown,
     implicit_tls: bool,
 ) {
     let _ = stream.set_nodelay(true);
@@ -140,6 +145,7 @@ pub async fn serve(
         buffer: Vec::with_capacity(8192),
         out: Vec::with_capacity(1024),
         write_timeout: server.idle_timeout,
+        cut,
     };
     let mut session = Session::new(server, &context.policy, &context.outbound, peer.ip());
     if conn.stream.is_tls() {
@@ -228,9 +234,15 @@ async fn run(
                 .min(server.command_deadline.saturating_sub(since.elapsed()))
         };
         // Between transactions a stopping service hangs up; inside one it lets
-        // the client finish (the service waits up to shutdown_grace).
-        let watch_shutdown = (!session.in_transaction()).then_some(&mut *shutdown);
-        let input = conn.fill(limit, watch_shutdown).await?;
+        // the client finish (the service waits up to shutdown_grace), until
+        // the wait is cut.
+        let mut cut = conn.cut.clone();
+        let watch_shutdown = if session.in_transaction() {
+            &mut cut
+        } else {
+            &mut *shutdown
+        };
+        let input = conn.fill(limit, Some(watch_shutdown)).await?;
         if let Flow::Close = after_waiting(conn, session, context, input) {
             return Ok(());
         }
@@ -524,9 +536,20 @@ async fn receive_message(
         let limit = server
             .data_timeout
             .min(server.data_deadline.saturating_sub(started.elapsed()));
-        match conn.fill(limit, None).await? {
+        let mut cut = conn.cut.clone();
+        match conn.fill(limit, Some(&mut cut)).await? {
             Input::Data => {}
-            Input::Closed | Input::Shutdown => return Ok(None),
+            Input::Closed => return Ok(None),
+            Input::Shutdown => {
+                // Not accepted: the client still has the message to send.
+                return Ok(Some(Reply::new(
+                    421,
+                    format!(
+                        "4.3.2 {} Service shutting down; message not accepted, send it again later",
+                        server.hostname
+                    ),
+                )));
+            }
             Input::TimedOut => {
                 let refusal = Refusal::new(
                     RefusalReason::Timeout,

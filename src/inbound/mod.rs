@@ -55,8 +55,9 @@ pub struct Context {
 }
 
 /// Accepts connections until `shutdown` turns true, then lets open sessions
-/// finish for up to `shutdown_grace` and drops the rest (none of them has
-/// been answered 250 for an unfinished message, so nothing is lost).
+/// finish for up to `shutdown_grace` (or until `hurry`, a second stop
+/// signal) and tells the rest 421 (none of them has been answered 250 for
+/// an unfinished message, so nothing is lost).
 /// `tls_listener` speaks TLS from the first byte; both share the limits.
 /// `contexts` holds the current context: a reload replaces it, and each
 /// new connection takes the one current when it arrives (open sessions
@@ -67,7 +68,10 @@ pub async fn serve(
     tls_listener: Option<TcpListener>,
     contexts: watch::Receiver<Arc<Context>>,
     mut shutdown: Shutdown,
+    mut hurry: Shutdown,
 ) {
+    // Sessions still open when the wait for them ends are cut with 421.
+    let (cut, cut_signal) = Shutdown::channel();
     let first = contexts.borrow().clone();
     let server = &first.config.server;
     let slots = Arc::new(Semaphore::new(server.max_connections));
@@ -109,6 +113,7 @@ pub async fn serve(
             }
         };
         let shutdown = shutdown.clone();
+        let cut = cut_signal.clone();
         let limits = limits.clone();
         sessions.spawn(async move {
             let open = &context.metrics.inbound_connections;
@@ -119,6 +124,7 @@ pub async fn serve(
                 context.clone(),
                 limits,
                 shutdown,
+                cut,
                 implicit_tls,
             )
             .await;
@@ -130,18 +136,31 @@ pub async fn serve(
     drop(listener);
     drop(tls_listener);
     let grace = contexts.borrow().config.server.shutdown_grace;
-    let drained = tokio::time::timeout(grace, async {
-        while sessions.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
+    let drained = tokio::select! {
+        drained = tokio::time::timeout(grace, async {
+            while sessions.join_next().await.is_some() {}
+        }) => drained.is_ok(),
+        _ = hurry.stopped() => sessions.is_empty(),
+    };
+    if !drained {
         tracing::warn!(
             open = sessions.len(),
-            "sessions still open after shutdown_grace; closing them"
+            "sessions still open after shutdown_grace (or a second stop signal); telling them 421 and closing them"
         );
-        sessions.shutdown().await;
+        let _ = cut.send(true);
+        // Each writes its 421 and closes; one that cannot is dropped.
+        let told = tokio::time::timeout(CUT_WAIT, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if told.is_err() {
+            sessions.shutdown().await;
+        }
     }
 }
+
+/// How long sessions cut at the end of a shutdown have to write their 421.
+const CUT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The checks a connection passes before any SMTP, in order: its network,
 /// its address's connection rate, a session slot, a slot of its address

@@ -191,6 +191,56 @@ async fn a_transaction_in_flight_at_shutdown_may_finish() {
     service.shutdown().await;
 }
 
+/// A session still in DATA when shutdown_grace is over is told 421 (not a
+/// silent close): the message was never answered 250, the client sends it
+/// again. And a second stop signal ends the wait at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cut_by_shutdown_is_told_421_and_a_second_signal_ends_the_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = free_address();
+    let listen = free_address();
+    let config = write_config(dir.path(), listen, gateway);
+    // An hour's grace: only the second signal ends the wait in this test.
+    let toml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1h\"");
+    std::fs::write(&config, toml).unwrap();
+    let mut process = spawn(&config, listen).await;
+    let mut client = Client::ready(process.address).await;
+    assert_eq!(
+        client.command("MAIL FROM:<app@example.com>").await.code,
+        250
+    );
+    assert_eq!(client.command("RCPT TO:<a@example.org>").await.code, 250);
+    assert_eq!(client.command("DATA").await.code, 354);
+    client.send_raw(b"Subject: half\r\n\r\nhalf a bo").await;
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([name, &process.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-INT");
+    // The first signal closes the listener and waits for the session (it
+    // could finish its message).
+    let mut stopped = false;
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(listen).await.is_err() {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stopped, "the first signal stops accepting");
+    signal("-INT");
+    let reply = client.reply().await.expect("421 when the wait is cut");
+    assert_eq!((reply.code, &reply.text[..5]), (421, "4.3.2"), "{reply:?}");
+    assert!(reply.text.contains("message not accepted"), "{reply:?}");
+    let exit = process.child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
+
 /// Offers message number `index` (the service may defer it at RCPT).
 async fn offer_tagged(client: &mut Client, index: usize) -> support::ClientReply {
     client
