@@ -582,11 +582,57 @@ fn check_dns(
     }
 }
 
+/// While it lives, a terminal on standard input does not echo what is
+/// typed (a password); it is put back as it was when dropped. Nothing when
+/// standard input is not a terminal (a pipe, a file).
+struct HiddenInput(Option<libc::termios>);
+
+impl HiddenInput {
+    fn at_terminal() -> HiddenInput {
+        // SAFETY: isatty, tcgetattr and tcsetattr on fd 0 with a termios
+        // owned here; failures leave the terminal as it was.
+        unsafe {
+            if libc::isatty(0) != 1 {
+                return HiddenInput(None);
+            }
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut saved) != 0 {
+                return HiddenInput(None);
+            }
+            let mut quiet = saved;
+            quiet.c_lflag &= !libc::ECHO;
+            quiet.c_lflag |= libc::ECHONL;
+            if libc::tcsetattr(0, libc::TCSANOW, &quiet) != 0 {
+                return HiddenInput(None);
+            }
+            // After the echo is off: what is typed once this shows is hidden.
+            eprint!("password for the app (not shown): ");
+            HiddenInput(Some(saved))
+        }
+    }
+}
+
+impl Drop for HiddenInput {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.0 {
+            // SAFETY: puts back the settings read in `at_terminal`.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, saved);
+            }
+        }
+    }
+}
+
 fn hash_password() -> ExitCode {
     use argon2::password_hash::{PasswordHasher, SaltString};
     use ring::rand::{SecureRandom, SystemRandom};
     let mut password = String::new();
-    if let Err(error) = std::io::stdin().read_line(&mut password) {
+    let read = {
+        // At a terminal: a prompt, and the password not shown as typed.
+        let _hidden = HiddenInput::at_terminal();
+        std::io::stdin().read_line(&mut password)
+    };
+    if let Err(error) = read {
         eprintln!("cannot read the password from standard input: {error}");
         return ExitCode::FAILURE;
     }

@@ -925,3 +925,73 @@ fn check_config_catches_what_run_would_fail_on_and_knows_the_embedded_default() 
         text(&run.stderr)
     );
 }
+
+/// At a terminal, hash-password prompts and does not show the password
+/// typed (a pseudo-terminal from util-linux's `script`, which echoes what
+/// the terminal would).
+#[test]
+fn hash_password_at_a_terminal_prompts_and_hides_the_password() {
+    use std::io::{BufRead, Read, Write};
+    let found = Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !found {
+        crate::support::skip_without("script", "apt-get install bsdutils");
+        return;
+    }
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!(
+            "{} hash-password",
+            env!("CARGO_BIN_EXE_smtp-shaper")
+        ))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script");
+    // No prompt would leave the read below waiting: end it after a while.
+    let pid = child.id().to_string();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .is_err()
+        {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    });
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    // Wait for the prompt: the echo is off once it shows.
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("(not shown): ") {
+        let mut byte = [0u8; 1];
+        assert_eq!(stdout.read(&mut byte).unwrap(), 1, "no prompt: {seen:?}");
+        seen.push(byte[0]);
+    }
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"topsecret\n")
+        .unwrap();
+    let mut rest = String::new();
+    for line in stdout.by_ref().lines() {
+        let line = line.unwrap();
+        rest.push_str(&line);
+        rest.push('\n');
+        if line.contains("$argon2id$") {
+            break;
+        }
+    }
+    let _ = child.wait();
+    let _ = done.send(());
+    let _ = watchdog.join();
+    let shown = format!("{}{rest}", String::from_utf8_lossy(&seen));
+    assert!(shown.contains("$argon2id$"), "{shown}");
+    assert!(
+        !shown.contains("topsecret"),
+        "the password was shown: {shown}"
+    );
+}
