@@ -385,6 +385,42 @@ impl Connection {
         ))
     }
 
+    /// Connects and reads the greeting, then says QUIT: is the gateway
+    /// there and taking mail? Nothing more (no TLS, no login: no token
+    /// fetched, no login counted against us). A gateway that speaks TLS
+    /// from the first byte is only connected to.
+    pub async fn greeting(
+        address: &str,
+        tls: &Upstream,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<(), ClientError> {
+        let stream = timeout(connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| early(format!("connect to {address} timed out")))?
+            .map_err(|error| early(format!("connect to {address} failed: {error}")))?;
+        if tls.mode == GatewayTls::Implicit {
+            return Ok(());
+        }
+        let mut connection = Connection {
+            stream: Stream::Plain(stream),
+            buffer: Vec::with_capacity(512),
+            capabilities: Capabilities::default(),
+            command_timeout,
+            data_reply_timeout: command_timeout,
+        };
+        let greeting = connection.read_reply().await.map_err(mark_early)?;
+        connection.quit().await;
+        if greeting.code == 220 {
+            Ok(())
+        } else {
+            Err(refused_with(
+                format!("gateway greeting refused: {greeting}"),
+                greeting,
+            ))
+        }
+    }
+
     async fn open_with(
         address: &str,
         helo_name: &str,

@@ -119,6 +119,7 @@ impl Generation {
                     recent: Mutex::new(VecDeque::new()),
                     history,
                     observing,
+                    first_contact: Mutex::new(None),
                     backoff: Backoff {
                         initial: gateway.retry_initial,
                         max: gateway.retry_max,
@@ -147,6 +148,7 @@ impl Generation {
             if cluster.is_some() {
                 tasks.spawn(heartbeats(gateway.clone(), shutdown.clone()));
             }
+            tasks.spawn(super::worker::first_contact(gateway.clone()));
         }
         check_senders(config, policy, &gateways, &mut tasks, &shutdown);
         let generation = Generation {

@@ -59,6 +59,9 @@ struct Gateway {
     recent: Mutex<VecDeque<(u64, String)>>,
     /// `mode = "observe"`: what enforcement would have held.
     observing: Option<observed::Observing>,
+    /// Why the first connection at start failed (`None`: it worked, or is
+    /// under way), for `/readyz`.
+    first_contact: Mutex<Option<String>>,
     /// Where its volume history comes from; a learned one found on disk.
     history: history::Kept,
 }
@@ -290,6 +293,17 @@ impl Queues for Outbound {
 
     fn unpause(&self, gateway: &str) -> Result<f64, AdminError> {
         self.current().unpause(gateway)
+    }
+
+    fn unreachable_at_start(&self) -> Vec<(String, String)> {
+        self.current()
+            .gateways
+            .iter()
+            .filter_map(|gateway| {
+                let failure = gateway.first_contact.lock_recovered().clone()?;
+                Some((gateway.config.name.clone(), failure))
+            })
+            .collect()
     }
 
     fn hold(&self, gateway: &str, held: bool) -> Result<(), AdminError> {

@@ -27,6 +27,7 @@ use super::Gateway;
 use super::client::Connection;
 use super::dkim::{Signer, signing_domain};
 use super::queue::{Attempt, HISTORY_LENGTH, Queued};
+use crate::poison::LockRecovered;
 use crate::policy::Holding;
 use crate::shaper::feedback::{Signal, classify};
 use crate::shutdown::Shutdown;
@@ -273,6 +274,32 @@ async fn attempt(
 /// A new connection to the gateway, or the reply that retries the
 /// recipients when there is none: a failure pauses deliveries to the
 /// gateway as its backoff says.
+/// At start (and reload): connects to the gateway once and reads its
+/// greeting (see [`Connection::greeting`]), and says whether that worked,
+/// in the log and in `/readyz`, before any mail needs it. It never pauses
+/// deliveries nor counts: the workers find out for themselves.
+pub async fn first_contact(gateway: Arc<Gateway>) {
+    let config = &gateway.config;
+    let greeted = Connection::greeting(
+        &config.address,
+        &gateway.tls,
+        config.connect_timeout,
+        config.command_timeout,
+    )
+    .await;
+    let unreachable = match greeted {
+        Ok(()) => {
+            tracing::info!(gateway = %config.name, address = %config.address, "gateway reachable");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(gateway = %config.name, address = %config.address, %error, "gateway not reachable at start: mail is accepted and queued, and deliveries retry");
+            Some(error.to_string())
+        }
+    };
+    *gateway.first_contact.lock_recovered() = unreachable;
+}
+
 async fn connect(gateway: &Gateway, context: &WorkerContext) -> Result<Open, Reply> {
     let config = &gateway.config;
     let name = config.name.as_str();

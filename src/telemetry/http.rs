@@ -4,6 +4,7 @@
 //! - `GET /healthz`: 200 while the process serves HTTP at all (liveness);
 //! - `GET /readyz`: 200 when the spool takes a write and the service is not
 //!   stopping, else 503 with the reason (readiness: send no mail here now);
+//!   a gateway not reachable at start is said there, still 200;
 //! - `GET /status`: JSON per gateway (baseline, ceiling, demand, queue,
 //!   backoff, recent upstream replies) and the sender checks;
 //! - `/admin/...`: the queue admin API (see `admin_route`); answered to
@@ -191,7 +192,17 @@ fn readiness<Q: Queues>(endpoint: &Endpoint<Q>) -> Reply {
         return text(StatusCode::SERVICE_UNAVAILABLE, "stopping\n");
     }
     match endpoint.spool.check_writable() {
-        Ok(()) => text(StatusCode::OK, "ready\n"),
+        Ok(()) => {
+            // Mail for an unreachable gateway is still taken (and queued):
+            // said, not a reason to be unready.
+            let mut body = "ready\n".to_string();
+            for (gateway, failure) in endpoint.queues.unreachable_at_start() {
+                body.push_str(&format!(
+                    "gateway {gateway}: not reachable at start ({failure}); mail is accepted and queued, deliveries retry\n"
+                ));
+            }
+            text(StatusCode::OK, body)
+        }
         Err(error) => {
             tracing::warn!(%error, "not ready: the spool cannot be written");
             text(

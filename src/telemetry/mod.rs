@@ -249,6 +249,9 @@ pub trait Queues: Send + Sync + 'static {
     /// says how many, and which gateways a pause they asked for still
     /// holds (a retry does not end those; `unpause` does).
     fn retry(&self, id: Option<&str>) -> Result<RetryReport, AdminError>;
+    /// Gateways whose first connection at start failed, and why (mail is
+    /// still accepted for them: `/readyz` says it, it does not refuse).
+    fn unreachable_at_start(&self) -> Vec<(String, String)>;
     /// Ends a gateway's throttling or quota pause on purpose; returns the
     /// seconds it had left.
     fn unpause(&self, gateway: &str) -> Result<f64, AdminError>;

@@ -677,3 +677,20 @@ async fn a_client_that_never_finishes_its_request_is_cut_off() {
     assert_eq!(fetch(http, "GET", "/healthz", None).await.status, 200);
     h.shutdown().await;
 }
+
+/// A gateway that cannot be reached is noticed at start, before any mail
+/// needs it: /readyz names it (and stays 200: mail is still accepted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_a_gateway_unreachable_at_start_and_stays_ready() {
+    let spool = tempfile::tempdir().unwrap();
+    let service = start(test_config(spool.path(), support::free_address())).await;
+    let http = service.http_address().unwrap();
+    let body = poll(http, "/readyz", |body| body.contains("gateway primary")).await;
+    assert!(body.starts_with("ready\n"), "{body}");
+    assert!(
+        body.contains("gateway primary: not reachable at start ("),
+        "{body}"
+    );
+    assert_eq!(fetch(http, "GET", "/readyz", None).await.status, 200);
+    service.shutdown().await;
+}

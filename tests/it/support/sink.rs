@@ -50,6 +50,9 @@ pub struct Behavior {
     pub greeting_then_close: Option<String>,
     /// Answer the next EHLO with this reply, then close.
     pub ehlo_reply_then_close: Option<String>,
+    /// Sessions greeted with 220 so far (the service's first contact at
+    /// start is one: wait for it before setting a one-shot behaviour).
+    pub greeted: usize,
     /// Whether to offer PIPELINING.
     pub no_pipelining: bool,
     /// Offer AUTH PLAIN and require this user and password before MAIL.
@@ -270,6 +273,7 @@ async fn sink_session_inner(
             return Ok(());
         }
         writer.write_all(b"220 sink.test ESMTP\r\n").await?;
+        behavior.lock().unwrap().greeted += 1;
     }
     let mut mail_from = String::new();
     let mut recipients = Vec::new();
