@@ -313,9 +313,10 @@ async fn act(
         }
         Step::Reply(reply) => {
             if reply.is_failure() {
-                // A shaping deferral at RCPT: logged like a refusal,
-                // counted in deferrals_total by the admission.
-                tracing::info!(client = %session.client_ip, reply = %reply, "command refused");
+                // A shaping deferral at RCPT (counted in deferrals_total by
+                // the admission): one line, with the reply sent.
+                let (gateway, app) = session.transaction_names().unwrap_or_default();
+                tracing::warn!(client = %session.client_ip, %gateway, %app, reply = %reply, "new mail deferred");
             }
             reply.write_to(&mut conn.out);
         }

@@ -194,6 +194,17 @@ impl<'a> Session<'a> {
         self.transaction.is_some()
     }
 
+    /// The gateway and app of the open transaction (for the log of a
+    /// deferral at RCPT).
+    pub fn transaction_names(&self) -> Option<(&str, &str)> {
+        self.transaction.as_ref().map(|transaction| {
+            (
+                self.policy.gateways[transaction.gateway].as_str(),
+                self.policy.apps.name(transaction.lane),
+            )
+        })
+    }
+
     /// The name the client gave in EHLO/HELO.
     pub fn helo(&self) -> &str {
         self.helo.as_deref().unwrap_or("unknown")

@@ -382,18 +382,11 @@ impl Admission for Generation {
             .queue
             .admit(lane, recipients, fingerprint)
             .inspect_err(|deferral| {
+                // Logged once, with the reply, where it is sent (inbound).
                 self.metrics
                     .deferrals
                     .with_label_values(&[gateway.config.name.as_str(), deferral.reason.as_str()])
                     .inc();
-                tracing::warn!(
-                    gateway = %gateway.config.name,
-                    app = %self.apps.name(lane),
-                    reason = deferral.reason.as_str(),
-                    projected_wait = %format!("{:.0}s", deferral.projected_wait),
-                    retry_after = %format!("{:.0}s", deferral.retry_after),
-                    "new mail deferred (451 4.7.1, or 452 4.5.3 for a recipient beyond the volume budget)"
-                );
             })
     }
 }

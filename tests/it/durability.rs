@@ -300,3 +300,52 @@ async fn a_hard_cap_holds_across_sigkill() {
     })
     .await;
 }
+
+/// A burst deferred at RCPT leaves one log line per deferral, naming the
+/// reply sent (it once took two lines, one without the reply).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_deferral_is_one_log_line_naming_the_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = free_address();
+    let listen = free_address();
+    let config = write_config(dir.path(), listen, gateway);
+    let toml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"10000/s\"", "\"60/min\"")
+        .replace(
+            "burst = 1000",
+            "burst = 1\n        headroom = 1.0\n        max_queue_delay = \"3s\"",
+        );
+    std::fs::write(&config, toml).unwrap();
+    let mut process = spawn(&config, listen).await;
+    let mut deferred = 0;
+    for chunk in 0..4 {
+        let mut client = Client::ready(process.address).await;
+        for n in 0..5 {
+            let reply = client
+                .offer(
+                    "app@example.com",
+                    &format!("u{chunk}-{n}@example.org"),
+                    b"Subject: x\r\n\r\nx\r\n",
+                )
+                .await;
+            match reply.code {
+                250 => {}
+                451 => deferred += 1,
+                _ => panic!("{reply:?}"),
+            }
+        }
+    }
+    assert!(deferred >= 5, "the burst was deferred: {deferred}");
+    process.kill();
+    let log = std::fs::read_to_string(dir.path().join("smtp-shaper.log")).unwrap();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("deferred"))
+        .collect();
+    assert_eq!(lines.len(), deferred, "{log}");
+    assert!(
+        lines.iter().all(|line| line.contains("451 4.7.1")),
+        "{lines:?}"
+    );
+}
