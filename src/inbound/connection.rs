@@ -636,10 +636,12 @@ async fn store(
     let sender = envelope.sender.clone();
     // The message as stored and relayed: our trace header, then the body.
     // Built once, it is both spooled and handed to the delivery queue.
-    let size = body.len();
     let mut message = trace.into_bytes();
     message.extend_from_slice(&body);
     drop(body);
+    // As stored and relayed, our Received: header included: the size
+    // `queue list` shows.
+    let size = message.len();
     match context
         .spool
         .store(id, gateway, envelope, &[&message])
