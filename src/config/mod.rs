@@ -672,12 +672,22 @@ impl Config {
     /// ```
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let root: toml::Table = text.parse().map_err(|error: toml::de::Error| {
-            let message = format!("not valid TOML: {}", error.message().trim());
+            let said = error.message().trim();
+            // The parser's words for a number past i64 name a Rust type.
+            let said = if said.starts_with("invalid type: integer") && said.contains("i128") {
+                "a whole number too large (at most 9223372036854775807)"
+            } else {
+                said
+            };
+            let message = format!("not valid TOML: {said}");
             ConfigError {
                 problems: vec![match error.span() {
                     Some(span) => {
                         let (line, column) = reader::position(text, span.start);
-                        format!("line {line}, column {column}: {message}")
+                        match reader::key_at(text, span.start) {
+                            Some(key) => format!("line {line}, column {column}: {key}: {message}"),
+                            None => format!("line {line}, column {column}: {message}"),
+                        }
                     }
                     None => message,
                 }],
@@ -2223,7 +2233,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.problems.len(), 1);
         assert!(
-            error.problems[0].starts_with("line 3, column 12: not valid TOML: "),
+            error.problems[0].starts_with("line 3, column 12: server.hostname: not valid TOML: "),
             "{error}"
         );
         let error = Config::parse("[server\nlisten = 1").unwrap_err();
@@ -2350,6 +2360,22 @@ mod tests {
         assert!(error.problems[0].starts_with(
             "line 4: servr: unknown key; accepted here: server, spool, http, cluster, gateways"
         ));
+    }
+
+    #[test]
+    fn a_duplicate_key_or_a_number_too_large_names_the_key() {
+        let duplicate = Config::parse("[server]\nmax_errors = 5\nmax_errors = 6\n").unwrap_err();
+        assert_eq!(
+            duplicate.problems,
+            vec!["line 3, column 1: server.max_errors: not valid TOML: duplicate key"]
+        );
+        let huge =
+            Config::parse("[[gateways]]\nname = \"g\"\nmax_connections = 99999999999999999999\n")
+                .unwrap_err();
+        assert!(
+            huge.problems[0].starts_with("line 3, column 19: gateways.max_connections: not valid TOML: a whole number too large"),
+            "{huge:?}"
+        );
     }
 
     #[test]

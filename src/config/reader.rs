@@ -89,6 +89,28 @@ pub fn position(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// The key path of the `key = value` line holding `offset`, under the last
+/// `[table]` or `[[table]]` header before it (`server.max_errors`), for a
+/// TOML syntax error that names a line but no key.
+pub fn key_at(text: &str, offset: usize) -> Option<String> {
+    let (line, _) = position(text, offset);
+    let lines: Vec<&str> = text.lines().collect();
+    let key = lines.get(line - 1)?.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('#') || key.starts_with('[') {
+        return None;
+    }
+    let table = lines[..line - 1].iter().rev().find_map(|earlier| {
+        let earlier = earlier.trim();
+        earlier
+            .starts_with('[')
+            .then(|| earlier.trim_matches(['[', ']']).trim().to_string())
+    });
+    Some(match table {
+        Some(table) if !table.is_empty() => format!("{table}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
 /// The problems collected so far, as `line N: key.path: explanation` lines.
 #[derive(Debug, Default)]
 pub struct Problems {
