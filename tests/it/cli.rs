@@ -495,6 +495,13 @@ fn ctrl_c_ends_the_demo_with_the_summary_so_far() {
 }
 
 /// `shaper` off the async runtime, so the service in the test keeps serving.
+/// `smtp-shaper queue --http HTTP WORDS...`, as an operator types it.
+fn queue_at(http: &str, words: &[&str]) -> impl std::future::Future<Output = Output> + use<> {
+    let mut args = vec!["queue".to_string(), "--http".into(), http.to_string()];
+    args.extend(words.iter().map(|w| w.to_string()));
+    shaper_async(args)
+}
+
 async fn shaper_async(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -592,11 +599,7 @@ fn the_service_and_the_queue_command_refuse_the_same_short_token() {
 async fn a_typed_id_reaches_the_admin_api_as_one_name() {
     let h = Harness::start().await;
     let http = h.service.http_address().unwrap().to_string();
-    let queue = |words: &[&str]| {
-        let mut args = vec!["queue".to_string(), "--http".into(), http.clone()];
-        args.extend(words.iter().map(|w| w.to_string()));
-        shaper_async(args)
-    };
+    let queue = |words: &[&str]| queue_at(&http, words);
     assert!(queue(&["hold", "primary"]).await.status.success());
     let mut client = h.client().await;
     let id = client
@@ -800,11 +803,7 @@ async fn retry_says_a_throttling_pause_holds_and_unpause_ends_it() {
         .data_replies
         .push_back("451 4.7.500 Server busy. Please try again later".into());
     let http = h.service.http_address().unwrap().to_string();
-    let queue = |words: &[&str]| {
-        let mut args = vec!["queue".to_string(), "--http".into(), http.clone()];
-        args.extend(words.iter().map(|w| w.to_string()));
-        shaper_async(args)
-    };
+    let queue = |words: &[&str]| queue_at(&http, words);
     let mut client = h.client().await;
     client
         .accepted(
