@@ -130,7 +130,7 @@ fn check_config_places_a_toml_syntax_error_at_its_line_and_column() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = text(&output.stderr);
     assert!(
-        stderr.contains("1 problem(s):\n  line 3, column 12: not valid TOML: "),
+        stderr.contains("1 problem(s):\n  line 3, column 12: server.hostname: not valid TOML: "),
         "{stderr}"
     );
 }

@@ -1,0 +1,310 @@
+//! `[gateways.shaping]`: the rates, budgets, caps and feedback of one
+//! gateway's shaping, and their horizon vocabulary.
+
+use super::*;
+
+/// A time scale of the volume rule, on which receivers judge a gateway
+/// beyond the minute (see `shaper::volume`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Horizon {
+    Hour,
+    Day,
+}
+
+impl Horizon {
+    pub const ALL: [Horizon; 2] = [Horizon::Hour, Horizon::Day];
+
+    /// The window's length in minutes.
+    pub fn minutes(self) -> i64 {
+        match self {
+            Horizon::Hour => 60,
+            Horizon::Day => 1_440,
+        }
+    }
+
+    pub fn seconds(self) -> i64 {
+        self.minutes() * 60
+    }
+
+    /// The `window` label of the volume metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Horizon::Hour => "1h",
+            Horizon::Day => "24h",
+        }
+    }
+}
+
+/// `[gateways.shaping]`: how fast the gateway may send (see `shaper`).
+/// Rates are messages per second.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShapingConfig {
+    /// The minute baseline assumed for a gateway with no history.
+    pub initial_rate: f64,
+    /// The history an operator vouches for, per [`Horizon`] (in
+    /// `Horizon::ALL` order): units sent in the gateway's busiest window of
+    /// that length recently (`initial_rate = ["60/min", "200/h", "2000/day"]`).
+    pub initial_volume: [Option<u64>; 2],
+    /// The minute floor of the ceiling.
+    pub min_rate: f64,
+    /// The allowance of each [`Horizon`] with no history; `None` leaves that
+    /// horizon unbudgeted (a `min_rate` that names only the minute).
+    pub min_volume: [Option<u64>; 2],
+    pub max_rate: f64,
+    pub headroom: f64,
+    /// Growth factor per day.
+    pub warmup: f64,
+    pub burst: u32,
+    pub max_queue_delay: Duration,
+    pub max_queued: usize,
+    pub limits: Vec<Limit>,
+    pub count: CountUnit,
+    pub backoff_factor: f64,
+    pub backoff_pause: Duration,
+    /// How long the ceiling takes to climb back to where it was before a
+    /// throttling cut, once the gateway accepts again.
+    pub backoff_recovery: Duration,
+    /// Enforce the shaping, or observe it (see [`ShapingMode`]).
+    pub mode: ShapingMode,
+    /// Observe until the gateway's own history covers this span, then
+    /// enforce by itself.
+    pub observe_until: Option<Duration>,
+    pub baseline_half_life: Duration,
+    /// The period the file writes this gateway's rates in (that of the
+    /// first of initial_rate, min_rate, max_rate given; else the defaults'
+    /// `/min`): logs say rates the same way.
+    pub rate_period: units::Period,
+}
+
+/// One hard cap, `count` units per `window`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limit {
+    pub count: u64,
+    pub window: Duration,
+}
+
+/// Whether the shaping holds mail, or only says what it would hold
+/// (`mode = "observe"`: relayed at once, the would-be holds counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ShapingMode {
+    #[default]
+    Enforce,
+    Observe,
+}
+
+impl ShapingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShapingMode::Enforce => "enforce",
+            ShapingMode::Observe => "observe",
+        }
+    }
+}
+
+/// What the hard caps count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountUnit {
+    Messages,
+    Recipients,
+}
+
+/// `[gateways.shaping]` of a gateway whose mail may stay queued `max_age`.
+pub(super) fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConfig {
+    let delay_given = s.has("max_queue_delay");
+    let mut given = None;
+    let mut rate = |s: &mut Section<'_>, key, default| {
+        let present = s.has(key);
+        let (rate, period) = s.parsed(key, default, units::RATE_FORMS, |v| {
+            units::parse_rate_per(v).filter(|(rate, _)| *rate > 0.0)
+        });
+        if present {
+            given = given.or(Some(period));
+        }
+        rate
+    };
+    let (initial_rate, initial_period, initial_volume) =
+        horizon_rates(&mut s, "initial_rate", "60/min");
+    let (min_rate, min_period, min_volume) = horizon_rates(&mut s, "min_rate", "10/min");
+    let max_rate = rate(&mut s, "max_rate", "1000/min");
+    let shaping = ShapingConfig {
+        initial_rate,
+        initial_volume,
+        min_rate,
+        min_volume,
+        max_rate,
+        rate_period: initial_period
+            .or(min_period)
+            .or(given)
+            .unwrap_or(units::Period::Minute),
+        headroom: s.number("headroom", 2.0, 1.0, 100.0),
+        warmup: s.parsed("warmup", "2x/day", units::GROWTH_FORMS, units::parse_growth),
+        burst: s.integer("burst", 5, 1, 100_000),
+        max_queue_delay: s.duration("max_queue_delay", DEFAULT_MAX_QUEUE_DELAY),
+        max_queued: s.integer("max_queued", 100_000, 1, 100_000_000),
+        limits: s.list("limits", &[], LIMIT_FORMS, parse_limit),
+        count: s.parsed(
+            "count",
+            "messages",
+            "\"messages\" or \"recipients\"",
+            |v| match v {
+                "messages" => Some(CountUnit::Messages),
+                "recipients" => Some(CountUnit::Recipients),
+                _ => None,
+            },
+        ),
+        backoff_factor: s.number("backoff_factor", 0.5, 0.01, 0.99),
+        backoff_pause: s.duration("backoff_pause", "1m"),
+        backoff_recovery: s.duration("backoff_recovery", "1h"),
+        mode: s.parsed(
+            "mode",
+            "enforce",
+            "\"enforce\" or \"observe\"",
+            |v| match v {
+                "enforce" => Some(ShapingMode::Enforce),
+                "observe" => Some(ShapingMode::Observe),
+                _ => None,
+            },
+        ),
+        observe_until: s.optional_duration("observe_until"),
+        baseline_half_life: s.duration("baseline_half_life", "7d"),
+    };
+    if shaping.min_rate > shaping.max_rate {
+        s.problem("min_rate", "must not be above max_rate");
+    }
+    for (index, horizon) in Horizon::ALL.into_iter().enumerate() {
+        if shaping.initial_volume[index].is_some() && shaping.min_volume[index].is_none() {
+            s.problem(
+                "initial_rate",
+                &format!(
+                    "names a {} volume but min_rate has no {} floor to budget it (e.g. min_rate = [\"10/min\", \"60/h\", \"300/day\"])",
+                    horizon.label(),
+                    horizon.label()
+                ),
+            );
+        }
+    }
+    let mut shaping = shaping;
+    if shaping.observe_until.is_some() && shaping.mode != ShapingMode::Observe {
+        s.problem(
+            "observe_until",
+            "only applies with mode = \"observe\" (observe until the history covers this span, then enforce)",
+        );
+    }
+    if shaping.observe_until.is_some_and(|until| until.is_zero()) {
+        s.problem("observe_until", "must be longer than 0");
+    }
+    if shaping.backoff_recovery.is_zero() {
+        s.problem(
+            "backoff_recovery",
+            "must be above 0 (the time the ceiling takes to climb back after a throttling cut)",
+        );
+    }
+    if shaping.max_queue_delay.is_zero() {
+        s.problem("max_queue_delay", "must be longer than 0");
+    } else if !delay_given {
+        // Held mail must leave before it expires: a short max_age shortens
+        // the default.
+        shaping.max_queue_delay = shaping
+            .max_queue_delay
+            .min(max_age.mul_f64(HELD_SHARE_OF_LIFETIME));
+    } else if shaping.max_queue_delay >= max_age {
+        s.problem(
+            "max_queue_delay",
+            "must be shorter than the gateway's max_age (5d by default), or mail accepted to wait that long expires first: shorten it, or raise max_age (e.g. max_age = \"8d\" for max_queue_delay = \"7d\")",
+        );
+    }
+    if shaping.baseline_half_life < Duration::from_secs(3_600) {
+        s.problem("baseline_half_life", "must be at least 1h");
+    }
+    s.finish();
+    shaping
+}
+
+/// The gateway's `max_queue_delay` by default: long enough to hold a
+/// thousand-message burst whole on a gateway with no history and the
+/// shipped floors (the last leaves after about two days, see the README's
+/// "Admission: hold, don't hand back"), and shorter than `max_age` (5
+/// days), so mail accepted on its projection leaves before it would expire.
+pub const DEFAULT_MAX_QUEUE_DELAY: &str = "4d";
+
+/// The longest an app's mail may be held, as a share of how long it may
+/// stay queued (`max_age`, an app's `expire_after`): it leaves before it
+/// would expire, with room for the projection to be off.
+pub const HELD_SHARE_OF_LIFETIME: f64 = 0.8;
+
+/// What `min_rate` and `initial_rate` accept.
+const HORIZON_RATE_FORMS: &str = "a rate such as \"10/min\", or one rate per horizon: [\"10/min\", \"60/h\", \"300/day\"] (the minute in /s or /min, the hour in /h, the day in /day)";
+
+/// One rate of a `min_rate`/`initial_rate` list: the horizon its period
+/// names (`None`: the minute, as events per second), its value, and the
+/// period it is written in.
+fn parse_horizon_rate(text: &str) -> Option<(Option<Horizon>, f64, units::Period)> {
+    let (per_second, period) = units::parse_rate_per(text).filter(|(rate, _)| *rate > 0.0)?;
+    let horizon = match period {
+        units::Period::Second | units::Period::Minute => {
+            return Some((None, per_second, period));
+        }
+        units::Period::Hour => Horizon::Hour,
+        units::Period::Day => Horizon::Day,
+    };
+    let count = (per_second * period.seconds() * 1e6).round() / 1e6;
+    (count >= 1.0 && count.fract() == 0.0).then_some((Some(horizon), count, period))
+}
+
+/// `key` as one minute rate or a list with one rate per horizon (there the
+/// period names the horizon: `/s` or `/min` the minute, `/h` the hour,
+/// `/day` the day): the minute rate (`default` when the list names none),
+/// the period it was written in (when given), and the whole counts of the
+/// hour and day.
+fn horizon_rates(
+    s: &mut Section<'_>,
+    key: &'static str,
+    default: &str,
+) -> (f64, Option<units::Period>, [Option<u64>; 2]) {
+    if !s.is_list(key) {
+        // One rate is the minute's, whatever its period (`"100/h"` has
+        // always meant a minute floor of 100 an hour).
+        let present = s.has(key);
+        let (rate, period) = s.parsed(key, default, units::RATE_FORMS, |v| {
+            units::parse_rate_per(v).filter(|(rate, _)| *rate > 0.0)
+        });
+        return (rate, present.then_some(period), [None; 2]);
+    }
+    let present = s.has(key);
+    let rates = s.list(key, &[default], HORIZON_RATE_FORMS, parse_horizon_rate);
+    let mut minute = None;
+    let mut written = None;
+    let mut volumes = [None; 2];
+    for (horizon, value, period) in rates {
+        if horizon.is_none() && present {
+            written = Some(period);
+        }
+        let twice = match horizon {
+            None => minute.replace(value).is_some(),
+            Some(horizon) => volumes[horizon as usize].replace(value as u64).is_some(),
+        };
+        if twice {
+            s.problem(
+                key,
+                &format!(
+                    "names the {} twice; accepted: {HORIZON_RATE_FORMS}",
+                    horizon.map_or("minute", Horizon::label)
+                ),
+            );
+        }
+    }
+    let minute =
+        minute.unwrap_or_else(|| parse_horizon_rate(default).expect("defaults are valid").1);
+    (minute, written, volumes)
+}
+
+/// `30/min` as a cap of 30 per 60 s: a whole count per period.
+fn parse_limit(text: &str) -> Option<Limit> {
+    let (count, _) = text.trim().split_once('/')?;
+    let count: u64 = count.trim().parse().ok().filter(|count| *count > 0)?;
+    let per_second = units::parse_rate(text)?;
+    Some(Limit {
+        count,
+        window: Duration::from_secs_f64(count as f64 / per_second),
+    })
+}
