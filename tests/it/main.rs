@@ -22,6 +22,7 @@ mod fuzz;
 mod header;
 mod hold;
 mod learn;
+mod lockfiles;
 mod long_queue;
 mod observe;
 mod prometheus;
