@@ -17,6 +17,7 @@ mod dns;
 mod drill;
 mod dsn;
 mod durability;
+mod example_config;
 mod exchange;
 mod fuzz;
 mod header;
