@@ -1,9 +1,11 @@
 //! The lock files builds are told to use: the README installs with
 //! `cargo install --locked --path .` (without `--locked`, cargo install
-//! ignores Cargo.lock and builds with whatever versions are newest).
-//! `--locked` fails on a lock file that is out of date, so it must be
-//! current.
+//! ignores Cargo.lock and builds with whatever versions are newest), and
+//! scripts/fuzz.sh builds fuzz/ with `--locked` (it used to rewrite the
+//! tracked fuzz/Cargo.lock). `--locked` fails on a lock file that is out of
+//! date, so each must be current.
 
+use std::collections::BTreeSet;
 use std::process::Command;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -67,4 +69,40 @@ fn the_install_command_uses_cargo_lock_and_it_is_current() {
     if let Err(error) = lock_is_current("Cargo.toml") {
         panic!("`cargo install --locked` would fail: Cargo.lock is out of date\n{error}");
     }
+}
+
+/// What `cargo build --locked` in fuzz/ needs: fuzz/Cargo.lock resolves the
+/// fuzz crate as it is, with nothing to add (a dependency added to the crate
+/// must be added there too), and every package it shares with Cargo.lock at
+/// the same version, so the fuzzers test what ships.
+#[test]
+fn the_fuzz_lock_file_is_current_and_pins_the_shipped_versions() {
+    let refresh = "refresh it: cp Cargo.lock fuzz/Cargo.lock && \
+                   cargo update --workspace --manifest-path fuzz/Cargo.toml";
+    if let Err(error) = lock_is_current("fuzz/Cargo.toml") {
+        panic!("fuzz/Cargo.lock is out of date; {refresh}\n{error}");
+    }
+    let packages = |path: &str| -> BTreeSet<(String, String)> {
+        let text = std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap();
+        let lock: toml::Table = toml::from_str(&text).unwrap();
+        lock["package"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|package| {
+                let field = |key: &str| package[key].as_str().unwrap().to_string();
+                (field("name"), field("version"))
+            })
+            .collect()
+    };
+    let shipped = packages("Cargo.lock");
+    let shipped_names: BTreeSet<&String> = shipped.iter().map(|(name, _)| name).collect();
+    let differing: Vec<_> = packages("fuzz/Cargo.lock")
+        .into_iter()
+        .filter(|package| shipped_names.contains(&package.0) && !shipped.contains(package))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "fuzz/Cargo.lock pins other versions than Cargo.lock: {differing:?}; {refresh}"
+    );
 }
