@@ -9,7 +9,7 @@ use std::process::Command;
 #[test]
 fn fuzz_targets_survive_a_bounded_run() {
     let Ok(seconds) = std::env::var("SMTP_SHAPER_FUZZ_SECONDS") else {
-        eprintln!("SKIPPED: set SMTP_SHAPER_FUZZ_SECONDS=10 to fuzz each target for 10 s");
+        crate::support::skipped("set SMTP_SHAPER_FUZZ_SECONDS=10 to fuzz each target for 10 s");
         return;
     };
     let root = env!("CARGO_MANIFEST_DIR");

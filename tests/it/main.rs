@@ -32,6 +32,7 @@ mod relay;
 mod reload;
 mod shaping;
 mod simulate;
+mod skips;
 mod telemetry;
 mod tls;
 mod tools;
