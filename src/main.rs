@@ -128,8 +128,8 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = parse_duration_arg)]
         retry_after: std::time::Duration,
         /// Write one CSV row per message sent here: time,app,recipients,delay,held
-        /// (trace seconds; delay from its first offer to its sending, held
-        /// from its acceptance)
+        /// (trace seconds; delay from its first offer to its sending, deferrals
+        /// included; held from its acceptance: the report's delay and held)
         #[arg(long)]
         sent_log: Option<PathBuf>,
         /// Spread the trace over this many sidecars sharing one budget, as
