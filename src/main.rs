@@ -71,7 +71,9 @@ enum Command {
         /// A DKIM selector to look up (repeatable)
         #[arg(long)]
         dkim_selector: Vec<String>,
-        /// The DNS resolver to ask (default: the first nameserver in /etc/resolv.conf)
+        /// The DNS resolver to ask (default: every nameserver of /etc/resolv.conf,
+        /// in turn: the next one when one does not answer within 2 s or answers
+        /// SERVFAIL or REFUSED, two rounds)
         #[arg(long)]
         resolver: Option<std::net::SocketAddr>,
         /// Use these records instead of DNS (lines `name TYPE value`), e.g. to
