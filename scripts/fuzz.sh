@@ -4,6 +4,8 @@
 # needing cargo-fuzz) and runs each for FUZZ_SECONDS (default 30). Exits
 # non-zero on the first crash; the crashing input is left in fuzz/artifacts/.
 # Needs a C++ compiler (libFuzzer is built from source).
+# --locked: the build uses fuzz/Cargo.lock as committed and never rewrites it
+# (a stale lock fails here instead of leaving `git status` dirty).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECONDS_EACH="${FUZZ_SECONDS:-30}"
@@ -13,7 +15,11 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
 # --target keeps RUSTFLAGS off the build scripts, as cargo-fuzz does.
-CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --bins --target "$TRIPLE" -q
+CARGO_TARGET_DIR="$TARGET_DIR" cargo build --locked --release --bins --target "$TRIPLE" -q || {
+    echo "fuzz: the build failed; if fuzz/Cargo.lock is out of date (a dependency changed), refresh it"
+    echo "fuzz: from the shipped versions: cp Cargo.lock fuzz/Cargo.lock && cargo update --workspace --manifest-path fuzz/Cargo.toml"
+    exit 1
+}
 mkdir -p artifacts
 for target in command_parser data_framing config_parse; do
     mkdir -p "corpus/$target"

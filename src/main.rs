@@ -85,7 +85,9 @@ enum Command {
         /// A DKIM selector to look up (repeatable)
         #[arg(long)]
         dkim_selector: Vec<String>,
-        /// The DNS resolver to ask (default: the first nameserver in /etc/resolv.conf)
+        /// The DNS resolver to ask (default: every nameserver of /etc/resolv.conf,
+        /// in turn: the next one when one does not answer within 2 s or answers
+        /// SERVFAIL or REFUSED, two rounds)
         #[arg(long)]
         resolver: Option<std::net::SocketAddr>,
         /// Use these records instead of DNS (lines `name TYPE value`), e.g. to
@@ -142,8 +144,8 @@ enum Command {
         #[arg(long, default_value = "10m", value_parser = parse_duration_arg)]
         retry_after: std::time::Duration,
         /// Write one CSV row per message sent here: time,app,recipients,delay,held
-        /// (trace seconds; delay from its first offer to its sending, held
-        /// from its acceptance)
+        /// (trace seconds; delay from its first offer to its sending, deferrals
+        /// included; held from its acceptance: the report's delay and held)
         #[arg(long)]
         sent_log: Option<PathBuf>,
         /// Spread the trace over this many sidecars sharing one budget, as

@@ -29,10 +29,33 @@ impl std::fmt::Display for DnsError {
     }
 }
 
+/// What a lookup found: the records of the kind asked for (perhaps none),
+/// or that the name does not exist at all (NXDOMAIN, RCODE 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer<T> {
+    Records(Vec<T>),
+    NoSuchName,
+}
+
+impl<T> Answer<T> {
+    /// The records; a name that does not exist has none.
+    pub fn records(self) -> Vec<T> {
+        match self {
+            Answer::Records(records) => records,
+            Answer::NoSuchName => Vec::new(),
+        }
+    }
+}
+
 /// The lookups the checks make. A name that does not exist has no records
-/// (an empty list), which is not an error.
+/// (an empty list), which is not an error; [`Resolver::txt_answer`] tells
+/// it apart where that matters (a sender domain that does not exist is
+/// another mistake than one without SPF).
 pub trait Resolver {
-    fn txt(&self, name: &str) -> Result<Vec<String>, DnsError>;
+    fn txt_answer(&self, name: &str) -> Result<Answer<String>, DnsError>;
+    fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        Ok(self.txt_answer(name)?.records())
+    }
     /// A and AAAA together.
     fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, DnsError>;
     /// Exchange host names, most preferred first.
@@ -85,7 +108,7 @@ impl SystemResolver {
         &self.servers
     }
 
-    fn ask(&self, name: &str, kind: RecordType) -> Result<Vec<Record>, DnsError> {
+    fn ask(&self, name: &str, kind: RecordType) -> Result<Answer<Record>, DnsError> {
         let mut tried = Vec::new();
         for _round in 0..ATTEMPTS {
             // What each server did last is what the error tells.
@@ -93,7 +116,8 @@ impl SystemResolver {
             for &server in &self.servers {
                 match self.ask_one(server, name, kind) {
                     Ok(response) => match response.rcode {
-                        0 | 3 => return Ok(response.records),
+                        0 => return Ok(Answer::Records(response.records)),
+                        3 => return Ok(Answer::NoSuchName),
                         // This server cannot answer now; another may.
                         2 | 5 => tried.push(format!("{server}: {}", rcode(response.rcode))),
                         code => {
@@ -228,15 +252,19 @@ fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
 }
 
 impl Resolver for SystemResolver {
-    fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
-        Ok(self
-            .ask(name, RecordType::Txt)?
-            .into_iter()
-            .filter_map(|record| match record {
-                Record::Txt(text) => Some(text),
-                _ => None,
-            })
-            .collect())
+    fn txt_answer(&self, name: &str) -> Result<Answer<String>, DnsError> {
+        Ok(match self.ask(name, RecordType::Txt)? {
+            Answer::NoSuchName => Answer::NoSuchName,
+            Answer::Records(records) => Answer::Records(
+                records
+                    .into_iter()
+                    .filter_map(|record| match record {
+                        Record::Txt(text) => Some(text),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+        })
     }
 
     fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
@@ -244,6 +272,7 @@ impl Resolver for SystemResolver {
         for kind in [RecordType::A, RecordType::Aaaa] {
             addresses.extend(
                 self.ask(name, kind)?
+                    .records()
                     .into_iter()
                     .filter_map(|record| match record {
                         Record::Address(address) => Some(address),
@@ -257,6 +286,7 @@ impl Resolver for SystemResolver {
     fn mx(&self, name: &str) -> Result<Vec<String>, DnsError> {
         let mut exchanges: Vec<(u16, String)> = self
             .ask(name, RecordType::Mx)?
+            .records()
             .into_iter()
             .filter_map(|record| match record {
                 Record::Mx {
@@ -278,7 +308,8 @@ impl Resolver for SystemResolver {
 /// `check-dns --records FILE`, to try a zone before publishing it) use.
 /// One record per line: `name TYPE value`, TYPE one of TXT, A, AAAA, MX
 /// (value: the exchange host); a TXT value may be in double quotes; `#`
-/// starts a comment. Names are case-insensitive.
+/// starts a comment. Names are case-insensitive. A name exists when it or
+/// a name below it has a record (RFC 8020); any other is NXDOMAIN.
 #[derive(Debug, Default, Clone)]
 pub struct SeededResolver {
     records: std::collections::HashMap<(String, String), Vec<String>>,
@@ -332,6 +363,15 @@ impl SeededResolver {
             .push(value.to_string());
     }
 
+    /// Whether `name`, or a name below it, has a record.
+    fn exists(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let below = format!(".{name}");
+        self.records
+            .keys()
+            .any(|(owner, _)| *owner == name || owner.ends_with(&below))
+    }
+
     fn get(&self, name: &str, kind: &str) -> Vec<String> {
         self.records
             .get(&(
@@ -344,8 +384,11 @@ impl SeededResolver {
 }
 
 impl Resolver for SeededResolver {
-    fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
-        Ok(self.get(name, "TXT"))
+    fn txt_answer(&self, name: &str) -> Result<Answer<String>, DnsError> {
+        Ok(match self.exists(name) {
+            true => Answer::Records(self.get(name, "TXT")),
+            false => Answer::NoSuchName,
+        })
     }
 
     fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {

@@ -206,7 +206,7 @@ fn look_up(resolver: &dyn Resolver, domain: &str) -> Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::{DnsError, SeededResolver};
+    use crate::dns::{Answer, DnsError, SeededResolver};
     use crate::policy::alignment::Mode;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -219,13 +219,13 @@ mod tests {
     }
 
     impl Resolver for Slow {
-        fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        fn txt_answer(&self, name: &str) -> Result<Answer<String>, DnsError> {
             self.asked.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(self.delay);
             if self.fail {
                 return Err(DnsError::Failed("resolver down".into()));
             }
-            self.zone.txt(name)
+            self.zone.txt_answer(name)
         }
         fn addresses(&self, _: &str) -> Result<Vec<std::net::IpAddr>, DnsError> {
             unreachable!("DMARC asks for TXT only")

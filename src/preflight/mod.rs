@@ -8,7 +8,7 @@ pub mod spf;
 
 use std::net::IpAddr;
 
-use crate::dns::Resolver;
+use crate::dns::{Answer, Resolver};
 use spf::{SpfOutcome, SpfResult};
 
 /// An IP from the documentation ranges (RFC 5737 / 3849): what the domain's
@@ -93,9 +93,24 @@ pub fn check_domain(
 ) -> DomainReport {
     let mut findings = Vec::new();
     let mut say = |ok: bool, text: String| findings.push(Finding { ok, text });
-    check_spf(resolver, domain, gateway_ip, &mut say);
-    check_dmarc(resolver, domain, &mut say);
-    check_dkim(resolver, domain, selectors, &mut say);
+    // A domain that does not exist is not one without SPF: what to fix is
+    // the domain. Nothing exists below it either (RFC 8020), so its DMARC
+    // and DKIM names are not asked. A failed lookup is left to the SPF
+    // check, which explains it.
+    if resolver.txt_answer(domain) == Ok(Answer::NoSuchName) {
+        say(
+            false,
+            format!(
+                "{domain} does not exist in DNS (NXDOMAIN): it has no SPF, DMARC or DKIM \
+                 record, and receivers refuse mail from a domain that does not exist; check \
+                 the spelling, or create the domain and publish them"
+            ),
+        );
+    } else {
+        check_spf(resolver, domain, gateway_ip, &mut say);
+        check_dmarc(resolver, domain, &mut say);
+        check_dkim(resolver, domain, selectors, &mut say);
+    }
     DomainReport {
         domain: domain.to_string(),
         findings,
@@ -475,6 +490,29 @@ mod tests {
         assert!(text.contains("hard-fails other senders"), "{text}");
         assert!(text.contains("policy reject"), "{text}");
         assert!(text.contains("DKIM selector s1: key published"), "{text}");
+    }
+
+    #[test]
+    fn a_domain_that_does_not_exist_is_not_one_without_spf() {
+        let mut zone = zone();
+        let report = check_domain(&zone, "exmaple.com", ip("192.0.2.10"), &["s1".into()]);
+        assert!(!report.ok());
+        assert_eq!(report.findings.len(), 1, "{}", report.to_text());
+        assert!(
+            report.findings[0]
+                .text
+                .starts_with("exmaple.com does not exist in DNS (NXDOMAIN)"),
+            "{}",
+            report.to_text()
+        );
+        // A name with a record below it exists (an empty non-terminal).
+        zone.add("_dmarc.bare.example", "TXT", "v=DMARC1; p=reject");
+        let text = check_domain(&zone, "bare.example", ip("192.0.2.10"), &[]).to_text();
+        assert!(
+            text.contains("no SPF record (TXT \"v=spf1 ...\") at bare.example"),
+            "{text}"
+        );
+        assert!(!text.contains("NXDOMAIN"), "{text}");
     }
 
     #[test]

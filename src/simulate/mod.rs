@@ -129,8 +129,13 @@ pub struct AppStats {
     pub sent: usize,
     /// Messages deferred at least once.
     pub deferred_messages: usize,
-    /// Queue delays (seconds) of its sent messages, sorted.
+    /// Queue delays (seconds) of its sent messages, sorted: held, from
+    /// acceptance to sending.
     pub delays: Vec<f64>,
+    /// Seconds from each sent message's first offer to its sending, sorted:
+    /// the queue delay plus the time its app spent retrying after 451s, what
+    /// the app's user waits (`--sent-log`'s `delay`).
+    pub from_offer: Vec<f64>,
 }
 
 /// What a replay produced.
@@ -151,6 +156,9 @@ pub struct Report {
     pub apps: Vec<AppStats>,
     /// Queue delay (seconds) of every sent message, sorted.
     pub delays: Vec<f64>,
+    /// Seconds from first offer to sending of every sent message, sorted
+    /// (as [`AppStats::from_offer`]).
+    pub from_offer: Vec<f64>,
     /// Per day from `day_origin`, the midnight (of the trace's clock) before
     /// its first message.
     pub days: Vec<Day>,
@@ -428,6 +436,7 @@ impl<'t> Replay<'t> {
                 })
                 .collect(),
             delays: Vec::with_capacity(trace.len()),
+            from_offer: Vec::with_capacity(trace.len()),
             days: Vec::new(),
             day_origin: (start / DAY).floor() * DAY,
             peaks: Vec::new(),
@@ -570,7 +579,9 @@ impl<'t> Replay<'t> {
                 report.sent += 1;
                 report.apps[lane].sent += 1;
                 report.apps[lane].delays.push(waited);
+                report.apps[lane].from_offer.push(now - item.first);
                 report.delays.push(waited);
+                report.from_offer.push(now - item.first);
                 let today = day(&mut report.days, report.day_origin, now);
                 today.sent += 1;
                 today.delays.push(waited);
@@ -652,11 +663,16 @@ impl<'t> Replay<'t> {
             .days
             .iter_mut()
             .map(|day| &mut day.delays)
-            .chain(report.apps.iter_mut().map(|app| &mut app.delays))
+            .chain(
+                report
+                    .apps
+                    .iter_mut()
+                    .flat_map(|app| [&mut app.delays, &mut app.from_offer]),
+            )
+            .chain([&mut report.delays, &mut report.from_offer])
         {
             delays.sort_by(f64::total_cmp);
         }
-        report.delays.sort_by(f64::total_cmp);
         report.peaks = [1.0, 10.0, 60.0, 3_600.0]
             .into_iter()
             .map(|window| peak(&self.sends, window, report.burst))
@@ -801,6 +817,18 @@ impl Report {
             shaped,
             self.sent
         ));
+        // Deferred mail waits at its app before it is held: both are shown,
+        // each named, so neither is read as the other.
+        out.push_str(&format!(
+            "from first offer to sending (held + retrying after 451s; --sent-log's delay): p50 {}, p99 {}, max {}\n",
+            format_duration(quantile(&self.from_offer, 0.5)),
+            format_duration(quantile(&self.from_offer, 0.99)),
+            format_duration(self.from_offer.last().copied().unwrap_or(0.0)),
+        ));
+        out.push_str(
+            "\nthe pace (the ceiling, per minute): the busiest window of each length, against\n\
+             what the ceiling allowed in it; the hour and the day are judged below\n",
+        );
         for peak in &self.peaks {
             out.push_str(&format!(
                 "most sent in any {}: {} (ceiling x window + burst allowed {:.0}; excess {:.0})\n",
@@ -812,8 +840,10 @@ impl Report {
         }
         out.push_str(
             "\nreceiver's view: in every rolling window W, at most max(floor, warmup x the busiest\n\
-             W-window that ended in the 7 days before this one began)\n\
-             window  floor   shaped output: worst sent / allowed (excess)   offered by the apps: worst / allowed (x)\n",
+             W-window that ended in the 7 days before this one began). A row is the window\n\
+             nearest its allowance (the highest sent / allowed); the busiest windows come\n\
+             later, when what was sent before has raised the allowance (below the rows)\n\
+             window  floor   shaped output: tightest sent / allowed (excess)   offered by the apps: tightest / allowed (x)\n",
         );
         for view in &self.receiver {
             let floor = if view.budgeted {
@@ -838,12 +868,26 @@ impl Report {
                 }
             ));
         }
+        for view in self
+            .receiver
+            .iter()
+            .filter(|view| view.shaped.busiest_sent > 0)
+        {
+            out.push_str(&format!(
+                "the busiest {} of the shaped output: {} sent, {} allowed there\n",
+                view.horizon.label(),
+                view.shaped.busiest_sent,
+                view.shaped.busiest_allowed
+            ));
+        }
         out.push_str(
-            "\napp              offered     sent  deferred  p50 delay  p99 delay  max delay\n",
+            "\n(held: from acceptance to sending, in the queue; delay: from the first offer to\n\
+             sending, held + retrying after 451s, as --sent-log's delay)\n\
+             app              offered     sent  deferred   p50 held   p99 held   max held  p50 delay  p99 delay  max delay\n",
         );
         for app in self.apps.iter().filter(|app| app.offered > 0) {
             out.push_str(&format!(
-                "{:<15}  {:>7}  {:>7}  {:>8}  {:>9}  {:>9}  {:>9}\n",
+                "{:<15}  {:>7}  {:>7}  {:>8}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}\n",
                 app.name,
                 app.offered,
                 app.sent,
@@ -851,11 +895,14 @@ impl Report {
                 format_duration(quantile(&app.delays, 0.5)),
                 format_duration(quantile(&app.delays, 0.99)),
                 format_duration(app.delays.last().copied().unwrap_or(0.0)),
+                format_duration(quantile(&app.from_offer, 0.5)),
+                format_duration(quantile(&app.from_offer, 0.99)),
+                format_duration(app.from_offer.last().copied().unwrap_or(0.0)),
             ));
         }
         out.push_str(
             "\n(\"deferred\" per app: messages deferred at least once; per day: 451 replies)\n\
-             day  arrived     sent  deferred  waited>=1s  p99 delay  max delay  ceiling at end\n",
+             day  arrived     sent  deferred    held>=1s   p99 held   max held  ceiling at end\n",
         );
         for (index, day) in self.days.iter().enumerate() {
             let end = self

@@ -36,6 +36,11 @@ pub struct Verdict {
     pub excess: i64,
     /// The largest `sent / allowed`.
     pub ratio: f64,
+    /// The busiest window (the most sent in any window of this length) and
+    /// what the rule allowed there: rarely the window above, since the
+    /// allowance grows with what was sent before.
+    pub busiest_sent: u64,
+    pub busiest_allowed: u64,
 }
 
 /// Range maximum over a fixed array in O(1) per query.
@@ -152,6 +157,10 @@ impl Judge {
                 continue;
             }
             let sent = self.count(*at);
+            if sent > verdict.busiest_sent {
+                verdict.busiest_sent = sent;
+                verdict.busiest_allowed = allowed;
+            }
             let ratio = sent as f64 / allowed.max(1) as f64;
             if ratio > verdict.ratio {
                 verdict = Verdict {
@@ -198,6 +207,15 @@ mod tests {
             (500, 400, 100)
         );
         assert!((verdict.ratio - 1.25).abs() < 1e-9);
+        // Day 5 is also the busiest; with 300 on day 2 instead, the tightest
+        // day is day 2 (300 of 200 allowed) and the busiest day 5 (500 of 600).
+        assert_eq!((verdict.busiest_sent, verdict.busiest_allowed), (500, 400));
+        let mut sends: Vec<(f64, u64)> = (0..100).map(|i| (f64::from(i), 1)).collect();
+        sends.extend((0..300).map(|i| (DAY + f64::from(i), 1)));
+        sends.extend((0..500).map(|i| (4.0 * DAY + f64::from(i), 1)));
+        let verdict = Judge::new(sends, DAY).judge(&rule(150));
+        assert_eq!((verdict.sent, verdict.allowed), (300, 200));
+        assert_eq!((verdict.busiest_sent, verdict.busiest_allowed), (500, 600));
         assert_eq!(judge.judge(&rule(500)).excess, 0);
     }
 

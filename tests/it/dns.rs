@@ -181,3 +181,76 @@ fn every_nameserver_is_tried_in_turn() {
         "{error}"
     );
 }
+
+/// The response to `query` with no records and `rcode` (3: NXDOMAIN).
+fn empty(query: &[u8], rcode: u8) -> Vec<u8> {
+    let mut response = query[..query.len() - 11].to_vec();
+    response[2] |= 0x80;
+    response[10..12].copy_from_slice(&0u16.to_be_bytes());
+    with_rcode(response, rcode)
+}
+
+/// `check-dns` asking a resolver on loopback that answers every query
+/// with no records and `rcode`: its report.
+fn check_dns_against(rcode: u8) -> String {
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let address = server.local_addr().unwrap();
+    // Answers until nobody has asked for a while (the command has ended).
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let responder = std::thread::spawn(move || {
+        let mut buffer = [0u8; 512];
+        while let Ok((len, from)) = server.recv_from(&mut buffer) {
+            server.send_to(&empty(&buffer[..len], rcode), from).unwrap();
+        }
+    });
+    let output = Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+        .args(["check-dns", "--domain", "exmaple.com", "--gateway-ip"])
+        .args(["192.0.2.25", "--dkim-selector", "s1", "--resolver"])
+        .arg(address.to_string())
+        .output()
+        .unwrap();
+    drop(responder);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn check_dns_tells_a_domain_that_does_not_exist_from_one_without_spf() {
+    let text = check_dns_against(3);
+    assert!(
+        text.contains("exmaple.com does not exist in DNS (NXDOMAIN)"),
+        "{text}"
+    );
+    assert!(!text.contains("no SPF record"), "{text}");
+    let text = check_dns_against(0);
+    assert!(
+        text.contains("no SPF record (TXT \"v=spf1 ...\") at exmaple.com"),
+        "{text}"
+    );
+    assert!(!text.contains("NXDOMAIN"), "{text}");
+}
+
+/// `check-dns --help` and the README say the same about which nameservers
+/// are asked without `--resolver` (the help once said only the first).
+#[test]
+fn check_dns_help_and_the_readme_name_the_same_nameservers() {
+    let help = Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+        .args(["check-dns", "--help"])
+        .output()
+        .unwrap();
+    let words = |text: &str| {
+        text.replace('`', "")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let help = words(&String::from_utf8_lossy(&help.stdout));
+    let readme =
+        words(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap());
+    let said = "every nameserver of /etc/resolv.conf, in turn: the next one when one does not \
+                answer within 2 s or answers SERVFAIL or REFUSED, two rounds";
+    assert!(help.contains(said), "check-dns --help: {help}");
+    assert!(readme.contains(said), "README");
+}

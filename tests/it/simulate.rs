@@ -293,6 +293,92 @@ fn the_command_prints_the_report_and_draws_the_chart() {
     );
 }
 
+/// What the report says beside what the sent log says: the per-app table's
+/// delay is the log's `delay` (first offer to sending, deferrals included),
+/// its held is the log's `held`; and the busiest hour below the receiver's
+/// view is the pace's "most sent in any 1h", the same windows counted.
+#[test]
+fn the_report_names_held_and_delay_as_the_sent_log_does() {
+    use smtp_shaper::config::units::format_duration;
+    use smtp_shaper::simulate::quantile;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    // A short max_queue_delay: most of the burst is deferred (451) and
+    // offered again 10 minutes later, which only the delay counts.
+    std::fs::write(
+        &config,
+        "[[gateways]]\nname = \"apps\"\naddress = \"127.0.0.1:25\"\n\
+         [gateways.shaping]\ninitial_rate = \"60/min\"\nheadroom = 1.0\n\
+         min_rate = [\"10/min\", \"600/h\", \"3000/day\"]\nmax_queue_delay = \"1m\"\n\
+         [[apps]]\nname = \"signup\"\nsenders = [\"signup.example.com\"]\n",
+    )
+    .unwrap();
+    let trace = dir.path().join("trace.csv");
+    let rows: String = (0..300).map(|i| format!("{},signup,1\n", i / 10)).collect();
+    std::fs::write(&trace, format!("timestamp,app,recipients\n{rows}")).unwrap();
+    let log = dir.path().join("sent.csv");
+    let output = Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+        .args(["simulate", "--config"])
+        .arg(&config)
+        .arg("--trace")
+        .arg(&trace)
+        .arg("--sent-log")
+        .arg(&log)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+
+    let column = |index: usize| -> Vec<f64> {
+        let text = std::fs::read_to_string(&log).unwrap();
+        let mut values: Vec<f64> = text
+            .lines()
+            .skip(1)
+            .map(|row| row.split(',').nth(index).unwrap().parse().unwrap())
+            .collect();
+        values.sort_by(f64::total_cmp);
+        values
+    };
+    let shown = |values: &[f64]| [0.5, 0.99, 1.0].map(|q| format_duration(quantile(values, q)));
+    let (delay, held) = (shown(&column(3)), shown(&column(4)));
+    assert_ne!(delay, held, "deferrals make the delay longer: {stdout}");
+    let header = stdout
+        .lines()
+        .find(|line| line.starts_with("app "))
+        .expect("the app table");
+    assert!(
+        header.ends_with("p50 held   p99 held   max held  p50 delay  p99 delay  max delay"),
+        "{header}"
+    );
+    let row: Vec<&str> = stdout
+        .lines()
+        .find(|line| line.starts_with("signup "))
+        .expect("the app's row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[4..7], held, "held, as the log's held: {stdout}");
+    assert_eq!(row[7..10], delay, "delay, as the log's delay: {stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "from first offer to sending (held + retrying after 451s; --sent-log's delay): \
+             p50 {}, p99 {}, max {}",
+            delay[0], delay[1], delay[2]
+        )),
+        "{stdout}"
+    );
+
+    let after = |prefix: &str| -> u64 {
+        let line = stdout.lines().find(|line| line.starts_with(prefix));
+        let rest = &line.unwrap_or_else(|| panic!("{prefix}: {stdout}"))[prefix.len()..];
+        rest.split(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(
+        after("the busiest 1h of the shaped output: "),
+        after("most sent in any 1h0m: "),
+        "{stdout}"
+    );
+}
+
 // ---- The volume rule on generated traces ----------------------------------
 
 const HOUR: f64 = 3_600.0;

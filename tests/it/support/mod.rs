@@ -3,7 +3,8 @@
 //! (`client`), a self-signed certificate (`tls`), an OAuth token endpoint
 //! (`oauth`), the service started in-process (`harness`), requests to its
 //! HTTP endpoint (`http`), and other processes: the binary on its own config
-//! file and `redis-server` (`process`).
+//! file and `redis-server` (`process`); tests that cannot run here say so,
+//! and are listed at exit (`skip`).
 //!
 //! The peers parse SMTP and HTTP on their own (naively, line by line) rather
 //! than with the crate's code, so a framing bug in the crate cannot hide
@@ -15,6 +16,7 @@ mod http;
 mod oauth;
 mod process;
 mod sink;
+mod skip;
 mod tls;
 
 pub use client::*;
@@ -23,6 +25,7 @@ pub use http::*;
 pub use oauth::*;
 pub use process::*;
 pub use sink::*;
+pub use skip::*;
 pub use tls::*;
 
 use std::net::SocketAddr;
@@ -45,16 +48,6 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("timed out waiting for: {what}");
-}
-
-/// A third-party tool a test needs is missing: says SKIPPED (with how to
-/// install it), or fails under SMTP_SHAPER_REQUIRE_TOOLS=1 (CI).
-pub fn skip_without(what: &str, install: &str) {
-    assert!(
-        std::env::var("SMTP_SHAPER_REQUIRE_TOOLS").as_deref() != Ok("1"),
-        "{what} is required (SMTP_SHAPER_REQUIRE_TOOLS=1) but missing: {install}"
-    );
-    eprintln!("SKIPPED: {what} is missing ({install})");
 }
 
 /// Like [`eventually`], for a condition that needs to await.
