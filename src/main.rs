@@ -377,7 +377,8 @@ fn learn(config_path: &Path, gateway: &str, files: [Vec<PathBuf>; 3], replace: b
         .map_or(0.0, |elapsed| elapsed.as_secs_f64());
     match learn::learn(&request, &Zone::system(), now) {
         Ok(report) => {
-            print!("{report}");
+            // A closed pipe (`learn ... | head`) is not a failure.
+            let _ = write!(std::io::stdout(), "{report}");
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -575,7 +576,7 @@ fn check_dns(
     for domain in domains {
         let report = check_domain(resolver.as_ref(), domain, gateway_ip, selectors);
         all_ok &= report.ok();
-        print!("{}", report.to_text());
+        let _ = write!(std::io::stdout(), "{}", report.to_text());
     }
     if all_ok {
         ExitCode::SUCCESS
@@ -720,7 +721,8 @@ fn simulate(
         }
     };
     let report = replay(&config, index, &trace, &options);
-    print!("{}", report.to_text());
+    // A closed pipe (`simulate ... | head`) is not a failure.
+    let _ = write!(std::io::stdout(), "{}", report.to_text());
     if let Some(path) = outputs.sent_log {
         if let Err(error) = std::fs::write(path, report.sent_log_csv()) {
             eprintln!("cannot write {}: {error}", path.display());

@@ -686,3 +686,31 @@ fn a_new_app_launch_ramps_by_the_warmup() {
         report.days.iter().map(|day| day.sent).collect::<Vec<_>>()
     );
 }
+
+/// `simulate ... | head` is not a failure: a reader that closed its end
+/// of the pipe gets no panic from the writer.
+#[test]
+fn a_closed_pipe_is_not_a_failure() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+        .args([
+            "simulate",
+            "--config",
+            &format!("{root}/traces/idle-burst.toml"),
+            "--trace",
+            &format!("{root}/traces/idle-burst.csv"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the report is written.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
