@@ -714,3 +714,54 @@ fn a_closed_pipe_is_not_a_failure() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The figures the README quotes from the shipped traces are what
+/// `simulate` prints today (they once drifted: "at most 11 s" where the
+/// replay said 5 s).
+#[test]
+fn the_readme_quotes_what_the_shipped_traces_replay_to() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let max_held = |report: &Report, app: &str| {
+        let stats = report.apps.iter().find(|stats| stats.name == app).unwrap();
+        stats.delays.last().copied().unwrap_or(0.0).round() as u64
+    };
+    let idle = replay_sample("idle-burst");
+    let business = replay_sample("business-hours");
+    let three = replay_sample_on("idle-burst", 3);
+    let (hour, day) = (&three.receiver[0].shaped, &three.receiver[1].shaped);
+    let quoted = [
+        format!(
+            "The alerts, transactional, are never deferred and are held at most {} s.",
+            max_held(&idle, "alerts")
+        ),
+        format!(
+            "is never deferred and is held at most {} s.",
+            max_held(&business, "auth")
+        ),
+        format!(
+            "(tightest hour {} of {} allowed on three nodes, {} on one; tightest day {} of {} on three, {} on one; the alerts app held at most {} s on both)",
+            hour.sent,
+            hour.allowed,
+            idle.receiver[0].shaped.sent,
+            day.sent,
+            day.allowed,
+            idle.receiver[1].shaped.sent,
+            max_held(&idle, "alerts").max(max_held(&three, "alerts"))
+        ),
+    ];
+    for sentence in quoted {
+        assert!(
+            readme.contains(&sentence),
+            "the README should say: {sentence}"
+        );
+    }
+    assert_eq!(
+        max_held(&idle, "alerts"),
+        max_held(&three, "alerts"),
+        "the README says 'on both'"
+    );
+}
