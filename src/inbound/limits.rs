@@ -35,9 +35,12 @@ pub struct ClientLimits {
     auth_failures: DefaultKeyedRateLimiter<IpAddr>,
     /// Clients out of AUTH failures, until they may try again.
     auth_blocked: Mutex<HashMap<IpAddr, Instant>>,
-    /// Password checks running now, all clients together.
-    password_checks: Semaphore,
 }
+
+/// Password checks running now, all clients and listeners together: one
+/// for the process, so limits made afresh by a reload do not double it.
+static PASSWORD_CHECKS: std::sync::LazyLock<Semaphore> =
+    std::sync::LazyLock::new(|| Semaphore::new(password_check_slots()));
 
 /// How long a password check waits for its turn before the client is told
 /// to try again (a legitimate login takes some 20 ms).
@@ -63,14 +66,13 @@ impl ClientLimits {
             connections: DefaultKeyedRateLimiter::dashmap(quota(server.client_connection_rate)),
             auth_failures: DefaultKeyedRateLimiter::dashmap(quota(server.client_auth_failures)),
             auth_blocked: Mutex::default(),
-            password_checks: Semaphore::new(password_check_slots()),
         }
     }
 
     /// A turn to check a password (argon2), waiting up to a second for
     /// one; `None`: too many checks are running, the client tries again.
     pub async fn password_check(&self) -> Option<SemaphorePermit<'_>> {
-        tokio::time::timeout(PASSWORD_CHECK_WAIT, self.password_checks.acquire())
+        tokio::time::timeout(PASSWORD_CHECK_WAIT, PASSWORD_CHECKS.acquire())
             .await
             .ok()?
             .ok()
@@ -172,14 +174,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn password_checks_are_bounded_for_all_clients_together() {
-        let limits = limits("");
+        // Two sets of limits (a reload made new ones) share the bound.
+        let (limits, after_reload) = (limits(""), limits(""));
         let slots = password_check_slots();
         let mut held = Vec::new();
         for _ in 0..slots {
             held.push(limits.password_check().await.expect("a free slot"));
         }
         assert!(
-            limits.password_check().await.is_none(),
+            after_reload.password_check().await.is_none(),
             "all busy: refused after the wait"
         );
         held.pop();

@@ -403,7 +403,8 @@ impl<'a> Session<'a> {
                     ),
                 ));
             }
-            (Some(owner), Some(login)) if owner != login => {
+            // Unless the app logged in lists that sender too.
+            (Some(owner), Some(login)) if owner != login && !apps.owns(login, from) => {
                 return Err(Refusal::new(
                     RefusalReason::RelayDenied,
                     550,

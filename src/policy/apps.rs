@@ -46,7 +46,7 @@ static UNKNOWN_USER_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new
     Argon2::default()
         .hash_password(&random[16..], &salt)
         .map(|hash| hash.to_string())
-        .unwrap_or_default()
+        .expect("argon2 hashes 16 bytes with the default parameters")
 });
 
 /// The configured apps, in order, then `other`.
@@ -116,6 +116,14 @@ impl Apps {
     /// True when some app logs in (so AUTH is worth offering).
     pub fn has_logins(&self) -> bool {
         self.apps.iter().any(|app| app.user.is_some())
+    }
+
+    /// True when the app in `lane` lists `sender` among its own `senders`
+    /// (an app with no list owns no sender).
+    pub fn owns(&self, lane: usize, sender: &str) -> bool {
+        self.apps.get(lane).is_some_and(|app| {
+            !app.senders.is_empty() && SenderPattern::any_matches(&app.senders, sender)
+        })
     }
 
     /// May the app in `lane` send as `sender`? Apps recognised by their

@@ -148,13 +148,20 @@ impl Penalty {
     /// Another node heard throttling (cluster mode): the shared penalty
     /// `value`, recovering from `since` (the end of the shared pause), is
     /// taken when it is below this one's at `now`, never under `floor`.
-    /// Returns true when it was taken.
+    /// While the shared pause lasts (or this node's own episode is open)
+    /// it is taken as an open episode: this node's next acceptance ends it,
+    /// and a throttling reply meanwhile cuts nothing more, here or in the
+    /// shared state. Returns true when it was taken.
     pub fn adopt(&mut self, now: f64, value: f64, since: f64, floor: f64) -> bool {
         let value = value.max(floor.min(1.0)).clamp(0.0, 1.0);
         if value >= 1.0 {
             return false;
         }
-        let shared = Phase::Recovering { since, from: value };
+        let shared = if since > now || self.in_episode() {
+            Phase::Episode(value)
+        } else {
+            Phase::Recovering { since, from: value }
+        };
         let theirs = Penalty {
             phase: shared,
             ..self.clone()
@@ -236,6 +243,14 @@ mod tests {
         assert!(penalty.adopt(0.0, 0.25, 60.0, 0.5));
         assert_eq!(penalty.at(30.0), 0.5, "floored, and paused until 60");
         assert!(!penalty.adopt(30.0, 0.75, 60.0, 0.0), "higher: kept");
+        // Taken during the shared pause: an open episode, which a throttling
+        // reply after the pause does not cut again (nor tell the others),
+        // and which this node's own acceptance ends.
+        assert_eq!(penalty.phase(70.0), PenaltyPhase::Throttled);
+        assert!(!penalty.throttled(70.0, 0.0));
+        assert_eq!(penalty.at(70.0), 0.5);
+        penalty.accepted(80.0);
+        assert_eq!(penalty.phase(80.0), PenaltyPhase::Recovering);
         // Recovering from the end of the shared pause, as the Lua does.
         let mut shared = Penalty::new(0.5, HOUR);
         assert!(shared.adopt(0.0, 0.25, -HOUR / 2.0, 0.0));

@@ -352,3 +352,29 @@ fn refuses_looping_mail() {
     assert_eq!(deliver(49), Ok(()));
     assert_eq!(deliver(50), Err(554));
 }
+
+#[test]
+fn a_login_owns_its_listed_senders_even_where_another_app_lists_them_too() {
+    let hash = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHRzYWx0$yKBsPW3CNbM1OFNYeNb3+Q";
+    let config = Config::parse(&format!(
+        "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n\
+         [[apps]]\nname = \"corp\"\nuser = \"corp\"\npassword_hash = \"{hash}\"\nsenders = [\"example.com\"]\n\
+         [[apps]]\nname = \"portal\"\nuser = \"portal\"\npassword_hash = \"{hash}\"\nsenders = [\"noreply@example.com\"]\n\
+         [[apps]]\nname = \"loose\"\nuser = \"loose\"\npassword_hash = \"{hash}\"\n"
+    ))
+    .unwrap();
+    let policy = crate::policy::Policy::from_config(&config);
+    let admission = Admit(usize::MAX);
+    let mail_as = |lane: Option<usize>| {
+        let mut session = local_session(&config, &policy, &admission);
+        run(&mut session, "EHLO app.test");
+        if lane.is_some() {
+            session.login_result(lane).unwrap();
+        }
+        code(run(&mut session, "MAIL FROM:<noreply@example.com>"))
+    };
+    assert_eq!(mail_as(None), 530, "no login");
+    assert_eq!(mail_as(Some(0)), 250, "corp lists example.com");
+    assert_eq!(mail_as(Some(1)), 250, "portal lists the address");
+    assert_eq!(mail_as(Some(2)), 550, "loose lists nothing: not its sender");
+}
