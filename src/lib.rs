@@ -62,6 +62,16 @@ pub struct Service {
 }
 
 impl Service {
+    /// What is valid but will not work as the configuration seems to mean
+    /// (the file's own [`Config::warnings`], and a `segment_size` large
+    /// against the spool's free space): said by `check-config` and logged
+    /// at start, never a reason to refuse.
+    pub fn warnings(config: &Config) -> Vec<String> {
+        let mut warnings = config.warnings();
+        warnings.extend(spool::segment_size_warning(&config.spool));
+        warnings
+    }
+
     /// What [`Service::start`] would fail on that the file alone does not
     /// show, found without starting (`check-config`): the files it loads
     /// (the certificate and key, each gateway's CA and login, the DKIM
@@ -117,11 +127,8 @@ impl Service {
         let policy = policy::Policy::from_config(&config);
         let metrics = Arc::new(Metrics::new(&policy.gateways, &policy.apps.names()));
         let (spool, recovery) = Spool::open(&config.spool, metrics.spool_fsync_seconds.clone())?;
-        if let Some(warning) = spool::segment_size_warning(&config.spool) {
+        for warning in Service::warnings(&config) {
             tracing::warn!(dir = %config.spool.dir.display(), "{warning}");
-        }
-        for warning in config.warnings() {
-            tracing::warn!("{warning}");
         }
         let listener = bind(config.server.listen, "").await?;
         let smtp_address = listener.local_addr()?;

@@ -338,11 +338,7 @@ fn check_config(path: Option<&Path>, file_only: bool) -> ExitCode {
         return ExitCode::FAILURE;
     }
     // Valid, but worth a look before it runs: said, exit 0.
-    let warnings = config
-        .warnings()
-        .into_iter()
-        .chain(smtp_shaper::spool::segment_size_warning(&config.spool));
-    for warning in warnings {
+    for warning in smtp_shaper::Service::warnings(&config) {
         eprintln!("{name}: warning: {warning}");
     }
     println!("{name}: configuration is valid");

@@ -395,22 +395,38 @@ impl Connection {
         connect_timeout: Duration,
         command_timeout: Duration,
     ) -> Result<(), ClientError> {
+        let mut connection = Connection::tcp(address, connect_timeout, command_timeout).await?;
+        if tls.mode == GatewayTls::Implicit {
+            return Ok(());
+        }
+        let greeted = connection.greeted().await;
+        connection.quit().await;
+        greeted
+    }
+
+    /// A plain TCP connection to `address`, nothing said yet.
+    async fn tcp(
+        address: &str,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Connection, ClientError> {
         let stream = timeout(connect_timeout, TcpStream::connect(address))
             .await
             .map_err(|_| early(format!("connect to {address} timed out")))?
             .map_err(|error| early(format!("connect to {address} failed: {error}")))?;
-        if tls.mode == GatewayTls::Implicit {
-            return Ok(());
-        }
-        let mut connection = Connection {
+        let _ = stream.set_nodelay(true);
+        Ok(Connection {
             stream: Stream::Plain(stream),
-            buffer: Vec::with_capacity(512),
+            buffer: Vec::with_capacity(4096),
             capabilities: Capabilities::default(),
             command_timeout,
-            data_reply_timeout: command_timeout,
-        };
-        let greeting = connection.read_reply().await.map_err(mark_early)?;
-        connection.quit().await;
+            data_reply_timeout: DATA_REPLY_TIMEOUT.max(command_timeout),
+        })
+    }
+
+    /// Reads the greeting: a 220, or the gateway's refusal kept.
+    async fn greeted(&mut self) -> Result<(), ClientError> {
+        let greeting = self.read_reply().await.map_err(mark_early)?;
         if greeting.code == 220 {
             Ok(())
         } else {
@@ -429,28 +445,11 @@ impl Connection {
         connect_timeout: Duration,
         command_timeout: Duration,
     ) -> Result<Connection, ClientError> {
-        let stream = timeout(connect_timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| early(format!("connect to {address} timed out")))?
-            .map_err(|error| early(format!("connect to {address} failed: {error}")))?;
-        let _ = stream.set_nodelay(true);
-        let mut connection = Connection {
-            stream: Stream::Plain(stream),
-            buffer: Vec::with_capacity(4096),
-            capabilities: Capabilities::default(),
-            command_timeout,
-            data_reply_timeout: DATA_REPLY_TIMEOUT.max(command_timeout),
-        };
+        let mut connection = Connection::tcp(address, connect_timeout, command_timeout).await?;
         if mode == GatewayTls::Implicit {
             connection.handshake(tls).await?;
         }
-        let greeting = connection.read_reply().await.map_err(mark_early)?;
-        if greeting.code != 220 {
-            return Err(refused_with(
-                format!("gateway greeting refused: {greeting}"),
-                greeting,
-            ));
-        }
+        connection.greeted().await?;
         connection.hello(helo_name).await?;
         if matches!(mode, GatewayTls::Required | GatewayTls::Opportunistic) {
             if connection.capabilities.starttls {
