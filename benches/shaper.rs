@@ -20,7 +20,8 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::Instant;
 
-use smtp_shaper::config::{AppClass, Config};
+use smtp_shaper::config::Config;
+use smtp_shaper::shaper::AppClass;
 use smtp_shaper::shaper::{GatewayModel, Lane, Release, Scheduler};
 use smtp_shaper::simulate::{Arrival, Options, replay};
 use smtp_shaper::smtp::MailParams;

@@ -30,7 +30,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, Script, Value};
 
-use crate::config::{AppClass, ClusterConfig};
+use crate::config::ClusterConfig;
+use crate::shaper::AppClass;
 use crate::shaper::shared::{Elsewhere, Ledger, Proposal, SharedFeedback, SharedLimits};
 use crate::shaper::{ClassCounts, WindowCounts};
 
@@ -358,8 +359,8 @@ impl GatewayLink {
             self.epoch_proposal(),
             proposal.units.to_string(),
             match proposal.class {
-                crate::config::AppClass::Transactional => "t".into(),
-                crate::config::AppClass::Bulk => "b".into(),
+                crate::shaper::AppClass::Transactional => "t".into(),
+                crate::shaper::AppClass::Bulk => "b".into(),
             },
             emission.to_string(),
             tolerance.to_string(),

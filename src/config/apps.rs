@@ -3,24 +3,6 @@
 
 use super::*;
 
-/// What kind of mail an app sends, for the volume budgets: bulk mail never
-/// takes the room the transactional apps normally need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AppClass {
-    #[default]
-    Transactional,
-    Bulk,
-}
-
-impl AppClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AppClass::Transactional => "transactional",
-            AppClass::Bulk => "bulk",
-        }
-    }
-}
-
 /// A bulk app's `unsubscribe`: what happens to a message without one-click
 /// unsubscribe (RFC 8058), which Gmail, Yahoo and Outlook.com require of
 /// bulk senders.

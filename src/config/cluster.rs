@@ -1,6 +1,7 @@
-//! `[cluster]`: the sidecars sharing each gateway's budget through Redis;
-//! the secret and the node name are read here.
+//! `[cluster]`: the sidecars sharing each gateway's budget through Redis
+//! (its password and the default node name are read in [`super::secret`]).
 
+use super::secret::host_name;
 use super::*;
 
 /// `[cluster]`: the sidecars in front of the same gateways share one budget
@@ -24,46 +25,6 @@ pub struct ClusterConfig {
     /// How long a call to Redis may take (a failed heartbeat, or three
     /// failed send decisions in a row, put the node on its share).
     pub timeout: Duration,
-}
-
-impl ClusterConfig {
-    /// The Redis password, if one is configured.
-    pub fn password(&self) -> std::io::Result<Option<String>> {
-        if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path).map_err(|error| {
-                std::io::Error::new(
-                    error.kind(),
-                    format!(
-                        "cannot read cluster.password_file {}: {error}",
-                        path.display()
-                    ),
-                )
-            })?;
-            return Ok(Some(text.trim().to_string()));
-        }
-        match &self.password_env {
-            Some(name) => std::env::var(name).map(Some).map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("cluster.password_env: the environment variable {name} is not set"),
-                )
-            }),
-            None => Ok(None),
-        }
-    }
-}
-
-/// This machine's host name (the pod name in Kubernetes).
-pub(super) fn host_name() -> String {
-    let mut buffer = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at most
-    // that many bytes.
-    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
-    let end = buffer.iter().position(|byte| *byte == 0).unwrap_or(0);
-    match std::str::from_utf8(&buffer[..end]) {
-        Ok(name) if result == 0 && !name.is_empty() => name.to_string(),
-        _ => "smtp-shaper".to_string(),
-    }
 }
 
 pub(super) fn read_cluster(mut s: Section<'_>) -> ClusterConfig {

@@ -52,6 +52,10 @@ pub struct GatewayConfig {
     /// How a message whose From: domain is not DMARC-aligned is treated.
     pub alignment: AlignmentMode,
     pub shaping: ShapingConfig,
+    /// The period the file writes this gateway's rates in (that of the
+    /// first of initial_rate, min_rate, max_rate given; else the defaults'
+    /// `/min`): logs say rates the same way.
+    pub rate_period: units::Period,
 }
 
 /// The gateway login: who, and with what. The secrets themselves are never
@@ -171,14 +175,6 @@ impl std::fmt::Display for HttpsUrl {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    /// The value of this environment variable.
-    Env(String),
-    /// The first line of this file.
-    File(PathBuf),
-}
-
 impl GatewayConfig {
     /// The host part of `address` (without brackets around an IPv6 literal).
     pub fn host(&self) -> &str {
@@ -212,6 +208,7 @@ pub enum AlignmentMode {
 pub(super) fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
     // Read first: the shaping's max_queue_delay stays under it.
     let max_age = s.duration("max_age", "5d");
+    let rate_period;
     let mut gateway = GatewayConfig {
         name: s.required("name", NAME_FORMS, parse_name),
         address: s.required("address", HOST_PORT_FORMS, |v| {
@@ -247,7 +244,12 @@ pub(super) fn read_gateway(mut s: Section<'_>) -> GatewayConfig {
         ),
         verify_interval: s.duration("verify_interval", "1h"),
         alignment: s.parsed("alignment", "warn", ALIGNMENT_FORMS, parse_alignment),
-        shaping: read_shaping(s.subsection("shaping"), max_age),
+        shaping: {
+            let (shaping, period) = read_shaping(s.subsection("shaping"), Some(max_age));
+            rate_period = period;
+            shaping
+        },
+        rate_period,
     };
     // Read after `shaping`: an unknown key's message lists the accepted
     // keys in the order they are read.

@@ -8,7 +8,8 @@
 //!
 //! Each section's types live beside its reader: [`server`], [`http`],
 //! [`spool`], [`cluster`], [`gateway`] (with its login), [`shaping`],
-//! [`apps`]; this file holds the whole [`Config`], the orchestration of
+//! [`apps`]; the secrets and the host name the file points at are read in
+//! [`secret`]; this file holds the whole [`Config`], the orchestration of
 //! [`Config::parse`] and the checks across sections.
 
 mod apps;
@@ -18,6 +19,7 @@ mod http;
 mod network;
 mod reader;
 mod restart;
+mod secret;
 mod sender;
 mod server;
 mod shaping;
@@ -31,22 +33,27 @@ pub use cluster::*;
 pub use gateway::*;
 pub use http::*;
 pub use network::Network;
+pub use secret::{MIN_ADMIN_TOKEN_LEN, SecretSource, read_first_line};
 pub use sender::SenderPattern;
 pub use server::*;
 pub use shaping::*;
 pub use spool::*;
 
 use std::net::SocketAddr;
+
+use crate::shaper::rules::{
+    AppClass, CountUnit, HELD_SHARE_OF_LIFETIME, Horizon, Limit, ShapingConfig, ShapingMode,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use apps::read_app;
-#[cfg(test)]
-use cluster::host_name;
 use cluster::read_cluster;
 use gateway::{check_gateways, read_gateway};
 use http::read_http;
 use reader::{Problems, Section};
+#[cfg(test)]
+use secret::host_name;
 use server::read_server;
 use shaping::read_shaping;
 use spool::read_spool;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use toml::{Table, Value};
 
-use super::{Config, ConfigError, units};
+use super::{ConfigError, units};
 
 /// Where each key path (`server.listen`, `gateways[1].shaping.min_rate`,
 /// `server.allowed_networks[2]`) starts in the text, as a line number.
@@ -133,9 +133,9 @@ impl Problems {
         });
     }
 
-    pub fn into_result(self, config: Config) -> Result<Config, ConfigError> {
+    pub fn into_result<T>(self, read: T) -> Result<T, ConfigError> {
         if self.found.is_empty() {
-            Ok(config)
+            Ok(read)
         } else {
             Err(ConfigError {
                 problems: self.found,

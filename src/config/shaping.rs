@@ -1,115 +1,20 @@
-//! `[gateways.shaping]`: the rates, budgets, caps and feedback of one
-//! gateway's shaping, and their horizon vocabulary.
+//! `[gateways.shaping]`: the reader of one gateway's shaping (the rates,
+//! budgets, caps and feedback, in the shaper's own types: see
+//! `shaper::rules`), and the period the file writes its rates in.
+
+use std::str::FromStr;
 
 use super::*;
 
-/// A time scale of the volume rule, on which receivers judge a gateway
-/// beyond the minute (see `shaper::volume`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Horizon {
-    Hour,
-    Day,
-}
-
-impl Horizon {
-    pub const ALL: [Horizon; 2] = [Horizon::Hour, Horizon::Day];
-
-    /// The window's length in minutes.
-    pub fn minutes(self) -> i64 {
-        match self {
-            Horizon::Hour => 60,
-            Horizon::Day => 1_440,
-        }
-    }
-
-    pub fn seconds(self) -> i64 {
-        self.minutes() * 60
-    }
-
-    /// The `window` label of the volume metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Horizon::Hour => "1h",
-            Horizon::Day => "24h",
-        }
-    }
-}
-
-/// `[gateways.shaping]`: how fast the gateway may send (see `shaper`).
-/// Rates are messages per second.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShapingConfig {
-    /// The minute baseline assumed for a gateway with no history.
-    pub initial_rate: f64,
-    /// The history an operator vouches for, per [`Horizon`] (in
-    /// `Horizon::ALL` order): units sent in the gateway's busiest window of
-    /// that length recently (`initial_rate = ["60/min", "200/h", "2000/day"]`).
-    pub initial_volume: [Option<u64>; 2],
-    /// The minute floor of the ceiling.
-    pub min_rate: f64,
-    /// The allowance of each [`Horizon`] with no history; `None` leaves that
-    /// horizon unbudgeted (a `min_rate` that names only the minute).
-    pub min_volume: [Option<u64>; 2],
-    pub max_rate: f64,
-    pub headroom: f64,
-    /// Growth factor per day.
-    pub warmup: f64,
-    pub burst: u32,
-    pub max_queue_delay: Duration,
-    pub max_queued: usize,
-    pub limits: Vec<Limit>,
-    pub count: CountUnit,
-    pub backoff_factor: f64,
-    pub backoff_pause: Duration,
-    /// How long the ceiling takes to climb back to where it was before a
-    /// throttling cut, once the gateway accepts again.
-    pub backoff_recovery: Duration,
-    /// Enforce the shaping, or observe it (see [`ShapingMode`]).
-    pub mode: ShapingMode,
-    /// Observe until the gateway's own history covers this span, then
-    /// enforce by itself.
-    pub observe_until: Option<Duration>,
-    pub baseline_half_life: Duration,
-    /// The period the file writes this gateway's rates in (that of the
-    /// first of initial_rate, min_rate, max_rate given; else the defaults'
-    /// `/min`): logs say rates the same way.
-    pub rate_period: units::Period,
-}
-
-/// One hard cap, `count` units per `window`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Limit {
-    pub count: u64,
-    pub window: Duration,
-}
-
-/// Whether the shaping holds mail, or only says what it would hold
-/// (`mode = "observe"`: relayed at once, the would-be holds counted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ShapingMode {
-    #[default]
-    Enforce,
-    Observe,
-}
-
-impl ShapingMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ShapingMode::Enforce => "enforce",
-            ShapingMode::Observe => "observe",
-        }
-    }
-}
-
-/// What the hard caps count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CountUnit {
-    Messages,
-    Recipients,
-}
-
-/// `[gateways.shaping]` of a gateway whose mail may stay queued `max_age`.
-pub(super) fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConfig {
+/// `[gateways.shaping]` of a gateway whose mail may stay queued `max_age`
+/// (`None`: a table read alone, with no gateway to check it against),
+/// and the period the file writes this gateway's rates in: that of the
+/// first of initial_rate, min_rate, max_rate given, else the defaults'
+/// `/min` (logs say rates the same way).
+pub(super) fn read_shaping(
+    mut s: Section<'_>,
+    max_age: Option<Duration>,
+) -> (ShapingConfig, units::Period) {
     let delay_given = s.has("max_queue_delay");
     let mut given = None;
     let mut rate = |s: &mut Section<'_>, key, default| {
@@ -132,10 +37,6 @@ pub(super) fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConf
         min_rate,
         min_volume,
         max_rate,
-        rate_period: initial_period
-            .or(min_period)
-            .or(given)
-            .unwrap_or(units::Period::Minute),
         headroom: s.number("headroom", 2.0, 1.0, 100.0),
         warmup: s.parsed("warmup", "2x/day", units::GROWTH_FORMS, units::parse_growth),
         burst: s.integer("burst", 5, 1, 100_000),
@@ -204,10 +105,12 @@ pub(super) fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConf
     } else if !delay_given {
         // Held mail must leave before it expires: a short max_age shortens
         // the default.
-        shaping.max_queue_delay = shaping
-            .max_queue_delay
-            .min(max_age.mul_f64(HELD_SHARE_OF_LIFETIME));
-    } else if shaping.max_queue_delay >= max_age {
+        if let Some(max_age) = max_age {
+            shaping.max_queue_delay = shaping
+                .max_queue_delay
+                .min(max_age.mul_f64(HELD_SHARE_OF_LIFETIME));
+        }
+    } else if max_age.is_some_and(|max_age| shaping.max_queue_delay >= max_age) {
         s.problem(
             "max_queue_delay",
             "must be shorter than the gateway's max_age (5d by default), or mail accepted to wait that long expires first: shorten it, or raise max_age (e.g. max_age = \"8d\" for max_queue_delay = \"7d\")",
@@ -217,7 +120,39 @@ pub(super) fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConf
         s.problem("baseline_half_life", "must be at least 1h");
     }
     s.finish();
-    shaping
+    let rate_period = initial_period
+        .or(min_period)
+        .or(given)
+        .unwrap_or(units::Period::Minute);
+    (shaping, rate_period)
+}
+
+/// The lines of one `[gateways.shaping]` table, read alone: every key and
+/// check as in a whole file, except those against the gateway's
+/// `max_age` (a table alone has none; [`Config::parse`] checks them). For
+/// tests, benchmarks and tools that shape without a whole file.
+///
+/// ```
+/// use smtp_shaper::shaper::ShapingConfig;
+///
+/// let shaping: ShapingConfig = "min_rate = [\"10/min\", \"100/h\"]".parse().unwrap();
+/// assert_eq!(shaping.min_volume, [Some(100), None]);
+/// let error = "burst = 0".parse::<ShapingConfig>().unwrap_err();
+/// assert!(error.problems[0].starts_with("line 1: burst:"));
+/// ```
+impl FromStr for ShapingConfig {
+    type Err = ConfigError;
+
+    fn from_str(lines: &str) -> Result<ShapingConfig, ConfigError> {
+        let table: toml::Table = lines
+            .parse()
+            .map_err(|error: toml::de::Error| ConfigError {
+                problems: vec![format!("not valid TOML: {}", error.message().trim())],
+            })?;
+        let mut problems = Problems::new(reader::Lines::of(lines));
+        let (shaping, _) = read_shaping(Section::new(String::new(), table, &mut problems), None);
+        problems.into_result(shaping)
+    }
 }
 
 /// The gateway's `max_queue_delay` by default: long enough to hold a
@@ -226,11 +161,6 @@ pub(super) fn read_shaping(mut s: Section<'_>, max_age: Duration) -> ShapingConf
 /// "Admission: hold, don't hand back"), and shorter than `max_age` (5
 /// days), so mail accepted on its projection leaves before it would expire.
 pub const DEFAULT_MAX_QUEUE_DELAY: &str = "4d";
-
-/// The longest an app's mail may be held, as a share of how long it may
-/// stay queued (`max_age`, an app's `expire_after`): it leaves before it
-/// would expire, with room for the projection to be off.
-pub const HELD_SHARE_OF_LIFETIME: f64 = 0.8;
 
 /// What `min_rate` and `initial_rate` accept.
 const HORIZON_RATE_FORMS: &str = "a rate such as \"10/min\", or one rate per horizon: [\"10/min\", \"60/h\", \"300/day\"] (the minute in /s or /min, the hour in /h, the day in /day)";

@@ -2,6 +2,16 @@
 
 use super::*;
 
+/// The smallest gateway a file needs: `g` on loopback port 25.
+const GATEWAY: &str = "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n";
+
+/// A file of [`GATEWAY`] then `lines` (its own tables, or the gateway's
+/// keys and `[gateways.shaping]`): line numbers in problems count from
+/// `GATEWAY`'s first line.
+fn with_gateway(lines: &str) -> Result<Config, ConfigError> {
+    Config::parse(&format!("{GATEWAY}{lines}"))
+}
+
 #[test]
 fn embedded_default_is_valid_and_loopback_only() {
     let config = Config::embedded_default();
@@ -102,15 +112,9 @@ fn volume_floors_and_seeds_per_horizon() {
     assert_eq!(shaping.min_volume, [Some(60), Some(300)]);
     assert_eq!(config.apps[0].class, AppClass::Bulk);
     // One rate is the minute only: hours and days are not budgeted.
-    let config = Config::parse(
-        "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\nmin_rate = \"10/min\"\n",
-    )
-    .unwrap();
+    let config = with_gateway("[gateways.shaping]\nmin_rate = \"10/min\"\n").unwrap();
     assert_eq!(config.gateways[0].shaping.min_volume, [None, None]);
-    let config = Config::parse(
-        "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\nmin_rate = \"100/h\"\n",
-    )
-    .unwrap();
+    let config = with_gateway("[gateways.shaping]\nmin_rate = \"100/h\"\n").unwrap();
     let shaping = &config.gateways[0].shaping;
     assert_eq!(
         shaping.min_volume,
@@ -318,9 +322,8 @@ fn shaping_and_apps() {
 #[test]
 fn two_apps_cannot_log_in_as_one_user() {
     let hash = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    let error = Config::parse(&format!(
-        "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n\
-         [[apps]]\nname = \"a\"\nuser = \"u\"\npassword_hash = \"{hash}\"\n\
+    let error = with_gateway(&format!(
+        "[[apps]]\nname = \"a\"\nuser = \"u\"\npassword_hash = \"{hash}\"\n\
          [[apps]]\nname = \"b\"\nnetworks = [\"10.0.0.0/8\"]\n\
          [[apps]]\nname = \"c\"\nuser = \"u\"\npassword_hash = \"{hash}\"\n"
     ))
@@ -533,12 +536,9 @@ fn a_gateway_may_name_its_sending_ip() {
 #[test]
 fn rates_keep_the_period_the_file_writes_them_in() {
     let period = |shaping: &str| {
-        Config::parse(&format!(
-            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{shaping}"
-        ))
-        .unwrap()
-        .gateways[0]
-            .shaping
+        with_gateway(&format!("[gateways.shaping]\n{shaping}"))
+            .unwrap()
+            .gateways[0]
             .rate_period
     };
     assert_eq!(period(""), units::Period::Minute, "the defaults' /min");
@@ -616,11 +616,7 @@ fn every_problem_names_the_line_of_its_key_or_table() {
 
 #[test]
 fn held_mail_leaves_before_it_expires() {
-    let gateway = |lines: &str| {
-        Config::parse(&format!(
-            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n{lines}"
-        ))
-    };
+    let gateway = with_gateway;
     // The default max_queue_delay (4d) under the default max_age (5d);
     // a short max_age shortens it to four fifths of it.
     let config = gateway("").unwrap();
@@ -643,8 +639,8 @@ fn held_mail_leaves_before_it_expires() {
     );
     assert!(gateway("max_age = \"8d\"\n[gateways.shaping]\nmax_queue_delay = \"7d\"").is_ok());
     let app = |lines: &str| {
-        Config::parse(&format!(
-            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[[apps]]\nname = \"a\"\nsenders = [\"a.test\"]\n{lines}"
+        with_gateway(&format!(
+            "[[apps]]\nname = \"a\"\nsenders = [\"a.test\"]\n{lines}"
         ))
     };
     let error = app("max_queue_delay = \"2d\"\nexpire_after = \"1d\"").unwrap_err();
@@ -705,8 +701,8 @@ fn a_duplicate_key_or_a_number_too_large_names_the_key() {
 
 #[test]
 fn an_invalid_password_hash_is_said_once() {
-    let problems = Config::parse(
-        "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[[apps]]\nname = \"portal\"\nuser = \"portal\"\npassword_hash = \"not-a-hash\"\n",
+    let problems = with_gateway(
+        "[[apps]]\nname = \"portal\"\nuser = \"portal\"\npassword_hash = \"not-a-hash\"\n",
     )
     .unwrap_err()
     .problems;
@@ -753,7 +749,7 @@ fn an_app_that_cannot_log_in_is_warned_about() {
 
 #[test]
 fn a_cluster_section_names_redis_and_the_node() {
-    let gateway = "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n";
+    let gateway = GATEWAY;
     assert_eq!(Config::parse(gateway).unwrap().cluster, None);
     let config = Config::parse(&format!(
         "{gateway}[cluster]\nredis = \"rediss://redis:6380/1\"\nexpected_nodes = 3\n"
@@ -785,4 +781,22 @@ fn a_cluster_section_names_redis_and_the_node() {
         missing.problems[0].contains("cluster.redis: required"),
         "{missing:?}"
     );
+}
+
+#[test]
+fn a_shaping_table_read_alone_is_read_as_in_a_file_but_for_the_gateway_s_max_age() {
+    let lines = "min_rate = [\"10/min\", \"100/h\"]\nburst = 20\n";
+    let alone: ShapingConfig = lines.parse().unwrap();
+    let in_file = with_gateway(&format!("[gateways.shaping]\n{lines}")).unwrap();
+    assert_eq!(alone, in_file.gateways[0].shaping);
+    // Longer than the default max_age (5d): only a whole file can say so.
+    assert!("max_queue_delay = \"7d\"".parse::<ShapingConfig>().is_ok());
+    assert!(with_gateway("[gateways.shaping]\nmax_queue_delay = \"7d\"\n").is_err());
+    let problems = "burst = 20\nheadroom = 0.5\nbogus = 1\n"
+        .parse::<ShapingConfig>()
+        .unwrap_err()
+        .problems;
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems[0].starts_with("line 2: headroom:"), "{problems:?}");
+    assert!(problems[1].starts_with("line 3: bogus:"), "{problems:?}");
 }

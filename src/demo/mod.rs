@@ -50,9 +50,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::Service;
-use crate::config::{Config, GatewayTls, ShapingConfig};
+use crate::config::{Config, GatewayTls};
 use crate::outbound::client::Connection;
 use crate::shaper::GatewayView;
+use crate::shaper::ShapingConfig;
 use crate::spool::Envelope;
 use crate::tls::client::Upstream;
 use gateway::DemoGateway;
@@ -577,10 +578,10 @@ impl Watch<'_> {
     }
 }
 
-fn horizon_name(horizon: crate::config::Horizon) -> &'static str {
+fn horizon_name(horizon: crate::shaper::Horizon) -> &'static str {
     match horizon {
-        crate::config::Horizon::Hour => "hour",
-        crate::config::Horizon::Day => "day",
+        crate::shaper::Horizon::Hour => "hour",
+        crate::shaper::Horizon::Day => "day",
     }
 }
 
@@ -908,7 +909,7 @@ mod tests {
                 burst_ratio: 1.0,
                 penalty: 1.0,
                 penalty_phase: crate::shaper::penalty::PenaltyPhase::Calm,
-                mode: crate::config::ShapingMode::Enforce,
+                mode: crate::shaper::ShapingMode::Enforce,
                 recovery_left: 0.0,
                 paused_for: 0.0,
                 deferrals: [0; 6],

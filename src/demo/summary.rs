@@ -195,8 +195,8 @@ pub(super) fn budget_lines(text: &mut String, view: &GatewayView, shaping: &Shap
         let name = horizon_name(budget.horizon);
         let floor = shaping.min_volume[budget.horizon as usize].unwrap_or(0);
         let unit = match budget.horizon {
-            crate::config::Horizon::Hour => "h",
-            crate::config::Horizon::Day => "day",
+            crate::shaper::Horizon::Hour => "h",
+            crate::shaper::Horizon::Day => "day",
         };
         let allowance = if budget.allowance == floor {
             format!("{floor} (the {floor}/{unit} floor: no history yet)")

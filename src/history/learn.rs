@@ -34,8 +34,9 @@ use std::path::Path;
 
 use super::time::{Zone, format_minute};
 use super::{Counts, History, Input};
-use crate::config::{Config, CountUnit, Horizon, ShapingConfig};
+use crate::config::{Config, GatewayConfig};
 use crate::shaper::volume::{KEPT_SLOTS, Volume, VolumeState};
+use crate::shaper::{CountUnit, Horizon, ShapingConfig};
 use crate::shaper::{HistorySource, SavedState};
 
 const DAY: f64 = 86_400.0;
@@ -96,7 +97,7 @@ pub fn learn(request: &Request, zone: &Zone, now: f64) -> Result<String, String>
     }
     let written = crate::spool::replace_shaping_state(&config.spool.dir, &gateway.name, &text)
         .map_err(|error| error.to_string())?;
-    let mut report = summary(&gateway.shaping, &gateway.name, &history, &state, now);
+    let mut report = summary(gateway, &history, &state, now);
     report.push_str(&format!(
         "written {}{}; a start reads it, and a running smtp-shaper takes it on reload (kill -HUP)\n",
         written.display(),
@@ -396,19 +397,17 @@ pub fn busiest(counts: &Counts, unit: CountUnit, minutes: i64) -> (u64, i64) {
 }
 
 /// What `learn` found and what follows, for the operator.
-fn summary(
-    shaping: &ShapingConfig,
-    gateway: &str,
-    history: &History,
-    state: &SavedState,
-    now: f64,
-) -> String {
+fn summary(gateway: &GatewayConfig, history: &History, state: &SavedState, now: f64) -> String {
+    let shaping = &gateway.shaping;
     let counts = &history.counts;
     let unit = match shaping.count {
         CountUnit::Messages => "messages",
         CountUnit::Recipients => "recipients",
     };
-    let mut text = format!("gateway {gateway:?}: history from the {}\n", history.source);
+    let mut text = format!(
+        "gateway {:?}: history from the {}\n",
+        gateway.name, history.source
+    );
     text.push_str(&format!(
         "  lines read     {}\n  lines counted  {}\n",
         counts.lines, counts.counted
@@ -455,8 +454,8 @@ fn summary(
     }
     text.push_str(&format!(
         "  baseline       {} (ceiling {})\n",
-        shaping.rate_period.format(state.baseline),
-        shaping.rate_period.format(
+        gateway.rate_period.format(state.baseline),
+        gateway.rate_period.format(
             (state.baseline * shaping.headroom * state.penalty)
                 .clamp(shaping.min_rate, shaping.max_rate)
         )
@@ -470,11 +469,9 @@ mod tests {
     use crate::history::Minute;
 
     fn shaping(extra: &str) -> ShapingConfig {
-        let config = Config::parse(&format!(
-            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\nmin_rate = [\"10/min\", \"60/h\", \"300/day\"]\n{extra}\n"
-        ))
-        .unwrap();
-        config.gateways[0].shaping.clone()
+        format!("min_rate = [\"10/min\", \"60/h\", \"300/day\"]\n{extra}")
+            .parse()
+            .unwrap()
     }
 
     /// `per_minute[i]` (messages, recipients) at minute `start + i`.

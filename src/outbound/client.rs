@@ -81,7 +81,7 @@ impl Credentials {
     /// Reads the secret the gateway's configuration names (for XOAUTH2:
     /// checks its token source, see `oauth::TokenProvider::load`).
     pub fn load(gateway: &crate::config::GatewayConfig) -> std::io::Result<Option<Credentials>> {
-        use crate::config::{AuthMechanism, SecretSource};
+        use crate::config::AuthMechanism;
         let Some(auth) = &gateway.auth else {
             return Ok(None);
         };
@@ -98,34 +98,7 @@ impl Credentials {
                 }));
             }
         };
-        let password = match source {
-            SecretSource::Env(name) => std::env::var(name).map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    format!("the environment variable {name} (auth_password_env) is not set"),
-                )
-            })?,
-            SecretSource::File(path) => std::fs::read_to_string(path)
-                .map_err(|error| {
-                    std::io::Error::new(
-                        error.kind(),
-                        format!(
-                            "cannot read {} (auth_password_file): {error}",
-                            path.display()
-                        ),
-                    )
-                })?
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string(),
-        };
-        if password.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "the gateway password is empty",
-            ));
-        }
+        let password = source.read("auth_password_file", "auth_password_env")?;
         Ok(Some(Credentials {
             user: auth.user.clone(),
             secret: Login::Password(password),

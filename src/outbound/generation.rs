@@ -22,8 +22,9 @@ use super::retry::Backoff;
 use super::worker::{WorkerContext, worker};
 use super::{Gateway, dkim, verify};
 use crate::cluster::{Cluster, HEARTBEAT_INTERVAL};
-use crate::config::{Config, GatewayConfig, Horizon};
+use crate::config::{Config, GatewayConfig};
 use crate::policy::{Apps, Policy};
+use crate::shaper::Horizon;
 use crate::shaper::observe::{self, Observer};
 use crate::shaper::{
     Admission, BudgetView, Deferral, GatewayModel, GatewayView, Projection, SavedState,
@@ -427,6 +428,7 @@ fn open_queue(
     let history = Kept::at_start(saved.as_ref(), shaping, identity, now);
     let queue = DeliveryQueue::shared(
         &gateway.name,
+        gateway.rate_period,
         |now| match &saved {
             Some(state) => GatewayModel::restore(shaping, state, now),
             None => GatewayModel::new(shaping, now),
@@ -451,8 +453,8 @@ fn open_queue(
     tracing::info!(
         gateway = %gateway.name,
         history = %history.describe(shaping, now),
-        baseline = %shaping.rate_period.format(model.baseline),
-        ceiling = %shaping.rate_period.format(model.ceiling),
+        baseline = %gateway.rate_period.format(model.baseline),
+        ceiling = %gateway.rate_period.format(model.ceiling),
         hour_allowance = %allowance(&model.budgets, Horizon::Hour),
         day_allowance = %allowance(&model.budgets, Horizon::Day),
         "shaping model ready"

@@ -17,11 +17,11 @@
 
 use std::sync::Mutex;
 
-use crate::config::{Horizon, ShapingConfig};
 use crate::history::learn::adopt;
 use crate::poison::LockRecovered;
 use crate::shaper::volume::KEPT_SLOTS;
 use crate::shaper::{HistorySource, SavedState};
+use crate::shaper::{Horizon, ShapingConfig};
 use crate::spool::{Spool, shaping_state_identity};
 use crate::telemetry::HistoryView;
 
@@ -219,17 +219,12 @@ fn days(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use crate::shaper::volume::VolumeState;
 
     fn shaping(extra: &str) -> ShapingConfig {
-        Config::parse(&format!(
-            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\nmin_rate = [\"10/min\", \"60/h\", \"300/day\"]\n{extra}\n"
-        ))
-        .unwrap()
-        .gateways[0]
-            .shaping
-            .clone()
+        format!("min_rate = [\"10/min\", \"60/h\", \"300/day\"]\n{extra}")
+            .parse()
+            .unwrap()
     }
 
     const NOW: f64 = 1_796_634_000.0;

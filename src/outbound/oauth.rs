@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsConnector;
 
-use crate::config::{ClientCredentials, HttpsUrl, TokenSource};
+use crate::config::{ClientCredentials, HttpsUrl, TokenSource, read_first_line};
 use crate::telemetry::client::encode;
 use crate::tls::client::verifying;
 
@@ -237,25 +237,6 @@ fn read_token_file(path: &Path, current: &mut Option<Cached>) -> io::Result<Secr
         refresh_at: None,
     });
     Ok(token)
-}
-
-/// The first line of `path`, trimmed, which must not be empty; errors name
-/// the `key` and the path, never the content.
-fn read_first_line(path: &Path, key: &str) -> io::Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        io::Error::new(
-            error.kind(),
-            format!("cannot read {} ({key}): {error}", path.display()),
-        )
-    })?;
-    let line = text.lines().next().unwrap_or("").trim();
-    if line.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} ({key}) is empty", path.display()),
-        ));
-    }
-    Ok(line.to_string())
 }
 
 impl Grant {

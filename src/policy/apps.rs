@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 
-use crate::config::{AppClass, AppConfig, UnsubscribeMode};
+use crate::config::{AppConfig, UnsubscribeMode};
 use crate::config::{Network, SenderPattern};
+use crate::shaper::AppClass;
 use crate::shaper::Lane;
 
 /// What becomes of an app's mail that is held long.

@@ -4,6 +4,8 @@
 //! seconds), so the live delivery queue and the `simulate` subcommand run the
 //! same code, and tests run it on a fake clock:
 //!
+//! - [`rules`]: the vocabulary (an app's class, the horizons, what caps
+//!   count) and one gateway's settings, which `config` reads into;
 //! - [`baseline`]: the learned normal rate (peak-hold, bounded warm-up, slow fade);
 //! - [`bucket`]: governor's token bucket at the ceiling;
 //! - [`caps`]: the hard `limits` (N per window, never exceeded);
@@ -31,6 +33,7 @@ pub mod meter;
 pub mod model;
 pub mod observe;
 pub mod penalty;
+pub mod rules;
 pub mod scheduler;
 pub mod shared;
 pub mod state;
@@ -42,6 +45,7 @@ pub use feedback::is_throttling;
 pub use model::{
     CeilingChange, DeferReason, Deferral, GatewayModel, ModelView, Projection, WindowCounts,
 };
+pub use rules::{AppClass, CountUnit, Horizon, Limit, ShapingConfig, ShapingMode};
 pub use scheduler::{ClassCounts, GatewayView, Lane, Release, Scheduler};
 pub use state::{HistorySource, SavedState};
 pub use volume::{BudgetReached, BudgetView};

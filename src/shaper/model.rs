@@ -21,7 +21,7 @@ use super::penalty::{Penalty, PenaltyPhase};
 use super::shared::{Elsewhere, SharedCap, SharedFeedback, SharedLimits};
 use super::state::SavedState;
 use super::volume::{BudgetReached, BudgetView, MinuteCount, Volume};
-use crate::config::{AppClass, CountUnit, Horizon, ShapingConfig, ShapingMode};
+use crate::shaper::{AppClass, CountUnit, Horizon, ShapingConfig, ShapingMode};
 
 const DAY: f64 = 86_400.0;
 /// The model re-learns at most this often (seconds).

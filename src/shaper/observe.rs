@@ -15,7 +15,7 @@
 
 use super::model::{DeferReason, GatewayModel};
 use super::scheduler::{ClassCounts, Lane, Release, Scheduler};
-use crate::config::{ShapingConfig, ShapingMode};
+use crate::shaper::{ShapingConfig, ShapingMode};
 
 /// What the observer saw, for the metrics and the log.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,14 +176,10 @@ impl Observer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AppClass, Config};
+    use crate::shaper::AppClass;
 
     fn observer(shaping: &str) -> Observer {
-        let config = Config::parse(&format!(
-            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{shaping}\n"
-        ))
-        .unwrap();
-        let shaping = enforcing(&config.gateways[0].shaping);
+        let shaping = enforcing(&shaping.parse().unwrap());
         let lanes = vec![Lane {
             weight: 1,
             class: AppClass::Transactional,

@@ -16,7 +16,7 @@ use super::model::{
 use super::shared::{Elsewhere, SharedFeedback, SharedLimits};
 use super::state::SavedState;
 use super::volume::BudgetReached;
-use crate::config::{AppClass, HELD_SHARE_OF_LIFETIME};
+use crate::shaper::rules::{AppClass, HELD_SHARE_OF_LIFETIME};
 use std::time::Duration;
 
 struct Entry<T> {
@@ -453,11 +453,6 @@ impl<T> Scheduler<T> {
         self.model.enforced_rate()
     }
 
-    /// The period the configuration writes its rates in (for the log).
-    pub fn rate_period(&self) -> crate::config::units::Period {
-        self.model.config().rate_period
-    }
-
     /// Ceiling changes since the last call, for the log.
     pub fn take_changes(&mut self) -> Vec<CeilingChange> {
         self.model.take_changes()
@@ -522,16 +517,11 @@ impl<T> Scheduler<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::shaper::DeferReason;
+    use crate::shaper::{DeferReason, ShapingConfig};
 
     fn scheduler(shaping: &str) -> Scheduler<&'static str> {
-        let config = Config::parse(&format!(
-            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{shaping}\n"
-        ))
-        .unwrap();
         Scheduler::new(
-            GatewayModel::new(&config.gateways[0].shaping, 0.0),
+            GatewayModel::new(&shaping.parse().unwrap(), 0.0),
             vec![lane(AppClass::Transactional), lane(AppClass::Transactional)],
         )
     }
@@ -547,8 +537,7 @@ mod tests {
 
     #[test]
     fn an_apps_wait_is_its_own_or_the_gateways_and_stays_under_its_expire_after() {
-        let config =
-            Config::parse("[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n").unwrap();
+        let shaping: ShapingConfig = "".parse().unwrap();
         let lanes = vec![
             Lane {
                 expire_after: Some(Duration::from_secs(86_400)),
@@ -560,8 +549,7 @@ mod tests {
             },
             lane(AppClass::Transactional),
         ];
-        let scheduler: Scheduler<()> =
-            Scheduler::new(GatewayModel::new(&config.gateways[0].shaping, 0.0), lanes);
+        let scheduler: Scheduler<()> = Scheduler::new(GatewayModel::new(&shaping, 0.0), lanes);
         assert_eq!(scheduler.max_delay(0), 0.8 * 86_400.0);
         assert_eq!(scheduler.max_delay(1), 7_200.0);
         assert_eq!(
@@ -674,13 +662,12 @@ mod tests {
     /// outside does, and so does everything for bulk mail.
     #[test]
     fn only_transactional_mail_held_outside_is_ahead_of_transactional_mail() {
-        let config = Config::parse(
-            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n\
-             initial_rate = \"60/min\"\nheadroom = 1.0\nmax_queue_delay = \"1m\"\n",
-        )
-        .unwrap();
+        let shaping: ShapingConfig =
+            "initial_rate = \"60/min\"\nheadroom = 1.0\nmax_queue_delay = \"1m\"\n"
+                .parse()
+                .unwrap();
         let mut scheduler: Scheduler<&str> = Scheduler::new(
-            GatewayModel::new(&config.gateways[0].shaping, 0.0),
+            GatewayModel::new(&shaping, 0.0),
             vec![lane(AppClass::Transactional), lane(AppClass::Bulk)],
         );
         // Two minutes of bulk mail, then of transactional mail, at 1/s.
@@ -701,14 +688,13 @@ mod tests {
 
     #[test]
     fn a_bulk_run_at_its_budget_lets_transactional_mail_out_of_turn() {
-        let config = Config::parse(
-            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n\
-             initial_rate = \"100/s\"\nmax_rate = \"100/s\"\nburst = 100\n\
-             min_rate = [\"10/min\", \"20/h\"]\nmax_queue_delay = \"5m\"\n",
-        )
-        .unwrap();
+        let shaping: ShapingConfig =
+            "initial_rate = \"100/s\"\nmax_rate = \"100/s\"\nburst = 100\n\
+             min_rate = [\"10/min\", \"20/h\"]\nmax_queue_delay = \"5m\"\n"
+                .parse()
+                .unwrap();
         let mut scheduler: Scheduler<&str> = Scheduler::new(
-            GatewayModel::new(&config.gateways[0].shaping, 0.0),
+            GatewayModel::new(&shaping, 0.0),
             vec![lane(AppClass::Bulk), lane(AppClass::Transactional)],
         );
         for _ in 0..100 {
@@ -762,19 +748,18 @@ mod tests {
 
     #[test]
     fn transactional_lanes_keep_their_round_robin_while_bulk_waits() {
-        let config = Config::parse(
-            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n\
-             initial_rate = \"100/s\"\nmax_rate = \"100/s\"\nburst = 100\n\
-             min_rate = [\"10/min\", \"100/h\"]\n",
-        )
-        .unwrap();
+        let shaping: ShapingConfig =
+            "initial_rate = \"100/s\"\nmax_rate = \"100/s\"\nburst = 100\n\
+             min_rate = [\"10/min\", \"100/h\"]\n"
+                .parse()
+                .unwrap();
         let lanes = vec![
             lane(AppClass::Bulk),
             lane(AppClass::Transactional),
             lane(AppClass::Transactional),
         ];
         let mut scheduler: Scheduler<&str> =
-            Scheduler::new(GatewayModel::new(&config.gateways[0].shaping, 0.0), lanes);
+            Scheduler::new(GatewayModel::new(&shaping, 0.0), lanes);
         let release = |scheduler: &mut Scheduler<&'static str>, now: f64| loop {
             match scheduler.next(now) {
                 Release::Save => {
@@ -809,12 +794,11 @@ mod tests {
 
     #[test]
     fn a_bulk_hold_from_the_shared_state_lets_transactional_mail_go_and_a_put_back_goes_first() {
-        let config = Config::parse(
-            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\ninitial_rate = \"6000/min\"\nburst = 100\n",
-        )
-        .unwrap();
+        let shaping: ShapingConfig = "initial_rate = \"6000/min\"\nburst = 100\n"
+            .parse()
+            .unwrap();
         let mut scheduler: Scheduler<&str> = Scheduler::new(
-            GatewayModel::new(&config.gateways[0].shaping, 0.0),
+            GatewayModel::new(&shaping, 0.0),
             vec![lane(AppClass::Bulk), lane(AppClass::Transactional)],
         );
         scheduler.push(10.0, 0, 1, "news-1");

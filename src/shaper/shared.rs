@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::config::{AppClass, Horizon};
+use crate::shaper::{AppClass, Horizon};
 
 /// A volume budget as the shared state checks it (see `volume`): in the
 /// rolling `horizon`, all mail at most `allowance` units, bulk mail at most

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::shared::NodesSeen;
 use super::volume::{KEPT_SLOTS, Seed, VolumeState};
-use crate::config::Horizon;
+use crate::shaper::Horizon;
 
 /// See the module notes. Times are Unix seconds.
 #[derive(Debug, Clone, PartialEq)]

@@ -30,7 +30,7 @@
 use std::collections::VecDeque;
 
 use super::shared::SharedBudget;
-use crate::config::{AppClass, Horizon, ShapingConfig};
+use crate::shaper::{AppClass, Horizon, ShapingConfig};
 
 const SLOT_SECONDS: f64 = 60.0;
 const WEEK_SLOTS: i64 = 7 * 1_440;
@@ -711,17 +711,12 @@ impl Volume {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     const HOUR: f64 = 3_600.0;
     const DAY: f64 = 86_400.0;
 
     fn shaping(extra: &str) -> ShapingConfig {
-        let config = Config::parse(&format!(
-            "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{extra}\n"
-        ))
-        .unwrap();
-        config.gateways[0].shaping.clone()
+        extra.parse().unwrap()
     }
 
     /// Sends one unit every `every` seconds from `start` for `seconds`
@@ -916,13 +911,7 @@ mod tests {
 
     #[test]
     fn what_other_nodes_saw_raises_a_late_node_s_allowance_while_renewed() {
-        let config = {
-            let config = crate::config::Config::parse(
-                "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\nmin_rate = [\"10/min\", \"100/h\"]\nwarmup = \"2x/day\"\n",
-            )
-            .unwrap();
-            config.gateways[0].shaping.clone()
-        };
+        let config = shaping("min_rate = [\"10/min\", \"100/h\"]\nwarmup = \"2x/day\"");
         let mut volume = Volume::new(&config, 0.0);
         assert_eq!(volume.busiest(0.0), [Some(0), None]);
         assert_eq!(volume.shared_budgets(0.0)[0].allowance, 100);

@@ -18,10 +18,11 @@ pub use trace::{Arrival, parse_trace};
 
 use std::collections::BinaryHeap;
 
-use crate::config::{AppClass, Config, GatewayConfig, Horizon, ShapingConfig};
+use crate::config::{Config, GatewayConfig};
 use crate::history::History;
 use crate::policy::Apps;
 use crate::shaper::shared::{Elsewhere, Proposal, SharedState};
+use crate::shaper::{AppClass, Horizon, ShapingConfig};
 use crate::shaper::{ClassCounts, DeferReason, GatewayModel, Release, Scheduler};
 
 const DAY: f64 = 86_400.0;
@@ -351,8 +352,8 @@ fn history_sends(history: Option<&History>, shaping: &ShapingConfig) -> Vec<(f64
             .iter()
             .map(|(minute, count)| {
                 let units = match shaping.count {
-                    crate::config::CountUnit::Messages => count.messages,
-                    crate::config::CountUnit::Recipients => count.recipients,
+                    crate::shaper::CountUnit::Messages => count.messages,
+                    crate::shaper::CountUnit::Recipients => count.recipients,
                 };
                 (*minute as f64 * 60.0 + 30.0, units)
             })

@@ -334,7 +334,7 @@ mod tests {
     /// a public contract (dashboards' JSON panels, scripts, `jq`).
     #[test]
     fn a_gateway_is_written_field_by_field_in_order() {
-        use crate::config::Horizon;
+        use crate::shaper::Horizon;
         use crate::shaper::{BudgetView, GatewayView, ModelView};
 
         let status = GatewayStatus {
@@ -350,7 +350,7 @@ mod tests {
                     burst_ratio: 4.5,
                     penalty: 1.0,
                     penalty_phase: PenaltyPhase::Calm,
-                    mode: crate::config::ShapingMode::Enforce,
+                    mode: crate::shaper::ShapingMode::Enforce,
                     recovery_left: 0.0,
                     paused_for: 0.0,
                     deferrals: [1, 0, 0, 2, 0, 0],

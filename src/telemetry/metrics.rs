@@ -406,7 +406,7 @@ impl Metrics {
             self.shaping_observing
                 .with_label_values(&name)
                 .set(i64::from(
-                    view.model.mode == crate::config::ShapingMode::Observe,
+                    view.model.mode == crate::shaper::ShapingMode::Observe,
                 ));
             for (app, queued) in status.lane_names.iter().zip(&view.lanes) {
                 self.queue_app_messages
@@ -499,7 +499,7 @@ impl Metrics {
         ] {
             let _ = family.remove_label_values(&[gateway]);
         }
-        for horizon in crate::config::Horizon::ALL {
+        for horizon in crate::shaper::Horizon::ALL {
             for family in [&self.volume_sent, &self.volume_allowance] {
                 let _ = family.remove_label_values(&[gateway, horizon.label()]);
             }

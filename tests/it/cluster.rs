@@ -442,10 +442,10 @@ fn three_links(port: u16, gateway: &str) -> Vec<std::sync::Arc<smtp_shaper::clus
 /// grants and the same reasons.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
-    use smtp_shaper::config::{AppClass, Horizon};
     use smtp_shaper::shaper::shared::{
         Proposal, SharedBudget, SharedCap, SharedLimits, SharedState,
     };
+    use smtp_shaper::shaper::{AppClass, Horizon};
 
     let port = free_port();
     let Some(_redis) = Redis::start(port) else {

@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use smtp_shaper::config::{AppClass, AppConfig, UnsubscribeMode};
+use smtp_shaper::config::{AppConfig, UnsubscribeMode};
+use smtp_shaper::shaper::AppClass;
 
 use crate::support::{self, Client, Harness, eventually};
 

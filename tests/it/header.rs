@@ -12,9 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use smtp_shaper::config::{
-    AlignmentMode, AppClass, AppConfig, Config, DkimConfig, UnsubscribeMode,
-};
+use smtp_shaper::config::{AlignmentMode, AppConfig, Config, DkimConfig, UnsubscribeMode};
+use smtp_shaper::shaper::AppClass;
 
 use crate::support::{self, Harness, eventually, without_trace};
 

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use smtp_shaper::config::{AppClass, AppConfig, UnsubscribeMode};
+use smtp_shaper::config::{AppConfig, UnsubscribeMode};
+use smtp_shaper::shaper::AppClass;
 
 use super::support::{self, Harness, Sink, eventually, free_address, python_with, scrape, spawn};
 

@@ -62,7 +62,8 @@ use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
 use crate::cluster::{ClusterError, ClusterView, GatewayLink, Heartbeat, Reading};
-use crate::config::AppClass;
+use crate::config::units::Period;
+use crate::shaper::AppClass;
 use crate::shaper::shared::{Ledger, NodesSeen, Proposal, SharedFeedback, SharedLimits};
 use crate::shaper::{
     ClassCounts, Deferral, Due, GatewayModel, GatewayView, Lane, Projection, Release, SavedState,
@@ -432,6 +433,9 @@ impl State {
 /// The queue of one gateway, shared by its delivery workers.
 pub struct DeliveryQueue {
     gateway: String,
+    /// The period the gateway's file writes its rates in: logs say rates
+    /// the same way.
+    rate_period: Period,
     clock: ShaperClock,
     state: Mutex<State>,
     wake: Notify,
@@ -451,16 +455,26 @@ impl DeliveryQueue {
         lanes: Vec<Lane>,
         save_wanted: Arc<Notify>,
     ) -> DeliveryQueue {
-        Self::shared(gateway, model, lanes, save_wanted, None, None)
+        Self::shared(
+            gateway,
+            Period::Minute,
+            model,
+            lanes,
+            save_wanted,
+            None,
+            None,
+        )
     }
 
-    /// A queue as [`DeliveryQueue::new`], in cluster mode when `shared`
+    /// A queue as [`DeliveryQueue::new`] whose logs write rates per
+    /// `rate_period`, in cluster mode when `shared`
     /// gives the gateway's link, the nodes expected, and the histogram of
     /// Redis time per decision. Until the first heartbeat gets through,
     /// the node runs on its share of the expected nodes. With `parking`, a
     /// long queue parks envelopes (see the module notes).
     pub fn shared(
         gateway: &str,
+        rate_period: Period,
         model: impl FnOnce(f64) -> GatewayModel,
         lanes: Vec<Lane>,
         save_wanted: Arc<Notify>,
@@ -489,6 +503,7 @@ impl DeliveryQueue {
         });
         DeliveryQueue {
             gateway: gateway.to_string(),
+            rate_period,
             state: Mutex::new(State {
                 scheduler,
                 parked: 0,
@@ -531,7 +546,7 @@ impl DeliveryQueue {
                 "volume budget reached; mail waits for room in the window"
             );
         }
-        let period = state.scheduler.rate_period();
+        let period = self.rate_period;
         for change in state.scheduler.take_changes() {
             tracing::info!(
                 gateway = %self.gateway,

@@ -1,25 +1,21 @@
 //! The delivery queue on tokio's paused clock.
 
 use super::*;
-use crate::config::Config;
-use crate::shaper::GatewayModel;
+use crate::config::units::Period;
+use crate::shaper::{GatewayModel, ShapingConfig};
 use crate::smtp::MailParams;
 use crate::spool::{Envelope, Location};
 
 /// A queue with two app lanes, shaped by `shaping` (TOML lines).
 fn shaped_queue(shaping: &str) -> DeliveryQueue {
-    let config = Config::parse(&format!(
-        "[[gateways]]\nname = \"primary\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{shaping}\n"
-    ))
-    .unwrap();
-    let shaping = config.gateways[0].shaping.clone();
+    let shaping: ShapingConfig = shaping.parse().unwrap();
     DeliveryQueue::new(
         "primary",
         |now| GatewayModel::new(&shaping, now),
         vec![
             Lane {
                 weight: 1,
-                class: crate::config::AppClass::Transactional,
+                class: crate::shaper::AppClass::Transactional,
                 max_queue_delay: None,
                 expire_after: None,
             };
@@ -69,7 +65,7 @@ fn item(id: &str, body: Option<usize>) -> Queued {
 fn parking_queue(spool: Option<&Spool>, active_limit: usize) -> DeliveryQueue {
     let transactional = Lane {
         weight: 1,
-        class: crate::config::AppClass::Transactional,
+        class: crate::shaper::AppClass::Transactional,
         max_queue_delay: None,
         expire_after: None,
     };
@@ -81,13 +77,12 @@ fn parking_queue_with(
     active_limit: usize,
     lanes: Vec<Lane>,
 ) -> DeliveryQueue {
-    let config = Config::parse(
-        "[[gateways]]\nname = \"primary\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\ninitial_rate = \"1000/s\"\nmax_rate = \"1000/s\"\nburst = 1000\n",
-    )
-    .unwrap();
-    let shaping = config.gateways[0].shaping.clone();
+    let shaping: ShapingConfig = "initial_rate = \"1000/s\"\nmax_rate = \"1000/s\"\nburst = 1000"
+        .parse()
+        .unwrap();
     DeliveryQueue::shared(
         "primary",
+        Period::Minute,
         |now| GatewayModel::new(&shaping, now),
         lanes,
         Arc::new(Notify::new()),
@@ -210,7 +205,7 @@ async fn parking_never_changes_what_is_released_or_counted() {
         let lanes: Vec<Lane> = (0..rng.usize(2..5))
             .map(|_| Lane {
                 weight: rng.u32(1..4),
-                class: crate::config::AppClass::Transactional,
+                class: crate::shaper::AppClass::Transactional,
                 max_queue_delay: None,
                 expire_after: None,
             })

@@ -1,14 +1,9 @@
 //! The model on a fake clock.
 
 use super::*;
-use crate::config::Config;
 
 fn shaping(extra: &str) -> ShapingConfig {
-    let config = Config::parse(&format!(
-        "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\nmax_age = \"30d\"\n[gateways.shaping]\n{extra}\n"
-    ))
-    .unwrap();
-    config.gateways[0].shaping.clone()
+    extra.parse().unwrap()
 }
 
 /// One message of a transactional app with `ahead` messages (and units)

@@ -62,12 +62,8 @@ pub fn test_config(spool_dir: &std::path::Path, gateway: SocketAddr) -> Config {
 }
 
 /// A `[gateways.shaping]` section from TOML lines (for `Harness::with`).
-pub fn shaping(lines: &str) -> smtp_shaper::config::ShapingConfig {
-    let config = Config::parse(&format!(
-        "[[gateways]]\nname = \"g\"\naddress = \"127.0.0.1:25\"\n[gateways.shaping]\n{lines}\n"
-    ))
-    .expect("valid shaping lines");
-    config.gateways[0].shaping.clone()
+pub fn shaping(lines: &str) -> smtp_shaper::shaper::ShapingConfig {
+    lines.parse().expect("valid shaping lines")
 }
 
 /// Starts the service with `config`.

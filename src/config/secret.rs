@@ -1,0 +1,154 @@
+//! What the file points at rather than says: the secrets it names a file
+//! or an environment variable for (the cluster's Redis password, the admin
+//! token, a gateway's password, OAuth tokens and client secrets), and this
+//! machine's host name (a node's default name).
+//!
+//! One place reads them, so every secret is read the same way: a file's
+//! first line or a variable's value, surrounding whitespace trimmed, never
+//! empty. An error names the key and the file or variable, never the
+//! content. They are read when needed, not when the file is parsed: a
+//! rotated secret is taken at the next read, and `check-config` reads them
+//! to say what `run` would fail on.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::{ClusterConfig, HttpConfig};
+
+/// Where a secret is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The value of this environment variable.
+    Env(String),
+    /// The first line of this file.
+    File(PathBuf),
+}
+
+impl SecretSource {
+    /// The secret; `file_key` and `env_key` are the keys that name the
+    /// file or the variable, for the error.
+    pub fn read(&self, file_key: &str, env_key: &str) -> io::Result<String> {
+        match self {
+            SecretSource::Env(name) => read_env(name, env_key),
+            SecretSource::File(path) => read_first_line(path, file_key),
+        }
+    }
+}
+
+/// The first line of `path`, trimmed, which must not be empty.
+pub fn read_first_line(path: &Path, key: &str) -> io::Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        io::Error::new(
+            error.kind(),
+            format!("cannot read {} ({key}): {error}", path.display()),
+        )
+    })?;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} ({key}) is empty", path.display()),
+        ));
+    }
+    Ok(line.to_string())
+}
+
+/// The value of the environment variable `name`, trimmed, which must be
+/// set and not empty.
+fn read_env(name: &str, key: &str) -> io::Result<String> {
+    let value = std::env::var(name).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("the environment variable {name} ({key}) is not set"),
+        )
+    })?;
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the environment variable {name} ({key}) is empty"),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// The shortest admin token accepted: a guessable one is no protection for
+/// an API that deletes mail.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+impl HttpConfig {
+    /// The admin bearer token from `admin_token_file`, if one is
+    /// configured. The service and the `queue` command both read it here,
+    /// so a token one of them takes the other takes too.
+    pub fn admin_token(&self) -> io::Result<Option<String>> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        let token = read_first_line(path, "http.admin_token_file")?;
+        if token.chars().count() < MIN_ADMIN_TOKEN_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "http.admin_token_file {}: the token must be at least {MIN_ADMIN_TOKEN_LEN} characters",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(Some(token))
+    }
+}
+
+impl ClusterConfig {
+    /// The Redis password, if one is configured (a file wins over the
+    /// variable).
+    pub fn password(&self) -> io::Result<Option<String>> {
+        let source = match (&self.password_file, &self.password_env) {
+            (Some(path), _) => SecretSource::File(path.clone()),
+            (None, Some(name)) => SecretSource::Env(name.clone()),
+            (None, None) => return Ok(None),
+        };
+        source
+            .read("cluster.password_file", "cluster.password_env")
+            .map(Some)
+    }
+}
+
+/// This machine's host name (the pod name in Kubernetes).
+pub(super) fn host_name() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most
+    // that many bytes.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    let end = buffer.iter().position(|byte| *byte == 0).unwrap_or(0);
+    match std::str::from_utf8(&buffer[..end]) {
+        Ok(name) if result == 0 && !name.is_empty() => name.to_string(),
+        _ => "smtp-shaper".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_its_first_line_trimmed_and_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "  s3cret \nsecond line\n").unwrap();
+        let source = SecretSource::File(file.clone());
+        assert_eq!(source.read("x_file", "x_env").unwrap(), "s3cret");
+        std::fs::write(&file, "\n").unwrap();
+        let error = source.read("x_file", "x_env").unwrap_err().to_string();
+        assert!(error.ends_with("(x_file) is empty"), "{error}");
+        assert!(!error.contains("s3cret"));
+        let missing = SecretSource::File(dir.path().join("missing"));
+        let error = missing.read("x_file", "x_env").unwrap_err().to_string();
+        assert!(error.starts_with("cannot read ") && error.contains("(x_file)"));
+        let unset = SecretSource::Env("SMTP_SHAPER_TEST_SURELY_UNSET".into());
+        let error = unset.read("x_file", "x_env").unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "the environment variable SMTP_SHAPER_TEST_SURELY_UNSET (x_env) is not set"
+        );
+    }
+}
