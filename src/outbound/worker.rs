@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use super::Gateway;
 use super::client::Connection;
 use super::dkim::{Signer, signing_domain};
-use super::queue::{Attempt, HISTORY_LENGTH, Queued};
+use super::queue::{Attempt, GatewayEvent, HISTORY_LENGTH, Queued};
 use crate::poison::LockRecovered;
 use crate::policy::Holding;
 use crate::shaper::feedback::{Signal, classify};
@@ -155,7 +155,7 @@ pub(super) async fn expired(
     lifetime: std::time::Duration,
 ) {
     if item.probe {
-        gateway.queue.probe_inconclusive();
+        gateway.queue.heard(GatewayEvent::ProbeInconclusive);
     }
     let reply = Reply::new(
         451,
@@ -186,7 +186,7 @@ async fn unreadable(
     let message = &item.message;
     tracing::error!(queue_id = %message.id, %error, "cannot read a queued message from the spool; will retry");
     if item.probe {
-        gateway.queue.probe_inconclusive();
+        gateway.queue.heard(GatewayEvent::ProbeInconclusive);
     }
     let replies =
         vec![Reply::new(451, format!("4.3.0 spool read failed: {error}")); message.pending.len()];
@@ -235,7 +235,7 @@ async fn attempt(
                 }
                 if item.probe && !verdict {
                     // Through a connection kept open: the gateway answers.
-                    gateway.queue.connected();
+                    gateway.queue.heard(GatewayEvent::Connected);
                     verdict = true;
                 }
                 break heard(gateway, context, transaction.replies);
@@ -266,7 +266,7 @@ async fn attempt(
         }
     };
     if item.probe && !verdict {
-        gateway.queue.probe_inconclusive();
+        gateway.queue.heard(GatewayEvent::ProbeInconclusive);
     }
     replies
 }
@@ -318,7 +318,7 @@ async fn connect(gateway: &Gateway, context: &WorkerContext) -> Result<Open, Rep
         Ok(mut open) => {
             open.set_data_reply_timeout(config.data_reply_timeout);
             tracing::debug!(gateway = %config.name, tls = open.is_tls(), "connected to the gateway");
-            gateway.queue.connected();
+            gateway.queue.heard(GatewayEvent::Connected);
             Ok(Open {
                 connection: open,
                 _counted: Counted::new(metrics.upstream_connections.with_label_values(&[name])),
@@ -335,22 +335,12 @@ async fn connect(gateway: &Gateway, context: &WorkerContext) -> Result<Open, Rep
             if let Some(refusal) = error.refusal.clone() {
                 heard(gateway, context, vec![refusal]);
             }
-            match gateway.queue.connect_failed(started, |failures| {
-                gateway.backoff.delay(failures, fastrand::f64())
-            }) {
-                Some(pause) => tracing::warn!(
-                    gateway = %config.name,
-                    address = %config.address,
-                    %error,
-                    pause = %format!("{:.1}s", pause.as_secs_f64()),
-                    "gateway unreachable; pausing deliveries to it"
-                ),
-                None => tracing::debug!(
-                    gateway = %config.name,
-                    %error,
-                    "connection attempt begun before the gateway's pause failed too"
-                ),
-            }
+            gateway.queue.heard(GatewayEvent::ConnectFailed {
+                started,
+                address: &config.address,
+                error: &error,
+                pause: &|failures| gateway.backoff.delay(failures, fastrand::f64()),
+            });
             Err(Reply::new(421, format!("4.4.1 {error}")))
         }
     }
@@ -416,7 +406,7 @@ fn heed_signals(gateway: &Gateway, mut replies: Vec<Reply>) -> Vec<Reply> {
     let name = &gateway.config.name;
     let accepted = replies.iter().any(Reply::is_positive);
     if accepted {
-        gateway.queue.gateway_accepted();
+        gateway.queue.heard(GatewayEvent::Accepted);
     }
     let mut throttled = false;
     let mut held = false;
@@ -427,22 +417,12 @@ fn heed_signals(gateway: &Gateway, mut replies: Vec<Reply>) -> Vec<Reply> {
             }
             Some(Signal::Throttling) if !throttled => {
                 throttled = true;
-                if gateway.queue.throttled(&reply.to_string()) {
-                    tracing::warn!(gateway = %name, reply = %reply, "gateway signals throttling; slowing down");
-                } else {
-                    tracing::info!(gateway = %name, reply = %reply, "gateway still throttling; same episode, no further cut");
-                }
+                gateway.queue.heard(GatewayEvent::Throttled { reply });
             }
             Some(Signal::QuotaExhausted) => {
                 if !held {
                     held = true;
-                    let hold = gateway.queue.quota_exhausted();
-                    tracing::warn!(
-                        gateway = %name,
-                        reply = %reply,
-                        hold = %format!("{:.0}s", hold.as_secs_f64()),
-                        "gateway says our sending quota is used up; holding its queue until the window resets"
-                    );
+                    gateway.queue.heard(GatewayEvent::QuotaExhausted { reply });
                 }
                 *reply = Reply::new(
                     451,

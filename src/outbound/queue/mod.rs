@@ -71,6 +71,7 @@ use crate::shaper::{
 };
 use crate::spool::{Spool, StoredMessage};
 use cluster::Shared;
+pub use health::GatewayEvent;
 
 /// Most body bytes one gateway's queue keeps in memory for hand-off.
 pub const HOT_BODY_BYTES: usize = 8 << 20;

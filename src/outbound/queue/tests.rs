@@ -438,7 +438,9 @@ async fn capped_sends_wait_for_the_state_to_be_saved() {
 async fn a_throttling_reply_halves_the_ceiling() {
     let queue = shaped_queue("initial_rate = \"60/min\"\nbackoff_factor = 0.5");
     let before = queue.view().0.model.ceiling;
-    queue.throttled("451 4.7.500 Server busy, try again later");
+    queue.heard(GatewayEvent::Throttled {
+        reply: &"451 4.7.500 Server busy, try again later",
+    });
     let (after, _) = queue.view();
     assert!((after.model.ceiling - before / 2.0).abs() < 1e-9);
     assert!(after.model.paused_for > 59.0);
@@ -453,20 +455,32 @@ fn ten_per_failure(failures: u32) -> Duration {
     Duration::from_secs(10 * u64::from(failures))
 }
 
+/// A connection attempt begun at `started` failed; the pause it began.
+fn failed(queue: &DeliveryQueue, started: Instant) -> Option<Duration> {
+    queue
+        .heard(GatewayEvent::ConnectFailed {
+            started,
+            address: "gateway",
+            error: &"refused",
+            pause: &ten_per_failure,
+        })
+        .pause()
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_unreachable_gateway_pauses_the_queue() {
     let queue = queue();
     queue.push(item("a", None), true, 4);
-    let pause = queue.connect_failed(Instant::now(), ten_per_failure);
+    let pause = failed(&queue, Instant::now());
     assert_eq!(pause, Some(Duration::from_secs(10)));
     assert!(next_within(&queue, Duration::from_secs(9)).await.is_none());
     let probe = queue.next().await;
     assert_eq!((probe.message.id.as_str(), probe.probe), ("a", true));
 
     queue.push(item("b", None), true, 4);
-    let pause = queue.connect_failed(Instant::now(), ten_per_failure);
+    let pause = failed(&queue, Instant::now());
     assert_eq!(pause, Some(Duration::from_secs(20)), "backs off further");
-    queue.connected();
+    queue.heard(GatewayEvent::Connected);
     assert!(
         next_within(&queue, Duration::from_millis(1))
             .await
@@ -485,9 +499,7 @@ async fn after_a_pause_one_probe_goes_and_only_its_failure_lengthens_the_pause()
     let started = Instant::now();
     let taken = [queue.next().await, queue.next().await, queue.next().await];
     assert!(taken.iter().all(|item| !item.probe));
-    let pauses: Vec<Option<Duration>> = (0..3)
-        .map(|_| queue.connect_failed(started, ten_per_failure))
-        .collect();
+    let pauses: Vec<Option<Duration>> = (0..3).map(|_| failed(&queue, started)).collect();
     assert_eq!(pauses, vec![Some(Duration::from_secs(10)), None, None]);
     for item in taken {
         queue.retry_at(item, started + Duration::from_secs(1));
@@ -506,10 +518,7 @@ async fn after_a_pause_one_probe_goes_and_only_its_failure_lengthens_the_pause()
             .is_none()
     );
     let probe_started = Instant::now();
-    assert_eq!(
-        queue.connect_failed(probe_started, ten_per_failure),
-        Some(Duration::from_secs(20))
-    );
+    assert_eq!(failed(&queue, probe_started), Some(Duration::from_secs(20)));
     queue.retry_at(probe, probe_started);
 
     // A probe that says nothing (its body unreadable) hands over to the next.
@@ -518,10 +527,10 @@ async fn after_a_pause_one_probe_goes_and_only_its_failure_lengthens_the_pause()
         Instant::now(),
         probe_started + Duration::from_secs(20)
     ));
-    queue.probe_inconclusive();
+    queue.heard(GatewayEvent::ProbeInconclusive);
     let next = queue.next().await;
     assert!(next.probe && next.message.id != probe.message.id);
-    queue.connected();
+    queue.heard(GatewayEvent::Connected);
     let rest = [queue.next().await, queue.next().await];
     assert!(rest.iter().all(|item| !item.probe), "the gateway is up");
 }
@@ -533,7 +542,7 @@ async fn an_operator_retry_ends_the_pause_with_one_probe() {
     queue.retry_at(item("tried", None), start + Duration::from_secs(5));
     queue.retry_at(item("later", None), start + Duration::from_secs(3600));
     queue.push(item("new", None), true, 4);
-    queue.connect_failed(start, ten_per_failure);
+    failed(&queue, start);
     let mut places = Vec::new();
     queue.visit(|item, place| {
         if let Place::Retry(at) = place {
@@ -566,7 +575,7 @@ async fn an_operator_retry_ends_the_pause_with_one_probe() {
         1,
         "the later one, while the probe is out"
     );
-    queue.connected();
+    queue.heard(GatewayEvent::Connected);
     let rest = [queue.next().await, queue.next().await];
     assert!(rest.iter().all(|item| !item.probe));
 }
@@ -610,8 +619,14 @@ async fn a_gateway_back_after_40_s_gets_everything_at_the_next_probe() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 if started < up_at {
                     let jitter = rng.f64();
-                    if let Some(pause) =
-                        queue.connect_failed(started, |failures| backoff.delay(failures, jitter))
+                    if let Some(pause) = queue
+                        .heard(GatewayEvent::ConnectFailed {
+                            started,
+                            address: "gateway",
+                            error: &"refused",
+                            pause: &|failures| backoff.delay(failures, jitter),
+                        })
+                        .pause()
                     {
                         log.lock().unwrap().pauses.push((Instant::now(), pause));
                     }
@@ -619,7 +634,7 @@ async fn a_gateway_back_after_40_s_gets_everything_at_the_next_probe() {
                     let delay = backoff.delay(item.attempts, rng.f64());
                     queue.retry_at(item, Instant::now() + delay);
                 } else {
-                    queue.connected();
+                    queue.heard(GatewayEvent::Connected);
                     let mut log = log.lock().unwrap();
                     log.delivered.push(started);
                     if log.delivered.len() == 16 {
