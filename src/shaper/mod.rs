@@ -14,6 +14,8 @@
 //! - [`demand`]: what the apps try to send, deferred offers counted once;
 //! - [`feedback`]: which gateway replies mean "slow down";
 //! - [`penalty`]: what "slow down" does to the ceiling, and the way back;
+//! - [`limits`]: the caps and budgets together, counted durably (the
+//!   reserve a save covers ahead);
 //! - [`model`]: the above together, plus admission;
 //! - [`observe`]: what enforcement would have held, while observing;
 //! - [`fair`] and [`scheduler`]: the per-app round robin in front of the model;
@@ -29,6 +31,7 @@ pub mod caps;
 pub mod demand;
 pub mod fair;
 pub mod feedback;
+pub mod limits;
 pub mod meter;
 pub mod model;
 pub mod observe;
@@ -42,9 +45,8 @@ pub mod volume;
 pub use demand::fingerprints;
 pub use fair::Due;
 pub use feedback::is_throttling;
-pub use model::{
-    CeilingChange, DeferReason, Deferral, GatewayModel, ModelView, Projection, WindowCounts,
-};
+pub use limits::WindowCounts;
+pub use model::{CeilingChange, DeferReason, Deferral, GatewayModel, ModelView, Projection};
 pub use rules::{AppClass, CountUnit, Horizon, Limit, ShapingConfig, ShapingMode};
 pub use scheduler::{ClassCounts, GatewayView, Lane, Release, Scheduler};
 pub use state::{HistorySource, SavedState};

@@ -1,7 +1,9 @@
-//! One gateway's shaping model: the baseline it has learned, the ceiling that
-//! follows from it, the token bucket and hard caps that enforce the ceiling,
-//! the hour and day volume budgets, the gateway's feedback, demand, and the
-//! admission decision for new mail.
+//! One gateway's shaping model, a composition: the baseline it has learned
+//! and the ceiling that follows from it (with the throttling penalty), the
+//! token bucket that enforces the ceiling, the caps and volume budgets with
+//! their durable reserve ([`super::limits`]), this node's share in cluster
+//! mode, the gateway's feedback, demand, and the admission decision for
+//! new mail.
 //!
 //! Pure: every method takes `now` in seconds (the live service passes Unix
 //! time, the simulator virtual time) and nothing here sleeps or reads a clock.
@@ -14,13 +16,13 @@
 
 use super::baseline::Baseline;
 use super::bucket::Bucket;
-use super::caps::Cap;
 use super::demand::Demand;
+use super::limits::{Limits, WindowCounts};
 use super::meter::RateMeter;
 use super::penalty::{Penalty, PenaltyPhase};
-use super::shared::{Elsewhere, SharedCap, SharedFeedback, SharedLimits};
+use super::shared::{Elsewhere, SharedFeedback, SharedLimits};
 use super::state::SavedState;
-use super::volume::{BudgetReached, BudgetView, MinuteCount, Volume};
+use super::volume::{BudgetReached, BudgetView};
 use crate::shaper::{AppClass, CountUnit, Horizon, ShapingConfig, ShapingMode};
 
 const DAY: f64 = 86_400.0;
@@ -215,15 +217,6 @@ pub struct ModelView {
     pub budgets: Vec<BudgetView>,
 }
 
-/// The counts of the current windows (see [`GatewayModel::window_counts`]).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct WindowCounts {
-    /// Per budgeted horizon, its window's minutes that are not empty.
-    pub budgets: Vec<(Horizon, Vec<MinuteCount>)>,
-    /// Per cap window (seconds): (slot, units), slots of a sixtieth of it.
-    pub caps: Vec<(u64, Vec<(i64, u64)>)>,
-}
-
 /// See the module notes.
 #[derive(Debug)]
 pub struct GatewayModel {
@@ -234,18 +227,11 @@ pub struct GatewayModel {
     throttling: Penalty,
     paused_until: f64,
     bucket: Bucket,
-    caps: Vec<Cap>,
-    volume: Volume,
+    /// The caps and budgets, counted durably.
+    limits: Limits,
     demand: Demand,
     sent: RateMeter,
     updated_at: f64,
-    /// Cap and volume units the saved state covers beyond what has been sent.
-    reserved: u64,
-    /// Units sent since the last snapshot (they used the older reserve).
-    since_snapshot: u64,
-    /// Units of the send that asked for a save: the reserve covers at least
-    /// that much, or a message with many recipients would never go.
-    wanted: u64,
     /// Nodes this one shares the gateway with while the shared state is out
     /// of reach (1 otherwise): each send counts that many times and the
     /// bucket runs at the ceiling divided by it (see `shared`).
@@ -282,18 +268,10 @@ impl GatewayModel {
             throttling: Penalty::new(config.backoff_factor, config.backoff_recovery.as_secs_f64()),
             paused_until: 0.0,
             bucket: Bucket::new(1.0, 1, now),
-            caps: config
-                .limits
-                .iter()
-                .map(|limit| Cap::new(limit.count, limit.window.as_secs_f64()))
-                .collect(),
-            volume: Volume::new(config, now),
+            limits: Limits::new(config, now),
             demand: Demand::new(RateMeter::new(RATE_WINDOW, 12)),
             sent: RateMeter::new(RATE_WINDOW, 12),
             updated_at: now,
-            reserved: 0,
-            since_snapshot: 0,
-            wanted: 0,
             share: 1,
             bulk_held_until: 0.0,
             observing: config.mode == ShapingMode::Observe,
@@ -321,18 +299,7 @@ impl GatewayModel {
         model.penalty = model.throttling.at(now);
         model.paused_until = state.paused_until;
         model.baseline.update(0.0, now - state.saved_at);
-        for cap in &mut model.caps {
-            if let Some((_, slots)) = state
-                .caps
-                .iter()
-                .find(|(window, _)| (window - cap.window).abs() < 1e-6)
-            {
-                cap.restore(slots.iter().copied());
-            }
-        }
-        if let Some(volume) = &state.volume {
-            model.volume = Volume::restore(config, volume, now);
-        }
+        model.limits = Limits::restore(config, state, now);
         model.bucket = Bucket::new(model.bucket_rate(), config.burst, now);
         model
     }
@@ -385,13 +352,7 @@ impl GatewayModel {
 
     /// Volume budgets that became full since the last call, for the log.
     pub fn take_budget_events(&mut self) -> Vec<BudgetReached> {
-        self.volume.take_events()
-    }
-
-    /// True when sends must be covered by a saved state first (hard caps
-    /// or volume budgets, both of which a restart must not forget).
-    fn counts_durably(&self) -> bool {
-        !self.caps.is_empty() || self.volume.is_budgeted()
+        self.limits.take_budget_events()
     }
 
     /// Re-learns the baseline from the send rate and moves the ceiling.
@@ -403,7 +364,7 @@ impl GatewayModel {
         self.updated_at = now;
         if self.observing
             && self.config.observe_until.is_some_and(|until| {
-                self.volume.history_minutes(now) as f64 * 60.0 >= until.as_secs_f64()
+                self.limits.history_minutes(now) as f64 * 60.0 >= until.as_secs_f64()
             })
         {
             self.observing = false;
@@ -446,22 +407,11 @@ impl GatewayModel {
         if class == AppClass::Bulk && now < self.bulk_held_until {
             return Decision::Wait(self.bulk_held_until - now);
         }
-        let cap_wait = self
-            .caps
-            .iter_mut()
-            .map(|cap| cap.wait(now, units))
-            .fold(0.0, f64::max);
-        if cap_wait > 0.0 {
-            return Decision::Wait(cap_wait);
-        }
         // Observing: the ceiling and the budgets are computed, not held to.
-        if !self.observing
-            && let Some(held) = self.volume.wait(now, units, class)
-        {
-            return Decision::Wait(held.wait);
+        if let Some(wait) = self.limits.wait(now, units, class, self.observing) {
+            return Decision::Wait(wait);
         }
-        if self.counts_durably() && units > self.reserved {
-            self.wanted = units;
+        if self.limits.needs_save(units) {
             return Decision::Save;
         }
         if !self.observing
@@ -469,15 +419,7 @@ impl GatewayModel {
         {
             return Decision::Wait(wait);
         }
-        if self.counts_durably() {
-            for cap in &mut self.caps {
-                cap.add(now, units);
-            }
-            self.volume.add(now, units, class);
-            self.reserved -= units;
-            self.since_snapshot += units;
-            self.wanted = 0;
-        }
+        self.limits.add(now, units, class);
         self.sent.add(now, 1.0);
         Decision::Send
     }
@@ -513,12 +455,7 @@ impl GatewayModel {
     /// the longest cap window has passed (one hour without caps). Returns
     /// the hold in seconds.
     pub fn quota_exhausted(&mut self, now: f64) -> f64 {
-        let hold = self
-            .caps
-            .iter()
-            .map(|cap| cap.window)
-            .fold(0.0, f64::max)
-            .max(3_600.0);
+        let hold = self.limits.longest_window().max(3_600.0);
         self.paused_until = self.paused_until.max(now + hold);
         hold
     }
@@ -554,7 +491,7 @@ impl GatewayModel {
             fingerprint,
             max_delay: bound,
         } = *offer;
-        if let Some(biggest) = self.volume.biggest(now, class)
+        if let Some(biggest) = self.limits.biggest(now, class)
             && units > biggest
         {
             // More than the budgets could ever let through in one message:
@@ -647,10 +584,8 @@ impl GatewayModel {
         };
         let share = self.share;
         let cap_wait = self
-            .caps
-            .iter_mut()
-            .map(|cap| cap.wait_behind(now, (queued_units + units) * share))
-            .fold(0.0, f64::max);
+            .limits
+            .cap_wait_behind(now, queued_units * share, units * share);
         if cap_wait > longest.wait {
             longest = Projection {
                 wait: cap_wait,
@@ -659,8 +594,8 @@ impl GatewayModel {
         }
         if !self.observing
             && let Some(held) =
-                self.volume
-                    .projected_wait(now, ahead_units * share, units * share, class)
+                self.limits
+                    .budget_wait_behind(now, ahead_units * share, units * share, class)
             && pause + held.wait > longest.wait
         {
             longest = Projection {
@@ -709,13 +644,7 @@ impl GatewayModel {
         }
         self.update(now);
         self.sent.add(now, sent.messages as f64);
-        for cap in &mut self.caps {
-            cap.add(now, sent.all);
-        }
-        let transactional = sent.transactional.min(sent.all);
-        self.volume.add(now, transactional, AppClass::Transactional);
-        self.volume
-            .add(now, sent.all - transactional, AppClass::Bulk);
+        self.limits.add_elsewhere(now, sent);
     }
 
     /// A send counted at `at` did not happen after all (the shared state
@@ -724,16 +653,8 @@ impl GatewayModel {
     /// are taken back from the caps and budgets and return to the reserve.
     /// The bucket keeps the token it gave, which only slows this node.
     pub fn refund(&mut self, at: f64, counted: u64, class: AppClass) {
-        let units = counted;
         self.sent.add(at, -1.0);
-        if self.counts_durably() {
-            for cap in &mut self.caps {
-                cap.remove(at, units);
-            }
-            self.volume.remove(at, units, class);
-            self.reserved += units;
-            self.since_snapshot = self.since_snapshot.saturating_sub(units);
-        }
+        self.limits.remove(at, counted, class);
     }
 
     /// The gateway's feedback as the shared state holds it: a pause or a
@@ -754,12 +675,12 @@ impl GatewayModel {
 
     /// See `Volume::busiest` (cluster mode heartbeats).
     pub fn busiest(&mut self, now: f64) -> [Option<u64>; 2] {
-        self.volume.busiest(now)
+        self.limits.busiest(now)
     }
 
     /// See `Volume::learn_busiest`.
     pub fn learn_busiest(&mut self, now: f64, elsewhere: [u64; 2]) {
-        self.volume.learn_busiest(now, elsewhere);
+        self.limits.learn_busiest(now, elsewhere);
     }
 
     /// What one send must fit in the shared state, as this model sees the
@@ -769,33 +690,15 @@ impl GatewayModel {
         SharedLimits {
             rate: self.bucket.rate,
             burst: self.config.burst,
-            budgets: self.volume.shared_budgets(now),
-            caps: self
-                .caps
-                .iter()
-                .map(|cap| SharedCap {
-                    window: cap.window.round() as u64,
-                    limit: cap.limit,
-                })
-                .collect(),
+            budgets: self.limits.shared_budgets(now),
+            caps: self.limits.shared_caps(),
         }
     }
 
-    /// This model's counts of the current windows (budgets per minute,
-    /// caps per slot), from which a shared state that restarted empty is
-    /// rebuilt.
+    /// This model's counts of the current windows (see
+    /// [`Limits::window_counts`]).
     pub fn window_counts(&mut self, now: f64) -> WindowCounts {
-        WindowCounts {
-            budgets: self.volume.window_counts(now),
-            caps: self
-                .caps
-                .iter_mut()
-                .map(|cap| {
-                    cap.used(now);
-                    (cap.window.round() as u64, cap.slots().collect())
-                })
-                .collect(),
-        }
+        self.limits.window_counts(now)
     }
 
     /// The numbers of the model at `now`.
@@ -818,7 +721,7 @@ impl GatewayModel {
             recovery_left: (self.paused_until - now).max(0.0) + self.throttling.left(now),
             paused_for: (self.paused_until - now).max(0.0),
             deferrals: self.deferrals,
-            budgets: self.volume.view(now),
+            budgets: self.limits.view(now),
         }
     }
 
@@ -826,35 +729,14 @@ impl GatewayModel {
     /// sent, so a crash after the save can never forget a send; call
     /// [`GatewayModel::saved`] once the state is on disk.
     pub fn snapshot(&mut self, now: f64, reserve: u64) -> SavedState {
-        self.since_snapshot = 0;
-        // Until this state is on disk, sends may use only what both the old
-        // file and this one cover.
-        self.reserved = self.reserved.min(reserve);
-        let caps = self
-            .caps
-            .iter_mut()
-            .map(|cap| {
-                cap.used(now);
-                let mut slots: Vec<(i64, u64)> = cap.slots().collect();
-                let current = (now / (cap.window / 60.0)).floor() as i64;
-                match slots.last_mut() {
-                    Some((slot, units)) if *slot == current => *units += reserve,
-                    _ => slots.push((current, reserve)),
-                }
-                slots.retain(|(_, units)| *units > 0);
-                (cap.window, slots)
-            })
-            .collect();
+        let (caps, volume) = self.limits.snapshot(now, reserve);
         SavedState {
             saved_at: now,
             baseline: self.baseline.rate,
             penalty: self.penalty,
             paused_until: self.paused_until,
             caps,
-            volume: self
-                .volume
-                .is_budgeted()
-                .then(|| self.volume.snapshot(now, reserve)),
+            volume,
             history: None,
             held: false,
             nodes_seen: Default::default(),
@@ -864,21 +746,12 @@ impl GatewayModel {
     /// The snapshot taken with `reserve` is on disk: sends may use what of
     /// the reserve the sends since the snapshot left.
     pub fn saved(&mut self, reserve: u64) {
-        self.reserved = reserve.saturating_sub(self.since_snapshot);
+        self.limits.saved(reserve);
     }
 
-    /// The reserve worth saving ahead: a fiftieth of the smallest cap or
-    /// volume allowance (at least 1, and at least the units of the send
-    /// waiting for it), so a gateway with a 30/min cap saves before each
-    /// send and one with 10,000/day every 200 units.
+    /// The reserve worth saving ahead (see [`Limits::reserve`]).
     pub fn reserve(&self) -> u64 {
-        self.caps
-            .iter()
-            .map(|cap| cap.limit)
-            .chain(self.volume.smallest_allowance())
-            .map(|limit| (limit / 50).max(1))
-            .min()
-            .map_or(0, |reserve| reserve.max(self.wanted))
+        self.limits.reserve()
     }
 }
 

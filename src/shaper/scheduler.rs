@@ -10,9 +10,8 @@
 //! holds the transactional lanes, which keep their round robin.
 
 use super::fair::{Due, FairQueue};
-use super::model::{
-    CeilingChange, Decision, Deferral, GatewayModel, ModelView, Offer, Projection, WindowCounts,
-};
+use super::limits::WindowCounts;
+use super::model::{CeilingChange, Decision, Deferral, GatewayModel, ModelView, Offer, Projection};
 use super::shared::{Elsewhere, SharedFeedback, SharedLimits};
 use super::state::SavedState;
 use super::volume::BudgetReached;
