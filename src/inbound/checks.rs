@@ -10,10 +10,11 @@
 //! 4. DMARC alignment of the From: domain (the gateway's `alignment`).
 //!
 //! Every refusal and warning is logged with its fields and counted; a
-//! refusal's reply goes back to the connection, which answers it through
-//! the session so that it counts towards `max_errors`. The DMARC record is
-//! asked for only when it can change the verdict, and a DNS that fails or
-//! is slow makes the check relaxed, never a refusal (`policy::dmarc`).
+//! refusal's reply goes back to the acceptance pipeline, which answers it
+//! through the session so that it counts towards `max_errors`. The DMARC
+//! record is asked for only when it can change the verdict, and a DNS that
+//! fails or is slow makes the check relaxed, never a refusal
+//! (`policy::dmarc`).
 
 use std::net::IpAddr;
 
