@@ -10,17 +10,18 @@
 //! 4. DMARC alignment of the From: domain (the gateway's `alignment`).
 //!
 //! Every refusal and warning is logged with its fields and counted; a
-//! refusal's reply goes back to the connection, which answers it through
-//! the session so that it counts towards `max_errors`. The DMARC record is
-//! asked for only when it can change the verdict, and a DNS that fails or
-//! is slow makes the check relaxed, never a refusal (`policy::dmarc`).
+//! refusal's reply goes back to the acceptance pipeline, which answers it
+//! through the session so that it counts towards `max_errors`. The DMARC
+//! record is asked for only when it can change the verdict, and a DNS that
+//! fails or is slow makes the check relaxed, never a refusal
+//! (`policy::dmarc`).
 
 use std::net::IpAddr;
 
 use super::session::Transaction;
 use super::{Context, Refusal, RefusalReason};
 use crate::config::{AlignmentMode, UnsubscribeMode};
-use crate::policy::alignment::{Identifiers, Modes, Verdict};
+use crate::policy::alignment::{Identifiers, Modes, Verdict, signing_domain};
 use crate::policy::message::{Authors, unsubscribe_problem};
 
 /// `Err` with the refusal when the message is refused.
@@ -130,10 +131,10 @@ async fn alignment_rule(
         return Ok(());
     }
     let spf = sender.rsplit_once('@').map(|(_, domain)| domain);
-    // The domain the delivery will sign with: the worker's own choice,
-    // when a [[dkim]] key exists for it.
-    let dkim = crate::outbound::dkim::signing_domain(message, sender)
-        .filter(|domain| policy.dkim_domains.contains(domain));
+    // The domain the delivery will sign with (policy makes the same choice
+    // for both), when a [[dkim]] key exists for it.
+    let dkim =
+        signing_domain(message, sender).filter(|domain| policy.dkim_domains.contains(domain));
     let mut misaligned = None;
     for mailbox in &authors.from {
         let ids = Identifiers {

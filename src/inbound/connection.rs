@@ -2,9 +2,10 @@
 //!
 //! Replies to pipelined commands are collected and written when the input
 //! holds no further complete command, so a pipelining client gets one write
-//! per batch. A message is answered 250 only after it passed the message
-//! rules (`checks`) and the spool has it on stable storage; a spool failure
-//! is answered 452 4.3.1.
+//! per batch. A message's body is read here and answered with the one
+//! outcome of the acceptance pipeline (`acceptance`: rules, spool,
+//! hand-off); every refusal, whoever decided it, is answered through one
+//! path (`answer_refusal`) that counts, logs and writes it.
 //!
 //! STARTTLS: after the 220, whatever the client had already sent is thrown
 //! away unread (a command injected before the handshake must not run as if
@@ -19,16 +20,14 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsAcceptor;
 
+use super::acceptance::{self, Outcome};
 use super::limits::ClientLimits;
-use super::session::{Refused, Session, Step, Transaction, accepted_reply};
+use super::session::{Refused, Session, Step};
 use super::{Context, Refusal, RefusalReason};
 use crate::config::Network;
-use crate::config::units::format_duration;
 use crate::shutdown::Shutdown;
 use crate::smtp::line::Framed;
-use crate::smtp::trace::{TraceInfo, received_header};
 use crate::smtp::{self, DataReceiver, Reply};
-use crate::spool::{Envelope, new_queue_id, unix_seconds};
 use crate::tls::Stream;
 
 /// Longest command line, CRLF included (RFC 5321 4.5.3.1.4).
@@ -188,8 +187,7 @@ async fn early_talker_waited_out(
                 554,
                 "5.5.1 Error: talked before the greeting (an SMTP client waits for the 220)",
             );
-            log_refusal(context, session, &refusal);
-            refusal.reply.write_to(&mut conn.out);
+            answer_refusal(conn, context, session, Refused::Close(refusal));
             false
         }
         _ => false,
@@ -304,11 +302,7 @@ async fn act(
         Step::Authenticate { user, password } => {
             match authenticate(session, context, limits, user, password).await {
                 Ok(reply) => reply.write_to(&mut conn.out),
-                Err(refused) => {
-                    if answer_refusal(conn, context, session, refused) {
-                        return Ok(Flow::Close);
-                    }
-                }
+                Err(refused) => return Ok(answer_refusal(conn, context, session, refused)),
             }
         }
         Step::Reply(reply) => {
@@ -321,15 +315,24 @@ async fn act(
             reply.write_to(&mut conn.out);
         }
         Step::Refuse(refusal) => {
-            answer_refusal(conn, context, session, Refused::Continue(refusal));
+            return Ok(answer_refusal(
+                conn,
+                context,
+                session,
+                Refused::Continue(refusal),
+            ));
         }
         Step::Close(reply) => {
             reply.write_to(&mut conn.out);
             return Ok(Flow::Close);
         }
         Step::RefuseAndClose(refusal) => {
-            answer_refusal(conn, context, session, Refused::Close(refusal));
-            return Ok(Flow::Close);
+            return Ok(answer_refusal(
+                conn,
+                context,
+                session,
+                Refused::Close(refusal),
+            ));
         }
         Step::Data(_) if !conn.buffer.is_empty() => {
             // The body came before the 354 (RFC 2920 has DATA end a
@@ -340,16 +343,17 @@ async fn act(
                 554,
                 "5.5.0 Error: message data sent before the 354 reply (improper pipelining)",
             );
-            answer_refusal(conn, context, session, Refused::Close(refusal));
-            return Ok(Flow::Close);
+            return Ok(answer_refusal(
+                conn,
+                context,
+                session,
+                Refused::Close(refusal),
+            ));
         }
         Step::Data(reply) => {
             reply.write_to(&mut conn.out);
             conn.flush().await?;
-            if let Some(close) = receive_message(conn, session, context).await? {
-                close.write_to(&mut conn.out);
-                return Ok(Flow::Close);
-            }
+            return receive_message(conn, session, context).await;
         }
         Step::StartTls(reply) => {
             reply.write_to(&mut conn.out);
@@ -375,9 +379,7 @@ fn after_waiting(conn: &mut Conn, session: &Session<'_>, context: &Context, inpu
                 421,
                 format!("4.4.2 {hostname} Error: timeout exceeded, closing connection"),
             );
-            log_refusal(context, session, &refusal);
-            refusal.reply.write_to(&mut conn.out);
-            Flow::Close
+            answer_refusal(conn, context, session, Refused::Close(refusal))
         }
         Input::Shutdown => {
             Reply::new(
@@ -390,26 +392,32 @@ fn after_waiting(conn: &mut Conn, session: &Session<'_>, context: &Context, inpu
     }
 }
 
-/// Checks AUTH credentials off the async threads and answers with the
-/// session's verdict; logs the outcome (never the password). A client out
-/// of AUTH failures (`limits`) is closed with 421, its password unchecked.
-/// Writes a refusal and logs and counts it under its reason; says whether
-/// the connection closes after it.
+/// The one way a refusal is answered, whoever decided it (the listener's
+/// own are written before any session): counted under its reason, logged
+/// unless quiet (logged already where it was decided, or one of a run),
+/// written; then the connection goes on or closes as the refusal says.
+/// The session's `max_errors` bounds how many log lines one client causes.
 fn answer_refusal(
     conn: &mut Conn,
     context: &Context,
     session: &Session<'_>,
     refused: Refused,
-) -> bool {
-    let (refusal, close) = match refused {
-        Refused::Continue(refusal) => (refusal, false),
-        Refused::Close(refusal) => (refusal, true),
+) -> Flow {
+    let (refusal, flow) = match refused {
+        Refused::Continue(refusal) => (refusal, Flow::Continue),
+        Refused::Close(refusal) => (refusal, Flow::Close),
     };
-    log_refusal(context, session, &refusal);
+    super::count_rejection(context, refusal.reason);
+    if !refusal.quiet {
+        tracing::info!(client = %session.client_ip, reply = %refusal.reply, "command refused");
+    }
     refusal.reply.write_to(&mut conn.out);
-    close
+    flow
 }
 
+/// Checks AUTH credentials off the async threads and answers with the
+/// session's verdict; logs the outcome (never the password). A client out
+/// of AUTH failures (`limits`) is closed with 421, its password unchecked.
 async fn authenticate(
     session: &mut Session<'_>,
     context: &Context,
@@ -508,22 +516,14 @@ fn count_tls(context: &Context, mode: &str, ok: bool) {
         .inc();
 }
 
-/// Every refusal leaves a log line and counts in the rejections metric;
-/// the session's `max_errors` bounds how many one client can cause.
-fn log_refusal(context: &Context, session: &Session<'_>, refusal: &Refusal) {
-    super::count_rejection(context, refusal.reason);
-    if !refusal.quiet {
-        tracing::info!(client = %session.client_ip, reply = %refusal.reply, "command refused");
-    }
-}
-
-/// Reads a body after 354 and answers it. Returns a reply to close with when
-/// the client went away or stalled.
+/// Reads a body after 354 and answers it with what the acceptance
+/// pipeline made of it; closes when the client went away or stalled, or
+/// the service stops waiting for it.
 async fn receive_message(
     conn: &mut Conn,
     session: &mut Session<'_>,
     context: &Context,
-) -> std::io::Result<Option<Reply>> {
+) -> std::io::Result<Flow> {
     let server = &context.config.server;
     let mut receiver = DataReceiver::new(server.max_message_size as usize);
     let started = Instant::now();
@@ -540,16 +540,18 @@ async fn receive_message(
         let mut cut = conn.cut.clone();
         match conn.fill(limit, Some(&mut cut)).await? {
             Input::Data => {}
-            Input::Closed => return Ok(None),
+            Input::Closed => return Ok(Flow::Close),
             Input::Shutdown => {
                 // Not accepted: the client still has the message to send.
-                return Ok(Some(Reply::new(
+                Reply::new(
                     421,
                     format!(
                         "4.3.2 {} Service shutting down; message not accepted, send it again later",
                         server.hostname
                     ),
-                )));
+                )
+                .write_to(&mut conn.out);
+                return Ok(Flow::Close);
             }
             Input::TimedOut => {
                 let refusal = Refusal::new(
@@ -560,121 +562,22 @@ async fn receive_message(
                         server.hostname
                     ),
                 );
-                log_refusal(context, session, &refusal);
-                return Ok(Some(refusal.reply));
+                return Ok(answer_refusal(
+                    conn,
+                    context,
+                    session,
+                    Refused::Close(refusal),
+                ));
             }
         }
     }
-    let (transaction, body) = match session.data_end(receiver.finish()) {
-        Ok(accepted) => accepted,
-        Err(Refused::Close(refusal)) => {
-            log_refusal(context, session, &refusal);
-            return Ok(Some(refusal.reply));
-        }
-        Err(Refused::Continue(refusal)) => {
-            super::count_rejection(context, refusal.reason);
-            tracing::info!(client = %session.client_ip, reply = %refusal.reply, "message refused");
-            refusal.reply.write_to(&mut conn.out);
-            return Ok(None);
-        }
-    };
-    if let Err(refusal) =
-        super::checks::check(context, session.client_ip, &transaction, &body).await
-    {
-        // The check logged why; the session counts the error.
-        return Ok(match session.refuse(refusal) {
-            Refused::Close(refusal) => {
-                log_refusal(context, session, &refusal);
-                Some(refusal.reply)
+    Ok(
+        match acceptance::accept(context, session, receiver.finish()).await {
+            Outcome::Accepted(reply) => {
+                reply.write_to(&mut conn.out);
+                Flow::Continue
             }
-            Refused::Continue(refusal) => {
-                super::count_rejection(context, refusal.reason);
-                refusal.reply.write_to(&mut conn.out);
-                None
-            }
-        });
-    }
-    store(conn, session, context, transaction, body).await;
-    Ok(None)
-}
-
-/// Spools an accepted body and answers 250 (durable) or 452 (not stored).
-async fn store(
-    conn: &mut Conn,
-    session: &Session<'_>,
-    context: &Context,
-    transaction: Transaction,
-    body: Vec<u8>,
-) {
-    let server = &context.config.server;
-    let id = new_queue_id();
-    let received_at = unix_seconds();
-    let trace = received_header(&TraceInfo {
-        helo: session.helo(),
-        client_ip: session.client_ip,
-        hostname: &server.hostname,
-        protocol: session.protocol(&transaction),
-        queue_id: &id,
-        single_recipient: match transaction.recipients.as_slice() {
-            [only] => Some(only.as_str()),
-            _ => None,
+            Outcome::Refused(refused) => answer_refusal(conn, context, session, refused),
         },
-        unix_seconds: received_at,
-    });
-    let gateway = &context.config.gateways[transaction.gateway].name;
-    let lane = transaction.lane;
-    let recipients = transaction.recipients.len();
-    let projection = transaction.projection;
-    let envelope = Envelope {
-        sender: transaction.sender,
-        recipients: transaction.recipients,
-        params: transaction.params,
-        client_ip: session.client_ip,
-        received_at,
-        dsn: context.policy.apps.dsn(lane),
-    };
-    let sender = envelope.sender.clone();
-    // The message as stored and relayed: our trace header, then the body.
-    // Built once, it is both spooled and handed to the delivery queue.
-    let mut message = trace.into_bytes();
-    message.extend_from_slice(&body);
-    drop(body);
-    // As stored and relayed, our Received: header included: the size
-    // `queue list` shows.
-    let size = message.len();
-    match context
-        .spool
-        .store(id, gateway, envelope, &[&message])
-        .await
-    {
-        Ok(stored) => {
-            let message_id = crate::smtp::header::value(&message, "Message-ID").unwrap_or_default();
-            tracing::info!(
-                queue_id = %stored.id,
-                %message_id,
-                sender = %sender,
-                recipients,
-                size,
-                client = %session.client_ip,
-                gateway = %gateway,
-                expected_wait = %format_duration(projection.wait),
-                waits_for = projection.reason.as_str(),
-                "message accepted"
-            );
-            accepted_reply(&stored.id, &projection).write_to(&mut conn.out);
-            context
-                .outbound
-                .accepted(stored, context.policy.apps.name(lane), message);
-        }
-        Err(error) => {
-            tracing::error!(%error, sender = %sender, client = %session.client_ip, "message not stored; answering 452");
-            let refusal = Refusal::new(
-                RefusalReason::SpoolError,
-                452,
-                "4.3.1 Insufficient system storage, try again later",
-            );
-            super::count_rejection(context, refusal.reason);
-            refusal.reply.write_to(&mut conn.out);
-        }
-    }
+    )
 }

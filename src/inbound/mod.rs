@@ -11,7 +11,14 @@
 //!
 //! Every refusal, here and in the sessions, carries its [`RefusalReason`],
 //! the label it is counted under in `smtp_shaper_rejections_total`.
+//!
+//! The rooms: this file is the listener; `connection` the socket I/O of one
+//! session and the one path every refusal is answered through; [`session`]
+//! the state machine (no I/O); `acceptance` the pipeline from the end of
+//! DATA to the `250` (session rules, `checks`, spool, hand-off to the
+//! delivery queue), returning one outcome the connection writes.
 
+mod acceptance;
 mod checks;
 mod connection;
 mod limits;

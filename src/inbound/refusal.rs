@@ -128,8 +128,10 @@ impl RefusalReason {
 pub struct Refusal {
     pub reason: RefusalReason,
     pub reply: Reply,
-    /// Counted, not logged: one of a run the session logged already (a
-    /// client pipelining thousands of excess recipients gets one line).
+    /// Counted, not logged: logged already where it was decided, with
+    /// fields the connection does not have (the message rules, a spool
+    /// failure), or one of a run the session logged already (a client
+    /// pipelining thousands of excess recipients gets one line).
     pub quiet: bool,
 }
 

@@ -8,9 +8,9 @@
 //! to do the handshake and the password check, and applies the relay rules
 //! at MAIL: login required, the app's own senders (rule 2), senders the
 //! gateway knows (rule 3); and admission (shaping) at RCPT. The rules on
-//! the message's header run after [`Session::data_end`] in the connection
-//! (`checks`: they may wait for DNS), and their refusals come back through
-//! [`Session::refuse`]. Every refusal names its [`RefusalReason`] where it
+//! the message's header run after [`Session::data_end`] in the acceptance
+//! pipeline (`checks`: they may wait for DNS), and their refusals come
+//! back through [`Session::refuse`]. Every refusal names its [`RefusalReason`] where it
 //! is decided, for the rejections metric.
 
 use std::net::IpAddr;
@@ -711,10 +711,6 @@ impl<'a> Session<'a> {
         self.refuse(Refusal::out_of_sequence(text)).into()
     }
 
-    /// Counts an error reply; past `max_errors` the session ends with 421
-    /// (counted as `too_many_errors`, not as the refusal that tipped it).
-    /// The connection calls it for the message rules it applies after
-    /// DATA (they may wait for DNS, which the state machine never does).
     /// A recipient past `max_recipients`: 452, not an error (RFC 5321
     /// 4.5.3.1.8 has clients send the rest in another transaction), until
     /// [`RECIPIENT_OVERSHOOT`] of them in the session; each one past that
@@ -740,6 +736,11 @@ impl<'a> Session<'a> {
         Step::Refuse(refusal)
     }
 
+    /// Counts an error reply; past `max_errors` the session ends with 421
+    /// (counted as `too_many_errors`, not as the refusal that tipped it).
+    /// The acceptance pipeline calls it for the message rules it applies
+    /// after DATA (they may wait for DNS, which the state machine never
+    /// does).
     pub fn refuse(&mut self, refusal: Refusal) -> Refused {
         self.errors += 1;
         if self.errors >= self.server.max_errors {

@@ -1,17 +1,19 @@
 //! DKIM signing (RFC 6376, with ed25519-sha256 from RFC 8463) of relayed
 //! mail, per sender domain: `[[dkim]] domain, selector, key`.
 //!
-//! Signed at delivery, on the message as relayed (our Received: header is
-//! not signed, being a trace field). The signing domain is the From:
-//! header's (what DMARC aligns on), else the envelope sender's. Relaxed
-//! canonicalization for headers and body; the signed headers are those of
-//! [`SIGNED_HEADERS`] that the message has, and From: is over-signed (named
-//! once more than it occurs, RFC 6376 8.15) so that a From: added on the way
-//! breaks the signature instead of being shown to the reader. The
-//! DKIM-Signature field is folded at [`LINE_WIDTH`] octets where RFC 6376
-//! allows folding whitespace: an RSA-4096 signature alone is 684 octets of
-//! base64, and RFC 5322 caps a line at 998. Canonicalization is pure and
-//! tested against an independent verifier (Python's dkimpy) in tests/it/dkim.rs.
+//! Signed at delivery, on the message as relayed (our Received: header is not
+//! signed, being a trace field). The signing domain is the From: header's
+//! (what DMARC aligns on), else the envelope sender's: policy chooses it
+//! (`policy::alignment::signing_domain`), so that the alignment check after
+//! DATA predicts this signature. Relaxed canonicalization for headers and
+//! body; the signed headers are those of [`SIGNED_HEADERS`] that the message
+//! has, and From: is over-signed (named once more than it occurs, RFC 6376
+//! 8.15) so that a From: added on the way breaks the signature instead of
+//! being shown to the reader. The DKIM-Signature field is folded at
+//! [`LINE_WIDTH`] octets where RFC 6376 allows folding whitespace: an
+//! RSA-4096 signature alone is 684 octets of base64, and RFC 5322 caps a line
+//! at 998. Canonicalization is pure and tested against an independent
+//! verifier (Python's dkimpy) in tests/it/dkim.rs.
 
 use std::io;
 
@@ -239,31 +241,6 @@ impl Folded {
     }
 }
 
-/// The domain to sign as: the From: header's address, else `sender`'s.
-pub fn signing_domain(message: &[u8], sender: &str) -> Option<String> {
-    let (headers, _) = header::split(message);
-    let from = header::fields(headers)
-        .into_iter()
-        .rev()
-        .find(|field| header::field_name(field).eq_ignore_ascii_case("from"))
-        .and_then(|field| {
-            let value = String::from_utf8_lossy(&field[header::field_name(&field).len() + 1..])
-                .into_owned();
-            let address = match (value.rfind('<'), value.rfind('>')) {
-                (Some(open), Some(close)) if open < close => value[open + 1..close].to_string(),
-                _ => value.trim().to_string(),
-            };
-            address
-                .rsplit_once('@')
-                .map(|(_, domain)| domain.trim().to_ascii_lowercase())
-        });
-    from.or_else(|| {
-        sender
-            .rsplit_once('@')
-            .map(|(_, domain)| domain.to_ascii_lowercase())
-    })
-}
-
 /// Relaxed header canonicalization (RFC 6376 3.4.2), CRLF-terminated.
 pub fn relaxed_header(field: &[u8]) -> Vec<u8> {
     let colon = field.iter().position(|&b| b == b':').unwrap_or(field.len());
@@ -415,19 +392,5 @@ mod tests {
             "from:from:from:subject"
         );
         assert_eq!(h(b"Subject: s\r\n\r\nx\r\n"), "from:subject");
-    }
-
-    #[test]
-    fn the_signing_domain_is_the_from_headers() {
-        let message =
-            b"Received: x\r\nFrom: Billing <billing@Example.COM>\r\nTo: a@b\r\n\r\nhi\r\n";
-        assert_eq!(
-            signing_domain(message, "bounce@other.test").as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(
-            signing_domain(b"To: a@b\r\n\r\nhi\r\n", "app@other.test").as_deref(),
-            Some("other.test")
-        );
     }
 }

@@ -25,10 +25,11 @@ use tokio::time::Instant;
 
 use super::Gateway;
 use super::client::Connection;
-use super::dkim::{Signer, signing_domain};
+use super::dkim::Signer;
 use super::queue::{Attempt, GatewayEvent, HISTORY_LENGTH, Queued};
 use crate::poison::LockRecovered;
 use crate::policy::Holding;
+use crate::policy::alignment::signing_domain;
 use crate::shaper::feedback::{Signal, classify};
 use crate::shutdown::Shutdown;
 use crate::smtp::dsn::{self, Failure};

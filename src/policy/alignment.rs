@@ -9,7 +9,10 @@
 //! record picks the mode per side (`aspf`, `adkim`; relaxed when absent).
 //! Pure: the record is looked up by [`super::dmarc`], and only when it can
 //! change the answer ([`Identifiers::needs_record`]), so most messages are
-//! judged without DNS.
+//! judged without DNS. The DKIM side is the domain the delivery will sign
+//! as ([`signing_domain`]), chosen here for both.
+
+use crate::smtp::header;
 
 /// How closely two domains must match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -147,6 +150,34 @@ impl Identifiers<'_> {
     }
 }
 
+/// The domain the delivery signs a message as (the `[[dkim]]` key it
+/// looks for): the From: header's address, else `sender`'s. It lives with
+/// alignment because the check after DATA must predict the signature the
+/// delivery adds later, and both must choose alike.
+pub fn signing_domain(message: &[u8], sender: &str) -> Option<String> {
+    let (headers, _) = header::split(message);
+    let from = header::fields(headers)
+        .into_iter()
+        .rev()
+        .find(|field| header::field_name(field).eq_ignore_ascii_case("from"))
+        .and_then(|field| {
+            let value = String::from_utf8_lossy(&field[header::field_name(&field).len() + 1..])
+                .into_owned();
+            let address = match (value.rfind('<'), value.rfind('>')) {
+                (Some(open), Some(close)) if open < close => value[open + 1..close].to_string(),
+                _ => value.trim().to_string(),
+            };
+            address
+                .rsplit_once('@')
+                .map(|(_, domain)| domain.trim().to_ascii_lowercase())
+        });
+    from.or_else(|| {
+        sender
+            .rsplit_once('@')
+            .map(|(_, domain)| domain.to_ascii_lowercase())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +308,20 @@ mod tests {
         assert!(!bounce.needs_record());
         assert!(
             matches!(bounce.judge(relaxed), Verdict::Misaligned(why) if why.contains("the envelope sender is <>"))
+        );
+    }
+
+    #[test]
+    fn the_signing_domain_is_the_from_headers() {
+        let message =
+            b"Received: x\r\nFrom: Billing <billing@Example.COM>\r\nTo: a@b\r\n\r\nhi\r\n";
+        assert_eq!(
+            signing_domain(message, "bounce@other.test").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            signing_domain(b"To: a@b\r\n\r\nhi\r\n", "app@other.test").as_deref(),
+            Some("other.test")
         );
     }
 }

@@ -292,10 +292,13 @@ metric_families! {
 }
 
 impl Metrics {
-    /// A fresh registry with every metric; `gateways` and `apps` name the
+    /// A fresh registry with every metric; `gateways`, `apps` and
+    /// `refusal_reasons` (the inbound side's fixed set of reasons) name the
     /// label values that exist from the start, so a dashboard shows zeros
-    /// instead of "no data" before the first event.
-    pub fn new(gateways: &[String], apps: &[String]) -> Metrics {
+    /// instead of "no data" before the first event. The reasons come in
+    /// from the caller: telemetry sits beside the flow and imports nothing
+    /// from the inbound side it counts.
+    pub fn new(gateways: &[String], apps: &[String], refusal_reasons: &[&str]) -> Metrics {
         let registry =
             Registry::new_custom(Some("smtp_shaper".into()), None).expect("valid prefix");
         // Not a field: set once here and never touched again.
@@ -311,7 +314,7 @@ impl Metrics {
         for gateway in gateways {
             metrics.create_gateway_series(gateway, apps);
         }
-        metrics.create_fixed_series(apps);
+        metrics.create_fixed_series(apps, refusal_reasons);
         metrics
     }
 
@@ -353,9 +356,9 @@ impl Metrics {
 
     /// Creates (at zero) the series whose labels come from fixed sets, and
     /// one per app of the counters counted by app alone.
-    fn create_fixed_series(&self, apps: &[String]) {
-        for reason in crate::inbound::RefusalReason::ALL {
-            self.rejections.with_label_values(&[reason.as_str()]);
+    fn create_fixed_series(&self, apps: &[String], refusal_reasons: &[&str]) {
+        for reason in refusal_reasons {
+            self.rejections.with_label_values(&[reason]);
         }
         for result in crate::policy::dmarc::LOOKUP_RESULTS {
             self.dmarc_lookups.with_label_values(&[result]);

@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
+use super::Service;
 use crate::config::Config;
 use crate::tls::server::ServerTls;
-use crate::{Service, inbound, policy};
+use crate::{inbound, policy};
 
 /// Why a new configuration was not applied; the running one stays.
 #[derive(Debug, thiserror::Error)]
