@@ -61,12 +61,13 @@ use prometheus::Histogram;
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
-use crate::cluster::{ClusterError, ClusterView, GatewayLink, Heartbeat, Reading};
-use crate::config::AppClass;
-use crate::shaper::shared::{Ledger, NodesSeen, Proposal, SharedFeedback, SharedLimits};
+use crate::cluster::{ClusterError, ClusterView, GatewayLink};
+use crate::shaper::gate::{Gate, Route, Writes};
+use crate::shaper::shared::{NodesSeen, Proposal};
+use crate::shaper::store::{Heartbeat, Reading};
 use crate::shaper::{
     ClassCounts, Deferral, Due, GatewayModel, GatewayView, Lane, Projection, Release, SavedState,
-    Scheduler, WindowCounts, fingerprints,
+    Scheduler, fingerprints,
 };
 use crate::spool::{Spool, StoredMessage};
 use cluster::Shared;
@@ -470,22 +471,10 @@ impl DeliveryQueue {
         let clock = ShaperClock::new();
         let start = clock.at(clock.start);
         let mut scheduler = Scheduler::new(model(start), lanes);
-        let shared = shared.map(|(link, expected, decision_seconds)| {
-            scheduler.set_share(start, expected);
-            Shared {
-                link,
-                connected: false,
-                decided: false,
-                acquire_failures: 0,
-                hold_pending: None,
-                wait_until: None,
-                live: expected,
-                expected,
-                seen: NodesSeen::default(),
-                queued_elsewhere: ClassCounts::default(),
-                ledger: Ledger::default(),
-                decision_seconds,
-            }
+        let shared = shared.map(|(link, expected, decision_seconds)| Shared {
+            link,
+            gate: Gate::new(&mut scheduler, start, expected),
+            decision_seconds,
         });
         DeliveryQueue {
             gateway: gateway.to_string(),
@@ -737,9 +726,12 @@ impl DeliveryQueue {
         let shared_wait = state
             .shared
             .as_ref()
-            .and_then(|shared| shared.wait_until)
-            .filter(|until| *until > now);
-        let undecided = state.shared.as_ref().is_some_and(|shared| !shared.decided);
+            .and_then(|shared| shared.gate.waits_until(unix_now))
+            .map(|until| now + Duration::from_secs_f64(until - unix_now));
+        let undecided = state
+            .shared
+            .as_ref()
+            .is_some_and(|shared| !shared.gate.decided());
         let until = match state.paused_until {
             _ if state.held => None,
             // The first heartbeat's verdict wakes the workers.
@@ -790,37 +782,28 @@ impl DeliveryQueue {
         if matches!(item, Slot::Parked(_)) {
             state.parked -= 1;
         }
-        let class = state.scheduler.class(lane);
-        match state.shared.as_mut() {
-            Some(shared) if shared.connected => {
-                let link = shared.link.clone();
-                let timer = shared.decision_seconds.clone();
-                let limits = state.scheduler.shared_limits(unix_now);
-                Turn::Propose(Proposed {
-                    in_flight: InFlight {
-                        queue: self,
-                        item: Some(item),
-                        lane,
-                        waited,
-                        at: unix_now,
-                        units,
-                        counted: state.scheduler.counted(units),
-                    },
-                    proposal: Proposal {
-                        units,
-                        class,
-                        limits,
-                    },
-                    link,
-                    timer,
-                })
-            }
-            shared => {
-                if let Some(shared) = shared {
-                    shared.ledger.add(unix_now, units, class);
-                }
-                Turn::Release(self.hand_out(state, item, lane, units, waited))
-            }
+        let State {
+            shared, scheduler, ..
+        } = &mut *state;
+        let Some(shared) = shared.as_mut() else {
+            return Turn::Release(self.hand_out(state, item, lane, units, waited));
+        };
+        match shared.gate.route(scheduler, unix_now, lane, units) {
+            Route::Propose(proposal) => Turn::Propose(Proposed {
+                in_flight: InFlight {
+                    queue: self,
+                    item: Some(item),
+                    lane,
+                    waited,
+                    at: unix_now,
+                    units,
+                    counted: scheduler.counted(units),
+                },
+                proposal,
+                link: shared.link.clone(),
+                timer: shared.decision_seconds.clone(),
+            }),
+            Route::Release => Turn::Release(self.hand_out(state, item, lane, units, waited)),
         }
     }
 
@@ -880,7 +863,7 @@ impl DeliveryQueue {
         let units = state.scheduler.units(recipients);
         let mut outside = state.waiting_counts;
         if let Some(shared) = &state.shared {
-            outside = outside.plus(shared.queued_elsewhere);
+            outside = outside.plus(shared.gate.queued_elsewhere());
         }
         state
             .scheduler
@@ -933,7 +916,7 @@ impl DeliveryQueue {
         let (mut saved, reserve) = state.scheduler.snapshot(now, reserve);
         saved.held = state.held;
         if let Some(shared) = state.shared.as_ref() {
-            saved.nodes_seen = shared.seen;
+            saved.nodes_seen = shared.gate.seen();
         }
         (saved, reserve)
     }
