@@ -1,5 +1,7 @@
-//! What one node's model and the gateway's shared state (cluster mode, see
-//! `cluster`) say to each other: pure values and the arithmetic on them.
+//! What one node's model and the gateway's shared state (cluster mode) say
+//! to each other: pure values and the arithmetic on them. How a node
+//! stands with the shared state is the gate's (`gate`); where the state
+//! lives, the store's (`store`: Redis or in memory).
 //!
 //! Every sidecar in front of a gateway runs its own model, but receivers
 //! judge the gateway, so the limits that matter (the token bucket at the

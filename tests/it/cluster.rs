@@ -415,7 +415,10 @@ async fn a_hold_given_while_redis_is_away_holds_every_node_when_it_is_back() {
 
 /// Nodes a, b and c of a cluster on the Redis at `port`, each linked to
 /// `gateway` (the scripts called directly, without a service around them).
-fn three_links(port: u16, gateway: &str) -> Vec<std::sync::Arc<smtp_shaper::cluster::GatewayLink>> {
+pub fn three_links(
+    port: u16,
+    gateway: &str,
+) -> Vec<std::sync::Arc<smtp_shaper::cluster::GatewayLink>> {
     ["a", "b", "c"]
         .iter()
         .map(|node| {

@@ -36,11 +36,13 @@
 //! the node runs on its share (`shaper::shared`) and keeps a ledger of what
 //! it sends, added to the shared counts by the first heartbeat that gets
 //! through; a heartbeat that finds a new epoch first rebuilds the shared
-//! counts from this node's view.
+//! counts from this node's view. Every one of those decisions is the
+//! cluster gate's (`shaper::gate`, which `simulate --nodes` runs too); the
+//! queue holds the gate under its lock and talks to Redis without it.
 //!
 //! The rooms: here the types, the lock and the way a message goes in and
-//! out (push, next, release, admission, the view); [`cluster`] the shared
-//! state; [`health`] what the gateway says of itself (failed connections,
+//! out (push, next, release, admission, the view); [`cluster`] the
+//! gate's driver on Redis; [`health`] what the gateway says of itself (failed connections,
 //! throttling, a used-up quota); [`admin`] the operator's hand (hold, list,
 //! retry, remove) and what moves messages out whole (drain, expiry).
 

@@ -382,8 +382,10 @@ impl SharedState {
 pub struct MemoryStore {
     state: Arc<Mutex<SharedState>>,
     node: usize,
-    /// The others' totals at this node's latest reading.
-    seen: Mutex<Elsewhere>,
+    /// Whether this node has made contact (an acquire or a heartbeat: the
+    /// calls that carry Redis's epoch), and the others' totals at its latest
+    /// reading.
+    seen: Mutex<(bool, Elsewhere)>,
 }
 
 impl MemoryStore {
@@ -405,11 +407,19 @@ impl MemoryStore {
     }
 
     /// What every answer carries, as `status()` and a link's reading: what
-    /// the others sent since this node's previous reading.
-    fn reading(&self, state: &SharedState, now: f64) -> Reading {
+    /// the others sent since this node's previous reading. At first contact
+    /// (`contact`: the call is an acquire or a heartbeat) the reading starts
+    /// from the totals, as a link does on an epoch it did not know: what was
+    /// sent before is in the windows already, not news.
+    fn reading(&self, state: &SharedState, now: f64, contact: bool) -> Reading {
         let totals = state.others(self.node);
         let mut seen = self.seen.lock_recovered();
-        let elsewhere = totals.since(&seen);
+        let (known, seen) = &mut *seen;
+        if contact && !*known {
+            *known = true;
+            *seen = totals;
+        }
+        let elsewhere = totals.since(seen);
         *seen = seen.max(&totals);
         Reading {
             feedback: state.feedback(now),
@@ -422,14 +432,14 @@ impl MemoryStore {
     fn after(&self, now: f64, change: impl FnOnce(&mut SharedState, usize)) -> Reading {
         let mut state = self.state.lock_recovered();
         change(&mut state, self.node);
-        self.reading(&state, now)
+        self.reading(&state, now, false)
     }
 
     /// See [`Store::acquire`].
     pub fn acquire(&self, now: f64, proposal: &Proposal) -> Verdict {
         let mut state = self.state.lock_recovered();
         let decision = state.acquire(now, self.node, proposal);
-        let reading = self.reading(&state, now);
+        let reading = self.reading(&state, now, true);
         match decision {
             Ok(()) => Verdict {
                 granted: true,
@@ -455,7 +465,7 @@ impl MemoryStore {
             live,
             queued_elsewhere,
             busiest_elsewhere,
-            reading: self.reading(&state, now),
+            reading: self.reading(&state, now, true),
         }
     }
 }
