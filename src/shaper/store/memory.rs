@@ -624,4 +624,88 @@ mod tests {
             "cap"
         );
     }
+
+    #[test]
+    fn the_penalty_recovers_log_linearly_after_the_pause_as_the_script_does() {
+        let mut state = SharedState::new(2);
+        state.throttled(0.0, (0.5, 10.0, 100.0));
+        assert_eq!(state.feedback(5.0).penalty, 0.5);
+        assert_eq!(state.feedback(5.0).pause_left, 5.0);
+        state.throttled(5.0, (0.5, 10.0, 100.0));
+        assert_eq!(state.feedback(5.0).penalty, 0.5, "the same episode");
+        // Half the recovery after the pause: half way back, in logs.
+        state.throttled(60.0, (0.5, 10.0, 100.0));
+        let penalty = state.feedback(60.0).penalty;
+        assert!((penalty - 0.5f64.sqrt() * 0.5).abs() < 1e-12, "{penalty}");
+        state.throttled(500.0, (0.5, 10.0, 100.0));
+        assert_eq!(state.feedback(500.0).penalty, 0.5, "recovered, cut again");
+    }
+
+    #[test]
+    fn a_node_silent_for_a_heartbeats_lifetime_is_no_longer_live() {
+        let mut state = SharedState::new(2);
+        let lifetime = HEARTBEAT_LIFETIME.as_secs_f64();
+        let queued = ClassCounts {
+            messages: [1, 0],
+            units: [1, 0],
+        };
+        state.heartbeat(0.0, 0, queued, [0; 2]);
+        let (live, elsewhere, _) = state.heartbeat(lifetime, 1, ClassCounts::default(), [0; 2]);
+        assert_eq!((live, elsewhere), (2, queued));
+        let (live, elsewhere, _) =
+            state.heartbeat(lifetime + 0.5, 1, ClassCounts::default(), [0; 2]);
+        assert_eq!((live, elsewhere), (1, ClassCounts::default()));
+    }
+
+    #[test]
+    fn a_ledger_older_than_a_window_changes_nothing_and_a_rebuild_only_raises() {
+        let mut state = SharedState::new(2);
+        let limits = SharedLimits {
+            rate: 1e6,
+            burst: 10,
+            budgets: vec![SharedBudget {
+                horizon: Horizon::Hour,
+                allowance: 10,
+                bulk_share: 10,
+            }],
+            caps: Vec::new(),
+        };
+        let now = 10.0 * 3_600.0;
+        let mut ledger = Ledger::default();
+        ledger.add(now - 2.0 * 3_600.0, 9, AppClass::Transactional);
+        state.reconcile(now, 0, &limits, &ledger);
+        assert_eq!(state.others(1).messages, 1, "in the totals");
+        let tx = Proposal {
+            units: 10,
+            class: AppClass::Transactional,
+            limits: limits.clone(),
+        };
+        assert_eq!(
+            state.clone().acquire(now, 1, &tx),
+            Ok(()),
+            "not in the hour"
+        );
+        let minute = (now / 60.0) as i64;
+        let counts = |units| WindowCounts {
+            budgets: vec![(
+                Horizon::Hour,
+                vec![crate::shaper::volume::MinuteCount {
+                    minute,
+                    all: units,
+                    transactional: units,
+                }],
+            )],
+            caps: Vec::new(),
+        };
+        let feedback = SharedFeedback {
+            penalty: 1.0,
+            pause_left: 0.0,
+        };
+        state.rebuild(now, &counts(4), &feedback, false);
+        state.rebuild(now, &counts(2), &feedback, false);
+        let six = Proposal { units: 6, ..tx };
+        assert_eq!(state.clone().acquire(now, 1, &six), Ok(()), "4 counted");
+        let seven = Proposal { units: 7, ..six };
+        assert_eq!(state.acquire(now, 1, &seven).unwrap_err().reason, "1h");
+    }
 }
