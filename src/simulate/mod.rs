@@ -40,7 +40,8 @@ pub struct Options {
     /// Sidecars the trace is spread over (round robin), sharing the
     /// gateway's budget as in cluster mode, through the cluster gate the
     /// relay runs (`shaper::gate`) on the in-memory store
-    /// (`shaper::store::MemoryStore` stands in for Redis). 1: one smtp-shaper, no shared state.
+    /// (`shaper::store::MemoryStore` stands in for Redis). 1: one
+    /// smtp-shaper, no shared state.
     pub nodes: usize,
     /// The gateway's history before the trace (`--history`): moved in time
     /// so that its last entry falls where the gateway's model is made, an
