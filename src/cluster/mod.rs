@@ -4,11 +4,14 @@
 //!
 //! This module is the Redis edge and nothing else: one connection per
 //! process (the `redis` crate's connection manager, which reconnects by
-//! itself), and per gateway a [`GatewayLink`] that runs the Lua scripts
-//! beside this file and reads their replies into `shaper::shared` values.
-//! What to do with them (take a grant, wait, run on this node's share while
-//! Redis is out of reach, rebuild or reconcile when it is back) is the
-//! delivery queue's business (`outbound::queue`).
+//! itself), and per gateway a [`GatewayLink`], the Redis implementation of
+//! `shaper::store::Store`, that runs the Lua scripts beside this file and
+//! reads their replies into `shaper::store` values. What to do with them
+//! (take a grant, wait, run on this node's share while Redis is out of
+//! reach, rebuild or reconcile when it is back) is the cluster gate's
+//! business (`shaper::gate`), driven by the delivery queue
+//! (`outbound::queue`). The in-memory store keeps the same contract, and
+//! one suite (`tests/it/store.rs`) checks both.
 //!
 //! The scripts run on the Redis server's clock (`TIME`, microseconds), so
 //! nodes never need agreeing clocks for the decision itself. Keys per
@@ -33,13 +36,11 @@ use redis::{IntoConnectionInfo, Script, Value};
 use crate::config::ClusterConfig;
 use crate::shaper::AppClass;
 use crate::shaper::shared::{Elsewhere, Ledger, Proposal, SharedFeedback, SharedLimits};
+use crate::shaper::store::{HEARTBEAT_LIFETIME, Heartbeat, Reading, Store, Verdict};
 use crate::shaper::{ClassCounts, WindowCounts};
 
 const PRELUDE: &str = include_str!("prelude.lua");
 
-/// How long a node's heartbeat stays valid: a node silent for longer is no
-/// longer counted among the live ones.
-pub const HEARTBEAT_LIFETIME: Duration = Duration::from_secs(10);
 /// How often each node sends one.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -200,39 +201,6 @@ pub struct ClusterView {
     pub nodes: u64,
     /// The nodes this one divides the gateway by while Redis is out of reach.
     pub share_of: u64,
-}
-
-/// What every reply says besides its own answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reading {
-    pub feedback: SharedFeedback,
-    /// An operator holds the gateway (on any node).
-    pub held: bool,
-    /// What the others sent since the previous reading.
-    pub elsewhere: Elsewhere,
-}
-
-/// The answer to a proposed send.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Verdict {
-    pub granted: bool,
-    /// Seconds to wait before proposing again (when not granted).
-    pub wait: f64,
-    /// What holds it: `rate`, `cap`, `1h`, `24h`, `pause` or `hold`.
-    pub reason: String,
-    pub reading: Reading,
-}
-
-/// The answer to a heartbeat.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Heartbeat {
-    /// Live nodes, this one included.
-    pub live: u64,
-    /// What the other nodes have queued, per class.
-    pub queued_elsewhere: ClassCounts,
-    /// The busiest hour and day the other nodes have seen.
-    pub busiest_elsewhere: [u64; 2],
-    pub reading: Reading,
 }
 
 fn integer(value: &Value) -> Result<i64, ClusterError> {
@@ -538,5 +506,74 @@ impl GatewayLink {
         // What this node sent meanwhile is now in its own totals, which the
         // others' exclude: the reading stays as it was.
         self.reading(None, &reply[0..6])
+    }
+}
+
+/// The Redis store. Redis decides on its own clock: `now` is not used.
+impl Store for GatewayLink {
+    type Error = ClusterError;
+
+    fn acquire(
+        &self,
+        _now: f64,
+        proposal: &Proposal,
+    ) -> impl Future<Output = Result<Verdict, ClusterError>> + Send {
+        GatewayLink::acquire(self, proposal)
+    }
+
+    fn heartbeat(
+        &self,
+        _now: f64,
+        queued: ClassCounts,
+        busiest: [u64; 2],
+    ) -> impl Future<Output = Result<Heartbeat, ClusterError>> + Send {
+        GatewayLink::heartbeat(self, queued, busiest)
+    }
+
+    fn rebuild(
+        &self,
+        _now: f64,
+        counts: &WindowCounts,
+        feedback: &SharedFeedback,
+        held: bool,
+    ) -> impl Future<Output = Result<Reading, ClusterError>> + Send {
+        GatewayLink::rebuild(self, counts, feedback, held)
+    }
+
+    fn reconcile(
+        &self,
+        _now: f64,
+        limits: &SharedLimits,
+        ledger: &Ledger,
+    ) -> impl Future<Output = Result<Reading, ClusterError>> + Send {
+        GatewayLink::reconcile(self, limits, ledger)
+    }
+
+    fn hold(
+        &self,
+        _now: f64,
+        held: bool,
+    ) -> impl Future<Output = Result<Reading, ClusterError>> + Send {
+        GatewayLink::hold(self, held)
+    }
+
+    fn throttled(
+        &self,
+        _now: f64,
+        backoff: (f64, f64, f64),
+    ) -> impl Future<Output = Result<Reading, ClusterError>> + Send {
+        GatewayLink::throttled(self, backoff)
+    }
+
+    fn pause(
+        &self,
+        _now: f64,
+        seconds: f64,
+    ) -> impl Future<Output = Result<Reading, ClusterError>> + Send {
+        GatewayLink::pause(self, seconds)
+    }
+
+    fn end_pause(&self, _now: f64) -> impl Future<Output = Result<Reading, ClusterError>> + Send {
+        GatewayLink::end_pause(self)
     }
 }

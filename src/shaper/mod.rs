@@ -21,7 +21,11 @@
 //! - [`fair`] and [`scheduler`]: the per-app round robin in front of the model;
 //! - [`state`]: what is saved so a restart remembers;
 //! - [`shared`]: what a node and the gateway's shared state (cluster mode)
-//!   say to each other.
+//!   say to each other;
+//! - [`gate`]: how a node stands with the shared state, and every change of
+//!   that standing (the relay and the simulator run the same gate);
+//! - [`store`]: where the shared state lives, behind one trait (Redis in
+//!   `crate::cluster`, in memory here).
 //!
 //! The README's "Shaping model" section explains the model with plots.
 
@@ -31,6 +35,7 @@ pub mod caps;
 pub mod demand;
 pub mod fair;
 pub mod feedback;
+pub mod gate;
 pub mod limits;
 pub mod meter;
 pub mod model;
@@ -40,6 +45,7 @@ pub mod rules;
 pub mod scheduler;
 pub mod shared;
 pub mod state;
+pub mod store;
 pub mod volume;
 
 pub use demand::fingerprints;

@@ -1,5 +1,7 @@
-//! What one node's model and the gateway's shared state (cluster mode, see
-//! `cluster`) say to each other: pure values and the arithmetic on them.
+//! What one node's model and the gateway's shared state (cluster mode) say
+//! to each other: pure values and the arithmetic on them. How a node
+//! stands with the shared state is the gate's (`gate`); where the state
+//! lives, the store's (`store`: Redis or in memory).
 //!
 //! Every sidecar in front of a gateway runs its own model, but receivers
 //! judge the gateway, so the limits that matter (the token bucket at the
@@ -23,7 +25,7 @@
 //! (a shared state that restarted empty is recognised by its epoch, not by
 //! smaller numbers).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::shaper::{AppClass, Horizon};
 
@@ -218,176 +220,6 @@ impl Ledger {
     }
 }
 
-/// A rolling window of the shared state: slots of `width` seconds, the
-/// last `span` of them counted (as the scripts' `window()`).
-#[derive(Debug, Clone)]
-struct Window {
-    width: f64,
-    span: i64,
-    slots: BTreeMap<i64, u64>,
-    sum: u64,
-}
-
-impl Window {
-    fn cap(seconds: u64) -> Window {
-        Window::new(seconds as f64 / 60.0, 61)
-    }
-
-    fn volume(seconds: u64) -> Window {
-        Window::new(60.0, seconds as i64 / 60 + 1)
-    }
-
-    fn new(width: f64, span: i64) -> Window {
-        Window {
-            width,
-            span,
-            slots: BTreeMap::new(),
-            sum: 0,
-        }
-    }
-
-    /// Moves to `now`'s slot, taking off the slots that left; returns it.
-    fn advance(&mut self, now: f64) -> i64 {
-        let current = (now / self.width).floor() as i64;
-        let kept = self.slots.split_off(&(current - self.span + 1));
-        self.sum -= self.slots.values().sum::<u64>();
-        self.slots = kept;
-        current
-    }
-
-    /// Seconds until the current slot ends (when room may open).
-    fn slot_left(&self, now: f64) -> f64 {
-        ((now / self.width).floor() + 1.0) * self.width - now
-    }
-
-    fn add(&mut self, slot: i64, units: u64) {
-        *self.slots.entry(slot).or_default() += units;
-        self.sum += units;
-    }
-}
-
-/// The gateway's shared state as the cluster scripts keep it, in memory:
-/// the same grant or wait as `acquire.lua` for the token bucket, the caps
-/// and the budgets (with the bulk share), and the totals each node's
-/// readings come from. `simulate --nodes` runs its nodes against it, where
-/// nothing fails and no gateway answers (so no pause, penalty or hold).
-#[derive(Debug, Clone, Default)]
-pub struct SharedState {
-    /// The GCRA's theoretical arrival time (seconds).
-    tat: f64,
-    /// "cap:<s>", "all:<s>", "tx:<s>", as the scripts name their keys.
-    windows: HashMap<String, Window>,
-    /// What each node has sent.
-    sent: Vec<Elsewhere>,
-}
-
-/// Why the shared state holds a send, and for how long (seconds).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Hold {
-    pub wait: f64,
-    /// `rate`, `cap`, `1h` or `24h`, as the scripts say.
-    pub reason: &'static str,
-}
-
-impl SharedState {
-    pub fn new(nodes: usize) -> SharedState {
-        SharedState {
-            sent: vec![Elsewhere::default(); nodes],
-            ..SharedState::default()
-        }
-    }
-
-    fn window(&mut self, key: String, make: impl FnOnce() -> Window) -> &mut Window {
-        self.windows.entry(key).or_insert_with(make)
-    }
-
-    /// Grants `proposal` from `node` at `now` (and counts it), or says how
-    /// long to wait: the longest of what holds it.
-    pub fn acquire(&mut self, now: f64, node: usize, proposal: &Proposal) -> Result<(), Hold> {
-        let units = proposal.units;
-        let bulk = proposal.class == AppClass::Bulk;
-        let mut hold: Option<Hold> = None;
-        let mut holds = |wait: f64, reason: &'static str| {
-            if hold.is_none_or(|held| wait > held.wait) {
-                hold = Some(Hold { wait, reason });
-            }
-        };
-        let limits = &proposal.limits;
-        let (emission, tolerance) = proposal.gcra_micros();
-        let (emission, tolerance) = (emission as f64 / 1e6, tolerance as f64 / 1e6);
-        let tat = self.tat.max(now);
-        if tat - now > tolerance {
-            holds(tat - now - tolerance, "rate");
-        }
-        let mut counted: Vec<(String, i64)> = Vec::new();
-        for cap in &limits.caps {
-            let key = format!("cap:{}", cap.window);
-            let window = self.window(key.clone(), || Window::cap(cap.window));
-            let slot = window.advance(now);
-            if units.min(cap.limit) > cap.limit.saturating_sub(window.sum) {
-                holds(window.slot_left(now), "cap");
-            }
-            counted.push((key, slot));
-        }
-        for budget in &limits.budgets {
-            let seconds = budget.horizon.seconds() as u64;
-            let (all_key, tx_key) = (format!("all:{seconds}"), format!("tx:{seconds}"));
-            let tx = {
-                let window = self.window(tx_key.clone(), || Window::volume(seconds));
-                window.advance(now);
-                window.sum
-            };
-            let window = self.window(all_key.clone(), || Window::volume(seconds));
-            let slot = window.advance(now);
-            let all = window.sum;
-            let allowance = budget.allowance;
-            let mut fits = units.min(allowance) <= allowance.saturating_sub(all);
-            if bulk {
-                let room = allowance
-                    .saturating_sub(all)
-                    .min(budget.bulk_share.saturating_sub(all.saturating_sub(tx)));
-                fits &= units.min(budget.bulk_share.max(1)) <= room;
-            }
-            if !fits {
-                holds(window.slot_left(now), budget.horizon.label());
-            }
-            counted.push((all_key, slot));
-            if !bulk {
-                counted.push((tx_key, slot));
-            }
-        }
-        if let Some(hold) = hold {
-            return Err(hold);
-        }
-        self.tat = tat + emission;
-        for (key, slot) in counted {
-            if let Some(window) = self.windows.get_mut(&key) {
-                window.add(slot, units);
-            }
-        }
-        let sent = &mut self.sent[node];
-        sent.messages += 1;
-        sent.all += units;
-        if !bulk {
-            sent.transactional += units;
-        }
-        Ok(())
-    }
-
-    /// What the nodes other than `node` have sent (a reading's totals).
-    pub fn others(&self, node: usize) -> Elsewhere {
-        self.sent
-            .iter()
-            .enumerate()
-            .filter(|(index, _)| *index != node)
-            .fold(Elsewhere::default(), |total, (_, sent)| Elsewhere {
-                messages: total.messages + sent.messages,
-                all: total.all + sent.all,
-                transactional: total.transactional + sent.transactional,
-            })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,82 +313,5 @@ mod tests {
         assert_eq!(ledger.minutes().count(), 1);
         ledger.forget_before(1_445.0 * 60.0);
         assert!(ledger.is_empty());
-    }
-
-    fn proposal(units: u64, class: AppClass, budgets: Vec<SharedBudget>) -> Proposal {
-        Proposal {
-            units,
-            class,
-            limits: SharedLimits {
-                rate: 10.0,
-                burst: 2,
-                budgets,
-                caps: vec![SharedCap {
-                    window: 60,
-                    limit: 50,
-                }],
-            },
-        }
-    }
-
-    #[test]
-    fn the_shared_bucket_spaces_every_node_together() {
-        let mut state = SharedState::new(2);
-        let p = proposal(1, AppClass::Transactional, Vec::new());
-        assert_eq!(state.acquire(0.0, 0, &p), Ok(()));
-        assert_eq!(state.acquire(0.0, 1, &p), Ok(()));
-        let held = state.acquire(0.0, 0, &p).unwrap_err();
-        assert_eq!(held.reason, "rate");
-        assert!((held.wait - 0.1).abs() < 1e-9, "{held:?}");
-        assert_eq!(state.acquire(0.1, 1, &p), Ok(()));
-        assert_eq!(state.others(0).messages, 2);
-        assert_eq!(state.others(1).messages, 1);
-    }
-
-    #[test]
-    fn bulk_leaves_the_last_token_to_transactional_mail() {
-        let mut state = SharedState::new(2);
-        let bulk = proposal(1, AppClass::Bulk, Vec::new());
-        let tx = proposal(1, AppClass::Transactional, Vec::new());
-        // A burst of 2: bulk takes one token, not the second.
-        assert_eq!(state.acquire(0.0, 0, &bulk), Ok(()));
-        assert_eq!(state.acquire(0.0, 0, &bulk).unwrap_err().reason, "rate");
-        assert_eq!(state.acquire(0.0, 1, &tx), Ok(()));
-        assert_eq!(state.acquire(0.0, 1, &tx).unwrap_err().reason, "rate");
-    }
-
-    #[test]
-    fn caps_and_budgets_hold_all_nodes_and_bulk_keeps_to_its_share() {
-        let mut state = SharedState::new(3);
-        let budget = SharedBudget {
-            horizon: Horizon::Hour,
-            allowance: 20,
-            bulk_share: 12,
-        };
-        let bulk = proposal(4, AppClass::Bulk, vec![budget]);
-        let tx = proposal(4, AppClass::Transactional, vec![budget]);
-        let mut now = 0.0;
-        for node in 0..3 {
-            assert_eq!(state.acquire(now, node, &bulk), Ok(()));
-            now += 1.0;
-        }
-        let held = state.acquire(now, 0, &bulk).unwrap_err();
-        assert_eq!(held.reason, "1h", "12 of bulk used: its share");
-        assert_eq!(state.acquire(now, 1, &tx), Ok(()));
-        now += 1.0;
-        assert_eq!(state.acquire(now, 2, &tx), Ok(()));
-        now += 1.0;
-        let held = state.acquire(now, 2, &tx).unwrap_err();
-        assert_eq!(held.reason, "1h", "20 of 20");
-        // An hour and a slot later the first sends have left the window.
-        assert_eq!(state.acquire(3_600.0 + 61.0, 0, &tx), Ok(()));
-        // The cap (50 a minute) holds whatever the budget says.
-        let mut capped = proposal(30, AppClass::Transactional, Vec::new());
-        capped.limits.rate = 1e6;
-        assert_eq!(state.acquire(7_300.0, 0, &capped), Ok(()));
-        assert_eq!(
-            state.acquire(7_300.0, 1, &capped).unwrap_err().reason,
-            "cap"
-        );
     }
 }

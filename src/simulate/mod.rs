@@ -21,9 +21,11 @@ use std::collections::BinaryHeap;
 use crate::config::{Config, GatewayConfig};
 use crate::history::History;
 use crate::policy::Apps;
-use crate::shaper::shared::{Elsewhere, Proposal, SharedState};
-use crate::shaper::{AppClass, Horizon, ShapingConfig};
+use crate::shaper::gate::{Gate, Route};
+use crate::shaper::shared::Elsewhere;
+use crate::shaper::store::MemoryStore;
 use crate::shaper::{ClassCounts, DeferReason, GatewayModel, Release, Scheduler};
+use crate::shaper::{Horizon, ShapingConfig};
 
 const DAY: f64 = 86_400.0;
 /// How long an app keeps offering a deferred message before giving up.
@@ -37,8 +39,10 @@ pub struct Options {
     /// Seconds after a 451 until the app offers the message again.
     pub retry_after: f64,
     /// Sidecars the trace is spread over (round robin), sharing the
-    /// gateway's budget as in cluster mode (`shaper::shared::SharedState`
-    /// stands in for Redis). 1: one smtp-shaper, no shared state.
+    /// gateway's budget as in cluster mode, through the cluster gate the
+    /// relay runs (`shaper::gate`) on the in-memory store
+    /// (`shaper::store::MemoryStore` stands in for Redis). 1: one
+    /// smtp-shaper, no shared state.
     pub nodes: usize,
     /// The gateway's history before the trace (`--history`): moved in time
     /// so that its last entry falls where the gateway's model is made, an
@@ -193,6 +197,9 @@ struct Node {
     release_at: f64,
     /// The others' totals at its latest reading.
     seen: Elsewhere,
+    /// With several nodes: its standing with the shared state, and the
+    /// stand-in for Redis.
+    shared: Option<(Gate, MemoryStore)>,
 }
 
 impl Node {
@@ -205,41 +212,36 @@ impl Node {
     }
 
     /// The next message this node sends at `now` (with its lane and how
-    /// long it waited), granted by the `shared` state when there is one;
+    /// long it waited), granted by the shared state when there is one;
     /// `None` once nothing more may go now (`release_at` says when).
-    fn next_send(
-        &mut self,
-        index: usize,
-        now: f64,
-        mut shared: Option<&mut SharedState>,
-    ) -> Option<(Offer, usize, f64)> {
+    fn next_send(&mut self, now: f64) -> Option<(Offer, usize, f64)> {
         loop {
-            if let Some(shared) = &shared {
-                self.absorb(now, shared.others(index));
+            if let Some((_, store)) = &self.shared {
+                let others = store.others();
+                self.absorb(now, others);
             }
             match self.scheduler.next(now) {
                 Release::Send {
                     waited, lane, item, ..
                 } => {
-                    if let Some(shared) = &mut shared {
+                    if let Some((gate, store)) = &mut self.shared {
                         let units = self.scheduler.units(item.recipients as usize);
-                        let proposal = Proposal {
-                            units,
-                            class: self.scheduler.class(lane),
-                            limits: self.scheduler.shared_limits(now),
-                        };
-                        if let Err(hold) = shared.acquire(now, index, &proposal) {
-                            let counted = self.scheduler.counted(units);
-                            self.scheduler
-                                .put_back(now, lane, waited, (units, counted), item);
-                            let until = (now + hold.wait).max(now.next_up());
-                            if proposal.class == AppClass::Bulk {
-                                // Bulk waits; the transactional lanes go on.
-                                self.scheduler.hold_bulk(until);
-                                continue;
+                        let scheduler = &mut self.scheduler;
+                        if let Route::Propose(proposal) = gate.route(scheduler, now, lane, units) {
+                            let verdict = store.acquire(now, &proposal);
+                            if !verdict.granted {
+                                let counted = scheduler.counted(units);
+                                scheduler.put_back(now, lane, waited, (units, counted), item);
+                                match gate.refused(scheduler, now, proposal.class, verdict.wait) {
+                                    // Bulk waits; the transactional lanes go on.
+                                    None => continue,
+                                    Some(until) => {
+                                        self.release_at = until;
+                                        return None;
+                                    }
+                                }
                             }
-                            self.release_at = until;
-                            return None;
+                            gate.granted();
                         }
                     }
                     return Some((item, lane, waited));
@@ -374,8 +376,6 @@ struct Replay<'t> {
     /// The history before it (`--history`), moved to end then.
     history: Option<History>,
     nodes: Vec<Node>,
-    /// The stand-in for Redis when there are several nodes.
-    shared: Option<SharedState>,
     report: Report,
     /// Every send with the bucket's rate in force then, for the window check.
     sends: Vec<(f64, f64)>,
@@ -405,7 +405,7 @@ impl<'t> Replay<'t> {
             .as_ref()
             .map(|history| moved(history, created));
         let count = options.nodes.max(1);
-        let nodes: Vec<Node> = (0..count)
+        let mut nodes: Vec<Node> = (0..count)
             .map(|_| Node {
                 scheduler: Scheduler::new(
                     model(&gateway_config.shaping, history.as_ref(), created),
@@ -413,8 +413,14 @@ impl<'t> Replay<'t> {
                 ),
                 release_at: f64::INFINITY,
                 seen: Elsewhere::default(),
+                shared: None,
             })
             .collect();
+        if count > 1 {
+            for (node, store) in nodes.iter_mut().zip(MemoryStore::cluster(count)) {
+                node.shared = Some((Gate::connected(count as u64), store));
+            }
+        }
         let report = Report {
             gateway: gateway_config.name.clone(),
             history: options.history.as_ref().map(|history| {
@@ -453,7 +459,6 @@ impl<'t> Replay<'t> {
             created,
             history,
             nodes,
-            shared: (count > 1).then(|| SharedState::new(count)),
             report,
             sends: Vec::with_capacity(trace.len()),
             retries: BinaryHeap::new(),
@@ -561,13 +566,12 @@ impl<'t> Replay<'t> {
     /// Releases the models (and, with nodes, the shared state) allow now.
     fn release_due(&mut self) {
         let now = self.now;
-        for (index, node) in self.nodes.iter_mut().enumerate() {
+        for node in &mut self.nodes {
             if node.release_at > now {
                 continue;
             }
             node.release_at = f64::INFINITY;
-            while let Some((item, lane, waited)) = node.next_send(index, now, self.shared.as_mut())
-            {
+            while let Some((item, lane, waited)) = node.next_send(now) {
                 let report = &mut self.report;
                 report.sent_log.push(SentRecord {
                     id: item.id,
@@ -596,9 +600,10 @@ impl<'t> Replay<'t> {
     /// from their heartbeats within a second: news that came late would
     /// count as sent late and hold the window longer.
     fn spread_news(&mut self) {
-        if let Some(shared) = &self.shared {
-            for (index, node) in self.nodes.iter_mut().enumerate() {
-                node.absorb(self.now, shared.others(index));
+        for node in &mut self.nodes {
+            if let Some((_, store)) = &node.shared {
+                let others = store.others();
+                node.absorb(self.now, others);
             }
         }
     }

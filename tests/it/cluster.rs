@@ -415,7 +415,10 @@ async fn a_hold_given_while_redis_is_away_holds_every_node_when_it_is_back() {
 
 /// Nodes a, b and c of a cluster on the Redis at `port`, each linked to
 /// `gateway` (the scripts called directly, without a service around them).
-fn three_links(port: u16, gateway: &str) -> Vec<std::sync::Arc<smtp_shaper::cluster::GatewayLink>> {
+pub fn three_links(
+    port: u16,
+    gateway: &str,
+) -> Vec<std::sync::Arc<smtp_shaper::cluster::GatewayLink>> {
     ["a", "b", "c"]
         .iter()
         .map(|node| {
@@ -436,15 +439,14 @@ fn three_links(port: u16, gateway: &str) -> Vec<std::sync::Arc<smtp_shaper::clus
 }
 
 /// The Lua scripts and the in-memory reference the simulator runs
-/// (`shaper::shared::SharedState`) decide alike: the same random proposals
+/// (`shaper::store::SharedState`) decide alike: the same random proposals
 /// from three nodes (budgets with a bulk share and a cap binding, the bucket
 /// wide open so the decisions do not depend on the clock) get the same
 /// grants and the same reasons.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
-    use smtp_shaper::shaper::shared::{
-        Proposal, SharedBudget, SharedCap, SharedLimits, SharedState,
-    };
+    use smtp_shaper::shaper::shared::{Proposal, SharedBudget, SharedCap, SharedLimits};
+    use smtp_shaper::shaper::store::SharedState;
     use smtp_shaper::shaper::{AppClass, Horizon};
 
     let port = free_port();

@@ -33,6 +33,7 @@ mod reload;
 mod shaping;
 mod simulate;
 mod skips;
+mod store;
 mod telemetry;
 mod tls;
 mod tools;

@@ -18,7 +18,7 @@ impl DeliveryQueue {
         // Every node holds: the next heartbeat writes it to the shared
         // state (kept until it gets through, Redis down or not).
         if let Some(shared) = state.shared.as_mut() {
-            shared.hold_pending = Some(held);
+            shared.gate.hold_given(held);
         }
         drop(state);
         // On disk soon, with the shaping state: a hold outlasts a restart.

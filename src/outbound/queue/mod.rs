@@ -36,11 +36,13 @@
 //! the node runs on its share (`shaper::shared`) and keeps a ledger of what
 //! it sends, added to the shared counts by the first heartbeat that gets
 //! through; a heartbeat that finds a new epoch first rebuilds the shared
-//! counts from this node's view.
+//! counts from this node's view. Every one of those decisions is the
+//! cluster gate's (`shaper::gate`, which `simulate --nodes` runs too); the
+//! queue holds the gate under its lock and talks to Redis without it.
 //!
 //! The rooms: here the types, the lock and the way a message goes in and
-//! out (push, next, release, admission, the view); [`cluster`] the shared
-//! state; [`health`] what the gateway says of itself (failed connections,
+//! out (push, next, release, admission, the view); [`cluster`] the
+//! gate's driver on Redis; [`health`] what the gateway says of itself (failed connections,
 //! throttling, a used-up quota); [`admin`] the operator's hand (hold, list,
 //! retry, remove) and what moves messages out whole (drain, expiry).
 
@@ -61,13 +63,14 @@ use prometheus::Histogram;
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
-use crate::cluster::{ClusterError, ClusterView, GatewayLink, Heartbeat, Reading};
+use crate::cluster::{ClusterError, ClusterView, GatewayLink};
 use crate::config::units::Period;
-use crate::shaper::AppClass;
-use crate::shaper::shared::{Ledger, NodesSeen, Proposal, SharedFeedback, SharedLimits};
+use crate::shaper::gate::{Gate, Route, Writes};
+use crate::shaper::shared::{NodesSeen, Proposal};
+use crate::shaper::store::{Heartbeat, Reading};
 use crate::shaper::{
     ClassCounts, Deferral, Due, GatewayModel, GatewayView, Lane, Projection, Release, SavedState,
-    Scheduler, WindowCounts, fingerprints,
+    Scheduler, fingerprints,
 };
 use crate::spool::{Spool, StoredMessage};
 use cluster::Shared;
@@ -485,22 +488,10 @@ impl DeliveryQueue {
         let clock = ShaperClock::new();
         let start = clock.at(clock.start);
         let mut scheduler = Scheduler::new(model(start), lanes);
-        let shared = shared.map(|(link, expected, decision_seconds)| {
-            scheduler.set_share(start, expected);
-            Shared {
-                link,
-                connected: false,
-                decided: false,
-                acquire_failures: 0,
-                hold_pending: None,
-                wait_until: None,
-                live: expected,
-                expected,
-                seen: NodesSeen::default(),
-                queued_elsewhere: ClassCounts::default(),
-                ledger: Ledger::default(),
-                decision_seconds,
-            }
+        let shared = shared.map(|(link, expected, decision_seconds)| Shared {
+            link,
+            gate: Gate::new(&mut scheduler, start, expected),
+            decision_seconds,
         });
         DeliveryQueue {
             gateway: gateway.to_string(),
@@ -753,9 +744,12 @@ impl DeliveryQueue {
         let shared_wait = state
             .shared
             .as_ref()
-            .and_then(|shared| shared.wait_until)
-            .filter(|until| *until > now);
-        let undecided = state.shared.as_ref().is_some_and(|shared| !shared.decided);
+            .and_then(|shared| shared.gate.waits_until(unix_now))
+            .map(|until| now + Duration::from_secs_f64(until - unix_now));
+        let undecided = state
+            .shared
+            .as_ref()
+            .is_some_and(|shared| !shared.gate.decided());
         let until = match state.paused_until {
             _ if state.held => None,
             // The first heartbeat's verdict wakes the workers.
@@ -806,37 +800,28 @@ impl DeliveryQueue {
         if matches!(item, Slot::Parked(_)) {
             state.parked -= 1;
         }
-        let class = state.scheduler.class(lane);
-        match state.shared.as_mut() {
-            Some(shared) if shared.connected => {
-                let link = shared.link.clone();
-                let timer = shared.decision_seconds.clone();
-                let limits = state.scheduler.shared_limits(unix_now);
-                Turn::Propose(Proposed {
-                    in_flight: InFlight {
-                        queue: self,
-                        item: Some(item),
-                        lane,
-                        waited,
-                        at: unix_now,
-                        units,
-                        counted: state.scheduler.counted(units),
-                    },
-                    proposal: Proposal {
-                        units,
-                        class,
-                        limits,
-                    },
-                    link,
-                    timer,
-                })
-            }
-            shared => {
-                if let Some(shared) = shared {
-                    shared.ledger.add(unix_now, units, class);
-                }
-                Turn::Release(self.hand_out(state, item, lane, units, waited))
-            }
+        let State {
+            shared, scheduler, ..
+        } = &mut *state;
+        let Some(shared) = shared.as_mut() else {
+            return Turn::Release(self.hand_out(state, item, lane, units, waited));
+        };
+        match shared.gate.route(scheduler, unix_now, lane, units) {
+            Route::Propose(proposal) => Turn::Propose(Proposed {
+                in_flight: InFlight {
+                    queue: self,
+                    item: Some(item),
+                    lane,
+                    waited,
+                    at: unix_now,
+                    units,
+                    counted: scheduler.counted(units),
+                },
+                proposal,
+                link: shared.link.clone(),
+                timer: shared.decision_seconds.clone(),
+            }),
+            Route::Release => Turn::Release(self.hand_out(state, item, lane, units, waited)),
         }
     }
 
@@ -896,7 +881,7 @@ impl DeliveryQueue {
         let units = state.scheduler.units(recipients);
         let mut outside = state.waiting_counts;
         if let Some(shared) = &state.shared {
-            outside = outside.plus(shared.queued_elsewhere);
+            outside = outside.plus(shared.gate.queued_elsewhere());
         }
         state
             .scheduler
@@ -949,7 +934,7 @@ impl DeliveryQueue {
         let (mut saved, reserve) = state.scheduler.snapshot(now, reserve);
         saved.held = state.held;
         if let Some(shared) = state.shared.as_ref() {
-            saved.nodes_seen = shared.seen;
+            saved.nodes_seen = shared.gate.seen();
         }
         (saved, reserve)
     }
