@@ -8,7 +8,8 @@
 //! [`smtp`] holds the protocol pieces with no I/O; [`config`] the schema;
 //! [`telemetry`] (metrics, the HTTP endpoint, logs) sits beside the flow.
 //! `service` is the one composition root above them all: it assembles the
-//! parts into a running [`Service`] and reloads it; nothing below imports it.
+//! parts into a running [`Service`] and reloads it; no part of the flow
+//! imports it (`main` and `demo`, which runs a whole service, do).
 //! This file only names the modules and what the binary, the tests and
 //! the benchmarks use from the root.
 

@@ -56,7 +56,12 @@ pub fn read_first_line(path: &Path, key: &str) -> io::Result<String> {
 /// The value of the environment variable `name`, trimmed, which must be
 /// set and not empty.
 fn read_env(name: &str, key: &str) -> io::Result<String> {
-    let value = std::env::var(name).map_err(|_| {
+    env_value(name, key, std::env::var(name).ok())
+}
+
+/// [`read_env`]'s rule for the `value` found (`None`: not set).
+fn env_value(name: &str, key: &str, value: Option<String>) -> io::Result<String> {
+    let value = value.ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
             format!("the environment variable {name} ({key}) is not set"),
@@ -144,11 +149,41 @@ mod tests {
         let missing = SecretSource::File(dir.path().join("missing"));
         let error = missing.read("x_file", "x_env").unwrap_err().to_string();
         assert!(error.starts_with("cannot read ") && error.contains("(x_file)"));
+        // A variable is trimmed too; an empty one is refused (the rule on
+        // a value found: setting variables races with other tests).
+        let padded = env_value("V", "x_env", Some(" s3cret\n".into()));
+        assert_eq!(padded.unwrap(), "s3cret");
+        let error = env_value("V", "x_env", Some("  ".into())).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the environment variable V (x_env) is empty"
+        );
         let unset = SecretSource::Env("SMTP_SHAPER_TEST_SURELY_UNSET".into());
         let error = unset.read("x_file", "x_env").unwrap_err().to_string();
         assert_eq!(
             error,
             "the environment variable SMTP_SHAPER_TEST_SURELY_UNSET (x_env) is not set"
+        );
+    }
+
+    #[test]
+    fn the_admin_token_is_its_first_line_and_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let http = |file: &Path| HttpConfig {
+            listen: None,
+            admin_token_file: Some(file.to_path_buf()),
+        };
+        std::fs::write(&file, " 0123456789abcdef \nrest\n").unwrap();
+        assert_eq!(
+            http(&file).admin_token().unwrap().as_deref(),
+            Some("0123456789abcdef")
+        );
+        std::fs::write(&file, "short\n0123456789abcdef\n").unwrap();
+        let error = http(&file).admin_token().unwrap_err().to_string();
+        assert!(
+            error.ends_with("the token must be at least 16 characters"),
+            "{error}"
         );
     }
 }

@@ -12,8 +12,9 @@
 //! Every refusal, here and in the sessions, carries its [`RefusalReason`],
 //! the label it is counted under in `smtp_shaper_rejections_total`.
 //!
-//! The rooms: this file is the listener; `connection` the socket I/O of one
-//! session and the one path every refusal is answered through; [`session`]
+//! The rooms: this file is the listener (and its own refusals, before a
+//! session begins); `connection` the socket I/O of one session and the one
+//! path every refusal in a session is answered through; [`session`]
 //! the state machine (no I/O); `acceptance` the pipeline from the end of
 //! DATA to the `250` (session rules, `checks`, spool, hand-off to the
 //! delivery queue), returning one outcome the connection writes.

@@ -5,6 +5,7 @@ use super::Gateway;
 use super::generation::Generation;
 use super::queue::{self, Attempt, Parked, Slot, Visited};
 use crate::poison::LockRecovered;
+use crate::shaper::Taken;
 use crate::spool::{StoredMessage, dead_letter_order, unix_seconds};
 use crate::telemetry::{
     AdminError, GatewayStatus, Listing, Page, PagePicker, QueuedDetail, QueuedSummary, RetryReport,
@@ -258,7 +259,12 @@ impl Generation {
 
     pub(super) fn delete(&self, id: &str) -> Result<QueuedSummary, AdminError> {
         for gateway in self.gateways.iter() {
-            if let Some((slot, lane, units)) = gateway.queue.remove(id) {
+            if let Some(Taken {
+                item: slot,
+                lane,
+                units,
+            }) = gateway.queue.remove(id)
+            {
                 let (message, attempts) = match slot {
                     Slot::Held(item) => (item.message, item.attempts),
                     Slot::Parked(parked) => match self.read_parked(&parked) {

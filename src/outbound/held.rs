@@ -24,6 +24,7 @@ use super::queue::Slot;
 use super::worker::{WorkerContext, expired, notify_sender};
 use crate::config::units::format_duration;
 use crate::poison::LockRecovered;
+use crate::shaper::Taken;
 use crate::shutdown::Shutdown;
 use crate::smtp::Reply;
 use crate::smtp::dsn::{self, Failure};
@@ -92,7 +93,12 @@ pub(super) async fn sweep(gateway: Arc<Gateway>, context: WorkerContext, mut shu
 /// Dead-letters the never-tried mail held past its lifetime.
 async fn expire(gateway: &Gateway, context: &WorkerContext) {
     let lifetime = |lane: usize| context.lifetime(gateway, lane).as_secs();
-    for (slot, lane, units) in gateway.queue.take_expired(EXPIRE_BATCH, lifetime) {
+    for Taken {
+        item: slot,
+        lane,
+        units,
+    } in gateway.queue.take_expired(EXPIRE_BATCH, lifetime)
+    {
         let item = match slot {
             Slot::Held(item) => *item,
             Slot::Parked(parked) => match gateway.queue.unpark(parked, lane, units).await {

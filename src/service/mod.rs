@@ -61,8 +61,8 @@ impl Service {
     /// What [`Service::start`] would fail on that the file alone does not
     /// show, found without starting (`check-config`): the files it loads
     /// (the certificate and key, each gateway's CA and login, the DKIM
-    /// keys, the admin token), a spool folder that is a file, and two
-    /// listeners on one address.
+    /// keys, the admin token, the Redis password), a spool folder that is a
+    /// file, and two listeners on one address.
     pub fn cannot_start(config: &Config) -> Vec<String> {
         let mut problems = Vec::new();
         if let Some(tls) = &config.server.tls
@@ -73,8 +73,12 @@ impl Service {
         if let Err(error) = Outbound::check(config) {
             problems.push(error.to_string());
         }
+        // The errors name their keys.
         if let Err(error) = config.http.admin_token() {
-            problems.push(format!("http.admin_token_file: {error}"));
+            problems.push(error.to_string());
+        }
+        if let Some(Err(error)) = config.cluster.as_ref().map(|cluster| cluster.password()) {
+            problems.push(error.to_string());
         }
         let dir = &config.spool.dir;
         if dir.exists() && !dir.is_dir() {

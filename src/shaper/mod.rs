@@ -54,7 +54,7 @@ pub use feedback::is_throttling;
 pub use limits::WindowCounts;
 pub use model::{CeilingChange, DeferReason, Deferral, GatewayModel, ModelView, Projection};
 pub use rules::{AppClass, CountUnit, Horizon, Limit, ShapingConfig, ShapingMode};
-pub use scheduler::{ClassCounts, GatewayView, Lane, Release, Scheduler};
+pub use scheduler::{ClassCounts, GatewayView, Lane, Release, Scheduler, Taken};
 pub use state::{HistorySource, SavedState};
 pub use volume::{BudgetReached, BudgetView};
 

@@ -57,6 +57,15 @@ pub enum Release<T> {
     Idle,
 }
 
+/// An item taken out of the scheduler for good (expired, deleted, moved),
+/// with the lane and units it counted there.
+#[derive(Debug)]
+pub struct Taken<T> {
+    pub item: T,
+    pub lane: usize,
+    pub units: u64,
+}
+
 /// The queue and the model's numbers together.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatewayView {
@@ -342,11 +351,7 @@ impl<T> Scheduler<T> {
     /// (given its lane), oldest first, whether to take it, skip it, or stop
     /// looking in that lane (lanes are in arrival order, so the oldest mail,
     /// the first to expire, is at their fronts).
-    pub fn take_due(
-        &mut self,
-        limit: usize,
-        due: impl Fn(usize, &T) -> Due,
-    ) -> Vec<(usize, u64, T)> {
+    pub fn take_due(&mut self, limit: usize, due: impl Fn(usize, &T) -> Due) -> Vec<Taken<T>> {
         let mut taken = Vec::new();
         for lane in 0..self.queue.lane_count() {
             let left = limit - taken.len();
@@ -355,7 +360,11 @@ impl<T> Scheduler<T> {
                 .take_from_lane(lane, left, |entry| due(lane, &entry.item))
             {
                 self.counts.remove(self.class(lane), entry.units);
-                taken.push((lane, entry.units, entry.item));
+                taken.push(Taken {
+                    item: entry.item,
+                    lane,
+                    units: entry.units,
+                });
             }
         }
         taken
@@ -363,14 +372,18 @@ impl<T> Scheduler<T> {
 
     /// Takes out the first queued item `matches` picks.
     pub fn remove(&mut self, matches: impl Fn(&T) -> bool) -> Option<T> {
-        self.take(matches).map(|(_, _, item)| item)
+        self.take(matches).map(|taken| taken.item)
     }
 
     /// As [`Scheduler::remove`], with the item's lane and units.
-    pub fn take(&mut self, matches: impl Fn(&T) -> bool) -> Option<(usize, u64, T)> {
+    pub fn take(&mut self, matches: impl Fn(&T) -> bool) -> Option<Taken<T>> {
         let (lane, entry) = self.queue.remove(|entry| matches(&entry.item))?;
         self.counts.remove(self.class(lane), entry.units);
-        Some((lane, entry.units, entry.item))
+        Some(Taken {
+            item: entry.item,
+            lane,
+            units: entry.units,
+        })
     }
 
     /// Admission for new mail in `lane` counting `units`, with envelope
@@ -582,7 +595,7 @@ mod tests {
             .chain(scheduler.take_due(100, due))
             .collect();
         let names: Vec<(usize, &str)> =
-            taken.iter().map(|(lane, _, item)| (*lane, *item)).collect();
+            taken.iter().map(|taken| (taken.lane, taken.item)).collect();
         assert_eq!(names, [(0, "a0"), (1, "b2")]);
         assert_eq!(scheduler.len(), 3);
         assert_eq!(scheduler.queued().total_units(), 3);

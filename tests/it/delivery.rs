@@ -12,11 +12,10 @@ use crate::support::{
 const BODY: &[u8] = b"Subject: outcome\r\n\r\nhello\r\n";
 const APP: &str = "app@example.com";
 
+/// The finished dead letters' contents.
 fn dead_letters(spool: &std::path::Path) -> Vec<String> {
-    let mut files: Vec<String> = std::fs::read_dir(spool.join("dead"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "eml"))
+    let mut files: Vec<String> = crate::support::dead_letters(spool)
+        .into_iter()
         .map(|path| std::fs::read_to_string(path).unwrap())
         .collect();
     files.sort();

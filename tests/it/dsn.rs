@@ -65,17 +65,7 @@ async fn dsns(h: &Harness, result: &str) -> f64 {
 }
 
 fn dead_letter_files(h: &Harness) -> usize {
-    std::fs::read_dir(h.spool.path().join("dead"))
-        .unwrap()
-        .filter(|entry| {
-            entry
-                .as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|ext| ext == "eml")
-        })
-        .count()
+    support::dead_letters(h.spool.path()).len()
 }
 
 fn reports(h: &Harness) -> Vec<support::Received> {

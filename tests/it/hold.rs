@@ -280,9 +280,14 @@ async fn mail_held_past_its_apps_expire_after_is_dead_lettered_and_reported() {
             == 1.0
     })
     .await;
-    let dead: Vec<String> = std::fs::read_dir(h.spool.path().join("dead"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+    // Counted as it is buried: wait for the letter to be whole.
+    support::eventually("the dead letter written", || {
+        !support::dead_letters(h.spool.path()).is_empty()
+    })
+    .await;
+    let dead: Vec<String> = support::dead_letters(h.spool.path())
+        .iter()
+        .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     assert!(
         dead.len() == 1 && dead[0].starts_with(&held),

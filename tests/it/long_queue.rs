@@ -154,9 +154,7 @@ async fn dead_letters_are_listed_a_page_at_a_time_oldest_first() {
         client.accepted("app@example.com", &[&to], BODY).await;
     }
     eventually("12 dead letters", || {
-        std::fs::read_dir(h.spool.path().join("dead"))
-            .map(|dir| dir.count() == 12)
-            .unwrap_or(false)
+        crate::support::dead_letters(h.spool.path()).len() == 12
     })
     .await;
     let whole = fetch(http, "GET", "/admin/dead?limit=100", None).await.body;

@@ -100,8 +100,8 @@ impl DeliveryQueue {
     pub fn drain(&self) -> Vec<Drained> {
         let mut state = self.lock();
         let mut items = Vec::with_capacity(state.scheduler.len() + state.waiting.len());
-        while let Some((lane, units, slot)) = state.scheduler.take(|_| true) {
-            items.push(match slot {
+        while let Some(Taken { item, lane, units }) = state.scheduler.take(|_| true) {
+            items.push(match item {
                 Slot::Held(item) => Drained::Held(item, None),
                 Slot::Parked(parked) => Drained::Parked {
                     parked,
@@ -125,11 +125,7 @@ impl DeliveryQueue {
     /// `limit` (see `held`), with their lanes and units. Messages tried
     /// before are not among them: their next attempt settles them with the
     /// gateway's last word.
-    pub fn take_expired(
-        &self,
-        limit: usize,
-        lifetime: impl Fn(usize) -> u64,
-    ) -> Vec<(Slot, usize, u64)> {
+    pub fn take_expired(&self, limit: usize, lifetime: impl Fn(usize) -> u64) -> Vec<Taken<Slot>> {
         let mut state = self.lock();
         let now = self.now().max(0.0) as u64;
         let taken = state.scheduler.take_due(limit, |lane, slot: &Slot| {
@@ -141,13 +137,10 @@ impl DeliveryQueue {
                 _ => Due::Take,
             }
         });
-        for (_, _, slot) in &taken {
-            state.left_scheduler(slot);
+        for taken in &taken {
+            state.left_scheduler(&taken.item);
         }
         taken
-            .into_iter()
-            .map(|(lane, units, slot)| (slot, lane, units))
-            .collect()
     }
 
     /// The messages never tried, still waiting for the shaper, that arrived
@@ -184,12 +177,12 @@ impl DeliveryQueue {
 
     /// Takes message `id` out of the queue (an operator deleting it), with
     /// its lane and units.
-    pub fn remove(&self, id: &str) -> Option<(Slot, usize, u64)> {
+    pub fn remove(&self, id: &str) -> Option<Taken<Slot>> {
         let mut state = self.lock();
         let item = match state.scheduler.take(|slot| slot.is(id)) {
-            Some((lane, units, slot)) => {
-                state.left_scheduler(&slot);
-                (slot, lane, units)
+            Some(taken) => {
+                state.left_scheduler(&taken.item);
+                taken
             }
             None => {
                 let waiting = std::mem::take(&mut state.waiting);
@@ -203,7 +196,11 @@ impl DeliveryQueue {
                 state.waiting_counts.remove(class, units);
                 let lane = item.lane;
                 state.queued_bytes -= item.message.location.body_len;
-                (Slot::Held(Box::new(item)), lane, units)
+                Taken {
+                    item: Slot::Held(Box::new(item)),
+                    lane,
+                    units,
+                }
             }
         };
         Some(item)

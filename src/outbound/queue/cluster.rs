@@ -30,7 +30,7 @@ pub(super) struct Depth {
 impl DeliveryQueue {
     /// Asks the shared state for a send of `proposed`: the message when
     /// granted, `None` when it went back to its lane.
-    pub(super) async fn propose(&self, proposed: Proposed<'_>) -> Option<(Slot, usize, u64, bool)> {
+    pub(super) async fn propose(&self, proposed: Proposed<'_>) -> Option<Released> {
         let Proposed {
             in_flight,
             proposal,

@@ -37,8 +37,8 @@ pub enum GatewayEvent<'a> {
     QuotaExhausted { reply: &'a dyn Display },
 }
 
-/// What [`DeliveryQueue::heard`] did about an event (the log says it; tests
-/// read it).
+/// What [`DeliveryQueue::heard`] did about an event: the log says it, and
+/// tests read the pause a failed connection began (see `Heeded::pause`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Heeded {
     /// Nothing beyond the queue's own state (or nothing at all).
@@ -156,6 +156,7 @@ impl DeliveryQueue {
         Some(pause)
     }
 
+    /// The gateway is up: a pause after failed connections ends.
     fn connected(&self) {
         let mut state = self.lock();
         state.probing = false;
@@ -168,6 +169,9 @@ impl DeliveryQueue {
         }
     }
 
+    /// The probe said nothing (see [`GatewayEvent::ProbeInconclusive`];
+    /// also a parked probe whose record cannot be read back): the next
+    /// message probes instead.
     pub(super) fn probe_inconclusive(&self) {
         self.lock().probing = false;
         self.wake.notify_one();

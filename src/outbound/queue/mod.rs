@@ -41,14 +41,19 @@
 //! queue holds the gate under its lock and talks to Redis without it.
 //!
 //! The rooms: here the types, the lock and the way a message goes in and
-//! out (push, next, release, admission, the view); [`cluster`] the
-//! gate's driver on Redis; [`health`] what the gateway says of itself (failed connections,
-//! throttling, a used-up quota); [`admin`] the operator's hand (hold, list,
-//! retry, remove) and what moves messages out whole (drain, expiry).
+//! out (push, next, release, admission, the view); [`retry`] messages
+//! waiting for their retry time; [`parking`] the envelopes a long queue
+//! keeps only as references to the spool; [`health`] what the gateway says
+//! of itself (failed connections and the probe, throttling, a used-up
+//! quota), as events; [`cluster`] the cluster gate's driver on Redis;
+//! [`admin`] the operator's hand (hold, list, retry, remove) and what moves
+//! messages out whole (drain, expiry).
 
 mod admin;
 mod cluster;
 mod health;
+mod parking;
+mod retry;
 #[cfg(test)]
 mod tests;
 
@@ -70,11 +75,13 @@ use crate::shaper::shared::{NodesSeen, Proposal};
 use crate::shaper::store::{Heartbeat, Reading};
 use crate::shaper::{
     ClassCounts, Deferral, Due, GatewayModel, GatewayView, Lane, Projection, Release, SavedState,
-    Scheduler, fingerprints,
+    Scheduler, Taken, fingerprints,
 };
 use crate::spool::{Spool, StoredMessage};
 use cluster::Shared;
 pub use health::GatewayEvent;
+pub use parking::{Parked, Parking};
+use retry::Waiting;
 
 /// Most body bytes one gateway's queue keeps in memory for hand-off.
 pub const HOT_BODY_BYTES: usize = 8 << 20;
@@ -101,69 +108,6 @@ pub struct Queued {
 pub enum Slot {
     Held(Box<Queued>),
     Parked(Parked),
-}
-
-/// A message kept only as a reference to its spool record: one never tried,
-/// every recipient pending, so the record alone says all the rest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Parked {
-    /// The queue id's 16 hex digits (`spool::new_queue_id`).
-    id: u64,
-    segment: u32,
-    offset: u32,
-    received_at: u32,
-    body_len: u32,
-}
-
-impl Parked {
-    /// The parked form of `item`, when it has one: never tried, every
-    /// recipient pending, an id and a record position that fit.
-    fn of(item: &Queued) -> Option<Parked> {
-        let message = &item.message;
-        if item.attempts > 0
-            || !item.history.is_empty()
-            || message.pending.len() != message.envelope.recipients.len()
-        {
-            return None;
-        }
-        let id = Parked::id_value(&message.id)?;
-        Some(Parked {
-            id,
-            segment: message.location.segment.try_into().ok()?,
-            offset: message.location.offset.try_into().ok()?,
-            received_at: message.envelope.received_at.try_into().ok()?,
-            body_len: message.location.body_len.try_into().ok()?,
-        })
-    }
-
-    fn id_text(id: u64) -> String {
-        format!("{id:016X}")
-    }
-
-    /// The value of a queue id that [`Parked::id_text`] gives back as it
-    /// is: 16 upper-case hex digits (what `spool::new_queue_id` makes).
-    fn id_value(id: &str) -> Option<u64> {
-        let canonical = id.len() == 16
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b));
-        canonical
-            .then(|| u64::from_str_radix(id, 16).ok())
-            .flatten()
-    }
-
-    /// The queue id.
-    pub fn id(&self) -> String {
-        Parked::id_text(self.id)
-    }
-
-    pub fn segment(&self) -> u64 {
-        u64::from(self.segment)
-    }
-
-    pub fn offset(&self) -> u64 {
-        u64::from(self.offset)
-    }
 }
 
 /// A queued message as [`DeliveryQueue::visit`] shows it.
@@ -227,13 +171,6 @@ impl Slot {
     }
 }
 
-/// Where parked messages are read back from, and how many envelopes a
-/// gateway's queue keeps in memory before it parks new ones.
-pub struct Parking {
-    pub spool: Spool,
-    pub active_limit: usize,
-}
-
 /// One delivery attempt of a message: when (Unix seconds), and what the
 /// gateway said; `queue show` lists them.
 #[derive(Debug, Clone)]
@@ -277,33 +214,6 @@ pub enum Place {
     /// Not before this time (Unix seconds): its own retry time or the end
     /// of the gateway's pause, whichever is later.
     Retry(f64),
-}
-
-struct Waiting {
-    due: Instant,
-    sequence: u64,
-    item: Queued,
-}
-
-impl PartialEq for Waiting {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Waiting {}
-
-impl PartialOrd for Waiting {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Waiting {
-    /// Reversed, so the max-heap yields the earliest due time first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.due, other.sequence).cmp(&(self.due, self.sequence))
-    }
 }
 
 /// Maps tokio's clock onto Unix seconds for the shaper.
@@ -366,10 +276,20 @@ struct InFlight<'q> {
     counted: u64,
 }
 
+/// A message the shaper let go, as the scheduler held it, for a worker.
+struct Released {
+    slot: Slot,
+    lane: usize,
+    units: u64,
+    /// The probe of a paused gateway: its worker reports how the
+    /// connection went.
+    probe: bool,
+}
+
 /// What a worker waiting for a message does next.
 enum Turn<'q> {
     /// Takes this one.
-    Release((Slot, usize, u64, bool)),
+    Release(Released),
     /// Asks the shared state for this one first.
     Propose(Proposed<'q>),
     /// Waits for a wake-up, or until then.
@@ -417,19 +337,6 @@ impl State {
         self.queued_bytes -= slot.body_len();
         if matches!(slot, Slot::Parked(_)) {
             self.parked -= 1;
-        }
-    }
-
-    fn promote_due(&mut self, now: Instant, unix_now: f64) {
-        while self.waiting.peek().is_some_and(|first| first.due <= now) {
-            if let Some(waiting) = self.waiting.pop() {
-                let units = self.scheduler.units(waiting.item.message.pending.len());
-                let class = self.scheduler.class(waiting.item.lane);
-                self.waiting_counts.remove(class, units);
-                let lane = waiting.item.lane;
-                self.scheduler
-                    .push(unix_now, lane, units, Slot::Held(Box::new(waiting.item)));
-            }
         }
     }
 }
@@ -599,67 +506,16 @@ impl DeliveryQueue {
         state.scheduler.push(now, lane, units, slot);
     }
 
-    /// `item` held whole, or parked when the queue holds its
-    /// `active_limit` already (see the module notes).
-    fn slot(&self, state: &mut State, item: Queued) -> Slot {
-        let held = state.scheduler.len() - state.parked;
-        let parked = self
-            .parking
-            .as_ref()
-            .filter(|parking| held >= parking.active_limit)
-            .and_then(|_| Parked::of(&item));
-        match parked {
-            Some(parked) => {
-                state.hot_bytes -= item.body.as_ref().map_or(0, Vec::len);
-                state.parked += 1;
-                Slot::Parked(parked)
-            }
-            None => Slot::Held(Box::new(item)),
-        }
-    }
-
-    /// Puts a parked message the scheduler released back at the end of its
-    /// `lane` (its record could not be read just now).
-    fn park_again(&self, parked: Parked, lane: usize, units: u64) {
-        let mut state = self.lock();
-        let now = self.now();
-        state.queued_bytes += u64::from(parked.body_len);
-        state.parked += 1;
-        state.scheduler.push(now, lane, units, Slot::Parked(parked));
-    }
-
-    /// Pushes parked messages moved from another queue (a reload), each in
-    /// its lane with its units.
-    pub fn push_parked(&self, parked: Parked, lane: usize, units: u64) {
-        self.park_again(parked, lane, units);
-        self.wake.notify_one();
-    }
-
-    /// Holds a message back until `due` (without its body).
-    pub fn retry_at(&self, mut item: Queued, due: Instant) {
-        item.body = None;
-        item.probe = false;
-        let mut state = self.lock();
-        state.queued_bytes += item.message.location.body_len;
-        state.sequence += 1;
-        let class = state.scheduler.class(item.lane);
-        let units = state.scheduler.units(item.message.pending.len());
-        state.waiting_counts.add(class, units);
-        let sequence = state.sequence;
-        state.waiting.push(Waiting {
-            due,
-            sequence,
-            item,
-        });
-        drop(state);
-        self.wake.notify_one();
-    }
-
     /// Waits for the next message the shaper lets go; a parked one is read
     /// back from the spool first.
     pub async fn next(&self) -> Queued {
         loop {
-            let (slot, lane, units, probe) = self.release().await;
+            let Released {
+                slot,
+                lane,
+                units,
+                probe,
+            } = self.release().await;
             let parked = match slot {
                 Slot::Held(mut item) => {
                     item.probe = probe;
@@ -678,36 +534,8 @@ impl DeliveryQueue {
         }
     }
 
-    /// A parked message taken out of the scheduler (its turn came, or it
-    /// expired), read back from the spool with its body. A damaged record
-    /// cannot be delivered (recovery skips it too); one that cannot be
-    /// read now goes back to the end of its lane. Either way, logged.
-    pub async fn unpark(&self, parked: Parked, lane: usize, units: u64) -> Option<Queued> {
-        let Some(parking) = &self.parking else {
-            unreachable!("parked only with a spool to read back from");
-        };
-        match parking
-            .spool
-            .read_message(parked.segment(), parked.offset())
-            .await
-        {
-            Ok((message, body)) => Some(Queued::new(message, lane, Some(body))),
-            Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
-                tracing::error!(queue_id = %parked.id(), gateway = %self.gateway, %error, "a queued message's spool record is damaged; it cannot be delivered");
-                None
-            }
-            Err(error) => {
-                tracing::error!(queue_id = %parked.id(), gateway = %self.gateway, %error, "cannot read a queued message back from the spool; it goes to the end of its lane");
-                self.park_again(parked, lane, units);
-                None
-            }
-        }
-    }
-
-    /// Waits for the next message the shaper lets go, as the scheduler
-    /// holds it, with its lane and units and whether it is the probe of a
-    /// paused gateway.
-    async fn release(&self) -> (Slot, usize, u64, bool) {
+    /// Waits for the next message the shaper lets go.
+    async fn release(&self) -> Released {
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
@@ -834,7 +662,7 @@ impl DeliveryQueue {
         lane: usize,
         units: u64,
         waited: f64,
-    ) -> (Slot, usize, u64, bool) {
+    ) -> Released {
         state.hot_bytes -= item.hot_bytes();
         state.queued_bytes -= item.body_len();
         let probe = state.connect_failures > 0;
@@ -852,7 +680,12 @@ impl DeliveryQueue {
                 "released by the shaper"
             );
         }
-        (item, lane, units, probe)
+        Released {
+            slot: item,
+            lane,
+            units,
+            probe,
+        }
     }
 
     /// The shaper's time now (Unix seconds on the queue's clock).

@@ -303,7 +303,11 @@ async fn parked_messages_are_visited_removed_and_moved_as_they_are() {
     seen.sort();
     expected.sort();
     assert_eq!(seen, expected);
-    let (removed, lane, _) = queue.remove(&ids[3]).unwrap();
+    let Taken {
+        item: removed,
+        lane,
+        ..
+    } = queue.remove(&ids[3]).unwrap();
     assert!(matches!(removed, Slot::Parked(parked) if parked.id() == ids[3]));
     assert_eq!(lane, items[3].lane);
     assert_eq!(queue.parked(), 3);

@@ -65,6 +65,21 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// The finished dead letters in `spool`'s `dead/` (each written as a
+/// `.tmp` and renamed when complete: one still being written is not
+/// listed), sorted by name; none when the folder does not exist yet.
+pub fn dead_letters(spool: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(dir) = std::fs::read_dir(spool.join("dead")) else {
+        return Vec::new();
+    };
+    let mut letters: Vec<std::path::PathBuf> = dir
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "eml"))
+        .collect();
+    letters.sort();
+    letters
+}
+
 /// A loopback port nothing listens on (bound, then released).
 pub fn free_address() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
