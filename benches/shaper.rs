@@ -156,7 +156,7 @@ fn push_and_release(shaping: &str, items: &[StoredMessage]) -> (f64, u64) {
             Release::Wait(seconds) => now += seconds,
             Release::Save => {
                 let (_, reserve) = scheduler.snapshot(now, true);
-                scheduler.saved(reserve);
+                scheduler.model_mut().saved(reserve);
             }
             Release::Idle => unreachable!("never empty here"),
         }

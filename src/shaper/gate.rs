@@ -107,7 +107,7 @@ impl Gate {
     /// A node expecting `expected` nodes, undecided: its `scheduler` runs
     /// on that share until the first heartbeat's verdict.
     pub fn new<T>(scheduler: &mut Scheduler<T>, now: f64, expected: u64) -> Gate {
-        scheduler.set_share(now, expected);
+        scheduler.model_mut().set_share(now, expected);
         Gate {
             connected: false,
             decided: false,
@@ -195,7 +195,7 @@ impl Gate {
             Route::Propose(Proposal {
                 units,
                 class,
-                limits: scheduler.shared_limits(now),
+                limits: scheduler.model_mut().shared_limits(now),
             })
         } else {
             self.ledger.add(now, units, class);
@@ -223,7 +223,7 @@ impl Gate {
         // Strictly later, even where the wait vanishes in rounding.
         let until = (now + wait).max(now.next_up());
         if class == AppClass::Bulk {
-            scheduler.hold_bulk(until);
+            scheduler.model_mut().hold_bulk(until);
             None
         } else {
             self.wait_until = Some(until);
@@ -255,7 +255,7 @@ impl Gate {
         self.connected = false;
         self.decided = true;
         self.wait_until = None;
-        scheduler.set_share(now, self.share_of(now));
+        scheduler.model_mut().set_share(now, self.share_of(now));
         news
     }
 
@@ -271,16 +271,18 @@ impl Gate {
         rebuild: bool,
         held: bool,
     ) -> Writes {
-        scheduler.learn_busiest(now, beat.busiest_elsewhere);
+        scheduler
+            .model_mut()
+            .learn_busiest(now, beat.busiest_elsewhere);
         let rebuild = rebuild.then(|| {
             let view = scheduler.view(now).model;
             let feedback = SharedFeedback {
                 penalty: view.penalty,
                 pause_left: view.paused_for,
             };
-            (scheduler.window_counts(now), feedback, held)
+            (scheduler.model_mut().window_counts(now), feedback, held)
         });
-        let limits = scheduler.shared_limits(now);
+        let limits = scheduler.model_mut().shared_limits(now);
         self.live = beat.live;
         self.seen.observe(beat.live, now);
         self.queued_elsewhere = beat.queued_elsewhere;
@@ -310,7 +312,7 @@ impl Gate {
         }
         self.connected = true;
         self.decided = true;
-        scheduler.set_share(now, 1);
+        scheduler.model_mut().set_share(now, 1);
         true
     }
 

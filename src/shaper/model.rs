@@ -254,6 +254,17 @@ impl GatewayModel {
         &self.config
     }
 
+    /// The backoff settings the shared state applies when this node hears
+    /// throttling: (backoff_factor, backoff_pause and backoff_recovery in
+    /// seconds).
+    pub fn backoff(&self) -> (f64, f64, f64) {
+        (
+            self.config.backoff_factor,
+            self.config.backoff_pause.as_secs_f64(),
+            self.config.backoff_recovery.as_secs_f64(),
+        )
+    }
+
     /// A gateway with no history: the baseline is `initial_rate`.
     pub fn new(config: &ShapingConfig, now: f64) -> GatewayModel {
         let baseline = Baseline {

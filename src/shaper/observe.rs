@@ -76,7 +76,7 @@ impl Observer {
     pub fn arrived(&mut self, now: f64, lane: usize, recipients: usize) -> Vec<Observed> {
         let mut seen = Vec::new();
         self.catch_up(now, &mut seen);
-        let units = self.shadow.units(recipients);
+        let units = self.shadow.model().units(recipients);
         match self
             .shadow
             .admit(now, lane, units, ClassCounts::default(), 0)
@@ -154,7 +154,7 @@ impl Observer {
                     // The shadow's counts are never saved: nothing to
                     // reserve against.
                     let (_, reserve) = self.shadow.snapshot(self.clock, true);
-                    self.shadow.saved(reserve);
+                    self.shadow.model_mut().saved(reserve);
                 }
                 Release::Idle => break,
             }

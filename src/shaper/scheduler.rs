@@ -10,11 +10,8 @@
 //! holds the transactional lanes, which keep their round robin.
 
 use super::fair::{Due, FairQueue};
-use super::limits::WindowCounts;
-use super::model::{CeilingChange, Decision, Deferral, GatewayModel, ModelView, Offer, Projection};
-use super::shared::{Elsewhere, SharedFeedback, SharedLimits};
+use super::model::{Decision, Deferral, GatewayModel, ModelView, Offer, Projection};
 use super::state::SavedState;
-use super::volume::BudgetReached;
 use crate::shaper::rules::{AppClass, HELD_SHARE_OF_LIFETIME};
 use std::time::Duration;
 
@@ -149,6 +146,17 @@ impl<T> Scheduler<T> {
         }
     }
 
+    /// The gateway's shaping model, which the queue in front of it feeds
+    /// and asks (the scheduler only adds the lanes and their order).
+    pub fn model(&self) -> &GatewayModel {
+        &self.model
+    }
+
+    /// See [`Scheduler::model`].
+    pub fn model_mut(&mut self) -> &mut GatewayModel {
+        &mut self.model
+    }
+
     pub fn len(&self) -> usize {
         self.queue.len()
     }
@@ -179,12 +187,6 @@ impl<T> Scheduler<T> {
 
     fn lane(&self, lane: usize) -> &Lane {
         &self.lanes[lane.min(self.lanes.len() - 1)]
-    }
-
-    /// Units a message with `recipients` recipients counts against the caps
-    /// and budgets.
-    pub fn units(&self, recipients: usize) -> u64 {
-        self.model.units(recipients)
     }
 
     /// Messages and units queued, per class.
@@ -248,13 +250,6 @@ impl<T> Scheduler<T> {
         }
     }
 
-    /// What a send of `units` counts in the model now (see
-    /// [`GatewayModel::counted`]): keep it with a released item, so
-    /// [`Scheduler::put_back`] takes back exactly that.
-    pub fn counted(&self, units: u64) -> u64 {
-        self.model.counted(units)
-    }
-
     /// Puts back an item [`Scheduler::next`] released at `at` (after
     /// `waited` seconds in the queue) that could not go after all (the
     /// shared state refused it): first in its lane again, and taken back
@@ -278,58 +273,6 @@ impl<T> Scheduler<T> {
                 item,
             },
         );
-    }
-
-    /// See [`GatewayModel::hold_bulk`].
-    pub fn hold_bulk(&mut self, until: f64) {
-        self.model.hold_bulk(until);
-    }
-
-    /// See [`GatewayModel::set_share`].
-    pub fn set_share(&mut self, now: f64, nodes: u64) {
-        self.model.set_share(now, nodes);
-    }
-
-    /// See [`GatewayModel::sent_elsewhere`].
-    pub fn sent_elsewhere(&mut self, now: f64, sent: &Elsewhere) {
-        self.model.sent_elsewhere(now, sent);
-    }
-
-    /// See [`GatewayModel::shared_feedback`].
-    pub fn shared_feedback(&mut self, now: f64, feedback: &SharedFeedback) {
-        self.model.shared_feedback(now, feedback);
-    }
-
-    /// See [`GatewayModel::busiest`].
-    pub fn busiest(&mut self, now: f64) -> [Option<u64>; 2] {
-        self.model.busiest(now)
-    }
-
-    /// See [`GatewayModel::learn_busiest`].
-    pub fn learn_busiest(&mut self, now: f64, elsewhere: [u64; 2]) {
-        self.model.learn_busiest(now, elsewhere);
-    }
-
-    /// See [`GatewayModel::shared_limits`].
-    pub fn shared_limits(&mut self, now: f64) -> SharedLimits {
-        self.model.shared_limits(now)
-    }
-
-    /// See [`GatewayModel::window_counts`].
-    pub fn window_counts(&mut self, now: f64) -> WindowCounts {
-        self.model.window_counts(now)
-    }
-
-    /// The backoff settings the shared state applies when this node hears
-    /// throttling: (backoff_factor, backoff_pause and backoff_recovery in
-    /// seconds).
-    pub fn backoff(&self) -> (f64, f64, f64) {
-        let config = self.model.config();
-        (
-            config.backoff_factor,
-            config.backoff_pause.as_secs_f64(),
-            config.backoff_recovery.as_secs_f64(),
-        )
     }
 
     /// Every queued item.
@@ -419,73 +362,12 @@ impl<T> Scheduler<T> {
         self.model.admit(now, &offer)
     }
 
-    /// A message was accepted (demand); see [`GatewayModel::accepted`].
-    pub fn accepted<I: IntoIterator<Item = u64>>(
-        &mut self,
-        now: f64,
-        fingerprints: impl FnOnce() -> I,
-    ) {
-        self.model.accepted(now, fingerprints);
-    }
-
-    /// The gateway signalled throttling (see [`GatewayModel::throttled`]);
-    /// true for a cut.
-    pub fn throttled(&mut self, now: f64) -> bool {
-        self.model.throttled(now)
-    }
-
-    /// See [`GatewayModel::gateway_accepted`].
-    pub fn gateway_accepted(&mut self, now: f64) {
-        self.model.gateway_accepted(now);
-    }
-
-    /// The gateway's quota is used up; returns the hold in seconds.
-    pub fn quota_exhausted(&mut self, now: f64) -> f64 {
-        self.model.quota_exhausted(now)
-    }
-
-    /// See [`GatewayModel::observing`].
-    pub fn observing(&self) -> bool {
-        self.model.observing()
-    }
-
-    /// See [`GatewayModel::pause_left`].
-    pub fn pause_left(&self, now: f64) -> f64 {
-        self.model.pause_left(now)
-    }
-
-    /// See [`GatewayModel::end_pause`].
-    pub fn end_pause(&mut self, now: f64) -> f64 {
-        self.model.end_pause(now)
-    }
-
-    /// The rate the token bucket enforces now (messages per second; see
-    /// [`GatewayModel::enforced_rate`]).
-    pub fn enforced_rate(&self) -> f64 {
-        self.model.enforced_rate()
-    }
-
-    /// Ceiling changes since the last call, for the log.
-    pub fn take_changes(&mut self) -> Vec<CeilingChange> {
-        self.model.take_changes()
-    }
-
-    /// Volume budgets that became full since the last call, for the log.
-    pub fn take_budget_events(&mut self) -> Vec<BudgetReached> {
-        self.model.take_budget_events()
-    }
-
     /// The state to save at `now` and the reserve it counts ahead (none
     /// without `reserve`: at shutdown the counts are exact); call
     /// [`Scheduler::saved`] with that reserve once it is on disk.
     pub fn snapshot(&mut self, now: f64, reserve: bool) -> (SavedState, u64) {
         let reserve = if reserve { self.model.reserve() } else { 0 };
         (self.model.snapshot(now, reserve), reserve)
-    }
-
-    /// The snapshot taken with `reserve` is on disk.
-    pub fn saved(&mut self, reserve: u64) {
-        self.model.saved(reserve);
     }
 
     /// The numbers of the model and the queue at `now`.
@@ -737,7 +619,7 @@ mod tests {
                     Release::Send { item, waited, .. } => sent.push((item, waited)),
                     Release::Save => {
                         let (_, reserve) = scheduler.snapshot(now, true);
-                        scheduler.saved(reserve);
+                        scheduler.model_mut().saved(reserve);
                     }
                     Release::Wait(_) | Release::Idle => break,
                 }
@@ -776,7 +658,7 @@ mod tests {
             match scheduler.next(now) {
                 Release::Save => {
                     let (_, reserve) = scheduler.snapshot(now, true);
-                    scheduler.saved(reserve);
+                    scheduler.model_mut().saved(reserve);
                 }
                 other => return other,
             }
@@ -824,9 +706,9 @@ mod tests {
             panic!("a release");
         };
         assert_eq!(item, "news-1");
-        let counted = scheduler.counted(1);
+        let counted = scheduler.model().counted(1);
         scheduler.put_back(10.0, lane, waited, (1, counted), item);
-        scheduler.hold_bulk(40.0);
+        scheduler.model_mut().hold_bulk(40.0);
         let Release::Send { item, .. } = scheduler.next(10.0) else {
             panic!("the reset goes");
         };

@@ -208,7 +208,7 @@ impl Node {
     fn absorb(&mut self, now: f64, others: Elsewhere) {
         let sent = others.since(&self.seen);
         self.seen = others;
-        self.scheduler.sent_elsewhere(now, &sent);
+        self.scheduler.model_mut().sent_elsewhere(now, &sent);
     }
 
     /// The next message this node sends at `now` (with its lane and how
@@ -225,12 +225,12 @@ impl Node {
                     waited, lane, item, ..
                 } => {
                     if let Some((gate, store)) = &mut self.shared {
-                        let units = self.scheduler.units(item.recipients as usize);
+                        let units = self.scheduler.model().units(item.recipients as usize);
                         let scheduler = &mut self.scheduler;
                         if let Route::Propose(proposal) = gate.route(scheduler, now, lane, units) {
                             let verdict = store.acquire(now, &proposal);
                             if !verdict.granted {
-                                let counted = scheduler.counted(units);
+                                let counted = scheduler.model().counted(units);
                                 scheduler.put_back(now, lane, waited, (units, counted), item);
                                 match gate.refused(scheduler, now, proposal.class, verdict.wait) {
                                     // Bulk waits; the transactional lanes go on.
@@ -253,7 +253,7 @@ impl Node {
                 }
                 Release::Save => {
                     let (_, reserve) = self.scheduler.snapshot(now, true);
-                    self.scheduler.saved(reserve);
+                    self.scheduler.model_mut().saved(reserve);
                 }
                 Release::Idle => return None,
             }
@@ -534,13 +534,13 @@ impl<'t> Replay<'t> {
                 sum.plus(node.scheduler.queued())
             });
         let node = &mut self.nodes[offer.node];
-        let units = node.scheduler.units(offer.recipients as usize);
+        let units = node.scheduler.model().units(offer.recipients as usize);
         match node
             .scheduler
             .admit(now, offer.lane, units, elsewhere, offer.id)
         {
             Ok(_) => {
-                node.scheduler.accepted(now, || [offer.id]);
+                node.scheduler.model_mut().accepted(now, || [offer.id]);
                 node.scheduler.push(now, offer.lane, units, offer);
                 node.release_at = now;
             }
@@ -591,7 +591,8 @@ impl<'t> Replay<'t> {
                 today.sent += 1;
                 today.delays.push(waited);
                 self.sample.sent += 1;
-                self.sends.push((now, node.scheduler.enforced_rate()));
+                self.sends
+                    .push((now, node.scheduler.model().enforced_rate()));
             }
         }
     }
@@ -684,7 +685,7 @@ impl<'t> Replay<'t> {
             .map(|window| peak(&self.sends, window, report.burst))
             .collect();
         let nodes = &self.nodes;
-        let units = |recipients: u32| nodes[0].scheduler.units(recipients as usize);
+        let units = |recipients: u32| nodes[0].scheduler.model().units(recipients as usize);
         let history = history_sends(self.history.as_ref(), shaping);
         judge_as_receiver(report, shaping, trace, (self.created, &history), units);
         self.report

@@ -192,7 +192,7 @@ impl DeliveryQueue {
                 state.waiting = kept.into_iter().collect();
                 let item = found.into_iter().next()?.item;
                 let class = state.scheduler.class(item.lane);
-                let units = state.scheduler.units(item.message.pending.len());
+                let units = state.scheduler.model().units(item.message.pending.len());
                 state.waiting_counts.remove(class, units);
                 let lane = item.lane;
                 state.queued_bytes -= item.message.location.body_len;

@@ -94,8 +94,14 @@ impl DeliveryQueue {
     /// the others sent, an operator's hold on any node.
     pub(super) fn absorb(&self, state: &mut State, reading: &Reading) {
         let now = self.now();
-        state.scheduler.shared_feedback(now, &reading.feedback);
-        state.scheduler.sent_elsewhere(now, &reading.elsewhere);
+        state
+            .scheduler
+            .model_mut()
+            .shared_feedback(now, &reading.feedback);
+        state
+            .scheduler
+            .model_mut()
+            .sent_elsewhere(now, &reading.elsewhere);
         let pending = state
             .shared
             .as_ref()
@@ -158,7 +164,11 @@ impl DeliveryQueue {
     pub(super) fn depth(&self) -> Option<(Arc<GatewayLink>, Depth)> {
         let mut state = self.lock();
         let now = self.now();
-        let busiest = state.scheduler.busiest(now).map(|units| units.unwrap_or(0));
+        let busiest = state
+            .scheduler
+            .model_mut()
+            .busiest(now)
+            .map(|units| units.unwrap_or(0));
         let shared = state.shared.as_ref()?;
         let depth = Depth {
             queued: state.scheduler.queued().plus(state.waiting_counts),

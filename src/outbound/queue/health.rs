@@ -110,7 +110,7 @@ impl DeliveryQueue {
             GatewayEvent::Accepted => {
                 let mut state = self.lock();
                 let now = self.now();
-                state.scheduler.gateway_accepted(now);
+                state.scheduler.model_mut().gateway_accepted(now);
                 Heeded::Noted
             }
             GatewayEvent::Throttled { reply } => {
@@ -182,11 +182,11 @@ impl DeliveryQueue {
     fn throttled(&self, reply: &str) -> bool {
         let mut state = self.lock();
         let now = self.now();
-        let cut = state.scheduler.throttled(now);
+        let cut = state.scheduler.model_mut().throttled(now);
         self.log_changes(&mut state, Some(reply));
         // Every node pauses: the others hear it at their next decision.
         if cut {
-            let backoff = state.scheduler.backoff();
+            let backoff = state.scheduler.model().backoff();
             self.tell_other_nodes(&state, "about the throttling", move |link| async move {
                 link.throttled(backoff).await
             });
@@ -198,7 +198,7 @@ impl DeliveryQueue {
     fn quota_exhausted(&self) -> Duration {
         let mut state = self.lock();
         let now = self.now();
-        let hold = state.scheduler.quota_exhausted(now);
+        let hold = state.scheduler.model_mut().quota_exhausted(now);
         // The quota is the gateway's: every node rests.
         self.tell_other_nodes(
             &state,
@@ -212,7 +212,7 @@ impl DeliveryQueue {
     /// `retry` does not end it, [`DeliveryQueue::end_pause`] does.
     pub fn pause_left(&self) -> f64 {
         let state = self.lock();
-        state.scheduler.pause_left(self.now())
+        state.scheduler.model().pause_left(self.now())
     }
 
     /// An operator ends the gateway's throttling or quota pause on purpose
@@ -220,7 +220,7 @@ impl DeliveryQueue {
     pub fn end_pause(&self) -> f64 {
         let mut state = self.lock();
         let now = self.now();
-        let left = state.scheduler.end_pause(now);
+        let left = state.scheduler.model_mut().end_pause(now);
         self.tell_other_nodes(&state, "to end the pause", |link| async move {
             link.end_pause().await
         });

@@ -436,7 +436,7 @@ impl DeliveryQueue {
     /// Logs the ceiling changes the model made, with their cause, and the
     /// volume budgets that became full (once per episode).
     fn log_changes(&self, state: &mut State, detail: Option<&str>) {
-        for reached in state.scheduler.take_budget_events() {
+        for reached in state.scheduler.model_mut().take_budget_events() {
             tracing::info!(
                 gateway = %self.gateway,
                 window = reached.horizon.label(),
@@ -446,7 +446,7 @@ impl DeliveryQueue {
             );
         }
         let period = self.rate_period;
-        for change in state.scheduler.take_changes() {
+        for change in state.scheduler.model_mut().take_changes() {
             tracing::info!(
                 gateway = %self.gateway,
                 from = %period.format(change.from),
@@ -492,7 +492,7 @@ impl DeliveryQueue {
         }
         if arrival {
             let envelope = &item.message.envelope;
-            state.scheduler.accepted(now, || {
+            state.scheduler.model_mut().accepted(now, || {
                 fingerprints(
                     &envelope.sender,
                     envelope.recipients.iter().map(String::as_str),
@@ -500,7 +500,7 @@ impl DeliveryQueue {
             });
         }
         state.queued_bytes += item.message.location.body_len;
-        let units = state.scheduler.units(item.message.pending.len());
+        let units = state.scheduler.model().units(item.message.pending.len());
         let lane = item.lane;
         let slot = self.slot(&mut state, item);
         state.scheduler.push(now, lane, units, slot);
@@ -643,7 +643,7 @@ impl DeliveryQueue {
                     waited,
                     at: unix_now,
                     units,
-                    counted: scheduler.counted(units),
+                    counted: scheduler.model().counted(units),
                 },
                 proposal,
                 link: shared.link.clone(),
@@ -695,7 +695,7 @@ impl DeliveryQueue {
 
     /// True while the gateway's shaping observes (`mode = "observe"`).
     pub fn observing(&self) -> bool {
-        self.lock().scheduler.observing()
+        self.lock().scheduler.model().observing()
     }
 
     /// May a transaction of app `lane` with `recipients` recipients (the
@@ -711,7 +711,7 @@ impl DeliveryQueue {
     ) -> Result<Projection, Deferral> {
         let mut state = self.lock();
         let now = self.now();
-        let units = state.scheduler.units(recipients);
+        let units = state.scheduler.model().units(recipients);
         let mut outside = state.waiting_counts;
         if let Some(shared) = &state.shared {
             outside = outside.plus(shared.gate.queued_elsewhere());
@@ -774,7 +774,7 @@ impl DeliveryQueue {
 
     /// The snapshot taken with `reserve` is on disk.
     pub fn saved(&self, reserve: u64) {
-        self.lock().scheduler.saved(reserve);
+        self.lock().scheduler.model_mut().saved(reserve);
         self.wake.notify_waiters();
     }
 

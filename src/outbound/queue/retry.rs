@@ -40,7 +40,10 @@ impl State {
     pub(super) fn promote_due(&mut self, now: Instant, unix_now: f64) {
         while self.waiting.peek().is_some_and(|first| first.due <= now) {
             if let Some(waiting) = self.waiting.pop() {
-                let units = self.scheduler.units(waiting.item.message.pending.len());
+                let units = self
+                    .scheduler
+                    .model()
+                    .units(waiting.item.message.pending.len());
                 let class = self.scheduler.class(waiting.item.lane);
                 self.waiting_counts.remove(class, units);
                 let lane = waiting.item.lane;
@@ -60,7 +63,7 @@ impl DeliveryQueue {
         state.queued_bytes += item.message.location.body_len;
         state.sequence += 1;
         let class = state.scheduler.class(item.lane);
-        let units = state.scheduler.units(item.message.pending.len());
+        let units = state.scheduler.model().units(item.message.pending.len());
         state.waiting_counts.add(class, units);
         let sequence = state.sequence;
         state.waiting.push(Waiting {

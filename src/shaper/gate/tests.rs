@@ -84,7 +84,7 @@ fn connected_every_send_is_proposed_with_its_class_and_the_models_limits() {
     };
     assert_eq!(proposal.units, 4);
     assert_eq!(proposal.class, AppClass::Bulk);
-    assert_eq!(proposal.limits, scheduler.shared_limits(1.0));
+    assert_eq!(proposal.limits, scheduler.model_mut().shared_limits(1.0));
     assert!(gate.ledger().is_empty());
 }
 
