@@ -135,7 +135,6 @@ impl Generation {
             metrics: metrics.clone(),
             report_lane: apps.other_lane(),
             holding: Arc::new(apps.holding()),
-            told,
         };
         for gateway in &gateways {
             for _ in 0..gateway.config.max_connections {
@@ -144,6 +143,7 @@ impl Generation {
             tasks.spawn(held::sweep(
                 gateway.clone(),
                 context.clone(),
+                told.clone(),
                 shutdown.clone(),
             ));
             if cluster.is_some() {

@@ -56,8 +56,14 @@ impl Told {
     }
 }
 
-/// The sweep of `gateway`'s held mail, until `shutdown`.
-pub(super) async fn sweep(gateway: Arc<Gateway>, context: WorkerContext, mut shutdown: Shutdown) {
+/// The sweep of `gateway`'s held mail, until `shutdown`; `told` is kept
+/// across reloads.
+pub(super) async fn sweep(
+    gateway: Arc<Gateway>,
+    context: WorkerContext,
+    told_before: Arc<Told>,
+    mut shutdown: Shutdown,
+) {
     let start = unix_seconds();
     let name = gateway.config.name.as_str();
     // Per lane: mail that arrived up to here has been told (or is not to be).
@@ -65,8 +71,7 @@ pub(super) async fn sweep(gateway: Arc<Gateway>, context: WorkerContext, mut shu
         .holding
         .iter()
         .map(|holding| match holding.notify_delay {
-            Some(delay) => context
-                .told
+            Some(delay) => told_before
                 .get(name, &holding.app)
                 .unwrap_or(start.saturating_sub(delay.as_secs())),
             None => u64::MAX,
@@ -84,7 +89,7 @@ pub(super) async fn sweep(gateway: Arc<Gateway>, context: WorkerContext, mut shu
         notify_delayed(&gateway, &context, &mut told).await;
         for (holding, until) in context.holding.iter().zip(&told) {
             if holding.notify_delay.is_some() {
-                context.told.set(name, &holding.app, *until);
+                told_before.set(name, &holding.app, *until);
             }
         }
     }

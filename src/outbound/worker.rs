@@ -50,8 +50,6 @@ pub(super) struct WorkerContext {
     /// Per lane, what becomes of mail held long (`[[apps]] expire_after`
     /// and `notify_delay`).
     pub holding: Arc<Vec<Holding>>,
-    /// How far each app's delay notices have got (kept across reloads).
-    pub told: Arc<super::held::Told>,
 }
 
 impl WorkerContext {
