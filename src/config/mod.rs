@@ -8,12 +8,13 @@
 //!
 //! Each section's types live beside its reader: [`server`], [`http`],
 //! [`spool`], [`cluster`], [`gateway`] (with its login), [`shaping`],
-//! [`apps`]; the secrets and the host name the file points at are read in
+//! [`apps`], [`dkim`]; the secrets and the host name the file points at are read in
 //! [`secret`]; this file holds the whole [`Config`], the orchestration of
 //! [`Config::parse`] and the checks across sections.
 
 mod apps;
 mod cluster;
+mod dkim;
 mod gateway;
 mod http;
 mod network;
@@ -30,6 +31,7 @@ pub mod units;
 
 pub use apps::*;
 pub use cluster::*;
+pub use dkim::DkimConfig;
 pub use gateway::*;
 pub use http::*;
 pub use network::Network;
@@ -49,6 +51,7 @@ use std::time::Duration;
 
 use apps::read_app;
 use cluster::read_cluster;
+use dkim::read_dkim;
 use gateway::{check_gateways, read_gateway};
 use http::read_http;
 use reader::{Problems, Section};
@@ -73,15 +76,6 @@ pub struct Config {
     pub dkim: Vec<DkimConfig>,
     /// `None`: every node shapes alone (no `[cluster]` section).
     pub cluster: Option<ClusterConfig>,
-}
-
-/// One `[[dkim]]` entry: sign mail from `domain` with this key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DkimConfig {
-    pub domain: String,
-    pub selector: String,
-    /// A PKCS#8 PEM private key, RSA (rsa-sha256) or Ed25519 (ed25519-sha256).
-    pub key: PathBuf,
 }
 
 /// Every problem found in a configuration, one line each.
@@ -233,22 +227,7 @@ impl Config {
             .into_iter()
             .enumerate()
             .map(|(index, table)| {
-                let mut s = Section::new(format!("dkim[{index}]"), table, &mut problems);
-                let entry = DkimConfig {
-                    domain: s.required("domain", "a domain, e.g. \"example.com\"", |v| {
-                        is_hostname(v).then(|| v.to_ascii_lowercase())
-                    }),
-                    selector: s.required("selector", "a selector, e.g. \"s1\"", |v| {
-                        is_hostname(v).then(|| v.to_string())
-                    }),
-                    key: s.required(
-                        "key",
-                        "a PKCS#8 PEM private key file, e.g. \"/etc/smtp-shaper/dkim/example.com.pem\"",
-                        parse_path,
-                    ),
-                };
-                s.finish();
-                entry
+                read_dkim(Section::new(format!("dkim[{index}]"), table, &mut problems))
             })
             .collect();
 
