@@ -83,6 +83,7 @@ fn accuracy_and_utilisation() {
             at: 1_000.0,
             app: if index % 2 == 0 { "a" } else { "b" }.into(),
             recipients: 1,
+            domain: None,
         })
         .collect();
     let started = Instant::now();
@@ -219,6 +220,7 @@ fn three_weeks() -> Vec<Arrival> {
                 at: f64::from(day) * 86_400.0 + 8.0 * 3_600.0 + rng.f64() * 10.0 * 3_600.0,
                 app: if bulk { "b" } else { "a" }.into(),
                 recipients: 1,
+                domain: None,
             }
         })
         .collect();

@@ -132,6 +132,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// CSV trace, one message per row: timestamp (seconds),app,recipients
+        /// (and a fourth column, the recipients' domain, for what each
+        /// receiver sees)
         #[arg(long, short)]
         trace: PathBuf,
         /// Write an SVG chart of demand, ceiling, sent and queue depth here
@@ -145,9 +147,15 @@ enum Command {
         retry_after: std::time::Duration,
         /// Write one CSV row per message sent here: time,app,recipients,delay,held
         /// (trace seconds; delay from its first offer to its sending, deferrals
-        /// included; held from its acceptance: the report's delay and held)
+        /// included; held from its acceptance: the report's delay and held),
+        /// and receiver when the trace names domains
         #[arg(long)]
         sent_log: Option<PathBuf>,
+        /// CSV of domain,mx rows (one per MX host): a trace domain no
+        /// receiver names is the receiver of its MX hosts (without it,
+        /// simulate resolves by the domain's name only; no DNS)
+        #[arg(long)]
+        mx_map: Option<PathBuf>,
         /// Spread the trace over this many sidecars sharing one budget, as
         /// in cluster mode (what the gateway sees should not change)
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
@@ -253,6 +261,7 @@ fn main() -> ExitCode {
             gateway,
             retry_after,
             sent_log,
+            mx_map,
             nodes,
             history,
         } => simulate(
@@ -263,11 +272,11 @@ fn main() -> ExitCode {
                 sent_log: sent_log.as_deref(),
             },
             gateway.as_deref(),
-            &history,
+            (&history, mx_map.as_deref()),
             smtp_shaper::simulate::Options {
                 retry_after: retry_after.as_secs_f64(),
                 nodes: usize::from(nodes),
-                history: None,
+                ..Default::default()
             },
         ),
         Command::Learn {
@@ -671,10 +680,22 @@ fn simulate(
     trace_path: &Path,
     outputs: Outputs<'_>,
     gateway: Option<&str>,
-    history: &[PathBuf],
+    (history, mx_map): (&[PathBuf], Option<&Path>),
     mut options: smtp_shaper::simulate::Options,
 ) -> ExitCode {
-    use smtp_shaper::simulate::{parse_trace, render_svg, replay};
+    use smtp_shaper::simulate::{parse_mx_map, parse_trace, render_svg, replay};
+    if let Some(path) = mx_map {
+        match std::fs::read_to_string(path)
+            .map_err(|error| error.to_string())
+            .and_then(|text| parse_mx_map(&text))
+        {
+            Ok(map) => options.mx = map,
+            Err(error) => {
+                eprintln!("{}: {error}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if !history.is_empty() {
         match read_history(history) {
             Ok(history) => options.history = Some(history),

@@ -131,6 +131,31 @@ def existing_gateway_log(rng, monday, path):
         out.write("".join(line + "\n" for _, line in lines).encode())
 
 
+def new_receiver(rng):
+    """A gateway busy with one receiver meets a new one: a week of about
+    1,100 messages a working day to the organisation's own domain (hosted
+    at Microsoft 365, as new-receiver.mx.csv says) and a few partners,
+    then an HR app mails 1,000 candidates at gmail.com in ten minutes on
+    the second Monday. Rows name the recipients' domain."""
+    rows = []
+    for day in range(8):
+        if day % 7 in (5, 6):
+            continue
+        start = day * DAY + 8 * HOUR
+        for t in poisson_times(rng, start, start + 10 * HOUR, 110):
+            domain = "example.com" if rng.random() < 0.9 else "partner.example"
+            rows.append((t, "billing", 1, domain))
+    hr = 7 * DAY + 10 * HOUR
+    rows += [(t, "hr", 1, "gmail.com") for t in sorted(rng.uniform(hr, hr + 600) for _ in range(1_000))]
+    rows.sort()
+    with open("new-receiver.csv", "w") as out:
+        out.write("timestamp,app,recipients,domain\n")
+        for t, app, recipients, domain in rows:
+            out.write(f"{t:.1f},{app},{recipients},{domain}\n")
+    with open("new-receiver.mx.csv", "w") as out:
+        out.write("domain,mx\nexample.com,example-com.mail.protection.outlook.com\n")
+
+
 def existing_gateway(rng):
     """The week before smtp-shaper (Monday 2026-11-30 00:00 UTC on) as the
     gateway's log, and the first week through smtp-shaper, as a trace
@@ -153,3 +178,4 @@ if __name__ == "__main__":
     steady_growth(random.Random(3))
     new_gateway_burst(random.Random(4))
     existing_gateway(random.Random(5))
+    new_receiver(random.Random(6))

@@ -4,12 +4,14 @@
 //! The decisions are pure functions of configuration, the envelope and the
 //! message, so the inbound session can ask them without any I/O; the one
 //! exception is the DMARC record an alignment verdict may need, which
-//! [`dmarc`] looks up with a cache and a timeout.
+//! [`dmarc`] looks up with a cache and a timeout. [`receivers`] says which
+//! mailbox provider a recipient domain's mail reaches.
 
 pub mod alignment;
 mod apps;
 pub mod dmarc;
 pub mod message;
+pub mod receivers;
 mod routing;
 pub mod senders;
 

@@ -8,13 +8,15 @@
 //! model allows. Nothing is sent anywhere and no gateway answers, so
 //! feedback from the gateway is not part of a replay.
 
+mod by_receiver;
 mod plot;
 mod receiver;
 mod trace;
 
+pub use by_receiver::{RECEIVER_FLOORS, ReceiverReport};
 pub use plot::render_svg;
 pub use receiver::{Judge, Rule, Verdict};
-pub use trace::{Arrival, parse_trace};
+pub use trace::{Arrival, parse_mx_map, parse_trace};
 
 use std::collections::BinaryHeap;
 
@@ -48,6 +50,10 @@ pub struct Options {
     /// so that its last entry falls where the gateway's model is made, an
     /// hour before the trace's first arrival, and learned as `learn` would.
     pub history: Option<History>,
+    /// MX hosts per recipient domain (`--mx-map`), for a trace that names
+    /// domains: a domain no receiver names by itself is the receiver of
+    /// its MX hosts.
+    pub mx: std::collections::HashMap<String, Vec<String>>,
 }
 
 impl Default for Options {
@@ -56,6 +62,7 @@ impl Default for Options {
             retry_after: 600.0,
             nodes: 1,
             history: None,
+            mx: Default::default(),
         }
     }
 }
@@ -175,6 +182,12 @@ pub struct Report {
     pub receiver: Vec<ReceiverView>,
     /// Every message sent, in order.
     pub sent_log: Vec<SentRecord>,
+    /// Per trace row, its receiver (all `None` when the trace names no
+    /// domain).
+    pub row_receivers: Vec<Option<String>>,
+    /// What each receiver the trace reaches sees (empty when the trace
+    /// names no domain).
+    pub receivers: Vec<ReceiverReport>,
 }
 
 /// A message in the replay.
@@ -311,7 +324,7 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
             break;
         }
     }
-    replay.finish(&gateway_config.shaping, trace)
+    replay.finish(&gateway_config.shaping, trace, options)
 }
 
 /// `history` moved in time to end in the minute of `created` (whole
@@ -451,6 +464,8 @@ impl<'t> Replay<'t> {
             burst: gateway_config.shaping.burst,
             receiver: Vec::new(),
             sent_log: Vec::with_capacity(trace.len()),
+            row_receivers: Vec::new(),
+            receivers: Vec::new(),
         };
         Replay {
             options,
@@ -664,7 +679,7 @@ impl<'t> Replay<'t> {
 
     /// The report: delays sorted, the peaks, and the receiver's view of
     /// what was sent and what `trace` offered.
-    fn finish(mut self, shaping: &ShapingConfig, trace: &[Arrival]) -> Report {
+    fn finish(mut self, shaping: &ShapingConfig, trace: &[Arrival], options: &Options) -> Report {
         let report = &mut self.report;
         for delays in report
             .days
@@ -688,6 +703,19 @@ impl<'t> Replay<'t> {
         let units = |recipients: u32| nodes[0].scheduler.model().units(recipients as usize);
         let history = history_sends(self.history.as_ref(), shaping);
         judge_as_receiver(report, shaping, trace, (self.created, &history), units);
+        let receivers = crate::policy::receivers::Receivers::builtin();
+        report.row_receivers = by_receiver::receivers_of_rows(trace, &receivers, &options.mx);
+        // As the gateway's view: judged from the minute after the model was made.
+        let judged_from = ((self.created / 60.0).floor() + 1.0) * 60.0;
+        report.receivers = by_receiver::judge_receivers(
+            &receivers,
+            &report.row_receivers,
+            trace,
+            &report.sent_log,
+            shaping,
+            judged_from,
+            units,
+        );
         self.report
     }
 }
@@ -887,6 +915,7 @@ impl Report {
                 view.shaped.busiest_allowed
             ));
         }
+        out.push_str(&by_receiver::to_text(&self.receivers, self.day_origin));
         out.push_str(
             "\n(held: from acceptance to sending, in the queue; delay: from the first offer to\n\
              sending, held + retrying after 451s, as --sent-log's delay)\n\
@@ -938,14 +967,24 @@ impl Report {
     /// `--sent-log`: one CSV row per message sent,
     /// `time,app,recipients,delay,held` (trace seconds; delay from its
     /// first offer to its sending, deferrals included; held from its
-    /// acceptance to its sending, in the queue).
+    /// acceptance to its sending, in the queue), and `receiver` when the
+    /// trace names domains.
     pub fn sent_log_csv(&self) -> String {
-        let mut out = String::from("time,app,recipients,delay,held\n");
+        let by_receiver = self.row_receivers.iter().any(Option::is_some);
+        let mut out = String::from(if by_receiver {
+            "time,app,recipients,delay,held,receiver\n"
+        } else {
+            "time,app,recipients,delay,held\n"
+        });
         for sent in &self.sent_log {
             out.push_str(&format!(
-                "{:.3},{},{},{:.3},{:.3}\n",
+                "{:.3},{},{},{:.3},{:.3}",
                 sent.at, self.apps[sent.lane].name, sent.recipients, sent.delay, sent.held
             ));
+            match self.row_receivers.get(sent.id as usize) {
+                Some(Some(receiver)) => out.push_str(&format!(",{receiver}\n")),
+                _ => out.push('\n'),
+            }
         }
         out
     }
@@ -968,6 +1007,7 @@ mod tests {
                 at: start + index as f64 * every,
                 app: app.into(),
                 recipients: 1,
+                domain: None,
             })
             .collect()
     }

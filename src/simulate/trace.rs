@@ -1,6 +1,10 @@
 //! Traffic traces for the simulator: CSV rows `timestamp,app,recipients`,
-//! one per message. Timestamps are seconds (since the trace start or Unix
-//! time; only differences matter), in any order. A header row is allowed.
+//! one per message, or `timestamp,app,recipients,domain` (that many
+//! recipients at that domain: what each receiver sees). Timestamps are
+//! seconds (since the trace start or Unix time; only differences matter),
+//! in any order. A header row is allowed.
+
+use std::collections::HashMap;
 
 /// One message of a trace.
 #[derive(Debug, Clone, PartialEq)]
@@ -8,6 +12,8 @@ pub struct Arrival {
     pub at: f64,
     pub app: String,
     pub recipients: u32,
+    /// The recipients' domain, when the trace says it.
+    pub domain: Option<String>,
 }
 
 /// Parses a trace; an error names the line and what is wrong with it.
@@ -23,11 +29,17 @@ pub fn parse_trace(text: &str) -> Result<Vec<Arrival>, String> {
             continue;
         }
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let [at, app, recipients] = fields[..] else {
-            return Err(format!(
-                "line {number}: expected 3 fields timestamp,app,recipients; found {}",
-                fields.len()
-            ));
+        let (at, app, recipients, domain) = match fields[..] {
+            [at, app, recipients] => (at, app, recipients, None),
+            [at, app, recipients, domain] if !domain.is_empty() => {
+                (at, app, recipients, Some(domain.to_ascii_lowercase()))
+            }
+            _ => {
+                return Err(format!(
+                    "line {number}: expected 3 fields timestamp,app,recipients (or 4, with domain); found {}",
+                    fields.len()
+                ));
+            }
         };
         let at: f64 = at
             .parse()
@@ -45,6 +57,7 @@ pub fn parse_trace(text: &str) -> Result<Vec<Arrival>, String> {
             at,
             app: app.to_string(),
             recipients,
+            domain,
         });
     }
     if arrivals.is_empty() {
@@ -52,6 +65,35 @@ pub fn parse_trace(text: &str) -> Result<Vec<Arrival>, String> {
     }
     arrivals.sort_by(|a, b| a.at.total_cmp(&b.at));
     Ok(arrivals)
+}
+
+/// Parses `--mx-map`: CSV rows `domain,mx`, one per MX host (a domain with
+/// several hosts has several rows); a header row is allowed.
+pub fn parse_mx_map(text: &str) -> Result<HashMap<String, Vec<String>>, String> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || (number == 1 && line.starts_with("domain")) {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let [domain, host] = fields[..] else {
+            return Err(format!(
+                "line {number}: expected 2 fields domain,mx; found {}",
+                fields.len()
+            ));
+        };
+        if domain.is_empty() || host.is_empty() {
+            return Err(format!(
+                "line {number}: a domain and an MX host name are needed"
+            ));
+        }
+        map.entry(domain.to_ascii_lowercase())
+            .or_default()
+            .push(host.trim_end_matches('.').to_ascii_lowercase());
+    }
+    Ok(map)
 }
 
 #[cfg(test)]
@@ -67,18 +109,20 @@ mod tests {
                 Arrival {
                     at: 5.5,
                     app: "a".into(),
-                    recipients: 1
+                    recipients: 1,
+                    domain: None,
                 },
                 Arrival {
                     at: 10.0,
                     app: "b".into(),
-                    recipients: 2
+                    recipients: 2,
+                    domain: None,
                 },
             ]
         );
         assert_eq!(
             parse_trace("1,a\n").unwrap_err(),
-            "line 1: expected 3 fields timestamp,app,recipients; found 2"
+            "line 1: expected 3 fields timestamp,app,recipients (or 4, with domain); found 2"
         );
         assert!(
             parse_trace("x,a,1\n")
@@ -91,5 +135,29 @@ mod tests {
                 .contains("recipients \"0\"")
         );
         assert!(parse_trace("timestamp,app,recipients\n").is_err());
+    }
+
+    #[test]
+    fn an_mx_map_gives_each_domain_its_hosts() {
+        let map =
+            parse_mx_map("domain,mx\nExample.com,MX1.example.net.\nexample.com,mx2.example.net\n")
+                .unwrap();
+        assert_eq!(map["example.com"], ["mx1.example.net", "mx2.example.net"]);
+        assert!(
+            parse_mx_map("example.com\n")
+                .unwrap_err()
+                .starts_with("line 1:")
+        );
+        assert!(parse_mx_map("example.com,\n").is_err());
+    }
+
+    #[test]
+    fn a_fourth_column_is_the_recipients_domain() {
+        let trace =
+            parse_trace("timestamp,app,recipients,domain\n1,hr,3,Gmail.com\n2,hr,1\n").unwrap();
+        assert_eq!(trace[0].domain.as_deref(), Some("gmail.com"));
+        assert_eq!(trace[1].domain, None, "rows may leave it out");
+        assert!(parse_trace("1,hr,3,\n").is_err(), "an empty domain");
+        assert!(parse_trace("1,hr,3,a.test,x\n").is_err());
     }
 }

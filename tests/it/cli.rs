@@ -994,3 +994,56 @@ fn hash_password_at_a_terminal_prompts_and_hides_the_password() {
         "the password was shown: {shown}"
     );
 }
+
+/// The README's "What each receiver sees": its command works as typed in a
+/// user's folder and prints each receiver's view, Gmail over its floor.
+#[test]
+fn the_readmes_receiver_command_works_as_typed() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let section = readme
+        .split("### What each receiver sees")
+        .nth(1)
+        .and_then(|rest| rest.split("\n### ").next())
+        .expect("the section");
+    let command = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the command");
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(format!("{root}/traces"), dir.path().join("traces")).unwrap();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_smtp-shaper"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = Command::new("sh")
+        .args(["-c", command])
+        .current_dir(dir.path())
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "`{command}`: {stdout}{}",
+        text(&output.stderr)
+    );
+    let views: Vec<&str> = stdout
+        .split("what each receiver sees")
+        .nth(1)
+        .expect("the receivers' section")
+        .lines()
+        .filter(|line| line.starts_with("google") || line.starts_with("microsoft"))
+        .collect();
+    assert_eq!(views.len(), 2, "{stdout}");
+    assert!(
+        views[0].contains("/ 20 "),
+        "Gmail judged against its floor: {stdout}"
+    );
+}

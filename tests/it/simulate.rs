@@ -14,14 +14,21 @@ fn replay_sample(name: &str) -> Report {
 
 /// A sample spread over `nodes` sidecars sharing one budget.
 fn replay_sample_on(name: &str, nodes: usize) -> Report {
+    replay_sample_with(
+        name,
+        Options {
+            nodes,
+            ..Options::default()
+        },
+    )
+}
+
+/// A sample replayed with `options`.
+fn replay_sample_with(name: &str, options: Options) -> Report {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("traces");
     let config = Config::load(&dir.join(format!("{name}.toml"))).expect("sample config is valid");
     let text = std::fs::read_to_string(dir.join(format!("{name}.csv"))).unwrap();
     let trace = parse_trace(&text).expect("sample trace parses");
-    let options = Options {
-        nodes,
-        ..Options::default()
-    };
     let report = replay(&config, 0, &trace, &options);
     assert_eq!(report.sent + report.given_up, report.messages, "{name}");
     for peak in &report.peaks {
@@ -412,6 +419,7 @@ fn poisson(
             at,
             app: app.into(),
             recipients: 1 + u32::from(rng.u8(..) < 25),
+            domain: None,
         });
     }
 }
@@ -616,6 +624,7 @@ fn cron_clumps_pass_untouched() {
                 at: at + rng.f64() * 5.0,
                 app: "app".into(),
                 recipients: 1,
+                domain: None,
             });
         }
     }
@@ -631,6 +640,7 @@ fn a_month_end_run_is_held_to_the_ramp_and_the_transactional_app_flows() {
         at: run + f64::from(index) * 0.2,
         app: "bulk".into(),
         recipients: 1,
+        domain: None,
     }));
     let report = ordinary_days_untouched(
         &sorted(trace),
@@ -753,6 +763,27 @@ fn the_readme_quotes_what_the_shipped_traces_replay_to() {
             max_held(&idle, "alerts").max(max_held(&three, "alerts"))
         ),
     ];
+    let mx = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/traces/new-receiver.mx.csv"
+    ))
+    .unwrap();
+    let new_receiver = replay_sample_with(
+        "new-receiver",
+        Options {
+            mx: smtp_shaper::simulate::parse_mx_map(&mx).unwrap(),
+            ..Options::default()
+        },
+    );
+    let google = &new_receiver.receivers[0];
+    assert_eq!(google.name, "google");
+    let (gmail_hour, gmail_day) = (&google.windows[0].2, &google.windows[1].2);
+    let total_hour = &new_receiver.receiver[0].shaped;
+    assert_eq!(total_hour.excess, 0, "the total never passes its rule");
+    let quoted = quoted.into_iter().chain([format!(
+        "got {} in a day against its floor of {} (tightest hour {} of {} allowed)",
+        gmail_day.sent, gmail_day.allowed, gmail_hour.sent, gmail_hour.allowed
+    )]);
     for sentence in quoted {
         assert!(
             readme.contains(&sentence),

@@ -1,0 +1,211 @@
+//! Which receiver (mailbox provider) a recipient domain's mail reaches.
+//!
+//! Receivers judge a sending IP by what they themselves have seen from it:
+//! Gmail by the mail Gmail got, Microsoft's filtering by what reached
+//! Microsoft-hosted domains. Grouping recipient domains by provider is how
+//! the best MTAs shape per destination (KumoMTA's MX suffix rollups,
+//! PowerMTA's `mx-rollup`); this module is that grouping.
+//!
+//! A domain belongs to the first receiver that names it (the domain or a
+//! parent of it; `hotmail.*` names `hotmail` under any public suffix),
+//! else to the receiver every one of its MX hosts falls under (a suffix of
+//! the host name, so a company domain hosted at Microsoft 365 is
+//! `microsoft`), else to [`OTHER`]. Pure: the MX hosts come from the
+//! caller (a DNS lookup at the edge, or `simulate --mx-map`).
+//!
+//! Where the built-in table's facts come from is in the README ("What each
+//! receiver sees").
+
+/// The receiver of every domain no receiver claims.
+pub const OTHER: &str = "other";
+
+/// One receiving provider and how its domains are recognised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receiver {
+    pub name: String,
+    /// Recipient domains it hosts: each matches itself and its subdomains;
+    /// `name.*` matches `name` under any public suffix (`hotmail.co.uk`).
+    pub domains: Vec<String>,
+    /// Suffixes of its MX host names (`.google.com`): a domain whose every
+    /// MX host ends in one of them is this receiver's.
+    pub mx: Vec<String>,
+}
+
+/// The receivers a gateway's mail is judged by, in the order they claim
+/// domains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receivers {
+    list: Vec<Receiver>,
+}
+
+impl Default for Receivers {
+    fn default() -> Receivers {
+        Receivers::builtin()
+    }
+}
+
+impl Receivers {
+    /// The large consumer mailbox providers, which judge senders hardest.
+    pub fn builtin() -> Receivers {
+        let receiver = |name: &str, domains: &[&str], mx: &[&str]| Receiver {
+            name: name.to_string(),
+            domains: domains.iter().map(|domain| domain.to_string()).collect(),
+            mx: mx.iter().map(|suffix| suffix.to_string()).collect(),
+        };
+        Receivers {
+            list: vec![
+                receiver(
+                    "google",
+                    &["gmail.com", "googlemail.com"],
+                    &[".google.com", ".googlemail.com"],
+                ),
+                receiver(
+                    "microsoft",
+                    &["outlook.com", "hotmail.*", "live.com", "msn.com"],
+                    &[
+                        ".mail.protection.outlook.com",
+                        ".olc.protection.outlook.com",
+                        ".mx.microsoft",
+                    ],
+                ),
+                receiver(
+                    "yahoo",
+                    &["yahoo.*", "ymail.com", "aol.com"],
+                    &[".yahoodns.net"],
+                ),
+                receiver(
+                    "apple",
+                    &["icloud.com", "me.com", "mac.com"],
+                    &[".mail.icloud.com"],
+                ),
+            ],
+        }
+    }
+
+    /// Every receiver's name, [`OTHER`] last.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.list
+            .iter()
+            .map(|receiver| receiver.name.as_str())
+            .chain([OTHER])
+    }
+
+    /// The receiver that names `domain`, if one does.
+    pub fn by_domain(&self, domain: &str) -> Option<&str> {
+        let domain = normal(domain);
+        self.list
+            .iter()
+            .find(|receiver| {
+                receiver
+                    .domains
+                    .iter()
+                    .any(|pattern| names(pattern, &domain))
+            })
+            .map(|receiver| receiver.name.as_str())
+    }
+
+    /// The receiver every one of `hosts` (a domain's MX hosts) falls under,
+    /// if there are hosts and one receiver takes them all.
+    pub fn by_mx<'h>(&self, hosts: impl IntoIterator<Item = &'h str>) -> Option<&str> {
+        let hosts: Vec<String> = hosts.into_iter().map(normal).collect();
+        if hosts.is_empty() {
+            return None;
+        }
+        self.list
+            .iter()
+            .find(|receiver| {
+                hosts.iter().all(|host| {
+                    receiver
+                        .mx
+                        .iter()
+                        .any(|suffix| under(host, suffix.trim_start_matches('.')))
+                })
+            })
+            .map(|receiver| receiver.name.as_str())
+    }
+
+    /// The receiver of `domain`: by its name, else by `mx` (its MX hosts,
+    /// when known), else [`OTHER`].
+    pub fn of<'h>(&self, domain: &str, mx: impl IntoIterator<Item = &'h str>) -> &str {
+        self.by_domain(domain)
+            .or_else(|| self.by_mx(mx))
+            .unwrap_or(OTHER)
+    }
+}
+
+/// Lower case, without a trailing dot (`Gmail.COM.` is `gmail.com`).
+fn normal(name: &str) -> String {
+    name.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether `name` is `parent` or under it.
+fn under(name: &str, parent: &str) -> bool {
+    name == parent
+        || name
+            .strip_suffix(parent)
+            .is_some_and(|head| head.ends_with('.'))
+}
+
+/// Whether a receiver's domain `pattern` names `domain`.
+fn names(pattern: &str, domain: &str) -> bool {
+    match pattern.strip_suffix(".*") {
+        // `hotmail.*`: the registrable domain is `hotmail.<public suffix>`.
+        Some(brand) => psl::domain_str(domain).is_some_and(|registrable| {
+            registrable
+                .split_once('.')
+                .is_some_and(|(label, _)| label == brand)
+        }),
+        None => under(domain, pattern),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_domain_is_its_receiver_s_by_name_then_by_mx_else_other() {
+        let receivers = Receivers::builtin();
+        let of = |domain: &str, mx: &[&str]| receivers.of(domain, mx.iter().copied()).to_string();
+        assert_eq!(of("gmail.com", &[]), "google");
+        assert_eq!(of("Gmail.COM.", &[]), "google", "case and a root dot");
+        assert_eq!(of("hotmail.co.uk", &[]), "microsoft", "any public suffix");
+        assert_eq!(of("mail.hotmail.fr", &[]), "microsoft", "a subdomain");
+        assert_eq!(of("yahoo.com.br", &[]), "yahoo");
+        assert_eq!(of("me.com", &[]), "apple");
+        assert_eq!(of("notgmail.com", &[]), OTHER, "a label is whole");
+        assert_eq!(of("hotmail-fans.com", &[]), OTHER);
+        // A company domain hosted by a provider is that provider's.
+        assert_eq!(
+            of("example.org", &["example-org.mail.protection.outlook.com"]),
+            "microsoft"
+        );
+        assert_eq!(
+            of(
+                "example.net",
+                &["aspmx.l.google.com", "alt1.aspmx.l.google.com"]
+            ),
+            "google"
+        );
+        assert_eq!(
+            of("example.com", &["example-com.a1b2c3.mx.microsoft"]),
+            "microsoft"
+        );
+        // Every MX host must fall under the one receiver.
+        assert_eq!(
+            of("split.example", &["aspmx.l.google.com", "mx.split.example"]),
+            OTHER
+        );
+        assert_eq!(of("example.com", &["google.com.evil.example"]), OTHER);
+        assert_eq!(of("example.com", &[]), OTHER, "no MX known");
+        // The name wins over the MX.
+        assert_eq!(of("gmail.com", &["mx01.mail.icloud.com"]), "google");
+    }
+
+    #[test]
+    fn the_names_are_the_receivers_then_other() {
+        let receivers = Receivers::builtin();
+        let names: Vec<&str> = receivers.names().collect();
+        assert_eq!(names, ["google", "microsoft", "yahoo", "apple", "other"]);
+    }
+}
