@@ -7,7 +7,8 @@
 //! PowerMTA's `mx-rollup`); this module is that grouping.
 //!
 //! A domain belongs to the first receiver that names it (the domain or a
-//! parent of it; `hotmail.*` names `hotmail` under any public suffix),
+//! parent of it; `hotmail.*` names `hotmail` under any ICANN public
+//! suffix),
 //! else to the receiver every one of its MX hosts falls under (a suffix of
 //! the host name, so a company domain hosted at Microsoft 365 is
 //! `microsoft`), else to [`OTHER`]. Pure: the MX hosts come from the
@@ -24,7 +25,8 @@ pub const OTHER: &str = "other";
 pub struct Receiver {
     pub name: String,
     /// Recipient domains it hosts: each matches itself and its subdomains;
-    /// `name.*` matches `name` under any public suffix (`hotmail.co.uk`).
+    /// `name.*` matches `name` under any ICANN public suffix
+    /// (`hotmail.co.uk`).
     pub domains: Vec<String>,
     /// Suffixes of its MX host names (`.google.com`): a domain whose every
     /// MX host ends in one of them is this receiver's.
@@ -82,6 +84,12 @@ impl Receivers {
         }
     }
 
+    /// The receivers, in the order they claim domains ([`OTHER`] is not
+    /// one: it is what none claims).
+    pub fn all(&self) -> &[Receiver] {
+        &self.list
+    }
+
     /// Every receiver's name, [`OTHER`] last.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.list
@@ -99,7 +107,7 @@ impl Receivers {
                 receiver
                     .domains
                     .iter()
-                    .any(|pattern| names(pattern, &domain))
+                    .any(|pattern| matches(pattern, &domain))
             })
             .map(|receiver| receiver.name.as_str())
     }
@@ -147,13 +155,15 @@ fn under(name: &str, parent: &str) -> bool {
 }
 
 /// Whether a receiver's domain `pattern` names `domain`.
-fn names(pattern: &str, domain: &str) -> bool {
+fn matches(pattern: &str, domain: &str) -> bool {
     match pattern.strip_suffix(".*") {
-        // `hotmail.*`: the registrable domain is `hotmail.<public suffix>`.
-        Some(brand) => psl::domain_str(domain).is_some_and(|registrable| {
-            registrable
-                .split_once('.')
-                .is_some_and(|(label, _)| label == brand)
+        // `hotmail.*`: the registrable domain is `hotmail.<public suffix>`,
+        // an ICANN one: not a private suffix (`hotmail.blogspot.com` is a
+        // blog) nor a name the list does not know (`hotmail.local`).
+        Some(brand) => psl::domain(domain.as_bytes()).is_some_and(|registrable| {
+            registrable.suffix().typ() == Some(psl::Type::Icann)
+                && registrable.as_bytes().split(|byte| *byte == b'.').next()
+                    == Some(brand.as_bytes())
         }),
         None => under(domain, pattern),
     }
@@ -175,6 +185,13 @@ mod tests {
         assert_eq!(of("me.com", &[]), "apple");
         assert_eq!(of("notgmail.com", &[]), OTHER, "a label is whole");
         assert_eq!(of("hotmail-fans.com", &[]), OTHER);
+        assert_eq!(of("hotmail.blogspot.com", &[]), OTHER, "a private suffix");
+        assert_eq!(of("yahoo.github.io", &[]), OTHER, "a private suffix");
+        assert_eq!(
+            of("hotmail.local", &[]),
+            OTHER,
+            "a suffix the list does not know"
+        );
         // A company domain hosted by a provider is that provider's.
         assert_eq!(
             of("example.org", &["example-org.mail.protection.outlook.com"]),

@@ -58,8 +58,9 @@ pub fn receivers_of_rows(
 /// Each receiver's view of `sent` (the shaped output) and of `trace` (what
 /// the apps offered), in the order of `receivers`' names; receivers the
 /// trace never reaches are left out. `row_receivers` is
-/// [`receivers_of_rows`]'s; `judged_from` the first second judged (before
-/// it the model's history, which is the gateway's, not a receiver's).
+/// [`receivers_of_rows`]'s; `judged_from` the first second judged, as the
+/// gateway's view is (a receiver's history is only what the trace sent it:
+/// `--history` is the gateway's, not split by receiver).
 #[allow(clippy::too_many_arguments)]
 pub fn judge_receivers(
     receivers: &Receivers,
@@ -126,7 +127,7 @@ pub fn to_text(reports: &[ReceiverReport], day_origin: f64) -> String {
          W-window R saw in the 7 days before); floors {}/h, {}/day. The gateway shapes its\n\
          total only: a row over its allowance is a jump that receiver's own history does not allow\n\
          (a receiver's history is what the trace sent it: its first days are judged on the floors)\n\
-         receiver    offered     sent  window   shaped: tightest sent / allowed (excess) ending   offered: tightest / allowed (x)\n",
+         receiver    offered     sent  window   shaped: tightest sent / allowed (excess), ending       offered: tightest / allowed (x)\n",
         RECEIVER_FLOORS[0], RECEIVER_FLOORS[1]
     );
     for report in reports {
@@ -140,12 +141,16 @@ pub fn to_text(reports: &[ReceiverReport], day_origin: f64) -> String {
                 ("", format!("{:>7}  {:>7}", "", ""))
             };
             let seconds = (shaped.at - day_origin).max(0.0);
-            let ending = format!(
-                "day {} {:02}:{:02}",
-                (seconds / 86_400.0).floor() as u64 + 1,
-                (seconds % 86_400.0 / 3_600.0).floor() as u64,
-                (seconds % 3_600.0 / 60.0).floor() as u64
-            );
+            let ending = if shaped.sent == 0 {
+                "-".to_string()
+            } else {
+                format!(
+                    "day {} {:02}:{:02}",
+                    (seconds / 86_400.0).floor() as u64 + 1,
+                    (seconds % 86_400.0 / 3_600.0).floor() as u64,
+                    (seconds % 3_600.0 / 60.0).floor() as u64
+                )
+            };
             out.push_str(&format!(
                 "{name:<10}  {counts}  {:<6}   {:>10} / {:<10} ({:>5}) {ending:<12}  {:>8} / {:<8} ({:.1}x)\n",
                 horizon.label(),

@@ -31,8 +31,14 @@ pub fn parse_trace(text: &str) -> Result<Vec<Arrival>, String> {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         let (at, app, recipients, domain) = match fields[..] {
             [at, app, recipients] => (at, app, recipients, None),
-            [at, app, recipients, domain] if !domain.is_empty() => {
-                (at, app, recipients, Some(domain.to_ascii_lowercase()))
+            [at, app, recipients, domain] => {
+                let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+                if domain.is_empty() {
+                    return Err(format!(
+                        "line {number}: the domain column is empty (leave it out, or name the recipients' domain)"
+                    ));
+                }
+                (at, app, recipients, Some(domain))
             }
             _ => {
                 return Err(format!(
@@ -74,10 +80,13 @@ pub fn parse_mx_map(text: &str) -> Result<HashMap<String, Vec<String>>, String> 
     for (index, line) in text.lines().enumerate() {
         let number = index + 1;
         let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || (number == 1 && line.starts_with("domain")) {
+        if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if number == 1 && fields[0] == "domain" {
+            continue;
+        }
         let [domain, host] = fields[..] else {
             return Err(format!(
                 "line {number}: expected 2 fields domain,mx; found {}",
@@ -89,7 +98,7 @@ pub fn parse_mx_map(text: &str) -> Result<HashMap<String, Vec<String>>, String> 
                 "line {number}: a domain and an MX host name are needed"
             ));
         }
-        map.entry(domain.to_ascii_lowercase())
+        map.entry(domain.trim_end_matches('.').to_ascii_lowercase())
             .or_default()
             .push(host.trim_end_matches('.').to_ascii_lowercase());
     }
@@ -143,6 +152,13 @@ mod tests {
             parse_mx_map("domain,mx\nExample.com,MX1.example.net.\nexample.com,mx2.example.net\n")
                 .unwrap();
         assert_eq!(map["example.com"], ["mx1.example.net", "mx2.example.net"]);
+        let first =
+            parse_mx_map("domaintools.com,mx.example.net\nexample.org.,mx.example.net\n").unwrap();
+        assert!(
+            first.contains_key("domaintools.com"),
+            "a first row is data unless its field is `domain`"
+        );
+        assert!(first.contains_key("example.org"), "a root dot");
         assert!(
             parse_mx_map("example.com\n")
                 .unwrap_err()
@@ -157,7 +173,13 @@ mod tests {
             parse_trace("timestamp,app,recipients,domain\n1,hr,3,Gmail.com\n2,hr,1\n").unwrap();
         assert_eq!(trace[0].domain.as_deref(), Some("gmail.com"));
         assert_eq!(trace[1].domain, None, "rows may leave it out");
-        assert!(parse_trace("1,hr,3,\n").is_err(), "an empty domain");
+        assert!(
+            parse_trace("1,hr,3,\n")
+                .unwrap_err()
+                .contains("the domain column is empty")
+        );
+        let rooted = parse_trace("1,hr,3,Example.COM.\n").unwrap();
+        assert_eq!(rooted[0].domain.as_deref(), Some("example.com"));
         assert!(parse_trace("1,hr,3,a.test,x\n").is_err());
     }
 }

@@ -1047,3 +1047,48 @@ fn the_readmes_receiver_command_works_as_typed() {
         "Gmail judged against its floor: {stdout}"
     );
 }
+
+/// The README's table of built-in receivers is the table the code has.
+#[test]
+fn the_readmes_receiver_table_is_the_built_in_one() {
+    use smtp_shaper::policy::receivers::{OTHER, Receivers};
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let section = readme
+        .split("### What each receiver sees")
+        .nth(1)
+        .and_then(|rest| rest.split("\n### ").next())
+        .expect("the section");
+    let list = |cell: &str| -> Vec<String> {
+        cell.split(',')
+            .map(|item| item.trim().replace("\\*", "*"))
+            .filter(|item| !item.is_empty() && item != "everything else")
+            .collect()
+    };
+    let rows: Vec<(String, Vec<String>, Vec<String>)> = section
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            (
+                cells[1].trim_matches('`').to_string(),
+                list(cells[2]),
+                list(cells[3]),
+            )
+        })
+        .collect();
+    let receivers = Receivers::builtin();
+    let mut built_in: Vec<(String, Vec<String>, Vec<String>)> = receivers
+        .all()
+        .iter()
+        .map(|receiver| {
+            (
+                receiver.name.clone(),
+                receiver.domains.clone(),
+                receiver.mx.clone(),
+            )
+        })
+        .collect();
+    built_in.push((OTHER.to_string(), Vec::new(), Vec::new()));
+    assert_eq!(rows, built_in);
+}
