@@ -10,12 +10,15 @@
 //! id (each row one message when there is no id column); recipients are
 //! the row's addresses (`;`-separated) or its `recipient_count`. Times are
 //! UTC: ISO 8601, or Windows' en-US `12/7/2026 9:00:01 AM` (month first).
-//! Pure: lines in, counts out.
+//! Each listed address also counts for its receiver (`policy::receivers`,
+//! by the address's domain; a trace names no MX); a message counts once
+//! per receiver. Pure: lines in, counts out.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use super::csv::Records;
 use super::{Counts, time};
+use crate::policy::receivers::Receivers;
 
 const TIME: [&str; 4] = [
     "received",
@@ -53,6 +56,9 @@ pub struct Exchange {
     columns: Option<Columns>,
     records: Records,
     messages: HashSet<String>,
+    /// (message id, receiver) pairs counted.
+    by_receiver: HashSet<(String, String)>,
+    receivers: Receivers,
 }
 
 /// What is wrong with an export, for the caller to name with the file.
@@ -115,6 +121,26 @@ impl Exchange {
             None => true,
         };
         counts.count(at, u64::from(first), recipients);
+        if let Some(index) = columns.recipient {
+            let mut per_receiver: BTreeMap<&str, u64> = BTreeMap::new();
+            for address in get(index).split(';').map(str::trim) {
+                let Some((_, domain)) = address.rsplit_once('@') else {
+                    continue;
+                };
+                *per_receiver
+                    .entry(self.receivers.of(domain, []))
+                    .or_default() += 1;
+            }
+            for (receiver, recipients) in per_receiver {
+                let first = match columns.message {
+                    Some(index) => self
+                        .by_receiver
+                        .insert((get(index).to_string(), receiver.to_string())),
+                    None => true,
+                };
+                counts.count_for(receiver, at, u64::from(first), recipients);
+            }
+        }
         Ok(())
     }
 
@@ -158,6 +184,28 @@ mod tests {
             exchange.feed(line, &mut counts)?;
         }
         Ok(counts)
+    }
+
+    #[test]
+    fn each_address_counts_for_its_receiver_by_domain() {
+        let counts = read(&[
+            r#""MessageId","Received","RecipientAddress","Status""#,
+            r#""<1@a>","2026-12-07T09:00:01Z","x@gmail.com","Delivered""#,
+            r#""<1@a>","2026-12-07T09:00:01Z","y@Outlook.com","Delivered""#,
+            r#""<1@a>","2026-12-07T09:00:02Z","z@gmail.com","Delivered""#,
+            r#""<2@a>","2026-12-07T09:00:03Z","w@b.example","Delivered""#,
+        ])
+        .unwrap();
+        let per = |receiver: &str| -> (u64, u64) {
+            counts.receivers[receiver]
+                .values()
+                .fold((0, 0), |(m, r), minute| {
+                    (m + minute.messages, r + minute.recipients)
+                })
+        };
+        assert_eq!(per("google"), (1, 2), "one message, two recipients");
+        assert_eq!(per("microsoft"), (1, 1));
+        assert_eq!(per("other"), (1, 1));
     }
 
     #[test]

@@ -30,11 +30,13 @@
 //! The read and the write hold the file's lock, which a running service
 //! takes for each save, so no save falls between them.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::time::{Zone, format_minute};
-use super::{Counts, History, Input};
+use super::{Counts, History, Input, Minute};
 use crate::config::{Config, GatewayConfig};
+use crate::policy::receivers::Receivers;
 use crate::shaper::volume::{KEPT_SLOTS, Volume, VolumeState};
 use crate::shaper::{CountUnit, Horizon, ShapingConfig};
 use crate::shaper::{HistorySource, SavedState};
@@ -375,8 +377,12 @@ pub fn baseline(shaping: &ShapingConfig, counts: &Counts, now: f64) -> f64 {
 /// The busiest window of `minutes` minutes: (units, the first minute with
 /// sends in it).
 pub fn busiest(counts: &Counts, unit: CountUnit, minutes: i64) -> (u64, i64) {
-    let entries: Vec<(i64, u64)> = counts
-        .minutes
+    busiest_of(&counts.minutes, unit, minutes)
+}
+
+/// [`busiest`] of one series of minutes (the gateway's, or a receiver's).
+fn busiest_of(series: &BTreeMap<i64, Minute>, unit: CountUnit, minutes: i64) -> (u64, i64) {
+    let entries: Vec<(i64, u64)> = series
         .iter()
         .map(|(minute, count)| (*minute, units(count, unit)))
         .collect();
@@ -435,6 +441,19 @@ fn summary(gateway: &GatewayConfig, history: &History, state: &SavedState, now: 
         text.push_str(&format!(
             "  busiest {name:<6} {units} {unit} from {}\n",
             format_minute(start as f64 * 60.0)
+        ));
+    }
+    // Each receiver's own history, busiest hour and day first (what
+    // per-receiver budgets will weigh a burst to that receiver against).
+    let receivers = Receivers::builtin();
+    for name in receivers.names() {
+        let Some(series) = counts.receivers.get(name) else {
+            continue;
+        };
+        let (hour, _) = busiest_of(series, shaping.count, 60);
+        let (day, _) = busiest_of(series, shaping.count, 1_440);
+        text.push_str(&format!(
+            "  receiver       {name:<10} busiest hour {hour}, day {day} {unit}\n"
         ));
     }
     let mut volume = Volume::restore(shaping, state.volume.as_ref().expect("learned"), now);

@@ -43,6 +43,10 @@ pub struct Counts {
     /// Unix seconds of the first and last entry counted.
     pub first: Option<f64>,
     pub last: Option<f64>,
+    /// Per receiver (`policy::receivers`: by the recipients' domain, else
+    /// by the host the gateway relayed to, its MX), its minutes; empty
+    /// when the source names no recipients.
+    pub receivers: BTreeMap<String, BTreeMap<i64, Minute>>,
 }
 
 impl Counts {
@@ -54,6 +58,17 @@ impl Counts {
         minute.recipients += recipients;
         self.first = Some(self.first.map_or(at, |first| first.min(at)));
         self.last = Some(self.last.map_or(at, |last| last.max(at)));
+    }
+
+    /// Of a line counted at `at`, what went to `receiver`.
+    pub fn count_for(&mut self, receiver: &str, at: f64, messages: u64, recipients: u64) {
+        let minutes = match self.receivers.get_mut(receiver) {
+            Some(minutes) => minutes,
+            None => self.receivers.entry(receiver.to_string()).or_default(),
+        };
+        let minute = minutes.entry((at / 60.0).floor() as i64).or_default();
+        minute.messages += messages;
+        minute.recipients += recipients;
     }
 
     pub fn skip(&mut self, reason: &'static str) {

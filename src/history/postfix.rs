@@ -9,6 +9,11 @@
 //! the sent `to=` lines. `lmtp`, `local`, `virtual` and `pipe` deliveries
 //! stay inside the organisation and are not counted.
 //!
+//! Each sent line also counts for its receiver (`policy::receivers`): by
+//! the `to=` domain, else by the `relay=` host, which is the receiver's MX
+//! when the gateway delivers itself (no DNS needed); a message counts once
+//! per receiver.
+//!
 //! Timestamps in both syslog forms: traditional (`Dec  7 09:00:01`, local
 //! time, the year found by [`time::syslog_date`]) and RFC 3339.
 //! Pure: lines in, counts out; the clock and zone are the caller's.
@@ -18,6 +23,7 @@ use std::net::IpAddr;
 
 use super::Counts;
 use super::time::{self, Zone};
+use crate::policy::receivers::Receivers;
 
 /// A Postfix log being read, over one file or several (rotated logs: a
 /// queue id seen in an older file is the same message).
@@ -25,6 +31,10 @@ pub struct Postfix<'z> {
     zone: &'z Zone,
     now: f64,
     messages: HashSet<String>,
+    /// (queue id, receiver) pairs counted: a message counts once per
+    /// receiver.
+    by_receiver: HashSet<(String, String)>,
+    receivers: Receivers,
 }
 
 /// Why a line was not counted (the report's reasons).
@@ -44,6 +54,8 @@ impl<'z> Postfix<'z> {
             zone,
             now,
             messages: HashSet::new(),
+            by_receiver: HashSet::new(),
+            receivers: Receivers::builtin(),
         }
     }
 
@@ -57,6 +69,16 @@ impl<'z> Postfix<'z> {
                     self.messages.insert(queue_id.to_string());
                 }
                 counts.count(at, u64::from(first), 1);
+                let domain = field(line, "to=<")
+                    .and_then(|to| to.trim_end_matches('>').rsplit_once('@'))
+                    .map_or("", |(_, domain)| domain);
+                let relay = field(line, "relay=")
+                    .map(|relay| relay.split(['[', ':']).next().unwrap_or(relay));
+                let receiver = self.receivers.of(domain, relay);
+                let first = self
+                    .by_receiver
+                    .insert((queue_id.to_string(), receiver.to_string()));
+                counts.count_for(receiver, at, u64::from(first), 1);
             }
             Err(reason) => counts.skip(reason),
         }
@@ -157,6 +179,38 @@ mod tests {
     }
 
     const NOW: f64 = 1_796_640_000.0; // 2026-12-07T10:40:00Z
+
+    #[test]
+    fn each_sent_line_counts_for_its_receiver_by_domain_else_by_relay() {
+        let counts = read(
+            &[
+                "Dec  7 09:00:01 mx postfix/smtp[12]: 1A: to=<a@gmail.com>, relay=gmail-smtp-in.l.google.com[192.0.2.1]:25, status=sent (250 ok)",
+                "Dec  7 09:00:01 mx postfix/smtp[12]: 1A: to=<b@gmail.com>, relay=gmail-smtp-in.l.google.com[192.0.2.1]:25, status=sent (250 ok)",
+                "Dec  7 09:00:02 mx postfix/smtp[13]: 1A: to=<c@example.com>, relay=example-com.mail.protection.outlook.com[192.0.2.2]:25, status=sent (250 ok)",
+                "Dec  7 09:00:03 mx postfix/smtp[14]: 2B: to=<d@partner.example>, relay=mx.partner.example[192.0.2.3]:25, status=sent (250 ok)",
+                "Dec  7 09:00:04 mx postfix/smtp[14]: 3C: to=<e@Hotmail.CO.UK>, relay=smarthost.example[192.0.2.4]:25, status=sent (250 ok)",
+            ],
+            NOW,
+        );
+        let per = |receiver: &str| -> (u64, u64) {
+            counts.receivers[receiver]
+                .values()
+                .fold((0, 0), |(m, r), minute| {
+                    (m + minute.messages, r + minute.recipients)
+                })
+        };
+        // One message to two receivers counts once for each.
+        assert_eq!(per("google"), (1, 2));
+        assert_eq!(
+            per("microsoft"),
+            (2, 2),
+            "by MX, and by name through a smarthost"
+        );
+        assert_eq!(per("other"), (1, 1));
+        assert_eq!(counts.receivers.len(), 3);
+        let total: u64 = counts.minutes.values().map(|minute| minute.messages).sum();
+        assert_eq!(total, 3, "the gateway's total counts a message once");
+    }
 
     #[test]
     fn counts_sent_lines_by_queue_id_and_recipient() {

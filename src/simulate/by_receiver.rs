@@ -23,6 +23,9 @@ use crate::shaper::{Horizon, ShapingConfig};
 /// mail to a new receiver (a handful an hour) is never held.
 pub const RECEIVER_FLOORS: [u64; 2] = [20, 100];
 
+/// Per receiver, its sends before the trace: (time, units).
+pub type Sends = HashMap<String, Vec<(f64, u64)>>;
+
 /// One receiver's share of a replay and how it fares under its rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReceiverReport {
@@ -58,13 +61,13 @@ pub fn receivers_of_rows(
 /// Each receiver's view of `sent` (the shaped output) and of `trace` (what
 /// the apps offered), in the order of `receivers`' names; receivers the
 /// trace never reaches are left out. `row_receivers` is
-/// [`receivers_of_rows`]'s; `judged_from` the first second judged, as the
-/// gateway's view is (a receiver's history is only what the trace sent it:
-/// `--history` is the gateway's, not split by receiver).
-#[allow(clippy::too_many_arguments)]
+/// [`receivers_of_rows`]'s; `history` each receiver's sends before the
+/// trace (`--history`, by receiver; none: what the trace sent it is all it
+/// has seen); `judged_from` the first second judged, as the gateway's view
+/// is.
 pub fn judge_receivers(
     receivers: &Receivers,
-    row_receivers: &[Option<String>],
+    (row_receivers, history): (&[Option<String>], &Sends),
     trace: &[Arrival],
     sent: &[SentRecord],
     shaping: &ShapingConfig,
@@ -74,6 +77,7 @@ pub fn judge_receivers(
     let mut reports = Vec::new();
     for name in receivers.names() {
         let of = |row: usize| row_receivers[row].as_deref() == Some(name);
+        let before = history.get(name).map_or(&[][..], Vec::as_slice);
         let offered: Vec<(f64, u64)> = trace
             .iter()
             .enumerate()
@@ -83,11 +87,15 @@ pub fn judge_receivers(
         if offered.is_empty() {
             continue;
         }
+        let offered_count = offered.len();
+        let offered: Vec<(f64, u64)> = offered.into_iter().chain(before.iter().copied()).collect();
         let shaped: Vec<(f64, u64)> = sent
             .iter()
             .filter(|record| of(record.id as usize))
             .map(|record| (record.at, units(record.recipients)))
             .collect();
+        let sent_count = shaped.len();
+        let shaped: Vec<(f64, u64)> = shaped.into_iter().chain(before.iter().copied()).collect();
         let windows = Horizon::ALL
             .into_iter()
             .map(|horizon| {
@@ -107,8 +115,8 @@ pub fn judge_receivers(
             .collect();
         reports.push(ReceiverReport {
             name: name.to_string(),
-            offered: offered.len(),
-            sent: shaped.len(),
+            offered: offered_count,
+            sent: sent_count,
             windows,
         });
     }
@@ -126,7 +134,7 @@ pub fn to_text(reports: &[ReceiverReport], day_origin: f64) -> String {
          --mx-map hosts; else other) and window W, at most max(floor, warmup x the busiest\n\
          W-window R saw in the 7 days before); floors {}/h, {}/day. The gateway shapes its\n\
          total only: a row over its allowance is a jump that receiver's own history does not allow\n\
-         (a receiver's history is what the trace sent it: its first days are judged on the floors)\n\
+         (a receiver's history: with --history, its own from the log; else what the trace sent it)\n\
          receiver    offered     sent  window   shaped: tightest sent / allowed (excess), ending       offered: tightest / allowed (x)\n",
         RECEIVER_FLOORS[0], RECEIVER_FLOORS[1]
     );
@@ -211,7 +219,16 @@ mod tests {
                 held: 0.0,
             })
             .collect();
-        let reports = judge_receivers(&receivers, &rows, &trace, &sent, &shaping, 0.0, u64::from);
+        let none = HashMap::new();
+        let reports = judge_receivers(
+            &receivers,
+            (&rows, &none),
+            &trace,
+            &sent,
+            &shaping,
+            0.0,
+            u64::from,
+        );
         let names: Vec<&str> = reports.iter().map(|report| report.name.as_str()).collect();
         assert_eq!(
             names,
@@ -226,6 +243,26 @@ mod tests {
         // Microsoft's hours never passed its floor.
         let (_, _, microsoft, _) = &reports[1].windows[0];
         assert_eq!(microsoft.excess, 0);
+        // With Gmail's own history (500 in an hour three days before, as
+        // `--history` gives it), the same burst is within its rule.
+        let history = HashMap::from([(
+            "google".to_string(),
+            (0..500)
+                .map(|index| (4.0 * 86_400.0 + index as f64, 1))
+                .collect(),
+        )]);
+        let known = judge_receivers(
+            &receivers,
+            (&rows, &history),
+            &trace,
+            &sent,
+            &shaping,
+            5.0 * 86_400.0,
+            u64::from,
+        );
+        let (_, _, shaped, _) = &known[0].windows[0];
+        assert_eq!((shaped.allowed, shaped.excess), (1_000, 0));
+        assert_eq!(known[0].offered, 1_000, "the history is not the trace's");
         let text = to_text(&reports, 0.0);
         assert!(text.contains("what each receiver sees"), "{text}");
         assert!(text.contains("google"), "{text}");
@@ -244,7 +281,7 @@ mod tests {
         let shaping: ShapingConfig = "".parse().unwrap();
         let reports = judge_receivers(
             &Receivers::builtin(),
-            &rows,
+            (&rows, &HashMap::new()),
             &trace,
             &[],
             &shaping,

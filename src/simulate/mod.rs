@@ -333,11 +333,18 @@ fn moved(history: &History, created: f64) -> History {
     let last = history.counts.last.unwrap_or(created);
     let shift = (created / 60.0).floor() as i64 - (last / 60.0).floor() as i64;
     let mut moved = history.clone();
-    moved.counts.minutes = history
+    let shifted = |minutes: &std::collections::BTreeMap<i64, crate::history::Minute>| {
+        minutes
+            .iter()
+            .map(|(minute, count)| (minute + shift, *count))
+            .collect()
+    };
+    moved.counts.minutes = shifted(&history.counts.minutes);
+    moved.counts.receivers = history
         .counts
-        .minutes
+        .receivers
         .iter()
-        .map(|(minute, count)| (minute + shift, *count))
+        .map(|(receiver, minutes)| (receiver.clone(), shifted(minutes)))
         .collect();
     let seconds = shift as f64 * 60.0;
     moved.counts.first = history.counts.first.map(|first| first + seconds);
@@ -361,19 +368,26 @@ fn model(shaping: &ShapingConfig, history: Option<&History>, created: f64) -> Ga
 /// middle of it.
 fn history_sends(history: Option<&History>, shaping: &ShapingConfig) -> Vec<(f64, u64)> {
     history.map_or_else(Vec::new, |history| {
-        history
-            .counts
-            .minutes
-            .iter()
-            .map(|(minute, count)| {
-                let units = match shaping.count {
-                    crate::shaper::CountUnit::Messages => count.messages,
-                    crate::shaper::CountUnit::Recipients => count.recipients,
-                };
-                (*minute as f64 * 60.0 + 30.0, units)
-            })
-            .collect()
+        sends_of(&history.counts.minutes, shaping)
     })
+}
+
+/// One series of history minutes as sends (mid-minute, in the gateway's
+/// `count` unit).
+fn sends_of(
+    minutes: &std::collections::BTreeMap<i64, crate::history::Minute>,
+    shaping: &ShapingConfig,
+) -> Vec<(f64, u64)> {
+    minutes
+        .iter()
+        .map(|(minute, count)| {
+            let units = match shaping.count {
+                crate::shaper::CountUnit::Messages => count.messages,
+                crate::shaper::CountUnit::Recipients => count.recipients,
+            };
+            (*minute as f64 * 60.0 + 30.0, units)
+        })
+        .collect()
 }
 
 /// A replay under way: the sidecars, the offers still to come, and the
@@ -707,9 +721,16 @@ impl<'t> Replay<'t> {
         report.row_receivers = by_receiver::receivers_of_rows(trace, &receivers, &options.mx);
         // As the gateway's view: judged from the minute after the model was made.
         let judged_from = ((self.created / 60.0).floor() + 1.0) * 60.0;
+        // With `--history`, each receiver's own history from the log.
+        let receiver_history: by_receiver::Sends = self
+            .history
+            .iter()
+            .flat_map(|history| &history.counts.receivers)
+            .map(|(receiver, minutes)| (receiver.clone(), sends_of(minutes, shaping)))
+            .collect();
         report.receivers = by_receiver::judge_receivers(
             &receivers,
-            &report.row_receivers,
+            (&report.row_receivers, &receiver_history),
             trace,
             &report.sent_log,
             shaping,
