@@ -37,6 +37,7 @@ use super::time::{Zone, format_minute};
 use super::{Counts, History, Input, Minute};
 use crate::config::{Config, GatewayConfig};
 use crate::policy::receivers::Receivers;
+use crate::shaper::penalty::Phase;
 use crate::shaper::volume::{KEPT_SLOTS, Volume, VolumeState};
 use crate::shaper::{CountUnit, Horizon, ShapingConfig};
 use crate::shaper::{HistorySource, SavedState};
@@ -246,12 +247,12 @@ pub fn learned_state(
     };
     let half_life = shaping.baseline_half_life.as_secs_f64();
     let learned_baseline = baseline(shaping, counts, now);
-    // The throttling cut and pause are kept as saved (their recovery
-    // counts from the save, so from now: a little slower, never faster).
+    // The throttling cut (with its phase) and pause are kept as saved.
     let kept = existing.cloned().unwrap_or(SavedState {
         saved_at: now,
         baseline: 0.0,
         penalty: 1.0,
+        penalty_phase: Some(Phase::Calm),
         paused_until: 0.0,
         caps: Vec::new(),
         volume: None,
@@ -584,6 +585,7 @@ mod tests {
             saved_at: now - 60.0,
             baseline: 0.01,
             penalty: 0.5,
+            penalty_phase: None,
             paused_until: now + 100.0,
             caps: vec![(60.0, vec![(NOW_MINUTE - 1, 7)])],
             volume: Some(VolumeState {
@@ -634,6 +636,7 @@ mod tests {
             saved_at: now,
             baseline: 0.01,
             penalty: 0.5,
+            penalty_phase: None,
             paused_until: 0.0,
             caps: vec![(60.0, vec![(NOW_MINUTE, 2)])],
             volume: Some(VolumeState {

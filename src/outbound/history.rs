@@ -235,6 +235,7 @@ mod tests {
             saved_at: NOW,
             baseline: 0.1,
             penalty: 1.0,
+            penalty_phase: None,
             paused_until: 0.0,
             caps: Vec::new(),
             volume: Some(VolumeState {

@@ -295,18 +295,19 @@ impl GatewayModel {
     }
 
     /// A gateway with the history in `state`, saved `now - saved_at`
-    /// seconds ago: the baseline fades and a throttling cut recovers for that
-    /// time (see `penalty`); cap counts are kept as saved (they include the
-    /// reserve).
+    /// seconds ago: the baseline fades for that time; the throttling
+    /// penalty goes on where it stood (an open episode stays open until the
+    /// gateway accepts, a recovery keeps its ramp; a file from before the
+    /// phase was saved recovers from the save, see `penalty`); cap counts
+    /// are kept as saved (they include the reserve).
     pub fn restore(config: &ShapingConfig, state: &SavedState, now: f64) -> GatewayModel {
         let mut model = GatewayModel::new(config, now);
         model.baseline.rate = state.baseline.max(model.baseline.floor);
-        model.throttling = Penalty::restored(
-            config.backoff_factor,
-            config.backoff_recovery.as_secs_f64(),
-            state.penalty,
-            state.saved_at.min(now),
-        );
+        let (factor, recovery) = (config.backoff_factor, config.backoff_recovery.as_secs_f64());
+        model.throttling = match state.penalty_phase {
+            Some(phase) => Penalty::in_phase(factor, recovery, phase),
+            None => Penalty::restored(factor, recovery, state.penalty, state.saved_at.min(now)),
+        };
         model.penalty = model.throttling.at(now);
         model.paused_until = state.paused_until;
         model.baseline.update(0.0, now - state.saved_at);
@@ -745,6 +746,7 @@ impl GatewayModel {
             saved_at: now,
             baseline: self.baseline.rate,
             penalty: self.penalty,
+            penalty_phase: Some(self.throttling.phase_now()),
             paused_until: self.paused_until,
             caps,
             volume,

@@ -16,9 +16,11 @@
 //!
 //! Pure: times are given, never read.
 
-/// Where the gateway stands with us (see the module notes).
+/// Where the gateway stands with us (see the module notes); saved with
+/// the shaping state, so a restart neither ends an episode before the
+/// gateway accepts again nor starts a recovery ramp over.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Phase {
+pub enum Phase {
     /// No penalty.
     Calm,
     /// Cut to this penalty; waiting for the gateway to accept again.
@@ -66,8 +68,28 @@ impl Penalty {
         }
     }
 
-    /// A penalty saved at `saved_at`: it has been recovering since then
-    /// (no one was sending to be throttled).
+    /// The penalty in `phase`, as [`Penalty::phase_now`] gave it.
+    pub fn in_phase(factor: f64, recovery: f64, phase: Phase) -> Penalty {
+        let valid = |value: f64| value.is_finite() && value > 0.0 && value < 1.0;
+        let phase = match phase {
+            Phase::Episode(value) if valid(value) => phase,
+            Phase::Recovering { since, from } if valid(from) && since.is_finite() => phase,
+            _ => Phase::Calm,
+        };
+        Penalty {
+            phase,
+            ..Penalty::new(factor, recovery)
+        }
+    }
+
+    /// Where the penalty stands, to save (see [`Penalty::in_phase`]).
+    pub fn phase_now(&self) -> Phase {
+        self.phase
+    }
+
+    /// A penalty saved at `saved_at` by a version that kept only its value:
+    /// it has been recovering since then (no one was sending to be
+    /// throttled).
     pub fn restored(factor: f64, recovery: f64, value: f64, saved_at: f64) -> Penalty {
         let mut penalty = Penalty::new(factor, recovery);
         let value = value.clamp(0.0, 1.0);

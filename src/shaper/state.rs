@@ -1,6 +1,7 @@
 //! The saved shaping state of one gateway, as TOML text: what a restart must
-//! not forget (the learned baseline, a throttling cut, the cap counts, the
-//! volume history of the hour and day budgets).
+//! not forget (the learned baseline, a throttling cut and where its episode
+//! or recovery stood, the cap counts, the volume history of the hour and
+//! day budgets).
 //! Pure text <-> struct; the spool writes and reads the file.
 //!
 //! The file's shape is [`File`], derived with serde: version 1, as written
@@ -9,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::penalty::Phase;
 use super::shared::NodesSeen;
 use super::volume::{KEPT_SLOTS, Seed, VolumeState};
 use crate::shaper::Horizon;
@@ -20,6 +22,9 @@ pub struct SavedState {
     /// Messages per second.
     pub baseline: f64,
     pub penalty: f64,
+    /// Where the penalty stands (an open episode, a recovery ramp and its
+    /// start); `None` in a file written before it was saved.
+    pub penalty_phase: Option<Phase>,
     pub paused_until: f64,
     /// Per cap window (seconds): (slot number, units) counted.
     pub caps: Vec<(f64, Vec<(i64, u64)>)>,
@@ -55,6 +60,15 @@ struct File {
     saved_at: f64,
     baseline_per_second: f64,
     penalty: f64,
+    /// "calm", "throttled" (an episode waits for the gateway to accept
+    /// again) or "recovering" (from `penalty_from` since `penalty_since`);
+    /// files from before it have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    penalty_phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    penalty_since: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    penalty_from: Option<f64>,
     paused_until: f64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     caps: Vec<CapFile>,
@@ -180,6 +194,22 @@ impl SavedState {
             saved_at: self.saved_at,
             baseline_per_second: self.baseline,
             penalty: self.penalty,
+            penalty_phase: self.penalty_phase.map(|phase| {
+                match phase {
+                    Phase::Calm => "calm",
+                    Phase::Episode(_) => "throttled",
+                    Phase::Recovering { .. } => "recovering",
+                }
+                .to_string()
+            }),
+            penalty_since: match self.penalty_phase {
+                Some(Phase::Recovering { since, .. }) => Some(since),
+                _ => None,
+            },
+            penalty_from: match self.penalty_phase {
+                Some(Phase::Recovering { from, .. }) => Some(from),
+                _ => None,
+            },
             paused_until: self.paused_until,
             caps: self
                 .caps
@@ -228,10 +258,21 @@ impl SavedState {
         {
             return None;
         }
+        let penalty_phase = match file.penalty_phase.as_deref() {
+            None => None,
+            Some("calm") => Some(Phase::Calm),
+            Some("throttled") => Some(Phase::Episode(file.penalty)),
+            Some("recovering") => Some(Phase::Recovering {
+                since: file.penalty_since?,
+                from: file.penalty_from?,
+            }),
+            Some(_) => return None,
+        };
         let state = SavedState {
             saved_at: file.saved_at,
             baseline: file.baseline_per_second,
             penalty: file.penalty,
+            penalty_phase,
             paused_until: file.paused_until,
             caps: file
                 .caps
@@ -248,11 +289,17 @@ impl SavedState {
                 .unwrap_or_default(),
         };
         // TOML has nan and inf; none is a time, a rate or a factor here.
+        let (since, from) = match state.penalty_phase {
+            Some(Phase::Recovering { since, from }) => (since, from),
+            _ => (0.0, 0.0),
+        };
         let finite = [
             state.saved_at,
             state.baseline,
             state.penalty,
             state.paused_until,
+            since,
+            from,
         ]
         .iter()
         .chain(
@@ -271,11 +318,55 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_penalty_s_phase_round_trips_and_an_older_file_has_none() {
+        let state = SavedState {
+            saved_at: 1_764_180_060.0,
+            baseline: 0.5,
+            penalty: 0.5,
+            penalty_phase: Some(Phase::Episode(0.5)),
+            paused_until: 0.0,
+            caps: Vec::new(),
+            volume: None,
+            history: None,
+            held: false,
+            nodes_seen: NodesSeen::default(),
+        };
+        for phase in [
+            Phase::Calm,
+            Phase::Episode(0.5),
+            Phase::Recovering {
+                since: 1_764_180_000.5,
+                from: 0.25,
+            },
+        ] {
+            let state = SavedState {
+                penalty_phase: Some(phase),
+                ..state.clone()
+            };
+            let text = state.to_text("primary").unwrap();
+            assert_eq!(SavedState::parse(&text), Some(state), "{text}");
+        }
+        let older = "version = 1\nsaved_at = 1764180060\nbaseline_per_second = 0.5\npenalty = 0.5\npaused_until = 0\n";
+        assert_eq!(SavedState::parse(older).unwrap().penalty_phase, None);
+        let unknown = older.replace(
+            "penalty = 0.5\n",
+            "penalty = 0.5\npenalty_phase = \"angry\"\n",
+        );
+        assert_eq!(SavedState::parse(&unknown), None);
+        let half = older.replace(
+            "penalty = 0.5\n",
+            "penalty = 0.5\npenalty_phase = \"recovering\"\n",
+        );
+        assert_eq!(SavedState::parse(&half), None, "a ramp needs its start");
+    }
+
+    #[test]
     fn round_trips_and_refuses_garbage() {
         let state = SavedState {
             saved_at: 1_764_180_060.25,
             baseline: 0.5,
             penalty: 1.0,
+            penalty_phase: None,
             paused_until: 0.0,
             caps: vec![
                 (60.0, vec![(29_403_000, 3), (29_403_001, 1)]),

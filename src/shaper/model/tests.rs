@@ -445,3 +445,40 @@ fn observing_relays_past_the_ceiling_and_budgets_the_caps_still_hold_and_observe
     assert_eq!(view.mode, ShapingMode::Enforce);
     assert!(!model.observing());
 }
+
+/// A restart keeps the throttling penalty where it stood: an episode stays
+/// open until the gateway accepts, and a recovery keeps its ramp, so the
+/// ceiling is back within `backoff_recovery` of the acceptance, restart or
+/// not.
+#[test]
+fn a_restart_keeps_the_penalty_s_episode_and_its_recovery_ramp() {
+    let config =
+        shaping("initial_rate = \"60/min\"\nbackoff_factor = 0.5\nbackoff_recovery = \"1h\"");
+    let mut episode = GatewayModel::new(&config, 0.0);
+    assert!(episode.throttled(10.0));
+    let saved = episode.snapshot(20.0, 0);
+    let mut restored = GatewayModel::restore(&config, &saved, 3_620.0);
+    assert_eq!(restored.view(3_620.0).penalty, 0.5, "nothing accepted yet");
+    assert!(
+        !restored.throttled(3_630.0),
+        "the same episode: no second cut"
+    );
+    restored.gateway_accepted(3_700.0);
+    assert!(restored.view(3_700.0 + 1_800.0).penalty < 1.0);
+    assert_eq!(restored.view(3_700.0 + 3_600.0).penalty, 1.0);
+
+    let mut running = GatewayModel::new(&config, 0.0);
+    assert!(running.throttled(10.0));
+    running.gateway_accepted(100.0);
+    let saved = running.snapshot(1_900.0, 0);
+    let mut restarted = GatewayModel::restore(&config, &saved, 2_000.0);
+    for at in [2_000.0, 3_000.0, 3_699.0, 3_700.0] {
+        let (kept, never) = (restarted.view(at).penalty, running.view(at).penalty);
+        assert!((kept - never).abs() < 1e-9, "at {at}: {kept} vs {never}");
+    }
+    assert_eq!(
+        restarted.view(3_700.0).penalty,
+        1.0,
+        "back within 1h of the acceptance"
+    );
+}
