@@ -692,25 +692,10 @@ fn the_readmes_learn_commands_work_as_typed_and_print_what_it_shows() {
             || block.starts_with("history:")
             || block.starts_with("gateway \"apps\"")
     });
-    let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(format!("{root}/traces"), dir.path().join("traces")).unwrap();
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_smtp-shaper"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let dir = user_folder();
     let mut checked = 0;
     for command in &commands {
-        let output = Command::new("sh")
-            .args(["-c", command])
-            .current_dir(dir.path())
-            .env("PATH", &path)
-            .output()
-            .unwrap();
+        let output = as_typed(dir.path(), command);
         let stdout = text(&output.stdout);
         assert!(
             output.status.success(),
@@ -995,24 +980,17 @@ fn hash_password_at_a_terminal_prompts_and_hides_the_password() {
     );
 }
 
-/// The README's "What each receiver sees": its command works as typed in a
-/// user's folder and prints each receiver's view, Gmail over its floor.
-#[test]
-fn the_readmes_receiver_command_works_as_typed() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
-    let section = readme
-        .split("### What each receiver sees")
-        .nth(1)
-        .and_then(|rest| rest.split("\n### ").next())
-        .expect("the section");
-    let command = section
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|rest| rest.split("\n```").next())
-        .expect("the command");
+/// A user's folder: empty but for the shipped `traces/`.
+fn user_folder() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(format!("{root}/traces"), dir.path().join("traces")).unwrap();
+    let traces = concat!(env!("CARGO_MANIFEST_DIR"), "/traces");
+    std::os::unix::fs::symlink(traces, dir.path().join("traces")).unwrap();
+    dir
+}
+
+/// `command` as a user types it in `folder`, with this build's
+/// `smtp-shaper` first on the PATH.
+fn as_typed(folder: &std::path::Path, command: &str) -> Output {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_smtp-shaper"))
         .parent()
         .unwrap()
@@ -1022,12 +1000,38 @@ fn the_readmes_receiver_command_works_as_typed() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let output = Command::new("sh")
+    Command::new("sh")
         .args(["-c", command])
-        .current_dir(dir.path())
+        .current_dir(folder)
         .env("PATH", &path)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// The README's section under `heading` (a `### ` one), to the next.
+fn readme_section(heading: &str) -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    readme
+        .split(&format!("### {heading}\n"))
+        .nth(1)
+        .and_then(|rest| rest.split("\n### ").next())
+        .expect("the section")
+        .to_string()
+}
+
+/// The README's "What each receiver sees": its command works as typed in a
+/// user's folder and prints each receiver's view, Gmail over its floor.
+#[test]
+fn the_readmes_receiver_command_works_as_typed() {
+    let section = readme_section("What each receiver sees");
+    let command = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("the command");
+    let dir = user_folder();
+    let output = as_typed(dir.path(), command);
     let stdout = text(&output.stdout);
     assert!(
         output.status.success(),
@@ -1052,13 +1056,7 @@ fn the_readmes_receiver_command_works_as_typed() {
 #[test]
 fn the_readmes_receiver_table_is_the_built_in_one() {
     use smtp_shaper::policy::receivers::{OTHER, Receivers};
-    let root = env!("CARGO_MANIFEST_DIR");
-    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
-    let section = readme
-        .split("### What each receiver sees")
-        .nth(1)
-        .and_then(|rest| rest.split("\n### ").next())
-        .expect("the section");
+    let section = readme_section("What each receiver sees");
     let list = |cell: &str| -> Vec<String> {
         cell.split(',')
             .map(|item| item.trim().replace("\\*", "*"))
