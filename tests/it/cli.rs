@@ -395,20 +395,7 @@ fn the_readmes_quick_start_commands_work_as_typed() {
         .lines()
         .map(|line| line.split("  #").next().unwrap().trim())
         .collect();
-    // A user's folder: the repository's files, nothing written into it.
-    let dir = tempfile::tempdir().unwrap();
-    for folder in ["config", "traces"] {
-        std::os::unix::fs::symlink(format!("{root}/{folder}"), dir.path().join(folder)).unwrap();
-    }
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_smtp-shaper"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let dir = user_folder();
     // The service line first (it runs until stopped), then the rest,
     // `queue list` asking the running one.
     let run = lines
@@ -422,12 +409,7 @@ fn the_readmes_quick_start_commands_work_as_typed() {
         "{logged}"
     );
     for line in lines.iter().filter(|line| *line != run) {
-        let output = Command::new("sh")
-            .args(["-c", line])
-            .current_dir(dir.path())
-            .env("PATH", &path)
-            .output()
-            .unwrap();
+        let output = as_typed(dir.path(), line);
         let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
         // check-dns answers 1 for a domain that is not set up right (and
         // example.com is not set up for 192.0.2.25): a verdict, not a failure.
@@ -980,11 +962,14 @@ fn hash_password_at_a_terminal_prompts_and_hides_the_password() {
     );
 }
 
-/// A user's folder: empty but for the shipped `traces/`.
+/// A user's folder: the repository's `config/` and `traces/`, nothing
+/// written into them.
 fn user_folder() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let traces = concat!(env!("CARGO_MANIFEST_DIR"), "/traces");
-    std::os::unix::fs::symlink(traces, dir.path().join("traces")).unwrap();
+    for folder in ["config", "traces"] {
+        let shipped = format!("{}/{folder}", env!("CARGO_MANIFEST_DIR"));
+        std::os::unix::fs::symlink(shipped, dir.path().join(folder)).unwrap();
+    }
     dir
 }
 
