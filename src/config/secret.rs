@@ -107,14 +107,11 @@ impl ClusterConfig {
     /// The Redis password, if one is configured (a file wins over the
     /// variable).
     pub fn password(&self) -> io::Result<Option<String>> {
-        let source = match (&self.password_file, &self.password_env) {
-            (Some(path), _) => SecretSource::File(path.clone()),
-            (None, Some(name)) => SecretSource::Env(name.clone()),
-            (None, None) => return Ok(None),
-        };
-        source
-            .read("cluster.password_file", "cluster.password_env")
-            .map(Some)
+        match (&self.password_file, &self.password_env) {
+            (Some(path), _) => read_first_line(path, "cluster.password_file").map(Some),
+            (None, Some(name)) => read_env(name, "cluster.password_env").map(Some),
+            (None, None) => Ok(None),
+        }
     }
 }
 

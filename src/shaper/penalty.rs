@@ -70,10 +70,16 @@ impl Penalty {
 
     /// The penalty in `phase`, as [`Penalty::phase_now`] gave it.
     pub fn in_phase(factor: f64, recovery: f64, phase: Phase) -> Penalty {
-        let valid = |value: f64| value.is_finite() && value > 0.0 && value < 1.0;
+        // An episode may hold a penalty of 1 (a cut the floor took back
+        // whole): still open until the gateway accepts. A ramp from 1 is no
+        // ramp.
         let phase = match phase {
-            Phase::Episode(value) if valid(value) => phase,
-            Phase::Recovering { since, from } if valid(from) && since.is_finite() => phase,
+            Phase::Episode(value) if value.is_finite() && value > 0.0 && value <= 1.0 => phase,
+            Phase::Recovering { since, from }
+                if from.is_finite() && from > 0.0 && from < 1.0 && since.is_finite() =>
+            {
+                phase
+            }
             _ => Phase::Calm,
         };
         Penalty {
@@ -202,6 +208,31 @@ mod tests {
     use super::*;
 
     const HOUR: f64 = 3_600.0;
+
+    #[test]
+    fn a_saved_phase_comes_back_as_it_was() {
+        // An episode whose cut the floor took back whole is still open.
+        let floored = Penalty::in_phase(0.5, 3_600.0, Phase::Episode(1.0));
+        assert!(floored.in_episode());
+        let ramp = Phase::Recovering {
+            since: 100.0,
+            from: 0.5,
+        };
+        assert_eq!(Penalty::in_phase(0.5, 3_600.0, ramp).phase_now(), ramp);
+        for nonsense in [
+            Phase::Episode(f64::NAN),
+            Phase::Episode(0.0),
+            Phase::Recovering {
+                since: 100.0,
+                from: 1.0,
+            },
+        ] {
+            assert_eq!(
+                Penalty::in_phase(0.5, 3_600.0, nonsense).phase_now(),
+                Phase::Calm
+            );
+        }
+    }
 
     #[test]
     fn one_cut_per_episode_and_a_new_one_after_the_gateway_accepts() {
