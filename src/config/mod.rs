@@ -19,6 +19,7 @@ mod gateway;
 mod http;
 mod network;
 mod reader;
+mod receivers;
 mod restart;
 mod secret;
 mod sender;
@@ -35,6 +36,7 @@ pub use dkim::DkimConfig;
 pub use gateway::*;
 pub use http::*;
 pub use network::Network;
+pub use receivers::*;
 pub use secret::{MIN_ADMIN_TOKEN_LEN, SecretSource, read_first_line};
 pub use sender::SenderPattern;
 pub use server::*;
@@ -55,6 +57,7 @@ use dkim::read_dkim;
 use gateway::{check_gateways, read_gateway};
 use http::read_http;
 use reader::{Problems, Section};
+use receivers::{merge_receivers, read_receiver};
 #[cfg(test)]
 use secret::host_name;
 use server::read_server;
@@ -74,6 +77,9 @@ pub struct Config {
     pub gateways: Vec<GatewayConfig>,
     pub apps: Vec<AppConfig>,
     pub dkim: Vec<DkimConfig>,
+    /// The receivers whose own view is budgeted: the built-in ones with
+    /// `[[receivers]]` applied.
+    pub receivers: ReceiversConfig,
     /// `None`: every node shapes alone (no `[cluster]` section).
     pub cluster: Option<ClusterConfig>,
 }
@@ -168,6 +174,7 @@ impl Config {
         let gateway_tables = root.array_of_sections("gateways");
         let app_tables = root.array_of_sections("apps");
         let dkim_tables = root.array_of_sections("dkim");
+        let receiver_tables = root.array_of_sections("receivers");
         root.finish();
 
         let server = read_server(Section::new("server".into(), server, &mut problems));
@@ -175,7 +182,27 @@ impl Config {
         let http = read_http(Section::new("http".into(), http, &mut problems));
         let cluster =
             cluster.map(|table| read_cluster(Section::new("cluster".into(), table, &mut problems)));
-        let gateways: Vec<GatewayConfig> = gateway_tables
+        let receiver_entries: Vec<_> = receiver_tables
+            .into_iter()
+            .enumerate()
+            .map(|(index, table)| {
+                read_receiver(Section::new(
+                    format!("receivers[{index}]"),
+                    table,
+                    &mut problems,
+                ))
+            })
+            .collect();
+        check_unique(
+            "receivers",
+            "name",
+            receiver_entries
+                .iter()
+                .map(|(entry, _)| entry.name.as_str()),
+            &mut problems,
+        );
+        let receivers = merge_receivers(receiver_entries);
+        let mut gateways: Vec<GatewayConfig> = gateway_tables
             .into_iter()
             .enumerate()
             .map(|(index, table)| {
@@ -186,6 +213,9 @@ impl Config {
                 ))
             })
             .collect();
+        for gateway in &mut gateways {
+            gateway.shaping.receivers = receivers.rules(&gateway.shaping);
+        }
         check_gateways(&gateways, &mut problems);
         if cluster.is_some() {
             for (index, gateway) in gateways.iter().enumerate() {
@@ -238,6 +268,7 @@ impl Config {
             gateways,
             apps,
             dkim,
+            receivers,
             cluster,
         })
     }

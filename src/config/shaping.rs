@@ -68,6 +68,8 @@ pub(super) fn read_shaping(
         ),
         observe_until: s.optional_duration("observe_until"),
         baseline_half_life: s.duration("baseline_half_life", "7d"),
+        receiver_min_volume: volume_rates(&mut s, "receiver_min_rate", DEFAULT_RECEIVER_MIN_RATE),
+        receivers: Vec::new(),
     };
     if shaping.min_rate > shaping.max_rate {
         s.problem("min_rate", "must not be above max_rate");
@@ -150,7 +152,9 @@ impl FromStr for ShapingConfig {
                 problems: vec![format!("not valid TOML: {}", error.message().trim())],
             })?;
         let mut problems = Problems::new(reader::Lines::of(lines));
-        let (shaping, _) = read_shaping(Section::new(String::new(), table, &mut problems), None);
+        let (mut shaping, _) =
+            read_shaping(Section::new(String::new(), table, &mut problems), None);
+        shaping.receivers = ReceiversConfig::default().rules(&shaping);
         problems.into_result(shaping)
     }
 }
@@ -226,6 +230,44 @@ fn horizon_rates(
     let minute =
         minute.unwrap_or_else(|| parse_horizon_rate(default).expect("defaults are valid").1);
     (minute, written, volumes)
+}
+
+/// Each receiver's floors by default (`receiver_min_rate`): see the
+/// README's "What each receiver sees" for why these.
+pub const DEFAULT_RECEIVER_MIN_RATE: &[&str] = &["20/h", "100/day"];
+
+/// What `receiver_min_rate` (and `[[receivers]] min_rate`) accept.
+pub(super) const VOLUME_RATE_FORMS: &str = "a list of an hour and a day floor, e.g. [\"20/h\", \"100/day\"] (either may be left out; [] budgets no receiver)";
+
+/// `key` as a list of whole counts per hour and per day (`["20/h",
+/// "100/day"]`): the count per [`Horizon`], `None` where it names none.
+pub(super) fn volume_rates(
+    s: &mut Section<'_>,
+    key: &'static str,
+    default: &[&str],
+) -> [Option<u64>; 2] {
+    let rates = s.list(
+        key,
+        default,
+        VOLUME_RATE_FORMS,
+        |text| match parse_horizon_rate(text)? {
+            (Some(horizon), count, _) => Some((horizon, count as u64)),
+            (None, ..) => None,
+        },
+    );
+    let mut volumes = [None; 2];
+    for (horizon, count) in rates {
+        if volumes[horizon as usize].replace(count).is_some() {
+            s.problem(
+                key,
+                &format!(
+                    "names the {} twice; accepted: {VOLUME_RATE_FORMS}",
+                    horizon.label()
+                ),
+            );
+        }
+    }
+    volumes
 }
 
 /// `30/min` as a cap of 30 per 60 s: a whole count per period.

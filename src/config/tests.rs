@@ -800,3 +800,95 @@ fn a_shaping_table_read_alone_is_read_as_in_a_file_but_for_the_gateway_s_max_age
     assert!(problems[0].starts_with("line 2: headroom:"), "{problems:?}");
     assert!(problems[1].starts_with("line 3: bogus:"), "{problems:?}");
 }
+
+#[test]
+fn receivers_are_the_built_in_ones_with_what_the_file_adds_or_overrides() {
+    let config = with_gateway(
+        "[gateways.shaping]\nmin_rate = [\"10/min\", \"60/h\", \"300/day\"]\n\
+         receiver_min_rate = [\"30/h\", \"150/day\"]\n\
+         [[receivers]]\nname = \"internal\"\ndomains = [\"Example.COM.\"]\nmx = [\"mx.example.com\"]\n\
+         [[receivers]]\nname = \"google\"\nmin_rate = [\"50/h\"]\n\
+         [[receivers]]\nname = \"other\"\nmin_rate = [\"1000/day\"]\n",
+    )
+    .unwrap();
+    let names: Vec<&str> = config
+        .receivers
+        .list
+        .iter()
+        .map(|receiver| receiver.name.as_str())
+        .collect();
+    assert_eq!(names, ["internal", "google", "microsoft", "yahoo", "apple"]);
+    assert_eq!(config.receivers.list[0].domains, ["example.com"]);
+    assert_eq!(config.receivers.list[0].mx, [".mx.example.com"]);
+    assert_eq!(
+        config.receivers.list[1].domains,
+        ["gmail.com", "googlemail.com"],
+        "an override keeps what it does not give"
+    );
+    let rules: Vec<(&str, [Option<u64>; 2])> = config.gateways[0]
+        .shaping
+        .receivers
+        .iter()
+        .map(|rule| (rule.name.as_str(), rule.floors))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("internal", [Some(30), Some(150)]),
+            ("google", [Some(50), None]),
+            ("microsoft", [Some(30), Some(150)]),
+            ("yahoo", [Some(30), Some(150)]),
+            ("apple", [Some(30), Some(150)]),
+            ("other", [None, Some(1000)]),
+        ]
+    );
+    // The defaults: 20/h and 100/day for the named receivers, none for
+    // other; a gateway that budgets no hour or day budgets no receiver.
+    let shaping: ShapingConfig = "min_rate = [\"10/min\", \"60/h\", \"300/day\"]"
+        .parse()
+        .unwrap();
+    assert_eq!(shaping.receivers.len(), 4);
+    assert!(
+        shaping
+            .receivers
+            .iter()
+            .all(|rule| rule.floors == [Some(20), Some(100)])
+    );
+    let shaping: ShapingConfig = "min_rate = [\"10/min\", \"300/day\"]".parse().unwrap();
+    assert!(
+        shaping
+            .receivers
+            .iter()
+            .all(|rule| rule.floors == [None, Some(100)])
+    );
+    let shaping: ShapingConfig = "min_rate = \"10/min\"".parse().unwrap();
+    assert!(shaping.receivers.is_empty());
+    let shaping: ShapingConfig =
+        "min_rate = [\"10/min\", \"60/h\", \"300/day\"]\nreceiver_min_rate = []"
+            .parse()
+            .unwrap();
+    assert!(shaping.receivers.is_empty(), "[] budgets no receiver");
+}
+
+#[test]
+fn receiver_mistakes_are_explained() {
+    let error = with_gateway(
+        "[gateways.shaping]\nreceiver_min_rate = [\"20/min\"]\n\
+         [[receivers]]\nname = \"lonely\"\n\
+         [[receivers]]\nname = \"other\"\ndomains = [\"example.com\"]\n\
+         [[receivers]]\nname = \"x\"\ndomains = [\"not a domain\"]\nmin_rate = [\"5/h\", \"6/h\"]\n\
+         [[receivers]]\nname = \"x\"\nmx = [\"mx.x.example\"]\n",
+    )
+    .unwrap_err();
+    let text = error.to_string();
+    for expected in [
+        "gateways[0].shaping.receiver_min_rate[0]: \"20/min\" is not valid; accepted: a list of an hour and a day floor",
+        "receivers[0].domains: a new receiver needs domains or mx",
+        "receivers[1].name: \"other\" is every domain no receiver claims",
+        "receivers[2].domains[0]: \"not a domain\" is not valid",
+        "receivers[2].min_rate: names the 1h twice",
+        "receivers[3].name: \"x\" is used by an earlier entry",
+    ] {
+        assert!(text.contains(expected), "{expected}\nin\n{text}");
+    }
+}

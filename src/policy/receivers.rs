@@ -17,27 +17,17 @@
 //! Where the built-in table's facts come from is in the README ("What each
 //! receiver sees").
 
-/// The receiver of every domain no receiver claims.
-pub const OTHER: &str = "other";
+use crate::config::{OTHER_RECEIVER, ReceiverConfig, ReceiversConfig};
 
-/// One receiving provider and how its domains are recognised.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Receiver {
-    pub name: String,
-    /// Recipient domains it hosts: each matches itself and its subdomains;
-    /// `name.*` matches `name` under any ICANN public suffix
-    /// (`hotmail.co.uk`).
-    pub domains: Vec<String>,
-    /// Suffixes of its MX host names (`.google.com`): a domain whose every
-    /// MX host ends in one of them is this receiver's.
-    pub mx: Vec<String>,
-}
+/// The receiver of every domain no receiver claims.
+pub const OTHER: &str = OTHER_RECEIVER;
 
 /// The receivers a gateway's mail is judged by, in the order they claim
-/// domains.
+/// domains (the table is `config::receivers`: the built-in ones with
+/// `[[receivers]]` applied).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receivers {
-    list: Vec<Receiver>,
+    list: Vec<ReceiverConfig>,
 }
 
 impl Default for Receivers {
@@ -47,46 +37,21 @@ impl Default for Receivers {
 }
 
 impl Receivers {
-    /// The large consumer mailbox providers, which judge senders hardest.
+    /// The built-in receivers alone.
     pub fn builtin() -> Receivers {
-        let receiver = |name: &str, domains: &[&str], mx: &[&str]| Receiver {
-            name: name.to_string(),
-            domains: domains.iter().map(|domain| domain.to_string()).collect(),
-            mx: mx.iter().map(|suffix| suffix.to_string()).collect(),
-        };
+        Receivers::new(&ReceiversConfig::default())
+    }
+
+    /// The receivers of a configuration.
+    pub fn new(config: &ReceiversConfig) -> Receivers {
         Receivers {
-            list: vec![
-                receiver(
-                    "google",
-                    &["gmail.com", "googlemail.com"],
-                    &[".google.com", ".googlemail.com"],
-                ),
-                receiver(
-                    "microsoft",
-                    &["outlook.com", "hotmail.*", "live.com", "msn.com"],
-                    &[
-                        ".mail.protection.outlook.com",
-                        ".olc.protection.outlook.com",
-                        ".mx.microsoft",
-                    ],
-                ),
-                receiver(
-                    "yahoo",
-                    &["yahoo.*", "ymail.com", "aol.com"],
-                    &[".yahoodns.net"],
-                ),
-                receiver(
-                    "apple",
-                    &["icloud.com", "me.com", "mac.com"],
-                    &[".mail.icloud.com"],
-                ),
-            ],
+            list: config.list.clone(),
         }
     }
 
     /// The receivers, in the order they claim domains ([`OTHER`] is not
     /// one: it is what none claims).
-    pub fn all(&self) -> &[Receiver] {
+    pub fn all(&self) -> &[ReceiverConfig] {
         &self.list
     }
 

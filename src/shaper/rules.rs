@@ -95,6 +95,26 @@ pub struct ShapingConfig {
     /// enforce by itself.
     pub observe_until: Option<Duration>,
     pub baseline_half_life: Duration,
+    /// Each budgeted receiver's floors per [`Horizon`] when it has no floors
+    /// of its own (`receiver_min_rate`); `None` leaves that horizon to the
+    /// gateway's total.
+    pub receiver_min_volume: [Option<u64>; 2],
+    /// The receivers held to their own volume rule on this gateway, in the
+    /// order receivers claim domains: a receiver's index here is how the
+    /// shaper names it. Receivers not here (`other`, unless given floors)
+    /// count in the total only.
+    pub receivers: Vec<ReceiverRule>,
+}
+
+/// A receiver (mailbox provider) held to its own volume rule: in every
+/// rolling hour and day, what the gateway sends it is at most
+/// `max(floor, warmup x the busiest window it saw in the previous 7 days)`
+/// (see `shaper::receivers`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceiverRule {
+    pub name: String,
+    /// Its floors per [`Horizon`]; only horizons the gateway budgets.
+    pub floors: [Option<u64>; 2],
 }
 
 /// One hard cap, `count` units per `window`.
