@@ -236,6 +236,17 @@ fn horizon_rates(
 /// README's "What each receiver sees" for why these.
 pub const DEFAULT_RECEIVER_MIN_RATE: &[&str] = &["20/h", "100/day"];
 
+/// [`DEFAULT_RECEIVER_MIN_RATE`] as counts per [`Horizon`].
+pub fn default_receiver_min_volume() -> [Option<u64>; 2] {
+    let mut volumes = [None; 2];
+    for rate in DEFAULT_RECEIVER_MIN_RATE {
+        if let Some((Some(horizon), count, _)) = parse_horizon_rate(rate) {
+            volumes[horizon as usize] = Some(count as u64);
+        }
+    }
+    volumes
+}
+
 /// What `receiver_min_rate` (and `[[receivers]] min_rate`) accept.
 pub(super) const VOLUME_RATE_FORMS: &str = "a list of an hour and a day floor, e.g. [\"20/h\", \"100/day\"] (either may be left out; [] budgets no receiver)";
 

@@ -249,6 +249,7 @@ pub fn learned_state(
     let learned_baseline = baseline(shaping, counts, now);
     // The throttling cut (with its phase) and pause are kept as saved.
     let kept = existing.cloned().unwrap_or(SavedState {
+        receivers: Vec::new(),
         saved_at: now,
         baseline: 0.0,
         penalty: 1.0,
@@ -586,6 +587,7 @@ mod tests {
             baseline: 0.01,
             penalty: 0.5,
             penalty_phase: None,
+            receivers: Vec::new(),
             paused_until: now + 100.0,
             caps: vec![(60.0, vec![(NOW_MINUTE - 1, 7)])],
             volume: Some(VolumeState {
@@ -638,6 +640,7 @@ mod tests {
             penalty: 0.5,
             penalty_phase: None,
             paused_until: 0.0,
+            receivers: Vec::new(),
             caps: vec![(60.0, vec![(NOW_MINUTE, 2)])],
             volume: Some(VolumeState {
                 slot: NOW_MINUTE,

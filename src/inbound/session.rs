@@ -822,6 +822,15 @@ fn deferral_reply(deferral: &Deferral) -> Reply {
             },
             format_duration(deferral.projected_wait)
         ),
+        DeferReason::ReceiverHourBudget | DeferReason::ReceiverDayBudget => format!(
+            "a receiver's own {} volume budget (what that mailbox provider has seen from the gateway) leaves no room for about {}",
+            if deferral.reason == DeferReason::ReceiverHourBudget {
+                "hourly"
+            } else {
+                "daily"
+            },
+            format_duration(deferral.projected_wait)
+        ),
     };
     Reply::new(
         451,

@@ -263,6 +263,7 @@ impl Generation {
                 item: slot,
                 lane,
                 units,
+                ..
             }) = gateway.queue.remove(id)
             {
                 let (message, attempts) = match slot {

@@ -102,6 +102,7 @@ async fn expire(gateway: &Gateway, context: &WorkerContext) {
         item: slot,
         lane,
         units,
+        ..
     } in gateway.queue.take_expired(EXPIRE_BATCH, lifetime)
     {
         let item = match slot {

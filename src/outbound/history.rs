@@ -237,6 +237,7 @@ mod tests {
             penalty: 1.0,
             penalty_phase: None,
             paused_until: 0.0,
+            receivers: Vec::new(),
             caps: Vec::new(),
             volume: Some(VolumeState {
                 slot,

@@ -1,6 +1,8 @@
 //! What a gateway may send in a window, counted durably: the hard caps
-//! (`limits`, N per window) and the hour and day volume budgets, with the
-//! reserve that makes their counts survive a crash.
+//! (`limits`, N per window), the hour and day volume budgets of the total
+//! and of each receiver ([`super::receivers`]), with the reserve that makes
+//! their counts survive a crash (a receiver's saved counts carry the whole
+//! reserve too: whatever went since the save, none went beyond it).
 //!
 //! Both count the same units (see `count`) and are kept together because
 //! they share one durability rule: a send they count must already be
@@ -12,6 +14,7 @@
 //! Pure, like the rest of the shaper: every call takes `now`.
 
 use super::caps::Cap;
+use super::receivers::{ReceiverBudgets, ReceiverState, ReceiverView};
 use super::shared::{Elsewhere, SharedBudget, SharedCap};
 use super::state::SavedState;
 use super::volume::{BudgetReached, BudgetView, Held, MinuteCount, Volume, VolumeState};
@@ -22,6 +25,7 @@ use crate::shaper::{AppClass, Horizon, ShapingConfig};
 pub struct Limits {
     caps: Vec<Cap>,
     volume: Volume,
+    receivers: ReceiverBudgets,
     /// Units the saved state covers beyond what has been sent.
     reserved: u64,
     /// Units sent since the last snapshot (they used the older reserve).
@@ -31,9 +35,27 @@ pub struct Limits {
     wanted: u64,
 }
 
+/// Why a send must wait (see [`Limits::wait`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LimitWait {
+    /// A cap or the total's budgets: nothing may go for this many seconds.
+    Gateway(f64),
+    /// The receiver's own budgets: mail to other receivers may go.
+    Receiver(f64),
+}
+
 /// One cap's saved counts: its window in seconds and its slots (see
 /// `SavedState::caps`).
 pub type SavedCap = (f64, Vec<(i64, u64)>);
+
+/// What [`Limits::snapshot`] saves: the caps', the total's and each
+/// receiver's counts, each with the reserve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedCounts {
+    pub caps: Vec<SavedCap>,
+    pub volume: Option<VolumeState>,
+    pub receivers: Vec<ReceiverState>,
+}
 
 /// The counts of the current windows (see [`Limits::window_counts`]).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -54,6 +76,7 @@ impl Limits {
                 .map(|limit| Cap::new(limit.count, limit.window.as_secs_f64()))
                 .collect(),
             volume: Volume::new(config, now),
+            receivers: ReceiverBudgets::new(config, now),
             reserved: 0,
             since_snapshot: 0,
             wanted: 0,
@@ -76,6 +99,8 @@ impl Limits {
         if let Some(volume) = &state.volume {
             limits.volume = Volume::restore(config, volume, now);
         }
+        limits.receivers =
+            ReceiverBudgets::restore(config, &state.receivers, state.volume.is_some(), now);
         limits
     }
 
@@ -84,22 +109,34 @@ impl Limits {
         !self.caps.is_empty() || self.volume.is_budgeted()
     }
 
-    /// How long a send of `units` of `class` must wait for the caps, then
-    /// (unless `caps_only`: observing) for the budgets; `None` when it may
-    /// go now.
-    pub fn wait(&mut self, now: f64, units: u64, class: AppClass, caps_only: bool) -> Option<f64> {
+    /// How long a send of `units` of `class` to `receiver` must wait for
+    /// the caps, then (unless `caps_only`: observing) for the total's
+    /// budgets, then for the receiver's; `None` when it may go now.
+    pub fn wait(
+        &mut self,
+        now: f64,
+        units: u64,
+        class: AppClass,
+        receiver: Option<usize>,
+        caps_only: bool,
+    ) -> Option<LimitWait> {
         let cap_wait = self
             .caps
             .iter_mut()
             .map(|cap| cap.wait(now, units))
             .fold(0.0, f64::max);
         if cap_wait > 0.0 {
-            return Some(cap_wait);
+            return Some(LimitWait::Gateway(cap_wait));
         }
         if caps_only {
             return None;
         }
-        self.volume.wait(now, units, class).map(|held| held.wait)
+        if let Some(held) = self.volume.wait(now, units, class) {
+            return Some(LimitWait::Gateway(held.wait));
+        }
+        self.receivers
+            .wait(now, receiver, units, class)
+            .map(|held| LimitWait::Receiver(held.wait))
     }
 
     /// True when a send of `units` is not covered by the saved reserve: a
@@ -112,14 +149,15 @@ impl Limits {
         false
     }
 
-    /// A send of `units` of `class` went at `now` (covered: see
-    /// [`Limits::needs_save`]).
-    pub fn add(&mut self, now: f64, units: u64, class: AppClass) {
+    /// A send of `units` of `class` to `receiver` went at `now` (covered:
+    /// see [`Limits::needs_save`]).
+    pub fn add(&mut self, now: f64, units: u64, class: AppClass, receiver: Option<usize>) {
         if self.counts_durably() {
             for cap in &mut self.caps {
                 cap.add(now, units);
             }
             self.volume.add(now, units, class);
+            self.receivers.add(now, receiver, units, class);
             self.reserved -= units;
             self.since_snapshot += units;
             self.wanted = 0;
@@ -128,12 +166,13 @@ impl Limits {
 
     /// A send counted at `at` did not happen after all: its `units` leave
     /// the counts and return to the reserve.
-    pub fn remove(&mut self, at: f64, units: u64, class: AppClass) {
+    pub fn remove(&mut self, at: f64, units: u64, class: AppClass, receiver: Option<usize>) {
         if self.counts_durably() {
             for cap in &mut self.caps {
                 cap.remove(at, units);
             }
             self.volume.remove(at, units, class);
+            self.receivers.remove(at, receiver, units, class);
             self.reserved += units;
             self.since_snapshot = self.since_snapshot.saturating_sub(units);
         }
@@ -176,6 +215,25 @@ impl Limits {
         self.volume.projected_wait(now, ahead, units, class)
     }
 
+    /// How long new mail of `class` to `receiver` counting `units` waits
+    /// for that receiver's budgets behind `ahead` units to it.
+    pub fn receiver_wait_behind(
+        &mut self,
+        now: f64,
+        receiver: Option<usize>,
+        ahead: u64,
+        units: u64,
+        class: AppClass,
+    ) -> Option<Held> {
+        self.receivers
+            .projected_wait(now, receiver, ahead, units, class)
+    }
+
+    /// The number of budgeted receivers.
+    pub fn receiver_count(&self) -> usize {
+        self.receivers.len()
+    }
+
     /// The most one message may count and still pass the budgets of
     /// `class` (see `Volume::biggest`).
     pub fn biggest(&mut self, now: f64, class: AppClass) -> Option<u64> {
@@ -184,7 +242,9 @@ impl Limits {
 
     /// Budgets that became full since the last call, for the log.
     pub fn take_budget_events(&mut self) -> Vec<BudgetReached> {
-        self.volume.take_events()
+        let mut events = self.volume.take_events();
+        events.extend(self.receivers.take_events());
+        events
     }
 
     /// See `Volume::history_minutes`.
@@ -239,10 +299,15 @@ impl Limits {
         self.volume.view(now)
     }
 
+    /// Each receiver's budgets at `now`.
+    pub fn receiver_view(&mut self, now: f64) -> Vec<ReceiverView> {
+        self.receivers.view(now)
+    }
+
     /// The counts to save, each with `reserve` units more than sent, so a
     /// crash after the save can never forget a send; call
     /// [`Limits::saved`] once they are on disk.
-    pub fn snapshot(&mut self, now: f64, reserve: u64) -> (Vec<SavedCap>, Option<VolumeState>) {
+    pub fn snapshot(&mut self, now: f64, reserve: u64) -> SavedCounts {
         self.since_snapshot = 0;
         // Until this state is on disk, sends may use only what both the old
         // file and this one cover.
@@ -266,7 +331,11 @@ impl Limits {
             .volume
             .is_budgeted()
             .then(|| self.volume.snapshot(now, reserve));
-        (caps, volume)
+        SavedCounts {
+            caps,
+            volume,
+            receivers: self.receivers.snapshot(now, reserve),
+        }
     }
 
     /// The snapshot taken with `reserve` is on disk: sends may use what of

@@ -17,9 +17,10 @@
 use super::baseline::Baseline;
 use super::bucket::Bucket;
 use super::demand::Demand;
-use super::limits::{Limits, WindowCounts};
+use super::limits::{LimitWait, Limits, WindowCounts};
 use super::meter::RateMeter;
 use super::penalty::{Penalty, PenaltyPhase};
+use super::receivers::ReceiverView;
 use super::shared::{Elsewhere, SharedFeedback, SharedLimits};
 use super::state::SavedState;
 use super::volume::{BudgetReached, BudgetView};
@@ -39,6 +40,9 @@ pub enum Decision {
     Send,
     /// Ask again after this many seconds.
     Wait(f64),
+    /// The receiver's own budgets hold it for this many seconds: mail to
+    /// other receivers may go (no head-of-line blocking).
+    WaitReceiver(f64),
     /// The caps' sends are not yet covered by a saved state: save first.
     Save,
 }
@@ -57,6 +61,10 @@ pub enum DeferReason {
     HourBudget,
     /// The day's volume budget has no room before `max_queue_delay`.
     DayBudget,
+    /// A receiver's own hour budget has no room before `max_queue_delay`.
+    ReceiverHourBudget,
+    /// A receiver's own day budget has no room before `max_queue_delay`.
+    ReceiverDayBudget,
     /// A message counting more recipients than the volume budgets let
     /// through in one message (`count = "recipients"`): `452 4.5.3`, the
     /// client sends the rest in another transaction.
@@ -64,13 +72,15 @@ pub enum DeferReason {
 }
 
 impl DeferReason {
-    pub const ALL: [DeferReason; 6] = [
+    pub const ALL: [DeferReason; 8] = [
         DeferReason::QueueDelay,
         DeferReason::QueueFull,
         DeferReason::Cap,
         DeferReason::HourBudget,
         DeferReason::DayBudget,
         DeferReason::Recipients,
+        DeferReason::ReceiverHourBudget,
+        DeferReason::ReceiverDayBudget,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +91,8 @@ impl DeferReason {
             DeferReason::HourBudget => "hour_budget",
             DeferReason::DayBudget => "day_budget",
             DeferReason::Recipients => "recipients",
+            DeferReason::ReceiverHourBudget => "receiver_hour_budget",
+            DeferReason::ReceiverDayBudget => "receiver_day_budget",
         }
     }
 
@@ -94,6 +106,8 @@ impl DeferReason {
             DeferReason::HourBudget => "hourly volume budget",
             DeferReason::DayBudget => "daily volume budget",
             DeferReason::Recipients => "recipients per message",
+            DeferReason::ReceiverHourBudget => "a receiver's hourly volume budget",
+            DeferReason::ReceiverDayBudget => "a receiver's daily volume budget",
         }
     }
 
@@ -103,10 +117,28 @@ impl DeferReason {
             Horizon::Day => DeferReason::DayBudget,
         }
     }
+
+    fn receiver_budget(horizon: Horizon) -> DeferReason {
+        match horizon {
+            Horizon::Hour => DeferReason::ReceiverHourBudget,
+            Horizon::Day => DeferReason::ReceiverDayBudget,
+        }
+    }
+}
+
+/// The part of new mail that goes to one budgeted receiver.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReceiverPart {
+    /// The receiver's index (see `ShapingConfig::receivers`).
+    pub receiver: usize,
+    pub units: u64,
+    /// Units to that receiver its budgets release before it (as
+    /// `Offer::ahead_units`, counting that receiver's only).
+    pub ahead_units: u64,
 }
 
 /// New mail asking to be accepted, as the scheduler sees it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Offer {
     /// Messages sent before it in the fair queue (at the minute ceiling).
     pub ahead: usize,
@@ -123,6 +155,9 @@ pub struct Offer {
     /// The longest wait the sending app takes, in seconds (its
     /// `max_queue_delay`, else the gateway's): beyond it, 451.
     pub max_delay: f64,
+    /// Its parts to budgeted receivers: each waits for its own receiver's
+    /// room too, and the longest wait is the message's.
+    pub receivers: Vec<ReceiverPart>,
 }
 
 /// Where accepted mail stands: the wait it is projected to have in the
@@ -215,6 +250,8 @@ pub struct ModelView {
     pub deferrals: [u64; DeferReason::ALL.len()],
     /// The hour and day budgets (those configured).
     pub budgets: Vec<BudgetView>,
+    /// Each budgeted receiver's hour and day budgets.
+    pub receivers: Vec<ReceiverView>,
 }
 
 /// See the module notes.
@@ -408,9 +445,16 @@ impl GatewayModel {
         }
     }
 
-    /// May a message of `class` counting `units` be sent now? On `Send` it
-    /// is counted as sent.
-    pub fn try_send(&mut self, now: f64, units: u64, class: AppClass) -> Decision {
+    /// May a message of `class` counting `units` to `receiver` (its index
+    /// in `ShapingConfig::receivers`; `None`: a receiver not budgeted) be
+    /// sent now? On `Send` it is counted as sent.
+    pub fn try_send(
+        &mut self,
+        now: f64,
+        units: u64,
+        class: AppClass,
+        receiver: Option<usize>,
+    ) -> Decision {
         self.update(now);
         let units = self.counted(units);
         if now < self.paused_until {
@@ -420,8 +464,13 @@ impl GatewayModel {
             return Decision::Wait(self.bulk_held_until - now);
         }
         // Observing: the ceiling and the budgets are computed, not held to.
-        if let Some(wait) = self.limits.wait(now, units, class, self.observing) {
-            return Decision::Wait(wait);
+        match self
+            .limits
+            .wait(now, units, class, receiver, self.observing)
+        {
+            Some(LimitWait::Gateway(wait)) => return Decision::Wait(wait),
+            Some(LimitWait::Receiver(wait)) => return Decision::WaitReceiver(wait),
+            None => {}
         }
         if self.limits.needs_save(units) {
             return Decision::Save;
@@ -431,7 +480,7 @@ impl GatewayModel {
         {
             return Decision::Wait(wait);
         }
-        self.limits.add(now, units, class);
+        self.limits.add(now, units, class, receiver);
         self.sent.add(now, 1.0);
         Decision::Send
     }
@@ -502,6 +551,7 @@ impl GatewayModel {
             class,
             fingerprint,
             max_delay: bound,
+            ref receivers,
         } = *offer;
         if let Some(biggest) = self.limits.biggest(now, class)
             && units > biggest
@@ -515,7 +565,25 @@ impl GatewayModel {
                 retry_after: 0.0,
             });
         }
-        let projection = self.project(now, ahead, ahead_units, queued_units, units, class);
+        let mut projection = self.project(now, ahead, ahead_units, queued_units, units, class);
+        if !self.observing {
+            let pause = (self.paused_until - now).max(0.0);
+            for part in receivers {
+                if let Some(held) = self.limits.receiver_wait_behind(
+                    now,
+                    Some(part.receiver),
+                    part.ahead_units * self.share,
+                    part.units * self.share,
+                    class,
+                ) && pause + held.wait > projection.wait
+                {
+                    projection = Projection {
+                        wait: pause + held.wait,
+                        reason: DeferReason::receiver_budget(held.horizon),
+                    };
+                }
+            }
+        }
         let deferral = if queued_messages >= self.config.max_queued {
             Some(Deferral {
                 reason: DeferReason::QueueFull,
@@ -664,9 +732,9 @@ impl GatewayModel {
     /// share in force when it was counted, see [`GatewayModel::counted`])
     /// are taken back from the caps and budgets and return to the reserve.
     /// The bucket keeps the token it gave, which only slows this node.
-    pub fn refund(&mut self, at: f64, counted: u64, class: AppClass) {
+    pub fn refund(&mut self, at: f64, counted: u64, class: AppClass, receiver: Option<usize>) {
         self.sent.add(at, -1.0);
-        self.limits.remove(at, counted, class);
+        self.limits.remove(at, counted, class, receiver);
     }
 
     /// The gateway's feedback as the shared state holds it: a pause or a
@@ -734,6 +802,7 @@ impl GatewayModel {
             paused_for: (self.paused_until - now).max(0.0),
             deferrals: self.deferrals,
             budgets: self.limits.view(now),
+            receivers: self.limits.receiver_view(now),
         }
     }
 
@@ -741,15 +810,16 @@ impl GatewayModel {
     /// sent, so a crash after the save can never forget a send; call
     /// [`GatewayModel::saved`] once the state is on disk.
     pub fn snapshot(&mut self, now: f64, reserve: u64) -> SavedState {
-        let (caps, volume) = self.limits.snapshot(now, reserve);
+        let counts = self.limits.snapshot(now, reserve);
         SavedState {
             saved_at: now,
             baseline: self.baseline.rate,
             penalty: self.penalty,
             penalty_phase: Some(self.throttling.phase_now()),
             paused_until: self.paused_until,
-            caps,
-            volume,
+            caps: counts.caps,
+            volume: counts.volume,
+            receivers: counts.receivers,
             history: None,
             held: false,
             nodes_seen: Default::default(),

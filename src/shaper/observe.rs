@@ -79,7 +79,7 @@ impl Observer {
         let units = self.shadow.model().units(recipients);
         match self
             .shadow
-            .admit(now, lane, units, ClassCounts::default(), 0)
+            .admit(now, lane, units, (ClassCounts::default(), &[]), 0)
         {
             Err(deferral) => seen.push(Observed::Refused {
                 reason: deferral.reason,
@@ -88,7 +88,7 @@ impl Observer {
             Ok(projection) => {
                 self.arrivals += 1;
                 let arrival = self.arrivals;
-                self.shadow.push(now, lane, units, arrival);
+                self.shadow.push(now, lane, None, units, arrival);
                 let gone = self.catch_up(now, &mut seen).contains(&arrival);
                 if !gone {
                     if self.episode.is_none() {

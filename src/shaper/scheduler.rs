@@ -7,10 +7,13 @@
 //! scheduler's methods, so queue and model never disagree. When a bulk app's
 //! turn comes but it must wait (the volume budgets keep the rest of their
 //! room for the transactional apps), it passes its turn on: bulk never
-//! holds the transactional lanes, which keep their round robin.
+//! holds the transactional lanes, which keep their round robin. Within a
+//! lane, mail waits per receiver: when a receiver's own budget is full, the
+//! lane's mail to other receivers goes on (no head-of-line blocking), and a
+//! lane whose every receiver is full passes its turn on like bulk does.
 
 use super::fair::{Due, FairQueue};
-use super::model::{Decision, Deferral, GatewayModel, ModelView, Offer, Projection};
+use super::model::{Decision, Deferral, GatewayModel, ModelView, Offer, Projection, ReceiverPart};
 use super::state::SavedState;
 use crate::shaper::rules::{AppClass, HELD_SHARE_OF_LIFETIME};
 use std::time::Duration;
@@ -38,11 +41,12 @@ pub struct Lane {
 /// What [`Scheduler::next`] hands out.
 #[derive(Debug, PartialEq)]
 pub enum Release<T> {
-    /// Send this now (it counts `units`); it waited `waited` seconds in the
-    /// queue.
+    /// Send this now (it counts `units` to `receiver`); it waited
+    /// `waited` seconds in the queue.
     Send {
         item: T,
         lane: usize,
+        receiver: Option<usize>,
         units: u64,
         waited: f64,
     },
@@ -60,6 +64,7 @@ pub enum Release<T> {
 pub struct Taken<T> {
     pub item: T,
     pub lane: usize,
+    pub receiver: Option<usize>,
     pub units: u64,
 }
 
@@ -72,6 +77,9 @@ pub struct GatewayView {
     pub oldest_age: f64,
     /// Messages waiting per app lane: the `[[apps]]` in order, then `other`.
     pub lanes: Vec<usize>,
+    /// Messages waiting per budgeted receiver (`ShapingConfig::receivers`
+    /// order; mail to other receivers is not counted here).
+    pub receivers: Vec<usize>,
     /// What mail queued behind everything waiting now would wait, and
     /// what for: the time the held mail takes to drain.
     pub drain: Projection,
@@ -87,6 +95,11 @@ pub struct Scheduler<T> {
     lanes: Vec<Lane>,
     /// What the fair queue holds, per class.
     counts: ClassCounts,
+    /// What it holds per receiver key (see [`Scheduler::key`]), per class.
+    receiver_counts: Vec<ClassCounts>,
+    /// Receiver keys found without room in the current [`Scheduler::next`]
+    /// (per class: bulk may be held where transactional mail is not).
+    closed: Vec<[bool; 2]>,
     model: GatewayModel,
 }
 
@@ -138,12 +151,28 @@ impl ClassCounts {
 
 impl<T> Scheduler<T> {
     pub fn new(model: GatewayModel, lanes: Vec<Lane>) -> Scheduler<T> {
+        // One key per budgeted receiver, and one for mail to any other.
+        let keys = model.config().receivers.len() + 1;
         Scheduler {
-            queue: FairQueue::new(lanes.iter().map(|lane| lane.weight).collect()),
+            queue: FairQueue::with_keys(lanes.iter().map(|lane| lane.weight).collect(), keys),
             lanes,
             counts: ClassCounts::default(),
+            receiver_counts: vec![ClassCounts::default(); keys],
+            closed: vec![[false; 2]; keys],
             model,
         }
+    }
+
+    /// The fair queue's key of mail to `receiver`: its index, the last key
+    /// for a receiver not budgeted.
+    fn key(&self, receiver: Option<usize>) -> usize {
+        let other = self.receiver_counts.len() - 1;
+        receiver.map_or(other, |index| index.min(other))
+    }
+
+    /// The receiver of a fair queue key.
+    fn receiver(&self, key: usize) -> Option<usize> {
+        (key + 1 < self.receiver_counts.len()).then_some(key)
     }
 
     /// The gateway's shaping model, which the queue in front of it feeds
@@ -194,11 +223,22 @@ impl<T> Scheduler<T> {
         self.counts
     }
 
-    /// Queues `item` counting `units` in `lane`, waiting since `queued_at`.
-    pub fn push(&mut self, queued_at: f64, lane: usize, units: u64, item: T) {
-        self.counts.add(self.class(lane), units);
+    /// Queues `item` counting `units` to `receiver` (`None`: one not
+    /// budgeted) in `lane`, waiting since `queued_at`.
+    pub fn push(
+        &mut self,
+        queued_at: f64,
+        lane: usize,
+        receiver: Option<usize>,
+        units: u64,
+        item: T,
+    ) {
+        let (class, key) = (self.class(lane), self.key(receiver));
+        self.counts.add(class, units);
+        self.receiver_counts[key].add(class, units);
         self.queue.push(
             lane,
+            key,
             Entry {
                 queued_at,
                 units,
@@ -210,41 +250,64 @@ impl<T> Scheduler<T> {
     /// The next item to send, if the model lets it go at `now`. A bulk lane
     /// whose turn it is but that must wait gives its turn to the next lane
     /// (at most one round), so transactional lanes keep their round robin
-    /// among themselves while bulk waits for its room.
+    /// among themselves while bulk waits for its room. Within a lane, mail
+    /// to a receiver without room is passed over for the lane's mail to
+    /// other receivers; a lane with nothing that may go passes its turn on.
     pub fn next(&mut self, now: f64) -> Release<T> {
-        let mut bulk_wait = f64::INFINITY;
+        let mut held_wait = f64::INFINITY;
+        for closed in &mut self.closed {
+            *closed = [false; 2];
+        }
         for _ in 0..self.queue.turns().count() {
-            let Some(head) = self.queue.peek() else {
+            let Some(lane) = self.queue.turns().next() else {
                 break;
             };
-            let lane = self.queue.turns().next().expect("a head has a lane");
             let class = self.class(lane);
-            match self.model.try_send(now, head.units, class) {
-                Decision::Wait(seconds) if class == AppClass::Bulk => {
-                    bulk_wait = bulk_wait.min(seconds);
+            loop {
+                let closed = &self.closed;
+                let Some((key, head)) = self.queue.peek_where(|key| !closed[key][class as usize])
+                else {
+                    // Every receiver this lane has mail for is full.
                     self.queue.skip_turn();
-                }
-                Decision::Wait(seconds) => return Release::Wait(seconds.min(bulk_wait)),
-                Decision::Save => return Release::Save,
-                Decision::Send => {
-                    let (lane, entry) = self.queue.pop().expect("peeked above");
-                    return self.sent(lane, entry, now);
+                    break;
+                };
+                let units = head.units;
+                let receiver = self.receiver(key);
+                match self.model.try_send(now, units, class, receiver) {
+                    Decision::WaitReceiver(seconds) => {
+                        held_wait = held_wait.min(seconds);
+                        self.closed[key][class as usize] = true;
+                    }
+                    Decision::Wait(seconds) if class == AppClass::Bulk => {
+                        held_wait = held_wait.min(seconds);
+                        self.queue.skip_turn();
+                        break;
+                    }
+                    Decision::Wait(seconds) => return Release::Wait(seconds.min(held_wait)),
+                    Decision::Save => return Release::Save,
+                    Decision::Send => {
+                        let (lane, entry) = self.queue.pop_key(key).expect("peeked above");
+                        return self.sent(lane, key, entry, now);
+                    }
                 }
             }
         }
-        if bulk_wait.is_finite() {
-            Release::Wait(bulk_wait)
+        if held_wait.is_finite() {
+            Release::Wait(held_wait)
         } else {
             self.model.update(now);
             Release::Idle
         }
     }
 
-    fn sent(&mut self, lane: usize, entry: Entry<T>, now: f64) -> Release<T> {
-        self.counts.remove(self.class(lane), entry.units);
+    fn sent(&mut self, lane: usize, key: usize, entry: Entry<T>, now: f64) -> Release<T> {
+        let class = self.class(lane);
+        self.counts.remove(class, entry.units);
+        self.receiver_counts[key].remove(class, entry.units);
         Release::Send {
             item: entry.item,
             lane,
+            receiver: self.receiver(key),
             units: entry.units,
             waited: (now - entry.queued_at).max(0.0),
         }
@@ -257,16 +320,18 @@ impl<T> Scheduler<T> {
     pub fn put_back(
         &mut self,
         at: f64,
-        lane: usize,
+        (lane, receiver): (usize, Option<usize>),
         waited: f64,
         (units, counted): (u64, u64),
         item: T,
     ) {
-        let class = self.class(lane);
-        self.model.refund(at, counted, class);
+        let (class, key) = (self.class(lane), self.key(receiver));
+        self.model.refund(at, counted, class, receiver);
         self.counts.add(class, units);
+        self.receiver_counts[key].add(class, units);
         self.queue.push_front(
             lane,
+            key,
             Entry {
                 queued_at: at - waited,
                 units,
@@ -298,14 +363,17 @@ impl<T> Scheduler<T> {
         let mut taken = Vec::new();
         for lane in 0..self.queue.lane_count() {
             let left = limit - taken.len();
-            for entry in self
+            for (key, entry) in self
                 .queue
                 .take_from_lane(lane, left, |entry| due(lane, &entry.item))
             {
-                self.counts.remove(self.class(lane), entry.units);
+                let class = self.class(lane);
+                self.counts.remove(class, entry.units);
+                self.receiver_counts[key].remove(class, entry.units);
                 taken.push(Taken {
                     item: entry.item,
                     lane,
+                    receiver: self.receiver(key),
                     units: entry.units,
                 });
             }
@@ -320,11 +388,14 @@ impl<T> Scheduler<T> {
 
     /// As [`Scheduler::remove`], with the item's lane and units.
     pub fn take(&mut self, matches: impl Fn(&T) -> bool) -> Option<Taken<T>> {
-        let (lane, entry) = self.queue.remove(|entry| matches(&entry.item))?;
-        self.counts.remove(self.class(lane), entry.units);
+        let (lane, key, entry) = self.queue.remove(|entry| matches(&entry.item))?;
+        let class = self.class(lane);
+        self.counts.remove(class, entry.units);
+        self.receiver_counts[key].remove(class, entry.units);
         Some(Taken {
             item: entry.item,
             lane,
+            receiver: self.receiver(key),
             units: entry.units,
         })
     }
@@ -334,12 +405,14 @@ impl<T> Scheduler<T> {
     /// plus what is held `outside` the queue (retries, the other nodes'
     /// queues), counted as ahead: for transactional mail only the
     /// transactional part of it, as the queue and the budgets serve it.
+    /// Its parts to budgeted receivers (`receivers`: receiver, units) each
+    /// wait for their receiver's room behind what is queued to it.
     pub fn admit(
         &mut self,
         now: f64,
         lane: usize,
         units: u64,
-        outside: ClassCounts,
+        (outside, receivers): (ClassCounts, &[(usize, u64)]),
         fingerprint: u64,
     ) -> Result<Projection, Deferral> {
         let class = self.class(lane);
@@ -358,6 +431,20 @@ impl<T> Scheduler<T> {
             class,
             fingerprint,
             max_delay: self.max_delay(lane),
+            receivers: receivers
+                .iter()
+                .map(|&(receiver, units)| {
+                    let queued = self.receiver_counts[self.key(Some(receiver))];
+                    ReceiverPart {
+                        receiver,
+                        units,
+                        ahead_units: match class {
+                            AppClass::Transactional => queued.units[transactional],
+                            AppClass::Bulk => queued.total_units(),
+                        },
+                    }
+                })
+                .collect(),
         };
         self.model.admit(now, &offer)
     }
@@ -386,6 +473,7 @@ impl<T> Scheduler<T> {
                 0.0
             },
             lanes: self.queue.lane_lengths().collect(),
+            receivers: self.queue.key_lengths()[..self.receiver_counts.len() - 1].to_vec(),
             drain: self.drain(now),
             newest_age: self
                 .queue
@@ -459,9 +547,9 @@ mod tests {
         // Lane 0 holds mail of ages 0..4 (its name is its arrival); lane 1
         // one message of age 2.
         for name in ["a0", "a1", "a2", "a3"] {
-            scheduler.push(0.0, 0, 1, name);
+            scheduler.push(0.0, 0, None, 1, name);
         }
-        scheduler.push(0.0, 1, 1, "b2");
+        scheduler.push(0.0, 1, None, 1, "b2");
         let arrival = |item: &&str| item[1..].parse::<u32>().unwrap();
         // Lane 0 keeps its mail two units, lane 1 three; "a1" was tried
         // before and is left for its next attempt, not in the way.
@@ -500,9 +588,9 @@ mod tests {
     fn releases_fairly_at_the_ceiling_and_reports_the_wait() {
         let mut scheduler = scheduler("initial_rate = \"30/min\"\nheadroom = 2.0\nburst = 1");
         for _ in 0..5 {
-            scheduler.push(10.0, 0, 1, "bulk");
+            scheduler.push(10.0, 0, None, 1, "bulk");
         }
-        scheduler.push(10.0, 1, 1, "reset");
+        scheduler.push(10.0, 1, None, 1, "reset");
         let mut now = 10.0;
         let mut order = Vec::new();
         while order.len() < 6 {
@@ -523,23 +611,23 @@ mod tests {
     fn admission_counts_what_is_queued() {
         let mut scheduler = scheduler("initial_rate = \"30/min\"\nmax_queue_delay = \"10s\"");
         for _ in 0..9 {
-            scheduler.push(0.0, 0, 1, "queued");
+            scheduler.push(0.0, 0, None, 1, "queued");
             assert!(
                 scheduler
-                    .admit(0.0, 0, 1, ClassCounts::default(), 0)
+                    .admit(0.0, 0, 1, (ClassCounts::default(), &[]), 0)
                     .is_ok()
             );
         }
-        scheduler.push(0.0, 0, 1, "queued");
+        scheduler.push(0.0, 0, None, 1, "queued");
         assert!(
             scheduler
-                .admit(0.0, 0, 1, ClassCounts::default(), 0)
+                .admit(0.0, 0, 1, (ClassCounts::default(), &[]), 0)
                 .is_err(),
             "the 11th would wait 11 s"
         );
         assert!(
             scheduler
-                .admit(0.0, 1, 1, ClassCounts::default(), 0)
+                .admit(0.0, 1, 1, (ClassCounts::default(), &[]), 0)
                 .is_ok(),
             "another app's goes in the next turn"
         );
@@ -573,10 +661,12 @@ mod tests {
             messages: [120, 0],
             units: [120, 0],
         };
-        assert!(scheduler.admit(0.0, 0, 1, bulk, 1).is_ok());
-        let deferral = scheduler.admit(0.0, 1, 1, bulk, 2).unwrap_err();
+        assert!(scheduler.admit(0.0, 0, 1, (bulk, &[]), 1).is_ok());
+        let deferral = scheduler.admit(0.0, 1, 1, (bulk, &[]), 2).unwrap_err();
         assert_eq!(deferral.reason, DeferReason::QueueDelay);
-        let deferral = scheduler.admit(0.0, 0, 1, transactional, 3).unwrap_err();
+        let deferral = scheduler
+            .admit(0.0, 0, 1, (transactional, &[]), 3)
+            .unwrap_err();
         assert_eq!(deferral.reason, DeferReason::QueueDelay);
     }
 
@@ -592,13 +682,13 @@ mod tests {
             vec![lane(AppClass::Bulk), lane(AppClass::Transactional)],
         );
         for _ in 0..100 {
-            scheduler.push(1.0, 0, 1, "news");
+            scheduler.push(1.0, 0, None, 1, "news");
         }
         let mut sent = Vec::new();
         let mut now = 1.0;
         while now < 600.0 {
             if now == 300.0 || now == 300.5 {
-                scheduler.push(now, 1, 1, "reset");
+                scheduler.push(now, 1, None, 1, "reset");
             }
             if now == 200.0 {
                 // The bulk run has used its share: transactional mail is
@@ -608,9 +698,9 @@ mod tests {
                     messages: [0, 500],
                     units: [0, 500],
                 };
-                assert!(scheduler.admit(now, 1, 1, bulk_retries, 7).is_ok());
+                assert!(scheduler.admit(now, 1, 1, (bulk_retries, &[]), 7).is_ok());
                 let deferral = scheduler
-                    .admit(now, 0, 1, ClassCounts::default(), 8)
+                    .admit(now, 0, 1, (ClassCounts::default(), &[]), 8)
                     .unwrap_err();
                 assert_eq!(deferral.reason, DeferReason::HourBudget);
             }
@@ -664,7 +754,7 @@ mod tests {
             }
         };
         for _ in 0..200 {
-            scheduler.push(1.0, 0, 1, "news");
+            scheduler.push(1.0, 0, None, 1, "news");
         }
         let mut news = 0;
         while let Release::Send { .. } = release(&mut scheduler, 2.0) {
@@ -672,9 +762,9 @@ mod tests {
         }
         assert_eq!(news, 90, "a tenth of the hour left to the others");
         for _ in 0..5 {
-            scheduler.push(3.0, 1, 1, "report");
+            scheduler.push(3.0, 1, None, 1, "report");
         }
-        scheduler.push(3.0, 2, 1, "reset");
+        scheduler.push(3.0, 2, None, 1, "reset");
         let mut order = Vec::new();
         while let Release::Send { item, .. } = release(&mut scheduler, 4.0) {
             order.push(item);
@@ -695,9 +785,9 @@ mod tests {
             GatewayModel::new(&shaping, 0.0),
             vec![lane(AppClass::Bulk), lane(AppClass::Transactional)],
         );
-        scheduler.push(10.0, 0, 1, "news-1");
-        scheduler.push(10.0, 0, 1, "news-2");
-        scheduler.push(10.0, 1, 1, "reset");
+        scheduler.push(10.0, 0, None, 1, "news-1");
+        scheduler.push(10.0, 0, None, 1, "news-2");
+        scheduler.push(10.0, 1, None, 1, "reset");
         // The shared state refused news-1: back first in its lane, bulk held.
         let Release::Send {
             item, lane, waited, ..
@@ -707,7 +797,7 @@ mod tests {
         };
         assert_eq!(item, "news-1");
         let counted = scheduler.model().counted(1);
-        scheduler.put_back(10.0, lane, waited, (1, counted), item);
+        scheduler.put_back(10.0, (lane, None), waited, (1, counted), item);
         scheduler.model_mut().hold_bulk(40.0);
         let Release::Send { item, .. } = scheduler.next(10.0) else {
             panic!("the reset goes");

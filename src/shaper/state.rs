@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::penalty::Phase;
+use super::receivers::ReceiverState;
 use super::shared::NodesSeen;
 use super::volume::{KEPT_SLOTS, Seed, VolumeState};
 use crate::shaper::Horizon;
@@ -30,6 +31,9 @@ pub struct SavedState {
     pub caps: Vec<(f64, Vec<(i64, u64)>)>,
     /// The per-minute volume history, when some budget is configured.
     pub volume: Option<VolumeState>,
+    /// Each budgeted receiver's history (none in a file written before
+    /// receivers were counted).
+    pub receivers: Vec<ReceiverState>,
     /// Where the volume history was learned from, when `smtp-shaper learn`
     /// wrote it (`None`: the gateway's own sends, or nothing yet).
     pub history: Option<HistorySource>,
@@ -74,6 +78,9 @@ struct File {
     caps: Vec<CapFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     volume: Option<VolumeFile>,
+    /// Per receiver (by name): from when it is held, and its history.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    receivers: std::collections::BTreeMap<String, ReceiverFile>,
     /// Written by `learn` and kept by every save after it; files from
     /// before it have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,6 +97,14 @@ struct CapFile {
     window_seconds: f64,
     /// (slot number, units).
     slots: Vec<(i64, u64)>,
+}
+
+/// One receiver's history: the minute from which it is held to its own
+/// rule, and its counts.
+#[derive(Serialize, Deserialize)]
+struct ReceiverFile {
+    held_from: i64,
+    volume: VolumeFile,
 }
 
 /// Units sent per minute up to minute `slot` (Unix minutes), oldest first,
@@ -220,6 +235,19 @@ impl SavedState {
                 })
                 .collect(),
             volume: self.volume.as_ref().map(VolumeFile::new),
+            receivers: self
+                .receivers
+                .iter()
+                .map(|receiver| {
+                    (
+                        receiver.name.clone(),
+                        ReceiverFile {
+                            held_from: receiver.held_from,
+                            volume: VolumeFile::new(&receiver.volume),
+                        },
+                    )
+                })
+                .collect(),
             history: self.history.clone(),
             held: self.held,
             nodes_seen: (self.nodes_seen.most > 0)
@@ -250,11 +278,20 @@ impl SavedState {
             Some(volume) => Some(volume.state()?),
             None => None,
         };
+        let mut receivers = Vec::with_capacity(file.receivers.len());
+        for (name, receiver) in &file.receivers {
+            receivers.push(ReceiverState {
+                name: name.clone(),
+                volume: receiver.volume.state()?,
+                held_from: receiver.held_from,
+            });
+        }
         // The volume's minute must be the save's: anything else is damage
         // (and would make waits absurd).
         if volume
-            .as_ref()
-            .is_some_and(|volume| (volume.slot as f64 - file.saved_at / 60.0).abs() > 2.0)
+            .iter()
+            .chain(receivers.iter().map(|receiver| &receiver.volume))
+            .any(|volume| (volume.slot as f64 - file.saved_at / 60.0).abs() > 2.0)
         {
             return None;
         }
@@ -280,6 +317,7 @@ impl SavedState {
                 .map(|cap| (cap.window_seconds, cap.slots))
                 .collect(),
             volume,
+            receivers,
             history: file.history,
             held: file.held,
             nodes_seen: file
@@ -320,6 +358,7 @@ mod tests {
     #[test]
     fn the_penalty_s_phase_round_trips_and_an_older_file_has_none() {
         let state = SavedState {
+            receivers: Vec::new(),
             saved_at: 1_764_180_060.0,
             baseline: 0.5,
             penalty: 0.5,
@@ -340,6 +379,7 @@ mod tests {
             },
         ] {
             let state = SavedState {
+                receivers: Vec::new(),
                 penalty_phase: Some(phase),
                 ..state.clone()
             };
@@ -363,6 +403,7 @@ mod tests {
     #[test]
     fn round_trips_and_refuses_garbage() {
         let state = SavedState {
+            receivers: Vec::new(),
             saved_at: 1_764_180_060.25,
             baseline: 0.5,
             penalty: 1.0,

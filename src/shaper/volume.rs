@@ -228,6 +228,8 @@ pub struct BudgetReached {
     pub horizon: Horizon,
     pub sent: u64,
     pub allowance: u64,
+    /// The receiver whose own budget it is (`None`: the gateway's total).
+    pub receiver: Option<String>,
 }
 
 /// What a restart must not forget of the volume history: the kept counts
@@ -242,6 +244,27 @@ pub struct VolumeState {
     /// The first minute of the history (its length weighs the transactional
     /// apps' average; the counts alone do not say when it began).
     pub since: i64,
+}
+
+/// What a [`Volume`] budgets: the floor per horizon (`None`: that
+/// horizon is not budgeted), the busiest windows vouched for before any
+/// count, and the growth per window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeRule {
+    pub floors: [Option<u64>; 2],
+    pub seeds: [Option<u64>; 2],
+    pub warmup: f64,
+}
+
+impl VolumeRule {
+    /// A gateway's total: `min_rate`'s floors, `initial_rate`'s seeds.
+    pub fn of_gateway(config: &ShapingConfig) -> VolumeRule {
+        VolumeRule {
+            floors: config.min_volume,
+            seeds: config.initial_volume,
+            warmup: config.warmup,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -280,15 +303,20 @@ impl Volume {
     /// A gateway with no history beyond `initial_volume`'s seeds. The
     /// horizons budgeted are those `min_volume` names.
     pub fn new(config: &ShapingConfig, now: f64) -> Volume {
+        Volume::with_rule(&VolumeRule::of_gateway(config), now)
+    }
+
+    /// Counts with no history beyond `rule`'s seeds.
+    pub fn with_rule(rule: &VolumeRule, now: f64) -> Volume {
         let slot = slot_of(now);
         let budgets: Vec<Budget> = Horizon::ALL
             .into_iter()
             .filter_map(|horizon| {
-                let floor = config.min_volume[horizon as usize]?;
+                let floor = rule.floors[horizon as usize]?;
                 Some(Budget {
                     horizon,
                     floor,
-                    seed: config.initial_volume[horizon as usize].map(|units| Seed {
+                    seed: rule.seeds[horizon as usize].map(|units| Seed {
                         units,
                         until: slot + LOOKBACK - 1,
                     }),
@@ -301,7 +329,7 @@ impl Volume {
         Volume {
             slot,
             since: slot,
-            warmup: config.warmup,
+            warmup: rule.warmup,
             all: Series::new(&horizons),
             transactional: Series::new(&horizons),
             budgets,
@@ -313,11 +341,16 @@ impl Volume {
     /// state saved "in the future" (the clock was set back since) is moved
     /// to end at the current minute: its counts only become more recent.
     pub fn restore(config: &ShapingConfig, state: &VolumeState, now: f64) -> Volume {
+        Volume::restore_rule(&VolumeRule::of_gateway(config), state, now)
+    }
+
+    /// As [`Volume::restore`], under `rule`.
+    pub fn restore_rule(rule: &VolumeRule, state: &VolumeState, now: f64) -> Volume {
         let mut state = state.clone();
         state.slot = state.slot.min(slot_of(now));
         let state = &state;
         let first = state.slot - state.all.len().max(state.transactional.len()) as i64 + 1;
-        let mut volume = Volume::new(config, (first - 1) as f64 * SLOT_SECONDS);
+        let mut volume = Volume::with_rule(rule, (first - 1) as f64 * SLOT_SECONDS);
         // The saved seeds, not the configured ones: a gateway with history
         // is past its initial volume.
         for budget in &mut volume.budgets {
@@ -488,6 +521,7 @@ impl Volume {
                     horizon: budget.horizon,
                     sent,
                     allowance,
+                    receiver: None,
                 });
             }
             return Some(Held {

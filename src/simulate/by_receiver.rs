@@ -6,22 +6,21 @@
 //! mail Gmail got from it.
 //!
 //! The rule per receiver R and window W: at most `max(floor_R, warmup x
-//! the busiest W-window R saw in the 7 days before)`, with the floors of
-//! [`RECEIVER_FLOORS`]. The gateway shapes its total only; this view shows
-//! where a receiver would see a jump its own history does not allow.
+//! the busiest W-window R saw in the 7 days before)`, with the gateway's
+//! receiver floors (`receiver_min_rate`, `[[receivers]] min_rate`). The
+//! shaper holds every budgeted receiver to it (`shaper::receivers`); this
+//! view judges the output independently, in continuous time, from the
+//! moment each receiver's rule holds. A receiver the gateway does not
+//! budget (`other` by default) is judged by the shipped floors
+//! (`receiver_min_rate`'s default), to show what it got, and marked so.
 
 use std::collections::HashMap;
 
 use super::receiver::{Judge, Rule, Verdict};
 use super::{Arrival, SentRecord};
+use crate::config::default_receiver_min_volume;
 use crate::policy::receivers::Receivers;
 use crate::shaper::{Horizon, ShapingConfig};
-
-/// The allowance of a receiver that has seen nothing from the gateway, per
-/// [`Horizon`] (units an hour, a day): small enough that a receiver's first
-/// burst is held to a ramp, large enough that the first day's ordinary
-/// mail to a new receiver (a handful an hour) is never held.
-pub const RECEIVER_FLOORS: [u64; 2] = [20, 100];
 
 /// Per receiver, its sends before the trace: (time, units).
 pub type Sends = HashMap<String, Vec<(f64, u64)>>;
@@ -30,6 +29,8 @@ pub type Sends = HashMap<String, Vec<(f64, u64)>>;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReceiverReport {
     pub name: String,
+    /// Held to its own rule by the gateway (else counted in the total only).
+    pub budgeted: bool,
     /// Messages the trace offered to it, and the gateway sent it.
     pub offered: usize,
     pub sent: usize,
@@ -63,19 +64,22 @@ pub fn receivers_of_rows(
 /// trace never reaches are left out. `row_receivers` is
 /// [`receivers_of_rows`]'s; `history` each receiver's sends before the
 /// trace (`--history`, by receiver; none: what the trace sent it is all it
-/// has seen); `judged_from` the first second judged, as the gateway's view
-/// is.
+/// has seen); `judged_from` the first second judged of each receiver (from
+/// when its rule holds).
 pub fn judge_receivers(
     receivers: &Receivers,
     (row_receivers, history): (&[Option<String>], &Sends),
     trace: &[Arrival],
     sent: &[SentRecord],
     shaping: &ShapingConfig,
-    judged_from: f64,
+    judged_from: impl Fn(&str) -> f64,
     units: impl Fn(u32) -> u64,
 ) -> Vec<ReceiverReport> {
     let mut reports = Vec::new();
     for name in receivers.names() {
+        let rule = shaping.receivers.iter().find(|rule| rule.name == name);
+        let floors = rule.map_or_else(default_receiver_min_volume, |rule| rule.floors);
+        let judged_from = judged_from(name);
         let of = |row: usize| row_receivers[row].as_deref() == Some(name);
         let before = history.get(name).map_or(&[][..], Vec::as_slice);
         let offered: Vec<(f64, u64)> = trace
@@ -101,7 +105,7 @@ pub fn judge_receivers(
             .map(|horizon| {
                 let rule = Rule {
                     window: horizon.seconds() as f64,
-                    floor: RECEIVER_FLOORS[horizon as usize],
+                    floor: floors[horizon as usize].unwrap_or(0),
                     warmup: shaping.warmup,
                     seed: None,
                 };
@@ -115,6 +119,7 @@ pub fn judge_receivers(
             .collect();
         reports.push(ReceiverReport {
             name: name.to_string(),
+            budgeted: rule.is_some(),
             offered: offered_count,
             sent: sent_count,
             windows,
@@ -129,24 +134,28 @@ pub fn to_text(reports: &[ReceiverReport], day_origin: f64) -> String {
     if reports.is_empty() {
         return String::new();
     }
-    let mut out = format!(
+    let mut out = String::from(
         "\nwhat each receiver sees: for each receiver R (by the rows' domain, else its\n\
          --mx-map hosts; else other) and window W, at most max(floor, warmup x the busiest\n\
-         W-window R saw in the 7 days before); floors {}/h, {}/day. The gateway shapes its\n\
-         total only: a row over its allowance is a jump that receiver's own history does not allow\n\
-         (a receiver's history: with --history, its own from the log; else what the trace sent it)\n\
+         W-window R saw in the 7 days before), as the gateway holds each budgeted receiver to;\n\
+         judged from when R's own history is known (a row over its allowance is a jump that\n\
+         receiver's own history does not allow; a receiver's history: with --history, its own\n\
+         from the log; else what the trace sent it)\n\
          receiver    offered     sent  window   shaped: tightest sent / allowed (excess), ending       offered: tightest / allowed (x)\n",
-        RECEIVER_FLOORS[0], RECEIVER_FLOORS[1]
     );
     for report in reports {
         for (index, (horizon, _, shaped, offered)) in report.windows.iter().enumerate() {
             let (name, counts) = if index == 0 {
                 (
-                    report.name.as_str(),
+                    if report.budgeted {
+                        report.name.clone()
+                    } else {
+                        format!("{}*", report.name)
+                    },
                     format!("{:>7}  {:>7}", report.offered, report.sent),
                 )
             } else {
-                ("", format!("{:>7}  {:>7}", "", ""))
+                (String::new(), format!("{:>7}  {:>7}", "", ""))
             };
             let seconds = (shaped.at - day_origin).max(0.0);
             let ending = if shaped.sent == 0 {
@@ -170,6 +179,11 @@ pub fn to_text(reports: &[ReceiverReport], day_origin: f64) -> String {
                 offered.ratio,
             ));
         }
+    }
+    if reports.iter().any(|report| !report.budgeted) {
+        out.push_str(
+            "* not budgeted on this gateway: counted in the total only (judged by the shipped receiver_min_rate)\n",
+        );
     }
     out
 }
@@ -226,7 +240,7 @@ mod tests {
             &trace,
             &sent,
             &shaping,
-            0.0,
+            |_| 0.0,
             u64::from,
         );
         let names: Vec<&str> = reports.iter().map(|report| report.name.as_str()).collect();
@@ -257,7 +271,7 @@ mod tests {
             &trace,
             &sent,
             &shaping,
-            5.0 * 86_400.0,
+            |_| 5.0 * 86_400.0,
             u64::from,
         );
         let (_, _, shaped, _) = &known[0].windows[0];
@@ -285,7 +299,7 @@ mod tests {
             &trace,
             &[],
             &shaping,
-            0.0,
+            |_| 0.0,
             u64::from,
         );
         assert!(reports.is_empty());

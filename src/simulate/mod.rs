@@ -13,7 +13,7 @@ mod plot;
 mod receiver;
 mod trace;
 
-pub use by_receiver::{RECEIVER_FLOORS, ReceiverReport};
+pub use by_receiver::ReceiverReport;
 pub use plot::render_svg;
 pub use receiver::{Judge, Rule, Verdict};
 pub use trace::{Arrival, parse_mx_map, parse_trace};
@@ -23,6 +23,7 @@ use std::collections::BinaryHeap;
 use crate::config::{Config, GatewayConfig};
 use crate::history::History;
 use crate::policy::Apps;
+use crate::policy::receivers::Receivers;
 use crate::shaper::gate::{Gate, Route};
 use crate::shaper::shared::Elsewhere;
 use crate::shaper::store::MemoryStore;
@@ -199,6 +200,9 @@ struct Offer {
     /// When the app first offered it.
     first: f64,
     lane: usize,
+    /// Its receiver's index in the gateway's receiver rules (`None`: one
+    /// not budgeted, or a trace without domains).
+    receiver: Option<usize>,
     recipients: u32,
     deferred: bool,
 }
@@ -235,7 +239,11 @@ impl Node {
             }
             match self.scheduler.next(now) {
                 Release::Send {
-                    waited, lane, item, ..
+                    waited,
+                    lane,
+                    receiver,
+                    item,
+                    ..
                 } => {
                     if let Some((gate, store)) = &mut self.shared {
                         let units = self.scheduler.model().units(item.recipients as usize);
@@ -244,7 +252,13 @@ impl Node {
                             let verdict = store.acquire(now, &proposal);
                             if !verdict.granted {
                                 let counted = scheduler.model().counted(units);
-                                scheduler.put_back(now, lane, waited, (units, counted), item);
+                                scheduler.put_back(
+                                    now,
+                                    (lane, receiver),
+                                    waited,
+                                    (units, counted),
+                                    item,
+                                );
                                 match gate.refused(scheduler, now, proposal.class, verdict.wait) {
                                     // Bulk waits; the transactional lanes go on.
                                     None => continue,
@@ -324,7 +338,7 @@ pub fn replay(config: &Config, gateway: usize, trace: &[Arrival], options: &Opti
             break;
         }
     }
-    replay.finish(&gateway_config.shaping, trace, options)
+    replay.finish(&gateway_config.shaping, trace)
 }
 
 /// `history` moved in time to end in the minute of `created` (whole
@@ -396,6 +410,10 @@ struct Replay<'t> {
     options: &'t Options,
     /// The apps' lanes, `other` last.
     names: Vec<String>,
+    /// The receivers the trace's domains roll up to.
+    receivers: Receivers,
+    /// Per trace row, its receiver's index in the gateway's receiver rules.
+    row_budgets: Vec<Option<usize>>,
     /// The trace's last arrival.
     end: f64,
     /// When the gateway's model was made.
@@ -431,6 +449,16 @@ impl<'t> Replay<'t> {
             .history
             .as_ref()
             .map(|history| moved(history, created));
+        let receivers = Receivers::new(&config.receivers);
+        let row_receivers = by_receiver::receivers_of_rows(trace, &receivers, &options.mx);
+        let rules = &gateway_config.shaping.receivers;
+        let row_budgets = row_receivers
+            .iter()
+            .map(|name| {
+                let name = name.as_deref()?;
+                rules.iter().position(|rule| rule.name == name)
+            })
+            .collect();
         let count = options.nodes.max(1);
         let mut nodes: Vec<Node> = (0..count)
             .map(|_| Node {
@@ -478,12 +506,14 @@ impl<'t> Replay<'t> {
             burst: gateway_config.shaping.burst,
             receiver: Vec::new(),
             sent_log: Vec::with_capacity(trace.len()),
-            row_receivers: Vec::new(),
+            row_receivers,
             receivers: Vec::new(),
         };
         Replay {
             options,
             names,
+            receivers,
+            row_budgets,
             end,
             created,
             history,
@@ -539,6 +569,7 @@ impl<'t> Replay<'t> {
                 node: (self.next_id - 1) as usize % self.nodes.len(),
                 first: arrival.at,
                 lane,
+                receiver: self.row_budgets[(self.next_id - 1) as usize],
                 recipients: arrival.recipients,
                 deferred: false,
             })
@@ -564,13 +595,19 @@ impl<'t> Replay<'t> {
             });
         let node = &mut self.nodes[offer.node];
         let units = node.scheduler.model().units(offer.recipients as usize);
+        let parts: Vec<(usize, u64)> = offer
+            .receiver
+            .map(|receiver| (receiver, units))
+            .into_iter()
+            .collect();
         match node
             .scheduler
-            .admit(now, offer.lane, units, elsewhere, offer.id)
+            .admit(now, offer.lane, units, (elsewhere, &parts), offer.id)
         {
             Ok(_) => {
                 node.scheduler.model_mut().accepted(now, || [offer.id]);
-                node.scheduler.push(now, offer.lane, units, offer);
+                node.scheduler
+                    .push(now, offer.lane, offer.receiver, units, offer);
                 node.release_at = now;
             }
             Err(deferral) => {
@@ -693,7 +730,16 @@ impl<'t> Replay<'t> {
 
     /// The report: delays sorted, the peaks, and the receiver's view of
     /// what was sent and what `trace` offered.
-    fn finish(mut self, shaping: &ShapingConfig, trace: &[Arrival], options: &Options) -> Report {
+    fn finish(mut self, shaping: &ShapingConfig, trace: &[Arrival]) -> Report {
+        // When each receiver's rule holds from (its history known).
+        let held_from: Vec<(String, f64)> = self.nodes[0]
+            .scheduler
+            .model_mut()
+            .view(self.now)
+            .receivers
+            .into_iter()
+            .map(|view| (view.name, view.held_from))
+            .collect();
         let report = &mut self.report;
         for delays in report
             .days
@@ -717,8 +763,6 @@ impl<'t> Replay<'t> {
         let units = |recipients: u32| nodes[0].scheduler.model().units(recipients as usize);
         let history = history_sends(self.history.as_ref(), shaping);
         judge_as_receiver(report, shaping, trace, (self.created, &history), units);
-        let receivers = crate::policy::receivers::Receivers::builtin();
-        report.row_receivers = by_receiver::receivers_of_rows(trace, &receivers, &options.mx);
         // As the gateway's view: judged from the minute after the model was made.
         let judged_from = ((self.created / 60.0).floor() + 1.0) * 60.0;
         // With `--history`, each receiver's own history from the log.
@@ -728,8 +772,14 @@ impl<'t> Replay<'t> {
             .flat_map(|history| &history.counts.receivers)
             .map(|(receiver, minutes)| (receiver.clone(), sends_of(minutes, shaping)))
             .collect();
+        let judged_from = |name: &str| {
+            held_from
+                .iter()
+                .find(|(held, _)| held == name)
+                .map_or(judged_from, |(_, from)| judged_from.max(*from))
+        };
         report.receivers = by_receiver::judge_receivers(
-            &receivers,
+            &self.receivers,
             (&report.row_receivers, &receiver_history),
             trace,
             &report.sent_log,
@@ -1041,7 +1091,7 @@ mod tests {
         let trace = arrivals(3_000, 0.0, 0.01, "bulk");
         let report = replay(&config, 0, &trace, &Options::default());
         assert_eq!(report.sent, 3_000);
-        assert_eq!(report.deferrals, [0; 6]);
+        assert_eq!(report.deferrals, [0; DeferReason::ALL.len()]);
         for peak in &report.peaks {
             assert!(peak.excess <= 0.0, "{peak:?}");
         }

@@ -353,7 +353,7 @@ mod tests {
                     mode: crate::shaper::ShapingMode::Enforce,
                     recovery_left: 0.0,
                     paused_for: 0.0,
-                    deferrals: [1, 0, 0, 2, 0, 0],
+                    deferrals: [1, 0, 0, 2, 0, 0, 0, 0],
                     budgets: vec![BudgetView {
                         horizon: Horizon::Hour,
                         sent: 40,
@@ -361,10 +361,12 @@ mod tests {
                         transactional_room: 12,
                         next_room: 0.0,
                     }],
+                    receivers: Vec::new(),
                 },
                 queued: 3,
                 oldest_age: 7.5,
                 lanes: vec![2, 1],
+                receivers: Vec::new(),
                 drain: crate::shaper::Projection {
                     wait: 7_200.0,
                     reason: crate::shaper::DeferReason::DayBudget,
@@ -403,7 +405,8 @@ mod tests {
                 r#""transactional_room":12,"next_room_seconds":0.0}},"#,
                 r#""history":{"source":"postfix log","since":1763575200,"minutes":10080},"#,
                 r#""deferrals":{"queue_delay":1,"queue_full":0,"cap":0,"hour_budget":2,"#,
-                r#""day_budget":0,"recipients":0},"connections":1,"#,
+                r#""day_budget":0,"recipients":0,"receiver_hour_budget":0,"#,
+                r#""receiver_day_budget":0},"connections":1,"#,
                 r#""cluster":{"connected":true,"nodes":3,"share_of":3},"#,
                 r#""recent_replies":[{"at":1764180000,"reply":"451 4.7.500 busy"}]}"#,
             )

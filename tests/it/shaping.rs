@@ -108,7 +108,7 @@ async fn new_mail_is_deferred_once_the_projected_wait_passes_the_bound() {
     assert_eq!(client.command("NOOP").await.code, 250);
     let view = h.service.shaping("primary").unwrap();
     assert_eq!(view.queued, 3);
-    assert_eq!(view.model.deferrals, [1, 0, 0, 0, 0, 0]);
+    assert_eq!(view.model.deferrals, [1, 0, 0, 0, 0, 0, 0, 0]);
     h.shutdown().await;
 }
 

@@ -780,10 +780,71 @@ fn the_readme_quotes_what_the_shipped_traces_replay_to() {
     let (gmail_hour, gmail_day) = (&google.windows[0].2, &google.windows[1].2);
     let total_hour = &new_receiver.receiver[0].shaped;
     assert_eq!(total_hour.excess, 0, "the total never passes its rule");
-    let quoted = quoted.into_iter().chain([format!(
-        "got {} in a day against its floor of {} (tightest hour {} of {} allowed)",
-        gmail_day.sent, gmail_day.allowed, gmail_hour.sent, gmail_hour.allowed
-    )]);
+    for receiver in new_receiver
+        .receivers
+        .iter()
+        .filter(|report| report.budgeted)
+    {
+        for (_, _, shaped, _) in &receiver.windows {
+            assert_eq!(shaped.excess, 0, "{} got a jump: {shaped:?}", receiver.name);
+        }
+    }
+    // The same trace with the total's rule alone (no receiver budgeted).
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("traces");
+    let text = std::fs::read_to_string(dir.join("new-receiver.toml"))
+        .unwrap()
+        .replace(
+            "[gateways.shaping]\n",
+            "[gateways.shaping]\nreceiver_min_rate = []\n",
+        );
+    let total_only = replay(
+        &Config::parse(&text).unwrap(),
+        0,
+        &parse_trace(&std::fs::read_to_string(dir.join("new-receiver.csv")).unwrap()).unwrap(),
+        &Options {
+            mx: smtp_shaper::simulate::parse_mx_map(&mx).unwrap(),
+            ..Options::default()
+        },
+    );
+    let unheld = &total_only.receivers[0];
+    let days_of =
+        |report: &Report| -> Vec<u64> { report.days.iter().skip(7).map(|day| day.sent).collect() };
+    let stats = |report: &Report, app: &str| {
+        report
+            .apps
+            .iter()
+            .find(|stats| stats.name == app)
+            .unwrap()
+            .clone()
+    };
+    let hr = stats(&new_receiver, "hr");
+    assert_eq!(hr.deferred_messages, 0);
+    let quoted = quoted.into_iter().chain([
+        format!(
+            "got {} in a day, its tightest hour {} against a floor of {}",
+            unheld.windows[1].2.sent, unheld.windows[0].2.sent, unheld.windows[0].2.allowed
+        )
+        .replace("1000 in a day", "1,000 in a day"),
+        format!(
+            "got {} in a day against its floor of {} (tightest hour {} of {} allowed)",
+            gmail_day.sent, gmail_day.allowed, gmail_hour.sent, gmail_hour.allowed
+        ),
+        format!(
+            "the billing app is held at most {} s ({} minutes before",
+            max_held(&new_receiver, "billing"),
+            max_held(&total_only, "billing") / 60
+        ),
+        format!(
+            "its last message leaves after {}",
+            smtp_shaper::config::units::format_duration(hr.delays.last().copied().unwrap_or(0.0))
+        ),
+    ]);
+    let gmail_days: Vec<u64> = days_of(&new_receiver);
+    assert_eq!(
+        gmail_days[1..],
+        [200, 400, 300],
+        "the README's days after the burst: {gmail_days:?}"
+    );
     for sentence in quoted {
         assert!(
             readme.contains(&sentence),

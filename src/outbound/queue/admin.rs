@@ -100,7 +100,10 @@ impl DeliveryQueue {
     pub fn drain(&self) -> Vec<Drained> {
         let mut state = self.lock();
         let mut items = Vec::with_capacity(state.scheduler.len() + state.waiting.len());
-        while let Some(Taken { item, lane, units }) = state.scheduler.take(|_| true) {
+        while let Some(Taken {
+            item, lane, units, ..
+        }) = state.scheduler.take(|_| true)
+        {
             items.push(match item {
                 Slot::Held(item) => Drained::Held(item, None),
                 Slot::Parked(parked) => Drained::Parked {
@@ -199,6 +202,7 @@ impl DeliveryQueue {
                 Taken {
                     item: Slot::Held(Box::new(item)),
                     lane,
+                    receiver: None,
                     units,
                 }
             }

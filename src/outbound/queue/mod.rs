@@ -268,6 +268,7 @@ struct InFlight<'q> {
     queue: &'q DeliveryQueue,
     item: Option<Slot>,
     lane: usize,
+    receiver: Option<usize>,
     waited: f64,
     at: f64,
     units: u64,
@@ -320,7 +321,7 @@ impl Drop for InFlight<'_> {
             }
             state.scheduler.put_back(
                 self.at,
-                self.lane,
+                (self.lane, self.receiver),
                 self.waited,
                 (self.units, self.counted),
                 item,
@@ -503,7 +504,7 @@ impl DeliveryQueue {
         let units = state.scheduler.model().units(item.message.pending.len());
         let lane = item.lane;
         let slot = self.slot(&mut state, item);
-        state.scheduler.push(now, lane, units, slot);
+        state.scheduler.push(now, lane, None, units, slot);
     }
 
     /// Waits for the next message the shaper lets go; a parked one is read
@@ -596,9 +597,19 @@ impl DeliveryQueue {
                     Release::Send {
                         item,
                         lane,
+                        receiver,
                         units,
                         waited,
-                    } => return self.sent(&mut state, unix_now, item, lane, units, waited),
+                    } => {
+                        return self.sent(
+                            &mut state,
+                            unix_now,
+                            item,
+                            (lane, receiver),
+                            units,
+                            waited,
+                        );
+                    }
                     Release::Wait(seconds) => {
                         let until = now + Duration::from_secs_f64(seconds);
                         Some(next_retry.map_or(until, |retry| retry.min(until)))
@@ -621,7 +632,7 @@ impl DeliveryQueue {
         state: &mut State,
         unix_now: f64,
         item: Slot,
-        lane: usize,
+        (lane, receiver): (usize, Option<usize>),
         units: u64,
         waited: f64,
     ) -> Turn<'_> {
@@ -640,6 +651,7 @@ impl DeliveryQueue {
                     queue: self,
                     item: Some(item),
                     lane,
+                    receiver,
                     waited,
                     at: unix_now,
                     units,
@@ -718,7 +730,7 @@ impl DeliveryQueue {
         }
         state
             .scheduler
-            .admit(now, lane, units, outside, fingerprint)
+            .admit(now, lane, units, (outside, &[]), fingerprint)
     }
 
     /// The shaping model and the queue at this moment (messages waiting

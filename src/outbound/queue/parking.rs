@@ -103,7 +103,9 @@ impl DeliveryQueue {
         let now = self.now();
         state.queued_bytes += u64::from(parked.body_len);
         state.parked += 1;
-        state.scheduler.push(now, lane, units, Slot::Parked(parked));
+        state
+            .scheduler
+            .push(now, lane, None, units, Slot::Parked(parked));
     }
 
     /// Pushes parked messages moved from another queue (a reload), each in

@@ -47,8 +47,13 @@ impl State {
                 let class = self.scheduler.class(waiting.item.lane);
                 self.waiting_counts.remove(class, units);
                 let lane = waiting.item.lane;
-                self.scheduler
-                    .push(unix_now, lane, units, Slot::Held(Box::new(waiting.item)));
+                self.scheduler.push(
+                    unix_now,
+                    lane,
+                    None,
+                    units,
+                    Slot::Held(Box::new(waiting.item)),
+                );
             }
         }
     }

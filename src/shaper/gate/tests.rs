@@ -97,8 +97,8 @@ fn a_refusal_holds_the_node_but_a_refused_bulk_message_only_the_bulk_lanes() {
         None
     );
     assert_eq!(gate.waits_until(10.0), None, "transactional mail goes on");
-    scheduler.push(10.0, 1, 1, "bulk");
-    scheduler.push(10.0, 0, 1, "transactional");
+    scheduler.push(10.0, 1, None, 1, "bulk");
+    scheduler.push(10.0, 0, None, 1, "transactional");
     let Release::Send { item, .. } = scheduler.next(10.0) else {
         panic!("the transactional lane goes on");
     };

@@ -19,6 +19,7 @@ fn offer(model: &GatewayModel, ahead: usize, queued: usize, queued_units: u64) -
         units: 1,
         class: AppClass::Transactional,
         fingerprint: ahead as u64,
+        receivers: Vec::new(),
     }
 }
 
@@ -41,7 +42,7 @@ fn run_steps(
     while now < start + seconds {
         queued += demand * step;
         while queued >= 1.0 {
-            match model.try_send(now, 1, AppClass::Transactional) {
+            match model.try_send(now, 1, AppClass::Transactional, None) {
                 Decision::Send => {
                     sent.push(now);
                     queued -= 1.0;
@@ -51,7 +52,7 @@ fn run_steps(
                     model.snapshot(now, reserve);
                     model.saved(reserve);
                 }
-                Decision::Wait(_) => break,
+                Decision::Wait(_) | Decision::WaitReceiver(_) => break,
             }
         }
         now += step;
@@ -79,7 +80,7 @@ fn under_the_ceiling_nothing_waits() {
     let mut now = 10.0;
     for _ in 0..1_000 {
         assert_eq!(
-            model.try_send(now, 1, AppClass::Transactional),
+            model.try_send(now, 1, AppClass::Transactional, None),
             Decision::Send,
             "at {now}"
         );
@@ -150,7 +151,7 @@ fn a_message_counting_more_than_the_reserve_is_saved_for_and_sent() {
     let config = shaping("count = \"recipients\"\nlimits = [\"30/min\"]");
     let mut model = GatewayModel::new(&config, 0.0);
     assert_eq!(
-        model.try_send(10.0, 3, AppClass::Transactional),
+        model.try_send(10.0, 3, AppClass::Transactional, None),
         Decision::Save
     );
     let reserve = model.reserve();
@@ -161,7 +162,7 @@ fn a_message_counting_more_than_the_reserve_is_saved_for_and_sent() {
     model.snapshot(10.0, reserve);
     model.saved(reserve);
     assert_eq!(
-        model.try_send(10.0, 3, AppClass::Transactional),
+        model.try_send(10.0, 3, AppClass::Transactional, None),
         Decision::Send
     );
 }
@@ -215,7 +216,7 @@ fn admission_defers_beyond_the_projected_wait() {
             .reason,
         DeferReason::Cap
     );
-    assert_eq!(model.view(0.0).deferrals, [0, 0, 1, 0, 0, 0]);
+    assert_eq!(model.view(0.0).deferrals, [0, 0, 1, 0, 0, 0, 0, 0]);
 }
 
 #[test]
@@ -231,7 +232,7 @@ fn waiting_for_room_is_held_up_to_the_apps_own_bound() {
         "the thousandth message leaves in days, not never: {}",
         projection.wait
     );
-    assert_eq!(model.view(0.0).deferrals, [0; 6], "nothing refused");
+    assert_eq!(model.view(0.0).deferrals, [0; 8], "nothing refused");
     // An app that keeps its own backlog (an MTA) says so with a short
     // bound, and hears 451 for the same wait.
     thousandth.max_delay = 900.0;
@@ -248,7 +249,7 @@ fn a_used_up_quota_holds_for_the_longest_window() {
     let mut model = GatewayModel::new(&shaping("limits = [\"30/min\", \"10000/day\"]"), 0.0);
     assert_eq!(model.quota_exhausted(100.0), DAY);
     assert!(
-        matches!(model.try_send(200.0, 1, AppClass::Transactional), Decision::Wait(wait) if (wait - (DAY - 100.0)).abs() < 1e-6)
+        matches!(model.try_send(200.0, 1, AppClass::Transactional, None), Decision::Wait(wait) if (wait - (DAY - 100.0)).abs() < 1e-6)
     );
     let mut uncapped = GatewayModel::new(&shaping(""), 0.0);
     assert_eq!(uncapped.quota_exhausted(0.0), 3_600.0);
@@ -264,7 +265,7 @@ fn throttling_cuts_once_per_episode_floors_and_recovers_within_backoff_recovery(
     assert!(!model.throttled(110.0), "within the pause");
     assert_eq!(model.view(110.0).penalty, 0.5);
     assert!(
-        matches!(model.try_send(120.0, 1, AppClass::Transactional), Decision::Wait(wait) if (wait - 40.0).abs() < 1e-9)
+        matches!(model.try_send(120.0, 1, AppClass::Transactional, None), Decision::Wait(wait) if (wait - 40.0).abs() < 1e-9)
     );
     assert_eq!(model.take_changes()[0].cause, Cause::Throttled);
     // After the pause, before the gateway accepted: paused again, no cut.
@@ -343,16 +344,16 @@ fn a_refunded_send_gives_its_room_back() {
     let sent = run(&mut model, 0.0, 10.0, 100.0);
     assert_eq!(sent.len(), 5);
     assert!(matches!(
-        model.try_send(10.0, 1, AppClass::Transactional),
+        model.try_send(10.0, 1, AppClass::Transactional, None),
         Decision::Wait(_)
     ));
-    model.refund(sent[4], 1, AppClass::Transactional);
+    model.refund(sent[4], 1, AppClass::Transactional, None);
     assert_eq!(model.view(10.0).budgets[0].sent, 4);
     let reserve = model.reserve();
     model.snapshot(10.0, reserve);
     model.saved(reserve);
     assert_eq!(
-        model.try_send(10.0, 1, AppClass::Transactional),
+        model.try_send(10.0, 1, AppClass::Transactional, None),
         Decision::Send
     );
     assert_eq!(model.view(10.0).budgets[0].sent, 5);
@@ -371,7 +372,7 @@ fn a_pause_another_node_heard_holds_this_one_too() {
         },
     );
     assert!(matches!(
-        model.try_send(10.0, 1, AppClass::Transactional),
+        model.try_send(10.0, 1, AppClass::Transactional, None),
         Decision::Wait(wait) if (wait - 30.0).abs() < 1e-6
     ));
     assert!((model.ceiling() / (ceiling * 0.5) - 1.0).abs() < 1e-3);
@@ -399,14 +400,19 @@ fn a_refund_gives_back_what_the_send_counted_whatever_the_share_now() {
     // Redis is lost while the send is proposed: the share becomes 3.
     model.set_share(10.0, 3);
     assert_eq!(model.counted(1), 3);
-    model.refund(*sent.last().unwrap(), counted, AppClass::Transactional);
+    model.refund(
+        *sent.last().unwrap(),
+        counted,
+        AppClass::Transactional,
+        None,
+    );
     assert_eq!(model.view(10.0).budgets[0].sent, sent.len() as u64 - 1);
 }
 
 /// One try at `now`, saving when asked (as the live queue does).
 fn try_now(model: &mut GatewayModel, now: f64) -> Decision {
     loop {
-        match model.try_send(now, 1, AppClass::Transactional) {
+        match model.try_send(now, 1, AppClass::Transactional, None) {
             Decision::Save => {
                 let reserve = model.reserve();
                 model.snapshot(now, reserve);
