@@ -1,11 +1,12 @@
 //! A small DNS client for the sender-domain preflight (`check-dns`) and
-//! the recipient domains' MX hosts: TXT, A/AAAA and MX lookups through the
-//! system's resolvers (every `nameserver` of /etc/resolv.conf, in turn),
-//! over UDP with EDNS0 and over TCP when an answer is truncated. A reply
-//! counts only when its ID (random, from `ring`), QR bit and question
-//! match the query; anything else is ignored while the wait goes on.
-//! [`Resolver`] is the seam tests fill with records.
+//! the recipient domains' MX hosts ([`mx_cache`]): TXT, A/AAAA and MX
+//! lookups through the system's resolvers (every `nameserver` of
+//! /etc/resolv.conf, in turn), over UDP with EDNS0 and over TCP when an
+//! answer is truncated. A reply counts only when its ID (random, from
+//! `ring`), QR bit and question match the query; anything else is ignored
+//! while the wait goes on. [`Resolver`] is the seam tests fill with records.
 
+pub mod mx_cache;
 pub mod wire;
 
 use std::io::{ErrorKind, Read, Write};
