@@ -1,10 +1,12 @@
-//! A small DNS client for the sender-domain preflight (`check-dns`): TXT,
-//! A/AAAA and MX lookups through the system's resolvers (every `nameserver`
-//! of /etc/resolv.conf, in turn), over UDP with EDNS0 and over TCP when an
+//! A small DNS client for the sender-domain preflight (`check-dns`) and
+//! the recipient domains' MX hosts ([`mx_cache`]): TXT, A/AAAA and MX
+//! lookups through the system's resolvers (every `nameserver` of
+//! /etc/resolv.conf, in turn), over UDP with EDNS0 and over TCP when an
 //! answer is truncated. A reply counts only when its ID (random, from
 //! `ring`), QR bit and question match the query; anything else is ignored
 //! while the wait goes on. [`Resolver`] is the seam tests fill with records.
 
+pub mod mx_cache;
 pub mod wire;
 
 use std::io::{ErrorKind, Read, Write};
@@ -12,7 +14,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
-use wire::{Record, RecordType};
+use wire::{Record, RecordType, TimedRecord};
 
 /// Why a lookup gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +49,33 @@ impl<T> Answer<T> {
     }
 }
 
+/// What an MX lookup found, with how long it may be believed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxAnswer {
+    /// The exchange hosts, most preferred first, each with its record's TTL
+    /// in seconds.
+    pub exchanges: Answer<(String, u32)>,
+    /// When there are no exchanges (NXDOMAIN, or a name without MX): how
+    /// many seconds that may be believed, if the server said (RFC 2308).
+    pub negative_ttl: Option<u32>,
+}
+
+impl MxAnswer {
+    /// The exchange hosts, most preferred first.
+    pub fn hosts(self) -> Vec<String> {
+        self.exchanges
+            .records()
+            .into_iter()
+            .map(|(host, _)| host)
+            .collect()
+    }
+}
+
+/// The TTL [`Resolver::mx_answer`] gives records from a resolver that does
+/// not know them (one implementing only [`Resolver::mx`]): an hour, as long
+/// as the DMARC cache keeps its records.
+pub const UNKNOWN_TTL: u32 = 3_600;
+
 /// The lookups the checks make. A name that does not exist has no records
 /// (an empty list), which is not an error; [`Resolver::txt_answer`] tells
 /// it apart where that matters (a sender domain that does not exist is
@@ -60,6 +89,20 @@ pub trait Resolver {
     fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, DnsError>;
     /// Exchange host names, most preferred first.
     fn mx(&self, name: &str) -> Result<Vec<String>, DnsError>;
+    /// The exchanges with their TTLs, and whether the name exists. A
+    /// resolver that does not know TTLs need not say: its records are given
+    /// [`UNKNOWN_TTL`], and a name without exchanges has no negative TTL.
+    fn mx_answer(&self, name: &str) -> Result<MxAnswer, DnsError> {
+        Ok(MxAnswer {
+            exchanges: Answer::Records(
+                self.mx(name)?
+                    .into_iter()
+                    .map(|host| (host, UNKNOWN_TTL))
+                    .collect(),
+            ),
+            negative_ttl: None,
+        })
+    }
 }
 
 /// Asks recursive resolvers, one after another.
@@ -108,7 +151,9 @@ impl SystemResolver {
         &self.servers
     }
 
-    fn ask(&self, name: &str, kind: RecordType) -> Result<Answer<Record>, DnsError> {
+    /// The first response that answers: RCODE 0 (no error) or 3 (no such
+    /// name).
+    fn ask(&self, name: &str, kind: RecordType) -> Result<wire::Response, DnsError> {
         let mut tried = Vec::new();
         for _round in 0..ATTEMPTS {
             // What each server did last is what the error tells.
@@ -116,8 +161,7 @@ impl SystemResolver {
             for &server in &self.servers {
                 match self.ask_one(server, name, kind) {
                     Ok(response) => match response.rcode {
-                        0 => return Ok(Answer::Records(response.records)),
-                        3 => return Ok(Answer::NoSuchName),
+                        0 | 3 => return Ok(response),
                         // This server cannot answer now; another may.
                         2 | 5 => tried.push(format!("{server}: {}", rcode(response.rcode))),
                         code => {
@@ -215,6 +259,15 @@ impl SystemResolver {
     }
 }
 
+/// The records of a response [`SystemResolver::ask`] returned, or that the
+/// name does not exist.
+fn answer(response: wire::Response) -> Answer<TimedRecord> {
+    match response.rcode {
+        3 => Answer::NoSuchName,
+        _ => Answer::Records(response.records),
+    }
+}
+
 /// A query ID nobody off the path can predict (RFC 5452 9.2).
 fn query_id() -> Result<u16, String> {
     let bytes: [u8; 2] = ring::rand::generate(&SystemRandom::new())
@@ -253,12 +306,12 @@ fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
 
 impl Resolver for SystemResolver {
     fn txt_answer(&self, name: &str) -> Result<Answer<String>, DnsError> {
-        Ok(match self.ask(name, RecordType::Txt)? {
+        Ok(match answer(self.ask(name, RecordType::Txt)?) {
             Answer::NoSuchName => Answer::NoSuchName,
             Answer::Records(records) => Answer::Records(
                 records
                     .into_iter()
-                    .filter_map(|record| match record {
+                    .filter_map(|timed| match timed.record {
                         Record::Txt(text) => Some(text),
                         _ => None,
                     })
@@ -271,10 +324,10 @@ impl Resolver for SystemResolver {
         let mut addresses = Vec::new();
         for kind in [RecordType::A, RecordType::Aaaa] {
             addresses.extend(
-                self.ask(name, kind)?
+                answer(self.ask(name, kind)?)
                     .records()
                     .into_iter()
-                    .filter_map(|record| match record {
+                    .filter_map(|timed| match timed.record {
                         Record::Address(address) => Some(address),
                         _ => None,
                     }),
@@ -284,31 +337,47 @@ impl Resolver for SystemResolver {
     }
 
     fn mx(&self, name: &str) -> Result<Vec<String>, DnsError> {
-        let mut exchanges: Vec<(u16, String)> = self
-            .ask(name, RecordType::Mx)?
-            .records()
-            .into_iter()
-            .filter_map(|record| match record {
-                Record::Mx {
-                    preference,
-                    exchange,
-                } => Some((preference, exchange)),
-                _ => None,
-            })
-            .collect();
-        exchanges.sort();
-        Ok(exchanges
-            .into_iter()
-            .map(|(_, exchange)| exchange)
-            .collect())
+        Ok(self.mx_answer(name)?.hosts())
+    }
+
+    fn mx_answer(&self, name: &str) -> Result<MxAnswer, DnsError> {
+        let response = self.ask(name, RecordType::Mx)?;
+        let negative_ttl = response.negative_ttl;
+        let exchanges = match answer(response) {
+            Answer::NoSuchName => Answer::NoSuchName,
+            Answer::Records(records) => {
+                let mut exchanges: Vec<(u16, String, u32)> = records
+                    .into_iter()
+                    .filter_map(|timed| match timed.record {
+                        Record::Mx {
+                            preference,
+                            exchange,
+                        } => Some((preference, exchange, timed.ttl)),
+                        _ => None,
+                    })
+                    .collect();
+                exchanges.sort();
+                Answer::Records(
+                    exchanges
+                        .into_iter()
+                        .map(|(_, exchange, ttl)| (exchange, ttl))
+                        .collect(),
+                )
+            }
+        };
+        Ok(MxAnswer {
+            exchanges,
+            negative_ttl,
+        })
     }
 }
 
 /// Records given up front instead of asked for: what tests (and
 /// `check-dns --records FILE`, to try a zone before publishing it) use.
 /// One record per line: `name TYPE value`, TYPE one of TXT, A, AAAA, MX
-/// (value: the exchange host); a TXT value may be in double quotes; `#`
-/// starts a comment. Names are case-insensitive. A name exists when it or
+/// (value: the exchange host, then optionally its TTL in seconds, else
+/// [`UNKNOWN_TTL`]); a TXT value may be in double quotes; `#` starts a
+/// comment. Names are case-insensitive. A name exists when it or
 /// a name below it has a record (RFC 8020); any other is NXDOMAIN.
 #[derive(Debug, Default, Clone)]
 pub struct SeededResolver {
@@ -347,6 +416,12 @@ impl SeededResolver {
                     index + 1
                 ));
             }
+            if kind == "MX" && seeded_exchange(value).is_none() {
+                return Err(format!(
+                    "line {}: {value:?} is not an exchange host and an optional TTL in seconds",
+                    index + 1
+                ));
+            }
             seeded.add(name, &kind, value);
         }
         Ok(seeded)
@@ -361,6 +436,11 @@ impl SeededResolver {
             ))
             .or_default()
             .push(value.to_string());
+    }
+
+    /// Adds one MX record whose TTL is `ttl` seconds.
+    pub fn add_mx(&mut self, name: &str, exchange: &str, ttl: u32) {
+        self.add(name, "MX", &format!("{exchange} {ttl}"));
     }
 
     /// Whether `name`, or a name below it, has a record.
@@ -401,8 +481,35 @@ impl Resolver for SeededResolver {
     }
 
     fn mx(&self, name: &str) -> Result<Vec<String>, DnsError> {
-        Ok(self.get(name, "MX"))
+        Ok(self.mx_answer(name)?.hosts())
     }
+
+    fn mx_answer(&self, name: &str) -> Result<MxAnswer, DnsError> {
+        let exchanges = match self.exists(name) {
+            true => Answer::Records(
+                self.get(name, "MX")
+                    .iter()
+                    .filter_map(|value| seeded_exchange(value))
+                    .collect(),
+            ),
+            false => Answer::NoSuchName,
+        };
+        Ok(MxAnswer {
+            exchanges,
+            negative_ttl: None,
+        })
+    }
+}
+
+/// A seeded MX value, `host [ttl]`, as the host and its TTL.
+fn seeded_exchange(value: &str) -> Option<(String, u32)> {
+    let mut words = value.split_whitespace();
+    let host = words.next()?.to_string();
+    let ttl = match words.next() {
+        Some(ttl) => ttl.parse().ok()?,
+        None => UNKNOWN_TTL,
+    };
+    words.next().is_none().then_some((host, ttl))
 }
 
 #[cfg(test)]
@@ -433,5 +540,41 @@ mod tests {
             SystemResolver::with_servers(nameservers("search example.com\n")).servers(),
             ["127.0.0.53:53".parse::<SocketAddr>().unwrap()]
         );
+    }
+
+    #[test]
+    fn seeded_mx_records_carry_a_ttl_else_an_hour() {
+        let mut zone = SeededResolver::parse(
+            "example.org MX aspmx.l.google.com 300\n\
+             example.org MX alt1.aspmx.l.google.com\n\
+             www.nodata.example A 192.0.2.1\n",
+        )
+        .unwrap();
+        zone.add_mx("example.net", "mx.example.net", 60);
+        let exchanges = |name: &str| zone.mx_answer(name).unwrap().exchanges;
+        assert_eq!(
+            exchanges("Example.ORG."),
+            Answer::Records(vec![
+                ("aspmx.l.google.com".to_string(), 300),
+                ("alt1.aspmx.l.google.com".to_string(), UNKNOWN_TTL),
+            ])
+        );
+        assert_eq!(
+            exchanges("example.net"),
+            Answer::Records(vec![("mx.example.net".to_string(), 60)])
+        );
+        assert_eq!(exchanges("nodata.example"), Answer::Records(vec![]));
+        assert_eq!(exchanges("nowhere.example"), Answer::NoSuchName);
+        assert_eq!(
+            zone.mx("example.org").unwrap(),
+            ["aspmx.l.google.com", "alt1.aspmx.l.google.com"]
+        );
+        for line in [
+            "example.org MX mx.example.org soon",
+            "example.org MX a b 300",
+        ] {
+            let error = SeededResolver::parse(line).unwrap_err();
+            assert!(error.starts_with("line 1: "), "{error}");
+        }
     }
 }

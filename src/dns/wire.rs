@@ -1,9 +1,11 @@
-//! DNS messages on the wire (RFC 1035), only what the preflight checks need:
-//! a query for one name and type (with an EDNS0 OPT record so long TXT
-//! answers fit in UDP), the answers of types TXT, A, AAAA and MX, and
-//! whether a response answers a given query (ID, QR bit, question: what
-//! RFC 5452 asks a client to check before it believes a reply). Pure: bytes
-//! in, records out.
+//! DNS messages on the wire (RFC 1035), only what the preflight checks and
+//! the MX cache need: a query for one name and type (with an EDNS0 OPT
+//! record so long TXT answers fit in UDP), the answers of types TXT, A,
+//! AAAA and MX with their TTLs, the negative-caching TTL of an answer
+//! without records (RFC 2308, from the zone's SOA in the authority
+//! section), and whether a response answers a given query (ID, QR bit,
+//! question: what RFC 5452 asks a client to check before it believes a
+//! reply). Pure: bytes in, records out.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -26,6 +28,14 @@ pub enum Record {
         preference: u16,
         exchange: String,
     },
+}
+
+/// An answer record and how long it may be cached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedRecord {
+    pub record: Record,
+    /// Seconds (a TTL with the top bit set is read as 0, RFC 2181 8).
+    pub ttl: u32,
 }
 
 /// The question a message carries.
@@ -51,7 +61,11 @@ pub struct Response {
     pub rcode: u8,
     /// The answer did not fit (retry over TCP).
     pub truncated: bool,
-    pub records: Vec<Record>,
+    pub records: Vec<TimedRecord>,
+    /// How long an answer without records (NXDOMAIN, or no record of the
+    /// type) may be believed, when the server sent the zone's SOA: the
+    /// lower of the SOA record's TTL and its MINIMUM field (RFC 2308 5).
+    pub negative_ttl: Option<u32>,
 }
 
 /// A query for `name` (a domain, with or without the final dot).
@@ -60,16 +74,25 @@ pub fn query(id: u16, name: &str, kind: RecordType) -> Vec<u8> {
     out.extend_from_slice(&id.to_be_bytes());
     out.extend_from_slice(&[0x01, 0x00]); // recursion desired
     out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 1]); // 1 question, 1 additional (OPT)
-    for label in name.trim_end_matches('.').split('.') {
-        out.push(label.len().min(63) as u8);
-        out.extend_from_slice(&label.as_bytes()[..label.len().min(63)]);
-    }
-    out.push(0);
+    put_name(&mut out, name);
     out.extend_from_slice(&(kind as u16).to_be_bytes());
     out.extend_from_slice(&[0, 1]); // class IN
     // OPT: root name, type 41, UDP payload 4096, no flags, no data.
     out.extend_from_slice(&[0, 0, 41, 0x10, 0x00, 0, 0, 0, 0, 0, 0]);
     out
+}
+
+/// Appends `name` as labels, uncompressed (a label longer than 63 bytes is
+/// cut: the wire cannot carry it).
+fn put_name(out: &mut Vec<u8>, name: &str) {
+    let name = name.trim_end_matches('.');
+    if !name.is_empty() {
+        for label in name.split('.') {
+            out.push(label.len().min(63) as u8);
+            out.extend_from_slice(&label.as_bytes()[..label.len().min(63)]);
+        }
+    }
+    out.push(0);
 }
 
 /// Reads a response; `None` when it is malformed.
@@ -82,8 +105,11 @@ pub fn parse(message: &[u8]) -> Option<Response> {
     };
     let id = word(0)?;
     let flags = word(2)?;
+    let long =
+        |at: usize| -> Option<u32> { Some(((word(at)? as u32) << 16) | word(at + 2)? as u32) };
     let questions = word(4)?;
     let answers = word(6)?;
+    let authorities = word(8)?;
     let mut at = 12;
     let mut question = None;
     for index in 0..questions {
@@ -101,18 +127,19 @@ pub fn parse(message: &[u8]) -> Option<Response> {
     for _ in 0..answers {
         let name_end = skip_name(message, at)?;
         let kind = word(name_end)?;
+        let ttl = readable_ttl(long(name_end + 4)?);
         let length = word(name_end + 8)? as usize;
         let data = name_end + 10;
         let rdata = message.get(data..data + length)?;
-        match kind {
-            1 if length == 4 => records.push(Record::Address(IpAddr::V4(Ipv4Addr::new(
+        let record = match kind {
+            1 if length == 4 => Some(Record::Address(IpAddr::V4(Ipv4Addr::new(
                 rdata[0], rdata[1], rdata[2], rdata[3],
             )))),
             28 if length == 16 => {
                 let octets: [u8; 16] = rdata.try_into().ok()?;
-                records.push(Record::Address(IpAddr::V6(Ipv6Addr::from(octets))));
+                Some(Record::Address(IpAddr::V6(Ipv6Addr::from(octets))))
             }
-            15 => records.push(Record::Mx {
+            15 => Some(Record::Mx {
                 preference: word(data)?,
                 exchange: read_name(message, data + 2)?,
             }),
@@ -124,11 +151,36 @@ pub fn parse(message: &[u8]) -> Option<Response> {
                     text.extend_from_slice(rdata.get(i + 1..i + 1 + len)?);
                     i += 1 + len;
                 }
-                records.push(Record::Txt(String::from_utf8_lossy(&text).into_owned()));
+                Some(Record::Txt(String::from_utf8_lossy(&text).into_owned()))
             }
-            _ => {}
-        }
+            _ => None,
+        };
+        records.extend(record.map(|record| TimedRecord { record, ttl }));
         at = data + length;
+    }
+    // The authority section matters only for its SOA; a message cut short
+    // there still carries its answers, so it reads as having no SOA.
+    let mut negative_ttl = None;
+    for _ in 0..authorities {
+        let Some(name_end) = skip_name(message, at) else {
+            break;
+        };
+        let (Some(kind), Some(ttl), Some(length)) =
+            (word(name_end), long(name_end + 4), word(name_end + 8))
+        else {
+            break;
+        };
+        let data = name_end + 10;
+        let end = data + length as usize;
+        // SOA RDATA: two names, then SERIAL, REFRESH, RETRY, EXPIRE and
+        // MINIMUM, so MINIMUM is its last four bytes.
+        if kind == 6
+            && length >= 22
+            && let Some(minimum) = long(end - 4)
+        {
+            negative_ttl = Some(readable_ttl(ttl).min(readable_ttl(minimum)));
+        }
+        at = end;
     }
     Some(Response {
         id,
@@ -138,7 +190,13 @@ pub fn parse(message: &[u8]) -> Option<Response> {
         rcode: (flags & 0x000F) as u8,
         truncated: flags & 0x0200 != 0,
         records,
+        negative_ttl,
     })
+}
+
+/// A TTL as received: one with the top bit set is read as 0 (RFC 2181 8).
+fn readable_ttl(ttl: u32) -> u32 {
+    if ttl > i32::MAX as u32 { 0 } else { ttl }
 }
 
 impl Response {
@@ -189,6 +247,47 @@ fn read_name(message: &[u8], mut at: usize) -> Option<String> {
     None
 }
 
+/// The response a DNS server gives to `query` (a message [`query`] built):
+/// `exchanges` as MX answers (preference, host, TTL) and, when `soa` is
+/// given (its TTL and MINIMUM), the zone's SOA in the authority section.
+/// For tests' loopback servers.
+#[cfg(test)]
+pub(crate) fn mx_response(
+    query: &[u8],
+    rcode: u8,
+    exchanges: &[(u16, &str, u32)],
+    soa: Option<(u32, u32)>,
+) -> Vec<u8> {
+    let question_end = skip_name(query, 12).expect("a query with a question") + 4;
+    let mut message = query[..question_end].to_vec();
+    message[2] = 0x81; // a response, recursion desired
+    message[3] = 0x80 | rcode; // recursion available
+    message[6..8].copy_from_slice(&(exchanges.len() as u16).to_be_bytes());
+    message[8..10].copy_from_slice(&u16::from(soa.is_some()).to_be_bytes());
+    message[10..12].copy_from_slice(&[0, 0]); // the query's OPT is not echoed
+    for (preference, exchange, ttl) in exchanges {
+        let mut rdata = preference.to_be_bytes().to_vec();
+        put_name(&mut rdata, exchange);
+        message.extend_from_slice(&[0xC0, 12, 0, 15, 0, 1]);
+        message.extend_from_slice(&ttl.to_be_bytes());
+        message.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        message.extend_from_slice(&rdata);
+    }
+    if let Some((ttl, minimum)) = soa {
+        let mut rdata = Vec::new();
+        put_name(&mut rdata, "ns.example");
+        put_name(&mut rdata, "hostmaster.example");
+        for field in [1, 7_200, 900, 1_209_600, minimum] {
+            rdata.extend_from_slice(&u32::to_be_bytes(field));
+        }
+        message.extend_from_slice(&[0xC0, 12, 0, 6, 0, 1]);
+        message.extend_from_slice(&ttl.to_be_bytes());
+        message.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        message.extend_from_slice(&rdata);
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,8 +322,9 @@ mod tests {
         let message = response(&[(16, txt), (1, vec![192, 0, 2, 1]), (28, v6), (15, mx)]);
         let parsed = parse(&message).unwrap();
         assert_eq!((parsed.id, parsed.rcode, parsed.truncated), (7, 0, false));
+        let records: Vec<Record> = parsed.records.iter().map(|r| r.record.clone()).collect();
         assert_eq!(
-            parsed.records,
+            records,
             vec![
                 Record::Txt("v=spf1 ip4:1.2.3.4".into()),
                 Record::Address("192.0.2.1".parse().unwrap()),
@@ -235,7 +335,72 @@ mod tests {
                 },
             ]
         );
+        assert!(parsed.records.iter().all(|record| record.ttl == 256));
+        assert_eq!(parsed.negative_ttl, None, "no SOA");
         assert_eq!(parse(&message[..20]), None, "truncated garbage");
+    }
+
+    #[test]
+    fn each_record_keeps_its_ttl() {
+        let asked = query(9, "example.org", RecordType::Mx);
+        let message = mx_response(
+            &asked,
+            0,
+            &[
+                (10, "aspmx.l.google.com", 300),
+                (20, "alt1.aspmx.l.google.com.", 3_600),
+                (30, "mx.example.org", 0x8000_0000),
+            ],
+            None,
+        );
+        let parsed = parse(&message).unwrap();
+        assert!(parsed.answers(9, "example.org", RecordType::Mx));
+        assert_eq!(
+            parsed.records,
+            vec![
+                TimedRecord {
+                    record: Record::Mx {
+                        preference: 10,
+                        exchange: "aspmx.l.google.com".into()
+                    },
+                    ttl: 300
+                },
+                TimedRecord {
+                    record: Record::Mx {
+                        preference: 20,
+                        exchange: "alt1.aspmx.l.google.com".into()
+                    },
+                    ttl: 3_600
+                },
+                TimedRecord {
+                    record: Record::Mx {
+                        preference: 30,
+                        exchange: "mx.example.org".into()
+                    },
+                    ttl: 0
+                },
+            ],
+            "a TTL with the top bit set is 0 (RFC 2181 8)"
+        );
+    }
+
+    #[test]
+    fn an_answer_without_records_is_believed_for_the_soa_s_lower_ttl() {
+        let asked = query(5, "nomx.example", RecordType::Mx);
+        let negative = |soa| parse(&mx_response(&asked, 0, &[], soa)).unwrap();
+        assert_eq!(negative(Some((900, 120))).negative_ttl, Some(120));
+        assert_eq!(
+            negative(Some((90, 3_600))).negative_ttl,
+            Some(90),
+            "the SOA record's own TTL when it is lower than MINIMUM"
+        );
+        assert_eq!(negative(None).negative_ttl, None);
+        let nxdomain = parse(&mx_response(&asked, 3, &[], Some((900, 600)))).unwrap();
+        assert_eq!((nxdomain.rcode, nxdomain.negative_ttl), (3, Some(600)));
+        // Cut inside the authority section: the answers still count.
+        let whole = mx_response(&asked, 0, &[(10, "mx.nomx.example", 60)], Some((900, 120)));
+        let cut = parse(&whole[..whole.len() - 3]).unwrap();
+        assert_eq!((cut.records.len(), cut.negative_ttl), (1, None));
     }
 
     #[test]
