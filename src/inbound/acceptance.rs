@@ -17,9 +17,11 @@ use super::checks;
 use super::session::{Refused, Session, Transaction, accepted_reply};
 use super::{Context, Refusal, RefusalReason};
 use crate::config::units::format_duration;
+use crate::policy::receiver_lookup::LOOKUP_WAIT;
 use crate::smtp::trace::{TraceInfo, received_header};
 use crate::smtp::{DataError, Reply};
 use crate::spool::{Envelope, new_queue_id, unix_seconds};
+use std::time::Duration;
 
 /// What the end of a message comes to.
 #[derive(Debug)]
@@ -55,7 +57,13 @@ pub(super) async fn accept(
 }
 
 /// Spools an accepted body and hands it to delivery: `250` (durable), or
-/// `452` (not stored).
+/// `452` (not stored). A message whose recipients belong to several
+/// budgeted receivers is stored as one message per receiver (each its own
+/// queue id, record, retries, DSNs and dead letters), so each leaves as
+/// its own upstream transaction when its receiver has room; the `250`
+/// names every id. Nothing is handed to delivery before every part is
+/// stored, and a part that cannot be stored takes the others back: the
+/// `452` then means nothing of it was accepted.
 async fn store(
     context: &Context,
     session: &Session<'_>,
@@ -63,76 +71,119 @@ async fn store(
     body: Vec<u8>,
 ) -> Outcome {
     let server = &context.config.server;
-    let id = new_queue_id();
-    let received_at = unix_seconds();
-    let trace = received_header(&TraceInfo {
-        helo: session.helo(),
-        client_ip: session.client_ip,
-        hostname: &server.hostname,
-        protocol: session.protocol(&transaction),
-        queue_id: &id,
-        single_recipient: match transaction.recipients.as_slice() {
-            [only] => Some(only.as_str()),
-            _ => None,
-        },
-        unix_seconds: received_at,
-    });
     let gateway = &context.config.gateways[transaction.gateway].name;
     let lane = transaction.lane;
-    let recipients = transaction.recipients.len();
     let projection = transaction.projection;
-    let envelope = Envelope {
-        sender: transaction.sender,
-        recipients: transaction.recipients,
-        params: transaction.params,
-        client_ip: session.client_ip,
-        received_at,
-        dsn: context.policy.apps.dsn(lane),
-    };
-    let sender = envelope.sender.clone();
-    // The message as stored and relayed: our trace header, then the body.
-    // Built once, it is both spooled and handed to the delivery queue.
-    let mut message = trace.into_bytes();
-    message.extend_from_slice(&body);
-    drop(body);
-    // As stored and relayed, our Received: header included: the size
-    // `queue list` shows.
-    let size = message.len();
-    match context
-        .spool
-        .store(id, gateway, envelope, &[&message])
-        .await
-    {
-        Ok(stored) => {
-            let message_id = crate::smtp::header::value(&message, "Message-ID").unwrap_or_default();
-            tracing::info!(
-                queue_id = %stored.id,
-                %message_id,
-                sender = %sender,
-                recipients,
-                size,
-                client = %session.client_ip,
-                gateway = %gateway,
-                expected_wait = %format_duration(projection.wait),
-                waits_for = projection.reason.as_str(),
-                "message accepted"
-            );
-            let reply = accepted_reply(&stored.id, &projection);
-            context
-                .outbound
-                .accepted(stored, context.policy.apps.name(lane), message);
-            Outcome::Accepted(reply)
-        }
-        Err(error) => {
-            tracing::error!(%error, sender = %sender, client = %session.client_ip, "message not stored; answering 452");
-            Outcome::Refused(Refused::Continue(
-                Refusal::new(
-                    RefusalReason::SpoolError,
-                    452,
-                    "4.3.1 Insufficient system storage, try again later",
-                )
-                .quiet(),
-            ))
+    let received_at = unix_seconds();
+    let parts = by_receiver(context, &transaction).await;
+    let sender = transaction.sender.clone();
+    let message_id = crate::smtp::header::value(&body, "Message-ID").unwrap_or_default();
+    let mut stored = Vec::with_capacity(parts.len());
+    for (receiver, indices) in &parts {
+        let id = new_queue_id();
+        let recipients: Vec<String> = indices
+            .iter()
+            .map(|index| transaction.recipients[*index].clone())
+            .collect();
+        let trace = received_header(&TraceInfo {
+            helo: session.helo(),
+            client_ip: session.client_ip,
+            hostname: &server.hostname,
+            protocol: session.protocol(&transaction),
+            queue_id: &id,
+            single_recipient: match recipients.as_slice() {
+                [only] => Some(only.as_str()),
+                _ => None,
+            },
+            unix_seconds: received_at,
+        });
+        let envelope = Envelope {
+            sender: transaction.sender.clone(),
+            recipients,
+            params: transaction.params.clone(),
+            client_ip: session.client_ip,
+            received_at,
+            dsn: context.policy.apps.dsn(lane),
+        };
+        // The message as stored and relayed: our trace header, then the
+        // body. Built once per part, it is both spooled and handed to the
+        // delivery queue.
+        let mut message = trace.into_bytes();
+        message.extend_from_slice(&body);
+        match context
+            .spool
+            .store(id, gateway, envelope, &[&message])
+            .await
+        {
+            Ok(part) => stored.push((part, *receiver, message)),
+            Err(error) => {
+                for (part, ..) in &stored {
+                    context.spool.message_done(part);
+                }
+                tracing::error!(%error, sender = %sender, client = %session.client_ip, "message not stored; answering 452");
+                return Outcome::Refused(Refused::Continue(
+                    Refusal::new(
+                        RefusalReason::SpoolError,
+                        452,
+                        "4.3.1 Insufficient system storage, try again later",
+                    )
+                    .quiet(),
+                ));
+            }
         }
     }
+    drop(body);
+    let ids: Vec<&str> = stored.iter().map(|(part, ..)| part.id.as_str()).collect();
+    let reply = accepted_reply(&ids.join(" "), &projection);
+    let count = stored.len();
+    for (number, (part, receiver, message)) in stored.into_iter().enumerate() {
+        tracing::info!(
+            queue_id = %part.id,
+            %message_id,
+            sender = %sender,
+            recipients = part.envelope.recipients.len(),
+            // As stored and relayed, our Received: header included: the
+            // size `queue list` shows.
+            size = message.len(),
+            client = %session.client_ip,
+            gateway = %gateway,
+            receiver = context.policy.receivers.name(transaction.gateway, receiver),
+            part = %format!("{}/{count}", number + 1),
+            expected_wait = %format_duration(projection.wait),
+            waits_for = projection.reason.as_str(),
+            "message accepted"
+        );
+        context
+            .outbound
+            .accepted(part, context.policy.apps.name(lane), message);
+    }
+    Outcome::Accepted(reply)
+}
+
+/// The message's recipients by receiver, in the order each receiver first
+/// appears: (the receiver, the indices of its recipients). Domains the
+/// names do not place are looked up all at once, and waited for at most
+/// `receiver_lookup::LOOKUP_WAIT` together (what does not answer by then
+/// counts as `other`).
+async fn by_receiver(
+    context: &Context,
+    transaction: &Transaction,
+) -> Vec<(Option<usize>, Vec<usize>)> {
+    let lookup = &context.policy.receivers;
+    let gateway = transaction.gateway;
+    let deadline = tokio::time::Instant::now() + LOOKUP_WAIT;
+    // Asked without waiting first, so the lookups run side by side.
+    for recipient in &transaction.recipients {
+        lookup.resolve(gateway, recipient, Duration::ZERO).await;
+    }
+    let mut parts: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
+    for (index, recipient) in transaction.recipients.iter().enumerate() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let receiver = lookup.resolve(gateway, recipient, left).await;
+        match parts.iter_mut().find(|(known, _)| *known == receiver) {
+            Some((_, indices)) => indices.push(index),
+            None => parts.push((receiver, vec![index])),
+        }
+    }
+    parts
 }

@@ -100,6 +100,9 @@ pub struct Transaction {
     /// The app (lane) sending it.
     pub lane: usize,
     pub recipients: Vec<String>,
+    /// The receiver of each recipient as known at its RCPT (its domain's
+    /// name, or MX hosts already cached): what admission weighed.
+    pub receivers: Vec<Option<usize>>,
     /// The wait admission projects for the message (at its last RCPT):
     /// the `250` after DATA says it when it is long.
     pub projection: Projection,
@@ -348,6 +351,7 @@ impl<'a> Session<'a> {
             sender: from,
             params,
             recipients: Vec::new(),
+            receivers: Vec::new(),
             projection: Projection::AT_ONCE,
         });
         Step::Reply(reply)
@@ -469,15 +473,21 @@ impl<'a> Session<'a> {
         )
         .last()
         .unwrap_or_default();
+        transaction
+            .receivers
+            .push(self.policy.receivers.cached(transaction.gateway, &to));
         match self.admission.admit(
             &self.policy.gateways[transaction.gateway],
             self.policy.apps.name(transaction.lane),
-            transaction.recipients.len() + 1,
+            &transaction.receivers,
             fingerprint,
         ) {
             Ok(projection) => transaction.projection = projection,
             // Not counted as an error: the client did nothing wrong.
-            Err(deferral) => return Step::Reply(deferral_reply(&deferral)),
+            Err(deferral) => {
+                transaction.receivers.pop();
+                return Step::Reply(deferral_reply(&deferral));
+            }
         }
         let reply = Reply::new(250, format!("2.1.5 Recipient <{to}> ok"));
         transaction.recipients.push(to);

@@ -262,8 +262,8 @@ impl Generation {
             if let Some(Taken {
                 item: slot,
                 lane,
+                receiver,
                 units,
-                ..
             }) = gateway.queue.remove(id)
             {
                 let (message, attempts) = match slot {
@@ -272,7 +272,7 @@ impl Generation {
                         Ok(message) => (message, 0),
                         Err(error) => {
                             // Not deleted: back in its lane (at the end).
-                            gateway.queue.push_parked(parked, lane, units);
+                            gateway.queue.push_parked(parked, (lane, receiver), units);
                             return Err(error);
                         }
                     },

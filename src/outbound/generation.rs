@@ -23,6 +23,7 @@ use super::worker::{WorkerContext, worker};
 use super::{Gateway, dkim, verify};
 use crate::cluster::{Cluster, HEARTBEAT_INTERVAL};
 use crate::config::{Config, GatewayConfig};
+use crate::policy::receiver_lookup::ReceiverLookup;
 use crate::policy::{Apps, Policy};
 use crate::shaper::Horizon;
 use crate::shaper::observe::{self, Observer};
@@ -45,6 +46,8 @@ pub(super) struct Generation {
     pub(super) by_name: Arc<HashMap<String, usize>>,
     pub(super) default: usize,
     pub(super) apps: Arc<Apps>,
+    /// The receiver of each recipient (a queued message's is its first's).
+    pub(super) receivers: Arc<ReceiverLookup>,
     pub(super) spool: Spool,
     pub(super) metrics: Arc<Metrics>,
     /// Stops this generation's workers, saver and sender checks.
@@ -154,6 +157,7 @@ impl Generation {
         check_senders(config, policy, &gateways, &mut tasks, &shutdown);
         let generation = Generation {
             apps: apps.clone(),
+            receivers: policy.receivers.clone(),
             spool: spool.clone(),
             metrics,
             stop: Arc::new(stop),
@@ -209,8 +213,10 @@ impl Generation {
 
     /// Queues a message moved from the previous generation: a retry keeps
     /// its time.
-    pub(super) fn requeue(&self, item: Queued, due: Option<Instant>) {
-        let gateway = &self.gateways[self.index(&item.message.gateway, &item.message.id)];
+    pub(super) fn requeue(&self, mut item: Queued, due: Option<Instant>) {
+        let index = self.index(&item.message.gateway, &item.message.id);
+        item.receiver = self.receiver_of(index, &item.message);
+        let gateway = &self.gateways[index];
         match due {
             Some(due) => gateway.queue.retry_at(item, due),
             None => gateway
@@ -221,9 +227,37 @@ impl Generation {
 
     /// Queues a parked message moved from the previous generation's
     /// queue of `gateway` (see [`Generation::requeue`]).
-    pub(super) fn requeue_parked(&self, gateway: &str, parked: Parked, lane: usize, units: u64) {
+    pub(super) fn requeue_parked(
+        &self,
+        gateway: &str,
+        parked: Parked,
+        (lane, receiver): (usize, Option<usize>),
+        units: u64,
+    ) {
         let gateway = &self.gateways[self.index(gateway, &parked.id())];
-        gateway.queue.push_parked(parked, lane, units);
+        gateway.queue.push_parked(parked, (lane, receiver), units);
+    }
+
+    /// The receiver of `message` on gateway `index`: that of its first
+    /// pending recipient (a message is stored one per receiver), by name
+    /// or by the MX hosts known now.
+    pub(super) fn receiver_of(&self, index: usize, message: &StoredMessage) -> Option<usize> {
+        let first = *message.pending.first()?;
+        let recipient = message.envelope.recipients.get(first as usize)?;
+        self.receivers.cached(index, recipient)
+    }
+
+    /// The index on gateway `gateway` of the receiver another generation
+    /// named `name` (a reload may add, remove or reorder receivers).
+    pub(super) fn receiver_named(&self, gateway: &str, name: &str) -> Option<usize> {
+        let index = *self.by_name.get(gateway)?;
+        self.receivers.index_named(index, name)
+    }
+
+    /// The name of receiver `receiver` of gateway `gateway`.
+    pub(super) fn receiver_name(&self, gateway: &str, receiver: Option<usize>) -> &str {
+        let index = self.by_name.get(gateway).copied().unwrap_or(usize::MAX);
+        self.receivers.name(index, receiver)
     }
 
     /// Queues a message read back from the spool (a dead letter queued
@@ -239,10 +273,11 @@ impl Generation {
     /// [`Generation::wake_workers`]).
     pub(super) fn replayed(&self, message: StoredMessage) {
         let lane = self.lane_of(&message);
-        let gateway = &self.gateways[self.index(&message.gateway, &message.id)];
-        gateway
+        let index = self.index(&message.gateway, &message.id);
+        let receiver = self.receiver_of(index, &message);
+        self.gateways[index]
             .queue
-            .push_replayed(Queued::new(message, lane, None));
+            .push_replayed(Queued::new(message, (lane, receiver), None));
     }
 
     /// Wakes every gateway's workers (after [`Generation::replayed`]).
@@ -288,12 +323,14 @@ impl Generation {
         body: Option<Vec<u8>>,
         arrival: bool,
     ) {
-        let gateway = &self.gateways[self.index(&message.gateway, &message.id)];
+        let index = self.index(&message.gateway, &message.id);
+        let receiver = self.receiver_of(index, &message);
+        let gateway = &self.gateways[index];
         if let Some(observing) = gateway.observing.as_ref().filter(|_| arrival) {
             observing.arrived(&gateway.queue, lane, message.pending.len());
         }
         gateway.queue.push(
-            Queued::new(message, lane, body),
+            Queued::new(message, (lane, receiver), body),
             arrival,
             gateway.config.max_connections,
         );
@@ -371,7 +408,7 @@ impl Admission for Generation {
         &self,
         gateway: &str,
         app: &str,
-        recipients: usize,
+        receivers: &[Option<usize>],
         fingerprint: u64,
     ) -> Result<Projection, Deferral> {
         let Some(index) = self.by_name.get(gateway) else {
@@ -381,7 +418,7 @@ impl Admission for Generation {
         let lane = self.apps.lane_named(app);
         gateway
             .queue
-            .admit(lane, recipients, fingerprint)
+            .admit(lane, receivers, fingerprint)
             .inspect_err(|deferral| {
                 // Logged once, with the reply, where it is sent (inbound).
                 self.metrics

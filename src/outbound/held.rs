@@ -101,16 +101,18 @@ async fn expire(gateway: &Gateway, context: &WorkerContext) {
     for Taken {
         item: slot,
         lane,
+        receiver,
         units,
-        ..
     } in gateway.queue.take_expired(EXPIRE_BATCH, lifetime)
     {
         let item = match slot {
             Slot::Held(item) => *item,
-            Slot::Parked(parked) => match gateway.queue.unpark(parked, lane, units).await {
-                Some(item) => item,
-                None => continue,
-            },
+            Slot::Parked(parked) => {
+                match gateway.queue.unpark(parked, (lane, receiver), units).await {
+                    Some(item) => item,
+                    None => continue,
+                }
+            }
         };
         expired(gateway, context, item, context.lifetime(gateway, lane)).await;
     }

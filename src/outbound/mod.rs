@@ -246,10 +246,13 @@ impl Outbound {
                     Drained::Parked {
                         parked,
                         lane,
+                        receiver,
                         units,
                     } => {
+                        let name = &gateway.config.name;
                         let lane = new.apps.lane_named(old.apps.name(lane));
-                        new.requeue_parked(&gateway.config.name, parked, lane, units);
+                        let receiver = new.receiver_named(name, old.receiver_name(name, receiver));
+                        new.requeue_parked(name, parked, (lane, receiver), units);
                     }
                 }
             }
@@ -263,10 +266,10 @@ impl Admission for Outbound {
         &self,
         gateway: &str,
         app: &str,
-        recipients: usize,
+        receivers: &[Option<usize>],
         fingerprint: u64,
     ) -> Result<Projection, Deferral> {
-        self.current().admit(gateway, app, recipients, fingerprint)
+        self.current().admit(gateway, app, receivers, fingerprint)
     }
 }
 

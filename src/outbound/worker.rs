@@ -804,7 +804,8 @@ pub(super) async fn notify_sender(
         "queued a delivery status notification to the sender"
     );
     gateway.queue.push(
-        Queued::new(stored, context.report_lane, Some(report)),
+        // A notification counts in the gateway's total only.
+        Queued::new(stored, (context.report_lane, None), Some(report)),
         // Not an app's demand: the shaper meters what apps try to send.
         false,
         gateway.config.max_connections,

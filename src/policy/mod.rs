@@ -5,12 +5,14 @@
 //! message, so the inbound session can ask them without any I/O; the one
 //! exception is the DMARC record an alignment verdict may need, which
 //! [`dmarc`] looks up with a cache and a timeout. [`receivers`] says which
-//! mailbox provider a recipient domain's mail reaches.
+//! mailbox provider a recipient domain's mail reaches, by name or by MX
+//! hosts, which [`receiver_lookup`] asks DNS for (cached, the wait bounded).
 
 pub mod alignment;
 mod apps;
 pub mod dmarc;
 pub mod message;
+pub mod receiver_lookup;
 pub mod receivers;
 mod routing;
 pub mod senders;
@@ -36,6 +38,8 @@ pub struct Policy {
     /// The domains smtp-shaper has a `[[dkim]]` key for.
     pub dkim_domains: Vec<String>,
     pub dmarc: Arc<dmarc::DmarcRecords>,
+    /// The receiver of each recipient, for the per-receiver budgets.
+    pub receivers: Arc<receiver_lookup::ReceiverLookup>,
 }
 
 impl Policy {
@@ -43,6 +47,11 @@ impl Policy {
     /// as the sessions use them (a fresh DMARC cache: a reload starts it
     /// anew).
     pub fn from_config(config: &Config) -> Policy {
+        let resolver: Arc<dyn crate::dns::Resolver + Send + Sync> = match config.server.dns_resolver
+        {
+            Some(server) => Arc::new(crate::dns::SystemResolver::at(server)),
+            None => Arc::new(crate::dns::SystemResolver::from_resolv_conf()),
+        };
         Policy {
             router: Router::from_config(config),
             gateways: config.gateways.iter().map(|g| g.name.clone()).collect(),
@@ -50,10 +59,8 @@ impl Policy {
             senders: Arc::default(),
             alignment: config.gateways.iter().map(|g| g.alignment).collect(),
             dkim_domains: config.dkim.iter().map(|d| d.domain.clone()).collect(),
-            dmarc: Arc::new(dmarc::DmarcRecords::new(match config.server.dns_resolver {
-                Some(server) => Arc::new(crate::dns::SystemResolver::at(server)),
-                None => Arc::new(crate::dns::SystemResolver::from_resolv_conf()),
-            })),
+            dmarc: Arc::new(dmarc::DmarcRecords::new(resolver.clone())),
+            receivers: Arc::new(receiver_lookup::ReceiverLookup::new(config, resolver)),
         }
     }
 }

@@ -65,14 +65,16 @@ pub use volume::{BudgetReached, BudgetView};
 /// and apps go by name, so a session that began before a configuration
 /// reload still asks about the right ones.
 pub trait Admission: Send + Sync {
-    /// Mail of `app` with `recipients` recipients counting this RCPT;
-    /// `fingerprint` is the envelope's so far (see [`fingerprints`]), so a
-    /// deferred offer made again counts once in the demand.
+    /// Mail of `app` to `receivers`, the receiver of each recipient
+    /// counting this RCPT's (its index in the gateway's receiver rules;
+    /// `None`: one not budgeted); `fingerprint` is the envelope's so far
+    /// (see [`fingerprints`]), so a deferred offer made again counts once
+    /// in the demand.
     fn admit(
         &self,
         gateway: &str,
         app: &str,
-        recipients: usize,
+        receivers: &[Option<usize>],
         fingerprint: u64,
     ) -> Result<Projection, Deferral>;
 }

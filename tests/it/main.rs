@@ -28,6 +28,7 @@ mod long_queue;
 mod observe;
 mod prometheus;
 mod protocol;
+mod receivers;
 mod relay;
 mod reload;
 mod shaping;

@@ -12,10 +12,10 @@ impl Admission for Admit {
         &self,
         _gateway: &str,
         _app: &str,
-        recipients: usize,
+        receivers: &[Option<usize>],
         _fingerprint: u64,
     ) -> Result<Projection, Deferral> {
-        if recipients <= self.0 {
+        if receivers.len() <= self.0 {
             Ok(Projection::AT_ONCE)
         } else {
             Err(Deferral {
@@ -236,7 +236,7 @@ fn reason(step: Step) -> Option<RefusalReason> {
 struct OverBudget;
 
 impl Admission for OverBudget {
-    fn admit(&self, _: &str, _: &str, _: usize, _: u64) -> Result<Projection, Deferral> {
+    fn admit(&self, _: &str, _: &str, _: &[Option<usize>], _: u64) -> Result<Projection, Deferral> {
         Err(Deferral {
             reason: DeferReason::Recipients,
             projected_wait: 0.0,

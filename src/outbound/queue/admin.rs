@@ -101,7 +101,10 @@ impl DeliveryQueue {
         let mut state = self.lock();
         let mut items = Vec::with_capacity(state.scheduler.len() + state.waiting.len());
         while let Some(Taken {
-            item, lane, units, ..
+            item,
+            lane,
+            receiver,
+            units,
         }) = state.scheduler.take(|_| true)
         {
             items.push(match item {
@@ -109,6 +112,7 @@ impl DeliveryQueue {
                 Slot::Parked(parked) => Drained::Parked {
                     parked,
                     lane,
+                    receiver,
                     units,
                 },
             });
@@ -197,12 +201,12 @@ impl DeliveryQueue {
                 let class = state.scheduler.class(item.lane);
                 let units = state.scheduler.model().units(item.message.pending.len());
                 state.waiting_counts.remove(class, units);
-                let lane = item.lane;
+                let (lane, receiver) = (item.lane, item.receiver);
                 state.queued_bytes -= item.message.location.body_len;
                 Taken {
                     item: Slot::Held(Box::new(item)),
                     lane,
-                    receiver: None,
+                    receiver,
                     units,
                 }
             }

@@ -47,9 +47,14 @@ impl DeliveryQueue {
                     shared.gate.granted();
                 }
                 self.absorb(&mut state, &verdict.reading);
-                let (waited, lane, units) = (in_flight.waited, in_flight.lane, in_flight.units);
+                let (waited, lane, receiver, units) = (
+                    in_flight.waited,
+                    in_flight.lane,
+                    in_flight.receiver,
+                    in_flight.units,
+                );
                 let item = in_flight.take();
-                Some(self.hand_out(&mut state, item, lane, units, waited))
+                Some(self.hand_out(&mut state, item, (lane, receiver), units, waited))
             }
             Ok(verdict) => {
                 drop(in_flight);

@@ -93,6 +93,10 @@ pub struct Queued {
     pub attempts: u32,
     /// The app lane (see `policy::Apps`).
     pub lane: usize,
+    /// The receiver its recipients go to (an index into the gateway's
+    /// receiver rules; `None`: one not budgeted). Mail is stored one
+    /// message per receiver (`inbound::acceptance`), so it has one.
+    pub receiver: Option<usize>,
     /// The body, when handed over with the message (see the module notes).
     pub body: Option<Vec<u8>>,
     /// The latest attempts and the gateway's replies (for `queue show`).
@@ -180,12 +184,18 @@ pub struct Attempt {
 }
 
 impl Queued {
-    /// A message not tried yet, in `lane`, with its `body` if at hand.
-    pub fn new(message: StoredMessage, lane: usize, body: Option<Vec<u8>>) -> Queued {
+    /// A message not tried yet, in `lane`, to `receiver`, with its `body`
+    /// if at hand.
+    pub fn new(
+        message: StoredMessage,
+        (lane, receiver): (usize, Option<usize>),
+        body: Option<Vec<u8>>,
+    ) -> Queued {
         Queued {
             message,
             attempts: 0,
             lane,
+            receiver,
             body,
             history: Vec::new(),
             probe: false,
@@ -203,6 +213,7 @@ pub enum Drained {
     Parked {
         parked: Parked,
         lane: usize,
+        receiver: Option<usize>,
         units: u64,
     },
 }
@@ -281,6 +292,7 @@ struct InFlight<'q> {
 struct Released {
     slot: Slot,
     lane: usize,
+    receiver: Option<usize>,
     units: u64,
     /// The probe of a paused gateway: its worker reports how the
     /// connection went.
@@ -502,9 +514,9 @@ impl DeliveryQueue {
         }
         state.queued_bytes += item.message.location.body_len;
         let units = state.scheduler.model().units(item.message.pending.len());
-        let lane = item.lane;
+        let (lane, receiver) = (item.lane, item.receiver);
         let slot = self.slot(&mut state, item);
-        state.scheduler.push(now, lane, None, units, slot);
+        state.scheduler.push(now, lane, receiver, units, slot);
     }
 
     /// Waits for the next message the shaper lets go; a parked one is read
@@ -514,6 +526,7 @@ impl DeliveryQueue {
             let Released {
                 slot,
                 lane,
+                receiver,
                 units,
                 probe,
             } = self.release().await;
@@ -524,7 +537,7 @@ impl DeliveryQueue {
                 }
                 Slot::Parked(parked) => parked,
             };
-            match self.unpark(parked, lane, units).await {
+            match self.unpark(parked, (lane, receiver), units).await {
                 Some(mut item) => {
                     item.probe = probe;
                     return item;
@@ -643,7 +656,7 @@ impl DeliveryQueue {
             shared, scheduler, ..
         } = &mut *state;
         let Some(shared) = shared.as_mut() else {
-            return Turn::Release(self.hand_out(state, item, lane, units, waited));
+            return Turn::Release(self.hand_out(state, item, (lane, receiver), units, waited));
         };
         match shared.gate.route(scheduler, unix_now, lane, units) {
             Route::Propose(proposal) => Turn::Propose(Proposed {
@@ -661,7 +674,9 @@ impl DeliveryQueue {
                 link: shared.link.clone(),
                 timer: shared.decision_seconds.clone(),
             }),
-            Route::Release => Turn::Release(self.hand_out(state, item, lane, units, waited)),
+            Route::Release => {
+                Turn::Release(self.hand_out(state, item, (lane, receiver), units, waited))
+            }
         }
     }
 
@@ -671,7 +686,7 @@ impl DeliveryQueue {
         &self,
         state: &mut State,
         item: Slot,
-        lane: usize,
+        (lane, receiver): (usize, Option<usize>),
         units: u64,
         waited: f64,
     ) -> Released {
@@ -695,6 +710,7 @@ impl DeliveryQueue {
         Released {
             slot: item,
             lane,
+            receiver,
             units,
             probe,
         }
@@ -718,19 +734,32 @@ impl DeliveryQueue {
     pub fn admit(
         &self,
         lane: usize,
-        recipients: usize,
+        receivers: &[Option<usize>],
         fingerprint: u64,
     ) -> Result<Projection, Deferral> {
         let mut state = self.lock();
         let now = self.now();
-        let units = state.scheduler.model().units(recipients);
+        let model = state.scheduler.model();
+        let units = model.units(receivers.len());
+        // The message leaves as one transaction per receiver: each part
+        // counts its own recipients against its receiver.
+        let mut parts: Vec<(usize, u64)> = Vec::new();
+        for receiver in receivers.iter().flatten() {
+            match parts.iter_mut().find(|(known, _)| known == receiver) {
+                Some((_, recipients)) => *recipients += 1,
+                None => parts.push((*receiver, 1)),
+            }
+        }
+        for (_, units) in &mut parts {
+            *units = model.units(*units as usize);
+        }
         let mut outside = state.waiting_counts;
         if let Some(shared) = &state.shared {
             outside = outside.plus(shared.gate.queued_elsewhere());
         }
         state
             .scheduler
-            .admit(now, lane, units, (outside, &[]), fingerprint)
+            .admit(now, lane, units, (outside, &parts), fingerprint)
     }
 
     /// The shaping model and the queue at this moment (messages waiting

@@ -98,20 +98,25 @@ impl DeliveryQueue {
 
     /// Puts a parked message the scheduler released back at the end of its
     /// `lane` (its record could not be read just now).
-    fn park_again(&self, parked: Parked, lane: usize, units: u64) {
+    fn park_again(&self, parked: Parked, (lane, receiver): (usize, Option<usize>), units: u64) {
         let mut state = self.lock();
         let now = self.now();
         state.queued_bytes += u64::from(parked.body_len);
         state.parked += 1;
         state
             .scheduler
-            .push(now, lane, None, units, Slot::Parked(parked));
+            .push(now, lane, receiver, units, Slot::Parked(parked));
     }
 
     /// Pushes parked messages moved from another queue (a reload), each in
     /// its lane with its units.
-    pub fn push_parked(&self, parked: Parked, lane: usize, units: u64) {
-        self.park_again(parked, lane, units);
+    pub fn push_parked(
+        &self,
+        parked: Parked,
+        (lane, receiver): (usize, Option<usize>),
+        units: u64,
+    ) {
+        self.park_again(parked, (lane, receiver), units);
         self.wake.notify_one();
     }
 
@@ -119,7 +124,12 @@ impl DeliveryQueue {
     /// expired), read back from the spool with its body. A damaged record
     /// cannot be delivered (recovery skips it too); one that cannot be
     /// read now goes back to the end of its lane. Either way, logged.
-    pub async fn unpark(&self, parked: Parked, lane: usize, units: u64) -> Option<Queued> {
+    pub async fn unpark(
+        &self,
+        parked: Parked,
+        (lane, receiver): (usize, Option<usize>),
+        units: u64,
+    ) -> Option<Queued> {
         let Some(parking) = &self.parking else {
             unreachable!("parked only with a spool to read back from");
         };
@@ -128,14 +138,14 @@ impl DeliveryQueue {
             .read_message(parked.segment(), parked.offset())
             .await
         {
-            Ok((message, body)) => Some(Queued::new(message, lane, Some(body))),
+            Ok((message, body)) => Some(Queued::new(message, (lane, receiver), Some(body))),
             Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
                 tracing::error!(queue_id = %parked.id(), gateway = %self.gateway, %error, "a queued message's spool record is damaged; it cannot be delivered");
                 None
             }
             Err(error) => {
                 tracing::error!(queue_id = %parked.id(), gateway = %self.gateway, %error, "cannot read a queued message back from the spool; it goes to the end of its lane");
-                self.park_again(parked, lane, units);
+                self.park_again(parked, (lane, receiver), units);
                 None
             }
         }

@@ -46,11 +46,11 @@ impl State {
                     .units(waiting.item.message.pending.len());
                 let class = self.scheduler.class(waiting.item.lane);
                 self.waiting_counts.remove(class, units);
-                let lane = waiting.item.lane;
+                let (lane, receiver) = (waiting.item.lane, waiting.item.receiver);
                 self.scheduler.push(
                     unix_now,
                     lane,
-                    None,
+                    receiver,
                     units,
                     Slot::Held(Box::new(waiting.item)),
                 );

@@ -58,6 +58,7 @@ fn item(id: &str, body: Option<usize>) -> Queued {
             pending: vec![0],
             notification: false,
         },
+        receiver: None,
         attempts: 0,
         lane: 0,
         body: body.map(|len| vec![b'x'; len]),

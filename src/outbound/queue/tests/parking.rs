@@ -64,6 +64,7 @@ async fn stored(spool: &Spool, count: usize) -> Vec<Queued> {
             message,
             attempts: 0,
             lane: usize::from(n % 3 == 2),
+            receiver: None,
             body: None,
             history: Vec::new(),
             probe: false,
@@ -77,6 +78,7 @@ fn copy(item: &Queued) -> Queued {
         message: item.message.clone(),
         attempts: item.attempts,
         lane: item.lane,
+        receiver: item.receiver,
         body: None,
         history: item.history.clone(),
         probe: false,
@@ -260,8 +262,9 @@ async fn parked_messages_are_visited_removed_and_moved_as_they_are() {
             Drained::Parked {
                 parked,
                 lane,
+                receiver,
                 units,
-            } => moved.push_parked(parked, lane, units),
+            } => moved.push_parked(parked, (lane, receiver), units),
         }
     }
     assert_eq!((queue.len(), queue.parked()), (0, 0));
