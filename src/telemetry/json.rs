@@ -11,7 +11,7 @@ use serde::ser::Serializer;
 
 use super::{GatewayStatus, QueuedDetail, QueuedSummary};
 use crate::policy::senders::Verdict;
-use crate::shaper::DeferReason;
+use crate::shaper::{BudgetView, DeferReason};
 
 /// `GET /status`.
 #[derive(Serialize)]
@@ -42,6 +42,8 @@ pub struct Gateway<'a> {
     backoff: Backoff,
     volume_budgets: Keyed<&'static str, Budget>,
     history: History<'a>,
+    /// Each budgeted receiver's own view, by name.
+    receivers: Keyed<&'a str, Receiver>,
     deferrals: Keyed<&'static str, u64>,
     connections: i64,
     cluster: Option<Cluster>,
@@ -87,6 +89,38 @@ struct Budget {
     left: u64,
     transactional_room: u64,
     next_room_seconds: f64,
+}
+
+/// One budgeted receiver of a [`Gateway`].
+#[derive(Serialize)]
+struct Receiver {
+    /// Its own budgets hold its mail (else its history is not known yet:
+    /// counted, only the gateway's total holds).
+    enforced: bool,
+    /// Unix seconds from which they hold.
+    held_from: u64,
+    /// Messages waiting for the shaper to send them to it.
+    queued: usize,
+    volume_budgets: Keyed<&'static str, Budget>,
+}
+
+/// The volume budgets of a gateway or a receiver, by window (`1h`, `24h`).
+fn budgets(views: &[BudgetView]) -> Keyed<&'static str, Budget> {
+    Keyed(
+        views
+            .iter()
+            .map(|budget| {
+                let shown = Budget {
+                    sent: budget.sent,
+                    allowance: budget.allowance,
+                    left: budget.allowance.saturating_sub(budget.sent),
+                    transactional_room: budget.transactional_room,
+                    next_room_seconds: budget.next_room,
+                };
+                (budget.horizon.label(), shown)
+            })
+            .collect(),
+    )
 }
 
 /// Where the volume budgets' history comes from.
@@ -170,27 +204,33 @@ impl<'a> Gateway<'a> {
                 state: model.penalty_phase.as_str(),
                 recovery_left_seconds: model.recovery_left,
             },
-            volume_budgets: Keyed(
-                model
-                    .budgets
-                    .iter()
-                    .map(|budget| {
-                        let shown = Budget {
-                            sent: budget.sent,
-                            allowance: budget.allowance,
-                            left: budget.allowance.saturating_sub(budget.sent),
-                            transactional_room: budget.transactional_room,
-                            next_room_seconds: budget.next_room,
-                        };
-                        (budget.horizon.label(), shown)
-                    })
-                    .collect(),
-            ),
+            volume_budgets: budgets(&model.budgets),
             history: History {
                 source: &status.history.source,
                 since: status.history.since,
                 minutes: status.history.minutes,
             },
+            receivers: Keyed(
+                model
+                    .receivers
+                    .iter()
+                    .enumerate()
+                    .map(|(index, receiver)| {
+                        let shown = Receiver {
+                            enforced: receiver.held,
+                            held_from: receiver.held_from.max(0.0) as u64,
+                            queued: status
+                                .view
+                                .receivers
+                                .get(index)
+                                .copied()
+                                .unwrap_or_default(),
+                            volume_budgets: budgets(&receiver.budgets),
+                        };
+                        (receiver.name.as_str(), shown)
+                    })
+                    .collect(),
+            ),
             deferrals: Keyed(
                 DeferReason::ALL
                     .iter()
@@ -318,7 +358,6 @@ pub fn single(name: &str, value: impl Serialize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shaper::penalty::PenaltyPhase;
     use serde_json::{Value, json};
 
     #[test]
@@ -334,63 +373,7 @@ mod tests {
     /// a public contract (dashboards' JSON panels, scripts, `jq`).
     #[test]
     fn a_gateway_is_written_field_by_field_in_order() {
-        use crate::shaper::Horizon;
-        use crate::shaper::{BudgetView, GatewayView, ModelView};
-
-        let status = GatewayStatus {
-            max_age: std::time::Duration::from_secs(432_000),
-            name: "primary".into(),
-            address: "127.0.0.1:25".into(),
-            view: GatewayView {
-                model: ModelView {
-                    baseline: 0.5,
-                    ceiling: 1.0,
-                    demand_rate: 2.25,
-                    send_rate: 1.0,
-                    burst_ratio: 4.5,
-                    penalty: 1.0,
-                    penalty_phase: PenaltyPhase::Calm,
-                    mode: crate::shaper::ShapingMode::Enforce,
-                    recovery_left: 0.0,
-                    paused_for: 0.0,
-                    deferrals: [1, 0, 0, 2, 0, 0, 0, 0],
-                    budgets: vec![BudgetView {
-                        horizon: Horizon::Hour,
-                        sent: 40,
-                        allowance: 60,
-                        transactional_room: 12,
-                        next_room: 0.0,
-                    }],
-                    receivers: Vec::new(),
-                },
-                queued: 3,
-                oldest_age: 7.5,
-                lanes: vec![2, 1],
-                receivers: Vec::new(),
-                drain: crate::shaper::Projection {
-                    wait: 7_200.0,
-                    reason: crate::shaper::DeferReason::DayBudget,
-                },
-                newest_age: 0.0,
-            },
-            lane_names: vec!["billing".into(), "other".into()],
-            queued_bytes: 4096,
-            parked: 0,
-            held: false,
-            connections: 1,
-            recent_replies: vec![(1_764_180_000, "451 4.7.500 busy".into())],
-            observed_backlog: None,
-            cluster: Some(crate::cluster::ClusterView {
-                connected: true,
-                nodes: 3,
-                share_of: 3,
-            }),
-            history: crate::telemetry::HistoryView {
-                source: "postfix log".into(),
-                since: 1_763_575_200,
-                minutes: 10_080,
-            },
-        };
+        let status = crate::telemetry::example_status();
         assert_eq!(
             to_text(&Gateway::new(&status)),
             concat!(
@@ -404,6 +387,14 @@ mod tests {
                 r#""volume_budgets":{"1h":{"sent":40,"allowance":60,"left":20,"#,
                 r#""transactional_room":12,"next_room_seconds":0.0}},"#,
                 r#""history":{"source":"postfix log","since":1763575200,"minutes":10080},"#,
+                r#""receivers":{"google":{"enforced":true,"held_from":1763575200,"queued":2,"#,
+                r#""volume_budgets":{"1h":{"sent":20,"allowance":20,"left":0,"#,
+                r#""transactional_room":5,"next_room_seconds":600.0},"#,
+                r#""24h":{"sent":60,"allowance":100,"left":40,"#,
+                r#""transactional_room":25,"next_room_seconds":0.0}}},"#,
+                r#""microsoft":{"enforced":false,"held_from":1764180000,"queued":0,"#,
+                r#""volume_budgets":{"24h":{"sent":130,"allowance":100,"left":0,"#,
+                r#""transactional_room":25,"next_room_seconds":120.0}}}},"#,
                 r#""deferrals":{"queue_delay":1,"queue_full":0,"cap":0,"hour_budget":2,"#,
                 r#""day_budget":0,"recipients":0,"receiver_hour_budget":0,"#,
                 r#""receiver_day_budget":0},"connections":1,"#,

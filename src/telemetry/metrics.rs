@@ -70,6 +70,28 @@ const WAIT_REASONS: [DeferReason; 4] = [
     DeferReason::DayBudget,
 ];
 
+/// The values of `names` (label names) of each series `family` has now.
+fn series_labels(family: &impl Collector, names: &[&str]) -> Vec<Vec<String>> {
+    family
+        .collect()
+        .iter()
+        .flat_map(|collected| collected.get_metric())
+        .map(|metric| {
+            names
+                .iter()
+                .map(|name| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|pair| pair.name() == *name)
+                        .map(|pair| pair.value().to_string())
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// What one metric family shows (name, label names, help, a histogram's
 /// buckets); the kind is the type `M`, taken from the field it fills, so a
 /// family cannot be registered as one kind and used as another.
@@ -270,6 +292,14 @@ metric_families! {
             "Units (messages, or recipients with count = \"recipients\") sent to the gateway in the rolling window (1h or 24h) of its volume budget."),
         volume_allowance: IntGaugeVec = family("volume_allowance", &["gateway", "window"],
             "What the volume rule allows the gateway in the rolling window: max(floor, warmup x the busiest window of the 7 days before)."),
+        receiver_volume_sent: IntGaugeVec = family("receiver_volume_sent", &["gateway", "receiver", "window"],
+            "Units (messages, or recipients with count = \"recipients\") the gateway sent to one receiver (google, microsoft, ... as configured) in the rolling window (1h or 24h) of its own volume budget; counted also while the receiver's budget is not enforced yet."),
+        receiver_volume_allowance: IntGaugeVec = family("receiver_volume_allowance", &["gateway", "receiver", "window"],
+            "What the receiver's own volume rule allows the gateway to send it in the rolling window: max(its floor, warmup x its busiest window of the 7 days before); it holds mail only while receiver_budget_enforced is 1."),
+        receiver_queued: IntGaugeVec = family("receiver_queued_messages", &["gateway", "receiver"],
+            "Messages in the gateway's queue waiting for the shaper to send them to the receiver (each waits for the receiver's own room as well as the gateway's); retries not included."),
+        receiver_enforced: IntGaugeVec = family("receiver_budget_enforced", &["gateway", "receiver"],
+            "1 while the receiver's own volume budget holds the gateway's mail to it; 0 until its history is known (on a gateway with an older history, a week after counting per receiver began): meanwhile its sends are counted and only the gateway's total holds."),
         backoff_penalty: GaugeVec = family("backoff_penalty", &["gateway"],
             "Factor the gateway's throttling replies cut the ceiling by (1 = none)."),
         backoff_remaining: GaugeVec = family("backoff_remaining_seconds", &["gateway"],
@@ -444,6 +474,7 @@ impl Metrics {
                     .with_label_values(&labels)
                     .set(budget.allowance as i64);
             }
+            self.observe_receivers(status);
             self.backoff_penalty
                 .with_label_values(&name)
                 .set(model.penalty);
@@ -462,6 +493,7 @@ impl Metrics {
                     .set(cluster.nodes as i64);
             }
         }
+        self.forget_receivers_except(gateways);
         for (verdict, count) in sender_checks {
             self.sender_checks
                 .with_label_values(&[verdict])
@@ -471,6 +503,68 @@ impl Metrics {
             self.spool_free_bytes.set(free as f64);
         }
         self.spool_dead_letter_files.set(dead_letter_files as i64);
+    }
+
+    /// Sets the gauges of each budgeted receiver of `status`'s gateway:
+    /// every receiver of its rules, held or not, so the label values are
+    /// the configured receivers.
+    fn observe_receivers(&self, status: &GatewayStatus) {
+        let view = &status.view;
+        for (index, receiver) in view.model.receivers.iter().enumerate() {
+            let labels = [status.name.as_str(), receiver.name.as_str()];
+            for budget in &receiver.budgets {
+                let labels = [labels[0], labels[1], budget.horizon.label()];
+                self.receiver_volume_sent
+                    .with_label_values(&labels)
+                    .set(budget.sent as i64);
+                self.receiver_volume_allowance
+                    .with_label_values(&labels)
+                    .set(budget.allowance as i64);
+            }
+            let queued = view.receivers.get(index).copied().unwrap_or_default();
+            self.receiver_queued
+                .with_label_values(&labels)
+                .set(queued as i64);
+            self.receiver_enforced
+                .with_label_values(&labels)
+                .set(i64::from(receiver.held));
+        }
+    }
+
+    /// Removes the receiver series `gateways` no longer show (a reload
+    /// changed `[[receivers]]`, `receiver_min_rate` or the gateways): the
+    /// receiver labels stay those configured now.
+    fn forget_receivers_except(&self, gateways: &[GatewayStatus]) {
+        // Labels [gateway, receiver] or [gateway, receiver, window].
+        let shown = |labels: &[String]| {
+            let status = gateways.iter().find(|status| status.name == labels[0]);
+            let receiver = status.and_then(|status| {
+                let receivers = &status.view.model.receivers;
+                receivers.iter().find(|view| view.name == labels[1])
+            });
+            receiver.is_some_and(|receiver| {
+                let budgets = &receiver.budgets;
+                labels.get(2).is_none_or(|window| {
+                    budgets
+                        .iter()
+                        .any(|budget| budget.horizon.label() == window)
+                })
+            })
+        };
+        for family in [&self.receiver_queued, &self.receiver_enforced] {
+            for labels in series_labels(family, &["gateway", "receiver"]) {
+                if !shown(&labels) {
+                    let _ = family.remove_label_values(&[&labels[0], &labels[1]]);
+                }
+            }
+        }
+        for family in [&self.receiver_volume_sent, &self.receiver_volume_allowance] {
+            for labels in series_labels(family, &["gateway", "receiver", "window"]) {
+                if !shown(&labels) {
+                    let _ = family.remove_label_values(&[&labels[0], &labels[1], &labels[2]]);
+                }
+            }
+        }
     }
 
     /// Forgets the state gauges of a gateway no longer configured (reload).
@@ -516,5 +610,115 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("the text encoder writes to a Vec");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shaper::Horizon;
+    use crate::telemetry::example_status;
+
+    /// The value of `series` (name and labels as exposed) in `text`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|value| value.parse().unwrap())
+    }
+
+    fn scraped(metrics: &Metrics, gateways: &[GatewayStatus]) -> String {
+        metrics.observe(gateways, &[], None, 0);
+        metrics.render()
+    }
+
+    /// Each budgeted receiver's budgets, queue and enforcement are set
+    /// from the views, the one not enforced yet included.
+    #[test]
+    fn every_budgeted_receiver_shows_its_budgets_queue_and_enforcement() {
+        let metrics = Metrics::new(&["primary".into()], &[], &[]);
+        let text = scraped(&metrics, &[example_status()]);
+        let series = |name: &str, labels: &str| {
+            let series = format!("smtp_shaper_receiver_{name}{{gateway=\"primary\",{labels}}}");
+            sample(&text, &series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        };
+        let google = "receiver=\"google\"";
+        let microsoft = "receiver=\"microsoft\"";
+        for (name, labels, value) in [
+            ("volume_sent", format!("{google},window=\"1h\""), 20.0),
+            ("volume_allowance", format!("{google},window=\"1h\""), 20.0),
+            ("volume_sent", format!("{google},window=\"24h\""), 60.0),
+            (
+                "volume_allowance",
+                format!("{google},window=\"24h\""),
+                100.0,
+            ),
+            ("queued_messages", google.to_string(), 2.0),
+            ("budget_enforced", google.to_string(), 1.0),
+            ("volume_sent", format!("{microsoft},window=\"24h\""), 130.0),
+            (
+                "volume_allowance",
+                format!("{microsoft},window=\"24h\""),
+                100.0,
+            ),
+            ("queued_messages", microsoft.to_string(), 0.0),
+            ("budget_enforced", microsoft.to_string(), 0.0),
+        ] {
+            assert_eq!(series(name, &labels), value, "{name}{{{labels}}}");
+        }
+        // microsoft budgets no hour: no series for it.
+        assert!(
+            !text.contains("receiver=\"microsoft\",window=\"1h\""),
+            "{text}"
+        );
+        for family in [
+            "receiver_volume_sent",
+            "receiver_volume_allowance",
+            "receiver_queued_messages",
+            "receiver_budget_enforced",
+        ] {
+            assert!(
+                text.contains(&format!("# HELP smtp_shaper_{family} "))
+                    && text.contains(&format!("# TYPE smtp_shaper_{family} gauge")),
+                "{family}"
+            );
+        }
+    }
+
+    /// A receiver (or one of its windows) the views no longer show, and
+    /// every receiver of a gateway gone, leave the scrape: the receiver
+    /// labels are always those configured now.
+    #[test]
+    fn receivers_no_longer_budgeted_leave_the_scrape() {
+        let metrics = Metrics::new(&["primary".into(), "backup".into()], &[], &[]);
+        let mut backup = example_status();
+        backup.name = "backup".into();
+        scraped(&metrics, &[example_status(), backup]);
+
+        let mut reloaded = example_status();
+        reloaded.view.model.receivers.truncate(1);
+        reloaded.view.model.receivers[0]
+            .budgets
+            .retain(|budget| budget.horizon == Horizon::Day);
+        reloaded.view.receivers.truncate(1);
+        let text = scraped(&metrics, &[reloaded]);
+        assert!(!text.contains("receiver=\"microsoft\""), "{text}");
+        assert!(!text.contains("gateway=\"backup\",receiver"), "{text}");
+        assert!(
+            !text.contains("receiver=\"google\",window=\"1h\""),
+            "{text}"
+        );
+        let kept = "{gateway=\"primary\",receiver=\"google\",window=\"24h\"}";
+        assert_eq!(
+            sample(&text, &format!("smtp_shaper_receiver_volume_sent{kept}")),
+            Some(60.0)
+        );
+        let kept = "{gateway=\"primary\",receiver=\"google\"}";
+        assert_eq!(
+            sample(
+                &text,
+                &format!("smtp_shaper_receiver_budget_enforced{kept}")
+            ),
+            Some(1.0)
+        );
     }
 }

@@ -270,6 +270,87 @@ pub trait Queues: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<String, AdminError>> + Send;
 }
 
+/// One gateway's status as the tests of `/status` and the metrics show it:
+/// an hour budget of its own, two budgeted receivers, one enforced (with
+/// mail queued to it) and one not yet (over its allowance: counted only).
+#[cfg(test)]
+pub(crate) fn example_status() -> GatewayStatus {
+    use crate::shaper::penalty::PenaltyPhase;
+    use crate::shaper::{BudgetView, GatewayView, Horizon, ModelView, ReceiverView};
+
+    let budget = |horizon, sent, allowance, transactional_room, next_room| BudgetView {
+        horizon,
+        sent,
+        allowance,
+        transactional_room,
+        next_room,
+    };
+    GatewayStatus {
+        max_age: std::time::Duration::from_secs(432_000),
+        name: "primary".into(),
+        address: "127.0.0.1:25".into(),
+        view: GatewayView {
+            model: ModelView {
+                baseline: 0.5,
+                ceiling: 1.0,
+                demand_rate: 2.25,
+                send_rate: 1.0,
+                burst_ratio: 4.5,
+                penalty: 1.0,
+                penalty_phase: PenaltyPhase::Calm,
+                mode: crate::shaper::ShapingMode::Enforce,
+                recovery_left: 0.0,
+                paused_for: 0.0,
+                deferrals: [1, 0, 0, 2, 0, 0, 0, 0],
+                budgets: vec![budget(Horizon::Hour, 40, 60, 12, 0.0)],
+                receivers: vec![
+                    ReceiverView {
+                        name: "google".into(),
+                        held: true,
+                        held_from: 1_763_575_200.0,
+                        budgets: vec![
+                            budget(Horizon::Hour, 20, 20, 5, 600.0),
+                            budget(Horizon::Day, 60, 100, 25, 0.0),
+                        ],
+                    },
+                    ReceiverView {
+                        name: "microsoft".into(),
+                        held: false,
+                        held_from: 1_764_180_000.0,
+                        budgets: vec![budget(Horizon::Day, 130, 100, 25, 120.0)],
+                    },
+                ],
+            },
+            queued: 3,
+            oldest_age: 7.5,
+            lanes: vec![2, 1],
+            receivers: vec![2, 0],
+            drain: crate::shaper::Projection {
+                wait: 7_200.0,
+                reason: crate::shaper::DeferReason::DayBudget,
+            },
+            newest_age: 0.0,
+        },
+        lane_names: vec!["billing".into(), "other".into()],
+        queued_bytes: 4096,
+        parked: 0,
+        held: false,
+        connections: 1,
+        recent_replies: vec![(1_764_180_000, "451 4.7.500 busy".into())],
+        observed_backlog: None,
+        cluster: Some(crate::cluster::ClusterView {
+            connected: true,
+            nodes: 3,
+            share_of: 3,
+        }),
+        history: HistoryView {
+            source: "postfix log".into(),
+            since: 1_763_575_200,
+            minutes: 10_080,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -252,7 +252,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_query_and_alert_expression(
         .filter_map(|line| line.trim().strip_prefix("expr: "))
         .map(str::to_string)
         .collect();
-    assert_eq!(alerts.len(), 12);
+    assert_eq!(alerts.len(), 13);
     let failures = tokio::task::spawn_blocking(move || {
         let mut failures = Vec::new();
         for expr in &queries {
@@ -289,7 +289,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_query_and_alert_expression(
         .flat_map(|group| group["rules"].as_array().into_iter().flatten())
         .filter(|rule| rule["health"] == "ok")
         .count();
-    assert_eq!(healthy, 12, "{}", rules.body);
+    assert_eq!(healthy, 13, "{}", rules.body);
     client.command("QUIT").await;
     h.shutdown().await;
 }

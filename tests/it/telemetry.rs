@@ -170,6 +170,80 @@ async fn metrics_and_status_describe_relayed_deferred_refused_and_dead_mail() {
     h.shutdown().await;
 }
 
+/// Each receiver a gateway budgets is on /metrics and /status: its rolling
+/// hour and day against its floors, its queue, and whether its own budget
+/// holds (from the first minute on a gateway with no history; not yet on
+/// one whose `initial_rate` vouches for a history nobody split by
+/// receiver). `other` has no floors, so no budget and no series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_budgeted_receiver_is_on_metrics_and_status() {
+    let h = Harness::with(|config| {
+        config.gateways[0].shaping = shaping("min_rate = [\"10/min\", \"60/h\", \"300/day\"]");
+        let mut seeded = config.gateways[0].clone();
+        seeded.name = "seeded".into();
+        seeded.default = false;
+        seeded.shaping = shaping(
+            "initial_rate = [\"60/min\", \"200/h\", \"2000/day\"]\nmin_rate = [\"10/min\", \"60/h\", \"300/day\"]",
+        );
+        config.gateways.push(seeded);
+    })
+    .await;
+    let http = h.service.http_address().unwrap();
+    let metrics = fetch(http, "GET", "/metrics", None).await.body;
+    for (gateway, enforced) in [("primary", 1.0), ("seeded", 0.0)] {
+        for receiver in ["google", "microsoft", "yahoo", "apple"] {
+            let labels = format!("gateway=\"{gateway}\",receiver=\"{receiver}\"");
+            for (window, floor) in [("1h", 20.0), ("24h", 100.0)] {
+                let labels = format!("{{{labels},window=\"{window}\"}}");
+                let sent = format!("smtp_shaper_receiver_volume_sent{labels}");
+                assert_eq!(sample(&metrics, &sent), 0.0);
+                let allowance = format!("smtp_shaper_receiver_volume_allowance{labels}");
+                assert_eq!(sample(&metrics, &allowance), floor);
+            }
+            let queued = format!("smtp_shaper_receiver_queued_messages{{{labels}}}");
+            assert_eq!(sample(&metrics, &queued), 0.0);
+            let held = format!("smtp_shaper_receiver_budget_enforced{{{labels}}}");
+            assert_eq!(sample(&metrics, &held), enforced, "{held}");
+        }
+    }
+    assert!(!metrics.contains("receiver=\"other\""), "{metrics}");
+    promtool_accepts(&metrics);
+
+    let body = fetch(http, "GET", "/status", None).await.body;
+    let status = support::json(&body);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let receivers = |gateway: usize| status["gateways"][gateway]["receivers"].clone();
+    // Keyed by name, in the order of the gateway's rules.
+    let at = |name: &str| body.find(&format!("\"{name}\":{{\"enforced\"")).unwrap();
+    assert!(
+        at("google") < at("microsoft") && at("yahoo") < at("apple"),
+        "{body}"
+    );
+    assert_eq!(receivers(0).as_object().unwrap().len(), 4, "{body}");
+    let google = &receivers(0)["google"];
+    assert_eq!(google["enforced"], true, "{status}");
+    assert!(google["held_from"].as_u64().unwrap() <= now, "{status}");
+    assert_eq!(google["queued"], 0);
+    let day = &google["volume_budgets"]["24h"];
+    assert_eq!(
+        (&day["sent"], &day["allowance"], &day["left"]),
+        (&0.into(), &100.into(), &100.into())
+    );
+    assert_eq!(google["volume_budgets"]["1h"]["allowance"], 20);
+    // Held a week after counting per receiver began.
+    let seeded = &receivers(1)["google"];
+    assert_eq!(seeded["enforced"], false, "{status}");
+    let held_from = seeded["held_from"].as_u64().unwrap();
+    assert!(
+        held_from > now + 6 * 86_400 && held_from <= now + 7 * 86_400 + 60,
+        "{status}"
+    );
+    h.shutdown().await;
+}
+
 /// `promtool check metrics` on a real scrape, when promtool is installed.
 fn promtool_accepts(metrics: &str) {
     use std::io::Write;
