@@ -638,6 +638,35 @@ impl GatewayModel {
         self.project(now, ahead, ahead_units, ahead_units, units, class)
     }
 
+    /// The wait of one message to `receiver` behind `ahead_units` units
+    /// queued to it (as bulk mail waits), for that receiver's budgets;
+    /// `None` when they do not hold it (observing, or not enforced yet).
+    pub fn receiver_projection(
+        &mut self,
+        now: f64,
+        receiver: usize,
+        ahead_units: u64,
+    ) -> Option<Projection> {
+        self.update(now);
+        if self.observing {
+            return None;
+        }
+        let pause = (self.paused_until - now).max(0.0);
+        let (share, units) = (self.share, self.units(1));
+        self.limits
+            .receiver_wait_behind(
+                now,
+                Some(receiver),
+                ahead_units * share,
+                units * share,
+                AppClass::Bulk,
+            )
+            .map(|held| Projection {
+                wait: pause + held.wait,
+                reason: DeferReason::receiver_budget(held.horizon),
+            })
+    }
+
     /// The wait of new mail behind `ahead` messages (`ahead_units` of them
     /// for the budgets, `queued_units` for the caps), and the part of the
     /// shaping that sets it: the longest of the minute ceiling (with a

@@ -485,14 +485,34 @@ impl<T> Scheduler<T> {
     }
 
     /// See [`GatewayView::drain`]: the wait of one more message behind
-    /// everything queued (as bulk mail waits), with nothing queued none.
+    /// everything queued (as bulk mail waits), with nothing queued none:
+    /// the longest of the total's and of each receiver's, behind what is
+    /// queued to it.
     fn drain(&mut self, now: f64) -> Projection {
         if self.queue.is_empty() {
             return Projection::AT_ONCE;
         }
         let all = self.counts;
-        self.model
-            .projection(now, all.total_messages(), all.total_units(), AppClass::Bulk)
+        let mut longest =
+            self.model
+                .projection(now, all.total_messages(), all.total_units(), AppClass::Bulk);
+        for key in 0..self.receiver_counts.len() {
+            let Some(receiver) = self.receiver(key) else {
+                continue;
+            };
+            let queued = self.receiver_counts[key];
+            if queued.total_messages() == 0 {
+                continue;
+            }
+            if let Some(projection) =
+                self.model
+                    .receiver_projection(now, receiver, queued.total_units())
+                && projection.wait > longest.wait
+            {
+                longest = projection;
+            }
+        }
+        longest
     }
 }
 

@@ -63,11 +63,13 @@ pub const RELAY_RESULTS: &[&str] = &["delivered", "deferred", "failed"];
 pub const DSN_RESULTS: &[&str] = &["queued", "delayed", "null_sender", "spool_error"];
 
 /// What queued mail can wait for (`queue_waits_for`).
-const WAIT_REASONS: [DeferReason; 4] = [
+const WAIT_REASONS: [DeferReason; 6] = [
     DeferReason::QueueDelay,
     DeferReason::Cap,
     DeferReason::HourBudget,
     DeferReason::DayBudget,
+    DeferReason::ReceiverHourBudget,
+    DeferReason::ReceiverDayBudget,
 ];
 
 /// The values of `names` (label names) of each series `family` has now.

@@ -263,5 +263,9 @@ fn a_full_receiver_never_holds_an_apps_mail_to_the_others() {
         .map(|(_, id)| *id)
         .collect();
     assert!(gmail.windows(2).all(|pair| pair[0] < pair[1]), "{gmail:?}");
-    assert_eq!(scheduler.view(now).receivers[0], 210 - 20);
+    let view = scheduler.view(now);
+    assert_eq!(view.receivers[0], 210 - 20);
+    // What the held mail waits for is gmail's own budget, for days.
+    assert_eq!(view.drain.reason, DeferReason::ReceiverDayBudget);
+    assert!(view.drain.wait > DAY, "{:?}", view.drain);
 }
