@@ -38,6 +38,7 @@ use super::{Counts, History, Input, Minute};
 use crate::config::{Config, GatewayConfig};
 use crate::policy::receivers::Receivers;
 use crate::shaper::penalty::Phase;
+use crate::shaper::receivers::{ReceiverState, UNKNOWN_HISTORY_SLOTS};
 use crate::shaper::volume::{KEPT_SLOTS, Volume, VolumeState};
 use crate::shaper::{CountUnit, Horizon, ShapingConfig};
 use crate::shaper::{HistorySource, SavedState};
@@ -189,22 +190,11 @@ pub fn learned_state(
     let slot = (now / 60.0).floor() as i64;
     let first_kept = slot - KEPT_SLOTS + 1;
     let log_last = (counts.last.unwrap_or(now) / 60.0).floor() as i64;
-    let mut learned = vec![0u64; KEPT_SLOTS as usize];
-    for (minute, count) in &counts.minutes {
-        // A gateway clock a little ahead: counted in the current minute.
-        let minute = (*minute).min(slot);
-        if minute >= first_kept {
-            learned[(minute - first_kept) as usize] += units(count, shaping.count);
-        }
-    }
     let saved_volume = existing.and_then(|state| state.volume.as_ref());
-    let (saved_all, saved_transactional) = match saved_volume {
-        Some(volume) => (
-            aligned(&volume.all, volume.slot, slot),
-            aligned(&volume.transactional, volume.slot, slot),
-        ),
-        None => (vec![0; KEPT_SLOTS as usize], vec![0; KEPT_SLOTS as usize]),
-    };
+    let saved_all = saved_volume.map_or_else(
+        || vec![0; KEPT_SLOTS as usize],
+        |volume| aligned(&volume.all, volume.slot, slot),
+    );
     if let Some(newest) = saved_all.iter().rposition(|units| *units > 0) {
         let newest = first_kept + newest as i64;
         if newest > log_last && !replace {
@@ -216,34 +206,41 @@ pub fn learned_state(
             ));
         }
     }
-    let merge = |saved: &[u64]| -> Vec<u64> {
-        (0..KEPT_SLOTS as usize)
-            .map(|index| {
-                let minute = first_kept + index as i64;
-                if replace && minute <= log_last {
-                    learned[index]
-                } else {
-                    learned[index].max(saved[index])
+    let first_minute = (counts.first.unwrap_or(now) / 60.0).floor() as i64;
+    let learning = Learning {
+        shaping,
+        slot,
+        log_last,
+        first_minute,
+        replace,
+    };
+    let volume = learning.merged(&counts.minutes, saved_volume);
+    // Each budgeted receiver's share of the log, when the log names the
+    // recipients (else the saved receivers stay as they were). Its history
+    // is known from the log's first minute: held a week after it (at once
+    // for a log of a week or more), or earlier if the saved state knew it.
+    let receivers = match existing {
+        Some(state) if counts.receivers.is_empty() => state.receivers.clone(),
+        _ if counts.receivers.is_empty() => Vec::new(),
+        _ => shaping
+            .receivers
+            .iter()
+            .map(|rule| {
+                let saved = existing
+                    .and_then(|state| state.receivers.iter().find(|kept| kept.name == rule.name));
+                let empty = BTreeMap::new();
+                let minutes = counts.receivers.get(&rule.name).unwrap_or(&empty);
+                let held_from = first_minute + UNKNOWN_HISTORY_SLOTS;
+                ReceiverState {
+                    name: rule.name.clone(),
+                    volume: learning.merged(minutes, saved.map(|kept| &kept.volume)),
+                    held_from: match saved {
+                        Some(kept) if !replace => held_from.min(kept.held_from),
+                        _ => held_from,
+                    },
                 }
             })
-            .collect()
-    };
-    let trim = |mut counts: Vec<u64>| {
-        let zeros = counts.iter().take_while(|units| **units == 0).count();
-        counts.drain(..zeros);
-        counts
-    };
-    let first_minute = (counts.first.unwrap_or(now) / 60.0).floor() as i64;
-    let since = match saved_volume {
-        Some(volume) if !replace => volume.since.min(first_minute),
-        _ => first_minute,
-    };
-    let volume = VolumeState {
-        slot,
-        all: trim(merge(&saved_all)),
-        transactional: trim(merge(&saved_transactional)),
-        seeds: [None; 2],
-        since: since.max(slot - KEPT_SLOTS),
+            .collect(),
     };
     let half_life = shaping.baseline_half_life.as_secs_f64();
     let learned_baseline = baseline(shaping, counts, now);
@@ -271,6 +268,7 @@ pub fn learned_state(
         saved_at: now,
         baseline,
         volume: Some(volume),
+        receivers,
         history: Some(HistorySource {
             source: history.source.clone(),
             learned_at: now,
@@ -279,6 +277,65 @@ pub fn learned_state(
         }),
         ..kept
     })
+}
+
+/// What merging a log's counts with a saved history needs to know.
+struct Learning<'a> {
+    shaping: &'a ShapingConfig,
+    /// The minute the merged counts end in (now).
+    slot: i64,
+    /// The log's last and first minutes.
+    log_last: i64,
+    first_minute: i64,
+    replace: bool,
+}
+
+impl Learning<'_> {
+    /// `minutes` (a log's counts) merged with `saved`, minute by minute
+    /// (see the module notes), as one series for all mail and the
+    /// transactional apps' alike.
+    fn merged(&self, minutes: &BTreeMap<i64, Minute>, saved: Option<&VolumeState>) -> VolumeState {
+        let slot = self.slot;
+        let first_kept = slot - KEPT_SLOTS + 1;
+        let mut learned = vec![0u64; KEPT_SLOTS as usize];
+        for (minute, count) in minutes {
+            // A gateway clock a little ahead: counted in the current minute.
+            let minute = (*minute).min(slot);
+            if minute >= first_kept {
+                learned[(minute - first_kept) as usize] += units(count, self.shaping.count);
+            }
+        }
+        let merge = |saved: Option<&[u64]>, saved_end: i64| -> Vec<u64> {
+            let saved = saved.map_or_else(
+                || vec![0; KEPT_SLOTS as usize],
+                |counts| aligned(counts, saved_end, slot),
+            );
+            let merged: Vec<u64> = (0..KEPT_SLOTS as usize)
+                .map(|index| {
+                    let minute = first_kept + index as i64;
+                    if self.replace && minute <= self.log_last {
+                        learned[index]
+                    } else {
+                        learned[index].max(saved[index])
+                    }
+                })
+                .collect();
+            let zeros = merged.iter().take_while(|units| **units == 0).count();
+            merged[zeros..].to_vec()
+        };
+        let since = match saved {
+            Some(volume) if !self.replace => volume.since.min(self.first_minute),
+            _ => self.first_minute,
+        };
+        let end = saved.map_or(slot, |volume| volume.slot);
+        VolumeState {
+            slot,
+            all: merge(saved.map(|volume| &volume.all[..]), end),
+            transactional: merge(saved.map(|volume| &volume.transactional[..]), end),
+            seeds: [None; 2],
+            since: since.max(slot - KEPT_SLOTS),
+        }
+    }
 }
 
 /// A running service's state (`running`, just snapshot) once `learn` wrote
@@ -317,25 +374,46 @@ pub fn adopt(running: &SavedState, learned: &SavedState) -> SavedState {
         let zeros = merged.iter().take_while(|units| **units == 0).count();
         merged[zeros..].to_vec()
     };
-    let own = running.volume.as_ref();
-    state.volume = Some(VolumeState {
+    let adopted = |learned: &VolumeState, own: Option<&VolumeState>| VolumeState {
         slot,
         all: merge(
-            &learned_volume.all,
-            learned_volume.slot,
+            &learned.all,
+            learned.slot,
             own.map(|volume| (&volume.all[..], volume.slot)),
         ),
         transactional: merge(
-            &learned_volume.transactional,
-            learned_volume.slot,
+            &learned.transactional,
+            learned.slot,
             own.map(|volume| (&volume.transactional[..], volume.slot)),
         ),
         seeds: [None; 2],
-        since: learned_volume
+        since: learned
             .since
             .min(own.map_or(i64::MAX, |volume| volume.since))
             .max(slot - KEPT_SLOTS),
-    });
+    };
+    state.volume = Some(adopted(learned_volume, running.volume.as_ref()));
+    // Each receiver the log knew, the same way; the service's others stay.
+    for receiver in &learned.receivers {
+        let own = state
+            .receivers
+            .iter()
+            .position(|kept| kept.name == receiver.name);
+        let merged = ReceiverState {
+            name: receiver.name.clone(),
+            volume: adopted(
+                &receiver.volume,
+                own.map(|index| &state.receivers[index].volume),
+            ),
+            held_from: own.map_or(receiver.held_from, |index| {
+                receiver.held_from.min(state.receivers[index].held_from)
+            }),
+        };
+        match own {
+            Some(index) => state.receivers[index] = merged,
+            None => state.receivers.push(merged),
+        }
+    }
     state
 }
 
@@ -704,5 +782,58 @@ mod tests {
             source: "csv".into(),
         };
         assert!(check_span(&empty).unwrap_err().contains("nothing counted"));
+    }
+
+    #[test]
+    fn a_log_that_names_recipients_gives_each_receiver_its_history() {
+        let now = NOW_MINUTE as f64 * 60.0;
+        let shaping = shaping("");
+        // Eight days of 300 a day, all to Microsoft.
+        let start = NOW_MINUTE - 8 * 1_440;
+        let per_day: Vec<(i64, u64, u64)> = (0..8).map(|day| (day * 1_440, 300, 300)).collect();
+        let mut log = history(start, &per_day);
+        log.counts.receivers.insert(
+            "microsoft".into(),
+            per_day
+                .iter()
+                .map(|(offset, messages, recipients)| {
+                    (
+                        start + offset,
+                        Minute {
+                            messages: *messages,
+                            recipients: *recipients,
+                        },
+                    )
+                })
+                .collect(),
+        );
+        let learned = learned_state(&shaping, &log, None, false, now).unwrap();
+        let names: Vec<&str> = learned.receivers.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["google", "microsoft", "yahoo", "apple"]);
+        let microsoft = &learned.receivers[1];
+        assert_eq!(microsoft.volume.all.iter().sum::<u64>(), 8 * 300);
+        assert_eq!(microsoft.held_from, start + UNKNOWN_HISTORY_SLOTS);
+        assert_eq!(learned.receivers[0].volume.all.iter().sum::<u64>(), 0);
+        // The log covers more than a week: each receiver is held to its own
+        // history at once, Microsoft's grown by it, Google's at its floor.
+        let mut model = crate::shaper::GatewayModel::restore(&shaping, &learned, now);
+        let view = model.view(now);
+        assert!(view.receivers.iter().all(|receiver| receiver.held));
+        assert_eq!(
+            view.receivers[1].budgets[1].allowance, 600,
+            "2 x its busiest day"
+        );
+        assert_eq!(view.receivers[0].budgets[1].allowance, 100);
+        // A service running beside it adopts the receivers too, keeping its
+        // own sends after the log's end.
+        let mut running = learned.clone();
+        running.receivers.clear();
+        let adopted = adopt(&running, &learned);
+        assert_eq!(adopted.receivers, learned.receivers);
+        // A log without recipients keeps the saved receivers as they are.
+        let mut counts_only = log.clone();
+        counts_only.counts.receivers.clear();
+        let again = learned_state(&shaping, &counts_only, Some(&learned), false, now).unwrap();
+        assert_eq!(again.receivers, learned.receivers);
     }
 }
