@@ -857,3 +857,84 @@ fn the_readme_quotes_what_the_shipped_traces_replay_to() {
         "the README says 'on both'"
     );
 }
+
+/// Each receiver's own rule, over generated traces whose rows name the
+/// recipients' domain: a background spread over four receivers (Google,
+/// Microsoft, Yahoo and a domain no receiver claims) and bursts to one of
+/// them, with random floors for the total and per receiver. Every message
+/// is sent once (or given up by its app), the total keeps its rule, and
+/// every budgeted receiver's share keeps its own in every rolling hour and
+/// day, judged from when its rule holds, independently of the shaper.
+#[test]
+fn generated_traces_with_domains_keep_every_receiver_s_rule_and_send_every_message_once() {
+    const DOMAINS: [&str; 4] = ["gmail.com", "outlook.com", "yahoo.com", "example.org"];
+    let mut rng = fastrand::Rng::with_seed(26);
+    for case in 0..8 {
+        let days = rng.u32(2..7);
+        let end = f64::from(days) * DAY;
+        let background = f64::from(rng.u32(5..60));
+        let mut trace = poisson(&mut rng, "app", 0.0, end, background);
+        for arrival in &mut trace {
+            arrival.domain = Some(DOMAINS[rng.usize(..DOMAINS.len())].to_string());
+        }
+        for _ in 0..rng.u32(1..4) {
+            let start = rng.f64() * end;
+            let length = rng.f64() * 3.0 * HOUR + 60.0;
+            let app = if rng.bool() { "bulk" } else { "app" };
+            let per_hour = f64::from(rng.u32(100..2_000)) * HOUR / length.max(HOUR);
+            let domain = DOMAINS[rng.usize(..DOMAINS.len())];
+            let mut burst = poisson(&mut rng, app, start, start + length, per_hour);
+            for arrival in &mut burst {
+                arrival.domain = Some(domain.to_string());
+            }
+            trace.extend(burst);
+        }
+        let trace = sorted(trace);
+        let seeds = if rng.bool() {
+            format!(", \"{}/day\"", rng.u32(100..3_000))
+        } else {
+            String::new()
+        };
+        let config = gateway_config(&format!(
+            "initial_rate = [\"{}/min\"{seeds}]\nmin_rate = [\"{}/min\", \"{}/h\", \"{}/day\"]\n\
+             receiver_min_rate = [\"{}/h\", \"{}/day\"]\nwarmup = \"{}x/day\"\nburst = {}\n\
+             max_queue_delay = \"{}\"\ncount = \"{}\"",
+            rng.u32(1..30),
+            rng.u32(1..20),
+            rng.u32(30..300),
+            rng.u32(200..3_000),
+            rng.u32(5..60),
+            rng.u32(20..300),
+            1.2 + rng.f64() * 1.8,
+            rng.u32(1..20),
+            ["2h", "1d", "4d"][rng.usize(..3)],
+            ["messages", "recipients"][rng.usize(..2)],
+        ));
+        let label = format!("case {case}");
+        let report = replay_and_judge(&config, &trace, HOUR, &label);
+        let budgeted: Vec<&str> = report
+            .receivers
+            .iter()
+            .filter(|receiver| receiver.budgeted)
+            .map(|receiver| receiver.name.as_str())
+            .collect();
+        assert_eq!(budgeted.len(), 3, "{label}: google, microsoft, yahoo");
+        for receiver in report.receivers.iter().filter(|receiver| receiver.budgeted) {
+            for (horizon, rule, shaped, _) in &receiver.windows {
+                assert_eq!(
+                    shaped.excess,
+                    0,
+                    "{label}: {} got more than its {} rule allows ({rule:?}): {shaped:?}",
+                    receiver.name,
+                    horizon.label()
+                );
+            }
+        }
+        let offered: usize = report
+            .receivers
+            .iter()
+            .map(|receiver| receiver.offered)
+            .sum();
+        assert_eq!(offered, trace.len(), "{label}: every row has a receiver");
+    }
+}
