@@ -861,6 +861,13 @@ impl GatewayModel {
         self.limits.saved(reserve);
     }
 
+    /// A save that writes nothing (see [`Limits::assume_saved`]): the
+    /// simulator's, where a snapshot would only be thrown away.
+    pub fn assume_saved(&mut self) {
+        let reserve = self.reserve();
+        self.limits.assume_saved(reserve);
+    }
+
     /// The reserve worth saving ahead (see [`Limits::reserve`]).
     pub fn reserve(&self) -> u64 {
         self.limits.reserve()
