@@ -84,6 +84,9 @@ pub struct Sample {
     /// what the volume rule allowed there (judged on the shaped output).
     pub window_sent: [u64; 2],
     pub window_allowed: [u64; 2],
+    /// Per budgeted receiver (`Report::receiver_names` order): units it
+    /// was sent in the rolling day ending here, and its allowance there.
+    pub receivers: Vec<[u64; 2]>,
 }
 
 /// One day of the trace.
@@ -189,6 +192,9 @@ pub struct Report {
     /// What each receiver the trace reaches sees (empty when the trace
     /// names no domain).
     pub receivers: Vec<ReceiverReport>,
+    /// The gateway's budgeted receivers, in the order of its rules (the
+    /// samples' `receivers`).
+    pub receiver_names: Vec<String>,
 }
 
 /// A message in the replay.
@@ -506,6 +512,12 @@ impl<'t> Replay<'t> {
             sent_log: Vec::with_capacity(trace.len()),
             row_receivers,
             receivers: Vec::new(),
+            receiver_names: gateway_config
+                .shaping
+                .receivers
+                .iter()
+                .map(|rule| rule.name.clone())
+                .collect(),
         };
         Replay {
             options,
@@ -531,6 +543,7 @@ impl<'t> Replay<'t> {
                 queued: 0,
                 window_sent: [0; 2],
                 window_allowed: [0; 2],
+                receivers: Vec::new(),
             },
             now: start,
             next_id: 0,
@@ -683,6 +696,18 @@ impl<'t> Replay<'t> {
             sample.ceiling = view.model.ceiling;
             sample.baseline = view.model.baseline;
             sample.queued = self.nodes.iter().map(|node| node.scheduler.len()).sum();
+            sample.receivers = view
+                .model
+                .receivers
+                .iter()
+                .map(|receiver| {
+                    receiver
+                        .budgets
+                        .iter()
+                        .find(|budget| budget.horizon == Horizon::Day)
+                        .map_or([0, 0], |day| [day.sent, day.allowance])
+                })
+                .collect();
             let next = Sample {
                 start: sample_end,
                 arrived: 0,

@@ -16,9 +16,16 @@ const RATES_TOP: f64 = 60.0;
 const RATES_HEIGHT: f64 = 300.0;
 const WINDOWS_TOP: f64 = 400.0;
 const WINDOWS_HEIGHT: f64 = 220.0;
-const QUEUE_TOP: f64 = 660.0;
+const RECEIVERS_HEIGHT: f64 = 200.0;
 const QUEUE_HEIGHT: f64 = 130.0;
-const HEIGHT: f64 = 840.0;
+/// Between panels, room for the next one's legend.
+const GAP: f64 = 40.0;
+/// Below the last panel: the time axis's labels.
+const AXIS: f64 = 50.0;
+/// One colour per receiver shown, in the order of the gateway's rules.
+const RECEIVER_COLOURS: [&str; 6] = [
+    "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#bcbd22",
+];
 /// The log scale's floor, in messages per minute.
 const FLOOR: f64 = 0.01;
 
@@ -27,6 +34,59 @@ struct Series<'a> {
     colour: &'a str,
     dashed: bool,
     value: fn(&Sample) -> f64,
+}
+
+/// One line of a panel: its legend, style and a value per sample.
+struct Line<'a> {
+    name: String,
+    colour: &'a str,
+    dashed: bool,
+    values: Vec<f64>,
+}
+
+/// The lines of `series` over `samples`.
+fn lines<'a>(samples: &[Sample], series: &[Series<'a>]) -> Vec<Line<'a>> {
+    series
+        .iter()
+        .map(|series| Line {
+            name: series.name.to_string(),
+            colour: series.colour,
+            dashed: series.dashed,
+            values: samples.iter().map(series.value).collect(),
+        })
+        .collect()
+}
+
+/// Where the panels go: the receivers' (when some budgeted receiver got
+/// mail) between the rolling windows and the queue.
+struct Layout {
+    receivers_top: Option<f64>,
+    queue_top: f64,
+    height: f64,
+}
+
+impl Layout {
+    fn new(receivers: bool) -> Layout {
+        let after_windows = WINDOWS_TOP + WINDOWS_HEIGHT + GAP;
+        let (receivers_top, queue_top) = if receivers {
+            (Some(after_windows), after_windows + RECEIVERS_HEIGHT + GAP)
+        } else {
+            (None, after_windows)
+        };
+        Layout {
+            receivers_top,
+            queue_top,
+            height: queue_top + QUEUE_HEIGHT + AXIS,
+        }
+    }
+
+    /// Every panel's (top, height).
+    fn panels(&self) -> Vec<(f64, f64)> {
+        let mut panels = vec![(RATES_TOP, RATES_HEIGHT), (WINDOWS_TOP, WINDOWS_HEIGHT)];
+        panels.extend(self.receivers_top.map(|top| (top, RECEIVERS_HEIGHT)));
+        panels.push((self.queue_top, QUEUE_HEIGHT));
+        panels
+    }
 }
 
 const RATE_SERIES: [Series<'static>; 5] = [
@@ -104,12 +164,12 @@ impl LogPanel<'_> {
         &self,
         svg: &mut String,
         samples: &[Sample],
-        series: &[Series<'_>],
+        series: &[Line<'_>],
         x: &dyn Fn(f64) -> f64,
     ) {
         let top = series
             .iter()
-            .flat_map(|series| samples.iter().map(series.value))
+            .flat_map(|series| series.values.iter().copied())
             .fold(1.0, f64::max);
         let decades_top = top.log10().ceil().max(self.floor.log10() + 1.0);
         let decades = decades_top - self.floor.log10();
@@ -138,7 +198,8 @@ impl LogPanel<'_> {
         for series in series {
             let points: Vec<(f64, f64)> = samples
                 .iter()
-                .map(|s| (x(s.start + s.span), y((series.value)(s))))
+                .zip(&series.values)
+                .map(|(s, value)| (x(s.start + s.span), y(*value)))
                 .collect();
             polyline(svg, &points, series.colour, series.dashed);
         }
@@ -158,7 +219,7 @@ impl LogPanel<'_> {
                 series.colour,
                 legend_x + 27.0,
                 self.legend_y + 4.0,
-                escape(series.name)
+                escape(&series.name)
             );
             legend_x += 40.0 + series.name.len() as f64 * 7.0;
         }
@@ -168,7 +229,9 @@ impl LogPanel<'_> {
 /// The chart of `report` as an SVG document.
 pub fn render_svg(report: &Report, title: &str) -> String {
     let samples = &report.samples;
-    let mut svg = open_document(title);
+    let receivers = receiver_lines(report);
+    let layout = Layout::new(!receivers.is_empty());
+    let mut svg = open_document(title, layout.height);
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
         svg.push_str("</svg>\n");
         return svg;
@@ -185,7 +248,7 @@ pub fn render_svg(report: &Report, title: &str) -> String {
         floor: FLOOR,
         legend_y: 44.0,
     }
-    .draw(&mut svg, samples, &RATE_SERIES, &x);
+    .draw(&mut svg, samples, &lines(samples, &RATE_SERIES), &x);
     LogPanel {
         top: WINDOWS_TOP,
         height: WINDOWS_HEIGHT,
@@ -193,19 +256,68 @@ pub fn render_svg(report: &Report, title: &str) -> String {
         floor: 1.0,
         legend_y: WINDOWS_TOP - 14.0,
     }
-    .draw(&mut svg, samples, &WINDOW_SERIES, &x);
-    queue_panel(&mut svg, samples, &x);
-    time_axis(&mut svg, report.day_origin, t0, t1, &x);
+    .draw(&mut svg, samples, &lines(samples, &WINDOW_SERIES), &x);
+    if let Some(top) = layout.receivers_top {
+        LogPanel {
+            top,
+            height: RECEIVERS_HEIGHT,
+            label: "each receiver, 24h (log)",
+            floor: 1.0,
+            legend_y: top - 14.0,
+        }
+        .draw(&mut svg, samples, &receivers, &x);
+    }
+    queue_panel(&mut svg, samples, layout.queue_top, &x);
+    time_axis(&mut svg, report.day_origin, (t0, t1), &layout, &x);
     svg.push_str("</svg>\n");
     svg
 }
 
+/// Per budgeted receiver that got mail in the replay, what it was sent
+/// in the rolling day and its allowance there, in its own colour.
+fn receiver_lines(report: &Report) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    let shown = report
+        .receiver_names
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| {
+            report
+                .receivers
+                .iter()
+                .any(|receiver| receiver.budgeted && receiver.sent > 0 && &receiver.name == *name)
+        });
+    for (index, name) in shown {
+        let colour = RECEIVER_COLOURS[index % RECEIVER_COLOURS.len()];
+        let day = |pick: fn(&[u64; 2]) -> u64| -> Vec<f64> {
+            report
+                .samples
+                .iter()
+                .map(|sample| sample.receivers.get(index).map_or(0, pick) as f64)
+                .collect()
+        };
+        lines.push(Line {
+            name: format!("{name}: sent"),
+            colour,
+            dashed: false,
+            values: day(|day| day[0]),
+        });
+        lines.push(Line {
+            name: format!("{name}: allowance"),
+            colour,
+            dashed: true,
+            values: day(|day| day[1]),
+        });
+    }
+    lines
+}
+
 /// The document's opening: size, white background and `title`.
-fn open_document(title: &str) -> String {
+fn open_document(title: &str, height: f64) -> String {
     let mut svg = String::new();
     let _ = writeln!(
         svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
@@ -217,11 +329,11 @@ fn open_document(title: &str) -> String {
 }
 
 /// Queue depth on a linear scale up to a round number.
-fn queue_panel(svg: &mut String, samples: &[Sample], x: &dyn Fn(f64) -> f64) {
+fn queue_panel(svg: &mut String, samples: &[Sample], top: f64, x: &dyn Fn(f64) -> f64) {
     let most = samples.iter().map(|s| s.queued).max().unwrap_or(0).max(1) as f64;
     let scale = nice_ceiling(most);
-    let y_queue = |value: f64| QUEUE_TOP + QUEUE_HEIGHT * (1.0 - value / scale);
-    frame(svg, QUEUE_TOP, QUEUE_HEIGHT, "messages queued");
+    let y_queue = |value: f64| top + QUEUE_HEIGHT * (1.0 - value / scale);
+    frame(svg, top, QUEUE_HEIGHT, "messages queued");
     for step in 0..=4 {
         let value = scale * f64::from(step) / 4.0;
         let y = y_queue(value);
@@ -243,16 +355,24 @@ fn queue_panel(svg: &mut String, samples: &[Sample], x: &dyn Fn(f64) -> f64) {
 /// The time axis from `t0` to `t1`: a labelled tick per day (or per hour
 /// for a short trace) and lighter ticks for the hours between, counted
 /// like the day table from `origin`, the midnight before the trace.
-fn time_axis(svg: &mut String, origin: f64, t0: f64, t1: f64, x: &dyn Fn(f64) -> f64) {
+fn time_axis(
+    svg: &mut String,
+    origin: f64,
+    (t0, t1): (f64, f64),
+    layout: &Layout,
+    x: &dyn Fn(f64) -> f64,
+) {
     let days = (t1 - t0) / 86_400.0;
     let (major, minor) = tick_steps(t1 - t0);
+    let panels = layout.panels();
+    let below = layout.queue_top + QUEUE_HEIGHT;
     let mut tick = ((t0 - origin) / minor).ceil();
     while origin + tick * minor <= t1 {
         let at = tick * minor;
         let tx = x(origin + at);
         let is_major = (at / major).fract().abs() < 1e-9;
-        tick_line(svg, tx, is_major);
-        tick_label(svg, tx, at, is_major, days > 2.0);
+        tick_line(svg, tx, is_major, &panels);
+        tick_label(svg, (tx, below), at, is_major, days > 2.0);
         tick += 1.0;
     }
 }
@@ -260,8 +380,7 @@ fn time_axis(svg: &mut String, origin: f64, t0: f64, t1: f64, x: &dyn Fn(f64) ->
 /// The label under the tick `at` seconds from the origin: the day (or the
 /// hour, for a short trace) on a labelled tick, the hour of the day in
 /// small print on the others when the axis counts days.
-fn tick_label(svg: &mut String, tx: f64, at: f64, is_major: bool, in_days: bool) {
-    let below = QUEUE_TOP + QUEUE_HEIGHT;
+fn tick_label(svg: &mut String, (tx, below): (f64, f64), at: f64, is_major: bool, in_days: bool) {
     if is_major {
         let label = if in_days {
             format!("day {}", (at / 86_400.0).round() + 1.0)
@@ -301,14 +420,9 @@ fn tick_steps(span: f64) -> (f64, f64) {
 }
 
 /// A tick at `tx` across every panel, darker when it is labelled.
-fn tick_line(svg: &mut String, tx: f64, is_major: bool) {
+fn tick_line(svg: &mut String, tx: f64, is_major: bool, panels: &[(f64, f64)]) {
     let colour = if is_major { "#ddd" } else { "#f4f4f4" };
-    let panels = [
-        (RATES_TOP, RATES_HEIGHT),
-        (WINDOWS_TOP, WINDOWS_HEIGHT),
-        (QUEUE_TOP, QUEUE_HEIGHT),
-    ];
-    for (panel_top, panel_height) in panels {
+    for &(panel_top, panel_height) in panels {
         let _ = writeln!(
             svg,
             r##"<line x1="{tx}" y1="{panel_top}" x2="{tx}" y2="{}" stroke="{colour}"/>"##,

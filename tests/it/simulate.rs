@@ -867,6 +867,19 @@ fn the_readme_quotes_what_the_shipped_traces_replay_to() {
         last(&new_receiver),
         last(&halved)
     )]);
+    // The chart shows each budgeted receiver that got mail, when some did.
+    let chart = smtp_shaper::simulate::render_svg(&new_receiver, "new receiver");
+    for legend in [
+        "each receiver, 24h (log)",
+        "google: sent",
+        "google: allowance",
+        "microsoft: sent",
+    ] {
+        assert!(chart.contains(legend), "{legend}");
+    }
+    assert!(!chart.contains("yahoo: sent"), "no mail, no line");
+    let plain = smtp_shaper::simulate::render_svg(&idle, "idle");
+    assert!(!plain.contains("each receiver"));
     let gmail_days: Vec<u64> = days_of(&new_receiver);
     assert_eq!(
         gmail_days[1..],
