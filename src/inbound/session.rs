@@ -823,24 +823,31 @@ fn deferral_reply(deferral: &Deferral) -> Reply {
             "the gateway's sending cap leaves no room for about {}",
             format_duration(deferral.projected_wait)
         ),
-        DeferReason::HourBudget | DeferReason::DayBudget | DeferReason::Recipients => format!(
-            "the gateway's {} volume budget (what receivers accept from it) leaves no room for about {}",
-            if deferral.reason == DeferReason::HourBudget {
-                "hourly"
-            } else {
-                "daily"
-            },
-            format_duration(deferral.projected_wait)
-        ),
-        DeferReason::ReceiverHourBudget | DeferReason::ReceiverDayBudget => format!(
-            "a receiver's own {} volume budget (what that mailbox provider has seen from the gateway) leaves no room for about {}",
-            if deferral.reason == DeferReason::ReceiverHourBudget {
-                "hourly"
-            } else {
-                "daily"
-            },
-            format_duration(deferral.projected_wait)
-        ),
+        reason => {
+            let hourly = matches!(
+                reason,
+                DeferReason::HourBudget | DeferReason::ReceiverHourBudget
+            );
+            let receiver = matches!(
+                reason,
+                DeferReason::ReceiverHourBudget | DeferReason::ReceiverDayBudget
+            );
+            format!(
+                "{} {} volume budget ({}) leaves no room for about {}",
+                if receiver {
+                    "a receiver's own"
+                } else {
+                    "the gateway's"
+                },
+                if hourly { "hourly" } else { "daily" },
+                if receiver {
+                    "what that mailbox provider has seen from the gateway"
+                } else {
+                    "what receivers accept from it"
+                },
+                format_duration(deferral.projected_wait)
+            )
+        }
     };
     Reply::new(
         451,

@@ -111,16 +111,12 @@ impl ReceiverLookup {
             return None;
         }
         let domain = domain(recipient);
-        let name = match self.receivers.by_domain(domain) {
-            Some(name) => name,
-            None => {
-                let hosts = self.mx.cached(domain).unwrap_or_default();
-                self.receivers
-                    .by_mx(hosts.iter().map(String::as_str))
-                    .unwrap_or(OTHER)
-            }
+        // DNS only where the name does not say.
+        let hosts = match self.receivers.by_domain(domain) {
+            Some(_) => None,
+            None => self.mx.cached(domain),
         };
-        self.rule(gateway, name)
+        self.placed(gateway, domain, hosts)
     }
 
     /// The receiver of `recipient` on `gateway`, asking DNS for its
@@ -131,15 +127,19 @@ impl ReceiverLookup {
             return None;
         }
         let domain = domain(recipient);
-        let name = match self.receivers.by_domain(domain) {
-            Some(name) => name,
-            None => {
-                let hosts = self.mx.hosts(domain, wait).await.unwrap_or_default();
-                self.receivers
-                    .by_mx(hosts.iter().map(String::as_str))
-                    .unwrap_or(OTHER)
-            }
+        let hosts = match self.receivers.by_domain(domain) {
+            Some(_) => None,
+            None => self.mx.hosts(domain, wait).await,
         };
+        self.placed(gateway, domain, hosts)
+    }
+
+    /// The rule index on `gateway` of `domain`'s receiver, by its name
+    /// else by `hosts` (its MX hosts, when known).
+    fn placed(&self, gateway: usize, domain: &str, hosts: Option<Vec<String>>) -> Option<usize> {
+        let name = self
+            .receivers
+            .of(domain, hosts.iter().flatten().map(String::as_str));
         self.rule(gateway, name)
     }
 
