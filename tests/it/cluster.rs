@@ -440,12 +440,16 @@ pub fn three_links(
 
 /// The Lua scripts and the in-memory reference the simulator runs
 /// (`shaper::store::SharedState`) decide alike: the same random proposals
-/// from three nodes (budgets with a bulk share and a cap binding, the bucket
-/// wide open so the decisions do not depend on the clock) get the same
-/// grants and the same reasons.
+/// from three nodes (budgets with a bulk share and a cap binding, receivers
+/// with budgets of their own, one not enforced yet, the bucket wide open so
+/// the decisions do not depend on the clock) get the same grants and the
+/// same reasons, and each node hears the same of what the others sent, per
+/// receiver too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
-    use smtp_shaper::shaper::shared::{Proposal, SharedBudget, SharedCap, SharedLimits};
+    use smtp_shaper::shaper::shared::{
+        Elsewhere, Proposal, SharedBudget, SharedCap, SharedLimits, SharedReceiver,
+    };
     use smtp_shaper::shaper::store::SharedState;
     use smtp_shaper::shaper::{AppClass, Horizon};
 
@@ -475,8 +479,33 @@ async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
             limit: 140,
         }],
     };
+    let budget = |horizon, allowance, bulk_share| SharedBudget {
+        horizon,
+        allowance,
+        bulk_share,
+    };
+    let receivers = [
+        SharedReceiver {
+            name: "google".into(),
+            budgets: vec![budget(Horizon::Hour, 20, 12), budget(Horizon::Day, 30, 20)],
+            enforced: true,
+        },
+        SharedReceiver {
+            name: "microsoft".into(),
+            budgets: vec![budget(Horizon::Hour, 25, 25)],
+            enforced: true,
+        },
+        SharedReceiver {
+            name: "yahoo".into(),
+            budgets: vec![budget(Horizon::Hour, 5, 5)],
+            enforced: false,
+        },
+    ];
     let mut rng = fastrand::Rng::with_seed(7);
-    let (mut granted, mut held) = (0, 0);
+    let (mut granted, mut held, mut receiver_held) = (0, 0, 0);
+    // Per node: the others' totals at its first reading, then what its
+    // readings said since.
+    let mut heard: [Option<Elsewhere>; 3] = Default::default();
     for step in 0..200 {
         let node = rng.usize(0..3);
         let proposal = Proposal {
@@ -487,6 +516,10 @@ async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
                 AppClass::Transactional
             },
             limits: limits.clone(),
+            receiver: rng
+                .usize(0..=receivers.len())
+                .checked_sub(1)
+                .map(|index| receivers[index].clone()),
         };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -494,6 +527,10 @@ async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
             .as_secs_f64();
         let expected = reference.acquire(now, node, &proposal);
         let verdict = links[node].acquire(&proposal).await.expect("Redis answers");
+        heard[node] = Some(match heard[node].take() {
+            None => reference.others(node),
+            Some(sum) => sum.plus(&verdict.reading.elsewhere),
+        });
         match expected {
             Ok(()) => {
                 granted += 1;
@@ -501,12 +538,21 @@ async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
             }
             Err(hold) => {
                 held += 1;
+                receiver_held += usize::from(verdict.holds_the_receiver_only());
                 assert!(!verdict.granted, "step {step}: {proposal:?} -> {verdict:?}");
                 assert_eq!(verdict.reason, hold.reason, "step {step}: {proposal:?}");
             }
         }
     }
     assert!(granted > 20 && held > 20, "{granted} granted, {held} held");
+    assert!(receiver_held > 10, "{receiver_held} held for a receiver");
+    for (node, heard) in heard.iter().enumerate() {
+        assert_eq!(
+            heard.as_ref(),
+            Some(&reference.others(node)),
+            "node {node} heard what the others sent"
+        );
+    }
 }
 
 /// Heartbeats tell each node what the others have queued, per class, so

@@ -57,6 +57,7 @@ impl DeliveryQueue {
                 Some(self.hand_out(&mut state, item, (lane, receiver), units, waited))
             }
             Ok(verdict) => {
+                let receiver = in_flight.receiver;
                 drop(in_flight);
                 let mut state = self.lock();
                 self.absorb(&mut state, &verdict.reading);
@@ -67,10 +68,10 @@ impl DeliveryQueue {
                 if let Some(shared) = shared.as_mut()
                     && shared
                         .gate
-                        .refused(scheduler, now, proposal.class, verdict.wait)
+                        .refused(scheduler, now, (proposal.class, receiver), &verdict)
                         .is_none()
                 {
-                    // Bulk waits; the transactional lanes go on.
+                    // Bulk, or the receiver's mail, waits; the rest goes on.
                     self.wake.notify_one();
                 }
                 tracing::trace!(gateway = %self.gateway, reason = %verdict.reason, wait = verdict.wait, "the shared state holds the next send");

@@ -6,21 +6,28 @@
 //! (`tests/it/store.rs`) runs against both.
 //!
 //! The contract, whatever the store:
-//! - [`Store::acquire`] grants a send and counts it, or names the longest
-//!   wait and what holds it (`hold`, `pause`, `rate`, `cap`, `1h`, `24h`);
-//!   a refusal counts nothing;
+//! - [`Store::acquire`] grants a send and counts it (in the gateway's
+//!   windows and totals, and in its receiver's), or names the longest
+//!   wait of what holds the whole gateway and what it is (`hold`, `pause`,
+//!   `rate`, `cap`, `1h`, `24h`); only when nothing but the receiver's own
+//!   budgets holds it, their wait (`receiver-1h`, `receiver-24h`: that
+//!   receiver's mail waits, the others' need not). A refusal counts
+//!   nothing;
 //! - every answer carries a [`Reading`]: the gateway's feedback, the
 //!   operator's hold, and what the other nodes sent since this node's
-//!   previous reading (never negative, never this node's own sends);
+//!   previous reading, in all and per receiver (never negative, never
+//!   this node's own sends);
 //! - [`Store::heartbeat`] counts this node live for [`HEARTBEAT_LIFETIME`]
 //!   and says how many are, what the others queued and the busiest windows
 //!   they saw;
 //! - [`Store::throttled`] opens one throttling episode for every node (a
 //!   second signal during its pause cuts nothing more), [`Store::pause`]
 //!   only rests them, [`Store::end_pause`] ends the rest now;
-//! - [`Store::rebuild`] takes the larger count of each slot, the lower
-//!   penalty, the longer pause and a hold; [`Store::reconcile`] adds what a
-//!   node sent on its share to the windows and to its totals.
+//! - [`Store::rebuild`] takes the larger count of each slot (the
+//!   receivers' windows included), the lower penalty, the longer pause and
+//!   a hold; [`Store::reconcile`] adds what a node sent on its share to the
+//!   windows and to its totals, each receiver's part to that receiver's
+//!   windows (of every horizon the gateway budgets) and totals.
 //!
 //! The trait is async because Redis is; the in-memory store answers at
 //! once, through inherent methods that the synchronous simulator calls
@@ -59,9 +66,22 @@ pub struct Verdict {
     pub granted: bool,
     /// Seconds to wait before proposing again (when not granted).
     pub wait: f64,
-    /// What holds it: `rate`, `cap`, `1h`, `24h`, `pause` or `hold`.
+    /// What holds it: `rate`, `cap`, `1h`, `24h`, `pause` or `hold`, or
+    /// its receiver's budgets alone: `receiver-1h` or `receiver-24h`.
     pub reason: String,
     pub reading: Reading,
+}
+
+/// What the reason of a refusal by the receiver's budgets alone starts
+/// with.
+pub const RECEIVER_REASON: &str = "receiver-";
+
+impl Verdict {
+    /// Refused for the receiver's own budgets alone: mail to the other
+    /// receivers may go.
+    pub fn holds_the_receiver_only(&self) -> bool {
+        !self.granted && self.reason.starts_with(RECEIVER_REASON)
+    }
 }
 
 /// The answer to a heartbeat.
