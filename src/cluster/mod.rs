@@ -18,7 +18,8 @@
 //! gateway, all under `smtp-shaper:{<gateway>}` (README "Cluster mode"):
 //! `:state` (epoch, GCRA time, penalty, pause, hold, totals), `:nodes`
 //! (each node's totals), `:depth` (heartbeats with queue depths),
-//! `:txdepth` (each node's transactional messages queued),
+//! `:txdepth` (each node's transactional messages queued), `:rbusiest`
+//! (the busiest windows each node has seen per receiver),
 //! `:cap:<seconds>`, `:all:<seconds>`, `:tx:<seconds>` (rolling windows),
 //! and per budgeted receiver (by its configured name, so the keys are as
 //! few as the receivers) `:r:<name>:all:<seconds>`, `:r:<name>:tx:<seconds>`
@@ -39,7 +40,9 @@ use redis::{IntoConnectionInfo, Script, Value};
 
 use crate::config::ClusterConfig;
 use crate::shaper::AppClass;
-use crate::shaper::shared::{Elsewhere, Ledger, Proposal, SharedFeedback, SharedLimits, Units};
+use crate::shaper::shared::{
+    Busiest, Elsewhere, Ledger, Proposal, SharedFeedback, SharedLimits, Units,
+};
 use crate::shaper::store::{HEARTBEAT_LIFETIME, Heartbeat, Reading, Store, Verdict};
 use crate::shaper::{ClassCounts, WindowCounts};
 
@@ -403,26 +406,49 @@ impl GatewayLink {
     }
 
     /// Says this node is alive with `queued` (messages and units per
-    /// class) waiting for the gateway and the `busiest` hour and day it has seen;
-    /// hears how many nodes are, what they have queued and seen.
+    /// class) waiting for the gateway and the `busiest` hour and day it has
+    /// seen (of the total and each receiver); hears how many nodes are,
+    /// what they have queued and seen.
     pub async fn heartbeat(
         &self,
         queued: ClassCounts,
-        busiest: [u64; 2],
+        busiest: &Busiest,
     ) -> Result<Heartbeat, ClusterError> {
         let transactional = AppClass::Transactional as usize;
-        let args = vec![
+        let mut args = vec![
             self.node().to_string(),
             self.epoch_proposal(),
             HEARTBEAT_LIFETIME.as_micros().to_string(),
             queued.total_messages().to_string(),
             queued.units[transactional].to_string(),
             queued.units[AppClass::Bulk as usize].to_string(),
-            busiest[0].to_string(),
-            busiest[1].to_string(),
+            busiest.total[0].to_string(),
+            busiest.total[1].to_string(),
             queued.messages[transactional].to_string(),
+            busiest.receivers.len().to_string(),
         ];
-        let reply = self.run(&self.cluster.scripts.heartbeat, args, 15).await?;
+        for (name, [hour, day]) in &busiest.receivers {
+            args.extend([name.clone(), hour.to_string(), day.to_string()]);
+        }
+        let reply = self.run(&self.cluster.scripts.heartbeat, args, 16).await?;
+        let receivers = count(&reply[9])? as usize;
+        let status = 10 + 3 * receivers;
+        if reply.len() < status + 6 {
+            return Err(ClusterError::Reply(format!(
+                "{} values, expected {}",
+                reply.len(),
+                status + 6
+            )));
+        }
+        let mut busiest_elsewhere = Busiest {
+            total: [count(&reply[6])?, count(&reply[7])?],
+            receivers: Default::default(),
+        };
+        for entry in reply[10..status].chunks_exact(3) {
+            busiest_elsewhere
+                .receivers
+                .insert(text(&entry[0])?, [count(&entry[1])?, count(&entry[2])?]);
+        }
         let messages = count(&reply[3])? as usize;
         let transactional_messages = (count(&reply[8])? as usize).min(messages);
         let mut queued_elsewhere = ClassCounts {
@@ -434,8 +460,8 @@ impl GatewayLink {
         Ok(Heartbeat {
             live: count(&reply[2])?.max(1),
             queued_elsewhere,
-            busiest_elsewhere: [count(&reply[6])?, count(&reply[7])?],
-            reading: self.reading(Some((&reply[0], &reply[1])), &reply[9..])?,
+            busiest_elsewhere,
+            reading: self.reading(Some((&reply[0], &reply[1])), &reply[status..])?,
         })
     }
 
@@ -598,7 +624,7 @@ impl Store for GatewayLink {
         &self,
         _now: f64,
         queued: ClassCounts,
-        busiest: [u64; 2],
+        busiest: &Busiest,
     ) -> impl Future<Output = Result<Heartbeat, ClusterError>> + Send {
         GatewayLink::heartbeat(self, queued, busiest)
     }

@@ -284,7 +284,7 @@ impl Gate {
     ) -> Writes {
         scheduler
             .model_mut()
-            .learn_busiest(now, beat.busiest_elsewhere);
+            .learn_busiest(now, &beat.busiest_elsewhere);
         let rebuild = rebuild.then(|| {
             let view = scheduler.view(now).model;
             let feedback = SharedFeedback {

@@ -15,7 +15,7 @@
 
 use super::caps::Cap;
 use super::receivers::{ReceiverBudgets, ReceiverState, ReceiverView, ReceiverWindows};
-use super::shared::{Elsewhere, SharedBudget, SharedCap, SharedReceiver};
+use super::shared::{Busiest, Elsewhere, SharedBudget, SharedCap, SharedReceiver};
 use super::state::SavedState;
 use super::volume::{BudgetReached, BudgetView, Held, MinuteCount, Volume, VolumeState};
 use crate::shaper::{AppClass, Horizon, ShapingConfig};
@@ -256,14 +256,19 @@ impl Limits {
         self.volume.history_minutes(now)
     }
 
-    /// See `Volume::busiest` (cluster mode heartbeats).
-    pub fn busiest(&mut self, now: f64) -> [Option<u64>; 2] {
-        self.volume.busiest(now)
+    /// The busiest windows this node has seen, of the total and of each
+    /// receiver (see `Volume::busiest`; cluster mode heartbeats).
+    pub fn busiest(&mut self, now: f64) -> Busiest {
+        Busiest {
+            total: self.volume.busiest(now).map(|units| units.unwrap_or(0)),
+            receivers: self.receivers.busiest(now),
+        }
     }
 
-    /// See `Volume::learn_busiest`.
-    pub fn learn_busiest(&mut self, now: f64, elsewhere: [u64; 2]) {
-        self.volume.learn_busiest(now, elsewhere);
+    /// See `Volume::learn_busiest`, for the total and each receiver.
+    pub fn learn_busiest(&mut self, now: f64, elsewhere: &Busiest) {
+        self.volume.learn_busiest(now, elsewhere.total);
+        self.receivers.learn_busiest(now, &elsewhere.receivers);
     }
 
     /// The caps as the shared state enforces them.

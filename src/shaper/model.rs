@@ -23,7 +23,7 @@ use super::limits::{LimitWait, Limits, WindowCounts};
 use super::meter::RateMeter;
 use super::penalty::{Penalty, PenaltyPhase};
 use super::receivers::ReceiverView;
-use super::shared::{Elsewhere, SharedFeedback, SharedLimits, SharedReceiver};
+use super::shared::{Busiest, Elsewhere, SharedFeedback, SharedLimits, SharedReceiver};
 use super::state::SavedState;
 use super::volume::{BudgetReached, BudgetView};
 use crate::shaper::{AppClass, CountUnit, Horizon, ShapingConfig, ShapingMode};
@@ -813,13 +813,15 @@ impl GatewayModel {
         }
     }
 
-    /// See `Volume::busiest` (cluster mode heartbeats).
-    pub fn busiest(&mut self, now: f64) -> [Option<u64>; 2] {
+    /// The busiest windows this node has seen, of the total and of each
+    /// receiver (cluster mode heartbeats; see `Volume::busiest`).
+    pub fn busiest(&mut self, now: f64) -> Busiest {
         self.limits.busiest(now)
     }
 
-    /// See `Volume::learn_busiest`.
-    pub fn learn_busiest(&mut self, now: f64, elsewhere: [u64; 2]) {
+    /// What the other nodes have seen of the busiest windows, the total's
+    /// and each receiver's (see `Volume::learn_busiest`).
+    pub fn learn_busiest(&mut self, now: f64, elsewhere: &Busiest) {
         self.limits.learn_busiest(now, elsewhere);
     }
 

@@ -23,9 +23,12 @@
 //! same on every node): a node proposes a send with its receiver's budgets
 //! ([`ReceiverBudgets::shared`]), takes in what the other nodes sent to
 //! each receiver ([`ReceiverBudgets::add_elsewhere`]) so that every node's
-//! receiver histories and allowances are the gateway's, and gives its
-//! view of the current windows when a shared state that restarted empty
-//! is rebuilt ([`ReceiverBudgets::window_counts`]). Pure, like the rest
+//! receiver histories and allowances are the gateway's, tells and learns
+//! each receiver's busiest windows through heartbeats
+//! ([`ReceiverBudgets::busiest`], [`ReceiverBudgets::learn_busiest`]: a node
+//! that joins late allows what each receiver's history allows), and gives
+//! its view of the current windows when a shared state that restarted
+//! empty is rebuilt ([`ReceiverBudgets::window_counts`]). Pure, like the rest
 //! of the shaper: every call takes `now`.
 
 use std::collections::BTreeMap;
@@ -197,6 +200,28 @@ impl ReceiverBudgets {
             budgets: budgeted.volume.shared_budgets(now),
             enforced: enforce && slot_of(now) >= budgeted.held_from,
         })
+    }
+
+    /// Per receiver (by name), the busiest hour and day it saw from this
+    /// node (see `Volume::busiest`; 0 where not budgeted).
+    pub fn busiest(&mut self, now: f64) -> BTreeMap<String, [u64; 2]> {
+        self.list
+            .iter_mut()
+            .map(|budgeted| {
+                let busiest = budgeted.volume.busiest(now).map(|units| units.unwrap_or(0));
+                (budgeted.name.clone(), busiest)
+            })
+            .collect()
+    }
+
+    /// What the other nodes know of each receiver's busiest windows (by
+    /// name; see `Volume::learn_busiest`): a node that joined late allows
+    /// each receiver what its history with the gateway allows.
+    pub fn learn_busiest(&mut self, now: f64, elsewhere: &BTreeMap<String, [u64; 2]>) {
+        for budgeted in &mut self.list {
+            let windows = elsewhere.get(&budgeted.name).copied().unwrap_or_default();
+            budgeted.volume.learn_busiest(now, windows);
+        }
     }
 
     /// The name of `receiver`.

@@ -210,6 +210,35 @@ impl Elsewhere {
     }
 }
 
+/// The busiest hour and day (`Horizon::ALL` order; 0 where not budgeted) a
+/// node has seen, of the gateway's total and of each budgeted receiver (by
+/// name): what heartbeats tell the other nodes, so that a node that joined
+/// late, or was down, allows what the gateway's history allows, the
+/// receivers' included (see `Volume::learn_busiest`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Busiest {
+    pub total: [u64; 2],
+    pub receivers: BTreeMap<String, [u64; 2]>,
+}
+
+impl Busiest {
+    /// The larger of both, horizon by horizon and receiver by receiver.
+    pub fn max(&self, other: &Busiest) -> Busiest {
+        let mut receivers = self.receivers.clone();
+        for (name, windows) in &other.receivers {
+            let kept = receivers.entry(name.clone()).or_default();
+            *kept = [kept[0].max(windows[0]), kept[1].max(windows[1])];
+        }
+        Busiest {
+            total: [
+                self.total[0].max(other.total[0]),
+                self.total[1].max(other.total[1]),
+            ],
+            receivers,
+        }
+    }
+}
+
 /// The gateway's feedback as the shared state holds it: the throttling
 /// penalty as cut, and the pause left (seconds; 0 when none, negative: it
 /// ended that long ago, and the penalty has been recovering since, within

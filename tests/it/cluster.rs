@@ -573,8 +573,9 @@ async fn heartbeats_carry_the_queue_per_class_and_read_an_earlier_release() {
         messages: [transactional, bulk],
         units: [transactional as u64 * 2, bulk as u64 * 3],
     };
-    links[0].heartbeat(queued(3, 5), [0; 2]).await.unwrap();
-    links[1].heartbeat(queued(1, 0), [0; 2]).await.unwrap();
+    let nothing = smtp_shaper::shaper::shared::Busiest::default();
+    links[0].heartbeat(queued(3, 5), &nothing).await.unwrap();
+    links[1].heartbeat(queued(1, 0), &nothing).await.unwrap();
     // What an earlier release writes: expiry (Redis microseconds),
     // messages, transactional units, bulk units, busiest hour and day.
     let client = redis::Client::open(url.as_str()).unwrap();
@@ -589,7 +590,7 @@ async fn heartbeats_carry_the_queue_per_class_and_read_an_earlier_release() {
         .await
         .unwrap();
 
-    let beat = links[2].heartbeat(queued(0, 0), [0; 2]).await.unwrap();
+    let beat = links[2].heartbeat(queued(0, 0), &nothing).await.unwrap();
     assert_eq!(beat.live, 4, "{beat:?}");
     assert_eq!(
         beat.queued_elsewhere,
@@ -598,7 +599,7 @@ async fn heartbeats_carry_the_queue_per_class_and_read_an_earlier_release() {
             units: [6 + 2 + 2, 15 + 2],
         }
     );
-    let beat = links[0].heartbeat(queued(3, 5), [0; 2]).await.unwrap();
+    let beat = links[0].heartbeat(queued(3, 5), &nothing).await.unwrap();
     assert_eq!(
         beat.queued_elsewhere,
         ClassCounts {

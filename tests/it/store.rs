@@ -13,7 +13,8 @@ use std::fmt::Display;
 use std::sync::Arc;
 
 use smtp_shaper::shaper::shared::{
-    Ledger, Proposal, SharedBudget, SharedCap, SharedFeedback, SharedLimits, SharedReceiver,
+    Busiest, Ledger, Proposal, SharedBudget, SharedCap, SharedFeedback, SharedLimits,
+    SharedReceiver,
 };
 use smtp_shaper::shaper::store::{MemoryStore, Store};
 use smtp_shaper::shaper::volume::MinuteCount;
@@ -89,7 +90,9 @@ fn wide_open() -> SharedLimits {
 /// their readings count from here.
 async fn meet<S: Store>(stores: &[S]) {
     for store in stores {
-        ok(store.heartbeat(now(), ClassCounts::default(), [0; 2]).await);
+        ok(store
+            .heartbeat(now(), ClassCounts::default(), &Busiest::default())
+            .await);
     }
 }
 
@@ -287,24 +290,49 @@ async fn a_used_up_quota_rests_every_node_without_a_cut<S: Store>(stores: &[S]) 
 }
 
 /// Heartbeats count the live nodes and tell each what the others queued
-/// and the busiest windows they saw.
+/// and the busiest windows they saw, of the total and per receiver.
 async fn heartbeats_count_the_live_nodes_and_what_the_others_queued<S: Store>(stores: &[S]) {
     let queued = |transactional: usize, bulk: usize| ClassCounts {
         messages: [transactional, bulk],
         units: [transactional as u64 * 2, bulk as u64 * 3],
     };
-    let first = ok(stores[0].heartbeat(now(), queued(3, 5), [10, 100]).await);
+    let busiest = |total: [u64; 2], receivers: &[(&str, [u64; 2])]| Busiest {
+        total,
+        receivers: receivers
+            .iter()
+            .map(|(name, windows)| (name.to_string(), *windows))
+            .collect(),
+    };
+    let a = busiest([10, 100], &[("google", [3, 30]), ("microsoft", [0, 0])]);
+    let first = ok(stores[0].heartbeat(now(), queued(3, 5), &a).await);
     assert_eq!(first.live, 1);
-    ok(stores[1].heartbeat(now(), queued(1, 0), [20, 50]).await);
-    let beat = ok(stores[2].heartbeat(now(), queued(0, 0), [0, 0]).await);
+    let b = busiest([20, 50], &[("google", [5, 20]), ("yahoo", [1, 2])]);
+    ok(stores[1].heartbeat(now(), queued(1, 0), &b).await);
+    let beat = ok(stores[2]
+        .heartbeat(now(), queued(0, 0), &Busiest::default())
+        .await);
     assert_eq!(beat.live, 3);
     assert_eq!(beat.queued_elsewhere, queued(4, 5));
-    assert_eq!(beat.busiest_elsewhere, [20, 100]);
-    let beat = ok(stores[0].heartbeat(now(), queued(3, 5), [10, 100]).await);
+    assert_eq!(
+        beat.busiest_elsewhere,
+        busiest(
+            [20, 100],
+            &[
+                ("google", [5, 30]),
+                ("microsoft", [0, 0]),
+                ("yahoo", [1, 2])
+            ]
+        )
+    );
+    let beat = ok(stores[0].heartbeat(now(), queued(3, 5), &a).await);
     assert_eq!(
         beat.queued_elsewhere,
         queued(1, 0),
         "its own is not elsewhere"
+    );
+    assert_eq!(
+        beat.busiest_elsewhere, b,
+        "nor what it saw itself (node 2 saw nothing)"
     );
 }
 

@@ -9,7 +9,7 @@
 
 use super::*;
 use crate::shaper::gate::Standing;
-use crate::shaper::shared::Ledger;
+use crate::shaper::shared::{Busiest, Ledger};
 
 /// This gateway's shared state (cluster mode): the way to it, and how this
 /// node stands with it (the gate, `shaper::gate`).
@@ -23,8 +23,9 @@ pub(super) struct Shared {
 pub(super) struct Depth {
     /// Messages and units queued per class (retries waiting included).
     pub(super) queued: ClassCounts,
-    /// The busiest hour and day this node has seen.
-    pub(super) busiest: [u64; 2],
+    /// The busiest hour and day this node has seen, of the total and of
+    /// each receiver.
+    pub(super) busiest: Busiest,
 }
 
 impl DeliveryQueue {
@@ -152,7 +153,7 @@ impl DeliveryQueue {
         let Some((link, depth)) = self.depth() else {
             return;
         };
-        let beat = match link.heartbeat(depth.queued, depth.busiest).await {
+        let beat = match link.heartbeat(depth.queued, &depth.busiest).await {
             Ok(beat) => beat,
             Err(error) => return self.lost(&error),
         };
@@ -170,11 +171,7 @@ impl DeliveryQueue {
     pub(super) fn depth(&self) -> Option<(Arc<GatewayLink>, Depth)> {
         let mut state = self.lock();
         let now = self.now();
-        let busiest = state
-            .scheduler
-            .model_mut()
-            .busiest(now)
-            .map(|units| units.unwrap_or(0));
+        let busiest = state.scheduler.model_mut().busiest(now);
         let shared = state.shared.as_ref()?;
         let depth = Depth {
             queued: state.scheduler.queued().plus(state.waiting_counts),

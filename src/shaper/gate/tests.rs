@@ -2,7 +2,7 @@
 //! store.
 
 use super::*;
-use crate::shaper::shared::Units;
+use crate::shaper::shared::{Busiest, Units};
 use crate::shaper::shared::{Elsewhere, NodesSeen};
 use crate::shaper::store::Reading;
 use crate::shaper::{GatewayModel, Lane, Release, ShapingConfig};
@@ -44,7 +44,7 @@ fn beat(live: u64) -> Heartbeat {
             messages: [2, 3],
             units: [4, 9],
         },
-        busiest_elsewhere: [0; 2],
+        busiest_elsewhere: Busiest::default(),
         reading: Reading {
             feedback: SharedFeedback {
                 penalty: 1.0,

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use super::{HEARTBEAT_LIFETIME, Heartbeat, Reading, Store, Verdict};
 use crate::poison::LockRecovered;
 use crate::shaper::shared::{
-    Elsewhere, Ledger, Proposal, SharedBudget, SharedFeedback, SharedLimits, Units,
+    Busiest, Elsewhere, Ledger, Proposal, SharedBudget, SharedFeedback, SharedLimits, Units,
 };
 use crate::shaper::{AppClass, ClassCounts, Horizon, WindowCounts};
 
@@ -89,11 +89,11 @@ impl Window {
 }
 
 /// What a node's heartbeat left: valid until `expiry`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Depth {
     expiry: f64,
     queued: ClassCounts,
-    busiest: [u64; 2],
+    busiest: Busiest,
 }
 
 /// The gateway's shared state, in memory: the same grant or wait as
@@ -299,28 +299,28 @@ impl SharedState {
 
     /// `node` is alive at `now` with `queued` and has seen `busiest`:
     /// the live nodes, what the others queued and the busiest windows
-    /// they saw.
+    /// they saw (of the total and of each receiver).
     pub fn heartbeat(
         &mut self,
         now: f64,
         node: usize,
         queued: ClassCounts,
-        busiest: [u64; 2],
-    ) -> (u64, ClassCounts, [u64; 2]) {
+        busiest: &Busiest,
+    ) -> (u64, ClassCounts, Busiest) {
         self.depths.insert(
             node,
             Depth {
                 expiry: now + HEARTBEAT_LIFETIME.as_secs_f64(),
                 queued,
-                busiest,
+                busiest: busiest.clone(),
             },
         );
         self.depths.retain(|_, depth| depth.expiry >= now);
         let mut elsewhere = ClassCounts::default();
-        let mut most = [0; 2];
+        let mut most = Busiest::default();
         for (_, depth) in self.depths.iter().filter(|(other, _)| **other != node) {
             elsewhere = elsewhere.plus(depth.queued);
-            most = [most[0].max(depth.busiest[0]), most[1].max(depth.busiest[1])];
+            most = most.max(&depth.busiest);
         }
         (self.depths.len() as u64, elsewhere, most)
     }
@@ -526,7 +526,7 @@ impl MemoryStore {
     }
 
     /// See [`Store::heartbeat`].
-    pub fn heartbeat(&self, now: f64, queued: ClassCounts, busiest: [u64; 2]) -> Heartbeat {
+    pub fn heartbeat(&self, now: f64, queued: ClassCounts, busiest: &Busiest) -> Heartbeat {
         let mut state = self.state.lock_recovered();
         let (live, queued_elsewhere, busiest_elsewhere) =
             state.heartbeat(now, self.node, queued, busiest);
@@ -554,7 +554,7 @@ impl Store for MemoryStore {
         &self,
         now: f64,
         queued: ClassCounts,
-        busiest: [u64; 2],
+        busiest: &Busiest,
     ) -> impl Future<Output = Result<Heartbeat, Infallible>> + Send {
         ready(Ok(MemoryStore::heartbeat(self, now, queued, busiest)))
     }
@@ -771,11 +771,12 @@ mod tests {
             messages: [1, 0],
             units: [1, 0],
         };
-        state.heartbeat(0.0, 0, queued, [0; 2]);
-        let (live, elsewhere, _) = state.heartbeat(lifetime, 1, ClassCounts::default(), [0; 2]);
+        let nothing = Busiest::default();
+        state.heartbeat(0.0, 0, queued, &nothing);
+        let (live, elsewhere, _) = state.heartbeat(lifetime, 1, ClassCounts::default(), &nothing);
         assert_eq!((live, elsewhere), (2, queued));
         let (live, elsewhere, _) =
-            state.heartbeat(lifetime + 0.5, 1, ClassCounts::default(), [0; 2]);
+            state.heartbeat(lifetime + 0.5, 1, ClassCounts::default(), &nothing);
         assert_eq!((live, elsewhere), (1, ClassCounts::default()));
     }
 

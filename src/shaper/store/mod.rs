@@ -19,7 +19,7 @@
 //!   this node's own sends);
 //! - [`Store::heartbeat`] counts this node live for [`HEARTBEAT_LIFETIME`]
 //!   and says how many are, what the others queued and the busiest windows
-//!   they saw;
+//!   they saw, of the total and of each receiver;
 //! - [`Store::throttled`] opens one throttling episode for every node (a
 //!   second signal during its pause cuts nothing more), [`Store::pause`]
 //!   only rests them, [`Store::end_pause`] ends the rest now;
@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use super::ClassCounts;
 use super::WindowCounts;
-use super::shared::{Elsewhere, Ledger, Proposal, SharedFeedback, SharedLimits};
+use super::shared::{Busiest, Elsewhere, Ledger, Proposal, SharedFeedback, SharedLimits};
 
 /// How long a node's heartbeat stays valid: a node silent for longer is no
 /// longer counted among the live ones.
@@ -91,8 +91,9 @@ pub struct Heartbeat {
     pub live: u64,
     /// What the other nodes have queued, per class.
     pub queued_elsewhere: ClassCounts,
-    /// The busiest hour and day the other nodes have seen.
-    pub busiest_elsewhere: [u64; 2],
+    /// The busiest hour and day the other nodes have seen, of the total
+    /// and of each receiver.
+    pub busiest_elsewhere: Busiest,
     pub reading: Reading,
 }
 
@@ -109,12 +110,13 @@ pub trait Store {
     ) -> impl Future<Output = Result<Verdict, Self::Error>> + Send;
 
     /// This node is alive with `queued` (messages and units per class)
-    /// waiting and the `busiest` hour and day it has seen.
+    /// waiting and the `busiest` hour and day it has seen (of the total and
+    /// of each receiver).
     fn heartbeat(
         &self,
         now: f64,
         queued: ClassCounts,
-        busiest: [u64; 2],
+        busiest: &Busiest,
     ) -> impl Future<Output = Result<Heartbeat, Self::Error>> + Send;
 
     /// Adds this node's view of the current windows, its feedback and
