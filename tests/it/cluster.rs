@@ -1,8 +1,8 @@
 //! Cluster mode over real loopback TCP with a real Redis (Debian's
 //! `redis-server`, started here on a free port): three smtp-shaper nodes in
-//! front of one sink share one gateway budget; losing Redis neither floods
-//! the gateway nor stops the mail; a throttling reply one node hears slows
-//! the others at their next decision.
+//! front of one sink share one gateway budget, each receiver's included;
+//! losing Redis neither floods the gateway nor stops the mail; a throttling
+//! reply one node hears slows the others at their next decision.
 //!
 //! Rates are high enough to keep the tests short. The rate bound allows a
 //! couple of messages for delivery jitter (a grant is counted on Redis's
@@ -408,6 +408,70 @@ async fn a_hold_given_while_redis_is_away_holds_every_node_when_it_is_back() {
         Some(1.0),
         "not undone by a reading"
     );
+    for node in nodes {
+        node.service.shutdown().await;
+    }
+}
+
+/// Each receiver's budgets are the gateway's, not each node's: Gmail's
+/// hour floor (6 here), with every node offered 5 messages to gmail.com,
+/// lets 6 through in all (each node alone would send all 5 of its own,
+/// 15), and the rest is held, not refused; mail to Microsoft (within its
+/// own floor of 6) and to receivers not budgeted flows meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_hold_a_receiver_to_its_budget_together_and_the_others_flow() {
+    let port = free_port();
+    let Some(_redis) = Redis::start(port) else {
+        return;
+    };
+    let sink = Sink::start().await;
+    let shaping = r#"initial_rate = "600/min"
+        min_rate = ["600/min", "1000/h", "10000/day"]
+        max_rate = "600/min"
+        headroom = 1.0
+        burst = 20
+        receiver_min_rate = ["6/h", "100/day"]
+        max_queue_delay = "2d""#;
+    let nodes = start_nodes(&sink, port, shaping).await;
+    all_connected(&nodes, 1.0).await;
+    let offer = |node: &Node, domain: &'static str, count: usize| {
+        let address = node.service.smtp_address();
+        async move {
+            let mut client = Client::ready(address).await;
+            for n in 0..count {
+                let body = format!("Subject: {domain} {n}\r\n\r\nhello\r\n");
+                let reply = client
+                    .offer(APP, &format!("someone@{domain}"), body.as_bytes())
+                    .await;
+                assert_eq!(reply.code, 250, "held, not refused: {reply:?}");
+            }
+        }
+    };
+    for node in &nodes {
+        offer(node, "gmail.com", 5).await;
+    }
+    for node in &nodes {
+        offer(node, "outlook.com", 2).await;
+        offer(node, "example.org", 5).await;
+    }
+    let to = |domain: &str| {
+        sink.messages()
+            .iter()
+            .filter(|message| {
+                message
+                    .recipients
+                    .iter()
+                    .any(|recipient| recipient.ends_with(domain))
+            })
+            .count()
+    };
+    eventually("Microsoft's 6 and the others' 15 to arrive", || {
+        to("@outlook.com") == 6 && to("@example.org") == 15
+    })
+    .await;
+    // Long enough for every node to have tried its Gmail mail again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(to("@gmail.com"), 6, "Gmail's hour floor, for all nodes");
     for node in nodes {
         node.service.shutdown().await;
     }
