@@ -3,9 +3,16 @@
 -- GCRA emission interval and tolerance (us; for bulk mail the tolerance
 -- already leaves the last token to transactional mail, see
 -- Proposal::gcra_micros), number of checks, then per
--- check: kind ('cap' or 'volume'), window seconds, limit, bulk share.
+-- check: kind ('cap' or 'volume'), window seconds, limit, bulk share; then
+-- the receiver: its name ('' for none), '1' when its budgets are checked
+-- ('0': its sends are only counted, its rule does not hold yet), the number
+-- of its budgets, then per budget: window seconds, limit, bulk share.
 -- Returns: granted (1/0), wait (us), reason, epoch, its age (us), then
 -- status().
+--
+-- The receiver's budgets name the wait only when nothing else holds the
+-- send ('receiver-1h', 'receiver-24h'): the node then holds that
+-- receiver's mail alone, and its mail to other receivers goes on.
 local node = ARGV[1]
 local current_epoch, epoch_age = epoch(ARGV[2])
 local units = tonumber(ARGV[3])
@@ -51,12 +58,7 @@ for _ = 1, tonumber(ARGV[7]) do
     counted[#counted + 1] = w
   else
     local all, tx = volume_windows(seconds)
-    local fits = math.min(units, limit) <= limit - all.sum
-    if bulk then
-      local room = math.min(limit - all.sum, share - (all.sum - tx.sum))
-      fits = fits and math.min(units, math.max(share, 1)) <= room
-    end
-    if not fits then
+    if not fits(all, tx, units, bulk, limit, share) then
       hold_for(slot_left(all), seconds == 3600 and '1h' or '24h')
     end
     counted[#counted + 1] = all
@@ -64,6 +66,31 @@ for _ = 1, tonumber(ARGV[7]) do
       counted[#counted + 1] = tx
     end
   end
+end
+
+local receiver = ARGV[i]
+local enforced = ARGV[i + 1] == '1'
+local receiver_wait, receiver_reason = 0, ''
+local budgets = tonumber(ARGV[i + 2] or 0)
+i = i + 3
+for _ = 1, budgets do
+  local seconds, limit, share = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+  i = i + 3
+  local all, tx = receiver_windows(receiver, seconds)
+  if enforced and not fits(all, tx, units, bulk, limit, share) then
+    local micros = math.max(1, slot_left(all))
+    if micros > receiver_wait then
+      receiver_wait = micros
+      receiver_reason = seconds == 3600 and 'receiver-1h' or 'receiver-24h'
+    end
+  end
+  counted[#counted + 1] = all
+  if not bulk then
+    counted[#counted + 1] = tx
+  end
+end
+if not refused and receiver_wait > 0 then
+  refused, wait, reason = true, receiver_wait, receiver_reason
 end
 
 local granted = 0
@@ -74,5 +101,8 @@ if not refused then
     count(w, w.current, units)
   end
   add_totals(node, 1, units, bulk and 0 or units)
+  if receiver and receiver ~= '' then
+    add_receiver_totals(node, receiver, units, bulk and 0 or units)
+  end
 end
 return concat({ granted, wait, reason, current_epoch, epoch_age }, status(node))

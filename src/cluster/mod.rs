@@ -18,8 +18,13 @@
 //! gateway, all under `smtp-shaper:{<gateway>}` (README "Cluster mode"):
 //! `:state` (epoch, GCRA time, penalty, pause, hold, totals), `:nodes`
 //! (each node's totals), `:depth` (heartbeats with queue depths),
-//! `:txdepth` (each node's transactional messages queued),
-//! `:cap:<seconds>`, `:all:<seconds>`, `:tx:<seconds>` (rolling windows).
+//! `:txdepth` (each node's transactional messages queued), `:rbusiest`
+//! (the busiest windows each node has seen per receiver),
+//! `:cap:<seconds>`, `:all:<seconds>`, `:tx:<seconds>` (rolling windows),
+//! and per budgeted receiver (by its configured name, so the keys are as
+//! few as the receivers) `:r:<name>:all:<seconds>`, `:r:<name>:tx:<seconds>`
+//! (its rolling windows) and its totals in `:receivers` (everyone's) and
+//! `:nodes` (each node's).
 //!
 //! Invariants: every call is bounded by `cluster.timeout`; a failed call
 //! changes nothing here but the error it returns; readings of what others
@@ -35,7 +40,9 @@ use redis::{IntoConnectionInfo, Script, Value};
 
 use crate::config::ClusterConfig;
 use crate::shaper::AppClass;
-use crate::shaper::shared::{Elsewhere, Ledger, Proposal, SharedFeedback, SharedLimits};
+use crate::shaper::shared::{
+    Busiest, Elsewhere, Ledger, Proposal, SharedFeedback, SharedLimits, Units,
+};
 use crate::shaper::store::{HEARTBEAT_LIFETIME, Heartbeat, Reading, Store, Verdict};
 use crate::shaper::{ClassCounts, WindowCounts};
 
@@ -254,8 +261,9 @@ impl GatewayLink {
         Ok(reply)
     }
 
-    /// Reads `status()` (the last six values of a reply) with the epoch
-    /// and its age, when the reply has them.
+    /// Reads `status()` (the rest of a reply from its first six values:
+    /// those, then the others' totals per receiver) with the epoch and its
+    /// age, when the reply has them.
     fn reading(
         &self,
         epoch: Option<(&Value, &Value)>,
@@ -266,11 +274,32 @@ impl GatewayLink {
             pause_left: integer(&status[1])? as f64 / 1e6,
         };
         let held = integer(&status[2])? == 1;
-        let totals = Elsewhere {
+        let mut totals = Elsewhere {
             messages: count(&status[3])?,
             all: count(&status[4])?,
             transactional: count(&status[5])?,
+            receivers: Default::default(),
         };
+        let receivers = match status.get(6) {
+            Some(value) => count(value)? as usize,
+            None => 0,
+        };
+        let rest = &status[7.min(status.len())..];
+        if rest.len() < receivers * 3 {
+            return Err(ClusterError::Reply(format!(
+                "{} receivers' totals, expected {receivers}",
+                rest.len() / 3
+            )));
+        }
+        for entry in rest.chunks_exact(3).take(receivers) {
+            let units = Units {
+                all: count(&entry[1])?,
+                transactional: count(&entry[2])?,
+            };
+            if units.all > 0 {
+                totals.receivers.insert(text(&entry[0])?, units);
+            }
+        }
         let mut seen = self.seen.lock_recovered();
         if let Some((epoch, age)) = epoch {
             let epoch = text(epoch)?;
@@ -283,7 +312,7 @@ impl GatewayLink {
                 seen.rebuild_pending |=
                     seen.epoch.is_some() || age < self.cluster.started.elapsed();
                 seen.epoch = Some(epoch);
-                seen.elsewhere = totals;
+                seen.elsewhere = totals.clone();
             }
         }
         let elsewhere = totals.since(&seen.elsewhere);
@@ -350,36 +379,76 @@ impl GatewayLink {
                 budget.bulk_share.to_string(),
             ]);
         }
+        match &proposal.receiver {
+            Some(receiver) => {
+                args.extend([
+                    receiver.name.clone(),
+                    if receiver.enforced { "1" } else { "0" }.into(),
+                    receiver.budgets.len().to_string(),
+                ]);
+                for budget in &receiver.budgets {
+                    args.extend([
+                        budget.horizon.seconds().to_string(),
+                        budget.allowance.to_string(),
+                        budget.bulk_share.to_string(),
+                    ]);
+                }
+            }
+            None => args.extend([String::new(), "0".into(), "0".into()]),
+        }
         let reply = self.run(&self.cluster.scripts.acquire, args, 11).await?;
         Ok(Verdict {
             granted: integer(&reply[0])? == 1,
             wait: integer(&reply[1])?.max(0) as f64 / 1e6,
             reason: text(&reply[2])?,
-            reading: self.reading(Some((&reply[3], &reply[4])), &reply[5..11])?,
+            reading: self.reading(Some((&reply[3], &reply[4])), &reply[5..])?,
         })
     }
 
     /// Says this node is alive with `queued` (messages and units per
-    /// class) waiting for the gateway and the `busiest` hour and day it has seen;
-    /// hears how many nodes are, what they have queued and seen.
+    /// class) waiting for the gateway and the `busiest` hour and day it has
+    /// seen (of the total and each receiver); hears how many nodes are,
+    /// what they have queued and seen.
     pub async fn heartbeat(
         &self,
         queued: ClassCounts,
-        busiest: [u64; 2],
+        busiest: &Busiest,
     ) -> Result<Heartbeat, ClusterError> {
         let transactional = AppClass::Transactional as usize;
-        let args = vec![
+        let mut args = vec![
             self.node().to_string(),
             self.epoch_proposal(),
             HEARTBEAT_LIFETIME.as_micros().to_string(),
             queued.total_messages().to_string(),
             queued.units[transactional].to_string(),
             queued.units[AppClass::Bulk as usize].to_string(),
-            busiest[0].to_string(),
-            busiest[1].to_string(),
+            busiest.total[0].to_string(),
+            busiest.total[1].to_string(),
             queued.messages[transactional].to_string(),
+            busiest.receivers.len().to_string(),
         ];
-        let reply = self.run(&self.cluster.scripts.heartbeat, args, 15).await?;
+        for (name, [hour, day]) in &busiest.receivers {
+            args.extend([name.clone(), hour.to_string(), day.to_string()]);
+        }
+        let reply = self.run(&self.cluster.scripts.heartbeat, args, 16).await?;
+        let receivers = count(&reply[9])? as usize;
+        let status = 10 + 3 * receivers;
+        if reply.len() < status + 6 {
+            return Err(ClusterError::Reply(format!(
+                "{} values, expected {}",
+                reply.len(),
+                status + 6
+            )));
+        }
+        let mut busiest_elsewhere = Busiest {
+            total: [count(&reply[6])?, count(&reply[7])?],
+            receivers: Default::default(),
+        };
+        for entry in reply[10..status].chunks_exact(3) {
+            busiest_elsewhere
+                .receivers
+                .insert(text(&entry[0])?, [count(&entry[1])?, count(&entry[2])?]);
+        }
         let messages = count(&reply[3])? as usize;
         let transactional_messages = (count(&reply[8])? as usize).min(messages);
         let mut queued_elsewhere = ClassCounts {
@@ -391,8 +460,8 @@ impl GatewayLink {
         Ok(Heartbeat {
             live: count(&reply[2])?.max(1),
             queued_elsewhere,
-            busiest_elsewhere: [count(&reply[6])?, count(&reply[7])?],
-            reading: self.reading(Some((&reply[0], &reply[1])), &reply[9..15])?,
+            busiest_elsewhere,
+            reading: self.reading(Some((&reply[0], &reply[1])), &reply[status..])?,
         })
     }
 
@@ -406,7 +475,7 @@ impl GatewayLink {
             ((backoff.2 * 1e6).max(1.0) as u64).to_string(),
         ];
         let reply = self.run(&self.cluster.scripts.throttle, args, 6).await?;
-        self.reading(None, &reply[0..6])
+        self.reading(None, &reply)
     }
 
     /// The gateway's quota is used up: every node rests for `seconds`.
@@ -416,7 +485,7 @@ impl GatewayLink {
             ((seconds * 1e6) as u64).to_string(),
         ];
         let reply = self.run(&self.cluster.scripts.pause, args, 6).await?;
-        self.reading(None, &reply[0..6])
+        self.reading(None, &reply)
     }
 
     /// An operator ends the gateway's pause on every node (`queue
@@ -424,14 +493,14 @@ impl GatewayLink {
     pub async fn end_pause(&self) -> Result<Reading, ClusterError> {
         let args = vec![self.node().to_string(), "0".into(), "end".into()];
         let reply = self.run(&self.cluster.scripts.pause, args, 6).await?;
-        self.reading(None, &reply[0..6])
+        self.reading(None, &reply)
     }
 
     /// An operator holds or releases the gateway on every node.
     pub async fn hold(&self, held: bool) -> Result<Reading, ClusterError> {
         let args = vec![self.node().to_string(), if held { "1" } else { "0" }.into()];
         let reply = self.run(&self.cluster.scripts.hold, args, 6).await?;
-        self.reading(None, &reply[0..6])
+        self.reading(None, &reply)
     }
 
     /// Rebuilds a new epoch's counts from this node's view (the larger
@@ -468,6 +537,25 @@ impl GatewayLink {
                 ]);
             }
         }
+        let mut receiver_entries = Vec::new();
+        for (name, budgets) in &counts.receivers {
+            for (horizon, minutes) in budgets {
+                let seconds = horizon.seconds().to_string();
+                for minute in minutes {
+                    for (kind, units) in [("all", minute.all), ("tx", minute.transactional)] {
+                        if units > 0 {
+                            receiver_entries.extend([
+                                name.clone(),
+                                kind.to_string(),
+                                seconds.clone(),
+                                minute.minute.to_string(),
+                                units.to_string(),
+                            ]);
+                        }
+                    }
+                }
+            }
+        }
         let mut args = vec![
             self.node().to_string(),
             feedback.penalty.to_string(),
@@ -476,8 +564,10 @@ impl GatewayLink {
             (entries.len() / 4).to_string(),
         ];
         args.extend(entries);
+        args.push((receiver_entries.len() / 5).to_string());
+        args.extend(receiver_entries);
         let reply = self.run(&self.cluster.scripts.rebuild, args, 6).await?;
-        self.reading(None, &reply[0..6])
+        self.reading(None, &reply)
     }
 
     /// Adds what this node sent on its share (`ledger`) to every window the
@@ -502,10 +592,19 @@ impl GatewayLink {
             args.push(minute.to_string());
             args.extend(counts.iter().map(u64::to_string));
         }
+        args.push(ledger.receiver_minutes().count().to_string());
+        for (minute, name, units) in ledger.receiver_minutes() {
+            args.extend([
+                name.to_string(),
+                minute.to_string(),
+                units.all.to_string(),
+                units.transactional.to_string(),
+            ]);
+        }
         let reply = self.run(&self.cluster.scripts.reconcile, args, 6).await?;
         // What this node sent meanwhile is now in its own totals, which the
         // others' exclude: the reading stays as it was.
-        self.reading(None, &reply[0..6])
+        self.reading(None, &reply)
     }
 }
 
@@ -525,7 +624,7 @@ impl Store for GatewayLink {
         &self,
         _now: f64,
         queued: ClassCounts,
-        busiest: [u64; 2],
+        busiest: &Busiest,
     ) -> impl Future<Output = Result<Heartbeat, ClusterError>> + Send {
         GatewayLink::heartbeat(self, queued, busiest)
     }

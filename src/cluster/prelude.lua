@@ -6,6 +6,10 @@
 local prefix = KEYS[1]
 local state = prefix .. ':state'
 local nodes = prefix .. ':nodes'
+-- Everyone's totals per receiver (`<name>:all`, `<name>:tx`); each node's
+-- own are in `nodes` (`<node>:r:<name>:all`, `<node>:r:<name>:tx`).
+-- Receivers' names come from the config: as few as the receivers.
+local receivers = prefix .. ':receivers'
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 -- Keys of a gateway nobody uses any more go away after this (ms).
@@ -86,21 +90,64 @@ local function volume_windows(seconds)
   return window(prefix .. ':all:' .. seconds, 60000000, span),
     window(prefix .. ':tx:' .. seconds, 60000000, span)
 end
+-- A receiver's own volume windows, as the gateway's.
+local function receiver_windows(name, seconds)
+  local span = seconds / 60 + 1
+  return window(prefix .. ':r:' .. name .. ':all:' .. seconds, 60000000, span),
+    window(prefix .. ':r:' .. name .. ':tx:' .. seconds, 60000000, span)
+end
+
+-- Does a send of `units` (`bulk` or not) fit a budget of `limit` units, of
+-- which bulk mail may use `share`, on the windows `all` and `tx`? A
+-- message bigger than the whole budget goes once the window is empty.
+local function fits(all, tx, units, bulk, limit, share)
+  local room = limit - all.sum
+  local ok = math.min(units, limit) <= room
+  if bulk then
+    room = math.min(room, share - (all.sum - tx.sum))
+    ok = ok and math.min(units, math.max(share, 1)) <= room
+  end
+  return ok
+end
 
 -- What every reply carries: the feedback, the hold, and what the other
--- nodes have sent (totals since the epoch began).
+-- nodes have sent (totals since the epoch began): in all, then the number
+-- of receivers and per receiver its name, all units, transactional units.
 local function status(node)
   local s = redis.call('HMGET', state, 'penalty', 'pause_until', 'hold', 'messages', 'all', 'transactional')
   local own = redis.call('HMGET', nodes, node .. ':messages', node .. ':all', node .. ':transactional')
   local pause_until = tonumber(s[2] or 0)
-  return {
+  local reply = {
     s[1] or '1',
     pause_until - now,
     s[3] == '1' and 1 or 0,
     tonumber(s[4] or 0) - tonumber(own[1] or 0),
     tonumber(s[5] or 0) - tonumber(own[2] or 0),
     tonumber(s[6] or 0) - tonumber(own[3] or 0),
+    0,
   }
+  local totals = redis.call('HGETALL', receivers)
+  local everyone, names, fields = {}, {}, {}
+  for i = 1, #totals, 2 do
+    everyone[totals[i]] = tonumber(totals[i + 1])
+    local name = string.match(totals[i], '^(.*):all$')
+    if name then
+      names[#names + 1] = name
+      fields[#fields + 1] = node .. ':r:' .. name .. ':all'
+      fields[#fields + 1] = node .. ':r:' .. name .. ':tx'
+    end
+  end
+  if #names == 0 then
+    return reply
+  end
+  local mine = redis.call('HMGET', nodes, unpack(fields))
+  reply[7] = #names
+  for k, name in ipairs(names) do
+    reply[#reply + 1] = name
+    reply[#reply + 1] = everyone[name .. ':all'] - tonumber(mine[2 * k - 1] or 0)
+    reply[#reply + 1] = (everyone[name .. ':tx'] or 0) - tonumber(mine[2 * k] or 0)
+  end
+  return reply
 end
 
 -- Adds a node's sends to the totals (its own and everyone's).
@@ -112,6 +159,17 @@ local function add_totals(node, messages, all, transactional)
   redis.call('HINCRBY', nodes, node .. ':all', int(all))
   redis.call('HINCRBY', nodes, node .. ':transactional', int(transactional))
   redis.call('PEXPIRE', state, KEEP)
+  redis.call('PEXPIRE', nodes, KEEP)
+end
+
+-- Adds a node's sends to receiver `name` to its totals (its own and
+-- everyone's).
+local function add_receiver_totals(node, name, all, transactional)
+  redis.call('HINCRBY', receivers, name .. ':all', int(all))
+  redis.call('HINCRBY', receivers, name .. ':tx', int(transactional))
+  redis.call('HINCRBY', nodes, node .. ':r:' .. name .. ':all', int(all))
+  redis.call('HINCRBY', nodes, node .. ':r:' .. name .. ':tx', int(transactional))
+  redis.call('PEXPIRE', receivers, KEEP)
   redis.call('PEXPIRE', nodes, KEEP)
 end
 

@@ -24,14 +24,16 @@
 //!   the expected ones or the most seen in the last week;
 //! - an operator's hold or release not yet written to the shared state
 //!   ([`Gate::hold_pending`]) is not overridden by what readings say;
-//! - a refused bulk message holds only the bulk lanes; any other refusal
-//!   holds the whole node until the wait the store named;
+//! - a refused bulk message holds only the bulk lanes, a message its
+//!   receiver's budgets alone refused only that receiver's mail (of its
+//!   class; transactional refused: bulk too); any other refusal holds the
+//!   whole node until the wait the store named;
 //! - one slow answer is not an outage: only [`ACQUIRE_FAILURES`] failed
 //!   proposals in a row (or a failed heartbeat) make the node run on its
 //!   share.
 
 use super::shared::{Ledger, NodesSeen, Proposal, SharedFeedback, SharedLimits};
-use super::store::Heartbeat;
+use super::store::{Heartbeat, Verdict};
 use super::{ClassCounts, Scheduler, WindowCounts};
 use crate::shaper::AppClass;
 
@@ -180,25 +182,29 @@ impl Gate {
         self.wait_until.filter(|until| *until > now)
     }
 
-    /// A message of `lane` counting `units` that the model let go at
-    /// `now`: proposed to the shared state while connected, or sent on the
-    /// share and counted in the ledger.
+    /// A message of `lane` to `receiver` counting `units` that the model
+    /// let go at `now`: proposed to the shared state while connected (with
+    /// its receiver's budgets), or sent on the share and counted in the
+    /// ledger (with its receiver's name).
     pub fn route<T>(
         &mut self,
         scheduler: &mut Scheduler<T>,
         now: f64,
-        lane: usize,
+        (lane, receiver): (usize, Option<usize>),
         units: u64,
     ) -> Route {
         let class = scheduler.class(lane);
+        let model = scheduler.model_mut();
         if self.connected {
             Route::Propose(Proposal {
                 units,
                 class,
-                limits: scheduler.model_mut().shared_limits(now),
+                limits: model.shared_limits(now),
+                receiver: model.shared_receiver(now, receiver),
             })
         } else {
-            self.ledger.add(now, units, class);
+            self.ledger
+                .add(now, units, class, model.receiver_name(receiver));
             Route::Release
         }
     }
@@ -208,21 +214,26 @@ impl Gate {
         self.acquire_failures = 0;
     }
 
-    /// The shared state refused a proposal of `class` at `now` for `wait`
-    /// seconds (its message is back first in its lane, the caller's part):
-    /// a bulk message holds the bulk lanes and the transactional ones go on
-    /// (`None`); anything else holds the node until the time returned.
+    /// The shared state refused (`verdict`) a proposal of `class` to
+    /// `receiver` at `now` (its message is back first in its lane, the
+    /// caller's part): refused for the receiver's budgets alone, that
+    /// receiver's mail waits and the rest goes on (`None`); a bulk message
+    /// holds the bulk lanes and the transactional ones go on (`None`);
+    /// anything else holds the node until the time returned.
     pub fn refused<T>(
         &mut self,
         scheduler: &mut Scheduler<T>,
         now: f64,
-        class: AppClass,
-        wait: f64,
+        (class, receiver): (AppClass, Option<usize>),
+        verdict: &Verdict,
     ) -> Option<f64> {
         self.acquire_failures = 0;
         // Strictly later, even where the wait vanishes in rounding.
-        let until = (now + wait).max(now.next_up());
-        if class == AppClass::Bulk {
+        let until = (now + verdict.wait).max(now.next_up());
+        if let Some(receiver) = receiver.filter(|_| verdict.holds_the_receiver_only()) {
+            scheduler.model_mut().hold_receiver(receiver, class, until);
+            None
+        } else if class == AppClass::Bulk {
             scheduler.model_mut().hold_bulk(until);
             None
         } else {
@@ -273,7 +284,7 @@ impl Gate {
     ) -> Writes {
         scheduler
             .model_mut()
-            .learn_busiest(now, beat.busiest_elsewhere);
+            .learn_busiest(now, &beat.busiest_elsewhere);
         let rebuild = rebuild.then(|| {
             let view = scheduler.view(now).model;
             let feedback = SharedFeedback {
@@ -298,9 +309,7 @@ impl Gate {
     /// A heartbeat's writes stopped short of `ledger`: counted again for
     /// the next heartbeat.
     pub fn keep_unreconciled(&mut self, ledger: &Ledger) {
-        for (minute, counts) in ledger.minutes() {
-            self.ledger.add_minute(minute, counts);
-        }
+        self.ledger.add_ledger(ledger);
     }
 
     /// A heartbeat got through with all it had to write: the node runs on

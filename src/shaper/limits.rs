@@ -14,8 +14,8 @@
 //! Pure, like the rest of the shaper: every call takes `now`.
 
 use super::caps::Cap;
-use super::receivers::{ReceiverBudgets, ReceiverState, ReceiverView};
-use super::shared::{Elsewhere, SharedBudget, SharedCap};
+use super::receivers::{ReceiverBudgets, ReceiverState, ReceiverView, ReceiverWindows};
+use super::shared::{Busiest, Elsewhere, SharedBudget, SharedCap, SharedReceiver};
 use super::state::SavedState;
 use super::volume::{BudgetReached, BudgetView, Held, MinuteCount, Volume, VolumeState};
 use crate::shaper::{AppClass, Horizon, ShapingConfig};
@@ -64,6 +64,8 @@ pub struct WindowCounts {
     pub budgets: Vec<(Horizon, Vec<MinuteCount>)>,
     /// Per cap window (seconds): (slot, units), slots of a sixtieth of it.
     pub caps: Vec<(u64, Vec<(i64, u64)>)>,
+    /// Per budgeted receiver, its budgets' minutes as `budgets`.
+    pub receivers: Vec<ReceiverWindows>,
 }
 
 impl Limits {
@@ -178,7 +180,8 @@ impl Limits {
         }
     }
 
-    /// Other nodes sent this (cluster mode): counted as if sent now.
+    /// Other nodes sent this (cluster mode): counted as if sent now, in
+    /// the caps, the total's budgets and each receiver's.
     pub fn add_elsewhere(&mut self, now: f64, sent: &Elsewhere) {
         for cap in &mut self.caps {
             cap.add(now, sent.all);
@@ -187,6 +190,7 @@ impl Limits {
         self.volume.add(now, transactional, AppClass::Transactional);
         self.volume
             .add(now, sent.all - transactional, AppClass::Bulk);
+        self.receivers.add_elsewhere(now, &sent.receivers);
     }
 
     /// The longest cap window in seconds (0 without caps).
@@ -252,14 +256,19 @@ impl Limits {
         self.volume.history_minutes(now)
     }
 
-    /// See `Volume::busiest` (cluster mode heartbeats).
-    pub fn busiest(&mut self, now: f64) -> [Option<u64>; 2] {
-        self.volume.busiest(now)
+    /// The busiest windows this node has seen, of the total and of each
+    /// receiver (see `Volume::busiest`; cluster mode heartbeats).
+    pub fn busiest(&mut self, now: f64) -> Busiest {
+        Busiest {
+            total: self.volume.busiest(now).map(|units| units.unwrap_or(0)),
+            receivers: self.receivers.busiest(now),
+        }
     }
 
-    /// See `Volume::learn_busiest`.
-    pub fn learn_busiest(&mut self, now: f64, elsewhere: [u64; 2]) {
-        self.volume.learn_busiest(now, elsewhere);
+    /// See `Volume::learn_busiest`, for the total and each receiver.
+    pub fn learn_busiest(&mut self, now: f64, elsewhere: &Busiest) {
+        self.volume.learn_busiest(now, elsewhere.total);
+        self.receivers.learn_busiest(now, &elsewhere.receivers);
     }
 
     /// The caps as the shared state enforces them.
@@ -278,10 +287,28 @@ impl Limits {
         self.volume.shared_budgets(now)
     }
 
+    /// `receiver` as the shared state checks it (see
+    /// `ReceiverBudgets::shared`).
+    pub fn shared_receiver(
+        &mut self,
+        now: f64,
+        receiver: Option<usize>,
+        enforce: bool,
+    ) -> Option<SharedReceiver> {
+        self.receivers.shared(now, receiver?, enforce)
+    }
+
+    /// The name of `receiver`, when budgeted.
+    pub fn receiver_name(&self, receiver: Option<usize>) -> Option<&str> {
+        self.receivers.name(receiver?)
+    }
+
     /// The counts of the current windows (budgets per minute, caps per
-    /// slot), from which a shared state that restarted empty is rebuilt.
+    /// slot, each receiver's budgets per minute), from which a shared
+    /// state that restarted empty is rebuilt.
     pub fn window_counts(&mut self, now: f64) -> WindowCounts {
         WindowCounts {
+            receivers: self.receivers.window_counts(now),
             budgets: self.volume.window_counts(now),
             caps: self
                 .caps

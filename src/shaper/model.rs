@@ -11,8 +11,10 @@
 //! any volume budget; the ceiling stays within `min_rate..=max_rate`; a
 //! restored state fades by the time the process was down, and counts caps
 //! and volumes conservatively (a crash can only make them count more). In
-//! cluster mode the model also takes in what other nodes sent and the shared
-//! feedback, and runs on its share while the shared state is lost (`shared`).
+//! cluster mode the model also takes in what other nodes sent (in all and per
+//! receiver) and the shared feedback, holds a receiver's mail while the
+//! shared state says that receiver is full, and runs on its share while the
+//! shared state is lost (`shared`).
 
 use super::baseline::Baseline;
 use super::bucket::Bucket;
@@ -21,7 +23,7 @@ use super::limits::{LimitWait, Limits, WindowCounts};
 use super::meter::RateMeter;
 use super::penalty::{Penalty, PenaltyPhase};
 use super::receivers::ReceiverView;
-use super::shared::{Elsewhere, SharedFeedback, SharedLimits};
+use super::shared::{Busiest, Elsewhere, SharedFeedback, SharedLimits, SharedReceiver};
 use super::state::SavedState;
 use super::volume::{BudgetReached, BudgetView};
 use crate::shaper::{AppClass, CountUnit, Horizon, ShapingConfig, ShapingMode};
@@ -276,6 +278,10 @@ pub struct GatewayModel {
     /// Cluster mode: the shared state refused a bulk send until then (bulk
     /// keeps to its share across nodes); transactional mail goes on.
     bulk_held_until: f64,
+    /// Cluster mode: per receiver and class (`AppClass as usize`), the
+    /// shared state said that receiver's budgets are full until then; mail
+    /// to the other receivers goes on.
+    receiver_held_until: Vec<[f64; 2]>,
     /// `mode = "observe"`: the ceiling and the budgets are computed but
     /// hold nothing (the caps and the gateway's pauses still do), until
     /// `observe_until` of history, when this turns false by itself.
@@ -322,6 +328,7 @@ impl GatewayModel {
             updated_at: now,
             share: 1,
             bulk_held_until: 0.0,
+            receiver_held_until: Vec::new(),
             observing: config.mode == ShapingMode::Observe,
             deferrals: [0; DeferReason::ALL.len()],
             changes: Vec::new(),
@@ -462,6 +469,13 @@ impl GatewayModel {
         }
         if class == AppClass::Bulk && now < self.bulk_held_until {
             return Decision::Wait(self.bulk_held_until - now);
+        }
+        if let Some(until) = receiver
+            .and_then(|receiver| self.receiver_held_until.get(receiver))
+            .map(|until| until[class as usize])
+            .filter(|until| now < *until)
+        {
+            return Decision::WaitReceiver(until - now);
         }
         // Observing: the ceiling and the budgets are computed, not held to.
         match self
@@ -743,10 +757,27 @@ impl GatewayModel {
         self.bulk_held_until = self.bulk_held_until.max(until);
     }
 
+    /// The shared state refused a send of `class` to `receiver` for that
+    /// receiver's budgets alone, until `until`: that receiver's mail of the
+    /// class waits (transactional mail refused: its bulk mail too, which
+    /// has less room), the other receivers' goes on.
+    pub fn hold_receiver(&mut self, receiver: usize, class: AppClass, until: f64) {
+        if self.receiver_held_until.len() <= receiver {
+            self.receiver_held_until.resize(receiver + 1, [0.0; 2]);
+        }
+        let held = &mut self.receiver_held_until[receiver];
+        held[class as usize] = held[class as usize].max(until);
+        if class == AppClass::Transactional {
+            let bulk = AppClass::Bulk as usize;
+            held[bulk] = held[bulk].max(until);
+        }
+    }
+
     /// Other nodes sent this to the gateway (cluster mode), learned at
-    /// `now`: it counts in the caps and budgets as if sent now (a little
-    /// later than it was, so it stays counted a little longer) and in the
-    /// send rate the baseline learns from.
+    /// `now`: it counts in the caps, the total's budgets and each
+    /// receiver's as if sent now (a little later than it was, so it stays
+    /// counted a little longer) and in the send rate the baseline learns
+    /// from.
     pub fn sent_elsewhere(&mut self, now: f64, sent: &Elsewhere) {
         if sent.is_empty() {
             return;
@@ -782,13 +813,15 @@ impl GatewayModel {
         }
     }
 
-    /// See `Volume::busiest` (cluster mode heartbeats).
-    pub fn busiest(&mut self, now: f64) -> [Option<u64>; 2] {
+    /// The busiest windows this node has seen, of the total and of each
+    /// receiver (cluster mode heartbeats; see `Volume::busiest`).
+    pub fn busiest(&mut self, now: f64) -> Busiest {
         self.limits.busiest(now)
     }
 
-    /// See `Volume::learn_busiest`.
-    pub fn learn_busiest(&mut self, now: f64, elsewhere: [u64; 2]) {
+    /// What the other nodes have seen of the busiest windows, the total's
+    /// and each receiver's (see `Volume::learn_busiest`).
+    pub fn learn_busiest(&mut self, now: f64, elsewhere: &Busiest) {
         self.limits.learn_busiest(now, elsewhere);
     }
 
@@ -802,6 +835,20 @@ impl GatewayModel {
             budgets: self.limits.shared_budgets(now),
             caps: self.limits.shared_caps(),
         }
+    }
+
+    /// What a send to `receiver` must fit in the shared state besides
+    /// [`GatewayModel::shared_limits`]: the receiver's name and budgets
+    /// (`None`: a receiver not budgeted).
+    pub fn shared_receiver(&mut self, now: f64, receiver: Option<usize>) -> Option<SharedReceiver> {
+        self.update(now);
+        let enforce = !self.observing;
+        self.limits.shared_receiver(now, receiver, enforce)
+    }
+
+    /// The name of `receiver`, when the gateway budgets it.
+    pub fn receiver_name(&self, receiver: Option<usize>) -> Option<&str> {
+        self.limits.receiver_name(receiver)
     }
 
     /// This model's counts of the current windows (see

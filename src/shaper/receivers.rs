@@ -17,10 +17,27 @@
 //!
 //! A receiver is named by its index in the gateway's
 //! `ShapingConfig::receivers`; mail to receivers not there counts in the
-//! total only. Pure, like the rest of the shaper: every call takes `now`.
+//! total only. In cluster mode the shared state (`shared`, `store`) checks
+//! and counts each receiver's budgets as it does the total's, by the
+//! receiver's name (indexes are this node's config order, names are the
+//! same on every node): a node proposes a send with its receiver's budgets
+//! ([`ReceiverBudgets::shared`]), takes in what the other nodes sent to
+//! each receiver ([`ReceiverBudgets::add_elsewhere`]) so that every node's
+//! receiver histories and allowances are the gateway's, tells and learns
+//! each receiver's busiest windows through heartbeats
+//! ([`ReceiverBudgets::busiest`], [`ReceiverBudgets::learn_busiest`]: a node
+//! that joins late allows what each receiver's history allows), and gives
+//! its view of the current windows when a shared state that restarted
+//! empty is rebuilt ([`ReceiverBudgets::window_counts`]). Pure, like the rest
+//! of the shaper: every call takes `now`.
 
-use super::volume::{BudgetReached, BudgetView, Held, Volume, VolumeRule, VolumeState};
-use crate::shaper::{AppClass, ShapingConfig};
+use std::collections::BTreeMap;
+
+use super::shared::{SharedReceiver, Units};
+use super::volume::{
+    BudgetReached, BudgetView, Held, MinuteCount, Volume, VolumeRule, VolumeState,
+};
+use crate::shaper::{AppClass, Horizon, ShapingConfig};
 
 const SLOT_SECONDS: f64 = 60.0;
 /// How long after counting per receiver began a receiver's history is
@@ -48,6 +65,10 @@ pub struct ReceiverView {
     pub held_from: f64,
     pub budgets: Vec<BudgetView>,
 }
+
+/// One receiver's current windows: its name, and per budgeted horizon the
+/// minutes that are not empty.
+pub type ReceiverWindows = (String, Vec<(Horizon, Vec<MinuteCount>)>);
 
 #[derive(Debug, Clone)]
 struct Budgeted {
@@ -153,6 +174,71 @@ impl ReceiverBudgets {
         if let Some(budgeted) = receiver.and_then(|index| self.list.get_mut(index)) {
             budgeted.volume.add(now, units, class);
         }
+    }
+
+    /// Other nodes sent this to each receiver, by name (cluster mode):
+    /// counted as if sent now, as `Limits::add_elsewhere` counts the
+    /// total. A name not budgeted here (another node's config) is left out.
+    pub fn add_elsewhere(&mut self, now: f64, sent: &BTreeMap<String, Units>) {
+        for budgeted in &mut self.list {
+            if let Some(units) = sent.get(&budgeted.name) {
+                let transactional = units.transactional.min(units.all);
+                let volume = &mut budgeted.volume;
+                volume.add(now, transactional, AppClass::Transactional);
+                volume.add(now, units.all - transactional, AppClass::Bulk);
+            }
+        }
+    }
+
+    /// `receiver` as the shared state checks it (cluster mode): its name
+    /// and budgets, `enforced` there when its rule holds here at `now`
+    /// and `enforce` (the model is not observing).
+    pub fn shared(&mut self, now: f64, receiver: usize, enforce: bool) -> Option<SharedReceiver> {
+        let budgeted = self.list.get_mut(receiver)?;
+        Some(SharedReceiver {
+            name: budgeted.name.clone(),
+            budgets: budgeted.volume.shared_budgets(now),
+            enforced: enforce && slot_of(now) >= budgeted.held_from,
+        })
+    }
+
+    /// Per receiver (by name), the busiest hour and day it saw from this
+    /// node (see `Volume::busiest`; 0 where not budgeted).
+    pub fn busiest(&mut self, now: f64) -> BTreeMap<String, [u64; 2]> {
+        self.list
+            .iter_mut()
+            .map(|budgeted| {
+                let busiest = budgeted.volume.busiest(now).map(|units| units.unwrap_or(0));
+                (budgeted.name.clone(), busiest)
+            })
+            .collect()
+    }
+
+    /// What the other nodes know of each receiver's busiest windows (by
+    /// name; see `Volume::learn_busiest`): a node that joined late allows
+    /// each receiver what its history with the gateway allows.
+    pub fn learn_busiest(&mut self, now: f64, elsewhere: &BTreeMap<String, [u64; 2]>) {
+        for budgeted in &mut self.list {
+            let windows = elsewhere.get(&budgeted.name).copied().unwrap_or_default();
+            budgeted.volume.learn_busiest(now, windows);
+        }
+    }
+
+    /// The name of `receiver`.
+    pub fn name(&self, receiver: usize) -> Option<&str> {
+        self.list
+            .get(receiver)
+            .map(|budgeted| budgeted.name.as_str())
+    }
+
+    /// Per receiver (by name), the counts of its current windows (see
+    /// `Volume::window_counts`): what a shared state that restarted empty
+    /// is rebuilt from.
+    pub fn window_counts(&mut self, now: f64) -> Vec<ReceiverWindows> {
+        self.list
+            .iter_mut()
+            .map(|budgeted| (budgeted.name.clone(), budgeted.volume.window_counts(now)))
+            .collect()
     }
 
     /// Takes back a send counted at `at` (see `Volume::remove`).

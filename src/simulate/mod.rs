@@ -254,7 +254,9 @@ impl Node {
                     if let Some((gate, store)) = &mut self.shared {
                         let units = self.scheduler.model().units(item.recipients as usize);
                         let scheduler = &mut self.scheduler;
-                        if let Route::Propose(proposal) = gate.route(scheduler, now, lane, units) {
+                        if let Route::Propose(proposal) =
+                            gate.route(scheduler, now, (lane, receiver), units)
+                        {
                             let verdict = store.acquire(now, &proposal);
                             if !verdict.granted {
                                 let counted = scheduler.model().counted(units);
@@ -265,8 +267,10 @@ impl Node {
                                     (units, counted),
                                     item,
                                 );
-                                match gate.refused(scheduler, now, proposal.class, verdict.wait) {
-                                    // Bulk waits; the transactional lanes go on.
+                                let refused = (proposal.class, receiver);
+                                match gate.refused(scheduler, now, refused, &verdict) {
+                                    // Bulk, or the receiver's mail, waits;
+                                    // the rest goes on.
                                     None => continue,
                                     Some(until) => {
                                         self.release_at = until;

@@ -1,8 +1,8 @@
 //! Cluster mode over real loopback TCP with a real Redis (Debian's
 //! `redis-server`, started here on a free port): three smtp-shaper nodes in
-//! front of one sink share one gateway budget; losing Redis neither floods
-//! the gateway nor stops the mail; a throttling reply one node hears slows
-//! the others at their next decision.
+//! front of one sink share one gateway budget, each receiver's included;
+//! losing Redis neither floods the gateway nor stops the mail; a throttling
+//! reply one node hears slows the others at their next decision.
 //!
 //! Rates are high enough to keep the tests short. The rate bound allows a
 //! couple of messages for delivery jitter (a grant is counted on Redis's
@@ -413,6 +413,70 @@ async fn a_hold_given_while_redis_is_away_holds_every_node_when_it_is_back() {
     }
 }
 
+/// Each receiver's budgets are the gateway's, not each node's: Gmail's
+/// hour floor (6 here), with every node offered 5 messages to gmail.com,
+/// lets 6 through in all (each node alone would send all 5 of its own,
+/// 15), and the rest is held, not refused; mail to Microsoft (within its
+/// own floor of 6) and to receivers not budgeted flows meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_hold_a_receiver_to_its_budget_together_and_the_others_flow() {
+    let port = free_port();
+    let Some(_redis) = Redis::start(port) else {
+        return;
+    };
+    let sink = Sink::start().await;
+    let shaping = r#"initial_rate = "600/min"
+        min_rate = ["600/min", "1000/h", "10000/day"]
+        max_rate = "600/min"
+        headroom = 1.0
+        burst = 20
+        receiver_min_rate = ["6/h", "100/day"]
+        max_queue_delay = "2d""#;
+    let nodes = start_nodes(&sink, port, shaping).await;
+    all_connected(&nodes, 1.0).await;
+    let offer = |node: &Node, domain: &'static str, count: usize| {
+        let address = node.service.smtp_address();
+        async move {
+            let mut client = Client::ready(address).await;
+            for n in 0..count {
+                let body = format!("Subject: {domain} {n}\r\n\r\nhello\r\n");
+                let reply = client
+                    .offer(APP, &format!("someone@{domain}"), body.as_bytes())
+                    .await;
+                assert_eq!(reply.code, 250, "held, not refused: {reply:?}");
+            }
+        }
+    };
+    for node in &nodes {
+        offer(node, "gmail.com", 5).await;
+    }
+    for node in &nodes {
+        offer(node, "outlook.com", 2).await;
+        offer(node, "example.org", 5).await;
+    }
+    let to = |domain: &str| {
+        sink.messages()
+            .iter()
+            .filter(|message| {
+                message
+                    .recipients
+                    .iter()
+                    .any(|recipient| recipient.ends_with(domain))
+            })
+            .count()
+    };
+    eventually("Microsoft's 6 and the others' 15 to arrive", || {
+        to("@outlook.com") == 6 && to("@example.org") == 15
+    })
+    .await;
+    // Long enough for every node to have tried its Gmail mail again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(to("@gmail.com"), 6, "Gmail's hour floor, for all nodes");
+    for node in nodes {
+        node.service.shutdown().await;
+    }
+}
+
 /// Nodes a, b and c of a cluster on the Redis at `port`, each linked to
 /// `gateway` (the scripts called directly, without a service around them).
 pub fn three_links(
@@ -440,12 +504,16 @@ pub fn three_links(
 
 /// The Lua scripts and the in-memory reference the simulator runs
 /// (`shaper::store::SharedState`) decide alike: the same random proposals
-/// from three nodes (budgets with a bulk share and a cap binding, the bucket
-/// wide open so the decisions do not depend on the clock) get the same
-/// grants and the same reasons.
+/// from three nodes (budgets with a bulk share and a cap binding, receivers
+/// with budgets of their own, one not enforced yet, the bucket wide open so
+/// the decisions do not depend on the clock) get the same grants and the
+/// same reasons, and each node hears the same of what the others sent, per
+/// receiver too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
-    use smtp_shaper::shaper::shared::{Proposal, SharedBudget, SharedCap, SharedLimits};
+    use smtp_shaper::shaper::shared::{
+        Elsewhere, Proposal, SharedBudget, SharedCap, SharedLimits, SharedReceiver,
+    };
     use smtp_shaper::shaper::store::SharedState;
     use smtp_shaper::shaper::{AppClass, Horizon};
 
@@ -475,8 +543,33 @@ async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
             limit: 140,
         }],
     };
+    let budget = |horizon, allowance, bulk_share| SharedBudget {
+        horizon,
+        allowance,
+        bulk_share,
+    };
+    let receivers = [
+        SharedReceiver {
+            name: "google".into(),
+            budgets: vec![budget(Horizon::Hour, 20, 12), budget(Horizon::Day, 30, 20)],
+            enforced: true,
+        },
+        SharedReceiver {
+            name: "microsoft".into(),
+            budgets: vec![budget(Horizon::Hour, 25, 25)],
+            enforced: true,
+        },
+        SharedReceiver {
+            name: "yahoo".into(),
+            budgets: vec![budget(Horizon::Hour, 5, 5)],
+            enforced: false,
+        },
+    ];
     let mut rng = fastrand::Rng::with_seed(7);
-    let (mut granted, mut held) = (0, 0);
+    let (mut granted, mut held, mut receiver_held) = (0, 0, 0);
+    // Per node: the others' totals at its first reading, then what its
+    // readings said since.
+    let mut heard: [Option<Elsewhere>; 3] = Default::default();
     for step in 0..200 {
         let node = rng.usize(0..3);
         let proposal = Proposal {
@@ -487,6 +580,10 @@ async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
                 AppClass::Transactional
             },
             limits: limits.clone(),
+            receiver: rng
+                .usize(0..=receivers.len())
+                .checked_sub(1)
+                .map(|index| receivers[index].clone()),
         };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -494,6 +591,10 @@ async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
             .as_secs_f64();
         let expected = reference.acquire(now, node, &proposal);
         let verdict = links[node].acquire(&proposal).await.expect("Redis answers");
+        heard[node] = Some(match heard[node].take() {
+            None => reference.others(node),
+            Some(sum) => sum.plus(&verdict.reading.elsewhere),
+        });
         match expected {
             Ok(()) => {
                 granted += 1;
@@ -501,12 +602,21 @@ async fn the_scripts_decide_as_the_reference_the_simulator_runs() {
             }
             Err(hold) => {
                 held += 1;
+                receiver_held += usize::from(verdict.holds_the_receiver_only());
                 assert!(!verdict.granted, "step {step}: {proposal:?} -> {verdict:?}");
                 assert_eq!(verdict.reason, hold.reason, "step {step}: {proposal:?}");
             }
         }
     }
     assert!(granted > 20 && held > 20, "{granted} granted, {held} held");
+    assert!(receiver_held > 10, "{receiver_held} held for a receiver");
+    for (node, heard) in heard.iter().enumerate() {
+        assert_eq!(
+            heard.as_ref(),
+            Some(&reference.others(node)),
+            "node {node} heard what the others sent"
+        );
+    }
 }
 
 /// Heartbeats tell each node what the others have queued, per class, so
@@ -527,8 +637,9 @@ async fn heartbeats_carry_the_queue_per_class_and_read_an_earlier_release() {
         messages: [transactional, bulk],
         units: [transactional as u64 * 2, bulk as u64 * 3],
     };
-    links[0].heartbeat(queued(3, 5), [0; 2]).await.unwrap();
-    links[1].heartbeat(queued(1, 0), [0; 2]).await.unwrap();
+    let nothing = smtp_shaper::shaper::shared::Busiest::default();
+    links[0].heartbeat(queued(3, 5), &nothing).await.unwrap();
+    links[1].heartbeat(queued(1, 0), &nothing).await.unwrap();
     // What an earlier release writes: expiry (Redis microseconds),
     // messages, transactional units, bulk units, busiest hour and day.
     let client = redis::Client::open(url.as_str()).unwrap();
@@ -543,7 +654,7 @@ async fn heartbeats_carry_the_queue_per_class_and_read_an_earlier_release() {
         .await
         .unwrap();
 
-    let beat = links[2].heartbeat(queued(0, 0), [0; 2]).await.unwrap();
+    let beat = links[2].heartbeat(queued(0, 0), &nothing).await.unwrap();
     assert_eq!(beat.live, 4, "{beat:?}");
     assert_eq!(
         beat.queued_elsewhere,
@@ -552,7 +663,7 @@ async fn heartbeats_carry_the_queue_per_class_and_read_an_earlier_release() {
             units: [6 + 2 + 2, 15 + 2],
         }
     );
-    let beat = links[0].heartbeat(queued(3, 5), [0; 2]).await.unwrap();
+    let beat = links[0].heartbeat(queued(3, 5), &nothing).await.unwrap();
     assert_eq!(
         beat.queued_elsewhere,
         ClassCounts {

@@ -13,7 +13,8 @@ use std::fmt::Display;
 use std::sync::Arc;
 
 use smtp_shaper::shaper::shared::{
-    Ledger, Proposal, SharedBudget, SharedCap, SharedFeedback, SharedLimits,
+    Busiest, Ledger, Proposal, SharedBudget, SharedCap, SharedFeedback, SharedLimits,
+    SharedReceiver,
 };
 use smtp_shaper::shaper::store::{MemoryStore, Store};
 use smtp_shaper::shaper::volume::MinuteCount;
@@ -58,6 +59,26 @@ fn proposal(units: u64, class: AppClass, limits: &SharedLimits) -> Proposal {
         units,
         class,
         limits: limits.clone(),
+        receiver: None,
+    }
+}
+
+/// `proposal` to receiver `name`, whose hour allows `allowance` units
+/// (`bulk_share` of them bulk).
+fn to_receiver(
+    name: &str,
+    (allowance, bulk_share): (u64, u64),
+    units: u64,
+    class: AppClass,
+    limits: &SharedLimits,
+) -> Proposal {
+    Proposal {
+        receiver: Some(SharedReceiver {
+            name: name.to_string(),
+            budgets: vec![hour(allowance, bulk_share)],
+            enforced: true,
+        }),
+        ..proposal(units, class, limits)
     }
 }
 
@@ -69,7 +90,9 @@ fn wide_open() -> SharedLimits {
 /// their readings count from here.
 async fn meet<S: Store>(stores: &[S]) {
     for store in stores {
-        ok(store.heartbeat(now(), ClassCounts::default(), [0; 2]).await);
+        ok(store
+            .heartbeat(now(), ClassCounts::default(), &Busiest::default())
+            .await);
     }
 }
 
@@ -150,6 +173,70 @@ async fn budgets_and_caps_hold_every_node_and_bulk_keeps_to_its_share<S: Store>(
     );
 }
 
+/// A receiver's hour budget holds every node together: filled across the
+/// three nodes, its next send waits for it (`receiver-1h`), bulk to it
+/// keeps to its share, and mail to another receiver still flows; the
+/// others hear what each node sent to each receiver. The gateway's own
+/// reasons come first.
+async fn a_receivers_budget_is_shared_by_every_node<S: Store>(stores: &[S]) {
+    meet(stores).await;
+    let budgeted = limits(1e6, 1000, vec![hour(100, 100)], Vec::new());
+    let google = |units, class| to_receiver("google", (10, 6), units, class, &budgeted);
+    let microsoft = |units| {
+        to_receiver(
+            "microsoft",
+            (10, 6),
+            units,
+            AppClass::Transactional,
+            &budgeted,
+        )
+    };
+    for store in stores {
+        assert!(ok(store.acquire(now(), &google(2, AppClass::Bulk)).await).granted);
+    }
+    let held = ok(stores[0].acquire(now(), &google(1, AppClass::Bulk)).await);
+    assert_eq!(held.reason, "receiver-1h", "6 of google's bulk: {held:?}");
+    assert!(held.holds_the_receiver_only());
+    assert!(held.wait > 0.0 && held.wait <= 60.0, "{held:?}");
+    assert!(
+        ok(stores[1]
+            .acquire(now(), &google(3, AppClass::Transactional))
+            .await)
+        .granted
+    );
+    let held = ok(stores[2]
+        .acquire(now(), &google(2, AppClass::Transactional))
+        .await);
+    assert_eq!(held.reason, "receiver-1h", "9 of 10 across the nodes");
+    let google_elsewhere = held.reading.elsewhere.receivers["google"];
+    assert_eq!(
+        (google_elsewhere.all, google_elsewhere.transactional),
+        (3, 3),
+        "node 1's 3 since node 2's previous reading, not its own"
+    );
+    let verdict = ok(stores[2].acquire(now(), &microsoft(5)).await);
+    assert!(verdict.granted, "another receiver flows: {verdict:?}");
+    assert!(
+        ok(stores[0]
+            .acquire(now(), &google(1, AppClass::Transactional))
+            .await)
+        .granted
+    );
+    let reading = ok(stores[1].hold(now(), false).await);
+    assert_eq!(reading.elsewhere.receivers["microsoft"].all, 5);
+    assert_eq!(reading.elsewhere.receivers["google"].all, 1, "node 0's");
+    // Both full (15 of 15, google 10 of 10): the gateway's reason first.
+    let full = limits(1e6, 1000, vec![hour(15, 15)], Vec::new());
+    let held = ok(stores[1]
+        .acquire(
+            now(),
+            &to_receiver("google", (10, 6), 1, AppClass::Transactional, &full),
+        )
+        .await);
+    assert_eq!(held.reason, "1h", "{held:?}");
+    assert!(!held.holds_the_receiver_only());
+}
+
 /// An operator's hold on one node holds every node until released.
 async fn an_operators_hold_holds_every_node<S: Store>(stores: &[S]) {
     let tx = proposal(1, AppClass::Transactional, &wide_open());
@@ -203,37 +290,63 @@ async fn a_used_up_quota_rests_every_node_without_a_cut<S: Store>(stores: &[S]) 
 }
 
 /// Heartbeats count the live nodes and tell each what the others queued
-/// and the busiest windows they saw.
+/// and the busiest windows they saw, of the total and per receiver.
 async fn heartbeats_count_the_live_nodes_and_what_the_others_queued<S: Store>(stores: &[S]) {
     let queued = |transactional: usize, bulk: usize| ClassCounts {
         messages: [transactional, bulk],
         units: [transactional as u64 * 2, bulk as u64 * 3],
     };
-    let first = ok(stores[0].heartbeat(now(), queued(3, 5), [10, 100]).await);
+    let busiest = |total: [u64; 2], receivers: &[(&str, [u64; 2])]| Busiest {
+        total,
+        receivers: receivers
+            .iter()
+            .map(|(name, windows)| (name.to_string(), *windows))
+            .collect(),
+    };
+    let a = busiest([10, 100], &[("google", [3, 30]), ("microsoft", [0, 0])]);
+    let first = ok(stores[0].heartbeat(now(), queued(3, 5), &a).await);
     assert_eq!(first.live, 1);
-    ok(stores[1].heartbeat(now(), queued(1, 0), [20, 50]).await);
-    let beat = ok(stores[2].heartbeat(now(), queued(0, 0), [0, 0]).await);
+    let b = busiest([20, 50], &[("google", [5, 20]), ("yahoo", [1, 2])]);
+    ok(stores[1].heartbeat(now(), queued(1, 0), &b).await);
+    let beat = ok(stores[2]
+        .heartbeat(now(), queued(0, 0), &Busiest::default())
+        .await);
     assert_eq!(beat.live, 3);
     assert_eq!(beat.queued_elsewhere, queued(4, 5));
-    assert_eq!(beat.busiest_elsewhere, [20, 100]);
-    let beat = ok(stores[0].heartbeat(now(), queued(3, 5), [10, 100]).await);
+    assert_eq!(
+        beat.busiest_elsewhere,
+        busiest(
+            [20, 100],
+            &[
+                ("google", [5, 30]),
+                ("microsoft", [0, 0]),
+                ("yahoo", [1, 2])
+            ]
+        )
+    );
+    let beat = ok(stores[0].heartbeat(now(), queued(3, 5), &a).await);
     assert_eq!(
         beat.queued_elsewhere,
         queued(1, 0),
         "its own is not elsewhere"
     );
+    assert_eq!(
+        beat.busiest_elsewhere, b,
+        "nor what it saw itself (node 2 saw nothing)"
+    );
 }
 
 /// What a node sent on its share, reconciled, counts in the windows and
-/// in its totals: the others hear of it, and the budget holds them.
+/// in its totals, each receiver's part in that receiver's: the others hear
+/// of it, and the budgets hold them.
 async fn a_reconciled_ledger_counts_in_the_windows_and_the_others_hear_of_it<S: Store>(
     stores: &[S],
 ) {
     meet(stores).await;
     let budgeted = limits(1e6, 1000, vec![hour(10, 10)], Vec::new());
     let mut ledger = Ledger::default();
-    ledger.add(now(), 5, AppClass::Transactional);
-    ledger.add(now(), 3, AppClass::Transactional);
+    ledger.add(now(), 5, AppClass::Transactional, Some("google"));
+    ledger.add(now(), 3, AppClass::Transactional, None);
     ok(stores[0].reconcile(now(), &budgeted, &ledger).await);
     let verdict = ok(stores[1]
         .acquire(now(), &proposal(3, AppClass::Transactional, &budgeted))
@@ -244,6 +357,13 @@ async fn a_reconciled_ledger_counts_in_the_windows_and_the_others_hear_of_it<S: 
     );
     assert_eq!(verdict.reading.elsewhere.messages, 2);
     assert_eq!(verdict.reading.elsewhere.all, 8);
+    assert_eq!(verdict.reading.elsewhere.receivers["google"].all, 5);
+    let google = |units| to_receiver("google", (6, 6), units, AppClass::Transactional, &budgeted);
+    let verdict = ok(stores[2].acquire(now(), &google(2)).await);
+    assert_eq!(
+        verdict.reason, "receiver-1h",
+        "google's 5 of 6 sent on the share: {verdict:?}"
+    );
     assert!(
         ok(stores[1]
             .acquire(now(), &proposal(2, AppClass::Transactional, &budgeted))
@@ -253,20 +373,24 @@ async fn a_reconciled_ledger_counts_in_the_windows_and_the_others_hear_of_it<S: 
 }
 
 /// A rebuild takes the larger count of each slot (every node's view
-/// together is conservative), the lower penalty, the longer pause and a
-/// hold.
+/// together is conservative, the receivers' windows included), the lower
+/// penalty, the longer pause and a hold.
 async fn a_rebuild_takes_the_larger_count_of_each_slot<S: Store>(stores: &[S]) {
     let minute = (now() / 60.0).floor() as i64;
-    let counts = |units: u64| WindowCounts {
-        budgets: vec![(
+    let hour_of = |units: u64| {
+        vec![(
             Horizon::Hour,
             vec![MinuteCount {
                 minute,
                 all: units,
                 transactional: units,
             }],
-        )],
+        )]
+    };
+    let counts = |units: u64| WindowCounts {
+        budgets: hour_of(units),
         caps: Vec::new(),
+        receivers: vec![("google".to_string(), hour_of(units / 2))],
     };
     let feedback = |penalty: f64, pause_left: f64| SharedFeedback {
         penalty,
@@ -296,9 +420,16 @@ async fn a_rebuild_takes_the_larger_count_of_each_slot<S: Store>(stores: &[S]) {
         .acquire(now(), &proposal(5, AppClass::Transactional, &budgeted))
         .await);
     assert_eq!(verdict.reason, "1h", "6 counted, not 10: {verdict:?}");
+    let google = |units| to_receiver("google", (5, 5), units, AppClass::Transactional, &budgeted);
+    let verdict = ok(stores[2].acquire(now(), &google(3)).await);
+    assert_eq!(
+        verdict.reason, "receiver-1h",
+        "google's 3 counted, not 5: {verdict:?}"
+    );
+    assert!(ok(stores[2].acquire(now(), &google(2)).await).granted);
     assert!(
         ok(stores[2]
-            .acquire(now(), &proposal(4, AppClass::Transactional, &budgeted))
+            .acquire(now(), &proposal(2, AppClass::Transactional, &budgeted))
             .await)
         .granted
     );
@@ -315,6 +446,7 @@ async fn keeps_the_contract<S: Store>(cluster: impl Fn(&str) -> Vec<S>) {
     heartbeats_count_the_live_nodes_and_what_the_others_queued(&cluster("depth")).await;
     a_reconciled_ledger_counts_in_the_windows_and_the_others_hear_of_it(&cluster("ledger")).await;
     a_rebuild_takes_the_larger_count_of_each_slot(&cluster("rebuild")).await;
+    a_receivers_budget_is_shared_by_every_node(&cluster("receiver")).await;
 }
 
 #[tokio::test]

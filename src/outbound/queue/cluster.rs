@@ -9,7 +9,7 @@
 
 use super::*;
 use crate::shaper::gate::Standing;
-use crate::shaper::shared::Ledger;
+use crate::shaper::shared::{Busiest, Ledger};
 
 /// This gateway's shared state (cluster mode): the way to it, and how this
 /// node stands with it (the gate, `shaper::gate`).
@@ -23,8 +23,9 @@ pub(super) struct Shared {
 pub(super) struct Depth {
     /// Messages and units queued per class (retries waiting included).
     pub(super) queued: ClassCounts,
-    /// The busiest hour and day this node has seen.
-    pub(super) busiest: [u64; 2],
+    /// The busiest hour and day this node has seen, of the total and of
+    /// each receiver.
+    pub(super) busiest: Busiest,
 }
 
 impl DeliveryQueue {
@@ -57,6 +58,7 @@ impl DeliveryQueue {
                 Some(self.hand_out(&mut state, item, (lane, receiver), units, waited))
             }
             Ok(verdict) => {
+                let receiver = in_flight.receiver;
                 drop(in_flight);
                 let mut state = self.lock();
                 self.absorb(&mut state, &verdict.reading);
@@ -67,10 +69,10 @@ impl DeliveryQueue {
                 if let Some(shared) = shared.as_mut()
                     && shared
                         .gate
-                        .refused(scheduler, now, proposal.class, verdict.wait)
+                        .refused(scheduler, now, (proposal.class, receiver), &verdict)
                         .is_none()
                 {
-                    // Bulk waits; the transactional lanes go on.
+                    // Bulk, or the receiver's mail, waits; the rest goes on.
                     self.wake.notify_one();
                 }
                 tracing::trace!(gateway = %self.gateway, reason = %verdict.reason, wait = verdict.wait, "the shared state holds the next send");
@@ -151,7 +153,7 @@ impl DeliveryQueue {
         let Some((link, depth)) = self.depth() else {
             return;
         };
-        let beat = match link.heartbeat(depth.queued, depth.busiest).await {
+        let beat = match link.heartbeat(depth.queued, &depth.busiest).await {
             Ok(beat) => beat,
             Err(error) => return self.lost(&error),
         };
@@ -169,11 +171,7 @@ impl DeliveryQueue {
     pub(super) fn depth(&self) -> Option<(Arc<GatewayLink>, Depth)> {
         let mut state = self.lock();
         let now = self.now();
-        let busiest = state
-            .scheduler
-            .model_mut()
-            .busiest(now)
-            .map(|units| units.unwrap_or(0));
+        let busiest = state.scheduler.model_mut().busiest(now);
         let shared = state.shared.as_ref()?;
         let depth = Depth {
             queued: state.scheduler.queued().plus(state.waiting_counts),

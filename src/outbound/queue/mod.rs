@@ -658,7 +658,10 @@ impl DeliveryQueue {
         let Some(shared) = shared.as_mut() else {
             return Turn::Release(self.hand_out(state, item, (lane, receiver), units, waited));
         };
-        match shared.gate.route(scheduler, unix_now, lane, units) {
+        match shared
+            .gate
+            .route(scheduler, unix_now, (lane, receiver), units)
+        {
             Route::Propose(proposal) => Turn::Propose(Proposed {
                 in_flight: InFlight {
                     queue: self,

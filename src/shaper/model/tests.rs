@@ -327,6 +327,7 @@ fn what_others_sent_counts_in_caps_budgets_and_the_learned_rate() {
             messages: 90,
             all: 90,
             transactional: 30,
+            ..Elsewhere::default()
         },
     );
     let view = model.view(2.0);

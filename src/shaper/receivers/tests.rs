@@ -269,3 +269,65 @@ fn a_full_receiver_never_holds_an_apps_mail_to_the_others() {
     assert_eq!(view.drain.reason, DeferReason::ReceiverDayBudget);
     assert!(view.drain.wait > DAY, "{:?}", view.drain);
 }
+
+#[test]
+fn in_cluster_mode_the_others_sends_and_busiest_windows_count_per_receiver() {
+    use crate::shaper::shared::{Busiest, Elsewhere, Units};
+    let mut model = GatewayModel::new(&shaping(""), START);
+    let now = START + 60.0;
+    let units = |all| Units {
+        all,
+        transactional: all,
+    };
+    model.sent_elsewhere(
+        now,
+        &Elsewhere {
+            messages: 20,
+            all: 20,
+            transactional: 20,
+            receivers: [
+                ("google".to_string(), units(15)),
+                ("not-here".to_string(), units(5)),
+            ]
+            .into(),
+        },
+    );
+    let view = model.view(now);
+    assert_eq!(view.receivers[0].budgets[0].sent, 15, "google's");
+    assert_eq!(view.receivers[1].budgets[0].sent, 0, "not microsoft's");
+    assert_eq!(view.budgets[0].sent, 20, "the total's");
+    assert_eq!(
+        send_all(&mut model, now, GOOGLE, 1_000).0,
+        5,
+        "google's floor of 20, 15 of it sent elsewhere"
+    );
+    let shared = model.shared_receiver(now, GOOGLE).expect("budgeted");
+    assert_eq!((shared.name.as_str(), shared.enforced), ("google", true));
+    assert_eq!(shared.budgets[0].allowance, 20);
+    assert_eq!(model.shared_receiver(now, None), None);
+    // The windows before the current one: what the others hear of.
+    let now = now + 2.0 * HOUR;
+    let busiest = model.busiest(now).receivers["google"];
+    assert_eq!(busiest[0], 20, "{busiest:?}");
+
+    // A node that joins late allows what each receiver's history with the
+    // whole gateway allows: twice the busiest hour the others saw.
+    model.learn_busiest(
+        now,
+        &Busiest {
+            total: [1_000, 5_000],
+            receivers: [("google".to_string(), [100, 400])].into(),
+        },
+    );
+    let view = model.view(now);
+    assert_eq!(view.receivers[0].budgets[0].allowance, 200);
+    assert_eq!(view.receivers[0].budgets[1].allowance, 800);
+    assert_eq!(
+        view.receivers[1].budgets[0].allowance, 20,
+        "microsoft's floor"
+    );
+    assert_eq!(
+        model.shared_receiver(now, GOOGLE).unwrap().budgets[0].allowance,
+        200
+    );
+}

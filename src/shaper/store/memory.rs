@@ -6,6 +6,11 @@
 //! `tests/it/store.rs` and the random proposals of `tests/it/cluster.rs`
 //! hold them together.
 //!
+//! Each receiver's budgets are windows of their own (`r:<name>:all:<s>`,
+//! `r:<name>:tx:<s>`, as the scripts' keys), checked as the total's are and
+//! after them: a receiver's wait is named only when nothing else holds the
+//! send, so that the node holds that receiver's mail alone.
+//!
 //! Invariants: counts only grow, except as slots leave their window; a
 //! refusal counts nothing; a node's own sends never appear in its
 //! readings of what the others sent.
@@ -17,9 +22,10 @@ use std::sync::{Arc, Mutex};
 
 use super::{HEARTBEAT_LIFETIME, Heartbeat, Reading, Store, Verdict};
 use crate::poison::LockRecovered;
-use crate::shaper::AppClass;
-use crate::shaper::shared::{Elsewhere, Ledger, Proposal, SharedFeedback, SharedLimits};
-use crate::shaper::{ClassCounts, WindowCounts};
+use crate::shaper::shared::{
+    Busiest, Elsewhere, Ledger, Proposal, SharedBudget, SharedFeedback, SharedLimits, Units,
+};
+use crate::shaper::{AppClass, ClassCounts, Horizon, WindowCounts};
 
 /// A rolling window of the shared state: slots of `width` seconds, the
 /// last `span` of them counted (as the scripts' `window()`).
@@ -83,11 +89,11 @@ impl Window {
 }
 
 /// What a node's heartbeat left: valid until `expiry`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Depth {
     expiry: f64,
     queued: ClassCounts,
-    busiest: [u64; 2],
+    busiest: Busiest,
 }
 
 /// The gateway's shared state, in memory: the same grant or wait as
@@ -99,7 +105,8 @@ struct Depth {
 pub struct SharedState {
     /// The GCRA's theoretical arrival time (seconds).
     tat: f64,
-    /// "cap:<s>", "all:<s>", "tx:<s>", as the scripts name their keys.
+    /// "cap:<s>", "all:<s>", "tx:<s>", "r:<receiver>:all:<s>",
+    /// "r:<receiver>:tx:<s>", as the scripts name their keys.
     windows: HashMap<String, Window>,
     /// What each node has sent.
     sent: Vec<Elsewhere>,
@@ -116,7 +123,8 @@ pub struct SharedState {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hold {
     pub wait: f64,
-    /// `hold`, `pause`, `rate`, `cap`, `1h` or `24h`, as the scripts say.
+    /// `hold`, `pause`, `rate`, `cap`, `1h` or `24h`, or `receiver-1h` or
+    /// `receiver-24h`, as the scripts say.
     pub reason: &'static str,
 }
 
@@ -136,16 +144,51 @@ impl SharedState {
         self.window(format!("cap:{seconds}"), || Window::cap(seconds))
     }
 
-    /// The all-mail and transactional windows of a budget of `seconds`.
-    fn volume_keys(&mut self, seconds: u64) -> (String, String) {
-        let keys = (format!("all:{seconds}"), format!("tx:{seconds}"));
+    /// The all-mail and transactional windows of a budget of `seconds`:
+    /// the gateway's (`receiver` `None`) or a receiver's.
+    fn volume_keys(&mut self, receiver: Option<&str>, seconds: u64) -> (String, String) {
+        let prefix = receiver.map_or(String::new(), |name| format!("r:{name}:"));
+        let keys = (
+            format!("{prefix}all:{seconds}"),
+            format!("{prefix}tx:{seconds}"),
+        );
         self.window(keys.0.clone(), || Window::volume(seconds));
         self.window(keys.1.clone(), || Window::volume(seconds));
         keys
     }
 
+    /// Checks a send of `units` (`bulk` or not) against `budget` on the
+    /// windows `keys` at `now` (as the scripts' `fits()`): the wait when it
+    /// does not fit, and the current slot to count it in.
+    fn check_volume(
+        &mut self,
+        now: f64,
+        (all_key, tx_key): &(String, String),
+        budget: &SharedBudget,
+        (units, bulk): (u64, bool),
+    ) -> (Option<f64>, i64) {
+        let tx = {
+            let window = self.windows.get_mut(tx_key).expect("made by volume_keys");
+            window.advance(now);
+            window.sum
+        };
+        let window = self.windows.get_mut(all_key).expect("made by volume_keys");
+        let slot = window.advance(now);
+        let all = window.sum;
+        let allowance = budget.allowance;
+        let mut fits = units.min(allowance) <= allowance.saturating_sub(all);
+        if bulk {
+            let room = allowance
+                .saturating_sub(all)
+                .min(budget.bulk_share.saturating_sub(all.saturating_sub(tx)));
+            fits &= units.min(budget.bulk_share.max(1)) <= room;
+        }
+        ((!fits).then(|| window.slot_left(now)), slot)
+    }
+
     /// Grants `proposal` from `node` at `now` (and counts it), or says how
-    /// long to wait: the longest of what holds it.
+    /// long to wait: the longest of what holds the gateway, else the
+    /// longest of what holds its receiver.
     pub fn acquire(&mut self, now: f64, node: usize, proposal: &Proposal) -> Result<(), Hold> {
         let units = proposal.units;
         let bulk = proposal.class == AppClass::Bulk;
@@ -180,32 +223,41 @@ impl SharedState {
         }
         for budget in &limits.budgets {
             let seconds = budget.horizon.seconds() as u64;
-            let (all_key, tx_key) = (format!("all:{seconds}"), format!("tx:{seconds}"));
-            let tx = {
-                let window = self.window(tx_key.clone(), || Window::volume(seconds));
-                window.advance(now);
-                window.sum
-            };
-            let window = self.window(all_key.clone(), || Window::volume(seconds));
-            let slot = window.advance(now);
-            let all = window.sum;
-            let allowance = budget.allowance;
-            let mut fits = units.min(allowance) <= allowance.saturating_sub(all);
-            if bulk {
-                let room = allowance
-                    .saturating_sub(all)
-                    .min(budget.bulk_share.saturating_sub(all.saturating_sub(tx)));
-                fits &= units.min(budget.bulk_share.max(1)) <= room;
+            let keys = self.volume_keys(None, seconds);
+            let (wait, slot) = self.check_volume(now, &keys, budget, (units, bulk));
+            if let Some(wait) = wait {
+                holds(wait, budget.horizon.label());
             }
-            if !fits {
-                holds(window.slot_left(now), budget.horizon.label());
-            }
-            counted.push((all_key, slot));
+            counted.push((keys.0, slot));
             if !bulk {
-                counted.push((tx_key, slot));
+                counted.push((keys.1, slot));
             }
         }
-        if let Some(hold) = hold {
+        // The receiver's budgets: named only when nothing else holds it.
+        let mut receiver_hold: Option<Hold> = None;
+        if let Some(receiver) = &proposal.receiver {
+            for budget in &receiver.budgets {
+                let seconds = budget.horizon.seconds() as u64;
+                let keys = self.volume_keys(Some(&receiver.name), seconds);
+                let (wait, slot) = self.check_volume(now, &keys, budget, (units, bulk));
+                if let Some(wait) = wait.filter(|_| receiver.enforced)
+                    && receiver_hold.is_none_or(|held| wait > held.wait)
+                {
+                    receiver_hold = Some(Hold {
+                        wait,
+                        reason: match budget.horizon {
+                            Horizon::Hour => "receiver-1h",
+                            Horizon::Day => "receiver-24h",
+                        },
+                    });
+                }
+                counted.push((keys.0, slot));
+                if !bulk {
+                    counted.push((keys.1, slot));
+                }
+            }
+        }
+        if let Some(hold) = hold.or(receiver_hold) {
             return Err(hold);
         }
         self.tat = tat + emission;
@@ -214,18 +266,18 @@ impl SharedState {
                 window.add(slot, units);
             }
         }
-        self.add_totals(node, 1, units, if bulk { 0 } else { units });
+        let mut sent = Elsewhere::default();
+        let receiver = proposal.receiver.as_ref().map(|r| r.name.as_str());
+        sent.add(units, proposal.class, receiver);
+        self.add_totals(node, &sent);
         Ok(())
     }
 
-    fn add_totals(&mut self, node: usize, messages: u64, all: u64, transactional: u64) {
+    fn add_totals(&mut self, node: usize, sent: &Elsewhere) {
         if self.sent.len() <= node {
             self.sent.resize(node + 1, Elsewhere::default());
         }
-        let sent = &mut self.sent[node];
-        sent.messages += messages;
-        sent.all += all;
-        sent.transactional += transactional;
+        self.sent[node] = self.sent[node].plus(sent);
     }
 
     /// What the nodes other than `node` have sent (a reading's totals).
@@ -234,11 +286,7 @@ impl SharedState {
             .iter()
             .enumerate()
             .filter(|(index, _)| *index != node)
-            .fold(Elsewhere::default(), |total, (_, sent)| Elsewhere {
-                messages: total.messages + sent.messages,
-                all: total.all + sent.all,
-                transactional: total.transactional + sent.transactional,
-            })
+            .fold(Elsewhere::default(), |total, (_, sent)| total.plus(sent))
     }
 
     /// The feedback at `now`, as the scripts' `status()` reads it.
@@ -251,28 +299,28 @@ impl SharedState {
 
     /// `node` is alive at `now` with `queued` and has seen `busiest`:
     /// the live nodes, what the others queued and the busiest windows
-    /// they saw.
+    /// they saw (of the total and of each receiver).
     pub fn heartbeat(
         &mut self,
         now: f64,
         node: usize,
         queued: ClassCounts,
-        busiest: [u64; 2],
-    ) -> (u64, ClassCounts, [u64; 2]) {
+        busiest: &Busiest,
+    ) -> (u64, ClassCounts, Busiest) {
         self.depths.insert(
             node,
             Depth {
                 expiry: now + HEARTBEAT_LIFETIME.as_secs_f64(),
                 queued,
-                busiest,
+                busiest: busiest.clone(),
             },
         );
         self.depths.retain(|_, depth| depth.expiry >= now);
         let mut elsewhere = ClassCounts::default();
-        let mut most = [0; 2];
+        let mut most = Busiest::default();
         for (_, depth) in self.depths.iter().filter(|(other, _)| **other != node) {
             elsewhere = elsewhere.plus(depth.queued);
-            most = [most[0].max(depth.busiest[0]), most[1].max(depth.busiest[1])];
+            most = most.max(&depth.busiest);
         }
         (self.depths.len() as u64, elsewhere, most)
     }
@@ -321,8 +369,14 @@ impl SharedState {
         );
         self.held |= held;
         let mut entries: Vec<(String, i64, u64)> = Vec::new();
-        for (horizon, minutes) in &counts.budgets {
-            let (all, tx) = self.volume_keys(horizon.seconds() as u64);
+        let gateway = counts.budgets.iter().map(|budgets| (None, budgets));
+        let receivers = counts.receivers.iter().flat_map(|(name, budgets)| {
+            budgets
+                .iter()
+                .map(move |budgets| (Some(name.as_str()), budgets))
+        });
+        for (receiver, (horizon, minutes)) in gateway.chain(receivers) {
+            let (all, tx) = self.volume_keys(receiver, horizon.seconds() as u64);
             for minute in minutes {
                 entries.push((all.clone(), minute.minute, minute.all));
                 entries.push((tx.clone(), minute.minute, minute.transactional));
@@ -346,13 +400,29 @@ impl SharedState {
 
     /// What `node` sent on its share (`reconcile.lua`): each minute into
     /// every window `limits` name (a cap slot gets a minute's sends at the
-    /// minute's end, or now), and into its totals.
+    /// minute's end, or now), each receiver's part of it into that
+    /// receiver's windows of every horizon `limits` budget, and all into
+    /// its totals.
     pub fn reconcile(&mut self, now: f64, node: usize, limits: &SharedLimits, ledger: &Ledger) {
-        let volumes: Vec<(String, String)> = limits
+        let horizons: Vec<u64> = limits
             .budgets
             .iter()
-            .map(|budget| self.volume_keys(budget.horizon.seconds() as u64))
+            .map(|budget| budget.horizon.seconds() as u64)
             .collect();
+        let volumes: Vec<(String, String)> = horizons
+            .iter()
+            .map(|seconds| self.volume_keys(None, *seconds))
+            .collect();
+        for (minute, name, Units { all, transactional }) in ledger.receiver_minutes() {
+            for seconds in &horizons {
+                let (all_key, tx_key) = self.volume_keys(Some(name), *seconds);
+                for (key, units) in [(all_key, all), (tx_key, transactional)] {
+                    if let Some(window) = self.windows.get_mut(&key) {
+                        window.count(now, minute, units);
+                    }
+                }
+            }
+        }
         for cap in &limits.caps {
             self.cap_window(cap.window);
         }
@@ -371,8 +441,7 @@ impl SharedState {
                 }
             }
         }
-        let total = ledger.total();
-        self.add_totals(node, total.messages, total.all, total.transactional);
+        self.add_totals(node, &ledger.total());
     }
 }
 
@@ -417,7 +486,7 @@ impl MemoryStore {
         let (known, seen) = &mut *seen;
         if contact && !*known {
             *known = true;
-            *seen = totals;
+            *seen = totals.clone();
         }
         let elsewhere = totals.since(seen);
         *seen = seen.max(&totals);
@@ -457,7 +526,7 @@ impl MemoryStore {
     }
 
     /// See [`Store::heartbeat`].
-    pub fn heartbeat(&self, now: f64, queued: ClassCounts, busiest: [u64; 2]) -> Heartbeat {
+    pub fn heartbeat(&self, now: f64, queued: ClassCounts, busiest: &Busiest) -> Heartbeat {
         let mut state = self.state.lock_recovered();
         let (live, queued_elsewhere, busiest_elsewhere) =
             state.heartbeat(now, self.node, queued, busiest);
@@ -485,7 +554,7 @@ impl Store for MemoryStore {
         &self,
         now: f64,
         queued: ClassCounts,
-        busiest: [u64; 2],
+        busiest: &Busiest,
     ) -> impl Future<Output = Result<Heartbeat, Infallible>> + Send {
         ready(Ok(MemoryStore::heartbeat(self, now, queued, busiest)))
     }
@@ -545,8 +614,7 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shaper::Horizon;
-    use crate::shaper::shared::{SharedBudget, SharedCap};
+    use crate::shaper::shared::{SharedCap, SharedReceiver};
 
     fn proposal(units: u64, class: AppClass, budgets: Vec<SharedBudget>) -> Proposal {
         Proposal {
@@ -561,6 +629,7 @@ mod tests {
                     limit: 50,
                 }],
             },
+            receiver: None,
         }
     }
 
@@ -626,6 +695,59 @@ mod tests {
     }
 
     #[test]
+    fn a_receivers_budget_holds_every_node_and_is_named_only_when_nothing_else_holds() {
+        let mut state = SharedState::new(3);
+        let to = |name: &str, allowance: u64, enforced: bool| SharedReceiver {
+            name: name.to_string(),
+            budgets: vec![SharedBudget {
+                horizon: Horizon::Hour,
+                allowance,
+                bulk_share: allowance,
+            }],
+            enforced,
+        };
+        let send = |units, receiver| Proposal {
+            receiver: Some(receiver),
+            ..proposal(units, AppClass::Transactional, Vec::new())
+        };
+        let mut now = 0.0;
+        for node in 0..3 {
+            assert_eq!(
+                state.acquire(now, node, &send(3, to("google", 9, true))),
+                Ok(())
+            );
+            now += 0.5;
+        }
+        let held = state
+            .acquire(now, 0, &send(1, to("google", 9, true)))
+            .unwrap_err();
+        assert_eq!(held.reason, "receiver-1h", "9 of 9 across the nodes");
+        assert!(held.wait > 0.0 && held.wait <= 60.0, "{held:?}");
+        assert_eq!(
+            state.acquire(now, 0, &send(1, to("microsoft", 9, true))),
+            Ok(()),
+            "another receiver flows"
+        );
+        now += 0.5;
+        assert_eq!(
+            state.acquire(now, 1, &send(1, to("google", 9, false))),
+            Ok(()),
+            "not enforced: counted only"
+        );
+        // The cap (50 a minute) holds too: the gateway's reason wins.
+        now += 0.5;
+        let held = state
+            .acquire(now, 2, &send(45, to("google", 9, true)))
+            .unwrap_err();
+        assert_eq!(held.reason, "cap");
+        let others = state.others(0);
+        assert_eq!(others.receivers["google"].all, 7, "nodes 1 and 2");
+        assert_eq!(others.all, 7);
+        assert!(!state.others(1).receivers.contains_key("yahoo"));
+        assert_eq!(state.others(1).receivers["microsoft"].all, 1);
+    }
+
+    #[test]
     fn the_penalty_recovers_log_linearly_after_the_pause_as_the_script_does() {
         let mut state = SharedState::new(2);
         state.throttled(0.0, (0.5, 10.0, 100.0));
@@ -649,11 +771,12 @@ mod tests {
             messages: [1, 0],
             units: [1, 0],
         };
-        state.heartbeat(0.0, 0, queued, [0; 2]);
-        let (live, elsewhere, _) = state.heartbeat(lifetime, 1, ClassCounts::default(), [0; 2]);
+        let nothing = Busiest::default();
+        state.heartbeat(0.0, 0, queued, &nothing);
+        let (live, elsewhere, _) = state.heartbeat(lifetime, 1, ClassCounts::default(), &nothing);
         assert_eq!((live, elsewhere), (2, queued));
         let (live, elsewhere, _) =
-            state.heartbeat(lifetime + 0.5, 1, ClassCounts::default(), [0; 2]);
+            state.heartbeat(lifetime + 0.5, 1, ClassCounts::default(), &nothing);
         assert_eq!((live, elsewhere), (1, ClassCounts::default()));
     }
 
@@ -672,13 +795,14 @@ mod tests {
         };
         let now = 10.0 * 3_600.0;
         let mut ledger = Ledger::default();
-        ledger.add(now - 2.0 * 3_600.0, 9, AppClass::Transactional);
+        ledger.add(now - 2.0 * 3_600.0, 9, AppClass::Transactional, None);
         state.reconcile(now, 0, &limits, &ledger);
         assert_eq!(state.others(1).messages, 1, "in the totals");
         let tx = Proposal {
             units: 10,
             class: AppClass::Transactional,
             limits: limits.clone(),
+            receiver: None,
         };
         assert_eq!(
             state.clone().acquire(now, 1, &tx),
@@ -696,6 +820,7 @@ mod tests {
                 }],
             )],
             caps: Vec::new(),
+            receivers: Vec::new(),
         };
         let feedback = SharedFeedback {
             penalty: 1.0,

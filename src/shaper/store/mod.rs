@@ -6,21 +6,28 @@
 //! (`tests/it/store.rs`) runs against both.
 //!
 //! The contract, whatever the store:
-//! - [`Store::acquire`] grants a send and counts it, or names the longest
-//!   wait and what holds it (`hold`, `pause`, `rate`, `cap`, `1h`, `24h`);
-//!   a refusal counts nothing;
+//! - [`Store::acquire`] grants a send and counts it (in the gateway's
+//!   windows and totals, and in its receiver's), or names the longest
+//!   wait of what holds the whole gateway and what it is (`hold`, `pause`,
+//!   `rate`, `cap`, `1h`, `24h`); only when nothing but the receiver's own
+//!   budgets holds it, their wait (`receiver-1h`, `receiver-24h`: that
+//!   receiver's mail waits, the others' need not). A refusal counts
+//!   nothing;
 //! - every answer carries a [`Reading`]: the gateway's feedback, the
 //!   operator's hold, and what the other nodes sent since this node's
-//!   previous reading (never negative, never this node's own sends);
+//!   previous reading, in all and per receiver (never negative, never
+//!   this node's own sends);
 //! - [`Store::heartbeat`] counts this node live for [`HEARTBEAT_LIFETIME`]
 //!   and says how many are, what the others queued and the busiest windows
-//!   they saw;
+//!   they saw, of the total and of each receiver;
 //! - [`Store::throttled`] opens one throttling episode for every node (a
 //!   second signal during its pause cuts nothing more), [`Store::pause`]
 //!   only rests them, [`Store::end_pause`] ends the rest now;
-//! - [`Store::rebuild`] takes the larger count of each slot, the lower
-//!   penalty, the longer pause and a hold; [`Store::reconcile`] adds what a
-//!   node sent on its share to the windows and to its totals.
+//! - [`Store::rebuild`] takes the larger count of each slot (the
+//!   receivers' windows included), the lower penalty, the longer pause and
+//!   a hold; [`Store::reconcile`] adds what a node sent on its share to the
+//!   windows and to its totals, each receiver's part to that receiver's
+//!   windows (of every horizon the gateway budgets) and totals.
 //!
 //! The trait is async because Redis is; the in-memory store answers at
 //! once, through inherent methods that the synchronous simulator calls
@@ -37,7 +44,7 @@ use std::time::Duration;
 
 use super::ClassCounts;
 use super::WindowCounts;
-use super::shared::{Elsewhere, Ledger, Proposal, SharedFeedback, SharedLimits};
+use super::shared::{Busiest, Elsewhere, Ledger, Proposal, SharedFeedback, SharedLimits};
 
 /// How long a node's heartbeat stays valid: a node silent for longer is no
 /// longer counted among the live ones.
@@ -59,9 +66,22 @@ pub struct Verdict {
     pub granted: bool,
     /// Seconds to wait before proposing again (when not granted).
     pub wait: f64,
-    /// What holds it: `rate`, `cap`, `1h`, `24h`, `pause` or `hold`.
+    /// What holds it: `rate`, `cap`, `1h`, `24h`, `pause` or `hold`, or
+    /// its receiver's budgets alone: `receiver-1h` or `receiver-24h`.
     pub reason: String,
     pub reading: Reading,
+}
+
+/// What the reason of a refusal by the receiver's budgets alone starts
+/// with.
+pub const RECEIVER_REASON: &str = "receiver-";
+
+impl Verdict {
+    /// Refused for the receiver's own budgets alone: mail to the other
+    /// receivers may go.
+    pub fn holds_the_receiver_only(&self) -> bool {
+        !self.granted && self.reason.starts_with(RECEIVER_REASON)
+    }
 }
 
 /// The answer to a heartbeat.
@@ -71,8 +91,9 @@ pub struct Heartbeat {
     pub live: u64,
     /// What the other nodes have queued, per class.
     pub queued_elsewhere: ClassCounts,
-    /// The busiest hour and day the other nodes have seen.
-    pub busiest_elsewhere: [u64; 2],
+    /// The busiest hour and day the other nodes have seen, of the total
+    /// and of each receiver.
+    pub busiest_elsewhere: Busiest,
     pub reading: Reading,
 }
 
@@ -89,12 +110,13 @@ pub trait Store {
     ) -> impl Future<Output = Result<Verdict, Self::Error>> + Send;
 
     /// This node is alive with `queued` (messages and units per class)
-    /// waiting and the `busiest` hour and day it has seen.
+    /// waiting and the `busiest` hour and day it has seen (of the total and
+    /// of each receiver).
     fn heartbeat(
         &self,
         now: f64,
         queued: ClassCounts,
-        busiest: [u64; 2],
+        busiest: &Busiest,
     ) -> impl Future<Output = Result<Heartbeat, Self::Error>> + Send;
 
     /// Adds this node's view of the current windows, its feedback and
