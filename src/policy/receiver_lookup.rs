@@ -19,9 +19,11 @@ use crate::config::Config;
 use crate::dns::Resolver;
 use crate::dns::mx_cache::MxResolver;
 
-/// The longest a recipient waits at RCPT for its domain's MX hosts: DNS
-/// answers in tens of milliseconds; a resolver that does not answer must
-/// not hold the session long (the domain is `other` until it does).
+/// The longest a message waits at the end of DATA for its recipients'
+/// domains' MX hosts, all of them together (RCPT uses only what is cached
+/// and never waits): DNS answers in tens of milliseconds; a resolver that
+/// does not answer must not hold the session long (the domain is `other`
+/// until it does).
 pub const LOOKUP_WAIT: Duration = Duration::from_millis(500);
 
 /// See the module notes.
