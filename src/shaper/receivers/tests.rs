@@ -30,6 +30,16 @@ fn shaping(extra: &str) -> ShapingConfig {
     .unwrap()
 }
 
+/// A lane of `class`, one message a turn, the gateway's delays.
+fn lane(class: AppClass) -> Lane {
+    Lane {
+        weight: 1,
+        class,
+        max_queue_delay: None,
+        expire_after: None,
+    }
+}
+
 /// Sends of `units` to `receiver` at `now` until the model says anything
 /// but `Send` (saving whenever it asks); how many went, and what it said.
 fn send_all(
@@ -163,15 +173,7 @@ fn counts_survive_a_restart_and_a_receiver_added_by_reload_starts_unknown() {
 fn admission_waits_for_the_receivers_of_the_message() {
     let mut model = GatewayModel::new(&shaping(""), START);
     assert_eq!(send_all(&mut model, START + 60.0, GOOGLE, 100).0, 20);
-    let mut scheduler: Scheduler<u32> = Scheduler::new(
-        model,
-        vec![Lane {
-            weight: 1,
-            class: AppClass::Transactional,
-            max_queue_delay: None,
-            expire_after: None,
-        }],
-    );
+    let mut scheduler: Scheduler<u32> = Scheduler::new(model, vec![lane(AppClass::Transactional)]);
     for id in 0..30 {
         scheduler.push(START + 60.0, 0, GOOGLE, 1, id);
     }
@@ -192,15 +194,7 @@ fn admission_waits_for_the_receivers_of_the_message() {
     short.receivers.truncate(2);
     let mut model = GatewayModel::new(&short, START);
     assert_eq!(send_all(&mut model, START + 60.0, GOOGLE, 100).0, 20);
-    let mut scheduler: Scheduler<u32> = Scheduler::new(
-        model,
-        vec![Lane {
-            weight: 1,
-            class: AppClass::Transactional,
-            max_queue_delay: None,
-            expire_after: None,
-        }],
-    );
+    let mut scheduler: Scheduler<u32> = Scheduler::new(model, vec![lane(AppClass::Transactional)]);
     let deferral = scheduler
         .admit(START + 60.0, 0, 1, (none, &[(0, 1)]), 3)
         .unwrap_err();
@@ -209,20 +203,7 @@ fn admission_waits_for_the_receivers_of_the_message() {
 
 #[test]
 fn a_full_receiver_never_holds_an_apps_mail_to_the_others() {
-    let lanes = vec![
-        Lane {
-            weight: 1,
-            class: AppClass::Transactional,
-            max_queue_delay: None,
-            expire_after: None,
-        },
-        Lane {
-            weight: 1,
-            class: AppClass::Bulk,
-            max_queue_delay: None,
-            expire_after: None,
-        },
-    ];
+    let lanes = vec![lane(AppClass::Transactional), lane(AppClass::Bulk)];
     let mut scheduler: Scheduler<(&str, u32)> =
         Scheduler::new(GatewayModel::new(&shaping(""), START), lanes);
     // An HR app (lane 0) queues 200 to gmail, then its ordinary mail to
