@@ -310,18 +310,12 @@ impl Learning<'_> {
                 || vec![0; KEPT_SLOTS as usize],
                 |counts| aligned(counts, saved_end, slot),
             );
-            let merged: Vec<u64> = (0..KEPT_SLOTS as usize)
-                .map(|index| {
-                    let minute = first_kept + index as i64;
-                    if self.replace && minute <= self.log_last {
-                        learned[index]
-                    } else {
-                        learned[index].max(saved[index])
-                    }
-                })
-                .collect();
-            let zeros = merged.iter().take_while(|units| **units == 0).count();
-            merged[zeros..].to_vec()
+            let cut = if self.replace {
+                self.log_last
+            } else {
+                i64::MIN
+            };
+            merge_series(&learned, &saved, slot, cut)
         };
         let since = match saved {
             Some(volume) if !self.replace => volume.since.min(self.first_minute),
@@ -351,7 +345,6 @@ pub fn adopt(running: &SavedState, learned: &SavedState) -> SavedState {
     };
     // The save's minute (the file's volume must end there).
     let slot = (running.saved_at / 60.0).floor() as i64;
-    let first_kept = slot - KEPT_SLOTS + 1;
     let log_last = learned
         .history
         .as_ref()
@@ -362,17 +355,7 @@ pub fn adopt(running: &SavedState, learned: &SavedState) -> SavedState {
             || vec![0; KEPT_SLOTS as usize],
             |(counts, end)| aligned(counts, end, slot),
         );
-        let merged: Vec<u64> = (0..KEPT_SLOTS as usize)
-            .map(|index| {
-                if first_kept + index as i64 <= log_last {
-                    learned[index]
-                } else {
-                    learned[index].max(own[index])
-                }
-            })
-            .collect();
-        let zeros = merged.iter().take_while(|units| **units == 0).count();
-        merged[zeros..].to_vec()
+        merge_series(&learned, &own, slot, log_last)
     };
     let adopted = |learned: &VolumeState, own: Option<&VolumeState>| VolumeState {
         slot,
@@ -415,6 +398,24 @@ pub fn adopt(running: &SavedState, learned: &SavedState) -> SavedState {
         }
     }
     state
+}
+
+/// Two series of the kept span ending at `slot`: `learned`'s counts up
+/// to minute `cut`, the larger of both after it, without the leading
+/// empty minutes.
+fn merge_series(learned: &[u64], other: &[u64], slot: i64, cut: i64) -> Vec<u64> {
+    let first_kept = slot - KEPT_SLOTS + 1;
+    let merged: Vec<u64> = (0..KEPT_SLOTS as usize)
+        .map(|index| {
+            if first_kept + index as i64 <= cut {
+                learned[index]
+            } else {
+                learned[index].max(other[index])
+            }
+        })
+        .collect();
+    let zeros = merged.iter().take_while(|units| **units == 0).count();
+    merged[zeros..].to_vec()
 }
 
 /// `counts` ending at minute `end`, placed in the kept span ending at
